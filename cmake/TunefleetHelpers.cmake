@@ -1,0 +1,58 @@
+# Small helpers that keep every target's flags the same.
+
+# Warnings for our own code only (generated and third-party code is exempt).
+function(tunefleet_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter
+                                           -Wno-missing-field-initializers)
+  if(TUNEFLEET_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+endfunction()
+
+# tunefleet_library(name SOURCES ... [PUBLIC_DEPS ...] [PRIVATE_DEPS ...])
+function(tunefleet_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC "${PROJECT_SOURCE_DIR}")
+  target_link_libraries(${name} PUBLIC ${ARG_PUBLIC_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  tunefleet_warnings(${name})
+endfunction()
+
+# tunefleet_executable(name SOURCES ... DEPS ...)
+function(tunefleet_executable name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}")
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS})
+  tunefleet_warnings(${name})
+endfunction()
+
+# tunefleet_test(name SOURCES ... DEPS ... [LABELS ...] [TIMEOUT s])
+# One GoogleTest binary per area, registered with CTest as one test per case.
+function(tunefleet_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}")
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} tunefleet_testing GTest::gmock GTest::gtest_main)
+  tunefleet_warnings(${name})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  include(GoogleTest)
+  gtest_discover_tests(${name}
+    WORKING_DIRECTORY "${PROJECT_BINARY_DIR}"
+    PROPERTIES TIMEOUT ${ARG_TIMEOUT} LABELS "${ARG_LABELS}"
+    DISCOVERY_TIMEOUT 60)
+endfunction()
+
+# Adds every immediate subfolder of `parent` that has a CMakeLists.txt.
+function(tunefleet_add_subdirectories parent)
+  file(GLOB children RELATIVE "${CMAKE_CURRENT_SOURCE_DIR}/${parent}"
+       "${CMAKE_CURRENT_SOURCE_DIR}/${parent}/*")
+  list(SORT children)
+  foreach(child ${children})
+    if(EXISTS "${CMAKE_CURRENT_SOURCE_DIR}/${parent}/${child}/CMakeLists.txt")
+      add_subdirectory("${parent}/${child}")
+    endif()
+  endforeach()
+endfunction()
