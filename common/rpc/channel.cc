@@ -1,0 +1,46 @@
+#include "common/rpc/channel.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include "common/base/status_macros.h"
+#include "common/rpc/auth.h"
+#include "common/rpc/server.h"
+
+namespace tunefleet::rpc {
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ChannelOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
+              static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options.tls_ca_file.empty()) {
+    if (!options.tls_cert_file.empty()) {
+      return absl::InvalidArgumentError("a client certificate needs a CA file (tls_ca_file)");
+    }
+    creds = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    TF_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFileToString(options.tls_ca_file));
+    if (!options.tls_cert_file.empty()) {
+      TF_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFileToString(options.tls_cert_file));
+      TF_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFileToString(options.tls_key_file));
+    }
+    creds = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  }
+  return grpc::CreateCustomChannel(options.target, creds, args);
+}
+
+void PrepareContext(grpc::ClientContext* context, const std::string& api_key,
+                    absl::Duration timeout, const std::string& on_behalf_of) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (!api_key.empty()) context->AddMetadata("authorization", "Bearer " + api_key);
+  if (!on_behalf_of.empty()) context->AddMetadata(kOnBehalfOfHeader, on_behalf_of);
+}
+
+}  // namespace tunefleet::rpc
