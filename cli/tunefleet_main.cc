@@ -1,0 +1,115 @@
+// tunefleet: the command-line client.
+//   tunefleet local            run the whole fleet on this machine
+//   tunefleet health           ask a service whether it is SERVING
+//   tunefleet keys create      make an API key (prints it once, stores its digest)
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cli/fleet.h"
+#include "common/rpc/auth.h"
+#include "common/rpc/server.h"
+
+namespace tunefleet::cli {
+namespace {
+
+int Fail(const absl::Status& status) {
+  std::cerr << "tunefleet: " << status.message() << " [" << absl::StatusCodeToString(status.code())
+            << "]\n";
+  return 1;
+}
+
+int RunLocal(const LocalFleetOptions& options, bool check_only) {
+  rpc::BlockShutdownSignals();
+  auto fleet = LocalFleet::Start(options);
+  if (!fleet.ok()) return Fail(fleet.status());
+  std::cout << absl::StrFormat("%-10s %-22s %-8s %-8s %s\n", "SERVICE", "ADDRESS", "METRICS",
+                               "PID", "HEALTH");
+  for (const auto& s : (*fleet)->services()) {
+    std::cout << absl::StrFormat("%-10s %-22s %-8d %-8d %s\n", s.name, s.address, s.metrics_port,
+                                 s.process->pid(), "SERVING");
+  }
+  std::cout << "credentials: " << options.data_dir << "/credentials.json (tenant '"
+            << (*fleet)->credentials().tenant << "')\n";
+  if (!check_only) {
+    std::cout << "fleet is up; Ctrl-C stops it\n" << std::flush;
+    rpc::WaitForShutdownSignal();
+  }
+  absl::Status stopped = (*fleet)->Stop(absl::Seconds(30));
+  if (!stopped.ok()) return Fail(stopped);
+  std::cout << "every service drained and exited cleanly\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace tunefleet::cli
+
+int main(int argc, char** argv) {
+  using namespace tunefleet;
+  CLI::App app{"tunefleet: fine-tune and serve models on your own GPUs"};
+  app.require_subcommand(1);
+
+  cli::LocalFleetOptions local;
+  bool check_only = false;
+  auto* local_cmd = app.add_subcommand("local", "Run the whole fleet on this machine");
+  local_cmd->add_option("--data-dir", local.data_dir, "State, logs and keys")->capture_default_str();
+  local_cmd->add_option("--bin-dir", local.bin_dir, "Where the tunefleet-* binaries are");
+  local_cmd->add_option("--host", local.host, "Address to listen on")->capture_default_str();
+  local_cmd->add_option("--base-port", local.base_port,
+                        "First gRPC port (0: free ports)")->capture_default_str();
+  local_cmd->add_flag("--check", check_only,
+                      "Start, verify every service is SERVING, then stop cleanly");
+
+  rpc::ChannelOptions health_channel;
+  std::string health_service;
+  auto* health_cmd = app.add_subcommand("health", "Ask a service whether it is SERVING");
+  health_cmd->add_option("target", health_channel.target, "host:port")->required();
+  health_cmd->add_option("--service", health_service, "Service name (default: the server)");
+  health_cmd->add_option("--tls-ca", health_channel.tls_ca_file, "CA of the server certificate");
+  health_cmd->add_option("--tls-cert", health_channel.tls_cert_file, "Client certificate (mTLS)");
+  health_cmd->add_option("--tls-key", health_channel.tls_key_file, "Client key (mTLS)");
+
+  auto* keys_cmd = app.add_subcommand("keys", "Manage API keys");
+  keys_cmd->require_subcommand(1);
+  std::string keys_file, tenant, key_name;
+  bool internal = false;
+  auto* create_cmd = keys_cmd->add_subcommand(
+      "create", "Create a key: prints it once and appends its digest to the keys file");
+  create_cmd->add_option("--keys-file", keys_file, "Keys file the services load")->required();
+  create_cmd->add_option("--tenant", tenant, "Tenant the key acts for");
+  create_cmd->add_option("--name", key_name, "A label for the key");
+  create_cmd->add_flag("--internal", internal, "The service-to-service credential");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (local_cmd->parsed()) return cli::RunLocal(local, check_only);
+  if (health_cmd->parsed()) {
+    auto status = cli::CheckHealth(health_channel, absl::Seconds(5), health_service);
+    if (!status.ok()) return cli::Fail(status.status());
+    std::cout << *status << "\n";
+    return *status == "SERVING" ? 0 : 1;
+  }
+  if (create_cmd->parsed()) {
+    if (!internal && tenant.empty()) {
+      return cli::Fail(absl::InvalidArgumentError("--tenant is required for a tenant key"));
+    }
+    rpc::NewKey key =
+        rpc::GenerateKey(tenant, internal ? rpc::Role::kInternal : rpc::Role::kTenant, key_name);
+    {
+      std::ofstream out(keys_file, std::ios::app);
+      if (!out) return cli::Fail(absl::NotFoundError(absl::StrCat("cannot open ", keys_file)));
+      out << key.line << "\n";
+    }
+    chmod(keys_file.c_str(), 0600);
+    std::cout << key.key << "\n";
+    std::cerr << "store this key now: only its digest was written to " << keys_file << "\n";
+    return 0;
+  }
+  return 0;
+}
