@@ -1,6 +1,10 @@
 #include "common/rpc/server.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <fstream>
 #include <sstream>
@@ -8,6 +12,9 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/impl/server_initializer.h>
 #include <grpcpp/server_builder.h>
 #include <spdlog/spdlog.h>
 
@@ -42,6 +49,35 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(const T
   return grpc::SslServerCredentials(opts);
 }
 
+// Captures the names of the services registered on a builder, so that health
+// can report each of them (the default health service only knows names it
+// is told).
+class ServiceNamesPlugin final : public grpc::ServerBuilderPlugin {
+ public:
+  explicit ServiceNamesPlugin(std::vector<std::string>* out) : out_(out) {}
+  std::string name() override { return "tunefleet_service_names"; }
+  void InitServer(grpc::ServerInitializer* si) override { *out_ = *si->GetServiceList(); }
+  void Finish(grpc::ServerInitializer*) override {}
+  void ChangeArguments(const std::string&, void*) override {}
+  bool has_async_methods() const override { return false; }
+  bool has_sync_methods() const override { return false; }
+
+ private:
+  std::vector<std::string>* out_;
+};
+
+class ServiceNamesOption final : public grpc::ServerBuilderOption {
+ public:
+  explicit ServiceNamesOption(std::vector<std::string>* out) : out_(out) {}
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->push_back(std::make_unique<ServiceNamesPlugin>(out_));
+  }
+
+ private:
+  std::vector<std::string>* out_;
+};
+
 }  // namespace
 
 Server::Server(ServerOptions options)
@@ -60,6 +96,9 @@ absl::Status Server::Start() {
 
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.listen_address, creds, &port_);
+  // Two servers must never share a port silently (gRPC enables SO_REUSEPORT
+  // by default): a second instance fails to start instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   for (grpc::Service* s : services_) builder.RegisterService(s);
   builder.SetMaxReceiveMessageSize(options_.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_send_message_bytes);
@@ -75,13 +114,15 @@ absl::Status Server::Start() {
   creators.push_back(rpc_metrics_.InterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(creators));
 
+  builder.SetOption(std::make_unique<ServiceNamesOption>(&service_names_));
+
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port_ == 0) {
     server_.reset();
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", options_.listen_address, " (address in use?)"));
   }
-  server_->GetHealthCheckService()->SetServingStatus(false);
+  SetServing(false);
 
   if (!options_.metrics_address.empty()) {
     try {
@@ -106,7 +147,9 @@ absl::Status Server::Start() {
 
 void Server::SetServing(bool serving) {
   if (server_ == nullptr) return;
-  server_->GetHealthCheckService()->SetServingStatus(serving);
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus("", serving);
+  for (const std::string& name : service_names_) health->SetServingStatus(name, serving);
   spdlog::info("{} health: {}", options_.service_name, serving ? "SERVING" : "NOT_SERVING");
 }
 
@@ -125,23 +168,39 @@ void Server::Wait() {
   if (server_ != nullptr) server_->Wait();
 }
 
+namespace {
+// Self-pipe: the handler only writes the signal number (async-signal-safe);
+// WaitForShutdownSignal reads it. Unlike sigwait this works whichever thread
+// the kernel picks, whatever signal masks libraries set on their threads.
+int g_signal_pipe[2] = {-1, -1};
+
+void OnShutdownSignal(int sig) {
+  unsigned char byte = static_cast<unsigned char>(sig);
+  int saved = errno;
+  (void)!write(g_signal_pipe[1], &byte, 1);
+  errno = saved;
+}
+}  // namespace
+
 void BlockShutdownSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  if (g_signal_pipe[0] >= 0) return;
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) return;
+  struct sigaction sa {};
+  sa.sa_handler = OnShutdownSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
 }
 
 int WaitForShutdownSignal() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  int sig = 0;
-  while (sigwait(&set, &sig) != 0) {
+  BlockShutdownSignals();
+  unsigned char byte = 0;
+  for (;;) {
+    ssize_t n = read(g_signal_pipe[0], &byte, 1);
+    if (n == 1) return byte;
+    if (n < 0 && errno != EINTR) return SIGTERM;
   }
-  return sig;
 }
 
 }  // namespace tunefleet::rpc

@@ -78,6 +78,7 @@ class Server {
   std::shared_ptr<prometheus::Registry> registry_;
   RpcMetrics rpc_metrics_;
   std::vector<grpc::Service*> services_;
+  std::vector<std::string> service_names_;  // as registered, for health
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
@@ -88,9 +89,10 @@ class Server {
 // Reads a whole (PEM) file.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
-// Shutdown signals for a service's main(): call BlockShutdownSignals() first
-// thing (before any thread starts, so every thread inherits the mask), then
-// WaitForShutdownSignal() blocks until SIGTERM or SIGINT and returns it.
+// Shutdown signals for a service's main(): BlockShutdownSignals() installs
+// handlers for SIGTERM and SIGINT (call it first thing, so that an early
+// signal is not lost); WaitForShutdownSignal() blocks until one arrives and
+// returns it.
 void BlockShutdownSignals();
 int WaitForShutdownSignal();
 

@@ -1,0 +1,264 @@
+// The shared RPC runtime over real loopback servers: authentication and
+// tenancy, health, /metrics, TLS and mTLS.
+#include <memory>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "cli/fleet.h"
+#include "common/rpc/auth.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/server.h"
+#include "common/rpc/status.h"
+#include "services/scheduler/scheduler_service.h"
+#include "services/trainer/agent_service.h"
+#include "tests/testing/http_get.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/testing/tls_certs.h"
+
+namespace tunefleet::rpc {
+namespace {
+
+using ::testing::HasSubstr;
+using ::tunefleet::testing::IsOk;
+using ::tunefleet::testing::StatusIs;
+
+struct Keys {
+  NewKey tenant_a = GenerateKey("tenant-a", Role::kTenant, "a");
+  NewKey tenant_b = GenerateKey("tenant-b", Role::kTenant, "b");
+  NewKey internal = GenerateKey("", Role::kInternal, "svc");
+  std::shared_ptr<const KeyRing> ring() const {
+    return *KeyRing::Parse(absl::StrCat("# test keys\n", tenant_a.line, "\n\n", tenant_b.line,
+                                        "\n", internal.line, "\n"),
+                           "test");
+  }
+};
+
+TEST(StatusConversion, RoundTripsEveryCode) {
+  for (int c = 0; c <= 16; ++c) {
+    absl::Status s(static_cast<absl::StatusCode>(c), c == 0 ? "" : "msg");
+    grpc::Status g = ToGrpcStatus(s);
+    EXPECT_EQ(static_cast<int>(g.error_code()), c);
+    EXPECT_EQ(FromGrpcStatus(g), s);
+  }
+}
+
+TEST(KeyRing, ParsesAndRejectsWithLineNumbers) {
+  Keys keys;
+  auto ring = keys.ring();
+  EXPECT_EQ(ring->size(), 3u);
+  TF_ASSERT_OK_AND_ASSIGN(Principal a, ring->Lookup(keys.tenant_a.key));
+  EXPECT_EQ(a.tenant, "tenant-a");
+  EXPECT_FALSE(a.internal());
+  TF_ASSERT_OK_AND_ASSIGN(Principal i, ring->Lookup(keys.internal.key));
+  EXPECT_TRUE(i.internal());
+  EXPECT_THAT(ring->Lookup("tfk-not-a-key"), StatusIs(absl::StatusCode::kUnauthenticated));
+  // The file holds digests, never the key itself.
+  EXPECT_THAT(keys.tenant_a.line, ::testing::Not(HasSubstr(keys.tenant_a.key)));
+
+  EXPECT_THAT(KeyRing::Parse("\nnot-hex tenant\n", "keys.txt"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("keys.txt:2")));
+  std::string digest(64, 'a');
+  EXPECT_THAT(KeyRing::Parse(digest + " t admin\n", "k"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown role 'admin'")));
+  EXPECT_THAT(KeyRing::Parse(digest + " t\n" + digest + " u\n", "k"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("k:2: duplicate")));
+}
+
+TEST(CheckOwner, AnotherTenantsResourceLooksMissing) {
+  Principal b{"tenant-b", Role::kTenant, "b"};
+  absl::Status foreign = CheckOwner(b, "tenant-a", "file", "file-x");
+  EXPECT_THAT(foreign, StatusIs(absl::StatusCode::kNotFound, "file file-x not found"));
+  EXPECT_THAT(CheckOwner(b, "tenant-b", "file", "file-x"), IsOk());
+  Principal platform{"", Role::kInternal, "svc"};
+  EXPECT_THAT(CheckOwner(platform, "tenant-a", "file", "file-x"), IsOk());
+  Principal acting{"tenant-b", Role::kInternal, "svc"};
+  EXPECT_THAT(CheckOwner(acting, "tenant-a", "file", "file-x"),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+// A real server on a loopback port with the scheduler's public and internal
+// services and the trainer agent's service.
+class ServerTest : public ::testing::Test {
+ protected:
+  void StartServer(TlsOptions tls = {}) {
+    ServerOptions options;
+    options.service_name = "test";
+    options.listen_address = "127.0.0.1:0";
+    options.metrics_address = "127.0.0.1:0";
+    options.tls = tls;
+    options.drain_timeout = absl::Seconds(2);
+    auth_ = std::make_unique<Authenticator>(keys_.ring());
+    jobs_ = std::make_unique<scheduler::JobServiceImpl>(auth_.get());
+    agent_ = std::make_unique<trainer::TrainerAgentServiceImpl>(auth_.get(), "node-7");
+    server_ = std::make_unique<Server>(options);
+    server_->AddService(jobs_.get());
+    server_->AddService(agent_.get());
+    ASSERT_THAT(server_->Start(), IsOk());
+    ASSERT_GT(server_->port(), 0);
+    ASSERT_GT(server_->metrics_port(), 0);
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown();
+  }
+
+  std::string Target() const { return absl::StrCat("127.0.0.1:", server_->port()); }
+  std::shared_ptr<grpc::Channel> Plain() const {
+    ChannelOptions o;
+    o.target = Target();
+    return *MakeChannel(o);
+  }
+  absl::Status GetJob(const std::string& key, const std::string& on_behalf_of = "") {
+    auto stub = v1::JobService::NewStub(Plain());
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, key, absl::Seconds(10), on_behalf_of);
+    v1::GetJobRequest req;
+    req.set_job_id("ftjob-abc");
+    v1::Job job;
+    return FromGrpcStatus(stub->GetJob(&ctx, req, &job));
+  }
+  absl::StatusOr<std::string> NodeName(const std::string& key) {
+    auto stub = internal::v1::TrainerAgentService::NewStub(Plain());
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, key, absl::Seconds(10));
+    internal::v1::NodeStatus status;
+    grpc::Status s = stub->GetNodeStatus(&ctx, {}, &status);
+    if (!s.ok()) return FromGrpcStatus(s);
+    return status.node_name();
+  }
+
+  Keys keys_;
+  std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<scheduler::JobServiceImpl> jobs_;
+  std::unique_ptr<trainer::TrainerAgentServiceImpl> agent_;
+  std::unique_ptr<Server> server_;
+};
+
+TEST_F(ServerTest, AuthenticationAndRoles) {
+  StartServer();
+  server_->SetServing(true);
+  // No key, a malformed header, a wrong key.
+  EXPECT_THAT(GetJob(""), StatusIs(absl::StatusCode::kUnauthenticated,
+                                   HasSubstr("authorization: Bearer")));
+  {
+    auto stub = v1::JobService::NewStub(Plain());
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Basic abc");
+    v1::Job job;
+    EXPECT_THAT(FromGrpcStatus(stub->GetJob(&ctx, {}, &job)),
+                StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("malformed")));
+  }
+  EXPECT_THAT(GetJob("tfk-wrong"), StatusIs(absl::StatusCode::kUnauthenticated,
+                                            "invalid API key"));
+  // A tenant key passes authentication (the method itself is not built yet).
+  EXPECT_THAT(GetJob(keys_.tenant_a.key),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("GetJob")));
+  // Tenant keys cannot call internal services; the internal key can.
+  EXPECT_THAT(NodeName(keys_.tenant_a.key), StatusIs(absl::StatusCode::kPermissionDenied));
+  TF_ASSERT_OK_AND_ASSIGN(std::string node, NodeName(keys_.internal.key));
+  EXPECT_EQ(node, "node-7");
+  // The internal key must say which tenant it acts for on tenant APIs.
+  EXPECT_THAT(GetJob(keys_.internal.key), StatusIs(absl::StatusCode::kPermissionDenied,
+                                                   HasSubstr(kOnBehalfOfHeader)));
+  EXPECT_THAT(GetJob(keys_.internal.key, "tenant-a"),
+              StatusIs(absl::StatusCode::kUnimplemented));
+}
+
+TEST_F(ServerTest, HealthReportsReadinessOnlyWhenSet) {
+  StartServer();
+  ChannelOptions o;
+  o.target = Target();
+  TF_ASSERT_OK_AND_ASSIGN(std::string before, cli::CheckHealth(o, absl::Seconds(5)));
+  EXPECT_EQ(before, "NOT_SERVING");
+  server_->SetServing(true);
+  TF_ASSERT_OK_AND_ASSIGN(std::string after, cli::CheckHealth(o, absl::Seconds(5)));
+  EXPECT_EQ(after, "SERVING");
+  TF_ASSERT_OK_AND_ASSIGN(std::string svc,
+                          cli::CheckHealth(o, absl::Seconds(5), "tunefleet.v1.JobService"));
+  EXPECT_EQ(svc, "SERVING");
+}
+
+TEST_F(ServerTest, MetricsCountEveryRpcByMethodAndCode) {
+  StartServer();
+  server_->SetServing(true);
+  for (int i = 0; i < 3; ++i) (void)GetJob("tfk-wrong");
+  for (int i = 0; i < 2; ++i) (void)GetJob(keys_.tenant_a.key);
+  TF_ASSERT_OK_AND_ASSIGN(std::string body, testing::HttpGet(server_->metrics_port(), "/metrics"));
+  EXPECT_THAT(body, HasSubstr("tunefleet_test_rpc_total{code=\"UNAUTHENTICATED\",method=\"/"
+                              "tunefleet.v1.JobService/GetJob\"} 3"));
+  EXPECT_THAT(body, HasSubstr("tunefleet_test_rpc_total{code=\"UNIMPLEMENTED\",method=\"/"
+                              "tunefleet.v1.JobService/GetJob\"} 2"));
+  EXPECT_THAT(body, HasSubstr("tunefleet_test_rpc_duration_seconds_count{method=\"/"
+                              "tunefleet.v1.JobService/GetJob\"} 5"));
+}
+
+class TlsTest : public ServerTest {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    good_ = new testing::TestPki(*testing::MakeTestPki(dir_->path(), "good"));
+    other_ = new testing::TestPki(*testing::MakeTestPki(dir_->path(), "other"));
+  }
+  static void TearDownTestSuite() {
+    delete good_;
+    delete other_;
+    delete dir_;
+  }
+  absl::StatusOr<std::string> Health(const std::string& ca, const std::string& cert = "",
+                                     const std::string& key = "") {
+    ChannelOptions o;
+    o.target = Target();
+    o.tls_ca_file = ca;
+    o.tls_cert_file = cert;
+    o.tls_key_file = key;
+    return cli::CheckHealth(o, absl::Seconds(5));
+  }
+  static testing::TempDir* dir_;
+  static testing::TestPki* good_;
+  static testing::TestPki* other_;
+};
+testing::TempDir* TlsTest::dir_ = nullptr;
+testing::TestPki* TlsTest::good_ = nullptr;
+testing::TestPki* TlsTest::other_ = nullptr;
+
+TEST_F(TlsTest, ServerTlsAcceptsTheRightCaOnly) {
+  StartServer({good_->server_cert, good_->server_key, ""});
+  server_->SetServing(true);
+  TF_ASSERT_OK_AND_ASSIGN(std::string ok, Health(good_->ca_cert));
+  EXPECT_EQ(ok, "SERVING");
+  EXPECT_THAT(Health(other_->ca_cert), StatusIs(absl::StatusCode::kUnavailable));
+  // A plaintext client cannot talk to a TLS server.
+  ChannelOptions plain;
+  plain.target = Target();
+  EXPECT_THAT(cli::CheckHealth(plain, absl::Seconds(5)), ::testing::Not(IsOk()));
+}
+
+TEST_F(TlsTest, MutualTlsRequiresAClientCertificateFromTheCa) {
+  StartServer({good_->server_cert, good_->server_key, good_->ca_cert});
+  server_->SetServing(true);
+  TF_ASSERT_OK_AND_ASSIGN(std::string ok,
+                          Health(good_->ca_cert, good_->client_cert, good_->client_key));
+  EXPECT_EQ(ok, "SERVING");
+  EXPECT_THAT(Health(good_->ca_cert), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(Health(good_->ca_cert, other_->client_cert, other_->client_key),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(Health(other_->ca_cert, good_->client_cert, good_->client_key),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST(ServerStart, PortInUseIsAClearError) {
+  ServerOptions a;
+  a.listen_address = "127.0.0.1:0";
+  a.metrics_address = "";
+  Server first(a);
+  ASSERT_THAT(first.Start(), IsOk());
+  ServerOptions b = a;
+  b.listen_address = absl::StrCat("127.0.0.1:", first.port());
+  Server second(b);
+  EXPECT_THAT(second.Start(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("cannot listen")));
+}
+
+}  // namespace
+}  // namespace tunefleet::rpc
