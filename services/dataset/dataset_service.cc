@@ -1,0 +1,223 @@
+#include "services/dataset/dataset_service.h"
+
+#include <atomic>
+
+#include <google/protobuf/util/time_util.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace tunefleet::dataset {
+namespace {
+
+constexpr size_t kDownloadChunkBytes = 1 << 20;
+
+google::protobuf::Timestamp ToTimestamp(absl::Time t) {
+  google::protobuf::Timestamp ts;
+  int64_t us = absl::ToUnixMicros(t);
+  ts.set_seconds(us / 1000000);
+  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
+  return ts;
+}
+
+// Client-streaming upload: metadata first, then chunks. Each chunk is
+// written on the executor; the next read starts only when it is stored, so
+// memory stays at one chunk per upload whatever the file size.
+class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest> {
+ public:
+  UploadReactor(const rpc::Principal& caller, FileRegistry* registry, rpc::Executor* executor,
+                v1::File* response)
+      : caller_(caller), registry_(registry), executor_(executor), response_(response) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The client finished sending (or went away: then OnDone follows and
+      // the upload is discarded).
+      if (upload_ == nullptr) {
+        Finish(rpc::ToGrpcStatus(absl::InvalidArgumentError(
+            "the stream ended before the first message with metadata")));
+        return;
+      }
+      executor_->Submit([this] {
+        absl::StatusOr<FileRecord> record = upload_->Commit();
+        if (record.ok()) {
+          ToProto(*record, response_);
+          spdlog::info("file={} tenant={} bytes={} uploaded", record->id, record->tenant,
+                       record->bytes);
+        }
+        Finish(rpc::ToGrpcStatus(record.status()));
+      });
+      return;
+    }
+    executor_->Submit([this] {
+      absl::Status s = Handle();
+      if (!s.ok()) {
+        Finish(rpc::ToGrpcStatus(s));
+        return;
+      }
+      StartRead(&request_);
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Handle() {
+    if (request_.has_metadata()) {
+      if (upload_ != nullptr) {
+        return absl::InvalidArgumentError("metadata may only be sent in the first message");
+      }
+      const auto& m = request_.metadata();
+      UploadRequest req;
+      req.filename = m.filename();
+      req.purpose = static_cast<Purpose>(m.purpose());
+      req.format = m.format();
+      req.expected_bytes = m.expected_bytes();
+      req.expected_sha256 = m.expected_sha256();
+      absl::StatusOr<std::unique_ptr<Upload>> upload =
+          registry_->BeginUpload(caller_.tenant, std::move(req));
+      if (!upload.ok()) return upload.status();
+      upload_ = std::move(*upload);
+      return absl::OkStatus();
+    }
+    if (upload_ == nullptr) {
+      return absl::InvalidArgumentError("the first message must carry metadata, not a chunk");
+    }
+    if (!request_.has_chunk()) return absl::InvalidArgumentError("a message carries neither metadata nor chunk");
+    return upload_->Append(request_.chunk());
+  }
+
+  const rpc::Principal caller_;
+  FileRegistry* registry_;
+  rpc::Executor* executor_;
+  v1::File* response_;
+  v1::UploadFileRequest request_;
+  std::unique_ptr<Upload> upload_;
+};
+
+// Server-streaming download in 1 MiB chunks, read on the executor.
+class DownloadReactor final : public grpc::ServerWriteReactor<v1::FileChunk> {
+ public:
+  DownloadReactor(std::unique_ptr<store::ArtifactReader> reader, int64_t offset,
+                  rpc::Executor* executor)
+      : reader_(std::move(reader)), offset_(offset), executor_(executor) {
+    Next();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    executor_->Submit([this] {
+      absl::StatusOr<std::string> data = reader_->Read(kDownloadChunkBytes);
+      if (!data.ok()) {
+        Finish(rpc::ToGrpcStatus(data.status()));
+        return;
+      }
+      if (data->empty()) {
+        Finish(grpc::Status::OK);
+        return;
+      }
+      chunk_.set_offset(offset_);
+      offset_ += static_cast<int64_t>(data->size());
+      *chunk_.mutable_data() = std::move(*data);
+      StartWrite(&chunk_);
+    });
+  }
+  std::unique_ptr<store::ArtifactReader> reader_;
+  int64_t offset_;
+  rpc::Executor* executor_;
+  v1::FileChunk chunk_;
+};
+
+}  // namespace
+
+void ToProto(const FileRecord& r, v1::File* out) {
+  out->set_id(r.id);
+  out->set_filename(r.filename);
+  out->set_purpose(static_cast<v1::FilePurpose>(r.purpose));
+  out->set_bytes(r.bytes);
+  out->set_sha256(r.sha256);
+  out->set_status(static_cast<v1::FileStatus>(r.status));
+  out->set_status_details(r.status_details);
+  out->set_format(static_cast<v1::DataFormat>(r.format));
+  *out->mutable_created_at() = ToTimestamp(r.created_at);
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::RunUnary(
+    grpc::CallbackServerContext* context,
+    std::function<absl::Status(const rpc::Principal&)> work) {
+  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateTenant(*context);
+  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([reactor, caller = *std::move(caller), work = std::move(work)] {
+    reactor->Finish(rpc::ToGrpcStatus(work(caller)));
+  });
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::UploadFileRequest>* DatasetServiceImpl::UploadFile(
+    grpc::CallbackServerContext* context, v1::File* response) {
+  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateTenant(*context);
+  if (!caller.ok()) return new rpc::RejectedReadReactor<v1::UploadFileRequest>(caller.status());
+  return new UploadReactor(*caller, registry_, executor_, response);
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::GetFile(grpc::CallbackServerContext* context,
+                                                      const v1::GetFileRequest* request,
+                                                      v1::File* response) {
+  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
+    absl::StatusOr<FileRecord> f = registry_->Get(caller.tenant, request->file_id());
+    if (f.ok()) ToProto(*f, response);
+    return f.status();
+  });
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::ListFiles(grpc::CallbackServerContext* context,
+                                                        const v1::ListFilesRequest* request,
+                                                        v1::ListFilesResponse* response) {
+  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
+    absl::StatusOr<FilePage> page =
+        registry_->List(caller.tenant, request->page_size(), request->page_token(),
+                        static_cast<Purpose>(request->purpose()));
+    if (!page.ok()) return page.status();
+    for (const FileRecord& f : page->files) ToProto(f, response->add_files());
+    response->set_next_page_token(page->next_page_token);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteFile(grpc::CallbackServerContext* context,
+                                                         const v1::DeleteFileRequest* request,
+                                                         v1::DeleteFileResponse* response) {
+  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
+    absl::Status s = registry_->Delete(caller.tenant, request->file_id());
+    if (s.ok()) {
+      response->set_file_id(request->file_id());
+      response->set_deleted(true);
+      spdlog::info("file={} tenant={} deleted", request->file_id(), caller.tenant);
+    }
+    return s;
+  });
+}
+
+grpc::ServerWriteReactor<v1::FileChunk>* DatasetServiceImpl::GetFileContent(
+    grpc::CallbackServerContext* context, const v1::GetFileContentRequest* request) {
+  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateTenant(*context);
+  if (!caller.ok()) return new rpc::RejectedWriteReactor<v1::FileChunk>(caller.status());
+  // Opening is a quick metadata lookup plus open(2); the reads go to the
+  // executor.
+  auto reader = registry_->OpenContent(caller->tenant, request->file_id(), request->offset());
+  if (!reader.ok()) return new rpc::RejectedWriteReactor<v1::FileChunk>(reader.status());
+  return new DownloadReactor(std::move(*reader), request->offset(), executor_);
+}
+
+}  // namespace tunefleet::dataset

@@ -1,0 +1,64 @@
+// tunefleet.v1.DatasetService over the FileRegistry, and the internal
+// ShardService. Thin: authenticate, convert protos, call the core. Disk work
+// runs on an executor, never on a gRPC reaction thread.
+#pragma once
+
+#include "common/rpc/auth.h"
+#include "common/rpc/service_util.h"
+#include "services/dataset/file_registry.h"
+#include "tunefleet/internal/v1/shards.grpc.pb.h"
+#include "tunefleet/v1/files.grpc.pb.h"
+
+namespace tunefleet::dataset {
+
+class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
+ public:
+  DatasetServiceImpl(const rpc::Authenticator* auth, FileRegistry* registry,
+                     rpc::Executor* executor)
+      : auth_(*auth), registry_(registry), executor_(executor) {}
+
+  grpc::ServerReadReactor<v1::UploadFileRequest>* UploadFile(grpc::CallbackServerContext* context,
+                                                             v1::File* response) override;
+  grpc::ServerUnaryReactor* GetFile(grpc::CallbackServerContext* context,
+                                    const v1::GetFileRequest* request,
+                                    v1::File* response) override;
+  grpc::ServerUnaryReactor* ListFiles(grpc::CallbackServerContext* context,
+                                      const v1::ListFilesRequest* request,
+                                      v1::ListFilesResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteFile(grpc::CallbackServerContext* context,
+                                       const v1::DeleteFileRequest* request,
+                                       v1::DeleteFileResponse* response) override;
+  grpc::ServerWriteReactor<v1::FileChunk>* GetFileContent(
+      grpc::CallbackServerContext* context, const v1::GetFileContentRequest* request) override;
+
+  TF_NOT_IMPLEMENTED_UNARY(ValidateFile, v1::ValidateFileRequest, v1::ValidationReport,
+                           rpc::Audience::kTenant)
+  TF_NOT_IMPLEMENTED_UNARY(SplitFile, v1::SplitFileRequest, v1::SplitFileResponse,
+                           rpc::Audience::kTenant)
+
+ private:
+  // Runs `work` on the executor and finishes the unary call with its status.
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
+                                     std::function<absl::Status(const rpc::Principal&)> work);
+
+  const rpc::Authenticator& auth_;
+  FileRegistry* registry_;
+  rpc::Executor* executor_;
+};
+
+class ShardServiceImpl final : public internal::v1::ShardService::CallbackService {
+ public:
+  explicit ShardServiceImpl(const rpc::Authenticator* auth) : auth_(*auth) {}
+  TF_NOT_IMPLEMENTED_UNARY(PrepareShards, internal::v1::PrepareShardsRequest,
+                           internal::v1::ShardManifest, rpc::Audience::kInternal)
+  TF_NOT_IMPLEMENTED_SERVER_STREAM(StreamShard, internal::v1::StreamShardRequest,
+                                   internal::v1::ShardChunk, rpc::Audience::kInternal)
+
+ private:
+  const rpc::Authenticator& auth_;
+};
+
+// Proto conversion.
+void ToProto(const FileRecord& record, v1::File* out);
+
+}  // namespace tunefleet::dataset

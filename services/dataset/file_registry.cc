@@ -1,0 +1,292 @@
+#include "services/dataset/file_registry.h"
+
+#include <filesystem>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/base/ids.h"
+#include "common/base/status_macros.h"
+
+namespace tunefleet::dataset {
+namespace {
+
+constexpr char kBlobPrefix[] = "files/";
+
+const store::Migration kMigrations[] = {
+    {1, R"sql(
+      CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        purpose INTEGER NOT NULL,
+        format INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        status_details TEXT NOT NULL DEFAULT '',
+        created_at_us INTEGER NOT NULL
+      );
+      CREATE INDEX files_by_tenant ON files (tenant, created_at_us DESC, id DESC);
+    )sql"},
+};
+
+constexpr char kColumns[] =
+    "id, tenant, filename, purpose, format, bytes, sha256, status, status_details, "
+    "created_at_us";
+
+FileRecord FromRow(const store::Row& r) {
+  FileRecord f;
+  f.id = r[0].AsText();
+  f.tenant = r[1].AsText();
+  f.filename = r[2].AsText();
+  f.purpose = static_cast<Purpose>(r[3].AsInt64());
+  f.format = static_cast<int>(r[4].AsInt64());
+  f.bytes = r[5].AsInt64();
+  f.sha256 = r[6].AsText();
+  f.status = static_cast<FileStatus>(r[7].AsInt64());
+  f.status_details = r[8].AsText();
+  f.created_at = absl::FromUnixMicros(r[9].AsInt64());
+  return f;
+}
+
+absl::Status ValidateRequest(const UploadRequest& req, int64_t max_bytes) {
+  if (req.filename.empty()) {
+    return absl::InvalidArgumentError("metadata.filename is required");
+  }
+  if (req.filename.size() > 255) {
+    return absl::InvalidArgumentError("metadata.filename is longer than 255 bytes");
+  }
+  for (char c : req.filename) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == '/' || c == '\\') {
+      return absl::InvalidArgumentError(
+          "metadata.filename must not contain '/', '\\' or control characters");
+    }
+  }
+  if (req.purpose != Purpose::kFineTune && req.purpose != Purpose::kValidation) {
+    return absl::InvalidArgumentError(
+        "metadata.purpose must be FILE_PURPOSE_FINE_TUNE or FILE_PURPOSE_VALIDATION");
+  }
+  if (req.expected_bytes < 0) {
+    return absl::InvalidArgumentError("metadata.expected_bytes must not be negative");
+  }
+  if (req.expected_bytes > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("metadata.expected_bytes (", req.expected_bytes,
+                                                   ") is over the limit of ", max_bytes, " bytes"));
+  }
+  if (!req.expected_sha256.empty()) {
+    bool hex = req.expected_sha256.size() == 64;
+    for (char c : req.expected_sha256) hex = hex && absl::ascii_isxdigit(c);
+    if (!hex) {
+      return absl::InvalidArgumentError("metadata.expected_sha256 must be 64 hex digits");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Page tokens are opaque to clients: the position after the last file
+// returned, in (created_at DESC, id DESC) order.
+std::string EncodeToken(const FileRecord& last) {
+  return absl::WebSafeBase64Escape(
+      absl::StrCat(absl::ToUnixMicros(last.created_at), ":", last.id));
+}
+
+absl::Status DecodeToken(const std::string& token, int64_t* created_us, std::string* id) {
+  std::string raw;
+  if (!absl::WebSafeBase64Unescape(token, &raw)) {
+    return absl::InvalidArgumentError("page_token is not a token this service issued");
+  }
+  std::vector<std::string> parts = absl::StrSplit(raw, absl::MaxSplits(':', 1));
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], created_us) || parts[1].empty()) {
+    return absl::InvalidArgumentError("page_token is not a token this service issued");
+  }
+  *id = parts[1];
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string BlobName(const std::string& file_id) { return absl::StrCat(kBlobPrefix, file_id); }
+
+absl::StatusOr<std::unique_ptr<FileRegistry>> FileRegistry::Open(const std::string& dir,
+                                                                 FileRegistryOptions options) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  TF_ASSIGN_OR_RETURN(auto db, store::Database::Open(dir + "/files.db"));
+  TF_RETURN_IF_ERROR(store::ApplyMigrations(*db, kMigrations));
+  TF_ASSIGN_OR_RETURN(auto blobs, store::DirectoryArtifactStore::Open(dir + "/blobs"));
+  auto registry = std::unique_ptr<FileRegistry>(
+      new FileRegistry(options, std::move(db), std::move(blobs)));
+  TF_RETURN_IF_ERROR(registry->RemoveOrphanBlobs());
+  return registry;
+}
+
+// A crash between storing a blob and recording it leaves a blob without a
+// row: nobody can see it, so it is removed.
+absl::Status FileRegistry::RemoveOrphanBlobs() {
+  TF_ASSIGN_OR_RETURN(std::vector<std::string> names, blobs_->List(kBlobPrefix));
+  for (const std::string& name : names) {
+    std::string id = name.substr(sizeof(kBlobPrefix) - 1);
+    TF_ASSIGN_OR_RETURN(auto rows, db_->Query("SELECT 1 FROM files WHERE id = ?", {id}));
+    if (rows.empty()) TF_RETURN_IF_ERROR(blobs_->Delete(name));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> FileRegistry::UsedBytes(const std::string& tenant) {
+  TF_ASSIGN_OR_RETURN(auto rows,
+                      db_->Query("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE tenant = ?",
+                                 {tenant}));
+  return rows[0][0].AsInt64();
+}
+
+absl::Status FileRegistry::Reserve(const std::string& tenant, int64_t bytes) {
+  TF_ASSIGN_OR_RETURN(int64_t used, UsedBytes(tenant));
+  absl::MutexLock lock(&mu_);
+  int64_t& reserved = reserved_[tenant];
+  if (used + reserved + bytes > options_.tenant_quota_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "storage quota exceeded: tenant '", tenant, "' stores ", used, " bytes (plus ", reserved,
+        " in uploads in progress) of its ", options_.tenant_quota_bytes, "-byte quota"));
+  }
+  reserved += bytes;
+  return absl::OkStatus();
+}
+
+void FileRegistry::Unreserve(const std::string& tenant, int64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  auto it = reserved_.find(tenant);
+  if (it == reserved_.end()) return;
+  it->second -= bytes;
+  if (it->second <= 0) reserved_.erase(it);
+}
+
+absl::StatusOr<std::unique_ptr<Upload>> FileRegistry::BeginUpload(const std::string& tenant,
+                                                                 UploadRequest request) {
+  TF_RETURN_IF_ERROR(ValidateRequest(request, options_.max_file_bytes));
+  FileRecord record;
+  record.id = NewId("file");
+  record.tenant = tenant;
+  record.filename = request.filename;
+  record.purpose = request.purpose;
+  record.format = request.format;
+  TF_ASSIGN_OR_RETURN(auto writer, blobs_->OpenWriter(BlobName(record.id)));
+  return std::unique_ptr<Upload>(
+      new Upload(this, std::move(record), std::move(request), std::move(writer)));
+}
+
+Upload::~Upload() {
+  if (!done_) {
+    if (writer_) writer_->Abort();
+    registry_->Unreserve(record_.tenant, bytes_);
+  }
+}
+
+absl::Status Upload::Append(absl::string_view data) {
+  if (done_) return absl::FailedPreconditionError("upload already finished");
+  const int64_t max = registry_->options_.max_file_bytes;
+  if (bytes_ + static_cast<int64_t>(data.size()) > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("file is larger than the limit of ", max, " bytes"));
+  }
+  TF_RETURN_IF_ERROR(registry_->Reserve(record_.tenant, static_cast<int64_t>(data.size())));
+  bytes_ += static_cast<int64_t>(data.size());
+  return writer_->Append(data);
+}
+
+absl::StatusOr<FileRecord> Upload::Commit() {
+  if (done_) return absl::FailedPreconditionError("upload already finished");
+  if (request_.expected_bytes > 0 && request_.expected_bytes != bytes_) {
+    return absl::InvalidArgumentError(absl::StrCat("received ", bytes_,
+                                                   " bytes but metadata.expected_bytes is ",
+                                                   request_.expected_bytes));
+  }
+  if (bytes_ == 0) return absl::InvalidArgumentError("the file is empty");
+  TF_ASSIGN_OR_RETURN(store::ArtifactInfo info, writer_->Commit());
+  record_.bytes = info.size;
+  record_.sha256 = info.sha256;
+  if (!request_.expected_sha256.empty() &&
+      absl::AsciiStrToLower(request_.expected_sha256) != info.sha256) {
+    (void)registry_->blobs_->Delete(BlobName(record_.id));
+    return absl::DataLossError(absl::StrCat("sha256 of the received bytes is ", info.sha256,
+                                            ", not metadata.expected_sha256 ",
+                                            request_.expected_sha256));
+  }
+  record_.status = FileStatus::kUploaded;
+  record_.created_at = registry_->options_.clock->Now();
+  absl::StatusOr<store::ExecResult> inserted = registry_->db_->Execute(
+      absl::StrCat("INSERT INTO files (", kColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+      {record_.id, record_.tenant, record_.filename, static_cast<int>(record_.purpose),
+       record_.format, record_.bytes, record_.sha256, static_cast<int>(record_.status),
+       record_.status_details, absl::ToUnixMicros(record_.created_at)});
+  if (!inserted.ok()) {
+    (void)registry_->blobs_->Delete(BlobName(record_.id));
+    return inserted.status();
+  }
+  done_ = true;
+  registry_->Unreserve(record_.tenant, bytes_);
+  return record_;
+}
+
+absl::StatusOr<FileRecord> FileRegistry::Get(const std::string& tenant, const std::string& id) {
+  if (!HasIdPrefix(id, "file")) {
+    return absl::InvalidArgumentError(absl::StrCat("file_id '", id, "' is not a file id (file-…)"));
+  }
+  TF_ASSIGN_OR_RETURN(auto rows, db_->Query(absl::StrCat("SELECT ", kColumns,
+                                                         " FROM files WHERE id = ?"),
+                                            {id}));
+  // Another tenant's file is reported exactly like a missing one.
+  if (rows.empty() || (!tenant.empty() && rows[0][1].AsText() != tenant)) {
+    return absl::NotFoundError(absl::StrCat("file ", id, " not found"));
+  }
+  return FromRow(rows[0]);
+}
+
+absl::StatusOr<FilePage> FileRegistry::List(const std::string& tenant, int page_size,
+                                            const std::string& page_token, Purpose purpose) {
+  if (page_size < 0) return absl::InvalidArgumentError("page_size must not be negative");
+  if (page_size == 0) page_size = 20;
+  page_size = std::min(page_size, 100);
+  int64_t after_us = INT64_MAX;
+  std::string after_id = "\x7f";
+  if (!page_token.empty()) TF_RETURN_IF_ERROR(DecodeToken(page_token, &after_us, &after_id));
+  TF_ASSIGN_OR_RETURN(
+      auto rows,
+      db_->Query(absl::StrCat("SELECT ", kColumns, " FROM files WHERE tenant = ? AND "
+                              "(created_at_us < ? OR (created_at_us = ? AND id < ?)) AND "
+                              "(? = 0 OR purpose = ?) "
+                              "ORDER BY created_at_us DESC, id DESC LIMIT ?"),
+                 {tenant, after_us, after_us, after_id, static_cast<int>(purpose),
+                  static_cast<int>(purpose), page_size + 1}));
+  FilePage page;
+  for (size_t i = 0; i < rows.size() && static_cast<int>(i) < page_size; ++i) {
+    page.files.push_back(FromRow(rows[i]));
+  }
+  if (static_cast<int>(rows.size()) > page_size) page.next_page_token = EncodeToken(page.files.back());
+  return page;
+}
+
+absl::Status FileRegistry::Delete(const std::string& tenant, const std::string& id) {
+  TF_RETURN_IF_ERROR(Get(tenant, id).status());
+  // The row goes first: once it is gone the file is invisible, and a crash
+  // before the blob is removed leaves an orphan that Open() cleans up.
+  TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM files WHERE id = ?", {id}).status());
+  absl::Status s = blobs_->Delete(BlobName(id));
+  if (!s.ok() && !absl::IsNotFound(s)) return s;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<store::ArtifactReader>> FileRegistry::OpenContent(
+    const std::string& tenant, const std::string& id, int64_t offset) {
+  TF_ASSIGN_OR_RETURN(FileRecord f, Get(tenant, id));
+  if (offset < 0 || offset > f.bytes) {
+    return absl::OutOfRangeError(
+        absl::StrCat("offset ", offset, " is outside file ", id, " of ", f.bytes, " bytes"));
+  }
+  return blobs_->OpenReader(BlobName(id), offset);
+}
+
+}  // namespace tunefleet::dataset

@@ -1,0 +1,127 @@
+// Uploaded files: blobs in the ArtifactStore, metadata in SQLite, per-tenant
+// storage quotas. A file becomes visible only when its upload completes;
+// leftovers of an upload cut off by a crash are removed at the next Open.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/base/clock.h"
+#include "common/store/directory_artifact_store.h"
+#include "common/store/sqlite.h"
+
+namespace tunefleet::dataset {
+
+// Mirrors tunefleet.v1.FilePurpose / FileStatus / DataFormat values, so that
+// the core does not depend on the generated protos.
+enum class Purpose { kUnspecified = 0, kFineTune = 1, kValidation = 2 };
+enum class FileStatus { kUploaded = 1, kProcessing = 2, kProcessed = 3, kError = 4 };
+
+struct FileRecord {
+  std::string id;  // "file-…"
+  std::string tenant;
+  std::string filename;
+  Purpose purpose = Purpose::kFineTune;
+  int format = 0;  // tunefleet.v1.DataFormat
+  int64_t bytes = 0;
+  std::string sha256;
+  FileStatus status = FileStatus::kUploaded;
+  std::string status_details;
+  absl::Time created_at;
+};
+
+struct UploadRequest {
+  std::string filename;
+  Purpose purpose = Purpose::kUnspecified;
+  int format = 0;
+  int64_t expected_bytes = 0;     // 0: unknown
+  std::string expected_sha256;    // empty: unchecked
+};
+
+struct FileRegistryOptions {
+  int64_t max_file_bytes = int64_t{1} << 30;        // 1 GiB
+  int64_t tenant_quota_bytes = int64_t{10} << 30;   // 10 GiB
+  Clock* clock = Clock::Real();
+};
+
+class FileRegistry;
+
+// One upload in progress. Not thread-safe (one stream feeds it). Destroying
+// it without Commit() discards everything written.
+class Upload {
+ public:
+  ~Upload();
+  // INVALID_ARGUMENT past max_file_bytes, RESOURCE_EXHAUSTED past the quota.
+  absl::Status Append(absl::string_view data);
+  // Stores the file durably and makes it visible.
+  absl::StatusOr<FileRecord> Commit();
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  friend class FileRegistry;
+  Upload(FileRegistry* registry, FileRecord record, UploadRequest request,
+         std::unique_ptr<store::ArtifactWriter> writer)
+      : registry_(registry), record_(std::move(record)), request_(std::move(request)),
+        writer_(std::move(writer)) {}
+  FileRegistry* registry_;
+  FileRecord record_;
+  UploadRequest request_;
+  std::unique_ptr<store::ArtifactWriter> writer_;
+  int64_t bytes_ = 0;
+  bool done_ = false;
+};
+
+struct FilePage {
+  std::vector<FileRecord> files;
+  std::string next_page_token;
+};
+
+// Thread-safe.
+class FileRegistry {
+ public:
+  // `dir` holds files.db and the blobs (under "blobs/").
+  static absl::StatusOr<std::unique_ptr<FileRegistry>> Open(const std::string& dir,
+                                                            FileRegistryOptions options);
+
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& tenant,
+                                                      UploadRequest request);
+  // NOT_FOUND for a missing file and for another tenant's file alike.
+  // An empty tenant (the platform's internal identity) sees every file.
+  absl::StatusOr<FileRecord> Get(const std::string& tenant, const std::string& id);
+  absl::StatusOr<FilePage> List(const std::string& tenant, int page_size,
+                                const std::string& page_token, Purpose purpose);
+  absl::Status Delete(const std::string& tenant, const std::string& id);
+  absl::StatusOr<std::unique_ptr<store::ArtifactReader>> OpenContent(const std::string& tenant,
+                                                                     const std::string& id,
+                                                                     int64_t offset);
+  // Bytes stored by a tenant (committed files only).
+  absl::StatusOr<int64_t> UsedBytes(const std::string& tenant);
+
+  const FileRegistryOptions& options() const { return options_; }
+
+ private:
+  friend class Upload;
+  FileRegistry(FileRegistryOptions options, std::unique_ptr<store::Database> db,
+               std::unique_ptr<store::ArtifactStore> blobs)
+      : options_(options), db_(std::move(db)), blobs_(std::move(blobs)) {}
+  absl::Status RemoveOrphanBlobs();
+  absl::Status Reserve(const std::string& tenant, int64_t bytes);
+  void Unreserve(const std::string& tenant, int64_t bytes);
+
+  const FileRegistryOptions options_;
+  std::unique_ptr<store::Database> db_;
+  std::unique_ptr<store::ArtifactStore> blobs_;
+  absl::Mutex mu_;
+  // Bytes of uploads in progress, per tenant, counted against the quota.
+  absl::flat_hash_map<std::string, int64_t> reserved_ ABSL_GUARDED_BY(mu_);
+};
+
+// Blob name of a file.
+std::string BlobName(const std::string& file_id);
+
+}  // namespace tunefleet::dataset

@@ -1,0 +1,39 @@
+// tunefleet-dataset: training files (upload, validate, split, shard).
+#include <spdlog/spdlog.h>
+
+#include "absl/flags/flag.h"
+#include "common/rpc/server_flags.h"
+#include "services/dataset/dataset_service.h"
+
+ABSL_FLAG(int64_t, max_file_bytes, int64_t{1} << 30, "Largest file a tenant may upload");
+ABSL_FLAG(int64_t, tenant_quota_bytes, int64_t{10} << 30, "Bytes of files each tenant may keep");
+ABSL_FLAG(int, io_threads, 4, "Threads for disk work");
+
+int main(int argc, char** argv) {
+  using namespace tunefleet;
+  rpc::BlockShutdownSignals();
+  rpc::CommonFlags flags = rpc::ParseCommonFlags(argc, argv, "dataset", 50051, 9091);
+  auto keys = rpc::LoadKeysFromFlags(flags);
+  if (!keys.ok()) {
+    spdlog::critical("{}", keys.status().ToString());
+    return 2;
+  }
+  dataset::FileRegistryOptions options;
+  options.max_file_bytes = absl::GetFlag(FLAGS_max_file_bytes);
+  options.tenant_quota_bytes = absl::GetFlag(FLAGS_tenant_quota_bytes);
+  // The database is opened (and crash leftovers removed) before the server
+  // reports SERVING.
+  auto registry = dataset::FileRegistry::Open(flags.data_dir, options);
+  if (!registry.ok()) {
+    spdlog::critical("cannot open {}: {}", flags.data_dir, registry.status().ToString());
+    return 1;
+  }
+  rpc::Executor executor(absl::GetFlag(FLAGS_io_threads));
+  rpc::Authenticator auth(*keys);
+  dataset::DatasetServiceImpl files(&auth, registry->get(), &executor);
+  dataset::ShardServiceImpl shards(&auth);
+  rpc::Server server(flags.server);
+  server.AddService(&files);
+  server.AddService(&shards);
+  return rpc::ServeUntilSignal(server, nullptr, flags.port_file);
+}

@@ -1,0 +1,271 @@
+// DatasetService file handling over a real loopback server, a real SQLite
+// file and a real artifact directory.
+#include <filesystem>
+#include <memory>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/sha256.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/server.h"
+#include "common/rpc/status.h"
+#include "services/dataset/dataset_service.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace tunefleet::dataset {
+namespace {
+
+using ::testing::HasSubstr;
+using ::tunefleet::testing::IsOk;
+using ::tunefleet::testing::StatusIs;
+
+class DatasetServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(); }
+  void TearDown() override { Stop(); }
+
+  void Start() {
+    FileRegistryOptions options;
+    options.max_file_bytes = 1 << 20;
+    options.tenant_quota_bytes = 3 << 20;
+    auto registry = FileRegistry::Open(dir_.Join("dataset"), options);
+    ASSERT_THAT(registry, IsOk());
+    registry_ = std::move(*registry);
+    auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
+        absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
+    executor_ = std::make_unique<rpc::Executor>(2);
+    service_ = std::make_unique<DatasetServiceImpl>(auth_.get(), registry_.get(), executor_.get());
+    rpc::ServerOptions so;
+    so.listen_address = "127.0.0.1:0";
+    so.metrics_address = "";
+    so.drain_timeout = absl::Seconds(2);
+    server_ = std::make_unique<rpc::Server>(so);
+    server_->AddService(service_.get());
+    ASSERT_THAT(server_->Start(), IsOk());
+    server_->SetServing(true);
+    rpc::ChannelOptions co;
+    co.target = absl::StrCat("127.0.0.1:", server_->port());
+    stub_ = v1::DatasetService::NewStub(*rpc::MakeChannel(co));
+  }
+  void Stop() {
+    if (server_) server_->Shutdown();
+    server_.reset();
+    service_.reset();
+    executor_.reset();
+    registry_.reset();
+  }
+
+  absl::StatusOr<v1::File> Upload(const std::string& key, const std::string& content,
+                                  const std::string& name = "train.jsonl",
+                                  v1::FilePurpose purpose = v1::FILE_PURPOSE_FINE_TUNE,
+                                  bool send_metadata = true, const std::string& sha = "") {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
+    v1::File file;
+    auto writer = stub_->UploadFile(&ctx, &file);
+    v1::UploadFileRequest req;
+    if (send_metadata) {
+      req.mutable_metadata()->set_filename(name);
+      req.mutable_metadata()->set_purpose(purpose);
+      req.mutable_metadata()->set_expected_sha256(sha);
+      writer->Write(req);
+    }
+    for (size_t pos = 0; pos < content.size(); pos += 64 << 10) {
+      req.set_chunk(content.substr(pos, 64 << 10));
+      if (!writer->Write(req)) break;
+    }
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return file;
+  }
+  absl::StatusOr<v1::File> Get(const std::string& key, const std::string& id) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(10));
+    v1::GetFileRequest req;
+    req.set_file_id(id);
+    v1::File f;
+    grpc::Status s = stub_->GetFile(&ctx, req, &f);
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return f;
+  }
+  absl::StatusOr<v1::ListFilesResponse> List(const std::string& key, int page_size = 0,
+                                             const std::string& token = "") {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(10));
+    v1::ListFilesRequest req;
+    req.set_page_size(page_size);
+    req.set_page_token(token);
+    v1::ListFilesResponse resp;
+    grpc::Status s = stub_->ListFiles(&ctx, req, &resp);
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return resp;
+  }
+  absl::Status Delete(const std::string& key, const std::string& id) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(10));
+    v1::DeleteFileRequest req;
+    req.set_file_id(id);
+    v1::DeleteFileResponse resp;
+    return rpc::FromGrpcStatus(stub_->DeleteFile(&ctx, req, &resp));
+  }
+  absl::StatusOr<std::string> Download(const std::string& key, const std::string& id,
+                                       int64_t offset = 0) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
+    v1::GetFileContentRequest req;
+    req.set_file_id(id);
+    req.set_offset(offset);
+    auto reader = stub_->GetFileContent(&ctx, req);
+    std::string out;
+    v1::FileChunk chunk;
+    while (reader->Read(&chunk)) {
+      if (chunk.offset() != offset + static_cast<int64_t>(out.size())) {
+        return absl::InternalError("chunk offsets out of order");
+      }
+      out += chunk.data();
+    }
+    grpc::Status s = reader->Finish();
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return out;
+  }
+  size_t FilesOnDisk() {
+    size_t n = 0;
+    for (auto& e : std::filesystem::recursive_directory_iterator(dir_.Join("dataset/blobs"))) {
+      if (e.is_regular_file()) ++n;
+    }
+    return n;
+  }
+
+  testing::TempDir dir_;
+  rpc::NewKey a_ = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
+  rpc::NewKey b_ = rpc::GenerateKey("tenant-b", rpc::Role::kTenant, "b");
+  rpc::NewKey internal_ = rpc::GenerateKey("", rpc::Role::kInternal, "svc");
+  std::unique_ptr<FileRegistry> registry_;
+  std::unique_ptr<rpc::Authenticator> auth_;
+  std::unique_ptr<rpc::Executor> executor_;
+  std::unique_ptr<DatasetServiceImpl> service_;
+  std::unique_ptr<rpc::Server> server_;
+  std::unique_ptr<v1::DatasetService::Stub> stub_;
+};
+
+std::string Lines(int n) {
+  std::string s;
+  for (int i = 0; i < n; ++i) {
+    absl::StrAppend(&s, R"({"messages": [{"role": "user", "content": "question )", i,
+                    R"("}, {"role": "assistant", "content": "answer"}]})", "\n");
+  }
+  return s;
+}
+
+TEST_F(DatasetServiceTest, UploadGetDownloadRoundTrip) {
+  std::string content = Lines(3000);  // several chunks
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  EXPECT_THAT(file.id(), ::testing::StartsWith("file-"));
+  EXPECT_EQ(file.bytes(), static_cast<int64_t>(content.size()));
+  EXPECT_EQ(file.sha256(), Sha256Hex(content));
+  EXPECT_EQ(file.status(), v1::FILE_STATUS_UPLOADED);
+  EXPECT_EQ(file.filename(), "train.jsonl");
+  TF_ASSERT_OK_AND_ASSIGN(v1::File got, Get(a_.key, file.id()));
+  EXPECT_EQ(got.sha256(), file.sha256());
+  TF_ASSERT_OK_AND_ASSIGN(std::string back, Download(a_.key, file.id()));
+  EXPECT_EQ(back, content);
+  TF_ASSERT_OK_AND_ASSIGN(std::string tail, Download(a_.key, file.id(), 1000));
+  EXPECT_EQ(tail, content.substr(1000));
+  EXPECT_THAT(Download(a_.key, file.id(), content.size() + 1),
+              StatusIs(absl::StatusCode::kOutOfRange));
+}
+
+TEST_F(DatasetServiceTest, UploadErrorsNameTheProblem) {
+  EXPECT_THAT(Upload(a_.key, "x", "t.jsonl", v1::FILE_PURPOSE_FINE_TUNE, /*send_metadata=*/false),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("first message")));
+  EXPECT_THAT(Upload(a_.key, "x", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata.filename")));
+  EXPECT_THAT(Upload(a_.key, "x", "../evil"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata.filename")));
+  EXPECT_THAT(Upload(a_.key, "x", "t.jsonl", v1::FILE_PURPOSE_UNSPECIFIED),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata.purpose")));
+  EXPECT_THAT(Upload(a_.key, ""), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
+  EXPECT_THAT(Upload(a_.key, std::string((1 << 20) + 1, 'x')),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("limit of 1048576 bytes")));
+  EXPECT_THAT(Upload(a_.key, "abc", "t.jsonl", v1::FILE_PURPOSE_FINE_TUNE, true,
+                     std::string(64, '0')),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("expected_sha256")));
+  EXPECT_THAT(Upload("tfk-wrong", "abc"), StatusIs(absl::StatusCode::kUnauthenticated));
+  // Nothing of the failed uploads is visible or left on disk.
+  TF_ASSERT_OK_AND_ASSIGN(auto list, List(a_.key));
+  EXPECT_EQ(list.files_size(), 0);
+  EXPECT_EQ(FilesOnDisk(), 0u);
+}
+
+TEST_F(DatasetServiceTest, QuotaIsPerTenant) {
+  std::string mib((1 << 20) - 10, 'x');
+  for (int i = 0; i < 3; ++i) ASSERT_THAT(Upload(a_.key, mib), IsOk());
+  EXPECT_THAT(Upload(a_.key, mib), StatusIs(absl::StatusCode::kResourceExhausted,
+                                            HasSubstr("tenant-a")));
+  EXPECT_THAT(Upload(b_.key, mib), IsOk());
+}
+
+TEST_F(DatasetServiceTest, TenantsNeverSeeEachOthersFiles) {
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, Lines(5)));
+  // Another tenant: Get, Delete and Download look exactly like a missing id.
+  absl::Status missing = Get(b_.key, "file-doesnotexist").status();
+  absl::Status foreign = Get(b_.key, file.id()).status();
+  EXPECT_THAT(foreign, StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(foreign.message(), absl::StrCat("file ", file.id(), " not found"));
+  EXPECT_THAT(missing, StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Delete(b_.key, file.id()), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Download(b_.key, file.id()), StatusIs(absl::StatusCode::kNotFound));
+  TF_ASSERT_OK_AND_ASSIGN(auto b_list, List(b_.key));
+  EXPECT_EQ(b_list.files_size(), 0);
+  // The owner still has it; an internal caller acting for tenant-b does not.
+  EXPECT_THAT(Get(a_.key, file.id()), IsOk());
+  EXPECT_THAT(Get(internal_.key, file.id()), StatusIs(absl::StatusCode::kPermissionDenied));
+  // Bad ids are named.
+  EXPECT_THAT(Get(a_.key, "ftjob-123"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a file id")));
+}
+
+TEST_F(DatasetServiceTest, ListPaginatesAndDeleteRemovesEverything) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    TF_ASSERT_OK_AND_ASSIGN(v1::File f, Upload(a_.key, Lines(1 + i)));
+    ids.push_back(f.id());
+  }
+  std::vector<std::string> seen;
+  std::string token;
+  int pages = 0;
+  do {
+    TF_ASSERT_OK_AND_ASSIGN(auto page, List(a_.key, 2, token));
+    for (const auto& f : page.files()) seen.push_back(f.id());
+    token = page.next_page_token();
+    ++pages;
+  } while (!token.empty());
+  EXPECT_EQ(pages, 3);
+  EXPECT_THAT(seen, ::testing::UnorderedElementsAreArray(ids));
+  EXPECT_THAT(List(a_.key, 2, "garbage!"), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                    HasSubstr("page_token")));
+  EXPECT_THAT(List(a_.key, -1), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("page_size")));
+
+  EXPECT_THAT(Delete(a_.key, ids[0]), IsOk());
+  EXPECT_THAT(Get(a_.key, ids[0]), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Delete(a_.key, ids[0]), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(FilesOnDisk(), 4u);
+}
+
+TEST_F(DatasetServiceTest, FilesSurviveRestart) {
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, Lines(10)));
+  Stop();
+  Start();
+  TF_ASSERT_OK_AND_ASSIGN(v1::File got, Get(a_.key, file.id()));
+  EXPECT_EQ(got.sha256(), file.sha256());
+  TF_ASSERT_OK_AND_ASSIGN(std::string back, Download(a_.key, file.id()));
+  EXPECT_EQ(back, Lines(10));
+}
+
+}  // namespace
+}  // namespace tunefleet::dataset

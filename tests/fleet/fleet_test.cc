@@ -1,0 +1,208 @@
+// The service binaries as real processes: every one starts and reports
+// SERVING, SIGTERM drains an in-flight stream before a clean exit, SIGKILL
+// in the middle of an upload leaves nothing behind.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "cli/fleet.h"
+#include "common/base/sha256.h"
+#include "common/base/subprocess.h"
+#include "common/rpc/auth.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/status.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+#include "tunefleet/v1/files.grpc.pb.h"
+
+namespace tunefleet {
+namespace {
+
+using ::tunefleet::testing::IsOk;
+using ::tunefleet::testing::StatusIs;
+
+TEST(Fleet, EveryServiceStartsServingAndStopsCleanly) {
+  testing::TempDir dir;
+  cli::LocalFleetOptions options;
+  options.data_dir = dir.Join("fleet");
+  options.bin_dir = TUNEFLEET_BIN_DIR;
+  auto fleet = cli::LocalFleet::Start(options);
+  ASSERT_THAT(fleet, IsOk());
+  ASSERT_EQ((*fleet)->services().size(), 4u);
+  for (const auto& s : (*fleet)->services()) {
+    rpc::ChannelOptions channel;
+    channel.target = s.address;
+    auto health = cli::CheckHealth(channel, absl::Seconds(5));
+    ASSERT_THAT(health, IsOk()) << s.name;
+    EXPECT_EQ(*health, "SERVING") << s.name;
+    EXPECT_GT(s.metrics_port, 0) << s.name;
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir.Join("fleet/fleet.json")));
+  EXPECT_THAT((*fleet)->Stop(absl::Seconds(30)), IsOk());
+}
+
+// One tunefleet-dataset process on a free port.
+class DatasetProcess {
+ public:
+  DatasetProcess(const std::string& dir, const std::string& keys_file) {
+    port_file_ = dir + "/dataset.ports.json";
+    std::filesystem::remove(port_file_);
+    auto proc = Subprocess::Start(
+        {std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-dataset", "--listen=127.0.0.1:0",
+         "--metrics_listen=off", "--keys_file=" + keys_file, "--data_dir=" + dir + "/data",
+         "--port_file=" + port_file_, "--drain_timeout=20s", "--log_level=warn"},
+        Subprocess::Options{dir + "/dataset.log", {}});
+    status_ = proc.status();
+    if (!proc.ok()) return;
+    process_ = std::make_unique<Subprocess>(std::move(*proc));
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (!std::filesystem::exists(port_file_) && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    std::ifstream in(port_file_);
+    auto j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_discarded()) {
+      status_ = absl::DeadlineExceededError("tunefleet-dataset did not start");
+      return;
+    }
+    target_ = absl::StrCat("127.0.0.1:", j["port"].get<int>());
+  }
+  const absl::Status& status() const { return status_; }
+  Subprocess& process() { return *process_; }
+  const std::string& target() const { return target_; }
+  std::unique_ptr<v1::DatasetService::Stub> Stub() const {
+    rpc::ChannelOptions o;
+    o.target = target_;
+    return v1::DatasetService::NewStub(*rpc::MakeChannel(o));
+  }
+
+ private:
+  absl::Status status_;
+  std::string port_file_;
+  std::string target_;
+  std::unique_ptr<Subprocess> process_;
+};
+
+class DatasetProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::ofstream(dir_.Join("keys.txt")) << key_.line << "\n";
+  }
+  std::unique_ptr<DatasetProcess> StartDataset() {
+    auto p = std::make_unique<DatasetProcess>(dir_.path(), dir_.Join("keys.txt"));
+    EXPECT_THAT(p->status(), IsOk());
+    return p;
+  }
+  v1::UploadFileRequest Metadata() {
+    v1::UploadFileRequest req;
+    req.mutable_metadata()->set_filename("train.jsonl");
+    req.mutable_metadata()->set_purpose(v1::FILE_PURPOSE_FINE_TUNE);
+    return req;
+  }
+  static v1::UploadFileRequest Chunk(const std::string& data) {
+    v1::UploadFileRequest req;
+    req.set_chunk(data);
+    return req;
+  }
+  size_t BlobFiles() {
+    size_t n = 0;
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(dir_.Join("data/blobs"), ec);
+         it != std::filesystem::recursive_directory_iterator(); ++it) {
+      if (it->is_regular_file()) ++n;
+    }
+    return n;
+  }
+
+  testing::TempDir dir_;
+  rpc::NewKey key_ = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
+};
+
+TEST_F(DatasetProcessTest, SigtermDrainsAnInFlightUploadThenExitsZero) {
+  auto dataset = StartDataset();
+  ASSERT_THAT(dataset->status(), IsOk());
+  auto stub = dataset->Stub();
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, key_.key, absl::Seconds(60));
+  v1::File file;
+  auto writer = stub->UploadFile(&ctx, &file);
+  std::string part1(300000, 'a'), part2(300000, 'b');
+  ASSERT_TRUE(writer->Write(Metadata()));
+  ASSERT_TRUE(writer->Write(Chunk(part1)));
+
+  ASSERT_THAT(dataset->process().Signal(SIGTERM), IsOk());
+  // Wait until the server has begun shutting down: it no longer reports
+  // SERVING to new calls.
+  rpc::ChannelOptions fresh;
+  fresh.target = dataset->target();
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  for (;;) {
+    auto h = cli::CheckHealth(fresh, absl::Seconds(2));
+    if (!h.ok() || *h != "SERVING") break;
+    ASSERT_LT(absl::Now(), deadline) << "server never began shutting down";
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  // The in-flight stream is drained, not cut.
+  ASSERT_TRUE(writer->Write(Chunk(part2)));
+  ASSERT_TRUE(writer->WritesDone());
+  grpc::Status finished = writer->Finish();
+  ASSERT_TRUE(finished.ok()) << finished.error_message();
+  EXPECT_EQ(file.sha256(), Sha256Hex(part1 + part2));
+
+  auto exited = dataset->process().Wait(absl::Seconds(30));
+  ASSERT_THAT(exited, IsOk());
+  EXPECT_TRUE(WIFEXITED(*exited) && WEXITSTATUS(*exited) == 0) << DescribeWaitStatus(*exited);
+
+  // What the drained call stored is there after a restart.
+  auto again = StartDataset();
+  ASSERT_THAT(again->status(), IsOk());
+  grpc::ClientContext get_ctx;
+  rpc::PrepareContext(&get_ctx, key_.key, absl::Seconds(10));
+  v1::GetFileRequest get;
+  get.set_file_id(file.id());
+  v1::File got;
+  ASSERT_TRUE(again->Stub()->GetFile(&get_ctx, get, &got).ok());
+  EXPECT_EQ(got.bytes(), 600000);
+}
+
+TEST_F(DatasetProcessTest, SigkillMidUploadLeavesNothingVisibleOrOnDisk) {
+  auto dataset = StartDataset();
+  ASSERT_THAT(dataset->status(), IsOk());
+  {
+    auto stub = dataset->Stub();
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key_.key, absl::Seconds(60));
+    v1::File file;
+    auto writer = stub->UploadFile(&ctx, &file);
+    ASSERT_TRUE(writer->Write(Metadata()));
+    for (int i = 0; i < 8; ++i) ASSERT_TRUE(writer->Write(Chunk(std::string(100000, 'z'))));
+    // Make sure the bytes reached the server's disk before the kill: a
+    // staged upload exists.
+    absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (BlobFiles() == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_GT(BlobFiles(), 0u);
+    ASSERT_THAT(dataset->process().Signal(SIGKILL), IsOk());
+    auto exited = dataset->process().Wait(absl::Seconds(10));
+    ASSERT_THAT(exited, IsOk());
+    EXPECT_TRUE(WIFSIGNALED(*exited));
+    ctx.TryCancel();
+  }
+  auto again = StartDataset();
+  ASSERT_THAT(again->status(), IsOk());
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, key_.key, absl::Seconds(10));
+  v1::ListFilesResponse list;
+  ASSERT_TRUE(again->Stub()->ListFiles(&ctx, {}, &list).ok());
+  EXPECT_EQ(list.files_size(), 0);
+  EXPECT_EQ(BlobFiles(), 0u) << "partial upload left on disk after restart";
+}
+
+}  // namespace
+}  // namespace tunefleet
