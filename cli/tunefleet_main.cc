@@ -2,6 +2,7 @@
 //   tunefleet local            run the whole fleet on this machine
 //   tunefleet health           ask a service whether it is SERVING
 //   tunefleet keys create      make an API key (prints it once, stores its digest)
+//   tunefleet files ...        upload, list, get, delete training files
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -12,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "cli/client.h"
 #include "cli/fleet.h"
 #include "common/rpc/auth.h"
 #include "common/rpc/server.h"
@@ -25,7 +27,13 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-int RunLocal(const LocalFleetOptions& options, bool check_only) {
+void PrintFile(const v1::File& f) {
+  std::cout << absl::StrFormat("%-30s %-10s %10d  %s  %s\n", f.id(),
+                               v1::FileStatus_Name(f.status()).substr(12), f.bytes(),
+                               f.sha256().substr(0, 12), f.filename());
+}
+
+int RunLocal(const LocalFleetOptions& options, bool check_only, const std::string& sample) {
   rpc::BlockShutdownSignals();
   auto fleet = LocalFleet::Start(options);
   if (!fleet.ok()) return Fail(fleet.status());
@@ -37,6 +45,19 @@ int RunLocal(const LocalFleetOptions& options, bool check_only) {
   }
   std::cout << "credentials: " << options.data_dir << "/credentials.json (tenant '"
             << (*fleet)->credentials().tenant << "')\n";
+  if (!sample.empty()) {
+    Endpoint endpoint;
+    endpoint.channel.target = (*fleet)->services().front().address;
+    endpoint.api_key = (*fleet)->credentials().tenant_key;
+    auto file = UploadFile(endpoint, sample, v1::FILE_PURPOSE_FINE_TUNE);
+    if (!file.ok()) return Fail(file.status());
+    std::cout << "uploaded " << sample << " through DatasetService.UploadFile:\n";
+    PrintFile(*file);
+    auto listed = ListFiles(endpoint, "");
+    if (!listed.ok()) return Fail(listed.status());
+    std::cout << "ListFiles returns " << listed->files_size() << " file(s) for tenant '"
+              << (*fleet)->credentials().tenant << "'\n";
+  }
   if (!check_only) {
     std::cout << "fleet is up; Ctrl-C stops it\n" << std::flush;
     rpc::WaitForShutdownSignal();
@@ -68,6 +89,10 @@ int main(int argc, char** argv) {
 
   rpc::ChannelOptions health_channel;
   std::string health_service;
+  std::string sample;
+  local_cmd->add_option("--sample-upload", sample,
+                        "Upload this JSONL file once the fleet is up (demo)");
+
   auto* health_cmd = app.add_subcommand("health", "Ask a service whether it is SERVING");
   health_cmd->add_option("target", health_channel.target, "host:port")->required();
   health_cmd->add_option("--service", health_service, "Service name (default: the server)");
@@ -86,9 +111,59 @@ int main(int argc, char** argv) {
   create_cmd->add_option("--name", key_name, "A label for the key");
   create_cmd->add_flag("--internal", internal, "The service-to-service credential");
 
+  auto* files_cmd = app.add_subcommand("files", "Training and validation files");
+  files_cmd->require_subcommand(1);
+  std::string fleet_dir = "./tunefleet-local", target, api_key;
+  for (CLI::App* c : {files_cmd}) {
+    c->add_option("--fleet", fleet_dir, "A 'tunefleet local' data dir to read addresses and keys from")
+        ->capture_default_str();
+    c->add_option("--target", target, "Dataset service host:port (or TUNEFLEET_DATASET)");
+    c->add_option("--api-key", api_key, "API key (or TUNEFLEET_API_KEY)");
+  }
+  std::string path, purpose = "fine-tune", file_id;
+  auto* upload_cmd = files_cmd->add_subcommand("upload", "Upload a JSONL file");
+  upload_cmd->add_option("path", path, "Local file")->required();
+  upload_cmd->add_option("--purpose", purpose, "fine-tune or validation")->capture_default_str();
+  auto* list_cmd = files_cmd->add_subcommand("list", "List your files");
+  auto* get_cmd = files_cmd->add_subcommand("get", "Show one file");
+  get_cmd->add_option("id", file_id, "file-…")->required();
+  auto* delete_cmd = files_cmd->add_subcommand("delete", "Delete a file");
+  delete_cmd->add_option("id", file_id, "file-…")->required();
+
+  // --fleet/--target/--api-key may follow the verb too.
+  for (CLI::App* c : {upload_cmd, list_cmd, get_cmd, delete_cmd}) c->fallthrough();
+
   CLI11_PARSE(app, argc, argv);
 
-  if (local_cmd->parsed()) return cli::RunLocal(local, check_only);
+  if (local_cmd->parsed()) return cli::RunLocal(local, check_only, sample);
+  if (files_cmd->parsed()) {
+    auto endpoint = cli::ResolveEndpoint("dataset", fleet_dir, target, api_key);
+    if (!endpoint.ok()) return cli::Fail(endpoint.status());
+    if (upload_cmd->parsed()) {
+      auto p = cli::ParsePurpose(purpose);
+      if (!p.ok()) return cli::Fail(p.status());
+      auto f = cli::UploadFile(*endpoint, path, *p);
+      if (!f.ok()) return cli::Fail(f.status());
+      cli::PrintFile(*f);
+    } else if (list_cmd->parsed()) {
+      std::string token;
+      do {
+        auto page = cli::ListFiles(*endpoint, token);
+        if (!page.ok()) return cli::Fail(page.status());
+        for (const auto& f : page->files()) cli::PrintFile(f);
+        token = page->next_page_token();
+      } while (!token.empty());
+    } else if (get_cmd->parsed()) {
+      auto f = cli::GetFile(*endpoint, file_id);
+      if (!f.ok()) return cli::Fail(f.status());
+      cli::PrintFile(*f);
+    } else if (delete_cmd->parsed()) {
+      absl::Status s = cli::DeleteFile(*endpoint, file_id);
+      if (!s.ok()) return cli::Fail(s);
+      std::cout << "deleted " << file_id << "\n";
+    }
+    return 0;
+  }
   if (health_cmd->parsed()) {
     auto status = cli::CheckHealth(health_channel, absl::Seconds(5), health_service);
     if (!status.ok()) return cli::Fail(status.status());

@@ -206,3 +206,50 @@ TEST_F(DatasetProcessTest, SigkillMidUploadLeavesNothingVisibleOrOnDisk) {
 
 }  // namespace
 }  // namespace tunefleet
+
+namespace tunefleet {
+namespace {
+
+// The CLI against a local fleet: files upload, list, get, delete, and a
+// clear error for a bad purpose.
+TEST(Cli, FilesCommandsAgainstALocalFleet) {
+  testing::TempDir dir;
+  cli::LocalFleetOptions options;
+  options.data_dir = dir.Join("fleet");
+  options.bin_dir = TUNEFLEET_BIN_DIR;
+  auto fleet = cli::LocalFleet::Start(options);
+  ASSERT_THAT(fleet, IsOk());
+  auto run = [&](std::vector<std::string> args) -> std::pair<int, std::string> {
+    std::string log = dir.Join("cli.out");
+    std::filesystem::remove(log);
+    args.insert(args.begin(), std::string(TUNEFLEET_BIN_DIR) + "/tunefleet");
+    auto p = Subprocess::Start(args, Subprocess::Options{log, {}});
+    if (!p.ok()) return {-1, ""};
+    auto status = p->Wait(absl::Seconds(60));
+    std::ifstream in(log);
+    std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return {status.ok() && WIFEXITED(*status) ? WEXITSTATUS(*status) : -1, out};
+  };
+  std::string sample = std::string(TUNEFLEET_SOURCE_DIR) + "/examples/data/chat_sample.jsonl";
+  std::string fleet_flag = "--fleet=" + options.data_dir;
+  auto [rc, out] = run({"files", "upload", sample, fleet_flag});
+  ASSERT_EQ(rc, 0) << out;
+  ASSERT_THAT(out, ::testing::HasSubstr("chat_sample.jsonl"));
+  std::string id = out.substr(0, out.find(' '));
+  ASSERT_THAT(id, ::testing::StartsWith("file-"));
+  auto listed = run({"files", "list", fleet_flag});
+  EXPECT_EQ(listed.first, 0);
+  EXPECT_THAT(listed.second, ::testing::HasSubstr(id));
+  EXPECT_EQ(run({"files", "get", id, fleet_flag}).first, 0);
+  EXPECT_EQ(run({"files", "delete", id, fleet_flag}).first, 0);
+  auto gone = run({"files", "get", id, fleet_flag});
+  EXPECT_EQ(gone.first, 1);
+  EXPECT_THAT(gone.second, ::testing::HasSubstr("NOT_FOUND"));
+  auto bad = run({"files", "upload", sample, "--purpose=training", fleet_flag});
+  EXPECT_EQ(bad.first, 1);
+  EXPECT_THAT(bad.second, ::testing::HasSubstr("--purpose must be fine-tune or validation"));
+  EXPECT_THAT((*fleet)->Stop(absl::Seconds(30)), IsOk());
+}
+
+}  // namespace
+}  // namespace tunefleet

@@ -1,0 +1,37 @@
+// Client calls the CLI makes, and how it finds a fleet: flags, then the
+// environment (TUNEFLEET_DATASET, TUNEFLEET_API_KEY), then the fleet.json and
+// credentials.json that `tunefleet local` wrote.
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/rpc/channel.h"
+#include "tunefleet/v1/files.grpc.pb.h"
+
+namespace tunefleet::cli {
+
+struct Endpoint {
+  rpc::ChannelOptions channel;
+  std::string api_key;
+};
+
+// Resolves the dataset service endpoint. `fleet_dir` is a `tunefleet local`
+// data dir (may be empty).
+absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& service,
+                                         const std::string& fleet_dir,
+                                         const std::string& target_flag,
+                                         const std::string& key_flag);
+
+// Streams a local file to DatasetService.UploadFile in 1 MiB chunks.
+absl::StatusOr<v1::File> UploadFile(const Endpoint& endpoint, const std::string& path,
+                                    v1::FilePurpose purpose);
+absl::StatusOr<v1::File> GetFile(const Endpoint& endpoint, const std::string& id);
+absl::StatusOr<v1::ListFilesResponse> ListFiles(const Endpoint& endpoint,
+                                                const std::string& page_token);
+absl::Status DeleteFile(const Endpoint& endpoint, const std::string& id);
+
+// "fine-tune" | "validation".
+absl::StatusOr<v1::FilePurpose> ParsePurpose(const std::string& purpose);
+
+}  // namespace tunefleet::cli
