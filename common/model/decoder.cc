@@ -1,0 +1,495 @@
+#include "common/model/decoder.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/base/status_macros.h"
+#include "common/model/file_util.h"
+#include "common/model/torch_compat.h"
+#include "common/model/torch_status.h"
+
+namespace tunefleet::model {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string ShapeString(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+
+std::string LayerPrefix(int64_t i) { return absl::StrCat("model.layers.", i, "."); }
+
+std::string ProjWeightName(int64_t layer, Proj p) {
+  return absl::StrCat(LayerPrefix(layer), ProjParent(p), ".", ProjName(p), ".weight");
+}
+
+std::string ProjBiasName(int64_t layer, Proj p) {
+  return absl::StrCat(LayerPrefix(layer), ProjParent(p), ".", ProjName(p), ".bias");
+}
+
+bool ProjHasBias(const ModelConfig& c, Proj p) {
+  switch (p) {
+    case Proj::kQ:
+    case Proj::kK:
+    case Proj::kV:
+    case Proj::kO:
+      return c.attention_bias;
+    case Proj::kGate:
+    case Proj::kUp:
+    case Proj::kDown:
+      return c.mlp_bias;
+    default:
+      return false;
+  }
+}
+
+std::string DtypeConfigName(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: return "float32";
+  }
+}
+
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
+}
+
+// x [B,H,T,D]; cos/sin [B,1,T,R] with R <= D rotating the first R dims.
+at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t r = cos.size(-1);
+  if (r == x.size(-1)) return x * cos + RotateHalf(x) * sin;
+  at::Tensor rot = x.narrow(-1, 0, r);
+  return at::cat({rot * cos + RotateHalf(rot) * sin, x.narrow(-1, r, x.size(-1) - r)}, -1);
+}
+
+// Base inverse frequencies the way transformers computes them (in fp32).
+at::Tensor BaseInvFreq(const ModelConfig& c) {
+  at::Tensor exponent = at::arange(0, c.rotary_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.rotary_dim);
+  return at::pow(at::scalar_tensor(c.rope_theta, at::kFloat), exponent);  // base**(2i/d); inverted by callers
+}
+
+}  // namespace
+
+absl::StatusOr<Decoder> Decoder::Load(const std::string& dir, const DecoderOptions& options) {
+  TF_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  TF_ASSIGN_OR_RETURN(SafetensorsDir weights, SafetensorsDir::Open(dir));
+  return FromWeights(config, weights, options);
+}
+
+absl::StatusOr<Decoder> Decoder::FromWeights(const ModelConfig& config, const SafetensorsDir& weights,
+                                             const DecoderOptions& options) {
+  return internal::CatchTorch("loading decoder", [&]() -> absl::StatusOr<Decoder> {
+    Decoder d;
+    d.config_ = config;
+    d.options_ = options;
+    const ModelConfig& c = d.config_;
+    auto get = [&](const std::string& name, std::vector<int64_t> shape) -> absl::StatusOr<at::Tensor> {
+      if (!weights.Contains(name)) {
+        return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": missing tensor '", name, "'"));
+      }
+      TF_ASSIGN_OR_RETURN(at::Tensor t, weights.Get(name));
+      if (t.sizes() != at::IntArrayRef(shape)) {
+        return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": tensor '", name, "' has shape ",
+                                                       ShapeString(t.sizes()), ", expected ", ShapeString(shape)));
+      }
+      if (!at::isFloatingType(t.scalar_type())) {
+        return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": tensor '", name,
+                                                       "' is not floating point (", c10::toString(t.scalar_type()), ")"));
+      }
+      return t.to(options.device, options.dtype);
+    };
+    const int64_t h = c.hidden_size;
+    TF_ASSIGN_OR_RETURN(d.embed_, get("model.embed_tokens.weight", {c.vocab_size, h}));
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      Layer layer;
+      TF_ASSIGN_OR_RETURN(layer.input_norm, get(LayerPrefix(i) + "input_layernorm.weight", {h}));
+      TF_ASSIGN_OR_RETURN(layer.post_attention_norm, get(LayerPrefix(i) + "post_attention_layernorm.weight", {h}));
+      for (Proj p : ModelProjections(c)) {
+        auto [out, in] = ProjShape(c, p);
+        Linear& lin = layer.proj[static_cast<int>(p)];
+        TF_ASSIGN_OR_RETURN(lin.weight, get(ProjWeightName(i, p), {out, in}));
+        if (ProjHasBias(c, p)) {
+          TF_ASSIGN_OR_RETURN(lin.bias, get(ProjBiasName(i, p), {out}));
+        }
+      }
+      d.layers_.push_back(std::move(layer));
+    }
+    TF_ASSIGN_OR_RETURN(d.norm_, get("model.norm.weight", {h}));
+    if (c.tie_word_embeddings && !weights.Contains("lm_head.weight")) {
+      d.lm_head_ = d.embed_;
+    } else {
+      TF_ASSIGN_OR_RETURN(d.lm_head_, get("lm_head.weight", {c.vocab_size, h}));
+    }
+
+    at::Tensor base = BaseInvFreq(c);
+    const RopeScaling& rs = c.rope_scaling;
+    switch (rs.type) {
+      case RopeScaling::Type::kNone:
+        d.inv_freq_short_ = base.reciprocal();
+        break;
+      case RopeScaling::Type::kLinear:
+        d.inv_freq_short_ = base.reciprocal() / rs.factor;
+        break;
+      case RopeScaling::Type::kLongRope: {
+        at::Tensor s = at::tensor(rs.short_factor, at::kDouble).to(at::kFloat);
+        at::Tensor l = at::tensor(rs.long_factor, at::kDouble).to(at::kFloat);
+        d.inv_freq_short_ = (s * base).reciprocal();
+        d.inv_freq_long_ = (l * base).reciprocal();
+        d.rope_mscale_ = rs.attention_factor;
+        break;
+      }
+      case RopeScaling::Type::kLlama3: {
+        at::Tensor inv = base.reciprocal();
+        const double old_ctx = static_cast<double>(rs.original_max_position_embeddings);
+        const double low_wavelen = old_ctx / rs.low_freq_factor;
+        const double high_wavelen = old_ctx / rs.high_freq_factor;
+        at::Tensor wavelen = 2 * 3.14159265358979323846 / inv;
+        at::Tensor scaled = at::where(wavelen > low_wavelen, inv / rs.factor, inv);
+        at::Tensor smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+        at::Tensor smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
+        at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+        d.inv_freq_short_ = at::where(medium, smoothed, scaled);
+        break;
+      }
+    }
+    d.inv_freq_short_ = d.inv_freq_short_.to(options.device);
+    if (d.inv_freq_long_.defined()) d.inv_freq_long_ = d.inv_freq_long_.to(options.device);
+    return d;
+  });
+}
+
+at::Tensor Decoder::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return weight * (xf * at::rsqrt(var + config_.rms_norm_eps)).to(x.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions) const {
+  at::Tensor inv = inv_freq_short_;
+  if (inv_freq_long_.defined() &&
+      positions.max().item<int64_t>() + 1 > config_.rope_scaling.original_max_position_embeddings) {
+    inv = inv_freq_long_;
+  }
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv.view({1, 1, -1});
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  at::Tensor cos = emb.cos(), sin = emb.sin();
+  if (rope_mscale_ != 1.0) {
+    cos = cos * rope_mscale_;
+    sin = sin * rope_mscale_;
+  }
+  return {cos.to(options_.dtype).unsqueeze(1), sin.to(options_.dtype).unsqueeze(1)};
+}
+
+at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x,
+                            const LoraAdapter* adapter, bool training) const {
+  const Linear& lin = layer.proj[static_cast<int>(p)];
+  at::Tensor y = at::linear(x, lin.weight, lin.bias);
+  if (adapter != nullptr) {
+    const LoraAdapter::Module& m = adapter->module(index, p);
+    if (m.defined()) {
+      at::Tensor in = x.to(m.a.scalar_type());
+      if (training && adapter->config().dropout > 0) in = at::dropout(in, adapter->config().dropout, true);
+      at::Tensor delta = at::linear(at::linear(in, m.a), m.b) * adapter->scaling();
+      y = y + delta.to(y.scalar_type());
+    }
+  }
+  return y;
+}
+
+at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions, const at::Tensor& keep,
+                         const LoraAdapter* adapter, bool training, KvCache* cache) const {
+  const ModelConfig& c = config_;
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
+  at::Tensor h = at::embedding(embed_, input_ids);
+  auto [cos, sin] = Rotary(positions);
+
+  at::Tensor rows, cols;
+  int64_t span = T;
+  if (cache != nullptr) {
+    at::Tensor lens = at::tensor(cache->lengths_, at::kLong).to(options_.device);
+    rows = at::arange(B, lens.options()).view({B, 1}).expand({B, T});
+    cols = lens.view({B, 1}) + at::arange(T, lens.options()).view({1, T});
+    span = *std::max_element(cache->lengths_.begin(), cache->lengths_.end()) + T;
+  }
+
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const Layer& layer = layers_[i];
+    at::Tensor x = RmsNorm(h, layer.input_norm);
+    at::Tensor q, k, v;
+    if (c.fused_projections()) {
+      at::Tensor qkv = Project(layer, i, Proj::kQkv, x, adapter, training);
+      q = qkv.narrow(-1, 0, c.q_size());
+      k = qkv.narrow(-1, c.q_size(), c.kv_size());
+      v = qkv.narrow(-1, c.q_size() + c.kv_size(), c.kv_size());
+    } else {
+      q = Project(layer, i, Proj::kQ, x, adapter, training);
+      k = Project(layer, i, Proj::kK, x, adapter, training);
+      v = Project(layer, i, Proj::kV, x, adapter, training);
+    }
+    q = ApplyRotary(q.reshape({B, T, H, D}).transpose(1, 2), cos, sin);
+    k = ApplyRotary(k.reshape({B, T, KV, D}).transpose(1, 2), cos, sin);
+    v = v.reshape({B, T, KV, D}).transpose(1, 2);
+    if (cache != nullptr) {
+      cache->k_[i].index_put_({rows, cols}, k.transpose(1, 2));
+      cache->v_[i].index_put_({rows, cols}, v.transpose(1, 2));
+      k = cache->k_[i].narrow(1, 0, span).transpose(1, 2);
+      v = cache->v_[i].narrow(1, 0, span).transpose(1, 2);
+    }
+    if (H != KV) {
+      const int64_t S = k.size(2);
+      k = k.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
+      v = v.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
+    }
+    at::Tensor attn = compat::Attention(q, k, v, keep).transpose(1, 2).reshape({B, T, H * D});
+    h = h + Project(layer, i, Proj::kO, attn, adapter, training);
+
+    x = RmsNorm(h, layer.post_attention_norm);
+    at::Tensor gate, up;
+    if (c.fused_projections()) {
+      at::Tensor gu = Project(layer, i, Proj::kGateUp, x, adapter, training);
+      gate = gu.narrow(-1, 0, c.intermediate_size);
+      up = gu.narrow(-1, c.intermediate_size, c.intermediate_size);
+    } else {
+      gate = Project(layer, i, Proj::kGate, x, adapter, training);
+      up = Project(layer, i, Proj::kUp, x, adapter, training);
+    }
+    h = h + Project(layer, i, Proj::kDown, up * at::silu(gate), adapter, training);
+  }
+  return RmsNorm(h, norm_);
+}
+
+absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids, const ForwardOptions& options) const {
+  if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0) {
+    return absl::InvalidArgumentError("Forward: input_ids must be a non-empty [batch, tokens] tensor");
+  }
+  return internal::CatchTorch("Decoder::Forward", [&]() -> absl::StatusOr<at::Tensor> {
+    const at::Device dev = options_.device;
+    at::Tensor ids = input_ids.to(dev, at::kLong);
+    if (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= config_.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: token ids must be in [0, ", config_.vocab_size, ")"));
+    }
+    const int64_t B = ids.size(0), T = ids.size(1);
+    for (const at::Tensor* t : {&options.attention_mask, &options.position_ids, &options.sequence_ids}) {
+      if (t->defined() && t->sizes() != ids.sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("Forward: masks and position ids must have shape ",
+                                                       ShapeString(ids.sizes())));
+      }
+    }
+    at::Tensor idx = at::arange(T, ids.options());
+    at::Tensor keep = idx.view({1, T}) <= idx.view({T, 1});  // [Tq, Tk]: key <= query
+    if (config_.sliding_window) keep = keep.logical_and(idx.view({T, 1}) - idx.view({1, T}) < *config_.sliding_window);
+    keep = keep.view({1, 1, T, T}).expand({B, 1, T, T});
+    at::Tensor positions;
+    if (options.attention_mask.defined()) {
+      at::Tensor m = options.attention_mask.to(dev).to(at::kBool);
+      keep = keep.logical_and(m.view({B, 1, 1, T}));
+      positions = (m.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+    } else {
+      positions = idx.view({1, T}).expand({B, T});
+    }
+    if (options.sequence_ids.defined()) {
+      at::Tensor s = options.sequence_ids.to(dev);
+      keep = keep.logical_and(s.view({B, 1, T, 1}) == s.view({B, 1, 1, T}));
+    }
+    if (options.position_ids.defined()) positions = options.position_ids.to(dev, at::kLong);
+    // Padding queries would otherwise see no key at all; let them see
+    // themselves so that softmax stays finite (their outputs are ignored).
+    keep = keep.logical_or(at::eye(T, ids.options().dtype(at::kBool)).view({1, 1, T, T}));
+    at::Tensor h = Body(ids, positions, keep, options.adapter, options.training, nullptr);
+    return at::linear(h, lm_head_).to(at::kFloat);
+  });
+}
+
+absl::StatusOr<KvCache> Decoder::NewCache(int64_t batch, int64_t capacity) const {
+  if (batch <= 0 || capacity <= 0) return absl::InvalidArgumentError("NewCache: batch and capacity must be positive");
+  return internal::CatchTorch("Decoder::NewCache", [&]() -> absl::StatusOr<KvCache> {
+    KvCache cache;
+    auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
+    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+      cache.k_.push_back(at::zeros({batch, capacity, config_.num_key_value_heads, config_.head_dim}, opts));
+      cache.v_.push_back(at::zeros({batch, capacity, config_.num_key_value_heads, config_.head_dim}, opts));
+    }
+    cache.lengths_.assign(static_cast<size_t>(batch), 0);
+    cache.capacity_ = capacity;
+    return cache;
+  });
+}
+
+absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& input_ids,
+                                           const std::vector<int64_t>& chunk_lengths, const LoraAdapter* adapter,
+                                           bool all_logits) const {
+  if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0 ||
+      input_ids.size(0) != cache.batch_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Extend: input_ids must be [", cache.batch_size(), ", tokens] with tokens > 0"));
+  }
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  std::vector<int64_t> chunk = chunk_lengths;
+  if (chunk.empty()) chunk.assign(static_cast<size_t>(B), T);
+  if (static_cast<int64_t>(chunk.size()) != B) {
+    return absl::InvalidArgumentError("Extend: chunk_lengths must have one entry per row");
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    if (chunk[b] < 0 || chunk[b] > T) {
+      return absl::InvalidArgumentError(absl::StrCat("Extend: chunk_lengths[", b, "] is outside [0, ", T, "]"));
+    }
+    if (cache.lengths_[b] + T > cache.capacity_) {
+      return absl::ResourceExhaustedError(absl::StrCat("Extend: row ", b, " holds ", cache.lengths_[b],
+                                                       " tokens; ", T, " more exceed the cache capacity ",
+                                                       cache.capacity_));
+    }
+  }
+  return internal::CatchTorch("Decoder::Extend", [&]() -> absl::StatusOr<at::Tensor> {
+    at::NoGradGuard no_grad;
+    const at::Device dev = options_.device;
+    at::Tensor ids = input_ids.to(dev, at::kLong);
+    if (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("Extend: token ids must be in [0, ", config_.vocab_size, ")"));
+    }
+    at::Tensor lens = at::tensor(cache.lengths_, at::kLong).to(dev);
+    at::Tensor positions = lens.view({B, 1}) + at::arange(T, ids.options()).view({1, T});  // [B,T]
+    const int64_t span = *std::max_element(cache.lengths_.begin(), cache.lengths_.end()) + T;
+    at::Tensor key_idx = at::arange(span, ids.options()).view({1, 1, span});
+    at::Tensor q_pos = positions.unsqueeze(-1);  // [B,T,1]
+    at::Tensor keep = key_idx <= q_pos;
+    if (config_.sliding_window) keep = keep.logical_and(q_pos - key_idx < *config_.sliding_window);
+    keep = keep.unsqueeze(1);  // [B,1,T,span]
+    at::Tensor h = Body(ids, positions, keep, adapter, false, &cache);
+    for (int64_t b = 0; b < B; ++b) cache.lengths_[b] += chunk[b];
+    if (all_logits) return at::linear(h, lm_head_).to(at::kFloat);
+    std::vector<int64_t> last(chunk.size());
+    for (size_t b = 0; b < chunk.size(); ++b) last[b] = std::max<int64_t>(chunk[b] - 1, 0);
+    at::Tensor last_idx = at::tensor(last, at::kLong).to(dev);
+    at::Tensor hl = h.index({at::arange(B, ids.options()), last_idx});  // [B,hidden]
+    return at::linear(hl, lm_head_).to(at::kFloat);
+  });
+}
+
+absl::Status Decoder::ApplyAdapter(const LoraAdapter& adapter, double sign) {
+  if (adapter.num_layers() != config_.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter has ", adapter.num_layers(), " layers, the model ",
+                                                   config_.num_hidden_layers));
+  }
+  return internal::CatchTorch("Decoder::MergeAdapter", [&]() -> absl::Status {
+    at::NoGradGuard no_grad;
+    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+      for (Proj p : ModelProjections(config_)) {
+        const LoraAdapter::Module& m = adapter.module(i, p);
+        if (!m.defined()) continue;
+        at::Tensor& w = layers_[i].proj[static_cast<int>(p)].weight;
+        at::Tensor delta = at::matmul(m.b.to(at::kFloat), m.a.to(at::kFloat)) * (sign * adapter.scaling());
+        w.add_(delta.to(w.device(), w.scalar_type()));
+      }
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status Decoder::MergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, 1.0); }
+absl::Status Decoder::UnmergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, -1.0); }
+
+absl::StatusOr<NamedTensors> Decoder::HfTensors(const LoraAdapter* merge, at::ScalarType dtype) const {
+  if (merge != nullptr && merge->num_layers() != config_.num_hidden_layers) {
+    return absl::InvalidArgumentError("HfTensors: adapter does not match the model's layer count");
+  }
+  return internal::CatchTorch("Decoder::HfTensors", [&]() -> absl::StatusOr<NamedTensors> {
+    at::NoGradGuard no_grad;
+    NamedTensors out;
+    auto add = [&](std::string name, const at::Tensor& t) { out.emplace_back(std::move(name), t.to(dtype)); };
+    add("model.embed_tokens.weight", embed_);
+    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+      const Layer& layer = layers_[i];
+      add(LayerPrefix(i) + "input_layernorm.weight", layer.input_norm);
+      for (Proj p : ModelProjections(config_)) {
+        const Linear& lin = layer.proj[static_cast<int>(p)];
+        at::Tensor w = lin.weight;
+        if (merge != nullptr && merge->module(i, p).defined()) {
+          const LoraAdapter::Module& m = merge->module(i, p);
+          w = w.to(at::kFloat) + at::matmul(m.b.to(w.device(), at::kFloat), m.a.to(w.device(), at::kFloat)) *
+                                     merge->scaling();
+        }
+        add(ProjWeightName(i, p), w);
+        if (lin.bias.defined()) add(ProjBiasName(i, p), lin.bias);
+      }
+      add(LayerPrefix(i) + "post_attention_layernorm.weight", layer.post_attention_norm);
+    }
+    add("model.norm.weight", norm_);
+    if (!config_.tie_word_embeddings) add("lm_head.weight", lm_head_);
+    return out;
+  });
+}
+
+std::vector<at::Tensor> Decoder::Parameters() const {
+  std::vector<at::Tensor> out = {embed_};
+  for (const Layer& l : layers_) {
+    out.push_back(l.input_norm);
+    for (const Linear& lin : l.proj) {
+      if (lin.weight.defined()) out.push_back(lin.weight);
+      if (lin.bias.defined()) out.push_back(lin.bias);
+    }
+    out.push_back(l.post_attention_norm);
+  }
+  out.push_back(norm_);
+  if (!config_.tie_word_embeddings) out.push_back(lm_head_);
+  return out;
+}
+
+int64_t Decoder::WeightBytes() const {
+  int64_t n = embed_.numel() * embed_.element_size() + norm_.numel() * norm_.element_size();
+  if (!config_.tie_word_embeddings) n += lm_head_.numel() * lm_head_.element_size();
+  for (const Layer& l : layers_) {
+    n += (l.input_norm.numel() + l.post_attention_norm.numel()) * l.input_norm.element_size();
+    for (const Linear& lin : l.proj) {
+      if (lin.weight.defined()) n += lin.weight.numel() * lin.weight.element_size();
+      if (lin.bias.defined()) n += lin.bias.numel() * lin.bias.element_size();
+    }
+  }
+  return n;
+}
+
+absl::StatusOr<at::Tensor> CausalLmLoss(const at::Tensor& logits, const at::Tensor& labels) {
+  if (!logits.defined() || !labels.defined() || logits.dim() != 3 || labels.dim() != 2 ||
+      logits.size(0) != labels.size(0) || logits.size(1) != labels.size(1) || logits.size(1) < 2) {
+    return absl::InvalidArgumentError("CausalLmLoss: logits [B,T,V] and labels [B,T] with T >= 2 expected");
+  }
+  return internal::CatchTorch("CausalLmLoss", [&]() -> absl::StatusOr<at::Tensor> {
+    const int64_t T = logits.size(1), V = logits.size(2);
+    at::Tensor l = logits.narrow(1, 0, T - 1).reshape({-1, V}).to(at::kFloat);
+    at::Tensor y = labels.narrow(1, 1, T - 1).reshape({-1}).to(logits.device(), at::kLong);
+    return at::cross_entropy_loss(l, y, {}, at::Reduction::Mean, -100);
+  });
+}
+
+absl::Status SaveHfModel(const Decoder& decoder, const std::string& dir, const LoraAdapter* merge,
+                         const SaveOptions& options) {
+  const ModelConfig& c = decoder.config();
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(c.raw_json, nullptr, false);
+  if (config.is_discarded() || !config.is_object()) {
+    return absl::FailedPreconditionError("SaveHfModel: the decoder's config has no JSON to write");
+  }
+  config["torch_dtype"] = DtypeConfigName(options.dtype);
+  TF_ASSIGN_OR_RETURN(NamedTensors tensors, decoder.HfTensors(merge, options.dtype));
+  TF_RETURN_IF_ERROR(WriteSafetensorsDir(dir, tensors, options.max_shard_bytes));
+  TF_RETURN_IF_ERROR(WriteStringAtomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
+  if (!options.copy_files_from.empty()) {
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                             "tokenizer.model", "added_tokens.json", "generation_config.json"}) {
+      fs::path src = fs::path(options.copy_files_from) / name;
+      std::error_code ec;
+      if (!fs::exists(src, ec)) continue;
+      TF_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(src.string()));
+      TF_RETURN_IF_ERROR(WriteStringAtomically((fs::path(dir) / name).string(), bytes));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tunefleet::model

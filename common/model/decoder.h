@@ -1,0 +1,160 @@
+// The decoder-only transformer of Phi-3, Llama and Mistral (RMSNorm, rotary
+// embeddings, grouped-query attention, SiLU-gated MLP) over weights from a
+// Hugging Face directory, with a training forward and a KV-cache forward.
+//
+// Thread-safety: a Decoder is immutable after Load except for MergeAdapter /
+// UnmergeAdapter; concurrent forwards (each with its own KvCache) are safe.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "common/model/lora.h"
+#include "common/model/model_config.h"
+#include "common/model/safetensors.h"
+
+namespace tunefleet::model {
+
+struct DecoderOptions {
+  // Compute and weight dtype (fp32 on CPU; bf16 on CUDA). Weights stored in
+  // this dtype on the CPU are used in place, straight from the mapping.
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+};
+
+struct ForwardOptions {
+  // [B,T], 1 for tokens and 0 for padding (left or right); undefined: all tokens.
+  at::Tensor attention_mask;
+  // [B,T]; undefined: the count of real tokens before each one.
+  at::Tensor position_ids;
+  // [B,T] for packed sequences: tokens attend only within equal ids (pass
+  // position_ids that restart at each sequence too).
+  at::Tensor sequence_ids;
+  const LoraAdapter* adapter = nullptr;
+  // Applies LoRA dropout.
+  bool training = false;
+};
+
+// Keys and values of past tokens, per row of a batch; rows may hold different
+// lengths. Made by Decoder::NewCache; used by one forward at a time.
+class KvCache {
+ public:
+  KvCache() = default;
+  int64_t batch_size() const { return lengths_.size(); }
+  int64_t capacity() const { return capacity_; }
+  // Tokens cached in each row.
+  const std::vector<int64_t>& lengths() const { return lengths_; }
+
+ private:
+  friend class Decoder;
+  std::vector<at::Tensor> k_, v_;  // per layer [B, capacity, kv_heads, head_dim]
+  std::vector<int64_t> lengths_;
+  int64_t capacity_ = 0;
+};
+
+class Decoder {
+ public:
+  // Reads config.json and the safetensors weights of a Hugging Face model
+  // directory. Errors name the file and tensor (missing, mis-shaped, ...).
+  static absl::StatusOr<Decoder> Load(const std::string& dir, const DecoderOptions& options = {});
+  // The same from an open weight source and a parsed config.
+  static absl::StatusOr<Decoder> FromWeights(const ModelConfig& config, const SafetensorsDir& weights,
+                                             const DecoderOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  const DecoderOptions& options() const { return options_; }
+
+  // Logits [B,T,vocab] (fp32) for a whole batch, with a causal mask plus
+  // padding and packing masks; differentiable (LoRA parameters receive
+  // gradients; base weights never require them).
+  absl::StatusOr<at::Tensor> Forward(const at::Tensor& input_ids, const ForwardOptions& options = {}) const;
+
+  // An empty cache for `batch` rows of up to `capacity` tokens each.
+  absl::StatusOr<KvCache> NewCache(int64_t batch, int64_t capacity) const;
+
+  // Appends a chunk of tokens to each row of `cache`: input_ids [B,T], of
+  // which the first chunk_lengths[b] are real in row b (the rest padding; an
+  // empty vector means all T). Works for a prefill, a decode step (T=1) and
+  // anything between. Returns fp32 logits [B,vocab] for each row's last real
+  // token (rows with none: garbage), or [B,T,vocab] with `all_logits`.
+  // No gradients.
+  absl::StatusOr<at::Tensor> Extend(KvCache& cache, const at::Tensor& input_ids,
+                                    const std::vector<int64_t>& chunk_lengths = {},
+                                    const LoraAdapter* adapter = nullptr, bool all_logits = false) const;
+
+  // Adds (or subtracts) scaling·B·A into the adapted base weights, so that a
+  // forward without the adapter equals one with it. Not thread-safe.
+  absl::Status MergeAdapter(const LoraAdapter& adapter);
+  absl::Status UnmergeAdapter(const LoraAdapter& adapter);
+
+  // The weights under their Hugging Face names, with `merge` folded in when
+  // given (this decoder is not changed), in `dtype`.
+  absl::StatusOr<NamedTensors> HfTensors(const LoraAdapter* merge = nullptr,
+                                         at::ScalarType dtype = at::kFloat) const;
+
+  // The base weights themselves (not copies), for full fine-tuning: set
+  // requires_grad on them and hand them to an optimizer. Updating them in
+  // place never writes to the mapped files.
+  std::vector<at::Tensor> Parameters() const;
+
+  // Total bytes of the weights (what one decode step reads at batch size 1,
+  // less the embedding table).
+  int64_t WeightBytes() const;
+
+ private:
+  struct Linear {
+    at::Tensor weight;  // [out, in]
+    at::Tensor bias;    // optional
+  };
+  struct Layer {
+    at::Tensor input_norm;
+    at::Tensor post_attention_norm;
+    std::array<Linear, kNumProj> proj;  // by Proj; the model's own ones set
+  };
+  struct Masks;
+
+  Decoder() = default;
+  at::Tensor Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x, const LoraAdapter* adapter,
+                     bool training) const;
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  // cos/sin [B,T,rotary_dim] for positions [B,T].
+  std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions) const;
+  // Runs the layers; `cache` (with per-row write offsets) when extending.
+  at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, const at::Tensor& keep,
+                  const LoraAdapter* adapter, bool training, KvCache* cache) const;
+  absl::Status ApplyAdapter(const LoraAdapter& adapter, double sign);
+
+  ModelConfig config_;
+  DecoderOptions options_;
+  at::Tensor embed_;  // [vocab, hidden]
+  std::vector<Layer> layers_;
+  at::Tensor norm_;
+  at::Tensor lm_head_;  // [vocab, hidden]; the embedding when tied
+  at::Tensor inv_freq_short_;  // [rotary_dim/2], fp32
+  at::Tensor inv_freq_long_;   // longrope only
+  double rope_mscale_ = 1.0;
+};
+
+// Mean cross-entropy of next-token prediction: logits [B,T,V] at position t
+// predict labels[b, t+1]; labels of -100 are ignored (prompt, padding).
+absl::StatusOr<at::Tensor> CausalLmLoss(const at::Tensor& logits, const at::Tensor& labels);
+
+struct SaveOptions {
+  at::ScalarType dtype = at::kFloat;
+  uint64_t max_shard_bytes = 5'000'000'000ull;
+  // Tokenizer and generation files are copied from here when given.
+  std::string copy_files_from;
+};
+
+// Writes a complete Hugging Face model directory (config.json, weights,
+// copied tokenizer files) with `merge` folded into the weights when given.
+absl::Status SaveHfModel(const Decoder& decoder, const std::string& dir, const LoraAdapter* merge = nullptr,
+                         const SaveOptions& options = {});
+
+}  // namespace tunefleet::model

@@ -1,0 +1,167 @@
+#include "common/model/generate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
+#include "common/model/random.h"
+#include "common/model/torch_status.h"
+
+namespace tunefleet::model {
+
+int64_t SampleToken(const float* logits, int64_t vocab, const GenerationOptions& options, double uniform) {
+  if (options.temperature <= 0) {
+    return static_cast<int64_t>(std::max_element(logits, logits + vocab) - logits);
+  }
+  std::vector<int64_t> order(static_cast<size_t>(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  auto by_logit = [&](int64_t a, int64_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  int64_t keep = vocab;
+  if (options.top_k > 0 && options.top_k < vocab) {
+    keep = options.top_k;
+    std::partial_sort(order.begin(), order.begin() + keep, order.end(), by_logit);
+  } else {
+    std::sort(order.begin(), order.end(), by_logit);
+  }
+  // Softmax over the kept tokens, in double, highest first.
+  std::vector<double> probs(static_cast<size_t>(keep));
+  const double max_logit = logits[order[0]];
+  double sum = 0;
+  for (int64_t i = 0; i < keep; ++i) {
+    probs[i] = std::exp((static_cast<double>(logits[order[i]]) - max_logit) / options.temperature);
+    sum += probs[i];
+  }
+  if (options.top_p < 1.0) {
+    double mass = 0;
+    int64_t n = 0;
+    while (n < keep) {
+      mass += probs[n] / sum;
+      ++n;
+      if (mass >= options.top_p) break;
+    }
+    keep = n;
+    sum = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
+  }
+  double target = uniform * sum, acc = 0;
+  for (int64_t i = 0; i < keep; ++i) {
+    acc += probs[i];
+    if (target < acc) return order[i];
+  }
+  return order[keep - 1];
+}
+
+absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
+                                                 const std::vector<std::vector<int64_t>>& prompts,
+                                                 const GenerationOptions& options) {
+  const ModelConfig& c = decoder.config();
+  if (prompts.empty()) return std::vector<Generation>{};
+  if (!options.stop_strings.empty() && !options.detokenize) {
+    return absl::InvalidArgumentError("Generate: stop strings need a detokenize function");
+  }
+  if (options.max_new_tokens < 0) return absl::InvalidArgumentError("Generate: max_new_tokens is negative");
+  if (options.top_p <= 0 || options.top_p > 1) return absl::InvalidArgumentError("Generate: top_p must be in (0, 1]");
+  const size_t B = prompts.size();
+  int64_t longest = 0;
+  for (size_t b = 0; b < B; ++b) {
+    if (prompts[b].empty()) return absl::InvalidArgumentError(absl::StrCat("Generate: prompt ", b, " is empty"));
+    for (int64_t t : prompts[b]) {
+      if (t < 0 || t >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Generate: prompt ", b, " has token id ", t, " outside [0, ", c.vocab_size, ")"));
+      }
+    }
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[b].size()));
+  }
+  if (longest >= c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("Generate: a prompt of ", longest,
+                                                   " tokens leaves no room below max_position_embeddings ",
+                                                   c.max_position_embeddings));
+  }
+  const int64_t max_new = std::min(options.max_new_tokens, c.max_position_embeddings - longest);
+  std::vector<int64_t> stop_ids = options.stop_token_ids.empty() ? c.eos_token_ids : options.stop_token_ids;
+  size_t longest_stop = 0;
+  for (const std::string& s : options.stop_strings) longest_stop = std::max(longest_stop, s.size());
+
+  std::vector<Generation> out(B);
+  if (max_new == 0) return out;
+  TF_ASSIGN_OR_RETURN(KvCache cache, decoder.NewCache(static_cast<int64_t>(B), longest + max_new));
+
+  std::vector<SplitMix64> rngs;
+  for (size_t b = 0; b < B; ++b) rngs.emplace_back(options.seed + b);
+  std::vector<bool> done(B, false);
+  std::vector<size_t> text_checked(B, 0);
+
+  return internal::CatchTorch("Generate", [&]() -> absl::StatusOr<std::vector<Generation>> {
+    std::vector<int64_t> flat(B * static_cast<size_t>(longest), 0);
+    std::vector<int64_t> lengths(B);
+    for (size_t b = 0; b < B; ++b) {
+      std::copy(prompts[b].begin(), prompts[b].end(), flat.begin() + static_cast<int64_t>(b) * longest);
+      lengths[b] = static_cast<int64_t>(prompts[b].size());
+    }
+    at::Tensor ids = at::tensor(flat, at::kLong).view({static_cast<int64_t>(B), longest});
+    TF_ASSIGN_OR_RETURN(at::Tensor logits, decoder.Extend(cache, ids, lengths, options.adapter));
+
+    for (int64_t step = 0; step < max_new; ++step) {
+      at::Tensor cpu = logits.to(at::kCPU).contiguous();
+      const float* data = cpu.data_ptr<float>();
+      std::vector<int64_t> next(B, 0);
+      std::vector<int64_t> chunk(B, 0);
+      for (size_t b = 0; b < B; ++b) {
+        if (done[b]) continue;
+        const double u = options.temperature > 0 ? rngs[b].Uniform() : 0.0;
+        const int64_t tok = SampleToken(data + b * static_cast<size_t>(c.vocab_size), c.vocab_size, options, u);
+        Generation& g = out[b];
+        if (std::find(stop_ids.begin(), stop_ids.end(), tok) != stop_ids.end()) {
+          g.finish_reason = FinishReason::kStopToken;
+          g.stop_token_id = tok;
+          done[b] = true;
+          continue;
+        }
+        g.tokens.push_back(tok);
+        if (options.on_token && !options.on_token(b, tok)) {
+          g.finish_reason = FinishReason::kCancelled;
+          done[b] = true;
+          continue;
+        }
+        if (!options.stop_strings.empty()) {
+          g.text = options.detokenize(g.tokens);
+          // Only the tail can hold a new match.
+          const size_t from = text_checked[b] > longest_stop ? text_checked[b] - longest_stop : 0;
+          size_t best = std::string::npos;
+          for (const std::string& s : options.stop_strings) {
+            size_t pos = s.empty() ? std::string::npos : g.text.find(s, from);
+            if (pos < best) {
+              best = pos;
+              g.stop_string = s;
+            }
+          }
+          text_checked[b] = g.text.size();
+          if (best != std::string::npos) {
+            g.text.resize(best);
+            g.finish_reason = FinishReason::kStopString;
+            done[b] = true;
+            continue;
+          }
+        }
+        next[b] = tok;
+        chunk[b] = 1;
+      }
+      if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+      if (step + 1 == max_new) break;
+      at::Tensor step_ids = at::tensor(next, at::kLong).view({static_cast<int64_t>(B), 1});
+      TF_ASSIGN_OR_RETURN(logits, decoder.Extend(cache, step_ids, chunk, options.adapter));
+    }
+    for (size_t b = 0; b < B; ++b) {
+      Generation& g = out[b];
+      if (!done[b]) g.finish_reason = FinishReason::kLength;
+      if (options.detokenize && g.finish_reason != FinishReason::kStopString) g.text = options.detokenize(g.tokens);
+    }
+    return out;
+  });
+}
+
+}  // namespace tunefleet::model

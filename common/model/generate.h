@@ -1,0 +1,62 @@
+// Text generation over a Decoder with a KV cache: greedy or sampled
+// (temperature, top-k, top-p, seeded), stopping at end tokens, stop strings
+// or a token budget. The tokenizer stays outside this library: stop strings
+// need a `detokenize` callback.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model/decoder.h"
+
+namespace tunefleet::model {
+
+struct GenerationOptions {
+  int64_t max_new_tokens = 256;
+  // 0 means greedy (argmax); otherwise logits are divided by it and sampled.
+  double temperature = 0.0;
+  double top_p = 1.0;  // nucleus: the smallest set of tokens with this much mass
+  int64_t top_k = 0;   // 0: no limit
+  // Row i samples from its own stream seeded with seed + i, so a row's tokens
+  // do not depend on what else is in the batch.
+  uint64_t seed = 0;
+  // Generation stops after one of these (not included in `tokens`); empty:
+  // the model config's eos_token_id(s).
+  std::vector<int64_t> stop_token_ids;
+  // Stop when the detokenized output contains one of these; the text is cut
+  // before it. Requires `detokenize`.
+  std::vector<std::string> stop_strings;
+  std::function<std::string(const std::vector<int64_t>&)> detokenize;
+  // Called with each new token of each row as it is chosen; returning false
+  // stops that row (finish reason kCancelled).
+  std::function<bool(size_t row, int64_t token)> on_token;
+  const LoraAdapter* adapter = nullptr;
+};
+
+enum class FinishReason { kStopToken, kStopString, kLength, kCancelled };
+
+struct Generation {
+  std::vector<int64_t> tokens;  // generated, without the prompt or stop token
+  FinishReason finish_reason = FinishReason::kLength;
+  int64_t stop_token_id = -1;   // kStopToken
+  std::string stop_string;      // kStopString
+  std::string text;             // detokenized output, cut at a stop string (with detokenize)
+};
+
+// Generates a continuation of each prompt (token ids; rows may differ in
+// length), batched. InvalidArgument for an empty prompt, an out-of-range id,
+// stop strings without detokenize, or a prompt that leaves no room below
+// max_position_embeddings.
+absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
+                                                 const std::vector<std::vector<int64_t>>& prompts,
+                                                 const GenerationOptions& options);
+
+// Picks the next token from fp32 logits [vocab] under `options` (temperature,
+// top-k, top-p) with `uniform` in [0,1); exposed for tests and for engines
+// that run their own loop.
+int64_t SampleToken(const float* logits, int64_t vocab, const GenerationOptions& options, double uniform);
+
+}  // namespace tunefleet::model

@@ -1,0 +1,107 @@
+// tunefleet-model: model-directory utilities.
+//   tunefleet-model init-tiny --out DIR --seed N [--layers --hidden --heads ...]
+//   tunefleet-model inspect DIR
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/model/decoder.h"
+#include "common/model/safetensors.h"
+#include "common/model/tiny_model.h"
+#ifdef TUNEFLEET_HAVE_PHI3_TOKENIZER_FILES
+#include "common/text/phi3_tokenizer_files.h"
+#endif
+
+ABSL_FLAG(std::string, out, "", "init-tiny: output directory");
+ABSL_FLAG(uint64_t, seed, 0, "init-tiny: seed of the weights");
+ABSL_FLAG(int64_t, layers, 2, "init-tiny: decoder layers");
+ABSL_FLAG(int64_t, hidden, 64, "init-tiny: hidden size");
+ABSL_FLAG(int64_t, heads, 4, "init-tiny: attention heads");
+ABSL_FLAG(int64_t, kv_heads, 4, "init-tiny: key/value heads");
+ABSL_FLAG(int64_t, intermediate, 128, "init-tiny: MLP size");
+ABSL_FLAG(int64_t, vocab, 32064, "init-tiny: vocabulary (embedding rows)");
+ABSL_FLAG(int64_t, max_position, 4096, "init-tiny: max_position_embeddings");
+ABSL_FLAG(bool, long_context, false, "init-tiny: 128k-style longrope config");
+ABSL_FLAG(std::string, dtype, "float32", "init-tiny: float32, bfloat16 or float16");
+ABSL_FLAG(uint64_t, max_shard_bytes, 5'000'000'000ull, "init-tiny: shard the weights above this size");
+
+namespace {
+
+int InitTiny() {
+  tunefleet::model::TinyModelOptions o;
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.num_layers = absl::GetFlag(FLAGS_layers);
+  o.hidden_size = absl::GetFlag(FLAGS_hidden);
+  o.num_heads = absl::GetFlag(FLAGS_heads);
+  o.num_kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  o.intermediate_size = absl::GetFlag(FLAGS_intermediate);
+  o.vocab_size = absl::GetFlag(FLAGS_vocab);
+  o.max_position_embeddings = absl::GetFlag(FLAGS_max_position);
+  o.long_context = absl::GetFlag(FLAGS_long_context);
+  o.dtype = absl::GetFlag(FLAGS_dtype);
+  o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (out.empty()) {
+    std::fprintf(stderr, "init-tiny: --out is required\n");
+    return 2;
+  }
+  absl::Status s = tunefleet::model::WriteTinyPhi3(out, o);
+#ifdef TUNEFLEET_HAVE_PHI3_TOKENIZER_FILES
+  if (s.ok()) s = tunefleet::text::WritePhi3TokenizerFiles(out);
+#endif
+  if (!s.ok()) {
+    std::fprintf(stderr, "init-tiny: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::printf("wrote %s\n", out.c_str());
+  return 0;
+}
+
+int Inspect(const std::string& dir) {
+  auto config = tunefleet::model::LoadModelConfig(dir);
+  if (!config.ok()) {
+    std::fprintf(stderr, "inspect: %s\n", config.status().ToString().c_str());
+    return 1;
+  }
+  auto weights = tunefleet::model::SafetensorsDir::Open(dir);
+  if (!weights.ok()) {
+    std::fprintf(stderr, "inspect: %s\n", weights.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("model_type %s: %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %.1fM parameters\n",
+              config->model_type.c_str(), static_cast<long long>(config->num_hidden_layers),
+              static_cast<long long>(config->hidden_size), static_cast<long long>(config->num_attention_heads),
+              static_cast<long long>(config->num_key_value_heads), static_cast<long long>(config->vocab_size),
+              static_cast<double>(config->NumParameters()) / 1e6);
+  for (const auto& file : weights->files()) {
+    std::printf("%s (%llu bytes)\n", file->path().c_str(), static_cast<unsigned long long>(file->file_size()));
+    for (const auto& t : file->header().tensors) {
+      std::string shape;
+      for (int64_t d : t.shape) shape += (shape.empty() ? "" : ", ") + std::to_string(d);
+      std::printf("  %-60s %-5s [%s]\n", t.name.c_str(), std::string(tunefleet::model::DTypeName(t.dtype)).c_str(),
+                  shape.c_str());
+    }
+  }
+  auto decoder = tunefleet::model::Decoder::Load(dir);
+  if (!decoder.ok()) {
+    std::fprintf(stderr, "inspect: %s\n", decoder.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("loads: OK\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "tunefleet-model init-tiny --out DIR [--seed N --layers L --hidden H ...] | inspect DIR");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() >= 2 && std::string(args[1]) == "init-tiny" && args.size() == 2) return InitTiny();
+  if (args.size() == 3 && std::string(args[1]) == "inspect") return Inspect(args[2]);
+  std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
+  return 2;
+}

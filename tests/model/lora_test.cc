@@ -1,0 +1,243 @@
+#include "common/model/lora.h"
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/optim/adam.h>
+
+#include "common/model/decoder.h"
+#include "tests/model/model_test_util.h"
+#include "tests/testing/status_matchers.h"
+
+namespace tunefleet::model {
+namespace {
+
+using ::testing::HasSubstr;
+using ::tunefleet::model::testing::MaxAbsDiff;
+using ::tunefleet::model::testing::ScopedTempDir;
+using ::tunefleet::testing::StatusIs;
+
+constexpr double kTol = 1e-5;
+
+class LoraTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  static void SetUpTestSuite() {
+    testing::UseFewThreads();
+    dir_ = new ScopedTempDir();
+    ASSERT_TRUE(WriteTinyPhi3(dir_->Join("phi3"), testing::TinyPhi3Options(9)).ok());
+    testing::WriteTinyMistral(dir_->Join("mistral"), 11);
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+  void SetUp() override {
+    auto d = Decoder::Load(dir_->Join(GetParam()));
+    ASSERT_TRUE(d.ok()) << d.status();
+    decoder_ = std::make_unique<Decoder>(*std::move(d));
+    ids_ = at::tensor({1, 5, 9, 200, 17, 33, 64, 2}, at::kLong).view({1, -1});
+  }
+  // An adapter whose B is random too, so that it changes the output.
+  LoraAdapter Trained(uint64_t seed) {
+    LoraConfig lc;
+    lc.rank = 4;
+    lc.alpha = 8;
+    auto a = LoraAdapter::Create(decoder_->config(), lc, seed);
+    EXPECT_TRUE(a.ok()) << a.status();
+    at::NoGradGuard no_grad;
+    at::manual_seed(static_cast<int64_t>(seed));
+    for (at::Tensor& p : a->Parameters()) p.copy_(at::randn(p.sizes()) * 0.05);
+    return *std::move(a);
+  }
+  at::Tensor Logits(const LoraAdapter* adapter) {
+    ForwardOptions o;
+    o.adapter = adapter;
+    auto r = decoder_->Forward(ids_, o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return *r;
+  }
+
+  static ScopedTempDir* dir_;
+  std::unique_ptr<Decoder> decoder_;
+  at::Tensor ids_;
+};
+ScopedTempDir* LoraTest::dir_ = nullptr;
+
+TEST_P(LoraTest, FreshAdapterEqualsBase) {
+  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter a, LoraAdapter::Create(decoder_->config(), LoraConfig{}, 1));
+  const size_t n_proj = ModelProjections(decoder_->config()).size();
+  EXPECT_EQ(a.Parameters().size(), 2 * n_proj * decoder_->config().num_hidden_layers);
+  for (const at::Tensor& p : a.Parameters()) EXPECT_TRUE(p.requires_grad());
+  EXPECT_LE(MaxAbsDiff(Logits(&a), Logits(nullptr)), 1e-7);
+  EXPECT_EQ(a.config().target_modules.size(), n_proj);
+}
+
+TEST_P(LoraTest, MergeEqualsUnmergedAndUnmergeRestores) {
+  LoraAdapter a = Trained(2);
+  at::Tensor base = Logits(nullptr);
+  at::Tensor with = Logits(&a);
+  EXPECT_GT(MaxAbsDiff(base, with), 1e-3);
+  TF_ASSERT_OK(decoder_->MergeAdapter(a));
+  EXPECT_LE(MaxAbsDiff(Logits(nullptr), with), kTol);
+  TF_ASSERT_OK(decoder_->UnmergeAdapter(a));
+  EXPECT_LE(MaxAbsDiff(Logits(nullptr), base), kTol);
+}
+
+TEST_P(LoraTest, PeftSaveLoadGivesIdenticalLogits) {
+  LoraAdapter a = Trained(3);
+  ScopedTempDir out;
+  TF_ASSERT_OK(a.Save(out.path(), "tunefleet/tiny"));
+  nlohmann::json cfg = nlohmann::json::parse(std::ifstream(out.Join("adapter_config.json")));
+  EXPECT_EQ(cfg["peft_type"], "LORA");
+  EXPECT_EQ(cfg["r"], 4);
+  EXPECT_EQ(cfg["lora_alpha"], 8.0);
+  EXPECT_EQ(cfg["base_model_name_or_path"], "tunefleet/tiny");
+  TF_ASSERT_OK_AND_ASSIGN(auto file, SafetensorsFile::Open(out.Join("adapter_model.safetensors")));
+  const std::string first_proj(ProjName(ModelProjections(decoder_->config())[0]));
+  EXPECT_GE(file->header().Find("base_model.model.model.layers.0.self_attn." + first_proj + ".lora_A.weight"), 0);
+  EXPECT_GE(file->header().Find("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"), 0);
+
+  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter b, LoraAdapter::Load(out.path(), decoder_->config()));
+  EXPECT_EQ(b.config().target_modules, a.config().target_modules);
+  EXPECT_DOUBLE_EQ(b.scaling(), a.scaling());
+  EXPECT_TRUE(at::equal(Logits(&a), Logits(&b)));
+}
+
+TEST_P(LoraTest, MergedModelDirectoryReloadsWithTheSameLogits) {
+  LoraAdapter a = Trained(4);
+  ScopedTempDir out;
+  SaveOptions so;
+  so.copy_files_from = dir_->Join(GetParam());
+  so.max_shard_bytes = 4 << 20;  // sharded, as big checkpoints are
+  TF_ASSERT_OK(SaveHfModel(*decoder_, out.path(), &a, so));
+  TF_ASSERT_OK_AND_ASSIGN(Decoder merged, Decoder::Load(out.path()));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor got, merged.Forward(ids_));
+  EXPECT_LE(MaxAbsDiff(got, Logits(&a)), kTol);
+  if (std::string(GetParam()) == "phi3") {
+    EXPECT_TRUE(std::filesystem::exists(out.Join("generation_config.json")));
+    EXPECT_TRUE(std::filesystem::exists(out.Join("model.safetensors.index.json")));
+  }
+}
+
+TEST_P(LoraTest, GradientsReachOnlyLoraParameters) {
+  LoraConfig lc;
+  lc.dropout = 0.1;
+  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter a, LoraAdapter::Create(decoder_->config(), lc, 5));
+  ForwardOptions o;
+  o.adapter = &a;
+  o.training = true;
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, decoder_->Forward(ids_, o));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor loss, CausalLmLoss(logits, ids_));
+  loss.backward();
+  for (const at::Tensor& p : a.Parameters()) ASSERT_TRUE(p.grad().defined());
+  // With B = 0 only B gets a gradient signal.
+  double b_grad = 0;
+  for (size_t i = 1; i < a.Parameters().size(); i += 2) b_grad += a.Parameters()[i].grad().abs().sum().item<double>();
+  EXPECT_GT(b_grad, 0);
+  for (const at::Tensor& w : decoder_->Parameters()) {
+    EXPECT_FALSE(w.requires_grad());
+    EXPECT_FALSE(w.grad().defined());
+  }
+}
+
+TEST_P(LoraTest, LoraTrainingLowersTheLoss) {
+  LoraConfig lc;
+  lc.rank = 8;
+  lc.alpha = 16;
+  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter a, LoraAdapter::Create(decoder_->config(), lc, 6));
+  torch::optim::Adam opt(a.Parameters(), torch::optim::AdamOptions(1e-2));
+  ForwardOptions o;
+  o.adapter = &a;
+  o.training = true;
+  double first = 0, last = 0;
+  for (int step = 0; step < 15; ++step) {
+    opt.zero_grad();
+    TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, decoder_->Forward(ids_, o));
+    TF_ASSERT_OK_AND_ASSIGN(at::Tensor loss, CausalLmLoss(logits, ids_));
+    loss.backward();
+    opt.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, first * 0.9);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, LoraTest, ::testing::Values("phi3", "mistral"));
+
+TEST(LoraErrorsTest, BadTargetsAndFiles) {
+  testing::UseFewThreads();
+  ScopedTempDir dir;
+  ASSERT_TRUE(WriteTinyPhi3(dir.path(), testing::TinyPhi3Options()).ok());
+  TF_ASSERT_OK_AND_ASSIGN(ModelConfig c, LoadModelConfig(dir.path()));
+  LoraConfig lc;
+  lc.target_modules = {"q_proj"};  // Phi-3 fuses q/k/v
+  EXPECT_THAT(LoraAdapter::Create(c, lc, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'q_proj' is not a projection of phi3")));
+  lc.target_modules = {"qkv_proj", "o_proj"};
+  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter a, LoraAdapter::Create(c, lc, 0));
+  EXPECT_EQ(a.Parameters().size(), 2u * 2u * 2u);
+  EXPECT_FALSE(a.module(0, Proj::kGateUp).defined());
+
+  ScopedTempDir out;
+  TF_ASSERT_OK(a.Save(out.path(), "base"));
+  // A different rank in the config than in the tensors.
+  nlohmann::json cfg = nlohmann::json::parse(std::ifstream(out.Join("adapter_config.json")));
+  cfg["r"] = 16;
+  std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
+  EXPECT_THAT(LoraAdapter::Load(out.path(), c),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lora_A.weight': has shape [8, 64], expected [16, 64]")));
+  cfg["r"] = 8;
+  cfg["use_dora"] = true;
+  std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
+  EXPECT_THAT(LoraAdapter::Load(out.path(), c), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("use_dora")));
+  cfg["use_dora"] = false;
+  std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
+  // A tensor naming a module Phi-3 does not have; and a lone lora_A.
+  TF_ASSERT_OK(WriteSafetensors(out.Join("adapter_model.safetensors"),
+                                {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({8, 64})},
+                                 {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({64, 8})}}));
+  EXPECT_THAT(LoraAdapter::Load(out.path(), c),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("names no projection of a phi3 model")));
+  TF_ASSERT_OK(WriteSafetensors(out.Join("adapter_model.safetensors"),
+                                {{"base_model.model.model.layers.0.self_attn.o_proj.lora_A.default.weight",
+                                  at::zeros({8, 64})}}));
+  EXPECT_THAT(LoraAdapter::Load(out.path(), c),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("only one of lora_A and lora_B")));
+}
+
+// Full fine-tuning of the tiny model memorizes a sample: the loss falls by
+// 90% or more within a few dozen Adam steps.
+TEST(TrainingTest, AdamMemorizesASample) {
+  testing::UseFewThreads();
+  ScopedTempDir dir;
+  ASSERT_TRUE(WriteTinyPhi3(dir.path(), testing::TinyPhi3Options(12)).ok());
+  TF_ASSERT_OK_AND_ASSIGN(Decoder d, Decoder::Load(dir.path()));
+  std::vector<at::Tensor> params = d.Parameters();
+  for (at::Tensor& p : params) p.set_requires_grad(true);
+  torch::optim::Adam opt(params, torch::optim::AdamOptions(1e-2));
+  at::Tensor ids = at::tensor({1, 32010, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203, 29889,
+                               32007, 32000},
+                              at::kLong)
+                       .view({1, -1});
+  // Loss on everything after the first 2 tokens (the "prompt").
+  at::Tensor labels = ids.clone();
+  labels.narrow(1, 0, 2).fill_(-100);
+  double first = 0, last = 0;
+  for (int step = 0; step < 40; ++step) {
+    opt.zero_grad();
+    TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, d.Forward(ids, ForwardOptions{}));
+    TF_ASSERT_OK_AND_ASSIGN(at::Tensor loss, CausalLmLoss(logits, labels));
+    loss.backward();
+    opt.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_GT(first, 9.0);  // about ln(32064)
+  EXPECT_LE(last, 0.1 * first) << "first " << first << " last " << last;
+}
+
+}  // namespace
+}  // namespace tunefleet::model
