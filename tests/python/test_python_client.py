@@ -184,6 +184,47 @@ class PythonClientTest(unittest.TestCase):
         self.assertIn("grpc.health.v1.Health", names)
 
 
+class FleetReflectionTest(unittest.TestCase):
+    """`tunefleet local` runs all four services; each lists its v1 services."""
+
+    EXPECTED = {
+        "dataset": ["tunefleet.v1.DatasetService", "tunefleet.internal.v1.ShardService"],
+        "scheduler": ["tunefleet.v1.JobService", "tunefleet.v1.ModelService",
+                      "tunefleet.v1.DeploymentService",
+                      "tunefleet.internal.v1.TrainerControlService",
+                      "tunefleet.internal.v1.ServingControlService"],
+        "trainer": ["tunefleet.internal.v1.TrainerAgentService"],
+        "serving": ["tunefleet.v1.InferenceService", "tunefleet.v1.ContentFilterService"],
+    }
+
+    def test_every_service_lists_its_api(self):
+        with tempfile.TemporaryDirectory() as d:
+            data = os.path.join(d, "fleet")
+            log = open(os.path.join(d, "local.log"), "w")
+            proc = subprocess.Popen([os.path.join(BIN_DIR, "tunefleet"), "local",
+                                     "--data-dir", data], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                fleet_json = os.path.join(data, "fleet.json")
+                deadline = time.time() + 60
+                while not os.path.exists(fleet_json):
+                    self.assertIsNone(proc.poll(), "tunefleet local exited early")
+                    self.assertLess(time.time(), deadline, "fleet did not start")
+                    time.sleep(0.1)
+                with open(fleet_json) as f:
+                    fleet = json.load(f)
+                for service, expected in self.EXPECTED.items():
+                    address = fleet["services"][service]["address"]
+                    with grpc.insecure_channel(address) as channel:
+                        names = reflection_service_names(channel)
+                    for name in expected:
+                        self.assertIn(name, names, service)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(timeout=60)
+                log.close()
+            self.assertEqual(code, 0, "tunefleet local did not stop cleanly")
+
+
 if __name__ == "__main__":
     result = unittest.main(exit=False, verbosity=2).result
     sys.exit(0 if result.wasSuccessful() else 1)
