@@ -338,7 +338,9 @@ absl::StatusOr<int> DirectoryArtifactStore::CleanStaging() {
   while (struct dirent* entry = readdir(dir)) {
     absl::string_view entry_name = entry->d_name;
     if (entry_name == "." || entry_name == "..") continue;
-    UniqueFd fd(openat(staging_fd_, entry->d_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    // O_NONBLOCK: a stray FIFO must not hang Open().
+    UniqueFd fd(openat(staging_fd_, entry->d_name,
+                       O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
     // A live writer holds its file's lock; a dead one's lock died with it.
     if (fd.valid() && flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;
     if (unlinkat(staging_fd_, entry->d_name, 0) == 0) {
@@ -518,9 +520,10 @@ namespace {
 
 // Appends to `names` every regular file under the folder `fd`, as
 // `prefix` + its relative path; at the top, only entries starting with
-// `partial`.
+// `partial`. `depth` is the number of segments in `prefix`. Files whose
+// names would break the name rules (too deep, too long) are not artifacts.
 absl::Status ListFolder(int fd, const std::string& prefix, absl::string_view partial,
-                        std::vector<std::string>* names) {
+                        size_t depth, std::vector<std::string>* names) {
   int dup_fd = ReopenFolder(fd);
   if (dup_fd < 0) return PosixError(errno, absl::StrCat("listing ", prefix));
   DIR* dir = fdopendir(dup_fd);
@@ -537,12 +540,13 @@ absl::Status ListFolder(int fd, const std::string& prefix, absl::string_view par
     struct stat st;
     if (fstatat(fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // raced
     std::string path = absl::StrCat(prefix, entry_name);
+    if (path.size() > kMaxArtifactNameLength) continue;
     if (S_ISREG(st.st_mode)) {
       names->push_back(std::move(path));
-    } else if (S_ISDIR(st.st_mode)) {
+    } else if (S_ISDIR(st.st_mode) && depth + 2 <= kMaxArtifactNameDepth) {
       UniqueFd child(openat(fd, entry->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       if (!child.valid()) continue;  // removed meanwhile
-      status = ListFolder(child.get(), path + "/", "", names);
+      status = ListFolder(child.get(), path + "/", "", depth + 1, names);
       if (!status.ok()) break;
     }
   }
@@ -561,13 +565,14 @@ absl::StatusOr<std::vector<std::string>> DirectoryArtifactStore::List(
       slash == absl::string_view::npos ? prefix : prefix.substr(slash + 1);
   std::vector<std::string> names;
   if (folder.empty()) {
-    TF_RETURN_IF_ERROR(ListFolder(root_fd_, "", partial, &names));
+    TF_RETURN_IF_ERROR(ListFolder(root_fd_, "", partial, 0, &names));
   } else {
     // Walk::Open opens all but the last segment: give it a leaf to stop at.
     absl::StatusOr<Walk> walk = Walk::Open(root_fd_, folder + "/x", /*create=*/false);
     if (absl::IsNotFound(walk.status())) return names;
     if (!walk.ok()) return walk.status();
-    TF_RETURN_IF_ERROR(ListFolder(walk->parent(), folder + "/", partial, &names));
+    TF_RETURN_IF_ERROR(ListFolder(walk->parent(), folder + "/", partial,
+                                  walk->segments().size() - 1, &names));
   }
   std::sort(names.begin(), names.end());
   return names;

@@ -177,7 +177,7 @@ Statement::Statement(Statement&& other) noexcept
 
 Statement& Statement::operator=(Statement&& other) noexcept {
   if (this != &other) {
-    this->~Statement();
+    Finalize();
     db_ = std::exchange(other.db_, nullptr);
     stmt_ = std::exchange(other.stmt_, nullptr);
     sql_ = std::move(other.sql_);
@@ -185,7 +185,9 @@ Statement& Statement::operator=(Statement&& other) noexcept {
   return *this;
 }
 
-Statement::~Statement() {
+Statement::~Statement() { Finalize(); }
+
+void Statement::Finalize() {
   if (stmt_ == nullptr) return;
   ConnectionLock lock(db_);
   sqlite3_finalize(stmt_);
@@ -344,13 +346,15 @@ std::string Statement::ColumnText(int column) const {
 
 Transaction& Transaction::operator=(Transaction&& other) noexcept {
   if (this != &other) {
-    this->~Transaction();
+    RollbackIfActive();
     db_ = std::exchange(other.db_, nullptr);
   }
   return *this;
 }
 
-Transaction::~Transaction() {
+Transaction::~Transaction() { RollbackIfActive(); }
+
+void Transaction::RollbackIfActive() {
   if (db_ == nullptr) return;
   absl::Status status = Rollback();
   if (!status.ok()) spdlog::warn("sqlite: implicit rollback failed: {}", status.ToString());
@@ -373,6 +377,8 @@ absl::Status Transaction::Rollback() {
 
 absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path,
                                                          const Options& options) {
+  // FULLMUTEX although every call holds the connection: a Statement's
+  // Column*() reads run without that hold, between its Step() calls.
   int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX;
   if (options.create_if_missing) flags |= SQLITE_OPEN_CREATE;
   sqlite3* handle = nullptr;
@@ -439,11 +445,16 @@ absl::Status Database::Exec(absl::string_view sql) {
 }
 
 absl::StatusOr<Statement> Database::Prepare(absl::string_view sql) {
+  // A Statement is prepared to be reused: tell SQLite it will live long.
+  return Prepare(sql, SQLITE_PREPARE_PERSISTENT);
+}
+
+absl::StatusOr<Statement> Database::Prepare(absl::string_view sql, unsigned int flags) {
   ConnectionLock lock(this);
   sqlite3_stmt* stmt = nullptr;
   const char* tail = nullptr;
-  int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
-                              SQLITE_PREPARE_PERSISTENT, &stmt, &tail);
+  int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), flags, &stmt,
+                              &tail);
   if (rc != SQLITE_OK) {
     absl::Status error = SqliteError(db_, rc, sql);
     sqlite3_finalize(stmt);
@@ -468,14 +479,14 @@ absl::StatusOr<Statement> Database::Prepare(absl::string_view sql) {
 absl::StatusOr<ExecResult> Database::Execute(absl::string_view sql,
                                              absl::Span<const Value> params) {
   ConnectionLock lock(this);
-  TF_ASSIGN_OR_RETURN(Statement statement, Prepare(sql));
+  TF_ASSIGN_OR_RETURN(Statement statement, Prepare(sql, /*flags=*/0));
   return statement.Execute(params);
 }
 
 absl::StatusOr<std::vector<Row>> Database::Query(absl::string_view sql,
                                                  absl::Span<const Value> params) {
   ConnectionLock lock(this);
-  TF_ASSIGN_OR_RETURN(Statement statement, Prepare(sql));
+  TF_ASSIGN_OR_RETURN(Statement statement, Prepare(sql, /*flags=*/0));
   return statement.Query(params);
 }
 

@@ -141,6 +141,7 @@ class Statement {
   Statement(Database* db, sqlite3_stmt* stmt, std::string sql)
       : db_(db), stmt_(stmt), sql_(std::move(sql)) {}
   absl::Status Error(int rc) const;
+  void Finalize();
 
   Database* db_ = nullptr;
   sqlite3_stmt* stmt_ = nullptr;
@@ -167,6 +168,7 @@ class Transaction {
  private:
   friend class Database;
   explicit Transaction(Database* db) : db_(db) {}
+  void RollbackIfActive();
   Database* db_ = nullptr;
 };
 
@@ -175,7 +177,8 @@ class Transaction {
 // Thread-safe: every call holds the connection for its duration, and a
 // Transaction holds it from Begin() to its end, so other threads' calls wait
 // while the owning thread keeps using `db->...` inside its transaction (the
-// connection lock is reentrant for its owner).
+// connection lock is reentrant for its owner). Statements and Transactions
+// must end before their Database is destroyed.
 class Database {
  public:
   struct Options {
@@ -216,6 +219,8 @@ class Database {
   friend class ConnectionLock;
 
   Database(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  // `flags` are sqlite3_prepare_v3's.
+  absl::StatusOr<Statement> Prepare(absl::string_view sql, unsigned int flags);
   void Acquire() ABSL_LOCKS_EXCLUDED(mu_);
   void Release() ABSL_LOCKS_EXCLUDED(mu_);
   bool Free() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return depth_ == 0; }
@@ -235,8 +240,9 @@ class Database {
 
 // One schema step. Versions are positive and strictly increasing in the
 // list given to ApplyMigrations; a step may hold several statements.
-// PRAGMAs that do nothing inside a transaction (foreign_keys,
-// journal_mode) do not belong in a migration.
+// The runner wraps each step in a transaction, so a step holds no
+// BEGIN/COMMIT of its own, nor PRAGMAs that do nothing inside a transaction
+// (foreign_keys, journal_mode).
 struct Migration {
   int version = 0;
   std::string sql;

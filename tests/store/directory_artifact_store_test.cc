@@ -126,8 +126,16 @@ TEST_F(StoreDirectoryArtifacts, ForeignEntriesAreNotArtifacts) {
   WriteFile(root_ + "/lost+found/x", "fsck");
   WriteFile(root_ + "/bad name", "?");
   WriteFile(root_ + "/" + DirectoryArtifactStore::kStagingFolder + "-not", "?");
+  // A tree deeper than any valid name (copied in by hand) holds no artifact.
+  std::string deep = root_ + "/deep";
+  for (size_t i = 0; i < kMaxArtifactNameDepth; ++i) deep += "/d";
+  fs::create_directories(deep);
+  WriteFile(deep + "/file", "too deep");
+  TF_ASSERT_OK(store_->Put("deep/shallow", "1").status());
   TF_ASSERT_OK(store_->Put("good", "1").status());
-  EXPECT_THAT(store_->List(""), IsOkAndHolds(std::vector<std::string>{"good"}));
+  EXPECT_THAT(store_->List(""),
+              IsOkAndHolds(std::vector<std::string>{"deep/shallow", "good"}));
+  EXPECT_THAT(store_->List("deep/d/d/"), IsOkAndHolds(std::vector<std::string>{}));
 }
 
 TEST_F(StoreDirectoryArtifacts, SymbolicLinksAreNeverFollowed) {

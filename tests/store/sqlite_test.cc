@@ -249,6 +249,25 @@ TEST_F(StoreSqlite, CommittedTransactionSurvivesReopen) {
   EXPECT_EQ(rows[0][0].AsText(), "kept");
 }
 
+TEST_F(StoreSqlite, MovedStatementsAndTransactionsKeepOneOwner) {
+  TF_ASSERT_OK(db_->Exec("CREATE TABLE t (x)"));
+  TF_ASSERT_OK_AND_ASSIGN(Statement insert, db_->Prepare("INSERT INTO t VALUES (?)"));
+  TF_ASSERT_OK_AND_ASSIGN(Statement other, db_->Prepare("SELECT COUNT(*) FROM t"));
+  other = std::move(insert);  // finalizes the SELECT, takes the INSERT
+  TF_ASSERT_OK(other.Execute({1}).status());
+  Statement moved(std::move(other));
+  TF_ASSERT_OK(moved.Execute({2}).status());
+  EXPECT_EQ(moved.sql(), "INSERT INTO t VALUES (?)");
+  {
+    TF_ASSERT_OK_AND_ASSIGN(Transaction a, db_->Begin());
+    TF_ASSERT_OK(moved.Execute({3}).status());
+    Transaction b(std::move(a));
+    Transaction c = std::move(b);
+    TF_ASSERT_OK(c.Commit());
+  }
+  EXPECT_EQ(Count(*db_, "t"), 3);
+}
+
 TEST_F(StoreSqlite, NestedBeginIsFailedPrecondition) {
   TF_ASSERT_OK_AND_ASSIGN(Transaction txn, db_->Begin());
   EXPECT_THAT(db_->Begin(), StatusIs(absl::StatusCode::kFailedPrecondition));
