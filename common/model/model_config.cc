@@ -144,6 +144,9 @@ absl::Status ParseRopeScaling(const Json& j, absl::string_view source, ModelConf
           rs.short_factor.size(), " and ", rs.long_factor.size()));
     }
     rs.original_max_position_embeddings = c.original_max_position_embeddings;
+    if (c.original_max_position_embeddings < 2) {
+      return r.Error("original_max_position_embeddings", "must be at least 2 with longrope scaling");
+    }
     const double scale =
         static_cast<double>(c.max_position_embeddings) / static_cast<double>(c.original_max_position_embeddings);
     double dflt = scale <= 1.0 ? 1.0
