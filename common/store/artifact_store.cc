@@ -11,12 +11,11 @@ namespace tunefleet::store {
 namespace {
 
 bool IsNameChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '.' || c == '_' || c == '-';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == '-';
 }
 
-absl::Status Invalid(absl::string_view what, absl::string_view name,
-                     absl::string_view reason) {
+absl::Status Invalid(absl::string_view what, absl::string_view name, absl::string_view reason) {
   // Escaped (a name may hold control bytes) and cut (it may be huge).
   constexpr size_t kShown = 200;
   std::string shown = absl::CHexEscape(name.substr(0, kShown));
@@ -28,8 +27,7 @@ absl::Status Invalid(absl::string_view what, absl::string_view name,
 // Checks the characters and the length common to names and prefixes.
 absl::Status CheckCharacters(absl::string_view what, absl::string_view name) {
   if (name.size() > kMaxArtifactNameLength) {
-    return Invalid(what, name, absl::StrCat("longer than ", kMaxArtifactNameLength,
-                                            " bytes"));
+    return Invalid(what, name, absl::StrCat("longer than ", kMaxArtifactNameLength, " bytes"));
   }
   if (!name.empty() && name.front() == '/') {
     return Invalid(what, name, "absolute paths are not allowed");
@@ -52,8 +50,8 @@ absl::Status CheckSegment(absl::string_view what, absl::string_view name,
     return Invalid(what, name, absl::StrCat("has a '", segment, "' path segment"));
   }
   if (segment.size() > kMaxArtifactSegmentLength) {
-    return Invalid(what, name, absl::StrCat("has a segment longer than ",
-                                            kMaxArtifactSegmentLength, " bytes"));
+    return Invalid(what, name,
+                   absl::StrCat("has a segment longer than ", kMaxArtifactSegmentLength, " bytes"));
   }
   return absl::OkStatus();
 }
@@ -94,8 +92,7 @@ absl::Status ValidateArtifactPrefix(absl::string_view prefix) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ArtifactInfo> ArtifactStore::Put(absl::string_view name,
-                                                absl::string_view data) {
+absl::StatusOr<ArtifactInfo> ArtifactStore::Put(absl::string_view name, absl::string_view data) {
   TF_ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> writer, OpenWriter(name));
   TF_RETURN_IF_ERROR(writer->Append(data));
   return writer->Commit();

@@ -73,11 +73,10 @@ class ArtifactStore {
 
   // Errors common to all calls: kInvalidArgument for a bad name; kNotFound
   // when a name read, stat'ed or deleted is not there.
-  virtual absl::StatusOr<std::unique_ptr<ArtifactWriter>> OpenWriter(
-      absl::string_view name) = 0;
+  virtual absl::StatusOr<std::unique_ptr<ArtifactWriter>> OpenWriter(absl::string_view name) = 0;
   // `offset` in [0, size]; beyond the end is kOutOfRange.
-  virtual absl::StatusOr<std::unique_ptr<ArtifactReader>> OpenReader(
-      absl::string_view name, int64_t offset = 0) = 0;
+  virtual absl::StatusOr<std::unique_ptr<ArtifactReader>> OpenReader(absl::string_view name,
+                                                                     int64_t offset = 0) = 0;
   // Size and sha256 of a stored blob.
   virtual absl::StatusOr<ArtifactInfo> Stat(absl::string_view name) = 0;
   virtual absl::StatusOr<bool> Exists(absl::string_view name) = 0;

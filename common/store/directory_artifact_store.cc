@@ -92,16 +92,14 @@ bool IsSegment(absl::string_view s) {
     return false;
   }
   return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   });
 }
 
 // A new descriptor of the folder `fd` with its own read offset (a dup()
 // would share it), so that concurrent listings do not disturb each other.
-int ReopenFolder(int fd) {
-  return openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-}
+int ReopenFolder(int fd) { return openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); }
 
 absl::Status WriteAll(int fd, absl::string_view data, absl::string_view what) {
   while (!data.empty()) {
@@ -157,8 +155,7 @@ absl::StatusOr<Walk> Walk::Open(int root_fd, absl::string_view name, bool create
     const std::string folder = absl::StrJoin(
         walk.segments_.begin(), walk.segments_.begin() + static_cast<long>(i) + 1, "/");
     while (true) {
-      int fd = openat(parent, segment.c_str(),
-                      O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int fd = openat(parent, segment.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (fd >= 0) {
         walk.dirs_.emplace_back(fd);
         break;
@@ -177,13 +174,13 @@ absl::StatusOr<Walk> Walk::Open(int root_fd, absl::string_view name, bool create
         struct stat st;
         if (fstatat(parent, segment.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
             S_ISLNK(st.st_mode)) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "artifact path ", name, " passes through ", folder,
-              ", a symbolic link, which the store does not follow"));
+          return absl::FailedPreconditionError(
+              absl::StrCat("artifact path ", name, " passes through ", folder,
+                           ", a symbolic link, which the store does not follow"));
         }
         if (!create) return NotFound(name);
-        return absl::FailedPreconditionError(absl::StrCat(
-            "cannot store artifact ", name, ": ", folder, " is an artifact, not a folder"));
+        return absl::FailedPreconditionError(absl::StrCat("cannot store artifact ", name, ": ",
+                                                          folder, " is an artifact, not a folder"));
       }
       return PosixError(err, absl::StrCat("opening folder ", folder, " of ", name));
     }
@@ -231,8 +228,8 @@ class DirectoryArtifactStore::Writer final : public ArtifactWriter {
     if (!fd_.valid()) return;
     // Unlink before closing, while the flock still keeps Open() away.
     if (unlinkat(store_->staging_fd_, temp_.c_str(), 0) != 0 && errno != ENOENT) {
-      spdlog::warn("artifacts: could not remove {}/{}/{} of aborted artifact={}: {}",
-                   store_->root_, kStagingFolder, temp_, name_, std::strerror(errno));
+      spdlog::warn("artifacts: could not remove {}/{}/{} of aborted artifact={}: {}", store_->root_,
+                   kStagingFolder, temp_, name_, std::strerror(errno));
     }
     fd_.Reset();
   }
@@ -272,8 +269,8 @@ class DirectoryArtifactStore::Reader final : public ArtifactReader {
       }
       if (n == 0) {
         // Someone truncated the file under the store: its content is lost.
-        return absl::DataLossError(absl::StrCat("artifact ", name_, " is shorter than its ",
-                                                size_, " bytes"));
+        return absl::DataLossError(
+            absl::StrCat("artifact ", name_, " is shorter than its ", size_, " bytes"));
       }
       got += static_cast<size_t>(n);
     }
@@ -298,8 +295,7 @@ absl::StatusOr<std::unique_ptr<DirectoryArtifactStore>> DirectoryArtifactStore::
   std::error_code ec;
   std::filesystem::create_directories(root, ec);
   if (ec) {
-    return absl::InternalError(
-        absl::StrCat("making artifact root ", root, ": ", ec.message()));
+    return absl::InternalError(absl::StrCat("making artifact root ", root, ": ", ec.message()));
   }
   UniqueFd root_fd(open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root_fd.valid()) return PosixError(errno, absl::StrCat("opening artifact root ", root));
@@ -311,8 +307,8 @@ absl::StatusOr<std::unique_ptr<DirectoryArtifactStore>> DirectoryArtifactStore::
   if (!staging_fd.valid()) {
     return PosixError(errno, absl::StrCat("opening ", root, "/", kStagingFolder));
   }
-  std::unique_ptr<DirectoryArtifactStore> store(new DirectoryArtifactStore(
-      root, options, root_fd.Release(), staging_fd.Release()));
+  std::unique_ptr<DirectoryArtifactStore> store(
+      new DirectoryArtifactStore(root, options, root_fd.Release(), staging_fd.Release()));
   TF_ASSIGN_OR_RETURN(int removed, store->CleanStaging());
   if (removed > 0) {
     spdlog::info("artifacts: root={} removed {} temporary files of interrupted writes", root,
@@ -339,15 +335,14 @@ absl::StatusOr<int> DirectoryArtifactStore::CleanStaging() {
     absl::string_view entry_name = entry->d_name;
     if (entry_name == "." || entry_name == "..") continue;
     // O_NONBLOCK: a stray FIFO must not hang Open().
-    UniqueFd fd(openat(staging_fd_, entry->d_name,
-                       O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    UniqueFd fd(openat(staging_fd_, entry->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
     // A live writer holds its file's lock; a dead one's lock died with it.
     if (fd.valid() && flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;
     if (unlinkat(staging_fd_, entry->d_name, 0) == 0) {
       ++removed;
     } else if (errno != ENOENT) {
-      spdlog::warn("artifacts: cannot remove {}/{}/{}: {}", root_, kStagingFolder,
-                   entry->d_name, std::strerror(errno));
+      spdlog::warn("artifacts: cannot remove {}/{}/{}: {}", root_, kStagingFolder, entry->d_name,
+                   std::strerror(errno));
     }
   }
   closedir(dir);
@@ -379,8 +374,7 @@ absl::StatusOr<std::unique_ptr<ArtifactWriter>> DirectoryArtifactStore::OpenWrit
   }
 }
 
-absl::Status DirectoryArtifactStore::Install(const std::string& temp,
-                                             const std::string& name) {
+absl::Status DirectoryArtifactStore::Install(const std::string& temp, const std::string& name) {
   absl::StatusOr<Walk> walk;
   {
     absl::MutexLock lock(&tree_mu_);
@@ -389,8 +383,8 @@ absl::Status DirectoryArtifactStore::Install(const std::string& temp,
     if (renameat(staging_fd_, temp.c_str(), walk->parent(), walk->leaf().c_str()) != 0) {
       int err = errno;
       if (err == EISDIR || err == ENOTEMPTY || err == EEXIST) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "cannot store artifact ", name, ": it is a folder of other artifacts"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("cannot store artifact ", name, ": it is a folder of other artifacts"));
       }
       return PosixError(err, absl::StrCat("renaming the temporary file into ", name));
     }
@@ -411,8 +405,8 @@ absl::StatusOr<int> DirectoryArtifactStore::OpenFile(absl::string_view name) {
   if (!fd.valid()) {
     if (errno == ENOENT) return NotFound(name);
     if (errno == ELOOP) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "artifact ", name, " is a symbolic link, which the store does not follow"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("artifact ", name, " is a symbolic link, which the store does not follow"));
     }
     return PosixError(errno, absl::StrCat("opening artifact ", name));
   }
@@ -430,8 +424,8 @@ absl::StatusOr<std::unique_ptr<ArtifactReader>> DirectoryArtifactStore::OpenRead
   if (fstat(fd.get(), &st) != 0) return PosixError(errno, absl::StrCat("stat ", name));
   int64_t size = static_cast<int64_t>(st.st_size);
   if (offset < 0 || offset > size) {
-    return absl::OutOfRangeError(absl::StrCat("offset ", offset, " is outside artifact ",
-                                              name, " of ", size, " bytes"));
+    return absl::OutOfRangeError(
+        absl::StrCat("offset ", offset, " is outside artifact ", name, " of ", size, " bytes"));
   }
   return std::make_unique<Reader>(std::string(name), std::move(fd), size, offset);
 }
@@ -522,8 +516,8 @@ namespace {
 // `prefix` + its relative path; at the top, only entries starting with
 // `partial`. `depth` is the number of segments in `prefix`. Files whose
 // names would break the name rules (too deep, too long) are not artifacts.
-absl::Status ListFolder(int fd, const std::string& prefix, absl::string_view partial,
-                        size_t depth, std::vector<std::string>* names) {
+absl::Status ListFolder(int fd, const std::string& prefix, absl::string_view partial, size_t depth,
+                        std::vector<std::string>* names) {
   int dup_fd = ReopenFolder(fd);
   if (dup_fd < 0) return PosixError(errno, absl::StrCat("listing ", prefix));
   DIR* dir = fdopendir(dup_fd);
@@ -556,13 +550,11 @@ absl::Status ListFolder(int fd, const std::string& prefix, absl::string_view par
 
 }  // namespace
 
-absl::StatusOr<std::vector<std::string>> DirectoryArtifactStore::List(
-    absl::string_view prefix) {
+absl::StatusOr<std::vector<std::string>> DirectoryArtifactStore::List(absl::string_view prefix) {
   TF_RETURN_IF_ERROR(ValidateArtifactPrefix(prefix));
   size_t slash = prefix.rfind('/');
   std::string folder = slash == absl::string_view::npos ? "" : std::string(prefix.substr(0, slash));
-  absl::string_view partial =
-      slash == absl::string_view::npos ? prefix : prefix.substr(slash + 1);
+  absl::string_view partial = slash == absl::string_view::npos ? prefix : prefix.substr(slash + 1);
   std::vector<std::string> names;
   if (folder.empty()) {
     TF_RETURN_IF_ERROR(ListFolder(root_fd_, "", partial, 0, &names));
@@ -571,8 +563,8 @@ absl::StatusOr<std::vector<std::string>> DirectoryArtifactStore::List(
     absl::StatusOr<Walk> walk = Walk::Open(root_fd_, folder + "/x", /*create=*/false);
     if (absl::IsNotFound(walk.status())) return names;
     if (!walk.ok()) return walk.status();
-    TF_RETURN_IF_ERROR(ListFolder(walk->parent(), folder + "/", partial,
-                                  walk->segments().size() - 1, &names));
+    TF_RETURN_IF_ERROR(
+        ListFolder(walk->parent(), folder + "/", partial, walk->segments().size() - 1, &names));
   }
   std::sort(names.begin(), names.end());
   return names;

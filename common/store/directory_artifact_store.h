@@ -47,16 +47,14 @@ class DirectoryArtifactStore final : public ArtifactStore {
 
   // Creates `root` (and its parents) if missing, then removes the temporary
   // files that killed writers left in the staging folder.
-  static absl::StatusOr<std::unique_ptr<DirectoryArtifactStore>> Open(
-      const std::string& root, const Options& options);
-  static absl::StatusOr<std::unique_ptr<DirectoryArtifactStore>> Open(
-      const std::string& root) {
+  static absl::StatusOr<std::unique_ptr<DirectoryArtifactStore>> Open(const std::string& root,
+                                                                      const Options& options);
+  static absl::StatusOr<std::unique_ptr<DirectoryArtifactStore>> Open(const std::string& root) {
     return Open(root, Options());
   }
   ~DirectoryArtifactStore() override;
 
-  absl::StatusOr<std::unique_ptr<ArtifactWriter>> OpenWriter(
-      absl::string_view name) override;
+  absl::StatusOr<std::unique_ptr<ArtifactWriter>> OpenWriter(absl::string_view name) override;
   absl::StatusOr<std::unique_ptr<ArtifactReader>> OpenReader(absl::string_view name,
                                                              int64_t offset) override;
   absl::StatusOr<ArtifactInfo> Stat(absl::string_view name) override;
@@ -71,8 +69,7 @@ class DirectoryArtifactStore final : public ArtifactStore {
   class Reader;
 
   DirectoryArtifactStore(std::string root, Options options, int root_fd, int staging_fd)
-      : root_(std::move(root)), options_(options), root_fd_(root_fd),
-        staging_fd_(staging_fd) {}
+      : root_(std::move(root)), options_(options), root_fd_(root_fd), staging_fd_(staging_fd) {}
   // Removes unlocked temporary files; returns how many.
   absl::StatusOr<int> CleanStaging();
   // Renames the staging file `temp` to `name`, making its folders.

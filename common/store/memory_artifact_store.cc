@@ -12,8 +12,7 @@ namespace tunefleet::store {
 
 class MemoryArtifactStore::Writer final : public ArtifactWriter {
  public:
-  Writer(MemoryArtifactStore* store, std::string name)
-      : store_(store), name_(std::move(name)) {}
+  Writer(MemoryArtifactStore* store, std::string name) : store_(store), name_(std::move(name)) {}
 
   absl::Status Append(absl::string_view data) override {
     if (done_) return Ended();
@@ -80,22 +79,21 @@ absl::Status MemoryArtifactStore::CheckTreeConflict(const std::string& name) con
   for (size_t slash = name.find('/'); slash != std::string::npos;
        slash = name.find('/', slash + 1)) {
     if (blobs_.count(name.substr(0, slash)) > 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cannot store artifact ", name, ": ", name.substr(0, slash),
-          " is an artifact, not a folder"));
+      return absl::FailedPreconditionError(absl::StrCat("cannot store artifact ", name, ": ",
+                                                        name.substr(0, slash),
+                                                        " is an artifact, not a folder"));
     }
   }
   std::string folder = name + "/";
   auto it = blobs_.lower_bound(folder);
   if (it != blobs_.end() && absl::StartsWith(it->first, folder)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot store artifact ", name, ": it is a folder of other artifacts"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot store artifact ", name, ": it is a folder of other artifacts"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<ArtifactInfo> MemoryArtifactStore::Commit(const std::string& name,
-                                                         std::string data,
+absl::StatusOr<ArtifactInfo> MemoryArtifactStore::Commit(const std::string& name, std::string data,
                                                          std::string sha256) {
   auto blob = std::make_shared<Blob>();
   blob->data = std::move(data);
@@ -120,8 +118,8 @@ absl::StatusOr<std::unique_ptr<ArtifactReader>> MemoryArtifactStore::OpenReader(
     blob = it->second;
   }
   if (offset < 0 || static_cast<uint64_t>(offset) > blob->data.size()) {
-    return absl::OutOfRangeError(absl::StrCat("offset ", offset, " is outside artifact ",
-                                              name, " of ", blob->data.size(), " bytes"));
+    return absl::OutOfRangeError(absl::StrCat("offset ", offset, " is outside artifact ", name,
+                                              " of ", blob->data.size(), " bytes"));
   }
   return std::make_unique<Reader>(std::move(blob), static_cast<size_t>(offset));
 }
@@ -153,8 +151,7 @@ absl::Status MemoryArtifactStore::Delete(absl::string_view name) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<std::string>> MemoryArtifactStore::List(
-    absl::string_view prefix) {
+absl::StatusOr<std::vector<std::string>> MemoryArtifactStore::List(absl::string_view prefix) {
   TF_RETURN_IF_ERROR(ValidateArtifactPrefix(prefix));
   std::vector<std::string> names;
   absl::MutexLock lock(&mu_);

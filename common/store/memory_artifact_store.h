@@ -19,8 +19,7 @@ class MemoryArtifactStore final : public ArtifactStore {
  public:
   MemoryArtifactStore() = default;
 
-  absl::StatusOr<std::unique_ptr<ArtifactWriter>> OpenWriter(
-      absl::string_view name) override;
+  absl::StatusOr<std::unique_ptr<ArtifactWriter>> OpenWriter(absl::string_view name) override;
   absl::StatusOr<std::unique_ptr<ArtifactReader>> OpenReader(absl::string_view name,
                                                              int64_t offset) override;
   absl::StatusOr<ArtifactInfo> Stat(absl::string_view name) override;
@@ -41,12 +40,10 @@ class MemoryArtifactStore final : public ArtifactStore {
                                       std::string sha256);
   // The folder-tree rule of the directory store: `name` may not be an
   // ancestor folder of a stored name, nor have a stored name as an ancestor.
-  absl::Status CheckTreeConflict(const std::string& name) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckTreeConflict(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<const Blob>, std::less<>> blobs_
-      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<const Blob>, std::less<>> blobs_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tunefleet::store

@@ -110,9 +110,7 @@ bool operator==(const Value& a, const Value& b) {
   return false;
 }
 
-std::ostream& operator<<(std::ostream& os, const Value& v) {
-  return os << v.DebugString();
-}
+std::ostream& operator<<(std::ostream& os, const Value& v) { return os << v.DebugString(); }
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -141,8 +139,8 @@ absl::StatusCode CodeFor(int rc) {
 // `detail` is sqlite3_errmsg() of the connection, which must be read before
 // any other call on it.
 absl::Status SqliteError(int rc, absl::string_view detail, absl::string_view sql) {
-  std::string message = absl::StrCat("sqlite: ", detail, " (", sqlite3_errstr(rc),
-                                     ", code ", rc, ")");
+  std::string message =
+      absl::StrCat("sqlite: ", detail, " (", sqlite3_errstr(rc), ", code ", rc, ")");
   if (!sql.empty()) absl::StrAppend(&message, " in: ", sql);
   return absl::Status(CodeFor(rc), message);
 }
@@ -194,9 +192,7 @@ void Statement::Finalize() {
   stmt_ = nullptr;
 }
 
-absl::Status Statement::Error(int rc) const {
-  return SqliteError(db_->db_, rc, sql_);
-}
+absl::Status Statement::Error(int rc) const { return SqliteError(db_->db_, rc, sql_); }
 
 absl::Status Statement::Reset() {
   ConnectionLock lock(db_);
@@ -226,8 +222,7 @@ absl::Status Statement::Bind(int index, const Value& value) {
       break;
     case Value::Type::kBlob:
       // A zero-length blob needs a non-null pointer to stay a blob, not NULL.
-      rc = sqlite3_bind_blob64(stmt_, index,
-                               value.bytes().empty() ? "" : value.bytes().data(),
+      rc = sqlite3_bind_blob64(stmt_, index, value.bytes().empty() ? "" : value.bytes().data(),
                                value.bytes().size(), SQLITE_TRANSIENT);
       break;
   }
@@ -241,9 +236,8 @@ absl::Status Statement::BindAll(absl::Span<const Value> params) {
   ConnectionLock lock(db_);
   int expected = sqlite3_bind_parameter_count(stmt_);
   if (static_cast<int>(params.size()) != expected) {
-    return absl::InvalidArgumentError(absl::StrCat("statement takes ", expected,
-                                                   " parameters, got ", params.size(),
-                                                   ": ", sql_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("statement takes ", expected, " parameters, got ", params.size(), ": ", sql_));
   }
   for (size_t i = 0; i < params.size(); ++i) {
     TF_RETURN_IF_ERROR(Bind(static_cast<int>(i) + 1, params[i]));
@@ -324,13 +318,9 @@ bool Statement::ColumnIsNull(int column) const {
   return sqlite3_column_type(stmt_, column) == SQLITE_NULL;
 }
 
-int64_t Statement::ColumnInt64(int column) const {
-  return sqlite3_column_int64(stmt_, column);
-}
+int64_t Statement::ColumnInt64(int column) const { return sqlite3_column_int64(stmt_, column); }
 
-double Statement::ColumnDouble(int column) const {
-  return sqlite3_column_double(stmt_, column);
-}
+double Statement::ColumnDouble(int column) const { return sqlite3_column_double(stmt_, column); }
 
 std::string Statement::ColumnText(int column) const {
   // The pointer first, then the size: that order is the one SQLite
@@ -389,8 +379,7 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path
     if ((rc & 0xff) == SQLITE_CANTOPEN && !options.create_if_missing) {
       return absl::NotFoundError(absl::StrCat("no database at ", path));
     }
-    return absl::Status(error.code(),
-                        absl::StrCat("opening ", path, ": ", error.message()));
+    return absl::Status(error.code(), absl::StrCat("opening ", path, ": ", error.message()));
   }
   sqlite3_extended_result_codes(handle, 1);
   std::unique_ptr<Database> db(new Database(handle, path));
@@ -453,8 +442,7 @@ absl::StatusOr<Statement> Database::Prepare(absl::string_view sql, unsigned int 
   ConnectionLock lock(this);
   sqlite3_stmt* stmt = nullptr;
   const char* tail = nullptr;
-  int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), flags, &stmt,
-                              &tail);
+  int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), flags, &stmt, &tail);
   if (rc != SQLITE_OK) {
     absl::Status error = SqliteError(db_, rc, sql);
     sqlite3_finalize(stmt);
@@ -464,14 +452,14 @@ absl::StatusOr<Statement> Database::Prepare(absl::string_view sql, unsigned int 
     return absl::InvalidArgumentError(absl::StrCat("no SQL statement in: ", sql));
   }
   Statement statement(this, stmt, std::string(sql));
-  absl::string_view rest = absl::StripAsciiWhitespace(
-      sql.substr(static_cast<size_t>(tail - sql.data())));
+  absl::string_view rest =
+      absl::StripAsciiWhitespace(sql.substr(static_cast<size_t>(tail - sql.data())));
   while (!rest.empty() && rest.front() == ';') {
     rest = absl::StripLeadingAsciiWhitespace(rest.substr(1));
   }
   if (!rest.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "one statement expected (Exec runs scripts), found more in: ", sql));
+    return absl::InvalidArgumentError(
+        absl::StrCat("one statement expected (Exec runs scripts), found more in: ", sql));
   }
   return statement;
 }
@@ -494,8 +482,7 @@ absl::StatusOr<Transaction> Database::Begin() {
   Acquire();  // held until the transaction ends
   if (sqlite3_get_autocommit(db_) == 0) {
     Release();
-    return absl::FailedPreconditionError(
-        absl::StrCat("a transaction is already open on ", path_));
+    return absl::FailedPreconditionError(absl::StrCat("a transaction is already open on ", path_));
   }
   absl::Status status = Exec("BEGIN IMMEDIATE");
   if (!status.ok()) {
@@ -558,9 +545,9 @@ absl::Status ApplyMigrations(Database& db, absl::Span<const Migration> migration
   int previous = 0;
   for (const Migration& m : migrations) {
     if (m.version <= previous) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "migration versions must be positive and strictly increasing; ", m.version,
-          " follows ", previous));
+      return absl::InvalidArgumentError(
+          absl::StrCat("migration versions must be positive and strictly increasing; ", m.version,
+                       " follows ", previous));
     }
     previous = m.version;
   }
@@ -569,9 +556,9 @@ absl::Status ApplyMigrations(Database& db, absl::Span<const Migration> migration
   TF_RETURN_IF_ERROR(db.Exec(kCreateMigrationsTable));
   TF_ASSIGN_OR_RETURN(int current, CurrentVersion(db));
   if (current > latest) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "database ", db.path(), " has schema version ", current,
-        ", newer than the latest this binary knows (", latest, ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("database ", db.path(), " has schema version ", current,
+                     ", newer than the latest this binary knows (", latest, ")"));
   }
   for (const Migration& m : migrations) {
     if (m.version <= current) continue;
@@ -582,12 +569,11 @@ absl::Status ApplyMigrations(Database& db, absl::Span<const Migration> migration
     if (m.version <= current) continue;  // txn rolls back: nothing to do
     absl::Status status = db.Exec(m.sql);
     if (!status.ok()) {
-      return absl::Status(status.code(), absl::StrCat("migration ", m.version,
-                                                      " failed: ", status.message()));
+      return absl::Status(status.code(),
+                          absl::StrCat("migration ", m.version, " failed: ", status.message()));
     }
     TF_RETURN_IF_ERROR(
-        db.Execute("INSERT INTO schema_migrations (version) VALUES (?)", {m.version})
-            .status());
+        db.Execute("INSERT INTO schema_migrations (version) VALUES (?)", {m.version}).status());
     TF_RETURN_IF_ERROR(txn.Commit());
     spdlog::info("sqlite: db={} migrated to schema version {}", db.path(), m.version);
     current = m.version;

@@ -202,8 +202,7 @@ class Database {
   // Runs one or more ';'-separated statements without parameters.
   absl::Status Exec(absl::string_view sql);
   // Runs one statement with parameters bound to ?1..?n.
-  absl::StatusOr<ExecResult> Execute(absl::string_view sql,
-                                     absl::Span<const Value> params = {});
+  absl::StatusOr<ExecResult> Execute(absl::string_view sql, absl::Span<const Value> params = {});
   absl::StatusOr<std::vector<Row>> Query(absl::string_view sql,
                                          absl::Span<const Value> params = {});
   absl::StatusOr<Statement> Prepare(absl::string_view sql);

@@ -2,13 +2,13 @@
 // its Store tests against HashStore and TCPStore).
 #include "common/store/artifact_store.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "common/base/sha256.h"
 #include "common/store/directory_artifact_store.h"
@@ -213,17 +213,16 @@ TYPED_TEST(ArtifactStoreContract, ListsByPlainPrefixInOrder) {
   for (const char* name : {"z", "a/b/d", "ab", "a/b/c", "a/bx", "a/a", "ckpt-1/x", "ckpt-12"}) {
     TF_ASSERT_OK(store.Put(name, name).status());
   }
-  EXPECT_THAT(store.List(""), IsOkAndHolds(std::vector<std::string>{
-                                  "a/a", "a/b/c", "a/b/d", "a/bx", "ab", "ckpt-1/x", "ckpt-12", "z"}));
+  EXPECT_THAT(store.List(""),
+              IsOkAndHolds(std::vector<std::string>{"a/a", "a/b/c", "a/b/d", "a/bx", "ab",
+                                                    "ckpt-1/x", "ckpt-12", "z"}));
   EXPECT_THAT(store.List("a/"),
               IsOkAndHolds(std::vector<std::string>{"a/a", "a/b/c", "a/b/d", "a/bx"}));
-  EXPECT_THAT(store.List("a/b"),
-              IsOkAndHolds(std::vector<std::string>{"a/b/c", "a/b/d", "a/bx"}));
+  EXPECT_THAT(store.List("a/b"), IsOkAndHolds(std::vector<std::string>{"a/b/c", "a/b/d", "a/bx"}));
   EXPECT_THAT(store.List("a/b/"), IsOkAndHolds(std::vector<std::string>{"a/b/c", "a/b/d"}));
   EXPECT_THAT(store.List("a"),
               IsOkAndHolds(std::vector<std::string>{"a/a", "a/b/c", "a/b/d", "a/bx", "ab"}));
-  EXPECT_THAT(store.List("ckpt-1"),
-              IsOkAndHolds(std::vector<std::string>{"ckpt-1/x", "ckpt-12"}));
+  EXPECT_THAT(store.List("ckpt-1"), IsOkAndHolds(std::vector<std::string>{"ckpt-1/x", "ckpt-12"}));
   EXPECT_THAT(store.List("z"), IsOkAndHolds(std::vector<std::string>{"z"}));
   EXPECT_THAT(store.List("q/"), IsOkAndHolds(std::vector<std::string>{}));
   EXPECT_THAT(store.List("z/"), IsOkAndHolds(std::vector<std::string>{}));  // z is a file
@@ -319,8 +318,8 @@ TYPED_TEST(ArtifactStoreContract, ConcurrentWritersOfDistinctNames) {
       for (int i = 0; i < 20; ++i) {
         // Folders shared between threads, emptied (and removed by the
         // directory store) and filled again while others write into them.
-        std::string name = "f" + std::to_string(i % 3) + "/t" + std::to_string(t) + "-" +
-                           std::to_string(i);
+        std::string name =
+            "f" + std::to_string(i % 3) + "/t" + std::to_string(t) + "-" + std::to_string(i);
         auto put = store.Put(name, Pattern(1000, t * 100 + i));
         ASSERT_TRUE(put.ok()) << name << ": " << put.status();
         if (i % 2 == 1) {

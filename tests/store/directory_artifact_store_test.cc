@@ -2,6 +2,8 @@
 // reopen, staging cleanup after a killed writer, symbolic links.
 #include "common/store/directory_artifact_store.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,9 +14,8 @@
 #include <string>
 #include <vector>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "common/base/sha256.h"
 #include "tests/store/store_matchers.h"
 #include "tests/testing/status_matchers.h"
@@ -133,8 +134,7 @@ TEST_F(StoreDirectoryArtifacts, ForeignEntriesAreNotArtifacts) {
   WriteFile(deep + "/file", "too deep");
   TF_ASSERT_OK(store_->Put("deep/shallow", "1").status());
   TF_ASSERT_OK(store_->Put("good", "1").status());
-  EXPECT_THAT(store_->List(""),
-              IsOkAndHolds(std::vector<std::string>{"deep/shallow", "good"}));
+  EXPECT_THAT(store_->List(""), IsOkAndHolds(std::vector<std::string>{"deep/shallow", "good"}));
   EXPECT_THAT(store_->List("deep/d/d/"), IsOkAndHolds(std::vector<std::string>{}));
 }
 
@@ -169,6 +169,50 @@ TEST_F(StoreDirectoryArtifacts, SymbolicLinksAreNeverFollowed) {
 TEST_F(StoreDirectoryArtifacts, OpenFailsOnAFileAsRoot) {
   WriteFile(dir_.Join("plain"), "x");
   EXPECT_FALSE(DirectoryArtifactStore::Open(dir_.Join("plain")).ok());
+}
+
+// Every string over {'a', '.', '/'} up to 6 characters: the validator accepts
+// exactly the relative paths without empty, "." or ".." segments, and every
+// accepted name lands strictly inside the root.
+TEST_F(StoreDirectoryArtifacts, EveryAcceptedNameStaysUnderTheRoot) {
+  DirectoryArtifactStore::Options options;
+  options.sync = false;  // thousands of small writes; durability is tested elsewhere
+  TF_ASSERT_OK_AND_ASSIGN(auto store, DirectoryArtifactStore::Open(root_, options));
+  const std::string real_root = fs::canonical(root_).string() + "/";
+  std::vector<std::string> names = {""};
+  for (size_t begin = 0, length = 0; length < 6; ++length) {
+    size_t end = names.size();
+    for (size_t i = begin; i < end; ++i) {
+      for (char c : {'a', '.', '/'}) names.push_back(names[i] + c);
+    }
+    begin = end;
+  }
+  int accepted = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string& name = names[i];
+    bool expected = !name.empty() && name.front() != '/';
+    for (absl::string_view segment : absl::StrSplit(name, '/')) {
+      if (segment.empty() || segment == "." || segment == "..") expected = false;
+    }
+    ASSERT_EQ(ValidateArtifactName(name).ok(), expected) << '"' << name << '"';
+    if (!expected) {
+      ASSERT_THAT(store->Put(name, "x"), StatusIs(absl::StatusCode::kInvalidArgument)) << name;
+      continue;
+    }
+    ++accepted;
+    // Its own folder, so that "a" and "a/a" do not collide.
+    const std::string stored = "n" + std::to_string(i) + "/" + name;
+    ASSERT_THAT(store->Put(stored, name), ::tunefleet::testing::IsOk()) << stored;
+    const std::string real = fs::canonical(root_ + "/" + stored).string();
+    ASSERT_EQ(real.rfind(real_root, 0), 0u) << stored << " is at " << real;
+    ASSERT_THAT(store->Get(stored), IsOkAndHolds(name));
+  }
+  EXPECT_GT(accepted, 100);
+  // Nothing was made beside the root.
+  EXPECT_EQ(Tree(dir_.path()).count("pv/artifacts"), 1u);
+  for (const std::string& path : Tree(dir_.path())) {
+    EXPECT_TRUE(path == "pv" || absl::StartsWith(path, "pv/artifacts")) << path;
+  }
 }
 
 // Kills the child it holds, if it still runs, when the test ends early.

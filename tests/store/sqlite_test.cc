@@ -1,12 +1,15 @@
 #include "common/store/sqlite.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <limits>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
 #include "tests/testing/status_matchers.h"
@@ -34,9 +37,7 @@ bool TableExists(Database& db, const std::string& table) {
 
 class StoreSqlite : public ::testing::Test {
  protected:
-  void SetUp() override {
-    TF_ASSERT_OK_AND_ASSIGN(db_, Database::Open(path_));
-  }
+  void SetUp() override { TF_ASSERT_OK_AND_ASSIGN(db_, Database::Open(path_)); }
   TempDir dir_;
   std::string path_ = dir_.Join("state.db");
   std::unique_ptr<Database> db_;
@@ -73,9 +74,9 @@ TEST_F(StoreSqlite, BindsAndReadsEveryType) {
       Value(""),
   };
   for (size_t i = 0; i < values.size(); ++i) {
-    TF_ASSERT_OK(db_->Execute("INSERT INTO v (id, x) VALUES (?, ?)",
-                              {static_cast<int>(i), values[i]})
-                     .status());
+    TF_ASSERT_OK(
+        db_->Execute("INSERT INTO v (id, x) VALUES (?, ?)", {static_cast<int>(i), values[i]})
+            .status());
   }
   TF_ASSERT_OK_AND_ASSIGN(auto rows, db_->Query("SELECT x, typeof(x) FROM v ORDER BY id"));
   ASSERT_EQ(rows.size(), values.size());
@@ -92,9 +93,9 @@ TEST_F(StoreSqlite, BindsAndReadsEveryType) {
 }
 
 TEST_F(StoreSqlite, StatementStepsAndTypedColumns) {
-  TF_ASSERT_OK(db_->Exec(
-      "CREATE TABLE t (n INTEGER, r REAL, s TEXT, b BLOB);"
-      "INSERT INTO t VALUES (7, 0.25, 'seven', x'0001'), (NULL, NULL, NULL, NULL)"));
+  TF_ASSERT_OK(
+      db_->Exec("CREATE TABLE t (n INTEGER, r REAL, s TEXT, b BLOB);"
+                "INSERT INTO t VALUES (7, 0.25, 'seven', x'0001'), (NULL, NULL, NULL, NULL)"));
   TF_ASSERT_OK_AND_ASSIGN(Statement stmt, db_->Prepare("SELECT n, r, s, b FROM t ORDER BY n DESC"));
   EXPECT_EQ(stmt.ColumnCount(), 4);
   EXPECT_EQ(stmt.ColumnName(2), "s");
@@ -135,7 +136,8 @@ TEST_F(StoreSqlite, PreparedStatementInAHotLoop) {
   TF_ASSERT_OK_AND_ASSIGN(auto rows, select.Query({42}));
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(rows[0][0].AsText(), "row-41");
-  TF_ASSERT_OK_AND_ASSIGN(ExecResult updated, db_->Execute("UPDATE t SET name = 'x' WHERE id <= ?", {10}));
+  TF_ASSERT_OK_AND_ASSIGN(ExecResult updated,
+                          db_->Execute("UPDATE t SET name = 'x' WHERE id <= ?", {10}));
   EXPECT_EQ(updated.changes, 10);
 }
 
@@ -329,14 +331,79 @@ TEST_F(StoreSqlite, ConcurrentWritersThroughOneDatabase) {
   EXPECT_EQ(Count(*db_, "t"), 100);
 }
 
+// Kills the child it holds, if it still runs, when the test ends early.
+struct ChildGuard {
+  pid_t pid = -1;
+  ~ChildGuard() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+// What a killed service leaves: its committed write survives, its open
+// transaction vanishes, its write lock goes with it, and the file is intact.
+TEST_F(StoreSqlite, KilledWriterKeepsCommitsAndLosesItsOpenTransaction) {
+  TF_ASSERT_OK(ApplyMigrations(*db_, {{1, "CREATE TABLE t (x TEXT)"}}));
+  db_.reset();  // SQLite connections must not cross a fork
+
+  int mid_write[2], never[2];
+  ASSERT_EQ(pipe(mid_write), 0);
+  ASSERT_EQ(pipe(never), 0);
+  ChildGuard child;
+  child.pid = fork();
+  ASSERT_GE(child.pid, 0);
+  if (child.pid == 0) {
+    close(mid_write[0]);
+    close(never[1]);
+    auto db = Database::Open(path_);
+    if (!db.ok()) _exit(2);
+    if (!(*db)->Execute("INSERT INTO t VALUES ('committed')").ok()) _exit(3);
+    auto txn = (*db)->Begin();
+    if (!txn.ok()) _exit(4);
+    if (!(*db)->Execute("INSERT INTO t VALUES ('in flight')").ok()) _exit(5);
+    char c = 'w';
+    if (write(mid_write[1], &c, 1) != 1) _exit(6);
+    while (read(never[0], &c, 1) != 0) {
+    }
+    _exit(7);
+  }
+  close(mid_write[1]);
+  close(never[0]);
+  char c = 0;
+  ASSERT_EQ(read(mid_write[0], &c, 1), 1) << "the child died before writing";
+  close(mid_write[0]);
+
+  Database::Options impatient;
+  impatient.busy_timeout = absl::ZeroDuration();
+  TF_ASSERT_OK_AND_ASSIGN(auto db, Database::Open(path_, impatient));
+  EXPECT_THAT(db->Begin(), StatusIs(absl::StatusCode::kUnavailable));  // the child writes
+
+  ASSERT_EQ(kill(child.pid, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child.pid, &status, 0), child.pid);
+  child.pid = -1;
+  close(never[1]);
+
+  TF_ASSERT_OK_AND_ASSIGN(Transaction txn, db->Begin());  // the lock died with it
+  TF_ASSERT_OK(txn.Commit());
+  TF_ASSERT_OK_AND_ASSIGN(auto rows, db->Query("SELECT x FROM t"));
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0][0].AsText(), "committed");
+  TF_ASSERT_OK_AND_ASSIGN(auto check, db->Query("PRAGMA integrity_check"));
+  EXPECT_EQ(check[0][0].AsText(), "ok");
+}
+
 // --- migrations --------------------------------------------------------------
 
 const std::vector<Migration>& TwoSteps() {
   static const auto* steps = new std::vector<Migration>{
       {1, "CREATE TABLE files (id TEXT PRIMARY KEY, bytes INTEGER NOT NULL)"},
       // A data step: running it twice would fail (PRIMARY KEY) or duplicate.
-      {2, "ALTER TABLE files ADD COLUMN purpose TEXT;"
-          "INSERT INTO files VALUES ('file-seed', 3, 'fine-tune')"},
+      {2,
+       "ALTER TABLE files ADD COLUMN purpose TEXT;"
+       "INSERT INTO files VALUES ('file-seed', 3, 'fine-tune')"},
   };
   return *steps;
 }
@@ -374,8 +441,9 @@ TEST_F(StoreSqlite, MigrationsApplyOnceAndSurviveReopen) {
 TEST_F(StoreSqlite, FailedMigrationRollsBackEntirely) {
   std::vector<Migration> steps = {
       {1, "CREATE TABLE a (x)"},
-      {2, "CREATE TABLE b (x); INSERT INTO b VALUES (1); INSERT INTO a VALUES (1);"
-          "INSERT INTO no_such_table VALUES (1)"},
+      {2,
+       "CREATE TABLE b (x); INSERT INTO b VALUES (1); INSERT INTO a VALUES (1);"
+       "INSERT INTO no_such_table VALUES (1)"},
   };
   EXPECT_THAT(ApplyMigrations(*db_, steps),
               StatusIs(absl::StatusCode::kInternal, HasSubstr("migration 2 failed")));
