@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
 
 namespace tunefleet::dataset {
 namespace {
@@ -26,8 +27,12 @@ google::protobuf::Timestamp ToTimestamp(absl::Time t) {
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest> {
  public:
   UploadReactor(const rpc::Principal& caller, FileRegistry* registry, rpc::Executor* executor,
-                v1::File* response)
-      : caller_(caller), registry_(registry), executor_(executor), response_(response) {
+                FileProcessor* processor, v1::File* response)
+      : caller_(caller),
+        registry_(registry),
+        executor_(executor),
+        processor_(processor),
+        response_(response) {
     StartRead(&request_);
   }
 
@@ -44,6 +49,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
         absl::StatusOr<FileRecord> record = upload_->Commit();
         if (record.ok()) {
           ToProto(*record, response_);
+          if (processor_ != nullptr) processor_->Enqueue(*record);
           spdlog::info("file={} tenant={} bytes={} uploaded", record->id, record->tenant,
                        record->bytes);
         }
@@ -92,6 +98,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
   const rpc::Principal caller_;
   FileRegistry* registry_;
   rpc::Executor* executor_;
+  FileProcessor* processor_;
   v1::File* response_;
   v1::UploadFileRequest request_;
   std::unique_ptr<Upload> upload_;
@@ -138,7 +145,102 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::FileChunk> {
   v1::FileChunk chunk_;
 };
 
+void SetDistribution(const Distribution& d, v1::Distribution* out) {
+  out->set_min(d.min);
+  out->set_mean(d.mean);
+  out->set_p50(d.p50);
+  out->set_p95(d.p95);
+  out->set_max(d.max);
+}
+
 }  // namespace
+
+void ToProto(const Analysis& a, v1::ValidationReport* out) {
+  out->set_valid(a.validation.valid());
+  for (const ValidationIssue& i : a.validation.issues) {
+    v1::ValidationIssue* p = out->add_issues();
+    p->set_severity(i.severity == IssueSeverity::kError ? v1::ISSUE_SEVERITY_ERROR
+                                                        : v1::ISSUE_SEVERITY_WARNING);
+    p->set_line(i.line);
+    p->set_field(i.field);
+    p->set_code(i.code);
+    p->set_message(i.message);
+  }
+  out->set_total_errors(a.validation.total_errors);
+  out->set_total_warnings(a.validation.total_warnings);
+  const DatasetStatistics& s = a.statistics;
+  v1::TokenStatistics* t = out->mutable_statistics();
+  t->set_examples(s.examples);
+  SetDistribution(s.messages_per_example, t->mutable_messages_per_example());
+  if (s.has_tokens) SetDistribution(s.tokens_per_example, t->mutable_tokens_per_example());
+  t->set_trained_tokens(s.trained_tokens);
+  t->set_total_tokens(s.total_tokens);
+  t->set_examples_missing_system(s.examples_missing_system);
+  t->set_examples_missing_user(s.examples_missing_user);
+  t->set_duplicate_examples(s.duplicate_examples);
+  t->set_examples_over_max_length(s.examples_over_max_length);
+  t->set_tokens_truncated(s.tokens_truncated);
+  for (int64_t line : s.over_max_length_lines) t->add_over_max_length_lines(line);
+  for (const auto& [label, count] : s.label_counts) (*t->mutable_label_counts())[label] = count;
+  out->set_trained_tokens_per_epoch(s.trained_tokens);
+}
+
+namespace {
+
+// "3 errors; line 4 messages[0].role: ...; line 9: invalid JSON: ..."
+std::string SummarizeErrors(const ValidationSummary& v) {
+  std::string out = absl::StrCat(v.total_errors, v.total_errors == 1 ? " error" : " errors");
+  int shown = 0;
+  for (const ValidationIssue& i : v.issues) {
+    if (i.severity != IssueSeverity::kError || shown == 3) continue;
+    ++shown;
+    absl::StrAppend(&out, "; ", i.line > 0 ? absl::StrCat("line ", i.line) : "file",
+                    i.field.empty() ? "" : absl::StrCat(" ", i.field), ": ", i.message);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::Status FileProcessor::Process(const FileRecord& file) {
+  TF_RETURN_IF_ERROR(registry_->SetStatus(file.id, FileStatus::kProcessing, "", ""));
+  auto reader = registry_->OpenContent("", file.id, 0);
+  if (!reader.ok()) return reader.status();
+  AnalyzeOptions options;
+  if (file.format != 0) options.format = static_cast<DataFormat>(file.format);
+  absl::StatusOr<Analysis> analysis = Analyze(**reader, options);
+  if (!analysis.ok()) {
+    return registry_->SetStatus(file.id, FileStatus::kError,
+                                absl::StrCat("cannot read the file: ", analysis.status().message()),
+                                "");
+  }
+  v1::ValidationReport report;
+  report.set_file_id(file.id);
+  ToProto(*analysis, &report);
+  bool valid = analysis->validation.valid();
+  spdlog::info("file={} validated: {} examples, {} errors, {} warnings", file.id,
+               analysis->validation.examples, analysis->validation.total_errors,
+               analysis->validation.total_warnings);
+  return registry_->SetStatus(file.id, valid ? FileStatus::kProcessed : FileStatus::kError,
+                              valid ? "" : SummarizeErrors(analysis->validation),
+                              report.SerializeAsString());
+}
+
+void FileProcessor::Enqueue(const FileRecord& file) {
+  executor_->Submit([this, file] {
+    absl::Status s = Process(file);
+    if (!s.ok() && !absl::IsNotFound(s)) {
+      spdlog::warn("file={} validation failed: {}", file.id, s.ToString());
+    }
+  });
+}
+
+absl::Status FileProcessor::RecoverPending() {
+  TF_ASSIGN_OR_RETURN(std::vector<FileRecord> pending, registry_->PendingValidation());
+  for (const FileRecord& f : pending) Enqueue(f);
+  if (!pending.empty()) spdlog::info("re-validating {} file(s) a restart interrupted", pending.size());
+  return absl::OkStatus();
+}
 
 void ToProto(const FileRecord& r, v1::File* out) {
   out->set_id(r.id);
@@ -150,6 +252,7 @@ void ToProto(const FileRecord& r, v1::File* out) {
   out->set_status_details(r.status_details);
   out->set_format(static_cast<v1::DataFormat>(r.format));
   *out->mutable_created_at() = ToTimestamp(r.created_at);
+  if (!r.validation.empty()) out->mutable_validation()->ParseFromString(r.validation);
 }
 
 grpc::ServerUnaryReactor* DatasetServiceImpl::RunUnary(
@@ -168,7 +271,7 @@ grpc::ServerReadReactor<v1::UploadFileRequest>* DatasetServiceImpl::UploadFile(
     grpc::CallbackServerContext* context, v1::File* response) {
   absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateTenant(*context);
   if (!caller.ok()) return new rpc::RejectedReadReactor<v1::UploadFileRequest>(caller.status());
-  return new UploadReactor(*caller, registry_, executor_, response);
+  return new UploadReactor(*caller, registry_, executor_, processor_, response);
 }
 
 grpc::ServerUnaryReactor* DatasetServiceImpl::GetFile(grpc::CallbackServerContext* context,
@@ -206,6 +309,53 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteFile(grpc::CallbackServerCon
       spdlog::info("file={} tenant={} deleted", request->file_id(), caller.tenant);
     }
     return s;
+  });
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(
+    grpc::CallbackServerContext* context, const v1::ValidateFileRequest* request,
+    v1::ValidationReport* response) {
+  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
+    if (request->max_issues() < 0) {
+      return absl::InvalidArgumentError("max_issues must not be negative");
+    }
+    if (request->max_sequence_length() < 0) {
+      return absl::InvalidArgumentError("max_sequence_length must not be negative");
+    }
+    if (request->epochs() < 0) return absl::InvalidArgumentError("epochs must not be negative");
+    AnalyzeOptions options;
+    options.max_issues = request->max_issues() > 0 ? request->max_issues() : 100;
+    options.max_sequence_length = request->max_sequence_length();
+    if (request->format() != v1::DATA_FORMAT_UNSPECIFIED) {
+      options.format = static_cast<DataFormat>(request->format());
+    }
+    if (!request->base_model().empty()) {
+      if (tokenizers_ == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "token statistics need a base model's tokenizer, and this dataset service has no "
+            "models configured (base_model '", request->base_model(), "')"));
+      }
+      absl::StatusOr<TokenCounter> counter = tokenizers_->CounterFor(request->base_model());
+      if (!counter.ok()) return counter.status();
+      options.token_counter = *std::move(counter);
+    }
+    absl::StatusOr<FileRecord> file = registry_->Get(caller.tenant, request->file_id());
+    if (!file.ok()) return file.status();
+    if (!options.format.has_value() && file->format != 0) {
+      options.format = static_cast<DataFormat>(file->format);
+    }
+    auto reader = registry_->OpenContent(caller.tenant, request->file_id(), 0);
+    if (!reader.ok()) return reader.status();
+    absl::StatusOr<Analysis> analysis = Analyze(**reader, options);
+    if (!analysis.ok()) return analysis.status();
+    response->set_file_id(file->id);
+    response->set_base_model(request->base_model());
+    response->set_max_sequence_length(request->max_sequence_length());
+    ToProto(*analysis, response);
+    int epochs = request->epochs() > 0 ? request->epochs() : 1;
+    response->set_epochs(epochs);
+    response->set_estimated_trained_tokens(analysis->statistics.trained_tokens * epochs);
+    return absl::OkStatus();
   });
 }
 

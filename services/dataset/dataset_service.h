@@ -5,17 +5,50 @@
 
 #include "common/rpc/auth.h"
 #include "common/rpc/service_util.h"
+#include "services/dataset/analyzer.h"
 #include "services/dataset/file_registry.h"
 #include "tunefleet/internal/v1/shards.grpc.pb.h"
 #include "tunefleet/v1/files.grpc.pb.h"
 
 namespace tunefleet::dataset {
 
+// Where token statistics come from: a base model's tokenizer and chat
+// template. Thread-safe.
+class TokenizerProvider {
+ public:
+  virtual ~TokenizerProvider() = default;
+  // INVALID_ARGUMENT naming `base_model` when it is unknown.
+  virtual absl::StatusOr<TokenCounter> CounterFor(const std::string& base_model) = 0;
+};
+
+// Validates every uploaded file in the background (uploaded -> processing ->
+// processed | error), and on start-up the files a restart interrupted.
+// Thread-safe.
+class FileProcessor {
+ public:
+  FileProcessor(FileRegistry* registry, rpc::Executor* executor)
+      : registry_(registry), executor_(executor) {}
+  void Enqueue(const FileRecord& file);
+  // Re-enqueues files left unprocessed by a previous run.
+  absl::Status RecoverPending();
+  // Validates synchronously (runs on the caller's thread).
+  absl::Status Process(const FileRecord& file);
+
+ private:
+  FileRegistry* registry_;
+  rpc::Executor* executor_;
+};
+
 class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
  public:
   DatasetServiceImpl(const rpc::Authenticator* auth, FileRegistry* registry,
-                     rpc::Executor* executor)
-      : auth_(*auth), registry_(registry), executor_(executor) {}
+                     rpc::Executor* executor, FileProcessor* processor = nullptr,
+                     TokenizerProvider* tokenizers = nullptr)
+      : auth_(*auth),
+        registry_(registry),
+        executor_(executor),
+        processor_(processor),
+        tokenizers_(tokenizers) {}
 
   grpc::ServerReadReactor<v1::UploadFileRequest>* UploadFile(grpc::CallbackServerContext* context,
                                                              v1::File* response) override;
@@ -31,8 +64,9 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
   grpc::ServerWriteReactor<v1::FileChunk>* GetFileContent(
       grpc::CallbackServerContext* context, const v1::GetFileContentRequest* request) override;
 
-  TF_NOT_IMPLEMENTED_UNARY(ValidateFile, v1::ValidateFileRequest, v1::ValidationReport,
-                           rpc::Audience::kTenant)
+  grpc::ServerUnaryReactor* ValidateFile(grpc::CallbackServerContext* context,
+                                         const v1::ValidateFileRequest* request,
+                                         v1::ValidationReport* response) override;
   TF_NOT_IMPLEMENTED_UNARY(SplitFile, v1::SplitFileRequest, v1::SplitFileResponse,
                            rpc::Audience::kTenant)
 
@@ -44,6 +78,8 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
   const rpc::Authenticator& auth_;
   FileRegistry* registry_;
   rpc::Executor* executor_;
+  FileProcessor* processor_;
+  TokenizerProvider* tokenizers_;
 };
 
 class ShardServiceImpl final : public internal::v1::ShardService::CallbackService {
@@ -60,5 +96,6 @@ class ShardServiceImpl final : public internal::v1::ShardService::CallbackServic
 
 // Proto conversion.
 void ToProto(const FileRecord& record, v1::File* out);
+void ToProto(const Analysis& analysis, v1::ValidationReport* out);
 
 }  // namespace tunefleet::dataset

@@ -31,11 +31,15 @@ const store::Migration kMigrations[] = {
       );
       CREATE INDEX files_by_tenant ON files (tenant, created_at_us DESC, id DESC);
     )sql"},
+    {2, R"sql(
+      ALTER TABLE files ADD COLUMN validation BLOB NOT NULL DEFAULT x'';
+      CREATE INDEX files_by_status ON files (status, created_at_us);
+    )sql"},
 };
 
 constexpr char kColumns[] =
     "id, tenant, filename, purpose, format, bytes, sha256, status, status_details, "
-    "created_at_us";
+    "created_at_us, validation";
 
 FileRecord FromRow(const store::Row& r) {
   FileRecord f;
@@ -49,6 +53,7 @@ FileRecord FromRow(const store::Row& r) {
   f.status = static_cast<FileStatus>(r[7].AsInt64());
   f.status_details = r[8].AsText();
   f.created_at = absl::FromUnixMicros(r[9].AsInt64());
+  f.validation = std::string(r[10].bytes());
   return f;
 }
 
@@ -218,10 +223,11 @@ absl::StatusOr<FileRecord> Upload::Commit() {
   record_.status = FileStatus::kUploaded;
   record_.created_at = registry_->options_.clock->Now();
   absl::StatusOr<store::ExecResult> inserted = registry_->db_->Execute(
-      absl::StrCat("INSERT INTO files (", kColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+      absl::StrCat("INSERT INTO files (", kColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
       {record_.id, record_.tenant, record_.filename, static_cast<int>(record_.purpose),
        record_.format, record_.bytes, record_.sha256, static_cast<int>(record_.status),
-       record_.status_details, absl::ToUnixMicros(record_.created_at)});
+       record_.status_details, absl::ToUnixMicros(record_.created_at),
+       store::Value::Blob("")});
   if (!inserted.ok()) {
     (void)registry_->blobs_->Delete(BlobName(record_.id));
     return inserted.status();
@@ -267,6 +273,29 @@ absl::StatusOr<FilePage> FileRegistry::List(const std::string& tenant, int page_
   }
   if (static_cast<int>(rows.size()) > page_size) page.next_page_token = EncodeToken(page.files.back());
   return page;
+}
+
+absl::Status FileRegistry::SetStatus(const std::string& id, FileStatus status,
+                                     const std::string& details,
+                                     const std::string& validation) {
+  TF_ASSIGN_OR_RETURN(
+      store::ExecResult r,
+      db_->Execute("UPDATE files SET status = ?, status_details = ?, validation = ? WHERE id = ?",
+                   {static_cast<int>(status), details, store::Value::Blob(validation), id}));
+  if (r.changes == 0) return absl::NotFoundError(absl::StrCat("file ", id, " not found"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<FileRecord>> FileRegistry::PendingValidation() {
+  TF_ASSIGN_OR_RETURN(auto rows,
+                      db_->Query(absl::StrCat("SELECT ", kColumns,
+                                              " FROM files WHERE status IN (?, ?) "
+                                              "ORDER BY created_at_us"),
+                                 {static_cast<int>(FileStatus::kUploaded),
+                                  static_cast<int>(FileStatus::kProcessing)}));
+  std::vector<FileRecord> out;
+  for (const auto& r : rows) out.push_back(FromRow(r));
+  return out;
 }
 
 absl::Status FileRegistry::Delete(const std::string& tenant, const std::string& id) {

@@ -33,6 +33,9 @@ struct FileRecord {
   FileStatus status = FileStatus::kUploaded;
   std::string status_details;
   absl::Time created_at;
+  // The automatic validation's report (a serialized tunefleet.v1.
+  // ValidationReport, opaque here); empty until processed.
+  std::string validation;
 };
 
 struct UploadRequest {
@@ -99,6 +102,13 @@ class FileRegistry {
   absl::StatusOr<std::unique_ptr<store::ArtifactReader>> OpenContent(const std::string& tenant,
                                                                      const std::string& id,
                                                                      int64_t offset);
+  // Records the outcome of the automatic validation.
+  absl::Status SetStatus(const std::string& id, FileStatus status, const std::string& details,
+                         const std::string& validation);
+  // Files whose automatic validation has not finished (e.g. cut off by a
+  // restart), oldest first.
+  absl::StatusOr<std::vector<FileRecord>> PendingValidation();
+
   // Bytes stored by a tenant (committed files only).
   absl::StatusOr<int64_t> UsedBytes(const std::string& tenant);
 

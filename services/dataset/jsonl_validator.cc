@@ -149,6 +149,7 @@ class JsonlValidator::Impl {
              absl::StrCat("the line is ", TypeName(doc.type()), ", not a JSON object"));
       return;
     }
+    raw_ = text;
     if (options_.format == DataFormat::kChat) {
       Chat(line, doc);
     } else {
@@ -294,8 +295,9 @@ class JsonlValidator::Impl {
     if (summary_.total_errors == errors_before) Accept(ex);
   }
 
-  void Accept(const Example& ex) {
+  void Accept(Example& ex) {
     ++summary_.examples;
+    ex.raw = raw_;
     if (on_example_) on_example_(ex);
   }
 
@@ -316,6 +318,7 @@ class JsonlValidator::Impl {
   int64_t overlong_bytes_ = 0;
   bool crlf_reported_ = false;
   std::string buffer_;
+  absl::string_view raw_;
   simdjson::dom::parser parser_;
 };
 

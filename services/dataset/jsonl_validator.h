@@ -34,6 +34,8 @@ struct ChatMessage {
 // One valid example, handed to the caller for statistics and tokenization.
 struct Example {
   int64_t line = 0;
+  // The line's JSON text (without line ending); valid during the callback.
+  absl::string_view raw;
   std::vector<ChatMessage> messages;  // chat
   std::string text, label;            // classification
 };

@@ -30,10 +30,12 @@ int main(int argc, char** argv) {
   }
   rpc::Executor executor(absl::GetFlag(FLAGS_io_threads));
   rpc::Authenticator auth(*keys);
-  dataset::DatasetServiceImpl files(&auth, registry->get(), &executor);
+  dataset::FileProcessor processor(registry->get(), &executor);
+  dataset::DatasetServiceImpl files(&auth, registry->get(), &executor, &processor);
   dataset::ShardServiceImpl shards(&auth);
   rpc::Server server(flags.server);
   server.AddService(&files);
   server.AddService(&shards);
-  return rpc::ServeUntilSignal(server, nullptr, flags.port_file);
+  return rpc::ServeUntilSignal(
+      server, [&] { return processor.RecoverPending(); }, flags.port_file);
 }

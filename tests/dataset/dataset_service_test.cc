@@ -37,7 +37,10 @@ class DatasetServiceTest : public ::testing::Test {
     auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
         absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
     executor_ = std::make_unique<rpc::Executor>(2);
-    service_ = std::make_unique<DatasetServiceImpl>(auth_.get(), registry_.get(), executor_.get());
+    processor_ = std::make_unique<FileProcessor>(registry_.get(), executor_.get());
+    ASSERT_THAT(processor_->RecoverPending(), IsOk());
+    service_ = std::make_unique<DatasetServiceImpl>(auth_.get(), registry_.get(), executor_.get(),
+                                                    processor_.get());
     rpc::ServerOptions so;
     so.listen_address = "127.0.0.1:0";
     so.metrics_address = "";
@@ -54,7 +57,8 @@ class DatasetServiceTest : public ::testing::Test {
     if (server_) server_->Shutdown();
     server_.reset();
     service_.reset();
-    executor_.reset();
+    executor_.reset();  // finishes queued validations first
+    processor_.reset();
     registry_.reset();
   }
 
@@ -132,6 +136,28 @@ class DatasetServiceTest : public ::testing::Test {
     if (!s.ok()) return rpc::FromGrpcStatus(s);
     return out;
   }
+  // Polls GetFile until the automatic validation has finished.
+  absl::StatusOr<v1::File> WaitProcessed(const std::string& key, const std::string& id) {
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    for (;;) {
+      auto f = Get(key, id);
+      if (!f.ok()) return f;
+      if (f->status() == v1::FILE_STATUS_PROCESSED || f->status() == v1::FILE_STATUS_ERROR) {
+        return f;
+      }
+      if (absl::Now() > deadline) return absl::DeadlineExceededError("still processing");
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+  absl::StatusOr<v1::ValidationReport> ValidateFile(const std::string& key,
+                                                    v1::ValidateFileRequest req) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
+    v1::ValidationReport report;
+    grpc::Status s = stub_->ValidateFile(&ctx, req, &report);
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return report;
+  }
   size_t FilesOnDisk() {
     size_t n = 0;
     for (auto& e : std::filesystem::recursive_directory_iterator(dir_.Join("dataset/blobs"))) {
@@ -147,6 +173,7 @@ class DatasetServiceTest : public ::testing::Test {
   std::unique_ptr<FileRegistry> registry_;
   std::unique_ptr<rpc::Authenticator> auth_;
   std::unique_ptr<rpc::Executor> executor_;
+  std::unique_ptr<FileProcessor> processor_;
   std::unique_ptr<DatasetServiceImpl> service_;
   std::unique_ptr<rpc::Server> server_;
   std::unique_ptr<v1::DatasetService::Stub> stub_;
@@ -265,6 +292,90 @@ TEST_F(DatasetServiceTest, FilesSurviveRestart) {
   EXPECT_EQ(got.sha256(), file.sha256());
   TF_ASSERT_OK_AND_ASSIGN(std::string back, Download(a_.key, file.id()));
   EXPECT_EQ(back, Lines(10));
+}
+
+TEST_F(DatasetServiceTest, EveryUploadIsValidatedInTheBackground) {
+  TF_ASSERT_OK_AND_ASSIGN(v1::File good, Upload(a_.key, Lines(12)));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File processed, WaitProcessed(a_.key, good.id()));
+  EXPECT_EQ(processed.status(), v1::FILE_STATUS_PROCESSED);
+  EXPECT_TRUE(processed.validation().valid());
+  EXPECT_EQ(processed.validation().statistics().examples(), 12);
+
+  std::string bad = Lines(11) + "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}\n";
+  TF_ASSERT_OK_AND_ASSIGN(v1::File uploaded, Upload(a_.key, bad));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File failed, WaitProcessed(a_.key, uploaded.id()));
+  EXPECT_EQ(failed.status(), v1::FILE_STATUS_ERROR);
+  EXPECT_THAT(failed.status_details(), HasSubstr("line 12 messages[0].role"));
+  ASSERT_GE(failed.validation().issues_size(), 1);
+  EXPECT_EQ(failed.validation().issues(0).line(), 12);
+}
+
+TEST_F(DatasetServiceTest, ValidationInterruptedByARestartIsRedone) {
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, Lines(10)));
+  ASSERT_THAT(WaitProcessed(a_.key, file.id()), IsOk());
+  // As if the process died while validating.
+  ASSERT_THAT(registry_->SetStatus(file.id(), FileStatus::kProcessing, "", ""), IsOk());
+  Stop();
+  Start();
+  TF_ASSERT_OK_AND_ASSIGN(v1::File again, WaitProcessed(a_.key, file.id()));
+  EXPECT_EQ(again.status(), v1::FILE_STATUS_PROCESSED);
+}
+
+TEST_F(DatasetServiceTest, ValidateFileReportsIssuesAndStatistics) {
+  // 10 distinct examples, one exact duplicate, one without a system
+  // message, one with three turns, and one bad line.
+  std::string content;
+  for (int i = 0; i < 10; ++i) {
+    absl::StrAppend(&content, R"({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q)", i,
+                    R"("}, {"role": "assistant", "content": "a"}]})", "\n");
+  }
+  absl::StrAppend(&content, R"({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q0"}, {"role": "assistant", "content": "a"}]})", "\n");
+  absl::StrAppend(&content, R"({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "again"}, {"role": "assistant", "content": "b"}]})", "\n");
+  absl::StrAppend(&content, R"({"messages": [{"role": "user", "content": 5}]})", "\n");
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  v1::ValidateFileRequest req;
+  req.set_file_id(file.id());
+  req.set_max_issues(1);
+  TF_ASSERT_OK_AND_ASSIGN(v1::ValidationReport r, ValidateFile(a_.key, req));
+  EXPECT_FALSE(r.valid());
+  ASSERT_EQ(r.issues_size(), 1);  // capped
+  EXPECT_EQ(r.total_errors(), 2);  // content not a string, no assistant
+  EXPECT_EQ(r.issues(0).line(), 13);
+  EXPECT_EQ(r.issues(0).field(), "messages[0].content");
+  const auto& st = r.statistics();
+  EXPECT_EQ(st.examples(), 12);
+  EXPECT_EQ(st.duplicate_examples(), 1);
+  EXPECT_EQ(st.examples_missing_system(), 1);
+  EXPECT_EQ(st.examples_missing_user(), 0);
+  EXPECT_EQ(st.messages_per_example().min(), 3);
+  EXPECT_EQ(st.messages_per_example().max(), 4);
+  EXPECT_NEAR(st.messages_per_example().mean(), (11 * 3 + 4) / 12.0, 1e-9);
+  EXPECT_EQ(r.epochs(), 1);
+
+  // Caller mistakes are named.
+  req.set_max_issues(-1);
+  EXPECT_THAT(ValidateFile(a_.key, req),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_issues")));
+  req.set_max_issues(0);
+  req.set_base_model("phi-3-mini-4k-instruct");
+  EXPECT_THAT(ValidateFile(a_.key, req),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("phi-3-mini-4k-instruct")));
+  req.set_base_model("");
+  EXPECT_THAT(ValidateFile(b_.key, req), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(DatasetServiceTest, ClassificationFilesAreRecognisedAndCounted) {
+  std::string content;
+  for (int i = 0; i < 12; ++i) {
+    absl::StrAppend(&content, R"({"text": "item )", i, R"(", "label": ")",
+                    i % 3 == 0 ? "neg" : "pos", R"("})", "\n");
+  }
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File processed, WaitProcessed(a_.key, file.id()));
+  EXPECT_EQ(processed.status(), v1::FILE_STATUS_PROCESSED);
+  const auto& labels = processed.validation().statistics().label_counts();
+  EXPECT_EQ(labels.at("neg"), 4);
+  EXPECT_EQ(labels.at("pos"), 8);
 }
 
 }  // namespace

@@ -1,0 +1,32 @@
+// Reads a stored file once, streaming: validation and statistics together.
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "common/store/artifact_store.h"
+#include "services/dataset/statistics.h"
+
+namespace tunefleet::dataset {
+
+struct AnalyzeOptions {
+  // Unset: guessed from the first non-blank line ("messages" → chat,
+  // "text" and "label" → classification), chat when unsure.
+  std::optional<DataFormat> format;
+  size_t max_issues = 100;
+  int64_t max_sequence_length = 0;
+  TokenCounter token_counter;  // may be null
+  // Called with every valid example after statistics (e.g. to split).
+  JsonlValidator::ExampleCallback on_example;
+};
+
+struct Analysis {
+  DataFormat format = DataFormat::kChat;
+  ValidationSummary validation;
+  DatasetStatistics statistics;
+};
+
+absl::StatusOr<Analysis> Analyze(store::ArtifactReader& reader, const AnalyzeOptions& options);
+
+// The format a first line suggests.
+DataFormat SniffFormat(absl::string_view first_chunk);
+
+}  // namespace tunefleet::dataset
