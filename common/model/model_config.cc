@@ -1,5 +1,6 @@
 #include "common/model/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -278,7 +279,30 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   if (in.bad()) return absl::DataLossError(absl::StrCat(file, ": read failed"));
-  return ParseModelConfig(ss.str(), file);
+  auto config = ParseModelConfig(ss.str(), file);
+  if (!config.ok()) return config;
+  // generation_config.json names the tokens that end a turn, which config.json
+  // often lacks (Phi-3: <|end|>, Llama-3.1: <|eot_id|>); stop on both sets.
+  const std::filesystem::path gen = std::filesystem::path(file).parent_path() / "generation_config.json";
+  if (std::filesystem::exists(gen, ec)) {
+    std::ifstream gin(gen, std::ios::binary);
+    std::stringstream gss;
+    gss << gin.rdbuf();
+    nlohmann::json g = nlohmann::json::parse(gss.str(), nullptr, /*allow_exceptions=*/false);
+    if (g.is_discarded() || !g.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(gen.string(), ": not a JSON object"));
+    }
+    const std::string gen_source = gen.string();
+    Reader r(g, gen_source);
+    auto ids = r.Ids("eos_token_id");
+    if (!ids.ok()) return ids.status();
+    for (int64_t id : *ids) {
+      if (std::find(config->eos_token_ids.begin(), config->eos_token_ids.end(), id) == config->eos_token_ids.end()) {
+        config->eos_token_ids.push_back(id);
+      }
+    }
+  }
+  return config;
 }
 
 }  // namespace tunefleet::model

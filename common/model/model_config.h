@@ -78,6 +78,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text,
                                              absl::string_view source = "config.json");
 
 // Reads and parses `path` (a config.json file, or a directory holding one).
+// The eos_token_id(s) of a generation_config.json beside it are added to
+// eos_token_ids.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 
 }  // namespace tunefleet::model

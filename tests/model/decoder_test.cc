@@ -249,10 +249,39 @@ TEST(TinyModelTest, DeterministicForASeed) {
   TF_ASSERT_OK_AND_ASSIGN(ModelConfig c, LoadModelConfig(dir.Join("a")));
   EXPECT_EQ(c.vocab_size, 32064);
   EXPECT_EQ(c.model_type, "phi3");
+  // config.json's eos plus generation_config.json's (<|end|> among them).
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{32000, 32001, 32007}));
   // A bf16 checkpoint loads into an fp32 decoder.
   TF_ASSERT_OK_AND_ASSIGN(Decoder d, Decoder::Load(dir.Join("a")));
   TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, d.Forward(at::tensor({1, 2, 3}, at::kLong).view({1, 3})));
   EXPECT_EQ(logits.scalar_type(), at::kFloat);
+}
+
+// Runs where libtorch has CUDA (the GPU check script); skipped elsewhere.
+TEST(CudaDecoderTest, Bf16MatchesFp32AndKvCacheMatchesFullForward) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  ScopedTempDir dir;
+  ASSERT_TRUE(WriteTinyPhi3(dir.path(), testing::TinyPhi3Options(3)).ok());
+  TF_ASSERT_OK_AND_ASSIGN(Decoder cpu, Decoder::Load(dir.path()));
+  DecoderOptions o;
+  o.device = at::Device(at::kCUDA);
+  o.dtype = at::kFloat;
+  TF_ASSERT_OK_AND_ASSIGN(Decoder gpu32, Decoder::Load(dir.path(), o));
+  o.dtype = at::kBFloat16;
+  TF_ASSERT_OK_AND_ASSIGN(Decoder gpu16, Decoder::Load(dir.path(), o));
+  at::Tensor ids = at::tensor(kSeq, at::kLong).view({1, -1});
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor want, cpu.Forward(ids));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor got32, gpu32.Forward(ids));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor got16, gpu16.Forward(ids));
+  const double scale = want.abs().max().item<double>();
+  EXPECT_LE(MaxAbsDiff(got32.cpu(), want), 1e-3 * scale + 1e-4);
+  EXPECT_LE(MaxAbsDiff(got16.cpu(), want), 0.05 * scale + 0.02);
+  TF_ASSERT_OK_AND_ASSIGN(KvCache cache, gpu16.NewCache(1, 16));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor last, gpu16.Extend(cache, ids.narrow(1, 0, 6)));
+  for (int64_t t = 6; t < ids.size(1); ++t) {
+    TF_ASSERT_OK_AND_ASSIGN(last, gpu16.Extend(cache, ids.narrow(1, t, 1)));
+  }
+  EXPECT_LE(MaxAbsDiff(last[0].cpu(), got16[0][ids.size(1) - 1].cpu()), 0.05 * scale + 0.02);
 }
 
 }  // namespace
