@@ -6,14 +6,16 @@
 // Names are relative paths: segments of [A-Za-z0-9._-]+ (not "." or "..")
 // joined by single '/', at most kMaxArtifactNameLength bytes and
 // kMaxArtifactNameDepth segments in all, kMaxArtifactSegmentLength per
-// segment. Because the store keeps a folder
-// tree, a name cannot be both an artifact and a folder of others: with
-// "a/b" stored, writing "a" fails with kFailedPrecondition, and the reverse.
+// segment. Because stores keep a folder tree, a name cannot be both an
+// artifact and a folder of others: with "a/b" stored, writing "a" fails with
+// kFailedPrecondition, and the reverse. Callers build names from ids they
+// have checked (ids.h), e.g. "files/file-…", "ckpt/ftjob-…/ckpt-…/…".
 //
 // Semantics every implementation keeps:
-// - A write becomes visible only at Commit(), all at once; committing over an
-//   existing name replaces it atomically (readers see the old or the new
-//   blob, never a mix), and the last Commit() wins.
+// - A write becomes visible only at Commit(), all at once, and (for a store
+//   that persists) durably; committing over an existing name replaces it
+//   atomically (readers see the old or the new blob, never a mix), and the
+//   last Commit() wins.
 // - A reader reads the blob as it was when it was opened, even when the name
 //   is overwritten or deleted meanwhile.
 // - Every method is thread-safe. Writers and readers are used by one thread
@@ -45,7 +47,9 @@ struct ArtifactInfo {
   std::string sha256;  // lowercase hex of the content
 };
 
-// A streaming upload. The destructor aborts a writer that was not committed.
+// A streaming upload. The destructor aborts a writer that was not committed;
+// so does a failed Append() or Commit(), after which every call fails with
+// kFailedPrecondition.
 class ArtifactWriter {
  public:
   virtual ~ArtifactWriter() = default;

@@ -201,7 +201,13 @@ class DirectoryArtifactStore::Writer final : public ArtifactWriter {
 
   absl::Status Append(absl::string_view data) override {
     if (!fd_.valid()) return Ended();
-    TF_RETURN_IF_ERROR(WriteAll(fd_.get(), data, absl::StrCat("writing artifact ", name_)));
+    absl::Status status = WriteAll(fd_.get(), data, absl::StrCat("writing artifact ", name_));
+    if (!status.ok()) {
+      // Part of `data` may be in the file but not in the hash: the write
+      // cannot be committed any more.
+      Abort();
+      return status;
+    }
     sha_.Update(data);
     size_ += static_cast<int64_t>(data.size());
     return absl::OkStatus();

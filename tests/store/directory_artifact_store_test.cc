@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -293,6 +294,36 @@ TEST_F(StoreDirectoryArtifacts, KilledWriterLeavesNothingAfterReopen) {
   TF_ASSERT_OK(store_->Put("shards/file-1/shard-00000", "whole").status());
   EXPECT_THAT(store_->List("shards/"),
               IsOkAndHolds(std::vector<std::string>{"shards/file-1/shard-00000"}));
+}
+
+// A write that fails half-way (here the file size limit, as a full disk
+// would) leaves the writer unable to commit what it half wrote.
+TEST_F(StoreDirectoryArtifacts, FailedAppendAbortsTheWriter) {
+  // In a child, since the limit is per process.
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of death
+    struct rlimit limit = {1000, 1000};
+    if (setrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(2);
+    auto store = DirectoryArtifactStore::Open(root_);
+    if (!store.ok()) _exit(3);
+    auto writer = (*store)->OpenWriter("too-big");
+    if (!writer.ok()) _exit(4);
+    absl::Status append = (*writer)->Append(std::string(2000, 'x'));
+    if (append.code() != absl::StatusCode::kResourceExhausted) _exit(5);
+    if ((*writer)->Commit().status().code() != absl::StatusCode::kFailedPrecondition) _exit(6);
+    if ((*writer)->Append("x").code() != absl::StatusCode::kFailedPrecondition) _exit(7);
+    if (!StagingFiles(root_).empty()) _exit(8);
+    auto exists = (*store)->Exists("too-big");
+    if (!exists.ok() || *exists) _exit(9);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's check that failed";
+  EXPECT_EQ(Tree(root_), std::set<std::string>{".staging~"});
 }
 
 TEST_F(StoreDirectoryArtifacts, WriterInThisProcessSurvivesAnotherOpen) {
