@@ -177,8 +177,10 @@ class Transaction {
 // Thread-safe: every call holds the connection for its duration, and a
 // Transaction holds it from Begin() to its end, so other threads' calls wait
 // while the owning thread keeps using `db->...` inside its transaction (the
-// connection lock is reentrant for its owner). Statements and Transactions
-// must end before their Database is destroyed.
+// connection lock is reentrant for its owner). Keep transactions short:
+// they pause every other user of this Database (a read-heavy path can open a
+// second Database on the same file; WAL lets it read beside the writer).
+// Statements and Transactions must end before their Database is destroyed.
 class Database {
  public:
   struct Options {

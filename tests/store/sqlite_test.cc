@@ -59,6 +59,14 @@ TEST_F(StoreSqlite, OpenMissingWithoutCreateIsNotFound) {
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing.db")));
 }
 
+TEST(StoreSqliteMemory, InMemoryDatabaseWorks) {
+  TF_ASSERT_OK_AND_ASSIGN(auto db, Database::Open(":memory:"));
+  TF_ASSERT_OK(ApplyMigrations(*db, {{1, "CREATE TABLE t (x)"}}));
+  TF_ASSERT_OK(db->Execute("INSERT INTO t VALUES (?)", {1.5}).status());
+  TF_ASSERT_OK_AND_ASSIGN(auto rows, db->Query("SELECT x FROM t"));
+  EXPECT_EQ(rows.at(0).at(0), Value(1.5));
+}
+
 TEST_F(StoreSqlite, BindsAndReadsEveryType) {
   TF_ASSERT_OK(db_->Exec("CREATE TABLE v (id INTEGER PRIMARY KEY, x)"));
   const std::string binary("\0\xff\x01zero", 7);
