@@ -1,0 +1,711 @@
+#!/usr/bin/python3
+"""Checks the Kubernetes manifests under deploy/ against the real binaries.
+
+For every overlay in deploy/overlays/ it renders the overlay with
+`kubectl kustomize`, parses every document and checks what a cluster would
+only reveal at run time:
+
+  * every document has apiVersion, kind and metadata.name, no duplicates, and
+    namespaced objects carry the overlay's namespace;
+  * every container runs a tunefleet binary and every `--flag=value` in its
+    args is a flag that binary accepts (read from `<binary> --helpfull`);
+    $(VAR) references resolve through env / envFrom / the rendered ConfigMaps;
+  * the gRPC probes hit the --listen port, the Prometheus annotations name the
+    --metrics_listen port, both ports are declared container ports;
+  * terminationGracePeriodSeconds is above --drain_timeout;
+  * --keys_file lies in a Secret volume that carries that file, --data_dir in a
+    writable volume, TLS files in mounted volumes;
+  * every Service / PodDisruptionBudget selector matches some pod template and
+    every Service targetPort is a port of the pods it selects; StatefulSets
+    name a headless Service; HPAs scale an object that exists;
+  * every PVC / Secret / ConfigMap / ServiceAccount a pod refers to exists in
+    the render (or is a Secret that deploy/README.md tells the operator to
+    create: tunefleet-keys, tunefleet-tls);
+  * securityContext (non-root, read-only root, no privilege escalation, ALL
+    capabilities dropped) and resource requests/limits are set; GPU requests
+    equal GPU limits; the cpu overlay asks for no GPU, the gpu one does.
+
+--self-test additionally breaks a rendered overlay in one way at a time and
+fails unless each mistake is reported, so the checker itself is checked.
+
+Exit status: 0 all good, 1 problems found, 77 skipped (kubectl with kustomize,
+PyYAML or the binaries are not there; CTest maps 77 to SKIPPED).
+"""
+
+import argparse
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+SKIP = 77
+
+try:
+    import yaml
+except ImportError:  # Debian: python3-yaml (scripts/install-deps.d/k8s-tools)
+    print("SKIP: PyYAML is not installed (apt-get install python3-yaml)")
+    sys.exit(SKIP)
+
+# Secrets the operator creates by hand (deploy/README.md), never rendered.
+DOCUMENTED_SECRETS = {"tunefleet-keys", "tunefleet-tls"}
+# Flags every service container must set explicitly.
+REQUIRED_FLAGS = ("listen", "metrics_listen", "keys_file", "data_dir")
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
+                  "StorageClass", "PriorityClass", "CustomResourceDefinition"}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+GPU = "nvidia.com/gpu"
+
+
+# --------------------------------------------------------------------------- helpers
+
+def parse_duration(text):
+    """absl/Go duration ('30s', '1m30s', '500ms', '1h') -> seconds, or None."""
+    text = text.strip()
+    if text in ("0", "inf"):
+        return 0.0 if text == "0" else float("inf")
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def port_of(address):
+    """'0.0.0.0:50051' or '[::]:50051' -> 50051, or None."""
+    m = re.match(r"^(?:\[[^\]]*\]|[^:\[\]]*):(\d+)$", address or "")
+    return int(m.group(1)) if m else None
+
+
+def labels_match(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def path_under(path, mount):
+    mount = mount.rstrip("/") or "/"
+    return path == mount or path.startswith(mount + "/")
+
+
+class Flags:
+    """The flags of each binary, read once from `<binary> --helpfull`."""
+
+    HELP_RE = re.compile(r"^\s+--([A-Za-z0-9_]+) \((.*?)\);\s+default: (.*?);$",
+                         re.MULTILINE | re.DOTALL)
+
+    def __init__(self, bin_dir):
+        self.bin_dir = bin_dir
+        self.cache = {}
+
+    def path(self, binary):
+        return os.path.join(self.bin_dir, binary)
+
+    def get(self, binary):
+        """{flag: default-string} for binary, or raises RuntimeError."""
+        if binary not in self.cache:
+            exe = self.path(binary)
+            proc = subprocess.run([exe, "--helpfull"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)
+            flags = {}
+            for m in self.HELP_RE.finditer(proc.stdout):
+                default = m.group(3).strip()
+                if default.startswith('"') and default.endswith('"'):
+                    default = default[1:-1]
+                flags[m.group(1)] = default
+            if "listen" not in flags or "keys_file" not in flags:
+                raise RuntimeError("could not read the flags of %s from its --helpfull output:\n%s"
+                                   % (exe, proc.stdout[:2000]))
+            self.cache[binary] = flags
+        return self.cache[binary]
+
+
+# --------------------------------------------------------------------------- checker
+
+class Checker:
+    def __init__(self, overlay, docs, flags):
+        self.overlay = overlay
+        self.docs = docs
+        self.flags = flags
+        self.errors = []
+
+    def err(self, where, message):
+        self.errors.append("%s: %s: %s" % (self.overlay, where, message))
+
+    # -- index of the render
+    def index(self):
+        self.by_kind = {}
+        seen = set()
+        for i, d in enumerate(self.docs):
+            if not isinstance(d, dict):
+                self.err("document %d" % i, "is not a mapping")
+                continue
+            missing = [f for f in ("apiVersion", "kind") if not d.get(f)]
+            name = (d.get("metadata") or {}).get("name")
+            if not name:
+                missing.append("metadata.name")
+            if missing:
+                self.err("document %d (%s)" % (i, d.get("kind", "?")), "missing " + ", ".join(missing))
+                continue
+            ns = d["metadata"].get("namespace", "")
+            key = (d["kind"], ns, name)
+            if key in seen:
+                self.err("%s/%s" % (d["kind"], name), "defined twice")
+            seen.add(key)
+            self.by_kind.setdefault(d["kind"], {})[name] = d
+        self.namespaces = {(d.get("metadata") or {}).get("namespace") for d in self.docs
+                           if isinstance(d, dict) and d.get("kind") not in CLUSTER_SCOPED}
+        if len(self.namespaces) != 1 or None in self.namespaces:
+            self.err("namespace", "overlay objects should all have one namespace, found %s"
+                     % sorted(str(n) for n in self.namespaces))
+
+    def names(self, kind):
+        return self.by_kind.get(kind, {})
+
+    def pod_templates(self):
+        """[(where, workload doc, pod template)]"""
+        out = []
+        for kind in sorted(WORKLOADS):
+            for name, d in sorted(self.names(kind).items()):
+                out.append(("%s/%s" % (kind, name), d, (d.get("spec") or {}).get("template") or {}))
+        for name, d in sorted(self.names("Pod").items()):
+            out.append(("Pod/%s" % name, d, d))
+        return out
+
+    # -- checks
+    def run(self):
+        self.index()
+        templates = self.pod_templates()
+        if not templates:
+            self.err("render", "no workloads at all")
+        for where, doc, tmpl in templates:
+            self.check_workload(where, doc, tmpl)
+        self.check_services(templates)
+        self.check_selectors(templates)
+        self.check_overlay_gpu(templates)
+        return self.errors
+
+    def check_workload(self, where, doc, tmpl):
+        kind = doc["kind"]
+        spec = doc.get("spec") or {}
+        labels = (tmpl.get("metadata") or {}).get("labels") or {}
+        pod = tmpl.get("spec") or {}
+        if kind != "Pod":
+            sel = (spec.get("selector") or {}).get("matchLabels") or {}
+            if not labels_match(sel, labels):
+                self.err(where, "selector %s does not match the pod template labels %s" % (sel, labels))
+        if kind == "StatefulSet":
+            svc = self.names("Service").get(spec.get("serviceName"))
+            if svc is None:
+                self.err(where, "serviceName %r is not a Service in the render" % spec.get("serviceName"))
+            elif (svc.get("spec") or {}).get("clusterIP") != "None":
+                self.err(where, "serviceName %r is not a headless Service" % spec.get("serviceName"))
+
+        sa = pod.get("serviceAccountName")
+        if sa and sa != "default" and sa not in self.names("ServiceAccount"):
+            self.err(where, "serviceAccountName %r is not in the render" % sa)
+
+        volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+        claims = {((c.get("metadata") or {}).get("name")): c
+                  for c in spec.get("volumeClaimTemplates") or []} if kind == "StatefulSet" else {}
+        for vname, v in volumes.items():
+            self.check_volume(where, vname, v)
+        pod_sc = pod.get("securityContext") or {}
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        annotations = (tmpl.get("metadata") or {}).get("annotations") or {}
+
+        containers = pod.get("containers") or []
+        if not containers:
+            self.err(where, "no containers")
+        for c in containers:
+            self.check_container("%s container %s" % (where, c.get("name")), c, volumes, claims,
+                                 pod_sc, grace, annotations)
+
+    def check_volume(self, where, vname, v):
+        if "persistentVolumeClaim" in v:
+            claim = v["persistentVolumeClaim"].get("claimName")
+            if claim not in self.names("PersistentVolumeClaim"):
+                self.err(where, "volume %s: PersistentVolumeClaim %r is not in the render" % (vname, claim))
+        if "secret" in v:
+            self.check_secret(where, "volume %s" % vname, v["secret"].get("secretName"),
+                              v["secret"].get("optional"))
+        if "configMap" in v:
+            self.check_config_map(where, "volume %s" % vname, v["configMap"].get("name"), None,
+                                  v["configMap"].get("optional"))
+
+    def check_secret(self, where, what, name, optional=False):
+        if name in self.names("Secret") or name in DOCUMENTED_SECRETS or optional:
+            return
+        self.err(where, "%s: Secret %r is neither in the render nor a documented Secret (%s)"
+                 % (what, name, ", ".join(sorted(DOCUMENTED_SECRETS))))
+
+    def check_config_map(self, where, what, name, key=None, optional=False):
+        cm = self.names("ConfigMap").get(name)
+        if cm is None:
+            if not optional:
+                self.err(where, "%s: ConfigMap %r is not in the render" % (what, name))
+            return None
+        if key is not None and key not in (cm.get("data") or {}) and not optional:
+            self.err(where, "%s: ConfigMap %r has no key %r" % (what, name, key))
+        return cm
+
+    def environment(self, where, c):
+        """Variables visible to $(VAR) expansion: name -> value (None when only
+        known at run time, e.g. a fieldRef)."""
+        env = {}
+        for src in c.get("envFrom") or []:
+            prefix = src.get("prefix", "")
+            if "configMapRef" in src:
+                ref = src["configMapRef"]
+                cm = self.check_config_map(where, "envFrom", ref.get("name"), None, ref.get("optional"))
+                for k, val in ((cm or {}).get("data") or {}).items():
+                    env[prefix + k] = str(val)
+            if "secretRef" in src:
+                ref = src["secretRef"]
+                self.check_secret(where, "envFrom", ref.get("name"), ref.get("optional"))
+                sec = self.names("Secret").get(ref.get("name")) or {}
+                for k in (sec.get("data") or {}):
+                    env[prefix + k] = None
+        for e in c.get("env") or []:
+            name = e.get("name")
+            if "value" in e:
+                env[name] = str(e["value"])
+            elif "valueFrom" in e:
+                vf = e["valueFrom"]
+                env[name] = None
+                if "configMapKeyRef" in vf:
+                    ref = vf["configMapKeyRef"]
+                    cm = self.check_config_map(where, "env %s" % name, ref.get("name"), ref.get("key"),
+                                               ref.get("optional"))
+                    if cm is not None:
+                        val = (cm.get("data") or {}).get(ref.get("key"))
+                        env[name] = None if val is None else str(val)
+                if "secretKeyRef" in vf:
+                    ref = vf["secretKeyRef"]
+                    self.check_secret(where, "env %s" % name, ref.get("name"), ref.get("optional"))
+            else:
+                env[name] = ""
+        return env
+
+    def expand(self, where, value, env):
+        """Kubernetes $(VAR) expansion; None if a part is only known at run time."""
+        unknown = []
+
+        def sub(m):
+            name = m.group(1)
+            if name not in env:
+                self.err(where, "args use $(%s), which is not in the container's environment" % name)
+                return m.group(0)
+            if env[name] is None:
+                unknown.append(name)
+                return ""
+            return env[name]
+
+        out = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, value)
+        return None if unknown else out
+
+    def check_container(self, where, c, volumes, claims, pod_sc, grace, annotations):
+        command = c.get("command") or []
+        if not c.get("image"):
+            self.err(where, "no image")
+        if not command:
+            self.err(where, "no command: name the tunefleet binary explicitly")
+            return
+        binary = os.path.basename(command[0])
+        if not re.match(r"^tunefleet-[a-z]+$", binary):
+            self.err(where, "command %r is not a tunefleet service binary" % command[0])
+            return
+        if not os.path.exists(self.flags.path(binary)):
+            self.err(where, "command %r: no binary %s in the build" % (command[0], self.flags.path(binary)))
+            return
+        known = self.flags.get(binary)
+        env = self.environment(where, c)
+
+        # --flag=value args, each known to the binary
+        values = {}
+        for arg in list(command[1:]) + list(c.get("args") or []):
+            m = re.match(r"^--([A-Za-z0-9_]+)=(.*)$", str(arg))
+            if not m:
+                self.err(where, "argument %r is not of the form --flag=value" % arg)
+                continue
+            name, value = m.group(1), m.group(2)
+            if name not in known:
+                self.err(where, "%s does not accept the flag --%s (known: %s)"
+                         % (binary, name, ", ".join(sorted(known))))
+                continue
+            if name in values:
+                self.err(where, "flag --%s given twice" % name)
+            values[name] = self.expand(where, value, env)
+        for name in REQUIRED_FLAGS:
+            if name not in values:
+                self.err(where, "must set --%s explicitly" % name)
+
+        # ports
+        ports = {}
+        for p in c.get("ports") or []:
+            ports[p.get("containerPort")] = p
+            if p.get("name"):
+                ports[p["name"]] = p
+
+        def resolve(port):
+            p = ports.get(port)
+            return p.get("containerPort") if p else (port if isinstance(port, int) else None)
+
+        grpc_port = port_of(values.get("listen"))
+        if "listen" in values and grpc_port is None:
+            self.err(where, "--listen=%r has no port" % values.get("listen"))
+        if grpc_port is not None and grpc_port not in ports:
+            self.err(where, "the --listen port %d is not a declared containerPort" % grpc_port)
+        metrics = values.get("metrics_listen")
+        metrics_port = None if metrics == "off" else port_of(metrics)
+        if metrics not in (None, "off") and metrics_port is None:
+            self.err(where, "--metrics_listen=%r has no port" % metrics)
+        if metrics_port is not None and metrics_port not in ports:
+            self.err(where, "the --metrics_listen port %d is not a declared containerPort" % metrics_port)
+
+        for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = c.get(probe_name)
+            if probe is None:
+                if probe_name != "startupProbe":
+                    self.err(where, "no %s" % probe_name)
+                continue
+            if "grpc" in probe:
+                port = probe["grpc"].get("port")
+                if grpc_port is not None and port != grpc_port:
+                    self.err(where, "%s checks gRPC port %r but the service listens on %s"
+                             % (probe_name, port, grpc_port))
+            elif "httpGet" in probe or "tcpSocket" in probe:
+                port = (probe.get("httpGet") or probe.get("tcpSocket")).get("port")
+                if resolve(port) not in (grpc_port, metrics_port) or resolve(port) is None:
+                    self.err(where, "%s targets port %r, which the service does not listen on"
+                             % (probe_name, port))
+            elif "exec" not in probe:
+                self.err(where, "%s has no handler" % probe_name)
+
+        scrape = str(annotations.get("prometheus.io/scrape", "")).lower() == "true"
+        if metrics_port is not None and not scrape:
+            self.err(where, "metrics are on port %d but the pod has no prometheus.io/scrape annotation"
+                     % metrics_port)
+        if scrape:
+            ann_port = str(annotations.get("prometheus.io/port", ""))
+            if metrics_port is None or ann_port != str(metrics_port):
+                self.err(where, "prometheus.io/port is %r but --metrics_listen port is %s"
+                         % (ann_port, metrics_port))
+
+        # graceful shutdown
+        drain_text = values.get("drain_timeout", known.get("drain_timeout"))
+        if "drain_timeout" in values and drain_text is None:
+            self.err(where, "--drain_timeout must be known before run time")
+        elif drain_text is not None:
+            drain = parse_duration(drain_text)
+            if drain is None:
+                self.err(where, "--drain_timeout=%r is not a duration" % drain_text)
+            elif not grace > drain:
+                self.err(where, "terminationGracePeriodSeconds %s is not above --drain_timeout %s"
+                         % (grace, drain_text))
+
+        # mounts
+        mounts = c.get("volumeMounts") or []
+        for m in mounts:
+            if m.get("name") not in volumes and m.get("name") not in claims:
+                self.err(where, "volumeMount %r names no volume or volumeClaimTemplate" % m.get("name"))
+
+        def mount_for(path):
+            best = None
+            for m in mounts:
+                if path_under(path, m.get("mountPath", "")) and (
+                        best is None or len(m["mountPath"]) > len(best["mountPath"])):
+                    best = m
+            return best
+
+        keys = values.get("keys_file")
+        if keys:
+            m = mount_for(keys)
+            vol = volumes.get((m or {}).get("name")) or {}
+            if m is None or "secret" not in vol:
+                self.err(where, "--keys_file=%s is not in a mounted Secret volume" % keys)
+            else:
+                items = vol["secret"].get("items")
+                rel = keys[len(m["mountPath"].rstrip("/")) + 1:]
+                if m.get("subPath"):
+                    rel = m["subPath"]
+                if items is not None and rel not in [i.get("path") for i in items]:
+                    self.err(where, "--keys_file=%s: Secret volume %s does not project %r"
+                             % (keys, m["name"], rel))
+        data_dir = values.get("data_dir")
+        if data_dir:
+            m = mount_for(data_dir)
+            if m is None:
+                self.err(where, "--data_dir=%s is on the read-only root filesystem" % data_dir)
+            elif m.get("readOnly"):
+                self.err(where, "--data_dir=%s is on a read-only mount" % data_dir)
+        for flag in ("tls_cert", "tls_key", "tls_client_ca"):
+            if values.get(flag) and mount_for(values[flag]) is None:
+                self.err(where, "--%s=%s is not in a mounted volume" % (flag, values[flag]))
+        if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
+            self.err(where, "--tls_cert and --tls_key go together")
+        if values.get("tls_client_ca") and not values.get("tls_cert"):
+            self.err(where, "--tls_client_ca (mTLS) needs --tls_cert and --tls_key")
+
+        # security
+        sc = c.get("securityContext") or {}
+        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))):
+            self.err(where, "runAsNonRoot is not set")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            self.err(where, "readOnlyRootFilesystem is not true")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            self.err(where, "allowPrivilegeEscalation is not false")
+        if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+            self.err(where, "capabilities do not drop ALL")
+
+        # resources
+        res = c.get("resources") or {}
+        req, lim = res.get("requests") or {}, res.get("limits") or {}
+        for r in ("cpu", "memory"):
+            if r not in req:
+                self.err(where, "no %s request" % r)
+            if r not in lim:
+                self.err(where, "no %s limit" % r)
+        for r in set(req) | set(lim):
+            if "/" in r and r.split("/")[0] not in ("kubernetes.io",) and req.get(r) != lim.get(r):
+                self.err(where, "extended resource %s: requests (%s) must equal limits (%s)"
+                         % (r, req.get(r), lim.get(r)))
+
+    def check_services(self, templates):
+        for name, svc in sorted(self.names("Service").items()):
+            where = "Service/%s" % name
+            spec = svc.get("spec") or {}
+            sel = spec.get("selector") or {}
+            if not sel:
+                self.err(where, "has no selector")
+                continue
+            pods = [t for _, _, t in templates
+                    if labels_match(sel, (t.get("metadata") or {}).get("labels") or {})]
+            if not pods:
+                self.err(where, "selector %s matches no pod template" % sel)
+                continue
+            for port in spec.get("ports") or []:
+                target = port.get("targetPort", port.get("port"))
+                for t in pods:
+                    cports = [p for c in (t.get("spec") or {}).get("containers") or []
+                              for p in c.get("ports") or []]
+                    if not any(target in (p.get("name"), p.get("containerPort")) for p in cports):
+                        self.err(where, "port %s: targetPort %r is not a port of the selected pods"
+                                 % (port.get("name", port.get("port")), target))
+
+    def check_selectors(self, templates):
+        all_labels = [(t.get("metadata") or {}).get("labels") or {} for _, _, t in templates]
+        for name, pdb in sorted(self.names("PodDisruptionBudget").items()):
+            sel = ((pdb.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            if not any(labels_match(sel, l) for l in all_labels):
+                self.err("PodDisruptionBudget/%s" % name, "selector %s matches no pod template" % sel)
+        for name, hpa in sorted(self.names("HorizontalPodAutoscaler").items()):
+            ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            if ref.get("name") not in self.names(ref.get("kind")):
+                self.err("HorizontalPodAutoscaler/%s" % name,
+                         "scales %s/%s, which is not in the render" % (ref.get("kind"), ref.get("name")))
+
+    def check_overlay_gpu(self, templates):
+        base = os.path.basename(self.overlay.rstrip("/"))
+        for where, _, t in templates:
+            for c in (t.get("spec") or {}).get("containers") or []:
+                res = c.get("resources") or {}
+                asks = GPU in (res.get("limits") or {}) or GPU in (res.get("requests") or {})
+                binary = os.path.basename((c.get("command") or [""])[0])
+                if base == "cpu" and asks:
+                    self.err(where, "the cpu overlay must not request %s" % GPU)
+                if base == "gpu" and binary == "tunefleet-trainer" and not asks:
+                    self.err(where, "the gpu overlay's trainer must request %s" % GPU)
+
+
+# --------------------------------------------------------------------------- self-test
+
+def containers_of(docs, kind, name):
+    for d in docs:
+        if d["kind"] == kind and d["metadata"]["name"] == name:
+            return d["spec"]["template"]["spec"]["containers"]
+    raise KeyError((kind, name))
+
+
+def doc_of(docs, kind, name):
+    for d in docs:
+        if d["kind"] == kind and d["metadata"]["name"].startswith(name):
+            return d
+    raise KeyError((kind, name))
+
+
+def mutations():
+    """(description, expected error text, function that breaks the docs)"""
+
+    def rename_flag(docs):
+        c = containers_of(docs, "StatefulSet", "tunefleet-dataset")[0]
+        c["args"] = [a.replace("--max_file_bytes=", "--max_file_byte=") for a in c["args"]]
+
+    def probe_port(docs):
+        containers_of(docs, "StatefulSet", "tunefleet-scheduler")[0]["readinessProbe"]["grpc"]["port"] = 50051
+
+    def short_grace(docs):
+        doc_of(docs, "Deployment", "tunefleet-serving")["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"] = 30
+
+    def long_drain(docs):
+        doc_of(docs, "ConfigMap", "tunefleet-config")["data"]["TUNEFLEET_DRAIN_TIMEOUT"] = "2m"
+
+    def selector_typo(docs):
+        doc_of(docs, "Service", "tunefleet-dataset")["spec"]["selector"][
+            "app.kubernetes.io/name"] = "tunefleet-datset"
+
+    def drop_config_map(docs):
+        docs.remove(doc_of(docs, "ConfigMap", "tunefleet-config"))
+
+    def secret_typo(docs):
+        for v in doc_of(docs, "DaemonSet", "tunefleet-trainer")["spec"]["template"]["spec"]["volumes"]:
+            if "secret" in v:
+                v["secret"]["secretName"] = "tunefleet-keyz"
+
+    def pvc_missing(docs):
+        doc_of(docs, "Deployment", "tunefleet-serving")["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "models", "persistentVolumeClaim": {"claimName": "tunefleet-models"}})
+
+    def mount_typo(docs):
+        containers_of(docs, "StatefulSet", "tunefleet-dataset")[0]["volumeMounts"][0]["name"] = "dta"
+
+    def target_port(docs):
+        doc_of(docs, "Service", "tunefleet-serving")["spec"]["ports"][0]["targetPort"] = "grcp"
+
+    def scrape_port(docs):
+        doc_of(docs, "DaemonSet", "tunefleet-trainer")["spec"]["template"]["metadata"]["annotations"][
+            "prometheus.io/port"] = "9090"
+
+    def gpu_limit(docs):
+        c = containers_of(docs, "Deployment", "tunefleet-serving")[0]
+        c["resources"].setdefault("requests", {})[GPU] = 2
+        c["resources"].setdefault("limits", {})[GPU] = 1
+
+    def root_fs(docs):
+        containers_of(docs, "Deployment", "tunefleet-serving")[0]["securityContext"][
+            "readOnlyRootFilesystem"] = False
+
+    def keys_path(docs):
+        c = containers_of(docs, "StatefulSet", "tunefleet-scheduler")[0]
+        c["args"] = [("--keys_file=/etc/tunefleet/keys.txt" if a.startswith("--keys_file=") else a)
+                     for a in c["args"]]
+
+    def undefined_var(docs):
+        c = containers_of(docs, "StatefulSet", "tunefleet-scheduler")[0]
+        c["args"] = [a.replace("$(TUNEFLEET_LOG_LEVEL)", "$(TUNEFLEET_LOGLEVEL)") for a in c["args"]]
+
+    def missing_doc_name(docs):
+        del doc_of(docs, "ServiceAccount", "tunefleet")["metadata"]["name"]
+
+    return [
+        ("a flag the binary does not have", "does not accept the flag --max_file_byte", rename_flag),
+        ("readiness probe on the wrong port", "readinessProbe checks gRPC port 50051", probe_port),
+        ("grace period not above the drain timeout", "terminationGracePeriodSeconds 30", short_grace),
+        ("drain timeout raised in the ConfigMap", "is not above --drain_timeout 2m", long_drain),
+        ("Service selector typo", "matches no pod template", selector_typo),
+        ("ConfigMap missing from the render", "ConfigMap 'tunefleet-config", drop_config_map),
+        ("undocumented Secret", "Secret 'tunefleet-keyz'", secret_typo),
+        ("PVC missing from the render", "PersistentVolumeClaim 'tunefleet-models'", pvc_missing),
+        ("volumeMount of no volume", "volumeMount 'dta'", mount_typo),
+        ("Service targetPort of no container port", "targetPort 'grcp'", target_port),
+        ("Prometheus annotation on the wrong port", "prometheus.io/port is '9090'", scrape_port),
+        ("GPU requests above limits", "requests (2) must equal limits (1)", gpu_limit),
+        ("writable root filesystem", "readOnlyRootFilesystem is not true", root_fs),
+        ("keys file outside the Secret mount", "is not in a mounted Secret volume", keys_path),
+        ("$(VAR) not in the environment", "$(TUNEFLEET_LOGLEVEL)", undefined_var),
+        ("document without metadata.name", "missing metadata.name", missing_doc_name),
+    ]
+
+
+# --------------------------------------------------------------------------- main
+
+def render(kubectl, overlay):
+    proc = subprocess.run([kubectl, "kustomize", overlay], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError("kubectl kustomize %s failed:\n%s" % (overlay, proc.stderr))
+    return list(yaml.safe_load_all(proc.stdout))
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bin-dir", required=True, help="directory holding the tunefleet-* binaries")
+    ap.add_argument("--deploy-dir", default=os.path.join(here, "..", "..", "deploy"))
+    ap.add_argument("--kubectl", default=os.environ.get("TUNEFLEET_KUBECTL", "kubectl"),
+                    help="kubectl with 'kustomize' (default: $TUNEFLEET_KUBECTL or kubectl)")
+    ap.add_argument("--self-test", action="store_true",
+                    help="also break the render on purpose and require each mistake to be found")
+    ap.add_argument("overlays", nargs="*", help="overlay dirs (default: every deploy/overlays/*)")
+    args = ap.parse_args()
+
+    kubectl = shutil.which(args.kubectl)
+    if kubectl is None:
+        print("SKIP: %s not found (Debian: apt-get install kubernetes-client)" % args.kubectl)
+        return SKIP
+    probe = subprocess.run([kubectl, "kustomize", "--help"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    if probe.returncode != 0:
+        print("SKIP: %s has no 'kustomize' subcommand" % kubectl)
+        return SKIP
+    services = ("dataset", "scheduler", "trainer", "serving")
+    missing = [s for s in services
+               if not os.access(os.path.join(args.bin_dir, "tunefleet-" + s), os.X_OK)]
+    if missing:
+        print("SKIP: binaries not built in %s: %s (build them first: ninja tunefleet-%s)"
+              % (args.bin_dir, ", ".join("tunefleet-" + s for s in missing), " tunefleet-".join(missing)))
+        return SKIP
+
+    overlays = args.overlays or sorted(
+        os.path.join(args.deploy_dir, "overlays", d)
+        for d in os.listdir(os.path.join(args.deploy_dir, "overlays"))
+        if os.path.isfile(os.path.join(args.deploy_dir, "overlays", d, "kustomization.yaml")))
+    if not overlays:
+        print("FAIL: no overlays under %s" % args.deploy_dir)
+        return 1
+    flags = Flags(args.bin_dir)
+    failures = 0
+    renders = {}
+    for overlay in overlays:
+        name = os.path.basename(os.path.normpath(overlay))
+        try:
+            docs = render(kubectl, overlay)
+            errors = Checker(name, docs, flags).run()
+        except (RuntimeError, yaml.YAMLError, subprocess.TimeoutExpired) as e:
+            docs, errors = None, ["%s: %s" % (name, e)]
+        renders[name] = docs
+        kinds = {}
+        for d in docs or []:
+            if isinstance(d, dict):
+                kinds[d.get("kind")] = kinds.get(d.get("kind"), 0) + 1
+        if errors:
+            failures += 1
+            print("FAIL %s (%d problems):" % (name, len(errors)))
+            for e in errors:
+                print("  " + e)
+        else:
+            print("ok   %s: %d objects (%s)" % (name, len(docs), ", ".join(
+                "%d %s" % (n, k) for k, n in sorted(kinds.items()))))
+
+    if args.self_test:
+        base = renders.get("gpu")
+        if base is None:
+            print("FAIL self-test: needs a clean render of the gpu overlay")
+            return 1
+        for what, expected, breaks in mutations():
+            docs = copy.deepcopy(base)
+            breaks(docs)
+            errors = Checker("gpu", docs, flags).run()
+            if any(expected in e for e in errors):
+                print("ok   self-test: %s is caught" % what)
+            else:
+                failures += 1
+                print("FAIL self-test: %s is not caught (wanted %r); got:\n  %s"
+                      % (what, expected, "\n  ".join(errors) or "no errors"))
+
+    print("deploy check: %s" % ("FAILED" if failures else "passed"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
