@@ -200,24 +200,72 @@ std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions) c
   return {cos.to(options_.dtype).unsqueeze(1), sin.to(options_.dtype).unsqueeze(1)};
 }
 
+absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveAdapters(const AdapterChoice& choice, int64_t batch) const {
+  auto check = [&](const LoraAdapter* a) -> absl::Status {
+    if (a != nullptr && a->num_layers() != config_.num_hidden_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter has ", a->num_layers(), " layers, the model ",
+                                                     config_.num_hidden_layers));
+    }
+    return absl::OkStatus();
+  };
+  AdapterGroups out;
+  if (choice.rows.empty()) {
+    TF_RETURN_IF_ERROR(check(choice.all));
+    out.all = choice.all;
+    return out;
+  }
+  if (static_cast<int64_t>(choice.rows.size()) != batch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("per-row adapters: ", choice.rows.size(), " given for ", batch, " rows"));
+  }
+  std::vector<const LoraAdapter*> distinct;
+  for (const LoraAdapter* a : choice.rows) {
+    TF_RETURN_IF_ERROR(check(a));
+    if (a != nullptr && std::find(distinct.begin(), distinct.end(), a) == distinct.end()) distinct.push_back(a);
+  }
+  if (distinct.size() == 1 && std::find(choice.rows.begin(), choice.rows.end(), nullptr) == choice.rows.end()) {
+    out.all = distinct[0];
+    return out;
+  }
+  for (const LoraAdapter* a : distinct) {
+    std::vector<int64_t> rows;
+    for (size_t b = 0; b < choice.rows.size(); ++b) {
+      if (choice.rows[b] == a) rows.push_back(static_cast<int64_t>(b));
+    }
+    out.groups.emplace_back(a, at::tensor(rows, at::kLong).to(options_.device));
+  }
+  return out;
+}
+
+namespace {
+
+at::Tensor LoraDelta(const LoraAdapter& adapter, const LoraAdapter::Module& m, const at::Tensor& x, bool training) {
+  at::Tensor in = x.to(m.a.scalar_type());
+  if (training && adapter.config().dropout > 0) in = at::dropout(in, adapter.config().dropout, true);
+  return LinearOp(LinearOp(in, m.a, at::Tensor()), m.b, at::Tensor()) * adapter.scaling();
+}
+
+}  // namespace
+
 at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x,
-                            const LoraAdapter* adapter, bool training) const {
+                            const AdapterGroups& adapters, bool training) const {
   const Linear& lin = layer.proj[static_cast<int>(p)];
   at::Tensor y = LinearOp(x, lin.weight, lin.bias);
-  if (adapter != nullptr) {
+  if (adapters.all != nullptr) {
+    const LoraAdapter::Module& m = adapters.all->module(index, p);
+    if (m.defined()) y = y + LoraDelta(*adapters.all, m, x, training).to(y.scalar_type());
+  }
+  for (const auto& [adapter, rows] : adapters.groups) {
     const LoraAdapter::Module& m = adapter->module(index, p);
-    if (m.defined()) {
-      at::Tensor in = x.to(m.a.scalar_type());
-      if (training && adapter->config().dropout > 0) in = at::dropout(in, adapter->config().dropout, true);
-      at::Tensor delta = LinearOp(LinearOp(in, m.a, at::Tensor()), m.b, at::Tensor()) * adapter->scaling();
-      y = y + delta.to(y.scalar_type());
-    }
+    if (!m.defined()) continue;
+    at::Tensor delta = LoraDelta(*adapter, m, x.index_select(0, rows), training);
+    y = y.index_add(0, rows, delta.to(y.scalar_type()));
   }
   return y;
 }
 
 at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions, const at::Tensor& keep,
-                         const LoraAdapter* adapter, bool training, KvCache* cache) const {
+                         const AdapterGroups& adapters, bool training, KvCache* cache) const {
   const ModelConfig& c = config_;
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
@@ -238,14 +286,14 @@ at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& position
     at::Tensor x = RmsNorm(h, layer.input_norm);
     at::Tensor q, k, v;
     if (c.fused_projections()) {
-      at::Tensor qkv = Project(layer, i, Proj::kQkv, x, adapter, training);
+      at::Tensor qkv = Project(layer, i, Proj::kQkv, x, adapters, training);
       q = qkv.narrow(-1, 0, c.q_size());
       k = qkv.narrow(-1, c.q_size(), c.kv_size());
       v = qkv.narrow(-1, c.q_size() + c.kv_size(), c.kv_size());
     } else {
-      q = Project(layer, i, Proj::kQ, x, adapter, training);
-      k = Project(layer, i, Proj::kK, x, adapter, training);
-      v = Project(layer, i, Proj::kV, x, adapter, training);
+      q = Project(layer, i, Proj::kQ, x, adapters, training);
+      k = Project(layer, i, Proj::kK, x, adapters, training);
+      v = Project(layer, i, Proj::kV, x, adapters, training);
     }
     q = ApplyRotary(q.reshape({B, T, H, D}).transpose(1, 2), cos, sin);
     k = ApplyRotary(k.reshape({B, T, KV, D}).transpose(1, 2), cos, sin);
@@ -262,19 +310,19 @@ at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& position
       v = v.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
     }
     at::Tensor attn = compat::Attention(q, k, v, keep).transpose(1, 2).reshape({B, T, H * D});
-    h = h + Project(layer, i, Proj::kO, attn, adapter, training);
+    h = h + Project(layer, i, Proj::kO, attn, adapters, training);
 
     x = RmsNorm(h, layer.post_attention_norm);
     at::Tensor gate, up;
     if (c.fused_projections()) {
-      at::Tensor gu = Project(layer, i, Proj::kGateUp, x, adapter, training);
+      at::Tensor gu = Project(layer, i, Proj::kGateUp, x, adapters, training);
       gate = gu.narrow(-1, 0, c.intermediate_size);
       up = gu.narrow(-1, c.intermediate_size, c.intermediate_size);
     } else {
-      gate = Project(layer, i, Proj::kGate, x, adapter, training);
-      up = Project(layer, i, Proj::kUp, x, adapter, training);
+      gate = Project(layer, i, Proj::kGate, x, adapters, training);
+      up = Project(layer, i, Proj::kUp, x, adapters, training);
     }
-    h = h + Project(layer, i, Proj::kDown, up * at::silu(gate), adapter, training);
+    h = h + Project(layer, i, Proj::kDown, up * at::silu(gate), adapters, training);
   }
   return RmsNorm(h, norm_);
 }
@@ -313,11 +361,22 @@ absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids, const F
       at::Tensor s = options.sequence_ids.to(dev);
       keep = keep.logical_and(s.view({B, 1, T, 1}) == s.view({B, 1, 1, T}));
     }
-    if (options.position_ids.defined()) positions = options.position_ids.to(dev, at::kLong);
+    if (options.position_ids.defined()) {
+      positions = options.position_ids.to(dev, at::kLong);
+    } else if (options.sequence_ids.defined()) {
+      // Restart at each change of sequence id: position = index - start index.
+      at::Tensor s = options.sequence_ids.to(dev);
+      at::Tensor starts = at::ones({B, T}, ids.options().dtype(at::kBool));
+      if (T > 1) starts.narrow(1, 1, T - 1).copy_(s.narrow(1, 1, T - 1) != s.narrow(1, 0, T - 1));
+      at::Tensor start_idx = std::get<0>(at::cummax(at::where(starts, idx.view({1, T}).expand({B, T}),
+                                                               at::zeros_like(positions)), 1));
+      positions = idx.view({1, T}) - start_idx;
+    }
     // Padding queries would otherwise see no key at all; let them see
     // themselves so that softmax stays finite (their outputs are ignored).
     keep = keep.logical_or(at::eye(T, ids.options().dtype(at::kBool)).view({1, 1, T, T}));
-    at::Tensor h = Body(ids, positions, keep, options.adapter, options.training, nullptr);
+    TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(options.adapter, B));
+    at::Tensor h = Body(ids, positions, keep, adapters, options.training, nullptr);
     return at::linear(h, lm_head_).to(at::kFloat);
   });
 }
@@ -338,7 +397,7 @@ absl::StatusOr<KvCache> Decoder::NewCache(int64_t batch, int64_t capacity) const
 }
 
 absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& input_ids,
-                                           const std::vector<int64_t>& chunk_lengths, const LoraAdapter* adapter,
+                                           const std::vector<int64_t>& chunk_lengths, const AdapterChoice& adapter,
                                            bool all_logits) const {
   if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0 ||
       input_ids.size(0) != cache.batch_size()) {
@@ -376,7 +435,8 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
     at::Tensor keep = key_idx <= q_pos;
     if (config_.sliding_window) keep = keep.logical_and(q_pos - key_idx < *config_.sliding_window);
     keep = keep.unsqueeze(1);  // [B,1,T,span]
-    at::Tensor h = Body(ids, positions, keep, adapter, false, &cache);
+    TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(adapter, B));
+    at::Tensor h = Body(ids, positions, keep, adapters, false, &cache);
     for (int64_t b = 0; b < B; ++b) cache.lengths_[b] += chunk[b];
     if (all_logits) return at::linear(h, lm_head_).to(at::kFloat);
     std::vector<int64_t> last(chunk.size());

@@ -28,15 +28,27 @@ struct DecoderOptions {
   at::Device device = at::kCPU;
 };
 
+// Which LoRA adapter a forward applies: none, one for every row, or one per
+// row of the batch (nullptr rows use the base), so that requests for
+// different adapters of one base share a batch. Implicit from a pointer or a
+// vector for brevity at call sites.
+struct AdapterChoice {
+  AdapterChoice() = default;
+  AdapterChoice(const LoraAdapter* all) : all(all) {}  // NOLINT(runtime/explicit)
+  AdapterChoice(std::vector<const LoraAdapter*> rows) : rows(std::move(rows)) {}  // NOLINT(runtime/explicit)
+  const LoraAdapter* all = nullptr;
+  std::vector<const LoraAdapter*> rows;
+};
+
 struct ForwardOptions {
   // [B,T], 1 for tokens and 0 for padding (left or right); undefined: all tokens.
   at::Tensor attention_mask;
   // [B,T]; undefined: the count of real tokens before each one.
   at::Tensor position_ids;
-  // [B,T] for packed sequences: tokens attend only within equal ids (pass
-  // position_ids that restart at each sequence too).
+  // [B,T] for packed sequences: tokens attend only within equal ids; unless
+  // position_ids are given, positions restart at each change of id.
   at::Tensor sequence_ids;
-  const LoraAdapter* adapter = nullptr;
+  AdapterChoice adapter;
   // Applies LoRA dropout.
   bool training = false;
 };
@@ -50,6 +62,9 @@ class KvCache {
   int64_t capacity() const { return capacity_; }
   // Tokens cached in each row.
   const std::vector<int64_t>& lengths() const { return lengths_; }
+  // Empties one row for a new sequence (continuous batching: a finished
+  // request's row takes the next prompt while the others keep decoding).
+  void ResetRow(int64_t row) { lengths_.at(static_cast<size_t>(row)) = 0; }
 
  private:
   friend class Decoder;
@@ -86,7 +101,7 @@ class Decoder {
   // No gradients.
   absl::StatusOr<at::Tensor> Extend(KvCache& cache, const at::Tensor& input_ids,
                                     const std::vector<int64_t>& chunk_lengths = {},
-                                    const LoraAdapter* adapter = nullptr, bool all_logits = false) const;
+                                    const AdapterChoice& adapter = {}, bool all_logits = false) const;
 
   // Adds (or subtracts) scaling·B·A into the adapted base weights, so that a
   // forward without the adapter equals one with it. Not thread-safe.
@@ -120,14 +135,20 @@ class Decoder {
   struct Masks;
 
   Decoder() = default;
-  at::Tensor Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x, const LoraAdapter* adapter,
+  // Rows grouped by adapter, resolved once per forward.
+  struct AdapterGroups {
+    const LoraAdapter* all = nullptr;
+    std::vector<std::pair<const LoraAdapter*, at::Tensor>> groups;  // adapter, row indices
+  };
+  absl::StatusOr<AdapterGroups> ResolveAdapters(const AdapterChoice& choice, int64_t batch) const;
+  at::Tensor Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x, const AdapterGroups& adapters,
                      bool training) const;
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
   // cos/sin [B,T,rotary_dim] for positions [B,T].
   std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions) const;
   // Runs the layers; `cache` (with per-row write offsets) when extending.
   at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, const at::Tensor& keep,
-                  const LoraAdapter* adapter, bool training, KvCache* cache) const;
+                  const AdapterGroups& adapters, bool training, KvCache* cache) const;
   absl::Status ApplyAdapter(const LoraAdapter& adapter, double sign);
 
   ModelConfig config_;

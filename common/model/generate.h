@@ -33,7 +33,8 @@ struct GenerationOptions {
   // Called with each new token of each row as it is chosen; returning false
   // stops that row (finish reason kCancelled).
   std::function<bool(size_t row, int64_t token)> on_token;
-  const LoraAdapter* adapter = nullptr;
+  // One adapter for all prompts, or one per prompt (nullptr: the base).
+  AdapterChoice adapter;
 };
 
 enum class FinishReason { kStopToken, kStopString, kLength, kCancelled };

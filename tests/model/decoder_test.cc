@@ -139,6 +139,28 @@ TEST_P(DecoderTest, PackedSequencesEqualSeparateOnes) {
   EXPECT_LE(MaxAbsDiff(got[0].narrow(0, 4, 3), Full(b)), kTol);
 }
 
+TEST_P(DecoderTest, PackedPositionsRestartByThemselves) {
+  at::Tensor ids = at::tensor({7, 8, 9, 10, 11, 12, 13}, at::kLong).view({1, 7});
+  ForwardOptions opts;
+  opts.sequence_ids = at::tensor({4, 4, 4, 4, 9, 9, 9}, at::kLong).view({1, 7});
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor got, decoder_->Forward(ids, opts));
+  EXPECT_LE(MaxAbsDiff(got[0].narrow(0, 4, 3), Full({11, 12, 13})), kTol);
+}
+
+TEST_P(DecoderTest, ContinuousBatchingReusesARow) {
+  // Row 0 decodes while row 1 is reset and prefilled with a new prompt in
+  // the same step.
+  TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(2, 16));
+  at::Tensor first = at::tensor({1, 2, 3, 4, 5, 6, 7, 8}, at::kLong).view({2, 4});
+  TF_ASSERT_OK(decoder_->Extend(cache, first).status());
+  cache.ResetRow(1);
+  at::Tensor step = at::tensor({9, 0, 0, 40, 41, 42}, at::kLong).view({2, 3});
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, decoder_->Extend(cache, step, {1, 3}));
+  EXPECT_LE(MaxAbsDiff(logits[0], Full({1, 2, 3, 4, 9})[4]), kTol);
+  EXPECT_LE(MaxAbsDiff(logits[1], Full({40, 41, 42})[2]), kTol);
+  EXPECT_EQ(cache.lengths(), (std::vector<int64_t>{5, 3}));
+}
+
 TEST_P(DecoderTest, BadInputsAreErrors) {
   EXPECT_THAT(decoder_->Forward(Ids({decoder_->config().vocab_size})), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(decoder_->Forward(at::zeros({3}, at::kLong)), StatusIs(absl::StatusCode::kInvalidArgument));

@@ -166,6 +166,23 @@ TEST_P(LoraTest, LoraTrainingLowersTheLoss) {
   EXPECT_LT(last, first * 0.9);
 }
 
+TEST_P(LoraTest, PerRowAdaptersShareABatch) {
+  LoraAdapter a = Trained(7), b = Trained(8);
+  at::Tensor ids = ids_.expand({3, ids_.size(1)}).contiguous();
+  ForwardOptions o;
+  o.adapter = std::vector<const LoraAdapter*>{&a, nullptr, &b};
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor got, decoder_->Forward(ids, o));
+  EXPECT_LE(MaxAbsDiff(got[0], Logits(&a)[0]), kTol);
+  EXPECT_LE(MaxAbsDiff(got[1], Logits(nullptr)[0]), kTol);
+  EXPECT_LE(MaxAbsDiff(got[2], Logits(&b)[0]), kTol);
+  // The same through the KV cache.
+  TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(3, 16));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor all, decoder_->Extend(cache, ids, {}, o.adapter, /*all_logits=*/true));
+  EXPECT_LE(MaxAbsDiff(all, got), kTol);
+  o.adapter = std::vector<const LoraAdapter*>{&a};
+  EXPECT_THAT(decoder_->Forward(ids, o), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("per-row")));
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, LoraTest, ::testing::Values("phi3", "mistral"));
 
 TEST(LoraErrorsTest, BadTargetsAndFiles) {
