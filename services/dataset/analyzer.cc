@@ -29,6 +29,7 @@ absl::StatusOr<Analysis> Analyze(store::ArtifactReader& reader, const AnalyzeOpt
   ValidatorOptions vopts;
   vopts.format = analysis.format;
   vopts.max_issues = options.max_issues;
+  vopts.min_examples = options.min_examples;
   JsonlValidator validator(vopts, [&](const Example& ex) {
     absl::Status s = stats.Add(ex);
     if (!s.ok() && token_error.ok()) token_error = s;

@@ -12,6 +12,8 @@ struct AnalyzeOptions {
   // "text" and "label" → classification), chat when unsure.
   std::optional<DataFormat> format;
   size_t max_issues = 100;
+  // Training files need at least 10 examples; a validation file, one.
+  int64_t min_examples = 10;
   int64_t max_sequence_length = 0;
   TokenCounter token_counter;  // may be null
   // Called with every valid example after statistics (e.g. to split).

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
+#include "services/dataset/splitter.h"
 
 namespace tunefleet::dataset {
 namespace {
@@ -187,6 +188,8 @@ void ToProto(const Analysis& a, v1::ValidationReport* out) {
 
 namespace {
 
+int64_t MinExamples(Purpose purpose) { return purpose == Purpose::kValidation ? 1 : 10; }
+
 // "3 errors; line 4 messages[0].role: ...; line 9: invalid JSON: ..."
 std::string SummarizeErrors(const ValidationSummary& v) {
   std::string out = absl::StrCat(v.total_errors, v.total_errors == 1 ? " error" : " errors");
@@ -208,6 +211,7 @@ absl::Status FileProcessor::Process(const FileRecord& file) {
   if (!reader.ok()) return reader.status();
   AnalyzeOptions options;
   if (file.format != 0) options.format = static_cast<DataFormat>(file.format);
+  options.min_examples = MinExamples(file.purpose);
   absl::StatusOr<Analysis> analysis = Analyze(**reader, options);
   if (!analysis.ok()) {
     return registry_->SetStatus(file.id, FileStatus::kError,
@@ -341,6 +345,7 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(
     }
     absl::StatusOr<FileRecord> file = registry_->Get(caller.tenant, request->file_id());
     if (!file.ok()) return file.status();
+    options.min_examples = MinExamples(file->purpose);
     if (!options.format.has_value() && file->format != 0) {
       options.format = static_cast<DataFormat>(file->format);
     }
@@ -355,6 +360,26 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(
     int epochs = request->epochs() > 0 ? request->epochs() : 1;
     response->set_epochs(epochs);
     response->set_estimated_trained_tokens(analysis->statistics.trained_tokens * epochs);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::SplitFile(grpc::CallbackServerContext* context,
+                                                        const v1::SplitFileRequest* request,
+                                                        v1::SplitFileResponse* response) {
+  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
+    absl::StatusOr<SplitResult> split =
+        dataset::SplitFile(*registry_, caller.tenant, request->file_id(),
+                           request->validation_ratio(), request->seed());
+    if (!split.ok()) return split.status();
+    ToProto(split->training, response->mutable_training_file());
+    ToProto(split->validation, response->mutable_validation_file());
+    if (processor_ != nullptr) {
+      processor_->Enqueue(split->training);
+      processor_->Enqueue(split->validation);
+    }
+    spdlog::info("file={} split into {} and {}", request->file_id(), split->training.id,
+                 split->validation.id);
     return absl::OkStatus();
   });
 }

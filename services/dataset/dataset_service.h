@@ -67,8 +67,9 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
   grpc::ServerUnaryReactor* ValidateFile(grpc::CallbackServerContext* context,
                                          const v1::ValidateFileRequest* request,
                                          v1::ValidationReport* response) override;
-  TF_NOT_IMPLEMENTED_UNARY(SplitFile, v1::SplitFileRequest, v1::SplitFileResponse,
-                           rpc::Audience::kTenant)
+  grpc::ServerUnaryReactor* SplitFile(grpc::CallbackServerContext* context,
+                                      const v1::SplitFileRequest* request,
+                                      v1::SplitFileResponse* response) override;
 
  private:
   // Runs `work` on the executor and finishes the unary call with its status.

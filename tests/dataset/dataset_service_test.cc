@@ -12,6 +12,7 @@
 #include "common/rpc/server.h"
 #include "common/rpc/status.h"
 #include "services/dataset/dataset_service.h"
+#include "services/dataset/splitter.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -376,6 +377,86 @@ TEST_F(DatasetServiceTest, ClassificationFilesAreRecognisedAndCounted) {
   const auto& labels = processed.validation().statistics().label_counts();
   EXPECT_EQ(labels.at("neg"), 4);
   EXPECT_EQ(labels.at("pos"), 8);
+}
+
+absl::StatusOr<v1::SplitFileResponse> SplitRpc(v1::DatasetService::Stub* stub,
+                                                const std::string& key, const std::string& id,
+                                                double ratio, int64_t seed) {
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, key, absl::Seconds(30));
+  v1::SplitFileRequest req;
+  req.set_file_id(id);
+  req.set_validation_ratio(ratio);
+  req.set_seed(seed);
+  v1::SplitFileResponse resp;
+  grpc::Status s = stub->SplitFile(&ctx, req, &resp);
+  if (!s.ok()) return rpc::FromGrpcStatus(s);
+  return resp;
+}
+
+std::vector<std::string> SplitLines(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < s.size()) {
+    size_t nl = s.find('\n', start);
+    out.push_back(s.substr(start, nl - start));
+    start = nl + 1;
+  }
+  return out;
+}
+
+TEST_F(DatasetServiceTest, SplitIsDeterministicDisjointAndComplete) {
+  std::string content = Lines(100);
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  TF_ASSERT_OK_AND_ASSIGN(auto first, SplitRpc(stub_.get(), a_.key, file.id(), 0.2, 42));
+  TF_ASSERT_OK_AND_ASSIGN(auto again, SplitRpc(stub_.get(), a_.key, file.id(), 0.2, 42));
+  TF_ASSERT_OK_AND_ASSIGN(auto other, SplitRpc(stub_.get(), a_.key, file.id(), 0.2, 7));
+  EXPECT_EQ(first.training_file().purpose(), v1::FILE_PURPOSE_FINE_TUNE);
+  EXPECT_EQ(first.validation_file().purpose(), v1::FILE_PURPOSE_VALIDATION);
+  EXPECT_EQ(first.training_file().filename(), "train-train.jsonl");
+  EXPECT_EQ(first.training_file().sha256(), again.training_file().sha256());
+  EXPECT_EQ(first.validation_file().sha256(), again.validation_file().sha256());
+  EXPECT_NE(first.validation_file().sha256(), other.validation_file().sha256());
+  TF_ASSERT_OK_AND_ASSIGN(std::string train, Download(a_.key, first.training_file().id()));
+  TF_ASSERT_OK_AND_ASSIGN(std::string valid, Download(a_.key, first.validation_file().id()));
+  std::vector<std::string> t = SplitLines(train), v = SplitLines(valid);
+  EXPECT_EQ(v.size(), 20u);
+  EXPECT_EQ(t.size(), 80u);
+  std::vector<std::string> all = t;
+  all.insert(all.end(), v.begin(), v.end());
+  EXPECT_THAT(all, ::testing::UnorderedElementsAreArray(SplitLines(content)));
+  // Both parts are validated like any upload.
+  TF_ASSERT_OK_AND_ASSIGN(v1::File vf, WaitProcessed(a_.key, first.validation_file().id()));
+  EXPECT_EQ(vf.status(), v1::FILE_STATUS_PROCESSED);
+}
+
+TEST_F(DatasetServiceTest, SplitRefusesBadInput) {
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, Lines(20)));
+  EXPECT_THAT(SplitRpc(stub_.get(), a_.key, file.id(), 0, 1),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("validation_ratio")));
+  EXPECT_THAT(SplitRpc(stub_.get(), a_.key, file.id(), 0.7, 1),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("(0, 0.5]")));
+  EXPECT_THAT(SplitRpc(stub_.get(), b_.key, file.id(), 0.1, 1),
+              StatusIs(absl::StatusCode::kNotFound));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File bad, Upload(a_.key, Lines(20) + "{oops\n"));
+  EXPECT_THAT(SplitRpc(stub_.get(), a_.key, bad.id(), 0.1, 1),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("line 21")));
+}
+
+TEST(ChooseValidation, StratifiedByLabelAndStable) {
+  std::vector<std::string> groups;
+  for (int i = 0; i < 60; ++i) groups.push_back(i % 3 == 0 ? "rare" : "common");
+  std::vector<bool> chosen = ChooseValidation(groups, 0.25, 123);
+  int rare = 0, common = 0;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    if (chosen[i]) (groups[i] == "rare" ? rare : common)++;
+  }
+  EXPECT_EQ(rare, 5);     // round(20 * 0.25)
+  EXPECT_EQ(common, 10);  // round(40 * 0.25)
+  EXPECT_EQ(chosen, ChooseValidation(groups, 0.25, 123));
+  // Tiny inputs still give both parts something.
+  std::vector<bool> two = ChooseValidation({"", ""}, 0.1, 5);
+  EXPECT_EQ(std::count(two.begin(), two.end(), true), 1);
 }
 
 }  // namespace
