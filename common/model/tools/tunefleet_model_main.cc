@@ -1,21 +1,30 @@
 // tunefleet-model: model-directory utilities.
 //   tunefleet-model init-tiny --out DIR --seed N [--layers --hidden --heads ...]
 //   tunefleet-model inspect DIR
+//   tunefleet-model logits DIR --ids 1,2,3 [--adapter ADAPTER_DIR] --out FILE
+//     (fp32 logits [tokens, vocab] of one forward, as tensor "logits" in a
+//     safetensors file: for checks against other implementations)
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include <ATen/ATen.h>
+
 #include "common/model/decoder.h"
+#include "common/model/lora.h"
 #include "common/model/safetensors.h"
 #include "common/model/tiny_model.h"
 #ifdef TUNEFLEET_HAVE_PHI3_TOKENIZER_FILES
 #include "common/text/phi3_tokenizer_files.h"
 #endif
 
-ABSL_FLAG(std::string, out, "", "init-tiny: output directory");
+ABSL_FLAG(std::string, out, "", "init-tiny: output directory; logits: output file");
 ABSL_FLAG(uint64_t, seed, 0, "init-tiny: seed of the weights");
 ABSL_FLAG(int64_t, layers, 2, "init-tiny: decoder layers");
 ABSL_FLAG(int64_t, hidden, 64, "init-tiny: hidden size");
@@ -26,6 +35,9 @@ ABSL_FLAG(int64_t, vocab, 32064, "init-tiny: vocabulary (embedding rows)");
 ABSL_FLAG(int64_t, max_position, 4096, "init-tiny: max_position_embeddings");
 ABSL_FLAG(bool, long_context, false, "init-tiny: 128k-style longrope config");
 ABSL_FLAG(std::string, dtype, "float32", "init-tiny: float32, bfloat16 or float16");
+ABSL_FLAG(int64_t, original_max_position, 4096, "init-tiny: with --long_context, the pre-extension context");
+ABSL_FLAG(std::string, ids, "", "logits: comma-separated token ids");
+ABSL_FLAG(std::string, adapter, "", "logits: a PEFT adapter directory to apply");
 ABSL_FLAG(uint64_t, max_shard_bytes, 5'000'000'000ull, "init-tiny: shard the weights above this size");
 
 namespace {
@@ -41,6 +53,7 @@ int InitTiny() {
   o.vocab_size = absl::GetFlag(FLAGS_vocab);
   o.max_position_embeddings = absl::GetFlag(FLAGS_max_position);
   o.long_context = absl::GetFlag(FLAGS_long_context);
+  o.original_max_position_embeddings = absl::GetFlag(FLAGS_original_max_position);
   o.dtype = absl::GetFlag(FLAGS_dtype);
   o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
   const std::string out = absl::GetFlag(FLAGS_out);
@@ -94,14 +107,60 @@ int Inspect(const std::string& dir) {
   return 0;
 }
 
+int Logits(const std::string& dir) {
+  std::vector<int64_t> ids;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_ids), ',', absl::SkipEmpty())) {
+    int64_t id = 0;
+    if (!absl::SimpleAtoi(part, &id)) {
+      std::fprintf(stderr, "logits: bad id '%s'\n", std::string(part).c_str());
+      return 2;
+    }
+    ids.push_back(id);
+  }
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (ids.empty() || out.empty()) {
+    std::fprintf(stderr, "logits: --ids and --out are required\n");
+    return 2;
+  }
+  auto decoder = tunefleet::model::Decoder::Load(dir);
+  if (!decoder.ok()) {
+    std::fprintf(stderr, "logits: %s\n", decoder.status().ToString().c_str());
+    return 1;
+  }
+  tunefleet::model::ForwardOptions options;
+  std::optional<tunefleet::model::LoraAdapter> adapter;
+  if (!absl::GetFlag(FLAGS_adapter).empty()) {
+    auto a = tunefleet::model::LoraAdapter::Load(absl::GetFlag(FLAGS_adapter), decoder->config());
+    if (!a.ok()) {
+      std::fprintf(stderr, "logits: %s\n", a.status().ToString().c_str());
+      return 1;
+    }
+    adapter = *std::move(a);
+    options.adapter = &*adapter;
+  }
+  auto logits = decoder->Forward(at::tensor(ids, at::kLong).view({1, -1}), options);
+  if (!logits.ok()) {
+    std::fprintf(stderr, "logits: %s\n", logits.status().ToString().c_str());
+    return 1;
+  }
+  absl::Status s = tunefleet::model::WriteSafetensors(out, {{"logits", (*logits)[0].detach()}});
+  if (!s.ok()) {
+    std::fprintf(stderr, "logits: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "tunefleet-model init-tiny --out DIR [--seed N --layers L --hidden H ...] | inspect DIR");
+      "tunefleet-model init-tiny --out DIR [--seed N --layers L --hidden H ...] | inspect DIR | "
+      "logits DIR --ids 1,2,3 [--adapter DIR] --out FILE");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() >= 2 && std::string(args[1]) == "init-tiny" && args.size() == 2) return InitTiny();
   if (args.size() == 3 && std::string(args[1]) == "inspect") return Inspect(args[2]);
+  if (args.size() == 3 && std::string(args[1]) == "logits") return Logits(args[2]);
   std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
   return 2;
 }
