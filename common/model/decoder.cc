@@ -460,7 +460,9 @@ absl::Status Decoder::ApplyAdapter(const LoraAdapter& adapter, double sign) {
         if (!m.defined()) continue;
         at::Tensor& w = layers_[i].proj[static_cast<int>(p)].weight;
         at::Tensor delta = at::matmul(m.b.to(at::kFloat), m.a.to(at::kFloat)) * (sign * adapter.scaling());
-        w.add_(delta.to(w.device(), w.scalar_type()));
+        // Out of place: copies of this Decoder share weight storage, and a
+        // merge must not change them (nor dirty mapped file pages).
+        w = w + delta.to(w.device(), w.scalar_type());
       }
     }
     return absl::OkStatus();

@@ -4,6 +4,8 @@
 //
 // Thread-safety: a Decoder is immutable after Load except for MergeAdapter /
 // UnmergeAdapter; concurrent forwards (each with its own KvCache) are safe.
+// Copies are cheap and share the weights (merging into one replaces its
+// tensors and leaves the other copies alone).
 #pragma once
 
 #include <array>
@@ -104,7 +106,8 @@ class Decoder {
                                     const AdapterChoice& adapter = {}, bool all_logits = false) const;
 
   // Adds (or subtracts) scaling·B·A into the adapted base weights, so that a
-  // forward without the adapter equals one with it. Not thread-safe.
+  // forward without the adapter equals one with it. Not thread-safe; tensors
+  // taken from Parameters() before the call no longer belong to the model.
   absl::Status MergeAdapter(const LoraAdapter& adapter);
   absl::Status UnmergeAdapter(const LoraAdapter& adapter);
 

@@ -82,8 +82,12 @@ TEST_P(LoraTest, MergeEqualsUnmergedAndUnmergeRestores) {
   at::Tensor base = Logits(nullptr);
   at::Tensor with = Logits(&a);
   EXPECT_GT(MaxAbsDiff(base, with), 1e-3);
+  Decoder copy = *decoder_;
   TF_ASSERT_OK(decoder_->MergeAdapter(a));
   EXPECT_LE(MaxAbsDiff(Logits(nullptr), with), kTol);
+  // A copy made before the merge keeps the base weights.
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor from_copy, copy.Forward(ids_));
+  EXPECT_TRUE(at::equal(from_copy, base));
   TF_ASSERT_OK(decoder_->UnmergeAdapter(a));
   EXPECT_LE(MaxAbsDiff(Logits(nullptr), base), kTol);
 }
