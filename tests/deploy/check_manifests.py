@@ -27,6 +27,9 @@ only reveal at run time:
 
 --self-test additionally breaks a rendered overlay in one way at a time and
 fails unless each mistake is reported, so the checker itself is checked.
+--smoke-run starts every binary with each container's flag values (local
+ports, scratch data dir and keys) and requires it to listen, then to exit 0
+on SIGTERM, so values the binary rejects are caught too.
 
 Exit status: 0 all good, 1 problems found, 77 skipped (kubectl with kustomize,
 PyYAML or the binaries are not there; CTest maps 77 to SKIPPED).
@@ -37,8 +40,11 @@ import copy
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 SKIP = 77
 
@@ -94,7 +100,7 @@ class Flags:
                          re.MULTILINE | re.DOTALL)
 
     def __init__(self, bin_dir):
-        self.bin_dir = bin_dir
+        self.bin_dir = os.path.abspath(bin_dir)
         self.cache = {}
 
     def path(self, binary):
@@ -127,6 +133,7 @@ class Checker:
         self.docs = docs
         self.flags = flags
         self.errors = []
+        self.runs = []  # (where, binary, {flag: value}) for --smoke-run
 
     def err(self, where, message):
         self.errors.append("%s: %s: %s" % (self.overlay, where, message))
@@ -335,6 +342,7 @@ class Checker:
             if name in values:
                 self.err(where, "flag --%s given twice" % name)
             values[name] = self.expand(where, value, env)
+        self.runs.append((where, binary, values))
         for name in REQUIRED_FLAGS:
             if name not in values:
                 self.err(where, "must set --%s explicitly" % name)
@@ -417,20 +425,23 @@ class Checker:
                     best = m
             return best
 
-        keys = values.get("keys_file")
-        if keys:
-            m = mount_for(keys)
+        def check_file_in_secret(flag):
+            path = values.get(flag)
+            if not path:
+                return
+            m = mount_for(path)
             vol = volumes.get((m or {}).get("name")) or {}
             if m is None or "secret" not in vol:
-                self.err(where, "--keys_file=%s is not in a mounted Secret volume" % keys)
-            else:
-                items = vol["secret"].get("items")
-                rel = keys[len(m["mountPath"].rstrip("/")) + 1:]
-                if m.get("subPath"):
-                    rel = m["subPath"]
-                if items is not None and rel not in [i.get("path") for i in items]:
-                    self.err(where, "--keys_file=%s: Secret volume %s does not project %r"
-                             % (keys, m["name"], rel))
+                self.err(where, "--%s=%s is not in a mounted Secret volume" % (flag, path))
+                return
+            items = vol["secret"].get("items")
+            rel = m["subPath"] if m.get("subPath") else path[len(m["mountPath"].rstrip("/")) + 1:]
+            if items is not None and rel not in [i.get("path") for i in items]:
+                self.err(where, "--%s=%s: Secret volume %s does not project %r"
+                         % (flag, path, m["name"], rel))
+
+        for flag in ("keys_file", "tls_cert", "tls_key", "tls_client_ca"):
+            check_file_in_secret(flag)
         data_dir = values.get("data_dir")
         if data_dir:
             m = mount_for(data_dir)
@@ -438,9 +449,6 @@ class Checker:
                 self.err(where, "--data_dir=%s is on the read-only root filesystem" % data_dir)
             elif m.get("readOnly"):
                 self.err(where, "--data_dir=%s is on a read-only mount" % data_dir)
-        for flag in ("tls_cert", "tls_key", "tls_client_ca"):
-            if values.get(flag) and mount_for(values[flag]) is None:
-                self.err(where, "--%s=%s is not in a mounted volume" % (flag, values[flag]))
         if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
             self.err(where, "--tls_cert and --tls_key go together")
         if values.get("tls_client_ca") and not values.get("tls_cert"):
@@ -515,6 +523,67 @@ class Checker:
                     self.err(where, "the cpu overlay must not request %s" % GPU)
                 if base == "gpu" and binary == "tunefleet-trainer" and not asks:
                     self.err(where, "the gpu overlay's trainer must request %s" % GPU)
+
+
+# --------------------------------------------------------------------------- smoke run
+
+# Flags a smoke run replaces: local ports, a scratch data dir and keys file.
+SMOKE_OVERRIDES = ("listen", "metrics_listen", "data_dir", "keys_file", "port_file")
+SMOKE_KEYS = ("f48abe39545f9e9b1fb4884fcac0568ca12dbff8c934c0ace466cb83e60f39ce "
+              "smoke tenant smoke\n")
+
+
+SMOKE_DONE = {}  # (binary, flag values) -> result, shared across overlays
+
+
+def smoke_run(flags, where, binary, values, scratch):
+    key = (binary, tuple(sorted((k, v) for k, v in values.items()
+                                if k not in SMOKE_OVERRIDES and not (k.startswith("tls_") and v))))
+    if key not in SMOKE_DONE:
+        SMOKE_DONE[key] = smoke_run_once(flags, where, binary, values, scratch)
+    return SMOKE_DONE[key]
+
+
+def smoke_run_once(flags, where, binary, values, scratch):
+    """Starts binary with the container's flag values (ports, data dir and keys
+    replaced by local ones; TLS files, which exist only in the cluster, left
+    out), waits until it is listening, sends SIGTERM and expects exit 0.
+    Catches values the binary rejects (a malformed duration, a bad number).
+    Returns an error string or None."""
+    d = tempfile.mkdtemp(prefix=binary + "-", dir=scratch)
+    keys = os.path.join(d, "keys.txt")
+    with open(keys, "w") as f:
+        f.write(SMOKE_KEYS)
+    ports = os.path.join(d, "ports.json")
+    argv = [flags.path(binary)]
+    for name, value in sorted(values.items()):
+        if name in SMOKE_OVERRIDES or (name.startswith("tls_") and value):
+            continue
+        argv.append("--%s=%s" % (name, "smoke" if value is None else value))
+    argv += ["--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", "--data_dir=" + os.path.join(d, "data"),
+             "--keys_file=" + keys, "--port_file=" + ports]
+    log_path = os.path.join(d, "log.txt")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=d)
+        deadline = time.time() + 30
+        while time.time() < deadline and proc.poll() is None and not os.path.exists(ports):
+            time.sleep(0.05)
+        started = os.path.exists(ports)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    with open(log_path) as f:
+        tail = "".join(f.readlines()[-8:])
+    if not started:
+        return "%s: %s did not start with the manifest's flags (%s); it said:\n%s" % (
+            where, binary, " ".join(argv[1:]), tail)
+    if proc.returncode != 0:
+        return "%s: %s exited %s after SIGTERM; it said:\n%s" % (where, binary, proc.returncode, tail)
+    return None
 
 
 # --------------------------------------------------------------------------- self-test
@@ -597,7 +666,12 @@ def mutations():
     def missing_doc_name(docs):
         del doc_of(docs, "ServiceAccount", "tunefleet")["metadata"]["name"]
 
+    def tls_unmounted(docs):
+        data = doc_of(docs, "ConfigMap", "tunefleet-config")["data"]
+        data["TUNEFLEET_TLS_CERT"] = "/etc/tunefleet/tls/tls.crt"
+
     return [
+        ("a TLS certificate that is not mounted", "--tls_cert=/etc/tunefleet/tls/tls.crt is not in a mounted Secret", tls_unmounted),
         ("a flag the binary does not have", "does not accept the flag --max_file_byte", rename_flag),
         ("readiness probe on the wrong port", "readinessProbe checks gRPC port 50051", probe_port),
         ("grace period not above the drain timeout", "terminationGracePeriodSeconds 30", short_grace),
@@ -636,6 +710,8 @@ def main():
                     help="kubectl with 'kustomize' (default: $TUNEFLEET_KUBECTL or kubectl)")
     ap.add_argument("--self-test", action="store_true",
                     help="also break the render on purpose and require each mistake to be found")
+    ap.add_argument("--smoke-run", action="store_true",
+                    help="also start each binary with each container's flags, then SIGTERM it")
     ap.add_argument("overlays", nargs="*", help="overlay dirs (default: every deploy/overlays/*)")
     args = ap.parse_args()
 
@@ -656,7 +732,8 @@ def main():
               % (args.bin_dir, ", ".join("tunefleet-" + s for s in missing), " tunefleet-".join(missing)))
         return SKIP
 
-    overlays = args.overlays or sorted(
+    overlays = [o if os.path.isdir(o) else os.path.join(args.deploy_dir, "overlays", o)
+                for o in args.overlays] or sorted(
         os.path.join(args.deploy_dir, "overlays", d)
         for d in os.listdir(os.path.join(args.deploy_dir, "overlays"))
         if os.path.isfile(os.path.join(args.deploy_dir, "overlays", d, "kustomization.yaml")))
@@ -668,11 +745,20 @@ def main():
     renders = {}
     for overlay in overlays:
         name = os.path.basename(os.path.normpath(overlay))
+        runs = []
         try:
             docs = render(kubectl, overlay)
-            errors = Checker(name, docs, flags).run()
+            checker = Checker(name, docs, flags)
+            errors = checker.run()
+            runs = checker.runs
         except (RuntimeError, yaml.YAMLError, subprocess.TimeoutExpired) as e:
             docs, errors = None, ["%s: %s" % (name, e)]
+        if args.smoke_run and not errors:
+            with tempfile.TemporaryDirectory(prefix="tunefleet-deploy-") as scratch:
+                for where, binary, values in runs:
+                    problem = smoke_run(flags, "%s: %s" % (name, where), binary, values, scratch)
+                    if problem:
+                        errors.append(problem)
         renders[name] = docs
         kinds = {}
         for d in docs or []:
@@ -684,8 +770,9 @@ def main():
             for e in errors:
                 print("  " + e)
         else:
-            print("ok   %s: %d objects (%s)" % (name, len(docs), ", ".join(
-                "%d %s" % (n, k) for k, n in sorted(kinds.items()))))
+            print("ok   %s: %d objects (%s)%s" % (name, len(docs), ", ".join(
+                "%d %s" % (n, k) for k, n in sorted(kinds.items())),
+                "; %d containers start and drain with their flags" % len(runs) if args.smoke_run else ""))
 
     if args.self_test:
         base = renders.get("gpu")
