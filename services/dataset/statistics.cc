@@ -8,19 +8,21 @@
 
 namespace tunefleet::dataset {
 
-Distribution Summarize(std::vector<double>& values) {
+Distribution IntHistogram::Summarize() const {
   Distribution d;
-  if (values.empty()) return d;
-  std::sort(values.begin(), values.end());
-  double sum = 0;
-  for (double v : values) sum += v;
+  if (n_ == 0) return d;
+  d.min = static_cast<double>(counts_.begin()->first);
+  d.max = static_cast<double>(counts_.rbegin()->first);
+  d.mean = sum_ / static_cast<double>(n_);
   auto rank = [&](double p) {
-    size_t r = static_cast<size_t>(std::ceil(p * static_cast<double>(values.size())));
-    return values[std::min(values.size() - 1, r == 0 ? 0 : r - 1)];
+    int64_t r = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(p * static_cast<double>(n_))));
+    int64_t seen = 0;
+    for (const auto& [value, count] : counts_) {
+      seen += count;
+      if (seen >= r) return static_cast<double>(value);
+    }
+    return d.max;
   };
-  d.min = values.front();
-  d.max = values.back();
-  d.mean = sum / static_cast<double>(values.size());
   d.p50 = rank(0.50);
   d.p95 = rank(0.95);
   return d;
@@ -40,12 +42,17 @@ absl::Status StatisticsBuilder::Add(const Example& ex) {
     }
     if (!system) ++stats_.examples_missing_system;
     if (!user) ++stats_.examples_missing_user;
-    messages_.push_back(static_cast<double>(ex.messages.size()));
+    messages_.Add(static_cast<int64_t>(ex.messages.size()));
   } else {
     absl::StrAppend(&key, ex.text, "\x1f", ex.label);
     ++stats_.label_counts[ex.label];
   }
-  if (!seen_.insert(absl::Hash<std::string>{}(key)).second) ++stats_.duplicate_examples;
+  const uint64_t hash = absl::Hash<std::string>{}(key);
+  if (seen_.contains(hash)) {
+    ++stats_.duplicate_examples;
+  } else if (seen_.size() < kMaxTracked) {
+    seen_.insert(hash);
+  }
 
   if (counter_) {
     absl::StatusOr<TokenCount> count = counter_(ex);
@@ -57,7 +64,7 @@ absl::Status StatisticsBuilder::Add(const Example& ex) {
     stats_.has_tokens = true;
     stats_.total_tokens += count->total;
     stats_.trained_tokens += count->trained;
-    tokens_.push_back(static_cast<double>(count->total));
+    tokens_.Add(count->total);
     if (max_len_ > 0 && count->total > max_len_) {
       ++stats_.examples_over_max_length;
       stats_.tokens_truncated += count->total - max_len_;
@@ -70,8 +77,8 @@ absl::Status StatisticsBuilder::Add(const Example& ex) {
 }
 
 DatasetStatistics StatisticsBuilder::Finish() {
-  stats_.messages_per_example = Summarize(messages_);
-  stats_.tokens_per_example = Summarize(tokens_);
+  stats_.messages_per_example = messages_.Summarize();
+  stats_.tokens_per_example = tokens_.Summarize();
   return std::move(stats_);
 }
 

@@ -42,6 +42,25 @@ struct DatasetStatistics {
   std::map<std::string, int64_t> label_counts;
 };
 
+// Exact distribution of small non-negative integers (messages or tokens per
+// example) in memory proportional to the number of distinct values, not of
+// examples, so that a file of any size is summarized in bounded memory.
+class IntHistogram {
+ public:
+  void Add(int64_t value) {
+    ++counts_[value];
+    ++n_;
+    sum_ += static_cast<double>(value);
+  }
+  // Percentiles use the nearest rank.
+  Distribution Summarize() const;
+
+ private:
+  std::map<int64_t, int64_t> counts_;
+  int64_t n_ = 0;
+  double sum_ = 0;
+};
+
 // Not thread-safe.
 class StatisticsBuilder {
  public:
@@ -58,11 +77,12 @@ class StatisticsBuilder {
   TokenCounter counter_;
   int64_t max_len_;
   DatasetStatistics stats_;
-  std::vector<double> messages_, tokens_;
+  IntHistogram messages_, tokens_;
+  // Hashes of the examples seen, for duplicates; bounded (kMaxTracked) so
+  // that memory stays flat: past it, only repeats of tracked examples count.
+  static constexpr size_t kMaxTracked = 2'000'000;
   absl::flat_hash_set<uint64_t> seen_;
 };
 
-// Summary of `values` (sorted in place). Percentiles use the nearest rank.
-Distribution Summarize(std::vector<double>& values);
 
 }  // namespace tunefleet::dataset

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -51,14 +52,16 @@ TEST(Fleet, EveryServiceStartsServingAndStopsCleanly) {
 // One tunefleet-dataset process on a free port.
 class DatasetProcess {
  public:
-  DatasetProcess(const std::string& dir, const std::string& keys_file) {
+  DatasetProcess(const std::string& dir, const std::string& keys_file,
+                 std::vector<std::string> extra_flags = {}) {
     port_file_ = dir + "/dataset.ports.json";
     std::filesystem::remove(port_file_);
-    auto proc = Subprocess::Start(
-        {std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-dataset", "--listen=127.0.0.1:0",
-         "--metrics_listen=off", "--keys_file=" + keys_file, "--data_dir=" + dir + "/data",
-         "--port_file=" + port_file_, "--drain_timeout=20s", "--log_level=warn"},
-        Subprocess::Options{dir + "/dataset.log", {}});
+    std::vector<std::string> argv = {
+        std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-dataset", "--listen=127.0.0.1:0",
+        "--metrics_listen=off", "--keys_file=" + keys_file, "--data_dir=" + dir + "/data",
+        "--port_file=" + port_file_, "--drain_timeout=20s", "--log_level=warn"};
+    argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+    auto proc = Subprocess::Start(argv, Subprocess::Options{dir + "/dataset.log", {}});
     status_ = proc.status();
     if (!proc.ok()) return;
     process_ = std::make_unique<Subprocess>(std::move(*proc));
@@ -95,8 +98,9 @@ class DatasetProcessTest : public ::testing::Test {
   void SetUp() override {
     std::ofstream(dir_.Join("keys.txt")) << key_.line << "\n";
   }
-  std::unique_ptr<DatasetProcess> StartDataset() {
-    auto p = std::make_unique<DatasetProcess>(dir_.path(), dir_.Join("keys.txt"));
+  std::unique_ptr<DatasetProcess> StartDataset(std::vector<std::string> extra_flags = {}) {
+    auto p = std::make_unique<DatasetProcess>(dir_.path(), dir_.Join("keys.txt"),
+                                              std::move(extra_flags));
     EXPECT_THAT(p->status(), IsOk());
     return p;
   }
@@ -202,6 +206,74 @@ TEST_F(DatasetProcessTest, SigkillMidUploadLeavesNothingVisibleOrOnDisk) {
   ASSERT_TRUE(again->Stub()->ListFiles(&ctx, {}, &list).ok());
   EXPECT_EQ(list.files_size(), 0);
   EXPECT_EQ(BlobFiles(), 0u) << "partial upload left on disk after restart";
+}
+
+// kB value of a line of /proc/<pid>/status ("VmRSS:", "VmHWM:").
+int64_t ProcStatusKb(pid_t pid, const std::string& field) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field, 0) == 0) return std::stoll(line.substr(field.size()));
+  }
+  return -1;
+}
+
+// A 1 GiB upload streams through the service with flat memory: the peak
+// resident size grows by less than 64 MiB over the idle process.
+TEST_F(DatasetProcessTest, OneGibUploadKeepsMemoryFlat) {
+  auto dataset = StartDataset({"--max_file_bytes=2147483648", "--tenant_quota_bytes=4294967296"});
+  ASSERT_THAT(dataset->status(), IsOk());
+  const pid_t pid = dataset->process().pid();
+  const int64_t baseline_kb = ProcStatusKb(pid, "VmRSS:");
+  ASSERT_GT(baseline_kb, 0);
+
+  std::string chunk;
+  while (chunk.size() < (1u << 20) - 200) {
+    absl::StrAppend(&chunk, R"({"messages": [{"role": "user", "content": "question )",
+                    chunk.size(), R"("}, {"role": "assistant", "content": "answer"}]})", "\n");
+  }
+  const int64_t total = int64_t{1} << 30;
+  auto stub = dataset->Stub();
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, key_.key, absl::Minutes(10));
+  v1::File file;
+  auto writer = stub->UploadFile(&ctx, &file);
+  ASSERT_TRUE(writer->Write(Metadata()));
+  v1::UploadFileRequest req;
+  Sha256 sha;
+  int64_t sent = 0;
+  while (sent < total) {
+    size_t n = static_cast<size_t>(std::min<int64_t>(chunk.size(), total - sent));
+    req.set_chunk(chunk.data(), n);
+    sha.Update(absl::string_view(chunk.data(), n));
+    ASSERT_TRUE(writer->Write(req));
+    sent += static_cast<int64_t>(n);
+  }
+  ASSERT_TRUE(writer->WritesDone());
+  grpc::Status status = writer->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(file.bytes(), total);
+  EXPECT_EQ(file.sha256(), sha.HexDigest());
+  std::cout << "after upload: peak " << ProcStatusKb(pid, "VmHWM:") / 1024 << " MiB\n";
+
+  // The automatic validation reads the whole file too; wait for it.
+  absl::Time deadline = absl::Now() + absl::Minutes(5);
+  for (;;) {
+    grpc::ClientContext get_ctx;
+    rpc::PrepareContext(&get_ctx, key_.key, absl::Seconds(10));
+    v1::GetFileRequest get;
+    get.set_file_id(file.id());
+    v1::File got;
+    ASSERT_TRUE(stub->GetFile(&get_ctx, get, &got).ok());
+    if (got.status() == v1::FILE_STATUS_PROCESSED || got.status() == v1::FILE_STATUS_ERROR) break;
+    ASSERT_LT(absl::Now(), deadline);
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  const int64_t peak_kb = ProcStatusKb(pid, "VmHWM:");
+  const int64_t growth_mib = (peak_kb - baseline_kb) / 1024;
+  std::cout << "1 GiB upload: baseline RSS " << baseline_kb / 1024 << " MiB, peak "
+            << peak_kb / 1024 << " MiB, growth " << growth_mib << " MiB\n";
+  EXPECT_LT(growth_mib, 64);
 }
 
 }  // namespace
