@@ -13,7 +13,7 @@
 #include "common/base/sha256.h"
 #include "common/store/directory_artifact_store.h"
 #include "common/store/memory_artifact_store.h"
-#include "tests/store/store_matchers.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 

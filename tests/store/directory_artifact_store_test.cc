@@ -18,7 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "common/base/sha256.h"
-#include "tests/store/store_matchers.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 

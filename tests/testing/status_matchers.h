@@ -1,4 +1,5 @@
-// The two status matchers Debian's Abseil lacks: IsOk() and StatusIs().
+// The status matchers Debian's Abseil lacks: IsOk(), StatusIs() and
+// IsOkAndHolds().
 #pragma once
 
 #include <ostream>
@@ -36,6 +37,15 @@ MATCHER_P(StatusIs, code, "has code " + absl::StatusCodeToString(code)) {
   const absl::Status& s = GetStatus(arg);
   *result_listener << "status is " << s;
   return s.code() == code;
+}
+
+// A StatusOr that is OK and whose value matches `matcher`.
+MATCHER_P(IsOkAndHolds, matcher, "is OK and holds a value that matches") {
+  if (!arg.ok()) {
+    *result_listener << "status is " << arg.status();
+    return false;
+  }
+  return ::testing::ExplainMatchResult(matcher, *arg, result_listener);
 }
 
 }  // namespace tunefleet::testing
