@@ -89,6 +89,30 @@ TEST_F(GenerateTest, BatchedEqualsOneByOne) {
   }
 }
 
+TEST_F(GenerateTest, PromptsWithDifferentAdaptersShareABatch) {
+  LoraConfig lc;
+  lc.rank = 4;
+  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter a, LoraAdapter::Create(decoder_->config(), lc, 3));
+  {
+    at::NoGradGuard no_grad;
+    at::manual_seed(3);
+    for (at::Tensor& p : a.Parameters()) p.copy_(at::randn(p.sizes()) * 0.3);
+  }
+  GenerationOptions o = Budget(8);
+  o.adapter = std::vector<const LoraAdapter*>{&a, nullptr, &a};
+  std::vector<Generation> batched = Gen(kPrompts, o);
+  bool adapter_changed_output = false;
+  for (size_t b = 0; b < kPrompts.size(); ++b) {
+    GenerationOptions single = Budget(8);
+    single.adapter = o.adapter.rows[b];
+    EXPECT_EQ(batched[b].tokens, Gen({kPrompts[b]}, single)[0].tokens) << "row " << b;
+    if (o.adapter.rows[b] != nullptr) {
+      adapter_changed_output |= batched[b].tokens != Gen({kPrompts[b]}, Budget(8))[0].tokens;
+    }
+  }
+  EXPECT_TRUE(adapter_changed_output);
+}
+
 TEST_F(GenerateTest, SamplingIsReproducibleForASeed) {
   GenerationOptions o = Budget(12);
   o.temperature = 1.5;
