@@ -62,6 +62,8 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentV
                   "StorageClass", "PriorityClass", "CustomResourceDefinition"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 GPU = "nvidia.com/gpu"
+# Where docker/Dockerfile.cpu and docker/Dockerfile.cuda put the binaries.
+IMAGE_BIN_DIR = "/usr/local/bin"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -321,6 +323,9 @@ class Checker:
         if not re.match(r"^tunefleet-[a-z]+$", binary):
             self.err(where, "command %r is not a tunefleet service binary" % command[0])
             return
+        if os.path.dirname(command[0]) != IMAGE_BIN_DIR:
+            self.err(where, "command %r: the images (docker/Dockerfile.*) install binaries in %s"
+                     % (command[0], IMAGE_BIN_DIR))
         if not os.path.exists(self.flags.path(binary)):
             self.err(where, "command %r: no binary %s in the build" % (command[0], self.flags.path(binary)))
             return
