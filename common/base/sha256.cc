@@ -28,6 +28,16 @@ std::string Sha256::HexDigest() {
       absl::string_view(reinterpret_cast<const char*>(digest), len));
 }
 
+std::string Sha256::PeekHexDigest() const {
+  Impl copy;
+  EVP_MD_CTX_copy_ex(copy.ctx, impl_->ctx);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(copy.ctx, digest, &len);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), len));
+}
+
 std::string Sha256Hex(absl::string_view data) {
   Sha256 h;
   h.Update(data);

@@ -19,6 +19,8 @@ class Sha256 {
   void Update(absl::string_view data);
   // Lowercase hex digest; the object must not be updated afterwards.
   std::string HexDigest();
+  // The digest of what was hashed so far; hashing may go on.
+  std::string PeekHexDigest() const;
 
  private:
   struct Impl;

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/ids.h"
 #include "common/base/status_macros.h"
 #include "services/dataset/splitter.h"
 
@@ -339,9 +340,9 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(
             "token statistics need a base model's tokenizer, and this dataset service has no "
             "models configured (base_model '", request->base_model(), "')"));
       }
-      absl::StatusOr<TokenCounter> counter = tokenizers_->CounterFor(request->base_model());
-      if (!counter.ok()) return counter.status();
-      options.token_counter = *std::move(counter);
+      absl::StatusOr<ModelTokenizer> tokenizer = tokenizers_->Get(request->base_model());
+      if (!tokenizer.ok()) return tokenizer.status();
+      options.token_counter = CountWith(tokenizer->tokenize);
     }
     absl::StatusOr<FileRecord> file = registry_->Get(caller.tenant, request->file_id());
     if (!file.ok()) return file.status();
@@ -393,6 +394,129 @@ grpc::ServerWriteReactor<v1::FileChunk>* DatasetServiceImpl::GetFileContent(
   auto reader = registry_->OpenContent(caller->tenant, request->file_id(), request->offset());
   if (!reader.ok()) return new rpc::RejectedWriteReactor<v1::FileChunk>(reader.status());
   return new DownloadReactor(std::move(*reader), request->offset(), executor_);
+}
+
+TokenCounter CountWith(ExampleTokenizer tokenize) {
+  return [tokenize = std::move(tokenize)](const Example& ex) -> absl::StatusOr<TokenCount> {
+    TF_ASSIGN_OR_RETURN(TokenizedExample t, tokenize(ex));
+    TokenCount c;
+    c.total = static_cast<int64_t>(t.ids.size());
+    for (uint8_t m : t.loss_mask) c.trained += m ? 1 : 0;
+    return c;
+  };
+}
+
+namespace {
+
+// Streams a rank's part of a shard set; each batch is read on the executor.
+// Created at once, started from the executor when the streamer is open
+// (gRPC queues operations issued before it binds the reactor).
+class ShardReactor final : public grpc::ServerWriteReactor<internal::v1::ShardChunk> {
+ public:
+  explicit ShardReactor(rpc::Executor* executor) : executor_(executor) {}
+  void Start(absl::StatusOr<std::unique_ptr<ShardStreamer>> streamer) {
+    if (!streamer.ok()) {
+      Finish(rpc::ToGrpcStatus(streamer.status()));
+      return;
+    }
+    streamer_ = *std::move(streamer);
+    Next();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    if (last_) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    executor_->Submit([this] {
+      absl::StatusOr<ShardBatch> batch = streamer_->Next();
+      if (!batch.ok()) {
+        Finish(rpc::ToGrpcStatus(batch.status()));
+        return;
+      }
+      chunk_.Clear();
+      chunk_.set_first_example(batch->first_example);
+      *chunk_.mutable_token_ids() = {batch->token_ids.begin(), batch->token_ids.end()};
+      chunk_.set_loss_mask(std::move(batch->loss_mask));
+      *chunk_.mutable_example_lengths() = {batch->example_lengths.begin(),
+                                           batch->example_lengths.end()};
+      chunk_.set_running_sha256(batch->running_sha256);
+      chunk_.set_last(batch->last);
+      last_ = batch->last;
+      StartWrite(&chunk_);
+    });
+  }
+  std::unique_ptr<ShardStreamer> streamer_;
+  rpc::Executor* executor_;
+  internal::v1::ShardChunk chunk_;
+  bool last_ = false;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ShardServiceImpl::PrepareShards(
+    grpc::CallbackServerContext* context, const internal::v1::PrepareShardsRequest* request,
+    internal::v1::ShardManifest* response) {
+  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
+  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, request, response] {
+    reactor->Finish(rpc::ToGrpcStatus([&]() -> absl::Status {
+      if (request->max_sequence_length() <= 0) {
+        return absl::InvalidArgumentError("max_sequence_length must be positive");
+      }
+      if (tokenizers_ == nullptr) {
+        return absl::FailedPreconditionError(
+            "this dataset service has no models configured to tokenize with");
+      }
+      TF_ASSIGN_OR_RETURN(ModelTokenizer tokenizer, tokenizers_->Get(request->base_model()));
+      // The tenant named in the request owns the file (empty: any tenant).
+      TF_ASSIGN_OR_RETURN(FileRecord file, registry_->Get(request->tenant(), request->file_id()));
+      std::string id = ShardSetId(file.sha256, tokenizer.id, request->max_sequence_length());
+      TF_ASSIGN_OR_RETURN(auto content, registry_->OpenContent("", file.id, 0));
+      TF_ASSIGN_OR_RETURN(ShardManifest m,
+                          PrepareShardSet(registry_->artifacts(), *content, id,
+                                          tokenizer.tokenize, request->max_sequence_length()));
+      response->set_shard_set_id(m.shard_set_id);
+      response->set_examples(m.examples);
+      response->set_tokens(m.tokens);
+      response->set_trained_tokens(m.trained_tokens);
+      response->set_sha256(m.sha256);
+      spdlog::info("file={} shards={} examples={} tokens={}", file.id, m.shard_set_id,
+                   m.examples, m.tokens);
+      return absl::OkStatus();
+    }()));
+  });
+  return reactor;
+}
+
+grpc::ServerWriteReactor<internal::v1::ShardChunk>* ShardServiceImpl::StreamShard(
+    grpc::CallbackServerContext* context, const internal::v1::StreamShardRequest* request) {
+  using Rejected = rpc::RejectedWriteReactor<internal::v1::ShardChunk>;
+  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
+  if (!caller.ok()) return new Rejected(caller.status());
+  if (!HasIdPrefix(request->shard_set_id(), "shard")) {
+    return new Rejected(absl::InvalidArgumentError(
+        absl::StrCat("shard_set_id '", request->shard_set_id(), "' is not a shard set id")));
+  }
+  // Opening reads the manifest and positions three readers (a few small
+  // reads); resuming at an offset hashes the skipped examples, so that
+  // part runs on the executor too.
+  auto* reactor = new ShardReactor(executor_);
+  executor_->Submit([this, reactor, req = *request] {
+    reactor->Start(ShardStreamer::Open(registry_->artifacts(), req.shard_set_id(), req.rank(),
+                                       req.world_size(), req.example_offset(), batch_tokens_));
+  });
+  return reactor;
 }
 
 }  // namespace tunefleet::dataset

@@ -7,19 +7,29 @@
 #include "common/rpc/service_util.h"
 #include "services/dataset/analyzer.h"
 #include "services/dataset/file_registry.h"
+#include "services/dataset/shards.h"
 #include "tunefleet/internal/v1/shards.grpc.pb.h"
 #include "tunefleet/v1/files.grpc.pb.h"
 
 namespace tunefleet::dataset {
 
-// Where token statistics come from: a base model's tokenizer and chat
-// template. Thread-safe.
+// A base model's tokenizer and chat template applied to examples.
+struct ModelTokenizer {
+  // Identifies the tokenizer's exact content (shard sets are cached by it).
+  std::string id;
+  ExampleTokenizer tokenize;
+};
+
+// Where token statistics and shards get their tokenizer. Thread-safe.
 class TokenizerProvider {
  public:
   virtual ~TokenizerProvider() = default;
   // INVALID_ARGUMENT naming `base_model` when it is unknown.
-  virtual absl::StatusOr<TokenCounter> CounterFor(const std::string& base_model) = 0;
+  virtual absl::StatusOr<ModelTokenizer> Get(const std::string& base_model) = 0;
 };
+
+// Counts through a tokenizer: all tokens, and those with loss.
+TokenCounter CountWith(ExampleTokenizer tokenize);
 
 // Validates every uploaded file in the background (uploaded -> processing ->
 // processed | error), and on start-up the files a restart interrupted.
@@ -85,14 +95,29 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
 
 class ShardServiceImpl final : public internal::v1::ShardService::CallbackService {
  public:
-  explicit ShardServiceImpl(const rpc::Authenticator* auth) : auth_(*auth) {}
-  TF_NOT_IMPLEMENTED_UNARY(PrepareShards, internal::v1::PrepareShardsRequest,
-                           internal::v1::ShardManifest, rpc::Audience::kInternal)
-  TF_NOT_IMPLEMENTED_SERVER_STREAM(StreamShard, internal::v1::StreamShardRequest,
-                                   internal::v1::ShardChunk, rpc::Audience::kInternal)
+  // `batch_tokens`: about how many tokens one streamed message carries.
+  ShardServiceImpl(const rpc::Authenticator* auth, FileRegistry* registry,
+                   rpc::Executor* executor, TokenizerProvider* tokenizers,
+                   int64_t batch_tokens = 1 << 18)
+      : auth_(*auth),
+        registry_(registry),
+        executor_(executor),
+        tokenizers_(tokenizers),
+        batch_tokens_(batch_tokens) {}
+
+  grpc::ServerUnaryReactor* PrepareShards(grpc::CallbackServerContext* context,
+                                          const internal::v1::PrepareShardsRequest* request,
+                                          internal::v1::ShardManifest* response) override;
+  grpc::ServerWriteReactor<internal::v1::ShardChunk>* StreamShard(
+      grpc::CallbackServerContext* context,
+      const internal::v1::StreamShardRequest* request) override;
 
  private:
   const rpc::Authenticator& auth_;
+  FileRegistry* registry_;
+  rpc::Executor* executor_;
+  TokenizerProvider* tokenizers_;
+  const int64_t batch_tokens_;
 };
 
 // Proto conversion.

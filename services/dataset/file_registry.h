@@ -113,6 +113,8 @@ class FileRegistry {
   absl::StatusOr<int64_t> UsedBytes(const std::string& tenant);
 
   const FileRegistryOptions& options() const { return options_; }
+  // The store holding the files, also used for derived artifacts (shards).
+  store::ArtifactStore& artifacts() { return *blobs_; }
 
  private:
   friend class Upload;

@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   rpc::Authenticator auth(*keys);
   dataset::FileProcessor processor(registry->get(), &executor);
   dataset::DatasetServiceImpl files(&auth, registry->get(), &executor, &processor);
-  dataset::ShardServiceImpl shards(&auth);
+  dataset::ShardServiceImpl shards(&auth, registry->get(), &executor, /*tokenizers=*/nullptr);
   rpc::Server server(flags.server);
   server.AddService(&files);
   server.AddService(&shards);

@@ -33,6 +33,7 @@ TEST(Sha256, KnownVectors) {
   Sha256 h;
   h.Update("a");
   h.Update("bc");
+  EXPECT_EQ(h.PeekHexDigest(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(h.HexDigest(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 

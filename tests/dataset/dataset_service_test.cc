@@ -23,6 +23,35 @@ using ::testing::HasSubstr;
 using ::tunefleet::testing::IsOk;
 using ::tunefleet::testing::StatusIs;
 
+// A small but real tokenizer for the shard tests: one id per byte of
+// content (id = byte + 10), a role id before each message and an end id
+// after it; the loss covers assistant content and its end id. (The model
+// tokenizers plug in through the same TokenizerProvider.)
+class ByteTokenizerProvider final : public TokenizerProvider {
+ public:
+  absl::StatusOr<ModelTokenizer> Get(const std::string& base_model) override {
+    if (base_model != "byte-model") {
+      return absl::InvalidArgumentError(absl::StrCat("base_model '", base_model, "' is unknown"));
+    }
+    return ModelTokenizer{"bytes-v1", &Tokenize};
+  }
+  static absl::StatusOr<TokenizedExample> Tokenize(const Example& ex) {
+    TokenizedExample t;
+    for (const ChatMessage& m : ex.messages) {
+      bool trained = m.role == "assistant" && m.weight.value_or(1) == 1;
+      t.ids.push_back(m.role == "system" ? 1 : m.role == "user" ? 2 : 3);
+      t.loss_mask.push_back(0);
+      for (unsigned char c : m.content) {
+        t.ids.push_back(c + 10);
+        t.loss_mask.push_back(trained);
+      }
+      t.ids.push_back(4);
+      t.loss_mask.push_back(trained);
+    }
+    return t;
+  }
+};
+
 class DatasetServiceTest : public ::testing::Test {
  protected:
   void SetUp() override { Start(); }
@@ -41,23 +70,29 @@ class DatasetServiceTest : public ::testing::Test {
     processor_ = std::make_unique<FileProcessor>(registry_.get(), executor_.get());
     ASSERT_THAT(processor_->RecoverPending(), IsOk());
     service_ = std::make_unique<DatasetServiceImpl>(auth_.get(), registry_.get(), executor_.get(),
-                                                    processor_.get());
+                                                    processor_.get(), &tokenizers_);
+    shards_ = std::make_unique<ShardServiceImpl>(auth_.get(), registry_.get(), executor_.get(),
+                                                 &tokenizers_, /*batch_tokens=*/8192);
     rpc::ServerOptions so;
     so.listen_address = "127.0.0.1:0";
     so.metrics_address = "";
     so.drain_timeout = absl::Seconds(2);
     server_ = std::make_unique<rpc::Server>(so);
     server_->AddService(service_.get());
+    server_->AddService(shards_.get());
     ASSERT_THAT(server_->Start(), IsOk());
     server_->SetServing(true);
     rpc::ChannelOptions co;
     co.target = absl::StrCat("127.0.0.1:", server_->port());
-    stub_ = v1::DatasetService::NewStub(*rpc::MakeChannel(co));
+    auto channel = *rpc::MakeChannel(co);
+    stub_ = v1::DatasetService::NewStub(channel);
+    shard_stub_ = internal::v1::ShardService::NewStub(channel);
   }
   void Stop() {
     if (server_) server_->Shutdown();
     server_.reset();
     service_.reset();
+    shards_.reset();
     executor_.reset();  // finishes queued validations first
     processor_.reset();
     registry_.reset();
@@ -159,6 +194,39 @@ class DatasetServiceTest : public ::testing::Test {
     if (!s.ok()) return rpc::FromGrpcStatus(s);
     return report;
   }
+  absl::StatusOr<internal::v1::ShardManifest> Prepare(const std::string& key,
+                                                      const std::string& file_id,
+                                                      int max_len = 4096,
+                                                      const std::string& model = "byte-model") {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
+    internal::v1::PrepareShardsRequest req;
+    req.set_file_id(file_id);
+    req.set_tenant("tenant-a");
+    req.set_base_model(model);
+    req.set_max_sequence_length(max_len);
+    internal::v1::ShardManifest m;
+    grpc::Status s = shard_stub_->PrepareShards(&ctx, req, &m);
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return m;
+  }
+  absl::StatusOr<std::vector<internal::v1::ShardChunk>> Stream(const std::string& id, int rank,
+                                                               int world, int64_t offset) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, internal_.key, absl::Seconds(30));
+    internal::v1::StreamShardRequest req;
+    req.set_shard_set_id(id);
+    req.set_rank(rank);
+    req.set_world_size(world);
+    req.set_example_offset(offset);
+    auto reader = shard_stub_->StreamShard(&ctx, req);
+    std::vector<internal::v1::ShardChunk> chunks;
+    internal::v1::ShardChunk c;
+    while (reader->Read(&c)) chunks.push_back(c);
+    grpc::Status s = reader->Finish();
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return chunks;
+  }
   size_t FilesOnDisk() {
     size_t n = 0;
     for (auto& e : std::filesystem::recursive_directory_iterator(dir_.Join("dataset/blobs"))) {
@@ -175,9 +243,12 @@ class DatasetServiceTest : public ::testing::Test {
   std::unique_ptr<rpc::Authenticator> auth_;
   std::unique_ptr<rpc::Executor> executor_;
   std::unique_ptr<FileProcessor> processor_;
+  ByteTokenizerProvider tokenizers_;
   std::unique_ptr<DatasetServiceImpl> service_;
+  std::unique_ptr<ShardServiceImpl> shards_;
   std::unique_ptr<rpc::Server> server_;
   std::unique_ptr<v1::DatasetService::Stub> stub_;
+  std::unique_ptr<internal::v1::ShardService::Stub> shard_stub_;
 };
 
 std::string Lines(int n) {
@@ -360,7 +431,7 @@ TEST_F(DatasetServiceTest, ValidateFileReportsIssuesAndStatistics) {
   req.set_max_issues(0);
   req.set_base_model("phi-3-mini-4k-instruct");
   EXPECT_THAT(ValidateFile(a_.key, req),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("phi-3-mini-4k-instruct")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("phi-3-mini-4k-instruct")));
   req.set_base_model("");
   EXPECT_THAT(ValidateFile(b_.key, req), StatusIs(absl::StatusCode::kNotFound));
 }
@@ -441,6 +512,138 @@ TEST_F(DatasetServiceTest, SplitRefusesBadInput) {
   TF_ASSERT_OK_AND_ASSIGN(v1::File bad, Upload(a_.key, Lines(20) + "{oops\n"));
   EXPECT_THAT(SplitRpc(stub_.get(), a_.key, bad.id(), 0.1, 1),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("line 21")));
+}
+
+// Examples of the part, each as (ids, mask), from a list of chunks.
+std::vector<std::pair<std::vector<int32_t>, std::string>> Examples(
+    const std::vector<internal::v1::ShardChunk>& chunks) {
+  std::vector<std::pair<std::vector<int32_t>, std::string>> out;
+  for (const auto& c : chunks) {
+    int pos = 0;
+    for (int len : c.example_lengths()) {
+      out.push_back({std::vector<int32_t>(c.token_ids().begin() + pos,
+                                          c.token_ids().begin() + pos + len),
+                     c.loss_mask().substr(pos, len)});
+      pos += len;
+    }
+  }
+  return out;
+}
+
+TEST_F(DatasetServiceTest, ShardsHoldEveryExampleOnceAcrossRanks) {
+  std::string content = Lines(37);
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  TF_ASSERT_OK_AND_ASSIGN(auto m, Prepare(internal_.key, file.id()));
+  // Counts computed independently of the shard code.
+  int64_t tokens = 0, trained = 0;
+  std::vector<std::vector<int32_t>> expected;
+  JsonlValidator v({}, [&](const Example& ex) {
+    auto t = *ByteTokenizerProvider::Tokenize(ex);
+    tokens += t.ids.size();
+    for (auto b : t.loss_mask) trained += b;
+    expected.push_back(t.ids);
+  });
+  v.Feed(content);
+  ASSERT_TRUE(v.Finish().valid());
+  EXPECT_EQ(m.examples(), 37);
+  EXPECT_EQ(m.tokens(), tokens);
+  EXPECT_EQ(m.trained_tokens(), trained);
+  EXPECT_THAT(m.shard_set_id(), ::testing::StartsWith("shard-"));
+  // Cached: the same inputs give the same shard set.
+  TF_ASSERT_OK_AND_ASSIGN(auto again, Prepare(internal_.key, file.id()));
+  EXPECT_EQ(again.shard_set_id(), m.shard_set_id());
+  EXPECT_EQ(again.sha256(), m.sha256());
+
+  std::vector<std::vector<int32_t>> all;
+  for (int rank = 0; rank < 4; ++rank) {
+    TF_ASSERT_OK_AND_ASSIGN(auto chunks, Stream(m.shard_set_id(), rank, 4, 0));
+    ASSERT_FALSE(chunks.empty());
+    EXPECT_TRUE(chunks.back().last());
+    auto part = Examples(chunks);
+    EXPECT_NEAR(static_cast<double>(part.size()), 37.0 / 4, 1.0);
+    for (auto& [ids, mask] : part) all.push_back(ids);
+  }
+  EXPECT_EQ(all, expected);
+}
+
+TEST_F(DatasetServiceTest, ShardStreamsResumeIdenticallyAtAnOffset) {
+  // Long enough that the stream needs several batches.
+  std::string content;
+  for (int i = 0; i < 300; ++i) {
+    absl::StrAppend(&content, R"({"messages": [{"role": "user", "content": ")",
+                    std::string(400 + i, 'q'), R"("}, {"role": "assistant", "content": ")",
+                    std::string(500, 'a'), R"("}]})", "\n");
+  }
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  TF_ASSERT_OK_AND_ASSIGN(auto m, Prepare(internal_.key, file.id()));
+  TF_ASSERT_OK_AND_ASSIGN(auto full, Stream(m.shard_set_id(), 1, 2, 0));
+  ASSERT_GE(full.size(), 2u);
+  auto full_examples = Examples(full);
+  ASSERT_EQ(full_examples.size(), 150u);
+  for (int64_t offset : {int64_t{1}, full[1].first_example(), int64_t{149}, int64_t{150}}) {
+    TF_ASSERT_OK_AND_ASSIGN(auto resumed, Stream(m.shard_set_id(), 1, 2, offset));
+    ASSERT_FALSE(resumed.empty()) << offset;
+    EXPECT_EQ(resumed.front().first_example(), offset);
+    auto tail = Examples(resumed);
+    EXPECT_TRUE(std::equal(tail.begin(), tail.end(), full_examples.begin() + offset)) << offset;
+    // The running checksum covers the part from its start either way.
+    EXPECT_EQ(resumed.back().running_sha256(), full.back().running_sha256()) << offset;
+    EXPECT_TRUE(resumed.back().last());
+  }
+}
+
+TEST_F(DatasetServiceTest, ShardErrorsAreNamed) {
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, Lines(12)));
+  EXPECT_THAT(Prepare(a_.key, file.id()), StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(Prepare(internal_.key, file.id(), 0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_sequence_length")));
+  EXPECT_THAT(Prepare(internal_.key, file.id(), 64, "llama-9000"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("llama-9000")));
+  TF_ASSERT_OK_AND_ASSIGN(auto m, Prepare(internal_.key, file.id()));
+  EXPECT_THAT(Stream(m.shard_set_id(), 2, 2, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rank 2")));
+  EXPECT_THAT(Stream(m.shard_set_id(), 0, 2, 7),
+              StatusIs(absl::StatusCode::kOutOfRange, HasSubstr("example_offset 7")));
+  EXPECT_THAT(Stream("shard-doesnotexist", 0, 1, 0), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Stream("file-x", 0, 1, 0), StatusIs(absl::StatusCode::kInvalidArgument));
+  // Truncation at the maximum length.
+  TF_ASSERT_OK_AND_ASSIGN(auto short_m, Prepare(internal_.key, file.id(), 20));
+  EXPECT_EQ(short_m.tokens(), 12 * 20);
+  EXPECT_NE(short_m.shard_set_id(), m.shard_set_id());
+  // Invalid files are not sharded.
+  TF_ASSERT_OK_AND_ASSIGN(v1::File bad, Upload(a_.key, Lines(12) + "[]\n"));
+  EXPECT_THAT(Prepare(internal_.key, bad.id()),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("line 13")));
+}
+
+TEST_F(DatasetServiceTest, ValidateFileCountsTokensWithTheModelsTokenizer) {
+  std::string content = Lines(10);
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  v1::ValidateFileRequest req;
+  req.set_file_id(file.id());
+  req.set_base_model("byte-model");
+  req.set_max_sequence_length(18);
+  req.set_epochs(3);
+  TF_ASSERT_OK_AND_ASSIGN(v1::ValidationReport r, ValidateFile(a_.key, req));
+  int64_t total = 0, trained = 0, over = 0, cut = 0;
+  JsonlValidator v({}, [&](const Example& ex) {
+    auto t = *ByteTokenizerProvider::Tokenize(ex);
+    total += t.ids.size();
+    for (auto b : t.loss_mask) trained += b;
+    if (t.ids.size() > 18) {
+      ++over;
+      cut += t.ids.size() - 18;
+    }
+  });
+  v.Feed(content);
+  (void)v.Finish();
+  EXPECT_EQ(r.statistics().total_tokens(), total);
+  EXPECT_EQ(r.statistics().trained_tokens(), trained);
+  EXPECT_EQ(r.statistics().examples_over_max_length(), over);
+  EXPECT_EQ(r.statistics().tokens_truncated(), cut);
+  EXPECT_EQ(r.trained_tokens_per_epoch(), trained);
+  EXPECT_EQ(r.estimated_trained_tokens(), 3 * trained);
+  EXPECT_GT(over, 0);
 }
 
 TEST(ChooseValidation, StratifiedByLabelAndStable) {

@@ -1,0 +1,247 @@
+#include "services/dataset/shards.h"
+
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/sha256.h"
+#include "common/base/status_macros.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "shard files are little-endian and written with memcpy");
+
+namespace tunefleet::dataset {
+namespace {
+
+std::string Path(const std::string& id, const char* file) {
+  return absl::StrCat("shards/", id, "/", file);
+}
+
+absl::string_view Bytes(const void* data, size_t n) {
+  return absl::string_view(static_cast<const char*>(data), n);
+}
+
+// Reads exactly `n` bytes (less only at the end of the blob).
+absl::StatusOr<std::string> ReadExactly(store::ArtifactReader& r, size_t n) {
+  std::string out;
+  while (out.size() < n) {
+    TF_ASSIGN_OR_RETURN(std::string part, r.Read(n - out.size()));
+    if (part.empty()) break;
+    out += part;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string ShardSetId(const std::string& file_sha256, const std::string& tokenizer_id,
+                       int32_t max_sequence_length) {
+  return absl::StrCat("shard-", Sha256Hex(absl::StrCat(file_sha256, "\n", tokenizer_id, "\n",
+                                                       max_sequence_length))
+                                    .substr(0, 32));
+}
+
+absl::StatusOr<ShardManifest> ReadManifest(store::ArtifactStore& store,
+                                           const std::string& shard_set_id) {
+  absl::StatusOr<std::string> text = store.Get(Path(shard_set_id, "manifest.json"));
+  if (absl::IsNotFound(text.status())) {
+    return absl::NotFoundError(absl::StrCat("shard set ", shard_set_id, " not found"));
+  }
+  if (!text.ok()) return text.status();
+  nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::DataLossError(absl::StrCat("manifest of ", shard_set_id, " is damaged"));
+  }
+  ShardManifest m;
+  m.shard_set_id = shard_set_id;
+  m.examples = j.value("examples", int64_t{0});
+  m.tokens = j.value("tokens", int64_t{0});
+  m.trained_tokens = j.value("trained_tokens", int64_t{0});
+  m.truncated_examples = j.value("truncated_examples", int64_t{0});
+  m.sha256 = j.value("sha256", "");
+  return m;
+}
+
+absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
+                                              store::ArtifactReader& content,
+                                              const std::string& shard_set_id,
+                                              const ExampleTokenizer& tokenizer,
+                                              int32_t max_sequence_length) {
+  if (max_sequence_length <= 0) {
+    return absl::InvalidArgumentError("max_sequence_length must be positive");
+  }
+  absl::StatusOr<ShardManifest> cached = ReadManifest(store, shard_set_id);
+  if (cached.ok() || !absl::IsNotFound(cached.status())) return cached;
+
+  TF_ASSIGN_OR_RETURN(auto tokens, store.OpenWriter(Path(shard_set_id, "tokens.bin")));
+  TF_ASSIGN_OR_RETURN(auto mask, store.OpenWriter(Path(shard_set_id, "mask.bin")));
+  TF_ASSIGN_OR_RETURN(auto index, store.OpenWriter(Path(shard_set_id, "index.bin")));
+  ShardManifest m;
+  m.shard_set_id = shard_set_id;
+  absl::Status failure;
+  auto write_example = [&](const Example& ex) -> absl::Status {
+    TF_ASSIGN_OR_RETURN(TokenizedExample t, tokenizer(ex));
+    if (t.ids.size() != t.loss_mask.size()) {
+      return absl::InternalError("tokenizer returned a mask of the wrong length");
+    }
+    if (static_cast<int64_t>(t.ids.size()) > max_sequence_length) {
+      t.ids.resize(max_sequence_length);
+      t.loss_mask.resize(max_sequence_length);
+      ++m.truncated_examples;
+    }
+    TF_RETURN_IF_ERROR(index->Append(Bytes(&m.tokens, sizeof(m.tokens))));
+    TF_RETURN_IF_ERROR(tokens->Append(Bytes(t.ids.data(), t.ids.size() * sizeof(int32_t))));
+    TF_RETURN_IF_ERROR(mask->Append(Bytes(t.loss_mask.data(), t.loss_mask.size())));
+    for (uint8_t b : t.loss_mask) m.trained_tokens += b ? 1 : 0;
+    m.tokens += static_cast<int64_t>(t.ids.size());
+    ++m.examples;
+    return absl::OkStatus();
+  };
+  ValidatorOptions vopts;
+  vopts.max_issues = 1;
+  vopts.min_examples = 1;
+  JsonlValidator validator(vopts, [&](const Example& ex) {
+    if (failure.ok()) {
+      failure = write_example(ex);
+      if (!failure.ok()) {
+        failure = absl::Status(failure.code(), absl::StrCat("line ", ex.line, ": ", failure.message()));
+      }
+    }
+  });
+  for (;;) {
+    TF_ASSIGN_OR_RETURN(std::string chunk, content.Read(1 << 20));
+    if (chunk.empty()) break;
+    validator.Feed(chunk);
+    TF_RETURN_IF_ERROR(failure);
+  }
+  ValidationSummary summary = validator.Finish();
+  TF_RETURN_IF_ERROR(failure);
+  if (!summary.valid()) {
+    const ValidationIssue& first = summary.issues.front();
+    return absl::FailedPreconditionError(
+        absl::StrCat("the file has ", summary.total_errors, " validation errors; the first: line ",
+                     first.line, ": ", first.message));
+  }
+  TF_RETURN_IF_ERROR(index->Append(Bytes(&m.tokens, sizeof(m.tokens))));
+  TF_ASSIGN_OR_RETURN(store::ArtifactInfo ti, tokens->Commit());
+  TF_ASSIGN_OR_RETURN(store::ArtifactInfo mi, mask->Commit());
+  TF_ASSIGN_OR_RETURN(store::ArtifactInfo ii, index->Commit());
+  m.sha256 = Sha256Hex(absl::StrCat(ti.sha256, mi.sha256, ii.sha256));
+  nlohmann::json j = {{"examples", m.examples},
+                      {"tokens", m.tokens},
+                      {"trained_tokens", m.trained_tokens},
+                      {"truncated_examples", m.truncated_examples},
+                      {"max_sequence_length", max_sequence_length},
+                      {"sha256", m.sha256}};
+  TF_RETURN_IF_ERROR(store.Put(Path(shard_set_id, "manifest.json"), j.dump(2)).status());
+  return m;
+}
+
+absl::StatusOr<RankRange> RankExamples(int64_t examples, int32_t rank, int32_t world_size) {
+  if (world_size <= 0) return absl::InvalidArgumentError("world_size must be positive");
+  if (rank < 0 || rank >= world_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", rank, " is outside [0, ", world_size, ")"));
+  }
+  return RankRange{examples * rank / world_size, examples * (rank + 1) / world_size};
+}
+
+class ShardStreamer::Impl {
+ public:
+  int64_t part_size = 0;    // examples in the rank's part
+  int64_t next = 0;         // next example to send, within the part
+  int64_t batch_tokens = 0;
+  int64_t token_pos = 0;    // token offset of `next`
+  std::unique_ptr<store::ArtifactReader> index, tokens, mask;
+  Sha256 sha;
+  bool done = false;
+
+  // The next example's [start, end) token offsets.
+  absl::StatusOr<std::pair<int64_t, int64_t>> Bounds() {
+    TF_ASSIGN_OR_RETURN(std::string raw, ReadExactly(*index, sizeof(int64_t)));
+    if (raw.size() != sizeof(int64_t)) return absl::DataLossError("shard index is truncated");
+    int64_t end;
+    std::memcpy(&end, raw.data(), sizeof(end));
+    if (end < token_pos) return absl::DataLossError("shard index is not increasing");
+    return std::make_pair(token_pos, end);
+  }
+
+  absl::Status ReadExample(std::vector<int32_t>* ids, std::string* mask_out, int32_t* length) {
+    TF_ASSIGN_OR_RETURN(auto bounds, Bounds());
+    int64_t n = bounds.second - bounds.first;
+    TF_ASSIGN_OR_RETURN(std::string t, ReadExactly(*tokens, n * sizeof(int32_t)));
+    TF_ASSIGN_OR_RETURN(std::string m, ReadExactly(*mask, n));
+    if (static_cast<int64_t>(t.size()) != n * 4 || static_cast<int64_t>(m.size()) != n) {
+      return absl::DataLossError("shard data is truncated");
+    }
+    sha.Update(t);
+    sha.Update(m);
+    size_t old = ids->size();
+    ids->resize(old + n);
+    std::memcpy(ids->data() + old, t.data(), t.size());
+    mask_out->append(m);
+    *length = static_cast<int32_t>(n);
+    token_pos = bounds.second;
+    ++next;
+    return absl::OkStatus();
+  }
+};
+
+absl::StatusOr<std::unique_ptr<ShardStreamer>> ShardStreamer::Open(
+    store::ArtifactStore& store, const std::string& shard_set_id, int32_t rank,
+    int32_t world_size, int64_t example_offset, int64_t batch_tokens) {
+  TF_ASSIGN_OR_RETURN(ShardManifest m, ReadManifest(store, shard_set_id));
+  TF_ASSIGN_OR_RETURN(RankRange range, RankExamples(m.examples, rank, world_size));
+  auto impl = std::make_shared<Impl>();
+  impl->part_size = range.end - range.begin;
+  if (example_offset < 0 || example_offset > impl->part_size) {
+    return absl::OutOfRangeError(absl::StrCat("example_offset ", example_offset,
+                                              " is outside rank ", rank, "'s part of ",
+                                              impl->part_size, " examples"));
+  }
+  impl->batch_tokens = std::max<int64_t>(1, batch_tokens);
+  // Position every file at the start of the part.
+  TF_ASSIGN_OR_RETURN(impl->index, store.OpenReader(Path(shard_set_id, "index.bin"),
+                                                    range.begin * int64_t{sizeof(int64_t)}));
+  TF_ASSIGN_OR_RETURN(std::string first, ReadExactly(*impl->index, sizeof(int64_t)));
+  if (first.size() != sizeof(int64_t)) return absl::DataLossError("shard index is truncated");
+  std::memcpy(&impl->token_pos, first.data(), sizeof(int64_t));
+  TF_ASSIGN_OR_RETURN(impl->tokens, store.OpenReader(Path(shard_set_id, "tokens.bin"),
+                                                     impl->token_pos * int64_t{sizeof(int32_t)}));
+  TF_ASSIGN_OR_RETURN(impl->mask, store.OpenReader(Path(shard_set_id, "mask.bin"),
+                                                   impl->token_pos));
+  // The running checksum covers the part from its first example, so a
+  // resumed stream first hashes what the client already has.
+  std::vector<int32_t> skip_ids;
+  std::string skip_mask;
+  while (impl->next < example_offset) {
+    int32_t len;
+    skip_ids.clear();
+    skip_mask.clear();
+    TF_RETURN_IF_ERROR(impl->ReadExample(&skip_ids, &skip_mask, &len));
+  }
+  auto streamer = std::unique_ptr<ShardStreamer>(new ShardStreamer());
+  streamer->impl_ = std::move(impl);
+  return streamer;
+}
+
+absl::StatusOr<ShardBatch> ShardStreamer::Next() {
+  Impl& s = *impl_;
+  if (s.done) return absl::OutOfRangeError("the part has been streamed completely");
+  ShardBatch batch;
+  batch.first_example = s.next;
+  while (s.next < s.part_size &&
+         (batch.example_lengths.empty() ||
+          static_cast<int64_t>(batch.token_ids.size()) < s.batch_tokens)) {
+    int32_t len;
+    TF_RETURN_IF_ERROR(s.ReadExample(&batch.token_ids, &batch.loss_mask, &len));
+    batch.example_lengths.push_back(len);
+  }
+  batch.last = s.next >= s.part_size;
+  s.done = batch.last;
+  batch.running_sha256 = s.sha.PeekHexDigest();
+  return batch;
+}
+
+}  // namespace tunefleet::dataset

@@ -1,0 +1,94 @@
+// Tokenized shards for trainer workers: a file is tokenized once per
+// (file content, tokenizer, max length) into a shard set in the artifact
+// store, then streamed to each rank's worker in whole examples, resumable at
+// an example offset with a running checksum.
+//
+// Layout under shards/<shard_set_id>/:
+//   tokens.bin  int32 little-endian token ids of every example, concatenated
+//   mask.bin    one byte per token: 1 where the token carries loss
+//   index.bin   int64 little-endian start offsets (in tokens), examples + 1
+//   manifest.json  counts and the sha256 of the three files
+// The manifest is written last: a shard set without one is incomplete and is
+// rebuilt.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/store/artifact_store.h"
+#include "services/dataset/jsonl_validator.h"
+
+namespace tunefleet::dataset {
+
+struct TokenizedExample {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> loss_mask;  // same length as ids
+};
+using ExampleTokenizer = std::function<absl::StatusOr<TokenizedExample>(const Example&)>;
+
+struct ShardManifest {
+  std::string shard_set_id;
+  int64_t examples = 0;
+  int64_t tokens = 0;
+  int64_t trained_tokens = 0;
+  int64_t truncated_examples = 0;
+  std::string sha256;  // over tokens.bin, mask.bin and index.bin digests
+};
+
+// The id of the shard set for these inputs (stable across runs).
+std::string ShardSetId(const std::string& file_sha256, const std::string& tokenizer_id,
+                       int32_t max_sequence_length);
+
+// Returns the cached manifest, or tokenizes `content` (a validated JSONL
+// file) and stores the shard set. Examples longer than max_sequence_length
+// are truncated to it (the validation report lists them). Thread-safe for
+// distinct ids; concurrent builds of one id both succeed (last commit wins,
+// the content is identical).
+absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
+                                              store::ArtifactReader& content,
+                                              const std::string& shard_set_id,
+                                              const ExampleTokenizer& tokenizer,
+                                              int32_t max_sequence_length);
+
+absl::StatusOr<ShardManifest> ReadManifest(store::ArtifactStore& store,
+                                           const std::string& shard_set_id);
+
+// Rank r of W owns the contiguous examples [r*n/W, (r+1)*n/W).
+struct RankRange {
+  int64_t begin = 0, end = 0;
+};
+absl::StatusOr<RankRange> RankExamples(int64_t examples, int32_t rank, int32_t world_size);
+
+// One chunk of whole examples of a rank's part.
+struct ShardBatch {
+  int64_t first_example = 0;  // index within the rank's part
+  std::vector<int32_t> token_ids;
+  std::string loss_mask;
+  std::vector<int32_t> example_lengths;
+  std::string running_sha256;  // over the part from its example 0 to here
+  bool last = false;
+};
+
+// Reads a rank's part from `example_offset` on, in batches of about
+// `batch_tokens` tokens. Not thread-safe.
+class ShardStreamer {
+ public:
+  static absl::StatusOr<std::unique_ptr<ShardStreamer>> Open(store::ArtifactStore& store,
+                                                             const std::string& shard_set_id,
+                                                             int32_t rank, int32_t world_size,
+                                                             int64_t example_offset,
+                                                             int64_t batch_tokens = 1 << 18);
+  // The next batch; after the batch with `last`, OUT_OF_RANGE.
+  absl::StatusOr<ShardBatch> Next();
+
+ private:
+  ShardStreamer() = default;
+  class Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tunefleet::dataset
