@@ -4,6 +4,8 @@
 // run (weight bytes read per token ÷ tensor copy bandwidth).
 //
 //   model_bench [--threads N] [--device cpu|cuda] [--layers 8 --hidden 768 ...]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -14,9 +16,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -195,11 +194,12 @@ int main(int argc, char** argv) {
 
   std::printf("model_bench: device=%s threads=%d dtype=%s\n", cuda ? "cuda" : "cpu", threads,
               c10::toString(dopts.dtype));
-  std::printf("model: phi3 layers=%lld hidden=%lld heads=%lld intermediate=%lld vocab=%lld params=%.1fM weights=%.1f MB\n",
-              static_cast<long long>(cfg.num_hidden_layers), static_cast<long long>(cfg.hidden_size),
-              static_cast<long long>(cfg.num_attention_heads), static_cast<long long>(cfg.intermediate_size),
-              static_cast<long long>(cfg.vocab_size), static_cast<double>(params) / 1e6,
-              static_cast<double>(weight_bytes) / 1e6);
+  std::printf(
+      "model: phi3 layers=%lld hidden=%lld heads=%lld intermediate=%lld vocab=%lld params=%.1fM weights=%.1f MB\n",
+      static_cast<long long>(cfg.num_hidden_layers), static_cast<long long>(cfg.hidden_size),
+      static_cast<long long>(cfg.num_attention_heads), static_cast<long long>(cfg.intermediate_size),
+      static_cast<long long>(cfg.vocab_size), static_cast<double>(params) / 1e6,
+      static_cast<double>(weight_bytes) / 1e6);
   std::printf("%-44s %12s\n", "metric", "value");
   std::printf("%-44s %12.2f\n", "plain read of the files (GB/s, page cache)", file_bytes / read_s / 1e9);
   std::printf("%-44s %12.2f\n", "load: open+map only (GB/s)", file_bytes / open_s / 1e9);

@@ -1,10 +1,10 @@
 #include "common/model/decoder.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <limits>
-
-#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -49,9 +49,12 @@ bool ProjHasBias(const ModelConfig& c, Proj p) {
 
 std::string DtypeConfigName(at::ScalarType t) {
   switch (t) {
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    default:
+      return "float32";
   }
 }
 
@@ -114,7 +117,8 @@ absl::StatusOr<Decoder> Decoder::FromWeights(const ModelConfig& config, const Sa
       }
       if (!at::isFloatingType(t.scalar_type())) {
         return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": tensor '", name,
-                                                       "' is not floating point (", c10::toString(t.scalar_type()), ")"));
+                                                       "' is not floating point (", c10::toString(t.scalar_type()),
+                                                       ")"));
       }
       return t.to(options.device, options.dtype);
     };
@@ -184,10 +188,20 @@ at::Tensor Decoder::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const
   return weight * (xf * at::rsqrt(var + config_.rms_norm_eps)).to(x.scalar_type());
 }
 
-std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions) const {
+absl::Status Decoder::CheckIds(const at::Tensor& ids, absl::string_view what) const {
+  // On the tensor as given (usually on the host), before it moves to the device.
+  auto [lo, hi] = at::aminmax(ids);
+  if (lo.item<int64_t>() < 0 || hi.item<int64_t>() >= config_.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": token ids must be in [0, ", config_.vocab_size, ")"));
+  }
+  return absl::OkStatus();
+}
+
+std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions, int64_t max_position) const {
   at::Tensor inv = inv_freq_short_;
-  if (inv_freq_long_.defined() &&
-      positions.max().item<int64_t>() + 1 > config_.rope_scaling.original_max_position_embeddings) {
+  // As transformers does: the long factors once the sequence outgrows the
+  // original context.
+  if (inv_freq_long_.defined() && max_position + 1 > config_.rope_scaling.original_max_position_embeddings) {
     inv = inv_freq_long_;
   }
   at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv.view({1, 1, -1});
@@ -203,8 +217,8 @@ std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions) c
 absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveAdapters(const AdapterChoice& choice, int64_t batch) const {
   auto check = [&](const LoraAdapter* a) -> absl::Status {
     if (a != nullptr && a->num_layers() != config_.num_hidden_layers) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter has ", a->num_layers(), " layers, the model ",
-                                                     config_.num_hidden_layers));
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter has ", a->num_layers(), " layers, the model ", config_.num_hidden_layers));
     }
     return absl::OkStatus();
   };
@@ -264,13 +278,13 @@ at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at:
   return y;
 }
 
-at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions, const at::Tensor& keep,
-                         const AdapterGroups& adapters, bool training, KvCache* cache) const {
+at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions, int64_t max_position,
+                         const at::Tensor& keep, const AdapterGroups& adapters, bool training, KvCache* cache) const {
   const ModelConfig& c = config_;
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
   at::Tensor h = at::embedding(embed_, input_ids);
-  auto [cos, sin] = Rotary(positions);
+  auto [cos, sin] = Rotary(positions, max_position);
 
   at::Tensor rows, cols;
   int64_t span = T;
@@ -333,16 +347,13 @@ absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids, const F
   }
   return internal::CatchTorch("Decoder::Forward", [&]() -> absl::StatusOr<at::Tensor> {
     const at::Device dev = options_.device;
+    TF_RETURN_IF_ERROR(CheckIds(input_ids, "Forward"));
     at::Tensor ids = input_ids.to(dev, at::kLong);
-    if (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= config_.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Forward: token ids must be in [0, ", config_.vocab_size, ")"));
-    }
     const int64_t B = ids.size(0), T = ids.size(1);
     for (const at::Tensor* t : {&options.attention_mask, &options.position_ids, &options.sequence_ids}) {
       if (t->defined() && t->sizes() != ids.sizes()) {
-        return absl::InvalidArgumentError(absl::StrCat("Forward: masks and position ids must have shape ",
-                                                       ShapeString(ids.sizes())));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Forward: masks and position ids must have shape ", ShapeString(ids.sizes())));
       }
     }
     at::Tensor idx = at::arange(T, ids.options());
@@ -368,15 +379,17 @@ absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids, const F
       at::Tensor s = options.sequence_ids.to(dev);
       at::Tensor starts = at::ones({B, T}, ids.options().dtype(at::kBool));
       if (T > 1) starts.narrow(1, 1, T - 1).copy_(s.narrow(1, 1, T - 1) != s.narrow(1, 0, T - 1));
-      at::Tensor start_idx = std::get<0>(at::cummax(at::where(starts, idx.view({1, T}).expand({B, T}),
-                                                               at::zeros_like(positions)), 1));
+      at::Tensor start_idx =
+          std::get<0>(at::cummax(at::where(starts, idx.view({1, T}).expand({B, T}), at::zeros_like(positions)), 1));
       positions = idx.view({1, T}) - start_idx;
     }
     // Padding queries would otherwise see no key at all; let them see
     // themselves so that softmax stays finite (their outputs are ignored).
     keep = keep.logical_or(at::eye(T, ids.options().dtype(at::kBool)).view({1, 1, T, T}));
     TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(options.adapter, B));
-    at::Tensor h = Body(ids, positions, keep, adapters, options.training, nullptr);
+    // Only longrope needs the largest position; it costs a sync.
+    const int64_t max_position = inv_freq_long_.defined() ? positions.max().item<int64_t>() : T - 1;
+    at::Tensor h = Body(ids, positions, max_position, keep, adapters, options.training, nullptr);
     return at::linear(h, lm_head_).to(at::kFloat);
   });
 }
@@ -415,18 +428,15 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
       return absl::InvalidArgumentError(absl::StrCat("Extend: chunk_lengths[", b, "] is outside [0, ", T, "]"));
     }
     if (cache.lengths_[b] + T > cache.capacity_) {
-      return absl::ResourceExhaustedError(absl::StrCat("Extend: row ", b, " holds ", cache.lengths_[b],
-                                                       " tokens; ", T, " more exceed the cache capacity ",
-                                                       cache.capacity_));
+      return absl::ResourceExhaustedError(absl::StrCat("Extend: row ", b, " holds ", cache.lengths_[b], " tokens; ", T,
+                                                       " more exceed the cache capacity ", cache.capacity_));
     }
   }
   return internal::CatchTorch("Decoder::Extend", [&]() -> absl::StatusOr<at::Tensor> {
     at::NoGradGuard no_grad;
     const at::Device dev = options_.device;
+    TF_RETURN_IF_ERROR(CheckIds(input_ids, "Extend"));
     at::Tensor ids = input_ids.to(dev, at::kLong);
-    if (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("Extend: token ids must be in [0, ", config_.vocab_size, ")"));
-    }
     at::Tensor lens = at::tensor(cache.lengths_, at::kLong).to(dev);
     at::Tensor positions = lens.view({B, 1}) + at::arange(T, ids.options()).view({1, T});  // [B,T]
     const int64_t span = *std::max_element(cache.lengths_.begin(), cache.lengths_.end()) + T;
@@ -436,7 +446,10 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
     if (config_.sliding_window) keep = keep.logical_and(q_pos - key_idx < *config_.sliding_window);
     keep = keep.unsqueeze(1);  // [B,1,T,span]
     TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(adapter, B));
-    at::Tensor h = Body(ids, positions, keep, adapters, false, &cache);
+    int64_t max_position = 0;
+    for (int64_t b = 0; b < B; ++b)
+      max_position = std::max(max_position, cache.lengths_[b] + std::max<int64_t>(chunk[b], 1) - 1);
+    at::Tensor h = Body(ids, positions, max_position, keep, adapters, false, &cache);
     for (int64_t b = 0; b < B; ++b) cache.lengths_[b] += chunk[b];
     if (all_logits) return at::linear(h, lm_head_).to(at::kFloat);
     std::vector<int64_t> last(chunk.size());
@@ -449,8 +462,8 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
 
 absl::Status Decoder::ApplyAdapter(const LoraAdapter& adapter, double sign) {
   if (adapter.num_layers() != config_.num_hidden_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("adapter has ", adapter.num_layers(), " layers, the model ",
-                                                   config_.num_hidden_layers));
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapter has ", adapter.num_layers(), " layers, the model ", config_.num_hidden_layers));
   }
   return internal::CatchTorch("Decoder::MergeAdapter", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
@@ -489,8 +502,8 @@ absl::StatusOr<NamedTensors> Decoder::HfTensors(const LoraAdapter* merge, at::Sc
         at::Tensor w = lin.weight;
         if (merge != nullptr && merge->module(i, p).defined()) {
           const LoraAdapter::Module& m = merge->module(i, p);
-          w = w.to(at::kFloat) + at::matmul(m.b.to(w.device(), at::kFloat), m.a.to(w.device(), at::kFloat)) *
-                                     merge->scaling();
+          w = w.to(at::kFloat) +
+              at::matmul(m.b.to(w.device(), at::kFloat), m.a.to(w.device(), at::kFloat)) * merge->scaling();
         }
         add(ProjWeightName(i, p), w);
         if (lin.bias.defined()) add(ProjBiasName(i, p), lin.bias);
@@ -556,8 +569,8 @@ absl::Status SaveHfModel(const Decoder& decoder, const std::string& dir, const L
   TF_RETURN_IF_ERROR(WriteSafetensorsDir(dir, tensors, options.max_shard_bytes));
   TF_RETURN_IF_ERROR(WriteStringAtomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
   if (!options.copy_files_from.empty()) {
-    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                             "tokenizer.model", "added_tokens.json", "generation_config.json"}) {
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                             "added_tokens.json", "generation_config.json"}) {
       fs::path src = fs::path(options.copy_files_from) / name;
       std::error_code ec;
       if (!fs::exists(src, ec)) continue;

@@ -8,13 +8,13 @@
 // tensors and leaves the other copies alone).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <array>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "common/model/lora.h"
@@ -36,7 +36,7 @@ struct DecoderOptions {
 // vector for brevity at call sites.
 struct AdapterChoice {
   AdapterChoice() = default;
-  AdapterChoice(const LoraAdapter* all) : all(all) {}  // NOLINT(runtime/explicit)
+  AdapterChoice(const LoraAdapter* all) : all(all) {}                             // NOLINT(runtime/explicit)
   AdapterChoice(std::vector<const LoraAdapter*> rows) : rows(std::move(rows)) {}  // NOLINT(runtime/explicit)
   const LoraAdapter* all = nullptr;
   std::vector<const LoraAdapter*> rows;
@@ -102,8 +102,8 @@ class Decoder {
   // token (rows with none: garbage), or [B,T,vocab] with `all_logits`.
   // No gradients.
   absl::StatusOr<at::Tensor> Extend(KvCache& cache, const at::Tensor& input_ids,
-                                    const std::vector<int64_t>& chunk_lengths = {},
-                                    const AdapterChoice& adapter = {}, bool all_logits = false) const;
+                                    const std::vector<int64_t>& chunk_lengths = {}, const AdapterChoice& adapter = {},
+                                    bool all_logits = false) const;
 
   // Adds (or subtracts) scaling·B·A into the adapted base weights, so that a
   // forward without the adapter equals one with it. Not thread-safe; tensors
@@ -113,8 +113,7 @@ class Decoder {
 
   // The weights under their Hugging Face names, with `merge` folded in when
   // given (this decoder is not changed), in `dtype`.
-  absl::StatusOr<NamedTensors> HfTensors(const LoraAdapter* merge = nullptr,
-                                         at::ScalarType dtype = at::kFloat) const;
+  absl::StatusOr<NamedTensors> HfTensors(const LoraAdapter* merge = nullptr, at::ScalarType dtype = at::kFloat) const;
 
   // The base weights themselves (not copies), for full fine-tuning: set
   // requires_grad on them and hand them to an optimizer. Updating them in
@@ -147,11 +146,13 @@ class Decoder {
   at::Tensor Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x, const AdapterGroups& adapters,
                      bool training) const;
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
-  // cos/sin [B,T,rotary_dim] for positions [B,T].
-  std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions) const;
+  // cos/sin [B,1,T,rotary_dim] for positions [B,T]; `max_position` (known on
+  // the host, so no device sync) picks longrope's short or long factors.
+  std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions, int64_t max_position) const;
+  absl::Status CheckIds(const at::Tensor& ids, absl::string_view what) const;
   // Runs the layers; `cache` (with per-row write offsets) when extending.
-  at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, const at::Tensor& keep,
-                  const AdapterGroups& adapters, bool training, KvCache* cache) const;
+  at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, int64_t max_position,
+                  const at::Tensor& keep, const AdapterGroups& adapters, bool training, KvCache* cache) const;
   absl::Status ApplyAdapter(const LoraAdapter& adapter, double sign);
 
   ModelConfig config_;
@@ -159,7 +160,7 @@ class Decoder {
   at::Tensor embed_;  // [vocab, hidden]
   std::vector<Layer> layers_;
   at::Tensor norm_;
-  at::Tensor lm_head_;  // [vocab, hidden]; the embedding when tied
+  at::Tensor lm_head_;         // [vocab, hidden]; the embedding when tied
   at::Tensor inv_freq_short_;  // [rotary_dim/2], fp32
   at::Tensor inv_freq_long_;   // longrope only
   double rope_mscale_ = 1.0;

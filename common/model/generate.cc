@@ -1,10 +1,10 @@
 #include "common/model/generate.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-
-#include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"

@@ -42,9 +42,9 @@ enum class FinishReason { kStopToken, kStopString, kLength, kCancelled };
 struct Generation {
   std::vector<int64_t> tokens;  // generated, without the prompt or stop token
   FinishReason finish_reason = FinishReason::kLength;
-  int64_t stop_token_id = -1;   // kStopToken
-  std::string stop_string;      // kStopString
-  std::string text;             // detokenized output, cut at a stop string (with detokenize)
+  int64_t stop_token_id = -1;  // kStopToken
+  std::string stop_string;     // kStopString
+  std::string text;            // detokenized output, cut at a stop string (with detokenize)
 };
 
 // Generates a continuation of each prompt (token ids; rows may differ in

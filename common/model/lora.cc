@@ -1,13 +1,13 @@
 #include "common/model/lora.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
-
-#include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -25,7 +25,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr char kPeftPrefix[] = "base_model.model.";
-constexpr Proj kAllProj[] = {Proj::kQkv, Proj::kQ,      Proj::kK,    Proj::kV,   Proj::kO,
+constexpr Proj kAllProj[] = {Proj::kQkv,    Proj::kQ,    Proj::kK,  Proj::kV,   Proj::kO,
                              Proj::kGateUp, Proj::kGate, Proj::kUp, Proj::kDown};
 
 std::string ModulePath(int64_t layer, Proj p) {
@@ -48,8 +48,8 @@ absl::StatusOr<std::vector<Proj>> ResolveTargets(const ModelConfig& base, const 
     if (!found) {
       std::string have;
       for (Proj p : model) absl::StrAppend(&have, have.empty() ? "" : ", ", ProjName(p));
-      return absl::InvalidArgumentError(absl::StrCat("LoRA target module '", name, "' is not a projection of ",
-                                                     base.model_type, " (", have, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("LoRA target module '", name, "' is not a projection of ", base.model_type, " (", have, ")"));
     }
   }
   return out;
@@ -59,15 +59,24 @@ absl::StatusOr<std::vector<Proj>> ResolveTargets(const ModelConfig& base, const 
 
 absl::string_view ProjName(Proj p) {
   switch (p) {
-    case Proj::kQkv: return "qkv_proj";
-    case Proj::kQ: return "q_proj";
-    case Proj::kK: return "k_proj";
-    case Proj::kV: return "v_proj";
-    case Proj::kO: return "o_proj";
-    case Proj::kGateUp: return "gate_up_proj";
-    case Proj::kGate: return "gate_proj";
-    case Proj::kUp: return "up_proj";
-    case Proj::kDown: return "down_proj";
+    case Proj::kQkv:
+      return "qkv_proj";
+    case Proj::kQ:
+      return "q_proj";
+    case Proj::kK:
+      return "k_proj";
+    case Proj::kV:
+      return "v_proj";
+    case Proj::kO:
+      return "o_proj";
+    case Proj::kGateUp:
+      return "gate_up_proj";
+    case Proj::kGate:
+      return "gate_proj";
+    case Proj::kUp:
+      return "up_proj";
+    case Proj::kDown:
+      return "down_proj";
   }
   return "?";
 }
@@ -92,15 +101,22 @@ std::vector<Proj> ModelProjections(const ModelConfig& c) {
 std::pair<int64_t, int64_t> ProjShape(const ModelConfig& c, Proj p) {
   const int64_t h = c.hidden_size, i = c.intermediate_size;
   switch (p) {
-    case Proj::kQkv: return {c.q_size() + 2 * c.kv_size(), h};
-    case Proj::kQ: return {c.q_size(), h};
+    case Proj::kQkv:
+      return {c.q_size() + 2 * c.kv_size(), h};
+    case Proj::kQ:
+      return {c.q_size(), h};
     case Proj::kK:
-    case Proj::kV: return {c.kv_size(), h};
-    case Proj::kO: return {h, c.q_size()};
-    case Proj::kGateUp: return {2 * i, h};
+    case Proj::kV:
+      return {c.kv_size(), h};
+    case Proj::kO:
+      return {h, c.q_size()};
+    case Proj::kGateUp:
+      return {2 * i, h};
     case Proj::kGate:
-    case Proj::kUp: return {i, h};
-    case Proj::kDown: return {h, i};
+    case Proj::kUp:
+      return {i, h};
+    case Proj::kDown:
+      return {h, i};
   }
   return {0, 0};
 }
@@ -131,8 +147,8 @@ absl::StatusOr<LoraAdapter> LoraAdapter::Create(const ModelConfig& base, LoraCon
         for (float& x : a) x = rng.Symmetric(bound);
         Module& m = adapter.modules_[i][static_cast<int>(p)];
         m.a = at::tensor(a, at::kFloat).view({config.rank, in}).to(device).set_requires_grad(true);
-        m.b = at::zeros({out, config.rank}, at::TensorOptions().dtype(at::kFloat).device(device))
-                  .set_requires_grad(true);
+        m.b =
+            at::zeros({out, config.rank}, at::TensorOptions().dtype(at::kFloat).device(device)).set_requires_grad(true);
       }
     }
     return adapter;
@@ -195,8 +211,8 @@ absl::Status LoraAdapter::Save(const std::string& dir, absl::string_view base_mo
   j["use_rslora"] = config_.use_rslora;
   j["use_dora"] = false;
   j["revision"] = nullptr;
-  TF_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir) / "adapter_model.safetensors").string(), PeftTensors(),
-                                      {{"format", "pt"}}));
+  TF_RETURN_IF_ERROR(
+      WriteSafetensors((fs::path(dir) / "adapter_model.safetensors").string(), PeftTensors(), {{"format", "pt"}}));
   return WriteStringAtomically((fs::path(dir) / "adapter_config.json").string(), j.dump(2) + "\n");
 }
 

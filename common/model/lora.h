@@ -3,15 +3,15 @@
 // PEFT's format (adapter_config.json + adapter_model.safetensors).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <array>
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
-#include <ATen/core/Tensor.h>
-
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/model/model_config.h"
 #include "common/model/safetensors.h"
 

@@ -4,9 +4,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -29,8 +28,7 @@ class Reader {
     return it != j_.end() && !it->is_null();
   }
 
-  absl::StatusOr<int64_t> Int(const char* field, std::optional<int64_t> dflt = std::nullopt,
-                              int64_t min = 1) const {
+  absl::StatusOr<int64_t> Int(const char* field, std::optional<int64_t> dflt = std::nullopt, int64_t min = 1) const {
     auto it = j_.find(field);
     if (it == j_.end() || it->is_null()) {
       if (dflt) return *dflt;
@@ -111,11 +109,11 @@ class Reader {
   absl::string_view source_;
 };
 
-#define TF_CFG_ASSIGN(lhs, expr)        \
-  do {                                  \
-    auto tf_cfg_v_ = (expr);            \
+#define TF_CFG_ASSIGN(lhs, expr)                    \
+  do {                                              \
+    auto tf_cfg_v_ = (expr);                        \
     if (!tf_cfg_v_.ok()) return tf_cfg_v_.status(); \
-    lhs = *std::move(tf_cfg_v_);        \
+    lhs = *std::move(tf_cfg_v_);                    \
   } while (0)
 
 absl::Status ParseRopeScaling(const Json& j, absl::string_view source, ModelConfig& c) {
@@ -140,9 +138,9 @@ absl::Status ParseRopeScaling(const Json& j, absl::string_view source, ModelConf
     TF_CFG_ASSIGN(rs.long_factor, r.Doubles("long_factor"));
     const size_t half = static_cast<size_t>(c.rotary_dim / 2);
     if (rs.short_factor.size() != half || rs.long_factor.size() != half) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          rs_source, ": short_factor and long_factor must have rotary_dim/2 = ", half, " entries, got ",
-          rs.short_factor.size(), " and ", rs.long_factor.size()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(rs_source, ": short_factor and long_factor must have rotary_dim/2 = ", half, " entries, got ",
+                       rs.short_factor.size(), " and ", rs.long_factor.size()));
     }
     rs.original_max_position_embeddings = c.original_max_position_embeddings;
     if (c.original_max_position_embeddings < 2) {
@@ -150,9 +148,10 @@ absl::Status ParseRopeScaling(const Json& j, absl::string_view source, ModelConf
     }
     const double scale =
         static_cast<double>(c.max_position_embeddings) / static_cast<double>(c.original_max_position_embeddings);
-    double dflt = scale <= 1.0 ? 1.0
-                               : std::sqrt(1.0 + std::log(scale) /
-                                                     std::log(static_cast<double>(c.original_max_position_embeddings)));
+    double dflt =
+        scale <= 1.0
+            ? 1.0
+            : std::sqrt(1.0 + std::log(scale) / std::log(static_cast<double>(c.original_max_position_embeddings)));
     TF_CFG_ASSIGN(rs.attention_factor, r.Double("attention_factor", dflt));
     rs.factor = scale;
   } else if (type == "llama3") {
@@ -166,8 +165,8 @@ absl::Status ParseRopeScaling(const Json& j, absl::string_view source, ModelConf
     }
     TF_CFG_ASSIGN(rs.original_max_position_embeddings, r.Int("original_max_position_embeddings"));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        rs_source, ": unsupported type '", type, "' (supported: linear, longrope, su, llama3)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(rs_source, ": unsupported type '", type, "' (supported: linear, longrope, su, llama3)"));
   }
   return absl::OkStatus();
 }
@@ -211,9 +210,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   TF_CFG_ASSIGN(c.num_attention_heads, r.Int("num_attention_heads"));
   TF_CFG_ASSIGN(c.num_key_value_heads, r.Int("num_key_value_heads", c.num_attention_heads));
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
-    return r.Error("num_key_value_heads",
-                   absl::StrCat("(", c.num_key_value_heads, ") must divide num_attention_heads (",
-                                c.num_attention_heads, ")"));
+    return r.Error(
+        "num_key_value_heads",
+        absl::StrCat("(", c.num_key_value_heads, ") must divide num_attention_heads (", c.num_attention_heads, ")"));
   }
   if (r.Has("head_dim")) {
     TF_CFG_ASSIGN(c.head_dim, r.Int("head_dim"));

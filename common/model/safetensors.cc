@@ -1,5 +1,6 @@
 #include "common/model/safetensors.h"
 
+#include <ATen/ATen.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -9,10 +10,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <set>
-
-#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -30,32 +29,52 @@ constexpr char kIndexFile[] = "model.safetensors.index.json";
 
 at::ScalarType ToScalarType(DType d) {
   switch (d) {
-    case DType::kF64: return at::kDouble;
-    case DType::kF32: return at::kFloat;
-    case DType::kF16: return at::kHalf;
-    case DType::kBF16: return at::kBFloat16;
-    case DType::kI64: return at::kLong;
-    case DType::kI32: return at::kInt;
-    case DType::kI16: return at::kShort;
-    case DType::kI8: return at::kChar;
-    case DType::kU8: return at::kByte;
-    case DType::kBool: return at::kBool;
+    case DType::kF64:
+      return at::kDouble;
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
+    case DType::kI64:
+      return at::kLong;
+    case DType::kI32:
+      return at::kInt;
+    case DType::kI16:
+      return at::kShort;
+    case DType::kI8:
+      return at::kChar;
+    case DType::kU8:
+      return at::kByte;
+    case DType::kBool:
+      return at::kBool;
   }
   return at::kFloat;
 }
 
 absl::StatusOr<DType> FromScalarType(at::ScalarType t) {
   switch (t) {
-    case at::kDouble: return DType::kF64;
-    case at::kFloat: return DType::kF32;
-    case at::kHalf: return DType::kF16;
-    case at::kBFloat16: return DType::kBF16;
-    case at::kLong: return DType::kI64;
-    case at::kInt: return DType::kI32;
-    case at::kShort: return DType::kI16;
-    case at::kChar: return DType::kI8;
-    case at::kByte: return DType::kU8;
-    case at::kBool: return DType::kBool;
+    case at::kDouble:
+      return DType::kF64;
+    case at::kFloat:
+      return DType::kF32;
+    case at::kHalf:
+      return DType::kF16;
+    case at::kBFloat16:
+      return DType::kBF16;
+    case at::kLong:
+      return DType::kI64;
+    case at::kInt:
+      return DType::kI32;
+    case at::kShort:
+      return DType::kI16;
+    case at::kChar:
+      return DType::kI8;
+    case at::kByte:
+      return DType::kU8;
+    case at::kBool:
+      return DType::kBool;
     default:
       return absl::InvalidArgumentError(absl::StrCat("dtype ", c10::toString(t), " cannot be stored in safetensors"));
   }
@@ -69,15 +88,12 @@ absl::Status ErrnoError(absl::string_view op, const std::string& path) {
   return absl::InternalError(msg);
 }
 
-std::string ShardName(size_t i, size_t n) {
-  return absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, n);
-}
+std::string ShardName(size_t i, size_t n) { return absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, n); }
 
 bool IsShardName(const std::string& name) {
   unsigned a = 0, b = 0;
   char tail[32] = {0};
-  return std::sscanf(name.c_str(), "model-%5u-of-%5u.%31s", &a, &b, tail) == 3 &&
-         std::string(tail) == "safetensors";
+  return std::sscanf(name.c_str(), "model-%5u-of-%5u.%31s", &a, &b, tail) == 3 && std::string(tail) == "safetensors";
 }
 
 }  // namespace
@@ -131,7 +147,8 @@ absl::StatusOr<at::Tensor> SafetensorsFile::Get(absl::string_view name) const {
       return at::from_blob(data, info.shape, options).clone();
     }
     std::shared_ptr<void> keep = mapping_;
-    return at::from_blob(data, info.shape, [keep](void*) {}, options);
+    return at::from_blob(
+        data, info.shape, [keep](void*) {}, options);
   });
 }
 
@@ -231,8 +248,8 @@ absl::Status WriteSafetensors(const std::string& path, const NamedTensors& tenso
       TensorInfo info;
       info.name = name;
       auto dtype = FromScalarType(t.scalar_type());
-      if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "': ",
-                                                                      dtype.status().message()));
+      if (!dtype.ok())
+        return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "': ", dtype.status().message()));
       info.dtype = *dtype;
       info.shape = t.sizes().vec();
       infos.push_back(std::move(info));
@@ -291,7 +308,8 @@ absl::Status WriteSafetensorsDir(const std::string& dir, const NamedTensors& ten
   for (const auto& p : stale) {
     // Shards that we just rewrote under the same name are not stale.
     bool rewritten = false;
-    for (size_t i = 0; i < shards.size() && shards.size() > 1; ++i) rewritten |= p.filename() == ShardName(i, shards.size());
+    for (size_t i = 0; i < shards.size() && shards.size() > 1; ++i)
+      rewritten |= p.filename() == ShardName(i, shards.size());
     if (!rewritten) fs::remove(p, ec);
   }
   return absl::OkStatus();

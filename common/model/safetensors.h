@@ -3,17 +3,17 @@
 // sharded behind model.safetensors.index.json, and writing both atomically.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
-#include <ATen/core/Tensor.h>
-
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/model/safetensors_header.h"
 
 namespace tunefleet::model {

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
@@ -18,10 +17,9 @@ struct DTypeEntry {
   int64_t size;
 };
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kF64, "F64", 8}, {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2},
-    {DType::kBF16, "BF16", 2}, {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
-    {DType::kI16, "I16", 2}, {DType::kI8, "I8", 1},   {DType::kU8, "U8", 1},
-    {DType::kBool, "BOOL", 1},
+    {DType::kF64, "F64", 8}, {DType::kF32, "F32", 4},   {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},
+    {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},   {DType::kI16, "I16", 2}, {DType::kI8, "I8", 1},
+    {DType::kU8, "U8", 1},   {DType::kBool, "BOOL", 1},
 };
 
 absl::Status Invalid(absl::string_view file, absl::string_view what) {
@@ -85,16 +83,15 @@ int64_t SafetensorsHeader::Find(absl::string_view name) const {
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefix, uint64_t file_size,
                                                          absl::string_view file_name) {
   if (file_size < 8 || prefix.size() < 8) {
-    return Invalid(file_name, absl::StrCat("truncated: ", file_size,
-                                           " bytes, too short for the 8-byte header length"));
+    return Invalid(file_name, absl::StrCat("truncated: ", file_size, " bytes, too short for the 8-byte header length"));
   }
   const uint64_t n = ReadLe64(prefix.data());
   if (n > file_size - 8) {
     return Invalid(file_name, absl::StrCat("header length ", n, " exceeds the file size ", file_size));
   }
   if (n > kMaxSafetensorsHeaderBytes) {
-    return Invalid(file_name, absl::StrCat("header length ", n, " exceeds the limit of ",
-                                           kMaxSafetensorsHeaderBytes, " bytes"));
+    return Invalid(file_name,
+                   absl::StrCat("header length ", n, " exceeds the limit of ", kMaxSafetensorsHeaderBytes, " bytes"));
   }
   if (prefix.size() < 8 + n) {
     return Invalid(file_name, "truncated header");
@@ -156,8 +153,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
     }
 
     auto offsets = value.find("data_offsets");
-    if (offsets == value.end() || !offsets->is_array() || offsets->size() != 2 ||
-        !GetU64((*offsets)[0], &info.begin) || !GetU64((*offsets)[1], &info.end)) {
+    if (offsets == value.end() || !offsets->is_array() || offsets->size() != 2 || !GetU64((*offsets)[0], &info.begin) ||
+        !GetU64((*offsets)[1], &info.end)) {
       return InvalidTensor(file_name, key, "'data_offsets' is not a pair of non-negative integers");
     }
     if (info.end < info.begin) {
@@ -170,10 +167,9 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
                                         "] run past the end of the data (", data_size, " bytes)"));
     }
     if (info.end - info.begin != nbytes) {
-      return InvalidTensor(
-          file_name, key,
-          absl::StrCat("shape [", absl::StrJoin(info.shape, ", "), "] of ", DTypeName(info.dtype), " needs ",
-                       nbytes, " bytes but data_offsets span ", info.end - info.begin));
+      return InvalidTensor(file_name, key,
+                           absl::StrCat("shape [", absl::StrJoin(info.shape, ", "), "] of ", DTypeName(info.dtype),
+                                        " needs ", nbytes, " bytes but data_offsets span ", info.end - info.begin));
     }
     header.tensors.push_back(std::move(info));
   }
@@ -185,9 +181,9 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
   for (size_t i = 0; i < header.tensors.size(); ++i) {
     const TensorInfo& t = header.tensors[i];
     if (t.begin < expected) {
-      return InvalidTensor(file_name, t.name,
-                           absl::StrCat("data_offsets [", t.begin, ", ", t.end, "] overlap tensor '",
-                                        header.tensors[i - 1].name, "'"));
+      return InvalidTensor(
+          file_name, t.name,
+          absl::StrCat("data_offsets [", t.begin, ", ", t.end, "] overlap tensor '", header.tensors[i - 1].name, "'"));
     }
     if (t.begin > expected) {
       return InvalidTensor(file_name, t.name,
@@ -196,8 +192,7 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
     expected = t.end;
   }
   if (expected != data_size) {
-    return Invalid(file_name, absl::StrCat("data section has ", data_size, " bytes but the tensors cover ",
-                                           expected));
+    return Invalid(file_name, absl::StrCat("data section has ", data_size, " bytes but the tensors cover ", expected));
   }
   return header;
 }

@@ -1,9 +1,9 @@
 #include "common/model/tiny_model.h"
 
+#include <ATen/ATen.h>
+
 #include <cmath>
 #include <filesystem>
-
-#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -17,9 +17,9 @@ namespace tunefleet::model {
 
 absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
   namespace fs = std::filesystem;
-  if (o.num_layers <= 0 || o.hidden_size <= 0 || o.num_heads <= 0 || o.num_kv_heads <= 0 ||
-      o.intermediate_size <= 0 || o.vocab_size <= 0 || o.hidden_size % o.num_heads != 0 ||
-      o.num_heads % o.num_kv_heads != 0 || (o.hidden_size / o.num_heads) % 2 != 0) {
+  if (o.num_layers <= 0 || o.hidden_size <= 0 || o.num_heads <= 0 || o.num_kv_heads <= 0 || o.intermediate_size <= 0 ||
+      o.vocab_size <= 0 || o.hidden_size % o.num_heads != 0 || o.num_heads % o.num_kv_heads != 0 ||
+      (o.hidden_size / o.num_heads) % 2 != 0) {
     return absl::InvalidArgumentError(
         "tiny model: sizes must be positive, hidden a multiple of heads with an even head size, heads a multiple "
         "of kv heads");
@@ -35,8 +35,9 @@ absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("tiny model: unknown dtype '", o.dtype, "'"));
   }
   const int64_t head_dim = o.hidden_size / o.num_heads;
-  const int64_t max_pos = o.long_context ? std::max<int64_t>(o.max_position_embeddings, 32 * o.original_max_position_embeddings)
-                                         : o.max_position_embeddings;
+  const int64_t max_pos = o.long_context
+                              ? std::max<int64_t>(o.max_position_embeddings, 32 * o.original_max_position_embeddings)
+                              : o.max_position_embeddings;
 
   nlohmann::ordered_json config;
   config["_name_or_path"] = "tunefleet/tiny-phi3";

@@ -3,10 +3,10 @@
 // runs fused kernels with it. Everything version-specific stays in this header.
 #pragma once
 
-#include <cmath>
-
 #include <ATen/ATen.h>
 #include <torch/version.h>
+
+#include <cmath>
 
 namespace tunefleet::model::compat {
 
@@ -16,8 +16,7 @@ inline constexpr bool kHasSdpa = TORCH_VERSION_MAJOR >= 2;
 // broadcastable to [B,H,Tq,Tk] (true = attend). Every query row must keep at
 // least one key. Scores and softmax run in fp32 on the plain path so that
 // bf16/fp16 inputs stay accurate.
-inline at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& keep) {
+inline at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& keep) {
 #if TORCH_VERSION_MAJOR >= 2
   if (q.is_cuda()) {
     return at::scaled_dot_product_attention(q, k, v, keep);

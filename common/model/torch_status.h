@@ -2,13 +2,13 @@
 // at the library boundary, so none escapes to callers.
 #pragma once
 
-#include <exception>
-#include "absl/strings/string_view.h"
-
 #include <c10/util/Exception.h>
+
+#include <exception>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace tunefleet::model::internal {
 

@@ -1,12 +1,12 @@
 #include "common/model/decoder.h"
 
-#include <filesystem>
-#include <fstream>
-#include <memory>
-
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "tests/model/model_test_util.h"
@@ -110,7 +110,8 @@ TEST_P(DecoderTest, ChunkedPrefillWithAllLogits) {
   TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(1, 12));
   TF_ASSERT_OK_AND_ASSIGN(at::Tensor a, decoder_->Extend(cache, Ids({kSeq.begin(), kSeq.begin() + 5}), {}, nullptr,
                                                          /*all_logits=*/true));
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor b, decoder_->Extend(cache, Ids({kSeq.begin() + 5, kSeq.end()}), {}, nullptr, true));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor b,
+                          decoder_->Extend(cache, Ids({kSeq.begin() + 5, kSeq.end()}), {}, nullptr, true));
   EXPECT_LE(MaxAbsDiff(at::cat({a[0], b[0]}), full), kTol);
   EXPECT_THAT(decoder_->Extend(cache, Ids({1})), StatusIs(absl::StatusCode::kResourceExhausted));
 }

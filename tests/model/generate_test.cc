@@ -1,10 +1,10 @@
 #include "common/model/generate.h"
 
-#include <memory>
-
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "tests/model/model_test_util.h"

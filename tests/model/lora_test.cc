@@ -1,14 +1,14 @@
 #include "common/model/lora.h"
 
-#include <filesystem>
-#include <fstream>
-#include <memory>
-
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/optim/adam.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
 
 #include "common/model/decoder.h"
 #include "tests/model/model_test_util.h"
@@ -209,8 +209,9 @@ TEST(LoraErrorsTest, BadTargetsAndFiles) {
   nlohmann::json cfg = nlohmann::json::parse(std::ifstream(out.Join("adapter_config.json")));
   cfg["r"] = 16;
   std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
-  EXPECT_THAT(LoraAdapter::Load(out.path(), c),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lora_A.weight': has shape [8, 64], expected [16, 64]")));
+  EXPECT_THAT(
+      LoraAdapter::Load(out.path(), c),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lora_A.weight': has shape [8, 64], expected [16, 64]")));
   cfg["r"] = 8;
   cfg["use_dora"] = true;
   std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
@@ -218,14 +219,15 @@ TEST(LoraErrorsTest, BadTargetsAndFiles) {
   cfg["use_dora"] = false;
   std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
   // A tensor naming a module Phi-3 does not have; and a lone lora_A.
-  TF_ASSERT_OK(WriteSafetensors(out.Join("adapter_model.safetensors"),
-                                {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({8, 64})},
-                                 {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({64, 8})}}));
+  TF_ASSERT_OK(
+      WriteSafetensors(out.Join("adapter_model.safetensors"),
+                       {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({8, 64})},
+                        {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({64, 8})}}));
   EXPECT_THAT(LoraAdapter::Load(out.path(), c),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("names no projection of a phi3 model")));
-  TF_ASSERT_OK(WriteSafetensors(out.Join("adapter_model.safetensors"),
-                                {{"base_model.model.model.layers.0.self_attn.o_proj.lora_A.default.weight",
-                                  at::zeros({8, 64})}}));
+  TF_ASSERT_OK(WriteSafetensors(
+      out.Join("adapter_model.safetensors"),
+      {{"base_model.model.model.layers.0.self_attn.o_proj.lora_A.default.weight", at::zeros({8, 64})}}));
   EXPECT_THAT(LoraAdapter::Load(out.path(), c),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("only one of lora_A and lora_B")));
 }
@@ -240,10 +242,10 @@ TEST(TrainingTest, AdamMemorizesASample) {
   std::vector<at::Tensor> params = d.Parameters();
   for (at::Tensor& p : params) p.set_requires_grad(true);
   torch::optim::Adam opt(params, torch::optim::AdamOptions(1e-2));
-  at::Tensor ids = at::tensor({1, 32010, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203, 29889,
-                               32007, 32000},
-                              at::kLong)
-                       .view({1, -1});
+  at::Tensor ids =
+      at::tensor({1, 32010, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203, 29889, 32007, 32000},
+                 at::kLong)
+          .view({1, -1});
   // Loss on everything after the first 2 tokens (the "prompt").
   at::Tensor labels = ids.clone();
   labels.narrow(1, 0, 2).fill_(-100);

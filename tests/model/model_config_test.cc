@@ -1,11 +1,11 @@
 #include "common/model/model_config.h"
 
-#include <cmath>
-#include <string>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "tests/testing/status_matchers.h"
 
@@ -59,9 +59,9 @@ TEST(ModelConfigTest, Phi3Mini128kLongRope) {
   EXPECT_NEAR(c.rope_scaling.attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)), 1e-12);
   j["rope_scaling"]["type"] = "longrope";
   j["rope_scaling"]["long_factor"] = std::vector<double>(47, 2.0);
-  EXPECT_THAT(ParseModelConfig(j.dump(), "m/config.json"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("m/config.json: rope_scaling"), HasSubstr("48"))));
+  EXPECT_THAT(
+      ParseModelConfig(j.dump(), "m/config.json"),
+      StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("m/config.json: rope_scaling"), HasSubstr("48"))));
 }
 
 TEST(ModelConfigTest, Llama31WithGqaAndLlama3Scaling) {
@@ -85,8 +85,8 @@ TEST(ModelConfigTest, Llama31WithGqaAndLlama3Scaling) {
 }
 
 TEST(ModelConfigTest, MistralDefaults) {
-  TF_ASSERT_OK_AND_ASSIGN(
-      ModelConfig c, ParseModelConfig(R"({"model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
+  TF_ASSERT_OK_AND_ASSIGN(ModelConfig c,
+                          ParseModelConfig(R"({"model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
         "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
         "num_key_value_heads": 8, "sliding_window": null, "head_dim": 128})"));
   EXPECT_EQ(c.family, ModelFamily::kMistral);
@@ -106,9 +106,9 @@ class BadConfigTest : public ::testing::TestWithParam<BadConfig> {};
 TEST_P(BadConfigTest, NamesTheProblem) {
   nlohmann::json j = Phi3();
   GetParam().edit(j);
-  EXPECT_THAT(ParseModelConfig(j.dump(), "dir/config.json"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("dir/config.json"), HasSubstr(GetParam().message))));
+  EXPECT_THAT(
+      ParseModelConfig(j.dump(), "dir/config.json"),
+      StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("dir/config.json"), HasSubstr(GetParam().message))));
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -123,7 +123,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"KvNotDividing", [](nlohmann::json& j) { j["num_key_value_heads"] = 5; }, "'num_key_value_heads'"},
         BadConfig{"Qwen", [](nlohmann::json& j) { j["model_type"] = "qwen2"; }, "'qwen2'"},
         BadConfig{"Gelu", [](nlohmann::json& j) { j["hidden_act"] = "gelu"; }, "'hidden_act'"},
-        BadConfig{"Dynamic", [](nlohmann::json& j) { j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}}; },
+        BadConfig{"Dynamic",
+                  [](nlohmann::json& j) {
+                    j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+                  },
                   "unsupported type 'dynamic'"},
         BadConfig{"NegativeTheta", [](nlohmann::json& j) { j["rope_theta"] = -1; }, "'rope_theta'"},
         BadConfig{"EosString", [](nlohmann::json& j) { j["eos_token_id"] = "x"; }, "'eos_token_id'"}),

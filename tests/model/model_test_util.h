@@ -2,16 +2,15 @@
 // that the suite also builds with -DTUNEFLEET_TORCH_ONLY=ON) and tiny models.
 #pragma once
 
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <stdlib.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
-
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "common/model/safetensors.h"
@@ -62,14 +61,22 @@ inline TinyModelOptions TinyPhi3Options(uint64_t seed = 1) {
 // sliding window of 5) with random weights: the Llama-family code paths.
 inline void WriteTinyMistral(const std::string& dir, uint64_t seed) {
   const int64_t h = 32, heads = 4, kv = 2, hd = 8, inter = 48, vocab = 300, layers = 2;
-  nlohmann::json config = {{"model_type", "mistral"},       {"architectures", {"MistralForCausalLM"}},
-                           {"hidden_size", h},               {"intermediate_size", inter},
-                           {"num_hidden_layers", layers},    {"num_attention_heads", heads},
-                           {"num_key_value_heads", kv},      {"vocab_size", vocab},
-                           {"max_position_embeddings", 128}, {"rms_norm_eps", 1e-5},
-                           {"rope_theta", 500000.0},         {"sliding_window", 5},
-                           {"bos_token_id", 1},              {"eos_token_id", 2},
-                           {"hidden_act", "silu"},           {"tie_word_embeddings", false},
+  nlohmann::json config = {{"model_type", "mistral"},
+                           {"architectures", {"MistralForCausalLM"}},
+                           {"hidden_size", h},
+                           {"intermediate_size", inter},
+                           {"num_hidden_layers", layers},
+                           {"num_attention_heads", heads},
+                           {"num_key_value_heads", kv},
+                           {"vocab_size", vocab},
+                           {"max_position_embeddings", 128},
+                           {"rms_norm_eps", 1e-5},
+                           {"rope_theta", 500000.0},
+                           {"sliding_window", 5},
+                           {"bos_token_id", 1},
+                           {"eos_token_id", 2},
+                           {"hidden_act", "silu"},
+                           {"tie_word_embeddings", false},
                            {"torch_dtype", "float32"}};
   std::filesystem::create_directories(dir);
   FILE* f = std::fopen((dir + "/config.json").c_str(), "w");

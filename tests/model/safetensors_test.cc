@@ -1,11 +1,11 @@
 #include "common/model/safetensors.h"
 
-#include <filesystem>
-#include <fstream>
-
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "tests/model/model_test_util.h"
 #include "tests/testing/status_matchers.h"
@@ -125,8 +125,7 @@ std::string LengthOnly(uint64_t n) {
 INSTANTIATE_TEST_SUITE_P(
     Cases, MalformedTest,
     ::testing::Values(
-        MalformedCase{"Empty", "", "truncated"},
-        MalformedCase{"SevenBytes", "1234567", "truncated"},
+        MalformedCase{"Empty", "", "truncated"}, MalformedCase{"SevenBytes", "1234567", "truncated"},
         MalformedCase{"HeaderLongerThanFile", LengthOnly(1000) + "{}", "exceeds the file size"},
         MalformedCase{"HugeHeaderLength", LengthOnly(~0ull), "exceeds the file size"},
         MalformedCase{"TruncatedJson", FileWith(R"({"a":{"dtype":"F32","sha)", 0), "not valid JSON"},
@@ -136,8 +135,7 @@ INSTANTIATE_TEST_SUITE_P(
         MalformedCase{"MissingDtype", FileWith(R"({"w":{"shape":[2],"data_offsets":[0,8]}})", 8), "'w'"},
         MalformedCase{"NegativeDim", FileWith(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4),
                       "'w': shape"},
-        MalformedCase{"OffsetsPastEnd",
-                      FileWith(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
+        MalformedCase{"OffsetsPastEnd", FileWith(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
                       "'w': data_offsets [0, 16] run past the end"},
         MalformedCase{"Misordered", FileWith(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", 8),
                       "'w': data_offsets [8, 4] are misordered"},
@@ -152,8 +150,7 @@ INSTANTIATE_TEST_SUITE_P(
                       FileWith(R"({"w":{"dtype":"BF16","shape":[3],"data_offsets":[0,8]}})", 8),
                       "'w': shape [3] of BF16 needs 6 bytes but data_offsets span 8"},
         MalformedCase{"ShapeOverflow",
-                      FileWith(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
-                               8),
+                      FileWith(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
                       "'w': shape overflows"},
         MalformedCase{"TrailingBytes", FileWith(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 9),
                       "data section has 9 bytes but the tensors cover 4"},

@@ -4,6 +4,8 @@
 //   tunefleet-model logits DIR --ids 1,2,3 [--adapter ADAPTER_DIR] --out FILE
 //     (fp32 logits [tokens, vocab] of one forward, as tensor "logits" in a
 //     safetensors file: for checks against other implementations)
+#include <ATen/ATen.h>
+
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -14,8 +16,6 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include <ATen/ATen.h>
-
 #include "common/model/decoder.h"
 #include "common/model/lora.h"
 #include "common/model/safetensors.h"
