@@ -519,4 +519,29 @@ grpc::ServerWriteReactor<internal::v1::ShardChunk>* ShardServiceImpl::StreamShar
   return reactor;
 }
 
+grpc::ServerUnaryReactor* DatasetControlServiceImpl::HoldFile(
+    grpc::CallbackServerContext* context, const internal::v1::HoldFileRequest* request,
+    internal::v1::HoldFileResponse* response) {
+  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
+  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, request] {
+    reactor->Finish(rpc::ToGrpcStatus(
+        registry_->Hold(request->tenant(), request->file_id(), request->holder())));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DatasetControlServiceImpl::ReleaseFile(
+    grpc::CallbackServerContext* context, const internal::v1::ReleaseFileRequest* request,
+    internal::v1::ReleaseFileResponse* response) {
+  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
+  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, request] {
+    reactor->Finish(rpc::ToGrpcStatus(registry_->Release(request->file_id(), request->holder())));
+  });
+  return reactor;
+}
+
 }  // namespace tunefleet::dataset

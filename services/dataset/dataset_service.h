@@ -8,6 +8,7 @@
 #include "services/dataset/analyzer.h"
 #include "services/dataset/file_registry.h"
 #include "services/dataset/shards.h"
+#include "tunefleet/internal/v1/dataset_control.grpc.pb.h"
 #include "tunefleet/internal/v1/shards.grpc.pb.h"
 #include "tunefleet/v1/files.grpc.pb.h"
 
@@ -118,6 +119,25 @@ class ShardServiceImpl final : public internal::v1::ShardService::CallbackServic
   rpc::Executor* executor_;
   TokenizerProvider* tokenizers_;
   const int64_t batch_tokens_;
+};
+
+class DatasetControlServiceImpl final
+    : public internal::v1::DatasetControlService::CallbackService {
+ public:
+  DatasetControlServiceImpl(const rpc::Authenticator* auth, FileRegistry* registry,
+                            rpc::Executor* executor)
+      : auth_(*auth), registry_(registry), executor_(executor) {}
+  grpc::ServerUnaryReactor* HoldFile(grpc::CallbackServerContext* context,
+                                     const internal::v1::HoldFileRequest* request,
+                                     internal::v1::HoldFileResponse* response) override;
+  grpc::ServerUnaryReactor* ReleaseFile(grpc::CallbackServerContext* context,
+                                        const internal::v1::ReleaseFileRequest* request,
+                                        internal::v1::ReleaseFileResponse* response) override;
+
+ private:
+  const rpc::Authenticator& auth_;
+  FileRegistry* registry_;
+  rpc::Executor* executor_;
 };
 
 // Proto conversion.

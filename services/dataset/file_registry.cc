@@ -35,6 +35,13 @@ const store::Migration kMigrations[] = {
       ALTER TABLE files ADD COLUMN validation BLOB NOT NULL DEFAULT x'';
       CREATE INDEX files_by_status ON files (status, created_at_us);
     )sql"},
+    {3, R"sql(
+      CREATE TABLE file_holds (
+        file_id TEXT NOT NULL REFERENCES files (id),
+        holder TEXT NOT NULL,
+        PRIMARY KEY (file_id, holder)
+      );
+    )sql"},
 };
 
 constexpr char kColumns[] =
@@ -298,8 +305,32 @@ absl::StatusOr<std::vector<FileRecord>> FileRegistry::PendingValidation() {
   return out;
 }
 
+absl::Status FileRegistry::Hold(const std::string& tenant, const std::string& id,
+                                const std::string& holder) {
+  if (holder.empty()) return absl::InvalidArgumentError("holder is required");
+  TF_RETURN_IF_ERROR(Get(tenant, id).status());
+  return db_->Execute("INSERT OR IGNORE INTO file_holds (file_id, holder) VALUES (?, ?)",
+                      {id, holder})
+      .status();
+}
+
+absl::Status FileRegistry::Release(const std::string& id, const std::string& holder) {
+  return db_->Execute("DELETE FROM file_holds WHERE file_id = ? AND holder = ?", {id, holder})
+      .status();
+}
+
 absl::Status FileRegistry::Delete(const std::string& tenant, const std::string& id) {
   TF_RETURN_IF_ERROR(Get(tenant, id).status());
+  TF_ASSIGN_OR_RETURN(auto holds,
+                      db_->Query("SELECT holder FROM file_holds WHERE file_id = ? ORDER BY holder",
+                                 {id}));
+  if (!holds.empty()) {
+    std::string holders;
+    for (const auto& h : holds) absl::StrAppend(&holders, holders.empty() ? "" : ", ", h[0].AsText());
+    return absl::FailedPreconditionError(absl::StrCat(
+        "file ", id, " is in use by unfinished job(s) ", holders,
+        "; cancel them or wait until they finish"));
+  }
   // The row goes first: once it is gone the file is invisible, and a crash
   // before the blob is removed leaves an orphan that Open() cleans up.
   TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM files WHERE id = ?", {id}).status());

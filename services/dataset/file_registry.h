@@ -98,7 +98,11 @@ class FileRegistry {
   absl::StatusOr<FileRecord> Get(const std::string& tenant, const std::string& id);
   absl::StatusOr<FilePage> List(const std::string& tenant, int page_size,
                                 const std::string& page_token, Purpose purpose);
+  // FAILED_PRECONDITION naming the holders while the file is held.
   absl::Status Delete(const std::string& tenant, const std::string& id);
+  // Holds keep a file from deletion while an unfinished job uses it.
+  absl::Status Hold(const std::string& tenant, const std::string& id, const std::string& holder);
+  absl::Status Release(const std::string& id, const std::string& holder);
   absl::StatusOr<std::unique_ptr<store::ArtifactReader>> OpenContent(const std::string& tenant,
                                                                      const std::string& id,
                                                                      int64_t offset);

@@ -33,9 +33,11 @@ int main(int argc, char** argv) {
   dataset::FileProcessor processor(registry->get(), &executor);
   dataset::DatasetServiceImpl files(&auth, registry->get(), &executor, &processor);
   dataset::ShardServiceImpl shards(&auth, registry->get(), &executor, /*tokenizers=*/nullptr);
+  dataset::DatasetControlServiceImpl control(&auth, registry->get(), &executor);
   rpc::Server server(flags.server);
   server.AddService(&files);
   server.AddService(&shards);
+  server.AddService(&control);
   return rpc::ServeUntilSignal(
       server, [&] { return processor.RecoverPending(); }, flags.port_file);
 }

@@ -80,6 +80,9 @@ class DatasetServiceTest : public ::testing::Test {
     server_ = std::make_unique<rpc::Server>(so);
     server_->AddService(service_.get());
     server_->AddService(shards_.get());
+    control_ = std::make_unique<DatasetControlServiceImpl>(auth_.get(), registry_.get(),
+                                                           executor_.get());
+    server_->AddService(control_.get());
     ASSERT_THAT(server_->Start(), IsOk());
     server_->SetServing(true);
     rpc::ChannelOptions co;
@@ -87,12 +90,14 @@ class DatasetServiceTest : public ::testing::Test {
     auto channel = *rpc::MakeChannel(co);
     stub_ = v1::DatasetService::NewStub(channel);
     shard_stub_ = internal::v1::ShardService::NewStub(channel);
+    control_stub_ = internal::v1::DatasetControlService::NewStub(channel);
   }
   void Stop() {
     if (server_) server_->Shutdown();
     server_.reset();
     service_.reset();
     shards_.reset();
+    control_.reset();
     executor_.reset();  // finishes queued validations first
     processor_.reset();
     registry_.reset();
@@ -249,6 +254,8 @@ class DatasetServiceTest : public ::testing::Test {
   std::unique_ptr<rpc::Server> server_;
   std::unique_ptr<v1::DatasetService::Stub> stub_;
   std::unique_ptr<internal::v1::ShardService::Stub> shard_stub_;
+  std::unique_ptr<DatasetControlServiceImpl> control_;
+  std::unique_ptr<internal::v1::DatasetControlService::Stub> control_stub_;
 };
 
 std::string Lines(int n) {
@@ -644,6 +651,43 @@ TEST_F(DatasetServiceTest, ValidateFileCountsTokensWithTheModelsTokenizer) {
   EXPECT_EQ(r.trained_tokens_per_epoch(), trained);
   EXPECT_EQ(r.estimated_trained_tokens(), 3 * trained);
   EXPECT_GT(over, 0);
+}
+
+TEST_F(DatasetServiceTest, DeleteIsRefusedWhileAnUnfinishedJobHoldsTheFile) {
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, Lines(10)));
+  auto hold = [&](const std::string& key, const std::string& tenant, const std::string& holder) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(10));
+    internal::v1::HoldFileRequest req;
+    req.set_file_id(file.id());
+    req.set_tenant(tenant);
+    req.set_holder(holder);
+    internal::v1::HoldFileResponse resp;
+    return rpc::FromGrpcStatus(control_stub_->HoldFile(&ctx, req, &resp));
+  };
+  auto release = [&](const std::string& holder) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, internal_.key, absl::Seconds(10));
+    internal::v1::ReleaseFileRequest req;
+    req.set_file_id(file.id());
+    req.set_holder(holder);
+    internal::v1::ReleaseFileResponse resp;
+    return rpc::FromGrpcStatus(control_stub_->ReleaseFile(&ctx, req, &resp));
+  };
+  EXPECT_THAT(hold(a_.key, "tenant-a", "ftjob-one"), StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(hold(internal_.key, "tenant-b", "ftjob-one"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(hold(internal_.key, "tenant-a", ""), StatusIs(absl::StatusCode::kInvalidArgument));
+  TF_ASSERT_OK(hold(internal_.key, "tenant-a", "ftjob-one"));
+  TF_ASSERT_OK(hold(internal_.key, "tenant-a", "ftjob-one"));  // idempotent
+  TF_ASSERT_OK(hold(internal_.key, "tenant-a", "ftjob-two"));
+  EXPECT_THAT(Delete(a_.key, file.id()),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("ftjob-one, ftjob-two")));
+  TF_ASSERT_OK(release("ftjob-one"));
+  EXPECT_THAT(Delete(a_.key, file.id()),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("ftjob-two")));
+  TF_ASSERT_OK(release("ftjob-two"));
+  TF_ASSERT_OK(release("ftjob-two"));  // idempotent
+  EXPECT_THAT(Delete(a_.key, file.id()), IsOk());
 }
 
 TEST(ChooseValidation, StratifiedByLabelAndStable) {

@@ -188,7 +188,8 @@ class FleetReflectionTest(unittest.TestCase):
     """`tunefleet local` runs all four services; each lists its v1 services."""
 
     EXPECTED = {
-        "dataset": ["tunefleet.v1.DatasetService", "tunefleet.internal.v1.ShardService"],
+        "dataset": ["tunefleet.v1.DatasetService", "tunefleet.internal.v1.ShardService",
+                    "tunefleet.internal.v1.DatasetControlService"],
         "scheduler": ["tunefleet.v1.JobService", "tunefleet.v1.ModelService",
                       "tunefleet.v1.DeploymentService",
                       "tunefleet.internal.v1.TrainerControlService",
