@@ -342,6 +342,38 @@ at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& position
 }
 
 absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids, const ForwardOptions& options) const {
+  TF_ASSIGN_OR_RETURN(at::Tensor h, ForwardHidden(input_ids, options));
+  return internal::CatchTorch("Decoder::Forward",
+                              [&]() -> absl::StatusOr<at::Tensor> { return at::linear(h, lm_head_).to(at::kFloat); });
+}
+
+absl::StatusOr<Decoder::LossOutput> Decoder::Loss(const at::Tensor& input_ids, const at::Tensor& labels,
+                                                  const ForwardOptions& options) const {
+  if (!labels.defined() || !input_ids.defined() || labels.sizes() != input_ids.sizes() || labels.dim() != 2 ||
+      labels.size(1) < 2) {
+    return absl::InvalidArgumentError("Loss: labels must match input_ids [batch, tokens] with tokens >= 2");
+  }
+  TF_ASSIGN_OR_RETURN(at::Tensor h, ForwardHidden(input_ids, options));
+  return internal::CatchTorch("Decoder::Loss", [&]() -> absl::StatusOr<LossOutput> {
+    const int64_t T = h.size(1), H = h.size(2);
+    at::Tensor y = labels.narrow(1, 1, T - 1).reshape({-1}).to(h.device(), at::kLong);
+    at::Tensor rows = at::nonzero(y != -100).reshape({-1});
+    LossOutput out;
+    out.tokens = rows.size(0);
+    if (out.tokens == 0) {
+      out.loss = h.sum() * 0.0;  // keeps the graph, so backward() still works
+      return out;
+    }
+    at::Tensor hs = h.narrow(1, 0, T - 1).reshape({-1, H}).index_select(0, rows);
+    at::Tensor target = y.index_select(0, rows);
+    at::Tensor logits = at::linear(hs, lm_head_).to(at::kFloat);
+    out.loss = at::cross_entropy_loss(logits, target);
+    out.correct = (logits.detach().argmax(-1) == target).sum().item<int64_t>();
+    return out;
+  });
+}
+
+absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids, const ForwardOptions& options) const {
   if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0) {
     return absl::InvalidArgumentError("Forward: input_ids must be a non-empty [batch, tokens] tensor");
   }
@@ -389,8 +421,7 @@ absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids, const F
     TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(options.adapter, B));
     // Only longrope needs the largest position; it costs a sync.
     const int64_t max_position = inv_freq_long_.defined() ? positions.max().item<int64_t>() : T - 1;
-    at::Tensor h = Body(ids, positions, max_position, keep, adapters, options.training, nullptr);
-    return at::linear(h, lm_head_).to(at::kFloat);
+    return Body(ids, positions, max_position, keep, adapters, options.training, nullptr);
   });
 }
 

@@ -92,6 +92,18 @@ class Decoder {
   // gradients; base weights never require them).
   absl::StatusOr<at::Tensor> Forward(const at::Tensor& input_ids, const ForwardOptions& options = {}) const;
 
+  struct LossOutput {
+    at::Tensor loss;      // mean cross-entropy over the counted tokens; differentiable
+    int64_t tokens = 0;   // labels that counted (not -100)
+    int64_t correct = 0;  // of those, how many the argmax predicted
+  };
+  // Next-token loss of a forward, as CausalLmLoss(Forward(...), labels) but
+  // computing logits only where labels count: with the vocabulary head the
+  // largest activation of a step, training on assistant turns only saves
+  // most of it. labels [B,T] (-100: ignored); logits at t predict labels[t+1].
+  absl::StatusOr<LossOutput> Loss(const at::Tensor& input_ids, const at::Tensor& labels,
+                                  const ForwardOptions& options = {}) const;
+
   // An empty cache for `batch` rows of up to `capacity` tokens each.
   absl::StatusOr<KvCache> NewCache(int64_t batch, int64_t capacity) const;
 
@@ -154,6 +166,8 @@ class Decoder {
   at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, int64_t max_position,
                   const at::Tensor& keep, const AdapterGroups& adapters, bool training, KvCache* cache) const;
   absl::Status ApplyAdapter(const LoraAdapter& adapter, double sign);
+  // The final normalized hidden states [B,T,hidden] of Forward.
+  absl::StatusOr<at::Tensor> ForwardHidden(const at::Tensor& input_ids, const ForwardOptions& options) const;
 
   ModelConfig config_;
   DecoderOptions options_;

@@ -149,6 +149,36 @@ TEST_P(LoraTest, GradientsReachOnlyLoraParameters) {
   }
 }
 
+TEST_P(LoraTest, SparseLossEqualsFullLossWithTheSameGradients) {
+  LoraAdapter a = Trained(9);
+  ForwardOptions o;
+  o.adapter = &a;
+  at::Tensor labels = ids_.clone();
+  labels.narrow(1, 0, 4).fill_(-100);  // a "prompt" that does not count
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, decoder_->Forward(ids_, o));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor full, CausalLmLoss(logits, labels));
+  full.backward();
+  std::vector<at::Tensor> want;
+  for (at::Tensor& p : a.Parameters()) {
+    want.push_back(p.grad().clone());
+    p.mutable_grad().zero_();
+  }
+  TF_ASSERT_OK_AND_ASSIGN(Decoder::LossOutput sparse, decoder_->Loss(ids_, labels, o));
+  EXPECT_NEAR(sparse.loss.item<double>(), full.item<double>(), 1e-6);
+  EXPECT_EQ(sparse.tokens, ids_.size(1) - 4);
+  sparse.loss.backward();
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_LE(MaxAbsDiff(a.Parameters()[i].grad(), want[i]), 1e-6);
+  // Accuracy counts the argmax hits among the counted labels.
+  at::Tensor pred = logits.narrow(1, 0, ids_.size(1) - 1).argmax(-1)[0];
+  int64_t correct = 0;
+  for (int64_t t = 3; t < ids_.size(1) - 1; ++t) correct += pred[t].item<int64_t>() == ids_[0][t + 1].item<int64_t>();
+  EXPECT_EQ(sparse.correct, correct);
+  // No counted label: a zero loss that still backpropagates.
+  TF_ASSERT_OK_AND_ASSIGN(Decoder::LossOutput none, decoder_->Loss(ids_, at::full_like(ids_, -100), o));
+  EXPECT_EQ(none.tokens, 0);
+  none.loss.backward();
+}
+
 TEST_P(LoraTest, LoraTrainingLowersTheLoss) {
   LoraConfig lc;
   lc.rank = 8;
