@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/base/sha256.h"
 #include "common/base/status_macros.h"
 #include "common/rpc/status.h"
@@ -145,6 +146,77 @@ absl::Status DeleteFile(const Endpoint& endpoint, const std::string& id) {
   req.set_file_id(id);
   v1::DeleteFileResponse resp;
   return rpc::FromGrpcStatus(stub->DeleteFile(&ctx, req, &resp));
+}
+
+absl::StatusOr<v1::File> WaitForValidation(const Endpoint& endpoint, const std::string& id,
+                                           absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    TF_ASSIGN_OR_RETURN(v1::File f, GetFile(endpoint, id));
+    if (f.status() == v1::FILE_STATUS_PROCESSED || f.status() == v1::FILE_STATUS_ERROR) return f;
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("file ", id, " is still being validated"));
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+absl::StatusOr<v1::ValidationReport> ValidateFile(const Endpoint& endpoint,
+                                                  const v1::ValidateFileRequest& request) {
+  auto stub = Stub(endpoint);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, endpoint.api_key, absl::Minutes(30));
+  v1::ValidationReport report;
+  grpc::Status s = stub->ValidateFile(&ctx, request, &report);
+  if (!s.ok()) return rpc::FromGrpcStatus(s);
+  return report;
+}
+
+absl::StatusOr<v1::SplitFileResponse> SplitFile(const Endpoint& endpoint, const std::string& id,
+                                                double ratio, int64_t seed) {
+  auto stub = Stub(endpoint);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, endpoint.api_key, absl::Minutes(30));
+  v1::SplitFileRequest req;
+  req.set_file_id(id);
+  req.set_validation_ratio(ratio);
+  req.set_seed(seed);
+  v1::SplitFileResponse resp;
+  grpc::Status s = stub->SplitFile(&ctx, req, &resp);
+  if (!s.ok()) return rpc::FromGrpcStatus(s);
+  return resp;
+}
+
+std::string FormatReport(const v1::ValidationReport& r) {
+  std::string out = absl::StrCat(r.valid() ? "valid" : "INVALID", ": ", r.total_errors(),
+                                 " error(s), ", r.total_warnings(), " warning(s)\n");
+  for (const auto& i : r.issues()) {
+    absl::StrAppend(&out, "  ", i.severity() == v1::ISSUE_SEVERITY_ERROR ? "error  " : "warning",
+                    " ", i.line() > 0 ? absl::StrCat("line ", i.line()) : std::string("file"),
+                    i.field().empty() ? "" : absl::StrCat(" ", i.field()), ": ", i.message(),
+                    " [", i.code(), "]\n");
+  }
+  const auto& st = r.statistics();
+  absl::StrAppend(&out, "  examples ", st.examples(), ", messages/example mean ",
+                  absl::StrFormat("%.2f", st.messages_per_example().mean()), ", duplicates ",
+                  st.duplicate_examples(), ", without system ", st.examples_missing_system(),
+                  ", without user ", st.examples_missing_user(), "\n");
+  if (st.total_tokens() > 0) {
+    absl::StrAppend(&out, "  tokens/example min ", st.tokens_per_example().min(), " p50 ",
+                    st.tokens_per_example().p50(), " p95 ", st.tokens_per_example().p95(),
+                    " max ", st.tokens_per_example().max(), "; trained tokens/epoch ",
+                    r.trained_tokens_per_epoch(), ", for ", r.epochs(), " epoch(s) ",
+                    r.estimated_trained_tokens(), "\n");
+    if (st.examples_over_max_length() > 0) {
+      absl::StrAppend(&out, "  ", st.examples_over_max_length(), " example(s) over ",
+                      r.max_sequence_length(), " tokens; truncation removes ",
+                      st.tokens_truncated(), " tokens\n");
+    }
+  }
+  for (const auto& [label, count] : st.label_counts()) {
+    absl::StrAppend(&out, "  label ", label, ": ", count, "\n");
+  }
+  return out;
 }
 
 }  // namespace tunefleet::cli

@@ -31,6 +31,16 @@ absl::StatusOr<v1::ListFilesResponse> ListFiles(const Endpoint& endpoint,
                                                 const std::string& page_token);
 absl::Status DeleteFile(const Endpoint& endpoint, const std::string& id);
 
+// Polls GetFile until the automatic validation is done (processed or error).
+absl::StatusOr<v1::File> WaitForValidation(const Endpoint& endpoint, const std::string& id,
+                                           absl::Duration timeout);
+absl::StatusOr<v1::ValidationReport> ValidateFile(const Endpoint& endpoint,
+                                                  const v1::ValidateFileRequest& request);
+absl::StatusOr<v1::SplitFileResponse> SplitFile(const Endpoint& endpoint, const std::string& id,
+                                                double ratio, int64_t seed);
+// Human-readable report: issues, then statistics.
+std::string FormatReport(const v1::ValidationReport& report);
+
 // "fine-tune" | "validation".
 absl::StatusOr<v1::FilePurpose> ParsePurpose(const std::string& purpose);
 

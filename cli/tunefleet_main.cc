@@ -53,6 +53,16 @@ int RunLocal(const LocalFleetOptions& options, bool check_only, const std::strin
     if (!file.ok()) return Fail(file.status());
     std::cout << "uploaded " << sample << " through DatasetService.UploadFile:\n";
     PrintFile(*file);
+    auto validated = WaitForValidation(endpoint, file->id(), absl::Minutes(2));
+    if (!validated.ok()) return Fail(validated.status());
+    std::cout << "automatic validation: " << v1::FileStatus_Name(validated->status()).substr(12)
+              << "\n"
+              << FormatReport(validated->validation());
+    auto split = SplitFile(endpoint, file->id(), 0.2, 1);
+    if (!split.ok()) return Fail(split.status());
+    std::cout << "SplitFile (20% validation, seed 1):\n";
+    PrintFile(split->training_file());
+    PrintFile(split->validation_file());
     auto listed = ListFiles(endpoint, "");
     if (!listed.ok()) return Fail(listed.status());
     std::cout << "ListFiles returns " << listed->files_size() << " file(s) for tenant '"
@@ -129,9 +139,26 @@ int main(int argc, char** argv) {
   get_cmd->add_option("id", file_id, "file-…")->required();
   auto* delete_cmd = files_cmd->add_subcommand("delete", "Delete a file");
   delete_cmd->add_option("id", file_id, "file-…")->required();
+  v1::ValidateFileRequest validate_req;
+  std::string base_model;
+  int max_len = 0, epochs = 1, max_issues = 20;
+  auto* validate_cmd = files_cmd->add_subcommand("validate", "Validate a file and show statistics");
+  validate_cmd->add_option("id", file_id, "file-…")->required();
+  validate_cmd->add_option("--base-model", base_model, "Count tokens with this model's tokenizer");
+  validate_cmd->add_option("--max-seq-len", max_len, "Report examples longer than this");
+  validate_cmd->add_option("--epochs", epochs, "For the cost estimate")->capture_default_str();
+  validate_cmd->add_option("--max-issues", max_issues, "Issues shown in detail")->capture_default_str();
+  double ratio = 0.1;
+  int64_t seed = 0;
+  auto* split_cmd = files_cmd->add_subcommand("split", "Split into training and validation files");
+  split_cmd->add_option("id", file_id, "file-…")->required();
+  split_cmd->add_option("--ratio", ratio, "Fraction for validation, (0, 0.5]")->capture_default_str();
+  split_cmd->add_option("--seed", seed, "Same seed, same split")->capture_default_str();
 
   // --fleet/--target/--api-key may follow the verb too.
-  for (CLI::App* c : {upload_cmd, list_cmd, get_cmd, delete_cmd}) c->fallthrough();
+  for (CLI::App* c : {upload_cmd, list_cmd, get_cmd, delete_cmd, validate_cmd, split_cmd}) {
+    c->fallthrough();
+  }
 
   CLI11_PARSE(app, argc, argv);
 
@@ -157,6 +184,22 @@ int main(int argc, char** argv) {
       auto f = cli::GetFile(*endpoint, file_id);
       if (!f.ok()) return cli::Fail(f.status());
       cli::PrintFile(*f);
+    } else if (validate_cmd->parsed()) {
+      v1::ValidateFileRequest req;
+      req.set_file_id(file_id);
+      req.set_base_model(base_model);
+      req.set_max_sequence_length(max_len);
+      req.set_epochs(epochs);
+      req.set_max_issues(max_issues);
+      auto r = cli::ValidateFile(*endpoint, req);
+      if (!r.ok()) return cli::Fail(r.status());
+      std::cout << cli::FormatReport(*r);
+      return r->valid() ? 0 : 3;
+    } else if (split_cmd->parsed()) {
+      auto r = cli::SplitFile(*endpoint, file_id, ratio, seed);
+      if (!r.ok()) return cli::Fail(r.status());
+      cli::PrintFile(r->training_file());
+      cli::PrintFile(r->validation_file());
     } else if (delete_cmd->parsed()) {
       absl::Status s = cli::DeleteFile(*endpoint, file_id);
       if (!s.ok()) return cli::Fail(s);

@@ -313,6 +313,12 @@ TEST(Cli, FilesCommandsAgainstALocalFleet) {
   EXPECT_EQ(listed.first, 0);
   EXPECT_THAT(listed.second, ::testing::HasSubstr(id));
   EXPECT_EQ(run({"files", "get", id, fleet_flag}).first, 0);
+  auto validated = run({"files", "validate", id, fleet_flag});
+  EXPECT_EQ(validated.first, 0) << validated.second;
+  EXPECT_THAT(validated.second, ::testing::HasSubstr("examples 20"));
+  auto split = run({"files", "split", id, "--ratio=0.25", "--seed=3", fleet_flag});
+  EXPECT_EQ(split.first, 0) << split.second;
+  EXPECT_THAT(split.second, ::testing::HasSubstr("chat_sample-validation.jsonl"));
   EXPECT_EQ(run({"files", "delete", id, fleet_flag}).first, 0);
   auto gone = run({"files", "get", id, fleet_flag});
   EXPECT_EQ(gone.first, 1);
