@@ -10,6 +10,17 @@ absl::Status NotImplemented(absl::string_view method) {
       absl::StrCat(method, " is part of the v1 API but not implemented in this release"));
 }
 
+grpc::ServerUnaryReactor* RunOnExecutor(grpc::CallbackServerContext* context,
+                                        absl::StatusOr<Principal> caller, Executor* executor,
+                                        std::function<absl::Status(const Principal&)> work) {
+  if (!caller.ok()) return FinishUnary(context, caller.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor->Submit([reactor, caller = *std::move(caller), work = std::move(work)] {
+    reactor->Finish(ToGrpcStatus(work(caller)));
+  });
+  return reactor;
+}
+
 absl::Status AuthenticateThenNotImplemented(const Authenticator& auth,
                                             const grpc::CallbackServerContext& context,
                                             Audience audience, absl::string_view method) {

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "common/rpc/auth.h"
 #include "common/rpc/status.h"
 
 namespace tunefleet::rpc {
@@ -69,7 +70,12 @@ class Executor {
 
 namespace tunefleet::rpc {
 
-class Authenticator;
+// The usual shape of a unary method whose work blocks (disk, SQLite): finish
+// at once with `caller`'s error, or run `work` on `executor` and finish with
+// its status.
+grpc::ServerUnaryReactor* RunOnExecutor(grpc::CallbackServerContext* context,
+                                        absl::StatusOr<Principal> caller, Executor* executor,
+                                        std::function<absl::Status(const Principal&)> work);
 
 // For methods whose implementation has not landed: the caller is still
 // authenticated (so that clients see the real auth behaviour), then told

@@ -1,9 +1,9 @@
 #include "services/dataset/dataset_service.h"
 
-#include <atomic>
-
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
+
+#include <atomic>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/ids.h"
@@ -43,8 +43,8 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
       // The client finished sending (or went away: then OnDone follows and
       // the upload is discarded).
       if (upload_ == nullptr) {
-        Finish(rpc::ToGrpcStatus(absl::InvalidArgumentError(
-            "the stream ended before the first message with metadata")));
+        Finish(rpc::ToGrpcStatus(
+            absl::InvalidArgumentError("the stream ended before the first message with metadata")));
         return;
       }
       executor_->Submit([this] {
@@ -93,7 +93,8 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
     if (upload_ == nullptr) {
       return absl::InvalidArgumentError("the first message must carry metadata, not a chunk");
     }
-    if (!request_.has_chunk()) return absl::InvalidArgumentError("a message carries neither metadata nor chunk");
+    if (!request_.has_chunk())
+      return absl::InvalidArgumentError("a message carries neither metadata nor chunk");
     return upload_->Append(request_.chunk());
   }
 
@@ -243,7 +244,8 @@ void FileProcessor::Enqueue(const FileRecord& file) {
 absl::Status FileProcessor::RecoverPending() {
   TF_ASSIGN_OR_RETURN(std::vector<FileRecord> pending, registry_->PendingValidation());
   for (const FileRecord& f : pending) Enqueue(f);
-  if (!pending.empty()) spdlog::info("re-validating {} file(s) a restart interrupted", pending.size());
+  if (!pending.empty())
+    spdlog::info("re-validating {} file(s) a restart interrupted", pending.size());
   return absl::OkStatus();
 }
 
@@ -260,18 +262,6 @@ void ToProto(const FileRecord& r, v1::File* out) {
   if (!r.validation.empty()) out->mutable_validation()->ParseFromString(r.validation);
 }
 
-grpc::ServerUnaryReactor* DatasetServiceImpl::RunUnary(
-    grpc::CallbackServerContext* context,
-    std::function<absl::Status(const rpc::Principal&)> work) {
-  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateTenant(*context);
-  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Submit([reactor, caller = *std::move(caller), work = std::move(work)] {
-    reactor->Finish(rpc::ToGrpcStatus(work(caller)));
-  });
-  return reactor;
-}
-
 grpc::ServerReadReactor<v1::UploadFileRequest>* DatasetServiceImpl::UploadFile(
     grpc::CallbackServerContext* context, v1::File* response) {
   absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateTenant(*context);
@@ -282,107 +272,118 @@ grpc::ServerReadReactor<v1::UploadFileRequest>* DatasetServiceImpl::UploadFile(
 grpc::ServerUnaryReactor* DatasetServiceImpl::GetFile(grpc::CallbackServerContext* context,
                                                       const v1::GetFileRequest* request,
                                                       v1::File* response) {
-  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
-    absl::StatusOr<FileRecord> f = registry_->Get(caller.tenant, request->file_id());
-    if (f.ok()) ToProto(*f, response);
-    return f.status();
-  });
+  return rpc::RunOnExecutor(context, auth_.AuthenticateTenant(*context), executor_,
+                            [this, request, response](const rpc::Principal& caller) {
+                              absl::StatusOr<FileRecord> f =
+                                  registry_->Get(caller.tenant, request->file_id());
+                              if (f.ok()) ToProto(*f, response);
+                              return f.status();
+                            });
 }
 
 grpc::ServerUnaryReactor* DatasetServiceImpl::ListFiles(grpc::CallbackServerContext* context,
                                                         const v1::ListFilesRequest* request,
                                                         v1::ListFilesResponse* response) {
-  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
-    absl::StatusOr<FilePage> page =
-        registry_->List(caller.tenant, request->page_size(), request->page_token(),
-                        static_cast<Purpose>(request->purpose()));
-    if (!page.ok()) return page.status();
-    for (const FileRecord& f : page->files) ToProto(f, response->add_files());
-    response->set_next_page_token(page->next_page_token);
-    return absl::OkStatus();
-  });
+  return rpc::RunOnExecutor(context, auth_.AuthenticateTenant(*context), executor_,
+                            [this, request, response](const rpc::Principal& caller) {
+                              absl::StatusOr<FilePage> page = registry_->List(
+                                  caller.tenant, request->page_size(), request->page_token(),
+                                  static_cast<Purpose>(request->purpose()));
+                              if (!page.ok()) return page.status();
+                              for (const FileRecord& f : page->files)
+                                ToProto(f, response->add_files());
+                              response->set_next_page_token(page->next_page_token);
+                              return absl::OkStatus();
+                            });
 }
 
 grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteFile(grpc::CallbackServerContext* context,
                                                          const v1::DeleteFileRequest* request,
                                                          v1::DeleteFileResponse* response) {
-  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
-    absl::Status s = registry_->Delete(caller.tenant, request->file_id());
-    if (s.ok()) {
-      response->set_file_id(request->file_id());
-      response->set_deleted(true);
-      spdlog::info("file={} tenant={} deleted", request->file_id(), caller.tenant);
-    }
-    return s;
-  });
+  return rpc::RunOnExecutor(context, auth_.AuthenticateTenant(*context), executor_,
+                            [this, request, response](const rpc::Principal& caller) {
+                              absl::Status s = registry_->Delete(caller.tenant, request->file_id());
+                              if (s.ok()) {
+                                response->set_file_id(request->file_id());
+                                response->set_deleted(true);
+                                spdlog::info("file={} tenant={} deleted", request->file_id(),
+                                             caller.tenant);
+                              }
+                              return s;
+                            });
 }
 
-grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(
-    grpc::CallbackServerContext* context, const v1::ValidateFileRequest* request,
-    v1::ValidationReport* response) {
-  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
-    if (request->max_issues() < 0) {
-      return absl::InvalidArgumentError("max_issues must not be negative");
-    }
-    if (request->max_sequence_length() < 0) {
-      return absl::InvalidArgumentError("max_sequence_length must not be negative");
-    }
-    if (request->epochs() < 0) return absl::InvalidArgumentError("epochs must not be negative");
-    AnalyzeOptions options;
-    options.max_issues = request->max_issues() > 0 ? request->max_issues() : 100;
-    options.max_sequence_length = request->max_sequence_length();
-    if (request->format() != v1::DATA_FORMAT_UNSPECIFIED) {
-      options.format = static_cast<DataFormat>(request->format());
-    }
-    if (!request->base_model().empty()) {
-      if (tokenizers_ == nullptr) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "token statistics need a base model's tokenizer, and this dataset service has no "
-            "models configured (base_model '", request->base_model(), "')"));
-      }
-      absl::StatusOr<ModelTokenizer> tokenizer = tokenizers_->Get(request->base_model());
-      if (!tokenizer.ok()) return tokenizer.status();
-      options.token_counter = CountWith(tokenizer->tokenize);
-    }
-    absl::StatusOr<FileRecord> file = registry_->Get(caller.tenant, request->file_id());
-    if (!file.ok()) return file.status();
-    options.min_examples = MinExamples(file->purpose);
-    if (!options.format.has_value() && file->format != 0) {
-      options.format = static_cast<DataFormat>(file->format);
-    }
-    auto reader = registry_->OpenContent(caller.tenant, request->file_id(), 0);
-    if (!reader.ok()) return reader.status();
-    absl::StatusOr<Analysis> analysis = Analyze(**reader, options);
-    if (!analysis.ok()) return analysis.status();
-    response->set_file_id(file->id);
-    response->set_base_model(request->base_model());
-    response->set_max_sequence_length(request->max_sequence_length());
-    ToProto(*analysis, response);
-    int epochs = request->epochs() > 0 ? request->epochs() : 1;
-    response->set_epochs(epochs);
-    response->set_estimated_trained_tokens(analysis->statistics.trained_tokens * epochs);
-    return absl::OkStatus();
-  });
+grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(grpc::CallbackServerContext* context,
+                                                           const v1::ValidateFileRequest* request,
+                                                           v1::ValidationReport* response) {
+  return rpc::RunOnExecutor(
+      context, auth_.AuthenticateTenant(*context), executor_,
+      [this, request, response](const rpc::Principal& caller) {
+        if (request->max_issues() < 0) {
+          return absl::InvalidArgumentError("max_issues must not be negative");
+        }
+        if (request->max_sequence_length() < 0) {
+          return absl::InvalidArgumentError("max_sequence_length must not be negative");
+        }
+        if (request->epochs() < 0) return absl::InvalidArgumentError("epochs must not be negative");
+        AnalyzeOptions options;
+        options.max_issues = request->max_issues() > 0 ? request->max_issues() : 100;
+        options.max_sequence_length = request->max_sequence_length();
+        if (request->format() != v1::DATA_FORMAT_UNSPECIFIED) {
+          options.format = static_cast<DataFormat>(request->format());
+        }
+        if (!request->base_model().empty()) {
+          if (tokenizers_ == nullptr) {
+            return absl::FailedPreconditionError(
+                absl::StrCat("token statistics need a base model's tokenizer, "
+                             "and this dataset service has no "
+                             "models configured (base_model '",
+                             request->base_model(), "')"));
+          }
+          absl::StatusOr<ModelTokenizer> tokenizer = tokenizers_->Get(request->base_model());
+          if (!tokenizer.ok()) return tokenizer.status();
+          options.token_counter = CountWith(tokenizer->tokenize);
+        }
+        absl::StatusOr<FileRecord> file = registry_->Get(caller.tenant, request->file_id());
+        if (!file.ok()) return file.status();
+        options.min_examples = MinExamples(file->purpose);
+        if (!options.format.has_value() && file->format != 0) {
+          options.format = static_cast<DataFormat>(file->format);
+        }
+        auto reader = registry_->OpenContent(caller.tenant, request->file_id(), 0);
+        if (!reader.ok()) return reader.status();
+        absl::StatusOr<Analysis> analysis = Analyze(**reader, options);
+        if (!analysis.ok()) return analysis.status();
+        response->set_file_id(file->id);
+        response->set_base_model(request->base_model());
+        response->set_max_sequence_length(request->max_sequence_length());
+        ToProto(*analysis, response);
+        int epochs = request->epochs() > 0 ? request->epochs() : 1;
+        response->set_epochs(epochs);
+        response->set_estimated_trained_tokens(analysis->statistics.trained_tokens * epochs);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* DatasetServiceImpl::SplitFile(grpc::CallbackServerContext* context,
                                                         const v1::SplitFileRequest* request,
                                                         v1::SplitFileResponse* response) {
-  return RunUnary(context, [this, request, response](const rpc::Principal& caller) {
-    absl::StatusOr<SplitResult> split =
-        dataset::SplitFile(*registry_, caller.tenant, request->file_id(),
-                           request->validation_ratio(), request->seed());
-    if (!split.ok()) return split.status();
-    ToProto(split->training, response->mutable_training_file());
-    ToProto(split->validation, response->mutable_validation_file());
-    if (processor_ != nullptr) {
-      processor_->Enqueue(split->training);
-      processor_->Enqueue(split->validation);
-    }
-    spdlog::info("file={} split into {} and {}", request->file_id(), split->training.id,
-                 split->validation.id);
-    return absl::OkStatus();
-  });
+  return rpc::RunOnExecutor(context, auth_.AuthenticateTenant(*context), executor_,
+                            [this, request, response](const rpc::Principal& caller) {
+                              absl::StatusOr<SplitResult> split =
+                                  dataset::SplitFile(*registry_, caller.tenant, request->file_id(),
+                                                     request->validation_ratio(), request->seed());
+                              if (!split.ok()) return split.status();
+                              ToProto(split->training, response->mutable_training_file());
+                              ToProto(split->validation, response->mutable_validation_file());
+                              if (processor_ != nullptr) {
+                                processor_->Enqueue(split->training);
+                                processor_->Enqueue(split->validation);
+                              }
+                              spdlog::info("file={} split into {} and {}", request->file_id(),
+                                           split->training.id, split->validation.id);
+                              return absl::OkStatus();
+                            });
 }
 
 grpc::ServerWriteReactor<v1::FileChunk>* DatasetServiceImpl::GetFileContent(
@@ -466,37 +467,33 @@ class ShardReactor final : public grpc::ServerWriteReactor<internal::v1::ShardCh
 grpc::ServerUnaryReactor* ShardServiceImpl::PrepareShards(
     grpc::CallbackServerContext* context, const internal::v1::PrepareShardsRequest* request,
     internal::v1::ShardManifest* response) {
-  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
-  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Submit([this, reactor, request, response] {
-    reactor->Finish(rpc::ToGrpcStatus([&]() -> absl::Status {
-      if (request->max_sequence_length() <= 0) {
-        return absl::InvalidArgumentError("max_sequence_length must be positive");
-      }
-      if (tokenizers_ == nullptr) {
-        return absl::FailedPreconditionError(
-            "this dataset service has no models configured to tokenize with");
-      }
-      TF_ASSIGN_OR_RETURN(ModelTokenizer tokenizer, tokenizers_->Get(request->base_model()));
-      // The tenant named in the request owns the file (empty: any tenant).
-      TF_ASSIGN_OR_RETURN(FileRecord file, registry_->Get(request->tenant(), request->file_id()));
-      std::string id = ShardSetId(file.sha256, tokenizer.id, request->max_sequence_length());
-      TF_ASSIGN_OR_RETURN(auto content, registry_->OpenContent("", file.id, 0));
-      TF_ASSIGN_OR_RETURN(ShardManifest m,
-                          PrepareShardSet(registry_->artifacts(), *content, id,
-                                          tokenizer.tokenize, request->max_sequence_length()));
-      response->set_shard_set_id(m.shard_set_id);
-      response->set_examples(m.examples);
-      response->set_tokens(m.tokens);
-      response->set_trained_tokens(m.trained_tokens);
-      response->set_sha256(m.sha256);
-      spdlog::info("file={} shards={} examples={} tokens={}", file.id, m.shard_set_id,
-                   m.examples, m.tokens);
-      return absl::OkStatus();
-    }()));
-  });
-  return reactor;
+  return rpc::RunOnExecutor(
+      context, auth_.AuthenticateInternal(*context), executor_,
+      [this, request, response](const rpc::Principal&) -> absl::Status {
+        if (request->max_sequence_length() <= 0) {
+          return absl::InvalidArgumentError("max_sequence_length must be positive");
+        }
+        if (tokenizers_ == nullptr) {
+          return absl::FailedPreconditionError(
+              "this dataset service has no models configured to tokenize with");
+        }
+        TF_ASSIGN_OR_RETURN(ModelTokenizer tokenizer, tokenizers_->Get(request->base_model()));
+        // The tenant named in the request owns the file (empty: any tenant).
+        TF_ASSIGN_OR_RETURN(FileRecord file, registry_->Get(request->tenant(), request->file_id()));
+        std::string id = ShardSetId(file.sha256, tokenizer.id, request->max_sequence_length());
+        TF_ASSIGN_OR_RETURN(auto content, registry_->OpenContent("", file.id, 0));
+        TF_ASSIGN_OR_RETURN(ShardManifest m,
+                            PrepareShardSet(registry_->artifacts(), *content, id,
+                                            tokenizer.tokenize, request->max_sequence_length()));
+        response->set_shard_set_id(m.shard_set_id);
+        response->set_examples(m.examples);
+        response->set_tokens(m.tokens);
+        response->set_trained_tokens(m.trained_tokens);
+        response->set_sha256(m.sha256);
+        spdlog::info("file={} shards={} examples={} tokens={}", file.id, m.shard_set_id, m.examples,
+                     m.tokens);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerWriteReactor<internal::v1::ShardChunk>* ShardServiceImpl::StreamShard(
@@ -522,26 +519,20 @@ grpc::ServerWriteReactor<internal::v1::ShardChunk>* ShardServiceImpl::StreamShar
 grpc::ServerUnaryReactor* DatasetControlServiceImpl::HoldFile(
     grpc::CallbackServerContext* context, const internal::v1::HoldFileRequest* request,
     internal::v1::HoldFileResponse* response) {
-  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
-  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Submit([this, reactor, request] {
-    reactor->Finish(rpc::ToGrpcStatus(
-        registry_->Hold(request->tenant(), request->file_id(), request->holder())));
-  });
-  return reactor;
+  return rpc::RunOnExecutor(context, auth_.AuthenticateInternal(*context), executor_,
+                            [this, request](const rpc::Principal&) {
+                              return registry_->Hold(request->tenant(), request->file_id(),
+                                                     request->holder());
+                            });
 }
 
 grpc::ServerUnaryReactor* DatasetControlServiceImpl::ReleaseFile(
     grpc::CallbackServerContext* context, const internal::v1::ReleaseFileRequest* request,
     internal::v1::ReleaseFileResponse* response) {
-  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
-  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_->Submit([this, reactor, request] {
-    reactor->Finish(rpc::ToGrpcStatus(registry_->Release(request->file_id(), request->holder())));
-  });
-  return reactor;
+  return rpc::RunOnExecutor(context, auth_.AuthenticateInternal(*context), executor_,
+                            [this, request](const rpc::Principal&) {
+                              return registry_->Release(request->file_id(), request->holder());
+                            });
 }
 
 }  // namespace tunefleet::dataset

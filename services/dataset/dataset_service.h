@@ -64,8 +64,7 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
   grpc::ServerReadReactor<v1::UploadFileRequest>* UploadFile(grpc::CallbackServerContext* context,
                                                              v1::File* response) override;
   grpc::ServerUnaryReactor* GetFile(grpc::CallbackServerContext* context,
-                                    const v1::GetFileRequest* request,
-                                    v1::File* response) override;
+                                    const v1::GetFileRequest* request, v1::File* response) override;
   grpc::ServerUnaryReactor* ListFiles(grpc::CallbackServerContext* context,
                                       const v1::ListFilesRequest* request,
                                       v1::ListFilesResponse* response) override;
@@ -83,10 +82,6 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
                                       v1::SplitFileResponse* response) override;
 
  private:
-  // Runs `work` on the executor and finishes the unary call with its status.
-  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
-                                     std::function<absl::Status(const rpc::Principal&)> work);
-
   const rpc::Authenticator& auth_;
   FileRegistry* registry_;
   rpc::Executor* executor_;
@@ -97,9 +92,8 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
 class ShardServiceImpl final : public internal::v1::ShardService::CallbackService {
  public:
   // `batch_tokens`: about how many tokens one streamed message carries.
-  ShardServiceImpl(const rpc::Authenticator* auth, FileRegistry* registry,
-                   rpc::Executor* executor, TokenizerProvider* tokenizers,
-                   int64_t batch_tokens = 1 << 18)
+  ShardServiceImpl(const rpc::Authenticator* auth, FileRegistry* registry, rpc::Executor* executor,
+                   TokenizerProvider* tokenizers, int64_t batch_tokens = 1 << 18)
       : auth_(*auth),
         registry_(registry),
         executor_(executor),

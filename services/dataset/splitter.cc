@@ -4,36 +4,12 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/random.h"
 #include "common/base/status_macros.h"
 #include "services/dataset/analyzer.h"
 
 namespace tunefleet::dataset {
 namespace {
-
-// SplitMix64: a tiny generator whose output is fully specified (unlike
-// std::shuffle over std:: distributions, which differ between libraries).
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, n) without modulo bias.
-  uint64_t Below(uint64_t n) {
-    uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t x;
-    do {
-      x = Next();
-    } while (x >= limit);
-    return x % n;
-  }
-
- private:
-  uint64_t state_;
-};
 
 std::string Stem(const std::string& filename) {
   size_t dot = filename.rfind('.');
