@@ -160,6 +160,8 @@ void Server::Shutdown() {
   spdlog::info("{} draining (up to {})", options_.service_name,
                absl::FormatDuration(options_.drain_timeout));
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.drain_timeout));
+  // civetweb (under the Prometheus exposer) notices its stop flag only
+  // between 2-second polls, so this can take up to 2 s.
   exposer_.reset();
   spdlog::info("{} stopped", options_.service_name);
 }
