@@ -36,6 +36,11 @@ ABSL_FLAG(int64_t, max_position, 4096, "init-tiny: max_position_embeddings");
 ABSL_FLAG(bool, long_context, false, "init-tiny: 128k-style longrope config");
 ABSL_FLAG(std::string, dtype, "float32", "init-tiny: float32, bfloat16 or float16");
 ABSL_FLAG(int64_t, original_max_position, 4096, "init-tiny: with --long_context, the pre-extension context");
+ABSL_FLAG(std::string, tokenizer, "auto",
+          "init-tiny: write Phi-3 tokenizer.json/tokenizer_config.json: yes, no, or auto (when the LLaMA-2 "
+          "vocabulary is installed)");
+ABSL_FLAG(std::string, llama_vocab, "",
+          "init-tiny: llama-tokenizer-js vocabulary source (default: the text library's)");
 ABSL_FLAG(std::string, ids, "", "logits: comma-separated token ids");
 ABSL_FLAG(std::string, adapter, "", "logits: a PEFT adapter directory to apply");
 ABSL_FLAG(uint64_t, max_shard_bytes, 5'000'000'000ull, "init-tiny: shard the weights above this size");
@@ -61,10 +66,27 @@ int InitTiny() {
     std::fprintf(stderr, "init-tiny: --out is required\n");
     return 2;
   }
+  const std::string tokenizer = absl::GetFlag(FLAGS_tokenizer);
+  if (tokenizer != "yes" && tokenizer != "no" && tokenizer != "auto") {
+    std::fprintf(stderr, "init-tiny: --tokenizer must be yes, no or auto\n");
+    return 2;
+  }
   absl::Status s = tunefleet::model::WriteTinyPhi3(out, o);
+  if (s.ok() && tokenizer != "no") {
 #ifdef TUNEFLEET_HAVE_PHI3_TOKENIZER_FILES
-  if (s.ok()) s = tunefleet::text::WritePhi3TokenizerFiles(out);
+    const std::string vocab = absl::GetFlag(FLAGS_llama_vocab);
+    s = vocab.empty() ? tunefleet::text::WritePhi3TokenizerFiles(out)
+                      : tunefleet::text::WritePhi3TokenizerFiles(vocab, out);
+    if (!s.ok() && tokenizer == "auto" && absl::IsFailedPrecondition(s)) {
+      std::fprintf(stderr, "init-tiny: no tokenizer files (%s)\n", s.ToString().c_str());
+      s = absl::OkStatus();
+    }
+#else
+    if (tokenizer == "yes") {
+      s = absl::FailedPreconditionError("this build has no text library to write tokenizer files");
+    }
 #endif
+  }
   if (!s.ok()) {
     std::fprintf(stderr, "init-tiny: %s\n", s.ToString().c_str());
     return 1;
