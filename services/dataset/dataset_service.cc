@@ -28,9 +28,11 @@ google::protobuf::Timestamp ToTimestamp(absl::Time t) {
 // memory stays at one chunk per upload whatever the file size.
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest> {
  public:
-  UploadReactor(const rpc::Principal& caller, FileRegistry* registry, rpc::Executor* executor,
-                FileProcessor* processor, v1::File* response)
-      : caller_(caller),
+  UploadReactor(grpc::CallbackServerContext* context, const rpc::Principal& caller,
+                FileRegistry* registry, rpc::Executor* executor, FileProcessor* processor,
+                v1::File* response)
+      : context_(context),
+        caller_(caller),
         registry_(registry),
         executor_(executor),
         processor_(processor),
@@ -40,14 +42,23 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      // The client finished sending (or went away: then OnDone follows and
-      // the upload is discarded).
+      // The client half-closed (WritesDone) or the call was cancelled (the
+      // client went away or its deadline passed). Only a half-close commits:
+      // a cancelled upload is discarded with its Upload.
+      if (context_->IsCancelled()) {
+        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the upload was cancelled"));
+        return;
+      }
       if (upload_ == nullptr) {
         Finish(rpc::ToGrpcStatus(
             absl::InvalidArgumentError("the stream ended before the first message with metadata")));
         return;
       }
       executor_->Submit([this] {
+        if (context_->IsCancelled()) {
+          Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the upload was cancelled"));
+          return;
+        }
         absl::StatusOr<FileRecord> record = upload_->Commit();
         if (record.ok()) {
           ToProto(*record, response_);
@@ -98,6 +109,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
     return upload_->Append(request_.chunk());
   }
 
+  grpc::CallbackServerContext* const context_;
   const rpc::Principal caller_;
   FileRegistry* registry_;
   rpc::Executor* executor_;
@@ -266,7 +278,7 @@ grpc::ServerReadReactor<v1::UploadFileRequest>* DatasetServiceImpl::UploadFile(
     grpc::CallbackServerContext* context, v1::File* response) {
   absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateTenant(*context);
   if (!caller.ok()) return new rpc::RejectedReadReactor<v1::UploadFileRequest>(caller.status());
-  return new UploadReactor(*caller, registry_, executor_, processor_, response);
+  return new UploadReactor(context, *caller, registry_, executor_, processor_, response);
 }
 
 grpc::ServerUnaryReactor* DatasetServiceImpl::GetFile(grpc::CallbackServerContext* context,

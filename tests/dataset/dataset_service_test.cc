@@ -307,6 +307,28 @@ TEST_F(DatasetServiceTest, UploadErrorsNameTheProblem) {
   EXPECT_EQ(FilesOnDisk(), 0u);
 }
 
+TEST_F(DatasetServiceTest, ACancelledUploadLeavesNoFile) {
+  {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, a_.key, absl::Seconds(30));
+    v1::File file;
+    auto writer = stub_->UploadFile(&ctx, &file);
+    v1::UploadFileRequest req;
+    req.mutable_metadata()->set_filename("t.jsonl");
+    req.mutable_metadata()->set_purpose(v1::FILE_PURPOSE_FINE_TUNE);
+    ASSERT_TRUE(writer->Write(req));
+    req.set_chunk(Lines(100));
+    ASSERT_TRUE(writer->Write(req));
+    ctx.TryCancel();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // Shutting down waits for every call, the cancelled one included.
+  server_->Shutdown();
+  TF_ASSERT_OK_AND_ASSIGN(FilePage page, registry_->List("tenant-a", 10, "", Purpose::kUnspecified));
+  EXPECT_TRUE(page.files.empty());
+  EXPECT_EQ(FilesOnDisk(), 0u);
+}
+
 TEST_F(DatasetServiceTest, QuotaIsPerTenant) {
   std::string mib((1 << 20) - 10, 'x');
   for (int i = 0; i < 3; ++i) ASSERT_THAT(Upload(a_.key, mib), IsOk());
