@@ -247,6 +247,10 @@ struct Tokenizer::Impl {
   std::array<std::vector<size_t>, 256> added_by_first_byte;  // longest first
   int32_t vocab_size = 0;
   std::string bos_token, eos_token;
+  // No token has a ▁ after another character, so no merge crosses the start
+  // of a ▁ run: a sentencepiece-style text can be merged word by word, which
+  // gives the same ids as merging it whole and keeps the merge queues short.
+  bool split_before_spm_space = false;
 
   absl::Status Load(const json& root, const JsonReader& r);
   absl::Status LoadModel(const json& m, const JsonReader& r);
@@ -323,6 +327,14 @@ absl::Status Tokenizer::Impl::LoadModel(const json& m, const JsonReader& r) {
     auto it = vocab.find(unk);
     if (it == vocab.end()) return r.Error("model.unk_token", absl::StrCat("\"", unk, "\" is not in model.vocab"));
     unk_id = it->second;
+  }
+  split_before_spm_space = true;
+  for (const std::string& token_string : id_to_token) {
+    const absl::string_view token(token_string);
+    for (size_t pos = token.find(kSpmSpace, 1); pos != absl::string_view::npos; pos = token.find(kSpmSpace, pos + 1)) {
+      if (!absl::EndsWith(token.substr(0, pos), kSpmSpace)) split_before_spm_space = false;
+    }
+    if (!split_before_spm_space) break;
   }
   for (int b = 0; b < 256; ++b) {
     auto it = vocab.find(absl::StrFormat("<0x%02X>", b));
@@ -987,7 +999,19 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view raw, bool add_special_t
     }
     const absl::string_view span = absl::string_view(text).substr(piece.begin, piece.end - piece.begin);
     for (const std::string& word : impl.PreTokenize(impl.Normalize(span), piece.begin == 0)) {
-      impl.Bpe(word, &ids);
+      if (!impl.split_before_spm_space) {
+        impl.Bpe(word, &ids);
+        continue;
+      }
+      const absl::string_view w(word);
+      size_t start = 0;
+      for (size_t pos = w.find(kSpmSpace, 1); pos != absl::string_view::npos; pos = w.find(kSpmSpace, pos + 1)) {
+        if (!absl::EndsWith(w.substr(0, pos), kSpmSpace)) {
+          impl.Bpe(w.substr(start, pos - start), &ids);
+          start = pos;
+        }
+      }
+      impl.Bpe(w.substr(start), &ids);
     }
   }
   if (!add_special_tokens || impl.single_template.empty()) return ids;

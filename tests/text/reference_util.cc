@@ -90,4 +90,29 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReferenceEncode(const std::str
   return ids;
 }
 
+absl::StatusOr<std::vector<std::string>> ReferenceRender(
+    const std::string& model, const std::vector<std::vector<std::pair<std::string, std::string>>>& conversations,
+    bool add_generation_prompt, const std::string& work_dir) {
+  nlohmann::json input;
+  input["add_generation_prompt"] = add_generation_prompt;
+  input["conversations"] = nlohmann::json::array();
+  for (const auto& conv : conversations) {
+    nlohmann::json messages = nlohmann::json::array();
+    for (const auto& [role, content] : conv) messages.push_back({{"role", role}, {"content", content}});
+    input["conversations"].push_back(messages);
+  }
+  const std::string path = work_dir + "/conversations.json";
+  {
+    std::ofstream out(path);
+    out << input.dump();
+  }
+  auto out = RunNode("render.mjs", {model, path});
+  if (!out.ok()) return out.status();
+  nlohmann::json result = nlohmann::json::parse(*out, nullptr, false);
+  if (result.is_discarded() || !result.contains("texts")) {
+    return absl::InternalError(absl::StrCat("render.mjs printed no JSON: ", *out));
+  }
+  return result["texts"].get<std::vector<std::string>>();
+}
+
 }  // namespace tunefleet::text::testing

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -25,5 +26,11 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReferenceEncode(const std::str
                                                                   const std::vector<std::string>& texts,
                                                                   bool add_special_tokens,
                                                                   const std::string& work_dir);
+
+// Each conversation (role, content pairs) rendered by the model's official
+// Jinja chat_template under @huggingface/jinja (see render.mjs).
+absl::StatusOr<std::vector<std::string>> ReferenceRender(
+    const std::string& model, const std::vector<std::vector<std::pair<std::string, std::string>>>& conversations,
+    bool add_generation_prompt, const std::string& work_dir);
 
 }  // namespace tunefleet::text::testing

