@@ -1,9 +1,9 @@
 #include "common/text/chat_template.h"
 
+#include <algorithm>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -83,8 +83,8 @@ class SegmentWriter {
 bool Trains(const ChatMessage& m) { return !m.weight.has_value() || *m.weight != 0; }
 
 absl::Status BadRole(size_t i, const std::string& role, absl::string_view family) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("messages[", i, "].role: \"", role, "\" is not rendered by the ", family, " chat template"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "messages[", i, "].role: \"", role, "\" is not rendered by the ", family, " chat template"));
 }
 
 }  // namespace
@@ -118,13 +118,18 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromJinja(const std::string& t, std::
   } else if (absl::StrContains(t, "<|assistant|>") && absl::StrContains(t, "<|end|>")) {
     format = ChatFormat::kPhi3;
   }
-  if (!format) return absl::UnimplementedError("chat_template: not a Phi-3, Llama-3, ChatML or Qwen3 template");
+  if (!format)
+    return absl::UnimplementedError(
+        "chat_template: not a Phi-3, Llama-3, ChatML or Qwen3 template");
   ChatTemplate tmpl(*format, std::move(bos_token), std::move(eos_token));
-  tmpl.skip_empty_system_ = absl::StrContains(t, "message['role'] == 'system' and message['content']");
-  tmpl.always_generation_prompt_ = *format == ChatFormat::kLlama3 && !absl::StrContains(t, "add_generation_prompt");
+  tmpl.skip_empty_system_ =
+      absl::StrContains(t, "message['role'] == 'system' and message['content']");
+  tmpl.always_generation_prompt_ =
+      *format == ChatFormat::kLlama3 && !absl::StrContains(t, "add_generation_prompt");
   for (const char* system : {"You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
                              "You are a helpful assistant."}) {
-    if (*format == ChatFormat::kChatML && absl::StrContains(t, absl::StrCat("<|im_start|>system\\n", system))) {
+    if (*format == ChatFormat::kChatML &&
+        absl::StrContains(t, absl::StrCat("<|im_start|>system\\n", system))) {
       tmpl.default_system_ = system;
       break;
     }
@@ -145,25 +150,27 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromModelDirectory(const std::string&
       text = ct.get<std::string>();
     } else if (ct.is_array()) {
       for (const json& named : ct) {
-        if (named.is_object() && named.value("name", "") == "default" && named.contains("template") &&
-            named["template"].is_string()) {
+        if (named.is_object() && named.value("name", "") == "default" &&
+            named.contains("template") && named["template"].is_string()) {
           text = named["template"].get<std::string>();
         }
       }
     }
     absl::StatusOr<ChatTemplate> t = FromJinja(text, bos, eos);
     if (t.ok()) return t;
-    return absl::UnimplementedError(absl::StrCat(tc_path, ": chat_template: ", t.status().message()));
+    return absl::UnimplementedError(
+        absl::StrCat(tc_path, ": chat_template: ", t.status().message()));
   }
   TF_ASSIGN_OR_RETURN(json config, ReadJson(config_path, &config_exists));
   const std::string model_type = config_exists ? config.value("model_type", "") : "";
   if (model_type == "phi3") return ChatTemplate(ChatFormat::kPhi3, bos, eos);
   if (model_type == "qwen3") return ChatTemplate(ChatFormat::kQwen3, bos, eos);
   if (model_type == "qwen2") return ChatTemplate(ChatFormat::kChatML, bos, eos);
-  if (model_type == "llama" && bos == "<|begin_of_text|>") return ChatTemplate(ChatFormat::kLlama3, bos, eos);
-  return absl::UnimplementedError(absl::StrCat("no supported chat template: ", tc_path, " has no chat_template and ",
-                                               config_path, " model_type \"", model_type,
-                                               "\" is not phi3, qwen2, qwen3 or a Llama-3 llama"));
+  if (model_type == "llama" && bos == "<|begin_of_text|>")
+    return ChatTemplate(ChatFormat::kLlama3, bos, eos);
+  return absl::UnimplementedError(absl::StrCat(
+      "no supported chat template: ", tc_path, " has no chat_template and ", config_path,
+      " model_type \"", model_type, "\" is not phi3, qwen2, qwen3 or a Llama-3 llama"));
 }
 
 std::string ChatTemplate::EndOfTurn() const {
@@ -181,14 +188,15 @@ std::string ChatTemplate::EndOfTurn() const {
 
 absl::StatusOr<std::string> ChatTemplate::Render(absl::Span<const ChatMessage> messages,
                                                  bool add_generation_prompt) const {
-  TF_ASSIGN_OR_RETURN(std::vector<ChatSegment> segments, RenderSegments(messages, add_generation_prompt));
+  TF_ASSIGN_OR_RETURN(std::vector<ChatSegment> segments,
+                      RenderSegments(messages, add_generation_prompt));
   std::string out;
   for (const ChatSegment& s : segments) out += s.text;
   return out;
 }
 
-absl::StatusOr<std::vector<ChatSegment>> ChatTemplate::RenderSegments(absl::Span<const ChatMessage> messages,
-                                                                      bool add_generation_prompt) const {
+absl::StatusOr<std::vector<ChatSegment>> ChatTemplate::RenderSegments(
+    absl::Span<const ChatMessage> messages, bool add_generation_prompt) const {
   SegmentWriter w;
   switch (format_) {
     case ChatFormat::kPhi3: {
@@ -213,7 +221,8 @@ absl::StatusOr<std::vector<ChatSegment>> ChatTemplate::RenderSegments(absl::Span
     case ChatFormat::kLlama3: {
       for (size_t i = 0; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
-        w.Add(absl::StrCat(i == 0 ? bos_token_ : "", "<|start_header_id|>", m.role, "<|end_header_id|>\n\n"),
+        w.Add(absl::StrCat(i == 0 ? bos_token_ : "", "<|start_header_id|>", m.role,
+                           "<|end_header_id|>\n\n"),
               false);
         w.Add(absl::StrCat(Trim(m.content), "<|eot_id|>"), m.role == "assistant" && Trains(m));
       }
@@ -266,8 +275,8 @@ absl::StatusOr<std::vector<ChatSegment>> ChatTemplate::RenderSegments(absl::Span
           }
           const bool train = Trains(m);
           if (i > last_query && (i + 1 == n || !reasoning.empty())) {
-            const std::string think = absl::StrCat("<think>\n", StripChars(reasoning, '\n', true, true),
-                                                   "\n</think>\n\n");
+            const std::string think = absl::StrCat(
+                "<think>\n", StripChars(reasoning, '\n', true, true), "\n</think>\n\n");
             w.Add("<|im_start|>assistant\n", false);
             // An empty think block is the template's scaffolding; real
             // reasoning is the assistant's output.
@@ -299,9 +308,11 @@ int64_t TokenizedChat::trained_tokens() const {
   return n;
 }
 
-absl::StatusOr<TokenizedChat> TokenizeChat(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+absl::StatusOr<TokenizedChat> TokenizeChat(const Tokenizer& tokenizer,
+                                           const ChatTemplate& chat_template,
                                            absl::Span<const ChatMessage> messages) {
-  TF_ASSIGN_OR_RETURN(std::vector<ChatSegment> segments, chat_template.RenderSegments(messages, false));
+  TF_ASSIGN_OR_RETURN(std::vector<ChatSegment> segments,
+                      chat_template.RenderSegments(messages, false));
   std::string text;
   TokenizedChat out;
   for (const ChatSegment& s : segments) {
@@ -320,7 +331,8 @@ absl::StatusOr<TokenizedChat> TokenizeChat(const Tokenizer& tokenizer, const Cha
   for (const ChatSegment& s : segments) {
     offset += s.text.size();
     const std::vector<int32_t> prefix =
-        offset == text.size() ? full : tokenizer.Encode(absl::string_view(text).substr(0, offset), false);
+        offset == text.size() ? full
+                              : tokenizer.Encode(absl::string_view(text).substr(0, offset), false);
     size_t lcp = 0;
     while (lcp < prefix.size() && lcp < full.size() && prefix[lcp] == full[lcp]) ++lcp;
     boundary_token.push_back(lcp);
@@ -336,6 +348,28 @@ absl::StatusOr<TokenizedChat> TokenizeChat(const Tokenizer& tokenizer, const Cha
     begin = end;
   }
   return out;
+}
+
+absl::StatusOr<ChatTokenizer> ChatTokenizer::Load(const std::string& dir) {
+  TF_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromDirectory(dir));
+  TF_ASSIGN_OR_RETURN(ChatTemplate chat_template, ChatTemplate::FromModelDirectory(dir));
+  return ChatTokenizer(std::move(tokenizer), std::move(chat_template));
+}
+
+absl::StatusOr<std::vector<int32_t>> ChatTokenizer::EncodePrompt(
+    absl::Span<const ChatMessage> messages) const {
+  TF_ASSIGN_OR_RETURN(std::string prompt,
+                      chat_template_.Render(messages, /*add_generation_prompt=*/true));
+  return tokenizer_->Encode(prompt, /*add_special_tokens=*/false);
+}
+
+std::vector<int32_t> ChatTokenizer::StopIds() const {
+  std::vector<int32_t> ids;
+  for (const std::string& token : {chat_template_.EndOfTurn(), chat_template_.eos_token()}) {
+    const std::optional<int32_t> id = tokenizer_->TokenToId(token);
+    if (id && std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
+  }
+  return ids;
 }
 
 }  // namespace tunefleet::text

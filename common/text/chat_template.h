@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -52,8 +53,8 @@ class ChatTemplate {
   // naming the files when neither gives a supported family.
   static absl::StatusOr<ChatTemplate> FromModelDirectory(const std::string& dir);
   // The family of a Jinja chat_template text; UNIMPLEMENTED if unknown.
-  static absl::StatusOr<ChatTemplate> FromJinja(const std::string& chat_template, std::string bos_token,
-                                                std::string eos_token);
+  static absl::StatusOr<ChatTemplate> FromJinja(const std::string& chat_template,
+                                                std::string bos_token, std::string eos_token);
   explicit ChatTemplate(ChatFormat format, std::string bos_token = "", std::string eos_token = "");
 
   ChatFormat format() const { return format_; }
@@ -64,7 +65,8 @@ class ChatTemplate {
 
   // The prompt text. INVALID_ARGUMENT naming messages[i].role for a role the
   // family's template does not render.
-  absl::StatusOr<std::string> Render(absl::Span<const ChatMessage> messages, bool add_generation_prompt) const;
+  absl::StatusOr<std::string> Render(absl::Span<const ChatMessage> messages,
+                                     bool add_generation_prompt) const;
   // The same text in pieces: each assistant turn's content and end-of-turn
   // token are one trainable piece (unless its weight is 0).
   absl::StatusOr<std::vector<ChatSegment>> RenderSegments(absl::Span<const ChatMessage> messages,
@@ -87,7 +89,34 @@ struct TokenizedChat {
 // The rendered conversation (no generation prompt) as `tokenizer.Encode`
 // gives it for the whole text, with add_special_tokens=false as
 // apply_chat_template does (templates write their own BOS), and its loss mask.
-absl::StatusOr<TokenizedChat> TokenizeChat(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+absl::StatusOr<TokenizedChat> TokenizeChat(const Tokenizer& tokenizer,
+                                           const ChatTemplate& chat_template,
                                            absl::Span<const ChatMessage> messages);
+
+// A model directory's tokenizer and chat template together: what the
+// dataset service counts and tokenizes with and the serving engine prompts
+// with. Thread-safe (immutable).
+class ChatTokenizer {
+ public:
+  // Tokenizer::FromDirectory and ChatTemplate::FromModelDirectory.
+  static absl::StatusOr<ChatTokenizer> Load(const std::string& dir);
+  ChatTokenizer(std::shared_ptr<const Tokenizer> tokenizer, ChatTemplate chat_template)
+      : tokenizer_(std::move(tokenizer)), chat_template_(std::move(chat_template)) {}
+
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const ChatTemplate& chat_template() const { return chat_template_; }
+  // A training example: ids and loss mask (TokenizeChat).
+  absl::StatusOr<TokenizedChat> Tokenize(absl::Span<const ChatMessage> messages) const {
+    return TokenizeChat(*tokenizer_, chat_template_, messages);
+  }
+  // The ids of a prompt that asks for the next assistant turn.
+  absl::StatusOr<std::vector<int32_t>> EncodePrompt(absl::Span<const ChatMessage> messages) const;
+  // The end-of-turn and eos token ids generation stops at.
+  std::vector<int32_t> StopIds() const;
+
+ private:
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  ChatTemplate chat_template_;
+};
 
 }  // namespace tunefleet::text

@@ -5,10 +5,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -18,9 +17,12 @@
 namespace tunefleet::text {
 
 const char kPhi3ChatTemplate[] =
-    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
-    "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif "
-    "message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor "
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + "
+    "message['content'] + "
+    "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + "
+    "'<|end|>\n'}}{% elif "
+    "message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% "
+    "endif %}{% endfor "
     "%}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}";
 
 namespace {
@@ -37,10 +39,12 @@ struct Phi3Added {
 // Phi-3's added tokens: the role markers and <|end|> swallow the whitespace
 // after them (rstrip), as in microsoft/Phi-3-mini-4k-instruct.
 constexpr Phi3Added kPhi3Added[] = {
-    {32000, "<|endoftext|>", false}, {32001, "<|assistant|>", true},    {32002, "<|placeholder1|>", true},
-    {32003, "<|placeholder2|>", true}, {32004, "<|placeholder3|>", true}, {32005, "<|placeholder4|>", true},
-    {32006, "<|system|>", true},      {32007, "<|end|>", true},          {32008, "<|placeholder5|>", true},
-    {32009, "<|placeholder6|>", true}, {32010, "<|user|>", true},
+    {32000, "<|endoftext|>", false},   {32001, "<|assistant|>", true},
+    {32002, "<|placeholder1|>", true}, {32003, "<|placeholder2|>", true},
+    {32004, "<|placeholder3|>", true}, {32005, "<|placeholder4|>", true},
+    {32006, "<|system|>", true},       {32007, "<|end|>", true},
+    {32008, "<|placeholder5|>", true}, {32009, "<|placeholder6|>", true},
+    {32010, "<|user|>", true},
 };
 
 bool IsDirectory(const std::string& path) {
@@ -49,15 +53,18 @@ bool IsDirectory(const std::string& path) {
 }
 
 // The base64 string literal `const NAME = "...";` of llama-tokenizer.js.
-absl::StatusOr<std::string> Base64Literal(const std::string& js, const std::string& path, const std::string& name) {
+absl::StatusOr<std::string> Base64Literal(const std::string& js, const std::string& path,
+                                          const std::string& name) {
   const std::string marker = absl::StrCat("const ", name, " = \"");
   const size_t start = js.find(marker);
   if (start == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": no `", name, "` string: not llama-tokenizer-js"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": no `", name, "` string: not llama-tokenizer-js"));
   }
   const size_t begin = start + marker.size();
   const size_t end = js.find('"', begin);
-  if (end == std::string::npos) return absl::InvalidArgumentError(absl::StrCat(path, ": unterminated ", name));
+  if (end == std::string::npos)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": unterminated ", name));
   std::string decoded;
   if (!absl::Base64Unescape(absl::string_view(js).substr(begin, end - begin), &decoded)) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, " is not valid base64"));
@@ -96,7 +103,8 @@ ojson AddedTokenJson(int id, const std::string& content, bool rstrip) {
 }  // namespace
 
 std::string DefaultLlamaVocabSource() {
-  if (const char* env = std::getenv("TUNEFLEET_LLAMA_VOCAB"); env != nullptr && *env != '\0') return env;
+  if (const char* env = std::getenv("TUNEFLEET_LLAMA_VOCAB"); env != nullptr && *env != '\0')
+    return env;
   return TUNEFLEET_DEFAULT_LLAMA_VOCAB;
 }
 
@@ -109,10 +117,10 @@ absl::Status WritePhi3TokenizerFiles(const std::string& vocab_source, const std:
       IsDirectory(vocab_source) ? vocab_source + "/llama-tokenizer.js" : vocab_source;
   std::ifstream in(js_path, std::ios::binary);
   if (!in) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("LLaMA-2 vocabulary source ", js_path,
-                     " not found: install llama-tokenizer-js with scripts/install-deps (npm-references) or set "
-                     "TUNEFLEET_LLAMA_VOCAB to its llama-tokenizer.js"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "LLaMA-2 vocabulary source ", js_path,
+        " not found: install llama-tokenizer-js with scripts/install-deps (npm-references) or set "
+        "TUNEFLEET_LLAMA_VOCAB to its llama-tokenizer.js"));
   }
   std::stringstream ss;
   ss << in.rdbuf();
@@ -120,19 +128,24 @@ absl::Status WritePhi3TokenizerFiles(const std::string& vocab_source, const std:
   TF_ASSIGN_OR_RETURN(std::string vocab_text, Base64Literal(js, js_path, "llama_vocab_base64"));
   TF_ASSIGN_OR_RETURN(std::string merges_bin, Base64Literal(js, js_path, "llama_merges_binary"));
   const std::vector<std::string> tokens = absl::StrSplit(vocab_text, '\n');
-  if (tokens.size() != kLlamaVocabSize || tokens[0] != "<unk>" || tokens[1] != "<s>" || tokens[2] != "</s>") {
-    return absl::InvalidArgumentError(absl::StrCat(js_path, ": llama_vocab_base64 has ", tokens.size(),
-                                                   " tokens; expected the 32000-token LLaMA vocabulary"));
+  if (tokens.size() != kLlamaVocabSize || tokens[0] != "<unk>" || tokens[1] != "<s>" ||
+      tokens[2] != "</s>") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(js_path, ": llama_vocab_base64 has ", tokens.size(),
+                     " tokens; expected the 32000-token LLaMA vocabulary"));
   }
   if (merges_bin.size() % 4 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(js_path, ": llama_merges_binary is not pairs of uint16"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(js_path, ": llama_merges_binary is not pairs of uint16"));
   }
-  if (!IsDirectory(out_dir)) return absl::FailedPreconditionError(absl::StrCat(out_dir, ": not a directory"));
+  if (!IsDirectory(out_dir))
+    return absl::FailedPreconditionError(absl::StrCat(out_dir, ": not a directory"));
 
   ojson vocab = ojson::object();
   for (int id = 0; id < kLlamaVocabSize; ++id) vocab[tokens[id]] = id;
   if (vocab.size() != kLlamaVocabSize) {
-    return absl::InvalidArgumentError(absl::StrCat(js_path, ": duplicate tokens in llama_vocab_base64"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(js_path, ": duplicate tokens in llama_vocab_base64"));
   }
   ojson merges = ojson::array();
   auto u16 = [&](size_t at) {
@@ -142,7 +155,8 @@ absl::Status WritePhi3TokenizerFiles(const std::string& vocab_source, const std:
   for (size_t at = 0; at < merges_bin.size(); at += 4) {
     const int a = u16(at), b = u16(at + 2);
     if (a >= kLlamaVocabSize || b >= kLlamaVocabSize || !vocab.contains(tokens[a] + tokens[b])) {
-      return absl::InvalidArgumentError(absl::StrCat(js_path, ": merge #", at / 4, " is not in the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(js_path, ": merge #", at / 4, " is not in the vocabulary"));
     }
     merges.push_back(absl::StrCat(tokens[a], " ", tokens[b]));
   }
@@ -159,10 +173,11 @@ absl::Status WritePhi3TokenizerFiles(const std::string& vocab_source, const std:
   tok["truncation"] = nullptr;
   tok["padding"] = nullptr;
   tok["added_tokens"] = added;
-  tok["normalizer"] = {{"type", "Sequence"},
-                       {"normalizers",
-                        {{{"type", "Prepend"}, {"prepend", spm_space}},
-                         {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", spm_space}}}}};
+  tok["normalizer"] = {
+      {"type", "Sequence"},
+      {"normalizers",
+       {{{"type", "Prepend"}, {"prepend", spm_space}},
+        {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", spm_space}}}}};
   tok["pre_tokenizer"] = nullptr;
   // As in the Llama-2 and Phi-3 files: BOS here, and tokenizer_config's
   // add_bos_token=false turns it off for Phi-3 in transformers (and in

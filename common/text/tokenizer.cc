@@ -3,11 +3,10 @@
 #include <algorithm>
 #include <array>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <queue>
 #include <sstream>
 #include <utility>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -43,18 +42,21 @@ class JsonReader {
     if (!j.is_string()) return Error(path, "expected a string");
     return j.get<std::string>();
   }
-  absl::StatusOr<std::string> StringField(const json& obj, const std::string& path, const char* key) const {
+  absl::StatusOr<std::string> StringField(const json& obj, const std::string& path,
+                                          const char* key) const {
     auto it = obj.find(key);
     if (it == obj.end()) return Error(path, absl::StrCat("missing field \"", key, "\""));
     return String(*it, absl::StrCat(path, ".", key));
   }
-  absl::StatusOr<bool> BoolField(const json& obj, const std::string& path, const char* key, bool dflt) const {
+  absl::StatusOr<bool> BoolField(const json& obj, const std::string& path, const char* key,
+                                 bool dflt) const {
     auto it = obj.find(key);
     if (it == obj.end() || it->is_null()) return dflt;
     if (!it->is_boolean()) return Error(absl::StrCat(path, ".", key), "expected a boolean");
     return it->get<bool>();
   }
-  absl::StatusOr<int64_t> IntField(const json& obj, const std::string& path, const char* key) const {
+  absl::StatusOr<int64_t> IntField(const json& obj, const std::string& path,
+                                   const char* key) const {
     auto it = obj.find(key);
     if (it == obj.end()) return Error(path, absl::StrCat("missing field \"", key, "\""));
     if (!it->is_number_integer()) return Error(absl::StrCat(path, ".", key), "expected an integer");
@@ -85,7 +87,8 @@ struct ByteLevelAlphabet {
   ByteLevelAlphabet() {
     int n = 0;
     for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      const bool printable =
+          (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       const char32_t cp = printable ? static_cast<char32_t>(b) : static_cast<char32_t>(256 + n++);
       AppendUtf8(cp, &byte_to_char[b]);
       char_to_byte[cp] = static_cast<uint8_t>(b);
@@ -102,9 +105,10 @@ const ByteLevelAlphabet& Alphabet() {
 // The pre-tokenizer regexes, matched by hand (see SplitPattern).
 
 enum class SplitPattern {
-  kGpt2,     // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-  kCl100k,   // Llama-3: (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-  kQwen,     // as kCl100k with \p{N} (one digit)
+  kGpt2,    // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+  kCl100k,  // Llama-3: (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+            // ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+  kQwen,    // as kCl100k with \p{N} (one digit)
 };
 
 constexpr absl::string_view kGpt2Regex =
@@ -122,7 +126,9 @@ size_t MatchAt(const std::vector<char32_t>& cps, size_t i, SplitPattern p) {
   auto letter = [&](size_t k) { return k < n && IsLetter(cps[k]); };
   auto number = [&](size_t k) { return k < n && IsNumber(cps[k]); };
   auto space = [&](size_t k) { return k < n && IsWhiteSpace(cps[k]); };
-  auto other = [&](size_t k) { return k < n && !IsWhiteSpace(cps[k]) && !IsLetter(cps[k]) && !IsNumber(cps[k]); };
+  auto other = [&](size_t k) {
+    return k < n && !IsWhiteSpace(cps[k]) && !IsLetter(cps[k]) && !IsNumber(cps[k]);
+  };
   const bool icase = p != SplitPattern::kGpt2;
   const char32_t c = cps[i];
 
@@ -208,7 +214,9 @@ struct TemplatePiece {
   std::vector<int32_t> ids;  // special tokens
 };
 
-uint64_t PairKey(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
+uint64_t PairKey(int32_t a, int32_t b) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+}
 
 struct Piece {
   bool added = false;
@@ -270,12 +278,15 @@ struct Tokenizer::Impl {
 
 absl::Status Tokenizer::Impl::LoadModel(const json& m, const JsonReader& r) {
   TF_ASSIGN_OR_RETURN(std::string type, r.Type(m, "model"));
-  if (type != "BPE") return r.Unsupported("model.type", absl::StrCat("model type \"", type, "\" (only BPE)"));
-  if (m.contains("dropout") && !m["dropout"].is_null() && !(m["dropout"].is_number() && m["dropout"].get<double>() == 0)) {
+  if (type != "BPE")
+    return r.Unsupported("model.type", absl::StrCat("model type \"", type, "\" (only BPE)"));
+  if (m.contains("dropout") && !m["dropout"].is_null() &&
+      !(m["dropout"].is_number() && m["dropout"].get<double>() == 0)) {
     return r.Unsupported("model.dropout", "BPE dropout");
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    if (m.contains(key) && !m[key].is_null() && !(m[key].is_string() && m[key].get<std::string>().empty())) {
+    if (m.contains(key) && !m[key].is_null() &&
+        !(m[key].is_string() && m[key].get<std::string>().empty())) {
       return r.Unsupported(absl::StrCat("model.", key), "a non-empty value");
     }
   }
@@ -283,10 +294,12 @@ absl::Status Tokenizer::Impl::LoadModel(const json& m, const JsonReader& r) {
   TF_ASSIGN_OR_RETURN(fuse_unk, r.BoolField(m, "model", "fuse_unk", false));
   TF_ASSIGN_OR_RETURN(ignore_merges, r.BoolField(m, "model", "ignore_merges", false));
   auto vit = m.find("vocab");
-  if (vit == m.end() || !vit->is_object()) return r.Error("model.vocab", "expected an object of token: id");
+  if (vit == m.end() || !vit->is_object())
+    return r.Error("model.vocab", "expected an object of token: id");
   vocab.reserve(vit->size());
   for (auto it = vit->begin(); it != vit->end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > (1 << 30)) {
+    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
+        it.value().get<int64_t>() > (1 << 30)) {
       return r.Error(absl::StrCat("model.vocab[\"", it.key(), "\"]"), "expected a non-negative id");
     }
     const int32_t id = static_cast<int32_t>(it.value().get<int64_t>());
@@ -309,7 +322,8 @@ absl::Status Tokenizer::Impl::LoadModel(const json& m, const JsonReader& r) {
       }
       a = s.substr(0, sp);
       b = s.substr(sp + 1);
-    } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
+    } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() &&
+               merge[1].is_string()) {
       a = merge[0].get<std::string>();
       b = merge[1].get<std::string>();
     } else {
@@ -317,7 +331,8 @@ absl::Status Tokenizer::Impl::LoadModel(const json& m, const JsonReader& r) {
     }
     auto ia = vocab.find(a), ib = vocab.find(b), im = vocab.find(a + b);
     if (ia == vocab.end() || ib == vocab.end() || im == vocab.end()) {
-      return r.Error(path, absl::StrCat("merge \"", a, " ", b, "\" uses a token missing from model.vocab"));
+      return r.Error(
+          path, absl::StrCat("merge \"", a, " ", b, "\" uses a token missing from model.vocab"));
     }
     merges.try_emplace(PairKey(ia->second, ib->second), Merge{rank, im->second});
     ++rank;
@@ -325,13 +340,15 @@ absl::Status Tokenizer::Impl::LoadModel(const json& m, const JsonReader& r) {
   if (m.contains("unk_token") && !m["unk_token"].is_null()) {
     TF_ASSIGN_OR_RETURN(std::string unk, r.String(m["unk_token"], "model.unk_token"));
     auto it = vocab.find(unk);
-    if (it == vocab.end()) return r.Error("model.unk_token", absl::StrCat("\"", unk, "\" is not in model.vocab"));
+    if (it == vocab.end())
+      return r.Error("model.unk_token", absl::StrCat("\"", unk, "\" is not in model.vocab"));
     unk_id = it->second;
   }
   split_before_spm_space = true;
   for (const std::string& token_string : id_to_token) {
     const absl::string_view token(token_string);
-    for (size_t pos = token.find(kSpmSpace, 1); pos != absl::string_view::npos; pos = token.find(kSpmSpace, pos + 1)) {
+    for (size_t pos = token.find(kSpmSpace, 1); pos != absl::string_view::npos;
+         pos = token.find(kSpmSpace, pos + 1)) {
       if (!absl::EndsWith(token.substr(0, pos), kSpmSpace)) split_before_spm_space = false;
     }
     if (!split_before_spm_space) break;
@@ -343,12 +360,14 @@ absl::Status Tokenizer::Impl::LoadModel(const json& m, const JsonReader& r) {
   return absl::OkStatus();
 }
 
-absl::Status Tokenizer::Impl::LoadNormalizer(const json& n, const std::string& path, const JsonReader& r) {
+absl::Status Tokenizer::Impl::LoadNormalizer(const json& n, const std::string& path,
+                                             const JsonReader& r) {
   if (n.is_null()) return absl::OkStatus();
   TF_ASSIGN_OR_RETURN(std::string type, r.Type(n, path));
   if (type == "Sequence") {
     auto it = n.find("normalizers");
-    if (it == n.end() || !it->is_array()) return r.Error(path + ".normalizers", "expected an array");
+    if (it == n.end() || !it->is_array())
+      return r.Error(path + ".normalizers", "expected an array");
     for (size_t i = 0; i < it->size(); ++i) {
       TF_RETURN_IF_ERROR(LoadNormalizer((*it)[i], absl::StrCat(path, ".normalizers[", i, "]"), r));
     }
@@ -368,21 +387,26 @@ absl::Status Tokenizer::Impl::LoadNormalizer(const json& n, const std::string& p
   return absl::OkStatus();
 }
 
-absl::Status Tokenizer::Impl::LoadPreTokenizer(const json& p, const std::string& path, const JsonReader& r) {
+absl::Status Tokenizer::Impl::LoadPreTokenizer(const json& p, const std::string& path,
+                                               const JsonReader& r) {
   if (p.is_null()) return absl::OkStatus();
   TF_ASSIGN_OR_RETURN(std::string type, r.Type(p, path));
   PreTokenizerStep step;
   if (type == "Sequence") {
     auto it = p.find("pretokenizers");
-    if (it == p.end() || !it->is_array()) return r.Error(path + ".pretokenizers", "expected an array");
+    if (it == p.end() || !it->is_array())
+      return r.Error(path + ".pretokenizers", "expected an array");
     for (size_t i = 0; i < it->size(); ++i) {
-      TF_RETURN_IF_ERROR(LoadPreTokenizer((*it)[i], absl::StrCat(path, ".pretokenizers[", i, "]"), r));
+      TF_RETURN_IF_ERROR(
+          LoadPreTokenizer((*it)[i], absl::StrCat(path, ".pretokenizers[", i, "]"), r));
     }
     return absl::OkStatus();
   } else if (type == "Split") {
     auto pit = p.find("pattern");
-    if (pit == p.end() || !pit->is_object() || !pit->contains("Regex") || !(*pit)["Regex"].is_string()) {
-      return r.Unsupported(path + ".pattern", "only the Regex patterns of GPT-2, Llama-3 and Qwen are supported");
+    if (pit == p.end() || !pit->is_object() || !pit->contains("Regex") ||
+        !(*pit)["Regex"].is_string()) {
+      return r.Unsupported(path + ".pattern",
+                           "only the Regex patterns of GPT-2, Llama-3 and Qwen are supported");
     }
     const std::string regex = (*pit)["Regex"].get<std::string>();
     if (regex == kGpt2Regex) {
@@ -396,7 +420,8 @@ absl::Status Tokenizer::Impl::LoadPreTokenizer(const json& p, const std::string&
     }
     TF_ASSIGN_OR_RETURN(std::string behavior, r.StringField(p, path, "behavior"));
     TF_ASSIGN_OR_RETURN(bool invert, r.BoolField(p, path, "invert", false));
-    if (behavior != "Isolated" || invert) return r.Unsupported(path + ".behavior", "only Isolated, not inverted");
+    if (behavior != "Isolated" || invert)
+      return r.Unsupported(path + ".behavior", "only Isolated, not inverted");
     step.kind = PreTokenizerStep::kSplit;
   } else if (type == "ByteLevel") {
     step.kind = PreTokenizerStep::kByteLevel;
@@ -408,7 +433,8 @@ absl::Status Tokenizer::Impl::LoadPreTokenizer(const json& p, const std::string&
     TF_ASSIGN_OR_RETURN(step.replacement, r.StringField(p, path, "replacement"));
     TF_ASSIGN_OR_RETURN(step.split, r.BoolField(p, path, "split", true));
     if (p.contains("prepend_scheme")) {
-      TF_ASSIGN_OR_RETURN(std::string scheme, r.String(p["prepend_scheme"], path + ".prepend_scheme"));
+      TF_ASSIGN_OR_RETURN(std::string scheme,
+                          r.String(p["prepend_scheme"], path + ".prepend_scheme"));
       if (scheme == "always") {
         step.prepend = PreTokenizerStep::kAlways;
       } else if (scheme == "first") {
@@ -429,7 +455,8 @@ absl::Status Tokenizer::Impl::LoadPreTokenizer(const json& p, const std::string&
   return absl::OkStatus();
 }
 
-absl::Status Tokenizer::Impl::LoadDecoder(const json& d, const std::string& path, const JsonReader& r) {
+absl::Status Tokenizer::Impl::LoadDecoder(const json& d, const std::string& path,
+                                          const JsonReader& r) {
   if (d.is_null()) return absl::OkStatus();
   has_decoder = true;
   TF_ASSIGN_OR_RETURN(std::string type, r.Type(d, path));
@@ -464,7 +491,8 @@ absl::Status Tokenizer::Impl::LoadDecoder(const json& d, const std::string& path
     step.kind = DecoderStep::kMetaspace;
     TF_ASSIGN_OR_RETURN(step.a, r.StringField(d, path, "replacement"));
     if (d.contains("prepend_scheme")) {
-      TF_ASSIGN_OR_RETURN(std::string scheme, r.String(d["prepend_scheme"], path + ".prepend_scheme"));
+      TF_ASSIGN_OR_RETURN(std::string scheme,
+                          r.String(d["prepend_scheme"], path + ".prepend_scheme"));
       step.prepend = scheme != "never";
     } else {
       TF_ASSIGN_OR_RETURN(step.prepend, r.BoolField(d, path, "add_prefix_space", true));
@@ -476,14 +504,16 @@ absl::Status Tokenizer::Impl::LoadDecoder(const json& d, const std::string& path
   return absl::OkStatus();
 }
 
-absl::Status Tokenizer::Impl::LoadPostProcessor(const json& p, const std::string& path, const JsonReader& r) {
+absl::Status Tokenizer::Impl::LoadPostProcessor(const json& p, const std::string& path,
+                                                const JsonReader& r) {
   if (p.is_null()) return absl::OkStatus();
   TF_ASSIGN_OR_RETURN(std::string type, r.Type(p, path));
   if (type == "Sequence") {
     auto it = p.find("processors");
     if (it == p.end() || !it->is_array()) return r.Error(path + ".processors", "expected an array");
     for (size_t i = 0; i < it->size(); ++i) {
-      TF_RETURN_IF_ERROR(LoadPostProcessor((*it)[i], absl::StrCat(path, ".processors[", i, "]"), r));
+      TF_RETURN_IF_ERROR(
+          LoadPostProcessor((*it)[i], absl::StrCat(path, ".processors[", i, "]"), r));
     }
   } else if (type == "ByteLevel") {
     // Only trims offsets; ids are unchanged.
@@ -491,7 +521,8 @@ absl::Status Tokenizer::Impl::LoadPostProcessor(const json& p, const std::string
     auto sit = p.find("single");
     if (sit == p.end() || !sit->is_array()) return r.Error(path + ".single", "expected an array");
     auto tit = p.find("special_tokens");
-    if (tit == p.end() || !tit->is_object()) return r.Error(path + ".special_tokens", "expected an object");
+    if (tit == p.end() || !tit->is_object())
+      return r.Error(path + ".special_tokens", "expected an object");
     single_template.clear();
     for (size_t i = 0; i < sit->size(); ++i) {
       const json& item = (*sit)[i];
@@ -499,19 +530,24 @@ absl::Status Tokenizer::Impl::LoadPostProcessor(const json& p, const std::string
       TemplatePiece piece;
       if (item.is_object() && item.contains("Sequence")) {
         piece.is_sequence = true;
-      } else if (item.is_object() && item.contains("SpecialToken") && item["SpecialToken"].is_object()) {
-        TF_ASSIGN_OR_RETURN(std::string name, r.StringField(item["SpecialToken"], ipath + ".SpecialToken", "id"));
+      } else if (item.is_object() && item.contains("SpecialToken") &&
+                 item["SpecialToken"].is_object()) {
+        TF_ASSIGN_OR_RETURN(std::string name,
+                            r.StringField(item["SpecialToken"], ipath + ".SpecialToken", "id"));
         auto st = tit->find(name);
         if (st == tit->end()) {
-          return r.Error(ipath, absl::StrCat("special token \"", name, "\" is not in ", path, ".special_tokens"));
+          return r.Error(ipath, absl::StrCat("special token \"", name, "\" is not in ", path,
+                                             ".special_tokens"));
         }
         auto ids = st->find("ids");
         if (ids == st->end() || !ids->is_array()) {
-          return r.Error(absl::StrCat(path, ".special_tokens[\"", name, "\"].ids"), "expected an array");
+          return r.Error(absl::StrCat(path, ".special_tokens[\"", name, "\"].ids"),
+                         "expected an array");
         }
         for (const json& id : *ids) {
           if (!id.is_number_integer()) {
-            return r.Error(absl::StrCat(path, ".special_tokens[\"", name, "\"].ids"), "expected integers");
+            return r.Error(absl::StrCat(path, ".special_tokens[\"", name, "\"].ids"),
+                           "expected integers");
           }
           piece.ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
         }
@@ -565,8 +601,9 @@ absl::Status Tokenizer::Impl::Load(const json& root, const JsonReader& r) {
     added_by_first_byte[static_cast<unsigned char>(added[i].content[0])].push_back(i);
   }
   for (auto& list : added_by_first_byte) {
-    std::stable_sort(list.begin(), list.end(),
-                     [&](size_t a, size_t b) { return added[a].content.size() > added[b].content.size(); });
+    std::stable_sort(list.begin(), list.end(), [&](size_t a, size_t b) {
+      return added[a].content.size() > added[b].content.size();
+    });
   }
   return absl::OkStatus();
 }
@@ -655,7 +692,8 @@ std::string Tokenizer::Impl::Normalize(absl::string_view piece) const {
   return s;
 }
 
-std::vector<std::string> Tokenizer::Impl::PreTokenize(std::string normalized, bool at_text_start) const {
+std::vector<std::string> Tokenizer::Impl::PreTokenize(std::string normalized,
+                                                      bool at_text_start) const {
   std::vector<std::string> words;
   words.push_back(std::move(normalized));
   for (const PreTokenizerStep& step : pre_tokenizers) {
@@ -665,7 +703,8 @@ std::vector<std::string> Tokenizer::Impl::PreTokenize(std::string normalized, bo
       switch (step.kind) {
         case PreTokenizerStep::kSplit:
         case PreTokenizerStep::kByteLevel: {
-          if (step.kind == PreTokenizerStep::kByteLevel && step.add_prefix_space && !absl::StartsWith(w, " ")) {
+          if (step.kind == PreTokenizerStep::kByteLevel && step.add_prefix_space &&
+              !absl::StartsWith(w, " ")) {
             w.insert(0, " ");
           }
           std::vector<std::string> parts;
@@ -749,7 +788,8 @@ void Tokenizer::Impl::Bpe(absl::string_view word, std::vector<int32_t>* out) con
     symbols.push_back({id, idx - 1, idx + 1});
   };
   for (size_t pos = 0; pos < word.size();) {
-    const size_t len = std::min(Utf8SequenceLength(static_cast<unsigned char>(word[pos])), word.size() - pos);
+    const size_t len =
+        std::min(Utf8SequenceLength(static_cast<unsigned char>(word[pos])), word.size() - pos);
     const absl::string_view ch = word.substr(pos, len);
     pos += len;
     auto it = vocab.find(ch);
@@ -782,7 +822,9 @@ void Tokenizer::Impl::Bpe(absl::string_view word, std::vector<int32_t>* out) con
     int32_t rank;
     int32_t pos;
     int32_t left, right, merged;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> queue;
   auto consider = [&](int32_t pos) {
@@ -790,7 +832,8 @@ void Tokenizer::Impl::Bpe(absl::string_view word, std::vector<int32_t>* out) con
     const int32_t next = symbols[pos].next;
     if (next < 0) return;
     auto it = merges.find(PairKey(symbols[pos].id, symbols[next].id));
-    if (it != merges.end()) queue.push({it->second.rank, pos, symbols[pos].id, symbols[next].id, it->second.id});
+    if (it != merges.end())
+      queue.push({it->second.rank, pos, symbols[pos].id, symbols[next].id, it->second.id});
   };
   for (int32_t i = 0; i + 1 < static_cast<int32_t>(symbols.size()); ++i) consider(i);
   std::vector<bool> dead(symbols.size(), false);
@@ -862,11 +905,14 @@ std::vector<std::string> Tokenizer::Impl::DecodeChain(std::vector<std::string> t
       case DecoderStep::kStrip:
         for (std::string& t : tokens) {
           size_t begin = 0, end = t.size();
-          for (size_t k = 0; k < step.start && absl::StartsWith(absl::string_view(t).substr(begin), step.a); ++k) {
+          for (size_t k = 0;
+               k < step.start && absl::StartsWith(absl::string_view(t).substr(begin), step.a);
+               ++k) {
             begin += step.a.size();
           }
-          for (size_t k = 0; k < step.stop && end >= begin + step.a.size() &&
-                             absl::string_view(t).substr(end - step.a.size(), step.a.size()) == step.a;
+          for (size_t k = 0;
+               k < step.stop && end >= begin + step.a.size() &&
+               absl::string_view(t).substr(end - step.a.size(), step.a.size()) == step.a;
                ++k) {
             end -= step.a.size();
           }
@@ -908,7 +954,8 @@ std::vector<std::string> Tokenizer::Impl::DecodeChain(std::vector<std::string> t
 Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {}
 Tokenizer::~Tokenizer() = default;
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(absl::string_view text, const std::string& source) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(absl::string_view text,
+                                                               const std::string& source) {
   const JsonReader reader(source);
   json root = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded()) return reader.Error("$", "not valid JSON");
@@ -919,7 +966,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(absl::string_view
   } catch (const std::exception& e) {
     return reader.Error("$", e.what());
   }
-  if (!tok->impl_->bos_token.empty() && !tok->TokenToId(tok->impl_->bos_token)) tok->impl_->bos_token.clear();
+  if (!tok->impl_->bos_token.empty() && !tok->TokenToId(tok->impl_->bos_token))
+    tok->impl_->bos_token.clear();
   return tok;
 }
 
@@ -997,7 +1045,8 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view raw, bool add_special_t
       ids.push_back(piece.id);
       continue;
     }
-    const absl::string_view span = absl::string_view(text).substr(piece.begin, piece.end - piece.begin);
+    const absl::string_view span =
+        absl::string_view(text).substr(piece.begin, piece.end - piece.begin);
     for (const std::string& word : impl.PreTokenize(impl.Normalize(span), piece.begin == 0)) {
       if (!impl.split_before_spm_space) {
         impl.Bpe(word, &ids);
@@ -1005,7 +1054,8 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view raw, bool add_special_t
       }
       const absl::string_view w(word);
       size_t start = 0;
-      for (size_t pos = w.find(kSpmSpace, 1); pos != absl::string_view::npos; pos = w.find(kSpmSpace, pos + 1)) {
+      for (size_t pos = w.find(kSpmSpace, 1); pos != absl::string_view::npos;
+           pos = w.find(kSpmSpace, pos + 1)) {
         if (!absl::EndsWith(w.substr(0, pos), kSpmSpace)) {
           impl.Bpe(w.substr(start, pos - start), &ids);
           start = pos;
@@ -1037,7 +1087,8 @@ std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool skip_special_t
       const AddedToken& t = impl.added[it->second];
       if (skip_special_tokens && t.special) continue;
       tokens.push_back(t.content);
-    } else if (id >= 0 && static_cast<size_t>(id) < impl.id_to_token.size() && !impl.id_to_token[id].empty()) {
+    } else if (id >= 0 && static_cast<size_t>(id) < impl.id_to_token.size() &&
+               !impl.id_to_token[id].empty()) {
       tokens.push_back(impl.id_to_token[id]);
     }
   }
@@ -1091,10 +1142,11 @@ StreamDecoder::StreamDecoder(const Tokenizer* tokenizer, bool skip_special_token
 std::string StreamDecoder::Push(int32_t id) {
   ids_.push_back(id);
   const absl::Span<const int32_t> all(ids_);
-  const std::string prefix =
-      tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_), skip_special_tokens_);
+  const std::string prefix = tokenizer_->Decode(
+      all.subspan(prefix_offset_, read_offset_ - prefix_offset_), skip_special_tokens_);
   const std::string text = tokenizer_->Decode(all.subspan(prefix_offset_), skip_special_tokens_);
-  if (text.size() <= prefix.size() || absl::EndsWith(text, "\xEF\xBF\xBD") || !absl::StartsWith(text, prefix)) {
+  if (text.size() <= prefix.size() || absl::EndsWith(text, "\xEF\xBF\xBD") ||
+      !absl::StartsWith(text, prefix)) {
     // An unfinished UTF-8 sequence (or nothing new yet): wait for more.
     return "";
   }
@@ -1105,8 +1157,8 @@ std::string StreamDecoder::Push(int32_t id) {
 
 std::string StreamDecoder::Flush() {
   const absl::Span<const int32_t> all(ids_);
-  const std::string prefix =
-      tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_), skip_special_tokens_);
+  const std::string prefix = tokenizer_->Decode(
+      all.subspan(prefix_offset_, read_offset_ - prefix_offset_), skip_special_tokens_);
   const std::string text = tokenizer_->Decode(all.subspan(prefix_offset_), skip_special_tokens_);
   prefix_offset_ = read_offset_ = ids_.size();
   return absl::StartsWith(text, prefix) ? text.substr(prefix.size()) : "";

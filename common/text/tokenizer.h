@@ -38,9 +38,10 @@ class Tokenizer {
   // Parses tokenizer.json text; `source` (a file name) prefixes every error,
   // which also names the JSON path. INVALID_ARGUMENT for malformed input,
   // UNIMPLEMENTED for a component this library does not support.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(absl::string_view json,
-                                                              const std::string& source = "tokenizer.json");
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& tokenizer_json_path);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(
+      absl::string_view json, const std::string& source = "tokenizer.json");
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(
+      const std::string& tokenizer_json_path);
   // A model directory: tokenizer.json, and tokenizer_config.json when present
   // for bos/eos/pad token names and, for LlamaTokenizer classes, the
   // add_bos_token/add_eos_token switches that transformers applies over the

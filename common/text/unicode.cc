@@ -23,9 +23,9 @@ uint8_t CombiningClass(char32_t cp) {
   if (cp < 0x300) return 0;
   const auto* begin = internal::kCombiningClasses;
   const auto* end = begin + internal::kCombiningClassesSize;
-  const auto* it = std::upper_bound(
-      begin, end, static_cast<uint32_t>(cp),
-      [](uint32_t v, const internal::CombiningClassRange& r) { return v < r.lo; });
+  const auto* it =
+      std::upper_bound(begin, end, static_cast<uint32_t>(cp),
+                       [](uint32_t v, const internal::CombiningClassRange& r) { return v < r.lo; });
   if (it == begin || cp > (it - 1)->hi) return 0;
   return (it - 1)->ccc;
 }
@@ -44,9 +44,9 @@ void Decompose(char32_t cp, std::vector<char32_t>* out) {
   }
   const auto* begin = internal::kDecompositions;
   const auto* end = begin + internal::kDecompositionsSize;
-  const auto* it = std::lower_bound(
-      begin, end, static_cast<uint32_t>(cp),
-      [](const internal::Decomposition& d, uint32_t v) { return d.cp < v; });
+  const auto* it =
+      std::lower_bound(begin, end, static_cast<uint32_t>(cp),
+                       [](const internal::Decomposition& d, uint32_t v) { return d.cp < v; });
   if (it == end || it->cp != cp) {
     out->push_back(cp);
     return;
@@ -66,10 +66,11 @@ char32_t Compose(char32_t a, char32_t b) {
   }
   const auto* begin = internal::kCompositions;
   const auto* end = begin + internal::kCompositionsSize;
-  const auto* it = std::lower_bound(begin, end, std::make_pair(static_cast<uint32_t>(a), static_cast<uint32_t>(b)),
-                                    [](const internal::Composition& c, const std::pair<uint32_t, uint32_t>& v) {
-                                      return c.first != v.first ? c.first < v.first : c.second < v.second;
-                                    });
+  const auto* it = std::lower_bound(
+      begin, end, std::make_pair(static_cast<uint32_t>(a), static_cast<uint32_t>(b)),
+      [](const internal::Composition& c, const std::pair<uint32_t, uint32_t>& v) {
+        return c.first != v.first ? c.first < v.first : c.second < v.second;
+      });
   if (it == end || it->first != a || it->second != b) return 0;
   return it->cp;
 }
@@ -141,7 +142,8 @@ char32_t NextCodepoint(absl::string_view s, size_t* pos) {
   const unsigned char b = static_cast<unsigned char>(s[*pos]);
   const size_t len = std::min(Utf8SequenceLength(b), s.size() - *pos);
   char32_t cp = len == 1 ? b : len == 2 ? (b & 0x1F) : len == 3 ? (b & 0x0F) : (b & 0x07);
-  for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[*pos + k]) & 0x3F);
+  for (size_t k = 1; k < len; ++k)
+    cp = (cp << 6) | (static_cast<unsigned char>(s[*pos + k]) & 0x3F);
   *pos += len;
   return cp;
 }
@@ -179,7 +181,13 @@ bool IsWhiteSpace(char32_t cp) {
   // differs in two code points: it has U+FEFF and lacks U+0085.
   if (cp < 0x80) return cp == ' ' || (cp >= 0x09 && cp <= 0x0D);
   switch (cp) {
-    case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
     case 0x3000:
       return true;
     default:

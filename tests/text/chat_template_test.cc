@@ -1,11 +1,11 @@
 #include "common/text/chat_template.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "common/text/phi3_tokenizer_files.h"
 #include "tests/testing/status_matchers.h"
@@ -31,7 +31,8 @@ std::vector<ChatMessage> Conversation() {
 
 TEST(ChatTemplateTest, Phi3DocumentedFormat) {
   const ChatTemplate phi3(ChatFormat::kPhi3, "<s>", "<|endoftext|>");
-  TF_ASSERT_OK_AND_ASSIGN(std::string prompt, phi3.Render(Conversation(), /*add_generation_prompt=*/true));
+  TF_ASSERT_OK_AND_ASSIGN(std::string prompt,
+                          phi3.Render(Conversation(), /*add_generation_prompt=*/true));
   // microsoft/Phi-3-mini-4k-instruct: no BOS in the template (add_bos_token
   // is false too), every turn ends with <|end|> and a newline.
   EXPECT_EQ(prompt,
@@ -57,12 +58,16 @@ TEST(ChatTemplateTest, Llama3DocumentedFormat) {
   const ChatTemplate llama3(ChatFormat::kLlama3);
   TF_ASSERT_OK_AND_ASSIGN(std::string prompt, llama3.Render(Conversation(), true));
   EXPECT_EQ(prompt,
-            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>"
-            "<|start_header_id|>user<|end_header_id|>\n\nHow to explain Internet to a medieval knight?<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\nThink of it as a network of messengers.<|eot_id|>"
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful "
+            "assistant.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHow to explain Internet to a medieval "
+            "knight?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nThink of it as a network of "
+            "messengers.<|eot_id|>"
             "<|start_header_id|>user<|end_header_id|>\n\nThanks!<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\n");
-  TF_ASSERT_OK_AND_ASSIGN(std::string no_prompt, llama3.Render({{"user", "  Hi \n", std::nullopt}}, false));
+  TF_ASSERT_OK_AND_ASSIGN(std::string no_prompt,
+                          llama3.Render({{"user", "  Hi \n", std::nullopt}}, false));
   EXPECT_EQ(no_prompt, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
 }
 
@@ -126,7 +131,8 @@ class JinjaTest : public ::testing::Test {
       ASSERT_EQ(expected.size(), convs.size());
       for (size_t i = 0; i < convs.size(); ++i) {
         TF_ASSERT_OK_AND_ASSIGN(std::string ours, tmpl.Render(ToMessages(convs[i]), gen));
-        EXPECT_EQ(ours, expected[i]) << model << " conversation #" << i << " add_generation_prompt=" << gen;
+        EXPECT_EQ(ours, expected[i])
+            << model << " conversation #" << i << " add_generation_prompt=" << gen;
       }
     }
   }
@@ -138,7 +144,8 @@ std::string PackageDir(const std::string& package) {
 }
 
 TEST_F(JinjaTest, Llama3MatchesOfficialTemplate) {
-  TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(PackageDir("llama3")));
+  TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl,
+                          ChatTemplate::FromModelDirectory(PackageDir("llama3")));
   EXPECT_EQ(tmpl.format(), ChatFormat::kLlama3);
   ExpectSameRender("llama3", tmpl, /*with_tools=*/false);
 }
@@ -157,7 +164,8 @@ TEST_F(JinjaTest, Phi3FilesTemplateMatchesDocumentedFormat) {
   auto convs = JinjaConversations(/*with_tools=*/false);
   convs.resize(3);  // Phi-3 renders content as is; the rest repeat the formats
   for (bool gen : {true, false}) {
-    TF_ASSERT_OK_AND_ASSIGN(auto expected, ref::ReferenceRender("dir:" + dir_.path(), convs, gen, dir_.path()));
+    TF_ASSERT_OK_AND_ASSIGN(auto expected,
+                            ref::ReferenceRender("dir:" + dir_.path(), convs, gen, dir_.path()));
     for (size_t i = 0; i < convs.size(); ++i) {
       TF_ASSERT_OK_AND_ASSIGN(std::string ours, tmpl.Render(ToMessages(convs[i]), gen));
       EXPECT_EQ(ours, expected[i]) << "conversation #" << i;
@@ -194,8 +202,9 @@ TEST_F(LossMaskTest, Phi3CoversAssistantContentAndEnd) {
   TF_ASSERT_OK_AND_ASSIGN(std::string text, tmpl.Render(messages, false));
   EXPECT_EQ(chat.ids, tok->Encode(text, false));
   ASSERT_EQ(chat.loss_mask.size(), chat.ids.size());
-  EXPECT_THAT(MaskedRuns(*tok, chat), ::testing::ElementsAre("Think of it as a network of messengers.<|end|>",
-                                                             "You are welcome.<|end|>"));
+  EXPECT_THAT(MaskedRuns(*tok, chat),
+              ::testing::ElementsAre("Think of it as a network of messengers.<|end|>",
+                                     "You are welcome.<|end|>"));
   // Every <|end|> of an assistant turn is trained, the others are not.
   int trained_ends = 0, ends = 0;
   for (size_t i = 0; i < chat.ids.size(); ++i) {
@@ -219,7 +228,8 @@ TEST_F(LossMaskTest, Phi3CoversAssistantContentAndEnd) {
 TEST_F(LossMaskTest, Llama3AndQwen3CoverAssistantContentAndEndOfTurn) {
   for (const std::string family : {"llama3", "qwen3"}) {
     TF_ASSERT_OK_AND_ASSIGN(auto tok, Tokenizer::FromDirectory(PackageDir(family)));
-    TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(PackageDir(family)));
+    TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl,
+                            ChatTemplate::FromModelDirectory(PackageDir(family)));
     const std::string end = tmpl.EndOfTurn();
     std::vector<ChatMessage> messages = {
         {"system", "Be brief.", std::nullopt},
@@ -239,9 +249,26 @@ TEST_F(LossMaskTest, Llama3AndQwen3CoverAssistantContentAndEndOfTurn) {
     EXPECT_THAT(text, HasSubstr(runs[1])) << family;
     const int32_t end_id = *tok->TokenToId(end);
     int trained_ends = 0;
-    for (size_t i = 0; i < chat.ids.size(); ++i) trained_ends += chat.ids[i] == end_id && chat.loss_mask[i];
+    for (size_t i = 0; i < chat.ids.size(); ++i)
+      trained_ends += chat.ids[i] == end_id && chat.loss_mask[i];
     EXPECT_EQ(trained_ends, 2) << family;
   }
+}
+
+TEST_F(LossMaskTest, ChatTokenizerLoadsAModelDirectory) {
+  TF_ASSERT_OK(WritePhi3TokenizerFiles(DefaultLlamaVocabSource(), dir_.path()));
+  TF_ASSERT_OK_AND_ASSIGN(ChatTokenizer chat, ChatTokenizer::Load(dir_.path()));
+  EXPECT_EQ(chat.chat_template().format(), ChatFormat::kPhi3);
+  EXPECT_THAT(chat.StopIds(), ::testing::ElementsAre(32007, 32000));
+  TF_ASSERT_OK_AND_ASSIGN(std::vector<int32_t> prompt,
+                          chat.EncodePrompt({{"user", "Hello", std::nullopt}}));
+  EXPECT_EQ(prompt, (std::vector<int32_t>{32010, 15043, 32007, 32001}));
+  TF_ASSERT_OK_AND_ASSIGN(
+      TokenizedChat tokenized,
+      chat.Tokenize({{"user", "Hello", std::nullopt}, {"assistant", "Hi", std::nullopt}}));
+  EXPECT_EQ(tokenized.ids, (std::vector<int32_t>{32010, 15043, 32007, 32001, 6324, 32007, 32000}));
+  EXPECT_EQ(tokenized.loss_mask, (std::vector<uint8_t>{0, 0, 0, 0, 1, 1, 0}));
+  EXPECT_EQ(tokenized.trained_tokens(), 2);
 }
 
 }  // namespace

