@@ -37,7 +37,9 @@ ABSL_FLAG(int, repeats, 3, "repetitions (best is reported)");
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 void Die(const absl::Status& s) {
   std::fprintf(stderr, "model_bench: %s\n", s.ToString().c_str());
@@ -66,8 +68,9 @@ void Sync(const at::Tensor& t) { (void)t.reshape({-1})[0].item<double>(); }
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
-                                                       : static_cast<int>(std::thread::hardware_concurrency());
+  const int threads = absl::GetFlag(FLAGS_threads) > 0
+                          ? absl::GetFlag(FLAGS_threads)
+                          : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(threads);
   const bool cuda = absl::GetFlag(FLAGS_device) == "cuda";
   const int repeats = std::max(1, absl::GetFlag(FLAGS_repeats));
@@ -75,7 +78,9 @@ int main(int argc, char** argv) {
   std::string dir = absl::GetFlag(FLAGS_dir);
   bool temporary = false;
   if (dir.empty()) {
-    dir = (std::filesystem::temp_directory_path() / ("tunefleet-model-bench-" + std::to_string(::getpid()))).string();
+    dir = (std::filesystem::temp_directory_path() /
+           ("tunefleet-model-bench-" + std::to_string(::getpid())))
+              .string();
     temporary = true;
   }
   if (!std::filesystem::exists(std::filesystem::path(dir) / "config.json")) {
@@ -122,7 +127,8 @@ int main(int argc, char** argv) {
   const auto& cfg = decoder->config();
   for (const at::Tensor& p : decoder->Parameters()) params += p.numel();
   weight_bytes = decoder->WeightBytes();
-  embed_bytes = cfg.vocab_size * cfg.hidden_size * static_cast<int64_t>(at::elementSize(dopts.dtype));
+  embed_bytes =
+      cfg.vocab_size * cfg.hidden_size * static_cast<int64_t>(at::elementSize(dopts.dtype));
 
   // Copy bandwidth on the model's device: bytes read + written per second.
   const int64_t copy_elems = 128ll << 20;  // 512 MiB of fp32
@@ -195,15 +201,18 @@ int main(int argc, char** argv) {
   std::printf("model_bench: device=%s threads=%d dtype=%s\n", cuda ? "cuda" : "cpu", threads,
               c10::toString(dopts.dtype));
   std::printf(
-      "model: phi3 layers=%lld hidden=%lld heads=%lld intermediate=%lld vocab=%lld params=%.1fM weights=%.1f MB\n",
+      "model: phi3 layers=%lld hidden=%lld heads=%lld intermediate=%lld vocab=%lld params=%.1fM "
+      "weights=%.1f MB\n",
       static_cast<long long>(cfg.num_hidden_layers), static_cast<long long>(cfg.hidden_size),
-      static_cast<long long>(cfg.num_attention_heads), static_cast<long long>(cfg.intermediate_size),
-      static_cast<long long>(cfg.vocab_size), static_cast<double>(params) / 1e6,
-      static_cast<double>(weight_bytes) / 1e6);
+      static_cast<long long>(cfg.num_attention_heads),
+      static_cast<long long>(cfg.intermediate_size), static_cast<long long>(cfg.vocab_size),
+      static_cast<double>(params) / 1e6, static_cast<double>(weight_bytes) / 1e6);
   std::printf("%-44s %12s\n", "metric", "value");
-  std::printf("%-44s %12.2f\n", "plain read of the files (GB/s, page cache)", file_bytes / read_s / 1e9);
+  std::printf("%-44s %12.2f\n", "plain read of the files (GB/s, page cache)",
+              file_bytes / read_s / 1e9);
   std::printf("%-44s %12.2f\n", "load: open+map only (GB/s)", file_bytes / open_s / 1e9);
-  std::printf("%-44s %12.2f\n", "load: open+map+touch every weight (GB/s)", file_bytes / load_s / 1e9);
+  std::printf("%-44s %12.2f\n", "load: open+map+touch every weight (GB/s)",
+              file_bytes / load_s / 1e9);
   std::printf("%-44s %12.2f\n", "load vs plain read (ratio)", read_s / load_s);
   std::printf("%-44s %12.2f\n", "copy bandwidth (GB/s, read+write)", copy_bw / 1e9);
   std::printf("%-44s %12.1f\n", "prefill tokens/s", prefill_tps);
@@ -211,7 +220,8 @@ int main(int argc, char** argv) {
   std::printf("%-44s %12.1f\n", "decode roofline steps/s (copy bw / bytes)", roofline_steps);
   std::printf("%-44s %12.3f\n", "decode fraction of roofline", decode_steps_per_s / roofline_steps);
   std::printf("%-44s %12.1f\n", "GEMV-only pass over the weights (steps/s)", 1.0 / gemv_s);
-  std::printf("%-44s %12.3f\n", "decode fraction of the GEMV-only pass", decode_steps_per_s * gemv_s);
+  std::printf("%-44s %12.3f\n", "decode fraction of the GEMV-only pass",
+              decode_steps_per_s * gemv_s);
   std::printf("(prompt=%lld decode=%lld batch=%lld, best of %d)\n", static_cast<long long>(prompt),
               static_cast<long long>(steps), static_cast<long long>(batch), repeats);
   if (temporary) std::filesystem::remove_all(dir);

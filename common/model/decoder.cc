@@ -19,7 +19,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string ShapeString(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+std::string ShapeString(at::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
 
 std::string LayerPrefix(int64_t i) { return absl::StrCat("model.layers.", i, "."); }
 
@@ -87,8 +89,10 @@ at::Tensor LinearOp(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
 
 // Base inverse frequencies the way transformers computes them (in fp32).
 at::Tensor BaseInvFreq(const ModelConfig& c) {
-  at::Tensor exponent = at::arange(0, c.rotary_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.rotary_dim);
-  return at::pow(at::scalar_tensor(c.rope_theta, at::kFloat), exponent);  // base**(2i/d); inverted by callers
+  at::Tensor exponent =
+      at::arange(0, c.rotary_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.rotary_dim);
+  return at::pow(at::scalar_tensor(c.rope_theta, at::kFloat),
+                 exponent);  // base**(2i/d); inverted by callers
 }
 
 }  // namespace
@@ -99,26 +103,30 @@ absl::StatusOr<Decoder> Decoder::Load(const std::string& dir, const DecoderOptio
   return FromWeights(config, weights, options);
 }
 
-absl::StatusOr<Decoder> Decoder::FromWeights(const ModelConfig& config, const SafetensorsDir& weights,
+absl::StatusOr<Decoder> Decoder::FromWeights(const ModelConfig& config,
+                                             const SafetensorsDir& weights,
                                              const DecoderOptions& options) {
   return internal::CatchTorch("loading decoder", [&]() -> absl::StatusOr<Decoder> {
     Decoder d;
     d.config_ = config;
     d.options_ = options;
     const ModelConfig& c = d.config_;
-    auto get = [&](const std::string& name, std::vector<int64_t> shape) -> absl::StatusOr<at::Tensor> {
+    auto get = [&](const std::string& name,
+                   std::vector<int64_t> shape) -> absl::StatusOr<at::Tensor> {
       if (!weights.Contains(name)) {
-        return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": missing tensor '", name, "'"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(weights.PathOf(name), ": missing tensor '", name, "'"));
       }
       TF_ASSIGN_OR_RETURN(at::Tensor t, weights.Get(name));
       if (t.sizes() != at::IntArrayRef(shape)) {
-        return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": tensor '", name, "' has shape ",
-                                                       ShapeString(t.sizes()), ", expected ", ShapeString(shape)));
+        return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": tensor '", name,
+                                                       "' has shape ", ShapeString(t.sizes()),
+                                                       ", expected ", ShapeString(shape)));
       }
       if (!at::isFloatingType(t.scalar_type())) {
         return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": tensor '", name,
-                                                       "' is not floating point (", c10::toString(t.scalar_type()),
-                                                       ")"));
+                                                       "' is not floating point (",
+                                                       c10::toString(t.scalar_type()), ")"));
       }
       return t.to(options.device, options.dtype);
     };
@@ -127,7 +135,8 @@ absl::StatusOr<Decoder> Decoder::FromWeights(const ModelConfig& config, const Sa
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
       Layer layer;
       TF_ASSIGN_OR_RETURN(layer.input_norm, get(LayerPrefix(i) + "input_layernorm.weight", {h}));
-      TF_ASSIGN_OR_RETURN(layer.post_attention_norm, get(LayerPrefix(i) + "post_attention_layernorm.weight", {h}));
+      TF_ASSIGN_OR_RETURN(layer.post_attention_norm,
+                          get(LayerPrefix(i) + "post_attention_layernorm.weight", {h}));
       for (Proj p : ModelProjections(c)) {
         auto [out, in] = ProjShape(c, p);
         Linear& lin = layer.proj[static_cast<int>(p)];
@@ -169,7 +178,8 @@ absl::StatusOr<Decoder> Decoder::FromWeights(const ModelConfig& config, const Sa
         const double high_wavelen = old_ctx / rs.high_freq_factor;
         at::Tensor wavelen = 2 * 3.14159265358979323846 / inv;
         at::Tensor scaled = at::where(wavelen > low_wavelen, inv / rs.factor, inv);
-        at::Tensor smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+        at::Tensor smooth =
+            (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
         at::Tensor smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
         at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
         d.inv_freq_short_ = at::where(medium, smoothed, scaled);
@@ -192,16 +202,19 @@ absl::Status Decoder::CheckIds(const at::Tensor& ids, absl::string_view what) co
   // On the tensor as given (usually on the host), before it moves to the device.
   auto [lo, hi] = at::aminmax(ids);
   if (lo.item<int64_t>() < 0 || hi.item<int64_t>() >= config_.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": token ids must be in [0, ", config_.vocab_size, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": token ids must be in [0, ", config_.vocab_size, ")"));
   }
   return absl::OkStatus();
 }
 
-std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions, int64_t max_position) const {
+std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions,
+                                                  int64_t max_position) const {
   at::Tensor inv = inv_freq_short_;
   // As transformers does: the long factors once the sequence outgrows the
   // original context.
-  if (inv_freq_long_.defined() && max_position + 1 > config_.rope_scaling.original_max_position_embeddings) {
+  if (inv_freq_long_.defined() &&
+      max_position + 1 > config_.rope_scaling.original_max_position_embeddings) {
     inv = inv_freq_long_;
   }
   at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv.view({1, 1, -1});
@@ -214,11 +227,12 @@ std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions, i
   return {cos.to(options_.dtype).unsqueeze(1), sin.to(options_.dtype).unsqueeze(1)};
 }
 
-absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveAdapters(const AdapterChoice& choice, int64_t batch) const {
+absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveAdapters(const AdapterChoice& choice,
+                                                                int64_t batch) const {
   auto check = [&](const LoraAdapter* a) -> absl::Status {
     if (a != nullptr && a->num_layers() != config_.num_hidden_layers) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("adapter has ", a->num_layers(), " layers, the model ", config_.num_hidden_layers));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "adapter has ", a->num_layers(), " layers, the model ", config_.num_hidden_layers));
     }
     return absl::OkStatus();
   };
@@ -235,9 +249,11 @@ absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveAdapters(const AdapterCho
   std::vector<const LoraAdapter*> distinct;
   for (const LoraAdapter* a : choice.rows) {
     TF_RETURN_IF_ERROR(check(a));
-    if (a != nullptr && std::find(distinct.begin(), distinct.end(), a) == distinct.end()) distinct.push_back(a);
+    if (a != nullptr && std::find(distinct.begin(), distinct.end(), a) == distinct.end())
+      distinct.push_back(a);
   }
-  if (distinct.size() == 1 && std::find(choice.rows.begin(), choice.rows.end(), nullptr) == choice.rows.end()) {
+  if (distinct.size() == 1 &&
+      std::find(choice.rows.begin(), choice.rows.end(), nullptr) == choice.rows.end()) {
     out.all = distinct[0];
     return out;
   }
@@ -253,9 +269,11 @@ absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveAdapters(const AdapterCho
 
 namespace {
 
-at::Tensor LoraDelta(const LoraAdapter& adapter, const LoraAdapter::Module& m, const at::Tensor& x, bool training) {
+at::Tensor LoraDelta(const LoraAdapter& adapter, const LoraAdapter::Module& m, const at::Tensor& x,
+                     bool training) {
   at::Tensor in = x.to(m.a.scalar_type());
-  if (training && adapter.config().dropout > 0) in = at::dropout(in, adapter.config().dropout, true);
+  if (training && adapter.config().dropout > 0)
+    in = at::dropout(in, adapter.config().dropout, true);
   return LinearOp(LinearOp(in, m.a, at::Tensor()), m.b, at::Tensor()) * adapter.scaling();
 }
 
@@ -278,8 +296,9 @@ at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at:
   return y;
 }
 
-at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions, int64_t max_position,
-                         const at::Tensor& keep, const AdapterGroups& adapters, bool training, KvCache* cache) const {
+at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions,
+                         int64_t max_position, const at::Tensor& keep,
+                         const AdapterGroups& adapters, bool training, KvCache* cache) const {
   const ModelConfig& c = config_;
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
@@ -341,17 +360,21 @@ at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& position
   return RmsNorm(h, norm_);
 }
 
-absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids, const ForwardOptions& options) const {
+absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids,
+                                            const ForwardOptions& options) const {
   TF_ASSIGN_OR_RETURN(at::Tensor h, ForwardHidden(input_ids, options));
-  return internal::CatchTorch("Decoder::Forward",
-                              [&]() -> absl::StatusOr<at::Tensor> { return at::linear(h, lm_head_).to(at::kFloat); });
+  return internal::CatchTorch("Decoder::Forward", [&]() -> absl::StatusOr<at::Tensor> {
+    return at::linear(h, lm_head_).to(at::kFloat);
+  });
 }
 
-absl::StatusOr<Decoder::LossOutput> Decoder::Loss(const at::Tensor& input_ids, const at::Tensor& labels,
+absl::StatusOr<Decoder::LossOutput> Decoder::Loss(const at::Tensor& input_ids,
+                                                  const at::Tensor& labels,
                                                   const ForwardOptions& options) const {
-  if (!labels.defined() || !input_ids.defined() || labels.sizes() != input_ids.sizes() || labels.dim() != 2 ||
-      labels.size(1) < 2) {
-    return absl::InvalidArgumentError("Loss: labels must match input_ids [batch, tokens] with tokens >= 2");
+  if (!labels.defined() || !input_ids.defined() || labels.sizes() != input_ids.sizes() ||
+      labels.dim() != 2 || labels.size(1) < 2) {
+    return absl::InvalidArgumentError(
+        "Loss: labels must match input_ids [batch, tokens] with tokens >= 2");
   }
   TF_ASSIGN_OR_RETURN(at::Tensor h, ForwardHidden(input_ids, options));
   return internal::CatchTorch("Decoder::Loss", [&]() -> absl::StatusOr<LossOutput> {
@@ -373,24 +396,28 @@ absl::StatusOr<Decoder::LossOutput> Decoder::Loss(const at::Tensor& input_ids, c
   });
 }
 
-absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids, const ForwardOptions& options) const {
+absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids,
+                                                  const ForwardOptions& options) const {
   if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0) {
-    return absl::InvalidArgumentError("Forward: input_ids must be a non-empty [batch, tokens] tensor");
+    return absl::InvalidArgumentError(
+        "Forward: input_ids must be a non-empty [batch, tokens] tensor");
   }
   return internal::CatchTorch("Decoder::Forward", [&]() -> absl::StatusOr<at::Tensor> {
     const at::Device dev = options_.device;
     TF_RETURN_IF_ERROR(CheckIds(input_ids, "Forward"));
     at::Tensor ids = input_ids.to(dev, at::kLong);
     const int64_t B = ids.size(0), T = ids.size(1);
-    for (const at::Tensor* t : {&options.attention_mask, &options.position_ids, &options.sequence_ids}) {
+    for (const at::Tensor* t :
+         {&options.attention_mask, &options.position_ids, &options.sequence_ids}) {
       if (t->defined() && t->sizes() != ids.sizes()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Forward: masks and position ids must have shape ", ShapeString(ids.sizes())));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Forward: masks and position ids must have shape ", ShapeString(ids.sizes())));
       }
     }
     at::Tensor idx = at::arange(T, ids.options());
     at::Tensor keep = idx.view({1, T}) <= idx.view({T, 1});  // [Tq, Tk]: key <= query
-    if (config_.sliding_window) keep = keep.logical_and(idx.view({T, 1}) - idx.view({1, T}) < *config_.sliding_window);
+    if (config_.sliding_window)
+      keep = keep.logical_and(idx.view({T, 1}) - idx.view({1, T}) < *config_.sliding_window);
     keep = keep.view({1, 1, T, T}).expand({B, 1, T, T});
     at::Tensor positions;
     if (options.attention_mask.defined()) {
@@ -411,13 +438,18 @@ absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids, c
       at::Tensor s = options.sequence_ids.to(dev);
       at::Tensor starts = at::ones({B, T}, ids.options().dtype(at::kBool));
       if (T > 1) starts.narrow(1, 1, T - 1).copy_(s.narrow(1, 1, T - 1) != s.narrow(1, 0, T - 1));
-      at::Tensor start_idx =
-          std::get<0>(at::cummax(at::where(starts, idx.view({1, T}).expand({B, T}), at::zeros_like(positions)), 1));
+      at::Tensor start_idx = std::get<0>(at::cummax(
+          at::where(starts, idx.view({1, T}).expand({B, T}), at::zeros_like(positions)), 1));
       positions = idx.view({1, T}) - start_idx;
     }
     // Padding queries would otherwise see no key at all; let them see
     // themselves so that softmax stays finite (their outputs are ignored).
     keep = keep.logical_or(at::eye(T, ids.options().dtype(at::kBool)).view({1, 1, T, T}));
+    // Nothing but causality: let the attention kernel take its causal path.
+    if (!options.attention_mask.defined() && !options.sequence_ids.defined() &&
+        (!config_.sliding_window || T <= *config_.sliding_window)) {
+      keep = at::Tensor();
+    }
     TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(options.adapter, B));
     // Only longrope needs the largest position; it costs a sync.
     const int64_t max_position = inv_freq_long_.defined() ? positions.max().item<int64_t>() : T - 1;
@@ -426,13 +458,16 @@ absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids, c
 }
 
 absl::StatusOr<KvCache> Decoder::NewCache(int64_t batch, int64_t capacity) const {
-  if (batch <= 0 || capacity <= 0) return absl::InvalidArgumentError("NewCache: batch and capacity must be positive");
+  if (batch <= 0 || capacity <= 0)
+    return absl::InvalidArgumentError("NewCache: batch and capacity must be positive");
   return internal::CatchTorch("Decoder::NewCache", [&]() -> absl::StatusOr<KvCache> {
     KvCache cache;
     auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
     for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-      cache.k_.push_back(at::zeros({batch, capacity, config_.num_key_value_heads, config_.head_dim}, opts));
-      cache.v_.push_back(at::zeros({batch, capacity, config_.num_key_value_heads, config_.head_dim}, opts));
+      cache.k_.push_back(
+          at::zeros({batch, capacity, config_.num_key_value_heads, config_.head_dim}, opts));
+      cache.v_.push_back(
+          at::zeros({batch, capacity, config_.num_key_value_heads, config_.head_dim}, opts));
     }
     cache.lengths_.assign(static_cast<size_t>(batch), 0);
     cache.capacity_ = capacity;
@@ -441,12 +476,12 @@ absl::StatusOr<KvCache> Decoder::NewCache(int64_t batch, int64_t capacity) const
 }
 
 absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& input_ids,
-                                           const std::vector<int64_t>& chunk_lengths, const AdapterChoice& adapter,
-                                           bool all_logits) const {
+                                           const std::vector<int64_t>& chunk_lengths,
+                                           const AdapterChoice& adapter, bool all_logits) const {
   if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0 ||
       input_ids.size(0) != cache.batch_size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Extend: input_ids must be [", cache.batch_size(), ", tokens] with tokens > 0"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Extend: input_ids must be [", cache.batch_size(), ", tokens] with tokens > 0"));
   }
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   std::vector<int64_t> chunk = chunk_lengths;
@@ -456,11 +491,13 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
   }
   for (int64_t b = 0; b < B; ++b) {
     if (chunk[b] < 0 || chunk[b] > T) {
-      return absl::InvalidArgumentError(absl::StrCat("Extend: chunk_lengths[", b, "] is outside [0, ", T, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("Extend: chunk_lengths[", b, "] is outside [0, ", T, "]"));
     }
     if (cache.lengths_[b] + T > cache.capacity_) {
-      return absl::ResourceExhaustedError(absl::StrCat("Extend: row ", b, " holds ", cache.lengths_[b], " tokens; ", T,
-                                                       " more exceed the cache capacity ", cache.capacity_));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("Extend: row ", b, " holds ", cache.lengths_[b], " tokens; ", T,
+                       " more exceed the cache capacity ", cache.capacity_));
     }
   }
   return internal::CatchTorch("Decoder::Extend", [&]() -> absl::StatusOr<at::Tensor> {
@@ -476,6 +513,9 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
     at::Tensor keep = key_idx <= q_pos;
     if (config_.sliding_window) keep = keep.logical_and(q_pos - key_idx < *config_.sliding_window);
     keep = keep.unsqueeze(1);  // [B,1,T,span]
+    // A prefill into an empty cache is plain causal attention (padding sits
+    // after each row's real tokens, so real queries never see it).
+    if (span == T && (!config_.sliding_window || T <= *config_.sliding_window)) keep = at::Tensor();
     TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(adapter, B));
     int64_t max_position = 0;
     for (int64_t b = 0; b < B; ++b)
@@ -493,8 +533,8 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
 
 absl::Status Decoder::ApplyAdapter(const LoraAdapter& adapter, double sign) {
   if (adapter.num_layers() != config_.num_hidden_layers) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("adapter has ", adapter.num_layers(), " layers, the model ", config_.num_hidden_layers));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "adapter has ", adapter.num_layers(), " layers, the model ", config_.num_hidden_layers));
   }
   return internal::CatchTorch("Decoder::MergeAdapter", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
@@ -503,7 +543,8 @@ absl::Status Decoder::ApplyAdapter(const LoraAdapter& adapter, double sign) {
         const LoraAdapter::Module& m = adapter.module(i, p);
         if (!m.defined()) continue;
         at::Tensor& w = layers_[i].proj[static_cast<int>(p)].weight;
-        at::Tensor delta = at::matmul(m.b.to(at::kFloat), m.a.to(at::kFloat)) * (sign * adapter.scaling());
+        at::Tensor delta =
+            at::matmul(m.b.to(at::kFloat), m.a.to(at::kFloat)) * (sign * adapter.scaling());
         // Out of place: copies of this Decoder share weight storage, and a
         // merge must not change them (nor dirty mapped file pages).
         w = w + delta.to(w.device(), w.scalar_type());
@@ -513,17 +554,24 @@ absl::Status Decoder::ApplyAdapter(const LoraAdapter& adapter, double sign) {
   });
 }
 
-absl::Status Decoder::MergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, 1.0); }
-absl::Status Decoder::UnmergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, -1.0); }
+absl::Status Decoder::MergeAdapter(const LoraAdapter& adapter) {
+  return ApplyAdapter(adapter, 1.0);
+}
+absl::Status Decoder::UnmergeAdapter(const LoraAdapter& adapter) {
+  return ApplyAdapter(adapter, -1.0);
+}
 
-absl::StatusOr<NamedTensors> Decoder::HfTensors(const LoraAdapter* merge, at::ScalarType dtype) const {
+absl::StatusOr<NamedTensors> Decoder::HfTensors(const LoraAdapter* merge,
+                                                at::ScalarType dtype) const {
   if (merge != nullptr && merge->num_layers() != config_.num_hidden_layers) {
     return absl::InvalidArgumentError("HfTensors: adapter does not match the model's layer count");
   }
   return internal::CatchTorch("Decoder::HfTensors", [&]() -> absl::StatusOr<NamedTensors> {
     at::NoGradGuard no_grad;
     NamedTensors out;
-    auto add = [&](std::string name, const at::Tensor& t) { out.emplace_back(std::move(name), t.to(dtype)); };
+    auto add = [&](std::string name, const at::Tensor& t) {
+      out.emplace_back(std::move(name), t.to(dtype));
+    };
     add("model.embed_tokens.weight", embed_);
     for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
       const Layer& layer = layers_[i];
@@ -534,7 +582,8 @@ absl::StatusOr<NamedTensors> Decoder::HfTensors(const LoraAdapter* merge, at::Sc
         if (merge != nullptr && merge->module(i, p).defined()) {
           const LoraAdapter::Module& m = merge->module(i, p);
           w = w.to(at::kFloat) +
-              at::matmul(m.b.to(w.device(), at::kFloat), m.a.to(w.device(), at::kFloat)) * merge->scaling();
+              at::matmul(m.b.to(w.device(), at::kFloat), m.a.to(w.device(), at::kFloat)) *
+                  merge->scaling();
         }
         add(ProjWeightName(i, p), w);
         if (lin.bias.defined()) add(ProjBiasName(i, p), lin.bias);
@@ -578,7 +627,8 @@ int64_t Decoder::WeightBytes() const {
 absl::StatusOr<at::Tensor> CausalLmLoss(const at::Tensor& logits, const at::Tensor& labels) {
   if (!logits.defined() || !labels.defined() || logits.dim() != 3 || labels.dim() != 2 ||
       logits.size(0) != labels.size(0) || logits.size(1) != labels.size(1) || logits.size(1) < 2) {
-    return absl::InvalidArgumentError("CausalLmLoss: logits [B,T,V] and labels [B,T] with T >= 2 expected");
+    return absl::InvalidArgumentError(
+        "CausalLmLoss: logits [B,T,V] and labels [B,T] with T >= 2 expected");
   }
   return internal::CatchTorch("CausalLmLoss", [&]() -> absl::StatusOr<at::Tensor> {
     const int64_t T = logits.size(1), V = logits.size(2);
@@ -598,10 +648,11 @@ absl::Status SaveHfModel(const Decoder& decoder, const std::string& dir, const L
   config["torch_dtype"] = DtypeConfigName(options.dtype);
   TF_ASSIGN_OR_RETURN(NamedTensors tensors, decoder.HfTensors(merge, options.dtype));
   TF_RETURN_IF_ERROR(WriteSafetensorsDir(dir, tensors, options.max_shard_bytes));
-  TF_RETURN_IF_ERROR(WriteStringAtomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
+  TF_RETURN_IF_ERROR(
+      WriteStringAtomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
   if (!options.copy_files_from.empty()) {
-    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                             "added_tokens.json", "generation_config.json"}) {
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                             "tokenizer.model", "added_tokens.json", "generation_config.json"}) {
       fs::path src = fs::path(options.copy_files_from) / name;
       std::error_code ec;
       if (!fs::exists(src, ec)) continue;

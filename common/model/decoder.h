@@ -36,8 +36,9 @@ struct DecoderOptions {
 // vector for brevity at call sites.
 struct AdapterChoice {
   AdapterChoice() = default;
-  AdapterChoice(const LoraAdapter* all) : all(all) {}                             // NOLINT(runtime/explicit)
-  AdapterChoice(std::vector<const LoraAdapter*> rows) : rows(std::move(rows)) {}  // NOLINT(runtime/explicit)
+  AdapterChoice(const LoraAdapter* all) : all(all) {}  // NOLINT(runtime/explicit)
+  AdapterChoice(std::vector<const LoraAdapter*> rows)
+      : rows(std::move(rows)) {}  // NOLINT(runtime/explicit)
   const LoraAdapter* all = nullptr;
   std::vector<const LoraAdapter*> rows;
 };
@@ -81,7 +82,8 @@ class Decoder {
   // directory. Errors name the file and tensor (missing, mis-shaped, ...).
   static absl::StatusOr<Decoder> Load(const std::string& dir, const DecoderOptions& options = {});
   // The same from an open weight source and a parsed config.
-  static absl::StatusOr<Decoder> FromWeights(const ModelConfig& config, const SafetensorsDir& weights,
+  static absl::StatusOr<Decoder> FromWeights(const ModelConfig& config,
+                                             const SafetensorsDir& weights,
                                              const DecoderOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
@@ -90,7 +92,8 @@ class Decoder {
   // Logits [B,T,vocab] (fp32) for a whole batch, with a causal mask plus
   // padding and packing masks; differentiable (LoRA parameters receive
   // gradients; base weights never require them).
-  absl::StatusOr<at::Tensor> Forward(const at::Tensor& input_ids, const ForwardOptions& options = {}) const;
+  absl::StatusOr<at::Tensor> Forward(const at::Tensor& input_ids,
+                                     const ForwardOptions& options = {}) const;
 
   struct LossOutput {
     at::Tensor loss;      // mean cross-entropy over the counted tokens; differentiable
@@ -114,7 +117,8 @@ class Decoder {
   // token (rows with none: garbage), or [B,T,vocab] with `all_logits`.
   // No gradients.
   absl::StatusOr<at::Tensor> Extend(KvCache& cache, const at::Tensor& input_ids,
-                                    const std::vector<int64_t>& chunk_lengths = {}, const AdapterChoice& adapter = {},
+                                    const std::vector<int64_t>& chunk_lengths = {},
+                                    const AdapterChoice& adapter = {},
                                     bool all_logits = false) const;
 
   // Adds (or subtracts) scaling·B·A into the adapted base weights, so that a
@@ -125,7 +129,8 @@ class Decoder {
 
   // The weights under their Hugging Face names, with `merge` folded in when
   // given (this decoder is not changed), in `dtype`.
-  absl::StatusOr<NamedTensors> HfTensors(const LoraAdapter* merge = nullptr, at::ScalarType dtype = at::kFloat) const;
+  absl::StatusOr<NamedTensors> HfTensors(const LoraAdapter* merge = nullptr,
+                                         at::ScalarType dtype = at::kFloat) const;
 
   // The base weights themselves (not copies), for full fine-tuning: set
   // requires_grad on them and hand them to an optimizer. Updating them in
@@ -155,8 +160,8 @@ class Decoder {
     std::vector<std::pair<const LoraAdapter*, at::Tensor>> groups;  // adapter, row indices
   };
   absl::StatusOr<AdapterGroups> ResolveAdapters(const AdapterChoice& choice, int64_t batch) const;
-  at::Tensor Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x, const AdapterGroups& adapters,
-                     bool training) const;
+  at::Tensor Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x,
+                     const AdapterGroups& adapters, bool training) const;
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
   // cos/sin [B,1,T,rotary_dim] for positions [B,T]; `max_position` (known on
   // the host, so no device sync) picks longrope's short or long factors.
@@ -164,10 +169,12 @@ class Decoder {
   absl::Status CheckIds(const at::Tensor& ids, absl::string_view what) const;
   // Runs the layers; `cache` (with per-row write offsets) when extending.
   at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, int64_t max_position,
-                  const at::Tensor& keep, const AdapterGroups& adapters, bool training, KvCache* cache) const;
+                  const at::Tensor& keep, const AdapterGroups& adapters, bool training,
+                  KvCache* cache) const;
   absl::Status ApplyAdapter(const LoraAdapter& adapter, double sign);
   // The final normalized hidden states [B,T,hidden] of Forward.
-  absl::StatusOr<at::Tensor> ForwardHidden(const at::Tensor& input_ids, const ForwardOptions& options) const;
+  absl::StatusOr<at::Tensor> ForwardHidden(const at::Tensor& input_ids,
+                                           const ForwardOptions& options) const;
 
   ModelConfig config_;
   DecoderOptions options_;
@@ -193,7 +200,7 @@ struct SaveOptions {
 
 // Writes a complete Hugging Face model directory (config.json, weights,
 // copied tokenizer files) with `merge` folded into the weights when given.
-absl::Status SaveHfModel(const Decoder& decoder, const std::string& dir, const LoraAdapter* merge = nullptr,
-                         const SaveOptions& options = {});
+absl::Status SaveHfModel(const Decoder& decoder, const std::string& dir,
+                         const LoraAdapter* merge = nullptr, const SaveOptions& options = {});
 
 }  // namespace tunefleet::model

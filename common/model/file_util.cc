@@ -41,7 +41,8 @@ absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& 
   return absl::OkStatus();
 }
 
-absl::Status WriteFileAtomically(const std::string& path, const std::function<absl::Status(int fd)>& write) {
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::function<absl::Status(int fd)>& write) {
   std::filesystem::path target(path);
   std::string dir = target.has_parent_path() ? target.parent_path().string() : std::string(".");
   std::string tmpl = absl::StrCat(path, ".tmp.XXXXXX");
@@ -66,7 +67,8 @@ absl::Status WriteFileAtomically(const std::string& path, const std::function<ab
 }
 
 absl::Status WriteStringAtomically(const std::string& path, const std::string& contents) {
-  return WriteFileAtomically(path, [&](int fd) { return WriteAll(fd, contents.data(), contents.size(), path); });
+  return WriteFileAtomically(
+      path, [&](int fd) { return WriteAll(fd, contents.data(), contents.size(), path); });
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {

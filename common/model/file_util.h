@@ -13,7 +13,8 @@ namespace tunefleet::model {
 // the bytes from `write` (called with a file descriptor), is fsynced and
 // renamed over `path`, and the directory is fsynced. On failure the temporary
 // file is removed and `path` is untouched.
-absl::Status WriteFileAtomically(const std::string& path, const std::function<absl::Status(int fd)>& write);
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::function<absl::Status(int fd)>& write);
 absl::Status WriteStringAtomically(const std::string& path, const std::string& contents);
 
 // Writes all of `data` to `fd`, retrying short writes.

@@ -13,13 +13,16 @@
 
 namespace tunefleet::model {
 
-int64_t SampleToken(const float* logits, int64_t vocab, const GenerationOptions& options, double uniform) {
+int64_t SampleToken(const float* logits, int64_t vocab, const GenerationOptions& options,
+                    double uniform) {
   if (options.temperature <= 0) {
     return static_cast<int64_t>(std::max_element(logits, logits + vocab) - logits);
   }
   std::vector<int64_t> order(static_cast<size_t>(vocab));
   std::iota(order.begin(), order.end(), 0);
-  auto by_logit = [&](int64_t a, int64_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  auto by_logit = [&](int64_t a, int64_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
   int64_t keep = vocab;
   if (options.top_k > 0 && options.top_k < vocab) {
     keep = options.top_k;
@@ -62,27 +65,31 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
   if (!options.stop_strings.empty() && !options.detokenize) {
     return absl::InvalidArgumentError("Generate: stop strings need a detokenize function");
   }
-  if (options.max_new_tokens < 0) return absl::InvalidArgumentError("Generate: max_new_tokens is negative");
-  if (options.top_p <= 0 || options.top_p > 1) return absl::InvalidArgumentError("Generate: top_p must be in (0, 1]");
+  if (options.max_new_tokens < 0)
+    return absl::InvalidArgumentError("Generate: max_new_tokens is negative");
+  if (options.top_p <= 0 || options.top_p > 1)
+    return absl::InvalidArgumentError("Generate: top_p must be in (0, 1]");
   const size_t B = prompts.size();
   int64_t longest = 0;
   for (size_t b = 0; b < B; ++b) {
-    if (prompts[b].empty()) return absl::InvalidArgumentError(absl::StrCat("Generate: prompt ", b, " is empty"));
+    if (prompts[b].empty())
+      return absl::InvalidArgumentError(absl::StrCat("Generate: prompt ", b, " is empty"));
     for (int64_t t : prompts[b]) {
       if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Generate: prompt ", b, " has token id ", t, " outside [0, ", c.vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat("Generate: prompt ", b, " has token id ", t,
+                                                       " outside [0, ", c.vocab_size, ")"));
       }
     }
     longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[b].size()));
   }
   if (longest >= c.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("Generate: a prompt of ", longest,
-                                                   " tokens leaves no room below max_position_embeddings ",
-                                                   c.max_position_embeddings));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Generate: a prompt of ", longest, " tokens leaves no room below max_position_embeddings ",
+        c.max_position_embeddings));
   }
   const int64_t max_new = std::min(options.max_new_tokens, c.max_position_embeddings - longest);
-  std::vector<int64_t> stop_ids = options.stop_token_ids.empty() ? c.eos_token_ids : options.stop_token_ids;
+  std::vector<int64_t> stop_ids =
+      options.stop_token_ids.empty() ? c.eos_token_ids : options.stop_token_ids;
   size_t longest_stop = 0;
   for (const std::string& s : options.stop_strings) longest_stop = std::max(longest_stop, s.size());
 
@@ -99,7 +106,8 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
     std::vector<int64_t> flat(B * static_cast<size_t>(longest), 0);
     std::vector<int64_t> lengths(B);
     for (size_t b = 0; b < B; ++b) {
-      std::copy(prompts[b].begin(), prompts[b].end(), flat.begin() + static_cast<int64_t>(b) * longest);
+      std::copy(prompts[b].begin(), prompts[b].end(),
+                flat.begin() + static_cast<int64_t>(b) * longest);
       lengths[b] = static_cast<int64_t>(prompts[b].size());
     }
     at::Tensor ids = at::tensor(flat, at::kLong).view({static_cast<int64_t>(B), longest});
@@ -113,7 +121,8 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
       for (size_t b = 0; b < B; ++b) {
         if (done[b]) continue;
         const double u = options.temperature > 0 ? rngs[b].Uniform() : 0.0;
-        const int64_t tok = SampleToken(data + b * static_cast<size_t>(c.vocab_size), c.vocab_size, options, u);
+        const int64_t tok =
+            SampleToken(data + b * static_cast<size_t>(c.vocab_size), c.vocab_size, options, u);
         Generation& g = out[b];
         if (std::find(stop_ids.begin(), stop_ids.end(), tok) != stop_ids.end()) {
           g.finish_reason = FinishReason::kStopToken;
@@ -158,7 +167,8 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
     for (size_t b = 0; b < B; ++b) {
       Generation& g = out[b];
       if (!done[b]) g.finish_reason = FinishReason::kLength;
-      if (options.detokenize && g.finish_reason != FinishReason::kStopString) g.text = options.detokenize(g.tokens);
+      if (options.detokenize && g.finish_reason != FinishReason::kStopString)
+        g.text = options.detokenize(g.tokens);
     }
     return out;
   });

@@ -58,6 +58,7 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
 // Picks the next token from fp32 logits [vocab] under `options` (temperature,
 // top-k, top-p) with `uniform` in [0,1); exposed for tests and for engines
 // that run their own loop.
-int64_t SampleToken(const float* logits, int64_t vocab, const GenerationOptions& options, double uniform);
+int64_t SampleToken(const float* logits, int64_t vocab, const GenerationOptions& options,
+                    double uniform);
 
 }  // namespace tunefleet::model

@@ -33,7 +33,8 @@ std::string ModulePath(int64_t layer, Proj p) {
 }
 
 // Resolves PEFT's target_modules against the model's projections.
-absl::StatusOr<std::vector<Proj>> ResolveTargets(const ModelConfig& base, const std::vector<std::string>& names) {
+absl::StatusOr<std::vector<Proj>> ResolveTargets(const ModelConfig& base,
+                                                 const std::vector<std::string>& names) {
   std::vector<Proj> model = ModelProjections(base);
   if (names.empty() || (names.size() == 1 && names[0] == "all-linear")) return model;
   std::vector<Proj> out;
@@ -48,8 +49,9 @@ absl::StatusOr<std::vector<Proj>> ResolveTargets(const ModelConfig& base, const 
     if (!found) {
       std::string have;
       for (Proj p : model) absl::StrAppend(&have, have.empty() ? "" : ", ", ProjName(p));
-      return absl::InvalidArgumentError(
-          absl::StrCat("LoRA target module '", name, "' is not a projection of ", base.model_type, " (", have, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("LoRA target module '", name,
+                                                     "' is not a projection of ", base.model_type,
+                                                     " (", have, ")"));
     }
   }
   return out;
@@ -122,14 +124,16 @@ std::pair<int64_t, int64_t> ProjShape(const ModelConfig& c, Proj p) {
 }
 
 double LoraConfig::scaling() const {
-  return use_rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
+  return use_rslora ? alpha / std::sqrt(static_cast<double>(rank))
+                    : alpha / static_cast<double>(rank);
 }
 
-absl::StatusOr<LoraAdapter> LoraAdapter::Create(const ModelConfig& base, LoraConfig config, uint64_t seed,
-                                                at::Device device) {
+absl::StatusOr<LoraAdapter> LoraAdapter::Create(const ModelConfig& base, LoraConfig config,
+                                                uint64_t seed, at::Device device) {
   if (config.rank <= 0) return absl::InvalidArgumentError("LoRA rank must be positive");
   if (!(config.alpha > 0)) return absl::InvalidArgumentError("LoRA alpha must be positive");
-  if (!(config.dropout >= 0 && config.dropout < 1)) return absl::InvalidArgumentError("LoRA dropout must be in [0, 1)");
+  if (!(config.dropout >= 0 && config.dropout < 1))
+    return absl::InvalidArgumentError("LoRA dropout must be in [0, 1)");
   TF_ASSIGN_OR_RETURN(std::vector<Proj> targets, ResolveTargets(base, config.target_modules));
   config.target_modules.clear();
   for (Proj p : targets) config.target_modules.emplace_back(ProjName(p));
@@ -147,8 +151,8 @@ absl::StatusOr<LoraAdapter> LoraAdapter::Create(const ModelConfig& base, LoraCon
         for (float& x : a) x = rng.Symmetric(bound);
         Module& m = adapter.modules_[i][static_cast<int>(p)];
         m.a = at::tensor(a, at::kFloat).view({config.rank, in}).to(device).set_requires_grad(true);
-        m.b =
-            at::zeros({out, config.rank}, at::TensorOptions().dtype(at::kFloat).device(device)).set_requires_grad(true);
+        m.b = at::zeros({out, config.rank}, at::TensorOptions().dtype(at::kFloat).device(device))
+                  .set_requires_grad(true);
       }
     }
     return adapter;
@@ -187,10 +191,12 @@ NamedTensors LoraAdapter::PeftTensors() const {
   return out;
 }
 
-absl::Status LoraAdapter::Save(const std::string& dir, absl::string_view base_model_name_or_path) const {
+absl::Status LoraAdapter::Save(const std::string& dir,
+                               absl::string_view base_model_name_or_path) const {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create directory: ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat(dir, ": cannot create directory: ", ec.message()));
   nlohmann::ordered_json j;
   j["peft_type"] = "LORA";
   j["task_type"] = "CAUSAL_LM";
@@ -211,12 +217,13 @@ absl::Status LoraAdapter::Save(const std::string& dir, absl::string_view base_mo
   j["use_rslora"] = config_.use_rslora;
   j["use_dora"] = false;
   j["revision"] = nullptr;
-  TF_RETURN_IF_ERROR(
-      WriteSafetensors((fs::path(dir) / "adapter_model.safetensors").string(), PeftTensors(), {{"format", "pt"}}));
+  TF_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir) / "adapter_model.safetensors").string(),
+                                      PeftTensors(), {{"format", "pt"}}));
   return WriteStringAtomically((fs::path(dir) / "adapter_config.json").string(), j.dump(2) + "\n");
 }
 
-absl::StatusOr<LoraAdapter> LoraAdapter::Load(const std::string& dir, const ModelConfig& base, at::Device device) {
+absl::StatusOr<LoraAdapter> LoraAdapter::Load(const std::string& dir, const ModelConfig& base,
+                                              at::Device device) {
   const std::string config_path = (fs::path(dir) / "adapter_config.json").string();
   const std::string weights_path = (fs::path(dir) / "adapter_model.safetensors").string();
   TF_ASSIGN_OR_RETURN(std::string text, ReadFileToString(config_path));
@@ -229,7 +236,8 @@ absl::StatusOr<LoraAdapter> LoraAdapter::Load(const std::string& dir, const Mode
   };
   auto is_empty = [&](const char* f) {
     auto it = j.find(f);
-    return it == j.end() || it->is_null() || (it->is_object() && it->empty()) || (it->is_array() && it->empty());
+    return it == j.end() || it->is_null() || (it->is_object() && it->empty()) ||
+           (it->is_array() && it->empty());
   };
   if (j.value("peft_type", std::string("LORA")) != "LORA") return bad("peft_type", "is not LORA");
   LoraConfig config;
@@ -237,22 +245,29 @@ absl::StatusOr<LoraAdapter> LoraAdapter::Load(const std::string& dir, const Mode
     return bad("r", "is missing or not a positive integer");
   }
   config.rank = j["r"].get<int64_t>();
-  if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number()) return bad("lora_alpha", "is missing or not a number");
+  if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number())
+    return bad("lora_alpha", "is missing or not a number");
   config.alpha = j["lora_alpha"].get<double>();
-  if (j.contains("lora_dropout") && j["lora_dropout"].is_number()) config.dropout = j["lora_dropout"].get<double>();
-  if (j.contains("use_rslora") && j["use_rslora"].is_boolean()) config.use_rslora = j["use_rslora"].get<bool>();
+  if (j.contains("lora_dropout") && j["lora_dropout"].is_number())
+    config.dropout = j["lora_dropout"].get<double>();
+  if (j.contains("use_rslora") && j["use_rslora"].is_boolean())
+    config.use_rslora = j["use_rslora"].get<bool>();
   if (j.contains("use_dora") && j["use_dora"].is_boolean() && j["use_dora"].get<bool>()) {
     return bad("use_dora", "is true; DoRA adapters are not supported");
   }
   if (j.contains("bias") && j["bias"].is_string() && j["bias"].get<std::string>() != "none") {
     return bad("bias", "is not \"none\"; adapters with trained biases are not supported");
   }
-  if (j.contains("fan_in_fan_out") && j["fan_in_fan_out"].is_boolean() && j["fan_in_fan_out"].get<bool>()) {
+  if (j.contains("fan_in_fan_out") && j["fan_in_fan_out"].is_boolean() &&
+      j["fan_in_fan_out"].get<bool>()) {
     return bad("fan_in_fan_out", "is true; not supported");
   }
-  if (!is_empty("rank_pattern")) return bad("rank_pattern", "is set; per-module ranks are not supported");
-  if (!is_empty("alpha_pattern")) return bad("alpha_pattern", "is set; per-module alphas are not supported");
-  if (!is_empty("modules_to_save")) return bad("modules_to_save", "is set; fully trained modules are not supported");
+  if (!is_empty("rank_pattern"))
+    return bad("rank_pattern", "is set; per-module ranks are not supported");
+  if (!is_empty("alpha_pattern"))
+    return bad("alpha_pattern", "is set; per-module alphas are not supported");
+  if (!is_empty("modules_to_save"))
+    return bad("modules_to_save", "is set; fully trained modules are not supported");
 
   TF_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(weights_path));
   return internal::CatchTorch(weights_path, [&]() -> absl::StatusOr<LoraAdapter> {
@@ -261,19 +276,23 @@ absl::StatusOr<LoraAdapter> LoraAdapter::Load(const std::string& dir, const Mode
     std::set<std::string> targets;
     for (const TensorInfo& info : file->header().tensors) {
       auto bad_tensor = [&](absl::string_view what) {
-        return absl::InvalidArgumentError(absl::StrCat(weights_path, ": tensor '", info.name, "': ", what));
+        return absl::InvalidArgumentError(
+            absl::StrCat(weights_path, ": tensor '", info.name, "': ", what));
       };
       absl::string_view name = info.name;
-      if (!absl::ConsumePrefix(&name, kPeftPrefix)) return bad_tensor("does not start with base_model.model.");
+      if (!absl::ConsumePrefix(&name, kPeftPrefix))
+        return bad_tensor("does not start with base_model.model.");
       // model.layers.<i>.<parent>.<proj>.lora_<A|B>[.<adapter>].weight
       std::vector<absl::string_view> parts = absl::StrSplit(name, '.');
       int64_t layer = -1;
-      if (parts.size() < 7 || parts[0] != "model" || parts[1] != "layers" || !absl::SimpleAtoi(parts[2], &layer) ||
-          parts.back() != "weight" || (parts.size() != 7 && parts.size() != 8)) {
+      if (parts.size() < 7 || parts[0] != "model" || parts[1] != "layers" ||
+          !absl::SimpleAtoi(parts[2], &layer) || parts.back() != "weight" ||
+          (parts.size() != 7 && parts.size() != 8)) {
         return bad_tensor("is not a LoRA weight of a decoder layer projection");
       }
       if (layer < 0 || layer >= base.num_hidden_layers) {
-        return bad_tensor(absl::StrCat("layer ", layer, " is outside the model's ", base.num_hidden_layers));
+        return bad_tensor(
+            absl::StrCat("layer ", layer, " is outside the model's ", base.num_hidden_layers));
       }
       const Proj* proj = nullptr;
       for (const Proj& p : kAllProj) {
@@ -286,10 +305,12 @@ absl::StatusOr<LoraAdapter> LoraAdapter::Load(const std::string& dir, const Mode
       const bool is_a = parts[5] == "lora_A";
       if (!is_a && parts[5] != "lora_B") return bad_tensor("is neither lora_A nor lora_B");
       auto [out, in] = ProjShape(base, *proj);
-      std::vector<int64_t> want = is_a ? std::vector<int64_t>{config.rank, in} : std::vector<int64_t>{out, config.rank};
+      std::vector<int64_t> want =
+          is_a ? std::vector<int64_t>{config.rank, in} : std::vector<int64_t>{out, config.rank};
       if (info.shape != want) {
-        return bad_tensor(absl::StrCat("has shape [", absl::StrJoin(info.shape, ", "), "], expected [",
-                                       absl::StrJoin(want, ", "), "] (r=", config.rank, ")"));
+        return bad_tensor(absl::StrCat("has shape [", absl::StrJoin(info.shape, ", "),
+                                       "], expected [", absl::StrJoin(want, ", "),
+                                       "] (r=", config.rank, ")"));
       }
       TF_ASSIGN_OR_RETURN(at::Tensor t, file->Get(info.name));
       if (!at::isFloatingType(t.scalar_type())) return bad_tensor("is not floating point");
@@ -307,7 +328,8 @@ absl::StatusOr<LoraAdapter> LoraAdapter::Load(const std::string& dir, const Mode
         }
       }
     }
-    if (targets.empty()) return absl::InvalidArgumentError(absl::StrCat(weights_path, ": holds no LoRA weights"));
+    if (targets.empty())
+      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": holds no LoRA weights"));
     for (Proj p : ModelProjections(base)) {
       if (targets.count(std::string(ProjName(p)))) config.target_modules.emplace_back(ProjName(p));
     }

@@ -55,8 +55,8 @@ class LoraAdapter {
   // Fresh adapter as PEFT initializes one: A Kaiming-uniform (a=sqrt(5)) from
   // `seed`, B zero, so that it starts as the identity on the base. fp32
   // parameters with requires_grad, on `device`.
-  static absl::StatusOr<LoraAdapter> Create(const ModelConfig& base, LoraConfig config, uint64_t seed,
-                                            at::Device device = at::kCPU);
+  static absl::StatusOr<LoraAdapter> Create(const ModelConfig& base, LoraConfig config,
+                                            uint64_t seed, at::Device device = at::kCPU);
   // Reads a PEFT adapter directory written by us or by PEFT and checks every
   // tensor against `base`'s shapes. Parameters are fp32 on `device`.
   static absl::StatusOr<LoraAdapter> Load(const std::string& dir, const ModelConfig& base,

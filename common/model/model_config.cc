@@ -28,7 +28,8 @@ class Reader {
     return it != j_.end() && !it->is_null();
   }
 
-  absl::StatusOr<int64_t> Int(const char* field, std::optional<int64_t> dflt = std::nullopt, int64_t min = 1) const {
+  absl::StatusOr<int64_t> Int(const char* field, std::optional<int64_t> dflt = std::nullopt,
+                              int64_t min = 1) const {
     auto it = j_.find(field);
     if (it == j_.end() || it->is_null()) {
       if (dflt) return *dflt;
@@ -139,19 +140,20 @@ absl::Status ParseRopeScaling(const Json& j, absl::string_view source, ModelConf
     const size_t half = static_cast<size_t>(c.rotary_dim / 2);
     if (rs.short_factor.size() != half || rs.long_factor.size() != half) {
       return absl::InvalidArgumentError(
-          absl::StrCat(rs_source, ": short_factor and long_factor must have rotary_dim/2 = ", half, " entries, got ",
-                       rs.short_factor.size(), " and ", rs.long_factor.size()));
+          absl::StrCat(rs_source, ": short_factor and long_factor must have rotary_dim/2 = ", half,
+                       " entries, got ", rs.short_factor.size(), " and ", rs.long_factor.size()));
     }
     rs.original_max_position_embeddings = c.original_max_position_embeddings;
     if (c.original_max_position_embeddings < 2) {
-      return r.Error("original_max_position_embeddings", "must be at least 2 with longrope scaling");
+      return r.Error("original_max_position_embeddings",
+                     "must be at least 2 with longrope scaling");
     }
-    const double scale =
-        static_cast<double>(c.max_position_embeddings) / static_cast<double>(c.original_max_position_embeddings);
-    double dflt =
-        scale <= 1.0
-            ? 1.0
-            : std::sqrt(1.0 + std::log(scale) / std::log(static_cast<double>(c.original_max_position_embeddings)));
+    const double scale = static_cast<double>(c.max_position_embeddings) /
+                         static_cast<double>(c.original_max_position_embeddings);
+    double dflt = scale <= 1.0
+                      ? 1.0
+                      : std::sqrt(1.0 + std::log(scale) / std::log(static_cast<double>(
+                                                              c.original_max_position_embeddings)));
     TF_CFG_ASSIGN(rs.attention_factor, r.Double("attention_factor", dflt));
     rs.factor = scale;
   } else if (type == "llama3") {
@@ -165,8 +167,8 @@ absl::Status ParseRopeScaling(const Json& j, absl::string_view source, ModelConf
     }
     TF_CFG_ASSIGN(rs.original_max_position_embeddings, r.Int("original_max_position_embeddings"));
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat(rs_source, ": unsupported type '", type, "' (supported: linear, longrope, su, llama3)"));
+    return absl::InvalidArgumentError(absl::StrCat(rs_source, ": unsupported type '", type,
+                                                   "' (supported: linear, longrope, su, llama3)"));
   }
   return absl::OkStatus();
 }
@@ -182,10 +184,12 @@ int64_t ModelConfig::NumParameters() const {
   return emb * (tie_word_embeddings ? 1 : 2) + num_hidden_layers * per_layer + h;
 }
 
-absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source) {
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text,
+                                             absl::string_view source) {
   Json j = Json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON"));
-  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (!j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   Reader r(j, source);
   ModelConfig c;
   c.raw_json = std::string(json_text);
@@ -197,11 +201,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   } else if (c.model_type == "mistral") {
     c.family = ModelFamily::kMistral;
   } else {
-    return r.Error("model_type", absl::StrCat("is '", c.model_type, "', not one of phi3, llama, mistral"));
+    return r.Error("model_type",
+                   absl::StrCat("is '", c.model_type, "', not one of phi3, llama, mistral"));
   }
   std::string act;
   TF_CFG_ASSIGN(act, r.String("hidden_act", "silu"));
-  if (act != "silu") return r.Error("hidden_act", absl::StrCat("is '", act, "'; only silu is supported"));
+  if (act != "silu")
+    return r.Error("hidden_act", absl::StrCat("is '", act, "'; only silu is supported"));
 
   TF_CFG_ASSIGN(c.vocab_size, r.Int("vocab_size"));
   TF_CFG_ASSIGN(c.hidden_size, r.Int("hidden_size"));
@@ -210,15 +216,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   TF_CFG_ASSIGN(c.num_attention_heads, r.Int("num_attention_heads"));
   TF_CFG_ASSIGN(c.num_key_value_heads, r.Int("num_key_value_heads", c.num_attention_heads));
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
-    return r.Error(
-        "num_key_value_heads",
-        absl::StrCat("(", c.num_key_value_heads, ") must divide num_attention_heads (", c.num_attention_heads, ")"));
+    return r.Error("num_key_value_heads",
+                   absl::StrCat("(", c.num_key_value_heads, ") must divide num_attention_heads (",
+                                c.num_attention_heads, ")"));
   }
   if (r.Has("head_dim")) {
     TF_CFG_ASSIGN(c.head_dim, r.Int("head_dim"));
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
-      return r.Error("hidden_size", absl::StrCat("(", c.hidden_size, ") is not a multiple of num_attention_heads (",
+      return r.Error("hidden_size", absl::StrCat("(", c.hidden_size,
+                                                 ") is not a multiple of num_attention_heads (",
                                                  c.num_attention_heads, ")"));
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
@@ -228,13 +235,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   if (partial > 1.0) return r.Error("partial_rotary_factor", "must be at most 1");
   c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * partial);
   if (c.rotary_dim % 2 != 0 || c.rotary_dim == 0) {
-    return r.Error("head_dim", absl::StrCat("gives an odd or zero rotary dimension ", c.rotary_dim));
+    return r.Error("head_dim",
+                   absl::StrCat("gives an odd or zero rotary dimension ", c.rotary_dim));
   }
   const int64_t dflt_max_pos = c.family == ModelFamily::kPhi3 ? 4096 : 2048;
   TF_CFG_ASSIGN(c.max_position_embeddings, r.Int("max_position_embeddings", dflt_max_pos));
   TF_CFG_ASSIGN(c.original_max_position_embeddings,
                 r.Int("original_max_position_embeddings", c.max_position_embeddings));
-  TF_CFG_ASSIGN(c.rms_norm_eps, r.Double("rms_norm_eps", c.family == ModelFamily::kPhi3 ? 1e-5 : 1e-6));
+  TF_CFG_ASSIGN(c.rms_norm_eps,
+                r.Double("rms_norm_eps", c.family == ModelFamily::kPhi3 ? 1e-5 : 1e-6));
   TF_CFG_ASSIGN(c.rope_theta, r.Double("rope_theta", 10000.0));
   if (r.Has("sliding_window")) {
     int64_t w = 0;
@@ -272,7 +281,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   std::string file = path;
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) file = (std::filesystem::path(path) / "config.json").string();
+  if (std::filesystem::is_directory(path, ec))
+    file = (std::filesystem::path(path) / "config.json").string();
   std::ifstream in(file, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(file, ": cannot open"));
   std::stringstream ss;
@@ -282,7 +292,8 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   if (!config.ok()) return config;
   // generation_config.json names the tokens that end a turn, which config.json
   // often lacks (Phi-3: <|end|>, Llama-3.1: <|eot_id|>); stop on both sets.
-  const std::filesystem::path gen = std::filesystem::path(file).parent_path() / "generation_config.json";
+  const std::filesystem::path gen =
+      std::filesystem::path(file).parent_path() / "generation_config.json";
   if (std::filesystem::exists(gen, ec)) {
     std::ifstream gin(gen, std::ios::binary);
     std::stringstream gss;
@@ -296,7 +307,8 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
     auto ids = r.Ids("eos_token_id");
     if (!ids.ok()) return ids.status();
     for (int64_t id : *ids) {
-      if (std::find(config->eos_token_ids.begin(), config->eos_token_ids.end(), id) == config->eos_token_ids.end()) {
+      if (std::find(config->eos_token_ids.begin(), config->eos_token_ids.end(), id) ==
+          config->eos_token_ids.end()) {
         config->eos_token_ids.push_back(id);
       }
     }

@@ -74,7 +74,8 @@ struct ModelConfig {
 // Parses config.json text; `source` names it in errors ("…/config.json: missing
 // field 'hidden_size'"). InvalidArgument for a missing or ill-typed field, an
 // unsupported model_type, rope_scaling or activation, or inconsistent sizes.
-absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source = "config.json");
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text,
+                                             absl::string_view source = "config.json");
 
 // Reads and parses `path` (a config.json file, or a directory holding one).
 // The eos_token_id(s) of a generation_config.json beside it are added to

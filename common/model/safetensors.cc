@@ -76,7 +76,8 @@ absl::StatusOr<DType> FromScalarType(at::ScalarType t) {
     case at::kBool:
       return DType::kBool;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("dtype ", c10::toString(t), " cannot be stored in safetensors"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("dtype ", c10::toString(t), " cannot be stored in safetensors"));
   }
 }
 
@@ -88,19 +89,23 @@ absl::Status ErrnoError(absl::string_view op, const std::string& path) {
   return absl::InternalError(msg);
 }
 
-std::string ShardName(size_t i, size_t n) { return absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, n); }
+std::string ShardName(size_t i, size_t n) {
+  return absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, n);
+}
 
 bool IsShardName(const std::string& name) {
   unsigned a = 0, b = 0;
   char tail[32] = {0};
-  return std::sscanf(name.c_str(), "model-%5u-of-%5u.%31s", &a, &b, tail) == 3 && std::string(tail) == "safetensors";
+  return std::sscanf(name.c_str(), "model-%5u-of-%5u.%31s", &a, &b, tail) == 3 &&
+         std::string(tail) == "safetensors";
 }
 
 }  // namespace
 
 SafetensorsFile::~SafetensorsFile() = default;
 
-absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
+    const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("open", path);
   struct stat st;
@@ -129,8 +134,9 @@ absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(con
   if (base == MAP_FAILED) return ErrnoError("mmap", path);
   file->base_ = base;
   file->mapping_ = std::shared_ptr<void>(base, [size](void* p) { ::munmap(p, size); });
-  TF_ASSIGN_OR_RETURN(file->header_,
-                      ParseSafetensorsHeader(absl::string_view(static_cast<const char*>(base), size), size, path));
+  TF_ASSIGN_OR_RETURN(
+      file->header_,
+      ParseSafetensorsHeader(absl::string_view(static_cast<const char*>(base), size), size, path));
   return std::shared_ptr<const SafetensorsFile>(std::move(file));
 }
 
@@ -138,18 +144,20 @@ absl::StatusOr<at::Tensor> SafetensorsFile::Get(absl::string_view name) const {
   int64_t i = header_.Find(name);
   if (i < 0) return absl::NotFoundError(absl::StrCat(path_, ": no tensor '", name, "'"));
   const TensorInfo& info = header_.tensors[static_cast<size_t>(i)];
-  return internal::CatchTorch(absl::StrCat(path_, ": tensor '", name, "'"), [&]() -> absl::StatusOr<at::Tensor> {
-    char* data = static_cast<char*>(base_) + header_.data_offset + info.begin;
-    auto options = at::TensorOptions().dtype(ToScalarType(info.dtype)).device(at::kCPU);
-    if (reinterpret_cast<uintptr_t>(data) % static_cast<uintptr_t>(DTypeSize(info.dtype)) != 0) {
-      // Misaligned (another writer's padding): copy rather than hand kernels
-      // a pointer they may not expect.
-      return at::from_blob(data, info.shape, options).clone();
-    }
-    std::shared_ptr<void> keep = mapping_;
-    return at::from_blob(
-        data, info.shape, [keep](void*) {}, options);
-  });
+  return internal::CatchTorch(
+      absl::StrCat(path_, ": tensor '", name, "'"), [&]() -> absl::StatusOr<at::Tensor> {
+        char* data = static_cast<char*>(base_) + header_.data_offset + info.begin;
+        auto options = at::TensorOptions().dtype(ToScalarType(info.dtype)).device(at::kCPU);
+        if (reinterpret_cast<uintptr_t>(data) % static_cast<uintptr_t>(DTypeSize(info.dtype)) !=
+            0) {
+          // Misaligned (another writer's padding): copy rather than hand kernels
+          // a pointer they may not expect.
+          return at::from_blob(data, info.shape, options).clone();
+        }
+        std::shared_ptr<void> keep = mapping_;
+        return at::from_blob(
+            data, info.shape, [keep](void*) {}, options);
+      });
 }
 
 absl::StatusOr<NamedTensors> SafetensorsFile::GetAll() const {
@@ -189,12 +197,14 @@ absl::StatusOr<SafetensorsDir> SafetensorsDir::Open(const std::string& dir) {
   std::map<std::string, size_t> file_index;
   for (const auto& [tensor, shard] : wm->items()) {
     if (!shard.is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(index_path, ": tensor '", tensor, "' maps to a non-string"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(index_path, ": tensor '", tensor, "' maps to a non-string"));
     }
     const std::string& shard_name = shard.get_ref<const std::string&>();
-    if (shard_name.empty() || shard_name.find('/') != std::string::npos || shard_name == "." || shard_name == "..") {
-      return absl::InvalidArgumentError(
-          absl::StrCat(index_path, ": tensor '", tensor, "' maps to an invalid file name '", shard_name, "'"));
+    if (shard_name.empty() || shard_name.find('/') != std::string::npos || shard_name == "." ||
+        shard_name == "..") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          index_path, ": tensor '", tensor, "' maps to an invalid file name '", shard_name, "'"));
     }
     auto it = file_index.find(shard_name);
     if (it == file_index.end()) {
@@ -203,8 +213,8 @@ absl::StatusOr<SafetensorsDir> SafetensorsDir::Open(const std::string& dir) {
       out.files_.push_back(std::move(file));
     }
     if (out.files_[it->second]->header().Find(tensor) < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(index_path, ": tensor '", tensor, "' is not in ", out.files_[it->second]->path()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          index_path, ": tensor '", tensor, "' is not in ", out.files_[it->second]->path()));
     }
     out.index_[tensor] = it->second;
   }
@@ -213,7 +223,8 @@ absl::StatusOr<SafetensorsDir> SafetensorsDir::Open(const std::string& dir) {
 
 absl::StatusOr<at::Tensor> SafetensorsDir::Get(absl::string_view name) const {
   auto it = index_.find(std::string(name));
-  if (it == index_.end()) return absl::NotFoundError(absl::StrCat(dir_, ": missing tensor '", name, "'"));
+  if (it == index_.end())
+    return absl::NotFoundError(absl::StrCat(dir_, ": missing tensor '", name, "'"));
   return files_[it->second]->Get(name);
 }
 
@@ -242,14 +253,17 @@ absl::Status WriteSafetensors(const std::string& path, const NamedTensors& tenso
     std::set<std::string> seen;
     for (const auto& [name, t] : tensors) {
       if (name == "__metadata__" || !seen.insert(name).second) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": duplicate or reserved tensor name '", name, "'"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": duplicate or reserved tensor name '", name, "'"));
       }
-      if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "' is undefined"));
+      if (!t.defined())
+        return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "' is undefined"));
       TensorInfo info;
       info.name = name;
       auto dtype = FromScalarType(t.scalar_type());
       if (!dtype.ok())
-        return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "': ", dtype.status().message()));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": tensor '", name, "': ", dtype.status().message()));
       info.dtype = *dtype;
       info.shape = t.sizes().vec();
       infos.push_back(std::move(info));
@@ -266,11 +280,13 @@ absl::Status WriteSafetensors(const std::string& path, const NamedTensors& tenso
   });
 }
 
-absl::Status WriteSafetensorsDir(const std::string& dir, const NamedTensors& tensors, uint64_t max_shard_bytes,
+absl::Status WriteSafetensorsDir(const std::string& dir, const NamedTensors& tensors,
+                                 uint64_t max_shard_bytes,
                                  const std::map<std::string, std::string>& metadata) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create directory: ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat(dir, ": cannot create directory: ", ec.message()));
   std::vector<NamedTensors> shards(1);
   uint64_t in_shard = 0, total = 0;
   for (const auto& nt : tensors) {
@@ -292,7 +308,8 @@ absl::Status WriteSafetensorsDir(const std::string& dir, const NamedTensors& ten
     }
   }
   if (shards.size() == 1) {
-    TF_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir) / kSingleFile).string(), shards[0], metadata));
+    TF_RETURN_IF_ERROR(
+        WriteSafetensors((fs::path(dir) / kSingleFile).string(), shards[0], metadata));
   } else {
     nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
     for (size_t i = 0; i < shards.size(); ++i) {
@@ -303,7 +320,8 @@ absl::Status WriteSafetensorsDir(const std::string& dir, const NamedTensors& ten
     nlohmann::ordered_json index;
     index["metadata"] = {{"total_size", total}};
     index["weight_map"] = std::move(weight_map);
-    TF_RETURN_IF_ERROR(WriteStringAtomically((fs::path(dir) / kIndexFile).string(), index.dump(2) + "\n"));
+    TF_RETURN_IF_ERROR(
+        WriteStringAtomically((fs::path(dir) / kIndexFile).string(), index.dump(2) + "\n"));
   }
   for (const auto& p : stale) {
     // Shards that we just rewrote under the same name are not stale.

@@ -82,6 +82,7 @@ absl::Status WriteSafetensors(const std::string& path, const NamedTensors& tenso
 // the other kind.
 absl::Status WriteSafetensorsDir(const std::string& dir, const NamedTensors& tensors,
                                  uint64_t max_shard_bytes = 5'000'000'000ull,
-                                 const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+                                 const std::map<std::string, std::string>& metadata = {
+                                     {"format", "pt"}});
 
 }  // namespace tunefleet::model

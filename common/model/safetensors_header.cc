@@ -17,16 +17,18 @@ struct DTypeEntry {
   int64_t size;
 };
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kF64, "F64", 8}, {DType::kF32, "F32", 4},   {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},
-    {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},   {DType::kI16, "I16", 2}, {DType::kI8, "I8", 1},
-    {DType::kU8, "U8", 1},   {DType::kBool, "BOOL", 1},
+    {DType::kF64, "F64", 8},   {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2},
+    {DType::kBF16, "BF16", 2}, {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
+    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},   {DType::kU8, "U8", 1},
+    {DType::kBool, "BOOL", 1},
 };
 
 absl::Status Invalid(absl::string_view file, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(file, ": ", what));
 }
 
-absl::Status InvalidTensor(absl::string_view file, absl::string_view tensor, absl::string_view what) {
+absl::Status InvalidTensor(absl::string_view file, absl::string_view tensor,
+                           absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(file, ": tensor '", tensor, "': ", what));
 }
 
@@ -80,18 +82,21 @@ int64_t SafetensorsHeader::Find(absl::string_view name) const {
   return -1;
 }
 
-absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefix, uint64_t file_size,
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefix,
+                                                         uint64_t file_size,
                                                          absl::string_view file_name) {
   if (file_size < 8 || prefix.size() < 8) {
-    return Invalid(file_name, absl::StrCat("truncated: ", file_size, " bytes, too short for the 8-byte header length"));
+    return Invalid(file_name, absl::StrCat("truncated: ", file_size,
+                                           " bytes, too short for the 8-byte header length"));
   }
   const uint64_t n = ReadLe64(prefix.data());
   if (n > file_size - 8) {
-    return Invalid(file_name, absl::StrCat("header length ", n, " exceeds the file size ", file_size));
+    return Invalid(file_name,
+                   absl::StrCat("header length ", n, " exceeds the file size ", file_size));
   }
   if (n > kMaxSafetensorsHeaderBytes) {
-    return Invalid(file_name,
-                   absl::StrCat("header length ", n, " exceeds the limit of ", kMaxSafetensorsHeaderBytes, " bytes"));
+    return Invalid(file_name, absl::StrCat("header length ", n, " exceeds the limit of ",
+                                           kMaxSafetensorsHeaderBytes, " bytes"));
   }
   if (prefix.size() < 8 + n) {
     return Invalid(file_name, "truncated header");
@@ -139,7 +144,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
     for (const auto& d : *shape) {
       uint64_t dim = 0;
       if (!GetU64(d, &dim) || dim > static_cast<uint64_t>(INT64_MAX)) {
-        return InvalidTensor(file_name, key, "shape has a dimension that is not a non-negative integer");
+        return InvalidTensor(file_name, key,
+                             "shape has a dimension that is not a non-negative integer");
       }
       if (__builtin_mul_overflow(numel, dim, &numel)) {
         return InvalidTensor(file_name, key, "shape overflows");
@@ -153,13 +159,14 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
     }
 
     auto offsets = value.find("data_offsets");
-    if (offsets == value.end() || !offsets->is_array() || offsets->size() != 2 || !GetU64((*offsets)[0], &info.begin) ||
-        !GetU64((*offsets)[1], &info.end)) {
+    if (offsets == value.end() || !offsets->is_array() || offsets->size() != 2 ||
+        !GetU64((*offsets)[0], &info.begin) || !GetU64((*offsets)[1], &info.end)) {
       return InvalidTensor(file_name, key, "'data_offsets' is not a pair of non-negative integers");
     }
     if (info.end < info.begin) {
-      return InvalidTensor(file_name, key,
-                           absl::StrCat("data_offsets [", info.begin, ", ", info.end, "] are misordered"));
+      return InvalidTensor(
+          file_name, key,
+          absl::StrCat("data_offsets [", info.begin, ", ", info.end, "] are misordered"));
     }
     if (info.end > data_size) {
       return InvalidTensor(file_name, key,
@@ -167,32 +174,36 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
                                         "] run past the end of the data (", data_size, " bytes)"));
     }
     if (info.end - info.begin != nbytes) {
-      return InvalidTensor(file_name, key,
-                           absl::StrCat("shape [", absl::StrJoin(info.shape, ", "), "] of ", DTypeName(info.dtype),
-                                        " needs ", nbytes, " bytes but data_offsets span ", info.end - info.begin));
+      return InvalidTensor(
+          file_name, key,
+          absl::StrCat("shape [", absl::StrJoin(info.shape, ", "), "] of ", DTypeName(info.dtype),
+                       " needs ", nbytes, " bytes but data_offsets span ", info.end - info.begin));
     }
     header.tensors.push_back(std::move(info));
   }
 
-  std::stable_sort(header.tensors.begin(), header.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::stable_sort(header.tensors.begin(), header.tensors.end(),
+                   [](const TensorInfo& a, const TensorInfo& b) {
+                     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+                   });
   uint64_t expected = 0;
   for (size_t i = 0; i < header.tensors.size(); ++i) {
     const TensorInfo& t = header.tensors[i];
     if (t.begin < expected) {
-      return InvalidTensor(
-          file_name, t.name,
-          absl::StrCat("data_offsets [", t.begin, ", ", t.end, "] overlap tensor '", header.tensors[i - 1].name, "'"));
+      return InvalidTensor(file_name, t.name,
+                           absl::StrCat("data_offsets [", t.begin, ", ", t.end,
+                                        "] overlap tensor '", header.tensors[i - 1].name, "'"));
     }
     if (t.begin > expected) {
-      return InvalidTensor(file_name, t.name,
-                           absl::StrCat("data_offsets start at ", t.begin, " leaving a gap after byte ", expected));
+      return InvalidTensor(
+          file_name, t.name,
+          absl::StrCat("data_offsets start at ", t.begin, " leaving a gap after byte ", expected));
     }
     expected = t.end;
   }
   if (expected != data_size) {
-    return Invalid(file_name, absl::StrCat("data section has ", data_size, " bytes but the tensors cover ", expected));
+    return Invalid(file_name, absl::StrCat("data section has ", data_size,
+                                           " bytes but the tensors cover ", expected));
   }
   return header;
 }

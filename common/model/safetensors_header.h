@@ -50,7 +50,8 @@ inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 // file, malformed JSON, an unknown dtype, offsets past the end, overlapping or
 // with gaps, a shape whose byte size differs from its range — is an
 // InvalidArgument naming `file_name` and the tensor.
-absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefix, uint64_t file_size,
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefix,
+                                                         uint64_t file_size,
                                                          absl::string_view file_name);
 
 // The serialized header (8-byte little-endian length + JSON padded with spaces

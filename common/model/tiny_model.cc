@@ -17,11 +17,12 @@ namespace tunefleet::model {
 
 absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
   namespace fs = std::filesystem;
-  if (o.num_layers <= 0 || o.hidden_size <= 0 || o.num_heads <= 0 || o.num_kv_heads <= 0 || o.intermediate_size <= 0 ||
-      o.vocab_size <= 0 || o.hidden_size % o.num_heads != 0 || o.num_heads % o.num_kv_heads != 0 ||
-      (o.hidden_size / o.num_heads) % 2 != 0) {
+  if (o.num_layers <= 0 || o.hidden_size <= 0 || o.num_heads <= 0 || o.num_kv_heads <= 0 ||
+      o.intermediate_size <= 0 || o.vocab_size <= 0 || o.hidden_size % o.num_heads != 0 ||
+      o.num_heads % o.num_kv_heads != 0 || (o.hidden_size / o.num_heads) % 2 != 0) {
     return absl::InvalidArgumentError(
-        "tiny model: sizes must be positive, hidden a multiple of heads with an even head size, heads a multiple "
+        "tiny model: sizes must be positive, hidden a multiple of heads with an even head size, "
+        "heads a multiple "
         "of kv heads");
   }
   at::ScalarType dtype;
@@ -35,9 +36,10 @@ absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("tiny model: unknown dtype '", o.dtype, "'"));
   }
   const int64_t head_dim = o.hidden_size / o.num_heads;
-  const int64_t max_pos = o.long_context
-                              ? std::max<int64_t>(o.max_position_embeddings, 32 * o.original_max_position_embeddings)
-                              : o.max_position_embeddings;
+  const int64_t max_pos =
+      o.long_context
+          ? std::max<int64_t>(o.max_position_embeddings, 32 * o.original_max_position_embeddings)
+          : o.max_position_embeddings;
 
   nlohmann::ordered_json config;
   config["_name_or_path"] = "tunefleet/tiny-phi3";
@@ -56,7 +58,8 @@ absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
   config["num_attention_heads"] = o.num_heads;
   config["num_hidden_layers"] = o.num_layers;
   config["num_key_value_heads"] = o.num_kv_heads;
-  config["original_max_position_embeddings"] = o.long_context ? o.original_max_position_embeddings : max_pos;
+  config["original_max_position_embeddings"] =
+      o.long_context ? o.original_max_position_embeddings : max_pos;
   config["pad_token_id"] = 32000;
   config["resid_pdrop"] = 0.0;
   config["rms_norm_eps"] = 1e-05;
@@ -91,7 +94,8 @@ absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
 
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create directory: ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat(dir, ": cannot create directory: ", ec.message()));
 
   TF_RETURN_IF_ERROR(internal::CatchTorch("tiny model", [&]() -> absl::Status {
     SplitMix64 rng(o.seed);
@@ -105,7 +109,9 @@ absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
       for (int64_t i = 0; i < n; ++i) p[i] = rng.Symmetric(bound);
       tensors.emplace_back(std::move(name), t.to(dtype));
     };
-    auto ones = [&](std::string name, int64_t n) { tensors.emplace_back(std::move(name), at::ones({n}, dtype)); };
+    auto ones = [&](std::string name, int64_t n) {
+      tensors.emplace_back(std::move(name), at::ones({n}, dtype));
+    };
     const int64_t h = o.hidden_size, qkv = (o.num_heads + 2 * o.num_kv_heads) * head_dim;
     random("model.embed_tokens.weight", {o.vocab_size, h});
     for (int64_t i = 0; i < o.num_layers; ++i) {
@@ -121,8 +127,10 @@ absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
     random("lm_head.weight", {o.vocab_size, h});
     return WriteSafetensorsDir(dir, tensors, o.max_shard_bytes);
   }));
-  TF_RETURN_IF_ERROR(WriteStringAtomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
-  return WriteStringAtomically((fs::path(dir) / "generation_config.json").string(), generation.dump(2) + "\n");
+  TF_RETURN_IF_ERROR(
+      WriteStringAtomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
+  return WriteStringAtomically((fs::path(dir) / "generation_config.json").string(),
+                               generation.dump(2) + "\n");
 }
 
 }  // namespace tunefleet::model

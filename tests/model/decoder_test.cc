@@ -67,7 +67,8 @@ TEST_P(DecoderTest, ForwardShapesAndCausality) {
 TEST_P(DecoderTest, KvCacheDecodeEqualsFullForward) {
   at::Tensor full = Full(kSeq);
   TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(1, 32));
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor last, decoder_->Extend(cache, Ids({kSeq.begin(), kSeq.begin() + 4})));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor last,
+                          decoder_->Extend(cache, Ids({kSeq.begin(), kSeq.begin() + 4})));
   EXPECT_LE(MaxAbsDiff(last[0], full[3]), kTol);
   for (size_t t = 4; t < kSeq.size(); ++t) {
     TF_ASSERT_OK_AND_ASSIGN(at::Tensor step, decoder_->Extend(cache, Ids({kSeq[t]})));
@@ -77,14 +78,16 @@ TEST_P(DecoderTest, KvCacheDecodeEqualsFullForward) {
 }
 
 TEST_P(DecoderTest, BatchedCacheWithPerRowLengths) {
-  const std::vector<std::vector<int64_t>> rows = {{5, 6, 7, 8, 9, 10, 11}, {20, 21, 22}, {30, 31, 32, 33, 34}};
+  const std::vector<std::vector<int64_t>> rows = {
+      {5, 6, 7, 8, 9, 10, 11}, {20, 21, 22}, {30, 31, 32, 33, 34}};
   std::vector<int64_t> flat(3 * 7, 0), lengths;
   for (size_t b = 0; b < rows.size(); ++b) {
     std::copy(rows[b].begin(), rows[b].end(), flat.begin() + b * 7);
     lengths.push_back(static_cast<int64_t>(rows[b].size()));
   }
   TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(3, 16));
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor last, decoder_->Extend(cache, at::tensor(flat, at::kLong).view({3, 7}), lengths));
+  TF_ASSERT_OK_AND_ASSIGN(
+      at::Tensor last, decoder_->Extend(cache, at::tensor(flat, at::kLong).view({3, 7}), lengths));
   std::vector<std::vector<int64_t>> seqs = rows;
   for (size_t b = 0; b < rows.size(); ++b) {
     EXPECT_LE(MaxAbsDiff(last[b], Full(seqs[b])[lengths[b] - 1]), kTol) << "row " << b;
@@ -93,13 +96,15 @@ TEST_P(DecoderTest, BatchedCacheWithPerRowLengths) {
   for (int step = 0; step < 3; ++step) {
     std::vector<int64_t> next = {40 + step, 50 + step, 60 + step};
     std::vector<int64_t> chunk = {1, step == 1 ? 0 : 1, 1};
-    TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits,
-                            decoder_->Extend(cache, at::tensor(next, at::kLong).view({3, 1}), chunk));
+    TF_ASSERT_OK_AND_ASSIGN(
+        at::Tensor logits,
+        decoder_->Extend(cache, at::tensor(next, at::kLong).view({3, 1}), chunk));
     for (size_t b = 0; b < 3; ++b) {
       if (chunk[b] == 0) continue;
       seqs[b].push_back(next[b]);
       at::Tensor want = Full(seqs[b]);
-      EXPECT_LE(MaxAbsDiff(logits[b], want[want.size(0) - 1]), kTol) << "row " << b << " step " << step;
+      EXPECT_LE(MaxAbsDiff(logits[b], want[want.size(0) - 1]), kTol)
+          << "row " << b << " step " << step;
     }
   }
   EXPECT_EQ(cache.lengths(), (std::vector<int64_t>{10, 5, 8}));
@@ -108,10 +113,11 @@ TEST_P(DecoderTest, BatchedCacheWithPerRowLengths) {
 TEST_P(DecoderTest, ChunkedPrefillWithAllLogits) {
   at::Tensor full = Full(kSeq);
   TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(1, 12));
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor a, decoder_->Extend(cache, Ids({kSeq.begin(), kSeq.begin() + 5}), {}, nullptr,
-                                                         /*all_logits=*/true));
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor b,
-                          decoder_->Extend(cache, Ids({kSeq.begin() + 5, kSeq.end()}), {}, nullptr, true));
+  TF_ASSERT_OK_AND_ASSIGN(
+      at::Tensor a, decoder_->Extend(cache, Ids({kSeq.begin(), kSeq.begin() + 5}), {}, nullptr,
+                                     /*all_logits=*/true));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor b, decoder_->Extend(cache, Ids({kSeq.begin() + 5, kSeq.end()}),
+                                                         {}, nullptr, true));
   EXPECT_LE(MaxAbsDiff(at::cat({a[0], b[0]}), full), kTol);
   EXPECT_THAT(decoder_->Extend(cache, Ids({1})), StatusIs(absl::StatusCode::kResourceExhausted));
 }
@@ -119,7 +125,8 @@ TEST_P(DecoderTest, ChunkedPrefillWithAllLogits) {
 TEST_P(DecoderTest, PaddingMaskLeftAndRight) {
   const std::vector<int64_t> seq = {3, 14, 15, 92, 65};
   at::Tensor want = Full(seq);
-  at::Tensor ids = at::tensor({3, 14, 15, 92, 65, 0, 0, 0, 0, 3, 14, 15, 92, 65}, at::kLong).view({2, 7});
+  at::Tensor ids =
+      at::tensor({3, 14, 15, 92, 65, 0, 0, 0, 0, 3, 14, 15, 92, 65}, at::kLong).view({2, 7});
   at::Tensor mask = at::tensor({1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1}, at::kLong).view({2, 7});
   ForwardOptions opts;
   opts.attention_mask = mask;
@@ -163,11 +170,14 @@ TEST_P(DecoderTest, ContinuousBatchingReusesARow) {
 }
 
 TEST_P(DecoderTest, BadInputsAreErrors) {
-  EXPECT_THAT(decoder_->Forward(Ids({decoder_->config().vocab_size})), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(decoder_->Forward(at::zeros({3}, at::kLong)), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(decoder_->Forward(Ids({decoder_->config().vocab_size})),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(decoder_->Forward(at::zeros({3}, at::kLong)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   ForwardOptions opts;
   opts.attention_mask = at::ones({1, 2}, at::kLong);
-  EXPECT_THAT(decoder_->Forward(Ids({1, 2, 3}), opts), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(decoder_->Forward(Ids({1, 2, 3}), opts),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(2, 8));
   EXPECT_THAT(decoder_->Extend(cache, Ids({1, 2})), StatusIs(absl::StatusCode::kInvalidArgument));
 }
@@ -209,8 +219,9 @@ TEST(DecoderLoadTest, LongRopeSwitchesToLongFactorsPastTheOriginalContext) {
   TF_ASSERT_OK_AND_ASSIGN(Decoder d, Decoder::Load(dir.path()));
   EXPECT_EQ(d.config().rope_scaling.type, RopeScaling::Type::kLongRope);
   at::Tensor ids = at::arange(100, 112, at::kLong).view({1, -1});
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor long_ctx, d.Forward(ids));                   // 12 > 8: long factors
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor short_ctx, d.Forward(ids.narrow(1, 0, 8)));  // 8: short factors
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor long_ctx, d.Forward(ids));  // 12 > 8: long factors
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor short_ctx,
+                          d.Forward(ids.narrow(1, 0, 8)));  // 8: short factors
   EXPECT_GT(MaxAbsDiff(long_ctx[0].narrow(0, 1, 7), short_ctx[0].narrow(0, 1, 7)), 1e-5);
   // A one-chunk prefill picks the same factors as the full forward.
   TF_ASSERT_OK_AND_ASSIGN(KvCache cache, d.NewCache(1, 12));
@@ -234,7 +245,8 @@ TEST(DecoderLoadTest, MalformedDirectoriesNameTheTensor) {
   std::filesystem::copy(dir.Join("config.json"), bad1.Join("config.json"));
   TF_ASSERT_OK(WriteSafetensorsDir(bad1.path(), missing));
   EXPECT_THAT(Decoder::Load(bad1.path()),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'model.layers.1.mlp.down_proj.weight'")));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("'model.layers.1.mlp.down_proj.weight'")));
 
   NamedTensors misshaped = all;
   for (auto& nt : misshaped) {
@@ -245,12 +257,14 @@ TEST(DecoderLoadTest, MalformedDirectoriesNameTheTensor) {
   TF_ASSERT_OK(WriteSafetensorsDir(bad2.path(), misshaped));
   EXPECT_THAT(Decoder::Load(bad2.path()),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("model.safetensors"), HasSubstr("'model.layers.0.self_attn.qkv_proj.weight'"),
+                       AllOf(HasSubstr("model.safetensors"),
+                             HasSubstr("'model.layers.0.self_attn.qkv_proj.weight'"),
                              HasSubstr("[10, 64]"), HasSubstr("[192, 64]"))));
 
   ScopedTempDir bad3;
   TF_ASSERT_OK(WriteSafetensorsDir(bad3.path(), all));
-  EXPECT_THAT(Decoder::Load(bad3.path()), StatusIs(absl::StatusCode::kNotFound, HasSubstr("config.json")));
+  EXPECT_THAT(Decoder::Load(bad3.path()),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("config.json")));
 }
 
 TEST(TinyModelTest, DeterministicForASeed) {
@@ -276,7 +290,8 @@ TEST(TinyModelTest, DeterministicForASeed) {
   EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{32000, 32001, 32007}));
   // A bf16 checkpoint loads into an fp32 decoder.
   TF_ASSERT_OK_AND_ASSIGN(Decoder d, Decoder::Load(dir.Join("a")));
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, d.Forward(at::tensor({1, 2, 3}, at::kLong).view({1, 3})));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits,
+                          d.Forward(at::tensor({1, 2, 3}, at::kLong).view({1, 3})));
   EXPECT_EQ(logits.scalar_type(), at::kFloat);
 }
 

@@ -33,7 +33,8 @@ class GenerateTest : public ::testing::Test {
     delete decoder_;
     delete dir_;
   }
-  static std::vector<Generation> Gen(const std::vector<std::vector<int64_t>>& prompts, GenerationOptions o) {
+  static std::vector<Generation> Gen(const std::vector<std::vector<int64_t>>& prompts,
+                                     GenerationOptions o) {
     auto r = Generate(*decoder_, prompts, o);
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *r : std::vector<Generation>(prompts.size());
@@ -57,7 +58,8 @@ class GenerateTest : public ::testing::Test {
 ScopedTempDir* GenerateTest::dir_ = nullptr;
 Decoder* GenerateTest::decoder_ = nullptr;
 
-const std::vector<std::vector<int64_t>> kPrompts = {{5, 6, 7, 8, 9, 10, 11}, {20, 21}, {30, 31, 32, 33}};
+const std::vector<std::vector<int64_t>> kPrompts = {
+    {5, 6, 7, 8, 9, 10, 11}, {20, 21}, {30, 31, 32, 33}};
 
 GenerationOptions Budget(int n) {
   GenerationOptions o;
@@ -169,10 +171,13 @@ TEST_F(GenerateTest, StopsOnStopTokensAndStrings) {
 
 TEST_F(GenerateTest, InvalidRequests) {
   GenerationOptions o = Budget(4);
-  EXPECT_THAT(Generate(*decoder_, {{}}, o), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
-  EXPECT_THAT(Generate(*decoder_, {{1, 300}}, o), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("300")));
+  EXPECT_THAT(Generate(*decoder_, {{}}, o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
+  EXPECT_THAT(Generate(*decoder_, {{1, 300}}, o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("300")));
   o.stop_strings = {"x"};
-  EXPECT_THAT(Generate(*decoder_, {{1}}, o), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("detokenize")));
+  EXPECT_THAT(Generate(*decoder_, {{1}}, o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("detokenize")));
   EXPECT_THAT(Generate(*decoder_, {std::vector<int64_t>(128, 1)}, Budget(4)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_position_embeddings")));
   // The budget is clipped at the context length.

@@ -103,7 +103,9 @@ TEST_P(LoraTest, PeftSaveLoadGivesIdenticalLogits) {
   EXPECT_EQ(cfg["base_model_name_or_path"], "tunefleet/tiny");
   TF_ASSERT_OK_AND_ASSIGN(auto file, SafetensorsFile::Open(out.Join("adapter_model.safetensors")));
   const std::string first_proj(ProjName(ModelProjections(decoder_->config())[0]));
-  EXPECT_GE(file->header().Find("base_model.model.model.layers.0.self_attn." + first_proj + ".lora_A.weight"), 0);
+  EXPECT_GE(file->header().Find("base_model.model.model.layers.0.self_attn." + first_proj +
+                                ".lora_A.weight"),
+            0);
   EXPECT_GE(file->header().Find("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"), 0);
 
   TF_ASSERT_OK_AND_ASSIGN(LoraAdapter b, LoraAdapter::Load(out.path(), decoder_->config()));
@@ -141,7 +143,8 @@ TEST_P(LoraTest, GradientsReachOnlyLoraParameters) {
   for (const at::Tensor& p : a.Parameters()) ASSERT_TRUE(p.grad().defined());
   // With B = 0 only B gets a gradient signal.
   double b_grad = 0;
-  for (size_t i = 1; i < a.Parameters().size(); i += 2) b_grad += a.Parameters()[i].grad().abs().sum().item<double>();
+  for (size_t i = 1; i < a.Parameters().size(); i += 2)
+    b_grad += a.Parameters()[i].grad().abs().sum().item<double>();
   EXPECT_GT(b_grad, 0);
   for (const at::Tensor& w : decoder_->Parameters()) {
     EXPECT_FALSE(w.requires_grad());
@@ -167,14 +170,17 @@ TEST_P(LoraTest, SparseLossEqualsFullLossWithTheSameGradients) {
   EXPECT_NEAR(sparse.loss.item<double>(), full.item<double>(), 1e-6);
   EXPECT_EQ(sparse.tokens, ids_.size(1) - 4);
   sparse.loss.backward();
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_LE(MaxAbsDiff(a.Parameters()[i].grad(), want[i]), 1e-6);
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_LE(MaxAbsDiff(a.Parameters()[i].grad(), want[i]), 1e-6);
   // Accuracy counts the argmax hits among the counted labels.
   at::Tensor pred = logits.narrow(1, 0, ids_.size(1) - 1).argmax(-1)[0];
   int64_t correct = 0;
-  for (int64_t t = 3; t < ids_.size(1) - 1; ++t) correct += pred[t].item<int64_t>() == ids_[0][t + 1].item<int64_t>();
+  for (int64_t t = 3; t < ids_.size(1) - 1; ++t)
+    correct += pred[t].item<int64_t>() == ids_[0][t + 1].item<int64_t>();
   EXPECT_EQ(sparse.correct, correct);
   // No counted label: a zero loss that still backpropagates.
-  TF_ASSERT_OK_AND_ASSIGN(Decoder::LossOutput none, decoder_->Loss(ids_, at::full_like(ids_, -100), o));
+  TF_ASSERT_OK_AND_ASSIGN(Decoder::LossOutput none,
+                          decoder_->Loss(ids_, at::full_like(ids_, -100), o));
   EXPECT_EQ(none.tokens, 0);
   none.loss.backward();
 }
@@ -211,10 +217,12 @@ TEST_P(LoraTest, PerRowAdaptersShareABatch) {
   EXPECT_LE(MaxAbsDiff(got[2], Logits(&b)[0]), kTol);
   // The same through the KV cache.
   TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(3, 16));
-  TF_ASSERT_OK_AND_ASSIGN(at::Tensor all, decoder_->Extend(cache, ids, {}, o.adapter, /*all_logits=*/true));
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor all,
+                          decoder_->Extend(cache, ids, {}, o.adapter, /*all_logits=*/true));
   EXPECT_LE(MaxAbsDiff(all, got), kTol);
   o.adapter = std::vector<const LoraAdapter*>{&a};
-  EXPECT_THAT(decoder_->Forward(ids, o), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("per-row")));
+  EXPECT_THAT(decoder_->Forward(ids, o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("per-row")));
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, LoraTest, ::testing::Values("phi3", "mistral"));
@@ -227,7 +235,8 @@ TEST(LoraErrorsTest, BadTargetsAndFiles) {
   LoraConfig lc;
   lc.target_modules = {"q_proj"};  // Phi-3 fuses q/k/v
   EXPECT_THAT(LoraAdapter::Create(c, lc, 0),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'q_proj' is not a projection of phi3")));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("'q_proj' is not a projection of phi3")));
   lc.target_modules = {"qkv_proj", "o_proj"};
   TF_ASSERT_OK_AND_ASSIGN(LoraAdapter a, LoraAdapter::Create(c, lc, 0));
   EXPECT_EQ(a.Parameters().size(), 2u * 2u * 2u);
@@ -239,27 +248,31 @@ TEST(LoraErrorsTest, BadTargetsAndFiles) {
   nlohmann::json cfg = nlohmann::json::parse(std::ifstream(out.Join("adapter_config.json")));
   cfg["r"] = 16;
   std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
-  EXPECT_THAT(
-      LoraAdapter::Load(out.path(), c),
-      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lora_A.weight': has shape [8, 64], expected [16, 64]")));
+  EXPECT_THAT(LoraAdapter::Load(out.path(), c),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("lora_A.weight': has shape [8, 64], expected [16, 64]")));
   cfg["r"] = 8;
   cfg["use_dora"] = true;
   std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
-  EXPECT_THAT(LoraAdapter::Load(out.path(), c), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("use_dora")));
+  EXPECT_THAT(LoraAdapter::Load(out.path(), c),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("use_dora")));
   cfg["use_dora"] = false;
   std::ofstream(out.Join("adapter_config.json")) << cfg.dump();
   // A tensor naming a module Phi-3 does not have; and a lone lora_A.
-  TF_ASSERT_OK(
-      WriteSafetensors(out.Join("adapter_model.safetensors"),
-                       {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({8, 64})},
-                        {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({64, 8})}}));
-  EXPECT_THAT(LoraAdapter::Load(out.path(), c),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("names no projection of a phi3 model")));
   TF_ASSERT_OK(WriteSafetensors(
       out.Join("adapter_model.safetensors"),
-      {{"base_model.model.model.layers.0.self_attn.o_proj.lora_A.default.weight", at::zeros({8, 64})}}));
+      {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", at::zeros({8, 64})},
+       {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({64, 8})}}));
   EXPECT_THAT(LoraAdapter::Load(out.path(), c),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("only one of lora_A and lora_B")));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("names no projection of a phi3 model")));
+  TF_ASSERT_OK(
+      WriteSafetensors(out.Join("adapter_model.safetensors"),
+                       {{"base_model.model.model.layers.0.self_attn.o_proj.lora_A.default.weight",
+                         at::zeros({8, 64})}}));
+  EXPECT_THAT(
+      LoraAdapter::Load(out.path(), c),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("only one of lora_A and lora_B")));
 }
 
 // Full fine-tuning of the tiny model memorizes a sample: the loss falls by
@@ -272,10 +285,10 @@ TEST(TrainingTest, AdamMemorizesASample) {
   std::vector<at::Tensor> params = d.Parameters();
   for (at::Tensor& p : params) p.set_requires_grad(true);
   torch::optim::Adam opt(params, torch::optim::AdamOptions(1e-2));
-  at::Tensor ids =
-      at::tensor({1, 32010, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203, 29889, 32007, 32000},
-                 at::kLong)
-          .view({1, -1});
+  at::Tensor ids = at::tensor({1, 32010, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366,
+                               11203, 29889, 32007, 32000},
+                              at::kLong)
+                       .view({1, -1});
   // Loss on everything after the first 2 tokens (the "prompt").
   at::Tensor labels = ids.clone();
   labels.narrow(1, 0, 2).fill_(-100);

@@ -56,12 +56,13 @@ TEST(ModelConfigTest, Phi3Mini128kLongRope) {
   TF_ASSERT_OK_AND_ASSIGN(ModelConfig c, ParseModelConfig(j.dump()));
   EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::kLongRope);
   EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 4096);
-  EXPECT_NEAR(c.rope_scaling.attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)), 1e-12);
+  EXPECT_NEAR(c.rope_scaling.attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)),
+              1e-12);
   j["rope_scaling"]["type"] = "longrope";
   j["rope_scaling"]["long_factor"] = std::vector<double>(47, 2.0);
-  EXPECT_THAT(
-      ParseModelConfig(j.dump(), "m/config.json"),
-      StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("m/config.json: rope_scaling"), HasSubstr("48"))));
+  EXPECT_THAT(ParseModelConfig(j.dump(), "m/config.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("m/config.json: rope_scaling"), HasSubstr("48"))));
 }
 
 TEST(ModelConfigTest, Llama31WithGqaAndLlama3Scaling) {
@@ -85,8 +86,9 @@ TEST(ModelConfigTest, Llama31WithGqaAndLlama3Scaling) {
 }
 
 TEST(ModelConfigTest, MistralDefaults) {
-  TF_ASSERT_OK_AND_ASSIGN(ModelConfig c,
-                          ParseModelConfig(R"({"model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
+  TF_ASSERT_OK_AND_ASSIGN(
+      ModelConfig c,
+      ParseModelConfig(R"({"model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
         "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
         "num_key_value_heads": 8, "sliding_window": null, "head_dim": 128})"));
   EXPECT_EQ(c.family, ModelFamily::kMistral);
@@ -106,21 +108,26 @@ class BadConfigTest : public ::testing::TestWithParam<BadConfig> {};
 TEST_P(BadConfigTest, NamesTheProblem) {
   nlohmann::json j = Phi3();
   GetParam().edit(j);
-  EXPECT_THAT(
-      ParseModelConfig(j.dump(), "dir/config.json"),
-      StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("dir/config.json"), HasSubstr(GetParam().message))));
+  EXPECT_THAT(ParseModelConfig(j.dump(), "dir/config.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("dir/config.json"), HasSubstr(GetParam().message))));
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, BadConfigTest,
     ::testing::Values(
-        BadConfig{"MissingHidden", [](nlohmann::json& j) { j.erase("hidden_size"); }, "field 'hidden_size' is missing"},
-        BadConfig{"MissingVocab", [](nlohmann::json& j) { j.erase("vocab_size"); }, "field 'vocab_size' is missing"},
-        BadConfig{"MissingType", [](nlohmann::json& j) { j.erase("model_type"); }, "field 'model_type' is missing"},
+        BadConfig{"MissingHidden", [](nlohmann::json& j) { j.erase("hidden_size"); },
+                  "field 'hidden_size' is missing"},
+        BadConfig{"MissingVocab", [](nlohmann::json& j) { j.erase("vocab_size"); },
+                  "field 'vocab_size' is missing"},
+        BadConfig{"MissingType", [](nlohmann::json& j) { j.erase("model_type"); },
+                  "field 'model_type' is missing"},
         BadConfig{"StringLayers", [](nlohmann::json& j) { j["num_hidden_layers"] = "32"; },
                   "'num_hidden_layers' is not an integer"},
-        BadConfig{"ZeroHeads", [](nlohmann::json& j) { j["num_attention_heads"] = 0; }, "'num_attention_heads'"},
-        BadConfig{"KvNotDividing", [](nlohmann::json& j) { j["num_key_value_heads"] = 5; }, "'num_key_value_heads'"},
+        BadConfig{"ZeroHeads", [](nlohmann::json& j) { j["num_attention_heads"] = 0; },
+                  "'num_attention_heads'"},
+        BadConfig{"KvNotDividing", [](nlohmann::json& j) { j["num_key_value_heads"] = 5; },
+                  "'num_key_value_heads'"},
         BadConfig{"Qwen", [](nlohmann::json& j) { j["model_type"] = "qwen2"; }, "'qwen2'"},
         BadConfig{"Gelu", [](nlohmann::json& j) { j["hidden_act"] = "gelu"; }, "'hidden_act'"},
         BadConfig{"Dynamic",
@@ -129,11 +136,13 @@ INSTANTIATE_TEST_SUITE_P(
                   },
                   "unsupported type 'dynamic'"},
         BadConfig{"NegativeTheta", [](nlohmann::json& j) { j["rope_theta"] = -1; }, "'rope_theta'"},
-        BadConfig{"EosString", [](nlohmann::json& j) { j["eos_token_id"] = "x"; }, "'eos_token_id'"}),
+        BadConfig{"EosString", [](nlohmann::json& j) { j["eos_token_id"] = "x"; },
+                  "'eos_token_id'"}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
 
 TEST(ModelConfigTest, NotJson) {
-  EXPECT_THAT(ParseModelConfig("{", "c.json"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("c.json")));
+  EXPECT_THAT(ParseModelConfig("{", "c.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("c.json")));
   EXPECT_THAT(ParseModelConfig("[]", "c.json"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(LoadModelConfig("/nonexistent/dir"), StatusIs(absl::StatusCode::kNotFound));
 }

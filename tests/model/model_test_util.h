@@ -85,7 +85,9 @@ inline void WriteTinyMistral(const std::string& dir, uint64_t seed) {
   std::fclose(f);
   at::manual_seed(static_cast<int64_t>(seed));
   NamedTensors t;
-  auto rnd = [&](std::string name, std::vector<int64_t> shape) { t.emplace_back(name, at::randn(shape) * 0.1); };
+  auto rnd = [&](std::string name, std::vector<int64_t> shape) {
+    t.emplace_back(name, at::randn(shape) * 0.1);
+  };
   rnd("model.embed_tokens.weight", {vocab, h});
   for (int64_t i = 0; i < layers; ++i) {
     std::string p = absl::StrCat("model.layers.", i, ".");
@@ -101,7 +103,8 @@ inline void WriteTinyMistral(const std::string& dir, uint64_t seed) {
   }
   t.emplace_back("model.norm.weight", at::ones({h}));
   rnd("lm_head.weight", {vocab, h});
-  if (!WriteSafetensorsDir(dir, t).ok()) throw std::runtime_error("writing the tiny mistral failed");
+  if (!WriteSafetensorsDir(dir, t).ok())
+    throw std::runtime_error("writing the tiny mistral failed");
 }
 
 }  // namespace tunefleet::model::testing

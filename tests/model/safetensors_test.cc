@@ -110,7 +110,8 @@ TEST_P(MalformedTest, IsAClearError) {
   const std::string path = dir.Join("bad.safetensors");
   WriteBytes(path, GetParam().bytes);
   EXPECT_THAT(SafetensorsFile::Open(path),
-              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr(path), HasSubstr(GetParam().message))));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr(path), HasSubstr(GetParam().message))));
   // The parser on bytes in memory says the same.
   EXPECT_THAT(ParseSafetensorsHeader(GetParam().bytes, GetParam().bytes.size(), "mem"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(GetParam().message)));
@@ -125,42 +126,56 @@ std::string LengthOnly(uint64_t n) {
 INSTANTIATE_TEST_SUITE_P(
     Cases, MalformedTest,
     ::testing::Values(
-        MalformedCase{"Empty", "", "truncated"}, MalformedCase{"SevenBytes", "1234567", "truncated"},
+        MalformedCase{"Empty", "", "truncated"},
+        MalformedCase{"SevenBytes", "1234567", "truncated"},
         MalformedCase{"HeaderLongerThanFile", LengthOnly(1000) + "{}", "exceeds the file size"},
         MalformedCase{"HugeHeaderLength", LengthOnly(~0ull), "exceeds the file size"},
-        MalformedCase{"TruncatedJson", FileWith(R"({"a":{"dtype":"F32","sha)", 0), "not valid JSON"},
+        MalformedCase{"TruncatedJson", FileWith(R"({"a":{"dtype":"F32","sha)", 0),
+                      "not valid JSON"},
         MalformedCase{"NotAnObject", FileWith("[1,2]", 0), "not a JSON object"},
-        MalformedCase{"UnknownDtype", FileWith(R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2),
+        MalformedCase{"UnknownDtype",
+                      FileWith(R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2),
                       "tensor 'w': unsupported dtype 'F8_E4M3'"},
-        MalformedCase{"MissingDtype", FileWith(R"({"w":{"shape":[2],"data_offsets":[0,8]}})", 8), "'w'"},
-        MalformedCase{"NegativeDim", FileWith(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4),
+        MalformedCase{"MissingDtype", FileWith(R"({"w":{"shape":[2],"data_offsets":[0,8]}})", 8),
+                      "'w'"},
+        MalformedCase{"NegativeDim",
+                      FileWith(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4),
                       "'w': shape"},
-        MalformedCase{"OffsetsPastEnd", FileWith(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
+        MalformedCase{"OffsetsPastEnd",
+                      FileWith(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
                       "'w': data_offsets [0, 16] run past the end"},
-        MalformedCase{"Misordered", FileWith(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", 8),
+        MalformedCase{"Misordered",
+                      FileWith(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", 8),
                       "'w': data_offsets [8, 4] are misordered"},
         MalformedCase{"Overlapping",
                       FileWith(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                                R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
                                12),
                       "'b': data_offsets [4, 12] overlap tensor 'a'"},
-        MalformedCase{"Gap", FileWith(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8),
+        MalformedCase{"Gap",
+                      FileWith(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8),
                       "'a': data_offsets start at 4"},
         MalformedCase{"ShapeTimesDtypeIsNotLength",
                       FileWith(R"({"w":{"dtype":"BF16","shape":[3],"data_offsets":[0,8]}})", 8),
                       "'w': shape [3] of BF16 needs 6 bytes but data_offsets span 8"},
-        MalformedCase{"ShapeOverflow",
-                      FileWith(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
-                      "'w': shape overflows"},
-        MalformedCase{"TrailingBytes", FileWith(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 9),
+        MalformedCase{
+            "ShapeOverflow",
+            FileWith(
+                R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
+            "'w': shape overflows"},
+        MalformedCase{"TrailingBytes",
+                      FileWith(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 9),
                       "data section has 9 bytes but the tensors cover 4"},
         MalformedCase{"BadMetadata", FileWith(R"({"__metadata__":{"a":1}})", 0), "__metadata__"}),
-    [](const ::testing::TestParamInfo<MalformedCase>& info) { return std::string(info.param.name); });
+    [](const ::testing::TestParamInfo<MalformedCase>& info) {
+      return std::string(info.param.name);
+    });
 
 TEST(SafetensorsDirTest, ShardedRoundTripAndLayoutSwitch) {
   ScopedTempDir dir;
   NamedTensors tensors;
-  for (int i = 0; i < 5; ++i) tensors.emplace_back("t" + std::to_string(i), at::full({256}, i, at::kFloat));
+  for (int i = 0; i < 5; ++i)
+    tensors.emplace_back("t" + std::to_string(i), at::full({256}, i, at::kFloat));
   TF_ASSERT_OK(WriteSafetensorsDir(dir.path(), tensors, /*max_shard_bytes=*/2048));
   EXPECT_TRUE(std::filesystem::exists(dir.Join("model.safetensors.index.json")));
   EXPECT_TRUE(std::filesystem::exists(dir.Join("model-00003-of-00003.safetensors")));
@@ -188,13 +203,17 @@ TEST(SafetensorsDirTest, BadIndexes) {
   const std::string index = dir.Join("model.safetensors.index.json");
   WriteBytes(index, R"({"weight_map": {"y": "a.safetensors"}})");
   EXPECT_THAT(SafetensorsDir::Open(dir.path()),
-              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("'y'"), HasSubstr("a.safetensors"))));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("'y'"), HasSubstr("a.safetensors"))));
   WriteBytes(index, R"({"weight_map": {"x": "../a.safetensors"}})");
-  EXPECT_THAT(SafetensorsDir::Open(dir.path()), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("invalid")));
+  EXPECT_THAT(SafetensorsDir::Open(dir.path()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("invalid")));
   WriteBytes(index, R"({"weight_map": {"x": "missing.safetensors"}})");
-  EXPECT_THAT(SafetensorsDir::Open(dir.path()), StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+  EXPECT_THAT(SafetensorsDir::Open(dir.path()),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
   WriteBytes(index, R"({"metadata": {}})");
-  EXPECT_THAT(SafetensorsDir::Open(dir.path()), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("weight_map")));
+  EXPECT_THAT(SafetensorsDir::Open(dir.path()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("weight_map")));
 }
 
 }  // namespace

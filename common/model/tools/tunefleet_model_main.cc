@@ -35,15 +35,18 @@ ABSL_FLAG(int64_t, vocab, 32064, "init-tiny: vocabulary (embedding rows)");
 ABSL_FLAG(int64_t, max_position, 4096, "init-tiny: max_position_embeddings");
 ABSL_FLAG(bool, long_context, false, "init-tiny: 128k-style longrope config");
 ABSL_FLAG(std::string, dtype, "float32", "init-tiny: float32, bfloat16 or float16");
-ABSL_FLAG(int64_t, original_max_position, 4096, "init-tiny: with --long_context, the pre-extension context");
+ABSL_FLAG(int64_t, original_max_position, 4096,
+          "init-tiny: with --long_context, the pre-extension context");
 ABSL_FLAG(std::string, tokenizer, "auto",
-          "init-tiny: write Phi-3 tokenizer.json/tokenizer_config.json: yes, no, or auto (when the LLaMA-2 "
+          "init-tiny: write Phi-3 tokenizer.json/tokenizer_config.json: yes, no, or auto (when the "
+          "LLaMA-2 "
           "vocabulary is installed)");
 ABSL_FLAG(std::string, llama_vocab, "",
           "init-tiny: llama-tokenizer-js vocabulary source (default: the text library's)");
 ABSL_FLAG(std::string, ids, "", "logits: comma-separated token ids");
 ABSL_FLAG(std::string, adapter, "", "logits: a PEFT adapter directory to apply");
-ABSL_FLAG(uint64_t, max_shard_bytes, 5'000'000'000ull, "init-tiny: shard the weights above this size");
+ABSL_FLAG(uint64_t, max_shard_bytes, 5'000'000'000ull,
+          "init-tiny: shard the weights above this size");
 
 namespace {
 
@@ -106,18 +109,22 @@ int Inspect(const std::string& dir) {
     std::fprintf(stderr, "inspect: %s\n", weights.status().ToString().c_str());
     return 1;
   }
-  std::printf("model_type %s: %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %.1fM parameters\n",
-              config->model_type.c_str(), static_cast<long long>(config->num_hidden_layers),
-              static_cast<long long>(config->hidden_size), static_cast<long long>(config->num_attention_heads),
-              static_cast<long long>(config->num_key_value_heads), static_cast<long long>(config->vocab_size),
-              static_cast<double>(config->NumParameters()) / 1e6);
+  std::printf(
+      "model_type %s: %lld layers, hidden %lld, heads %lld/%lld, vocab %lld, %.1fM parameters\n",
+      config->model_type.c_str(), static_cast<long long>(config->num_hidden_layers),
+      static_cast<long long>(config->hidden_size),
+      static_cast<long long>(config->num_attention_heads),
+      static_cast<long long>(config->num_key_value_heads),
+      static_cast<long long>(config->vocab_size),
+      static_cast<double>(config->NumParameters()) / 1e6);
   for (const auto& file : weights->files()) {
-    std::printf("%s (%llu bytes)\n", file->path().c_str(), static_cast<unsigned long long>(file->file_size()));
+    std::printf("%s (%llu bytes)\n", file->path().c_str(),
+                static_cast<unsigned long long>(file->file_size()));
     for (const auto& t : file->header().tensors) {
       std::string shape;
       for (int64_t d : t.shape) shape += (shape.empty() ? "" : ", ") + std::to_string(d);
-      std::printf("  %-60s %-5s [%s]\n", t.name.c_str(), std::string(tunefleet::model::DTypeName(t.dtype)).c_str(),
-                  shape.c_str());
+      std::printf("  %-60s %-5s [%s]\n", t.name.c_str(),
+                  std::string(tunefleet::model::DTypeName(t.dtype)).c_str(), shape.c_str());
     }
   }
   auto decoder = tunefleet::model::Decoder::Load(dir);
@@ -180,7 +187,8 @@ int main(int argc, char** argv) {
       "tunefleet-model init-tiny --out DIR [--seed N --layers L --hidden H ...] | inspect DIR | "
       "logits DIR --ids 1,2,3 [--adapter DIR] --out FILE");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() >= 2 && std::string(args[1]) == "init-tiny" && args.size() == 2) return InitTiny();
+  if (args.size() >= 2 && std::string(args[1]) == "init-tiny" && args.size() == 2)
+    return InitTiny();
   if (args.size() == 3 && std::string(args[1]) == "inspect") return Inspect(args[2]);
   if (args.size() == 3 && std::string(args[1]) == "logits") return Logits(args[2]);
   std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
