@@ -128,6 +128,11 @@ absl::StatusOr<std::unique_ptr<LocalFleet>> LocalFleet::Start(const LocalFleetOp
         absl::StrCat("--port_file=", port_file.string()),
         "--drain_timeout=10s",
     };
+    if (name == "dataset") {
+      argv.push_back(absl::StrCat("--models_dir=", options.models_dir.empty()
+                                                       ? (data / "models").string()
+                                                       : options.models_dir));
+    }
     Subprocess::Options popts;
     popts.log_file = svc.log_file;
     TF_ASSIGN_OR_RETURN(Subprocess proc, Subprocess::Start(argv, popts));

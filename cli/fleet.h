@@ -38,6 +38,9 @@ struct LocalFleetOptions {
   // base+100, ... (metrics).
   int base_port = 0;
   absl::Duration start_timeout = absl::Seconds(60);
+  // Hugging Face model directories the dataset service tokenizes with
+  // (<models_dir>/<name>/); empty: <data_dir>/models.
+  std::string models_dir;
 };
 
 struct RunningService {

@@ -33,7 +33,8 @@ void PrintFile(const v1::File& f) {
                                f.sha256().substr(0, 12), f.filename());
 }
 
-int RunLocal(const LocalFleetOptions& options, bool check_only, const std::string& sample) {
+int RunLocal(const LocalFleetOptions& options, bool check_only, const std::string& sample,
+             const std::string& sample_model) {
   rpc::BlockShutdownSignals();
   auto fleet = LocalFleet::Start(options);
   if (!fleet.ok()) return Fail(fleet.status());
@@ -58,6 +59,18 @@ int RunLocal(const LocalFleetOptions& options, bool check_only, const std::strin
     std::cout << "automatic validation: " << v1::FileStatus_Name(validated->status()).substr(12)
               << "\n"
               << FormatReport(validated->validation());
+    if (!sample_model.empty()) {
+      v1::ValidateFileRequest req;
+      req.set_file_id(file->id());
+      req.set_base_model(sample_model);
+      req.set_max_sequence_length(64);
+      req.set_epochs(3);
+      auto report = ValidateFile(endpoint, req);
+      if (!report.ok()) return Fail(report.status());
+      std::cout << "ValidateFile with " << sample_model
+                << "'s tokenizer (max 64 tokens, 3 epochs):\n"
+                << FormatReport(*report);
+    }
     auto split = SplitFile(endpoint, file->id(), 0.2, 1);
     if (!split.ok()) return Fail(split.status());
     std::cout << "SplitFile (20% validation, seed 1):\n";
@@ -102,6 +115,11 @@ int main(int argc, char** argv) {
   std::string sample;
   local_cmd->add_option("--sample-upload", sample,
                         "Upload this JSONL file once the fleet is up (demo)");
+  std::string sample_model;
+  local_cmd->add_option("--sample-model", sample_model,
+                        "With --sample-upload: count its tokens with this model (demo)");
+  local_cmd->add_option("--models-dir", local.models_dir,
+                        "Hugging Face model directories (default <data-dir>/models)");
 
   auto* health_cmd = app.add_subcommand("health", "Ask a service whether it is SERVING");
   health_cmd->add_option("target", health_channel.target, "host:port")->required();
@@ -162,7 +180,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  if (local_cmd->parsed()) return cli::RunLocal(local, check_only, sample);
+  if (local_cmd->parsed()) return cli::RunLocal(local, check_only, sample, sample_model);
   if (files_cmd->parsed()) {
     auto endpoint = cli::ResolveEndpoint("dataset", fleet_dir, target, api_key);
     if (!endpoint.ok()) return cli::Fail(endpoint.status());

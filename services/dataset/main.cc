@@ -4,10 +4,14 @@
 #include "absl/flags/flag.h"
 #include "common/rpc/server_flags.h"
 #include "services/dataset/dataset_service.h"
+#include "services/dataset/model_tokenizers.h"
 
 ABSL_FLAG(int64_t, max_file_bytes, int64_t{1} << 30, "Largest file a tenant may upload");
 ABSL_FLAG(int64_t, tenant_quota_bytes, int64_t{10} << 30, "Bytes of files each tenant may keep");
 ABSL_FLAG(int, io_threads, 4, "Threads for disk work");
+ABSL_FLAG(std::string, models_dir, "",
+          "Directory of Hugging Face model directories (<dir>/<base_model>/tokenizer.json, ...) "
+          "whose tokenizers count tokens and build shards");
 
 int main(int argc, char** argv) {
   using namespace tunefleet;
@@ -31,8 +35,9 @@ int main(int argc, char** argv) {
   rpc::Executor executor(absl::GetFlag(FLAGS_io_threads));
   rpc::Authenticator auth(*keys);
   dataset::FileProcessor processor(registry->get(), &executor);
-  dataset::DatasetServiceImpl files(&auth, registry->get(), &executor, &processor);
-  dataset::ShardServiceImpl shards(&auth, registry->get(), &executor, /*tokenizers=*/nullptr);
+  dataset::ModelDirTokenizerProvider tokenizers(absl::GetFlag(FLAGS_models_dir));
+  dataset::DatasetServiceImpl files(&auth, registry->get(), &executor, &processor, &tokenizers);
+  dataset::ShardServiceImpl shards(&auth, registry->get(), &executor, &tokenizers);
   dataset::DatasetControlServiceImpl control(&auth, registry->get(), &executor);
   rpc::Server server(flags.server);
   server.AddService(&files);
