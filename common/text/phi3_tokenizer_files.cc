@@ -88,7 +88,7 @@ absl::Status WriteAtomically(const std::string& path, const std::string& content
   return absl::OkStatus();
 }
 
-ojson AddedTokenJson(int id, const std::string& content, bool rstrip) {
+ojson AddedTokenJson(int id, const std::string& content, bool rstrip, bool special = true) {
   ojson t;
   t["id"] = id;
   t["content"] = content;
@@ -96,7 +96,7 @@ ojson AddedTokenJson(int id, const std::string& content, bool rstrip) {
   t["lstrip"] = false;
   t["rstrip"] = rstrip;
   t["normalized"] = false;
-  t["special"] = true;
+  t["special"] = special;
   return t;
 }
 
@@ -164,7 +164,8 @@ absl::Status WritePhi3TokenizerFiles(const std::string& vocab_source, const std:
   ojson added = ojson::array();
   added.push_back(AddedTokenJson(0, "<unk>", false));
   added.push_back(AddedTokenJson(1, "<s>", false));
-  added.push_back(AddedTokenJson(2, "</s>", false));
+  // As Phi-3 ships it, </s> is not special and swallows the whitespace after it.
+  added.push_back(AddedTokenJson(2, "</s>", /*rstrip=*/true, /*special=*/false));
   for (const Phi3Added& t : kPhi3Added) added.push_back(AddedTokenJson(t.id, t.content, t.rstrip));
 
   const std::string spm_space = "\xE2\x96\x81";
