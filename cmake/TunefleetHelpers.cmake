@@ -56,3 +56,39 @@ function(tunefleet_add_subdirectories parent)
     endif()
   endforeach()
 endfunction()
+
+# tunefleet_fuzzer(name SOURCES ... DEPS ... CORPUS dir [SECONDS s])
+# A libFuzzer target (only with -DTUNEFLEET_FUZZ=ON and clang; scripts/fuzz
+# configures that build) plus a short CTest run of it labelled `fuzz`, seeded
+# from the checked-in CORPUS. New inputs go to the build tree, never into the
+# seeds. Every fuzzer joins the `fuzzers` target.
+function(tunefleet_fuzzer name)
+  cmake_parse_arguments(ARG "" "CORPUS;SECONDS" "SOURCES;DEPS" ${ARGN})
+  if(NOT TUNEFLEET_FUZZ)
+    return()
+  endif()
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(WARNING "TUNEFLEET_FUZZ needs clang (libFuzzer): ${name} is skipped")
+    return()
+  endif()
+  if(NOT ARG_SECONDS)
+    set(ARG_SECONDS ${TUNEFLEET_FUZZ_SECONDS})
+  endif()
+  add_executable(${name} ${ARG_SOURCES})
+  target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}")
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS})
+  target_compile_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+  target_link_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+  tunefleet_warnings(${name})
+  if(NOT TARGET fuzzers)
+    add_custom_target(fuzzers)
+  endif()
+  add_dependencies(fuzzers ${name})
+  set(corpus "${CMAKE_CURRENT_BINARY_DIR}/${name}_corpus")
+  file(MAKE_DIRECTORY "${corpus}" "${PROJECT_BINARY_DIR}/fuzz-artifacts")
+  add_test(NAME ${name}_short
+           COMMAND ${name} -max_total_time=${ARG_SECONDS} -max_len=8192
+                   -artifact_prefix=${PROJECT_BINARY_DIR}/fuzz-artifacts/${name}-
+                   "${corpus}" "${ARG_CORPUS}")
+  set_tests_properties(${name}_short PROPERTIES LABELS fuzz TIMEOUT 300)
+endfunction()
