@@ -23,9 +23,9 @@ absl::StatusOr<nlohmann::json> ReadJson(const std::string& path) {
   return j;
 }
 
-std::unique_ptr<v1::DatasetService::Stub> Stub(const Endpoint& e) {
-  auto channel = rpc::MakeChannel(e.channel);
-  return channel.ok() ? v1::DatasetService::NewStub(*channel) : nullptr;
+absl::StatusOr<std::unique_ptr<v1::DatasetService::Stub>> Stub(const Endpoint& e) {
+  TF_ASSIGN_OR_RETURN(auto channel, rpc::MakeChannel(e.channel));
+  return v1::DatasetService::NewStub(channel);
 }
 
 }  // namespace
@@ -80,8 +80,7 @@ absl::StatusOr<v1::File> UploadFile(const Endpoint& endpoint, const std::string&
                                     v1::FilePurpose purpose) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  auto stub = Stub(endpoint);
-  if (!stub) return absl::InvalidArgumentError("bad channel options");
+  TF_ASSIGN_OR_RETURN(auto stub, Stub(endpoint));
   grpc::ClientContext ctx;
   rpc::PrepareContext(&ctx, endpoint.api_key, absl::Hours(1));
   v1::File file;
@@ -113,7 +112,7 @@ absl::StatusOr<v1::File> UploadFile(const Endpoint& endpoint, const std::string&
 }
 
 absl::StatusOr<v1::File> GetFile(const Endpoint& endpoint, const std::string& id) {
-  auto stub = Stub(endpoint);
+  TF_ASSIGN_OR_RETURN(auto stub, Stub(endpoint));
   grpc::ClientContext ctx;
   rpc::PrepareContext(&ctx, endpoint.api_key, absl::Seconds(30));
   v1::GetFileRequest req;
@@ -126,7 +125,7 @@ absl::StatusOr<v1::File> GetFile(const Endpoint& endpoint, const std::string& id
 
 absl::StatusOr<v1::ListFilesResponse> ListFiles(const Endpoint& endpoint,
                                                 const std::string& page_token) {
-  auto stub = Stub(endpoint);
+  TF_ASSIGN_OR_RETURN(auto stub, Stub(endpoint));
   grpc::ClientContext ctx;
   rpc::PrepareContext(&ctx, endpoint.api_key, absl::Seconds(30));
   v1::ListFilesRequest req;
@@ -139,7 +138,7 @@ absl::StatusOr<v1::ListFilesResponse> ListFiles(const Endpoint& endpoint,
 }
 
 absl::Status DeleteFile(const Endpoint& endpoint, const std::string& id) {
-  auto stub = Stub(endpoint);
+  TF_ASSIGN_OR_RETURN(auto stub, Stub(endpoint));
   grpc::ClientContext ctx;
   rpc::PrepareContext(&ctx, endpoint.api_key, absl::Seconds(30));
   v1::DeleteFileRequest req;
@@ -163,7 +162,7 @@ absl::StatusOr<v1::File> WaitForValidation(const Endpoint& endpoint, const std::
 
 absl::StatusOr<v1::ValidationReport> ValidateFile(const Endpoint& endpoint,
                                                   const v1::ValidateFileRequest& request) {
-  auto stub = Stub(endpoint);
+  TF_ASSIGN_OR_RETURN(auto stub, Stub(endpoint));
   grpc::ClientContext ctx;
   rpc::PrepareContext(&ctx, endpoint.api_key, absl::Minutes(30));
   v1::ValidationReport report;
@@ -174,7 +173,7 @@ absl::StatusOr<v1::ValidationReport> ValidateFile(const Endpoint& endpoint,
 
 absl::StatusOr<v1::SplitFileResponse> SplitFile(const Endpoint& endpoint, const std::string& id,
                                                 double ratio, int64_t seed) {
-  auto stub = Stub(endpoint);
+  TF_ASSIGN_OR_RETURN(auto stub, Stub(endpoint));
   grpc::ClientContext ctx;
   rpc::PrepareContext(&ctx, endpoint.api_key, absl::Minutes(30));
   v1::SplitFileRequest req;

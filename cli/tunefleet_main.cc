@@ -142,11 +142,16 @@ int main(int argc, char** argv) {
   auto* files_cmd = app.add_subcommand("files", "Training and validation files");
   files_cmd->require_subcommand(1);
   std::string fleet_dir = "./tunefleet-local", target, api_key;
+  rpc::ChannelOptions tls;
   for (CLI::App* c : {files_cmd}) {
     c->add_option("--fleet", fleet_dir, "A 'tunefleet local' data dir to read addresses and keys from")
         ->capture_default_str();
     c->add_option("--target", target, "Dataset service host:port (or TUNEFLEET_DATASET)");
     c->add_option("--api-key", api_key, "API key (or TUNEFLEET_API_KEY)");
+    c->add_option("--tls-ca", tls.tls_ca_file, "CA of the server certificate (enables TLS)");
+    c->add_option("--tls-cert", tls.tls_cert_file, "Client certificate (mTLS)");
+    c->add_option("--tls-key", tls.tls_key_file, "Client key (mTLS)");
+    c->add_option("--tls-server-name", tls.tls_server_name, "Name to check in the server certificate");
   }
   std::string path, purpose = "fine-tune", file_id;
   auto* upload_cmd = files_cmd->add_subcommand("upload", "Upload a JSONL file");
@@ -184,6 +189,10 @@ int main(int argc, char** argv) {
   if (files_cmd->parsed()) {
     auto endpoint = cli::ResolveEndpoint("dataset", fleet_dir, target, api_key);
     if (!endpoint.ok()) return cli::Fail(endpoint.status());
+    endpoint->channel.tls_ca_file = tls.tls_ca_file;
+    endpoint->channel.tls_cert_file = tls.tls_cert_file;
+    endpoint->channel.tls_key_file = tls.tls_key_file;
+    endpoint->channel.tls_server_name = tls.tls_server_name;
     if (upload_cmd->parsed()) {
       auto p = cli::ParsePurpose(purpose);
       if (!p.ok()) return cli::Fail(p.status());
