@@ -151,7 +151,6 @@ class Decoder {
     at::Tensor post_attention_norm;
     std::array<Linear, kNumProj> proj;  // by Proj; the model's own ones set
   };
-  struct Masks;
 
   Decoder() = default;
   // Rows grouped by adapter, resolved once per forward.
