@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -67,6 +68,14 @@ void Sync(const at::Tensor& t) { (void)t.reshape({-1})[0].item<double>(); }
 }  // namespace
 
 int main(int argc, char** argv) {
+  // libgomp (ATen's threads) spins while it waits, and Debian's OpenBLAS runs
+  // its own pthreads: on a few cores the two pools steal each other's time
+  // and every figure drops several-fold. A passive wait policy must be in
+  // the environment before libgomp loads, so set it and start again.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    ::execv("/proc/self/exe", argv);  // returns only on failure; carry on then
+  }
   absl::ParseCommandLine(argc, argv);
   const int threads = absl::GetFlag(FLAGS_threads) > 0
                           ? absl::GetFlag(FLAGS_threads)
@@ -198,8 +207,9 @@ int main(int argc, char** argv) {
   const double roofline_steps = copy_bw / bytes_per_step;
   const double decode_steps_per_s = static_cast<double>(steps) / decode_s;
 
-  std::printf("model_bench: device=%s threads=%d dtype=%s\n", cuda ? "cuda" : "cpu", threads,
-              c10::toString(dopts.dtype));
+  std::printf("model_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s\n",
+              cuda ? "cuda" : "cpu", threads, c10::toString(dopts.dtype),
+              std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "(unset)");
   std::printf(
       "model: phi3 layers=%lld hidden=%lld heads=%lld intermediate=%lld vocab=%lld params=%.1fM "
       "weights=%.1f MB\n",
