@@ -112,15 +112,26 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromJinja(const std::string& t, std::
                                                      std::string eos_token) {
   std::optional<ChatFormat> format;
   if (absl::StrContains(t, "<|im_start|>")) {
-    format = absl::StrContains(t, "</think>") ? ChatFormat::kQwen3 : ChatFormat::kChatML;
+    // Phi-4's <|im_sep|> variant is another format.
+    if (!absl::StrContains(t, "<|im_sep|>")) {
+      format = absl::StrContains(t, "</think>") ? ChatFormat::kQwen3 : ChatFormat::kChatML;
+    }
   } else if (absl::StrContains(t, "<|start_header_id|>")) {
-    format = ChatFormat::kLlama3;
+    // Llama-3.1 and later write a dated system preamble (today's date under
+    // transformers): not rendered here.
+    if (!absl::StrContains(t, "Cutting Knowledge Date")) format = ChatFormat::kLlama3;
   } else if (absl::StrContains(t, "<|assistant|>") && absl::StrContains(t, "<|end|>")) {
-    format = ChatFormat::kPhi3;
+    // Phi-3 and Phi-3.5 end turns with "<|end|>\n"; Phi-4-mini's markers
+    // without newlines, and the first Phi-3 template (BOS, no system turn),
+    // are other formats.
+    const bool newline_turns =
+        absl::StrContains(t, "<|end|>\n'") || absl::StrContains(t, "<|end|>\\n'");
+    if (newline_turns && !absl::StrContains(t, "bos_token")) format = ChatFormat::kPhi3;
   }
-  if (!format)
+  if (!format) {
     return absl::UnimplementedError(
-        "chat_template: not a Phi-3, Llama-3, ChatML or Qwen3 template");
+        "chat_template: not a supported Phi-3, Llama-3, ChatML or Qwen3 template");
+  }
   ChatTemplate tmpl(*format, std::move(bos_token), std::move(eos_token));
   tmpl.skip_empty_system_ =
       absl::StrContains(t, "message['role'] == 'system' and message['content']");

@@ -23,6 +23,9 @@ namespace {
 using json = nlohmann::json;
 
 constexpr absl::string_view kSpmSpace = "\xE2\x96\x81";  // U+2581 ▁
+// Ids above this are refused rather than allocated for (the largest real
+// vocabularies have a few hundred thousand tokens).
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
 
 // ---------------------------------------------------------------------------
 // JSON helpers: every error names the source file and the JSON path.
@@ -299,7 +302,7 @@ absl::Status Tokenizer::Impl::LoadModel(const json& m, const JsonReader& r) {
   vocab.reserve(vit->size());
   for (auto it = vit->begin(); it != vit->end(); ++it) {
     if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
-        it.value().get<int64_t>() > (1 << 30)) {
+        it.value().get<int64_t>() >= kMaxVocab) {
       return r.Error(absl::StrCat("model.vocab[\"", it.key(), "\"]"), "expected a non-negative id");
     }
     const int32_t id = static_cast<int32_t>(it.value().get<int64_t>());
@@ -581,7 +584,7 @@ absl::Status Tokenizer::Impl::Load(const json& root, const JsonReader& r) {
       if (!t.is_object()) return r.Error(path, "expected an object");
       AddedToken tok;
       TF_ASSIGN_OR_RETURN(int64_t id, r.IntField(t, path, "id"));
-      if (id < 0 || id > (1 << 30)) return r.Error(path + ".id", "out of range");
+      if (id < 0 || id >= kMaxVocab) return r.Error(path + ".id", "out of range");
       tok.id = static_cast<int32_t>(id);
       TF_ASSIGN_OR_RETURN(tok.content, r.StringField(t, path, "content"));
       if (tok.content.empty()) return r.Error(path + ".content", "empty");
@@ -879,7 +882,10 @@ std::vector<std::string> Tokenizer::Impl::DecodeChain(std::vector<std::string> t
           int value = -1;
           if (t.size() == 6 && absl::StartsWith(t, "<0x") && t[5] == '>') {
             auto hex = [](char c) {
-              return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+              return c >= '0' && c <= '9'   ? c - '0'
+                     : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                     : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                            : -1;
             };
             const int hi = hex(t[3]), lo = hex(t[4]);
             if (hi >= 0 && lo >= 0) value = hi * 16 + lo;

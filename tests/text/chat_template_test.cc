@@ -82,6 +82,35 @@ TEST(ChatTemplateTest, ChatMLDocumentedFormat) {
             "<|im_start|>assistant\n");
 }
 
+TEST(ChatTemplateTest, OtherVariantsAreUnimplementedNotApproximated) {
+  for (const char* t : {
+           // Phi-4-mini: role markers without newlines.
+           "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + "
+           "'<|end|>' }}"
+           "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token "
+           "}}{% endif %}",
+           // The first Phi-3 template: BOS, no system turn.
+           "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') "
+           "%}{{'<|user|>' + '\n' + "
+           "message['content'] + '<|end|>\n' + '<|assistant|>' + '\n'}}{% elif (message['role'] == "
+           "'assistant') "
+           "%}{{message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}",
+           // Llama-3.1: a dated system preamble.
+           "{{- bos_token }}{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}"
+           "{{- \"Cutting Knowledge Date: December 2023\\n\" }}",
+           // Phi-4: ChatML with <|im_sep|>.
+           "{% for message in messages %}{{'<|im_start|>' + message['role'] + '<|im_sep|>' + "
+           "message['content'] + "
+           "'<|im_end|>'}}{% endfor %}",
+           "{{ messages[0]['content'] }}",
+       }) {
+    EXPECT_THAT(ChatTemplate::FromJinja(t, "", ""), StatusIs(absl::StatusCode::kUnimplemented))
+        << t;
+  }
+  EXPECT_THAT(ChatTemplate::FromJinja(kPhi3ChatTemplate, "<s>", "<|endoftext|>"),
+              ::tunefleet::testing::IsOk());
+}
+
 TEST(ChatTemplateTest, DirectoryWithoutTemplateIsUnimplemented) {
   TempDir dir;
   EXPECT_THAT(ChatTemplate::FromModelDirectory(dir.path()),
