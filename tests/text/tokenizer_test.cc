@@ -224,7 +224,9 @@ TEST_F(AllTokenizersTest, EncodesMegabytesPerSecond) {
     const double mb_per_s = static_cast<double>(text.size()) / 1e6 / seconds;
     std::printf("tokenizer #%zu: %.1f MB in %.3f s = %.1f MB/s (%zu tokens)\n", k,
                 static_cast<double>(text.size()) / 1e6, seconds, mb_per_s, n);
+#if defined(NDEBUG) && !defined(__SANITIZE_ADDRESS__)  // optimized builds only
     EXPECT_GT(mb_per_s, 1.0) << "tokenizer #" << k;
+#endif
   }
 }
 
