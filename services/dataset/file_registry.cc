@@ -155,9 +155,12 @@ absl::StatusOr<int64_t> FileRegistry::UsedBytes(const std::string& tenant) {
   return rows[0][0].AsInt64();
 }
 
+// Reservations and commits hold mu_ while they read or change the bytes
+// stored, so that a commit moving bytes from "reserved" to "stored" is never
+// seen half-done (counted in neither).
 absl::Status FileRegistry::Reserve(const std::string& tenant, int64_t bytes) {
-  TF_ASSIGN_OR_RETURN(int64_t used, UsedBytes(tenant));
   absl::MutexLock lock(&mu_);
+  TF_ASSIGN_OR_RETURN(int64_t used, UsedBytes(tenant));
   int64_t& reserved = reserved_[tenant];
   if (used + reserved + bytes > options_.tenant_quota_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -170,6 +173,10 @@ absl::Status FileRegistry::Reserve(const std::string& tenant, int64_t bytes) {
 
 void FileRegistry::Unreserve(const std::string& tenant, int64_t bytes) {
   absl::MutexLock lock(&mu_);
+  UnreserveLocked(tenant, bytes);
+}
+
+void FileRegistry::UnreserveLocked(const std::string& tenant, int64_t bytes) {
   auto it = reserved_.find(tenant);
   if (it == reserved_.end()) return;
   it->second -= bytes;
@@ -229,6 +236,7 @@ absl::StatusOr<FileRecord> Upload::Commit() {
   }
   record_.status = FileStatus::kUploaded;
   record_.created_at = registry_->options_.clock->Now();
+  absl::MutexLock lock(&registry_->mu_);
   absl::StatusOr<store::ExecResult> inserted = registry_->db_->Execute(
       absl::StrCat("INSERT INTO files (", kColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
       {record_.id, record_.tenant, record_.filename, static_cast<int>(record_.purpose),
@@ -240,7 +248,7 @@ absl::StatusOr<FileRecord> Upload::Commit() {
     return inserted.status();
   }
   done_ = true;
-  registry_->Unreserve(record_.tenant, bytes_);
+  registry_->UnreserveLocked(record_.tenant, bytes_);
   return record_;
 }
 
@@ -321,6 +329,9 @@ absl::Status FileRegistry::Release(const std::string& id, const std::string& hol
 
 absl::Status FileRegistry::Delete(const std::string& tenant, const std::string& id) {
   TF_RETURN_IF_ERROR(Get(tenant, id).status());
+  // The hold check and the delete are one transaction: a hold taken
+  // meanwhile either blocks the delete or fails on the missing file.
+  TF_ASSIGN_OR_RETURN(store::Transaction txn, db_->Begin());
   TF_ASSIGN_OR_RETURN(auto holds,
                       db_->Query("SELECT holder FROM file_holds WHERE file_id = ? ORDER BY holder",
                                  {id}));
@@ -333,7 +344,11 @@ absl::Status FileRegistry::Delete(const std::string& tenant, const std::string& 
   }
   // The row goes first: once it is gone the file is invisible, and a crash
   // before the blob is removed leaves an orphan that Open() cleans up.
-  TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM files WHERE id = ?", {id}).status());
+  TF_ASSIGN_OR_RETURN(store::ExecResult deleted,
+                      db_->Execute("DELETE FROM files WHERE id = ?", {id}));
+  TF_RETURN_IF_ERROR(txn.Commit());
+  // Two concurrent deletes: the one that removed nothing reports NOT_FOUND.
+  if (deleted.changes == 0) return absl::NotFoundError(absl::StrCat("file ", id, " not found"));
   absl::Status s = blobs_->Delete(BlobName(id));
   if (!s.ok() && !absl::IsNotFound(s)) return s;
   return absl::OkStatus();

@@ -126,8 +126,9 @@ class FileRegistry {
                std::unique_ptr<store::ArtifactStore> blobs)
       : options_(options), db_(std::move(db)), blobs_(std::move(blobs)) {}
   absl::Status RemoveOrphanBlobs();
-  absl::Status Reserve(const std::string& tenant, int64_t bytes);
-  void Unreserve(const std::string& tenant, int64_t bytes);
+  absl::Status Reserve(const std::string& tenant, int64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  void Unreserve(const std::string& tenant, int64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  void UnreserveLocked(const std::string& tenant, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const FileRegistryOptions options_;
   std::unique_ptr<store::Database> db_;
