@@ -140,6 +140,11 @@ TEST_F(DatasetProcessTest, SigtermDrainsAnInFlightUploadThenExitsZero) {
   std::string part1(300000, 'a'), part2(300000, 'b');
   ASSERT_TRUE(writer->Write(Metadata()));
   ASSERT_TRUE(writer->Write(Chunk(part1)));
+  // The call must be in flight on the server (its upload staged on disk)
+  // before the signal: a call that arrives after shutdown began is refused.
+  absl::Time staged_deadline = absl::Now() + absl::Seconds(20);
+  while (BlobFiles() == 0 && absl::Now() < staged_deadline) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_GT(BlobFiles(), 0u);
 
   ASSERT_THAT(dataset->process().Signal(SIGTERM), IsOk());
   // Wait until the server has begun shutting down: it no longer reports
