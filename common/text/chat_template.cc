@@ -319,7 +319,9 @@ int64_t TokenizedChat::trained_tokens() const {
   return n;
 }
 
-absl::StatusOr<TokenizedChat> TokenizeChat(const Tokenizer& tokenizer,
+// The reference way to place mask boundaries, by encoding every prefix;
+// used when the text cannot be mapped byte for byte (invalid UTF-8).
+static absl::StatusOr<TokenizedChat> TokenizeChatByPrefixes(const Tokenizer& tokenizer,
                                            const ChatTemplate& chat_template,
                                            absl::Span<const ChatMessage> messages) {
   TF_ASSIGN_OR_RETURN(std::vector<ChatSegment> segments,
@@ -381,6 +383,72 @@ std::vector<int32_t> ChatTokenizer::StopIds() const {
     if (id && std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
   }
   return ids;
+}
+
+namespace {
+
+// The first token at or after byte `b` of `text`, given how the whole text
+// was encoded: the number of leading tokens that belong to text[0, b).
+size_t BoundaryToken(const Tokenizer& tokenizer, absl::string_view text,
+                     const std::vector<int32_t>& ids,
+                     const std::vector<Tokenizer::EncodedPiece>& pieces, size_t b) {
+  for (const Tokenizer::EncodedPiece& p : pieces) {
+    if (b <= p.byte_begin) return p.token_begin;
+    if (b >= p.byte_end) continue;
+    if (p.added) {
+      // Inside whitespace an added token strips (lstrip before, rstrip after
+      // its text): the token goes with the side that holds its text.
+      const std::string content = tokenizer.IdToToken(ids[p.token_begin]);
+      const size_t at = text.substr(0, p.byte_end).find(content, p.byte_begin);
+      return at != absl::string_view::npos && b >= at + content.size() ? p.token_end
+                                                                        : p.token_begin;
+    }
+    // Inside a piece between added tokens: as many of its tokens as encoding
+    // only the part before `b` agrees with (tokens never cross pieces, so
+    // the pieces before are identical).
+    const std::vector<int32_t> part =
+        tokenizer.EncodePiece(text.substr(p.byte_begin, b - p.byte_begin), p.byte_begin == 0);
+    size_t lcp = 0;
+    while (lcp < part.size() && p.token_begin + lcp < p.token_end &&
+           part[lcp] == ids[p.token_begin + lcp]) {
+      ++lcp;
+    }
+    return p.token_begin + lcp;
+  }
+  return ids.size();
+}
+
+}  // namespace
+
+absl::StatusOr<TokenizedChat> TokenizeChat(const Tokenizer& tokenizer,
+                                           const ChatTemplate& chat_template,
+                                           absl::Span<const ChatMessage> messages) {
+  TF_ASSIGN_OR_RETURN(std::vector<ChatSegment> segments,
+                      chat_template.RenderSegments(messages, false));
+  std::string text;
+  for (const ChatSegment& s : segments) text += s.text;
+  // One encode of the whole text (what training sees), then each segment
+  // boundary is placed by re-encoding only the part of the one piece it
+  // falls in, not everything before it.
+  std::vector<Tokenizer::EncodedPiece> pieces;
+  std::optional<std::vector<int32_t>> full = tokenizer.EncodeWithPieces(text, &pieces);
+  if (!full.has_value()) return TokenizeChatByPrefixes(tokenizer, chat_template, messages);
+  TokenizedChat out;
+  out.ids = *std::move(full);
+  out.loss_mask.assign(out.ids.size(), 0);
+  size_t offset = 0, begin = 0;
+  for (const ChatSegment& s : segments) {
+    offset += s.text.size();
+    const size_t end =
+        std::max(begin, offset == text.size()
+                            ? out.ids.size()
+                            : BoundaryToken(tokenizer, text, out.ids, pieces, offset));
+    if (s.trainable) {
+      for (size_t t = begin; t < end; ++t) out.loss_mask[t] = 1;
+    }
+    begin = end;
+  }
+  return out;
 }
 
 }  // namespace tunefleet::text

@@ -271,6 +271,8 @@ struct Tokenizer::Impl {
   absl::Status LoadPostProcessor(const json& p, const std::string& path, const JsonReader& r);
 
   std::vector<Piece> SplitAdded(absl::string_view text) const;
+  // The model's tokens for one piece between added tokens.
+  void EncodePiece(absl::string_view span, bool first, std::vector<int32_t>* ids) const;
   std::string Normalize(absl::string_view piece) const;
   std::vector<std::string> PreTokenize(std::string normalized, bool at_text_start) const;
   void Bpe(absl::string_view word, std::vector<int32_t>* out) const;
@@ -1041,6 +1043,55 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromDirectory(const std::s
   return tok;
 }
 
+void Tokenizer::Impl::EncodePiece(absl::string_view span, bool first,
+                                  std::vector<int32_t>* ids) const {
+  for (const std::string& word : PreTokenize(Normalize(span), first)) {
+    if (!split_before_spm_space) {
+      Bpe(word, ids);
+      continue;
+    }
+    const absl::string_view w(word);
+    size_t start = 0;
+    for (size_t pos = w.find(kSpmSpace, 1); pos != absl::string_view::npos;
+         pos = w.find(kSpmSpace, pos + 1)) {
+      if (!absl::EndsWith(w.substr(0, pos), kSpmSpace)) {
+        Bpe(w.substr(start, pos - start), ids);
+        start = pos;
+      }
+    }
+    Bpe(w.substr(start), ids);
+  }
+}
+
+std::vector<int32_t> Tokenizer::EncodePiece(absl::string_view span, bool first) const {
+  std::vector<int32_t> ids;
+  impl_->EncodePiece(span, first, &ids);
+  return ids;
+}
+
+std::optional<std::vector<int32_t>> Tokenizer::EncodeWithPieces(
+    absl::string_view text, std::vector<EncodedPiece>* pieces) const {
+  const Impl& impl = *impl_;
+  if (SanitizeUtf8(text) != text) return std::nullopt;
+  std::vector<int32_t> ids;
+  pieces->clear();
+  for (const Piece& piece : impl.SplitAdded(text)) {
+    EncodedPiece p;
+    p.byte_begin = piece.begin;
+    p.byte_end = piece.end;
+    p.token_begin = ids.size();
+    p.added = piece.added;
+    if (piece.added) {
+      ids.push_back(piece.id);
+    } else {
+      impl.EncodePiece(text.substr(piece.begin, piece.end - piece.begin), piece.begin == 0, &ids);
+    }
+    p.token_end = ids.size();
+    pieces->push_back(p);
+  }
+  return ids;
+}
+
 std::vector<int32_t> Tokenizer::Encode(absl::string_view raw, bool add_special_tokens) const {
   const Impl& impl = *impl_;
   const std::string text = SanitizeUtf8(raw);
@@ -1051,24 +1102,8 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view raw, bool add_special_t
       ids.push_back(piece.id);
       continue;
     }
-    const absl::string_view span =
-        absl::string_view(text).substr(piece.begin, piece.end - piece.begin);
-    for (const std::string& word : impl.PreTokenize(impl.Normalize(span), piece.begin == 0)) {
-      if (!impl.split_before_spm_space) {
-        impl.Bpe(word, &ids);
-        continue;
-      }
-      const absl::string_view w(word);
-      size_t start = 0;
-      for (size_t pos = w.find(kSpmSpace, 1); pos != absl::string_view::npos;
-           pos = w.find(kSpmSpace, pos + 1)) {
-        if (!absl::EndsWith(w.substr(0, pos), kSpmSpace)) {
-          impl.Bpe(w.substr(start, pos - start), &ids);
-          start = pos;
-        }
-      }
-      impl.Bpe(w.substr(start), &ids);
-    }
+    impl.EncodePiece(absl::string_view(text).substr(piece.begin, piece.end - piece.begin),
+                     piece.begin == 0, &ids);
   }
   if (!add_special_tokens || impl.single_template.empty()) return ids;
   std::vector<int32_t> out;

@@ -53,6 +53,22 @@ class Tokenizer {
   // matched before the model; `add_special_tokens` adds the post-processor's
   // tokens (e.g. BOS).
   std::vector<int32_t> Encode(absl::string_view text, bool add_special_tokens = true) const;
+  // How Encode split a text around added tokens: each piece's byte range and
+  // the range of its tokens in the result. Tokens never span two pieces.
+  struct EncodedPiece {
+    size_t byte_begin = 0, byte_end = 0;
+    size_t token_begin = 0, token_end = 0;
+    bool added = false;
+  };
+  // Encode(text, false), also filling `pieces`. Returns nullopt when `text`
+  // is not valid UTF-8 (byte ranges would not refer to it).
+  std::optional<std::vector<int32_t>> EncodeWithPieces(absl::string_view text,
+                                                       std::vector<EncodedPiece>* pieces) const;
+  // The tokens Encode gives a non-added piece that spans exactly `span`,
+  // where `first` says whether the piece starts the text (some normalizers
+  // treat the first piece apart).
+  std::vector<int32_t> EncodePiece(absl::string_view span, bool first) const;
+
   // The text of `ids` through the decoder chain; ids outside the vocabulary
   // are skipped. May hold U+FFFD where ids end inside a UTF-8 sequence.
   std::string Decode(absl::Span<const int32_t> ids, bool skip_special_tokens = false) const;

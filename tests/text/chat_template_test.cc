@@ -284,6 +284,50 @@ TEST_F(LossMaskTest, Llama3AndQwen3CoverAssistantContentAndEndOfTurn) {
   }
 }
 
+// TokenizeChat places each mask boundary from one encode of the whole text;
+// the reference places it by encoding the whole text before the boundary and
+// keeping the tokens that agree with the full encoding. Both must agree on
+// every conversation, including whitespace and scripts that merge across the
+// template's newlines.
+TEST_F(LossMaskTest, MasksEqualThePrefixEncodingReference) {
+  TF_ASSERT_OK(WritePhi3TokenizerFiles(DefaultLlamaVocabSource(), dir_.path()));
+  const std::vector<std::string> contents = {
+      "Hello!", " leading space", "\n\nnewlines first", "trailing space ", "  ",
+      "\xC2\xBFQu\xC3\xA9 tal?", "\xE6\xBC\xA2\xE5\xAD\x97", "emoji \xF0\x9F\x98\x80!",
+      "x", "1234 5678", "<|end|> in text", "\ttab\tseparated"};
+  for (const std::string& dir : {dir_.path(), PackageDir("llama3"), PackageDir("qwen3")}) {
+    TF_ASSERT_OK_AND_ASSIGN(auto tok, Tokenizer::FromDirectory(dir));
+    TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(dir));
+    for (size_t i = 0; i < contents.size(); ++i) {
+      std::vector<ChatMessage> messages = {
+          {"system", contents[(i + 3) % contents.size()], std::nullopt},
+          {"user", contents[i], std::nullopt},
+          {"assistant", contents[(i + 1) % contents.size()], std::nullopt},
+          {"user", contents[(i + 5) % contents.size()], std::nullopt},
+          {"assistant", contents[(i + 7) % contents.size()], std::nullopt}};
+      TF_ASSERT_OK_AND_ASSIGN(TokenizedChat chat, TokenizeChat(*tok, tmpl, messages));
+      TF_ASSERT_OK_AND_ASSIGN(auto segments, tmpl.RenderSegments(messages, false));
+      std::string text;
+      for (const auto& seg : segments) text += seg.text;
+      const std::vector<int32_t> full = tok->Encode(text, false);
+      ASSERT_EQ(chat.ids, full) << dir << " #" << i;
+      std::vector<uint8_t> expected(full.size(), 0);
+      size_t offset = 0, begin = 0;
+      for (const auto& seg : segments) {
+        offset += seg.text.size();
+        const std::vector<int32_t> prefix =
+            tok->Encode(absl::string_view(text).substr(0, offset), false);
+        size_t lcp = 0;
+        while (lcp < prefix.size() && lcp < full.size() && prefix[lcp] == full[lcp]) ++lcp;
+        const size_t end = std::max(begin, offset == text.size() ? full.size() : lcp);
+        for (size_t t = begin; t < end; ++t) expected[t] = seg.trainable;
+        begin = end;
+      }
+      EXPECT_EQ(chat.loss_mask, expected) << dir << " #" << i;
+    }
+  }
+}
+
 TEST_F(LossMaskTest, ChatTokenizerLoadsAModelDirectory) {
   TF_ASSERT_OK(WritePhi3TokenizerFiles(DefaultLlamaVocabSource(), dir_.path()));
   TF_ASSERT_OK_AND_ASSIGN(ChatTokenizer chat, ChatTokenizer::Load(dir_.path()));
