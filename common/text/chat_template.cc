@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/base/status_macros.h"
+#include "common/text/config_json.h"
 #include "common/text/unicode.h"
 
 namespace tunefleet::text {
@@ -54,15 +55,6 @@ absl::StatusOr<json> ReadJson(const std::string& path, bool* exists) {
   return j;
 }
 
-std::string TokenText(const json& config, const char* key) {
-  auto it = config.find(key);
-  if (it == config.end()) return "";
-  if (it->is_string()) return it->get<std::string>();
-  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
-    return (*it)["content"].get<std::string>();
-  }
-  return "";
-}
 
 class SegmentWriter {
  public:
@@ -152,8 +144,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromModelDirectory(const std::string&
   const std::string tc_path = dir + "/tokenizer_config.json", config_path = dir + "/config.json";
   bool tc_exists = false, config_exists = false;
   TF_ASSIGN_OR_RETURN(json tc, ReadJson(tc_path, &tc_exists));
-  const std::string bos = tc_exists ? TokenText(tc, "bos_token") : "";
-  const std::string eos = tc_exists ? TokenText(tc, "eos_token") : "";
+  const std::string bos = tc_exists ? ConfigToken(tc, "bos_token") : "";
+  const std::string eos = tc_exists ? ConfigToken(tc, "eos_token") : "";
   if (tc_exists && tc.contains("chat_template")) {
     std::string text;
     const json& ct = tc["chat_template"];

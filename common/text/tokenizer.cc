@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "common/base/status_macros.h"
+#include "common/text/config_json.h"
 #include "common/text/unicode.h"
 
 namespace tunefleet::text {
@@ -990,7 +991,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
-// A special token in tokenizer_config.json: "text" or {"content": "text", ...}.
+
+}  // namespace
+
 std::string ConfigToken(const json& config, const char* key) {
   auto it = config.find(key);
   if (it == config.end()) return "";
@@ -1000,8 +1003,6 @@ std::string ConfigToken(const json& config, const char* key) {
   }
   return "";
 }
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
   TF_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
