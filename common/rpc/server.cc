@@ -122,6 +122,20 @@ absl::Status Server::Start() {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", options_.listen_address, " (address in use?)"));
   }
+  if (!options_.health_address.empty()) {
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(options_.health_address, grpc::InsecureServerCredentials(),
+                                    &health_port_);
+    health_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    health_server_ = health_builder.BuildAndStart();
+    if (health_server_ == nullptr || health_port_ == 0) {
+      health_server_.reset();
+      server_->Shutdown();
+      server_.reset();
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", options_.health_address, " (health port)"));
+    }
+  }
   SetServing(false);
 
   if (!options_.metrics_address.empty()) {
@@ -147,9 +161,12 @@ absl::Status Server::Start() {
 
 void Server::SetServing(bool serving) {
   if (server_ == nullptr) return;
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  health->SetServingStatus("", serving);
-  for (const std::string& name : service_names_) health->SetServingStatus(name, serving);
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
+    if (s == nullptr) continue;
+    grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService();
+    health->SetServingStatus("", serving);
+    for (const std::string& name : service_names_) health->SetServingStatus(name, serving);
+  }
   spdlog::info("{} health: {}", options_.service_name, serving ? "SERVING" : "NOT_SERVING");
 }
 
@@ -160,6 +177,8 @@ void Server::Shutdown() {
   spdlog::info("{} draining (up to {})", options_.service_name,
                absl::FormatDuration(options_.drain_timeout));
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.drain_timeout));
+  // Probes see NOT_SERVING on the health port until the drain is over.
+  if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   // civetweb (under the Prometheus exposer) notices its stop flag only
   // between 2-second polls, so this can take up to 2 s.
   exposer_.reset();
@@ -168,6 +187,7 @@ void Server::Shutdown() {
 
 void Server::Wait() {
   if (server_ != nullptr) server_->Wait();
+  if (health_server_ != nullptr) health_server_->Wait();
 }
 
 namespace {

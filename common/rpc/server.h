@@ -35,6 +35,10 @@ struct ServerOptions {
   std::string listen_address = "0.0.0.0:50051";
   // host:port of the Prometheus endpoint; empty disables it.
   std::string metrics_address = "0.0.0.0:9090";
+  // host:port of a plaintext port that serves only grpc.health.v1 (the same
+  // statuses as the main port), for probes that cannot speak TLS, such as
+  // Kubernetes' gRPC probes in front of an mTLS service; empty: none.
+  std::string health_address;
   TlsOptions tls;
   int max_receive_message_bytes = 64 << 20;
   int max_send_message_bytes = 64 << 20;
@@ -70,6 +74,7 @@ class Server {
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  int health_port() const { return health_port_; }
   grpc::Server* grpc_server() { return server_.get(); }
   const ServerOptions& options() const { return options_; }
 
@@ -81,7 +86,9 @@ class Server {
   std::vector<std::string> service_names_;  // as registered, for health
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;
   int port_ = 0;
+  int health_port_ = 0;
   int metrics_port_ = 0;
   bool shut_down_ = false;
 };

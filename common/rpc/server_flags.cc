@@ -14,6 +14,9 @@
 ABSL_FLAG(std::string, listen, "", "gRPC listen address host:port (default 0.0.0.0:<service port>)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus /metrics address host:port (default 0.0.0.0:<metrics port>; 'off' disables)");
+ABSL_FLAG(std::string, health_listen, "",
+          "Optional plaintext host:port serving only grpc.health.v1 (for probes that cannot "
+          "speak TLS)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA for client certificates (enables mTLS)");
@@ -42,6 +45,7 @@ CommonFlags ParseCommonFlags(int argc, char** argv, const std::string& service_n
   } else if (f.server.metrics_address == "off") {
     f.server.metrics_address.clear();
   }
+  f.server.health_address = absl::GetFlag(FLAGS_health_listen);
   f.server.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
   f.server.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   f.server.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

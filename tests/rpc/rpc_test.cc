@@ -248,6 +248,37 @@ TEST_F(TlsTest, MutualTlsRequiresAClientCertificateFromTheCa) {
               StatusIs(absl::StatusCode::kUnavailable));
 }
 
+TEST_F(TlsTest, PlaintextHealthPortMirrorsTheMutualTlsServer) {
+  TlsOptions tls{good_->server_cert, good_->server_key, good_->ca_cert};
+  ServerOptions options;
+  options.service_name = "test";
+  options.listen_address = "127.0.0.1:0";
+  options.metrics_address = "";
+  options.health_address = "127.0.0.1:0";
+  options.tls = tls;
+  options.drain_timeout = absl::Seconds(2);
+  auth_ = std::make_unique<Authenticator>(keys_.ring());
+  jobs_ = std::make_unique<scheduler::JobServiceImpl>(auth_.get());
+  server_ = std::make_unique<Server>(options);
+  server_->AddService(jobs_.get());
+  ASSERT_THAT(server_->Start(), IsOk());
+  ASSERT_GT(server_->health_port(), 0);
+  ChannelOptions plain;
+  plain.target = absl::StrCat("127.0.0.1:", server_->health_port());
+  TF_ASSERT_OK_AND_ASSIGN(std::string before, cli::CheckHealth(plain, absl::Seconds(5)));
+  EXPECT_EQ(before, "NOT_SERVING");
+  server_->SetServing(true);
+  TF_ASSERT_OK_AND_ASSIGN(std::string after,
+                          cli::CheckHealth(plain, absl::Seconds(5), "tunefleet.v1.JobService"));
+  EXPECT_EQ(after, "SERVING");
+  // The health port serves nothing else.
+  auto stub = v1::JobService::NewStub(*MakeChannel(plain));
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, keys_.tenant_a.key, absl::Seconds(5));
+  v1::Job job;
+  EXPECT_EQ(stub->GetJob(&ctx, {}, &job).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+}
+
 TEST(ServerStart, PortInUseIsAClearError) {
   ServerOptions a;
   a.listen_address = "127.0.0.1:0";
