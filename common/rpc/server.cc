@@ -101,6 +101,11 @@ absl::Status Server::Start() {
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   for (grpc::Service* s : services_) builder.RegisterService(s);
   builder.SetMaxReceiveMessageSize(options_.max_receive_message_bytes);
+  if (options_.stream_window_bytes > 0) {
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                               options_.stream_window_bytes);
+  }
   builder.SetMaxSendMessageSize(options_.max_send_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
                              static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive_time)));

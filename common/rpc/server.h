@@ -41,6 +41,11 @@ struct ServerOptions {
   std::string health_address;
   TlsOptions tls;
   int max_receive_message_bytes = 64 << 20;
+  // A fixed HTTP/2 receive window per stream instead of gRPC's automatic
+  // one, which grows with the measured bandwidth-delay product and lets a
+  // fast client park tens of MiB in the server when it falls behind. 0: the
+  // automatic window.
+  int stream_window_bytes = 0;
   int max_send_message_bytes = 64 << 20;
   absl::Duration keepalive_time = absl::Seconds(30);
   absl::Duration keepalive_timeout = absl::Seconds(10);
