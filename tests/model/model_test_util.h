@@ -1,5 +1,4 @@
-// Shared helpers of the model tests: a temporary directory (header-only, so
-// that the suite also builds with -DTUNEFLEET_TORCH_ONLY=ON) and tiny models.
+// Shared helpers of the model tests: tolerances, threads and tiny models.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,29 +14,12 @@
 #include "absl/strings/str_cat.h"
 #include "common/model/safetensors.h"
 #include "common/model/tiny_model.h"
+#include "tests/testing/temp_dir.h"
 
 namespace tunefleet::model::testing {
 
-class ScopedTempDir {
- public:
-  ScopedTempDir() {
-    const char* base = std::getenv("TEST_TMPDIR");
-    std::string tmpl = std::string(base ? base : "/tmp") + "/tunefleet-model-test-XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~ScopedTempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  ScopedTempDir(const ScopedTempDir&) = delete;
-  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string Join(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+// The project's temporary directory for tests (tests/testing).
+using ScopedTempDir = ::tunefleet::testing::TempDir;
 
 inline double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();

@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "common/base/sha256.h"
+#include "tests/testing/child_guard.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -216,16 +217,7 @@ TEST_F(StoreDirectoryArtifacts, EveryAcceptedNameStaysUnderTheRoot) {
   }
 }
 
-// Kills the child it holds, if it still runs, when the test ends early.
-struct ChildGuard {
-  pid_t pid = -1;
-  ~ChildGuard() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
+using ::tunefleet::testing::ChildGuard;
 
 // A writer process killed in the middle of a write: its partial file is never
 // visible under the name, another store opened meanwhile leaves the live

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "tests/testing/child_guard.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -339,16 +340,7 @@ TEST_F(StoreSqlite, ConcurrentWritersThroughOneDatabase) {
   EXPECT_EQ(Count(*db_, "t"), 100);
 }
 
-// Kills the child it holds, if it still runs, when the test ends early.
-struct ChildGuard {
-  pid_t pid = -1;
-  ~ChildGuard() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
+using ::tunefleet::testing::ChildGuard;
 
 // What a killed service leaves: its committed write survives, its open
 // transaction vanishes, its write lock goes with it, and the file is intact.
