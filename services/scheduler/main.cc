@@ -1,8 +1,34 @@
 // tunefleet-scheduler: the control plane (jobs, models, deployments, nodes).
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
 #include <spdlog/spdlog.h>
 
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/rpc/channel.h"
 #include "common/rpc/server_flags.h"
+#include "services/scheduler/grpc_dataset_client.h"
 #include "services/scheduler/scheduler_service.h"
+
+ABSL_FLAG(std::string, models_dir, "",
+          "Directory of base models: <models_dir>/<base-model-id>/config.json (the id is the "
+          "folder name)");
+ABSL_FLAG(std::string, artifacts_dir, "",
+          "Shared artifact directory; checkpoint and result artifact names are relative to it");
+ABSL_FLAG(std::string, dataset_address, "127.0.0.1:50051", "host:port of tunefleet-dataset");
+ABSL_FLAG(std::string, internal_key_file, "",
+          "File holding the internal API key (one line) sent to the dataset service");
+ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(2),
+          "How often trainer agents are told to heartbeat");
+ABSL_FLAG(absl::Duration, lease, absl::Seconds(10),
+          "A trainer node silent this long is lost; its jobs requeue from their last checkpoint");
+ABSL_FLAG(int, max_retries, 3, "Lost attempts a job survives before it fails (worker_lost)");
+ABSL_FLAG(absl::Duration, tick_interval, absl::Milliseconds(200),
+          "How often leases are checked and queued jobs placed");
+ABSL_FLAG(int, io_threads, 4, "Threads for blocking work (SQLite commits)");
 
 int main(int argc, char** argv) {
   using namespace tunefleet;
@@ -13,17 +39,62 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", keys.status().ToString());
     return 2;
   }
+  std::string internal_key;
+  if (!absl::GetFlag(FLAGS_internal_key_file).empty()) {
+    auto key = rpc::ReadFileToString(absl::GetFlag(FLAGS_internal_key_file));
+    if (!key.ok()) {
+      spdlog::critical("--internal_key_file: {}", key.status().ToString());
+      return 2;
+    }
+    internal_key = std::string(absl::StripAsciiWhitespace(*key));
+  }
+  rpc::ChannelOptions co;
+  co.target = absl::GetFlag(FLAGS_dataset_address);
+  auto channel = rpc::MakeChannel(co);
+  if (!channel.ok()) {
+    spdlog::critical("--dataset_address: {}", channel.status().ToString());
+    return 2;
+  }
+  scheduler::GrpcDatasetClient dataset(*channel, internal_key);
+
+  scheduler::SchedulerOptions options;
+  std::error_code ec;
+  std::filesystem::create_directories(flags.data_dir, ec);
+  options.db_path = (std::filesystem::path(flags.data_dir) / "scheduler.db").string();
+  options.models_dir = absl::GetFlag(FLAGS_models_dir);
+  options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
+  options.lease = absl::GetFlag(FLAGS_lease);
+  options.max_retries = absl::GetFlag(FLAGS_max_retries);
+  auto sched = scheduler::Scheduler::Open(options, &dataset);
+  if (!sched.ok()) {
+    spdlog::critical("cannot open {}: {}", options.db_path, sched.status().ToString());
+    return 1;
+  }
+  rpc::Executor executor(absl::GetFlag(FLAGS_io_threads));
   rpc::Authenticator auth(*keys);
-  scheduler::JobServiceImpl jobs(&auth);
-  scheduler::ModelServiceImpl models(&auth);
-  scheduler::DeploymentServiceImpl deployments(&auth);
-  scheduler::TrainerControlServiceImpl trainer_control(&auth);
-  scheduler::ServingControlServiceImpl serving_control(&auth);
+  scheduler::JobServiceImpl jobs(&auth, sched->get(), &executor);
+  scheduler::ModelServiceImpl models(&auth, sched->get(), &executor);
+  scheduler::DeploymentServiceImpl deployments(&auth, sched->get(), &executor);
+  scheduler::TrainerControlServiceImpl trainer_control(&auth, sched->get(), &executor);
+  scheduler::ServingControlServiceImpl serving_control(&auth, sched->get(), &executor);
   rpc::Server server(flags.server);
   server.AddService(&jobs);
   server.AddService(&models);
   server.AddService(&deployments);
   server.AddService(&trainer_control);
   server.AddService(&serving_control);
-  return rpc::ServeUntilSignal(server, nullptr, flags.port_file);
+
+  // The one clock of the control plane: leases and placement.
+  std::atomic<bool> stop{false};
+  const absl::Duration tick = absl::GetFlag(FLAGS_tick_interval);
+  std::thread ticker([&] {
+    while (!stop.load()) {
+      (*sched)->Tick(Clock::Real()->Now());
+      absl::SleepFor(tick);
+    }
+  });
+  int rc = rpc::ServeUntilSignal(server, nullptr, flags.port_file);
+  stop = true;
+  ticker.join();
+  return rc;
 }

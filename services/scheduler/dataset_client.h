@@ -1,0 +1,40 @@
+// What the scheduler needs of the dataset service, as an interface so that
+// the core stays free of gRPC (the gRPC implementation is
+// grpc_dataset_client.h; tests may use either).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "tunefleet/v1/files.pb.h"
+
+namespace tunefleet::scheduler {
+
+struct DatasetFile {
+  std::string id;
+  v1::FilePurpose purpose = v1::FILE_PURPOSE_UNSPECIFIED;
+  v1::FileStatus status = v1::FILE_STATUS_UNSPECIFIED;
+  v1::DataFormat format = v1::DATA_FORMAT_UNSPECIFIED;
+  std::string status_details;
+  int64_t examples = 0;
+  int64_t trained_tokens = 0;  // per epoch; 0 when not counted
+};
+
+// Thread-safe. Each call acts for `tenant`: another tenant's file is NOT_FOUND.
+class DatasetClient {
+ public:
+  virtual ~DatasetClient() = default;
+  virtual absl::StatusOr<DatasetFile> GetFile(const std::string& tenant,
+                                              const std::string& file_id) = 0;
+  // (training part, validation part)
+  virtual absl::StatusOr<std::pair<DatasetFile, DatasetFile>> SplitFile(
+      const std::string& tenant, const std::string& file_id, double validation_ratio,
+      int64_t seed) = 0;
+  virtual absl::Status HoldFile(const std::string& tenant, const std::string& file_id,
+                                const std::string& holder) = 0;
+  virtual absl::Status ReleaseFile(const std::string& file_id, const std::string& holder) = 0;
+};
+
+}  // namespace tunefleet::scheduler

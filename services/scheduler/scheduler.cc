@@ -1,0 +1,1223 @@
+#include "services/scheduler/scheduler.h"
+
+#include <algorithm>
+#include <set>
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/base/ids.h"
+#include "common/base/status_macros.h"
+#include "services/scheduler/placement.h"
+
+namespace tunefleet::scheduler {
+namespace {
+
+google::protobuf::Timestamp ToTimestamp(absl::Time t) {
+  google::protobuf::Timestamp ts;
+  int64_t us = absl::ToUnixMicros(t);
+  ts.set_seconds(us / 1000000);
+  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
+  return ts;
+}
+
+absl::StatusOr<int> PageSize(int32_t requested) {
+  if (requested < 0) return absl::InvalidArgumentError("page_size: must not be negative");
+  if (requested == 0) return 20;
+  return std::min(requested, 100);
+}
+
+absl::StatusOr<int64_t> Offset(const std::string& token) {
+  if (token.empty()) return 0;
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(token, &v) || v < 0)
+    return absl::InvalidArgumentError(absl::StrCat("page_token: '", token, "' is not valid"));
+  return v;
+}
+
+bool ValidSuffix(const std::string& s) {
+  if (s.size() > 40) return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+  return true;
+}
+
+std::string HostOf(const std::string& address) {
+  size_t colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+  if (host.empty() || host == "0.0.0.0" || host == "[::]") return "127.0.0.1";
+  return host;
+}
+
+}  // namespace
+
+// The writes of one operation: copies of what it changes, committed as one
+// Batch and applied to memory only once durable.
+class Scheduler::Txn {
+ public:
+  explicit Txn(Scheduler* s) : s_(s), now_(s->options_.clock->Now()) {}
+  absl::Time now() const { return now_; }
+
+  JobRecord& Job(const std::string& id) {
+    auto it = jobs_.find(id);
+    if (it != jobs_.end()) return it->second;
+    return jobs_.emplace(id, s_->jobs_.at(id)).first->second;
+  }
+  void AddJob(const std::string& id, JobRecord rec) { jobs_[id] = std::move(rec); }
+  const std::map<std::string, JobRecord>& jobs() const { return jobs_; }
+
+  // Appends an event to the job (sequence and time assigned here).
+  void Event(const std::string& job_id, v1::JobEvent e) {
+    JobRecord& j = Job(job_id);
+    e.set_sequence(++j.last_event_seq);
+    *e.mutable_created_at() = ToTimestamp(now_);
+    if (e.level() == v1::JobEvent::LEVEL_UNSPECIFIED) e.set_level(v1::JobEvent::LEVEL_INFO);
+    batch_.events.emplace_back(job_id, std::move(e));
+    topics_.insert(JobTopic(job_id));
+  }
+
+  AssignmentRecord& Assignment(const std::string& id) {
+    auto it = assignments_.find(id);
+    if (it != assignments_.end()) return it->second;
+    return assignments_.emplace(id, s_->assignments_.at(id)).first->second;
+  }
+  void AddAssignment(AssignmentRecord a) {
+    std::string id = a.assignment.assignment_id();
+    assignments_[id] = std::move(a);
+  }
+  void DeleteAssignment(const std::string& id) {
+    assignments_.erase(id);
+    deleted_assignments_.insert(id);
+  }
+  // Ids of the job's assignments as this transaction leaves them.
+  std::vector<std::string> AssignmentsOf(const std::string& job_id) {
+    std::set<std::string> ids;
+    for (const auto& [id, a] : s_->assignments_)
+      if (a.assignment.job_id() == job_id) ids.insert(id);
+    for (const auto& [id, a] : assignments_)
+      if (a.assignment.job_id() == job_id) ids.insert(id);
+    for (const auto& id : deleted_assignments_) ids.erase(id);
+    return {ids.begin(), ids.end()};
+  }
+  // Every assignment as this transaction leaves it.
+  std::map<std::string, AssignmentRecord> AllAssignments() {
+    std::map<std::string, AssignmentRecord> all = s_->assignments_;
+    for (const auto& [id, a] : assignments_) all[id] = a;
+    for (const auto& id : deleted_assignments_) all.erase(id);
+    return all;
+  }
+
+  DeploymentRecord& Deployment(const std::string& id) {
+    auto it = deployments_.find(id);
+    if (it != deployments_.end()) return it->second;
+    return deployments_.emplace(id, s_->deployments_.at(id)).first->second;
+  }
+  void AddDeployment(DeploymentRecord d) {
+    std::string id = d.deployment.id();
+    deployments_[id] = std::move(d);
+  }
+
+  Batch& batch() { return batch_; }
+  void Release(const std::string& file, const std::string& holder) {
+    releases_.emplace_back(file, holder);
+  }
+  void Publish(const std::string& topic) { topics_.insert(topic); }
+  void DesiredChanged() { desired_changed_ = true; }
+
+  absl::Status Commit() {
+    for (const auto& [id, j] : jobs_) batch_.jobs.emplace_back(id, j);
+    for (const auto& [id, a] : assignments_) batch_.assignments.push_back(a);
+    for (const auto& id : deleted_assignments_) batch_.deleted_assignments.push_back(id);
+    for (const auto& [id, d] : deployments_) batch_.deployments.push_back(d);
+    absl::Status s = s_->store_->Commit(batch_);
+    if (!s.ok()) {
+      spdlog::error("scheduler store commit failed: {}", s.ToString());
+      releases_.clear();
+      topics_.clear();
+      return s;
+    }
+    // Durable: apply to memory.
+    for (auto& [id, j] : jobs_) s_->jobs_[id] = std::move(j);
+    for (auto& [job_id, e] : batch_.events) s_->events_[job_id].push_back(std::move(e));
+    for (auto& c : batch_.checkpoints) s_->checkpoints_[c.checkpoint.job_id()].push_back(c);
+    for (auto& m : batch_.models) s_->models_[m.model.id()] = m;
+    for (auto& id : batch_.deleted_models) s_->models_.erase(id);
+    for (auto& [id, a] : assignments_) {
+      auto it = s_->assignments_.find(id);
+      bool seen = it != s_->assignments_.end() && it->second.seen;
+      a.seen = a.seen || seen;
+      s_->assignments_[id] = std::move(a);
+    }
+    for (auto& id : deleted_assignments_) s_->assignments_.erase(id);
+    for (auto& [id, d] : deployments_) s_->deployments_[id] = std::move(d);
+    for (auto& id : batch_.deleted_deployments) s_->deployments_.erase(id);
+    for (auto& n : batch_.nodes) {
+      auto& st = s_->nodes_[n.id];
+      st.record = n;
+      st.lease_expiry = now_ + s_->options_.lease;
+    }
+    for (auto& id : batch_.deleted_nodes) s_->nodes_.erase(id);
+    for (auto& r : batch_.replicas) s_->replicas_[r.id].record = r;
+    if (desired_changed_) {
+      ++s_->generation_;
+      topics_.insert(kDeploymentsTopic);
+    }
+    return absl::OkStatus();
+  }
+
+  std::vector<std::pair<std::string, std::string>> releases_;
+  std::set<std::string> topics_;
+
+ private:
+  Scheduler* s_;
+  const absl::Time now_;
+  std::map<std::string, JobRecord> jobs_;
+  std::map<std::string, AssignmentRecord> assignments_;
+  std::set<std::string> deleted_assignments_;
+  std::map<std::string, DeploymentRecord> deployments_;
+  Batch batch_;
+  bool desired_changed_ = false;
+};
+
+Scheduler::Scheduler(SchedulerOptions options, DatasetClient* dataset,
+                     std::unique_ptr<SchedulerStore> store)
+    : options_(std::move(options)),
+      dataset_(dataset),
+      store_(std::move(store)),
+      catalog_(options_.models_dir),
+      bus_(options_.max_watchers_per_topic) {}
+
+Scheduler::~Scheduler() = default;
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Open(SchedulerOptions options,
+                                                           DatasetClient* dataset) {
+  TF_ASSIGN_OR_RETURN(auto store, SchedulerStore::Open(options.db_path));
+  std::unique_ptr<Scheduler> s(new Scheduler(std::move(options), dataset, std::move(store)));
+  TF_RETURN_IF_ERROR(s->Load());
+  return s;
+}
+
+absl::Status Scheduler::Load() {
+  TF_ASSIGN_OR_RETURN(StoreSnapshot snap, store_->Load());
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = options_.clock->Now();
+  jobs_ = std::move(snap.jobs);
+  for (const auto& [id, j] : jobs_) next_queue_seq_ = std::max(next_queue_seq_, j.queue_seq + 1);
+  events_ = std::move(snap.events);
+  for (auto& c : snap.checkpoints) checkpoints_[c.checkpoint.job_id()].push_back(std::move(c));
+  for (auto& [job, list] : checkpoints_) {
+    std::sort(list.begin(), list.end(), [](const CheckpointRecord& a, const CheckpointRecord& b) {
+      return a.checkpoint.step() < b.checkpoint.step();
+    });
+  }
+  for (auto& m : snap.models) models_[m.model.id()] = std::move(m);
+  for (auto& d : snap.deployments) deployments_[d.deployment.id()] = std::move(d);
+  for (auto& a : snap.assignments) assignments_[a.assignment.assignment_id()] = std::move(a);
+  // Nodes known before the restart get a fresh lease: an agent that is still
+  // there keeps its attempts by heartbeating; one that is gone expires.
+  for (auto& n : snap.nodes) nodes_[n.id] = NodeState{n, now + options_.lease};
+  for (auto& r : snap.replicas) replicas_[r.id].record = r;
+  // Monotonic across restarts without storing it.
+  generation_ = absl::ToUnixMicros(now);
+  spdlog::info("scheduler loaded: {} jobs, {} models, {} deployments, {} nodes, {} assignments",
+               jobs_.size(), models_.size(), deployments_.size(), nodes_.size(),
+               assignments_.size());
+  return absl::OkStatus();
+}
+
+void Scheduler::AfterCommit(Txn& t) {
+  for (const auto& [file, holder] : t.releases_) {
+    absl::Status s = dataset_ != nullptr ? dataset_->ReleaseFile(file, holder) : absl::OkStatus();
+    if (!s.ok()) spdlog::warn("release of file={} by {} failed: {}", file, holder, s.ToString());
+  }
+  for (const auto& topic : t.topics_) bus_.Publish(topic);
+}
+
+// ---- jobs -----------------------------------------------------------------
+
+absl::StatusOr<JobRecord*> Scheduler::FindJob(const std::string& tenant,
+                                              const std::string& job_id) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second.tenant != tenant)
+    return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+  return &it->second;
+}
+
+v1::Job Scheduler::View(const std::string& id, const JobRecord& j) {
+  v1::Job job = j.job;
+  if (job.state() == v1::JOB_STATE_QUEUED) {
+    std::vector<QueuedJob> queue;
+    for (const auto& [qid, q] : jobs_) {
+      if (q.job.state() == v1::JOB_STATE_QUEUED)
+        queue.push_back(QueuedJob{qid, q.job.priority(), q.queue_seq, q.job.gpus()});
+    }
+    SortQueue(queue);
+    for (size_t i = 0; i < queue.size(); ++i)
+      if (queue[i].id == id) job.set_queue_position(static_cast<int32_t>(i + 1));
+  }
+  return job;
+}
+
+absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
+                                             const v1::CreateJobRequest& req) {
+  // 1. The request alone.
+  std::vector<std::string> bad;
+  if (req.base_model().empty()) bad.push_back("base_model: required");
+  if (req.training_file().empty()) bad.push_back("training_file: required");
+  if (!req.validation_file().empty() && req.has_validation_split())
+    bad.push_back("validation_split: give either validation_file or validation_split, not both");
+  if (req.has_validation_split() && !(req.validation_split() > 0 && req.validation_split() <= 0.5))
+    bad.push_back("validation_split: must be in (0, 0.5]");
+  if (!v1::TrainingMethod_IsValid(req.method())) bad.push_back("method: unknown value");
+  if (!v1::TrainingTask_IsValid(req.task())) bad.push_back("task: unknown value");
+  if (!ValidSuffix(req.suffix())) bad.push_back("suffix: up to 40 characters of [a-z0-9-]");
+  if (req.gpus() < 0 || req.gpus() > 64) bad.push_back("gpus: must be in [0, 64]");
+  if (req.priority() < -1000 || req.priority() > 1000)
+    bad.push_back("priority: must be in [-1000, 1000]");
+  if (req.request_id().size() > 128) bad.push_back("request_id: at most 128 characters");
+  if (!bad.empty()) return absl::InvalidArgumentError(absl::StrJoin(bad, "; "));
+  if (absl::StartsWith(req.base_model(), "ft:")) {
+    return absl::UnimplementedError(
+        "base_model: continuing from a fine-tuned model is not supported yet");
+  }
+  absl::StatusOr<BaseModel> model = catalog_.Get(req.base_model());
+  if (!model.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("base_model: unknown model '", req.base_model(), "'"));
+  }
+  const int gpus = std::max(1, req.gpus());
+  {
+    absl::MutexLock lock(&mu_);
+    if (!req.request_id().empty()) {
+      for (const auto& [id, j] : jobs_)
+        if (j.tenant == tenant && j.request_id == req.request_id()) return View(id, j);
+    }
+    int fleet = 0;
+    for (const auto& [id, n] : nodes_) fleet += n.record.slots;
+    if (!nodes_.empty() && gpus > fleet) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gpus: the job needs ", gpus, " slots and the registered fleet has ", fleet));
+    }
+  }
+  // 2. The files, as the dataset service sees them for this tenant.
+  const bool chat = req.task() != v1::TRAINING_TASK_CLASSIFICATION;
+  auto check_file = [&](const DatasetFile& f, const char* field, bool training) -> absl::Status {
+    if (f.status != v1::FILE_STATUS_PROCESSED) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": file ", f.id, " is not processed (",
+          f.status == v1::FILE_STATUS_ERROR ? "validation failed: " + f.status_details
+                                            : v1::FileStatus_Name(f.status),
+          ")"));
+    }
+    if (training && f.purpose != v1::FILE_PURPOSE_FINE_TUNE) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": file ", f.id, " has purpose ", v1::FilePurpose_Name(f.purpose),
+                       ", not fine-tune"));
+    }
+    if (f.format != v1::DATA_FORMAT_UNSPECIFIED &&
+        f.format != (chat ? v1::DATA_FORMAT_CHAT : v1::DATA_FORMAT_CLASSIFICATION)) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": file ", f.id, " is ",
+                                                     v1::DataFormat_Name(f.format), ", the ",
+                                                     chat ? "chat" : "classification",
+                                                     " task needs the matching format"));
+    }
+    return absl::OkStatus();
+  };
+  if (dataset_ == nullptr) return absl::FailedPreconditionError("no dataset service configured");
+  TF_ASSIGN_OR_RETURN(DatasetFile train, dataset_->GetFile(tenant, req.training_file()));
+  TF_RETURN_IF_ERROR(check_file(train, "training_file", true));
+  DatasetFile valid;
+  bool has_valid = false;
+  if (!req.validation_file().empty()) {
+    TF_ASSIGN_OR_RETURN(valid, dataset_->GetFile(tenant, req.validation_file()));
+    TF_RETURN_IF_ERROR(check_file(valid, "validation_file", false));
+    has_valid = true;
+  }
+  const std::string job_id = NewId("ftjob");
+  // 3. Hyperparameters: checked and resolved before anything is split or held.
+  int64_t examples = train.examples;
+  if (req.has_validation_split()) {
+    examples = std::max<int64_t>(1, examples - static_cast<int64_t>(examples * req.validation_split()));
+  }
+  TF_ASSIGN_OR_RETURN(ResolvedJob resolved,
+                      ResolveHyperparameters(req.hyperparameters(), req.method(), gpus, examples,
+                                             has_valid || req.has_validation_split(), *model,
+                                             job_id));
+  v1::Job job;
+  job.set_base_model(req.base_model());
+  job.set_training_file(train.id);
+  job.set_validation_file(has_valid ? valid.id : "");
+  job.set_method(req.method() == v1::TRAINING_METHOD_UNSPECIFIED ? v1::TRAINING_METHOD_LORA
+                                                                  : req.method());
+  job.set_task(chat ? v1::TRAINING_TASK_CHAT : v1::TRAINING_TASK_CLASSIFICATION);
+  *job.mutable_hyperparameters() = resolved.hyperparameters;
+  job.set_suffix(req.suffix());
+  job.set_gpus(gpus);
+  job.set_priority(req.priority());
+  job.set_total_steps(resolved.total_steps);
+  job.set_trained_tokens(0);
+  job.set_state(v1::JOB_STATE_VALIDATING_FILES);
+  if (req.validate_only()) {
+    job.set_state(v1::JOB_STATE_UNSPECIFIED);
+    return job;
+  }
+  // 4. Split, hold the files, then admit.
+  if (req.has_validation_split()) {
+    TF_ASSIGN_OR_RETURN(auto parts, dataset_->SplitFile(tenant, train.id, req.validation_split(),
+                                                        resolved.hyperparameters.seed()));
+    job.set_training_file(parts.first.id);
+    job.set_validation_file(parts.second.id);
+  }
+  std::vector<std::string> held;
+  for (const std::string& f : {job.training_file(), job.validation_file()}) {
+    if (f.empty()) continue;
+    absl::Status s = dataset_->HoldFile(tenant, f, job_id);
+    if (!s.ok()) {
+      for (const auto& h : held) (void)dataset_->ReleaseFile(h, job_id);
+      return s;
+    }
+    held.push_back(f);
+  }
+  job.set_id(job_id);
+  Txn t(this);
+  v1::Job out;
+  absl::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!req.request_id().empty()) {
+      for (const auto& [id, j] : jobs_) {
+        if (j.tenant == tenant && j.request_id == req.request_id()) {
+          out = View(id, j);
+          break;
+        }
+      }
+    }
+    if (!out.id().empty()) {
+      // A concurrent retry won the race: undo this one's holds.
+      for (const auto& h : held) t.Release(h, job_id);
+    } else {
+      *job.mutable_created_at() = ToTimestamp(t.now());
+      JobRecord rec;
+      rec.tenant = tenant;
+      rec.request_id = req.request_id();
+      rec.queue_seq = next_queue_seq_++;
+      rec.held_files = held;
+      rec.job = job;
+      t.AddJob(job_id, std::move(rec));
+      v1::JobEvent created;
+      created.set_state(v1::JOB_STATE_VALIDATING_FILES);
+      created.set_message(absl::StrCat("job created: ", examples, " training examples, ",
+                                       resolved.total_steps, " steps planned"));
+      t.Event(job_id, created);
+      status = Transition(t, job_id, JobTrigger::kFilesValidated, "files validated; queued");
+      if (status.ok()) status = t.Commit();
+      if (status.ok()) {
+        out = View(job_id, jobs_.at(job_id));
+      } else {
+        for (const auto& h : held) t.Release(h, job_id);
+      }
+    }
+  }
+  AfterCommit(t);
+  if (!status.ok()) return status;
+  spdlog::info("job={} tenant={} created: base={} gpus={} steps={}", out.id(), tenant,
+               out.base_model(), out.gpus(), out.total_steps());
+  return out;
+}
+
+absl::Status Scheduler::Transition(Txn& t, const std::string& job_id, JobTrigger trigger,
+                                   const std::string& message, const v1::Error* error) {
+  JobRecord& j = t.Job(job_id);
+  absl::StatusOr<v1::JobState> next = Apply(j.job.state(), trigger);
+  if (!next.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", job_id, ": ", next.status().message()));
+  }
+  j.job.set_state(*next);
+  if (*next == v1::JOB_STATE_RUNNING && !j.job.has_started_at())
+    *j.job.mutable_started_at() = ToTimestamp(t.now());
+  if (error != nullptr) *j.job.mutable_error() = *error;
+  v1::JobEvent e;
+  e.set_state(*next);
+  e.set_message(message);
+  if (*next == v1::JOB_STATE_FAILED) e.set_level(v1::JobEvent::LEVEL_ERROR);
+  t.Event(job_id, e);
+  if (IsTerminal(*next)) {
+    *j.job.mutable_finished_at() = ToTimestamp(t.now());
+    j.job.clear_estimated_finish();
+    for (const auto& f : j.held_files) t.Release(f, job_id);
+    j.held_files.clear();
+    for (const auto& id : t.AssignmentsOf(job_id)) t.DeleteAssignment(id);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Job> Scheduler::GetJob(const std::string& tenant, const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  TF_ASSIGN_OR_RETURN(JobRecord * j, FindJob(tenant, job_id));
+  return View(job_id, *j);
+}
+
+absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tenant,
+                                                         const v1::ListJobsRequest& req) {
+  TF_ASSIGN_OR_RETURN(int page, PageSize(req.page_size()));
+  int64_t before = std::numeric_limits<int64_t>::max();
+  if (!req.page_token().empty()) {
+    if (!absl::SimpleAtoi(req.page_token(), &before) || before <= 0)
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_token: '", req.page_token(), "' is not valid"));
+  }
+  std::set<int> states(req.states().begin(), req.states().end());
+  absl::MutexLock lock(&mu_);
+  std::vector<std::pair<int64_t, std::string>> mine;  // newest first
+  for (const auto& [id, j] : jobs_) {
+    if (j.tenant != tenant || j.queue_seq >= before) continue;
+    if (!states.empty() && !states.count(j.job.state())) continue;
+    mine.emplace_back(j.queue_seq, id);
+  }
+  std::sort(mine.rbegin(), mine.rend());
+  v1::ListJobsResponse resp;
+  for (size_t i = 0; i < mine.size() && static_cast<int>(i) < page; ++i)
+    *resp.add_jobs() = View(mine[i].second, jobs_.at(mine[i].second));
+  if (static_cast<int>(mine.size()) > page) resp.set_next_page_token(absl::StrCat(mine[page - 1].first));
+  return resp;
+}
+
+void Scheduler::StopAssignmentsOf(Txn& t, const std::string& job_id) {
+  for (const auto& id : t.AssignmentsOf(job_id)) t.Assignment(id).stopping = true;
+}
+
+absl::StatusOr<v1::Job> Scheduler::CancelJob(const std::string& tenant, const std::string& job_id) {
+  Txn t(this);
+  v1::Job out;
+  {
+    absl::MutexLock lock(&mu_);
+    TF_RETURN_IF_ERROR(FindJob(tenant, job_id).status());
+    TF_RETURN_IF_ERROR(Transition(t, job_id, JobTrigger::kCancel, "cancelled by the caller"));
+    if (t.Job(job_id).job.state() == v1::JOB_STATE_CANCELLING) StopAssignmentsOf(t, job_id);
+    TF_RETURN_IF_ERROR(t.Commit());
+    out = View(job_id, jobs_.at(job_id));
+  }
+  AfterCommit(t);
+  spdlog::info("job={} cancel: now {}", job_id, std::string(StateName(out.state())));
+  return out;
+}
+
+absl::StatusOr<v1::Job> Scheduler::PauseJob(const std::string& tenant, const std::string& job_id) {
+  Txn t(this);
+  v1::Job out;
+  {
+    absl::MutexLock lock(&mu_);
+    TF_RETURN_IF_ERROR(FindJob(tenant, job_id).status());
+    TF_RETURN_IF_ERROR(Transition(t, job_id, JobTrigger::kPause, "pause asked by the caller"));
+    TF_RETURN_IF_ERROR(t.Commit());
+    out = View(job_id, jobs_.at(job_id));
+  }
+  AfterCommit(t);
+  return out;
+}
+
+absl::StatusOr<v1::Job> Scheduler::ResumeJob(const std::string& tenant, const std::string& job_id) {
+  Txn t(this);
+  v1::Job out;
+  {
+    absl::MutexLock lock(&mu_);
+    TF_ASSIGN_OR_RETURN(JobRecord * j, FindJob(tenant, job_id));
+    std::string from = j->resume_artifact.empty() ? "the start" : j->resume_artifact;
+    TF_RETURN_IF_ERROR(
+        Transition(t, job_id, JobTrigger::kResume, absl::StrCat("resumed; will continue from ", from)));
+    TF_RETURN_IF_ERROR(t.Commit());
+    out = View(job_id, jobs_.at(job_id));
+  }
+  AfterCommit(t);
+  return out;
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> Scheduler::JobEvents(const std::string& tenant,
+                                                               const std::string& job_id,
+                                                               int64_t after, int limit,
+                                                               bool* finished) {
+  absl::MutexLock lock(&mu_);
+  TF_ASSIGN_OR_RETURN(JobRecord * j, FindJob(tenant, job_id));
+  std::vector<v1::JobEvent> out;
+  const auto& list = events_[job_id];
+  // Sequences are 1..n in order.
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(0, after));
+       i < list.size() && static_cast<int>(out.size()) < limit; ++i)
+    out.push_back(list[i]);
+  int64_t last = out.empty() ? after : out.back().sequence();
+  if (finished != nullptr)
+    *finished = IsTerminal(j->job.state()) && last >= static_cast<int64_t>(list.size());
+  return out;
+}
+
+absl::StatusOr<v1::ListCheckpointsResponse> Scheduler::ListCheckpoints(
+    const std::string& tenant, const v1::ListCheckpointsRequest& req) {
+  TF_ASSIGN_OR_RETURN(int page, PageSize(req.page_size()));
+  TF_ASSIGN_OR_RETURN(int64_t offset, Offset(req.page_token()));
+  absl::MutexLock lock(&mu_);
+  TF_RETURN_IF_ERROR(FindJob(tenant, req.job_id()).status());
+  const auto& list = checkpoints_[req.job_id()];
+  v1::ListCheckpointsResponse resp;
+  // Newest first.
+  int64_t n = static_cast<int64_t>(list.size());
+  for (int64_t i = offset; i < n && i < offset + page; ++i)
+    *resp.add_checkpoints() = list[n - 1 - i].checkpoint;
+  if (offset + page < n) resp.set_next_page_token(absl::StrCat(offset + page));
+  return resp;
+}
+
+// ---- models ---------------------------------------------------------------
+
+v1::Model Scheduler::BaseModelView(const BaseModel& m) {
+  v1::Model out;
+  out.set_id(m.id);
+  out.set_kind(v1::MODEL_KIND_BASE);
+  out.set_family(m.family);
+  out.set_parameters(m.parameters);
+  out.set_max_sequence_length(m.max_sequence_length);
+  out.set_format("hf");
+  return out;
+}
+
+v1::Model Scheduler::ModelView(const ModelRecord& m) {
+  v1::Model out = m.model;
+  out.clear_deployments();
+  for (const auto& [id, d] : deployments_)
+    if (d.deployment.model() == out.id() && d.tenant == m.tenant) out.add_deployments(id);
+  return out;
+}
+
+absl::StatusOr<v1::ListModelsResponse> Scheduler::ListModels(const std::string& tenant,
+                                                             const v1::ListModelsRequest& req) {
+  TF_ASSIGN_OR_RETURN(int page, PageSize(req.page_size()));
+  TF_ASSIGN_OR_RETURN(int64_t offset, Offset(req.page_token()));
+  std::vector<BaseModel> bases = catalog_.List();
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::Model> all;
+  if (req.kind() != v1::MODEL_KIND_FINE_TUNED)
+    for (const auto& b : bases) all.push_back(BaseModelView(b));
+  if (req.kind() != v1::MODEL_KIND_BASE)
+    for (const auto& [id, m] : models_)
+      if (m.tenant == tenant) all.push_back(ModelView(m));
+  v1::ListModelsResponse resp;
+  int64_t n = static_cast<int64_t>(all.size());
+  for (int64_t i = offset; i < n && i < offset + page; ++i) *resp.add_models() = all[i];
+  if (offset + page < n) resp.set_next_page_token(absl::StrCat(offset + page));
+  return resp;
+}
+
+absl::StatusOr<v1::Model> Scheduler::GetModel(const std::string& tenant,
+                                              const std::string& model_id) {
+  if (!absl::StartsWith(model_id, "ft:")) {
+    TF_ASSIGN_OR_RETURN(BaseModel b, catalog_.Get(model_id));
+    absl::MutexLock lock(&mu_);
+    return BaseModelView(b);
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = models_.find(model_id);
+  if (it == models_.end() || it->second.tenant != tenant)
+    return absl::NotFoundError(absl::StrCat("model ", model_id, " not found"));
+  return ModelView(it->second);
+}
+
+absl::StatusOr<v1::DeleteModelResponse> Scheduler::DeleteModel(const std::string& tenant,
+                                                               const std::string& model_id) {
+  if (!absl::StartsWith(model_id, "ft:")) {
+    TF_RETURN_IF_ERROR(catalog_.Get(model_id).status());
+    return absl::PermissionDeniedError(
+        absl::StrCat("model ", model_id, " is a base model and cannot be deleted through the API"));
+  }
+  Txn t(this);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = models_.find(model_id);
+    if (it == models_.end() || it->second.tenant != tenant)
+      return absl::NotFoundError(absl::StrCat("model ", model_id, " not found"));
+    for (const auto& [id, d] : deployments_) {
+      if (d.deployment.model() == model_id) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model ", model_id, " is deployed by ", id, "; delete the deployment first"));
+      }
+    }
+    t.batch().deleted_models.push_back(model_id);
+    TF_RETURN_IF_ERROR(t.Commit());
+  }
+  AfterCommit(t);
+  v1::DeleteModelResponse resp;
+  resp.set_model_id(model_id);
+  resp.set_deleted(true);
+  return resp;
+}
+
+void Scheduler::RegisterResult(Txn& t, const std::string& job_id, const std::string& artifact) {
+  JobRecord& j = t.Job(job_id);
+  ModelRecord m;
+  m.tenant = j.tenant;
+  m.artifact = artifact;
+  std::string id = absl::StrCat("ft:", j.job.base_model(), ":", j.job.suffix(), ":", job_id);
+  m.model.set_id(id);
+  m.model.set_kind(v1::MODEL_KIND_FINE_TUNED);
+  m.model.set_base_model(j.job.base_model());
+  m.model.set_job_id(job_id);
+  absl::StatusOr<BaseModel> base = catalog_.Get(j.job.base_model());
+  if (base.ok()) {
+    m.model.set_family(base->family);
+    m.model.set_parameters(base->parameters);
+    m.model.set_max_sequence_length(base->max_sequence_length);
+  }
+  m.model.set_format(j.job.method() == v1::TRAINING_METHOD_FULL ? "merged" : "lora");
+  *m.model.mutable_created_at() = ToTimestamp(t.now());
+  t.batch().models.push_back(m);
+  j.job.set_result_model(id);
+}
+
+// ---- deployments ----------------------------------------------------------
+
+absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& tenant,
+                                                           const v1::CreateDeploymentRequest& req) {
+  if (req.model().empty()) return absl::InvalidArgumentError("model: required");
+  if (req.replicas() < 0 || req.replicas() > 64)
+    return absl::InvalidArgumentError("replicas: must be in [0, 64]");
+  for (int i = 0; i < req.content_filter().rules_size(); ++i) {
+    const auto& r = req.content_filter().rules(i);
+    if (!v1::ContentFilterCategory_IsValid(r.category()) ||
+        r.category() == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED)
+      return absl::InvalidArgumentError(
+          absl::StrCat("content_filter.rules[", i, "].category: required"));
+    if (!v1::Severity_IsValid(r.threshold()))
+      return absl::InvalidArgumentError(
+          absl::StrCat("content_filter.rules[", i, "].threshold: unknown value"));
+  }
+  DeploymentRecord d;
+  d.tenant = tenant;
+  if (absl::StartsWith(req.model(), "ft:")) {
+    absl::MutexLock lock(&mu_);
+    auto it = models_.find(req.model());
+    if (it == models_.end() || it->second.tenant != tenant)
+      return absl::NotFoundError(absl::StrCat("model ", req.model(), " not found"));
+    d.base_artifact = it->second.model.base_model();
+    d.adapter_artifact = it->second.artifact;
+  } else {
+    if (!catalog_.Get(req.model()).ok())
+      return absl::InvalidArgumentError(absl::StrCat("model: unknown model '", req.model(), "'"));
+    d.base_artifact = req.model();
+  }
+  Txn t(this);
+  d.deployment.set_id(NewId("dep"));
+  d.deployment.set_model(req.model());
+  d.deployment.set_replicas(std::max(1, req.replicas()));
+  *d.deployment.mutable_content_filter() = req.content_filter();
+  d.deployment.set_state(v1::DEPLOYMENT_STATE_CREATING);
+  *d.deployment.mutable_created_at() = ToTimestamp(t.now());
+  {
+    absl::MutexLock lock(&mu_);
+    // The model may have been deleted while unlocked.
+    if (!d.adapter_artifact.empty() && !models_.count(req.model()))
+      return absl::NotFoundError(absl::StrCat("model ", req.model(), " not found"));
+    t.AddDeployment(d);
+    t.DesiredChanged();
+    TF_RETURN_IF_ERROR(t.Commit());
+  }
+  AfterCommit(t);
+  spdlog::info("deployment={} tenant={} model={} created", d.deployment.id(), tenant, req.model());
+  return d.deployment;
+}
+
+absl::StatusOr<v1::Deployment> Scheduler::GetDeployment(const std::string& tenant,
+                                                        const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = deployments_.find(id);
+  if (it == deployments_.end() || it->second.tenant != tenant)
+    return absl::NotFoundError(absl::StrCat("deployment ", id, " not found"));
+  return it->second.deployment;
+}
+
+absl::StatusOr<v1::ListDeploymentsResponse> Scheduler::ListDeployments(
+    const std::string& tenant, const v1::ListDeploymentsRequest& req) {
+  TF_ASSIGN_OR_RETURN(int page, PageSize(req.page_size()));
+  TF_ASSIGN_OR_RETURN(int64_t offset, Offset(req.page_token()));
+  absl::MutexLock lock(&mu_);
+  std::vector<const v1::Deployment*> mine;
+  for (const auto& [id, d] : deployments_)
+    if (d.tenant == tenant) mine.push_back(&d.deployment);
+  v1::ListDeploymentsResponse resp;
+  int64_t n = static_cast<int64_t>(mine.size());
+  for (int64_t i = offset; i < n && i < offset + page; ++i) *resp.add_deployments() = *mine[i];
+  if (offset + page < n) resp.set_next_page_token(absl::StrCat(offset + page));
+  return resp;
+}
+
+absl::StatusOr<v1::DeleteDeploymentResponse> Scheduler::DeleteDeployment(const std::string& tenant,
+                                                                         const std::string& id) {
+  Txn t(this);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = deployments_.find(id);
+    if (it == deployments_.end() || it->second.tenant != tenant)
+      return absl::NotFoundError(absl::StrCat("deployment ", id, " not found"));
+    t.batch().deleted_deployments.push_back(id);
+    t.DesiredChanged();
+    TF_RETURN_IF_ERROR(t.Commit());
+    for (auto& [rid, r] : replicas_) r.statuses.erase(id);
+  }
+  AfterCommit(t);
+  v1::DeleteDeploymentResponse resp;
+  resp.set_deployment_id(id);
+  resp.set_deleted(true);
+  return resp;
+}
+
+// ---- serving replicas -----------------------------------------------------
+
+absl::StatusOr<iv1::RegisterReplicaResponse> Scheduler::RegisterReplica(
+    const iv1::RegisterReplicaRequest& req) {
+  if (req.replica_name().empty()) return absl::InvalidArgumentError("replica_name: required");
+  Txn t(this);
+  ReplicaRecord r{NewId("replica"), req.replica_name(), req.address()};
+  {
+    absl::MutexLock lock(&mu_);
+    t.batch().replicas.push_back(r);
+    TF_RETURN_IF_ERROR(t.Commit());
+  }
+  AfterCommit(t);
+  iv1::RegisterReplicaResponse resp;
+  resp.set_replica_id(r.id);
+  return resp;
+}
+
+absl::StatusOr<iv1::DesiredDeployments> Scheduler::DesiredDeployments(
+    const std::string& replica_id) {
+  absl::MutexLock lock(&mu_);
+  if (!replicas_.count(replica_id))
+    return absl::NotFoundError(absl::StrCat("replica ", replica_id, " not found"));
+  iv1::DesiredDeployments out;
+  out.set_generation(generation_);
+  for (const auto& [id, d] : deployments_) {
+    iv1::DesiredDeployment* dd = out.add_deployments();
+    *dd->mutable_deployment() = d.deployment;
+    dd->set_base_model_artifact(d.base_artifact);
+    dd->set_adapter_artifact(d.adapter_artifact);
+    dd->set_tenant(d.tenant);
+  }
+  return out;
+}
+
+void Scheduler::RecomputeDeployment(Txn& t, const std::string& dep_id) {
+  auto it = deployments_.find(dep_id);
+  if (it == deployments_.end()) return;
+  int ready = 0;
+  std::string error;
+  for (const auto& [rid, r] : replicas_) {
+    auto s = r.statuses.find(dep_id);
+    if (s == r.statuses.end()) continue;
+    if (s->second.ready()) ++ready;
+    else if (!s->second.error().empty()) error = s->second.error();
+  }
+  const v1::Deployment& cur = it->second.deployment;
+  int connected = static_cast<int>(replicas_.size());
+  int needed = std::max(1, std::min(cur.replicas(), connected));
+  v1::DeploymentState state = ready >= needed ? v1::DEPLOYMENT_STATE_SUCCEEDED
+                              : (ready == 0 && !error.empty()) ? v1::DEPLOYMENT_STATE_FAILED
+                                                               : v1::DEPLOYMENT_STATE_CREATING;
+  if (cur.ready_replicas() == ready && cur.state() == state &&
+      (state != v1::DEPLOYMENT_STATE_FAILED || cur.error().message() == error))
+    return;
+  DeploymentRecord& d = t.Deployment(dep_id);
+  d.deployment.set_ready_replicas(ready);
+  d.deployment.set_state(state);
+  if (state == v1::DEPLOYMENT_STATE_FAILED) {
+    d.deployment.mutable_error()->set_code("replica_failed");
+    d.deployment.mutable_error()->set_message(error);
+  } else {
+    d.deployment.clear_error();
+  }
+}
+
+absl::StatusOr<iv1::ReportReplicaStatusResponse> Scheduler::ReportReplicaStatus(
+    const iv1::ReportReplicaStatusRequest& req) {
+  Txn t(this);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = replicas_.find(req.replica_id());
+    if (it == replicas_.end())
+      return absl::NotFoundError(absl::StrCat("replica ", req.replica_id(), " not found"));
+    std::set<std::string> touched;
+    for (const auto& [id, s] : it->second.statuses) touched.insert(id);
+    it->second.statuses.clear();
+    for (const auto& s : req.deployments()) {
+      if (!deployments_.count(s.deployment_id())) continue;  // deleted meanwhile
+      it->second.statuses[s.deployment_id()] = s;
+      touched.insert(s.deployment_id());
+    }
+    for (const auto& id : touched) RecomputeDeployment(t, id);
+    TF_RETURN_IF_ERROR(t.Commit());
+  }
+  AfterCommit(t);
+  return iv1::ReportReplicaStatusResponse();
+}
+
+void Scheduler::ReplicaDisconnected(const std::string& replica_id) {
+  Txn t(this);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = replicas_.find(replica_id);
+    if (it == replicas_.end()) return;
+    std::set<std::string> touched;
+    for (const auto& [id, s] : it->second.statuses) touched.insert(id);
+    it->second.statuses.clear();
+    for (const auto& id : touched) RecomputeDeployment(t, id);
+    if (!t.Commit().ok()) return;
+  }
+  AfterCommit(t);
+}
+
+// ---- trainer agents -------------------------------------------------------
+
+absl::StatusOr<iv1::RegisterNodeResponse> Scheduler::RegisterNode(
+    const iv1::RegisterNodeRequest& req) {
+  if (req.node_name().empty()) return absl::InvalidArgumentError("node_name: required");
+  int slots = req.slots() > 0 ? req.slots() : req.gpus_size();
+  if (slots <= 0 || slots > 1024)
+    return absl::InvalidArgumentError("slots: a node registers 1..1024 slots (or its gpus)");
+  Txn t(this);
+  NodeRecord n{NewId("node"), req.node_name(), req.agent_address(), slots};
+  {
+    absl::MutexLock lock(&mu_);
+    // A node that registers again under the same name is a restarted agent:
+    // whatever its previous incarnation ran is lost.
+    for (const auto& [id, old] : nodes_) {
+      if (old.record.name != req.node_name()) continue;
+      for (const auto& [aid, a] : t.AllAssignments())
+        if (a.node_id == id) LoseAttempt(t, a.assignment.job_id(), absl::StrCat("node ", req.node_name(), " restarted"));
+      t.batch().deleted_nodes.push_back(id);
+    }
+    t.batch().nodes.push_back(n);
+    TF_RETURN_IF_ERROR(t.Commit());
+  }
+  AfterCommit(t);
+  spdlog::info("node={} name={} slots={} registered", n.id, n.name, n.slots);
+  iv1::RegisterNodeResponse resp;
+  resp.set_node_id(n.id);
+  resp.set_heartbeat_interval_ms(absl::ToInt64Milliseconds(options_.heartbeat_interval));
+  resp.set_lease_ms(absl::ToInt64Milliseconds(options_.lease));
+  return resp;
+}
+
+void Scheduler::LoseAttempt(Txn& t, const std::string& job_id, const std::string& why) {
+  if (t.AssignmentsOf(job_id).empty()) return;  // already handled in this Txn
+  for (const auto& id : t.AssignmentsOf(job_id)) t.DeleteAssignment(id);
+  JobRecord& j = t.Job(job_id);
+  v1::JobState s = j.job.state();
+  if (s == v1::JOB_STATE_RUNNING) {
+    ++j.retries;
+    if (j.retries > options_.max_retries) {
+      v1::Error e;
+      e.set_code("worker_lost");
+      e.set_message(absl::StrCat(why, "; the job lost ", j.retries, " attempts (limit ",
+                                 options_.max_retries, ")"));
+      (void)Transition(t, job_id, JobTrigger::kFail, e.message(), &e);
+      return;
+    }
+    std::string from = j.resume_artifact.empty() ? "the start" : j.resume_artifact;
+    (void)Transition(t, job_id, JobTrigger::kRequeue,
+                     absl::StrCat(why, "; requeued to resume from ", from));
+    return;
+  }
+  (void)Transition(t, job_id, JobTrigger::kRequeue, why);
+}
+
+void Scheduler::FinishAssignment(Txn& t, const std::string& assignment_id) {
+  std::string job_id = t.Assignment(assignment_id).assignment.job_id();
+  t.DeleteAssignment(assignment_id);
+  if (!jobs_.count(job_id) || !t.AssignmentsOf(job_id).empty()) return;
+  v1::JobState s = t.Job(job_id).job.state();
+  if (s == v1::JOB_STATE_PAUSING) {
+    std::string at = t.Job(job_id).resume_artifact;
+    (void)Transition(t, job_id, JobTrigger::kStopped,
+                     absl::StrCat("paused", at.empty() ? "" : " at checkpoint " + at));
+  } else if (s == v1::JOB_STATE_CANCELLING) {
+    (void)Transition(t, job_id, JobTrigger::kStopped, "cancelled; every rank has stopped");
+  }
+}
+
+absl::StatusOr<iv1::HeartbeatResponse> Scheduler::Heartbeat(const iv1::HeartbeatRequest& req) {
+  Txn t(this);
+  iv1::HeartbeatResponse resp;
+  {
+    absl::MutexLock lock(&mu_);
+    auto node = nodes_.find(req.node_id());
+    if (node == nodes_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("node ", req.node_id(), " is not registered (register again)"));
+    }
+    node->second.lease_expiry = t.now() + options_.lease;
+    std::map<std::string, iv1::AssignmentStatus> reported;
+    for (const auto& s : req.assignments()) reported[s.assignment_id()] = s;
+    std::vector<std::string> finished;
+    for (auto& [id, a] : assignments_) {
+      if (a.node_id != req.node_id()) continue;
+      auto r = reported.find(id);
+      bool present = r != reported.end() && r->second.phase() != iv1::AssignmentStatus::PHASE_EXITED;
+      if (r != reported.end()) a.seen = true;
+      v1::JobState s = jobs_.at(a.assignment.job_id()).job.state();
+      // A rank of a pausing or cancelling job that the agent no longer runs
+      // has stopped.
+      if (!present && (a.stopping || s == v1::JOB_STATE_PAUSING || s == v1::JOB_STATE_CANCELLING))
+        finished.push_back(id);
+    }
+    for (const auto& id : finished) FinishAssignment(t, id);
+    TF_RETURN_IF_ERROR(t.Commit());
+    for (const auto& [id, a] : assignments_) {
+      if (a.node_id != req.node_id() || a.stopping) continue;
+      *resp.add_assignments() = a.assignment;
+      if (jobs_.at(a.assignment.job_id()).job.state() == v1::JOB_STATE_PAUSING)
+        resp.add_checkpoint_and_stop(id);
+    }
+  }
+  AfterCommit(t);
+  return resp;
+}
+
+absl::StatusOr<iv1::ReportProgressResponse> Scheduler::ReportProgress(
+    const iv1::ReportProgressRequest& req) {
+  Txn t(this);
+  iv1::ReportProgressResponse resp;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = assignments_.find(req.assignment_id());
+    // A stale rank (its attempt was lost or cancelled) is told to stop.
+    if (it == assignments_.end() || it->second.stopping) {
+      resp.set_keep_running(false);
+      return resp;
+    }
+    const std::string job_id = it->second.assignment.job_id();
+    const bool rank0 = it->second.assignment.rank() == 0;
+    v1::JobState s = jobs_.at(job_id).job.state();
+    resp.set_keep_running(s == v1::JOB_STATE_RUNNING || s == v1::JOB_STATE_PAUSING);
+    if (!rank0 || !resp.keep_running()) return resp;
+    JobRecord& j = t.Job(job_id);
+    const auto& m = req.metrics();
+    if (req.total_steps() > 0) j.job.set_total_steps(req.total_steps());
+    j.job.set_completed_steps(m.step());
+    if (m.trained_tokens() > 0) j.job.set_trained_tokens(m.trained_tokens());
+    // Estimated finish from the step rate since the previous report.
+    auto p = progress_.find(job_id);
+    if (p != progress_.end() && m.step() > p->second.step && j.job.total_steps() > m.step()) {
+      absl::Duration per_step = (t.now() - p->second.at) / (m.step() - p->second.step);
+      *j.job.mutable_estimated_finish() =
+          ToTimestamp(t.now() + per_step * (j.job.total_steps() - m.step()));
+    }
+    v1::JobEvent e;
+    *e.mutable_metrics() = m;
+    e.set_message(req.message().empty() ? absl::StrCat("step ", m.step(), "/", j.job.total_steps())
+                                        : req.message());
+    t.Event(job_id, e);
+    TF_RETURN_IF_ERROR(t.Commit());
+    progress_[job_id] = Progress{t.now(), m.step()};
+  }
+  AfterCommit(t);
+  return resp;
+}
+
+absl::StatusOr<iv1::ReportCheckpointResponse> Scheduler::ReportCheckpoint(
+    const iv1::ReportCheckpointRequest& req) {
+  if (req.artifact().empty()) return absl::InvalidArgumentError("artifact: required");
+  Txn t(this);
+  iv1::ReportCheckpointResponse resp;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = assignments_.find(req.assignment_id());
+    if (it == assignments_.end())
+      return absl::NotFoundError(
+          absl::StrCat("assignment ", req.assignment_id(), " is not active"));
+    if (it->second.assignment.rank() != 0) return resp;  // rank 0 speaks for the job
+    const std::string job_id = it->second.assignment.job_id();
+    JobRecord& j = t.Job(job_id);
+    CheckpointRecord c;
+    c.tenant = j.tenant;
+    c.artifact = req.artifact();
+    c.checkpoint.set_id(NewId("ckpt"));
+    c.checkpoint.set_job_id(job_id);
+    c.checkpoint.set_step(req.step());
+    *c.checkpoint.mutable_metrics() = req.metrics();
+    *c.checkpoint.mutable_created_at() = ToTimestamp(t.now());
+    j.resume_artifact = req.artifact();
+    t.batch().checkpoints.push_back(c);
+    v1::JobEvent e;
+    e.set_checkpoint_id(c.checkpoint.id());
+    e.set_message(absl::StrCat("checkpoint ", c.checkpoint.id(), " at step ", req.step()));
+    t.Event(job_id, e);
+    TF_RETURN_IF_ERROR(t.Commit());
+    resp.set_checkpoint_id(c.checkpoint.id());
+  }
+  AfterCommit(t);
+  return resp;
+}
+
+absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
+    const iv1::CompleteAssignmentRequest& req) {
+  Txn t(this);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = assignments_.find(req.assignment_id());
+    if (it == assignments_.end())
+      return absl::NotFoundError(
+          absl::StrCat("assignment ", req.assignment_id(), " is not active"));
+    const iv1::Assignment a = it->second.assignment;
+    const std::string& job_id = a.job_id();
+    v1::JobState s = jobs_.at(job_id).job.state();
+    if (req.trained_tokens() > 0 && a.rank() == 0) t.Job(job_id).job.set_trained_tokens(req.trained_tokens());
+    if (req.succeeded() && a.rank() == 0 &&
+        (s == v1::JOB_STATE_RUNNING || s == v1::JOB_STATE_PAUSING)) {
+      t.DeleteAssignment(a.assignment_id());
+      if (req.result_artifact().empty()) {
+        v1::Error e;
+        e.set_code("result_missing");
+        e.set_message("the trainer reported success without a result artifact");
+        TF_RETURN_IF_ERROR(Transition(t, job_id, JobTrigger::kFail, e.message(), &e));
+      } else {
+        RegisterResult(t, job_id, req.result_artifact());
+        JobRecord& j = t.Job(job_id);
+        j.job.set_completed_steps(j.job.total_steps());
+        TF_RETURN_IF_ERROR(Transition(t, job_id, JobTrigger::kSucceed,
+                                      absl::StrCat("succeeded; model ", j.job.result_model())));
+      }
+    } else if (!req.succeeded() && s == v1::JOB_STATE_RUNNING) {
+      t.DeleteAssignment(a.assignment_id());
+      v1::Error e = req.error();
+      if (e.code().empty()) e.set_code("training_failed");
+      if (e.message().empty()) e.set_message(absl::StrCat("rank ", a.rank(), " failed"));
+      TF_RETURN_IF_ERROR(Transition(t, job_id, JobTrigger::kFail, e.message(), &e));
+    } else {
+      FinishAssignment(t, a.assignment_id());
+    }
+    TF_RETURN_IF_ERROR(t.Commit());
+    spdlog::info("assignment={} job={} rank={} completed succeeded={} job now {}",
+                 a.assignment_id(), job_id, a.rank(), req.succeeded(),
+                 std::string(StateName(jobs_.at(job_id).job.state())));
+  }
+  AfterCommit(t);
+  return iv1::CompleteAssignmentResponse();
+}
+
+// ---- time -----------------------------------------------------------------
+
+void Scheduler::PlaceLocked(Txn& t) {
+  std::map<std::string, AssignmentRecord> all = t.AllAssignments();
+  std::vector<SlotNode> nodes;
+  std::map<std::string, std::set<int>> used_gpus, used_ports;
+  for (const auto& [id, a] : all) {
+    for (int g : a.assignment.gpu_indices()) used_gpus[a.node_id].insert(g);
+    if (a.assignment.rank() == 0) used_ports[a.node_id].insert(a.assignment.master_port());
+  }
+  for (const auto& [id, n] : nodes_) {
+    int used = static_cast<int>(used_gpus[id].size());
+    nodes.push_back(SlotNode{id, n.record.slots, std::max(0, n.record.slots - used)});
+  }
+  std::vector<QueuedJob> queue;
+  for (const auto& [id, j] : jobs_) {
+    v1::JobState s = t.jobs().count(id) ? t.jobs().at(id).job.state() : j.job.state();
+    if (s == v1::JOB_STATE_QUEUED) queue.push_back(QueuedJob{id, j.job.priority(), j.queue_seq, j.job.gpus()});
+  }
+  if (queue.empty() || nodes.empty()) return;
+  int fleet = 0;
+  for (const auto& n : nodes) fleet += n.total_slots;
+  PlacementResult r = Place(std::move(queue), std::move(nodes));
+  for (const auto& id : r.never_fit) {
+    v1::Error e;
+    e.set_code("unschedulable");
+    e.set_param("gpus");
+    e.set_message(absl::StrCat("the job needs ", t.Job(id).job.gpus(),
+                               " slots and the registered fleet has ", fleet));
+    (void)Transition(t, id, JobTrigger::kFail, e.message(), &e);
+  }
+  for (const auto& p : r.placed) {
+    JobRecord& j = t.Job(p.job_id);
+    ++j.attempt;
+    const std::string& master_node = p.nodes.front().first;
+    int port = options_.first_master_port;
+    while (used_ports[master_node].count(port)) ++port;
+    used_ports[master_node].insert(port);
+    const std::string master = HostOf(nodes_.at(master_node).record.address);
+    int rank = 0;
+    std::vector<std::string> where;
+    for (const auto& [node_id, count] : p.nodes) {
+      where.push_back(absl::StrCat(node_id, "x", count));
+      for (int k = 0; k < count; ++k, ++rank) {
+        AssignmentRecord a;
+        a.node_id = node_id;
+        iv1::Assignment& as = a.assignment;
+        as.set_assignment_id(NewId("asg"));
+        as.set_job_id(p.job_id);
+        as.set_rank(rank);
+        as.set_world_size(std::max(1, j.job.gpus()));
+        as.set_master_address(master);
+        as.set_master_port(port);
+        as.set_base_model(j.job.base_model());
+        as.set_training_file(j.job.training_file());
+        as.set_validation_file(j.job.validation_file());
+        as.set_method(j.job.method());
+        as.set_task(j.job.task());
+        *as.mutable_hyperparameters() = j.job.hyperparameters();
+        as.set_resume_checkpoint(j.resume_artifact);
+        int g = 0;
+        while (used_gpus[node_id].count(g)) ++g;
+        used_gpus[node_id].insert(g);
+        as.add_gpu_indices(g);
+        as.set_tenant(j.tenant);
+        as.set_total_steps(j.job.total_steps());
+        t.AddAssignment(std::move(a));
+      }
+    }
+    (void)Transition(t, p.job_id, JobTrigger::kStart,
+                     absl::StrCat("running: attempt ", j.attempt, " on ", absl::StrJoin(where, ", "),
+                                  j.resume_artifact.empty() ? "" : ", resuming from " + j.resume_artifact));
+  }
+}
+
+void Scheduler::Tick(absl::Time now) {
+  Txn t(this);
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, n] : nodes_) {
+      if (n.lease_expiry >= now) continue;
+      spdlog::warn("node={} name={} lost: no heartbeat for {}", id, n.record.name,
+                   absl::FormatDuration(options_.lease));
+      for (const auto& [aid, a] : t.AllAssignments())
+        if (a.node_id == id)
+          LoseAttempt(t, a.assignment.job_id(), absl::StrCat("node ", n.record.name, " lost"));
+      t.batch().deleted_nodes.push_back(id);
+    }
+    // Placement sees the fleet without the lost nodes.
+    std::vector<NodeState> lost;
+    for (const auto& id : t.batch().deleted_nodes) {
+      lost.push_back(nodes_.at(id));
+      nodes_.erase(id);
+    }
+    PlaceLocked(t);
+    absl::Status s = t.Commit();
+    if (!s.ok()) {
+      for (auto& n : lost) nodes_[n.record.id] = n;
+      return;
+    }
+  }
+  AfterCommit(t);
+}
+
+Scheduler::FleetStats Scheduler::Stats() {
+  absl::MutexLock lock(&mu_);
+  FleetStats st;
+  st.nodes = static_cast<int>(nodes_.size());
+  for (const auto& [id, n] : nodes_) st.slots += n.record.slots;
+  st.used_slots = static_cast<int>(assignments_.size());
+  for (const auto& [id, j] : jobs_) {
+    if (j.job.state() == v1::JOB_STATE_QUEUED) ++st.queued_jobs;
+    if (j.job.state() == v1::JOB_STATE_RUNNING) ++st.running_jobs;
+  }
+  return st;
+}
+
+}  // namespace tunefleet::scheduler

@@ -1,0 +1,186 @@
+// The scheduler's core: the one owner of job, model, deployment, node and
+// replica state, shaped like a Kubernetes controller. Callers (the thin gRPC
+// services) ask it to change desired state; trainer agents and serving
+// replicas pull what they should run and report what is. Time moves only
+// through Tick(now) (lease expiry, placement): there are no hidden threads,
+// main.cc runs a ticker and tests call Tick themselves with a ManualClock.
+//
+// Every change is one store Batch (state + its event in one transaction),
+// committed before the call returns and applied to memory only once durable.
+// Thread-safe: one mutex guards the in-memory state; the dataset service is
+// called without it held; watchers are woken after it is released.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/base/clock.h"
+#include "services/scheduler/dataset_client.h"
+#include "services/scheduler/event_bus.h"
+#include "services/scheduler/job_spec.h"
+#include "services/scheduler/job_state.h"
+#include "services/scheduler/scheduler_store.h"
+#include "tunefleet/internal/v1/serving.pb.h"
+#include "tunefleet/internal/v1/trainer.pb.h"
+
+namespace tunefleet::scheduler {
+
+struct SchedulerOptions {
+  // The SQLite file.
+  std::string db_path;
+  // Base models: <models_dir>/<id>/config.json.
+  std::string models_dir;
+  Clock* clock = Clock::Real();
+  absl::Duration heartbeat_interval = absl::Seconds(2);
+  // A node silent for longer is lost: its attempts fail, its jobs requeue.
+  absl::Duration lease = absl::Seconds(10);
+  // Lost attempts a job survives; one more fails it ("worker_lost").
+  int max_retries = 3;
+  int first_master_port = 29500;
+  int max_watchers_per_topic = 1024;
+};
+
+inline std::string JobTopic(const std::string& job_id) { return "job/" + job_id; }
+inline constexpr char kDeploymentsTopic[] = "deployments";
+
+class Scheduler {
+ public:
+  // `dataset` must outlive the scheduler.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Open(SchedulerOptions options,
+                                                         DatasetClient* dataset);
+  ~Scheduler();
+
+  EventBus& bus() { return bus_; }
+
+  // Jobs (public API; `tenant` from the caller's credentials).
+  absl::StatusOr<v1::Job> CreateJob(const std::string& tenant, const v1::CreateJobRequest& req);
+  absl::StatusOr<v1::Job> GetJob(const std::string& tenant, const std::string& job_id);
+  absl::StatusOr<v1::ListJobsResponse> ListJobs(const std::string& tenant,
+                                                const v1::ListJobsRequest& req);
+  absl::StatusOr<v1::Job> CancelJob(const std::string& tenant, const std::string& job_id);
+  absl::StatusOr<v1::Job> PauseJob(const std::string& tenant, const std::string& job_id);
+  absl::StatusOr<v1::Job> ResumeJob(const std::string& tenant, const std::string& job_id);
+  // Events with sequence > after, at most `limit`; `*finished` when the job is
+  // over and nothing after them remains.
+  absl::StatusOr<std::vector<v1::JobEvent>> JobEvents(const std::string& tenant,
+                                                      const std::string& job_id, int64_t after,
+                                                      int limit, bool* finished);
+  absl::StatusOr<v1::ListCheckpointsResponse> ListCheckpoints(const std::string& tenant,
+                                                              const v1::ListCheckpointsRequest& req);
+
+  // Models.
+  absl::StatusOr<v1::ListModelsResponse> ListModels(const std::string& tenant,
+                                                    const v1::ListModelsRequest& req);
+  absl::StatusOr<v1::Model> GetModel(const std::string& tenant, const std::string& model_id);
+  absl::StatusOr<v1::DeleteModelResponse> DeleteModel(const std::string& tenant,
+                                                      const std::string& model_id);
+
+  // Deployments.
+  absl::StatusOr<v1::Deployment> CreateDeployment(const std::string& tenant,
+                                                  const v1::CreateDeploymentRequest& req);
+  absl::StatusOr<v1::Deployment> GetDeployment(const std::string& tenant, const std::string& id);
+  absl::StatusOr<v1::ListDeploymentsResponse> ListDeployments(
+      const std::string& tenant, const v1::ListDeploymentsRequest& req);
+  absl::StatusOr<v1::DeleteDeploymentResponse> DeleteDeployment(const std::string& tenant,
+                                                                const std::string& id);
+
+  // Trainer agents.
+  absl::StatusOr<iv1::RegisterNodeResponse> RegisterNode(const iv1::RegisterNodeRequest& req);
+  absl::StatusOr<iv1::HeartbeatResponse> Heartbeat(const iv1::HeartbeatRequest& req);
+  absl::StatusOr<iv1::ReportProgressResponse> ReportProgress(const iv1::ReportProgressRequest& req);
+  absl::StatusOr<iv1::ReportCheckpointResponse> ReportCheckpoint(
+      const iv1::ReportCheckpointRequest& req);
+  absl::StatusOr<iv1::CompleteAssignmentResponse> CompleteAssignment(
+      const iv1::CompleteAssignmentRequest& req);
+
+  // Serving replicas.
+  absl::StatusOr<iv1::RegisterReplicaResponse> RegisterReplica(
+      const iv1::RegisterReplicaRequest& req);
+  // The full desired set for a replica (every replica serves every
+  // deployment), with a generation that grows on every change.
+  absl::StatusOr<iv1::DesiredDeployments> DesiredDeployments(const std::string& replica_id);
+  absl::StatusOr<iv1::ReportReplicaStatusResponse> ReportReplicaStatus(
+      const iv1::ReportReplicaStatusRequest& req);
+  // The replica's watch ended: what it reported no longer counts as ready.
+  void ReplicaDisconnected(const std::string& replica_id);
+
+  // Expires node leases (their attempts are lost: requeue from the last
+  // checkpoint, or fail past max_retries), then runs one placement pass.
+  void Tick(absl::Time now);
+
+  // Slots registered and in use, for metrics and tests.
+  struct FleetStats {
+    int nodes = 0;
+    int slots = 0;
+    int used_slots = 0;
+    int queued_jobs = 0;
+    int running_jobs = 0;
+  };
+  FleetStats Stats();
+
+ private:
+  class Txn;
+  struct NodeState {
+    NodeRecord record;
+    absl::Time lease_expiry;
+  };
+  struct ReplicaState {
+    ReplicaRecord record;
+    std::map<std::string, iv1::ReplicaDeploymentStatus> statuses;  // by deployment
+  };
+  struct Progress {
+    absl::Time at;
+    int64_t step = 0;
+  };
+
+  Scheduler(SchedulerOptions options, DatasetClient* dataset, std::unique_ptr<SchedulerStore> store);
+  absl::Status Load();
+
+  // Helpers; all need mu_.
+  absl::StatusOr<JobRecord*> FindJob(const std::string& tenant, const std::string& job_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::Job View(const std::string& id, const JobRecord& j) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::Model ModelView(const ModelRecord& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::Model BaseModelView(const BaseModel& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Transition(Txn& t, const std::string& job_id, JobTrigger trigger,
+                          const std::string& message, const v1::Error* error = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LoseAttempt(Txn& t, const std::string& job_id, const std::string& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StopAssignmentsOf(Txn& t, const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RegisterResult(Txn& t, const std::string& job_id, const std::string& artifact)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PlaceLocked(Txn& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecomputeDeployment(Txn& t, const std::string& dep_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AfterCommit(Txn& t) ABSL_LOCKS_EXCLUDED(mu_);
+  // Checkpoint-and-finish for one assignment (CompleteAssignment, or an agent
+  // that reports it gone while its job pauses or cancels).
+  void FinishAssignment(Txn& t, const std::string& assignment_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const SchedulerOptions options_;
+  DatasetClient* const dataset_;
+  std::unique_ptr<SchedulerStore> store_;
+  BaseModelCatalog catalog_;
+  EventBus bus_;
+
+  absl::Mutex mu_;
+  std::map<std::string, JobRecord> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::vector<v1::JobEvent>> events_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::vector<CheckpointRecord>> checkpoints_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, ModelRecord> models_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, DeploymentRecord> deployments_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, AssignmentRecord> assignments_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, ReplicaState> replicas_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Progress> progress_ ABSL_GUARDED_BY(mu_);
+  int64_t next_queue_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace tunefleet::scheduler

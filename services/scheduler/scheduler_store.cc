@@ -1,0 +1,218 @@
+#include "services/scheduler/scheduler_store.h"
+
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/base/status_macros.h"
+
+namespace tunefleet::scheduler {
+namespace {
+
+using store::Value;
+
+const store::Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE jobs (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  queue_seq INTEGER NOT NULL,
+  resume_artifact TEXT NOT NULL,
+  retries INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  held_files TEXT NOT NULL,
+  last_event_seq INTEGER NOT NULL,
+  state INTEGER NOT NULL,
+  proto BLOB NOT NULL);
+CREATE INDEX jobs_by_tenant ON jobs (tenant, queue_seq);
+CREATE TABLE job_events (
+  job_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  proto BLOB NOT NULL,
+  PRIMARY KEY (job_id, seq)) WITHOUT ROWID;
+CREATE TABLE checkpoints (
+  id TEXT PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  artifact TEXT NOT NULL,
+  proto BLOB NOT NULL);
+CREATE TABLE models (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  artifact TEXT NOT NULL,
+  proto BLOB NOT NULL);
+CREATE TABLE deployments (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  base_artifact TEXT NOT NULL,
+  adapter_artifact TEXT NOT NULL,
+  proto BLOB NOT NULL);
+CREATE TABLE assignments (
+  id TEXT PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  stopping INTEGER NOT NULL,
+  proto BLOB NOT NULL);
+CREATE TABLE nodes (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  address TEXT NOT NULL,
+  slots INTEGER NOT NULL);
+CREATE TABLE replicas (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  address TEXT NOT NULL);
+)sql"},
+};
+
+template <typename Proto>
+absl::Status ParseInto(const Value& v, Proto* out, const char* what) {
+  if (!out->ParseFromString(std::string(v.bytes())))
+    return absl::DataLossError(std::string("corrupt ") + what + " row");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SchedulerStore>> SchedulerStore::Open(const std::string& path) {
+  TF_ASSIGN_OR_RETURN(auto db, store::Database::Open(path));
+  TF_RETURN_IF_ERROR(store::ApplyMigrations(*db, kMigrations));
+  return std::unique_ptr<SchedulerStore>(new SchedulerStore(std::move(db)));
+}
+
+absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
+  StoreSnapshot s;
+  TF_ASSIGN_OR_RETURN(auto rows, db_->Query(
+      "SELECT id, tenant, request_id, queue_seq, resume_artifact, retries, attempt, held_files, "
+      "last_event_seq, proto FROM jobs"));
+  for (const auto& r : rows) {
+    JobRecord j;
+    j.tenant = r[1].AsText();
+    j.request_id = r[2].AsText();
+    j.queue_seq = r[3].AsInt64();
+    j.resume_artifact = r[4].AsText();
+    j.retries = static_cast<int32_t>(r[5].AsInt64());
+    j.attempt = static_cast<int32_t>(r[6].AsInt64());
+    std::string held = r[7].AsText();
+    if (!held.empty()) j.held_files = absl::StrSplit(held, ',');
+    j.last_event_seq = r[8].AsInt64();
+    TF_RETURN_IF_ERROR(ParseInto(r[9], &j.job, "job"));
+    s.jobs.emplace(r[0].AsText(), std::move(j));
+  }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT job_id, proto FROM job_events ORDER BY job_id, seq"));
+  for (const auto& r : rows) {
+    v1::JobEvent e;
+    TF_RETURN_IF_ERROR(ParseInto(r[1], &e, "job event"));
+    s.events[r[0].AsText()].push_back(std::move(e));
+  }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT tenant, artifact, proto FROM checkpoints"));
+  for (const auto& r : rows) {
+    CheckpointRecord c;
+    c.tenant = r[0].AsText();
+    c.artifact = r[1].AsText();
+    TF_RETURN_IF_ERROR(ParseInto(r[2], &c.checkpoint, "checkpoint"));
+    s.checkpoints.push_back(std::move(c));
+  }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT tenant, artifact, proto FROM models"));
+  for (const auto& r : rows) {
+    ModelRecord m;
+    m.tenant = r[0].AsText();
+    m.artifact = r[1].AsText();
+    TF_RETURN_IF_ERROR(ParseInto(r[2], &m.model, "model"));
+    s.models.push_back(std::move(m));
+  }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query(
+      "SELECT tenant, base_artifact, adapter_artifact, proto FROM deployments"));
+  for (const auto& r : rows) {
+    DeploymentRecord d;
+    d.tenant = r[0].AsText();
+    d.base_artifact = r[1].AsText();
+    d.adapter_artifact = r[2].AsText();
+    TF_RETURN_IF_ERROR(ParseInto(r[3], &d.deployment, "deployment"));
+    s.deployments.push_back(std::move(d));
+  }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT node_id, stopping, proto FROM assignments"));
+  for (const auto& r : rows) {
+    AssignmentRecord a;
+    a.node_id = r[0].AsText();
+    a.stopping = r[1].AsInt64() != 0;
+    TF_RETURN_IF_ERROR(ParseInto(r[2], &a.assignment, "assignment"));
+    s.assignments.push_back(std::move(a));
+  }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT id, name, address, slots FROM nodes"));
+  for (const auto& r : rows) {
+    s.nodes.push_back(NodeRecord{r[0].AsText(), r[1].AsText(), r[2].AsText(),
+                                 static_cast<int32_t>(r[3].AsInt64())});
+  }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT id, name, address FROM replicas"));
+  for (const auto& r : rows) {
+    s.replicas.push_back(ReplicaRecord{r[0].AsText(), r[1].AsText(), r[2].AsText()});
+  }
+  return s;
+}
+
+absl::Status SchedulerStore::Commit(const Batch& b) {
+  if (b.empty()) return absl::OkStatus();
+  TF_ASSIGN_OR_RETURN(store::Transaction txn, db_->Begin());
+  for (const auto& [id, j] : b.jobs) {
+    TF_RETURN_IF_ERROR(db_->Execute(
+        "INSERT OR REPLACE INTO jobs (id, tenant, request_id, queue_seq, resume_artifact, retries, "
+        "attempt, held_files, last_event_seq, state, proto) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        {id, j.tenant, j.request_id, j.queue_seq, j.resume_artifact, j.retries, j.attempt,
+         absl::StrJoin(j.held_files, ","), j.last_event_seq, static_cast<int>(j.job.state()),
+         Value::Blob(j.job.SerializeAsString())}).status());
+  }
+  for (const auto& [job_id, e] : b.events) {
+    TF_RETURN_IF_ERROR(db_->Execute("INSERT INTO job_events (job_id, seq, proto) VALUES (?,?,?)",
+                                    {job_id, e.sequence(), Value::Blob(e.SerializeAsString())})
+                           .status());
+  }
+  for (const auto& c : b.checkpoints) {
+    TF_RETURN_IF_ERROR(db_->Execute(
+        "INSERT OR REPLACE INTO checkpoints (id, job_id, tenant, artifact, proto) VALUES (?,?,?,?,?)",
+        {c.checkpoint.id(), c.checkpoint.job_id(), c.tenant, c.artifact,
+         Value::Blob(c.checkpoint.SerializeAsString())}).status());
+  }
+  for (const auto& m : b.models) {
+    TF_RETURN_IF_ERROR(db_->Execute(
+        "INSERT OR REPLACE INTO models (id, tenant, artifact, proto) VALUES (?,?,?,?)",
+        {m.model.id(), m.tenant, m.artifact, Value::Blob(m.model.SerializeAsString())}).status());
+  }
+  for (const auto& id : b.deleted_models) {
+    TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM models WHERE id = ?", {id}).status());
+  }
+  for (const auto& d : b.deployments) {
+    TF_RETURN_IF_ERROR(db_->Execute(
+        "INSERT OR REPLACE INTO deployments (id, tenant, base_artifact, adapter_artifact, proto) "
+        "VALUES (?,?,?,?,?)",
+        {d.deployment.id(), d.tenant, d.base_artifact, d.adapter_artifact,
+         Value::Blob(d.deployment.SerializeAsString())}).status());
+  }
+  for (const auto& id : b.deleted_deployments) {
+    TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM deployments WHERE id = ?", {id}).status());
+  }
+  for (const auto& a : b.assignments) {
+    TF_RETURN_IF_ERROR(db_->Execute(
+        "INSERT OR REPLACE INTO assignments (id, job_id, node_id, stopping, proto) VALUES (?,?,?,?,?)",
+        {a.assignment.assignment_id(), a.assignment.job_id(), a.node_id, a.stopping ? 1 : 0,
+         Value::Blob(a.assignment.SerializeAsString())}).status());
+  }
+  for (const auto& id : b.deleted_assignments) {
+    TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM assignments WHERE id = ?", {id}).status());
+  }
+  for (const auto& n : b.nodes) {
+    TF_RETURN_IF_ERROR(db_->Execute(
+        "INSERT OR REPLACE INTO nodes (id, name, address, slots) VALUES (?,?,?,?)",
+        {n.id, n.name, n.address, n.slots}).status());
+  }
+  for (const auto& id : b.deleted_nodes) {
+    TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM nodes WHERE id = ?", {id}).status());
+  }
+  for (const auto& r : b.replicas) {
+    TF_RETURN_IF_ERROR(db_->Execute(
+        "INSERT OR REPLACE INTO replicas (id, name, address) VALUES (?,?,?)",
+        {r.id, r.name, r.address}).status());
+  }
+  return txn.Commit();
+}
+
+}  // namespace tunefleet::scheduler

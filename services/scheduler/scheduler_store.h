@@ -1,0 +1,129 @@
+// The scheduler's durable state in one SQLite file: jobs, their events
+// (state changes, metrics points, checkpoints), checkpoints, fine-tuned
+// models, deployments, assignments, nodes and replicas.
+//
+// Every mutation is one Batch committed in one transaction, so a job's new
+// state and the event that records it are written together or not at all,
+// and a Batch acknowledged to a caller survives kill -9 (synchronous=FULL).
+// Thread-safe (the Database serializes its users).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/store/sqlite.h"
+#include "tunefleet/internal/v1/trainer.pb.h"
+#include "tunefleet/v1/deployments.pb.h"
+#include "tunefleet/v1/jobs.pb.h"
+#include "tunefleet/v1/models.pb.h"
+
+namespace tunefleet::scheduler {
+
+namespace v1 = ::tunefleet::v1;
+namespace iv1 = ::tunefleet::internal::v1;
+
+struct JobRecord {
+  std::string tenant;
+  std::string request_id;
+  int64_t queue_seq = 0;  // admission order (age in the queue)
+  // Artifact name of the checkpoint the next attempt resumes from.
+  std::string resume_artifact;
+  int32_t retries = 0;  // attempts lost so far
+  int32_t attempt = 0;  // attempts started so far
+  std::vector<std::string> held_files;  // released when the job finishes
+  int64_t last_event_seq = 0;
+  v1::Job job;
+};
+
+struct CheckpointRecord {
+  std::string tenant;
+  std::string artifact;
+  v1::Checkpoint checkpoint;
+};
+
+struct ModelRecord {
+  std::string tenant;
+  std::string artifact;  // the adapter (PEFT) directory's artifact name
+  v1::Model model;
+};
+
+struct DeploymentRecord {
+  std::string tenant;
+  std::string base_artifact;     // base model id (folder under models_dir)
+  std::string adapter_artifact;  // empty for a base deployment
+  v1::Deployment deployment;
+};
+
+struct AssignmentRecord {
+  std::string node_id;
+  // Cancelled: no longer desired; kept until the agent has stopped it.
+  bool stopping = false;
+  iv1::Assignment assignment;
+  // Memory only: the agent has reported it in a heartbeat.
+  bool seen = false;
+};
+
+struct NodeRecord {
+  std::string id;
+  std::string name;
+  std::string address;  // agent address; its host is rank 0's master address
+  int32_t slots = 0;
+};
+
+struct ReplicaRecord {
+  std::string id;
+  std::string name;
+  std::string address;
+};
+
+// One transaction's worth of writes. Upserts replace the whole row.
+struct Batch {
+  std::vector<std::pair<std::string, JobRecord>> jobs;  // (id, record)
+  std::vector<std::pair<std::string, v1::JobEvent>> events;  // (job id, event)
+  std::vector<CheckpointRecord> checkpoints;
+  std::vector<ModelRecord> models;
+  std::vector<std::string> deleted_models;
+  std::vector<DeploymentRecord> deployments;
+  std::vector<std::string> deleted_deployments;
+  std::vector<AssignmentRecord> assignments;
+  std::vector<std::string> deleted_assignments;
+  std::vector<NodeRecord> nodes;
+  std::vector<std::string> deleted_nodes;
+  std::vector<ReplicaRecord> replicas;
+  bool empty() const {
+    return jobs.empty() && events.empty() && checkpoints.empty() && models.empty() &&
+           deleted_models.empty() && deployments.empty() && deleted_deployments.empty() &&
+           assignments.empty() && deleted_assignments.empty() && nodes.empty() &&
+           deleted_nodes.empty() && replicas.empty();
+  }
+};
+
+// Everything, as loaded at start-up.
+struct StoreSnapshot {
+  std::map<std::string, JobRecord> jobs;
+  std::map<std::string, std::vector<v1::JobEvent>> events;  // by job, in sequence
+  std::vector<CheckpointRecord> checkpoints;
+  std::vector<ModelRecord> models;
+  std::vector<DeploymentRecord> deployments;
+  std::vector<AssignmentRecord> assignments;
+  std::vector<NodeRecord> nodes;
+  std::vector<ReplicaRecord> replicas;
+};
+
+class SchedulerStore {
+ public:
+  // Opens (creating) `path` and brings its schema up to date.
+  static absl::StatusOr<std::unique_ptr<SchedulerStore>> Open(const std::string& path);
+  absl::StatusOr<StoreSnapshot> Load();
+  absl::Status Commit(const Batch& batch);
+
+ private:
+  explicit SchedulerStore(std::unique_ptr<store::Database> db) : db_(std::move(db)) {}
+  std::unique_ptr<store::Database> db_;
+};
+
+}  // namespace tunefleet::scheduler
