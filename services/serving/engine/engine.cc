@@ -1,0 +1,380 @@
+#include "services/serving/engine/engine.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/random.h"
+#include "common/model/generate.h"
+
+namespace tunefleet::serving {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+int64_t PowerOfTwoAtLeast(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+}  // namespace
+
+// One request's state, llama.cpp's "slot": its tokens (prompt, then the
+// generated ones), how many of them the cache holds, and its sampler.
+struct Engine::Request {
+  EngineRequest req;
+  std::shared_ptr<RequestHandle> handle;
+  std::vector<int64_t> tokens;  // prompt + generated
+  int64_t cached = 0;           // tokens[0, cached) are in the row's cache
+  int64_t prompt_tokens = 0;
+  int64_t max_new = 0;
+  model::GenerationOptions sampler;  // the fields SampleToken reads
+  SplitMix64 rng{0};
+  Clock::time_point submitted, started, first_token;
+  bool has_started = false, has_first = false;
+  int64_t stop_token_id = -1;
+
+  int64_t generated() const { return static_cast<int64_t>(tokens.size()) - prompt_tokens; }
+};
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Decoder decoder,
+                                                       EngineOptions options) {
+  const model::ModelConfig& c = decoder.config();
+  int64_t context = c.max_position_embeddings;
+  if (options.max_context > 0) context = std::min(context, options.max_context);
+  if (context < 2) return absl::InvalidArgumentError("Engine: the context must hold 2 tokens");
+  if (options.max_batch < 1) return absl::InvalidArgumentError("Engine: max_batch must be >= 1");
+  const int64_t elem = at::elementSize(decoder.options().dtype);
+  const int64_t per_row = 2 * c.num_hidden_layers * context * c.kv_size() * elem;
+  const int64_t rows = std::min(options.max_batch, options.kv_cache_bytes / std::max<int64_t>(per_row, 1));
+  if (rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Engine: kv_cache_bytes ", options.kv_cache_bytes, " cannot hold one row of ",
+                     context, " tokens (", per_row, " bytes)"));
+  }
+  std::unique_ptr<Engine> e(new Engine(std::move(decoder), options, context, rows));
+  e->kv_bytes_per_row_ = per_row;
+  {
+    std::lock_guard<std::mutex> lock(e->mu_);
+    e->stats_.max_rows = rows;
+    e->stats_.kv_bytes_per_row = per_row;
+  }
+  e->thread_ = std::thread([p = e.get()] { p->Loop(); });
+  return e;
+}
+
+Engine::Engine(model::Decoder decoder, EngineOptions options, int64_t context, int64_t max_rows)
+    : decoder_(std::move(decoder)), options_(options), context_(context), max_rows_(max_rows) {}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(EngineRequest request) {
+  const model::ModelConfig& c = decoder_.config();
+  const int64_t n = static_cast<int64_t>(request.prompt.size());
+  if (n == 0) return absl::InvalidArgumentError("prompt is empty");
+  for (int64_t t : request.prompt) {
+    if (t < 0 || t >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt has token id ", t, " outside [0, ", c.vocab_size, ")"));
+    }
+  }
+  if (n >= context_) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", n,
+                                                   " tokens leaves no room in the context of ",
+                                                   context_, " tokens"));
+  }
+  const SamplingParams& s = request.sampling;
+  if (!(s.temperature >= 0)) return absl::InvalidArgumentError("temperature must be >= 0");
+  if (!(s.top_p > 0 && s.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
+  if (s.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
+  if (request.adapter && request.adapter->lora.num_layers() != c.num_hidden_layers) {
+    return absl::InvalidArgumentError("the adapter was made for another base");
+  }
+
+  auto r = std::make_unique<Request>();
+  r->prompt_tokens = n;
+  r->tokens = request.prompt;
+  r->max_new = context_ - n;
+  if (s.max_tokens > 0) r->max_new = std::min(r->max_new, s.max_tokens);
+  r->sampler.temperature = s.temperature;
+  r->sampler.top_p = s.top_p;
+  r->sampler.top_k = s.top_k;
+  r->sampler.stop_token_ids = s.stop_token_ids.empty() ? c.eos_token_ids : s.stop_token_ids;
+  r->rng = SplitMix64(s.seed);
+  r->submitted = Clock::now();
+  r->handle = std::make_shared<RequestHandle>();
+  r->req = std::move(request);
+  std::shared_ptr<RequestHandle> handle = r->handle;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the engine is shutting down");
+    if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the replica's queue is full (", options_.max_queue, " requests wait for a slot)"));
+    }
+    queue_.push_back(std::move(r));
+  }
+  wake_.notify_one();
+  return handle;
+}
+
+absl::StatusOr<Completion> Engine::Generate(EngineRequest request) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Completion out;
+  request.on_done = [&](const Completion& c) {
+    std::lock_guard<std::mutex> lock(mu);
+    out = c;
+    done = true;
+    cv.notify_all();
+  };
+  auto h = Submit(std::move(request));
+  if (!h.ok()) return h.status();
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  if (!out.status.ok()) return out.status;
+  return out;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void Engine::FinishQueued(Request& r, EngineFinish finish, absl::Status status) {
+  Completion c;
+  c.status = std::move(status);
+  c.finish = finish;
+  c.prompt_tokens = r.prompt_tokens;
+  c.stop_token_id = r.stop_token_id;
+  c.tokens.assign(r.tokens.begin() + r.prompt_tokens, r.tokens.end());
+  const Clock::time_point now = Clock::now();
+  c.total_seconds = Seconds(now - r.submitted);
+  c.queue_seconds = Seconds((r.has_started ? r.started : now) - r.submitted);
+  if (r.has_first) c.ttft_seconds = Seconds(r.first_token - r.submitted);
+  r.req.adapter.reset();  // unpin
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.completed;
+  }
+  if (r.req.on_done) r.req.on_done(c);
+}
+
+void Engine::Finish(size_t row, EngineFinish finish, absl::Status status) {
+  std::unique_ptr<Request> r = std::move(rows_[row]);
+  cache_.ResetRow(static_cast<int64_t>(row));
+  FinishQueued(*r, finish, std::move(status));
+}
+
+absl::Status Engine::Resize(int64_t rows) {
+  // Running requests move to the first rows and are prefilled again.
+  std::vector<std::unique_ptr<Request>> running;
+  for (auto& r : rows_) {
+    if (r) running.push_back(std::move(r));
+  }
+  rows_.clear();
+  cache_ = model::KvCache();  // free the old one first
+  auto cache = decoder_.NewCache(rows, context_);
+  if (!cache.ok()) {
+    for (auto& r : running) FinishQueued(*r, EngineFinish::kError, cache.status());
+    return cache.status();
+  }
+  cache_ = *std::move(cache);
+  rows_.resize(static_cast<size_t>(rows));
+  for (size_t i = 0; i < running.size(); ++i) {
+    running[i]->cached = 0;
+    rows_[i] = std::move(running[i]);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.cache_rows = rows;
+  ++stats_.resizes;
+  return absl::OkStatus();
+}
+
+void Engine::Loop() {
+  if (options_.threads > 0) at::set_num_threads(options_.threads);
+  for (;;) {
+    std::vector<std::unique_ptr<Request>> dropped;  // cancelled or expired while queued
+    std::vector<std::unique_ptr<Request>> admitted;
+    int64_t running = 0;
+    for (auto& r : rows_) running += r ? 1 : 0;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return stopping_ || running > 0 || !queue_.empty(); });
+      if (stopping_) break;
+      const Clock::time_point now = Clock::now();
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if ((*it)->handle->cancelled() || now >= (*it)->req.deadline) {
+          dropped.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      while (!queue_.empty() && running + static_cast<int64_t>(admitted.size()) < max_rows_) {
+        admitted.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      stats_.queued = static_cast<int64_t>(queue_.size());
+    }
+    for (auto& r : dropped) {
+      const bool cancelled = r->handle->cancelled();
+      FinishQueued(*r, cancelled ? EngineFinish::kCancelled : EngineFinish::kDeadline,
+                   cancelled ? absl::CancelledError("the request was cancelled")
+                             : absl::DeadlineExceededError("the deadline passed while queued"));
+    }
+    // Rows: grow (doubling) to fit the newcomers, or shrink when few run.
+    const int64_t want = running + static_cast<int64_t>(admitted.size());
+    const int64_t rows = static_cast<int64_t>(rows_.size());
+    int64_t target = rows;
+    if (want > rows) {
+      target = std::min(max_rows_, std::max(PowerOfTwoAtLeast(want), rows * 2));
+    } else if (want > 0 && want * 4 <= rows) {
+      target = PowerOfTwoAtLeast(want);
+    }
+    if (want == 0) continue;
+    if (target != rows && !Resize(target).ok()) {
+      for (auto& r : admitted) {
+        FinishQueued(*r, EngineFinish::kError,
+                     absl::ResourceExhaustedError("the KV cache could not be allocated"));
+      }
+      continue;
+    }
+    const Clock::time_point now = Clock::now();
+    for (auto& r : admitted) {
+      r->started = now;
+      r->has_started = true;
+      for (size_t i = 0; i < rows_.size(); ++i) {
+        if (!rows_[i]) {
+          cache_.ResetRow(static_cast<int64_t>(i));
+          r->cached = 0;
+          rows_[i] = std::move(r);
+          break;
+        }
+      }
+    }
+    if (absl::Status s = Step(); !s.ok()) {
+      // A failed forward (out of memory, ...) ends the rows of this step,
+      // not the replica.
+      for (size_t i = 0; i < rows_.size(); ++i) {
+        if (rows_[i]) Finish(i, EngineFinish::kError, s);
+      }
+      CountStep(0, 0).IgnoreError();
+    }
+  }
+  // Shutdown: everyone still here ends with UNAVAILABLE.
+  std::deque<std::unique_ptr<Request>> queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queued.swap(queue_);
+  }
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    if (rows_[i]) Finish(i, EngineFinish::kError, absl::UnavailableError("the replica is shutting down"));
+  }
+  for (auto& r : queued) {
+    FinishQueued(*r, EngineFinish::kError, absl::UnavailableError("the replica is shutting down"));
+  }
+}
+
+absl::Status Engine::Step() {
+  const Clock::time_point now = Clock::now();
+  const int64_t B = static_cast<int64_t>(rows_.size());
+  // Leave: cancelled and expired requests.
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    Request* r = rows_[i].get();
+    if (!r) continue;
+    if (r->handle->cancelled()) {
+      Finish(i, EngineFinish::kCancelled, absl::CancelledError("the request was cancelled"));
+    } else if (now >= r->req.deadline) {
+      Finish(i, EngineFinish::kDeadline, absl::DeadlineExceededError("the request's deadline passed"));
+    }
+  }
+  // The chunk: every row feeds its pending tokens (1 when decoding), all
+  // rows padded to the longest chunk, within the step budget and the room
+  // every row has left in the cache (Extend needs it for the padded width).
+  int64_t T = std::max<int64_t>(1, options_.step_token_budget / B);
+  int64_t longest = 0;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    T = std::min(T, context_ - cache_.lengths()[i]);
+    if (rows_[i]) {
+      longest = std::max(longest, static_cast<int64_t>(rows_[i]->tokens.size()) - rows_[i]->cached);
+    }
+  }
+  if (longest == 0) return CountStep(0, 0);
+  T = std::max<int64_t>(1, std::min(T, longest));
+  std::vector<int64_t> ids(static_cast<size_t>(B * T), 0);
+  std::vector<int64_t> chunk(static_cast<size_t>(B), 0);
+  std::vector<const model::LoraAdapter*> adapters(static_cast<size_t>(B), nullptr);
+  bool any_adapter = false;
+  int64_t prompt_fed = 0;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    Request* r = rows_[i].get();
+    if (!r) continue;
+    const int64_t pending = static_cast<int64_t>(r->tokens.size()) - r->cached;
+    chunk[i] = std::min(pending, T);
+    std::copy(r->tokens.begin() + r->cached, r->tokens.begin() + r->cached + chunk[i],
+              ids.begin() + static_cast<int64_t>(i) * T);
+    if (r->cached < r->prompt_tokens) prompt_fed += std::min(chunk[i], r->prompt_tokens - r->cached);
+    if (r->req.adapter) {
+      adapters[i] = &r->req.adapter->lora;
+      any_adapter = true;
+    }
+  }
+  at::Tensor input = at::from_blob(ids.data(), {B, T}, at::kLong);
+  model::AdapterChoice choice;
+  if (any_adapter) choice = model::AdapterChoice(adapters);
+  auto logits = decoder_.Extend(cache_, input, chunk, choice);
+  if (!logits.ok()) return logits.status();
+  at::Tensor cpu = logits->to(at::kCPU).contiguous();
+  const float* data = cpu.data_ptr<float>();
+  const int64_t vocab = decoder_.config().vocab_size;
+  const Clock::time_point after = Clock::now();
+  int64_t generated = 0;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    Request* r = rows_[i].get();
+    if (!r) continue;
+    r->cached += chunk[i];
+    if (r->cached < static_cast<int64_t>(r->tokens.size())) continue;  // prefill goes on
+    const double u = r->sampler.temperature > 0 ? r->rng.Uniform() : 0.0;
+    const int64_t tok = model::SampleToken(data + static_cast<int64_t>(i) * vocab, vocab, r->sampler, u);
+    if (!r->has_first) {
+      r->has_first = true;
+      r->first_token = after;
+    }
+    const auto& stops = r->sampler.stop_token_ids;
+    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
+      r->stop_token_id = tok;  // not part of the output
+      Finish(i, EngineFinish::kStop, absl::OkStatus());
+      continue;
+    }
+    r->tokens.push_back(tok);
+    ++generated;
+    if (r->req.on_token) r->req.on_token(tok);
+    if (r->generated() >= r->max_new) Finish(i, EngineFinish::kLength, absl::OkStatus());
+  }
+  return CountStep(generated, prompt_fed);
+}
+
+absl::Status Engine::CountStep(int64_t generated, int64_t prompt_fed) {
+  int64_t running = 0;
+  for (auto& r : rows_) running += r ? 1 : 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generated + prompt_fed > 0) ++stats_.steps;
+  stats_.tokens_generated += generated;
+  stats_.prompt_tokens += prompt_fed;
+  stats_.running = running;
+  return absl::OkStatus();
+}
+
+}  // namespace tunefleet::serving

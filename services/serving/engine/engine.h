@@ -1,0 +1,170 @@
+// The serving engine: one base model in memory, one engine thread running
+// continuous batching over it. Requests join between steps (their prompts
+// prefilled in chunks, mixed with the other rows' decode steps under a token
+// budget) and leave when they finish, are cancelled or pass their deadline;
+// each row may use its own LoRA adapter (or none) in the same forward, the
+// way llama.cpp's server gives each slot its own state.
+//
+// The KV cache holds one row per running request. It grows by doubling as
+// requests arrive (up to max_batch rows within kv_cache_bytes) and shrinks
+// when few remain; on a resize the running rows are prefilled again from
+// their tokens (recompute, as vLLM does on preemption), so that a lone
+// request never pays for idle rows. Requests beyond the rows wait in a queue;
+// past max_queue, Submit is RESOURCE_EXHAUSTED.
+//
+// Thread-safety: Submit, Cancel and stats may be called from any thread.
+// Callbacks run on the engine thread and must not block.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/model/decoder.h"
+#include "services/serving/engine/adapter_cache.h"
+
+namespace tunefleet::serving {
+
+struct EngineOptions {
+  // Upper bound on the rows decoded together.
+  int64_t max_batch = 32;
+  // Memory for keys and values; the rows are limited to what fits.
+  int64_t kv_cache_bytes = int64_t{4} << 30;
+  // Tokens per row (prompt + completion); 0: the model's max_position_embeddings.
+  int64_t max_context = 0;
+  // Padded tokens (rows x chunk) one step may compute: bounds how much a long
+  // prefill delays the other rows' next token.
+  int64_t step_token_budget = 2048;
+  // Requests waiting for a row before Submit refuses new ones.
+  int64_t max_queue = 1024;
+  // Intra-op threads of the engine thread; 0: libtorch's default.
+  int threads = 0;
+};
+
+struct SamplingParams {
+  double temperature = 0;  // 0: greedy
+  double top_p = 1.0;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  // Completion tokens; 0: up to the context.
+  int64_t max_tokens = 0;
+  // The request ends (finish reason stop) when one of these is chosen; it
+  // is not part of the output.
+  std::vector<int64_t> stop_token_ids;
+};
+
+enum class EngineFinish { kStop, kLength, kCancelled, kDeadline, kError };
+
+struct Completion {
+  absl::Status status;  // OK unless kError, kCancelled or kDeadline
+  EngineFinish finish = EngineFinish::kLength;
+  std::vector<int64_t> tokens;  // generated, without stop token
+  int64_t prompt_tokens = 0;
+  int64_t stop_token_id = -1;
+  double queue_seconds = 0;  // submit -> first step in a row
+  double ttft_seconds = 0;   // submit -> first token (0 if none)
+  double total_seconds = 0;
+};
+
+struct EngineRequest {
+  std::vector<int64_t> prompt;
+  SamplingParams sampling;
+  // Pinned for as long as the request runs; null: the base.
+  std::shared_ptr<const ServedAdapter> adapter;
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  // Each chosen token (engine thread).
+  std::function<void(int64_t token)> on_token;
+  // Exactly once, at the end: on the engine thread (or in ~Engine).
+  std::function<void(const Completion&)> on_done;
+};
+
+// A submitted request. Cancel is idempotent and thread-safe; the request
+// leaves the batch before the next step and its on_done reports kCancelled.
+class RequestHandle {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+struct EngineStats {
+  int64_t steps = 0;
+  int64_t running = 0;     // requests in rows
+  int64_t queued = 0;      // waiting for a row
+  int64_t cache_rows = 0;  // rows of the current KV cache
+  int64_t max_rows = 0;    // the most rows the budget allows
+  int64_t resizes = 0;
+  int64_t completed = 0;
+  int64_t tokens_generated = 0;
+  int64_t prompt_tokens = 0;
+  int64_t kv_bytes_per_row = 0;
+};
+
+class Engine {
+ public:
+  // Starts the engine thread. INVALID_ARGUMENT for options that leave no row.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(model::Decoder decoder,
+                                                        EngineOptions options = {});
+  // Stops the thread; requests still queued or running end with UNAVAILABLE.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request. INVALID_ARGUMENT for an empty prompt, a token id
+  // outside the vocabulary, a prompt that leaves no room in the context
+  // (with both sizes) or bad sampling values; RESOURCE_EXHAUSTED when the
+  // queue is full; UNAVAILABLE after shutdown began.
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(EngineRequest request);
+
+  // Submit and wait; for tests, benchmarks and simple callers.
+  absl::StatusOr<Completion> Generate(EngineRequest request);
+
+  const model::Decoder& decoder() const { return decoder_; }
+  // Tokens per row, prompt and completion together.
+  int64_t context_size() const { return context_; }
+  EngineStats stats() const;
+
+ private:
+  struct Request;
+  Engine(model::Decoder decoder, EngineOptions options, int64_t context, int64_t max_rows);
+  void Loop();
+  // Engine thread only:
+  void Finish(size_t row, EngineFinish finish, absl::Status status);
+  void FinishQueued(Request& r, EngineFinish finish, absl::Status status);
+  absl::Status Resize(int64_t rows);
+  absl::Status Step();
+  absl::Status CountStep(int64_t generated, int64_t prompt_fed);
+
+  const model::Decoder decoder_;
+  const EngineOptions options_;
+  const int64_t context_;
+  const int64_t max_rows_;
+  int64_t kv_bytes_per_row_ = 0;
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Request>> queue_;  // guarded by mu_
+  bool stopping_ = false;                        // guarded by mu_
+  EngineStats stats_;                            // guarded by mu_
+
+  // Engine thread only.
+  std::vector<std::unique_ptr<Request>> rows_;  // size = cache rows; null = free
+  model::KvCache cache_;
+
+  std::thread thread_;
+};
+
+}  // namespace tunefleet::serving
