@@ -174,6 +174,12 @@ void Engine::FinishQueued(Request& r, EngineFinish finish, absl::Status status) 
 void Engine::Finish(size_t row, EngineFinish finish, absl::Status status) {
   std::unique_ptr<Request> r = std::move(rows_[row]);
   cache_.ResetRow(static_cast<int64_t>(row));
+  int64_t running = 0;
+  for (auto& x : rows_) running += x ? 1 : 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.running = running;  // before on_done, so that a waiter sees the slot free
+  }
   FinishQueued(*r, finish, std::move(status));
 }
 
