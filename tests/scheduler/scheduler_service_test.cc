@@ -1,0 +1,776 @@
+// The scheduler over gRPC on loopback with a real dataset server beside it, a
+// real SQLite file, a manual clock, and a test-side trainer agent and serving
+// replica that speak the internal control APIs.
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/server.h"
+#include "common/rpc/status.h"
+#include "services/dataset/dataset_service.h"
+#include "services/scheduler/grpc_dataset_client.h"
+#include "services/scheduler/scheduler_service.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace tunefleet::scheduler {
+namespace {
+
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+using ::tunefleet::testing::IsOk;
+using ::tunefleet::testing::StatusIs;
+
+constexpr char kBase[] = "tiny-base";
+
+template <typename Fn>
+bool WaitFor(Fn fn, absl::Duration timeout = absl::Seconds(20)) {
+  absl::Time end = absl::Now() + timeout;
+  while (absl::Now() < end) {
+    if (fn()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return fn();
+}
+
+std::string ChatJsonl(int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    absl::StrAppend(&out, R"({"messages":[{"role":"user","content":"question )", i,
+                    R"("},{"role":"assistant","content":"answer )", i, R"("}]})", "\n");
+  }
+  return out;
+}
+
+class SchedulerServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // A base model folder (the scheduler reads only config.json).
+    std::filesystem::create_directories(dir_.Join("models/") + kBase);
+    std::ofstream(dir_.Join("models/") + kBase + "/config.json")
+        << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
+           R"("intermediate_size":128,"vocab_size":300,"max_position_embeddings":512})";
+    auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
+        absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
+    StartDataset();
+    StartScheduler();
+  }
+  void TearDown() override {
+    StopScheduler();
+    if (dataset_server_) dataset_server_->Shutdown();
+    dataset_server_.reset();
+    files_.reset();
+    control_.reset();
+    dataset_executor_.reset();
+    processor_.reset();
+    registry_.reset();
+  }
+
+  void StartDataset() {
+    dataset::FileRegistryOptions options;
+    auto registry = dataset::FileRegistry::Open(dir_.Join("dataset"), options);
+    ASSERT_THAT(registry, IsOk());
+    registry_ = std::move(*registry);
+    dataset_executor_ = std::make_unique<rpc::Executor>(2);
+    processor_ = std::make_unique<dataset::FileProcessor>(registry_.get(), dataset_executor_.get());
+    files_ = std::make_unique<dataset::DatasetServiceImpl>(auth_.get(), registry_.get(),
+                                                           dataset_executor_.get(), processor_.get());
+    control_ = std::make_unique<dataset::DatasetControlServiceImpl>(auth_.get(), registry_.get(),
+                                                                    dataset_executor_.get());
+    rpc::ServerOptions so;
+    so.listen_address = "127.0.0.1:0";
+    so.metrics_address = "";
+    so.drain_timeout = absl::Seconds(1);
+    dataset_server_ = std::make_unique<rpc::Server>(so);
+    dataset_server_->AddService(files_.get());
+    dataset_server_->AddService(control_.get());
+    ASSERT_THAT(dataset_server_->Start(), IsOk());
+    dataset_server_->SetServing(true);
+    rpc::ChannelOptions co;
+    co.target = absl::StrCat("127.0.0.1:", dataset_server_->port());
+    dataset_channel_ = *rpc::MakeChannel(co);
+    files_stub_ = v1::DatasetService::NewStub(dataset_channel_);
+  }
+
+  void StartScheduler() {
+    dataset_client_ = std::make_unique<GrpcDatasetClient>(dataset_channel_, internal_.key);
+    SchedulerOptions options;
+    options.db_path = dir_.Join("scheduler.db");
+    options.models_dir = dir_.Join("models");
+    options.clock = &clock_;
+    options.lease = absl::Seconds(10);
+    options.max_retries = 2;
+    auto s = Scheduler::Open(options, dataset_client_.get());
+    ASSERT_THAT(s, IsOk());
+    scheduler_ = std::move(*s);
+    executor_ = std::make_unique<rpc::Executor>(4);
+    jobs_ = std::make_unique<JobServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
+    models_ = std::make_unique<ModelServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
+    deployments_ =
+        std::make_unique<DeploymentServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
+    trainer_ =
+        std::make_unique<TrainerControlServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
+    serving_ =
+        std::make_unique<ServingControlServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
+    rpc::ServerOptions so;
+    so.listen_address = "127.0.0.1:0";
+    so.metrics_address = "";
+    so.drain_timeout = absl::Milliseconds(500);
+    server_ = std::make_unique<rpc::Server>(so);
+    server_->AddService(jobs_.get());
+    server_->AddService(models_.get());
+    server_->AddService(deployments_.get());
+    server_->AddService(trainer_.get());
+    server_->AddService(serving_.get());
+    ASSERT_THAT(server_->Start(), IsOk());
+    server_->SetServing(true);
+    rpc::ChannelOptions co;
+    co.target = absl::StrCat("127.0.0.1:", server_->port());
+    auto channel = *rpc::MakeChannel(co);
+    job_stub_ = v1::JobService::NewStub(channel);
+    model_stub_ = v1::ModelService::NewStub(channel);
+    dep_stub_ = v1::DeploymentService::NewStub(channel);
+    trainer_stub_ = iv1::TrainerControlService::NewStub(channel);
+    serving_stub_ = iv1::ServingControlService::NewStub(channel);
+  }
+
+  void StopScheduler() {
+    if (server_) server_->Shutdown();
+    server_.reset();
+    executor_.reset();
+    jobs_.reset();
+    models_.reset();
+    deployments_.reset();
+    trainer_.reset();
+    serving_.reset();
+    scheduler_.reset();
+  }
+
+  // One unary call with the given key.
+  template <typename Stub, typename Req, typename Resp>
+  absl::StatusOr<Resp> Call(Stub* stub,
+                            grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                            const std::string& key, const Req& req) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
+    Resp resp;
+    grpc::Status s = (stub->*method)(&ctx, req, &resp);
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return resp;
+  }
+
+  absl::StatusOr<v1::File> UploadProcessed(const std::string& key, const std::string& content) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
+    v1::File file;
+    auto writer = files_stub_->UploadFile(&ctx, &file);
+    v1::UploadFileRequest req;
+    req.mutable_metadata()->set_filename("train.jsonl");
+    req.mutable_metadata()->set_purpose(v1::FILE_PURPOSE_FINE_TUNE);
+    writer->Write(req);
+    req.set_chunk(content);
+    writer->Write(req);
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    v1::GetFileRequest get;
+    get.set_file_id(file.id());
+    absl::StatusOr<v1::File> got;
+    WaitFor([&] {
+      got = Call(files_stub_.get(), &v1::DatasetService::Stub::GetFile, key, get);
+      return got.ok() && (got->status() == v1::FILE_STATUS_PROCESSED ||
+                          got->status() == v1::FILE_STATUS_ERROR);
+    });
+    return got;
+  }
+
+  absl::StatusOr<v1::Job> CreateJob(const std::string& key, v1::CreateJobRequest req) {
+    return Call(job_stub_.get(), &v1::JobService::Stub::CreateJob, key, req);
+  }
+  v1::CreateJobRequest JobRequest(const std::string& file_id, int gpus = 1) {
+    v1::CreateJobRequest req;
+    req.set_base_model(kBase);
+    req.set_training_file(file_id);
+    req.set_suffix("mine");
+    req.set_gpus(gpus);
+    return req;
+  }
+  absl::StatusOr<v1::Job> GetJob(const std::string& key, const std::string& id) {
+    v1::GetJobRequest req;
+    req.set_job_id(id);
+    return Call(job_stub_.get(), &v1::JobService::Stub::GetJob, key, req);
+  }
+  v1::JobState State(const std::string& id) {
+    auto j = GetJob(a_.key, id);
+    return j.ok() ? j->state() : v1::JOB_STATE_UNSPECIFIED;
+  }
+  template <typename Req>
+  absl::StatusOr<v1::Job> JobCall(grpc::Status (v1::JobService::Stub::*m)(grpc::ClientContext*,
+                                                                          const Req&, v1::Job*),
+                                  const std::string& key, const std::string& id) {
+    Req req;
+    req.set_job_id(id);
+    return Call(job_stub_.get(), m, key, req);
+  }
+
+  // The test-side trainer agent.
+  std::string RegisterNode(const std::string& name, int slots) {
+    iv1::RegisterNodeRequest req;
+    req.set_node_name(name);
+    req.set_slots(slots);
+    req.set_agent_address("127.0.0.1:7001");
+    auto resp = Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::RegisterNode,
+                     internal_.key, req);
+    EXPECT_THAT(resp, IsOk());
+    return resp.ok() ? resp->node_id() : "";
+  }
+  absl::StatusOr<iv1::HeartbeatResponse> Heartbeat(
+      const std::string& node, const std::vector<std::string>& running = {},
+      iv1::AssignmentStatus::Phase phase = iv1::AssignmentStatus::PHASE_RUNNING) {
+    iv1::HeartbeatRequest req;
+    req.set_node_id(node);
+    for (const auto& id : running) {
+      auto* s = req.add_assignments();
+      s->set_assignment_id(id);
+      s->set_phase(phase);
+    }
+    return Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::Heartbeat, internal_.key,
+                req);
+  }
+  absl::StatusOr<iv1::ReportProgressResponse> Progress(const std::string& asg, int64_t step) {
+    iv1::ReportProgressRequest req;
+    req.set_assignment_id(asg);
+    req.mutable_metrics()->set_step(step);
+    req.mutable_metrics()->set_train_loss(2.0 / step);
+    req.mutable_metrics()->set_trained_tokens(step * 100);
+    return Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::ReportProgress,
+                internal_.key, req);
+  }
+  absl::StatusOr<iv1::ReportCheckpointResponse> Checkpoint(const std::string& asg, int64_t step,
+                                                           const std::string& artifact) {
+    iv1::ReportCheckpointRequest req;
+    req.set_assignment_id(asg);
+    req.set_step(step);
+    req.set_artifact(artifact);
+    return Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::ReportCheckpoint,
+                internal_.key, req);
+  }
+  absl::Status Complete(const std::string& asg, bool ok, const std::string& result = "") {
+    iv1::CompleteAssignmentRequest req;
+    req.set_assignment_id(asg);
+    req.set_succeeded(ok);
+    req.set_result_artifact(result);
+    req.set_trained_tokens(1234);
+    return Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::CompleteAssignment,
+                internal_.key, req)
+        .status();
+  }
+
+  // A job running on a fresh one-slot node: (job, node, assignment).
+  struct Running {
+    std::string job, node, asg;
+  };
+  Running StartOne(const std::string& node_name = "node-a") {
+    Running r;
+    auto file = UploadProcessed(a_.key, ChatJsonl(20));
+    EXPECT_THAT(file, IsOk());
+    auto job = CreateJob(a_.key, JobRequest(file->id()));
+    EXPECT_THAT(job, IsOk());
+    r.job = job->id();
+    r.node = RegisterNode(node_name, 1);
+    scheduler_->Tick(clock_.Now());
+    EXPECT_EQ(State(r.job), v1::JOB_STATE_RUNNING);
+    auto hb = Heartbeat(r.node);
+    EXPECT_THAT(hb, IsOk());
+    EXPECT_THAT(hb->assignments(), SizeIs(1));
+    if (hb->assignments_size() == 1) r.asg = hb->assignments(0).assignment_id();
+    return r;
+  }
+
+  std::vector<v1::JobEvent> ReadEvents(const std::string& key, const std::string& job,
+                                       int64_t after, grpc::Status* status) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(20));
+    v1::StreamJobEventsRequest req;
+    req.set_job_id(job);
+    req.set_after_sequence(after);
+    auto reader = job_stub_->StreamJobEvents(&ctx, req);
+    std::vector<v1::JobEvent> out;
+    v1::JobEvent e;
+    while (reader->Read(&e)) out.push_back(e);
+    *status = reader->Finish();
+    return out;
+  }
+
+  testing::TempDir dir_;
+  ManualClock clock_;
+  rpc::NewKey a_ = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
+  rpc::NewKey b_ = rpc::GenerateKey("tenant-b", rpc::Role::kTenant, "b");
+  rpc::NewKey internal_ = rpc::GenerateKey("", rpc::Role::kInternal, "svc");
+  std::unique_ptr<rpc::Authenticator> auth_;
+  // dataset
+  std::unique_ptr<dataset::FileRegistry> registry_;
+  std::unique_ptr<rpc::Executor> dataset_executor_;
+  std::unique_ptr<dataset::FileProcessor> processor_;
+  std::unique_ptr<dataset::DatasetServiceImpl> files_;
+  std::unique_ptr<dataset::DatasetControlServiceImpl> control_;
+  std::unique_ptr<rpc::Server> dataset_server_;
+  std::shared_ptr<grpc::Channel> dataset_channel_;
+  std::unique_ptr<v1::DatasetService::Stub> files_stub_;
+  // scheduler
+  std::unique_ptr<GrpcDatasetClient> dataset_client_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<rpc::Executor> executor_;
+  std::unique_ptr<JobServiceImpl> jobs_;
+  std::unique_ptr<ModelServiceImpl> models_;
+  std::unique_ptr<DeploymentServiceImpl> deployments_;
+  std::unique_ptr<TrainerControlServiceImpl> trainer_;
+  std::unique_ptr<ServingControlServiceImpl> serving_;
+  std::unique_ptr<rpc::Server> server_;
+  std::unique_ptr<v1::JobService::Stub> job_stub_;
+  std::unique_ptr<v1::ModelService::Stub> model_stub_;
+  std::unique_ptr<v1::DeploymentService::Stub> dep_stub_;
+  std::unique_ptr<iv1::TrainerControlService::Stub> trainer_stub_;
+  std::unique_ptr<iv1::ServingControlService::Stub> serving_stub_;
+};
+
+TEST_F(SchedulerServiceTest, LifecycleFromJobToDeploymentAndDelete) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  ASSERT_EQ(file->status(), v1::FILE_STATUS_PROCESSED) << file->status_details();
+  auto job = CreateJob(a_.key, JobRequest(file->id()));
+  ASSERT_THAT(job, IsOk());
+  EXPECT_EQ(job->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(job->queue_position(), 1);
+  EXPECT_EQ(job->total_steps(), 100);  // 20 examples, auto: 5 epochs of batch 1
+  EXPECT_DOUBLE_EQ(job->hyperparameters().learning_rate(), kLoraBaseLearningRate);
+
+  // The file is held while the job lives.
+  v1::DeleteFileRequest del_file;
+  del_file.set_file_id(file->id());
+  EXPECT_THAT(Call(files_stub_.get(), &v1::DatasetService::Stub::DeleteFile, a_.key, del_file),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  std::string node = RegisterNode("node-a", 1);
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(job->id()), v1::JOB_STATE_RUNNING);
+  auto hb = Heartbeat(node);
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  const iv1::Assignment a = hb->assignments(0);
+  EXPECT_EQ(a.job_id(), job->id());
+  EXPECT_EQ(a.tenant(), "tenant-a");
+  EXPECT_EQ(a.rank(), 0);
+  EXPECT_EQ(a.world_size(), 1);
+  EXPECT_EQ(a.total_steps(), 100);
+  EXPECT_EQ(a.master_address(), "127.0.0.1");
+  EXPECT_GT(a.master_port(), 0);
+  EXPECT_EQ(a.base_model(), kBase);
+  EXPECT_TRUE(a.resume_checkpoint().empty());
+  EXPECT_EQ(a.hyperparameters().lora_rank(), 8);
+
+  auto p = Progress(a.assignment_id(), 10);
+  ASSERT_THAT(p, IsOk());
+  EXPECT_TRUE(p->keep_running());
+  auto ck = Checkpoint(a.assignment_id(), 10, "jobs/" + job->id() + "/checkpoints/step-000010");
+  ASSERT_THAT(ck, IsOk());
+  EXPECT_THAT(ck->checkpoint_id(), HasSubstr("ckpt-"));
+  auto got = GetJob(a_.key, job->id());
+  EXPECT_EQ(got->completed_steps(), 10);
+  ASSERT_THAT(Complete(a.assignment_id(), true, "jobs/" + job->id() + "/result"), IsOk());
+  got = GetJob(a_.key, job->id());
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ(got->state(), v1::JOB_STATE_SUCCEEDED);
+  const std::string model_id = absl::StrCat("ft:", kBase, ":mine:", job->id());
+  EXPECT_EQ(got->result_model(), model_id);
+  EXPECT_EQ(got->trained_tokens(), 1234);
+  EXPECT_TRUE(got->has_finished_at());
+  // The hold is released once the job is over.
+  EXPECT_TRUE(WaitFor([&] {
+    return Call(files_stub_.get(), &v1::DatasetService::Stub::DeleteFile, a_.key, del_file).ok();
+  }));
+
+  // Every event replays, then the stream ends because the job is over.
+  grpc::Status st;
+  auto events = ReadEvents(a_.key, job->id(), 0, &st);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  std::vector<v1::JobState> states;
+  bool metrics = false, checkpoint = false;
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].sequence(), static_cast<int64_t>(i + 1));
+    if (events[i].has_state()) states.push_back(events[i].state());
+    metrics |= events[i].has_metrics();
+    checkpoint |= events[i].payload_case() == v1::JobEvent::kCheckpointId;
+  }
+  EXPECT_THAT(states, ::testing::ElementsAre(v1::JOB_STATE_VALIDATING_FILES, v1::JOB_STATE_QUEUED,
+                                             v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED));
+  EXPECT_TRUE(metrics);
+  EXPECT_TRUE(checkpoint);
+  auto tail = ReadEvents(a_.key, job->id(), static_cast<int64_t>(events.size()) - 1, &st);
+  EXPECT_THAT(tail, SizeIs(1));
+
+  v1::ListCheckpointsRequest lc;
+  lc.set_job_id(job->id());
+  auto cks = Call(job_stub_.get(), &v1::JobService::Stub::ListCheckpoints, a_.key, lc);
+  ASSERT_THAT(cks, IsOk());
+  EXPECT_THAT(cks->checkpoints(), SizeIs(1));
+
+  v1::GetModelRequest gm;
+  gm.set_model_id(model_id);
+  auto model = Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm);
+  ASSERT_THAT(model, IsOk());
+  EXPECT_EQ(model->kind(), v1::MODEL_KIND_FINE_TUNED);
+  EXPECT_EQ(model->base_model(), kBase);
+  EXPECT_EQ(model->format(), "lora");
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, b_.key, gm),
+              StatusIs(absl::StatusCode::kNotFound));
+  v1::ListModelsRequest lm;
+  auto list = Call(model_stub_.get(), &v1::ModelService::Stub::ListModels, a_.key, lm);
+  ASSERT_THAT(list, IsOk());
+  EXPECT_THAT(list->models(), SizeIs(2));  // the base and the fine-tuned one
+
+  // Deploy: a replica watching sees it and reports ready.
+  iv1::RegisterReplicaRequest rr;
+  rr.set_replica_name("replica-a");
+  rr.set_address("127.0.0.1:9000");
+  auto replica = Call(serving_stub_.get(), &iv1::ServingControlService::Stub::RegisterReplica,
+                      internal_.key, rr);
+  ASSERT_THAT(replica, IsOk());
+  grpc::ClientContext watch_ctx;
+  rpc::PrepareContext(&watch_ctx, internal_.key, absl::Seconds(60));
+  iv1::WatchDeploymentsRequest wr;
+  wr.set_replica_id(replica->replica_id());
+  auto watch = serving_stub_->WatchDeployments(&watch_ctx, wr);
+  iv1::DesiredDeployments desired;
+  ASSERT_TRUE(watch->Read(&desired));
+  EXPECT_THAT(desired.deployments(), IsEmpty());
+
+  v1::CreateDeploymentRequest cd;
+  cd.set_model(model_id);
+  auto dep = Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, cd);
+  ASSERT_THAT(dep, IsOk());
+  EXPECT_EQ(dep->state(), v1::DEPLOYMENT_STATE_CREATING);
+  ASSERT_TRUE(watch->Read(&desired));
+  ASSERT_THAT(desired.deployments(), SizeIs(1));
+  EXPECT_EQ(desired.deployments(0).deployment().id(), dep->id());
+  EXPECT_EQ(desired.deployments(0).base_model_artifact(), kBase);
+  EXPECT_EQ(desired.deployments(0).adapter_artifact(), "jobs/" + job->id() + "/result");
+  EXPECT_EQ(desired.deployments(0).tenant(), "tenant-a");
+
+  iv1::ReportReplicaStatusRequest rs;
+  rs.set_replica_id(replica->replica_id());
+  auto* ds = rs.add_deployments();
+  ds->set_deployment_id(dep->id());
+  ds->set_ready(true);
+  ASSERT_THAT(Call(serving_stub_.get(), &iv1::ServingControlService::Stub::ReportReplicaStatus,
+                   internal_.key, rs),
+              IsOk());
+  v1::GetDeploymentRequest gd;
+  gd.set_deployment_id(dep->id());
+  auto dep_now = Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, gd);
+  ASSERT_THAT(dep_now, IsOk());
+  EXPECT_EQ(dep_now->state(), v1::DEPLOYMENT_STATE_SUCCEEDED);
+  EXPECT_EQ(dep_now->ready_replicas(), 1);
+  EXPECT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, b_.key, gd),
+              StatusIs(absl::StatusCode::kNotFound));
+
+  // The model cannot go while deployed; the refusal names the deployment.
+  v1::DeleteModelRequest dm;
+  dm.set_model_id(model_id);
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::DeleteModel, a_.key, dm),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(dep->id())));
+  v1::DeleteModelRequest dbase;
+  dbase.set_model_id(kBase);
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::DeleteModel, a_.key, dbase),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+
+  v1::DeleteDeploymentRequest dd;
+  dd.set_deployment_id(dep->id());
+  EXPECT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::DeleteDeployment, b_.key, dd),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::DeleteDeployment, a_.key, dd),
+              IsOk());
+  ASSERT_TRUE(watch->Read(&desired));
+  EXPECT_THAT(desired.deployments(), IsEmpty());
+  auto deleted = Call(model_stub_.get(), &v1::ModelService::Stub::DeleteModel, a_.key, dm);
+  ASSERT_THAT(deleted, IsOk());
+  EXPECT_TRUE(deleted->deleted());
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm),
+              StatusIs(absl::StatusCode::kNotFound));
+  watch_ctx.TryCancel();
+  iv1::DesiredDeployments ignored;
+  while (watch->Read(&ignored)) {
+  }
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+TEST_F(SchedulerServiceTest, StreamFollowsLiveEventsForSeveralWatchers) {
+  Running r = StartOne();
+  std::vector<std::vector<v1::JobEvent>> seen(3);
+  std::vector<std::thread> watchers;
+  for (int w = 0; w < 3; ++w) {
+    watchers.emplace_back([&, w] {
+      grpc::Status st;
+      seen[w] = ReadEvents(a_.key, r.job, 0, &st);
+      EXPECT_TRUE(st.ok()) << st.error_message();
+    });
+  }
+  ASSERT_TRUE(WaitFor([&] { return scheduler_->bus().watchers(JobTopic(r.job)) == 3; }));
+  for (int step = 1; step <= 5; ++step) ASSERT_THAT(Progress(r.asg, step), IsOk());
+  ASSERT_THAT(Complete(r.asg, true, "jobs/x/result"), IsOk());
+  for (auto& t : watchers) t.join();
+  for (const auto& events : seen) {
+    ASSERT_FALSE(events.empty());
+    EXPECT_EQ(events.back().state(), v1::JOB_STATE_SUCCEEDED);
+    int metrics = 0;
+    for (const auto& e : events) metrics += e.has_metrics();
+    EXPECT_EQ(metrics, 5);
+  }
+}
+
+TEST_F(SchedulerServiceTest, CancelRunningJobStopsItsRanks) {
+  Running r = StartOne();
+  auto c = JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, r.job);
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(c->state(), v1::JOB_STATE_CANCELLING);
+  auto p = Progress(r.asg, 3);
+  ASSERT_THAT(p, IsOk());
+  EXPECT_FALSE(p->keep_running());
+  // The desired set no longer holds it; the agent stops it and says so.
+  auto hb = Heartbeat(r.node, {r.asg});
+  ASSERT_THAT(hb, IsOk());
+  EXPECT_THAT(hb->assignments(), IsEmpty());
+  EXPECT_EQ(State(r.job), v1::JOB_STATE_CANCELLING);
+  ASSERT_THAT(Heartbeat(r.node), IsOk());
+  EXPECT_EQ(State(r.job), v1::JOB_STATE_CANCELLED);
+  EXPECT_THAT(JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, r.job),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("cancelled")));
+  // The slot is free again.
+  EXPECT_EQ(scheduler_->Stats().used_slots, 0);
+}
+
+TEST_F(SchedulerServiceTest, PauseCheckpointsThenResumeContinuesFromIt) {
+  Running r = StartOne();
+  auto p = JobCall<v1::PauseJobRequest>(&v1::JobService::Stub::PauseJob, a_.key, r.job);
+  ASSERT_THAT(p, IsOk());
+  EXPECT_EQ(p->state(), v1::JOB_STATE_PAUSING);
+  EXPECT_THAT(JobCall<v1::ResumeJobRequest>(&v1::JobService::Stub::ResumeJob, a_.key, r.job),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("pausing")));
+  auto hb = Heartbeat(r.node, {r.asg});
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  EXPECT_THAT(hb->checkpoint_and_stop(), Contains(r.asg));
+  const std::string ckpt = "jobs/" + r.job + "/checkpoints/step-000040";
+  ASSERT_THAT(Checkpoint(r.asg, 40, ckpt), IsOk());
+  ASSERT_THAT(Complete(r.asg, false), IsOk());
+  EXPECT_EQ(State(r.job), v1::JOB_STATE_PAUSED);
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(r.job), v1::JOB_STATE_PAUSED);  // not placed while paused
+  auto res = JobCall<v1::ResumeJobRequest>(&v1::JobService::Stub::ResumeJob, a_.key, r.job);
+  ASSERT_THAT(res, IsOk());
+  EXPECT_EQ(res->state(), v1::JOB_STATE_QUEUED);
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(r.job), v1::JOB_STATE_RUNNING);
+  hb = Heartbeat(r.node);
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  EXPECT_NE(hb->assignments(0).assignment_id(), r.asg);
+  EXPECT_EQ(hb->assignments(0).resume_checkpoint(), ckpt);
+  EXPECT_THAT(hb->checkpoint_and_stop(), IsEmpty());
+}
+
+TEST_F(SchedulerServiceTest, LostNodeRequeuesFromLastCheckpointThenFailsPastRetryLimit) {
+  Running r = StartOne("node-a");
+  const std::string ckpt = "jobs/" + r.job + "/checkpoints/step-000020";
+  ASSERT_THAT(Checkpoint(r.asg, 20, ckpt), IsOk());
+  clock_.Advance(absl::Seconds(11));
+  scheduler_->Tick(clock_.Now());
+  auto job = GetJob(a_.key, r.job);
+  EXPECT_EQ(job->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_THAT(Heartbeat(r.node), StatusIs(absl::StatusCode::kNotFound, HasSubstr(r.node)));
+  EXPECT_THAT(Complete(r.asg, true, "late"), StatusIs(absl::StatusCode::kNotFound));
+  grpc::Status st;
+  // Replay from 0 and stop following after a short deadline: the job is live.
+  bool saw_requeue = false;
+  {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, a_.key, absl::Milliseconds(500));
+    v1::StreamJobEventsRequest req;
+    req.set_job_id(r.job);
+    auto reader = job_stub_->StreamJobEvents(&ctx, req);
+    v1::JobEvent e;
+    while (reader->Read(&e))
+      saw_requeue |= e.state() == v1::JOB_STATE_QUEUED && absl::StrContains(e.message(), ckpt);
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  EXPECT_TRUE(saw_requeue);
+  // A new node picks it up from the checkpoint.
+  std::string node_b = RegisterNode("node-b", 1);
+  scheduler_->Tick(clock_.Now());
+  auto hb = Heartbeat(node_b);
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  EXPECT_EQ(hb->assignments(0).resume_checkpoint(), ckpt);
+  // Lost twice more (max_retries = 2): failed, with the reason.
+  for (int i = 0; i < 2; ++i) {
+    clock_.Advance(absl::Seconds(11));
+    scheduler_->Tick(clock_.Now());
+    RegisterNode(absl::StrCat("node-c", i), 1);
+    scheduler_->Tick(clock_.Now());
+  }
+  job = GetJob(a_.key, r.job);
+  EXPECT_EQ(job->state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job->error().code(), "worker_lost");
+}
+
+TEST_F(SchedulerServiceTest, TwoGangsOnThreeSlotsAndNeverFit) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  std::string n1 = RegisterNode("n1", 2);
+  std::string n2 = RegisterNode("n2", 1);
+  auto j1 = CreateJob(a_.key, JobRequest(file->id(), 2));
+  auto j2 = CreateJob(a_.key, JobRequest(file->id(), 2));
+  ASSERT_THAT(j1, IsOk());
+  ASSERT_THAT(j2, IsOk());
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(j1->id()), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(State(j2->id()), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(GetJob(a_.key, j2->id())->queue_position(), 1);
+  EXPECT_EQ(scheduler_->Stats().used_slots, 2);
+  auto hb = Heartbeat(n1);
+  ASSERT_THAT(hb->assignments(), SizeIs(2));
+  EXPECT_THAT(Heartbeat(n2)->assignments(), IsEmpty());
+  // Ranks 0 and 1 share the master address and port.
+  EXPECT_EQ(hb->assignments(0).master_port(), hb->assignments(1).master_port());
+  EXPECT_NE(hb->assignments(0).rank(), hb->assignments(1).rank());
+  EXPECT_NE(hb->assignments(0).gpu_indices(0), hb->assignments(1).gpu_indices(0));
+  for (const auto& a : hb->assignments())
+    if (a.rank() == 1) {
+      ASSERT_THAT(Complete(a.assignment_id(), true), IsOk());
+    }
+  for (const auto& a : hb->assignments())
+    if (a.rank() == 0) {
+      ASSERT_THAT(Complete(a.assignment_id(), true, "jobs/r"), IsOk());
+    }
+  EXPECT_EQ(State(j1->id()), v1::JOB_STATE_SUCCEEDED);
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(j2->id()), v1::JOB_STATE_RUNNING);
+  // More than the fleet: refused at once, naming gpus.
+  EXPECT_THAT(CreateJob(a_.key, JobRequest(file->id(), 4)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("gpus")));
+}
+
+TEST_F(SchedulerServiceTest, CallerErrorsAndTenantIsolation) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  v1::CreateJobRequest bad = JobRequest(file->id());
+  bad.set_base_model("");
+  bad.set_suffix("Bad Suffix!");
+  bad.set_validation_split(0.9);
+  EXPECT_THAT(CreateJob(a_.key, bad),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::AllOf(HasSubstr("base_model"), HasSubstr("suffix"),
+                                        HasSubstr("validation_split"))));
+  v1::CreateJobRequest unknown = JobRequest(file->id());
+  unknown.set_base_model("no-such-model");
+  EXPECT_THAT(CreateJob(a_.key, unknown),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("base_model")));
+  v1::CreateJobRequest hp = JobRequest(file->id());
+  hp.mutable_hyperparameters()->set_epochs(0);
+  EXPECT_THAT(CreateJob(a_.key, hp),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("hyperparameters.epochs")));
+  EXPECT_THAT(CreateJob(a_.key, JobRequest("file-doesnotexist")),
+              StatusIs(absl::StatusCode::kNotFound));
+  // Another tenant's file is reported like a missing one.
+  EXPECT_THAT(CreateJob(b_.key, JobRequest(file->id())), StatusIs(absl::StatusCode::kNotFound));
+
+  // validate_only answers without creating.
+  v1::CreateJobRequest dry = JobRequest(file->id());
+  dry.set_validate_only(true);
+  auto preview = CreateJob(a_.key, dry);
+  ASSERT_THAT(preview, IsOk());
+  EXPECT_TRUE(preview->id().empty());
+  EXPECT_EQ(preview->total_steps(), 100);
+
+  // request_id makes creation idempotent.
+  v1::CreateJobRequest once = JobRequest(file->id());
+  once.set_request_id("req-1");
+  auto first = CreateJob(a_.key, once);
+  auto second = CreateJob(a_.key, once);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ(first->id(), second->id());
+  v1::ListJobsRequest lj;
+  auto mine = Call(job_stub_.get(), &v1::JobService::Stub::ListJobs, a_.key, lj);
+  ASSERT_THAT(mine, IsOk());
+  EXPECT_THAT(mine->jobs(), SizeIs(1));
+  auto theirs = Call(job_stub_.get(), &v1::JobService::Stub::ListJobs, b_.key, lj);
+  ASSERT_THAT(theirs, IsOk());
+  EXPECT_THAT(theirs->jobs(), IsEmpty());
+
+  const std::string id = first->id();
+  EXPECT_THAT(GetJob(b_.key, id), StatusIs(absl::StatusCode::kNotFound, HasSubstr(id)));
+  EXPECT_THAT(JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, b_.key, id),
+              StatusIs(absl::StatusCode::kNotFound));
+  grpc::Status st;
+  ReadEvents(b_.key, id, 0, &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(JobCall<v1::ResumeJobRequest>(&v1::JobService::Stub::ResumeJob, a_.key, id),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("queued")));
+  // Tenant keys cannot speak the internal APIs.
+  iv1::RegisterNodeRequest rn;
+  rn.set_node_name("x");
+  rn.set_slots(1);
+  EXPECT_THAT(Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::RegisterNode, a_.key, rn),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  // Pause while queued: paused at once; cancel while paused: cancelled.
+  auto paused = JobCall<v1::PauseJobRequest>(&v1::JobService::Stub::PauseJob, a_.key, id);
+  ASSERT_THAT(paused, IsOk());
+  EXPECT_EQ(paused->state(), v1::JOB_STATE_PAUSED);
+  auto cancelled = JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, id);
+  ASSERT_THAT(cancelled, IsOk());
+  EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(SchedulerServiceTest, RestartKeepsJobsEventsCheckpointsModelsAndAssignments) {
+  Running r = StartOne();
+  ASSERT_THAT(Checkpoint(r.asg, 30, "jobs/x/checkpoints/step-30"), IsOk());
+  ASSERT_THAT(Progress(r.asg, 31), IsOk());
+  grpc::Status st;
+  StopScheduler();
+  StartScheduler();
+  auto job = GetJob(a_.key, r.job);
+  ASSERT_THAT(job, IsOk());
+  EXPECT_EQ(job->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(job->completed_steps(), 31);
+  // The agent that is still there keeps its attempt.
+  auto hb = Heartbeat(r.node, {r.asg});
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  EXPECT_EQ(hb->assignments(0).assignment_id(), r.asg);
+  ASSERT_THAT(Complete(r.asg, true, "jobs/x/result"), IsOk());
+  auto events = ReadEvents(a_.key, r.job, 0, &st);
+  EXPECT_TRUE(st.ok());
+  EXPECT_EQ(events.back().state(), v1::JOB_STATE_SUCCEEDED);
+  v1::ListCheckpointsRequest lc;
+  lc.set_job_id(r.job);
+  EXPECT_THAT(Call(job_stub_.get(), &v1::JobService::Stub::ListCheckpoints, a_.key, lc)->checkpoints(),
+              SizeIs(1));
+  StopScheduler();
+  StartScheduler();
+  v1::GetModelRequest gm;
+  gm.set_model_id(absl::StrCat("ft:", kBase, ":mine:", r.job));
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm), IsOk());
+}
+
+}  // namespace
+}  // namespace tunefleet::scheduler
