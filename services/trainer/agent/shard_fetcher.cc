@@ -1,0 +1,250 @@
+#include "services/trainer/agent/shard_fetcher.h"
+
+#include <filesystem>
+#include <system_error>
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/sha256.h"
+#include "common/base/status_macros.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/status.h"
+#include "services/trainer/protocol/shard_file.h"
+
+namespace tunefleet::trainer {
+namespace {
+
+bool Retryable(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable;
+}
+
+absl::Status Cancelled() { return absl::CancelledError("the shard fetch was cancelled"); }
+
+// Registers a call's context with the cancellation for its lifetime.
+class CallGuard {
+ public:
+  CallGuard(FetchCancellation* cancel, grpc::ClientContext* ctx) : cancel_(cancel), ctx_(ctx) {
+    ok_ = cancel_ == nullptr || cancel_->Register(ctx_);
+  }
+  ~CallGuard() {
+    if (cancel_ != nullptr && ok_) cancel_->Unregister(ctx_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  FetchCancellation* cancel_;
+  grpc::ClientContext* ctx_;
+  bool ok_;
+};
+
+// Sleeps up to `d`; false when cancelled meanwhile.
+bool Backoff(FetchCancellation* cancel, absl::Duration d) {
+  absl::Time until = absl::Now() + d;
+  while (absl::Now() < until) {
+    if (cancel != nullptr && cancel->cancelled()) return false;
+    absl::SleepFor(std::min(absl::Milliseconds(20), until - absl::Now()));
+  }
+  return cancel == nullptr || !cancel->cancelled();
+}
+
+}  // namespace
+
+void FetchCancellation::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  for (grpc::ClientContext* ctx : contexts_) ctx->TryCancel();
+}
+
+bool FetchCancellation::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+bool FetchCancellation::Register(grpc::ClientContext* context) {
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return false;
+  contexts_.insert(context);
+  return true;
+}
+
+void FetchCancellation::Unregister(grpc::ClientContext* context) {
+  absl::MutexLock lock(&mu_);
+  contexts_.erase(context);
+}
+
+ShardFetcher::ShardFetcher(ShardFetcherOptions options, std::shared_ptr<grpc::Channel> dataset)
+    : options_(std::move(options)), stub_(internal::v1::ShardService::NewStub(dataset)) {}
+
+absl::StatusOr<internal::v1::ShardManifest> ShardFetcher::Prepare(
+    const ShardFetchRequest& request, FetchCancellation* cancel) {
+  internal::v1::PrepareShardsRequest req;
+  req.set_file_id(request.file_id);
+  req.set_tenant(request.tenant);
+  req.set_base_model(request.base_model);
+  req.set_max_sequence_length(request.max_sequence_length);
+  absl::Duration backoff = options_.initial_backoff;
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, options_.api_key, options_.prepare_timeout, request.tenant);
+    internal::v1::ShardManifest manifest;
+    absl::Status s;
+    {
+      CallGuard guard(cancel, &ctx);
+      if (!guard.ok()) return Cancelled();
+      s = rpc::FromGrpcStatus(stub_->PrepareShards(&ctx, req, &manifest));
+    }
+    if (cancel != nullptr && cancel->cancelled()) return Cancelled();
+    if (s.ok()) return manifest;
+    if (!Retryable(s) || attempt >= options_.max_attempts) return s;
+    spdlog::warn("file={} PrepareShards attempt {} failed: {}", request.file_id, attempt,
+                 s.ToString());
+    if (!Backoff(cancel, backoff)) return Cancelled();
+    backoff *= 2;
+  }
+}
+
+absl::StatusOr<int64_t> ShardFetcher::Stream(const ShardFetchRequest& request,
+                                             const std::string& shard_set_id,
+                                             const std::string& path,
+                                             FetchCancellation* cancel) {
+  TF_ASSIGN_OR_RETURN(auto writer, ShardFileWriter::Create(path, request.vocab_size));
+  // The server's running checksum covers the part from example 0: token ids
+  // (int32, little-endian) then the mask, example by example. It survives a
+  // resumed stream because it is kept here, across attempts.
+  Sha256 sha;
+  int64_t received = 0;
+  bool last = false;
+  absl::Duration backoff = options_.initial_backoff;
+  for (int attempt = 1; !last; ++attempt) {
+    internal::v1::StreamShardRequest req;
+    req.set_shard_set_id(shard_set_id);
+    req.set_rank(request.rank);
+    req.set_world_size(request.world_size);
+    req.set_example_offset(received);
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, options_.api_key, options_.stream_timeout, request.tenant);
+    CallGuard guard(cancel, &ctx);
+    if (!guard.ok()) return Cancelled();
+    auto reader = stub_->StreamShard(&ctx, req);
+    internal::v1::ShardChunk chunk;
+    absl::Status failure;
+    while (failure.ok() && reader->Read(&chunk)) {
+      if (chunk.first_example() != received) {
+        failure = absl::DataLossError(absl::StrCat(
+            "shard set ", shard_set_id, " rank ", request.rank, ": chunk starts at example ",
+            chunk.first_example(), ", expected ", received));
+        break;
+      }
+      int64_t tokens = 0;
+      for (int32_t len : chunk.example_lengths()) {
+        if (len < 0) {
+          failure = absl::DataLossError(absl::StrCat("shard set ", shard_set_id,
+                                                     ": negative example length"));
+          break;
+        }
+        tokens += len;
+      }
+      if (!failure.ok()) break;
+      if (tokens != chunk.token_ids_size() ||
+          tokens != static_cast<int64_t>(chunk.loss_mask().size())) {
+        failure = absl::DataLossError(absl::StrCat(
+            "shard set ", shard_set_id, " rank ", request.rank, ": chunk at example ",
+            chunk.first_example(), " has ", chunk.token_ids_size(), " ids and ",
+            chunk.loss_mask().size(), " mask bytes for ", tokens, " tokens"));
+        break;
+      }
+      int64_t pos = 0;
+      for (int32_t len : chunk.example_lengths()) {
+        sha.Update(absl::string_view(reinterpret_cast<const char*>(chunk.token_ids().data() + pos),
+                                     static_cast<size_t>(len) * sizeof(int32_t)));
+        sha.Update(absl::string_view(chunk.loss_mask()).substr(pos, len));
+        pos += len;
+      }
+      if (sha.PeekHexDigest() != chunk.running_sha256()) {
+        failure = absl::DataLossError(absl::StrCat(
+            "shard set ", shard_set_id, " rank ", request.rank,
+            ": running sha256 mismatch after example ",
+            received + chunk.example_lengths_size(), " (received ", sha.PeekHexDigest(),
+            ", server says ", chunk.running_sha256(), ")"));
+        break;
+      }
+      failure = writer->AddChunk(chunk.token_ids(), chunk.loss_mask(), chunk.example_lengths());
+      if (!failure.ok()) break;
+      received += chunk.example_lengths_size();
+      last = chunk.last();
+    }
+    if (!failure.ok()) {
+      ctx.TryCancel();
+      reader->Finish();
+      return failure;
+    }
+    absl::Status s = rpc::FromGrpcStatus(reader->Finish());
+    if (cancel != nullptr && cancel->cancelled()) return Cancelled();
+    if (s.ok() && !last) {
+      s = absl::UnavailableError(absl::StrCat("shard set ", shard_set_id, " rank ", request.rank,
+                                              ": stream ended before its last chunk"));
+    }
+    if (s.ok()) break;
+    if (!Retryable(s) || attempt >= options_.max_attempts) return s;
+    spdlog::warn("shards={} rank={} stream attempt {} stopped at example {}: {}", shard_set_id,
+                 request.rank, attempt, received, s.ToString());
+    if (!Backoff(cancel, backoff)) return Cancelled();
+    backoff *= 2;
+  }
+  TF_RETURN_IF_ERROR(writer->Finish());
+  return received;
+}
+
+absl::StatusOr<FetchedShard> ShardFetcher::Fetch(const ShardFetchRequest& request,
+                                                 FetchCancellation* cancel) {
+  if (request.world_size <= 0 || request.rank < 0 || request.rank >= request.world_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", request.rank, " of world_size ", request.world_size));
+  }
+  TF_ASSIGN_OR_RETURN(internal::v1::ShardManifest manifest, Prepare(request, cancel));
+  FetchedShard out;
+  out.shard_set_id = manifest.shard_set_id();
+  std::string dir = absl::StrCat(options_.cache_dir, "/", manifest.shard_set_id());
+  out.path = absl::StrCat(dir, "/rank-", request.rank, "-of-", request.world_size, ".tfshard");
+  // One writer per path: the writer's temporary name is per process.
+  {
+    absl::MutexLock lock(&mu_);
+    auto free = [this, &out]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return in_flight_.count(out.path) == 0;
+    };
+    mu_.Await(absl::Condition(&free));
+    in_flight_.insert(out.path);
+  }
+  auto release = [this, &out] {
+    absl::MutexLock lock(&mu_);
+    in_flight_.erase(out.path);
+  };
+  std::error_code ec;
+  if (std::filesystem::exists(out.path, ec)) {
+    auto cached = ShardFile::Read(out.path);
+    if (cached.ok() && cached->info().vocab_size == static_cast<uint64_t>(request.vocab_size)) {
+      release();
+      out.examples = cached->size();
+      out.cached = true;
+      return out;
+    }
+    spdlog::warn("shards={} cached file {} is unusable, fetching again: {}", out.shard_set_id,
+                 out.path, cached.ok() ? "another vocabulary" : cached.status().ToString());
+    std::filesystem::remove(out.path, ec);
+  }
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    release();
+    return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  }
+  absl::StatusOr<int64_t> examples = Stream(request, out.shard_set_id, out.path, cancel);
+  release();
+  if (!examples.ok()) return examples.status();
+  out.examples = *examples;
+  spdlog::info("file={} shards={} rank={}/{} examples={} -> {}", request.file_id,
+               out.shard_set_id, request.rank, request.world_size, out.examples, out.path);
+  return out;
+}
+
+}  // namespace tunefleet::trainer
