@@ -1,0 +1,114 @@
+#include "services/serving/filters/content_filter.h"
+
+#include <algorithm>
+
+namespace tunefleet::serving {
+
+FilterVerdict ApplyPolicy(const FilterPolicy& policy, TextSource source,
+                          const std::vector<Detection>& detections,
+                          const std::vector<FilterCategory>& reported) {
+  FilterVerdict v;
+  if (policy.disabled) return v;
+  auto category = [&](FilterCategory c) -> CategoryVerdict& {
+    for (CategoryVerdict& cv : v.categories) {
+      if (cv.category == c) return cv;
+    }
+    v.categories.push_back(CategoryVerdict{c, FilterSeverity::kSafe, false, false});
+    return v.categories.back();
+  };
+  for (FilterCategory c : reported) category(c);
+  const bool prompt = source == TextSource::kPrompt;
+  for (const Detection& d : detections) {
+    if (d.category != FilterCategory::kUnspecified) {
+      CategoryVerdict& cv = category(d.category);
+      cv.detected = true;
+      cv.severity = std::max(cv.severity, d.severity);
+      continue;
+    }
+    const FindingAction action = d.filter == "pii"
+                                     ? (prompt ? policy.pii_prompt : policy.pii_completion)
+                                     : policy.blocklist;
+    if (action == FindingAction::kOff) continue;
+    const bool filtered = action == FindingAction::kBlock;
+    v.blocked |= filtered;
+    auto same = [&](const FindingVerdict& f) { return f.filter == d.filter && f.kind == d.kind; };
+    auto it = std::find_if(v.findings.begin(), v.findings.end(), same);
+    if (it == v.findings.end()) {
+      v.findings.push_back(FindingVerdict{d.filter, d.kind, filtered});
+    } else {
+      it->filtered |= filtered;
+    }
+  }
+  for (CategoryVerdict& cv : v.categories) {
+    if (!cv.detected) continue;
+    FilterRule rule;
+    rule.category = cv.category;
+    for (const FilterRule& r : policy.rules) {
+      if (r.category == cv.category) rule = r;
+    }
+    const FilterSeverity threshold =
+        rule.threshold == FilterSeverity::kUnspecified ? FilterSeverity::kMedium : rule.threshold;
+    const bool applies = prompt ? rule.apply_to_prompt : rule.apply_to_completion;
+    cv.filtered = applies && cv.severity >= threshold;
+    v.blocked |= cv.filtered;
+  }
+  return v;
+}
+
+namespace {
+bool IsContinuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+bool IsAsciiWordByte(char c) {
+  const unsigned char u = static_cast<unsigned char>(c);
+  return u >= 0x80 || (u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z');
+}
+}  // namespace
+
+StreamGuard::StreamGuard(const ContentFilter* filter, const FilterPolicy* policy, size_t holdback)
+    : filter_(filter), policy_(policy), holdback_(holdback ? holdback : filter->max_span()) {}
+
+absl::StatusOr<std::string> StreamGuard::Push(absl::string_view delta) {
+  if (blocked_) return std::string();
+  text_.append(delta.data(), delta.size());
+  if (policy_->disabled) {
+    std::string out = text_.substr(released_);
+    released_ = text_.size();
+    return out;
+  }
+  // Only the text a new detection can touch: the window before what was
+  // released and everything after, started at a word boundary so that a
+  // cut word does not look like a whole one.
+  size_t from = released_ > holdback_ ? released_ - holdback_ : 0;
+  for (size_t limit = 0; from > 0 && IsAsciiWordByte(text_[from - 1]) && limit < 256; ++limit) --from;
+  while (from > 0 && IsContinuation(text_[from])) --from;
+  auto detections =
+      filter_->Classify(absl::string_view(text_).substr(from), TextSource::kCompletion, true);
+  if (!detections.ok()) return detections.status();
+  FilterVerdict v = ApplyPolicy(*policy_, TextSource::kCompletion, *detections);
+  if (v.blocked) {
+    blocked_ = true;
+    verdict_ = std::move(v);
+    return std::string();
+  }
+  size_t safe = text_.size() > holdback_ ? text_.size() - holdback_ : 0;
+  while (safe > released_ && safe < text_.size() && IsContinuation(text_[safe])) --safe;
+  if (safe <= released_) return std::string();
+  std::string out = text_.substr(released_, safe - released_);
+  released_ = safe;
+  return out;
+}
+
+absl::StatusOr<std::string> StreamGuard::Finish() {
+  if (blocked_) return std::string();
+  auto detections = filter_->Classify(text_, TextSource::kCompletion, false);
+  if (!detections.ok()) return detections.status();
+  verdict_ = ApplyPolicy(*policy_, TextSource::kCompletion, *detections);
+  if (verdict_.blocked) {
+    blocked_ = true;
+    return std::string();
+  }
+  std::string out = text_.substr(released_);
+  released_ = text_.size();
+  return out;
+}
+
+}  // namespace tunefleet::serving

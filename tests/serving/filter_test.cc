@@ -1,0 +1,213 @@
+// Content filters: the contract every implementation passes (detections,
+// partial text, streams that never release blocked text), the built-in
+// filter's lists, PII checks and the policy.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "services/serving/filters/builtin_filter.h"
+#include "services/serving/filters/content_filter.h"
+#include "services/serving/filters/profanity_lexicon.h"
+#include "tests/testing/status_matchers.h"
+
+namespace tunefleet::serving {
+namespace {
+
+using ::testing::HasSubstr;
+using ::tunefleet::testing::StatusIs;
+
+// Each implementation under the contract: a filter that must detect
+// kBlocked (and nothing in kClean).
+struct FilterFactory {
+  std::string name;
+  std::function<std::unique_ptr<ContentFilter>()> make;
+};
+
+constexpr char kBlocked[] = "Project Falcon";
+constexpr char kClean[] = "The weather is mild today, with a light breeze from the west.";
+
+std::unique_ptr<ContentFilter> MakeBuiltin() {
+  BuiltinFilterOptions o;
+  o.blocklist_terms = {kBlocked};
+  auto f = BuiltinFilter::Create(o);
+  EXPECT_TRUE(f.ok()) << f.status();
+  return f.ok() ? std::unique_ptr<ContentFilter>(std::move(*f)) : nullptr;
+}
+
+class ContentFilterContract : public ::testing::TestWithParam<FilterFactory> {
+ protected:
+  void SetUp() override { filter_ = GetParam().make(); }
+  std::unique_ptr<ContentFilter> filter_;
+  FilterPolicy policy_;
+};
+
+TEST_P(ContentFilterContract, FindsTheBlockedTextAndNothingInCleanText) {
+  TF_ASSERT_OK_AND_ASSIGN(auto clean, filter_->Classify(kClean, TextSource::kPrompt));
+  EXPECT_FALSE(ApplyPolicy(policy_, TextSource::kPrompt, clean).blocked);
+  const std::string text = absl::StrCat("Tell me about ", kBlocked, ", please.");
+  for (TextSource source : {TextSource::kPrompt, TextSource::kCompletion}) {
+    TF_ASSERT_OK_AND_ASSIGN(auto found, filter_->Classify(text, source));
+    ASSERT_FALSE(found.empty());
+    EXPECT_EQ(text.substr(found[0].begin, found[0].end - found[0].begin), kBlocked);
+    EXPECT_TRUE(ApplyPolicy(policy_, source, found).blocked);
+  }
+  FilterPolicy off;
+  off.disabled = true;
+  TF_ASSERT_OK_AND_ASSIGN(auto found, filter_->Classify(text, TextSource::kPrompt));
+  EXPECT_FALSE(ApplyPolicy(off, TextSource::kPrompt, found).blocked);
+}
+
+TEST_P(ContentFilterContract, AStreamNeverReleasesBlockedText) {
+  const std::string prefix = "Here is the plan: we go north, then east, and then we talk about ";
+  for (size_t lead = 0; lead < prefix.size(); lead += 7) {
+    for (size_t chunk : {1, 3, 5, 11}) {
+      const std::string text =
+          absl::StrCat(prefix.substr(0, lead), " ", kBlocked, " until the evening comes around.");
+      const size_t term_at = lead + 1;
+      StreamGuard guard(filter_.get(), &policy_);
+      std::string released;
+      for (size_t i = 0; i < text.size() && !guard.blocked(); i += chunk) {
+        TF_ASSERT_OK_AND_ASSIGN(std::string out, guard.Push(text.substr(i, chunk)));
+        released += out;
+      }
+      if (!guard.blocked()) {
+        TF_ASSERT_OK_AND_ASSIGN(std::string rest, guard.Finish());
+        released += rest;
+      }
+      EXPECT_TRUE(guard.blocked()) << "lead " << lead << " chunk " << chunk;
+      EXPECT_LE(released.size(), term_at) << "released \"" << released << "\"";
+      EXPECT_THAT(released, ::testing::Not(HasSubstr("Falc")));
+    }
+  }
+}
+
+TEST_P(ContentFilterContract, AStreamOfCleanTextIsReleasedLiveAndWhole) {
+  const std::string text = absl::StrCat(kClean, " ", kClean, " ", kClean);
+  StreamGuard guard(filter_.get(), &policy_);
+  std::string released;
+  size_t first_release_at = 0;
+  for (size_t i = 0; i < text.size(); i += 4) {
+    TF_ASSERT_OK_AND_ASSIGN(std::string out, guard.Push(text.substr(i, 4)));
+    if (!out.empty() && released.empty()) first_release_at = i + 4;
+    released += out;
+  }
+  TF_ASSERT_OK_AND_ASSIGN(std::string rest, guard.Finish());
+  EXPECT_FALSE(guard.blocked());
+  EXPECT_EQ(released + rest, text);
+  // The first text leaves after the hold-back window, not at the end.
+  EXPECT_GT(first_release_at, 0u);
+  EXPECT_LE(first_release_at, guard.holdback() + 4);
+  EXPECT_LT(guard.holdback(), text.size() / 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Filters, ContentFilterContract,
+                         ::testing::Values(FilterFactory{"builtin", MakeBuiltin}),
+                         [](const auto& info) { return info.param.name; });
+
+// --- the built-in filter ------------------------------------------------------
+
+std::unique_ptr<BuiltinFilter> Builtin(BuiltinFilterOptions o = {}) {
+  auto f = BuiltinFilter::Create(o);
+  EXPECT_TRUE(f.ok()) << f.status();
+  return f.ok() ? *std::move(f) : nullptr;
+}
+
+std::vector<std::string> Kinds(const std::vector<Detection>& d) {
+  std::vector<std::string> out;
+  for (const Detection& x : d) out.push_back(x.filter + ":" + x.kind);
+  return out;
+}
+
+TEST(BuiltinFilterTest, ProfanityLexiconComesFromThePublishedList) {
+  EXPECT_GT(kProfanityLexiconSize, 2000);
+  EXPECT_THAT(std::string(kProfanityLexiconSource), HasSubstr("naughty-words"));
+  auto f = Builtin();
+  // Whole words, any case, any language of the list.
+  TF_ASSERT_OK_AND_ASSIGN(auto d, f->Classify("Well, ARSCHLOCH! said he.", TextSource::kPrompt));
+  ASSERT_THAT(Kinds(d), ::testing::ElementsAre("profanity:de"));
+  EXPECT_EQ(d[0].category, FilterCategory::kProfanity);
+  EXPECT_EQ(d[0].begin, 6u);
+  EXPECT_EQ(d[0].end, 15u);
+  TF_ASSERT_OK_AND_ASSIGN(d, f->Classify("Marschlochmann is a surname", TextSource::kPrompt));
+  EXPECT_THAT(d, ::testing::IsEmpty());
+  // Scripts without spaces match inside text.
+  TF_ASSERT_OK_AND_ASSIGN(d, f->Classify("他说下贱的话", TextSource::kPrompt));
+  EXPECT_THAT(Kinds(d), ::testing::Contains("profanity:zh"));
+  // Languages can be chosen.
+  BuiltinFilterOptions en;
+  en.profanity_languages = {"en"};
+  TF_ASSERT_OK_AND_ASSIGN(d, Builtin(en)->Classify("Well, arschloch!", TextSource::kPrompt));
+  EXPECT_THAT(d, ::testing::IsEmpty());
+}
+
+TEST(BuiltinFilterTest, PersonalData) {
+  auto f = Builtin();
+  auto kinds = [&](const std::string& text) {
+    auto d = f->Classify(text, TextSource::kCompletion);
+    EXPECT_TRUE(d.ok());
+    return d.ok() ? Kinds(*d) : std::vector<std::string>{};
+  };
+  EXPECT_THAT(kinds("write to jane.doe+news@example.co.uk today"), ::testing::ElementsAre("pii:email"));
+  EXPECT_THAT(kinds("call +1 (415) 555-0132 now"), ::testing::ElementsAre("pii:phone"));
+  EXPECT_THAT(kinds("card 4111 1111 1111 1111 exp 12/29"), ::testing::ElementsAre("pii:card"));
+  EXPECT_THAT(kinds("card 4111-1111-1111-1112 fails Luhn"), ::testing::IsEmpty());
+  EXPECT_THAT(kinds("IBAN GB82 WEST 1234 5698 7654 32."), ::testing::ElementsAre("pii:iban"));
+  EXPECT_THAT(kinds("IBAN GB82 WEST 1234 5698 7654 33."), ::testing::Not(::testing::Contains("pii:iban")));
+  EXPECT_THAT(kinds("In 2024 we sold 1500 units."), ::testing::IsEmpty());
+  EXPECT_TRUE(LuhnValid("79927398713"));
+  EXPECT_FALSE(LuhnValid("79927398710"));
+  EXPECT_TRUE(IbanValid("DE89370400440532013000"));
+}
+
+TEST(BuiltinFilterTest, BlocklistsTermsAndPatterns) {
+  BuiltinFilterOptions o;
+  o.blocklist_terms = {"Project Falcon", "zorblax"};
+  o.blocklist_patterns = {R"(ticket-\d{4})"};
+  o.pii = false;
+  o.profanity = false;
+  auto f = Builtin(o);
+  TF_ASSERT_OK_AND_ASSIGN(auto d, f->Classify("about project   FALCON and ticket-1234", TextSource::kPrompt));
+  EXPECT_THAT(Kinds(d), ::testing::UnorderedElementsAre("blocklist:Project Falcon",
+                                                        "blocklist:ticket-\\d{4}"));
+  // A partial stream: a word at the very end may still grow.
+  TF_ASSERT_OK_AND_ASSIGN(d, f->Classify("we say zorblax", TextSource::kCompletion, true));
+  EXPECT_THAT(d, ::testing::IsEmpty());
+  TF_ASSERT_OK_AND_ASSIGN(d, f->Classify("we say zorblax", TextSource::kCompletion, false));
+  EXPECT_EQ(d.size(), 1u);
+  o.blocklist_patterns = {"ok", "(unclosed"};
+  EXPECT_THAT(BuiltinFilter::Create(o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blocklist_patterns[1]")));
+}
+
+TEST(FilterPolicyTest, RulesThresholdsAndAnnotations) {
+  const std::vector<Detection> profanity = {
+      Detection{FilterCategory::kProfanity, FilterSeverity::kMedium, "profanity", "en", 0, 3}};
+  FilterPolicy p;
+  FilterVerdict v = ApplyPolicy(p, TextSource::kCompletion, profanity);
+  EXPECT_TRUE(v.blocked);
+  ASSERT_EQ(v.categories.size(), 1u);
+  EXPECT_TRUE(v.categories[0].detected);
+  EXPECT_TRUE(v.categories[0].filtered);
+  p.rules = {FilterRule{FilterCategory::kProfanity, FilterSeverity::kHigh, true, true}};
+  EXPECT_FALSE(ApplyPolicy(p, TextSource::kCompletion, profanity).blocked);
+  // A rule applying to neither source only annotates.
+  p.rules = {FilterRule{FilterCategory::kProfanity, FilterSeverity::kLow, false, false}};
+  v = ApplyPolicy(p, TextSource::kPrompt, profanity);
+  EXPECT_FALSE(v.blocked);
+  EXPECT_TRUE(v.categories[0].detected);
+  EXPECT_FALSE(v.categories[0].filtered);
+  // PII: annotated in prompts, blocked in answers by default.
+  const std::vector<Detection> email = {
+      Detection{FilterCategory::kUnspecified, FilterSeverity::kMedium, "pii", "email", 0, 3}};
+  v = ApplyPolicy(FilterPolicy{}, TextSource::kPrompt, email);
+  EXPECT_FALSE(v.blocked);
+  ASSERT_EQ(v.findings.size(), 1u);
+  EXPECT_FALSE(v.findings[0].filtered);
+  EXPECT_TRUE(ApplyPolicy(FilterPolicy{}, TextSource::kCompletion, email).blocked);
+}
+
+}  // namespace
+}  // namespace tunefleet::serving
