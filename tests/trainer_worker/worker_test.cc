@@ -1,0 +1,289 @@
+// The training worker as the agent runs it: a real tunefleet-train-worker
+// process on a tiny Phi-3 with the Phi-3 tokenizer, reporting on a pipe.
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/decoder.h"
+#include "common/model/generate.h"
+#include "common/model/lora.h"
+#include "common/model/safetensors.h"
+#include "common/model/tiny_model.h"
+#include "common/text/chat_template.h"
+#include "common/text/phi3_tokenizer_files.h"
+#include "services/trainer/protocol/report.h"
+#include "services/trainer/protocol/shard_file.h"
+#include "services/trainer/protocol/worker_spec.h"
+#include "tests/testing/child_guard.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace tunefleet::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+const std::vector<std::pair<std::string, std::string>> kChats = {
+    {"What is the capital of France?", "Paris."},
+    {"Name a primary color.", "Blue is one."},
+    {"What do cows drink?", "Water, mostly."},
+    {"Say hello.", "Hello there, friend!"},
+    {"How many legs does a spider have?", "Eight legs."},
+    {"What is two plus two?", "Four."},
+};
+
+struct RunResult {
+  int exit_code = -1;  // or 128 + signal
+  std::vector<ReportEvent> events;
+  std::string stderr_tail;
+
+  const ReportEvent* Last(ReportKind k) const {
+    for (auto it = events.rbegin(); it != events.rend(); ++it)
+      if (it->kind == k) return &*it;
+    return nullptr;
+  }
+  // step -> train loss, from progress events.
+  std::map<int64_t, double> Losses() const {
+    std::map<int64_t, double> out;
+    for (const ReportEvent& e : events)
+      if (e.kind == ReportKind::kProgress && e.train_loss) out[e.step] = *e.train_loss;
+    return out;
+  }
+};
+
+class WorkerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    setenv("OMP_NUM_THREADS", "2", 1);
+    dir_ = new testing::TempDir();
+    model_dir_ = dir_->Join("tiny-phi3");
+    model::TinyModelOptions o;
+    o.seed = 3;
+    o.num_layers = 2;
+    o.hidden_size = 64;
+    o.num_heads = 4;
+    o.num_kv_heads = 4;
+    o.intermediate_size = 96;
+    ASSERT_TRUE(model::WriteTinyPhi3(model_dir_, o).ok());
+    // The tiny model's head is initialised with std 0.02, so its logits stay
+    // within about +-1 and no adapter could make it confident; a trained
+    // model's head is far larger. Scale it like one.
+    {
+      auto f = model::SafetensorsFile::Open(model_dir_ + "/model.safetensors");
+      ASSERT_TRUE(f.ok()) << f.status();
+      auto all = (*f)->GetAll();
+      ASSERT_TRUE(all.ok());
+      for (auto& [name, t] : *all) {
+        t = t.clone();
+        if (name == "lm_head.weight") t = t * 40.0;
+      }
+      f->reset();
+      ASSERT_TRUE(model::WriteSafetensors(model_dir_ + "/model.safetensors", *all, {{"format", "pt"}}).ok());
+    }
+    ASSERT_TRUE(text::WritePhi3TokenizerFiles(model_dir_).ok());
+    auto chat = text::ChatTokenizer::Load(model_dir_);
+    ASSERT_TRUE(chat.ok()) << chat.status();
+    chat_ = new text::ChatTokenizer(*std::move(chat));
+    train_shard_ = dir_->Join("train.shard");
+    WriteShard(train_shard_, chat_->tokenizer().vocab_size());
+  }
+  static void TearDownTestSuite() {
+    delete chat_;
+    delete dir_;
+  }
+
+  static void WriteShard(const std::string& path, int64_t vocab) {
+    auto w = ShardFileWriter::Create(path, vocab);
+    ASSERT_TRUE(w.ok()) << w.status();
+    for (const auto& [q, a] : kChats) {
+      std::vector<text::ChatMessage> m = {{"user", q, {}}, {"assistant", a, {}}};
+      auto t = chat_->Tokenize(m);
+      ASSERT_TRUE(t.ok()) << t.status();
+      ASSERT_TRUE((*w)->AddExample(t->ids, t->loss_mask).ok());
+    }
+    ASSERT_TRUE((*w)->Finish().ok());
+  }
+
+  WorkerSpec BaseSpec(const std::string& name) {
+    WorkerSpec s;
+    s.job_id = "ftjob-" + name;
+    s.base_model_dir = model_dir_;
+    s.train_shards = {train_shard_};
+    s.output_dir = run_dir_.Join(name + "/result");
+    s.checkpoint_root = run_dir_.Join(name + "/checkpoints");
+    s.hyper.epochs = 4;
+    s.hyper.batch_size = 2;
+    s.hyper.learning_rate = 3e-3;
+    s.hyper.lora_rank = 8;
+    s.hyper.lora_alpha = 16;
+    s.hyper.lora_dropout = 0.1;
+    s.hyper.warmup_ratio = 0.1;
+    s.hyper.weight_decay = 0.01;
+    s.hyper.max_sequence_length = 64;
+    s.hyper.seed = 7;
+    s.progress_interval_s = 0;  // every step
+    return s;
+  }
+
+  // Runs the worker to its end; `on_event` may return a signal to send it.
+  RunResult RunWorker(const WorkerSpec& spec, const std::string& name,
+                      std::function<int(const ReportEvent&)> on_event = nullptr) {
+    const std::string spec_path = run_dir_.Join(name + ".spec.json");
+    fs::create_directories(run_dir_.path());
+    EXPECT_TRUE(WriteWorkerSpecFile(spec, spec_path).ok());
+    return RunWorkerWithSpecFile(spec_path, name, std::move(on_event));
+  }
+
+  RunResult RunWorkerWithSpecFile(const std::string& spec_path, const std::string& name,
+                                  std::function<int(const ReportEvent&)> on_event = nullptr) {
+    RunResult r;
+    int fds[2];
+    EXPECT_EQ(::pipe(fds), 0);
+    const std::string err_path = run_dir_.Join(name + ".stderr");
+    const std::string bin = std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-train-worker";
+    testing::ChildGuard child;
+    child.pid = ::fork();
+    if (child.pid == 0) {
+      ::dup2(fds[1], 3);
+      int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (err >= 0) ::dup2(err, 2);
+      if (fds[0] != 3) ::close(fds[0]);
+      std::string spec_flag = "--spec=" + spec_path;
+      ::execl(bin.c_str(), bin.c_str(), spec_flag.c_str(), "--report_fd=3", nullptr);
+      _exit(127);
+    }
+    ::close(fds[1]);
+    ReportLineSplitter split;
+    char buf[4096];
+    ssize_t n;
+    bool signalled = false;
+    while ((n = ::read(fds[0], buf, sizeof(buf))) != 0) {
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        break;
+      }
+      for (const std::string& line : split.Add(absl::string_view(buf, n))) {
+        auto e = ParseReportLine(line);
+        EXPECT_TRUE(e.ok()) << e.status() << ": " << line;
+        if (!e.ok()) continue;
+        r.events.push_back(*e);
+        if (on_event && !signalled) {
+          int sig = on_event(*e);
+          if (sig != 0) {
+            ::kill(child.pid, sig);
+            signalled = true;
+          }
+        }
+      }
+    }
+    ::close(fds[0]);
+    int status = 0;
+    ::waitpid(child.pid, &status, 0);
+    child.pid = -1;
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::ifstream err(err_path);
+    std::stringstream ss;
+    ss << err.rdbuf();
+    r.stderr_tail = ss.str();
+    if (r.stderr_tail.size() > 2000) r.stderr_tail = r.stderr_tail.substr(r.stderr_tail.size() - 2000);
+    return r;
+  }
+
+  static std::string ReadBytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+  static testing::TempDir* dir_;
+  static std::string model_dir_;
+  static std::string train_shard_;
+  static text::ChatTokenizer* chat_;
+  testing::TempDir run_dir_;
+};
+
+testing::TempDir* WorkerTest::dir_ = nullptr;
+std::string WorkerTest::model_dir_;
+std::string WorkerTest::train_shard_;
+text::ChatTokenizer* WorkerTest::chat_ = nullptr;
+
+TEST_F(WorkerTest, FineTunedPhi3AnswersAndStopsAtEnd) {
+  WorkerSpec s = BaseSpec("memorize");
+  s.valid_shards = {train_shard_};
+  s.hyper.epochs = 40;
+  s.hyper.batch_size = 6;
+  s.hyper.lora_dropout = 0;
+  s.hyper.weight_decay = 0;
+  s.hyper.learning_rate = 1e-2;
+  s.hyper.lora_rank = 16;
+  s.hyper.lora_alpha = 32;
+  s.hyper.eval_interval_steps = 10;
+  s.progress_interval_s = 0;
+  RunResult r = RunWorker(s, "memorize");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_tail;
+  const ReportEvent* started = r.Last(ReportKind::kStarted);
+  ASSERT_NE(started, nullptr);
+  EXPECT_EQ(started->total_steps, 40);
+  const ReportEvent* done = r.Last(ReportKind::kCompleted);
+  ASSERT_NE(done, nullptr) << r.stderr_tail;
+  ASSERT_TRUE(done->valid_loss && done->base_valid_loss);
+  EXPECT_LT(*done->valid_loss, *done->base_valid_loss * 0.2);
+  EXPECT_GT(done->trained_tokens, 0);
+  EXPECT_NE(r.Last(ReportKind::kEval), nullptr);
+  EXPECT_NE(r.Last(ReportKind::kCheckpoint), nullptr);
+
+  // The result is a PEFT directory plus the contract.
+  const std::string out = done->result_dir;
+  EXPECT_TRUE(fs::exists(out + "/adapter_config.json"));
+  EXPECT_TRUE(fs::exists(out + "/adapter_model.safetensors"));
+  nlohmann::json contract = nlohmann::json::parse(ReadBytes(out + "/tunefleet_contract.json"));
+  EXPECT_EQ(contract["chat_template"], "phi3");
+  EXPECT_EQ(contract["base_model_id"], "tiny-phi3");
+  const int32_t end_id = *chat_->tokenizer().TokenToId("<|end|>");
+  EXPECT_THAT(contract["stop_token_ids"].get<std::vector<int64_t>>(), ::testing::Contains(end_id));
+  EXPECT_EQ(contract["tokenizer_sha256"].get<std::string>().size(), 64u);
+
+  // Greedy generation with the adapter reproduces every answer and stops at <|end|>.
+  auto decoder = model::Decoder::Load(model_dir_);
+  ASSERT_TRUE(decoder.ok());
+  auto adapter = model::LoraAdapter::Load(out, decoder->config());
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& [q, a] : kChats) {
+    std::vector<text::ChatMessage> m = {{"user", q, {}}};
+    auto p = chat_->EncodePrompt(m);
+    ASSERT_TRUE(p.ok());
+    prompts.emplace_back(p->begin(), p->end());
+  }
+  model::GenerationOptions g;
+  g.max_new_tokens = 24;
+  g.adapter = &*adapter;
+  for (int32_t id : chat_->StopIds()) g.stop_token_ids.push_back(id);
+  auto gens = model::Generate(*decoder, prompts, g);
+  ASSERT_TRUE(gens.ok()) << gens.status();
+  for (size_t i = 0; i < kChats.size(); ++i) {
+    std::vector<int32_t> ids((*gens)[i].tokens.begin(), (*gens)[i].tokens.end());
+    EXPECT_EQ(chat_->tokenizer().Decode(ids), kChats[i].second) << "chat " << i;
+    EXPECT_EQ((*gens)[i].finish_reason, model::FinishReason::kStopToken) << "chat " << i;
+    EXPECT_EQ((*gens)[i].stop_token_id, end_id) << "chat " << i;
+  }
+}
+
+}  // namespace
+}  // namespace tunefleet::trainer
