@@ -28,7 +28,10 @@ ABSL_FLAG(absl::Duration, lease, absl::Seconds(10),
 ABSL_FLAG(int, max_retries, 3, "Lost attempts a job survives before it fails (worker_lost)");
 ABSL_FLAG(absl::Duration, tick_interval, absl::Milliseconds(200),
           "How often leases are checked and queued jobs placed");
-ABSL_FLAG(int, io_threads, 4, "Threads for blocking work (SQLite commits)");
+ABSL_FLAG(int, io_threads, 16,
+          "Threads for blocking work: calls wait here for their group commit (one shared fsync)");
+ABSL_FLAG(bool, group_commit, true,
+          "Share one WAL fsync between concurrent mutations (off: one fsync per mutation)");
 
 int main(int argc, char** argv) {
   using namespace tunefleet;
@@ -65,6 +68,7 @@ int main(int argc, char** argv) {
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   options.lease = absl::GetFlag(FLAGS_lease);
   options.max_retries = absl::GetFlag(FLAGS_max_retries);
+  options.group_commit = absl::GetFlag(FLAGS_group_commit);
   auto sched = scheduler::Scheduler::Open(options, &dataset);
   if (!sched.ok()) {
     spdlog::critical("cannot open {}: {}", options.db_path, sched.status().ToString());

@@ -1,7 +1,8 @@
 #include "services/scheduler/placement.h"
 
 #include <algorithm>
-#include <numeric>
+#include <iterator>
+#include <set>
 
 namespace tunefleet::scheduler {
 
@@ -18,22 +19,22 @@ PlacementResult Place(std::vector<QueuedJob> jobs, std::vector<SlotNode> nodes) 
   SortQueue(jobs);
   int64_t fleet = 0;
   int64_t free_total = 0;
-  for (const SlotNode& n : nodes) {
-    fleet += n.total_slots;
-    free_total += n.free_slots;
+  // Nodes ordered by (free slots, id): best fit is a lower_bound, the widest
+  // nodes are at the end; each reservation is O(log nodes).
+  std::set<std::pair<int, size_t>> by_free;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    fleet += nodes[i].total_slots;
+    free_total += nodes[i].free_slots;
+    if (nodes[i].free_slots > 0) by_free.emplace(nodes[i].free_slots, i);
   }
-  // Nodes by free slots, most first; kept sorted as slots are taken.
-  std::vector<size_t> order(nodes.size());
-  std::iota(order.begin(), order.end(), 0);
-  auto resort = [&] {
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      if (nodes[a].free_slots != nodes[b].free_slots)
-        return nodes[a].free_slots > nodes[b].free_slots;
-      return nodes[a].id < nodes[b].id;
-    });
+  auto take = [&](size_t i, int n, GangPlacement& p) {
+    by_free.erase({nodes[i].free_slots, i});
+    nodes[i].free_slots -= n;
+    if (nodes[i].free_slots > 0) by_free.emplace(nodes[i].free_slots, i);
+    p.nodes.emplace_back(nodes[i].id, n);
   };
-  resort();
   for (const QueuedJob& job : jobs) {
+    if (free_total == 0 && nodes.empty()) break;
     int w = std::max(1, job.world_size);
     if (!nodes.empty() && w > fleet) {
       result.never_fit.push_back(job.id);
@@ -42,28 +43,19 @@ PlacementResult Place(std::vector<QueuedJob> jobs, std::vector<SlotNode> nodes) 
     if (w > free_total) continue;  // waits; smaller jobs may backfill
     GangPlacement p;
     p.job_id = job.id;
-    // Best fit on one node: the node with the fewest free slots that still
-    // holds the whole gang (order is descending, so scan from the back).
-    for (auto it = order.rbegin(); it != order.rend(); ++it) {
-      if (nodes[*it].free_slots >= w) {
-        p.nodes.emplace_back(nodes[*it].id, w);
-        nodes[*it].free_slots -= w;
-        break;
-      }
-    }
-    if (p.nodes.empty()) {
-      int left = w;
-      for (size_t i : order) {
-        if (left == 0) break;
-        int take = std::min(left, nodes[i].free_slots);
-        if (take == 0) break;
-        p.nodes.emplace_back(nodes[i].id, take);
-        nodes[i].free_slots -= take;
-        left -= take;
+    auto fit = by_free.lower_bound({w, 0});
+    if (fit != by_free.end()) {
+      take(fit->second, w, p);  // the fullest node that holds the whole gang
+    } else {
+      int left = w;  // across the widest nodes: as few as possible
+      while (left > 0) {
+        auto widest = std::prev(by_free.end());
+        int n = std::min(left, widest->first);
+        take(widest->second, n, p);
+        left -= n;
       }
     }
     free_total -= w;
-    resort();
     result.placed.push_back(std::move(p));
   }
   return result;

@@ -132,7 +132,9 @@ class Scheduler::Txn {
     for (const auto& [id, a] : assignments_) batch_.assignments.push_back(a);
     for (const auto& id : deleted_assignments_) batch_.deleted_assignments.push_back(id);
     for (const auto& [id, d] : deployments_) batch_.deployments.push_back(d);
-    absl::Status s = s_->store_->Commit(batch_);
+    absl::StatusOr<int64_t> seq = s_->store_->Commit(batch_);
+    absl::Status s = seq.status();
+    if (seq.ok()) seq_ = *seq;
     if (!s.ok()) {
       spdlog::error("scheduler store commit failed: {}", s.ToString());
       releases_.clear();
@@ -170,6 +172,7 @@ class Scheduler::Txn {
 
   std::vector<std::pair<std::string, std::string>> releases_;
   std::set<std::string> topics_;
+  int64_t seq_ = 0;  // the store commit to Sync before acknowledging
 
  private:
   Scheduler* s_;
@@ -194,7 +197,7 @@ Scheduler::~Scheduler() = default;
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Open(SchedulerOptions options,
                                                            DatasetClient* dataset) {
-  TF_ASSIGN_OR_RETURN(auto store, SchedulerStore::Open(options.db_path));
+  TF_ASSIGN_OR_RETURN(auto store, SchedulerStore::Open(options.db_path, options.group_commit));
   std::unique_ptr<Scheduler> s(new Scheduler(std::move(options), dataset, std::move(store)));
   TF_RETURN_IF_ERROR(s->Load());
   return s;
@@ -228,12 +231,17 @@ absl::Status Scheduler::Load() {
   return absl::OkStatus();
 }
 
-void Scheduler::AfterCommit(Txn& t) {
+absl::Status Scheduler::AfterCommit(Txn& t) {
+  // Durable first (one fsync shared with concurrent commits), then visible
+  // to watchers and acknowledged.
+  absl::Status synced = t.seq_ > 0 ? store_->Sync(t.seq_) : absl::OkStatus();
+  if (!synced.ok()) spdlog::error("scheduler store sync failed: {}", synced.ToString());
   for (const auto& [file, holder] : t.releases_) {
     absl::Status s = dataset_ != nullptr ? dataset_->ReleaseFile(file, holder) : absl::OkStatus();
     if (!s.ok()) spdlog::warn("release of file={} by {} failed: {}", file, holder, s.ToString());
   }
   for (const auto& topic : t.topics_) bus_.Publish(topic);
+  return synced;
 }
 
 // ---- jobs -----------------------------------------------------------------
@@ -421,8 +429,9 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
       }
     }
   }
-  AfterCommit(t);
+  absl::Status synced = AfterCommit(t);
   if (!status.ok()) return status;
+  TF_RETURN_IF_ERROR(synced);
   spdlog::info("job={} tenant={} created: base={} gpus={} steps={}", out.id(), tenant,
                out.base_model(), out.gpus(), out.total_steps());
   return out;
@@ -500,7 +509,7 @@ absl::StatusOr<v1::Job> Scheduler::CancelJob(const std::string& tenant, const st
     TF_RETURN_IF_ERROR(t.Commit());
     out = View(job_id, jobs_.at(job_id));
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   spdlog::info("job={} cancel: now {}", job_id, std::string(StateName(out.state())));
   return out;
 }
@@ -515,7 +524,7 @@ absl::StatusOr<v1::Job> Scheduler::PauseJob(const std::string& tenant, const std
     TF_RETURN_IF_ERROR(t.Commit());
     out = View(job_id, jobs_.at(job_id));
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   return out;
 }
 
@@ -531,7 +540,7 @@ absl::StatusOr<v1::Job> Scheduler::ResumeJob(const std::string& tenant, const st
     TF_RETURN_IF_ERROR(t.Commit());
     out = View(job_id, jobs_.at(job_id));
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   return out;
 }
 
@@ -645,7 +654,7 @@ absl::StatusOr<v1::DeleteModelResponse> Scheduler::DeleteModel(const std::string
     t.batch().deleted_models.push_back(model_id);
     TF_RETURN_IF_ERROR(t.Commit());
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   v1::DeleteModelResponse resp;
   resp.set_model_id(model_id);
   resp.set_deleted(true);
@@ -721,7 +730,7 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
     t.DesiredChanged();
     TF_RETURN_IF_ERROR(t.Commit());
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   spdlog::info("deployment={} tenant={} model={} created", d.deployment.id(), tenant, req.model());
   return d.deployment;
 }
@@ -763,7 +772,7 @@ absl::StatusOr<v1::DeleteDeploymentResponse> Scheduler::DeleteDeployment(const s
     TF_RETURN_IF_ERROR(t.Commit());
     for (auto& [rid, r] : replicas_) r.statuses.erase(id);
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   v1::DeleteDeploymentResponse resp;
   resp.set_deployment_id(id);
   resp.set_deleted(true);
@@ -782,7 +791,7 @@ absl::StatusOr<iv1::RegisterReplicaResponse> Scheduler::RegisterReplica(
     t.batch().replicas.push_back(r);
     TF_RETURN_IF_ERROR(t.Commit());
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   iv1::RegisterReplicaResponse resp;
   resp.set_replica_id(r.id);
   return resp;
@@ -855,7 +864,7 @@ absl::StatusOr<iv1::ReportReplicaStatusResponse> Scheduler::ReportReplicaStatus(
     for (const auto& id : touched) RecomputeDeployment(t, id);
     TF_RETURN_IF_ERROR(t.Commit());
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   return iv1::ReportReplicaStatusResponse();
 }
 
@@ -871,7 +880,7 @@ void Scheduler::ReplicaDisconnected(const std::string& replica_id) {
     for (const auto& id : touched) RecomputeDeployment(t, id);
     if (!t.Commit().ok()) return;
   }
-  AfterCommit(t);
+  (void)AfterCommit(t);
 }
 
 // ---- trainer agents -------------------------------------------------------
@@ -897,7 +906,7 @@ absl::StatusOr<iv1::RegisterNodeResponse> Scheduler::RegisterNode(
     t.batch().nodes.push_back(n);
     TF_RETURN_IF_ERROR(t.Commit());
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   spdlog::info("node={} name={} slots={} registered", n.id, n.name, n.slots);
   iv1::RegisterNodeResponse resp;
   resp.set_node_id(n.id);
@@ -977,7 +986,7 @@ absl::StatusOr<iv1::HeartbeatResponse> Scheduler::Heartbeat(const iv1::Heartbeat
         resp.add_checkpoint_and_stop(id);
     }
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   return resp;
 }
 
@@ -1018,7 +1027,7 @@ absl::StatusOr<iv1::ReportProgressResponse> Scheduler::ReportProgress(
     TF_RETURN_IF_ERROR(t.Commit());
     progress_[job_id] = Progress{t.now(), m.step()};
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   return resp;
 }
 
@@ -1053,7 +1062,7 @@ absl::StatusOr<iv1::ReportCheckpointResponse> Scheduler::ReportCheckpoint(
     TF_RETURN_IF_ERROR(t.Commit());
     resp.set_checkpoint_id(c.checkpoint.id());
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   return resp;
 }
 
@@ -1099,7 +1108,7 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
                  a.assignment_id(), job_id, a.rank(), req.succeeded(),
                  std::string(StateName(jobs_.at(job_id).job.state())));
   }
-  AfterCommit(t);
+  TF_RETURN_IF_ERROR(AfterCommit(t));
   return iv1::CompleteAssignmentResponse();
 }
 
@@ -1204,7 +1213,7 @@ void Scheduler::Tick(absl::Time now) {
       return;
     }
   }
-  AfterCommit(t);
+  (void)AfterCommit(t);
 }
 
 Scheduler::FleetStats Scheduler::Stats() {

@@ -43,6 +43,8 @@ struct SchedulerOptions {
   int max_retries = 3;
   int first_master_port = 29500;
   int max_watchers_per_topic = 1024;
+  // Group commit (see SchedulerStore); off: one fsync per mutation.
+  bool group_commit = true;
 };
 
 inline std::string JobTopic(const std::string& job_id) { return "job/" + job_id; }
@@ -122,6 +124,7 @@ class Scheduler {
     int running_jobs = 0;
   };
   FleetStats Stats();
+  SchedulerStore& store() { return *store_; }
 
  private:
   class Txn;
@@ -157,7 +160,8 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PlaceLocked(Txn& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecomputeDeployment(Txn& t, const std::string& dep_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void AfterCommit(Txn& t) ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits for durability, releases files, wakes watchers.
+  absl::Status AfterCommit(Txn& t) ABSL_LOCKS_EXCLUDED(mu_);
   // Checkpoint-and-finish for one assignment (CompleteAssignment, or an agent
   // that reports it gone while its job pauses or cancels).
   void FinishAssignment(Txn& t, const std::string& assignment_id)

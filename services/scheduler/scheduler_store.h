@@ -3,11 +3,19 @@
 // models, deployments, assignments, nodes and replicas.
 //
 // Every mutation is one Batch committed in one transaction, so a job's new
-// state and the event that records it are written together or not at all,
-// and a Batch acknowledged to a caller survives kill -9 (synchronous=FULL).
+// state and the event that records it are written together or not at all.
+//
+// Group commit: Commit() writes the transaction into the WAL without an
+// fsync (synchronous=NORMAL: it already survives kill -9, since the bytes are
+// in the OS), and Sync(seq) makes it durable against power loss with one
+// fsync of the WAL shared by every commit made before it: concurrent callers
+// wait on the same fsync instead of paying one each (several ms here).
+// Callers acknowledge a mutation only after Sync. With group_sync off every
+// commit fsyncs itself (synchronous=FULL) and Sync is a no-op.
 // Thread-safe (the Database serializes its users).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -15,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "common/store/sqlite.h"
 #include "tunefleet/internal/v1/trainer.pb.h"
 #include "tunefleet/v1/deployments.pb.h"
@@ -117,13 +126,30 @@ struct StoreSnapshot {
 class SchedulerStore {
  public:
   // Opens (creating) `path` and brings its schema up to date.
-  static absl::StatusOr<std::unique_ptr<SchedulerStore>> Open(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<SchedulerStore>> Open(const std::string& path,
+                                                              bool group_sync = true);
+  ~SchedulerStore();
   absl::StatusOr<StoreSnapshot> Load();
-  absl::Status Commit(const Batch& batch);
+  // Returns the commit's sequence number, for Sync.
+  absl::StatusOr<int64_t> Commit(const Batch& batch);
+  // Returns once commit `seq` (and every one before it) is on disk.
+  absl::Status Sync(int64_t seq);
+  // fsyncs performed so far (for tests and benchmarks).
+  int64_t syncs();
 
  private:
-  explicit SchedulerStore(std::unique_ptr<store::Database> db) : db_(std::move(db)) {}
+  SchedulerStore(std::unique_ptr<store::Database> db, bool group_sync)
+      : db_(std::move(db)), group_sync_(group_sync) {}
+  absl::Status FsyncWal() ABSL_LOCKS_EXCLUDED(sync_mu_);
   std::unique_ptr<store::Database> db_;
+  const bool group_sync_;
+  std::atomic<int64_t> committed_{0};
+  absl::Mutex sync_mu_;
+  absl::CondVar sync_cv_;
+  int64_t synced_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
+  int64_t syncs_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  int wal_fd_ = -1;  // used only by the one syncing thread
 };
 
 }  // namespace tunefleet::scheduler
