@@ -1,0 +1,817 @@
+#include "services/trainer/agent/agent.h"
+
+#include <signal.h>
+
+#include <cmath>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <system_error>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/base/status_macros.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/status.h"
+#include "services/trainer/agent/worker_process.h"
+#include "services/trainer/protocol/report.h"
+#include "services/trainer/protocol/worker_spec.h"
+
+namespace tunefleet::trainer {
+namespace iv1 = internal::v1;
+namespace fs = std::filesystem;
+
+namespace {
+
+// An id used as a path component must be one plain name.
+bool SafeName(const std::string& s) {
+  return !s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos &&
+         s.find('\0') == std::string::npos;
+}
+
+// An artifact name: a relative path without "..".
+bool SafeArtifact(const std::string& s) {
+  if (s.empty() || s.front() == '/') return false;
+  for (absl::string_view part : absl::StrSplit(s, '/')) {
+    if (part == "..") return false;
+  }
+  return true;
+}
+
+// The artifact name of `path` (absolute, under `root`), or empty.
+std::string ArtifactName(const std::string& root, const std::string& path) {
+  fs::path rel = fs::path(path).lexically_normal().lexically_relative(fs::path(root).lexically_normal());
+  std::string s = rel.generic_string();
+  if (s.empty() || s == "." || absl::StartsWith(s, "..")) return "";
+  return s;
+}
+
+// The last non-empty line of a log file (what a crashed worker said last).
+std::string LastLogLine(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return "";
+  std::streamoff size = in.tellg();
+  std::streamoff start = std::max<std::streamoff>(0, size - 4096);
+  in.seekg(start);
+  std::string tail((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> lines = absl::StrSplit(tail, '\n', absl::SkipWhitespace());
+  if (lines.empty()) return "";
+  std::string last(absl::StripAsciiWhitespace(lines.back()));
+  if (last.size() > 300) last = last.substr(0, 300) + "...";
+  return last;
+}
+
+absl::StatusOr<int64_t> ReadVocabSize(const std::string& model_dir) {
+  std::ifstream in(model_dir + "/config.json");
+  if (!in) return absl::NotFoundError(absl::StrCat("no config.json in ", model_dir));
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("vocab_size") ||
+      !j["vocab_size"].is_number_integer()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_dir, "/config.json: no integer vocab_size"));
+  }
+  return j["vocab_size"].get<int64_t>();
+}
+
+v1::Error MakeError(const std::string& code, const std::string& message) {
+  v1::Error e;
+  e.set_code(code);
+  e.set_message(message);
+  return e;
+}
+
+void FillMetrics(const std::map<std::string, double>& m, v1::TrainingMetrics* out) {
+  auto get = [&](const char* k) -> std::optional<double> {
+    auto it = m.find(k);
+    if (it == m.end()) return std::nullopt;
+    return it->second;
+  };
+  if (auto v = get("train_loss")) {
+    out->set_train_loss(*v);
+    out->set_train_perplexity(std::exp(*v));
+  }
+  if (auto v = get("train_token_accuracy")) out->set_train_token_accuracy(*v);
+  if (auto v = get("valid_loss")) out->set_valid_loss(*v);
+  if (auto v = get("valid_token_accuracy")) out->set_valid_token_accuracy(*v);
+  if (auto v = get("learning_rate")) out->set_learning_rate(*v);
+  if (auto v = get("tokens_per_second")) out->set_tokens_per_second(*v);
+  if (auto v = get("trained_tokens")) out->set_trained_tokens(static_cast<int64_t>(*v));
+}
+
+}  // namespace
+
+// One assignment on this node: fetch, spec, worker, reports. Its thread runs
+// the whole life; the supervisor thread feeds it lines and the exit.
+class TrainerAgent::Runner {
+ public:
+  Runner(TrainerAgent* agent, iv1::Assignment assignment)
+      : agent_(*agent), a_(std::move(assignment)) {}
+  ~Runner() {
+    Withdraw();
+    if (thread_.joinable()) thread_.join();
+    worker_.reset();
+  }
+
+  void Start() { thread_ = std::thread([this] { Run(); }); }
+
+  // Absent from the desired set (or the agent stops): kill, report nothing.
+  void Withdraw() {
+    absl::MutexLock lock(&mu_);
+    if (withdrawn_) return;
+    withdrawn_ = true;
+    cancel_.Cancel();
+    if (worker_ != nullptr) (void)worker_->Signal(SIGKILL);
+  }
+
+  // checkpoint_and_stop, or keep_running=false: SIGTERM once.
+  void CheckpointAndStop() {
+    absl::MutexLock lock(&mu_);
+    if (stop_requested_) return;
+    stop_requested_ = true;
+    if (worker_ != nullptr && phase_ != iv1::AssignmentStatus::PHASE_EXITED) {
+      phase_ = iv1::AssignmentStatus::PHASE_CHECKPOINTING;
+      spdlog::info("assignment={} job={} checkpoint and stop (SIGTERM)", a_.assignment_id(),
+                   a_.job_id());
+      (void)worker_->Signal(SIGTERM);
+    }
+  }
+
+  bool done() const {
+    absl::MutexLock lock(&mu_);
+    return done_;
+  }
+
+  iv1::AssignmentStatus Status() const {
+    absl::MutexLock lock(&mu_);
+    iv1::AssignmentStatus s;
+    s.set_assignment_id(a_.assignment_id());
+    s.set_phase(phase_);
+    s.set_step(step_);
+    return s;
+  }
+
+ private:
+  struct Event {
+    std::optional<std::string> line;
+    std::optional<WorkerExit> exit;
+  };
+
+  void Run();
+  absl::StatusOr<WorkerSpec> Prepare();
+  void HandleLine(const std::string& line);
+  void Finish(const WorkerExit& exit);
+  void Complete(bool succeeded, const v1::Error& error, const std::string& result_artifact,
+                int64_t trained_tokens);
+  void ReportCheckpoint(int64_t step, const std::string& dir, const v1::TrainingMetrics& metrics);
+  // Calls the scheduler; with `deliver`, retries UNAVAILABLE and
+  // DEADLINE_EXCEEDED with backoff until it answers or the runner is
+  // withdrawn.
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> Call(
+      grpc::Status (iv1::TrainerControlService::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                              Resp*),
+      const Req& req, bool deliver);
+  bool withdrawn() const {
+    absl::MutexLock lock(&mu_);
+    return withdrawn_;
+  }
+  void SetPhase(iv1::AssignmentStatus::Phase p) {
+    absl::MutexLock lock(&mu_);
+    phase_ = p;
+  }
+
+  TrainerAgent& agent_;
+  const iv1::Assignment a_;
+  std::thread thread_;
+  FetchCancellation cancel_;
+  std::string log_file_;
+
+  mutable absl::Mutex mu_;
+  iv1::AssignmentStatus::Phase phase_ ABSL_GUARDED_BY(mu_) = iv1::AssignmentStatus::PHASE_FETCHING;
+  int64_t step_ ABSL_GUARDED_BY(mu_) = 0;
+  bool withdrawn_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::unique_ptr<WorkerProcess> worker_ ABSL_GUARDED_BY(mu_);
+  std::deque<Event> events_ ABSL_GUARDED_BY(mu_);
+
+  // Runner-thread state (what the worker said so far).
+  int64_t total_steps_ = 0;
+  v1::TrainingMetrics last_metrics_;
+  std::string reported_checkpoint_;
+  std::optional<ReportEvent> completed_, stopped_, error_;
+  int bad_lines_ = 0;
+};
+
+template <typename Req, typename Resp>
+absl::StatusOr<Resp> TrainerAgent::Runner::Call(
+    grpc::Status (iv1::TrainerControlService::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                            Resp*),
+    const Req& req, bool deliver) {
+  absl::Duration backoff = absl::Milliseconds(100);
+  for (;;) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, agent_.options_.api_key, agent_.options_.rpc_timeout);
+    Resp resp;
+    absl::Status s = rpc::FromGrpcStatus((agent_.scheduler_.get()->*method)(&ctx, req, &resp));
+    if (s.ok()) return resp;
+    bool transient = s.code() == absl::StatusCode::kUnavailable ||
+                     s.code() == absl::StatusCode::kDeadlineExceeded;
+    if (!deliver || !transient) return s;
+    spdlog::warn("assignment={} scheduler call failed, retrying in {}: {}", a_.assignment_id(),
+                 absl::FormatDuration(backoff), s.ToString());
+    absl::MutexLock lock(&mu_);
+    if (mu_.AwaitWithTimeout(absl::Condition(&withdrawn_), backoff)) return s;
+    backoff = std::min(backoff * 2, agent_.options_.max_backoff);
+  }
+}
+
+absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
+  const TrainerAgentOptions& o = agent_.options_;
+  if (!SafeName(a_.job_id()) || !SafeName(a_.assignment_id())) {
+    return absl::InvalidArgumentError(absl::StrCat("assignment '", a_.assignment_id(), "' of job '",
+                                                   a_.job_id(), "': ids must be plain names"));
+  }
+  WorkerSpec spec;
+  spec.job_id = a_.job_id();
+  spec.assignment_id = a_.assignment_id();
+  spec.rank = a_.rank();
+  spec.world_size = std::max(1, a_.world_size());
+  if (!a_.master_address().empty()) spec.master_addr = a_.master_address();
+  spec.master_port = a_.master_port();
+
+  // The base model; a fine-tuned one ("ft:<base>:<suffix>:<job>") is its
+  // base plus the adapter that job published (jobs/<job>/result).
+  std::string base = a_.base_model();
+  if (absl::StartsWith(base, "ft:")) {
+    std::vector<std::string> parts = absl::StrSplit(base, ':');
+    if (parts.size() < 4 || !SafeName(parts[1]) || !SafeName(parts.back())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("base_model '", base, "' is not ft:<base>:<suffix>:<job>"));
+    }
+    spec.init_adapter_dir = absl::StrCat(o.artifacts_dir, "/jobs/", parts.back(), "/result");
+    if (!fs::is_directory(spec.init_adapter_dir)) {
+      return absl::NotFoundError(absl::StrCat("base_model '", base, "': adapter ",
+                                              spec.init_adapter_dir, " does not exist"));
+    }
+    base = parts[1];
+  }
+  if (!SafeName(base)) return absl::InvalidArgumentError(absl::StrCat("base_model '", base, "'"));
+  spec.base_model_dir = absl::StrCat(o.models_dir, "/", base);
+  spec.base_model_id = base;
+  if (!fs::is_directory(spec.base_model_dir)) {
+    return absl::NotFoundError(absl::StrCat("base model '", base, "' is not on node ",
+                                            o.node_name, " (no directory ", spec.base_model_dir,
+                                            ")"));
+  }
+  TF_ASSIGN_OR_RETURN(int64_t vocab, ReadVocabSize(spec.base_model_dir));
+
+  const v1::Hyperparameters& h = a_.hyperparameters();
+  WorkerHyperparameters& w = spec.hyper;
+  if (h.has_epochs()) w.epochs = h.epochs();
+  if (h.has_batch_size()) w.batch_size = h.batch_size();
+  if (h.has_micro_batch_size()) w.micro_batch_size = h.micro_batch_size();
+  if (h.has_learning_rate()) w.learning_rate = h.learning_rate();
+  if (h.has_warmup_ratio()) w.warmup_ratio = h.warmup_ratio();
+  if (h.has_lora_rank()) w.lora_rank = h.lora_rank();
+  if (h.has_lora_alpha()) w.lora_alpha = h.lora_alpha();
+  if (h.has_lora_dropout()) w.lora_dropout = h.lora_dropout();
+  for (const std::string& m : h.lora_target_modules()) w.lora_target_modules.push_back(m);
+  if (h.has_max_sequence_length()) w.max_sequence_length = h.max_sequence_length();
+  if (h.has_seed()) w.seed = h.seed();
+  if (h.has_checkpoint_interval_steps()) w.checkpoint_interval_steps = h.checkpoint_interval_steps();
+  if (h.has_eval_interval_steps()) w.eval_interval_steps = h.eval_interval_steps();
+  spec.method = a_.method() == v1::TRAINING_METHOD_FULL ? TrainingMethod::kFull : TrainingMethod::kLora;
+  spec.task = a_.task() == v1::TRAINING_TASK_CLASSIFICATION ? TrainingTask::kClassification
+                                                            : TrainingTask::kChat;
+  if (!o.gpus.empty()) {
+    spec.device = a_.gpu_indices_size() > 0 ? absl::StrCat("cuda:", a_.gpu_indices(0)) : "cuda";
+  }
+
+  const std::string job_root = absl::StrCat(o.artifacts_dir, "/jobs/", a_.job_id());
+  spec.output_dir = job_root + "/result";
+  spec.checkpoint_root = job_root + "/checkpoints";
+  if (!a_.resume_checkpoint().empty()) {
+    if (!SafeArtifact(a_.resume_checkpoint())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("resume_checkpoint '", a_.resume_checkpoint(), "' is not an artifact name"));
+    }
+    spec.resume_from = absl::StrCat(o.artifacts_dir, "/", a_.resume_checkpoint());
+  }
+  // Checked before any download (with a stand-in for the shards), so that
+  // a bad value fails fast and names itself.
+  {
+    WorkerSpec preflight = spec;
+    preflight.train_shards = {"(fetched next)"};
+    TF_RETURN_IF_ERROR(ValidateWorkerSpec(preflight));
+  }
+
+  ShardFetchRequest req;
+  req.tenant = a_.tenant();
+  req.base_model = base;
+  req.max_sequence_length = static_cast<int32_t>(w.max_sequence_length);
+  req.rank = static_cast<int32_t>(spec.rank);
+  req.world_size = static_cast<int32_t>(spec.world_size);
+  req.vocab_size = vocab;
+  for (const auto& [field, file, out] :
+       {std::make_tuple("training_file", a_.training_file(), &spec.train_shards),
+        std::make_tuple("validation_file", a_.validation_file(), &spec.valid_shards)}) {
+    if (file.empty()) continue;
+    req.file_id = file;
+    absl::StatusOr<FetchedShard> shard = agent_.fetcher_.Fetch(req, &cancel_);
+    if (!shard.ok()) {
+      return absl::Status(shard.status().code(), absl::StrCat(field, " ", file, ": ",
+                                                              shard.status().message()));
+    }
+    out->push_back(shard->path);
+  }
+  if (spec.train_shards.empty()) {
+    return absl::InvalidArgumentError("training_file: the assignment names none");
+  }
+  TF_RETURN_IF_ERROR(ValidateWorkerSpec(spec));
+  return spec;
+}
+
+void TrainerAgent::Runner::Run() {
+  const TrainerAgentOptions& o = agent_.options_;
+  spdlog::info("assignment={} job={} rank={}/{} fetching", a_.assignment_id(), a_.job_id(),
+               a_.rank(), a_.world_size());
+  absl::StatusOr<WorkerSpec> spec = Prepare();
+  std::string work_dir = absl::StrCat(o.data_dir, "/work/", a_.assignment_id());
+  if (spec.ok()) {
+    std::error_code ec;
+    fs::create_directories(work_dir, ec);
+    absl::Status written = WriteWorkerSpecFile(*spec, work_dir + "/spec.json");
+    if (!written.ok()) spec = written;
+  }
+  if (withdrawn()) {
+    SetPhase(iv1::AssignmentStatus::PHASE_EXITED);
+    absl::MutexLock lock(&mu_);
+    done_ = true;
+    return;
+  }
+  if (!spec.ok()) {
+    spdlog::error("assignment={} job={} cannot start: {}", a_.assignment_id(), a_.job_id(),
+                  spec.status().ToString());
+    std::string code = spec.status().code() == absl::StatusCode::kInvalidArgument ||
+                               spec.status().code() == absl::StatusCode::kNotFound
+                           ? "invalid_assignment"
+                           : "fetch_failed";
+    Complete(false, MakeError(code, std::string(spec.status().message())), "", 0);
+    return;
+  }
+
+  WorkerProcessOptions wo;
+  wo.argv = {o.worker_binary, "--spec", work_dir + "/spec.json", "--report_fd", "3"};
+  wo.report_fd = 3;
+  wo.env = {"OMP_WAIT_POLICY=PASSIVE"};
+  wo.log_file = log_file_ = work_dir + "/worker.log";
+  wo.report_timeout = o.worker_timeout;
+  absl::Status started;
+  bool stopped_early = false, withdrawn_early = false;
+  {
+    absl::MutexLock lock(&mu_);
+    stopped_early = stop_requested_;
+    withdrawn_early = withdrawn_;
+    if (!stopped_early && !withdrawn_early) {
+      // Started under the lock, so that a Withdraw either comes first (no
+      // worker) or finds the worker to kill.
+      auto worker = WorkerProcess::Start(
+          wo,
+          [this](std::string line) {
+            absl::MutexLock l(&mu_);
+            events_.push_back(Event{std::move(line), std::nullopt});
+          },
+          [this](const WorkerExit& exit) {
+            absl::MutexLock l(&mu_);
+            events_.push_back(Event{std::nullopt, exit});
+          });
+      if (worker.ok()) {
+        worker_ = std::move(*worker);
+        phase_ = iv1::AssignmentStatus::PHASE_RUNNING;
+        spdlog::info("assignment={} job={} worker pid={} started (log {})", a_.assignment_id(),
+                     a_.job_id(), worker_->pid(), log_file_);
+      } else {
+        started = worker.status();
+      }
+    }
+  }
+  if (withdrawn_early) {
+    absl::MutexLock lock(&mu_);
+    phase_ = iv1::AssignmentStatus::PHASE_EXITED;
+    done_ = true;
+    return;
+  }
+  if (stopped_early) {
+    // Asked to stop before it started: nothing ran, nothing to save.
+    Complete(false, MakeError("stopped", "stopped before the worker started"), "", 0);
+    return;
+  }
+  if (!started.ok()) {
+    Complete(false, MakeError("worker_failed_to_start", std::string(started.message())), "", 0);
+    return;
+  }
+  for (;;) {
+    Event e;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](std::deque<Event>* q) { return !q->empty(); }, &events_));
+      e = std::move(events_.front());
+      events_.pop_front();
+    }
+    if (e.line) {
+      HandleLine(*e.line);
+    } else {
+      Finish(*e.exit);
+      return;
+    }
+  }
+}
+
+void TrainerAgent::Runner::HandleLine(const std::string& line) {
+  absl::StatusOr<ReportEvent> parsed = ParseReportLine(line);
+  if (!parsed.ok()) {
+    if (++bad_lines_ <= 5) {
+      spdlog::warn("assignment={} unreadable worker report: {}", a_.assignment_id(),
+                   parsed.status().ToString());
+    }
+    return;
+  }
+  const ReportEvent& ev = *parsed;
+  if (withdrawn()) return;
+  switch (ev.kind) {
+    case ReportKind::kStarted: {
+      total_steps_ = ev.total_steps;
+      absl::MutexLock lock(&mu_);
+      step_ = ev.resumed_step;
+      break;
+    }
+    case ReportKind::kProgress:
+    case ReportKind::kEval: {
+      if (ev.total_steps > 0) total_steps_ = ev.total_steps;
+      v1::TrainingMetrics& m = last_metrics_;
+      m.set_step(ev.step);
+      m.set_epoch(ev.epoch);
+      if (ev.kind == ReportKind::kProgress) {
+        if (ev.train_loss) {
+          m.set_train_loss(*ev.train_loss);
+          m.set_train_perplexity(std::exp(*ev.train_loss));
+        }
+        if (ev.train_token_accuracy) m.set_train_token_accuracy(*ev.train_token_accuracy);
+        if (ev.learning_rate) m.set_learning_rate(*ev.learning_rate);
+        if (ev.tokens_per_second) m.set_tokens_per_second(*ev.tokens_per_second);
+        if (ev.trained_tokens > 0) m.set_trained_tokens(ev.trained_tokens);
+      } else {
+        if (ev.valid_loss) m.set_valid_loss(*ev.valid_loss);
+        if (ev.valid_token_accuracy) m.set_valid_token_accuracy(*ev.valid_token_accuracy);
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        step_ = ev.step;
+      }
+      iv1::ReportProgressRequest req;
+      req.set_assignment_id(a_.assignment_id());
+      *req.mutable_metrics() = m;
+      req.set_total_steps(total_steps_);
+      if (ev.kind == ReportKind::kEval) {
+        req.set_message(absl::StrCat("step ", ev.step, "/", total_steps_, " evaluation"));
+      }
+      // Progress is best effort: the next report carries the same figures.
+      auto resp = Call(&iv1::TrainerControlService::Stub::ReportProgress, req, false);
+      if (!resp.ok()) {
+        spdlog::warn("assignment={} progress not delivered: {}", a_.assignment_id(),
+                     resp.status().ToString());
+      } else if (!resp->keep_running()) {
+        spdlog::info("assignment={} job={}: the scheduler says stop", a_.assignment_id(),
+                     a_.job_id());
+        CheckpointAndStop();
+      }
+      break;
+    }
+    case ReportKind::kCheckpoint: {
+      v1::TrainingMetrics m = last_metrics_;
+      m.set_step(ev.step);
+      m.set_epoch(ev.epoch);
+      FillMetrics(ev.metrics, &m);
+      ReportCheckpoint(ev.step, ev.checkpoint_dir, m);
+      break;
+    }
+    case ReportKind::kCompleted:
+      completed_ = ev;
+      break;
+    case ReportKind::kStopped:
+      stopped_ = ev;
+      if (!ev.checkpoint_dir.empty() && ev.checkpoint_dir != reported_checkpoint_) {
+        v1::TrainingMetrics m = last_metrics_;
+        m.set_step(ev.step);
+        ReportCheckpoint(ev.step, ev.checkpoint_dir, m);
+      }
+      break;
+    case ReportKind::kError:
+      error_ = ev;
+      break;
+  }
+}
+
+void TrainerAgent::Runner::ReportCheckpoint(int64_t step, const std::string& dir,
+                                            const v1::TrainingMetrics& metrics) {
+  std::string artifact = ArtifactName(agent_.options_.artifacts_dir, dir);
+  if (artifact.empty()) {
+    spdlog::error("assignment={} checkpoint {} is outside --artifacts_dir {}; not reported",
+                  a_.assignment_id(), dir, agent_.options_.artifacts_dir);
+    return;
+  }
+  iv1::ReportCheckpointRequest req;
+  req.set_assignment_id(a_.assignment_id());
+  req.set_step(step);
+  req.set_artifact(artifact);
+  *req.mutable_metrics() = metrics;
+  auto resp = Call(&iv1::TrainerControlService::Stub::ReportCheckpoint, req, true);
+  if (resp.ok()) {
+    reported_checkpoint_ = dir;
+    spdlog::info("assignment={} job={} checkpoint step={} artifact={} id={}", a_.assignment_id(),
+                 a_.job_id(), step, artifact, resp->checkpoint_id());
+  } else {
+    spdlog::warn("assignment={} checkpoint {} not reported: {}", a_.assignment_id(), artifact,
+                 resp.status().ToString());
+  }
+}
+
+void TrainerAgent::Runner::Finish(const WorkerExit& exit) {
+  int64_t step;
+  {
+    absl::MutexLock lock(&mu_);
+    phase_ = iv1::AssignmentStatus::PHASE_EXITED;
+    step = step_;
+    if (withdrawn_) {
+      spdlog::info("assignment={} job={} worker stopped ({})", a_.assignment_id(), a_.job_id(),
+                   exit.Describe());
+      done_ = true;
+      return;
+    }
+  }
+  spdlog::info("assignment={} job={} worker {} at step {}", a_.assignment_id(), a_.job_id(),
+               exit.Describe(), step);
+  if (exit.success() && completed_) {
+    std::string result;
+    if (!completed_->result_dir.empty()) {
+      result = ArtifactName(agent_.options_.artifacts_dir, completed_->result_dir);
+      if (result.empty()) {
+        Complete(false,
+                 MakeError("result_outside_artifacts",
+                           absl::StrCat("the worker published its result at ", completed_->result_dir,
+                                        ", outside --artifacts_dir ", agent_.options_.artifacts_dir)),
+                 "", completed_->trained_tokens);
+        return;
+      }
+    }
+    Complete(true, v1::Error(), result, completed_->trained_tokens);
+    return;
+  }
+  if (exit.success() && stopped_) {
+    Complete(false,
+             MakeError("stopped", absl::StrCat("checkpointed at step ", stopped_->step,
+                                               " and stopped on request")),
+             "", 0);
+    return;
+  }
+  if (error_) {
+    std::string code = absl::AsciiStrToLower(error_->code.empty() ? "unknown" : error_->code);
+    Complete(false, MakeError(code, absl::StrCat(error_->message, " (worker ", exit.Describe(), ")")),
+             "", 0);
+    return;
+  }
+  std::string message = absl::StrCat("worker ", exit.Describe(), " at step ", step);
+  if (exit.success()) absl::StrAppend(&message, " without reporting completion");
+  std::string last = LastLogLine(log_file_);
+  if (!last.empty() && !exit.hung) absl::StrAppend(&message, "; its last output: ", last);
+  Complete(false, MakeError(exit.hung ? "worker_hung" : "worker_crashed", message), "", 0);
+}
+
+void TrainerAgent::Runner::Complete(bool succeeded, const v1::Error& error,
+                                    const std::string& result_artifact, int64_t trained_tokens) {
+  iv1::CompleteAssignmentRequest req;
+  req.set_assignment_id(a_.assignment_id());
+  req.set_succeeded(succeeded);
+  if (!succeeded) *req.mutable_error() = error;
+  req.set_result_artifact(result_artifact);
+  req.set_trained_tokens(trained_tokens);
+  auto resp = Call(&iv1::TrainerControlService::Stub::CompleteAssignment, req, true);
+  if (resp.ok()) {
+    spdlog::info("assignment={} job={} reported {}{}", a_.assignment_id(), a_.job_id(),
+                 succeeded ? "success" : "failure: ", succeeded ? result_artifact : error.message());
+  } else {
+    spdlog::warn("assignment={} completion not delivered: {}", a_.assignment_id(),
+                 resp.status().ToString());
+  }
+  absl::MutexLock lock(&mu_);
+  phase_ = iv1::AssignmentStatus::PHASE_EXITED;
+  done_ = true;
+}
+
+// ---------------------------------------------------------------------------
+
+TrainerAgent::TrainerAgent(TrainerAgentOptions options, std::shared_ptr<grpc::Channel> scheduler,
+                           std::shared_ptr<grpc::Channel> dataset)
+    : options_([&] {
+        options.shards.cache_dir = options.data_dir + "/shards";
+        options.shards.api_key = options.api_key;
+        return std::move(options);
+      }()),
+      scheduler_(iv1::TrainerControlService::NewStub(scheduler)),
+      fetcher_(options_.shards, std::move(dataset)) {}
+
+TrainerAgent::~TrainerAgent() { Stop(); }
+
+void TrainerAgent::Start(const std::string& agent_address) {
+  {
+    absl::MutexLock lock(&mu_);
+    agent_address_ = agent_address;
+  }
+  control_ = std::thread([this] { ControlLoop(); });
+}
+
+void TrainerAgent::Stop() {
+  std::map<std::string, std::unique_ptr<Runner>> runners;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    if (inflight_ != nullptr) inflight_->TryCancel();
+    runners.swap(runners_);
+  }
+  for (auto& [id, r] : runners) r->Withdraw();
+  runners.clear();  // joins
+  if (control_.joinable()) control_.join();
+}
+
+bool TrainerAgent::SleepFor(absl::Duration d) {
+  absl::MutexLock lock(&mu_);
+  return !mu_.AwaitWithTimeout(absl::Condition(&stopping_), d);
+}
+
+bool TrainerAgent::Register() {
+  absl::Duration backoff = absl::Milliseconds(100);
+  iv1::RegisterNodeRequest req;
+  req.set_node_name(options_.node_name);
+  for (const auto& g : options_.gpus) *req.add_gpus() = g;
+  req.set_slots(options_.gpus.empty() ? options_.slots : 0);
+  {
+    absl::MutexLock lock(&mu_);
+    req.set_agent_address(agent_address_);
+  }
+  for (;;) {
+    iv1::RegisterNodeResponse resp;
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, options_.api_key, options_.rpc_timeout);
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return false;
+      inflight_ = &ctx;
+    }
+    absl::Status s = rpc::FromGrpcStatus(scheduler_->RegisterNode(&ctx, req, &resp));
+    {
+      absl::MutexLock lock(&mu_);
+      inflight_ = nullptr;
+      if (s.ok()) {
+        node_id_ = resp.node_id();
+        if (resp.heartbeat_interval_ms() > 0) {
+          heartbeat_interval_ = absl::Milliseconds(resp.heartbeat_interval_ms());
+        }
+        spdlog::info("node={} registered as {} (heartbeat every {})", options_.node_name,
+                     node_id_, absl::FormatDuration(heartbeat_interval_));
+        return true;
+      }
+    }
+    spdlog::warn("node={} registration failed, retrying in {}: {}", options_.node_name,
+                 absl::FormatDuration(backoff), s.ToString());
+    if (!SleepFor(backoff)) return false;
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+iv1::HeartbeatRequest TrainerAgent::HeartbeatRequest() const {
+  iv1::HeartbeatRequest req;
+  absl::MutexLock lock(&mu_);
+  req.set_node_id(node_id_);
+  for (const auto& [id, r] : runners_) *req.add_assignments() = r->Status();
+  for (const std::string& id : finished_) {
+    iv1::AssignmentStatus* s = req.add_assignments();
+    s->set_assignment_id(id);
+    s->set_phase(iv1::AssignmentStatus::PHASE_EXITED);
+  }
+  return req;
+}
+
+void TrainerAgent::ControlLoop() {
+  absl::Duration backoff = absl::Milliseconds(100);
+  for (;;) {
+    bool registered;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      registered = !node_id_.empty();
+    }
+    if (!registered) {
+      if (!Register()) return;
+      continue;
+    }
+    iv1::HeartbeatRequest req = HeartbeatRequest();
+    iv1::HeartbeatResponse resp;
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, options_.api_key, options_.rpc_timeout);
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      inflight_ = &ctx;
+    }
+    absl::Status s = rpc::FromGrpcStatus(scheduler_->Heartbeat(&ctx, req, &resp));
+    absl::Duration interval;
+    {
+      absl::MutexLock lock(&mu_);
+      inflight_ = nullptr;
+      interval = heartbeat_interval_;
+      if (s.ok()) last_heartbeat_ = absl::Now();
+    }
+    if (s.ok()) {
+      backoff = absl::Milliseconds(100);
+      Reconcile(resp);
+      if (!SleepFor(interval)) return;
+    } else if (absl::IsNotFound(s)) {
+      spdlog::warn("node={} the scheduler does not know this node; registering again: {}",
+                   options_.node_name, s.ToString());
+      absl::MutexLock lock(&mu_);
+      node_id_.clear();
+    } else {
+      spdlog::warn("node={} heartbeat failed, retrying in {}: {}", options_.node_name,
+                   absl::FormatDuration(backoff), s.ToString());
+      if (!SleepFor(backoff)) return;
+      backoff = std::min(backoff * 2, options_.max_backoff);
+    }
+  }
+}
+
+void TrainerAgent::Reconcile(const iv1::HeartbeatResponse& response) {
+  std::map<std::string, const iv1::Assignment*> desired;
+  for (const auto& a : response.assignments()) desired[a.assignment_id()] = &a;
+  std::set<std::string> stop(response.checkpoint_and_stop().begin(),
+                             response.checkpoint_and_stop().end());
+  std::vector<std::unique_ptr<Runner>> ended;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    for (auto it = runners_.begin(); it != runners_.end();) {
+      Runner& r = *it->second;
+      if (!desired.count(it->first)) {
+        spdlog::info("assignment={} is no longer desired; stopping its worker", it->first);
+        r.Withdraw();
+      } else if (stop.count(it->first)) {
+        r.CheckpointAndStop();
+      }
+      if (r.done()) {
+        if (desired.count(it->first)) finished_.insert(it->first);
+        ended.push_back(std::move(it->second));
+        it = runners_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = finished_.begin(); it != finished_.end();) {
+      it = desired.count(*it) ? std::next(it) : finished_.erase(it);
+    }
+    for (const auto& [id, a] : desired) {
+      if (runners_.count(id) || finished_.count(id)) continue;
+      auto runner = std::make_unique<Runner>(this, *a);
+      if (stop.count(id)) runner->CheckpointAndStop();
+      runner->Start();
+      runners_[id] = std::move(runner);
+    }
+  }
+  ended.clear();  // joins finished runner threads outside the lock
+}
+
+iv1::NodeStatus TrainerAgent::Status() const {
+  iv1::NodeStatus s;
+  absl::MutexLock lock(&mu_);
+  s.set_node_id(node_id_);
+  s.set_node_name(options_.node_name);
+  for (const auto& g : options_.gpus) *s.add_gpus() = g;
+  for (const auto& [id, r] : runners_) *s.add_assignments() = r->Status();
+  for (const std::string& id : finished_) {
+    iv1::AssignmentStatus* a = s.add_assignments();
+    a->set_assignment_id(id);
+    a->set_phase(iv1::AssignmentStatus::PHASE_EXITED);
+  }
+  if (last_heartbeat_ != absl::InfinitePast()) {
+    s.mutable_last_heartbeat()->set_seconds(absl::ToUnixSeconds(last_heartbeat_));
+  }
+  return s;
+}
+
+}  // namespace tunefleet::trainer
