@@ -254,17 +254,18 @@ absl::StatusOr<JobRecord*> Scheduler::FindJob(const std::string& tenant,
   return &it->second;
 }
 
-v1::Job Scheduler::View(const std::string& id, const JobRecord& j) {
+v1::Job Scheduler::View(const std::string& id, const JobRecord& j, bool with_position) {
   v1::Job job = j.job;
-  if (job.state() == v1::JOB_STATE_QUEUED) {
-    std::vector<QueuedJob> queue;
+  if (with_position && job.state() == v1::JOB_STATE_QUEUED) {
+    // 1 + the queued jobs ahead in queue order (priority, then age).
+    int32_t ahead = 0;
     for (const auto& [qid, q] : jobs_) {
-      if (q.job.state() == v1::JOB_STATE_QUEUED)
-        queue.push_back(QueuedJob{qid, q.job.priority(), q.queue_seq, q.job.gpus()});
+      if (q.job.state() != v1::JOB_STATE_QUEUED || qid == id) continue;
+      if (q.job.priority() > j.job.priority() ||
+          (q.job.priority() == j.job.priority() && q.queue_seq < j.queue_seq))
+        ++ahead;
     }
-    SortQueue(queue);
-    for (size_t i = 0; i < queue.size(); ++i)
-      if (queue[i].id == id) job.set_queue_position(static_cast<int32_t>(i + 1));
+    job.set_queue_position(ahead + 1);
   }
   return job;
 }
@@ -466,7 +467,7 @@ absl::Status Scheduler::Transition(Txn& t, const std::string& job_id, JobTrigger
 absl::StatusOr<v1::Job> Scheduler::GetJob(const std::string& tenant, const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   TF_ASSIGN_OR_RETURN(JobRecord * j, FindJob(tenant, job_id));
-  return View(job_id, *j);
+  return View(job_id, *j, /*with_position=*/true);
 }
 
 absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tenant,
@@ -489,7 +490,7 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
   std::sort(mine.rbegin(), mine.rend());
   v1::ListJobsResponse resp;
   for (size_t i = 0; i < mine.size() && static_cast<int>(i) < page; ++i)
-    *resp.add_jobs() = View(mine[i].second, jobs_.at(mine[i].second));
+    *resp.add_jobs() = View(mine[i].second, jobs_.at(mine[i].second), /*with_position=*/true);
   if (static_cast<int>(mine.size()) > page) resp.set_next_page_token(absl::StrCat(mine[page - 1].first));
   return resp;
 }
@@ -1079,6 +1080,9 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
     const std::string& job_id = a.job_id();
     v1::JobState s = jobs_.at(job_id).job.state();
     if (req.trained_tokens() > 0 && a.rank() == 0) t.Job(job_id).job.set_trained_tokens(req.trained_tokens());
+    if (req.has_evaluation() && req.succeeded() && a.rank() == 0) {
+      *t.Job(job_id).job.mutable_evaluation() = req.evaluation();
+    }
     if (req.succeeded() && a.rank() == 0 &&
         (s == v1::JOB_STATE_RUNNING || s == v1::JOB_STATE_PAUSING)) {
       t.DeleteAssignment(a.assignment_id());

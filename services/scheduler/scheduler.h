@@ -147,7 +147,10 @@ class Scheduler {
   // Helpers; all need mu_.
   absl::StatusOr<JobRecord*> FindJob(const std::string& tenant, const std::string& job_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  v1::Job View(const std::string& id, const JobRecord& j) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The caller's view; the queue position costs a pass over the jobs, so
+  // only reads ask for it.
+  v1::Job View(const std::string& id, const JobRecord& j, bool with_position = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::Model ModelView(const ModelRecord& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::Model BaseModelView(const BaseModel& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Transition(Txn& t, const std::string& job_id, JobTrigger trigger,

@@ -209,67 +209,76 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
   return s;
 }
 
+absl::Status SchedulerStore::Exec(const char* sql, std::initializer_list<store::Value> params) {
+  auto it = statements_.find(sql);
+  if (it == statements_.end()) {
+    TF_ASSIGN_OR_RETURN(store::Statement st, db_->Prepare(sql));
+    it = statements_.emplace(sql, std::move(st)).first;
+  }
+  return it->second.Execute(std::vector<store::Value>(params)).status();
+}
+
 absl::StatusOr<int64_t> SchedulerStore::Commit(const Batch& b) {
+  absl::MutexLock lock(&commit_mu_);
   if (b.empty()) return committed_.load();
   TF_ASSIGN_OR_RETURN(store::Transaction txn, db_->Begin());
   for (const auto& [id, j] : b.jobs) {
-    TF_RETURN_IF_ERROR(db_->Execute(
+    TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO jobs (id, tenant, request_id, queue_seq, resume_artifact, retries, "
         "attempt, held_files, last_event_seq, state, proto) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         {id, j.tenant, j.request_id, j.queue_seq, j.resume_artifact, j.retries, j.attempt,
          absl::StrJoin(j.held_files, ","), j.last_event_seq, static_cast<int>(j.job.state()),
-         Value::Blob(j.job.SerializeAsString())}).status());
+         Value::Blob(j.job.SerializeAsString())}));
   }
   for (const auto& [job_id, e] : b.events) {
-    TF_RETURN_IF_ERROR(db_->Execute("INSERT INTO job_events (job_id, seq, proto) VALUES (?,?,?)",
-                                    {job_id, e.sequence(), Value::Blob(e.SerializeAsString())})
-                           .status());
+    TF_RETURN_IF_ERROR(Exec("INSERT INTO job_events (job_id, seq, proto) VALUES (?,?,?)",
+                            {job_id, e.sequence(), Value::Blob(e.SerializeAsString())}));
   }
   for (const auto& c : b.checkpoints) {
-    TF_RETURN_IF_ERROR(db_->Execute(
+    TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO checkpoints (id, job_id, tenant, artifact, proto) VALUES (?,?,?,?,?)",
         {c.checkpoint.id(), c.checkpoint.job_id(), c.tenant, c.artifact,
-         Value::Blob(c.checkpoint.SerializeAsString())}).status());
+         Value::Blob(c.checkpoint.SerializeAsString())}));
   }
   for (const auto& m : b.models) {
-    TF_RETURN_IF_ERROR(db_->Execute(
+    TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO models (id, tenant, artifact, proto) VALUES (?,?,?,?)",
-        {m.model.id(), m.tenant, m.artifact, Value::Blob(m.model.SerializeAsString())}).status());
+        {m.model.id(), m.tenant, m.artifact, Value::Blob(m.model.SerializeAsString())}));
   }
   for (const auto& id : b.deleted_models) {
-    TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM models WHERE id = ?", {id}).status());
+    TF_RETURN_IF_ERROR(Exec("DELETE FROM models WHERE id = ?", {id}));
   }
   for (const auto& d : b.deployments) {
-    TF_RETURN_IF_ERROR(db_->Execute(
+    TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO deployments (id, tenant, base_artifact, adapter_artifact, proto) "
         "VALUES (?,?,?,?,?)",
         {d.deployment.id(), d.tenant, d.base_artifact, d.adapter_artifact,
-         Value::Blob(d.deployment.SerializeAsString())}).status());
+         Value::Blob(d.deployment.SerializeAsString())}));
   }
   for (const auto& id : b.deleted_deployments) {
-    TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM deployments WHERE id = ?", {id}).status());
+    TF_RETURN_IF_ERROR(Exec("DELETE FROM deployments WHERE id = ?", {id}));
   }
   for (const auto& a : b.assignments) {
-    TF_RETURN_IF_ERROR(db_->Execute(
+    TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO assignments (id, job_id, node_id, stopping, proto) VALUES (?,?,?,?,?)",
         {a.assignment.assignment_id(), a.assignment.job_id(), a.node_id, a.stopping ? 1 : 0,
-         Value::Blob(a.assignment.SerializeAsString())}).status());
+         Value::Blob(a.assignment.SerializeAsString())}));
   }
   for (const auto& id : b.deleted_assignments) {
-    TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM assignments WHERE id = ?", {id}).status());
+    TF_RETURN_IF_ERROR(Exec("DELETE FROM assignments WHERE id = ?", {id}));
   }
   for (const auto& n : b.nodes) {
-    TF_RETURN_IF_ERROR(db_->Execute(
+    TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO nodes (id, name, address, slots) VALUES (?,?,?,?)",
-        {n.id, n.name, n.address, n.slots}).status());
+        {n.id, n.name, n.address, n.slots}));
   }
   for (const auto& id : b.deleted_nodes) {
-    TF_RETURN_IF_ERROR(db_->Execute("DELETE FROM nodes WHERE id = ?", {id}).status());
+    TF_RETURN_IF_ERROR(Exec("DELETE FROM nodes WHERE id = ?", {id}));
   }
   for (const auto& r : b.replicas) {
-    TF_RETURN_IF_ERROR(db_->Execute(
+    TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO replicas (id, name, address) VALUES (?,?,?)",
-        {r.id, r.name, r.address}).status());
+        {r.id, r.name, r.address}));
   }
   TF_RETURN_IF_ERROR(txn.Commit());
   return ++committed_;

@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -141,7 +142,12 @@ class SchedulerStore {
   SchedulerStore(std::unique_ptr<store::Database> db, bool group_sync)
       : db_(std::move(db)), group_sync_(group_sync) {}
   absl::Status FsyncWal() ABSL_LOCKS_EXCLUDED(sync_mu_);
+  // Runs `sql` through a statement prepared once (keyed by the literal).
+  absl::Status Exec(const char* sql, std::initializer_list<store::Value> params)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
   std::unique_ptr<store::Database> db_;
+  absl::Mutex commit_mu_;
+  std::map<const char*, store::Statement> statements_ ABSL_GUARDED_BY(commit_mu_);
   const bool group_sync_;
   std::atomic<int64_t> committed_{0};
   absl::Mutex sync_mu_;

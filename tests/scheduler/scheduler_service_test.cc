@@ -350,7 +350,7 @@ TEST_F(SchedulerServiceTest, LifecycleFromJobToDeploymentAndDelete) {
   auto job = CreateJob(a_.key, JobRequest(file->id()));
   ASSERT_THAT(job, IsOk());
   EXPECT_EQ(job->state(), v1::JOB_STATE_QUEUED);
-  EXPECT_EQ(job->queue_position(), 1);
+  EXPECT_EQ(GetJob(a_.key, job->id())->queue_position(), 1);
   EXPECT_EQ(job->total_steps(), 100);  // 20 examples, auto: 5 epochs of batch 1
   EXPECT_DOUBLE_EQ(job->hyperparameters().learning_rate(), kLoraBaseLearningRate);
 
