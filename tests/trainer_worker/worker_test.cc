@@ -1,6 +1,8 @@
 // The training worker as the agent runs it: a real tunefleet-train-worker
 // process on a tiny Phi-3 with the Phi-3 tokenizer, reporting on a pipe.
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -14,6 +16,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -109,10 +112,12 @@ class WorkerTest : public ::testing::Test {
     delete dir_;
   }
 
-  static void WriteShard(const std::string& path, int64_t vocab) {
+  static void WriteShard(const std::string& path, int64_t vocab, size_t begin = 0,
+                         size_t end = kChats.size()) {
     auto w = ShardFileWriter::Create(path, vocab);
     ASSERT_TRUE(w.ok()) << w.status();
-    for (const auto& [q, a] : kChats) {
+    for (size_t i = begin; i < end; ++i) {
+      const auto& [q, a] = kChats[i];
       std::vector<text::ChatMessage> m = {{"user", q, {}}, {"assistant", a, {}}};
       auto t = chat_->Tokenize(m);
       ASSERT_TRUE(t.ok()) << t.status();
@@ -457,6 +462,75 @@ TEST_F(WorkerTest, BadInputIsAClearErrorNeverACrash) {
     s.resume_from = c->checkpoint_dir;
     expect_error(RunWorker(s, "corrupt-resume"), "INVALID_ARGUMENT", "optimizer.safetensors");
   }
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Two Gloo ranks on loopback, each holding half of the examples (as the
+// dataset service's StreamShard splits them) and accumulating micro-batches,
+// end where one rank with the whole set ends.
+TEST_F(WorkerTest, TwoGlooRanksEqualOneRank) {
+  WorkerSpec one = BaseSpec("one");
+  one.hyper.batch_size = 4;
+  one.hyper.lora_dropout = 0;
+  one.hyper.epochs = 2;  // 2 steps per epoch
+  RunResult single = RunWorker(one, "one");
+  ASSERT_EQ(single.exit_code, 0) << single.stderr_tail;
+
+  std::vector<std::string> parts = {run_dir_.Join("part0.shard"), run_dir_.Join("part1.shard")};
+  WriteShard(parts[0], chat_->tokenizer().vocab_size(), 0, 3);
+  WriteShard(parts[1], chat_->tokenizer().vocab_size(), 3, kChats.size());
+  const int port = FreePort();
+  std::vector<WorkerSpec> specs;
+  for (int r = 0; r < 2; ++r) {
+    WorkerSpec s = one;
+    s.output_dir = run_dir_.Join("ddp/result");
+    s.checkpoint_root = run_dir_.Join("ddp/checkpoints");
+    s.rank = r;
+    s.world_size = 2;
+    s.master_addr = "127.0.0.1";
+    s.master_port = port;
+    s.hyper.micro_batch_size = 1;
+    s.train_shards = {parts[r]};
+    s.collective_timeout_s = 60;
+    specs.push_back(s);
+  }
+  RunResult rank1;
+  std::thread t([&] { rank1 = RunWorker(specs[1], "rank1"); });
+  RunResult rank0 = RunWorker(specs[0], "rank0");
+  t.join();
+  ASSERT_EQ(rank0.exit_code, 0) << rank0.stderr_tail;
+  ASSERT_EQ(rank1.exit_code, 0) << rank1.stderr_tail;
+  const auto want = single.Losses();
+  ASSERT_EQ(want.size(), 4u);
+  for (const RunResult* r : {&rank0, &rank1}) {
+    const auto got = r->Losses();
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [step, loss] : got) EXPECT_NEAR(loss, want.at(step), 1e-5) << "step " << step;
+    ASSERT_NE(r->Last(ReportKind::kCompleted), nullptr);
+    EXPECT_EQ(r->Last(ReportKind::kCompleted)->trained_tokens,
+              single.Last(ReportKind::kCompleted)->trained_tokens);
+  }
+  auto decoder = model::Decoder::Load(model_dir_);
+  ASSERT_TRUE(decoder.ok());
+  auto a = model::LoraAdapter::Load(single.Last(ReportKind::kCompleted)->result_dir, decoder->config());
+  auto b = model::LoraAdapter::Load(rank0.Last(ReportKind::kCompleted)->result_dir, decoder->config());
+  ASSERT_TRUE(a.ok() && b.ok());
+  double diff = 0;
+  for (size_t i = 0; i < a->Parameters().size(); ++i)
+    diff = std::max(diff, (a->Parameters()[i] - b->Parameters()[i]).abs().max().item<double>());
+  EXPECT_LT(diff, 1e-3);  // as in GradientAccumulationEqualsTheWholeBatch
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "common/text/chat_template.h"
 #include "services/trainer/worker/checkpoint.h"
 #include "services/trainer/worker/data.h"
+#include "services/trainer/worker/distributed.h"
 #include "services/trainer/worker/file_hash.h"
 #include "services/trainer/worker/optimizer.h"
 
@@ -106,6 +107,13 @@ class Run {
   std::vector<at::Tensor> params_;
   std::unique_ptr<AdamW> optimizer_;
   std::optional<Checkpoint> resume_;
+  std::unique_ptr<Collectives> coll_;
+  // The ranks' parts of the training set are consecutive ranges of one
+  // global example list (as the dataset service splits them): this rank
+  // holds [part_begin_, part_begin_ + train_->size()) of global_n_.
+  int64_t global_n_ = 0, part_begin_ = 0;
+  bool AnyStopRequested();
+  absl::Status SumOverRanks(std::vector<double>& values);
   int64_t per_rank_batch_ = 0, steps_per_epoch_ = 0, total_steps_ = 0;
   TrainerState state_;
   std::vector<int64_t> order_;
@@ -187,11 +195,18 @@ absl::Status Run::Setup() {
     return absl::UnimplementedError(
         absl::StrCat("task ", TaskName(spec_.task), ": not implemented by this worker yet"));
   }
-  if (spec_.world_size != 1) {
-    return absl::UnimplementedError("world_size > 1: distributed training is not implemented yet");
+  TF_ASSIGN_OR_RETURN(coll_, JoinProcessGroup(spec_));
+  {
+    std::vector<double> sizes(static_cast<size_t>(spec_.world_size), 0.0);
+    sizes[static_cast<size_t>(spec_.rank)] = static_cast<double>(train_->size());
+    TF_RETURN_IF_ERROR(SumOverRanks(sizes));
+    for (int64_t r = 0; r < spec_.world_size; ++r) {
+      if (r < spec_.rank) part_begin_ += static_cast<int64_t>(sizes[r]);
+      global_n_ += static_cast<int64_t>(sizes[r]);
+    }
   }
   per_rank_batch_ = h_.batch_size / spec_.world_size;
-  steps_per_epoch_ = (train_->size() + per_rank_batch_ - 1) / per_rank_batch_;
+  steps_per_epoch_ = (global_n_ + h_.batch_size - 1) / h_.batch_size;
   total_steps_ = steps_per_epoch_ * h_.epochs;
   if (h_.max_steps > 0) total_steps_ = std::min(total_steps_, h_.max_steps);
   state_.total_steps = total_steps_;
@@ -296,6 +311,13 @@ absl::StatusOr<EvalResult> Run::Evaluate(const model::LoraAdapter* adapter) {
       correct += out.correct;
       r.tokens += out.tokens;
     }
+    if (spec_.world_size > 1) {
+      std::vector<double> v = {loss_sum, static_cast<double>(correct), static_cast<double>(r.tokens)};
+      TF_RETURN_IF_ERROR(SumOverRanks(v));
+      loss_sum = v[0];
+      correct = static_cast<int64_t>(v[1]);
+      r.tokens = static_cast<int64_t>(v[2]);
+    }
     if (r.tokens > 0) {
       r.loss = loss_sum / static_cast<double>(r.tokens);
       r.accuracy = static_cast<double>(correct) / static_cast<double>(r.tokens);
@@ -311,14 +333,24 @@ absl::Status Run::TrainStep(int64_t step) {
   const int64_t epoch = step / steps_per_epoch_;
   const int64_t in_epoch = step % steps_per_epoch_;
   if (order_epoch_ != epoch) {
-    order_ = EpochOrder(train_->size(), static_cast<uint64_t>(h_.seed), epoch);
+    order_ = EpochOrder(global_n_, static_cast<uint64_t>(h_.seed), epoch);
     order_epoch_ = epoch;
   }
-  const int64_t begin = in_epoch * per_rank_batch_;
-  const int64_t end = std::min<int64_t>(train_->size(), begin + per_rank_batch_);
-  std::vector<int64_t> examples(order_.begin() + begin, order_.begin() + end);
+  // The global batch, and the members of it that this rank holds.
+  const int64_t begin = in_epoch * h_.batch_size;
+  const int64_t end = std::min<int64_t>(global_n_, begin + h_.batch_size);
+  std::vector<int64_t> examples;
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t g = order_[static_cast<size_t>(i)];
+    if (g >= part_begin_ && g < part_begin_ + train_->size()) examples.push_back(g - part_begin_);
+  }
   int64_t step_trained = 0;
   for (int64_t e : examples) step_trained += train_->at(e).trained;
+  if (spec_.world_size > 1) {
+    std::vector<double> v = {static_cast<double>(step_trained)};
+    TF_RETURN_IF_ERROR(SumOverRanks(v));
+    step_trained = static_cast<int64_t>(v[0]);
+  }
   return CatchTorch("training step", [&]() -> absl::Status {
     // Dropout draws depend on (seed, step) only, so a resumed run draws the same.
     at::manual_seed(static_cast<uint64_t>(h_.seed) * 1000003ull + static_cast<uint64_t>(step));
@@ -346,6 +378,27 @@ absl::Status Run::TrainStep(int64_t step) {
       correct += out.correct;
       tokens += out.tokens;
     }
+    if (spec_.world_size > 1) {
+      // Each rank's loss is already scaled by the global token count: the
+      // gradient of the global batch is the sum over ranks.
+      std::vector<at::Tensor> flat;
+      for (const at::Tensor& p : params_)
+        flat.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
+      at::Tensor all = at::cat(flat);
+      TF_RETURN_IF_ERROR(coll_->AllReduceSum(all));
+      int64_t at_ = 0;
+      at::NoGradGuard no_grad;
+      for (at::Tensor& p : params_) {
+        at::Tensor g = all.narrow(0, at_, p.numel()).view(p.sizes()).clone();
+        p.mutable_grad() = g;
+        at_ += p.numel();
+      }
+      std::vector<double> v = {loss_sum, static_cast<double>(correct), static_cast<double>(tokens)};
+      TF_RETURN_IF_ERROR(SumOverRanks(v));
+      loss_sum = v[0];
+      correct = static_cast<int64_t>(v[1]);
+      tokens = static_cast<int64_t>(v[2]);
+    }
     ClipGradNorm(params_, h_.max_grad_norm);
     optimizer_->Step(ScheduledLearningRate(h_, step, total_steps_));
     last_loss_ = tokens > 0 ? loss_sum / static_cast<double>(tokens) : NAN;
@@ -364,6 +417,10 @@ absl::StatusOr<std::string> Run::SaveCheckpoint(int64_t step) {
   state_.step = step;
   state_.epoch = step / steps_per_epoch_;
   state_.step_in_epoch = step % steps_per_epoch_;
+  if (spec_.rank != 0) {
+    // Rank 0 writes; the others name the same directory.
+    return (fs::absolute(spec_.checkpoint_root) / CheckpointDirName(step)).lexically_normal().string();
+  }
   model::NamedTensors weights;
   if (!lora_) {
     for (size_t i = 0; i < params_.size(); ++i)
@@ -391,6 +448,7 @@ absl::StatusOr<std::string> Run::SaveCheckpoint(int64_t step) {
 
 absl::StatusOr<std::string> Run::Publish() {
   const std::string out = fs::absolute(spec_.output_dir).lexically_normal().string();
+  if (spec_.rank != 0) return out;
   const std::string tmp = absl::StrCat(out, ".tmp-", ::getpid());
   std::error_code ec;
   fs::remove_all(tmp, ec);
@@ -455,6 +513,22 @@ absl::StatusOr<std::string> Run::Publish() {
   return out;
 }
 
+bool Run::AnyStopRequested() {
+  if (spec_.world_size == 1) return StopRequested();
+  // A stop on any rank stops all at the same step.
+  std::vector<double> v = {StopRequested() ? 1.0 : 0.0};
+  if (!SumOverRanks(v).ok()) return true;
+  return v[0] > 0;
+}
+
+absl::Status Run::SumOverRanks(std::vector<double>& values) {
+  if (spec_.world_size == 1) return absl::OkStatus();
+  at::Tensor t = at::tensor(values, at::kDouble);
+  TF_RETURN_IF_ERROR(coll_->AllReduceSum(t));
+  for (size_t i = 0; i < values.size(); ++i) values[i] = t[static_cast<int64_t>(i)].item<double>();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<WorkerOutcome> Run::Go() {
   TF_RETURN_IF_ERROR(ValidateWorkerSpec(spec_));
   TF_RETURN_IF_ERROR(Load());
@@ -495,8 +569,10 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
   int64_t tokens_since = 0;
   std::string last_checkpoint;
   int64_t last_checkpoint_step = -1;
+  bool stop = false;
   for (int64_t step = start; step < total_steps_; ++step) {
-    if (StopRequested()) break;
+    stop = AnyStopRequested();
+    if (stop) break;
     TF_RETURN_IF_ERROR(TrainStep(step));
     const int64_t done = step + 1;
     tokens_since += step_real_tokens_;
@@ -529,10 +605,11 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
       last_checkpoint_step = done;
     }
   }
-  if (StopRequested() && state_.step < total_steps_) {
+  if (stop) {
     if (last_checkpoint_step != state_.step) {
       TF_ASSIGN_OR_RETURN(last_checkpoint, SaveCheckpoint(state_.step));
     }
+    TF_RETURN_IF_ERROR(coll_->Barrier());
     ReportEvent e;
     e.kind = ReportKind::kStopped;
     e.step = state_.step;
@@ -542,6 +619,7 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
     return WorkerOutcome{true, last_checkpoint};
   }
   TF_ASSIGN_OR_RETURN(std::string result, Publish());
+  TF_RETURN_IF_ERROR(coll_->Barrier());  // the result exists before any rank says so
   ReportEvent e;
   e.kind = ReportKind::kCompleted;
   e.step = state_.step;
