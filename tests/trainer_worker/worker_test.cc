@@ -533,5 +533,37 @@ TEST_F(WorkerTest, TwoGlooRanksEqualOneRank) {
   EXPECT_LT(diff, 1e-3);  // as in GradientAccumulationEqualsTheWholeBatch
 }
 
+// Full fine-tuning: every weight trains; the result is a Hugging Face model
+// directory the decoder loads, better on the training chats than the base.
+TEST_F(WorkerTest, FullFineTuningWritesAModelDirectory) {
+  WorkerSpec s = BaseSpec("full");
+  s.method = TrainingMethod::kFull;
+  s.valid_shards = {train_shard_};
+  s.hyper.batch_size = 6;
+  s.hyper.epochs = 4;
+  s.hyper.learning_rate = 1e-3;
+  RunResult r = RunWorker(s, "full");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_tail;
+  const ReportEvent* done = r.Last(ReportKind::kCompleted);
+  ASSERT_NE(done, nullptr);
+  ASSERT_TRUE(done->valid_loss && done->base_valid_loss);
+  EXPECT_LT(*done->valid_loss, *done->base_valid_loss);
+  EXPECT_TRUE(fs::exists(done->result_dir + "/config.json"));
+  EXPECT_TRUE(fs::exists(done->result_dir + "/tokenizer.json"));
+  EXPECT_TRUE(fs::exists(done->result_dir + "/tunefleet_contract.json"));
+  auto tuned = model::Decoder::Load(done->result_dir);
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  // The base files are untouched by training in place.
+  auto base = model::Decoder::Load(model_dir_);
+  ASSERT_TRUE(base.ok());
+  auto bt = base->HfTensors();
+  auto tt = tuned->HfTensors();
+  ASSERT_TRUE(bt.ok() && tt.ok());
+  double moved = 0;
+  for (size_t i = 0; i < bt->size(); ++i)
+    moved = std::max(moved, ((*bt)[i].second - (*tt)[i].second).abs().max().item<double>());
+  EXPECT_GT(moved, 1e-4);
+}
+
 }  // namespace
 }  // namespace tunefleet::trainer
