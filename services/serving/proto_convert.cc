@@ -1,0 +1,71 @@
+#include "services/serving/proto_convert.h"
+
+namespace tunefleet::serving {
+
+namespace v1 = ::tunefleet::v1;
+
+FilterPolicy PolicyFromProto(const v1::ContentFilterPolicy& p) {
+  FilterPolicy out;
+  out.disabled = p.disabled();
+  for (const v1::ContentFilterRule& r : p.rules()) {
+    out.rules.push_back(FilterRule{static_cast<FilterCategory>(r.category()),
+                                   static_cast<FilterSeverity>(r.threshold()), r.apply_to_prompt(),
+                                   r.apply_to_completion()});
+  }
+  return out;
+}
+
+DeploymentSpec SpecFromProto(const ::tunefleet::internal::v1::DesiredDeployment& d) {
+  DeploymentSpec s;
+  s.id = d.deployment().id();
+  s.tenant = d.tenant();
+  s.model = d.deployment().model();
+  s.base_model = d.base_model_artifact();
+  s.adapter_artifact = d.adapter_artifact();
+  s.filter = PolicyFromProto(d.deployment().content_filter());
+  return s;
+}
+
+ChatRequest ChatRequestFromProto(const v1::ChatCompletionRequest& r,
+                                 std::chrono::steady_clock::time_point deadline) {
+  ChatRequest out;
+  out.deployment = r.deployment();
+  for (const v1::ChatMessage& m : r.messages()) out.messages.push_back({m.role(), m.content()});
+  if (r.has_temperature()) out.temperature = r.temperature();
+  if (r.has_top_p()) out.top_p = r.top_p();
+  if (r.has_max_tokens()) out.max_tokens = r.max_tokens();
+  out.stop.assign(r.stop().begin(), r.stop().end());
+  if (r.has_seed()) out.seed = r.seed();
+  out.n = r.n();
+  out.deadline = deadline;
+  return out;
+}
+
+void VerdictToProto(const FilterVerdict& v,
+                    google::protobuf::RepeatedPtrField<v1::ContentFilterResult>* results,
+                    google::protobuf::RepeatedPtrField<v1::ContentFilterFinding>* findings) {
+  for (const CategoryVerdict& c : v.categories) {
+    v1::ContentFilterResult* r = results->Add();
+    r->set_category(static_cast<v1::ContentFilterCategory>(c.category));
+    r->set_severity(static_cast<v1::Severity>(c.severity));
+    r->set_detected(c.detected);
+    r->set_filtered(c.filtered);
+  }
+  for (const FindingVerdict& f : v.findings) {
+    v1::ContentFilterFinding* p = findings->Add();
+    p->set_filter(f.filter);
+    p->set_kind(f.kind);
+    p->set_filtered(f.filtered);
+  }
+}
+
+v1::FinishReason FinishToProto(ChatFinish f) {
+  switch (f) {
+    case ChatFinish::kStop: return v1::FINISH_REASON_STOP;
+    case ChatFinish::kLength: return v1::FINISH_REASON_LENGTH;
+    case ChatFinish::kContentFilter: return v1::FINISH_REASON_CONTENT_FILTER;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+}  // namespace tunefleet::serving

@@ -1,0 +1,168 @@
+// A serving replica's core (no gRPC): the base models it holds (one engine
+// each), its deployments (a base, an optional adapter, a filter policy) and
+// chat completions through them — prompt rendering and filtering, sampling
+// defaults, stop strings, streamed text released through the content
+// filter's hold-back window, usage.
+//
+// Thread-safety: every method may be called from any thread. Apply is
+// serialized internally and may block for model loads; chat calls never
+// wait for it except to look a deployment up.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model/decoder.h"
+#include "common/text/chat_template.h"
+#include "services/serving/engine/adapter_cache.h"
+#include "services/serving/engine/engine.h"
+#include "services/serving/filters/builtin_filter.h"
+#include "services/serving/filters/content_filter.h"
+
+namespace tunefleet::serving {
+
+struct ReplicaOptions {
+  // <models_dir>/<base model id>/ holds Hugging Face directories.
+  std::string models_dir;
+  // Adapter artifact names are relative to it.
+  std::string artifacts_dir;
+  model::DecoderOptions decoder;
+  EngineOptions engine;
+  int64_t adapter_budget_bytes = int64_t{2} << 30;
+  BuiltinFilterOptions builtin_filter;
+  // PII and blocklist actions (the public policy has no field for them yet).
+  FindingAction pii_prompt = FindingAction::kAnnotate;
+  FindingAction pii_completion = FindingAction::kBlock;
+  FindingAction blocklist = FindingAction::kBlock;
+  // Stream hold-back in bytes; 0: what the filter needs (its max_span).
+  size_t holdback_bytes = 0;
+};
+
+// One desired deployment, as the scheduler states it.
+struct DeploymentSpec {
+  std::string id;      // dep-…
+  std::string tenant;  // owner
+  std::string model;   // the model name answers report
+  std::string base_model;        // folder under models_dir
+  std::string adapter_artifact;  // empty: the base itself
+  FilterPolicy filter;           // pii/blocklist actions come from ReplicaOptions
+};
+
+struct DeploymentStatus {
+  std::string id;
+  bool ready = false;
+  std::string error;
+};
+
+struct DeploymentInfo {
+  std::string id, tenant, model;
+  bool ready = false;
+  std::string error;
+};
+
+struct ChatMessageIn {
+  std::string role, content;
+};
+
+struct ChatRequest {
+  std::string deployment;
+  std::vector<ChatMessageIn> messages;
+  std::optional<double> temperature, top_p;
+  std::optional<int64_t> max_tokens;
+  std::vector<std::string> stop;
+  std::optional<int64_t> seed;
+  int n = 0;
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+};
+
+enum class ChatFinish { kStop, kLength, kContentFilter };
+
+struct ChatResult {
+  absl::Status status;  // not OK: cancelled, deadline, engine failure
+  ChatFinish finish = ChatFinish::kStop;
+  std::string text;  // everything released (a blocked answer: what passed before the block)
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  FilterVerdict completion_verdict;
+  double queue_seconds = 0, ttft_seconds = 0, total_seconds = 0;
+  double filter_seconds = 0;  // time spent in the completion's filters
+};
+
+// Receives a chat's output on the engine thread: must not block.
+class ChatSink {
+ public:
+  virtual ~ChatSink() = default;
+  virtual void OnDelta(std::string text) = 0;  // whole UTF-8 characters, already filtered
+  virtual void OnDone(ChatResult result) = 0;  // exactly once, last
+};
+
+// A running chat; Cancel is thread-safe and idempotent.
+class ChatCall {
+ public:
+  virtual ~ChatCall() = default;
+  virtual void Cancel() = 0;
+};
+
+struct ChatStart {
+  std::shared_ptr<ChatCall> call;  // null when the prompt was blocked
+  FilterVerdict prompt_verdict;
+  int64_t prompt_tokens = 0;
+  std::string model;
+  std::string system_fingerprint;
+};
+
+class Replica {
+ public:
+  static absl::StatusOr<std::unique_ptr<Replica>> Create(ReplicaOptions options);
+  ~Replica();
+
+  // Reconciles toward `desired`: loads the bases it names that are not held
+  // (and drops the ones nothing needs any more), checks each adapter's
+  // contract and loads it, forgets deployments not listed. Returns each
+  // deployment's status (a failure names its reason).
+  std::vector<DeploymentStatus> Apply(const std::vector<DeploymentSpec>& desired);
+  // Whether every base of the last Apply is loaded (false before the first).
+  bool BasesLoaded() const;
+
+  // NOT_FOUND when the replica does not have it.
+  absl::StatusOr<DeploymentInfo> Lookup(const std::string& deployment) const;
+
+  // Starts a chat: NOT_FOUND for an unknown deployment; FAILED_PRECONDITION
+  // when it is not ready; INVALID_ARGUMENT naming the field (messages,
+  // temperature, top_p, max_tokens, stop, n; a prompt over the context with
+  // both sizes; a blocked prompt, with `prompt_verdict` set). May block on
+  // an adapter load: call it from a worker thread.
+  absl::StatusOr<ChatStart> StartChat(const ChatRequest& request, std::shared_ptr<ChatSink> sink,
+                                      FilterVerdict* prompt_verdict);
+
+  // Engine and adapter-cache figures per base model id.
+  struct BaseStats {
+    std::string base;
+    EngineStats engine;
+    AdapterCacheStats adapters;
+  };
+  std::vector<BaseStats> Stats() const;
+
+ private:
+  struct Base;
+  struct Deployment;
+  explicit Replica(ReplicaOptions options) : options_(std::move(options)) {}
+  absl::StatusOr<std::shared_ptr<Base>> LoadBase(const std::string& id) const;
+
+  const ReplicaOptions options_;
+  std::unique_ptr<BuiltinFilter> filter_;
+  std::mutex apply_mu_;  // one Apply at a time
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Base>> bases_;              // guarded by mu_
+  std::map<std::string, std::shared_ptr<Deployment>> deployments_;  // guarded by mu_
+  bool bases_loaded_ = false;                                       // guarded by mu_
+};
+
+}  // namespace tunefleet::serving

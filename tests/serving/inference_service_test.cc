@@ -1,0 +1,597 @@
+// The serving replica end to end on loopback: a test-side scheduler
+// (ServingControlService) drives the deployment reconciler; chat
+// completions, unary and streamed, go through the real gRPC server, engine
+// and content filters on a tiny Phi-3 with the real Phi-3 tokenizer.
+#include <gmock/gmock.h>
+#include <google/protobuf/any.pb.h>
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <gtest/gtest.h>
+#include <re2/re2.h>
+#include <stdlib.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/sha256.h"
+#include "common/model/lora.h"
+#include "common/model/tiny_model.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/server.h"
+#include "common/rpc/status.h"
+#include "common/text/phi3_tokenizer_files.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "services/serving/deployment_reconciler.h"
+#include "services/serving/inference_service.h"
+#include "services/serving/proto_convert.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+#include "tunefleet/internal/v1/serving.grpc.pb.h"
+
+namespace tunefleet::serving {
+namespace {
+
+using ::testing::HasSubstr;
+namespace internal_v1 = ::tunefleet::internal::v1;
+
+// The scheduler's side of ServingControlService, kept in the test until the
+// scheduler serves it: a desired set that tests change, streamed to every
+// watcher after each change; reports recorded.
+class FakeScheduler final : public internal_v1::ServingControlService::Service {
+ public:
+  grpc::Status RegisterReplica(grpc::ServerContext*, const internal_v1::RegisterReplicaRequest* r,
+                               internal_v1::RegisterReplicaResponse* out) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++registrations_;
+    out->set_replica_id("replica-" + r->replica_name());
+    return grpc::Status::OK;
+  }
+  grpc::Status WatchDeployments(grpc::ServerContext* ctx, const internal_v1::WatchDeploymentsRequest*,
+                                grpc::ServerWriter<internal_v1::DesiredDeployments>* writer) override {
+    int64_t sent = -1;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!ctx->IsCancelled() && !stopping_) {
+      if (desired_.generation() != sent) {
+        internal_v1::DesiredDeployments d = desired_;
+        sent = d.generation();
+        lock.unlock();
+        if (!writer->Write(d)) return grpc::Status::OK;
+        lock.lock();
+        continue;
+      }
+      // The cancellation of a sync stream has no callback: look again soon.
+      cv_.wait_for(lock, std::chrono::milliseconds(50));
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status ReportReplicaStatus(grpc::ServerContext*, const internal_v1::ReportReplicaStatusRequest* r,
+                                   internal_v1::ReportReplicaStatusResponse*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& d : r->deployments()) status_[d.deployment_id()] = d;
+    ++reports_;
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+  void SetDesired(std::vector<internal_v1::DesiredDeployment> deployments) {
+    std::lock_guard<std::mutex> lock(mu_);
+    desired_.set_generation(desired_.generation() + 1);
+    desired_.clear_deployments();
+    for (auto& d : deployments) *desired_.add_deployments() = d;
+    cv_.notify_all();
+  }
+  // Waits for a report after the current generation was sent.
+  std::map<std::string, internal_v1::ReplicaDeploymentStatus> WaitForReport(int64_t after_reports) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return reports_ > after_reports; });
+    return status_;
+  }
+  int64_t reports() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reports_;
+  }
+  void Stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  internal_v1::DesiredDeployments desired_;
+  std::map<std::string, internal_v1::ReplicaDeploymentStatus> status_;
+  int64_t reports_ = 0, registrations_ = 0;
+  bool stopping_ = false;
+};
+
+internal_v1::DesiredDeployment Desired(const std::string& id, const std::string& tenant,
+                                       const std::string& adapter, bool filter = true) {
+  internal_v1::DesiredDeployment d;
+  d.mutable_deployment()->set_id(id);
+  d.mutable_deployment()->set_model(adapter.empty() ? "tiny-phi3" : "ft:tiny-phi3:" + id);
+  d.mutable_deployment()->mutable_content_filter()->set_disabled(!filter);
+  d.set_base_model_artifact("tiny-phi3");
+  d.set_adapter_artifact(adapter);
+  d.set_tenant(tenant);
+  return d;
+}
+
+const char kPrompt[] = "Tell me a story about the sea.";
+constexpr int kAnswerTokens = 40;
+
+class ServingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+    at::set_num_threads(1);
+    dir_ = new testing::TempDir();
+    const std::string base = dir_->Join("models/tiny-phi3");
+    model::TinyModelOptions mo;
+    mo.seed = 5;
+    mo.max_position_embeddings = 256;
+    ASSERT_THAT(model::WriteTinyPhi3(base, mo), testing::IsOk());
+    ASSERT_THAT(text::WritePhi3TokenizerFiles(base), testing::IsOk());
+    // Two adapters: one with a matching contract, one trained against another tokenizer.
+    auto config = model::LoadModelConfig(base + "/config.json");
+    ASSERT_TRUE(config.ok());
+    std::ifstream tj(base + "/tokenizer.json", std::ios::binary);
+    const std::string tokenizer_sha = Sha256Hex(std::string(std::istreambuf_iterator<char>(tj), {}));
+    for (const char* name : {"good", "bad"}) {
+      model::LoraConfig lc;
+      lc.rank = 4;
+      auto a = model::LoraAdapter::Create(*config, lc, 9);
+      ASSERT_TRUE(a.ok());
+      {
+        at::NoGradGuard no_grad;
+        at::manual_seed(9);
+        for (at::Tensor& p : a->Parameters()) p.copy_(at::randn(p.sizes()) * 0.5);
+      }
+      const std::string dir = dir_->Join(absl::StrCat("artifacts/jobs/ftjob-", name, "/result"));
+      ASSERT_THAT(a->Save(dir, "tiny-phi3"), testing::IsOk());
+      std::ofstream(dir + "/tunefleet_contract.json")
+          << R"({"base_model": "tiny-phi3", "tokenizer_sha256": ")"
+          << (std::string(name) == "good" ? tokenizer_sha : "0000") << R"(", "stop_token_ids": [32000, 32007]})";
+    }
+    // The greedy answer without filters picks the blocklist pattern that
+    // will block it in the middle.
+    {
+      auto probe = Replica::Create(Options({}));
+      ASSERT_TRUE(probe.ok());
+      (*probe)->Apply({SpecFromProto(Desired("dep-probe", "acme", "", false))});
+      answer_ = new std::string(GreedyAnswer(**probe, "dep-probe"));
+      ASSERT_GT(answer_->size(), 40u) << *answer_;
+    }
+    blocked_piece_ = new std::string(answer_->substr(answer_->size() / 2, 6));
+    auto replica = Replica::Create(Options({re2::RE2::QuoteMeta(*blocked_piece_)}));
+    ASSERT_TRUE(replica.ok());
+    replica_ = replica->release();
+
+    keys_ = new std::vector<rpc::NewKey>{rpc::GenerateKey("acme", rpc::Role::kTenant, "acme"),
+                                         rpc::GenerateKey("other", rpc::Role::kTenant, "other"),
+                                         rpc::GenerateKey("", rpc::Role::kInternal, "svc")};
+    auth_ = new rpc::Authenticator(*rpc::KeyRing::Parse(
+        absl::StrCat((*keys_)[0].line, "\n", (*keys_)[1].line, "\n", (*keys_)[2].line, "\n"), "test"));
+    executor_ = new rpc::Executor(4);
+    rpc::ServerOptions so;
+    so.listen_address = "127.0.0.1:0";
+    so.metrics_address = "";
+    so.drain_timeout = absl::Seconds(2);
+    server_ = new rpc::Server(so);
+    metrics_ = new ServingMetrics(server_->registry());
+    service_ = new InferenceServiceImpl(auth_, replica_, executor_, metrics_);
+    auto classifier = BuiltinFilter::Create({});
+    classifier_ = classifier->release();
+    classify_service_ = new ContentFilterServiceImpl(auth_, classifier_);
+    server_->AddService(service_);
+    server_->AddService(classify_service_);
+    ASSERT_THAT(server_->Start(), testing::IsOk());
+    // The scheduler.
+    scheduler_ = new FakeScheduler();
+    rpc::ServerOptions sso = so;
+    scheduler_server_ = new rpc::Server(sso);
+    scheduler_server_->AddService(scheduler_);
+    ASSERT_THAT(scheduler_server_->Start(), testing::IsOk());
+    scheduler_server_->SetServing(true);
+    rpc::ChannelOptions co;
+    co.target = absl::StrCat("127.0.0.1:", server_->port());
+    channel_ = new std::shared_ptr<grpc::Channel>(*rpc::MakeChannel(co));
+  }
+  static void TearDownTestSuite() {
+    if (reconciler_) delete reconciler_;
+    scheduler_->Stop();
+    scheduler_server_->Shutdown();
+    server_->Shutdown();
+    delete channel_;
+    delete scheduler_server_;
+    delete scheduler_;
+    delete server_;
+    delete service_;
+    delete classify_service_;
+    delete metrics_;
+    delete executor_;
+    delete replica_;
+    delete classifier_;
+    delete auth_;
+    delete keys_;
+    delete answer_;
+    delete blocked_piece_;
+    delete dir_;
+  }
+
+  static ReplicaOptions Options(std::vector<std::string> patterns) {
+    ReplicaOptions o;
+    o.models_dir = dir_->Join("models");
+    o.artifacts_dir = dir_->Join("artifacts");
+    o.engine.threads = 1;
+    o.engine.max_batch = 64;
+    o.builtin_filter.blocklist_terms = {"zorblax"};
+    o.builtin_filter.blocklist_patterns = std::move(patterns);
+    return o;
+  }
+
+  struct Sink final : ChatSink {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<ChatResult> result;
+    void OnDelta(std::string) override {}
+    void OnDone(ChatResult r) override {
+      std::lock_guard<std::mutex> lock(mu);
+      result = std::move(r);
+      cv.notify_all();
+    }
+  };
+  static std::string GreedyAnswer(Replica& r, const std::string& dep) {
+    ChatRequest req;
+    req.deployment = dep;
+    req.messages = {{"user", kPrompt}};
+    req.temperature = 0;
+    req.max_tokens = kAnswerTokens;
+    auto sink = std::make_shared<Sink>();
+    FilterVerdict v;
+    auto start = r.StartChat(req, sink, &v);
+    EXPECT_TRUE(start.ok()) << start.status();
+    if (!start.ok()) return "";
+    std::unique_lock<std::mutex> lock(sink->mu);
+    sink->cv.wait(lock, [&] { return sink->result.has_value(); });
+    return sink->result->text;
+  }
+
+  // Starts the reconciler against the scheduler with the standard set.
+  void SetUp() override {
+    if (reconciler_) return;
+    // Before anything is loaded the replica is not serving.
+    EXPECT_EQ(Health(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+    scheduler_->SetDesired(StandardSet());
+    rpc::ChannelOptions co;
+    co.target = absl::StrCat("127.0.0.1:", scheduler_server_->port());
+    ReconcilerOptions ro;
+    ro.replica_name = "r1";
+    ro.advertise_address = co.target;
+    ro.internal_key = (*keys_)[2].key;
+    const int64_t reports = scheduler_->reports();
+    reconciler_ = new DeploymentReconciler(*rpc::MakeChannel(co), replica_, ro, [](bool loaded) {
+      if (loaded) server_->SetServing(true);
+    });
+    reconciler_->Start();
+    statuses_ = scheduler_->WaitForReport(reports);
+  }
+  static std::vector<internal_v1::DesiredDeployment> StandardSet() {
+    return {Desired("dep-base", "acme", ""), Desired("dep-open", "acme", "", false),
+            Desired("dep-a", "acme", "jobs/ftjob-good/result"),
+            Desired("dep-bad", "acme", "jobs/ftjob-bad/result")};
+  }
+
+  static grpc::health::v1::HealthCheckResponse::ServingStatus Health() {
+    auto stub = grpc::health::v1::Health::NewStub(*channel_);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status s = stub->Check(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.status();
+  }
+
+  static v1::ChatCompletionRequest Chat(const std::string& dep, const std::string& content,
+                                        int max_tokens = kAnswerTokens) {
+    v1::ChatCompletionRequest r;
+    r.set_deployment(dep);
+    auto* m = r.add_messages();
+    m->set_role("user");
+    m->set_content(content);
+    r.set_temperature(0);
+    r.set_max_tokens(max_tokens);
+    return r;
+  }
+  static grpc::Status Unary(const v1::ChatCompletionRequest& req, v1::ChatCompletionResponse* resp,
+                            int key = 0) {
+    auto stub = v1::InferenceService::NewStub(*channel_);
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, (*keys_)[key].key, absl::Seconds(60));
+    return stub->ChatCompletion(&ctx, req, resp);
+  }
+  static grpc::Status Stream(const v1::ChatCompletionRequest& req,
+                             std::vector<v1::ChatCompletionChunk>* chunks, int key = 0) {
+    auto stub = v1::InferenceService::NewStub(*channel_);
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, (*keys_)[key].key, absl::Seconds(120));
+    auto reader = stub->StreamChatCompletion(&ctx, req);
+    v1::ChatCompletionChunk c;
+    while (reader->Read(&c)) chunks->push_back(c);
+    return reader->Finish();
+  }
+  static std::string Deltas(const std::vector<v1::ChatCompletionChunk>& chunks) {
+    std::string out;
+    for (const auto& c : chunks) out += c.delta();
+    return out;
+  }
+  // The ChatCompletionResponse in a google.rpc.Status's details.
+  static std::optional<v1::ChatCompletionResponse> Detail(const grpc::Status& s) {
+    const std::string& bytes = s.error_details();
+    google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                              static_cast<int>(bytes.size()));
+    for (uint32_t tag; (tag = in.ReadTag()) != 0;) {
+      if (tag == (3 << 3 | 2)) {
+        std::string any_bytes;
+        uint32_t n;
+        in.ReadVarint32(&n);
+        in.ReadString(&any_bytes, static_cast<int>(n));
+        google::protobuf::Any any;
+        v1::ChatCompletionResponse r;
+        if (any.ParseFromString(any_bytes) && any.UnpackTo(&r)) return r;
+      } else if (!google::protobuf::internal::WireFormatLite::SkipField(&in, tag)) {
+        break;
+      }
+    }
+    return std::nullopt;
+  }
+
+  static testing::TempDir* dir_;
+  static std::string* answer_;
+  static std::string* blocked_piece_;
+  static Replica* replica_;
+  static std::vector<rpc::NewKey>* keys_;
+  static rpc::Authenticator* auth_;
+  static rpc::Executor* executor_;
+  static rpc::Server* server_;
+  static ServingMetrics* metrics_;
+  static InferenceServiceImpl* service_;
+  static BuiltinFilter* classifier_;
+  static ContentFilterServiceImpl* classify_service_;
+  static FakeScheduler* scheduler_;
+  static rpc::Server* scheduler_server_;
+  static std::shared_ptr<grpc::Channel>* channel_;
+  static DeploymentReconciler* reconciler_;
+  static std::map<std::string, internal_v1::ReplicaDeploymentStatus> statuses_;
+};
+testing::TempDir* ServingTest::dir_ = nullptr;
+std::string* ServingTest::answer_ = nullptr;
+std::string* ServingTest::blocked_piece_ = nullptr;
+Replica* ServingTest::replica_ = nullptr;
+std::vector<rpc::NewKey>* ServingTest::keys_ = nullptr;
+rpc::Authenticator* ServingTest::auth_ = nullptr;
+rpc::Executor* ServingTest::executor_ = nullptr;
+rpc::Server* ServingTest::server_ = nullptr;
+ServingMetrics* ServingTest::metrics_ = nullptr;
+InferenceServiceImpl* ServingTest::service_ = nullptr;
+BuiltinFilter* ServingTest::classifier_ = nullptr;
+ContentFilterServiceImpl* ServingTest::classify_service_ = nullptr;
+FakeScheduler* ServingTest::scheduler_ = nullptr;
+rpc::Server* ServingTest::scheduler_server_ = nullptr;
+std::shared_ptr<grpc::Channel>* ServingTest::channel_ = nullptr;
+DeploymentReconciler* ServingTest::reconciler_ = nullptr;
+std::map<std::string, internal_v1::ReplicaDeploymentStatus> ServingTest::statuses_;
+
+TEST_F(ServingTest, ReconcilerLoadsDeploymentsReportsReadinessAndRefusesABadContract) {
+  EXPECT_EQ(Health(), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(reconciler_->replica_id(), "replica-r1");
+  EXPECT_TRUE(statuses_["dep-base"].ready());
+  EXPECT_TRUE(statuses_["dep-a"].ready()) << statuses_["dep-a"].error();
+  EXPECT_FALSE(statuses_["dep-bad"].ready());
+  EXPECT_THAT(statuses_["dep-bad"].error(), HasSubstr("tokenizer_sha256"));
+  v1::ChatCompletionResponse resp;
+  grpc::Status s = Unary(Chat("dep-bad", "hi"), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("tokenizer_sha256"));
+}
+
+TEST_F(ServingTest, UnaryAndStreamedAnswersAgreeAndCarryUsage) {
+  v1::ChatCompletionResponse resp;
+  grpc::Status s = Unary(Chat("dep-open", kPrompt), &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.choices_size(), 1);
+  EXPECT_EQ(resp.choices(0).message().content(), *answer_);
+  EXPECT_EQ(resp.choices(0).finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(resp.usage().completion_tokens(), kAnswerTokens);
+  EXPECT_GT(resp.usage().prompt_tokens(), 5);
+  EXPECT_EQ(resp.usage().total_tokens(), resp.usage().prompt_tokens() + kAnswerTokens);
+  EXPECT_THAT(resp.id(), ::testing::StartsWith("chatcmpl-"));
+  EXPECT_THAT(resp.system_fingerprint(), ::testing::StartsWith("fp_"));
+  EXPECT_EQ(resp.model(), "tiny-phi3");
+
+  std::vector<v1::ChatCompletionChunk> chunks;
+  s = Stream(Chat("dep-base", kPrompt, 10), &chunks);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_GE(chunks.size(), 2u);
+  // The prompt's results first; the finish reason and usage last.
+  EXPECT_EQ(chunks.front().prompt_filter_results_size(), 1);
+  EXPECT_EQ(chunks.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(chunks.back().usage().completion_tokens(), 10);
+  for (size_t i = 0; i + 1 < chunks.size(); ++i) EXPECT_EQ(chunks[i].finish_reason(), 0);
+  v1::ChatCompletionResponse ten;
+  ASSERT_TRUE(Unary(Chat("dep-base", kPrompt, 10), &ten).ok());
+  EXPECT_EQ(Deltas(chunks), ten.choices(0).message().content());
+
+  // The adapter answers differently from the base.
+  v1::ChatCompletionResponse adapted;
+  ASSERT_TRUE(Unary(Chat("dep-a", kPrompt), &adapted).ok());
+  EXPECT_NE(adapted.choices(0).message().content(), *answer_);
+}
+
+TEST_F(ServingTest, EveryBadRequestNamesItsField) {
+  v1::ChatCompletionResponse resp;
+  auto expect = [&](v1::ChatCompletionRequest req, grpc::StatusCode code, const std::string& text,
+                    int key = 0) {
+    grpc::Status s = Unary(req, &resp, key);
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(text));
+    std::vector<v1::ChatCompletionChunk> chunks;
+    s = Stream(req, &chunks, key);
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(text));
+  };
+  expect(Chat("dep-nope", "hi"), grpc::StatusCode::NOT_FOUND, "dep-nope");
+  expect(Chat("dep-base", "hi"), grpc::StatusCode::NOT_FOUND, "dep-base", /*key=*/1);  // another tenant
+  auto r = Chat("dep-base", "hi");
+  r.set_temperature(2.5);
+  expect(r, grpc::StatusCode::INVALID_ARGUMENT, "temperature");
+  r = Chat("dep-base", "hi");
+  r.set_top_p(0);
+  expect(r, grpc::StatusCode::INVALID_ARGUMENT, "top_p");
+  r = Chat("dep-base", "hi");
+  r.set_max_tokens(0);
+  expect(r, grpc::StatusCode::INVALID_ARGUMENT, "max_tokens");
+  r = Chat("dep-base", "hi");
+  r.set_max_tokens(255);
+  expect(r, grpc::StatusCode::INVALID_ARGUMENT, "max_tokens: 255");
+  r = Chat("dep-base", "hi");
+  r.clear_messages();
+  expect(r, grpc::StatusCode::INVALID_ARGUMENT, "messages");
+  r = Chat("dep-base", "hi");
+  r.set_n(3);
+  expect(r, grpc::StatusCode::INVALID_ARGUMENT, "n:");
+  r = Chat("dep-base", "hi");
+  r.mutable_messages(0)->set_role("robot");
+  expect(r, grpc::StatusCode::INVALID_ARGUMENT, "messages[0].role");
+  std::string long_prompt;
+  for (int i = 0; i < 400; ++i) long_prompt += "word ";
+  grpc::Status s = Unary(Chat("dep-base", long_prompt), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::ContainsRegex("prompt has [0-9]+ tokens.*context holds 256"));
+}
+
+TEST_F(ServingTest, ABlockedPromptFailsWithItsResultsAndNoModelCall) {
+  const auto before = replica_->Stats()[0].engine.prompt_tokens;
+  v1::ChatCompletionResponse resp;
+  grpc::Status s = Unary(Chat("dep-base", "what is zorblax?"), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("blocked"));
+  auto detail = Detail(s);
+  ASSERT_TRUE(detail.has_value());
+  ASSERT_EQ(detail->prompt_filter_findings_size(), 1);
+  EXPECT_EQ(detail->prompt_filter_findings(0).filter(), "blocklist");
+  EXPECT_TRUE(detail->prompt_filter_findings(0).filtered());
+  std::vector<v1::ChatCompletionChunk> chunks;
+  s = Stream(Chat("dep-base", "what is zorblax?"), &chunks);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(chunks.empty());
+  EXPECT_TRUE(Detail(s).has_value());
+  EXPECT_EQ(replica_->Stats()[0].engine.prompt_tokens, before);
+  // A deployment that opted out is not filtered.
+  EXPECT_TRUE(Unary(Chat("dep-open", "what is zorblax?", 2), &resp).ok());
+}
+
+TEST_F(ServingTest, ABlockedAnswerEndsWithContentFilterAndNeverReachesTheStream) {
+  v1::ChatCompletionResponse resp;
+  ASSERT_TRUE(Unary(Chat("dep-base", kPrompt), &resp).ok());
+  EXPECT_EQ(resp.choices(0).finish_reason(), v1::FINISH_REASON_CONTENT_FILTER);
+  EXPECT_EQ(resp.choices(0).message().content(), "");
+  ASSERT_EQ(resp.choices(0).content_filter_findings_size(), 1);
+  EXPECT_TRUE(resp.choices(0).content_filter_findings(0).filtered());
+
+  std::vector<v1::ChatCompletionChunk> chunks;
+  ASSERT_TRUE(Stream(Chat("dep-base", kPrompt), &chunks).ok());
+  const std::string streamed = Deltas(chunks);
+  EXPECT_EQ(chunks.back().finish_reason(), v1::FINISH_REASON_CONTENT_FILTER);
+  EXPECT_EQ(answer_->find(*blocked_piece_), answer_->size() / 2);
+  // Every chunk read: the text before the blocked piece, never the piece.
+  EXPECT_THAT(streamed, ::testing::Not(HasSubstr(*blocked_piece_)));
+  EXPECT_LE(streamed.size(), answer_->size() / 2);
+  EXPECT_EQ(answer_->substr(0, streamed.size()), streamed);
+  EXPECT_FALSE(streamed.empty()) << "nothing was released before the block";
+}
+
+TEST_F(ServingTest, FiftyConcurrentStreamsComplete) {
+  constexpr int kClients = 50;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      auto req = Chat(i % 2 ? "dep-a" : "dep-open", absl::StrCat("Question number ", i), 12);
+      req.set_temperature(0.7);
+      req.set_seed(i);
+      std::vector<v1::ChatCompletionChunk> chunks;
+      grpc::Status s = Stream(req, &chunks);
+      if (s.ok() && !chunks.empty() && chunks.back().finish_reason() != 0) ++ok;
+      else ADD_FAILURE() << "client " << i << ": " << s.error_message();
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), kClients);
+  EXPECT_GT(replica_->Stats()[0].engine.cache_rows, 1);
+}
+
+TEST_F(ServingTest, ACancelledStreamFreesItsSlot) {
+  auto stub = v1::InferenceService::NewStub(*channel_);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, (*keys_)[0].key, absl::Seconds(60));
+  auto req = Chat("dep-open", kPrompt, 200);
+  auto reader = stub->StreamChatCompletion(&ctx, req);
+  v1::ChatCompletionChunk c;
+  int got = 0;
+  while (got < 3 && reader->Read(&c)) ++got;
+  ctx.TryCancel();
+  while (reader->Read(&c)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  for (int i = 0; i < 500 && replica_->Stats()[0].engine.running > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(replica_->Stats()[0].engine.running, 0);
+}
+
+TEST_F(ServingTest, AdaptersUnloadAndComeBackWithoutARestart) {
+  // Undeploy dep-a: its adapter leaves the cache; redeploy: it is back.
+  auto set = StandardSet();
+  set.erase(set.begin() + 2);
+  int64_t reports = scheduler_->reports();
+  scheduler_->SetDesired(set);
+  scheduler_->WaitForReport(reports);
+  EXPECT_EQ(replica_->Stats()[0].adapters.resident, 0);
+  v1::ChatCompletionResponse resp;
+  EXPECT_EQ(Unary(Chat("dep-a", "hi"), &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  reports = scheduler_->reports();
+  scheduler_->SetDesired(StandardSet());
+  scheduler_->WaitForReport(reports);
+  EXPECT_TRUE(Unary(Chat("dep-a", "hi", 3), &resp).ok());
+  EXPECT_EQ(replica_->Stats()[0].adapters.resident, 1);
+}
+
+TEST_F(ServingTest, ClassifyServesTheBuiltinFilterToInternalCallers) {
+  auto stub = v1::ContentFilterService::NewStub(*channel_);
+  v1::ClassifyRequest req;
+  req.set_text("Well, arschloch!");
+  v1::ClassifyResponse resp;
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, (*keys_)[2].key, absl::Seconds(10));
+  ASSERT_TRUE(stub->Classify(&ctx, req, &resp).ok());
+  bool profanity = false;
+  for (const auto& r : resp.results()) {
+    if (r.category() == v1::CONTENT_FILTER_CATEGORY_PROFANITY) profanity = r.detected() && !r.filtered();
+  }
+  EXPECT_TRUE(profanity);
+  grpc::ClientContext tenant;
+  rpc::PrepareContext(&tenant, (*keys_)[0].key, absl::Seconds(10));
+  EXPECT_EQ(stub->Classify(&tenant, req, &resp).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+}
+
+}  // namespace
+}  // namespace tunefleet::serving
