@@ -30,6 +30,13 @@ absl::StatusOr<std::unique_ptr<v1::DatasetService::Stub>> Stub(const Endpoint& e
 
 }  // namespace
 
+absl::StatusOr<std::shared_ptr<grpc::Channel>> ChannelOf(Endpoint& endpoint) {
+  if (!endpoint.grpc_channel) {
+    TF_ASSIGN_OR_RETURN(endpoint.grpc_channel, rpc::MakeChannel(endpoint.channel));
+  }
+  return endpoint.grpc_channel;
+}
+
 absl::StatusOr<v1::FilePurpose> ParsePurpose(const std::string& purpose) {
   if (purpose == "fine-tune") return v1::FILE_PURPOSE_FINE_TUNE;
   if (purpose == "validation") return v1::FILE_PURPOSE_VALIDATION;

@@ -5,8 +5,14 @@
 
 #include <string>
 
+#include <memory>
+
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+
 #include "absl/status/statusor.h"
 #include "common/rpc/channel.h"
+#include "common/rpc/status.h"
 #include "tunefleet/v1/files.grpc.pb.h"
 
 namespace tunefleet::cli {
@@ -14,7 +20,30 @@ namespace tunefleet::cli {
 struct Endpoint {
   rpc::ChannelOptions channel;
   std::string api_key;
+  // Made on first use and reused by every call through this endpoint.
+  std::shared_ptr<grpc::Channel> grpc_channel;
 };
+
+// The endpoint's channel, made once.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> ChannelOf(Endpoint& endpoint);
+
+// One unary call with the endpoint's key and a deadline:
+//   Call<v1::JobService>(endpoint, &v1::JobService::Stub::GetJob, request)
+template <typename Service, typename Request, typename Response>
+absl::StatusOr<Response> Call(
+    Endpoint& endpoint,
+    grpc::Status (Service::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+    const Request& request, absl::Duration timeout = absl::Seconds(30)) {
+  auto channel = ChannelOf(endpoint);
+  if (!channel.ok()) return channel.status();
+  auto stub = Service::NewStub(*channel);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, endpoint.api_key, timeout);
+  Response response;
+  grpc::Status status = ((*stub).*method)(&ctx, request, &response);
+  if (!status.ok()) return rpc::FromGrpcStatus(status);
+  return response;
+}
 
 // Resolves the dataset service endpoint. `fleet_dir` is a `tunefleet local`
 // data dir (may be empty).

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/base/status_macros.h"
 #include "common/rpc/auth.h"
 #include "common/rpc/status.h"
@@ -109,6 +110,20 @@ absl::StatusOr<std::unique_ptr<LocalFleet>> LocalFleet::Start(const LocalFleetOp
   fs::create_directories(data / "logs");
   fs::create_directories(data / "run");
 
+  // Service-to-service calls carry the internal key, read from a file that
+  // only this user can read.
+  fs::path internal_key = data / "internal.key";
+  {
+    std::ofstream out(internal_key, std::ios::trunc);
+    out << fleet->credentials_.internal_key << "\n";
+  }
+  chmod(internal_key.c_str(), 0600);
+  std::string models_dir =
+      options.models_dir.empty() ? (data / "models").string() : fs::absolute(options.models_dir).string();
+  fs::create_directories(models_dir);
+  fs::create_directories(data / "artifacts");
+  std::map<std::string, std::string> addresses;
+
   int index = 0;
   for (const std::string& name : FleetServices()) {
     RunningService svc;
@@ -128,13 +143,24 @@ absl::StatusOr<std::unique_ptr<LocalFleet>> LocalFleet::Start(const LocalFleetOp
         absl::StrCat("--port_file=", port_file.string()),
         "--drain_timeout=10s",
     };
-    if (name == "dataset") {
-      argv.push_back(absl::StrCat("--models_dir=", options.models_dir.empty()
-                                                       ? (data / "models").string()
-                                                       : options.models_dir));
+    argv.push_back(absl::StrCat("--models_dir=", models_dir));
+    if (name != "dataset") {
+      // Everything the fleet exchanges (checkpoints, adapters) lives in one
+      // artifact directory; services that dial others carry the internal key.
+      argv.push_back(absl::StrCat("--artifacts_dir=", (data / "artifacts").string()));
+      argv.push_back(absl::StrCat("--internal_key_file=", internal_key.string()));
     }
+    if (name == "scheduler" || name == "trainer") {
+      argv.push_back(absl::StrCat("--dataset_address=", addresses["dataset"]));
+    }
+    if (name == "trainer" || name == "serving") {
+      argv.push_back(absl::StrCat("--scheduler_address=", addresses["scheduler"]));
+    }
+    if (name == "trainer") argv.push_back(absl::StrCat("--slots=", options.trainer_slots));
     Subprocess::Options popts;
     popts.log_file = svc.log_file;
+    // Processes that run the decoder on the CPU must not spin in OpenMP.
+    popts.env.push_back("OMP_WAIT_POLICY=PASSIVE");
     TF_ASSIGN_OR_RETURN(Subprocess proc, Subprocess::Start(argv, popts));
     svc.process = std::make_unique<Subprocess>(std::move(proc));
 
@@ -163,13 +189,14 @@ absl::StatusOr<std::unique_ptr<LocalFleet>> LocalFleet::Start(const LocalFleetOp
     rpc::ChannelOptions channel;
     channel.target = svc.address;
     TF_RETURN_IF_ERROR(WaitUntilServing(channel, options.start_timeout));
+    addresses[name] = svc.address;
     fleet->services_.push_back(std::move(svc));
   }
 
   nlohmann::json j;
   for (const auto& s : fleet->services_) {
     j["services"][s.name] = {{"address", s.address}, {"metrics_port", s.metrics_port},
-                             {"pid", s.process->pid()}};
+                             {"pid", s.process->pid()}, {"log", s.log_file}};
   }
   j["credentials"] = (data / "credentials.json").string();
   std::ofstream out(data / "fleet.json", std::ios::trunc);
@@ -198,5 +225,104 @@ absl::Status LocalFleet::Stop(absl::Duration timeout) {
 }
 
 LocalFleet::~LocalFleet() { (void)Stop(absl::Seconds(15)); }
+
+void LocalFleet::Detach() {
+  for (auto& s : services_) s.process->Release();
+}
+
+namespace {
+
+absl::StatusOr<nlohmann::json> ReadFleetJson(const std::string& data_dir) {
+  fs::path path = fs::path(data_dir) / "fleet.json";
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("no fleet in ", data_dir, " (no ", path.string(),
+                                            "); start one with 'tunefleet local up'"));
+  }
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.contains("services")) {
+    return absl::DataLossError(absl::StrCat(path.string(), " is not a fleet description"));
+  }
+  return j;
+}
+
+bool Alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
+
+std::string LogTail(const std::string& path, int lines) {
+  std::ifstream in(path);
+  std::vector<std::string> tail;
+  std::string line;
+  while (std::getline(in, line)) {
+    tail.push_back(line);
+    if (static_cast<int>(tail.size()) > lines) tail.erase(tail.begin());
+  }
+  std::string out;
+  for (const auto& l : tail) absl::StrAppend(&out, "    | ", l, "\n");
+  return out;
+}
+
+}  // namespace
+
+absl::Status StopDetached(const std::string& data_dir, absl::Duration timeout) {
+  TF_ASSIGN_OR_RETURN(nlohmann::json j, ReadFleetJson(data_dir));
+  std::vector<std::pair<std::string, pid_t>> pids;
+  const auto& order = FleetServices();
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    if (!j["services"].contains(*it)) continue;
+    pid_t pid = j["services"][*it].value("pid", 0);
+    if (Alive(pid)) {
+      kill(pid, SIGTERM);
+      pids.emplace_back(*it, pid);
+    }
+  }
+  absl::Time deadline = absl::Now() + timeout;
+  std::string stuck;
+  for (const auto& [name, pid] : pids) {
+    while (Alive(pid)) {
+      // A child of this process (tests) must be reaped to disappear.
+      waitpid(pid, nullptr, WNOHANG);
+      if (absl::Now() > deadline) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    if (Alive(pid)) {
+      kill(pid, SIGKILL);
+      absl::StrAppend(&stuck, " tunefleet-", name, " (pid ", pid, ")");
+    }
+  }
+  fs::remove(fs::path(data_dir) / "fleet.json");
+  if (!stuck.empty()) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("did not drain within ", absl::FormatDuration(timeout), ", killed:", stuck));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> DescribeFleet(const std::string& data_dir, bool* all_serving) {
+  TF_ASSIGN_OR_RETURN(nlohmann::json j, ReadFleetJson(data_dir));
+  *all_serving = true;
+  std::string out = absl::StrFormat("%-10s %-22s %-8s %s\n", "SERVICE", "ADDRESS", "PID", "HEALTH");
+  for (const std::string& name : FleetServices()) {
+    if (!j["services"].contains(name)) continue;
+    const auto& s = j["services"][name];
+    pid_t pid = s.value("pid", 0);
+    std::string address = s.value("address", "");
+    std::string health;
+    if (!Alive(pid)) {
+      health = "DEAD";
+    } else {
+      rpc::ChannelOptions channel;
+      channel.target = address;
+      auto h = CheckHealth(channel, absl::Seconds(2));
+      health = h.ok() ? *h : absl::StrCat("UNREACHABLE (", h.status().message(), ")");
+    }
+    if (health != "SERVING") *all_serving = false;
+    absl::StrAppendFormat(&out, "%-10s %-22s %-8d %s\n", name, address, pid, health);
+    if (health == "DEAD") {
+      absl::StrAppend(&out, "  end of ", s.value("log", std::string("?")), ":\n",
+                      LogTail(s.value("log", std::string()), 10));
+    }
+  }
+  return out;
+}
 
 }  // namespace tunefleet::cli

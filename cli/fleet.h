@@ -41,6 +41,8 @@ struct LocalFleetOptions {
   // Hugging Face model directories the dataset service tokenizes with
   // (<models_dir>/<name>/); empty: <data_dir>/models.
   std::string models_dir;
+  // CPU training slots the local trainer agent offers.
+  int trainer_slots = 1;
 };
 
 struct RunningService {
@@ -73,12 +75,23 @@ class LocalFleet {
   // SIGTERM to every service, then waits; returns an error naming any that
   // did not exit 0 within `timeout`.
   absl::Status Stop(absl::Duration timeout);
+  // Leaves the services running after this object is gone (`local up`):
+  // `StopDetached` stops them later through the pids in fleet.json.
+  void Detach();
 
  private:
   LocalFleet() = default;
   std::vector<RunningService> services_;
   LocalCredentials credentials_;
 };
+
+// `tunefleet local down`: SIGTERM to every service of the fleet in
+// `data_dir` (pids from fleet.json), then waits until each has exited.
+absl::Status StopDetached(const std::string& data_dir, absl::Duration timeout);
+
+// `tunefleet local status`: one line per service (address, pid, health);
+// a service that died shows the end of its log.
+absl::StatusOr<std::string> DescribeFleet(const std::string& data_dir, bool* all_serving);
 
 // Where the current program lives (for finding sibling binaries).
 std::string SelfDirectory();

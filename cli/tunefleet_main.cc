@@ -2,6 +2,11 @@
 //   tunefleet local            run the whole fleet on this machine
 //   tunefleet health           ask a service whether it is SERVING
 //   tunefleet keys create      make an API key (prints it once, stores its digest)
+//   tunefleet jobs ...         create, follow, inspect, cancel, pause, resume fine-tuning jobs
+//   tunefleet models ...       list, get, delete models
+//   tunefleet deployments ...  deploy models behind the chat API
+//   tunefleet chat             talk to a deployment
+// Exit codes: see cli/commands.h.
 //   tunefleet files ...        upload, list, get, delete training files
 #include <sys/stat.h>
 
@@ -14,24 +19,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/client.h"
+#include "cli/commands.h"
 #include "cli/fleet.h"
 #include "common/rpc/auth.h"
 #include "common/rpc/server.h"
 
 namespace tunefleet::cli {
+
+void PrintFile(const v1::File& f);  // files_cmd.cc
+
 namespace {
-
-int Fail(const absl::Status& status) {
-  std::cerr << "tunefleet: " << status.message() << " [" << absl::StatusCodeToString(status.code())
-            << "]\n";
-  return 1;
-}
-
-void PrintFile(const v1::File& f) {
-  std::cout << absl::StrFormat("%-30s %-10s %10d  %s  %s\n", f.id(),
-                               v1::FileStatus_Name(f.status()).substr(12), f.bytes(),
-                               f.sha256().substr(0, 12), f.filename());
-}
 
 int RunLocal(const LocalFleetOptions& options, bool check_only, const std::string& sample,
              const std::string& sample_model) {
@@ -91,6 +88,24 @@ int RunLocal(const LocalFleetOptions& options, bool check_only, const std::strin
   return 0;
 }
 
+int LocalUp(const LocalFleetOptions& options) {
+  bool serving = false;
+  if (DescribeFleet(options.data_dir, &serving).ok() && serving) {
+    return Fail(absl::AlreadyExistsError(absl::StrCat(
+        "a fleet is already running in ", options.data_dir, " ('tunefleet local status')")));
+  }
+  auto fleet = LocalFleet::Start(options);
+  if (!fleet.ok()) return Fail(fleet.status());
+  (*fleet)->Detach();
+  bool all = false;
+  auto text = DescribeFleet(options.data_dir, &all);
+  if (text.ok()) std::cout << *text;
+  std::cout << "fleet is up in the background; logs in " << options.data_dir
+            << "/logs; the CLI finds it with --fleet " << options.data_dir
+            << "; 'tunefleet local down' stops it\n";
+  return 0;
+}
+
 }  // namespace
 }  // namespace tunefleet::cli
 
@@ -118,6 +133,13 @@ int main(int argc, char** argv) {
   std::string sample_model;
   local_cmd->add_option("--sample-model", sample_model,
                         "With --sample-upload: count its tokens with this model (demo)");
+  auto* up_cmd = local_cmd->add_subcommand(
+      "up", "Start the fleet in the background and return once every service is SERVING");
+  auto* down_cmd = local_cmd->add_subcommand("down", "Drain and stop a fleet started with 'up'");
+  auto* status_cmd = local_cmd->add_subcommand("status", "Each service, its address and health");
+  for (CLI::App* c : {up_cmd, down_cmd, status_cmd}) c->fallthrough();
+  local_cmd->add_option("--slots", local.trainer_slots, "CPU training slots of the trainer agent")
+      ->capture_default_str();
   local_cmd->add_option("--models-dir", local.models_dir,
                         "Hugging Face model directories (default <data-dir>/models)");
 
@@ -139,101 +161,36 @@ int main(int argc, char** argv) {
   create_cmd->add_option("--name", key_name, "A label for the key");
   create_cmd->add_flag("--internal", internal, "The service-to-service credential");
 
-  auto* files_cmd = app.add_subcommand("files", "Training and validation files");
-  files_cmd->require_subcommand(1);
-  std::string fleet_dir = "./tunefleet-local", target, api_key;
-  rpc::ChannelOptions tls;
-  for (CLI::App* c : {files_cmd}) {
-    c->add_option("--fleet", fleet_dir, "A 'tunefleet local' data dir to read addresses and keys from")
-        ->capture_default_str();
-    c->add_option("--target", target, "Dataset service host:port (or TUNEFLEET_DATASET)");
-    c->add_option("--api-key", api_key, "API key (or TUNEFLEET_API_KEY)");
-    c->add_option("--tls-ca", tls.tls_ca_file, "CA of the server certificate (enables TLS)");
-    c->add_option("--tls-cert", tls.tls_cert_file, "Client certificate (mTLS)");
-    c->add_option("--tls-key", tls.tls_key_file, "Client key (mTLS)");
-    c->add_option("--tls-server-name", tls.tls_server_name, "Name to check in the server certificate");
-  }
-  std::string path, purpose = "fine-tune", file_id;
-  auto* upload_cmd = files_cmd->add_subcommand("upload", "Upload a JSONL file");
-  upload_cmd->add_option("path", path, "Local file")->required();
-  upload_cmd->add_option("--purpose", purpose, "fine-tune or validation")->capture_default_str();
-  auto* list_cmd = files_cmd->add_subcommand("list", "List your files");
-  auto* get_cmd = files_cmd->add_subcommand("get", "Show one file");
-  get_cmd->add_option("id", file_id, "file-…")->required();
-  auto* delete_cmd = files_cmd->add_subcommand("delete", "Delete a file");
-  delete_cmd->add_option("id", file_id, "file-…")->required();
-  v1::ValidateFileRequest validate_req;
-  std::string base_model;
-  int max_len = 0, epochs = 1, max_issues = 20;
-  auto* validate_cmd = files_cmd->add_subcommand("validate", "Validate a file and show statistics");
-  validate_cmd->add_option("id", file_id, "file-…")->required();
-  validate_cmd->add_option("--base-model", base_model, "Count tokens with this model's tokenizer");
-  validate_cmd->add_option("--max-seq-len", max_len, "Report examples longer than this");
-  validate_cmd->add_option("--epochs", epochs, "For the cost estimate")->capture_default_str();
-  validate_cmd->add_option("--max-issues", max_issues, "Issues shown in detail")->capture_default_str();
-  double ratio = 0.1;
-  int64_t seed = 0;
-  auto* split_cmd = files_cmd->add_subcommand("split", "Split into training and validation files");
-  split_cmd->add_option("id", file_id, "file-…")->required();
-  split_cmd->add_option("--ratio", ratio, "Fraction for validation, (0, 0.5]")->capture_default_str();
-  split_cmd->add_option("--seed", seed, "Same seed, same split")->capture_default_str();
+  int exit_code = 0;
+  cli::AddFilesCommands(&app, &exit_code);
+  cli::AddJobsCommands(&app, &exit_code);
+  cli::AddModelsCommands(&app, &exit_code);
+  cli::AddDeploymentsCommands(&app, &exit_code);
+  cli::AddChatCommand(&app, &exit_code);
 
-  // --fleet/--target/--api-key may follow the verb too.
-  for (CLI::App* c : {upload_cmd, list_cmd, get_cmd, delete_cmd, validate_cmd, split_cmd}) {
-    c->fallthrough();
+  // Usage errors exit with 2, like INVALID_ARGUMENT (cli/commands.h).
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
   }
 
-  CLI11_PARSE(app, argc, argv);
-
-  if (local_cmd->parsed()) return cli::RunLocal(local, check_only, sample, sample_model);
-  if (files_cmd->parsed()) {
-    auto endpoint = cli::ResolveEndpoint("dataset", fleet_dir, target, api_key);
-    if (!endpoint.ok()) return cli::Fail(endpoint.status());
-    endpoint->channel.tls_ca_file = tls.tls_ca_file;
-    endpoint->channel.tls_cert_file = tls.tls_cert_file;
-    endpoint->channel.tls_key_file = tls.tls_key_file;
-    endpoint->channel.tls_server_name = tls.tls_server_name;
-    if (upload_cmd->parsed()) {
-      auto p = cli::ParsePurpose(purpose);
-      if (!p.ok()) return cli::Fail(p.status());
-      auto f = cli::UploadFile(*endpoint, path, *p);
-      if (!f.ok()) return cli::Fail(f.status());
-      cli::PrintFile(*f);
-    } else if (list_cmd->parsed()) {
-      std::string token;
-      do {
-        auto page = cli::ListFiles(*endpoint, token);
-        if (!page.ok()) return cli::Fail(page.status());
-        for (const auto& f : page->files()) cli::PrintFile(f);
-        token = page->next_page_token();
-      } while (!token.empty());
-    } else if (get_cmd->parsed()) {
-      auto f = cli::GetFile(*endpoint, file_id);
-      if (!f.ok()) return cli::Fail(f.status());
-      cli::PrintFile(*f);
-    } else if (validate_cmd->parsed()) {
-      v1::ValidateFileRequest req;
-      req.set_file_id(file_id);
-      req.set_base_model(base_model);
-      req.set_max_sequence_length(max_len);
-      req.set_epochs(epochs);
-      req.set_max_issues(max_issues);
-      auto r = cli::ValidateFile(*endpoint, req);
-      if (!r.ok()) return cli::Fail(r.status());
-      std::cout << cli::FormatReport(*r);
-      return r->valid() ? 0 : 3;
-    } else if (split_cmd->parsed()) {
-      auto r = cli::SplitFile(*endpoint, file_id, ratio, seed);
-      if (!r.ok()) return cli::Fail(r.status());
-      cli::PrintFile(r->training_file());
-      cli::PrintFile(r->validation_file());
-    } else if (delete_cmd->parsed()) {
-      absl::Status s = cli::DeleteFile(*endpoint, file_id);
-      if (!s.ok()) return cli::Fail(s);
-      std::cout << "deleted " << file_id << "\n";
-    }
+  if (up_cmd->parsed()) return cli::LocalUp(local);
+  if (down_cmd->parsed()) {
+    absl::Status s = cli::StopDetached(local.data_dir, absl::Seconds(60));
+    if (!s.ok()) return cli::Fail(s);
+    std::cout << "every service drained and stopped; state kept in " << local.data_dir << "\n";
     return 0;
   }
+  if (status_cmd->parsed()) {
+    bool all_serving = false;
+    auto text = cli::DescribeFleet(local.data_dir, &all_serving);
+    if (!text.ok()) return cli::Fail(text.status());
+    std::cout << *text;
+    return all_serving ? 0 : 1;
+  }
+  if (local_cmd->parsed()) return cli::RunLocal(local, check_only, sample, sample_model);
   if (health_cmd->parsed()) {
     auto status = cli::CheckHealth(health_channel, absl::Seconds(5), health_service);
     if (!status.ok()) return cli::Fail(status.status());
@@ -256,5 +213,5 @@ int main(int argc, char** argv) {
     std::cerr << "store this key now: only its digest was written to " << keys_file << "\n";
     return 0;
   }
-  return 0;
+  return exit_code;
 }

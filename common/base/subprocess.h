@@ -40,6 +40,13 @@ class Subprocess {
   // Waits up to `timeout` for the child to exit. Returns its wait status
   // (see WIFEXITED) or DEADLINE_EXCEEDED.
   absl::StatusOr<int> Wait(absl::Duration timeout);
+  // Lets the child outlive this object (it is no longer killed or reaped
+  // here); returns its pid.
+  pid_t Release() {
+    pid_t pid = pid_;
+    pid_ = -1;
+    return pid;
+  }
 
  private:
   explicit Subprocess(pid_t pid) : pid_(pid) {}

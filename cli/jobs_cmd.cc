@@ -1,0 +1,448 @@
+// tunefleet jobs create|list|get|events|metrics|cancel|pause|resume|checkpoints
+#include <unistd.h>
+
+#include <condition_variable>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "cli/commands.h"
+#include "cli/plot.h"
+#include "tunefleet/v1/jobs.grpc.pb.h"
+
+namespace tunefleet::cli {
+namespace {
+
+using v1::JobService;
+
+struct JobsArgs {
+  ClientFlags flags;
+  std::string job_id;
+  // create
+  std::string model, training_file, validation_file, method = "lora", task = "chat", suffix,
+      request_id;
+  double validation_split = 0;
+  int epochs = 0, batch_size = 0, lora_rank = 0, max_seq_len = 0, gpus = 0, priority = 0;
+  double lr_multiplier = 0, lora_alpha = 0, lora_dropout = -1, warmup_ratio = -1;
+  int64_t seed = -1;
+  bool follow = false;
+  // list
+  std::string states;
+  // metrics
+  std::string plot;
+  int64_t after = 0;
+};
+
+std::string StateName(v1::JobState s) {
+  std::string name = v1::JobState_Name(s);
+  return name.size() > 10 ? absl::AsciiStrToLower(name.substr(10)) : name;
+}
+
+std::string Duration(double seconds) {
+  if (seconds < 0 || !std::isfinite(seconds)) return "?";
+  int s = static_cast<int>(seconds);
+  if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, s % 3600 / 60);
+  if (s >= 60) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%ds", s);
+}
+
+void PrintJobRow(const v1::Job& j) {
+  std::cout << absl::StrFormat("%-28s %-11s %-26s %6d/%-6d %s\n", j.id(), StateName(j.state()),
+                               j.base_model(), j.completed_steps(), j.total_steps(),
+                               j.result_model());
+}
+
+void PrintJob(const v1::Job& j, const std::vector<double>& losses) {
+  const auto& h = j.hyperparameters();
+  std::cout << "job            " << j.id() << "\n"
+            << "state          " << StateName(j.state()) << "\n"
+            << "base model     " << j.base_model() << "\n"
+            << "training file  " << j.training_file() << "\n"
+            << "validation     " << (j.validation_file().empty() ? "-" : j.validation_file())
+            << "\n"
+            << "method / task  " << absl::AsciiStrToLower(v1::TrainingMethod_Name(j.method()))
+            << " / " << absl::AsciiStrToLower(v1::TrainingTask_Name(j.task())) << "\n"
+            << absl::StrFormat(
+                   "hyperparameters epochs %d, batch %d, lr multiplier %g, lora r=%d alpha=%g "
+                   "dropout %g, max length %d, seed %d\n",
+                   h.epochs(), h.batch_size(), h.learning_rate_multiplier(), h.lora_rank(),
+                   h.lora_alpha(), h.lora_dropout(), h.max_sequence_length(), h.seed())
+            << "steps          " << j.completed_steps() << " / " << j.total_steps() << "\n"
+            << "trained tokens " << j.trained_tokens() << "\n";
+  if (j.state() == v1::JOB_STATE_QUEUED) std::cout << "queue position " << j.queue_position() << "\n";
+  if (!j.result_model().empty()) std::cout << "result model   " << j.result_model() << "\n";
+  if (!j.error().message().empty()) {
+    std::cout << "error          " << j.error().message() << " [" << j.error().code() << "]\n";
+  }
+  if (!losses.empty()) {
+    std::cout << "train loss     " << Sparkline(losses) << absl::StrFormat("  %.3f → %.3f\n",
+                                                                           losses.front(),
+                                                                           losses.back());
+  }
+}
+
+bool Terminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
+         s == v1::JOB_STATE_CANCELLED;
+}
+
+// Reads the job's events. Without `follow`, stops once the replay has gone
+// quiet for a moment (the server follows a live job forever otherwise).
+absl::Status ReadEvents(Endpoint& endpoint, const std::string& job_id, int64_t after, bool follow,
+                        const std::function<void(const v1::JobEvent&)>& on_event) {
+  auto channel = ChannelOf(endpoint);
+  if (!channel.ok()) return channel.status();
+  auto stub = JobService::NewStub(*channel);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, endpoint.api_key, follow ? absl::Hours(72) : absl::Minutes(5));
+  v1::StreamJobEventsRequest req;
+  req.set_job_id(job_id);
+  req.set_after_sequence(after);
+  auto reader = stub->StreamJobEvents(&ctx, req);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  absl::Time last = absl::Now();
+  std::thread quiet;
+  if (!follow) {
+    quiet = std::thread([&] {
+      std::unique_lock<std::mutex> lock(mu);
+      while (!done) {
+        if (absl::Now() - last > absl::Milliseconds(700)) {
+          ctx.TryCancel();
+          return;
+        }
+        cv.wait_for(lock, std::chrono::milliseconds(100));
+      }
+    });
+  }
+  v1::JobEvent event;
+  bool cancelled_by_us = false;
+  while (reader->Read(&event)) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      last = absl::Now();
+    }
+    on_event(event);
+    if (event.payload_case() == v1::JobEvent::kState && Terminal(event.state()) && follow) {
+      break;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    cancelled_by_us = !follow && absl::Now() - last > absl::Milliseconds(700);
+    done = true;
+  }
+  cv.notify_all();
+  if (quiet.joinable()) quiet.join();
+  ctx.TryCancel();
+  grpc::Status status = reader->Finish();
+  if (!status.ok() && !(cancelled_by_us && status.error_code() == grpc::StatusCode::CANCELLED) &&
+      status.error_code() != grpc::StatusCode::CANCELLED) {
+    return rpc::FromGrpcStatus(status);
+  }
+  return absl::OkStatus();
+}
+
+std::string FormatEvent(const v1::JobEvent& e) {
+  std::string when = google::protobuf::util::TimeUtil::ToString(e.created_at()).substr(11, 8);
+  switch (e.payload_case()) {
+    case v1::JobEvent::kState:
+      return absl::StrCat(when, "  state → ", StateName(e.state()),
+                          e.message().empty() ? "" : absl::StrCat(": ", e.message()));
+    case v1::JobEvent::kMetrics: {
+      const auto& m = e.metrics();
+      std::string line = absl::StrFormat("%s  step %d epoch %.2f train loss %.4f acc %.3f lr %.2e",
+                                         when, m.step(), m.epoch(), m.train_loss(),
+                                         m.train_token_accuracy(), m.learning_rate());
+      if (m.has_valid_loss()) absl::StrAppendFormat(&line, " valid loss %.4f", m.valid_loss());
+      if (m.tokens_per_second() > 0) absl::StrAppendFormat(&line, " %.0f tok/s", m.tokens_per_second());
+      return line;
+    }
+    case v1::JobEvent::kCheckpointId:
+      return absl::StrCat(when, "  checkpoint ", e.checkpoint_id(), " ", e.message());
+    default:
+      return absl::StrCat(when, "  ", e.message());
+  }
+}
+
+// Follows a job with one progress line (redrawn in place on a terminal).
+int Follow(Endpoint& endpoint, const std::string& job_id) {
+  bool tty = isatty(STDOUT_FILENO);
+  int64_t total = 0;
+  v1::JobState final_state = v1::JOB_STATE_UNSPECIFIED;
+  absl::Status s = ReadEvents(endpoint, job_id, 0, true, [&](const v1::JobEvent& e) {
+    if (e.payload_case() == v1::JobEvent::kMetrics) {
+      const auto& m = e.metrics();
+      if (total == 0) {
+        auto job = Call<JobService>(endpoint, &JobService::Stub::GetJob,
+                                    [&] { v1::GetJobRequest r; r.set_job_id(job_id); return r; }());
+        if (job.ok()) total = job->total_steps();
+      }
+      double eta = m.tokens_per_second() > 0 && total > 0 && m.step() > 0
+                       ? (total - m.step()) * (m.trained_tokens() / static_cast<double>(m.step())) /
+                             m.tokens_per_second()
+                       : -1;
+      int width = 24, filled = total > 0 ? static_cast<int>(width * m.step() / total) : 0;
+      std::string bar = std::string(std::clamp(filled, 0, width), '#') +
+                        std::string(width - std::clamp(filled, 0, width), '.');
+      std::string line = absl::StrFormat(
+          "[%s] step %d/%d epoch %.2f loss %.4f%s %.0f tok/s ETA %s", bar, m.step(), total,
+          m.epoch(), m.train_loss(),
+          m.has_valid_loss() ? absl::StrFormat(" valid %.4f", m.valid_loss()) : "",
+          m.tokens_per_second(), Duration(eta));
+      std::cout << (tty ? "\r\033[K" : "") << line << (tty ? "" : "\n") << std::flush;
+      return;
+    }
+    if (tty) std::cout << "\r\033[K";
+    std::cout << FormatEvent(e) << "\n" << std::flush;
+    if (e.payload_case() == v1::JobEvent::kState) final_state = e.state();
+  });
+  if (tty) std::cout << "\n";
+  if (!s.ok()) return Fail(s);
+  if (final_state == v1::JOB_STATE_SUCCEEDED) return 0;
+  return final_state == v1::JOB_STATE_CANCELLED ? 4 : 1;
+}
+
+absl::StatusOr<std::vector<v1::TrainingMetrics>> Metrics(Endpoint& endpoint,
+                                                         const std::string& job_id) {
+  std::vector<v1::TrainingMetrics> points;
+  absl::Status s = ReadEvents(endpoint, job_id, 0, false, [&](const v1::JobEvent& e) {
+    if (e.payload_case() == v1::JobEvent::kMetrics) points.push_back(e.metrics());
+  });
+  if (!s.ok()) return s;
+  return points;
+}
+
+int Run(JobsArgs& a, const std::string& verb) {
+  auto endpoint = ResolveService(a.flags, "scheduler");
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  auto show = [&](const v1::Job& j) {
+    if (a.flags.json) {
+      std::cout << ToJson(j) << "\n";
+    } else {
+      PrintJob(j, {});
+    }
+  };
+  if (verb == "create") {
+    v1::CreateJobRequest req;
+    req.set_base_model(a.model);
+    req.set_training_file(a.training_file);
+    req.set_validation_file(a.validation_file);
+    if (a.validation_split > 0) req.set_validation_split(a.validation_split);
+    if (a.method == "lora") {
+      req.set_method(v1::TRAINING_METHOD_LORA);
+    } else if (a.method == "full") {
+      req.set_method(v1::TRAINING_METHOD_FULL);
+    } else {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--method must be lora or full, not '", a.method, "'")));
+    }
+    if (a.task == "chat") {
+      req.set_task(v1::TRAINING_TASK_CHAT);
+    } else if (a.task == "classification") {
+      req.set_task(v1::TRAINING_TASK_CLASSIFICATION);
+    } else {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--task must be chat or classification, not '", a.task, "'")));
+    }
+    auto* h = req.mutable_hyperparameters();
+    if (a.epochs > 0) h->set_epochs(a.epochs);
+    if (a.batch_size > 0) h->set_batch_size(a.batch_size);
+    if (a.lr_multiplier > 0) h->set_learning_rate_multiplier(a.lr_multiplier);
+    if (a.lora_rank > 0) h->set_lora_rank(a.lora_rank);
+    if (a.lora_alpha > 0) h->set_lora_alpha(a.lora_alpha);
+    if (a.lora_dropout >= 0) h->set_lora_dropout(a.lora_dropout);
+    if (a.warmup_ratio >= 0) h->set_warmup_ratio(a.warmup_ratio);
+    if (a.max_seq_len > 0) h->set_max_sequence_length(a.max_seq_len);
+    if (a.seed >= 0) h->set_seed(a.seed);
+    req.set_suffix(a.suffix);
+    req.set_gpus(a.gpus);
+    req.set_priority(a.priority);
+    req.set_request_id(a.request_id);
+    auto job = Call<JobService>(*endpoint, &JobService::Stub::CreateJob, req);
+    if (!job.ok()) return Fail(job.status());
+    show(*job);
+    if (a.follow) return Follow(*endpoint, job->id());
+    return 0;
+  }
+  if (verb == "list") {
+    v1::ListJobsRequest req;
+    req.set_page_size(100);
+    for (absl::string_view s : absl::StrSplit(a.states, ',', absl::SkipEmpty())) {
+      v1::JobState state;
+      if (!v1::JobState_Parse(absl::StrCat("JOB_STATE_", absl::AsciiStrToUpper(s)), &state)) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("--state: unknown state '", s, "'")));
+      }
+      req.add_states(state);
+    }
+    if (!a.flags.json) {
+      std::cout << absl::StrFormat("%-28s %-11s %-26s %13s %s\n", "JOB", "STATE", "BASE MODEL",
+                                   "STEPS", "RESULT");
+    }
+    do {
+      auto page = Call<JobService>(*endpoint, &JobService::Stub::ListJobs, req);
+      if (!page.ok()) return Fail(page.status());
+      for (const auto& j : page->jobs()) a.flags.json ? show(j) : PrintJobRow(j);
+      req.set_page_token(page->next_page_token());
+    } while (!req.page_token().empty());
+    return 0;
+  }
+  if (verb == "get") {
+    v1::GetJobRequest req;
+    req.set_job_id(a.job_id);
+    auto job = Call<JobService>(*endpoint, &JobService::Stub::GetJob, req);
+    if (!job.ok()) return Fail(job.status());
+    if (a.flags.json) {
+      show(*job);
+      return 0;
+    }
+    std::vector<double> losses;
+    auto points = Metrics(*endpoint, a.job_id);
+    if (points.ok()) {
+      for (const auto& m : *points) losses.push_back(m.train_loss());
+    }
+    PrintJob(*job, losses);
+    return 0;
+  }
+  if (verb == "events") {
+    if (a.follow) return Follow(*endpoint, a.job_id);
+    absl::Status s = ReadEvents(*endpoint, a.job_id, a.after, false, [&](const v1::JobEvent& e) {
+      std::cout << (a.flags.json ? ToJson(e) : FormatEvent(e)) << "\n";
+    });
+    return s.ok() ? 0 : Fail(s);
+  }
+  if (verb == "metrics") {
+    auto points = Metrics(*endpoint, a.job_id);
+    if (!points.ok()) return Fail(points.status());
+    Series train{"train loss", "#1f77b4", false, {}}, valid{"validation loss", "#d62728", true, {}};
+    Series acc{"train token accuracy", "#2ca02c", false, {}};
+    if (!a.flags.json) {
+      std::cout << absl::StrFormat("%6s %7s %10s %10s %8s %10s\n", "STEP", "EPOCH", "TRAIN",
+                                   "VALID", "ACC", "TOK/S");
+    }
+    for (const auto& m : *points) {
+      train.points.push_back({static_cast<double>(m.step()), m.train_loss()});
+      acc.points.push_back({static_cast<double>(m.step()), m.train_token_accuracy()});
+      if (m.has_valid_loss()) valid.points.push_back({static_cast<double>(m.step()), m.valid_loss()});
+      if (a.flags.json) {
+        std::cout << ToJson(m) << "\n";
+      } else {
+        std::cout << absl::StrFormat("%6d %7.2f %10.4f %10s %8.3f %10.0f\n", m.step(), m.epoch(),
+                                     m.train_loss(),
+                                     m.has_valid_loss() ? absl::StrFormat("%.4f", m.valid_loss())
+                                                        : "-",
+                                     m.train_token_accuracy(), m.tokens_per_second());
+      }
+    }
+    if (!a.plot.empty()) {
+      std::ofstream out(a.plot, std::ios::trunc);
+      if (!out) return Fail(absl::InvalidArgumentError(absl::StrCat("--plot: cannot write ", a.plot)));
+      out << RenderSvgChart(absl::StrCat("Training curve of ", a.job_id), "step",
+                            {train, valid, acc});
+      std::cerr << "wrote " << a.plot << "\n";
+    }
+    return 0;
+  }
+  if (verb == "cancel" || verb == "pause" || verb == "resume") {
+    absl::StatusOr<v1::Job> job;
+    if (verb == "cancel") {
+      v1::CancelJobRequest r;
+      r.set_job_id(a.job_id);
+      job = Call<JobService>(*endpoint, &JobService::Stub::CancelJob, r);
+    } else if (verb == "pause") {
+      v1::PauseJobRequest r;
+      r.set_job_id(a.job_id);
+      job = Call<JobService>(*endpoint, &JobService::Stub::PauseJob, r);
+    } else {
+      v1::ResumeJobRequest r;
+      r.set_job_id(a.job_id);
+      job = Call<JobService>(*endpoint, &JobService::Stub::ResumeJob, r);
+    }
+    if (!job.ok()) return Fail(job.status());
+    a.flags.json ? show(*job) : PrintJobRow(*job);
+    return 0;
+  }
+  if (verb == "checkpoints") {
+    v1::ListCheckpointsRequest req;
+    req.set_job_id(a.job_id);
+    req.set_page_size(100);
+    do {
+      auto page = Call<JobService>(*endpoint, &JobService::Stub::ListCheckpoints, req);
+      if (!page.ok()) return Fail(page.status());
+      for (const auto& c : page->checkpoints()) {
+        if (a.flags.json) {
+          std::cout << ToJson(c) << "\n";
+        } else {
+          std::cout << absl::StrFormat("%-30s step %-6d train loss %.4f  %s\n", c.id(), c.step(),
+                                       c.metrics().train_loss(), c.model());
+        }
+      }
+      req.set_page_token(page->next_page_token());
+    } while (!req.page_token().empty());
+    return 0;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddJobsCommands(CLI::App* app, int* exit_code) {
+  auto a = std::make_shared<JobsArgs>();
+  auto* jobs = app->add_subcommand("jobs", "Fine-tuning jobs");
+  jobs->require_subcommand(1);
+  AddClientFlags(jobs, &a->flags, "scheduler");
+  auto verb = [&](const std::string& name, const std::string& help, bool takes_id = true) {
+    auto* c = jobs->add_subcommand(name, help);
+    c->fallthrough();
+    if (takes_id) c->add_option("id", a->job_id, "ftjob-…")->required();
+    c->callback([a, name, exit_code] { *exit_code = Run(*a, name); });
+    return c;
+  };
+  auto* create = verb("create", "Create a fine-tuning job", false);
+  create->add_option("--model", a->model, "Base model id, or a fine-tuned model to continue")
+      ->required();
+  create->add_option("--training-file", a->training_file, "file-… (purpose fine-tune)")->required();
+  create->add_option("--validation-file", a->validation_file, "file-… (optional)");
+  create->add_option("--validation-split", a->validation_split,
+                     "Split this fraction off the training file for validation");
+  create->add_option("--method", a->method, "lora or full")->capture_default_str();
+  create->add_option("--task", a->task, "chat or classification")->capture_default_str();
+  create->add_option("--epochs", a->epochs, "Epochs (default: auto)");
+  create->add_option("--batch-size", a->batch_size, "Examples per step (default: auto)");
+  create->add_option("--learning-rate-multiplier", a->lr_multiplier,
+                     "Times the method's base learning rate (default: auto)");
+  create->add_option("--lora-rank", a->lora_rank, "LoRA rank (default: auto)");
+  create->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (default: auto)");
+  create->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (default: auto)");
+  create->add_option("--warmup-ratio", a->warmup_ratio, "Warmup fraction of steps");
+  create->add_option("--max-seq-len", a->max_seq_len, "Longest example in tokens");
+  create->add_option("--seed", a->seed, "Seed (same seed, same result)");
+  create->add_option("--suffix", a->suffix, "Part of the result model's id ([a-z0-9-])");
+  create->add_option("--gpus", a->gpus, "Data-parallel ranks (default 1)");
+  create->add_option("--priority", a->priority, "Higher runs first");
+  create->add_option("--request-id", a->request_id, "Idempotency key");
+  create->add_flag("--follow", a->follow, "Follow the job until it ends");
+  verb("list", "List jobs", false)
+      ->add_option("--state", a->states, "Comma-separated states, e.g. running,queued");
+  verb("get", "Show a job (with a sparkline of its loss)");
+  auto* events = verb("events", "The job's events");
+  events->add_flag("--follow", a->follow, "Keep following until the job ends");
+  events->add_option("--after", a->after, "Only events after this sequence number");
+  verb("metrics", "Per-step metrics")
+      ->add_option("--plot", a->plot, "Write the loss curve as an SVG chart to this file");
+  verb("cancel", "Cancel a job");
+  verb("pause", "Checkpoint and stop a job (resume continues it)");
+  verb("resume", "Resume a paused job from its checkpoint");
+  verb("checkpoints", "List a job's checkpoints");
+}
+
+}  // namespace tunefleet::cli

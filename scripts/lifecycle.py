@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""The whole Tunefleet lifecycle on one machine, through the tunefleet CLI.
+
+Used by scripts/demo (for people: each phase printed with its time) and by
+the end-to-end CTest (`--check`: every step's outcome is asserted, and the
+script exits non-zero at the first that does not hold).
+
+Phases: a tiny Phi-3 base model; `tunefleet local up`; upload and validate
+the customer-support data set; a LoRA job with an automatic validation
+split, followed to the end; the loss chart (SVG); base vs fine-tuned
+validation loss; a deployment with content filtering; learned answers; a
+blocked prompt and a blocked answer; delete refused while deployed; delete
+the deployment and the model; `tunefleet local down`.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Demo:
+    def __init__(self, args):
+        self.bin = args.bin_dir
+        self.data = os.path.abspath(args.data_dir)
+        self.check = args.check
+        self.phase_start = time.monotonic()
+        self.t0 = time.monotonic()
+        self.timings = []
+        self.env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+
+    # --- helpers ----------------------------------------------------------
+    def phase(self, name):
+        now = time.monotonic()
+        if self.timings or hasattr(self, "current"):
+            self.timings.append((self.current, now - self.phase_start))
+        self.current = name
+        self.phase_start = now
+        print(f"\n=== {name}", flush=True)
+
+    def cli(self, *args, ok=True, show=True):
+        cmd = [os.path.join(self.bin, "tunefleet"), *args]
+        if args and args[0] not in ("local",):
+            cmd += ["--fleet", self.data]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
+        if show:
+            print("$ tunefleet " + " ".join(args))
+            if p.stdout.strip():
+                print(p.stdout.rstrip())
+            if p.stderr.strip():
+                print(p.stderr.rstrip())
+        if ok and p.returncode != 0:
+            self.fail(f"'tunefleet {' '.join(args)}' exited {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def cli_json(self, *args):
+        p = self.cli(*args, "--json", show=False)
+        return json.loads(p.stdout)
+
+    def expect(self, cond, what):
+        if cond:
+            print(f"  ok: {what}")
+        else:
+            self.fail(what)
+
+    def fail(self, what):
+        print(f"FAILED: {what}", file=sys.stderr, flush=True)
+        for log in sorted(os.listdir(os.path.join(self.data, "logs"))) if os.path.isdir(
+                os.path.join(self.data, "logs")) else []:
+            path = os.path.join(self.data, "logs", log)
+            with open(path, errors="replace") as f:
+                tail = f.readlines()[-25:]
+            print(f"--- end of {path}", file=sys.stderr)
+            sys.stderr.writelines(tail)
+        raise SystemExit(1)
+
+    # --- the flow ----------------------------------------------------------
+    def run(self):
+        models = os.path.join(self.data, "models")
+        self.phase("1. a tiny Phi-3 base model (the real Phi-3 tokenizer, seeded random weights)")
+        subprocess.run([os.path.join(self.bin, "tunefleet-model"), "init-tiny", "--out",
+                        os.path.join(models, "phi-3-tiny"), "--seed", "1", "--hidden", "128",
+                        "--intermediate", "256", "--layers", "2"],
+                       check=True, stdout=subprocess.DEVNULL, env=self.env)
+        print(f"  wrote {models}/phi-3-tiny")
+
+        self.phase("2. start the fleet: dataset, scheduler, trainer agent, serving replica")
+        self.cli("local", "up", "--data-dir", self.data, "--models-dir", models)
+        try:
+            self.lifecycle()
+        finally:
+            self.phase("stop the fleet")
+            self.cli("local", "down", "--data-dir", self.data, ok=False)
+        self.phase("done")
+        print("\nphase timings:")
+        for name, secs in self.timings[:-1]:
+            print(f"  {secs:7.1f} s  {name}")
+        print(f"  {time.monotonic() - self.t0:7.1f} s  in all")
+
+    def lifecycle(self):
+        data_file = os.path.join(ROOT, "examples", "data", "support_chat.jsonl")
+        self.phase("3. upload and validate the training data")
+        up = self.cli_json("files", "upload", data_file)
+        file_id = up["id"]
+        print(f"  uploaded {data_file} as {file_id}")
+        deadline = time.monotonic() + 120
+        while True:
+            f = self.cli_json("files", "get", file_id)
+            if f.get("status") in ("FILE_STATUS_PROCESSED", "FILE_STATUS_ERROR"):
+                break
+            if time.monotonic() > deadline:
+                self.fail(f"{file_id} still validating after 120 s")
+            time.sleep(0.2)
+        self.expect(f["status"] == "FILE_STATUS_PROCESSED", f"{file_id} is processed")
+        report = self.cli("files", "validate", file_id, "--base-model", "phi-3-tiny",
+                          "--epochs", str(EPOCHS))
+        stats = json.loads(self.cli("files", "validate", file_id, "--base-model", "phi-3-tiny",
+                                    "--epochs", str(EPOCHS), "--json", show=False).stdout)
+        self.expect(stats.get("valid") is True, "the file is valid")
+        self.expect(int(stats["statistics"]["examples"]) == 240, "240 examples counted")
+        self.expect(int(stats.get("estimated_trained_tokens", 0)) > 0,
+                    f"trained-token estimate {stats.get('estimated_trained_tokens')} "
+                    f"for {EPOCHS} epochs")
+
+        self.phase("4. fine-tune: LoRA, automatic 10% validation split, followed to the end")
+        job = self.cli_json("jobs", "create", "--model", "phi-3-tiny", "--training-file", file_id,
+                            "--validation-split", "0.1", "--epochs", str(EPOCHS),
+                            "--batch-size", "8", "--learning-rate-multiplier", str(LR_MULT),
+                            "--lora-rank", "16", "--lora-alpha", "32", "--lora-dropout", "0",
+                            "--seed", "7", "--suffix", "support")
+        job_id = job["id"]
+        print(f"  created {job_id}")
+        follow = self.cli("jobs", "events", job_id, "--follow", ok=False)
+        self.expect(follow.returncode == 0, f"{job_id} followed to its end")
+        job = self.cli_json("jobs", "get", job_id)
+        self.cli("jobs", "get", job_id)
+        self.expect(job["state"] == "JOB_STATE_SUCCEEDED", f"{job_id} succeeded")
+        model = job.get("result_model", "")
+        self.expect(model.startswith("ft:phi-3-tiny:support:"), f"model {model} registered")
+        models = self.cli("models", "list").stdout
+        self.expect(model in models, "the model is listed")
+
+        self.phase("5. the loss chart and what fine-tuning bought")
+        chart = os.path.join(self.data, "loss.svg")
+        self.cli("jobs", "metrics", job_id, "--plot", chart, show=False)
+        root = ET.parse(chart).getroot()
+        ns = "{http://www.w3.org/2000/svg}"
+        self.expect(root.tag == ns + "svg" and len(root.findall(ns + "polyline")) >= 2,
+                    f"{chart} is a well-formed SVG with train and validation curves")
+        ev = job.get("evaluation", {})
+        base, tuned = ev.get("base_valid_loss"), ev.get("valid_loss")
+        self.expect(base is not None and tuned is not None and tuned < base,
+                    f"validation loss: base {base}, fine-tuned {tuned}")
+
+        self.phase("6. deploy the fine-tuned model with content filtering (PII, profanity)")
+        dep = self.cli_json("deployments", "create", "--model", model, "--wait")
+        dep_id = dep["id"]
+        self.expect(dep["state"] == "DEPLOYMENT_STATE_SUCCEEDED", f"{dep_id} is serving")
+
+        self.phase("7. ask it questions from the training set")
+        learned = 0
+        for q, expected in QUESTIONS:
+            p = self.cli("chat", "--deployment", dep_id, "--message", q, "--system",
+                         SYSTEM_EN if q[0] != "¿" else SYSTEM_ES, ok=False)
+            if p.returncode == 0 and p.stdout.strip() == expected:
+                learned += 1
+        self.expect(learned >= len(QUESTIONS) - 1,
+                    f"{learned} of {len(QUESTIONS)} answers reproduce the training data")
+
+        self.phase("8. the content filter: a blocked prompt, a blocked answer")
+        p = self.cli("chat", "--deployment", dep_id, "--message",
+                     "This shit lamp is broken, fix it", ok=False)
+        self.expect(p.returncode == 4 and "content filter" in p.stderr,
+                    "a profane prompt is refused before the model runs (exit 4)")
+        p = self.cli("chat", "--deployment", dep_id, "--system", SYSTEM_EN, "--message",
+                     "How do I contact support?", ok=False)
+        self.expect(p.returncode == 0 and "content_filter" in p.stderr and
+                    "help@aurora.example" not in p.stdout,
+                    "an answer with an e-mail address is cut (finish_reason content_filter)")
+
+        self.phase("9. delete: refused while deployed, then the deployment and the model")
+        p = self.cli("models", "delete", model, ok=False)
+        self.expect(p.returncode == 4 and dep_id in p.stderr,
+                    f"deleting {model} is refused while {dep_id} serves it")
+        self.cli("deployments", "delete", dep_id)
+        deadline = time.monotonic() + 60
+        while True:
+            p = self.cli("models", "delete", model, ok=False, show=False)
+            if p.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.expect(p.returncode == 0, f"{model} deleted")
+        print(f"\nthe loss chart: {chart}\nthe logs: {self.data}/logs/")
+
+
+EPOCHS = 6
+LR_MULT = 50  # x the LoRA base rate 2e-4: a tiny model learns fast
+SYSTEM_EN = ("You are Lumo Support, the assistant for the Lumo smart lamp by Aurora Home. "
+             "Answer briefly.")
+SYSTEM_ES = ("Eres Lumo Soporte, el asistente de la lámpara inteligente Lumo de Aurora Home. "
+             "Responde brevemente.")
+QUESTIONS = [
+    ("How do I reset my Lumo?",
+     "Hold the power button for 10 seconds until the light blinks blue."),
+    ("How long is the warranty?", "Lumo has a 2-year warranty from the date of purchase."),
+    ("¿Cuánto cuesta Lumo?", "Lumo cuesta 49 euros y el pack de dos cuesta 89 euros."),
+    ("¿Cómo cambio el color?",
+     "Lumo muestra 16 millones de colores; elige uno en la app Aurora en Color."),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--check", action="store_true", help="assert every step (for CTest)")
+    Demo(ap.parse_args()).run()
+
+
+if __name__ == "__main__":
+    main()
