@@ -11,6 +11,7 @@
 #include "common/rpc/channel.h"
 #include "common/rpc/server_flags.h"
 #include "services/scheduler/grpc_dataset_client.h"
+#include "services/scheduler/scheduler_metrics.h"
 #include "services/scheduler/scheduler_service.h"
 
 ABSL_FLAG(std::string, models_dir, "",
@@ -28,6 +29,10 @@ ABSL_FLAG(absl::Duration, lease, absl::Seconds(10),
 ABSL_FLAG(int, max_retries, 3, "Lost attempts a job survives before it fails (worker_lost)");
 ABSL_FLAG(absl::Duration, tick_interval, absl::Milliseconds(200),
           "How often leases are checked and queued jobs placed");
+ABSL_FLAG(int, max_active_jobs_per_tenant, 0,
+          "Unfinished jobs a tenant may have (0: unlimited); beyond, RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_gpus_per_tenant, 0,
+          "GPUs a tenant's unfinished jobs may ask in all (0: unlimited)");
 ABSL_FLAG(int, io_threads, 16,
           "Threads for blocking work: calls wait here for their group commit (one shared fsync)");
 ABSL_FLAG(bool, group_commit, true,
@@ -69,6 +74,8 @@ int main(int argc, char** argv) {
   options.lease = absl::GetFlag(FLAGS_lease);
   options.max_retries = absl::GetFlag(FLAGS_max_retries);
   options.group_commit = absl::GetFlag(FLAGS_group_commit);
+  options.max_active_jobs_per_tenant = absl::GetFlag(FLAGS_max_active_jobs_per_tenant);
+  options.max_gpus_per_tenant = absl::GetFlag(FLAGS_max_gpus_per_tenant);
   auto sched = scheduler::Scheduler::Open(options, &dataset);
   if (!sched.ok()) {
     spdlog::critical("cannot open {}: {}", options.db_path, sched.status().ToString());
@@ -88,12 +95,14 @@ int main(int argc, char** argv) {
   server.AddService(&trainer_control);
   server.AddService(&serving_control);
 
+  scheduler::SchedulerMetrics metrics(server.registry());
   // The one clock of the control plane: leases and placement.
   std::atomic<bool> stop{false};
   const absl::Duration tick = absl::GetFlag(FLAGS_tick_interval);
   std::thread ticker([&] {
     while (!stop.load()) {
       (*sched)->Tick(Clock::Real()->Now());
+      metrics.Update((*sched)->Stats());
       absl::SleepFor(tick);
     }
   });

@@ -304,6 +304,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
       for (const auto& [id, j] : jobs_)
         if (j.tenant == tenant && j.request_id == req.request_id()) return View(id, j);
     }
+    TF_RETURN_IF_ERROR(CheckQuota(tenant, gpus));
     int fleet = 0;
     for (const auto& [id, n] : nodes_) fleet += n.record.slots;
     if (!nodes_.empty() && gpus > fleet) {
@@ -404,8 +405,9 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
         }
       }
     }
-    if (!out.id().empty()) {
-      // A concurrent retry won the race: undo this one's holds.
+    if (out.id().empty()) status = CheckQuota(tenant, gpus);
+    if (!out.id().empty() || !status.ok()) {
+      // A concurrent retry won the race (or the quota filled): undo the holds.
       for (const auto& h : held) t.Release(h, job_id);
     } else {
       *job.mutable_created_at() = ToTimestamp(t.now());
@@ -438,6 +440,27 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   return out;
 }
 
+absl::Status Scheduler::CheckQuota(const std::string& tenant, int gpus) {
+  int active = 0;
+  int used = 0;
+  for (const auto& [id, j] : jobs_) {
+    if (j.tenant != tenant || IsTerminal(j.job.state())) continue;
+    ++active;
+    used += std::max(1, j.job.gpus());
+  }
+  if (options_.max_active_jobs_per_tenant > 0 && active >= options_.max_active_jobs_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "quota max_active_jobs_per_tenant: ", tenant, " has ", active,
+        " unfinished jobs (limit ", options_.max_active_jobs_per_tenant, ")"));
+  }
+  if (options_.max_gpus_per_tenant > 0 && used + gpus > options_.max_gpus_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "quota max_gpus_per_tenant: ", tenant, " has ", used, " GPUs in unfinished jobs and asks ",
+        gpus, " more (limit ", options_.max_gpus_per_tenant, ")"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Scheduler::Transition(Txn& t, const std::string& job_id, JobTrigger trigger,
                                    const std::string& message, const v1::Error* error) {
   JobRecord& j = t.Job(job_id);
@@ -446,6 +469,7 @@ absl::Status Scheduler::Transition(Txn& t, const std::string& job_id, JobTrigger
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, ": ", next.status().message()));
   }
   j.job.set_state(*next);
+  if (*next != v1::JOB_STATE_RUNNING) preempting_.erase(job_id);
   if (*next == v1::JOB_STATE_RUNNING && !j.job.has_started_at())
     *j.job.mutable_started_at() = ToTimestamp(t.now());
   if (error != nullptr) *j.job.mutable_error() = *error;
@@ -950,6 +974,12 @@ void Scheduler::FinishAssignment(Txn& t, const std::string& assignment_id) {
                      absl::StrCat("paused", at.empty() ? "" : " at checkpoint " + at));
   } else if (s == v1::JOB_STATE_CANCELLING) {
     (void)Transition(t, job_id, JobTrigger::kStopped, "cancelled; every rank has stopped");
+  } else if (s == v1::JOB_STATE_RUNNING && preempting_.count(job_id)) {
+    std::string at = t.Job(job_id).resume_artifact;
+    ++preemptions_;
+    (void)Transition(t, job_id, JobTrigger::kStopped,
+                     absl::StrCat("preempted; requeued to resume from ",
+                                  at.empty() ? "the start" : at));
   }
 }
 
@@ -975,7 +1005,8 @@ absl::StatusOr<iv1::HeartbeatResponse> Scheduler::Heartbeat(const iv1::Heartbeat
       v1::JobState s = jobs_.at(a.assignment.job_id()).job.state();
       // A rank of a pausing or cancelling job that the agent no longer runs
       // has stopped.
-      if (!present && (a.stopping || s == v1::JOB_STATE_PAUSING || s == v1::JOB_STATE_CANCELLING))
+      if (!present && (a.stopping || s == v1::JOB_STATE_PAUSING ||
+                       s == v1::JOB_STATE_CANCELLING || preempting_.count(a.assignment.job_id())))
         finished.push_back(id);
     }
     for (const auto& id : finished) FinishAssignment(t, id);
@@ -983,7 +1014,8 @@ absl::StatusOr<iv1::HeartbeatResponse> Scheduler::Heartbeat(const iv1::Heartbeat
     for (const auto& [id, a] : assignments_) {
       if (a.node_id != req.node_id() || a.stopping) continue;
       *resp.add_assignments() = a.assignment;
-      if (jobs_.at(a.assignment.job_id()).job.state() == v1::JOB_STATE_PAUSING)
+      if (jobs_.at(a.assignment.job_id()).job.state() == v1::JOB_STATE_PAUSING ||
+          preempting_.count(a.assignment.job_id()))
         resp.add_checkpoint_and_stop(id);
     }
   }
@@ -1098,7 +1130,7 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
         TF_RETURN_IF_ERROR(Transition(t, job_id, JobTrigger::kSucceed,
                                       absl::StrCat("succeeded; model ", j.job.result_model())));
       }
-    } else if (!req.succeeded() && s == v1::JOB_STATE_RUNNING) {
+    } else if (!req.succeeded() && s == v1::JOB_STATE_RUNNING && !preempting_.count(job_id)) {
       t.DeleteAssignment(a.assignment_id());
       v1::Error e = req.error();
       if (e.code().empty()) e.set_code("training_failed");
@@ -1137,8 +1169,21 @@ void Scheduler::PlaceLocked(Txn& t) {
   }
   if (queue.empty() || nodes.empty()) return;
   int fleet = 0;
-  for (const auto& n : nodes) fleet += n.total_slots;
+  int free_before = 0;
+  for (const auto& n : nodes) {
+    fleet += n.total_slots;
+    free_before += n.free_slots;
+  }
+  SortQueue(queue);
+  const std::vector<QueuedJob> ordered = queue;
   PlacementResult r = Place(std::move(queue), std::move(nodes));
+  int placed_slots = 0;
+  std::set<std::string> settled(r.never_fit.begin(), r.never_fit.end());
+  for (const auto& p : r.placed) {
+    settled.insert(p.job_id);
+    for (const auto& [node, n] : p.nodes) placed_slots += n;
+  }
+  PreemptFor(t, ordered, settled, free_before - placed_slots);
   for (const auto& id : r.never_fit) {
     v1::Error e;
     e.set_code("unschedulable");
@@ -1191,12 +1236,69 @@ void Scheduler::PlaceLocked(Txn& t) {
   }
 }
 
+void Scheduler::PreemptFor(Txn& t, const std::vector<QueuedJob>& ordered,
+                           const std::set<std::string>& settled, int free_slots) {
+  // Slots that victims already asked to stop will return.
+  int available = free_slots;
+  struct Victim {
+    int priority;
+    int64_t queue_seq;
+    std::string id;
+    int slots;
+  };
+  std::vector<Victim> running;
+  for (const auto& [id, j] : jobs_) {
+    if (j.job.state() != v1::JOB_STATE_RUNNING) continue;
+    int slots = static_cast<int>(t.AssignmentsOf(id).size());
+    if (preempting_.count(id)) {
+      available += slots;
+    } else {
+      running.push_back(Victim{j.job.priority(), j.queue_seq, id, slots});
+    }
+  }
+  // Lowest priority first, then the newest (it has lost the least work).
+  std::sort(running.begin(), running.end(), [](const Victim& a, const Victim& b) {
+    if (a.priority != b.priority) return a.priority < b.priority;
+    return a.queue_seq > b.queue_seq;
+  });
+  for (const QueuedJob& q : ordered) {
+    if (settled.count(q.id)) continue;
+    const int w = std::max(1, q.world_size);
+    if (w <= available) {
+      available -= w;  // starts once the stopping ranks are gone
+      continue;
+    }
+    int gained = 0;
+    std::vector<size_t> chosen;
+    for (size_t i = 0; i < running.size() && available + gained < w; ++i) {
+      if (running[i].priority >= q.priority) break;
+      chosen.push_back(i);
+      gained += running[i].slots;
+    }
+    if (available + gained < w) continue;  // preempting cannot make room: wait
+    for (size_t i : chosen) {
+      const std::string& victim = running[i].id;
+      preempting_.insert(victim);
+      v1::JobEvent e;
+      e.set_level(v1::JobEvent::LEVEL_WARNING);
+      e.set_message(absl::StrCat("preempted by ", q.id, " (priority ", q.priority,
+                                 "): checkpointing to return to the queue"));
+      t.Event(victim, e);
+      spdlog::info("job={} preempted by job={}", victim, q.id);
+    }
+    for (auto it = chosen.rbegin(); it != chosen.rend(); ++it)
+      running.erase(running.begin() + static_cast<std::ptrdiff_t>(*it));
+    available += gained - w;
+  }
+}
+
 void Scheduler::Tick(absl::Time now) {
   Txn t(this);
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, n] : nodes_) {
       if (n.lease_expiry >= now) continue;
+      ++node_losses_;
       spdlog::warn("node={} name={} lost: no heartbeat for {}", id, n.record.name,
                    absl::FormatDuration(options_.lease));
       for (const auto& [aid, a] : t.AllAssignments())
@@ -1226,6 +1328,9 @@ Scheduler::FleetStats Scheduler::Stats() {
   st.nodes = static_cast<int>(nodes_.size());
   for (const auto& [id, n] : nodes_) st.slots += n.record.slots;
   st.used_slots = static_cast<int>(assignments_.size());
+  st.preemptions = preemptions_;
+  st.node_losses = node_losses_;
+  for (const auto& [id, j] : jobs_) ++st.jobs_by_state[j.job.state()];
   for (const auto& [id, j] : jobs_) {
     if (j.job.state() == v1::JOB_STATE_QUEUED) ++st.queued_jobs;
     if (j.job.state() == v1::JOB_STATE_RUNNING) ++st.running_jobs;

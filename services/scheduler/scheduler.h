@@ -12,6 +12,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include "services/scheduler/event_bus.h"
 #include "services/scheduler/job_spec.h"
 #include "services/scheduler/job_state.h"
+#include "services/scheduler/placement.h"
 #include "services/scheduler/scheduler_store.h"
 #include "tunefleet/internal/v1/serving.pb.h"
 #include "tunefleet/internal/v1/trainer.pb.h"
@@ -43,6 +45,10 @@ struct SchedulerOptions {
   int max_retries = 3;
   int first_master_port = 29500;
   int max_watchers_per_topic = 1024;
+  // Per-tenant quotas checked at admission (RESOURCE_EXHAUSTED naming the
+  // quota); 0: unlimited. GPUs count every unfinished job's gpus.
+  int max_active_jobs_per_tenant = 0;
+  int max_gpus_per_tenant = 0;
   // Group commit (see SchedulerStore); off: one fsync per mutation.
   bool group_commit = true;
 };
@@ -122,6 +128,9 @@ class Scheduler {
     int used_slots = 0;
     int queued_jobs = 0;
     int running_jobs = 0;
+    int64_t preemptions = 0;
+    int64_t node_losses = 0;
+    std::map<int, int> jobs_by_state;  // v1::JobState -> count
   };
   FleetStats Stats();
   SchedulerStore& store() { return *store_; }
@@ -162,6 +171,15 @@ class Scheduler {
   void RegisterResult(Txn& t, const std::string& job_id, const std::string& artifact)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PlaceLocked(Txn& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Preemption: for each queued job (in queue order) that placement left
+  // waiting, when stopping running jobs of lower priority (lowest first,
+  // newest first) frees enough slots, those are asked to checkpoint and stop
+  // (checkpoint_and_stop); once their ranks are gone they are requeued to
+  // resume from that checkpoint and the waiting job is placed.
+  void PreemptFor(Txn& t, const std::vector<QueuedJob>& ordered,
+                  const std::set<std::string>& settled, int free_slots)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckQuota(const std::string& tenant, int gpus) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecomputeDeployment(Txn& t, const std::string& dep_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for durability, releases files, wakes watchers.
   absl::Status AfterCommit(Txn& t) ABSL_LOCKS_EXCLUDED(mu_);
@@ -186,6 +204,11 @@ class Scheduler {
   std::map<std::string, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ReplicaState> replicas_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Progress> progress_ ABSL_GUARDED_BY(mu_);
+  // Running jobs asked to checkpoint and stop for a higher-priority one
+  // (memory only: after a restart a victim simply keeps running).
+  std::set<std::string> preempting_ ABSL_GUARDED_BY(mu_);
+  int64_t preemptions_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t node_losses_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t next_queue_seq_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -109,6 +109,7 @@ class SchedulerServiceTest : public ::testing::Test {
     options.clock = &clock_;
     options.lease = absl::Seconds(10);
     options.max_retries = 2;
+    options.max_active_jobs_per_tenant = max_active_jobs_;
     auto s = Scheduler::Open(options, dataset_client_.get());
     ASSERT_THAT(s, IsOk());
     scheduler_ = std::move(*s);
@@ -313,6 +314,7 @@ class SchedulerServiceTest : public ::testing::Test {
 
   testing::TempDir dir_;
   ManualClock clock_;
+  int max_active_jobs_ = 0;
   rpc::NewKey a_ = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
   rpc::NewKey b_ = rpc::GenerateKey("tenant-b", rpc::Role::kTenant, "b");
   rpc::NewKey internal_ = rpc::GenerateKey("", rpc::Role::kInternal, "svc");
@@ -770,6 +772,63 @@ TEST_F(SchedulerServiceTest, RestartKeepsJobsEventsCheckpointsModelsAndAssignmen
   v1::GetModelRequest gm;
   gm.set_model_id(absl::StrCat("ft:", kBase, ":mine:", r.job));
   EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm), IsOk());
+}
+
+TEST_F(SchedulerServiceTest, HigherPriorityPreemptsWhichResumesFromItsCheckpoint) {
+  Running low = StartOne();
+  const std::string ckpt = "jobs/" + low.job + "/checkpoints/step-000050";
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  v1::CreateJobRequest req = JobRequest(file->id());
+  req.set_priority(10);
+  auto high = CreateJob(a_.key, req);
+  ASSERT_THAT(high, IsOk());
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(high->id()), v1::JOB_STATE_QUEUED);
+  // The low-priority job is asked to checkpoint and stop.
+  auto hb = Heartbeat(low.node, {low.asg});
+  ASSERT_THAT(hb, IsOk());
+  EXPECT_THAT(hb->checkpoint_and_stop(), Contains(low.asg));
+  scheduler_->Tick(clock_.Now());  // asking again changes nothing
+  ASSERT_THAT(Checkpoint(low.asg, 50, ckpt), IsOk());
+  ASSERT_THAT(Complete(low.asg, false), IsOk());
+  EXPECT_EQ(State(low.job), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(scheduler_->Stats().preemptions, 1);
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(high->id()), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(State(low.job), v1::JOB_STATE_QUEUED);
+  hb = Heartbeat(low.node);
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  EXPECT_EQ(hb->assignments(0).job_id(), high->id());
+  EXPECT_THAT(hb->checkpoint_and_stop(), IsEmpty());  // nothing lower to preempt
+  ASSERT_THAT(Complete(hb->assignments(0).assignment_id(), true, "jobs/h/result"), IsOk());
+  scheduler_->Tick(clock_.Now());
+  hb = Heartbeat(low.node);
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  EXPECT_EQ(hb->assignments(0).job_id(), low.job);
+  EXPECT_EQ(hb->assignments(0).resume_checkpoint(), ckpt);
+  ASSERT_THAT(Complete(hb->assignments(0).assignment_id(), true, "jobs/l/result"), IsOk());
+  EXPECT_EQ(State(low.job), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(SchedulerServiceTest, TenantQuotaRefusesAtAdmission) {
+  StopScheduler();
+  max_active_jobs_ = 1;
+  StartScheduler();
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  auto first = CreateJob(a_.key, JobRequest(file->id()));
+  ASSERT_THAT(first, IsOk());
+  EXPECT_THAT(CreateJob(a_.key, JobRequest(file->id())),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("max_active_jobs_per_tenant")));
+  // Another tenant has its own quota.
+  auto theirs = UploadProcessed(b_.key, ChatJsonl(20));
+  ASSERT_THAT(theirs, IsOk());
+  EXPECT_THAT(CreateJob(b_.key, JobRequest(theirs->id())), IsOk());
+  ASSERT_THAT(JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, first->id()),
+              IsOk());
+  EXPECT_THAT(CreateJob(a_.key, JobRequest(file->id())), IsOk());
 }
 
 }  // namespace
