@@ -15,12 +15,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <atomic>
+#include <filesystem>
 #include <condition_variable>
 #include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/sha256.h"
+#include "common/base/subprocess.h"
 #include "common/model/lora.h"
 #include "common/model/tiny_model.h"
 #include "common/rpc/channel.h"
@@ -591,6 +593,72 @@ TEST_F(ServingTest, ClassifyServesTheBuiltinFilterToInternalCallers) {
   grpc::ClientContext tenant;
   rpc::PrepareContext(&tenant, (*keys_)[0].key, absl::Seconds(10));
   EXPECT_EQ(stub->Classify(&tenant, req, &resp).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+}
+
+// The replica is stateless: killed with SIGKILL and started again, it
+// registers, is given the same deployments and serves the same answers.
+TEST_F(ServingTest, AReplicaKilledAndRestartedServesTheSameDeploymentsAgain) {
+  std::ofstream(dir_->Join("keys.txt")) << (*keys_)[0].line << "\n" << (*keys_)[2].line << "\n";
+  std::ofstream(dir_->Join("internal.key")) << (*keys_)[2].key << "\n";
+  const std::string port_file = dir_->Join("serving.ports.json");
+  auto start = [&]() -> std::pair<std::unique_ptr<Subprocess>, std::string> {
+    std::filesystem::remove(port_file);
+    std::vector<std::string> argv = {
+        std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-serving", "--listen=127.0.0.1:0",
+        "--metrics_listen=off", "--keys_file=" + dir_->Join("keys.txt"),
+        "--port_file=" + port_file, "--log_level=warn", "--models_dir=" + dir_->Join("models"),
+        "--artifacts_dir=" + dir_->Join("artifacts"),
+        absl::StrCat("--scheduler_address=127.0.0.1:", scheduler_server_->port()),
+        "--internal_key_file=" + dir_->Join("internal.key"), "--replica_name=proc",
+        "--engine_threads=1", "--max_batch=4"};
+    auto proc = Subprocess::Start(argv, Subprocess::Options{dir_->Join("serving.log"),
+                                                             {"OMP_WAIT_POLICY=PASSIVE"}});
+    EXPECT_TRUE(proc.ok()) << proc.status();
+    if (!proc.ok()) return {nullptr, ""};
+    auto p = std::make_unique<Subprocess>(std::move(*proc));
+    for (int i = 0; i < 3000 && !std::filesystem::exists(port_file); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::ifstream in(port_file);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    const size_t colon = text.find(':');
+    const int port = colon == std::string::npos ? 0 : std::atoi(text.c_str() + colon + 1);
+    return {std::move(p), absl::StrCat("127.0.0.1:", port)};
+  };
+  auto answer = [&](const std::string& target) -> std::string {
+    rpc::ChannelOptions co;
+    co.target = target;
+    auto channel = *rpc::MakeChannel(co);
+    // Not serving until the base is loaded; then the deployment answers.
+    auto health = grpc::health::v1::Health::NewStub(channel);
+    for (int i = 0; i < 3000; ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      grpc::health::v1::HealthCheckResponse resp;
+      if (health->Check(&ctx, {}, &resp).ok() &&
+          resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    auto stub = v1::InferenceService::NewStub(channel);
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, (*keys_)[0].key, absl::Seconds(60));
+    v1::ChatCompletionResponse resp;
+    grpc::Status s = stub->ChatCompletion(&ctx, Chat("dep-open", kPrompt), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return s.ok() ? resp.choices(0).message().content() : "";
+  };
+  auto [first, target] = start();
+  ASSERT_TRUE(first);
+  EXPECT_EQ(answer(target), *answer_);
+  ASSERT_TRUE(first->Signal(SIGKILL).ok());
+  ASSERT_TRUE(first->Wait(absl::Seconds(10)).ok());
+  auto [second, target2] = start();
+  ASSERT_TRUE(second);
+  EXPECT_EQ(answer(target2), *answer_);
+  ASSERT_TRUE(second->Signal(SIGTERM).ok());
+  auto status = second->Wait(absl::Seconds(30));
+  ASSERT_TRUE(status.ok());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << DescribeWaitStatus(*status);
 }
 
 }  // namespace
