@@ -811,6 +811,91 @@ TEST_F(SchedulerServiceTest, HigherPriorityPreemptsWhichResumesFromItsCheckpoint
   EXPECT_EQ(State(low.job), v1::JOB_STATE_SUCCEEDED);
 }
 
+// Cancel, pause and resume over every state a job can be in: the state table
+// seen through the API, with the precise code and the blocking state named.
+TEST_F(SchedulerServiceTest, WrongStateTableOverTheApi) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  std::string node = RegisterNode("big", 64);
+  // A job driven to `state`; returns its id.
+  auto make = [&](v1::JobState state) -> std::string {
+    auto job = CreateJob(a_.key, JobRequest(file->id()));
+    EXPECT_THAT(job, IsOk());
+    const std::string id = job->id();
+    if (state == v1::JOB_STATE_QUEUED) {
+      return id;  // no Tick: stays queued
+    }
+    if (state == v1::JOB_STATE_CANCELLED) {
+      EXPECT_THAT(JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, id), IsOk());
+      return id;
+    }
+    scheduler_->Tick(clock_.Now());
+    auto hb = Heartbeat(node);
+    std::string asg;
+    for (const auto& a : hb->assignments())
+      if (a.job_id() == id) asg = a.assignment_id();
+    EXPECT_FALSE(asg.empty());
+    switch (state) {
+      case v1::JOB_STATE_PAUSING:
+      case v1::JOB_STATE_PAUSED:
+        EXPECT_THAT(JobCall<v1::PauseJobRequest>(&v1::JobService::Stub::PauseJob, a_.key, id), IsOk());
+        if (state == v1::JOB_STATE_PAUSED) {
+          EXPECT_THAT(Complete(asg, false), IsOk());
+        }
+        break;
+      case v1::JOB_STATE_CANCELLING:
+        EXPECT_THAT(JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, id), IsOk());
+        break;
+      case v1::JOB_STATE_SUCCEEDED:
+        EXPECT_THAT(Complete(asg, true, "jobs/r"), IsOk());
+        break;
+      case v1::JOB_STATE_FAILED:
+        EXPECT_THAT(Complete(asg, false), IsOk());
+        break;
+      default:
+        break;
+    }
+    EXPECT_EQ(State(id), state);
+    return id;
+  };
+  using S = v1::JobState;
+  const v1::JobState U = v1::JOB_STATE_UNSPECIFIED;  // refused
+  struct Row {
+    S from;
+    S after_cancel, after_pause, after_resume;
+  };
+  const Row rows[] = {
+      {v1::JOB_STATE_QUEUED, v1::JOB_STATE_CANCELLED, v1::JOB_STATE_PAUSED, U},
+      {v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING, v1::JOB_STATE_PAUSING, U},
+      {v1::JOB_STATE_PAUSING, v1::JOB_STATE_CANCELLING, U, U},
+      {v1::JOB_STATE_PAUSED, v1::JOB_STATE_CANCELLED, U, v1::JOB_STATE_QUEUED},
+      {v1::JOB_STATE_CANCELLING, U, U, U},
+      {v1::JOB_STATE_SUCCEEDED, U, U, U},
+      {v1::JOB_STATE_FAILED, U, U, U},
+      {v1::JOB_STATE_CANCELLED, U, U, U},
+  };
+  for (const Row& r : rows) {
+    const std::string name(StateName(r.from));
+    SCOPED_TRACE(name);
+    const std::pair<int, S> ops[] = {{0, r.after_cancel}, {1, r.after_pause}, {2, r.after_resume}};
+    for (const auto& [op, want] : ops) {
+      std::string id = make(r.from);
+      absl::StatusOr<v1::Job> got =
+          op == 0   ? JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, id)
+          : op == 1 ? JobCall<v1::PauseJobRequest>(&v1::JobService::Stub::PauseJob, a_.key, id)
+                    : JobCall<v1::ResumeJobRequest>(&v1::JobService::Stub::ResumeJob, a_.key, id);
+      if (want == U) {
+        EXPECT_THAT(got, StatusIs(absl::StatusCode::kFailedPrecondition,
+                                  ::testing::AllOf(HasSubstr(id), HasSubstr("is " + name))))
+            << "op " << op;
+      } else {
+        ASSERT_THAT(got, IsOk()) << "op " << op;
+        EXPECT_EQ(got->state(), want) << "op " << op;
+      }
+    }
+  }
+}
+
 TEST_F(SchedulerServiceTest, TenantQuotaRefusesAtAdmission) {
   StopScheduler();
   max_active_jobs_ = 1;
