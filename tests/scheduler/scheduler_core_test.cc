@@ -1,8 +1,12 @@
 // The scheduler's pure parts (state table, queue, gang placement, the auto
 // hyperparameter rule) and its SQLite store, including a reopen.
+#include <atomic>
+#include <thread>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "services/scheduler/job_spec.h"
 #include "services/scheduler/job_state.h"
 #include "services/scheduler/placement.h"
@@ -235,6 +239,44 @@ TEST(SchedulerStoreTest, CommitsAndReopensWithNothingLost) {
   EXPECT_EQ(snap->assignments[0].node_id, "node-1");
   ASSERT_EQ(snap->nodes.size(), 1u);
   EXPECT_EQ(snap->nodes[0].slots, 4);
+}
+
+TEST(SchedulerStoreTest, ConcurrentCommitsShareFsyncsAndAllSurvive) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("g.db");
+  constexpr int kThreads = 8, kEach = 40;
+  int64_t syncs = 0;
+  {
+    auto store = SchedulerStore::Open(path);
+    ASSERT_THAT(store, IsOk());
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < kEach; ++i) {
+          Batch b;
+          JobRecord j;
+          j.tenant = "t";
+          j.queue_seq = t * kEach + i;
+          std::string id = absl::StrCat("ftjob-", t, "-", i);
+          j.job.set_id(id);
+          b.jobs.emplace_back(id, j);
+          auto seq = (*store)->Commit(b);
+          if (!seq.ok() || !(*store)->Sync(*seq).ok()) ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(failures.load(), 0);
+    syncs = (*store)->syncs();
+  }
+  EXPECT_GE(syncs, 1);
+  EXPECT_LE(syncs, kThreads * kEach);
+  auto store = SchedulerStore::Open(path);
+  ASSERT_THAT(store, IsOk());
+  auto snap = (*store)->Load();
+  ASSERT_THAT(snap, IsOk());
+  EXPECT_EQ(snap->jobs.size(), static_cast<size_t>(kThreads * kEach));
 }
 
 }  // namespace
