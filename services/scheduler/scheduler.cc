@@ -142,7 +142,10 @@ class Scheduler::Txn {
       return s;
     }
     // Durable: apply to memory.
-    for (auto& [id, j] : jobs_) s_->jobs_[id] = std::move(j);
+    for (auto& [id, j] : jobs_) {
+      if (!j.request_id.empty()) s_->request_ids_[{j.tenant, j.request_id}] = id;
+      s_->jobs_[id] = std::move(j);
+    }
     for (auto& [job_id, e] : batch_.events) s_->events_[job_id].push_back(std::move(e));
     for (auto& c : batch_.checkpoints) s_->checkpoints_[c.checkpoint.job_id()].push_back(c);
     for (auto& m : batch_.models) s_->models_[m.model.id()] = m;
@@ -208,7 +211,10 @@ absl::Status Scheduler::Load() {
   absl::MutexLock lock(&mu_);
   const absl::Time now = options_.clock->Now();
   jobs_ = std::move(snap.jobs);
-  for (const auto& [id, j] : jobs_) next_queue_seq_ = std::max(next_queue_seq_, j.queue_seq + 1);
+  for (const auto& [id, j] : jobs_) {
+    next_queue_seq_ = std::max(next_queue_seq_, j.queue_seq + 1);
+    if (!j.request_id.empty()) request_ids_[{j.tenant, j.request_id}] = id;
+  }
   events_ = std::move(snap.events);
   for (auto& c : snap.checkpoints) checkpoints_[c.checkpoint.job_id()].push_back(std::move(c));
   for (auto& [job, list] : checkpoints_) {
@@ -301,8 +307,8 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   {
     absl::MutexLock lock(&mu_);
     if (!req.request_id().empty()) {
-      for (const auto& [id, j] : jobs_)
-        if (j.tenant == tenant && j.request_id == req.request_id()) return View(id, j);
+      auto it = request_ids_.find({tenant, req.request_id()});
+      if (it != request_ids_.end()) return View(it->second, jobs_.at(it->second));
     }
     TF_RETURN_IF_ERROR(CheckQuota(tenant, gpus));
     int fleet = 0;
@@ -398,12 +404,8 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   {
     absl::MutexLock lock(&mu_);
     if (!req.request_id().empty()) {
-      for (const auto& [id, j] : jobs_) {
-        if (j.tenant == tenant && j.request_id == req.request_id()) {
-          out = View(id, j);
-          break;
-        }
-      }
+      auto it = request_ids_.find({tenant, req.request_id()});
+      if (it != request_ids_.end()) out = View(it->second, jobs_.at(it->second));
     }
     if (out.id().empty()) status = CheckQuota(tenant, gpus);
     if (!out.id().empty() || !status.ok()) {
@@ -441,6 +443,8 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
 }
 
 absl::Status Scheduler::CheckQuota(const std::string& tenant, int gpus) {
+  if (options_.max_active_jobs_per_tenant <= 0 && options_.max_gpus_per_tenant <= 0)
+    return absl::OkStatus();
   int active = 0;
   int used = 0;
   for (const auto& [id, j] : jobs_) {

@@ -196,6 +196,8 @@ class Scheduler {
 
   absl::Mutex mu_;
   std::map<std::string, JobRecord> jobs_ ABSL_GUARDED_BY(mu_);
+  // (tenant, request_id) -> job id, for idempotent creation.
+  std::map<std::pair<std::string, std::string>, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<v1::JobEvent>> events_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<CheckpointRecord>> checkpoints_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ModelRecord> models_ ABSL_GUARDED_BY(mu_);
