@@ -6,6 +6,8 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "absl/flags/flag.h"
@@ -14,6 +16,7 @@
 #include "common/rpc/server_flags.h"
 #include "services/serving/deployment_reconciler.h"
 #include "services/serving/inference_service.h"
+#include "services/serving/remote_filter.h"
 #include "services/serving/replica.h"
 #include "services/serving/serving_metrics.h"
 
@@ -36,6 +39,9 @@ ABSL_FLAG(std::string, blocklist_file, "", "Blocked terms, one per line");
 ABSL_FLAG(std::string, blocklist_patterns_file, "", "Blocked RE2 patterns, one per line");
 ABSL_FLAG(std::string, pii, "annotate_prompt",
           "PII detections: block | annotate | off | annotate_prompt (annotate prompts, block answers)");
+ABSL_FLAG(bool, classifier_fail_open, false,
+          "When a deployment's remote classifier fails: pass the text (true) or block it (false)");
+ABSL_FLAG(int, classifier_timeout_ms, 500, "Deadline of each remote classifier call");
 ABSL_FLAG(std::string, profanity_languages, "", "Comma-separated lexicon languages (empty: all)");
 
 namespace {
@@ -112,6 +118,30 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // Remote classifiers named by deployment policies; one channel each.
+  auto remote_channels = std::make_shared<std::map<std::string, std::shared_ptr<grpc::Channel>>>();
+  auto remote_mu = std::make_shared<std::mutex>();
+  options.remote_filter = [=](const std::string& endpoint, const std::string& deployment)
+      -> std::shared_ptr<const serving::ContentFilter> {
+    std::shared_ptr<grpc::Channel> channel;
+    {
+      std::lock_guard<std::mutex> lock(*remote_mu);
+      auto& c = (*remote_channels)[endpoint];
+      if (!c) {
+        rpc::ChannelOptions co;
+        co.target = endpoint;
+        auto made = rpc::MakeChannel(co);
+        if (made.ok()) c = *made;
+      }
+      channel = c;
+    }
+    serving::RemoteFilterOptions ro;
+    ro.api_key = internal_key;
+    ro.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_classifier_timeout_ms));
+    ro.fail_open = absl::GetFlag(FLAGS_classifier_fail_open);
+    ro.deployment = deployment;
+    return std::make_shared<serving::RemoteFilter>(channel, ro);
+  };
   auto replica = serving::Replica::Create(options);
   if (!replica.ok()) {
     spdlog::critical("{}", replica.status().ToString());

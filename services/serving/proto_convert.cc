@@ -23,6 +23,9 @@ DeploymentSpec SpecFromProto(const ::tunefleet::internal::v1::DesiredDeployment&
   s.base_model = d.base_model_artifact();
   s.adapter_artifact = d.adapter_artifact();
   s.filter = PolicyFromProto(d.deployment().content_filter());
+  if (!d.deployment().content_filter().disabled()) {
+    s.classifier_endpoint = d.deployment().content_filter().classifier_endpoint();
+  }
   return s;
 }
 

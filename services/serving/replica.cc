@@ -34,6 +34,7 @@ struct Replica::Deployment {
   std::string error;
   GenerationDefaults defaults;
   FilterPolicy policy;
+  std::shared_ptr<const ContentFilter> filter;
   std::string fingerprint;
 };
 
@@ -64,12 +65,13 @@ bool IsContinuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0
 class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<ChatCallImpl> {
  public:
   ChatCallImpl(std::shared_ptr<const void> keep_alive, const text::Tokenizer* tokenizer,
-               const ContentFilter* filter, FilterPolicy policy, size_t holdback,
+               std::shared_ptr<const ContentFilter> filter, FilterPolicy policy, size_t holdback,
                std::vector<std::string> stops, std::shared_ptr<ChatSink> sink, int64_t prompt_tokens)
       : keep_alive_(std::move(keep_alive)),
+        filter_(std::move(filter)),
         decoder_(tokenizer, /*skip_special_tokens=*/true),
         policy_(std::move(policy)),
-        guard_(filter, &policy_, holdback),
+        guard_(filter_.get(), &policy_, holdback),
         stops_(std::move(stops)),
         sink_(std::move(sink)) {
     result_.prompt_tokens = prompt_tokens;
@@ -177,6 +179,7 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
   }
 
   std::shared_ptr<const void> keep_alive_;  // the tokenizer
+  std::shared_ptr<const ContentFilter> filter_;
   text::StreamDecoder decoder_;
   FilterPolicy policy_;
   StreamGuard guard_;
@@ -197,7 +200,7 @@ absl::StatusOr<std::unique_ptr<Replica>> Replica::Create(ReplicaOptions options)
   std::unique_ptr<Replica> r(new Replica(std::move(options)));
   auto filter = BuiltinFilter::Create(r->options_.builtin_filter);
   if (!filter.ok()) return filter.status();
-  r->filter_ = *std::move(filter);
+  r->filter_ = std::shared_ptr<const ContentFilter>(*std::move(filter));
   return r;
 }
 
@@ -269,7 +272,18 @@ std::vector<DeploymentStatus> Replica::Apply(const std::vector<DeploymentSpec>& 
     d->policy.pii_prompt = options_.pii_prompt;
     d->policy.pii_completion = options_.pii_completion;
     d->policy.blocklist = options_.blocklist;
-    if (auto e = base_errors.find(spec.base_model); e != base_errors.end()) {
+    d->filter = filter_;
+    if (!spec.classifier_endpoint.empty()) {
+      if (options_.remote_filter) {
+        d->filter = std::make_shared<CombinedFilter>(std::vector<std::shared_ptr<const ContentFilter>>{
+            filter_, options_.remote_filter(spec.classifier_endpoint, spec.id)});
+      } else {
+        d->error = "the policy names a classifier endpoint but this replica has no remote filters";
+      }
+    }
+    if (!d->error.empty()) {
+      // refused above
+    } else if (auto e = base_errors.find(spec.base_model); e != base_errors.end()) {
       d->error = absl::StrCat("base model ", spec.base_model, ": ", e->second);
     } else {
       d->base = next_bases[spec.base_model];
@@ -408,7 +422,7 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   }
   max_tokens = std::min(max_tokens, context - prompt_tokens);
   // The prompt's filters, before any model call.
-  auto detections = filter_->Classify(prompt_text, TextSource::kPrompt);
+  auto detections = d->filter->Classify(prompt_text, TextSource::kPrompt);
   if (!detections.ok()) return detections.status();
   *prompt_verdict = ApplyPolicy(d->policy, TextSource::kPrompt, *detections);
   ChatStart start;
@@ -443,7 +457,7 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   er.deadline = request.deadline;
   // The call keeps the tokenizer, never the base: the engine's last request
   // must not be what destroys the engine (from its own thread).
-  auto call = std::make_shared<ChatCallImpl>(base.tokenizer, &base.tokenizer->tokenizer(), filter_.get(),
+  auto call = std::make_shared<ChatCallImpl>(base.tokenizer, &base.tokenizer->tokenizer(), d->filter,
                                              d->policy, options_.holdback_bytes, request.stop,
                                              std::move(sink), prompt_tokens);
   er.on_token = [call](int64_t t) { call->OnToken(t); };

@@ -43,6 +43,11 @@ struct ReplicaOptions {
   FindingAction blocklist = FindingAction::kBlock;
   // Stream hold-back in bytes; 0: what the filter needs (its max_span).
   size_t holdback_bytes = 0;
+  // Makes the filter for a deployment whose policy names a classifier
+  // endpoint (a remote ContentFilterService); null: such policies fail.
+  std::function<std::shared_ptr<const ContentFilter>(const std::string& endpoint,
+                                                     const std::string& deployment)>
+      remote_filter;
 };
 
 // One desired deployment, as the scheduler states it.
@@ -53,6 +58,7 @@ struct DeploymentSpec {
   std::string base_model;        // folder under models_dir
   std::string adapter_artifact;  // empty: the base itself
   FilterPolicy filter;           // pii/blocklist actions come from ReplicaOptions
+  std::string classifier_endpoint;  // a remote ContentFilterService, besides the built-in one
 };
 
 struct DeploymentStatus {
@@ -157,7 +163,7 @@ class Replica {
   absl::StatusOr<std::shared_ptr<Base>> LoadBase(const std::string& id) const;
 
   const ReplicaOptions options_;
-  std::unique_ptr<BuiltinFilter> filter_;
+  std::shared_ptr<const ContentFilter> filter_;  // the built-in one
   std::mutex apply_mu_;  // one Apply at a time
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Base>> bases_;              // guarded by mu_

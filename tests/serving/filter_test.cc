@@ -11,6 +11,9 @@
 #include "services/serving/filters/builtin_filter.h"
 #include "services/serving/filters/content_filter.h"
 #include "services/serving/filters/profanity_lexicon.h"
+#include "services/serving/remote_filter.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/server.h"
 #include "tests/testing/status_matchers.h"
 
 namespace tunefleet::serving {
@@ -37,6 +40,50 @@ std::unique_ptr<ContentFilter> MakeBuiltin() {
   return f.ok() ? std::unique_ptr<ContentFilter>(std::move(*f)) : nullptr;
 }
 
+// A team's own classifier behind ContentFilterService, as a remote filter
+// talks to it: it reports kBlocked as a jailbreak.
+class TeamClassifier final : public v1::ContentFilterService::Service {
+ public:
+  TeamClassifier() : filter_(MakeBuiltin()) {}
+  grpc::Status Classify(grpc::ServerContext*, const v1::ClassifyRequest* req,
+                        v1::ClassifyResponse* resp) override {
+    auto d = filter_->Classify(req->text(), TextSource::kPrompt);
+    auto* r = resp->add_results();
+    r->set_category(v1::CONTENT_FILTER_CATEGORY_JAILBREAK);
+    const bool hit = d.ok() && !d->empty();
+    r->set_detected(hit);
+    r->set_severity(hit ? v1::SEVERITY_HIGH : v1::SEVERITY_SAFE);
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::unique_ptr<ContentFilter> filter_;
+};
+
+struct TeamClassifierServer {
+  TeamClassifierServer() {
+    rpc::ServerOptions so;
+    so.listen_address = "127.0.0.1:0";
+    so.metrics_address = "";
+    server = std::make_unique<rpc::Server>(so);
+    server->AddService(&service);
+    EXPECT_TRUE(server->Start().ok());
+    rpc::ChannelOptions co;
+    co.target = absl::StrCat("127.0.0.1:", server->port());
+    channel = *rpc::MakeChannel(co);
+  }
+  TeamClassifier service;
+  std::unique_ptr<rpc::Server> server;
+  std::shared_ptr<grpc::Channel> channel;
+};
+
+std::unique_ptr<ContentFilter> MakeRemote() {
+  static TeamClassifierServer* server = new TeamClassifierServer();  // one per process
+  RemoteFilterOptions o;
+  o.timeout = absl::Seconds(10);
+  return std::make_unique<RemoteFilter>(server->channel, o);
+}
+
 class ContentFilterContract : public ::testing::TestWithParam<FilterFactory> {
  protected:
   void SetUp() override { filter_ = GetParam().make(); }
@@ -51,7 +98,10 @@ TEST_P(ContentFilterContract, FindsTheBlockedTextAndNothingInCleanText) {
   for (TextSource source : {TextSource::kPrompt, TextSource::kCompletion}) {
     TF_ASSERT_OK_AND_ASSIGN(auto found, filter_->Classify(text, source));
     ASSERT_FALSE(found.empty());
-    EXPECT_EQ(text.substr(found[0].begin, found[0].end - found[0].begin), kBlocked);
+    // The detection covers the blocked text (a classifier may report the whole text).
+    const size_t at = text.find(kBlocked);
+    EXPECT_LE(found[0].begin, at);
+    EXPECT_GE(found[0].end, at + std::string(kBlocked).size());
     EXPECT_TRUE(ApplyPolicy(policy_, source, found).blocked);
   }
   FilterPolicy off;
@@ -104,7 +154,8 @@ TEST_P(ContentFilterContract, AStreamOfCleanTextIsReleasedLiveAndWhole) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Filters, ContentFilterContract,
-                         ::testing::Values(FilterFactory{"builtin", MakeBuiltin}),
+                         ::testing::Values(FilterFactory{"builtin", MakeBuiltin},
+                                           FilterFactory{"remote", MakeRemote}),
                          [](const auto& info) { return info.param.name; });
 
 // --- the built-in filter ------------------------------------------------------
@@ -180,6 +231,22 @@ TEST(BuiltinFilterTest, BlocklistsTermsAndPatterns) {
   o.blocklist_patterns = {"ok", "(unclosed"};
   EXPECT_THAT(BuiltinFilter::Create(o).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blocklist_patterns[1]")));
+}
+
+TEST(RemoteFilterTest, AClassifierThatIsDownFailsOpenOrClosedAsConfigured) {
+  rpc::ChannelOptions co;
+  co.target = "127.0.0.1:1";  // nothing listens there
+  auto channel = *rpc::MakeChannel(co);
+  RemoteFilterOptions o;
+  o.timeout = absl::Milliseconds(200);
+  RemoteFilter closed(channel, o);
+  TF_ASSERT_OK_AND_ASSIGN(auto d, closed.Classify(kClean, TextSource::kPrompt));
+  EXPECT_THAT(Kinds(d), ::testing::ElementsAre("remote:unavailable"));
+  EXPECT_TRUE(ApplyPolicy(FilterPolicy{}, TextSource::kPrompt, d).blocked);
+  o.fail_open = true;
+  RemoteFilter open(channel, o);
+  TF_ASSERT_OK_AND_ASSIGN(d, open.Classify(kClean, TextSource::kPrompt));
+  EXPECT_THAT(d, ::testing::IsEmpty());
 }
 
 TEST(FilterPolicyTest, RulesThresholdsAndAnnotations) {

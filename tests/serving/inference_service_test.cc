@@ -33,6 +33,7 @@
 #include "services/serving/deployment_reconciler.h"
 #include "services/serving/inference_service.h"
 #include "services/serving/proto_convert.h"
+#include "services/serving/remote_filter.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tunefleet/internal/v1/serving.grpc.pb.h"
@@ -236,6 +237,15 @@ class ServingTest : public ::testing::Test {
     o.engine.max_batch = 64;
     o.builtin_filter.blocklist_terms = {"zorblax"};
     o.builtin_filter.blocklist_patterns = std::move(patterns);
+    o.remote_filter = [](const std::string& endpoint, const std::string& dep) {
+      rpc::ChannelOptions co;
+      co.target = endpoint;
+      RemoteFilterOptions ro;
+      ro.api_key = (*keys_)[2].key;
+      ro.timeout = absl::Seconds(5);
+      ro.deployment = dep;
+      return std::make_shared<RemoteFilter>(*rpc::MakeChannel(co), ro);  // fail-closed
+    };
     return o;
   }
 
@@ -288,7 +298,16 @@ class ServingTest : public ::testing::Test {
   static std::vector<internal_v1::DesiredDeployment> StandardSet() {
     return {Desired("dep-base", "acme", ""), Desired("dep-open", "acme", "", false),
             Desired("dep-a", "acme", "jobs/ftjob-good/result"),
-            Desired("dep-bad", "acme", "jobs/ftjob-bad/result")};
+            Desired("dep-bad", "acme", "jobs/ftjob-bad/result"),
+            Guarded("dep-guarded", absl::StrCat("127.0.0.1:", server_->port())),
+            Guarded("dep-guard-down", "127.0.0.1:1")};
+  }
+  // A deployment whose policy names a remote classifier (here the replica's
+  // own ContentFilterService, or an address where nothing listens).
+  static internal_v1::DesiredDeployment Guarded(const std::string& id, const std::string& endpoint) {
+    internal_v1::DesiredDeployment d = Desired(id, "acme", "");
+    d.mutable_deployment()->mutable_content_filter()->set_classifier_endpoint(endpoint);
+    return d;
   }
 
   static grpc::health::v1::HealthCheckResponse::ServingStatus Health() {
@@ -519,6 +538,19 @@ TEST_F(ServingTest, ABlockedAnswerEndsWithContentFilterAndNeverReachesTheStream)
   EXPECT_LE(streamed.size(), answer_->size() / 2);
   EXPECT_EQ(answer_->substr(0, streamed.size()), streamed);
   EXPECT_FALSE(streamed.empty()) << "nothing was released before the block";
+}
+
+TEST_F(ServingTest, ARemoteClassifierJoinsTheFiltersAndFailsClosed) {
+  v1::ChatCompletionResponse resp;
+  grpc::Status s = Unary(Chat("dep-guarded", "Hello there", 3), &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  s = Unary(Chat("dep-guard-down", "Hello there", 3), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  auto detail = Detail(s);
+  ASSERT_TRUE(detail.has_value());
+  ASSERT_EQ(detail->prompt_filter_findings_size(), 1);
+  EXPECT_EQ(detail->prompt_filter_findings(0).filter(), "remote");
+  EXPECT_EQ(detail->prompt_filter_findings(0).kind(), "unavailable");
 }
 
 TEST_F(ServingTest, FiftyConcurrentStreamsComplete) {

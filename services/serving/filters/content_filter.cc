@@ -25,9 +25,10 @@ FilterVerdict ApplyPolicy(const FilterPolicy& policy, TextSource source,
       cv.severity = std::max(cv.severity, d.severity);
       continue;
     }
-    const FindingAction action = d.filter == "pii"
-                                     ? (prompt ? policy.pii_prompt : policy.pii_completion)
-                                     : policy.blocklist;
+    // A remote classifier that failed closed always blocks.
+    const FindingAction action = d.filter == "pii"      ? (prompt ? policy.pii_prompt : policy.pii_completion)
+                                 : d.filter == "remote" ? FindingAction::kBlock
+                                                        : policy.blocklist;
     if (action == FindingAction::kOff) continue;
     const bool filtered = action == FindingAction::kBlock;
     v.blocked |= filtered;
@@ -109,6 +110,24 @@ absl::StatusOr<std::string> StreamGuard::Finish() {
   std::string out = text_.substr(released_);
   released_ = text_.size();
   return out;
+}
+
+absl::StatusOr<std::vector<Detection>> CombinedFilter::Classify(absl::string_view text,
+                                                                TextSource source,
+                                                                bool partial) const {
+  std::vector<Detection> out;
+  for (const auto& f : filters_) {
+    auto d = f->Classify(text, source, partial);
+    if (!d.ok()) return d.status();
+    out.insert(out.end(), d->begin(), d->end());
+  }
+  return out;
+}
+
+size_t CombinedFilter::max_span() const {
+  size_t m = 0;
+  for (const auto& f : filters_) m = std::max(m, f->max_span());
+  return m;
 }
 
 }  // namespace tunefleet::serving

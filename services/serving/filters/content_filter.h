@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,19 @@ class ContentFilter {
   // The longest span (bytes) of one detection that a stream's hold-back
   // window must cover so that none of it is ever released.
   virtual size_t max_span() const = 0;
+};
+
+// Every filter's detections, in order (the built-in one and a remote one).
+class CombinedFilter final : public ContentFilter {
+ public:
+  explicit CombinedFilter(std::vector<std::shared_ptr<const ContentFilter>> filters)
+      : filters_(std::move(filters)) {}
+  absl::StatusOr<std::vector<Detection>> Classify(absl::string_view text, TextSource source,
+                                                  bool partial = false) const override;
+  size_t max_span() const override;
+
+ private:
+  std::vector<std::shared_ptr<const ContentFilter>> filters_;
 };
 
 enum class FindingAction { kOff, kAnnotate, kBlock };

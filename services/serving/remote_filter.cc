@@ -1,0 +1,48 @@
+#include "services/serving/remote_filter.h"
+
+#include <spdlog/spdlog.h>
+
+
+#include "common/rpc/channel.h"
+
+namespace tunefleet::serving {
+
+namespace v1 = ::tunefleet::v1;
+
+RemoteFilter::RemoteFilter(std::shared_ptr<grpc::Channel> channel, RemoteFilterOptions options)
+    : stub_(channel ? v1::ContentFilterService::NewStub(std::move(channel)) : nullptr),
+      options_(std::move(options)) {}
+
+absl::StatusOr<std::vector<Detection>> RemoteFilter::Classify(absl::string_view text,
+                                                              TextSource source, bool) const {
+  v1::ClassifyRequest req;
+  req.set_source(source == TextSource::kPrompt ? v1::ClassifyRequest::SOURCE_PROMPT
+                                               : v1::ClassifyRequest::SOURCE_COMPLETION);
+  req.set_text(std::string(text));
+  req.set_deployment(options_.deployment);
+  v1::ClassifyResponse resp;
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, options_.api_key, options_.timeout);
+  grpc::Status s = stub_ ? stub_->Classify(&ctx, req, &resp)
+                         : grpc::Status(grpc::StatusCode::UNAVAILABLE, "no channel to the classifier");
+  std::vector<Detection> out;
+  if (!s.ok()) {
+    spdlog::warn("deployment={} remote classifier failed ({}): {}", options_.deployment,
+                 options_.fail_open ? "fail-open" : "fail-closed", s.error_message());
+    if (!options_.fail_open) {
+      out.push_back(Detection{FilterCategory::kUnspecified, FilterSeverity::kHigh, "remote",
+                              "unavailable", 0, text.size()});
+    }
+    return out;
+  }
+  for (const v1::ContentFilterResult& r : resp.results()) {
+    if (!r.detected() && r.severity() <= v1::SEVERITY_SAFE) continue;
+    FilterSeverity sev = static_cast<FilterSeverity>(r.severity());
+    if (sev == FilterSeverity::kUnspecified || sev == FilterSeverity::kSafe) sev = FilterSeverity::kMedium;
+    out.push_back(Detection{static_cast<FilterCategory>(r.category()), sev, "remote",
+                            v1::ContentFilterCategory_Name(r.category()), 0, text.size()});
+  }
+  return out;
+}
+
+}  // namespace tunefleet::serving
