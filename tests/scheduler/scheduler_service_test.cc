@@ -896,6 +896,24 @@ TEST_F(SchedulerServiceTest, WrongStateTableOverTheApi) {
   }
 }
 
+TEST_F(SchedulerServiceTest, ValidationSplitMakesAndHoldsBothParts) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(40));
+  ASSERT_THAT(file, IsOk());
+  v1::CreateJobRequest req = JobRequest(file->id());
+  req.set_validation_split(0.25);
+  auto job = CreateJob(a_.key, req);
+  ASSERT_THAT(job, IsOk());
+  EXPECT_NE(job->training_file(), file->id());
+  ASSERT_FALSE(job->validation_file().empty());
+  EXPECT_GT(job->hyperparameters().eval_interval_steps(), 0);
+  for (const std::string& part : {job->training_file(), job->validation_file()}) {
+    v1::DeleteFileRequest del;
+    del.set_file_id(part);
+    EXPECT_THAT(Call(files_stub_.get(), &v1::DatasetService::Stub::DeleteFile, a_.key, del),
+                StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(job->id())));
+  }
+}
+
 TEST_F(SchedulerServiceTest, TenantQuotaRefusesAtAdmission) {
   StopScheduler();
   max_active_jobs_ = 1;
