@@ -11,8 +11,8 @@ namespace {
 class DeploymentsReactor final : public grpc::ServerWriteReactor<iv1::DesiredDeployments>,
                                  public Watcher {
  public:
-  DeploymentsReactor(Scheduler* scheduler, std::string replica_id)
-      : scheduler_(scheduler), replica_id_(std::move(replica_id)) {
+  DeploymentsReactor(Scheduler* scheduler, rpc::Executor* executor, std::string replica_id)
+      : scheduler_(scheduler), executor_(executor), replica_id_(std::move(replica_id)) {
     absl::Status s = scheduler_->bus().Subscribe(kDeploymentsTopic, this);
     absl::MutexLock lock(&mu_);
     if (!s.ok()) {
@@ -45,7 +45,8 @@ class DeploymentsReactor final : public grpc::ServerWriteReactor<iv1::DesiredDep
 
   void OnDone() override {
     scheduler_->bus().Unsubscribe(kDeploymentsTopic, this);
-    scheduler_->ReplicaDisconnected(replica_id_);
+    // A durable write: not on the reaction thread.
+    executor_->Submit([scheduler = scheduler_, id = replica_id_] { scheduler->ReplicaDisconnected(id); });
     delete this;
   }
 
@@ -75,6 +76,7 @@ class DeploymentsReactor final : public grpc::ServerWriteReactor<iv1::DesiredDep
   }
 
   Scheduler* const scheduler_;
+  rpc::Executor* const executor_;
   const std::string replica_id_;
   absl::Mutex mu_;
   iv1::DesiredDeployments message_ ABSL_GUARDED_BY(mu_);
@@ -99,7 +101,7 @@ grpc::ServerWriteReactor<iv1::DesiredDeployments>* ServingControlServiceImpl::Wa
     grpc::CallbackServerContext* context, const iv1::WatchDeploymentsRequest* request) {
   absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
   if (!caller.ok()) return new rpc::RejectedWriteReactor<iv1::DesiredDeployments>(caller.status());
-  return new DeploymentsReactor(scheduler_, request->replica_id());
+  return new DeploymentsReactor(scheduler_, executor_, request->replica_id());
 }
 
 grpc::ServerUnaryReactor* ServingControlServiceImpl::ReportReplicaStatus(
