@@ -451,6 +451,30 @@ TEST_F(ServingTest, UnaryAndStreamedAnswersAgreeAndCarryUsage) {
   ASSERT_TRUE(Unary(Chat("dep-base", kPrompt, 10), &ten).ok());
   EXPECT_EQ(Deltas(chunks), ten.choices(0).message().content());
 
+  // A stop string cuts the answer before it.
+  auto stopped = Chat("dep-open", kPrompt);
+  size_t at = 20;
+  while (at < answer_->size() && (static_cast<unsigned char>((*answer_)[at]) & 0xC0) == 0x80) ++at;
+  size_t end = at + 1;  // two whole characters
+  for (int chars = 0; end < answer_->size(); ++end) {
+    if ((static_cast<unsigned char>((*answer_)[end]) & 0xC0) != 0x80 && ++chars == 2) break;
+  }
+  const std::string stop = answer_->substr(at, end - at);
+  stopped.add_stop(stop);
+  ASSERT_TRUE(Unary(stopped, &resp).ok());
+  EXPECT_EQ(resp.choices(0).message().content(), answer_->substr(0, answer_->find(stop)));
+  EXPECT_EQ(resp.choices(0).finish_reason(), v1::FINISH_REASON_STOP);
+
+  // Per-deployment metrics.
+  bool counted = false;
+  for (const auto& family : server_->registry().Collect()) {
+    if (family.name != "tunefleet_serving_tokens_total") continue;
+    for (const auto& m : family.metric) {
+      for (const auto& l : m.label) counted |= l.name == "deployment" && l.value == "dep-open" && m.counter.value > 0;
+    }
+  }
+  EXPECT_TRUE(counted);
+
   // The adapter answers differently from the base.
   v1::ChatCompletionResponse adapted;
   ASSERT_TRUE(Unary(Chat("dep-a", kPrompt), &adapted).ok());
@@ -553,13 +577,13 @@ TEST_F(ServingTest, ARemoteClassifierJoinsTheFiltersAndFailsClosed) {
   EXPECT_EQ(detail->prompt_filter_findings(0).kind(), "unavailable");
 }
 
-TEST_F(ServingTest, FiftyConcurrentStreamsComplete) {
-  constexpr int kClients = 50;
+TEST_F(ServingTest, TwoHundredConcurrentStreamsComplete) {
+  constexpr int kClients = 200;
   std::atomic<int> ok{0};
   std::vector<std::thread> clients;
   for (int i = 0; i < kClients; ++i) {
     clients.emplace_back([&, i] {
-      auto req = Chat(i % 2 ? "dep-a" : "dep-open", absl::StrCat("Question number ", i), 12);
+      auto req = Chat(i % 2 ? "dep-a" : "dep-open", absl::StrCat("Question number ", i), 8);
       req.set_temperature(0.7);
       req.set_seed(i);
       std::vector<v1::ChatCompletionChunk> chunks;
