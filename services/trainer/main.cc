@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
 
   rpc::Authenticator auth(*keys);
   rpc::Server server(flags.server);
-  trainer::TrainerAgent agent(options, *sched_channel, *data_channel);
+  trainer::TrainerAgent agent(options, *sched_channel, *data_channel, &server.registry());
   trainer::TrainerAgentServiceImpl service(&auth, &agent);
   server.AddService(&service);
   int rc = rpc::ServeUntilSignal(

@@ -39,7 +39,7 @@ constexpr absl::Duration kDeadline = absl::Seconds(30);
 
 // The stand-in worker's common part: $spec, field(), say().
 constexpr char kPreamble[] = R"(#!/bin/sh
-spec="$2"
+spec="${1#--spec=}"
 field() { sed -n "s/.*\"$1\": \"\([^\"]*\)\".*/\1/p" "$spec" | head -1; }
 say() { printf '%s\n' "$1" >&3; }
 out=$(field output_dir)
@@ -278,6 +278,9 @@ esac
   auto next = scheduler_->WaitForCompletion("asg-next");
   ASSERT_TRUE(next.has_value());
   EXPECT_TRUE(next->succeeded());
+  EXPECT_EQ(agent_->metrics().crashed.Value(), 1);
+  EXPECT_EQ(agent_->metrics().succeeded.Value(), 1);
+  EXPECT_EQ(agent_->metrics().workers_started.Value(), 2);
 }
 
 TEST_F(AgentTest, AWorkerErrorIsForwardedWithItsCode) {
@@ -292,6 +295,7 @@ exit 2
   EXPECT_EQ(done->error().code(), "invalid_argument");
   EXPECT_THAT(done->error().message(), HasSubstr("tokenizer does not match the shards"));
   EXPECT_THAT(done->error().message(), HasSubstr("exited 2"));
+  EXPECT_EQ(agent_->metrics().failed.Value(), 1);
 }
 
 TEST_F(AgentTest, AHungWorkerIsKilledAsAFailedAttempt) {
@@ -310,6 +314,7 @@ exec sleep 1000
   EXPECT_EQ(done->error().code(), "worker_hung");
   EXPECT_THAT(done->error().message(), HasSubstr("no report for"));
   EXPECT_TRUE(WaitDead(ReadPid(pidfile)));
+  EXPECT_EQ(agent_->metrics().hung.Value(), 1);
 }
 
 TEST_F(AgentTest, AWithdrawnAssignmentIsKilledWithoutAReport) {
@@ -331,6 +336,7 @@ wait
   ASSERT_TRUE(scheduler_->WaitFor(
       [](const FakeScheduler::Record& r) { return r.last_heartbeat.assignments_size() == 0; }));
   EXPECT_TRUE(scheduler_->record().completions.empty());
+  EXPECT_EQ(agent_->metrics().withdrawn.Value(), 1);
 }
 
 constexpr char kStoppable[] = R"(
@@ -358,6 +364,7 @@ TEST_F(AgentTest, CheckpointAndStopSendsSigtermAndReportsTheCheckpoint) {
   ASSERT_EQ(r.checkpoints.size(), 1u);
   EXPECT_EQ(r.checkpoints[0].artifact(), "jobs/ftjob-1/checkpoints/step-00000005");
   EXPECT_EQ(r.checkpoints[0].step(), 5);
+  EXPECT_EQ(agent_->metrics().stopped.Value(), 1);
 }
 
 TEST_F(AgentTest, KeepRunningFalseStopsTheWorker) {
@@ -387,6 +394,8 @@ TEST_F(AgentTest, RegistersAgainWhenForgottenAndRidesOutAnUnavailableScheduler) 
   ASSERT_TRUE(scheduler_->WaitFor(
       [](const FakeScheduler::Record& r) { return r.last_heartbeat.node_id() == "node-2"; }));
   EXPECT_EQ(agent_->Status().node_id(), "node-2");
+  EXPECT_EQ(agent_->metrics().registrations.Value(), 2);
+  EXPECT_GE(agent_->metrics().scheduler_errors.Value(), 4);  // 3 refused, 1 forgotten
 }
 
 TEST_F(AgentTest, BadAssignmentsFailWithTheirCause) {
@@ -414,6 +423,8 @@ TEST_F(AgentTest, BadAssignmentsFailWithTheirCause) {
   auto x = scheduler_->WaitForCompletion("asg-x");
   ASSERT_TRUE(x.has_value());
   EXPECT_THAT(x->error().message(), HasSubstr("resume_checkpoint"));
+  EXPECT_EQ(agent_->metrics().not_started.Value(), 4);
+  EXPECT_EQ(agent_->metrics().workers_started.Value(), 0);
 }
 
 TEST_F(AgentTest, GetNodeStatusShowsTheNodeAndItsAssignments) {

@@ -221,6 +221,7 @@ absl::StatusOr<Resp> TrainerAgent::Runner::Call(
     Resp resp;
     absl::Status s = rpc::FromGrpcStatus((agent_.scheduler_.get()->*method)(&ctx, req, &resp));
     if (s.ok()) return resp;
+    agent_.metrics_.scheduler_errors.Increment();
     bool transient = s.code() == absl::StatusCode::kUnavailable ||
                      s.code() == absl::StatusCode::kDeadlineExceeded;
     if (!deliver || !transient) return s;
@@ -351,6 +352,7 @@ void TrainerAgent::Runner::Run() {
     if (!written.ok()) spec = written;
   }
   if (withdrawn()) {
+    agent_.metrics_.withdrawn.Increment();
     SetPhase(iv1::AssignmentStatus::PHASE_EXITED);
     absl::MutexLock lock(&mu_);
     done_ = true;
@@ -363,12 +365,13 @@ void TrainerAgent::Runner::Run() {
                                spec.status().code() == absl::StatusCode::kNotFound
                            ? "invalid_assignment"
                            : "fetch_failed";
+    agent_.metrics_.not_started.Increment();
     Complete(false, MakeError(code, std::string(spec.status().message())), "", 0);
     return;
   }
 
   WorkerProcessOptions wo;
-  wo.argv = {o.worker_binary, "--spec", work_dir + "/spec.json", "--report_fd", "3"};
+  wo.argv = {o.worker_binary, "--spec=" + work_dir + "/spec.json", "--report_fd=3"};
   wo.report_fd = 3;
   wo.env = {"OMP_WAIT_POLICY=PASSIVE"};
   wo.log_file = log_file_ = work_dir + "/worker.log";
@@ -394,6 +397,7 @@ void TrainerAgent::Runner::Run() {
           });
       if (worker.ok()) {
         worker_ = std::move(*worker);
+        agent_.metrics_.workers_started.Increment();
         phase_ = iv1::AssignmentStatus::PHASE_RUNNING;
         spdlog::info("assignment={} job={} worker pid={} started (log {})", a_.assignment_id(),
                      a_.job_id(), worker_->pid(), log_file_);
@@ -403,6 +407,7 @@ void TrainerAgent::Runner::Run() {
     }
   }
   if (withdrawn_early) {
+    agent_.metrics_.withdrawn.Increment();
     absl::MutexLock lock(&mu_);
     phase_ = iv1::AssignmentStatus::PHASE_EXITED;
     done_ = true;
@@ -410,10 +415,12 @@ void TrainerAgent::Runner::Run() {
   }
   if (stopped_early) {
     // Asked to stop before it started: nothing ran, nothing to save.
+    agent_.metrics_.stopped.Increment();
     Complete(false, MakeError("stopped", "stopped before the worker started"), "", 0);
     return;
   }
   if (!started.ok()) {
+    agent_.metrics_.not_started.Increment();
     Complete(false, MakeError("worker_failed_to_start", std::string(started.message())), "", 0);
     return;
   }
@@ -553,6 +560,7 @@ void TrainerAgent::Runner::Finish(const WorkerExit& exit) {
     if (withdrawn_) {
       spdlog::info("assignment={} job={} worker stopped ({})", a_.assignment_id(), a_.job_id(),
                    exit.Describe());
+      agent_.metrics_.withdrawn.Increment();
       done_ = true;
       return;
     }
@@ -572,10 +580,12 @@ void TrainerAgent::Runner::Finish(const WorkerExit& exit) {
         return;
       }
     }
+    agent_.metrics_.succeeded.Increment();
     Complete(true, v1::Error(), result, completed_->trained_tokens);
     return;
   }
   if (exit.success() && stopped_) {
+    agent_.metrics_.stopped.Increment();
     Complete(false,
              MakeError("stopped", absl::StrCat("checkpointed at step ", stopped_->step,
                                                " and stopped on request")),
@@ -583,6 +593,7 @@ void TrainerAgent::Runner::Finish(const WorkerExit& exit) {
     return;
   }
   if (error_) {
+    agent_.metrics_.failed.Increment();
     std::string code = absl::AsciiStrToLower(error_->code.empty() ? "unknown" : error_->code);
     Complete(false, MakeError(code, absl::StrCat(error_->message, " (worker ", exit.Describe(), ")")),
              "", 0);
@@ -592,6 +603,7 @@ void TrainerAgent::Runner::Finish(const WorkerExit& exit) {
   if (exit.success()) absl::StrAppend(&message, " without reporting completion");
   std::string last = LastLogLine(log_file_);
   if (!last.empty() && !exit.hung) absl::StrAppend(&message, "; its last output: ", last);
+  (exit.hung ? agent_.metrics_.hung : agent_.metrics_.crashed).Increment();
   Complete(false, MakeError(exit.hung ? "worker_hung" : "worker_crashed", message), "", 0);
 }
 
@@ -603,6 +615,14 @@ void TrainerAgent::Runner::Complete(bool succeeded, const v1::Error& error,
   if (!succeeded) *req.mutable_error() = error;
   req.set_result_artifact(result_artifact);
   req.set_trained_tokens(trained_tokens);
+  if (succeeded && completed_) {
+    v1::JobEvaluation* e = req.mutable_evaluation();
+    if (completed_->valid_loss) e->set_valid_loss(*completed_->valid_loss);
+    if (completed_->valid_token_accuracy) e->set_valid_token_accuracy(*completed_->valid_token_accuracy);
+    if (completed_->base_valid_loss) e->set_base_valid_loss(*completed_->base_valid_loss);
+    auto base_acc = completed_->metrics.find("base_valid_token_accuracy");
+    if (base_acc != completed_->metrics.end()) e->set_base_valid_token_accuracy(base_acc->second);
+  }
   auto resp = Call(&iv1::TrainerControlService::Stub::CompleteAssignment, req, true);
   if (resp.ok()) {
     spdlog::info("assignment={} job={} reported {}{}", a_.assignment_id(), a_.job_id(),
@@ -618,13 +638,46 @@ void TrainerAgent::Runner::Complete(bool succeeded, const v1::Error& error,
 
 // ---------------------------------------------------------------------------
 
+namespace {
+
+prometheus::Counter& Ended(prometheus::Registry& r, const std::string& outcome) {
+  return prometheus::BuildCounter()
+      .Name("tunefleet_trainer_assignments_ended_total")
+      .Help("Assignments whose worker ended (or never started), by outcome")
+      .Register(r)
+      .Add({{"outcome", outcome}});
+}
+
+prometheus::Counter& Plain(prometheus::Registry& r, const std::string& name,
+                           const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+}
+
+}  // namespace
+
+AgentMetrics::AgentMetrics(prometheus::Registry& r)
+    : registrations(Plain(r, "tunefleet_trainer_registrations_total",
+                          "Registrations with the scheduler (more than one: re-registered)")),
+      scheduler_errors(Plain(r, "tunefleet_trainer_scheduler_call_failures_total",
+                             "Scheduler calls that failed (each retry counts)")),
+      workers_started(Plain(r, "tunefleet_trainer_workers_started_total", "Worker processes started")),
+      succeeded(Ended(r, "succeeded")),
+      failed(Ended(r, "failed")),
+      crashed(Ended(r, "crashed")),
+      hung(Ended(r, "hung")),
+      stopped(Ended(r, "stopped")),
+      withdrawn(Ended(r, "withdrawn")),
+      not_started(Ended(r, "not_started")) {}
+
 TrainerAgent::TrainerAgent(TrainerAgentOptions options, std::shared_ptr<grpc::Channel> scheduler,
-                           std::shared_ptr<grpc::Channel> dataset)
+                           std::shared_ptr<grpc::Channel> dataset, prometheus::Registry* registry)
     : options_([&] {
         options.shards.cache_dir = options.data_dir + "/shards";
         options.shards.api_key = options.api_key;
         return std::move(options);
       }()),
+      own_registry_(registry == nullptr ? std::make_shared<prometheus::Registry>() : nullptr),
+      metrics_(registry != nullptr ? *registry : *own_registry_),
       scheduler_(iv1::TrainerControlService::NewStub(scheduler)),
       fetcher_(options_.shards, std::move(dataset)) {}
 
@@ -680,6 +733,7 @@ bool TrainerAgent::Register() {
       absl::MutexLock lock(&mu_);
       inflight_ = nullptr;
       if (s.ok()) {
+        metrics_.registrations.Increment();
         node_id_ = resp.node_id();
         if (resp.heartbeat_interval_ms() > 0) {
           heartbeat_interval_ = absl::Milliseconds(resp.heartbeat_interval_ms());
@@ -689,6 +743,7 @@ bool TrainerAgent::Register() {
         return true;
       }
     }
+    metrics_.scheduler_errors.Increment();
     spdlog::warn("node={} registration failed, retrying in {}: {}", options_.node_name,
                  absl::FormatDuration(backoff), s.ToString());
     if (!SleepFor(backoff)) return false;
@@ -743,7 +798,10 @@ void TrainerAgent::ControlLoop() {
       backoff = absl::Milliseconds(100);
       Reconcile(resp);
       if (!SleepFor(interval)) return;
-    } else if (absl::IsNotFound(s)) {
+      continue;
+    }
+    metrics_.scheduler_errors.Increment();
+    if (absl::IsNotFound(s)) {
       spdlog::warn("node={} the scheduler does not know this node; registering again: {}",
                    options_.node_name, s.ToString());
       absl::MutexLock lock(&mu_);

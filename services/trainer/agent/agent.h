@@ -24,6 +24,8 @@
 
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
+#include <prometheus/counter.h>
+#include <prometheus/registry.h>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -55,10 +57,27 @@ struct TrainerAgentOptions {
   ShardFetcherOptions shards;  // cache_dir and api_key are filled from the above
 };
 
+// What the agent did, for /metrics (handles kept: incrementing is cheap).
+struct AgentMetrics {
+  explicit AgentMetrics(prometheus::Registry& registry);
+  prometheus::Counter& registrations;       // tunefleet_trainer_registrations_total
+  prometheus::Counter& scheduler_errors;    // ..._scheduler_call_failures_total
+  prometheus::Counter& workers_started;     // ..._workers_started_total
+  // tunefleet_trainer_assignments_ended_total{outcome}
+  prometheus::Counter& succeeded;
+  prometheus::Counter& failed;         // the worker reported an error
+  prometheus::Counter& crashed;        // died without one (signal, nonzero exit)
+  prometheus::Counter& hung;           // killed after --worker_timeout
+  prometheus::Counter& stopped;        // checkpointed and stopped on request
+  prometheus::Counter& withdrawn;      // killed: no longer desired
+  prometheus::Counter& not_started;    // fetch, model or spec failed
+};
+
 class TrainerAgent {
  public:
+  // `registry` (optional) receives the agent's metrics.
   TrainerAgent(TrainerAgentOptions options, std::shared_ptr<grpc::Channel> scheduler,
-               std::shared_ptr<grpc::Channel> dataset);
+               std::shared_ptr<grpc::Channel> dataset, prometheus::Registry* registry = nullptr);
   // Stop()s.
   ~TrainerAgent();
   TrainerAgent(const TrainerAgent&) = delete;
@@ -74,6 +93,7 @@ class TrainerAgent {
 
   // What GetNodeStatus answers.
   internal::v1::NodeStatus Status() const;
+  const AgentMetrics& metrics() const { return metrics_; }
 
  private:
   class Runner;
@@ -87,6 +107,8 @@ class TrainerAgent {
   bool SleepFor(absl::Duration d);
 
   const TrainerAgentOptions options_;
+  std::shared_ptr<prometheus::Registry> own_registry_;  // when none is given
+  AgentMetrics metrics_;
   std::unique_ptr<internal::v1::TrainerControlService::Stub> scheduler_;
   ShardFetcher fetcher_;
   std::thread control_;
