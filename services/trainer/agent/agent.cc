@@ -9,7 +9,6 @@
 #include <optional>
 #include <system_error>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/ascii.h"
@@ -19,6 +18,7 @@
 #include "common/base/status_macros.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/status.h"
+#include "common/text/tokenizer.h"
 #include "services/trainer/agent/worker_process.h"
 #include "services/trainer/protocol/report.h"
 #include "services/trainer/protocol/worker_spec.h"
@@ -65,18 +65,6 @@ std::string LastLogLine(const std::string& path) {
   std::string last(absl::StripAsciiWhitespace(lines.back()));
   if (last.size() > 300) last = last.substr(0, 300) + "...";
   return last;
-}
-
-absl::StatusOr<int64_t> ReadVocabSize(const std::string& model_dir) {
-  std::ifstream in(model_dir + "/config.json");
-  if (!in) return absl::NotFoundError(absl::StrCat("no config.json in ", model_dir));
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("vocab_size") ||
-      !j["vocab_size"].is_number_integer()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(model_dir, "/config.json: no integer vocab_size"));
-  }
-  return j["vocab_size"].get<int64_t>();
 }
 
 v1::Error MakeError(const std::string& code, const std::string& message) {
@@ -271,7 +259,7 @@ absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
                                             o.node_name, " (no directory ", spec.base_model_dir,
                                             ")"));
   }
-  TF_ASSIGN_OR_RETURN(int64_t vocab, ReadVocabSize(spec.base_model_dir));
+  TF_ASSIGN_OR_RETURN(int64_t vocab, agent_.TokenizerVocab(spec.base_model_dir));
 
   const v1::Hyperparameters& h = a_.hyperparameters();
   WorkerHyperparameters& w = spec.hyper;
@@ -852,6 +840,25 @@ void TrainerAgent::Reconcile(const iv1::HeartbeatResponse& response) {
     }
   }
   ended.clear();  // joins finished runner threads outside the lock
+}
+
+absl::StatusOr<int64_t> TrainerAgent::TokenizerVocab(const std::string& model_dir) {
+  {
+    absl::MutexLock lock(&vocab_mu_);
+    auto it = vocab_.find(model_dir);
+    if (it != vocab_.end()) return it->second;
+  }
+  // Loaded outside the lock (a large tokenizer.json takes a while); two
+  // runners may both load it once, harmlessly.
+  auto tokenizer = text::Tokenizer::FromDirectory(model_dir);
+  if (!tokenizer.ok()) {
+    return absl::Status(tokenizer.status().code(),
+                        absl::StrCat("tokenizer of ", model_dir, ": ", tokenizer.status().message()));
+  }
+  int64_t vocab = (*tokenizer)->vocab_size();
+  absl::MutexLock lock(&vocab_mu_);
+  vocab_[model_dir] = vocab;
+  return vocab;
 }
 
 iv1::NodeStatus TrainerAgent::Status() const {

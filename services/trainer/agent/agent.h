@@ -105,6 +105,9 @@ class TrainerAgent {
   internal::v1::HeartbeatRequest HeartbeatRequest() const;
   // Sleeps until `d` passes or the agent stops; false when stopping.
   bool SleepFor(absl::Duration d);
+  // The vocabulary of a model directory's tokenizer (what its shard files
+  // are checked against), loaded once per directory.
+  absl::StatusOr<int64_t> TokenizerVocab(const std::string& model_dir);
 
   const TrainerAgentOptions options_;
   std::shared_ptr<prometheus::Registry> own_registry_;  // when none is given
@@ -112,6 +115,9 @@ class TrainerAgent {
   std::unique_ptr<internal::v1::TrainerControlService::Stub> scheduler_;
   ShardFetcher fetcher_;
   std::thread control_;
+
+  absl::Mutex vocab_mu_;
+  std::map<std::string, int64_t> vocab_ ABSL_GUARDED_BY(vocab_mu_);
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
