@@ -208,7 +208,8 @@ class ServingTest : public ::testing::Test {
     channel_ = new std::shared_ptr<grpc::Channel>(*rpc::MakeChannel(co));
   }
   static void TearDownTestSuite() {
-    if (reconciler_) delete reconciler_;
+    delete reconciler_;
+    reconciler_ = nullptr;  // --gtest_repeat sets the suite up again
     scheduler_->Stop();
     scheduler_server_->Shutdown();
     server_->Shutdown();
