@@ -177,12 +177,14 @@ class AgentFleetTest : public ::testing::Test {
     return file.id();
   }
 
-  absl::StatusOr<v1::Job> CreateJob(const std::string& file, int epochs, int batch) {
+  absl::StatusOr<v1::Job> CreateJob(const std::string& file, int epochs, int batch,
+                                    const std::string& validation = "") {
     grpc::ClientContext ctx;
     rpc::PrepareContext(&ctx, tenant_.key, absl::Seconds(10));
     v1::CreateJobRequest req;
     req.set_base_model("phi-3-tiny");
     req.set_training_file(file);
+    req.set_validation_file(validation);
     req.set_suffix("agent");
     req.mutable_hyperparameters()->set_epochs(epochs);
     req.mutable_hyperparameters()->set_batch_size(batch);
@@ -218,7 +220,8 @@ class AgentFleetTest : public ::testing::Test {
 
 TEST_F(AgentFleetTest, AJobRunsToSucceededAndAKilledAgentLeavesNoWorker) {
   TF_ASSERT_OK_AND_ASSIGN(std::string file, Upload(trainer::testing::ChatJsonl(12)));
-  TF_ASSERT_OK_AND_ASSIGN(v1::Job job, CreateJob(file, /*epochs=*/2, /*batch=*/4));
+  TF_ASSERT_OK_AND_ASSIGN(std::string valid, Upload(trainer::testing::ChatJsonl(10)));
+  TF_ASSERT_OK_AND_ASSIGN(v1::Job job, CreateJob(file, /*epochs=*/2, /*batch=*/4, valid));
   v1::Job now;
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -232,6 +235,10 @@ TEST_F(AgentFleetTest, AJobRunsToSucceededAndAKilledAgentLeavesNoWorker) {
   ASSERT_EQ(now.state(), v1::JOB_STATE_SUCCEEDED) << now.error().message() << "\n" << Logs();
   EXPECT_EQ(now.result_model(), absl::StrCat("ft:phi-3-tiny:agent:", job.id()));
   EXPECT_GT(now.trained_tokens(), 0);
+  // The worker's evaluation, forwarded by the agent: the fine-tuned model
+  // and its base on the same validation data.
+  EXPECT_TRUE(now.evaluation().has_valid_loss());
+  EXPECT_TRUE(now.evaluation().has_base_valid_loss());
   const std::string result = dir_.Join(absl::StrCat("artifacts/jobs/", job.id(), "/result"));
   EXPECT_TRUE(std::filesystem::exists(result + "/adapter_config.json"));
   EXPECT_TRUE(std::filesystem::exists(result + "/adapter_model.safetensors"));

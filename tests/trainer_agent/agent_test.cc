@@ -188,7 +188,7 @@ say '{"event":"eval","step":3,"epoch":1,"valid_loss":1.25,"valid_token_accuracy"
 mkdir -p "$ck/step-00000003"
 say "{\"event\":\"checkpoint\",\"step\":3,\"epoch\":1,\"dir\":\"$ck/step-00000003\",\"metrics\":{\"train_loss\":1.5}}"
 mkdir -p "$out"
-say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":120,\"valid_loss\":1.25,\"base_valid_loss\":2.5}"
+say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":120,\"valid_loss\":1.25,\"valid_token_accuracy\":0.5,\"base_valid_loss\":2.5,\"metrics\":{\"base_valid_token_accuracy\":0.125}}"
 )"))));
   scheduler_->SetDesired({Assignment("asg-1")});
   auto done = scheduler_->WaitForCompletion("asg-1");
@@ -196,6 +196,11 @@ say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":120,\"v
   EXPECT_TRUE(done->succeeded()) << done->error().message();
   EXPECT_EQ(done->result_artifact(), "jobs/ftjob-1/result");
   EXPECT_EQ(done->trained_tokens(), 120);
+  ASSERT_TRUE(done->has_evaluation());
+  EXPECT_DOUBLE_EQ(done->evaluation().valid_loss(), 1.25);
+  EXPECT_DOUBLE_EQ(done->evaluation().valid_token_accuracy(), 0.5);
+  EXPECT_DOUBLE_EQ(done->evaluation().base_valid_loss(), 2.5);
+  EXPECT_DOUBLE_EQ(done->evaluation().base_valid_token_accuracy(), 0.125);
 
   FakeScheduler::Record r = scheduler_->record();
   ASSERT_EQ(r.registrations.size(), 1u);

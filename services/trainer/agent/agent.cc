@@ -155,7 +155,8 @@ class TrainerAgent::Runner {
   void HandleLine(const std::string& line);
   void Finish(const WorkerExit& exit);
   void Complete(bool succeeded, const v1::Error& error, const std::string& result_artifact,
-                int64_t trained_tokens);
+                int64_t trained_tokens,
+                const std::optional<v1::JobEvaluation>& evaluation = std::nullopt);
   void ReportCheckpoint(int64_t step, const std::string& dir, const v1::TrainingMetrics& metrics);
   // Calls the scheduler; with `deliver`, retries UNAVAILABLE and
   // DEADLINE_EXCEEDED with backoff until it answers or the runner is
@@ -569,7 +570,20 @@ void TrainerAgent::Runner::Finish(const WorkerExit& exit) {
       }
     }
     agent_.metrics_.succeeded.Increment();
-    Complete(true, v1::Error(), result, completed_->trained_tokens);
+    // What fine-tuning bought, on the same validation data (when there is
+    // some): the fine-tuned model and the model it started from.
+    std::optional<v1::JobEvaluation> evaluation;
+    const ReportEvent& c = *completed_;
+    auto base_acc = c.metrics.find("base_valid_token_accuracy");
+    if (c.valid_loss || c.valid_token_accuracy || c.base_valid_loss ||
+        base_acc != c.metrics.end()) {
+      evaluation.emplace();
+      if (c.valid_loss) evaluation->set_valid_loss(*c.valid_loss);
+      if (c.valid_token_accuracy) evaluation->set_valid_token_accuracy(*c.valid_token_accuracy);
+      if (c.base_valid_loss) evaluation->set_base_valid_loss(*c.base_valid_loss);
+      if (base_acc != c.metrics.end()) evaluation->set_base_valid_token_accuracy(base_acc->second);
+    }
+    Complete(true, v1::Error(), result, c.trained_tokens, evaluation);
     return;
   }
   if (exit.success() && stopped_) {
@@ -596,8 +610,10 @@ void TrainerAgent::Runner::Finish(const WorkerExit& exit) {
 }
 
 void TrainerAgent::Runner::Complete(bool succeeded, const v1::Error& error,
-                                    const std::string& result_artifact, int64_t trained_tokens) {
+                                    const std::string& result_artifact, int64_t trained_tokens,
+                                    const std::optional<v1::JobEvaluation>& evaluation) {
   iv1::CompleteAssignmentRequest req;
+  if (evaluation) *req.mutable_evaluation() = *evaluation;
   req.set_assignment_id(a_.assignment_id());
   req.set_succeeded(succeeded);
   if (!succeeded) *req.mutable_error() = error;
