@@ -15,6 +15,8 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <atomic>
+#include <chrono>
 #include <sstream>
 #include <thread>
 
@@ -148,19 +150,22 @@ class WorkerTest : public ::testing::Test {
   }
 
   // Runs the worker to its end; `on_event` may return a signal to send it.
+  // `child` (optional) receives the worker's pid while it runs.
   RunResult RunWorker(const WorkerSpec& spec, const std::string& name,
-                      std::function<int(const ReportEvent&)> on_event = nullptr) {
+                      std::function<int(const ReportEvent&)> on_event = nullptr,
+                      std::atomic<pid_t>* child_pid = nullptr) {
     const std::string spec_path = run_dir_.Join(name + ".spec.json");
     fs::create_directories(run_dir_.path());
     EXPECT_TRUE(WriteWorkerSpecFile(spec, spec_path).ok());
-    return RunWorkerWithSpecFile(spec_path, name, std::move(on_event));
+    return RunWorkerWithSpecFile(spec_path, name, std::move(on_event), child_pid);
   }
 
   RunResult RunWorkerWithSpecFile(const std::string& spec_path, const std::string& name,
-                                  std::function<int(const ReportEvent&)> on_event = nullptr) {
+                                  std::function<int(const ReportEvent&)> on_event = nullptr,
+                                  std::atomic<pid_t>* child_pid = nullptr) {
     RunResult r;
     int fds[2];
-    EXPECT_EQ(::pipe(fds), 0);
+    EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);  // no other runner's child inherits it
     const std::string err_path = run_dir_.Join(name + ".stderr");
     const std::string bin = std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-train-worker";
     testing::ChildGuard child;
@@ -175,6 +180,7 @@ class WorkerTest : public ::testing::Test {
       _exit(127);
     }
     ::close(fds[1]);
+    if (child_pid) child_pid->store(child.pid);
     ReportLineSplitter split;
     char buf[4096];
     ssize_t n;
@@ -563,6 +569,51 @@ TEST_F(WorkerTest, FullFineTuningWritesAModelDirectory) {
   for (size_t i = 0; i < bt->size(); ++i)
     moved = std::max(moved, ((*bt)[i].second - (*tt)[i].second).abs().max().item<double>());
   EXPECT_GT(moved, 1e-4);
+}
+
+// A hung peer (SIGSTOP) turns into an error on the other rank within the
+// collective timeout, not a hang.
+TEST_F(WorkerTest, HungPeerFailsWithinTheCollectiveTimeout) {
+  std::vector<std::string> parts = {run_dir_.Join("h0.shard"), run_dir_.Join("h1.shard")};
+  WriteShard(parts[0], chat_->tokenizer().vocab_size(), 0, 3);
+  WriteShard(parts[1], chat_->tokenizer().vocab_size(), 3, kChats.size());
+  const int port = FreePort();
+  std::vector<WorkerSpec> specs;
+  for (int r = 0; r < 2; ++r) {
+    WorkerSpec s = BaseSpec("hung");
+    s.hyper.batch_size = 2;
+    s.hyper.epochs = 50;
+    s.rank = r;
+    s.world_size = 2;
+    s.master_addr = "127.0.0.1";
+    s.master_port = port;
+    s.train_shards = {parts[r]};
+    s.collective_timeout_s = 3;
+    s.checkpoint_root = run_dir_.Join("hung/checkpoints");
+    s.output_dir = run_dir_.Join("hung/result");
+    specs.push_back(s);
+  }
+  RunResult rank1;
+  std::atomic<pid_t> pid1{-1};
+  std::thread t([&] {
+    rank1 = RunWorker(
+        specs[1], "hung1",
+        [](const ReportEvent& e) { return e.kind == ReportKind::kProgress && e.step == 2 ? SIGSTOP : 0; },
+        &pid1);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  RunResult rank0 = RunWorker(specs[0], "hung0");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // Rank 1 is still stopped; end it so that its runner returns.
+  if (pid1.load() > 0) ::kill(pid1.load(), SIGKILL);
+  t.join();
+  EXPECT_EQ(rank1.exit_code, 128 + SIGKILL);
+  EXPECT_EQ(rank0.exit_code, 2) << rank0.stderr_tail;
+  const ReportEvent* e = rank0.Last(ReportKind::kError);
+  ASSERT_NE(e, nullptr) << rank0.stderr_tail;
+  EXPECT_EQ(e->code, "UNAVAILABLE");
+  EXPECT_THAT(e->message, HasSubstr("all-reduce"));
+  EXPECT_LT(seconds, 40);
 }
 
 }  // namespace

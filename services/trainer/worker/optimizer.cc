@@ -85,11 +85,13 @@ double ScheduledLearningRate(const WorkerHyperparameters& h, int64_t step, int64
 
 double ClipGradNorm(const std::vector<at::Tensor>& params, double max_norm) {
   at::NoGradGuard no_grad;
-  at::Tensor total = at::zeros({}, at::kDouble);
+  at::Tensor total;  // on the parameters' device: one sync, at the end
   for (const at::Tensor& p : params) {
-    if (p.grad().defined()) total += p.grad().to(at::kDouble).pow(2).sum();
+    if (!p.grad().defined()) continue;
+    at::Tensor sq = p.grad().to(at::kDouble).pow(2).sum();
+    total = total.defined() ? total + sq : sq;
   }
-  const double norm = std::sqrt(total.item<double>());
+  const double norm = total.defined() ? std::sqrt(total.item<double>()) : 0.0;
   if (max_norm > 0 && norm > max_norm) {
     const double scale = max_norm / (norm + 1e-6);
     for (const at::Tensor& p : params)
