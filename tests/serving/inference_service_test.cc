@@ -147,7 +147,7 @@ class ServingTest : public ::testing::Test {
     ASSERT_TRUE(config.ok());
     std::ifstream tj(base + "/tokenizer.json", std::ios::binary);
     const std::string tokenizer_sha = Sha256Hex(std::string(std::istreambuf_iterator<char>(tj), {}));
-    for (const char* name : {"good", "bad"}) {
+    for (const char* name : {"good", "bad", "good2"}) {
       model::LoraConfig lc;
       lc.rank = 4;
       auto a = model::LoraAdapter::Create(*config, lc, 9);
@@ -161,7 +161,7 @@ class ServingTest : public ::testing::Test {
       ASSERT_THAT(a->Save(dir, "tiny-phi3"), testing::IsOk());
       std::ofstream(dir + "/tunefleet_contract.json")
           << R"({"base_model": "tiny-phi3", "tokenizer_sha256": ")"
-          << (std::string(name) == "good" ? tokenizer_sha : "0000") << R"(", "stop_token_ids": [32000, 32007]})";
+          << (std::string(name) != "bad" ? tokenizer_sha : "0000") << R"(", "stop_token_ids": [32000, 32007]})";
     }
     // The greedy answer without filters picks the blocklist pattern that
     // will block it in the middle.
@@ -632,6 +632,60 @@ TEST_F(ServingTest, AdaptersUnloadAndComeBackWithoutARestart) {
   scheduler_->WaitForReport(reports);
   EXPECT_TRUE(Unary(Chat("dep-a", "hi", 3), &resp).ok());
   EXPECT_EQ(replica_->Stats()[0].adapters.resident, 1);
+}
+
+TEST_F(ServingTest, AdaptersHotLoadAndUnloadWhileTrafficRunsWithoutAFailedRequest) {
+  std::atomic<bool> stop{false};
+  std::atomic<int> done{0}, failed{0};
+  std::vector<std::thread> traffic;
+  for (int t = 0; t < 4; ++t) {
+    traffic.emplace_back([&, t] {
+      while (!stop) {
+        v1::ChatCompletionResponse resp;
+        grpc::Status s = Unary(Chat(t % 2 ? "dep-a" : "dep-open", "Keep going", 4), &resp);
+        if (s.ok()) ++done; else ++failed, ADD_FAILURE() << s.error_message();
+      }
+    });
+  }
+  auto with_a2 = StandardSet();
+  with_a2.push_back(Desired("dep-a2", "acme", "jobs/ftjob-good2/result"));
+  for (int round = 0; round < 3; ++round) {
+    int64_t reports = scheduler_->reports();
+    scheduler_->SetDesired(with_a2);
+    EXPECT_TRUE(scheduler_->WaitForReport(reports)["dep-a2"].ready());
+    v1::ChatCompletionResponse resp;
+    EXPECT_TRUE(Unary(Chat("dep-a2", "hi", 3), &resp).ok());
+    reports = scheduler_->reports();
+    scheduler_->SetDesired(StandardSet());
+    scheduler_->WaitForReport(reports);
+    EXPECT_EQ(Unary(Chat("dep-a2", "hi", 3), &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  stop = true;
+  for (auto& t : traffic) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_GT(done.load(), 0);
+}
+
+TEST_F(ServingTest, ADeadlineEndsTheCallAndFreesItsSlot) {
+  auto stub = v1::InferenceService::NewStub(*channel_);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, (*keys_)[0].key, absl::Milliseconds(200));
+  v1::ChatCompletionResponse resp;
+  // A long answer on a busy engine cannot finish in 200 ms.
+  std::vector<std::thread> load;
+  for (int i = 0; i < 8; ++i) {
+    load.emplace_back([&] {
+      v1::ChatCompletionResponse r;
+      (void)Unary(Chat("dep-open", kPrompt, 100), &r);
+    });
+  }
+  grpc::Status s = stub->ChatCompletion(&ctx, Chat("dep-open", kPrompt, 200), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  for (auto& t : load) t.join();
+  for (int i = 0; i < 500 && replica_->Stats()[0].engine.running > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(replica_->Stats()[0].engine.running, 0);
 }
 
 TEST_F(ServingTest, ClassifyServesTheBuiltinFilterToInternalCallers) {
