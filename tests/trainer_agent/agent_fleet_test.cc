@@ -205,6 +205,29 @@ class AgentFleetTest : public ::testing::Test {
     if (!s.ok()) return s;
     return job;
   }
+  // Waits for one of `states`; the job as last seen.
+  v1::Job WaitState(const std::string& id, std::vector<v1::JobState> states,
+                    absl::Duration timeout = absl::Seconds(180)) {
+    v1::Job now;
+    WaitFor(
+        [&] {
+          auto j = GetJob(id);
+          if (!j.ok()) return false;
+          now = *j;
+          return std::find(states.begin(), states.end(), now.state()) != states.end();
+        },
+        timeout);
+    return now;
+  }
+  int Checkpoints(const std::string& id) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, tenant_.key, absl::Seconds(10));
+    v1::ListCheckpointsRequest req;
+    req.set_job_id(id);
+    v1::ListCheckpointsResponse resp;
+    if (!jobs_->ListCheckpoints(&ctx, req, &resp).ok()) return -1;
+    return resp.checkpoints_size();
+  }
   std::string Logs() {
     return absl::StrCat("--- trainer.log\n", ReadAll(dir_.Join("trainer.log")),
                         "--- scheduler.log\n", ReadAll(dir_.Join("scheduler.log")));
@@ -253,13 +276,14 @@ TEST_F(AgentFleetTest, AJobRunsToSucceededAndAKilledAgentLeavesNoWorker) {
   }
 
   // A long job: SIGKILL the agent while its worker trains.
-  TF_ASSERT_OK_AND_ASSIGN(v1::Job longer, CreateJob(file, /*epochs=*/50, /*batch=*/1));
+  TF_ASSERT_OK_AND_ASSIGN(v1::Job longer, CreateJob(file, /*epochs=*/20, /*batch=*/1));
   const std::string needle = dir_.Join("trainer/work/");
   std::vector<pid_t> workers;
   ASSERT_TRUE(WaitFor([&] {
     auto j = GetJob(longer.id());
     workers = FindProcesses(needle);
-    return j.ok() && j->completed_steps() > 0 && !workers.empty();
+    return j.ok() && j->completed_steps() > 0 && Checkpoints(longer.id()) >= 1 &&
+           !workers.empty();
   }, absl::Seconds(120)))
       << Logs();
   ASSERT_THAT(agent_.process->Signal(SIGKILL), IsOk());
@@ -268,6 +292,43 @@ TEST_F(AgentFleetTest, AJobRunsToSucceededAndAKilledAgentLeavesNoWorker) {
     EXPECT_TRUE(WaitFor([&] { return Dead(pid); }, absl::Seconds(20))) << "worker " << pid;
   }
   EXPECT_TRUE(FindProcesses(needle).empty());
+
+  // The agent restarts under the same name: the scheduler counts the lost
+  // attempt, requeues the job from its last checkpoint, and it finishes.
+  StartAgent();
+  v1::Job after = WaitState(longer.id(), {v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED});
+  EXPECT_EQ(after.state(), v1::JOB_STATE_SUCCEEDED) << after.error().message() << "\n" << Logs();
+}
+
+TEST_F(AgentFleetTest, PauseCheckpointsAndStopsThenResumeFinishes) {
+  TF_ASSERT_OK_AND_ASSIGN(std::string file, Upload(trainer::testing::ChatJsonl(12)));
+  TF_ASSERT_OK_AND_ASSIGN(v1::Job job, CreateJob(file, /*epochs=*/50, /*batch=*/1));
+  // Paused once the first checkpoint (every tenth of the run) is reported.
+  ASSERT_TRUE(WaitFor([&] { return Checkpoints(job.id()) >= 1; }, absl::Seconds(120))) << Logs();
+  {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, tenant_.key, absl::Seconds(10));
+    v1::PauseJobRequest req;
+    req.set_job_id(job.id());
+    v1::Job paused;
+    ASSERT_TRUE(jobs_->PauseJob(&ctx, req, &paused).ok());
+  }
+  // SIGTERM: the worker checkpoints where it is and exits 0.
+  v1::Job paused = WaitState(job.id(), {v1::JOB_STATE_PAUSED, v1::JOB_STATE_FAILED,
+                                        v1::JOB_STATE_SUCCEEDED});
+  ASSERT_EQ(paused.state(), v1::JOB_STATE_PAUSED) << paused.error().message() << "\n" << Logs();
+  EXPECT_GE(Checkpoints(job.id()), 1);
+  EXPECT_TRUE(FindProcesses(dir_.Join("trainer/work/")).empty());
+  {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, tenant_.key, absl::Seconds(10));
+    v1::ResumeJobRequest req;
+    req.set_job_id(job.id());
+    v1::Job resumed;
+    ASSERT_TRUE(jobs_->ResumeJob(&ctx, req, &resumed).ok());
+  }
+  v1::Job done = WaitState(job.id(), {v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED});
+  EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message() << "\n" << Logs();
 }
 
 }  // namespace
