@@ -4,6 +4,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/reducer.hpp>
 
 #include <chrono>
 
@@ -18,6 +19,8 @@ class Single final : public Collectives {
   int64_t world_size() const override { return 1; }
   absl::Status AllReduceSum(at::Tensor&) override { return absl::OkStatus(); }
   absl::Status Barrier() override { return absl::OkStatus(); }
+  absl::Status AttachGradients(const std::vector<at::Tensor>&) override { return absl::OkStatus(); }
+  absl::Status PrepareSyncedBackward(const at::Tensor&) override { return absl::OkStatus(); }
 };
 
 template <typename Fn>
@@ -52,10 +55,30 @@ class Gloo final : public Collectives {
     at::Tensor t = at::zeros({1});
     return AllReduceSum(t);
   }
+  absl::Status AttachGradients(const std::vector<at::Tensor>& params) override {
+    return Guard("creating the DDP reducer", [&] {
+      std::vector<bool> sparse(params.size(), false);
+      auto [buckets, limits] = c10d::compute_bucket_assignment_by_size(
+          params, {static_cast<size_t>(c10d::kDefaultFirstBucketBytes),
+                   static_cast<size_t>(c10d::kDefaultBucketBytesCap)},
+          sparse);
+      std::unordered_map<size_t, std::string> names;
+      for (size_t i = 0; i < params.size(); ++i) names[i] = "param." + std::to_string(i);
+      reducer_ = std::make_unique<c10d::Reducer>(
+          params, buckets, limits, pg_, sparse, c10d::kDefaultBucketBytesCap,
+          /*find_unused_parameters=*/false, /*gradient_as_bucket_view=*/false, names,
+          c10d::kDefaultFirstBucketBytes);
+    });
+  }
+  absl::Status PrepareSyncedBackward(const at::Tensor& loss) override {
+    if (!reducer_) return absl::FailedPreconditionError("AttachGradients was not called");
+    return Guard("preparing the DDP reducer", [&] { reducer_->prepare_for_backward({loss}); });
+  }
 
  private:
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  std::unique_ptr<c10d::Reducer> reducer_;
   int64_t rank_, world_;
   std::chrono::milliseconds timeout_;
 };

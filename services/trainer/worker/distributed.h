@@ -2,10 +2,10 @@
 // rank 0 and a ProcessGroupGloo (CPU), behind a small interface so that the
 // training loop is the same for one rank (no collectives at all) and many.
 //
-// Gradients are reduced as one flat all-reduce after the step's backward
-// passes (with gradient accumulation there is one reduction per optimizer
-// step, not per micro-batch). c10d's Reducer (bucketed, overlapped with
-// backward) is the intended replacement; see the worker README note.
+// Gradients are reduced by c10d's own DDP engine, the Reducer: buckets of
+// gradients are all-reduced as backward produces them, overlapped with the
+// rest of backward. With gradient accumulation only the step's last
+// backward is synchronised (PyTorch's no_sync for the others).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,6 +27,12 @@ class Collectives {
   // Sums `t` (a contiguous CPU tensor) over the ranks, in place.
   virtual absl::Status AllReduceSum(at::Tensor& t) = 0;
   virtual absl::Status Barrier() = 0;
+  // Hands the trainable parameters (leaves requiring grad) to the Reducer.
+  virtual absl::Status AttachGradients(const std::vector<at::Tensor>& params) = 0;
+  // Call right before the backward whose gradients are to be reduced; after
+  // that backward every parameter's .grad() holds the MEAN over the ranks of
+  // what each rank accumulated. Every parameter must receive a gradient.
+  virtual absl::Status PrepareSyncedBackward(const at::Tensor& loss) = 0;
 };
 
 // One rank: every collective is the identity.

@@ -113,6 +113,7 @@ class Run {
   // holds [part_begin_, part_begin_ + train_->size()) of global_n_.
   int64_t global_n_ = 0, part_begin_ = 0;
   bool AnyStopRequested();
+  absl::Status SyncedBackward(const at::Tensor& loss);
   absl::Status SumOverRanks(std::vector<double>& values);
   int64_t per_rank_batch_ = 0, steps_per_epoch_ = 0, total_steps_ = 0;
   TrainerState state_;
@@ -275,6 +276,7 @@ absl::Status Run::Setup() {
       }
       for (at::Tensor& p : params_) p.set_requires_grad(true);
     }
+    TF_RETURN_IF_ERROR(coll_->AttachGradients(params_));
     AdamWOptions ao;
     ao.weight_decay = h_.weight_decay;
     optimizer_ = std::make_unique<AdamW>(params_, ao);
@@ -358,9 +360,21 @@ absl::Status Run::TrainStep(int64_t step) {
     double loss_sum = 0;
     int64_t correct = 0, tokens = 0;
     step_real_tokens_ = 0;
-    for (const std::vector<int64_t>& micro :
-         SplitMicroBatches(*train_, examples, h_.micro_batch_size, h_.packing)) {
-      MicroBatch mb = MakeMicroBatch(*train_, micro, h_.packing, h_.max_sequence_length);
+    const std::vector<std::vector<int64_t>> micros =
+        SplitMicroBatches(*train_, examples, h_.micro_batch_size, h_.packing);
+    // With several ranks the Reducer reduces the last backward of the step
+    // (which carries the accumulated gradients) and averages over ranks, so
+    // each rank's loss carries world_size.
+    const bool ddp = spec_.world_size > 1;
+    const double world = static_cast<double>(spec_.world_size);
+    int64_t last_backward = -1;
+    for (size_t i = 0; i < micros.size(); ++i) {
+      int64_t t = 0;
+      for (int64_t e : micros[i]) t += train_->at(e).trained;
+      if (t > 0) last_backward = static_cast<int64_t>(i);
+    }
+    for (size_t i = 0; i < micros.size(); ++i) {
+      MicroBatch mb = MakeMicroBatch(*train_, micros[i], h_.packing, h_.max_sequence_length);
       real_tokens_ += mb.real_tokens;
       slots_ += mb.slots;
       step_real_tokens_ += mb.real_tokens;
@@ -372,26 +386,27 @@ absl::Status Run::TrainStep(int64_t step) {
       fo.training = true;
       TF_ASSIGN_OR_RETURN(model::Decoder::LossOutput out, decoder_->Loss(mb.input_ids, mb.labels, fo));
       // Normalised by the trained tokens of the whole step, not per micro-batch.
-      at::Tensor scaled = out.loss * (static_cast<double>(out.tokens) / static_cast<double>(step_trained));
-      scaled.backward();
+      double scale = static_cast<double>(out.tokens) / static_cast<double>(step_trained);
+      if (ddp) scale *= world;
+      at::Tensor scaled = out.loss * scale;
+      if (ddp && static_cast<int64_t>(i) == last_backward) {
+        TF_RETURN_IF_ERROR(coll_->PrepareSyncedBackward(scaled));
+        TF_RETURN_IF_ERROR(SyncedBackward(scaled));
+      } else {
+        scaled.backward();
+      }
       loss_sum += out.loss.item<double>() * static_cast<double>(out.tokens);
       correct += out.correct;
       tokens += out.tokens;
     }
-    if (spec_.world_size > 1) {
-      // Each rank's loss is already scaled by the global token count: the
-      // gradient of the global batch is the sum over ranks.
-      std::vector<at::Tensor> flat;
-      for (const at::Tensor& p : params_)
-        flat.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
-      at::Tensor all = at::cat(flat);
-      TF_RETURN_IF_ERROR(coll_->AllReduceSum(all));
-      int64_t at_ = 0;
-      at::NoGradGuard no_grad;
-      for (at::Tensor& p : params_) {
-        at::Tensor g = all.narrow(0, at_, p.numel()).view(p.sizes()).clone();
-        p.mutable_grad() = g;
-        at_ += p.numel();
+    if (ddp) {
+      if (last_backward < 0) {
+        // Nothing of this step on this rank: a zero backward still joins
+        // the reduction.
+        at::Tensor zero = at::zeros({}, params_[0].options());
+        for (const at::Tensor& p : params_) zero = zero + p.sum() * 0.0;
+        TF_RETURN_IF_ERROR(coll_->PrepareSyncedBackward(zero));
+        TF_RETURN_IF_ERROR(SyncedBackward(zero));
       }
       std::vector<double> v = {loss_sum, static_cast<double>(correct), static_cast<double>(tokens)};
       TF_RETURN_IF_ERROR(SumOverRanks(v));
@@ -511,6 +526,18 @@ absl::StatusOr<std::string> Run::Publish() {
   fs::rename(tmp, out, ec);
   if (ec) return absl::InternalError(absl::StrCat("output_dir ", out, ": ", ec.message()));
   return out;
+}
+
+// The Reducer waits for its all-reduces inside backward: a peer that hangs
+// or dies surfaces there, and is the peers' failure, not ours.
+absl::Status Run::SyncedBackward(const at::Tensor& loss) {
+  try {
+    loss.backward();
+    return absl::OkStatus();
+  } catch (const c10::Error& e) {
+    return absl::UnavailableError(
+        absl::StrCat("gradient all-reduce with the other ranks: ", e.what_without_backtrace()));
+  }
 }
 
 bool Run::AnyStopRequested() {
