@@ -32,8 +32,8 @@ ABSL_FLAG(std::string, worker_binary, "",
 ABSL_FLAG(absl::Duration, worker_timeout, absl::Minutes(10),
           "A worker silent for this long is killed and its attempt fails");
 ABSL_FLAG(std::string, advertise_address, "",
-          "host:port the scheduler and peer ranks reach this node at (default: host name and the "
-          "listen port)");
+          "host:port the scheduler and peer ranks reach this node at (default: the --listen host, "
+          "or the host name when it listens on every interface, and the bound port)");
 
 namespace {
 
@@ -111,7 +111,15 @@ int main(int argc, char** argv) {
       [&]() -> absl::Status {
         // The agent registers once the port is known (it advertises it).
         std::string advertise = absl::GetFlag(FLAGS_advertise_address);
-        if (advertise.empty()) advertise = absl::StrCat(HostName(), ":", server.port());
+        if (advertise.empty()) {
+          // The listen host when it names one interface, else the host name.
+          std::string host = flags.server.listen_address.substr(
+              0, flags.server.listen_address.rfind(':'));
+          if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") {
+            host = HostName();
+          }
+          advertise = absl::StrCat(host, ":", server.port());
+        }
         agent.Start(advertise);
         spdlog::info("trainer agent {} at {} (slots={} gpus={}) -> scheduler {} dataset {} worker {}",
                      options.node_name, advertise, options.slots, options.gpus.size(), sched.target,

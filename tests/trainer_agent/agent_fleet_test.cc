@@ -142,8 +142,7 @@ class AgentFleetTest : public ::testing::Test {
         "trainer", dir_.path(), keys_,
         {"--scheduler_address=" + scheduler_.target, "--dataset_address=" + dataset_.target,
          "--internal_key_file=" + dir_.Join("internal.key"), "--models_dir=" + dir_.Join("models"),
-         "--artifacts_dir=" + dir_.Join("artifacts"), "--node_name=node-a", "--slots=1",
-         "--advertise_address=127.0.0.1:1"});
+         "--artifacts_dir=" + dir_.Join("artifacts"), "--node_name=node-a", "--slots=1"});
     ASSERT_THAT(agent, IsOk());
     agent_ = std::move(*agent);
   }
@@ -329,6 +328,29 @@ TEST_F(AgentFleetTest, PauseCheckpointsAndStopsThenResumeFinishes) {
   }
   v1::Job done = WaitState(job.id(), {v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED});
   EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message() << "\n" << Logs();
+}
+
+TEST_F(AgentFleetTest, CancelKillsTheWorkerAndTheJobIsCancelled) {
+  TF_ASSERT_OK_AND_ASSIGN(std::string file, Upload(trainer::testing::ChatJsonl(12)));
+  TF_ASSERT_OK_AND_ASSIGN(v1::Job job, CreateJob(file, /*epochs=*/50, /*batch=*/1));
+  const std::string needle = dir_.Join("trainer/work/");
+  std::vector<pid_t> workers;
+  ASSERT_TRUE(WaitFor([&] {
+    workers = FindProcesses(needle);
+    return Checkpoints(job.id()) >= 1 && !workers.empty();
+  }, absl::Seconds(120))) << Logs();
+  {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, tenant_.key, absl::Seconds(10));
+    v1::CancelJobRequest req;
+    req.set_job_id(job.id());
+    v1::Job cancelling;
+    ASSERT_TRUE(jobs_->CancelJob(&ctx, req, &cancelling).ok());
+  }
+  v1::Job done = WaitState(job.id(), {v1::JOB_STATE_CANCELLED, v1::JOB_STATE_SUCCEEDED,
+                                      v1::JOB_STATE_FAILED});
+  EXPECT_EQ(done.state(), v1::JOB_STATE_CANCELLED) << done.error().message() << "\n" << Logs();
+  for (pid_t pid : workers) EXPECT_TRUE(Dead(pid)) << "worker " << pid;
 }
 
 }  // namespace
