@@ -258,6 +258,9 @@ TEST_F(WorkerTest, FineTunedPhi3AnswersAndStopsAtEnd) {
   EXPECT_GT(done->trained_tokens, 0);
   EXPECT_NE(r.Last(ReportKind::kEval), nullptr);
   EXPECT_NE(r.Last(ReportKind::kCheckpoint), nullptr);
+  EXPECT_GT(done->metrics.at("estimated_memory_bytes"), 0);
+  EXPECT_GT(done->metrics.at("peak_rss_bytes"), 0);
+  EXPECT_GE(done->metrics.at("padding_fraction"), 0);
 
   // The result is a PEFT directory plus the contract.
   const std::string out = done->result_dir;

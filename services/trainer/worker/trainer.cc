@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -124,7 +125,28 @@ class Run {
   int64_t step_real_tokens_ = 0;
   int64_t real_tokens_ = 0, slots_ = 0;
   std::optional<EvalResult> last_eval_;
+  int64_t estimated_memory_bytes_ = 0;
+  int64_t EstimateMemoryBytes() const;
 };
+
+// Per rank, before the run: weights, then 4 fp32 copies of the trainable
+// parameters (LoRA: the parameters; both: gradients and AdamW's two
+// moments), then the activations autograd keeps for one micro-batch of
+// max_sequence_length rows (per layer and token: ~16 hidden-sized and 6
+// intermediate-sized fp32 tensors, plus the heads' T attention weights).
+int64_t Run::EstimateMemoryBytes() const {
+  const model::ModelConfig& c = decoder_->config();
+  int64_t trainable = 0;
+  for (const at::Tensor& p : params_) trainable += p.numel();
+  const int64_t weights = decoder_->WeightBytes() + c.vocab_size * c.hidden_size * 4;
+  const int64_t state = trainable * 4 * (lora_ ? 4 : 3);
+  const int64_t rows = h_.micro_batch_size > 0 ? h_.micro_batch_size : per_rank_batch_;
+  const int64_t tokens = rows * h_.max_sequence_length;
+  const int64_t per_token = c.num_hidden_layers *
+                            (16 * c.hidden_size + 6 * c.intermediate_size +
+                             2 * c.num_attention_heads * h_.max_sequence_length) * 4;
+  return weights + state + tokens * per_token;
+}
 
 absl::Status Run::Load() {
   if (!fs::is_directory(spec_.base_model_dir)) {
@@ -276,6 +298,7 @@ absl::Status Run::Setup() {
       }
       for (at::Tensor& p : params_) p.set_requires_grad(true);
     }
+    estimated_memory_bytes_ = EstimateMemoryBytes();
     TF_RETURN_IF_ERROR(coll_->AttachGradients(params_));
     AdamWOptions ao;
     ao.weight_decay = h_.weight_decay;
@@ -660,6 +683,10 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
   if (state_.base_valid_accuracy) e.metrics["base_valid_token_accuracy"] = *state_.base_valid_accuracy;
   if (slots_ > 0) e.metrics["padding_fraction"] = 1.0 - static_cast<double>(real_tokens_) / static_cast<double>(slots_);
   if (state_.train_loss) e.metrics["train_loss"] = *state_.train_loss;
+  e.metrics["estimated_memory_bytes"] = static_cast<double>(estimated_memory_bytes_);
+  rusage ru = {};
+  if (::getrusage(RUSAGE_SELF, &ru) == 0)
+    e.metrics["peak_rss_bytes"] = static_cast<double>(ru.ru_maxrss) * 1024.0;
   Report(options_, e);
   return WorkerOutcome{false, result};
 }
