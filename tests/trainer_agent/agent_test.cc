@@ -322,6 +322,31 @@ exec sleep 1000
   EXPECT_EQ(agent_->metrics().hung.Value(), 1);
 }
 
+// A rank stopped with SIGSTOP (a hung peer) says nothing more: killed at
+// the timeout like any silent worker, and the agent takes the next one.
+TEST_F(AgentTest, AStoppedWorkerIsKilledAtTheTimeout) {
+  TrainerAgentOptions o = Options(Worker(R"(
+case "$spec" in
+  *asg-stop*)
+    say '{"event":"started","total_steps":3,"world_size":2,"rank":1,"resumed_step":0}'
+    kill -STOP $$ ;;
+  *)
+    mkdir -p "$out"
+    say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":5}" ;;
+esac
+)"));
+  o.worker_timeout = absl::Milliseconds(500);
+  StartAgent(o);
+  scheduler_->SetDesired({Assignment("asg-stop", "ftjob-s")});
+  auto done = scheduler_->WaitForCompletion("asg-stop");
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->error().code(), "worker_hung");
+  scheduler_->SetDesired({Assignment("asg-stop", "ftjob-s"), Assignment("asg-after", "ftjob-t")});
+  auto next = scheduler_->WaitForCompletion("asg-after");
+  ASSERT_TRUE(next.has_value());
+  EXPECT_TRUE(next->succeeded());
+}
+
 TEST_F(AgentTest, AWithdrawnAssignmentIsKilledWithoutAReport) {
   std::string pidfile = dir_.Join("w.pid");
   StartAgent(Options(Worker(absl::StrCat(R"(
