@@ -55,7 +55,7 @@ except ImportError:  # Debian: python3-yaml (scripts/install-deps.d/k8s-tools)
     sys.exit(SKIP)
 
 # Secrets the operator creates by hand (deploy/README.md), never rendered.
-DOCUMENTED_SECRETS = {"tunefleet-keys", "tunefleet-tls"}
+DOCUMENTED_SECRETS = {"tunefleet-keys", "tunefleet-internal-key", "tunefleet-tls"}
 # Flags every service container must set explicitly.
 REQUIRED_FLAGS = ("listen", "metrics_listen", "keys_file", "data_dir")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
@@ -64,6 +64,19 @@ WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 GPU = "nvidia.com/gpu"
 # Where docker/Dockerfile.cpu and docker/Dockerfile.cuda put the binaries.
 IMAGE_BIN_DIR = "/usr/local/bin"
+# The worker process tunefleet-trainer spawns (default: next to the agent).
+TRAINER_WORKER = "tunefleet-train-worker"
+# Flags naming another service's host:port -> the dialer's flag for the CA of
+# that service's certificate (None: the binary can only dial in plaintext).
+DIAL_FLAGS = {
+    "tunefleet-scheduler": {"dataset_address": None},
+    "tunefleet-trainer": {"scheduler_address": None, "dataset_address": None},
+    "tunefleet-serving": {"scheduler_address": "scheduler_tls_ca_file"},
+}
+# Flags naming directories on the volume shared by scheduler, trainers and serving.
+SHARED_DIR_FLAGS = ("artifacts_dir", "models_dir")
+# Overlays that run on one node, where a ReadWriteOnce volume can be shared.
+SINGLE_NODE_OVERLAYS = ("single-node",)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -183,6 +196,11 @@ class Checker:
     # -- checks
     def run(self):
         self.index()
+        self.shared_claims = {}  # claim -> [where]
+        self.trainer_gpus = []   # (where, --gpus, container, [(mount, volume)])
+        self.calls = []          # (where, binary, flag, host:port, dials with TLS, caller labels)
+        self.servers = []        # (labels, --listen port, TLS on)
+        self.current_labels = {}
         templates = self.pod_templates()
         if not templates:
             self.err("render", "no workloads at all")
@@ -191,7 +209,108 @@ class Checker:
         self.check_services(templates)
         self.check_selectors(templates)
         self.check_overlay_gpu(templates)
+        self.check_shared_volume()
+        self.check_network_policies(templates)
+        self.check_calls(templates)
         return self.errors
+
+    def check_shared_volume(self):
+        if len(self.shared_claims) > 1:
+            self.err("shared volume", "--artifacts_dir/--models_dir must be on one volume shared by "
+                     "every service; found claims %s" % sorted(self.shared_claims))
+        for claim, users in sorted(self.shared_claims.items()):
+            pvc = self.names("PersistentVolumeClaim").get(claim)
+            if pvc is None:
+                continue  # reported by check_volume
+            modes = (pvc.get("spec") or {}).get("accessModes") or []
+            if "ReadWriteMany" not in modes and self.overlay not in SINGLE_NODE_OVERLAYS:
+                self.err("PersistentVolumeClaim/%s" % claim,
+                         "holds --artifacts_dir/--models_dir for pods on many nodes (%s) but its "
+                         "accessModes %s lack ReadWriteMany" % (", ".join(sorted(set(users))), modes))
+
+    def policies_for(self, labels):
+        out = []
+        for name, np in sorted(self.names("NetworkPolicy").items()):
+            spec = np.get("spec") or {}
+            sel = spec.get("podSelector") or {}
+            if sel.get("matchExpressions"):
+                continue  # not evaluated here; keep selectors to matchLabels
+            ml = sel.get("matchLabels") or {}
+            if not all(labels.get(k) == v for k, v in ml.items()):
+                continue
+            types = spec.get("policyTypes") or (["Ingress"] if "egress" not in spec else [])
+            if "Ingress" in types:
+                out.append((name, spec))
+        return out
+
+    def check_network_policies(self, templates):
+        if not self.names("NetworkPolicy"):
+            self.err("NetworkPolicy", "none in the render: every pod must be isolated")
+            return
+        for where, _, t in templates:
+            labels = (t.get("metadata") or {}).get("labels") or {}
+            if not self.policies_for(labels):
+                self.err(where, "no NetworkPolicy with Ingress selects its pods: they accept any traffic")
+
+    def check_calls(self, templates):
+        """Every internal call (--scheduler_address, --dataset_address) names a
+        Service port of the render, the NetworkPolicies let the caller through,
+        and a callee serving TLS is dialled with TLS."""
+        for where, binary, flag, address, dials_tls, caller in self.calls:
+            if address is None:
+                continue  # only known at run time
+            m = re.match(r"^([a-z0-9-]+)(?:\.[a-z0-9.-]+)?:(\d+)$", address)
+            if not m:
+                self.err(where, "--%s=%s is not a <service>[.<namespace>.svc]:<port>" % (flag, address))
+                continue
+            host, port = m.group(1), int(m.group(2))
+            svc = self.names("Service").get(host)
+            if svc is None:
+                self.err(where, "--%s=%s: no Service %r in the render" % (flag, address, host))
+                continue
+            sport = [p for p in (svc.get("spec") or {}).get("ports") or [] if p.get("port") == port]
+            if not sport:
+                self.err(where, "--%s=%s: Service %s has no port %d" % (flag, address, host, port))
+                continue
+            target = sport[0].get("targetPort", port)
+            sel = (svc.get("spec") or {}).get("selector") or {}
+            for twhere, _, t in templates:
+                labels = (t.get("metadata") or {}).get("labels") or {}
+                if not labels_match(sel, labels):
+                    continue
+                cports = [p for c in (t.get("spec") or {}).get("containers") or []
+                          for p in c.get("ports") or [] if target in (p.get("name"), p.get("containerPort"))]
+                names = {x for p in cports for x in (p.get("name"), p.get("containerPort")) if x is not None}
+                for slabels, sport_num, tls_on in self.servers:
+                    if slabels is labels and tls_on and not dials_tls and sport_num in names:
+                        self.err(where, "--%s=%s: %s serves TLS but %s dials it in plaintext "
+                                 "(it has no TLS flag for this call)" % (flag, address, twhere, binary))
+                policies = self.policies_for(labels)
+                if policies and not any(self.rule_allows(rule, caller, names)
+                                        for _, spec in policies for rule in spec.get("ingress") or []):
+                    self.err(where, "--%s=%s: no NetworkPolicy lets it reach %s port %s (policies "
+                             "selecting those pods: %s)" % (flag, address, twhere, target,
+                                                            ", ".join(n for n, _ in policies)))
+
+    @staticmethod
+    def rule_allows(rule, caller, port_names):
+        ports = rule.get("ports")
+        if ports and not any(p.get("port") in port_names or p.get("port") is None for p in ports):
+            return False
+        peers = rule.get("from")
+        if not peers:
+            return True
+        for peer in peers:
+            if "ipBlock" in peer:
+                continue
+            ns = peer.get("namespaceSelector")
+            if ns is not None and ns != {} and (ns.get("matchLabels") or ns.get("matchExpressions")):
+                continue  # another namespace; the callers live in the overlay's
+            ps = peer.get("podSelector")
+            if ps is None or all(caller.get(k) == v for k, v in (ps.get("matchLabels") or {}).items()):
+                if not (ps or {}).get("matchExpressions"):
+                    return True
+        return False
 
     def check_workload(self, where, doc, tmpl):
         kind = doc["kind"]
@@ -225,6 +344,7 @@ class Checker:
         containers = pod.get("containers") or []
         if not containers:
             self.err(where, "no containers")
+        self.current_labels = labels
         for c in containers:
             self.check_container("%s container %s" % (where, c.get("name")), c, volumes, claims,
                                  pod_sc, grace, annotations)
@@ -364,6 +484,12 @@ class Checker:
             return p.get("containerPort") if p else (port if isinstance(port, int) else None)
 
         grpc_port = port_of(values.get("listen"))
+        health_port = port_of(values.get("health_listen")) if values.get("health_listen") else None
+        if values.get("health_listen") and health_port is None:
+            self.err(where, "--health_listen=%r has no port" % values.get("health_listen"))
+        if health_port is not None and health_port not in ports:
+            self.err(where, "the --health_listen port %d is not a declared containerPort" % health_port)
+        tls_on = bool(values.get("tls_cert"))
         if "listen" in values and grpc_port is None:
             self.err(where, "--listen=%r has no port" % values.get("listen"))
         if grpc_port is not None and grpc_port not in ports:
@@ -383,12 +509,17 @@ class Checker:
                 continue
             if "grpc" in probe:
                 port = probe["grpc"].get("port")
-                if grpc_port is not None and port != grpc_port:
+                if tls_on and port != health_port:
+                    self.err(where, "%s checks gRPC port %r but TLS is on: the kubelet's gRPC probe "
+                             "speaks plaintext, use the --health_listen port %s"
+                             % (probe_name, port, health_port))
+                elif grpc_port is not None and port not in (grpc_port, health_port):
                     self.err(where, "%s checks gRPC port %r but the service listens on %s"
-                             % (probe_name, port, grpc_port))
+                             % (probe_name, port, grpc_port) +
+                             (" (health on %s)" % health_port if health_port else ""))
             elif "httpGet" in probe or "tcpSocket" in probe:
                 port = (probe.get("httpGet") or probe.get("tcpSocket")).get("port")
-                if resolve(port) not in (grpc_port, metrics_port) or resolve(port) is None:
+                if resolve(port) not in (grpc_port, metrics_port, health_port) or resolve(port) is None:
                     self.err(where, "%s targets port %r, which the service does not listen on"
                              % (probe_name, port))
             elif "exec" not in probe:
@@ -403,6 +534,8 @@ class Checker:
             if metrics_port is None or ann_port != str(metrics_port):
                 self.err(where, "prometheus.io/port is %r but --metrics_listen port is %s"
                          % (ann_port, metrics_port))
+
+        self.servers.append((self.current_labels, grpc_port, bool(values.get("tls_cert"))))
 
         # graceful shutdown
         drain_text = values.get("drain_timeout", known.get("drain_timeout"))
@@ -445,8 +578,49 @@ class Checker:
                 self.err(where, "--%s=%s: Secret volume %s does not project %r"
                          % (flag, path, m["name"], rel))
 
-        for flag in ("keys_file", "tls_cert", "tls_key", "tls_client_ca"):
+        for flag in ("keys_file", "internal_key_file", "tls_cert", "tls_key", "tls_client_ca",
+                     "scheduler_tls_ca_file"):
             check_file_in_secret(flag)
+        if binary in ("tunefleet-trainer", "tunefleet-serving") and not values.get("internal_key_file"):
+            self.err(where, "%s calls the scheduler and must set --internal_key_file" % binary)
+
+        # the shared volume: base models and artifacts, by path, in every pod
+        for flag in SHARED_DIR_FLAGS:
+            path = values.get(flag)
+            if not path:
+                if flag in known and binary != "tunefleet-dataset":
+                    self.err(where, "must set --%s on the shared volume" % flag)
+                continue
+            m = mount_for(path)
+            vol = volumes.get((m or {}).get("name")) or {}
+            claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim is None:
+                self.err(where, "--%s=%s is not on a PersistentVolumeClaim mount (the shared volume)"
+                         % (flag, path))
+                continue
+            self.shared_claims.setdefault(claim, []).append(where)
+            if binary == "tunefleet-trainer" and flag == "artifacts_dir" and m.get("readOnly"):
+                self.err(where, "--artifacts_dir=%s is on a read-only mount: workers write "
+                         "checkpoints there" % path)
+
+        # the trainer agent runs its worker from next to itself
+        if binary == "tunefleet-trainer":
+            worker = values.get("worker_binary") or os.path.join(IMAGE_BIN_DIR, TRAINER_WORKER)
+            if os.path.dirname(worker) != IMAGE_BIN_DIR or os.path.basename(worker) != TRAINER_WORKER:
+                self.err(where, "--worker_binary=%s: the images install %s in %s"
+                         % (worker, TRAINER_WORKER, IMAGE_BIN_DIR))
+            elif not os.access(self.flags.path(TRAINER_WORKER), os.X_OK):
+                self.err(where, "tunefleet-trainer runs %s, which is not in the build (%s)"
+                         % (worker, self.flags.path(TRAINER_WORKER)))
+            self.trainer_gpus.append((where, values.get("gpus", known.get("gpus")), c,
+                                      [(m, volumes.get(m.get("name")) or {}) for m in mounts]))
+
+        # internal calls, for the NetworkPolicy and TLS checks
+        for flag, ca_flag in DIAL_FLAGS.get(binary, {}).items():
+            if flag not in values:
+                continue
+            self.calls.append((where, binary, flag, values[flag],
+                               bool(ca_flag and values.get(ca_flag)), self.current_labels))
         data_dir = values.get("data_dir")
         if data_dir:
             m = mount_for(data_dir)
@@ -524,16 +698,28 @@ class Checker:
                 res = c.get("resources") or {}
                 asks = GPU in (res.get("limits") or {}) or GPU in (res.get("requests") or {})
                 binary = os.path.basename((c.get("command") or [""])[0])
-                if base == "cpu" and asks:
-                    self.err(where, "the cpu overlay must not request %s" % GPU)
-                if base == "gpu" and binary == "tunefleet-trainer" and not asks:
-                    self.err(where, "the gpu overlay's trainer must request %s" % GPU)
+                if base in SINGLE_NODE_OVERLAYS and asks:
+                    self.err(where, "the %s overlay must not request %s" % (base, GPU))
+                if base == "gpu" and binary in ("tunefleet-trainer", "tunefleet-serving") and not asks:
+                    self.err(where, "the gpu overlay's %s must request %s" % (binary, GPU))
+        for where, gpus, c, mounts in self.trainer_gpus:
+            limit = str(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0))
+            if gpus is None:
+                self.err(where, "--gpus must be known before run time (it must equal the %s limit)" % GPU)
+            elif str(gpus) != limit:
+                self.err(where, "--gpus=%s but the container's %s limit is %s: the agent would offer "
+                         "GPUs it does not have, or leave some idle" % (gpus, GPU, limit))
+            shm = [v for m, v in mounts if m.get("mountPath") == "/dev/shm"]
+            if not shm or (shm[0].get("emptyDir") or {}).get("medium") != "Memory":
+                self.err(where, "/dev/shm must be a memory-backed emptyDir (medium: Memory): NCCL and "
+                         "the c10d store outgrow the runtime's 64 MiB default")
 
 
 # --------------------------------------------------------------------------- smoke run
 
 # Flags a smoke run replaces: local ports, a scratch data dir and keys file.
-SMOKE_OVERRIDES = ("listen", "metrics_listen", "data_dir", "keys_file", "port_file")
+SMOKE_OVERRIDES = ("listen", "metrics_listen", "health_listen", "data_dir", "keys_file", "port_file",
+                   "internal_key_file", "artifacts_dir", "models_dir")
 SMOKE_KEYS = ("f48abe39545f9e9b1fb4884fcac0568ca12dbff8c934c0ace466cb83e60f39ce "
               "smoke tenant smoke\n")
 
@@ -564,9 +750,22 @@ def smoke_run_once(flags, where, binary, values, scratch):
     for name, value in sorted(values.items()):
         if name in SMOKE_OVERRIDES or (name.startswith("tls_") and value):
             continue
-        argv.append("--%s=%s" % (name, "smoke" if value is None else value))
+        if value is None:  # only known at run time (the pod's IP or name)
+            value = "127.0.0.1:1" if name.endswith("_address") else "smoke"
+        argv.append("--%s=%s" % (name, value))
     argv += ["--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", "--data_dir=" + os.path.join(d, "data"),
              "--keys_file=" + keys, "--port_file=" + ports]
+    if "health_listen" in values:
+        argv.append("--health_listen=127.0.0.1:0")
+    for name in ("artifacts_dir", "models_dir"):
+        if name in values:
+            os.makedirs(os.path.join(d, name))
+            argv.append("--%s=%s" % (name, os.path.join(d, name)))
+    if "internal_key_file" in values:
+        internal = os.path.join(d, "internal.key")
+        with open(internal, "w") as f:
+            f.write("smoke-internal-key\n")
+        argv.append("--internal_key_file=" + internal)
     log_path = os.path.join(d, "log.txt")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=d)
@@ -673,10 +872,59 @@ def mutations():
 
     def tls_unmounted(docs):
         data = doc_of(docs, "ConfigMap", "tunefleet-config")["data"]
-        data["TUNEFLEET_TLS_CERT"] = "/etc/tunefleet/tls/tls.crt"
+        data["TUNEFLEET_SERVING_TLS_CERT"] = "/etc/tunefleet/certs/tls.crt"
+
+    def worker_elsewhere(docs):
+        containers_of(docs, "DaemonSet", "tunefleet-trainer")[0]["args"].append(
+            "--worker_binary=/opt/tunefleet/tunefleet-train-worker")
+
+    def gpus_mismatch(docs):
+        doc_of(docs, "ConfigMap", "tunefleet-config")["data"]["TUNEFLEET_TRAINER_GPUS"] = "4"
+
+    def shm_on_disk(docs):
+        for v in doc_of(docs, "DaemonSet", "tunefleet-trainer")["spec"]["template"]["spec"]["volumes"]:
+            if v["name"] == "dshm":
+                v["emptyDir"].pop("medium")
+
+    def shared_rwo(docs):
+        doc_of(docs, "PersistentVolumeClaim", "tunefleet-shared")["spec"]["accessModes"] = ["ReadWriteOnce"]
+
+    def no_policies(docs):
+        docs[:] = [d for d in docs if d["kind"] != "NetworkPolicy"]
+
+    def policy_blocks_trainer(docs):
+        doc_of(docs, "NetworkPolicy", "tunefleet-dataset")["spec"]["ingress"][0]["from"] = [
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tunefleet-scheduler"}}}]
+
+    def tls_on_scheduler(docs):
+        containers_of(docs, "StatefulSet", "tunefleet-scheduler")[0]["args"] += [
+            "--tls_cert=/etc/tunefleet/keys/keys.txt", "--tls_key=/etc/tunefleet/keys/keys.txt"]
+
+    def tls_probe(docs):
+        containers_of(docs, "Deployment", "tunefleet-serving")[0]["readinessProbe"]["grpc"]["port"] = 50054
+
+    def internal_key_unprojected(docs):
+        c = containers_of(docs, "DaemonSet", "tunefleet-trainer")[0]
+        c["args"] = [("--internal_key_file=/etc/tunefleet/keys/internal.key"
+                      if a.startswith("--internal_key_file=") else a) for a in c["args"]]
+
+    def serving_without_gpu(docs):
+        res = containers_of(docs, "Deployment", "tunefleet-serving")[0]["resources"]
+        res["requests"].pop(GPU)
+        res["limits"].pop(GPU)
 
     return [
-        ("a TLS certificate that is not mounted", "--tls_cert=/etc/tunefleet/tls/tls.crt is not in a mounted Secret", tls_unmounted),
+        ("a TLS certificate that is not mounted", "--tls_cert=/etc/tunefleet/certs/tls.crt is not in a mounted Secret", tls_unmounted),
+        ("a worker binary where the image has none", "the images install tunefleet-train-worker", worker_elsewhere),
+        ("--gpus not equal to the GPU limit", "--gpus=4 but the container's nvidia.com/gpu limit is 8", gpus_mismatch),
+        ("/dev/shm on disk", "/dev/shm must be a memory-backed emptyDir", shm_on_disk),
+        ("a ReadWriteOnce shared volume", "lack ReadWriteMany", shared_rwo),
+        ("no NetworkPolicies", "NetworkPolicy: none in the render", no_policies),
+        ("a NetworkPolicy that blocks trainer -> dataset", "no NetworkPolicy lets it reach StatefulSet/tunefleet-dataset", policy_blocks_trainer),
+        ("TLS on a service dialled in plaintext", "serves TLS but tunefleet-trainer dials it in plaintext", tls_on_scheduler),
+        ("a plaintext gRPC probe on a TLS port", "but TLS is on", tls_probe),
+        ("internal key not projected by its Secret volume", "does not project 'internal.key'", internal_key_unprojected),
+        ("gpu overlay serving without a GPU", "tunefleet-serving must request nvidia.com/gpu", serving_without_gpu),
         ("a flag the binary does not have", "does not accept the flag --max_file_byte", rename_flag),
         ("readiness probe on the wrong port", "readinessProbe checks gRPC port 50051", probe_port),
         ("grace period not above the drain timeout", "terminationGracePeriodSeconds 30", short_grace),
