@@ -23,7 +23,21 @@ only reveal at run time:
     create: tunefleet-keys, tunefleet-tls);
   * securityContext (non-root, read-only root, no privilege escalation, ALL
     capabilities dropped) and resource requests/limits are set; GPU requests
-    equal GPU limits; the cpu overlay asks for no GPU, the gpu one does.
+    equal GPU limits; the single-node overlay asks for no GPU, the gpu one does
+    for trainer and serving, and the trainer's --gpus equals its GPU limit;
+    trainers have a memory-backed /dev/shm;
+  * gRPC probes hit the --listen or --health_listen port (the health port
+    when TLS is on); --internal_key_file lies in a mounted Secret;
+  * --artifacts_dir/--models_dir are on one PersistentVolumeClaim, ReadWriteMany
+    outside single-node; tunefleet-trainer's worker binary
+    (tunefleet-train-worker) sits next to it in the build and the images;
+  * every pod is selected by a NetworkPolicy, every internal call
+    (--scheduler_address, --dataset_address) names a Service port and is let
+    through by the policies, and no service with TLS on is dialled by a binary
+    that can only dial plaintext;
+  * ServiceMonitors select Services with their port; PrometheusRule exprs and
+    Grafana dashboards (ConfigMap *.json, valid JSON) query only tunefleet_*
+    metrics the sources export (promtool check rules too, where installed).
 
 --self-test additionally breaks a rendered overlay in one way at a time and
 fails unless each mistake is reported, so the checker itself is checked.
@@ -37,6 +51,8 @@ PyYAML or the binaries are not there; CTest maps 77 to SKIPPED).
 
 import argparse
 import copy
+import glob
+import json
 import os
 import re
 import shutil
@@ -108,6 +124,37 @@ def path_under(path, mount):
     return path == mount or path.startswith(mount + "/")
 
 
+def exported_metrics(source_dir):
+    """Names of the Prometheus metrics the services export, read from the
+    sources: literal "tunefleet_..." names, and the per-service RPC metrics
+    common/rpc/metrics.cc builds as StrCat("tunefleet_", service, "_rpc_...")."""
+    names = set()
+    files = glob.glob(os.path.join(source_dir, "services", "**", "*.cc"), recursive=True) + \
+        glob.glob(os.path.join(source_dir, "services", "**", "*.h"), recursive=True) + \
+        glob.glob(os.path.join(source_dir, "common", "rpc", "*.cc"))
+    for path in files:
+        with open(path, errors="replace") as f:
+            text = f.read()
+        names.update(re.findall(r'"(tunefleet_[a-z0-9_]+)"', text))
+        for suffix in re.findall(r'StrCat\("tunefleet_", service, "(_[a-z0-9_]+)"\)', text):
+            for svc in ("dataset", "scheduler", "trainer", "serving"):
+                names.add("tunefleet_" + svc + suffix)
+    return names
+
+
+def metrics_in(expr):
+    return set(re.findall(r"\b(tunefleet_[a-z0-9_]+)", expr or ""))
+
+
+def unknown_metrics(expr, known):
+    out = []
+    for name in sorted(metrics_in(expr)):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if name not in known and base not in known:
+            out.append(name)
+    return out
+
+
 class Flags:
     """The flags of each binary, read once from `<binary> --helpfull`."""
 
@@ -143,7 +190,8 @@ class Flags:
 # --------------------------------------------------------------------------- checker
 
 class Checker:
-    def __init__(self, overlay, docs, flags):
+    def __init__(self, overlay, docs, flags, metrics=None):
+        self.metrics = metrics or set()
         self.overlay = overlay
         self.docs = docs
         self.flags = flags
@@ -212,7 +260,74 @@ class Checker:
         self.check_shared_volume()
         self.check_network_policies(templates)
         self.check_calls(templates)
+        self.check_observability()
         return self.errors
+
+    def check_observability(self):
+        for name, sm in sorted(self.names("ServiceMonitor").items()):
+            spec = sm.get("spec") or {}
+            sel = (spec.get("selector") or {}).get("matchLabels") or {}
+            for ep in spec.get("endpoints") or []:
+                if not any(labels_match(sel, (svc.get("metadata") or {}).get("labels") or {}) and
+                           ep.get("port") in [p.get("name") for p in (svc.get("spec") or {}).get("ports") or []]
+                           for svc in self.names("Service").values()):
+                    self.err("ServiceMonitor/%s" % name, "endpoint port %r is a port of no Service it selects"
+                             % ep.get("port"))
+        for name, rule in sorted(self.names("PrometheusRule").items()):
+            where = "PrometheusRule/%s" % name
+            groups = (rule.get("spec") or {}).get("groups") or []
+            if not groups:
+                self.err(where, "no rule groups")
+            for g in groups:
+                for r in g.get("rules") or []:
+                    what = "%s rule %s" % (where, r.get("alert") or r.get("record"))
+                    if not (r.get("alert") or r.get("record")) or not r.get("expr"):
+                        self.err(what, "needs alert (or record) and expr")
+                    if "for" in r and parse_duration(str(r["for"])) is None:
+                        self.err(what, "for: %r is not a duration" % r["for"])
+                    for m in unknown_metrics(str(r.get("expr")), self.metrics):
+                        self.err(what, "queries %s, which no service exports" % m)
+            self.check_promtool(where, rule)
+        for name, cm in sorted(self.names("ConfigMap").items()):
+            for key, text in sorted(((cm.get("data") or {})).items()):
+                if not key.endswith(".json"):
+                    continue
+                where = "ConfigMap/%s %s" % (name, key)
+                try:
+                    dash = json.loads(text)
+                except ValueError as e:
+                    self.err(where, "is not valid JSON: %s" % e)
+                    continue
+                exprs = []
+
+                def walk(o):
+                    if isinstance(o, dict):
+                        for k, v in o.items():
+                            if k in ("expr", "query", "definition") and isinstance(v, str):
+                                exprs.append(v)
+                            else:
+                                walk(v)
+                    elif isinstance(o, list):
+                        for v in o:
+                            walk(v)
+                walk(dash)
+                if not dash.get("panels") or not exprs:
+                    self.err(where, "is not a Grafana dashboard with queries")
+                for e in exprs:
+                    for m in unknown_metrics(e, self.metrics):
+                        self.err(where, "queries %s, which no service exports" % m)
+
+    def check_promtool(self, where, rule):
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            return
+        with tempfile.NamedTemporaryFile("w", suffix=".rules.yml") as f:
+            yaml.safe_dump(rule.get("spec") or {}, f)
+            f.flush()
+            proc = subprocess.run([promtool, "check", "rules", f.name], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)
+        if proc.returncode != 0:
+            self.err(where, "promtool check rules: %s" % proc.stdout.strip())
 
     def check_shared_volume(self):
         if len(self.shared_claims) > 1:
@@ -908,6 +1023,22 @@ def mutations():
         c["args"] = [("--internal_key_file=/etc/tunefleet/keys/internal.key"
                       if a.startswith("--internal_key_file=") else a) for a in c["args"]]
 
+    def metric_typo(docs):
+        r = doc_of(docs, "PrometheusRule", "tunefleet")["spec"]["groups"][0]["rules"][0]
+        r["expr"] = r["expr"].replace("tunefleet_scheduler_jobs", "tunefleet_scheduler_job")
+
+    def dashboard_json(docs):
+        data = doc_of(docs, "ConfigMap", "tunefleet-grafana-dashboard")["data"]
+        data["tunefleet-dashboard.json"] = data["tunefleet-dashboard.json"][:-3]
+
+    def dashboard_metric(docs):
+        data = doc_of(docs, "ConfigMap", "tunefleet-grafana-dashboard")["data"]
+        data["tunefleet-dashboard.json"] = data["tunefleet-dashboard.json"].replace(
+            "tunefleet_serving_tokens_total", "tunefleet_serving_token_total")
+
+    def monitor_port(docs):
+        doc_of(docs, "ServiceMonitor", "tunefleet")["spec"]["endpoints"][0]["port"] = "metric"
+
     def serving_without_gpu(docs):
         res = containers_of(docs, "Deployment", "tunefleet-serving")[0]["resources"]
         res["requests"].pop(GPU)
@@ -924,6 +1055,10 @@ def mutations():
         ("TLS on a service dialled in plaintext", "serves TLS but tunefleet-trainer dials it in plaintext", tls_on_scheduler),
         ("a plaintext gRPC probe on a TLS port", "but TLS is on", tls_probe),
         ("internal key not projected by its Secret volume", "does not project 'internal.key'", internal_key_unprojected),
+        ("an alert on a metric no service exports", "queries tunefleet_scheduler_job,", metric_typo),
+        ("a dashboard that is not JSON", "is not valid JSON", dashboard_json),
+        ("a dashboard panel on a metric no service exports", "queries tunefleet_serving_token_total", dashboard_metric),
+        ("a ServiceMonitor on a port no Service has", "endpoint port 'metric'", monitor_port),
         ("gpu overlay serving without a GPU", "tunefleet-serving must request nvidia.com/gpu", serving_without_gpu),
         ("a flag the binary does not have", "does not accept the flag --max_file_byte", rename_flag),
         ("readiness probe on the wrong port", "readinessProbe checks gRPC port 50051", probe_port),
@@ -959,6 +1094,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin-dir", required=True, help="directory holding the tunefleet-* binaries")
     ap.add_argument("--deploy-dir", default=os.path.join(here, "..", "..", "deploy"))
+    ap.add_argument("--source-dir", default=os.path.join(here, "..", ".."),
+                    help="repository root, where the services' metric names are read")
     ap.add_argument("--kubectl", default=os.environ.get("TUNEFLEET_KUBECTL", "kubectl"),
                     help="kubectl with 'kustomize' (default: $TUNEFLEET_KUBECTL or kubectl)")
     ap.add_argument("--self-test", action="store_true",
@@ -994,6 +1131,10 @@ def main():
         print("FAIL: no overlays under %s" % args.deploy_dir)
         return 1
     flags = Flags(args.bin_dir)
+    metrics = exported_metrics(args.source_dir)
+    if not metrics:
+        print("FAIL: no tunefleet_ metrics found in the sources under %s" % args.source_dir)
+        return 1
     failures = 0
     renders = {}
     for overlay in overlays:
@@ -1001,7 +1142,7 @@ def main():
         runs = []
         try:
             docs = render(kubectl, overlay)
-            checker = Checker(name, docs, flags)
+            checker = Checker(name, docs, flags, metrics)
             errors = checker.run()
             runs = checker.runs
         except (RuntimeError, yaml.YAMLError, subprocess.TimeoutExpired) as e:
@@ -1035,7 +1176,7 @@ def main():
         for what, expected, breaks in mutations():
             docs = copy.deepcopy(base)
             breaks(docs)
-            errors = Checker("gpu", docs, flags).run()
+            errors = Checker("gpu", docs, flags, metrics).run()
             if any(expected in e for e in errors):
                 print("ok   self-test: %s is caught" % what)
             else:
