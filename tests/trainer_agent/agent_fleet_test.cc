@@ -137,12 +137,13 @@ class AgentFleetTest : public ::testing::Test {
     jobs_ = v1::JobService::NewStub(scheduler_.Channel());
   }
 
-  void StartAgent() {
+  void StartAgent(int slots = 1) {
     auto agent = Service::Start(
         "trainer", dir_.path(), keys_,
         {"--scheduler_address=" + scheduler_.target, "--dataset_address=" + dataset_.target,
          "--internal_key_file=" + dir_.Join("internal.key"), "--models_dir=" + dir_.Join("models"),
-         "--artifacts_dir=" + dir_.Join("artifacts"), "--node_name=node-a", "--slots=1"});
+         "--artifacts_dir=" + dir_.Join("artifacts"), "--node_name=node-a",
+         absl::StrCat("--slots=", slots)});
     ASSERT_THAT(agent, IsOk());
     agent_ = std::move(*agent);
   }
@@ -177,7 +178,7 @@ class AgentFleetTest : public ::testing::Test {
   }
 
   absl::StatusOr<v1::Job> CreateJob(const std::string& file, int epochs, int batch,
-                                    const std::string& validation = "") {
+                                    const std::string& validation = "", int gpus = 1) {
     grpc::ClientContext ctx;
     rpc::PrepareContext(&ctx, tenant_.key, absl::Seconds(10));
     v1::CreateJobRequest req;
@@ -185,6 +186,7 @@ class AgentFleetTest : public ::testing::Test {
     req.set_training_file(file);
     req.set_validation_file(validation);
     req.set_suffix("agent");
+    req.set_gpus(gpus);
     req.mutable_hyperparameters()->set_epochs(epochs);
     req.mutable_hyperparameters()->set_batch_size(batch);
     req.mutable_hyperparameters()->set_max_sequence_length(128);
@@ -351,6 +353,21 @@ TEST_F(AgentFleetTest, CancelKillsTheWorkerAndTheJobIsCancelled) {
                                       v1::JOB_STATE_FAILED});
   EXPECT_EQ(done.state(), v1::JOB_STATE_CANCELLED) << done.error().message() << "\n" << Logs();
   for (pid_t pid : workers) EXPECT_TRUE(Dead(pid)) << "worker " << pid;
+}
+
+// Two ranks of one job on this node's two slots: the agent passes the
+// scheduler's rendezvous (its advertised host, a port per job) and each
+// rank's own part of the shards; the ranks meet over Gloo and finish.
+TEST_F(AgentFleetTest, TwoRanksOnOneNodeMeetAndFinish) {
+  agent_.process->Signal(SIGTERM).IgnoreError();
+  ASSERT_THAT(agent_.process->Wait(absl::Seconds(30)), IsOk());
+  StartAgent(/*slots=*/2);
+  TF_ASSERT_OK_AND_ASSIGN(std::string file, Upload(trainer::testing::ChatJsonl(12)));
+  TF_ASSERT_OK_AND_ASSIGN(v1::Job job, CreateJob(file, /*epochs=*/2, /*batch=*/4, "", /*gpus=*/2));
+  v1::Job done = WaitState(job.id(), {v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED});
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message() << "\n" << Logs();
+  EXPECT_TRUE(std::filesystem::exists(
+      dir_.Join(absl::StrCat("artifacts/jobs/", job.id(), "/result/adapter_model.safetensors"))));
 }
 
 }  // namespace
