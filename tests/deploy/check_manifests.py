@@ -830,6 +830,47 @@ class Checker:
                          "the c10d store outgrow the runtime's 64 MiB default")
 
 
+# --------------------------------------------------------------------------- images
+
+def check_dockerfiles(docker_dir):
+    """The Dockerfiles build with the project's own scripts (so they cannot
+    drift from CI) and ship a non-root runtime stage holding the binaries
+    where the manifests run them. Returns [error]."""
+    errors = []
+    paths = sorted(glob.glob(os.path.join(docker_dir, "Dockerfile.*")))
+    paths = [p for p in paths if not p.endswith(".dockerignore")]
+    if not paths:
+        return ["docker: no Dockerfile.* under %s" % docker_dir]
+    for path in paths:
+        name = os.path.basename(path)
+        with open(path) as f:
+            text = re.sub(r"\\\n", " ", f.read())
+        runs = [l.strip()[4:] for l in text.splitlines() if l.strip().startswith("RUN ")]
+        stages = [l for l in text.splitlines() if l.startswith("FROM ")]
+        last = text[text.rindex("\nFROM "):] if len(stages) > 1 else ""
+        if not any(re.match(r"^scripts/install-deps\b", r) for r in runs):
+            errors.append("docker/%s: does not RUN scripts/install-deps (CI's dependency script)" % name)
+        if not any(re.search(r"(^|\s)scripts/build\b", r) for r in runs):
+            errors.append("docker/%s: does not build with scripts/build (CI's build script)" % name)
+        if re.search(r"(^|\s)(ninja|make)\s", " ".join(runs)) or any(
+                re.match(r"^cmake --build", r) for r in runs):
+            errors.append("docker/%s: builds with its own commands besides scripts/build" % name)
+        if len(stages) < 2:
+            errors.append("docker/%s: not multi-stage (the runtime stage must not hold the toolchain)" % name)
+            continue
+        if "COPY --from=build /out/bin/ %s/" % IMAGE_BIN_DIR not in last:
+            errors.append("docker/%s: the runtime stage does not put the binaries in %s" % (name, IMAGE_BIN_DIR))
+        if not re.search(r"^USER 10001(:10001)?$", last, re.MULTILINE):
+            errors.append("docker/%s: the runtime stage does not run as uid 10001 (the manifests' runAsUser)"
+                          % name)
+        if "-name 'tunefleet*'" not in text:
+            errors.append("docker/%s: does not ship every tunefleet* binary (the trainer needs %s beside it)"
+                          % (name, TRAINER_WORKER))
+        if not re.search(r"\bsqlite3\b", last):
+            errors.append("docker/%s: the runtime stage lacks sqlite3 (deploy/backup/scheduler-backup.sh)" % name)
+    return errors
+
+
 # --------------------------------------------------------------------------- smoke run
 
 # Flags a smoke run replaces: local ports, a scratch data dir and keys file.
@@ -1096,6 +1137,7 @@ def main():
     ap.add_argument("--deploy-dir", default=os.path.join(here, "..", "..", "deploy"))
     ap.add_argument("--source-dir", default=os.path.join(here, "..", ".."),
                     help="repository root, where the services' metric names are read")
+    ap.add_argument("--docker-dir", default=os.path.join(here, "..", "..", "docker"))
     ap.add_argument("--kubectl", default=os.environ.get("TUNEFLEET_KUBECTL", "kubectl"),
                     help="kubectl with 'kustomize' (default: $TUNEFLEET_KUBECTL or kubectl)")
     ap.add_argument("--self-test", action="store_true",
@@ -1131,11 +1173,18 @@ def main():
         print("FAIL: no overlays under %s" % args.deploy_dir)
         return 1
     flags = Flags(args.bin_dir)
+    failures = 0
+    docker_errors = check_dockerfiles(args.docker_dir)
+    for e in docker_errors:
+        print("FAIL " + e)
+    if docker_errors:
+        failures += 1
+    else:
+        print("ok   docker: the Dockerfiles build with scripts/install-deps and scripts/build")
     metrics = exported_metrics(args.source_dir)
     if not metrics:
         print("FAIL: no tunefleet_ metrics found in the sources under %s" % args.source_dir)
         return 1
-    failures = 0
     renders = {}
     for overlay in overlays:
         name = os.path.basename(os.path.normpath(overlay))
