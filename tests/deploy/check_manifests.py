@@ -830,6 +830,35 @@ class Checker:
                          "the c10d store outgrow the runtime's 64 MiB default")
 
 
+# --------------------------------------------------------------------------- schemas
+
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema")
+
+
+def schema_validator():
+    """argv prefix of the schema validator, or None (with the reason)."""
+    node = shutil.which("node")
+    if node is None:
+        return None, "no node"
+    if not os.path.isdir(os.path.join(SCHEMA_DIR, "node_modules", "kubernetes-models")):
+        return None, "tests/deploy/schema/node_modules missing (scripts/install-deps.d/deploy-schemas)"
+    return [node, os.path.join(SCHEMA_DIR, "validate_schemas.mjs")], None
+
+
+def validate_schemas(validator, overlay, docs):
+    """Every object against the Kubernetes (and Prometheus Operator) API
+    schemas: types, enums, required fields. Returns [error]."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump([d for d in docs if isinstance(d, dict)], f)
+        f.flush()
+        proc = subprocess.run(validator + [f.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True, timeout=120)
+    if proc.returncode == 0:
+        return []
+    lines = [l for l in proc.stdout.splitlines() if l.strip()] or ["validator exited %d" % proc.returncode]
+    return ["%s: schema: %s" % (overlay, l) for l in lines]
+
+
 # --------------------------------------------------------------------------- images
 
 def check_dockerfiles(docker_dir):
@@ -1186,6 +1215,9 @@ def main():
         print("FAIL: no tunefleet_ metrics found in the sources under %s" % args.source_dir)
         return 1
     renders = {}
+    validator, why_not = schema_validator()
+    if validator is None:
+        print("note: objects not validated against the Kubernetes API schemas: %s" % why_not)
     for overlay in overlays:
         name = os.path.basename(os.path.normpath(overlay))
         runs = []
@@ -1196,6 +1228,8 @@ def main():
             runs = checker.runs
         except (RuntimeError, yaml.YAMLError, subprocess.TimeoutExpired) as e:
             docs, errors = None, ["%s: %s" % (name, e)]
+        if validator is not None and docs is not None:
+            errors += validate_schemas(validator, name, docs)
         if args.smoke_run and not errors:
             with tempfile.TemporaryDirectory(prefix="tunefleet-deploy-") as scratch:
                 for where, binary, values in runs:
@@ -1213,7 +1247,8 @@ def main():
             for e in errors:
                 print("  " + e)
         else:
-            print("ok   %s: %d objects (%s)%s" % (name, len(docs), ", ".join(
+            print("ok   %s: %d objects%s (%s)%s" % (
+                name, len(docs), " valid against the API schemas" if validator else "", ", ".join(
                 "%d %s" % (n, k) for k, n in sorted(kinds.items())),
                 "; %d containers start and drain with their flags" % len(runs) if args.smoke_run else ""))
 
@@ -1232,6 +1267,17 @@ def main():
                 failures += 1
                 print("FAIL self-test: %s is not caught (wanted %r); got:\n  %s"
                       % (what, expected, "\n  ".join(errors) or "no errors"))
+
+        if validator is not None:
+            docs = copy.deepcopy(base)
+            doc_of(docs, "HorizontalPodAutoscaler", "tunefleet-serving")["spec"]["maxReplicas"] = "eight"
+            errors = validate_schemas(validator, "gpu", docs)
+            if any("maxReplicas must be integer" in e for e in errors):
+                print("ok   self-test: a field of the wrong type is caught by the schemas")
+            else:
+                failures += 1
+                print("FAIL self-test: a field of the wrong type is not caught by the schemas; got:\n  %s"
+                      % "\n  ".join(errors or ["no errors"]))
 
     print("deploy check: %s" % ("FAILED" if failures else "passed"))
     return 1 if failures else 0
