@@ -15,7 +15,7 @@ the deployment and the model; `tunefleet local down`.
 import argparse
 import json
 import os
-import re
+import shutil
 import subprocess
 import sys
 import time
@@ -81,11 +81,15 @@ class Demo:
 
     # --- the flow ----------------------------------------------------------
     def run(self):
+        if os.path.exists(self.data):
+            if os.path.exists(os.path.join(self.data, "fleet.json")):
+                self.cli("local", "down", "--data-dir", self.data, ok=False, show=False)
+            shutil.rmtree(self.data)
         models = os.path.join(self.data, "models")
         self.phase("1. a tiny Phi-3 base model (the real Phi-3 tokenizer, seeded random weights)")
         subprocess.run([os.path.join(self.bin, "tunefleet-model"), "init-tiny", "--out",
                         os.path.join(models, "phi-3-tiny"), "--seed", "1", "--hidden", "128",
-                        "--intermediate", "256", "--layers", "2"],
+                        "--intermediate", "256", "--layers", "2", "--lm_head_scale", "40"],
                        check=True, stdout=subprocess.DEVNULL, env=self.env)
         print(f"  wrote {models}/phi-3-tiny")
 

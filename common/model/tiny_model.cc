@@ -101,12 +101,12 @@ absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
     SplitMix64 rng(o.seed);
     const double bound = 0.02 * std::sqrt(3.0);  // uniform with std 0.02
     NamedTensors tensors;
-    auto random = [&](std::string name, std::vector<int64_t> shape) {
+    auto random = [&](std::string name, std::vector<int64_t> shape, double scale = 1.0) {
       int64_t n = 1;
       for (int64_t d : shape) n *= d;
       at::Tensor t = at::empty(shape, at::kFloat);
       float* p = t.data_ptr<float>();
-      for (int64_t i = 0; i < n; ++i) p[i] = rng.Symmetric(bound);
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(rng.Symmetric(bound) * scale);
       tensors.emplace_back(std::move(name), t.to(dtype));
     };
     auto ones = [&](std::string name, int64_t n) {
@@ -124,7 +124,7 @@ absl::Status WriteTinyPhi3(const std::string& dir, const TinyModelOptions& o) {
       ones(p + "post_attention_layernorm.weight", h);
     }
     ones("model.norm.weight", h);
-    random("lm_head.weight", {o.vocab_size, h});
+    random("lm_head.weight", {o.vocab_size, h}, o.lm_head_scale);
     return WriteSafetensorsDir(dir, tensors, o.max_shard_bytes);
   }));
   TF_RETURN_IF_ERROR(

@@ -25,6 +25,11 @@ struct TinyModelOptions {
   bool long_context = false;
   int64_t original_max_position_embeddings = 4096;
   std::string dtype = "float32";  // or "bfloat16", "float16"
+  // Multiplies lm_head.weight. At the initializer's std 0.02 a tiny model's
+  // logits stay near +-1, so training that does not touch lm_head (LoRA)
+  // can never make it confident; a demo model that must visibly learn uses
+  // a larger scale (e.g. 40). 1 leaves the bytes as they always were.
+  double lm_head_scale = 1.0;
   uint64_t max_shard_bytes = 5'000'000'000ull;
 };
 

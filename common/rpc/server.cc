@@ -144,17 +144,15 @@ absl::Status Server::Start() {
   SetServing(false);
 
   if (!options_.metrics_address.empty()) {
-    try {
-      exposer_ = std::make_unique<prometheus::Exposer>(options_.metrics_address);
-      exposer_->RegisterCollectable(registry_);
-      auto ports = exposer_->GetListeningPorts();
-      metrics_port_ = ports.empty() ? 0 : ports.front();
-    } catch (const std::exception& e) {
+    metrics_http_ = std::make_unique<MetricsHttpServer>(registry_);
+    auto port = metrics_http_->Start(options_.metrics_address);
+    if (!port.ok()) {
+      metrics_http_.reset();
       server_->Shutdown();
       server_.reset();
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ",
-                                                 options_.metrics_address, ": ", e.what()));
+      return port.status();
     }
+    metrics_port_ = *port;
   }
   spdlog::info("{} listening on port {} ({}), metrics port {}", options_.service_name, port_,
                options_.tls.enabled()
@@ -184,9 +182,7 @@ void Server::Shutdown() {
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.drain_timeout));
   // Probes see NOT_SERVING on the health port until the drain is over.
   if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
-  // civetweb (under the Prometheus exposer) notices its stop flag only
-  // between 2-second polls, so this can take up to 2 s.
-  exposer_.reset();
+  if (metrics_http_ != nullptr) metrics_http_->Stop();
   spdlog::info("{} stopped", options_.service_name);
 }
 

@@ -9,8 +9,9 @@
 #include <vector>
 
 #include <grpcpp/server.h>
-#include <prometheus/exposer.h>
 #include <prometheus/registry.h>
+
+#include "common/rpc/metrics_http.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -89,7 +90,7 @@ class Server {
   RpcMetrics rpc_metrics_;
   std::vector<grpc::Service*> services_;
   std::vector<std::string> service_names_;  // as registered, for health
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;
   int port_ = 0;

@@ -2,6 +2,8 @@
 // loads the base models and adapters of the deployments it is given, and
 // answers chat completions with content filters. Health stays NOT_SERVING
 // until the bases it must serve are loaded.
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -25,7 +27,7 @@ ABSL_FLAG(std::string, artifacts_dir, "", "Artifact store directory (adapters)")
 ABSL_FLAG(std::string, scheduler_address, "", "host:port of the scheduler");
 ABSL_FLAG(std::string, scheduler_tls_ca_file, "", "CA of the scheduler's certificate (empty: plaintext)");
 ABSL_FLAG(std::string, internal_key_file, "", "File holding the internal API key");
-ABSL_FLAG(std::string, replica_name, "", "This replica's name (e.g. the pod name)");
+ABSL_FLAG(std::string, replica_name, "", "This replica's name (default: the host name, e.g. the pod name)");
 ABSL_FLAG(std::string, advertise_address, "", "host:port clients reach this replica at");
 ABSL_FLAG(int64_t, max_batch, 32, "Most requests decoded together per base");
 ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{4} << 30, "KV-cache memory per base");
@@ -174,6 +176,12 @@ int main(int argc, char** argv) {
   }
   serving::ReconcilerOptions ro;
   ro.replica_name = absl::GetFlag(FLAGS_replica_name);
+  if (ro.replica_name.empty()) {
+    // The host name (a pod's name on Kubernetes), as the trainer agent does.
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    ro.replica_name = host;
+  }
   ro.advertise_address = absl::GetFlag(FLAGS_advertise_address);
   if (ro.advertise_address.empty()) ro.advertise_address = "localhost:" + std::to_string(server.port());
   ro.internal_key = internal_key;

@@ -1,5 +1,6 @@
 #include "services/serving/replica.h"
 
+#include <algorithm>
 #include <spdlog/spdlog.h>
 
 #include <fstream>
@@ -225,6 +226,13 @@ absl::StatusOr<std::shared_ptr<Replica::Base>> Replica::LoadBase(const std::stri
   base->identity.tokenizer_sha256 = Sha256Hex(*tokenizer_json);
   base->identity.chat_template = FormatName(base->tokenizer->chat_template().format());
   for (int32_t s : base->tokenizer->StopIds()) base->identity.stop_token_ids.push_back(s);
+  // The model's own end-of-sequence ids (config.json's eos_token_id, e.g.
+  // Phi-3's <|assistant|>) stop generation too: the same set the trainer
+  // writes into an adapter's contract.
+  for (int64_t id : decoder->config().eos_token_ids) {
+    auto& stops = base->identity.stop_token_ids;
+    if (std::find(stops.begin(), stops.end(), id) == stops.end()) stops.push_back(id);
+  }
   AdapterCacheOptions ao;
   ao.artifacts_dir = options_.artifacts_dir;
   ao.budget_bytes = options_.adapter_budget_bytes;

@@ -35,6 +35,8 @@ ABSL_FLAG(int64_t, vocab, 32064, "init-tiny: vocabulary (embedding rows)");
 ABSL_FLAG(int64_t, max_position, 4096, "init-tiny: max_position_embeddings");
 ABSL_FLAG(bool, long_context, false, "init-tiny: 128k-style longrope config");
 ABSL_FLAG(std::string, dtype, "float32", "init-tiny: float32, bfloat16 or float16");
+ABSL_FLAG(double, lm_head_scale, 1.0,
+          "init-tiny: multiply lm_head.weight (e.g. 40 for a model that LoRA can visibly teach)");
 ABSL_FLAG(int64_t, original_max_position, 4096,
           "init-tiny: with --long_context, the pre-extension context");
 ABSL_FLAG(std::string, tokenizer, "auto",
@@ -55,6 +57,7 @@ int InitTiny() {
   o.seed = absl::GetFlag(FLAGS_seed);
   o.num_layers = absl::GetFlag(FLAGS_layers);
   o.hidden_size = absl::GetFlag(FLAGS_hidden);
+  o.lm_head_scale = absl::GetFlag(FLAGS_lm_head_scale);
   o.num_heads = absl::GetFlag(FLAGS_heads);
   o.num_kv_heads = absl::GetFlag(FLAGS_kv_heads);
   o.intermediate_size = absl::GetFlag(FLAGS_intermediate);
