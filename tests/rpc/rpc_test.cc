@@ -11,8 +11,9 @@
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
 #include "common/rpc/status.h"
-#include "services/scheduler/scheduler_service.h"
-#include "services/trainer/agent_service.h"
+#include "common/rpc/service_util.h"
+#include "tunefleet/internal/v1/trainer.grpc.pb.h"
+#include "tunefleet/v1/jobs.grpc.pb.h"
 #include "tests/testing/http_get.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -79,8 +80,39 @@ TEST(CheckOwner, AnotherTenantsResourceLooksMissing) {
               StatusIs(absl::StatusCode::kNotFound));
 }
 
-// A real server on a loopback port with the scheduler's public and internal
-// services and the trainer agent's service.
+// Stand-ins for a tenant-facing and an internal service: they authenticate
+// exactly as the real services do, then GetJob answers UNIMPLEMENTED, so a
+// test sees where authentication stopped a call (the real services' own
+// behaviour is tested in their areas).
+class TenantJobs final : public v1::JobService::CallbackService {
+ public:
+  explicit TenantJobs(const Authenticator* auth) : auth_(*auth) {}
+  TF_NOT_IMPLEMENTED_UNARY(GetJob, v1::GetJobRequest, v1::Job, Audience::kTenant)
+
+ private:
+  const Authenticator& auth_;
+};
+
+class InternalAgent final : public internal::v1::TrainerAgentService::CallbackService {
+ public:
+  InternalAgent(const Authenticator* auth, std::string node_name)
+      : auth_(*auth), node_name_(std::move(node_name)) {}
+  grpc::ServerUnaryReactor* GetNodeStatus(grpc::CallbackServerContext* context,
+                                          const internal::v1::GetNodeStatusRequest*,
+                                          internal::v1::NodeStatus* response) override {
+    auto principal = auth_.AuthenticateInternal(*context);
+    if (!principal.ok()) return FinishUnary(context, principal.status());
+    response->set_node_name(node_name_);
+    return FinishUnary(context, absl::OkStatus());
+  }
+
+ private:
+  const Authenticator& auth_;
+  const std::string node_name_;
+};
+
+// A real server on a loopback port with a tenant-facing and an internal
+// service.
 class ServerTest : public ::testing::Test {
  protected:
   void StartServer(TlsOptions tls = {}) {
@@ -91,8 +123,8 @@ class ServerTest : public ::testing::Test {
     options.tls = tls;
     options.drain_timeout = absl::Seconds(2);
     auth_ = std::make_unique<Authenticator>(keys_.ring());
-    jobs_ = std::make_unique<scheduler::JobServiceImpl>(auth_.get());
-    agent_ = std::make_unique<trainer::TrainerAgentServiceImpl>(auth_.get(), "node-7");
+    jobs_ = std::make_unique<TenantJobs>(auth_.get());
+    agent_ = std::make_unique<InternalAgent>(auth_.get(), "node-7");
     server_ = std::make_unique<Server>(options);
     server_->AddService(jobs_.get());
     server_->AddService(agent_.get());
@@ -131,8 +163,8 @@ class ServerTest : public ::testing::Test {
 
   Keys keys_;
   std::unique_ptr<Authenticator> auth_;
-  std::unique_ptr<scheduler::JobServiceImpl> jobs_;
-  std::unique_ptr<trainer::TrainerAgentServiceImpl> agent_;
+  std::unique_ptr<TenantJobs> jobs_;
+  std::unique_ptr<InternalAgent> agent_;
   std::unique_ptr<Server> server_;
 };
 
@@ -258,7 +290,7 @@ TEST_F(TlsTest, PlaintextHealthPortMirrorsTheMutualTlsServer) {
   options.tls = tls;
   options.drain_timeout = absl::Seconds(2);
   auth_ = std::make_unique<Authenticator>(keys_.ring());
-  jobs_ = std::make_unique<scheduler::JobServiceImpl>(auth_.get());
+  jobs_ = std::make_unique<TenantJobs>(auth_.get());
   server_ = std::make_unique<Server>(options);
   server_->AddService(jobs_.get());
   ASSERT_THAT(server_->Start(), IsOk());
