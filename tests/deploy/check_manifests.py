@@ -920,6 +920,25 @@ def smoke_run(flags, where, binary, values, scratch):
     return SMOKE_DONE[key]
 
 
+LIVE_METRICS = set()  # metric families seen on the smoke-run binaries' /metrics
+
+
+def scrape_metrics(port_file):
+    """GETs /metrics from the port in port_file; adds the families to
+    LIVE_METRICS. Returns an error string or None."""
+    import urllib.request
+    try:
+        with open(port_file) as f:
+            port = json.load(f).get("metrics_port")
+        if not port:
+            return "the port file names no metrics port"
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
+    except (OSError, ValueError) as e:
+        return str(e)
+    LIVE_METRICS.update(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    return None
+
+
 def smoke_run_once(flags, where, binary, values, scratch):
     """Starts binary with the container's flag values (ports, data dir and keys
     replaced by local ones; TLS files, which exist only in the cluster, left
@@ -958,6 +977,9 @@ def smoke_run_once(flags, where, binary, values, scratch):
         while time.time() < deadline and proc.poll() is None and not os.path.exists(ports):
             time.sleep(0.05)
         started = os.path.exists(ports)
+        scrape_error = None
+        if started and proc.poll() is None and values.get("metrics_listen") != "off":
+            scrape_error = scrape_metrics(ports)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -970,6 +992,8 @@ def smoke_run_once(flags, where, binary, values, scratch):
     if not started:
         return "%s: %s did not start with the manifest's flags (%s); it said:\n%s" % (
             where, binary, " ".join(argv[1:]), tail)
+    if scrape_error:
+        return "%s: %s: GET /metrics: %s" % (where, binary, scrape_error)
     if proc.returncode != 0:
         return "%s: %s exited %s after SIGTERM; it said:\n%s" % (where, binary, proc.returncode, tail)
     return None
@@ -1284,6 +1308,17 @@ def main():
                 print("FAIL self-test: a field of the wrong type is not caught by the schemas; got:\n  %s"
                       % "\n  ".join(errors or ["no errors"]))
 
+    if args.smoke_run and LIVE_METRICS:
+        named = set()
+        for d in (renders.get("gpu") or []):
+            if isinstance(d, dict) and d.get("kind") == "PrometheusRule":
+                named |= metrics_in(json.dumps(d))
+            if isinstance(d, dict) and d.get("kind") == "ConfigMap":
+                named |= metrics_in(json.dumps(d.get("data") or {}))
+        named = {re.sub(r"_(bucket|sum|count)$", "", n) for n in named}
+        print("note: %d of the %d metrics the alerts and dashboard query were on the idle services' "
+              "/metrics (the rest appear with traffic): %s" % (
+                  len(named & LIVE_METRICS), len(named), ", ".join(sorted(named & LIVE_METRICS))))
     print("deploy check: %s" % ("FAILED" if failures else "passed"))
     return 1 if failures else 0
 
