@@ -6,6 +6,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
 #include "tunefleet/v1/inference.grpc.pb.h"
@@ -100,6 +101,18 @@ absl::Status Turn(Endpoint& endpoint, ChatArgs& a, std::vector<v1::ChatMessage>*
   return absl::OkStatus();
 }
 
+// A prompt the deployment's content filter blocks is INVALID_ARGUMENT on the
+// wire (the request's messages are refused) but, for a script, a refusal:
+// exit code 4, like the other refusals.
+int FailChat(const absl::Status& s) {
+  int rc = Fail(s);
+  if (s.code() == absl::StatusCode::kInvalidArgument &&
+      absl::StrContains(s.message(), "content filter")) {
+    return 4;
+  }
+  return rc;
+}
+
 int Run(ChatArgs& a) {
   auto endpoint = ResolveService(a.flags, "serving");
   if (!endpoint.ok()) return Fail(endpoint.status());
@@ -119,7 +132,7 @@ int Run(ChatArgs& a) {
   };
   if (!a.message.empty()) {
     absl::Status s = ask(a.message);
-    return s.ok() ? 0 : Fail(s);
+    return s.ok() ? 0 : FailChat(s);
   }
   bool tty = isatty(STDIN_FILENO);
   std::string line;
@@ -130,7 +143,7 @@ int Run(ChatArgs& a) {
     if (line == "/exit" || line == "/quit") break;
     absl::Status s = ask(line);
     if (!s.ok()) {
-      Fail(s);
+      FailChat(s);
       conversation.pop_back();  // the refused question leaves the conversation
     }
   }

@@ -1,8 +1,10 @@
 // tunefleet files upload|list|get|validate|split|delete
+#include <fstream>
 #include <iostream>
 
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
+#include "common/base/sha256.h"
 
 namespace tunefleet::cli {
 
@@ -16,7 +18,7 @@ namespace {
 
 struct FilesArgs {
   ClientFlags flags;
-  std::string path, purpose = "fine-tune", file_id, base_model;
+  std::string path, purpose = "fine-tune", file_id, base_model, output;
   int max_len = 0, epochs = 1, max_issues = 20;
   double ratio = 0.1;
   int64_t seed = 0;
@@ -66,6 +68,39 @@ int Run(FilesArgs& a, const std::string& verb) {
     if (!r.ok()) return Fail(r.status());
     show(r->training_file());
     show(r->validation_file());
+  } else if (verb == "download") {
+    // Streams the content to --output (or standard output) and checks its
+    // sha256 against the file's.
+    auto meta = GetFile(*endpoint, a.file_id);
+    if (!meta.ok()) return Fail(meta.status());
+    auto channel = ChannelOf(*endpoint);
+    if (!channel.ok()) return Fail(channel.status());
+    auto stub = v1::DatasetService::NewStub(*channel);
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, endpoint->api_key, absl::Hours(1));
+    v1::GetFileContentRequest req;
+    req.set_file_id(a.file_id);
+    auto reader = stub->GetFileContent(&ctx, req);
+    std::ofstream file;
+    if (!a.output.empty()) {
+      file.open(a.output, std::ios::binary | std::ios::trunc);
+      if (!file) return Fail(absl::InvalidArgumentError(absl::StrCat("--output: cannot write ", a.output)));
+    }
+    std::ostream& out = a.output.empty() ? std::cout : file;
+    Sha256 sha;
+    v1::FileChunk chunk;
+    while (reader->Read(&chunk)) {
+      sha.Update(chunk.data());
+      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    }
+    grpc::Status s = reader->Finish();
+    if (!s.ok()) return Fail(rpc::FromGrpcStatus(s));
+    out.flush();
+    if (sha.HexDigest() != meta->sha256()) {
+      return Fail(absl::DataLossError(absl::StrCat("downloaded content has sha256 ", sha.HexDigest(),
+                                                   " but ", a.file_id, " has ", meta->sha256())));
+    }
+    if (!a.output.empty()) std::cerr << "wrote " << a.output << "\n";
   } else if (verb == "delete") {
     absl::Status s = DeleteFile(*endpoint, a.file_id);
     if (!s.ok()) return Fail(s);
@@ -93,6 +128,9 @@ void AddFilesCommands(CLI::App* app, int* exit_code) {
   verb("list", "List your files");
   verb("get", "Show one file")->add_option("id", a->file_id, "file-…")->required();
   verb("delete", "Delete a file")->add_option("id", a->file_id, "file-…")->required();
+  auto* download = verb("download", "Download a file's content (sha256 checked)");
+  download->add_option("id", a->file_id, "file-…")->required();
+  download->add_option("--output,-o", a->output, "Write here instead of standard output");
   auto* validate = verb("validate", "Validate a file and show statistics");
   validate->add_option("id", a->file_id, "file-…")->required();
   validate->add_option("--base-model", a->base_model, "Count tokens with this model's tokenizer");
