@@ -33,7 +33,7 @@ const TERMINAL = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_
 class CheckFailed extends Error {}
 
 function check(cond, what) {
-  if (!cond) throw new CheckFailed(what);
+  if (!cond) throw new CheckFailed(`expected: ${what}`);
   console.log(`  ok: ${what}`);
 }
 

@@ -65,7 +65,7 @@ class CheckFailed(Exception):
 
 def check(cond, what):
     if not cond:
-        raise CheckFailed(what)
+        raise CheckFailed("expected: " + what)
     print("  ok: " + what, flush=True)
 
 

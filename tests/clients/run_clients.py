@@ -148,6 +148,10 @@ def main():
     models = os.path.join(data, "models")
     # Every process that runs the decoder on the CPU must not spin in OpenMP.
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONDONTWRITEBYTECODE="1")
+    # The client talks to this fleet only (--fleet), whatever the caller's shell exports.
+    for name in ("TUNEFLEET_DATASET", "TUNEFLEET_SCHEDULER", "TUNEFLEET_SERVING",
+                 "TUNEFLEET_API_KEY", "TUNEFLEET_PYTHON_STUBS"):
+        env.pop(name, None)
     tunefleet = os.path.join(args.bin_dir, "tunefleet")
     t0 = time.monotonic()
 
