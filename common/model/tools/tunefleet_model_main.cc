@@ -4,6 +4,8 @@
 //   tunefleet-model logits DIR --ids 1,2,3 [--adapter ADAPTER_DIR] --out FILE
 //     (fp32 logits [tokens, vocab] of one forward, as tensor "logits" in a
 //     safetensors file: for checks against other implementations)
+//   tunefleet-model chat DIR --user TEXT [--system TEXT] [--adapter DIR]
+//     (the greedy answer through the model library: a reference for serving)
 #include <ATen/ATen.h>
 
 #include <cstdio>
@@ -21,6 +23,8 @@
 #include "common/model/safetensors.h"
 #include "common/model/tiny_model.h"
 #ifdef TUNEFLEET_HAVE_PHI3_TOKENIZER_FILES
+#include "common/text/chat_template.h"
+#include "common/model/generate.h"
 #include "common/text/phi3_tokenizer_files.h"
 #endif
 
@@ -35,6 +39,8 @@ ABSL_FLAG(int64_t, vocab, 32064, "init-tiny: vocabulary (embedding rows)");
 ABSL_FLAG(int64_t, max_position, 4096, "init-tiny: max_position_embeddings");
 ABSL_FLAG(bool, long_context, false, "init-tiny: 128k-style longrope config");
 ABSL_FLAG(std::string, dtype, "float32", "init-tiny: float32, bfloat16 or float16");
+ABSL_FLAG(std::string, user, "", "chat: the user's message");
+ABSL_FLAG(std::string, system, "", "chat: an optional system message");
 ABSL_FLAG(double, lm_head_scale, 1.0,
           "init-tiny: multiply lm_head.weight (e.g. 40 for a model that LoRA can visibly teach)");
 ABSL_FLAG(int64_t, original_max_position, 4096,
@@ -183,17 +189,69 @@ int Logits(const std::string& dir) {
   return 0;
 }
 
+#ifdef TUNEFLEET_HAVE_PHI3_TOKENIZER_FILES
+// Greedy answer of the model (and adapter) to one chat, through the model
+// library's Generate: a reference that serving's answers can be held to.
+int Chat(const std::string& dir) {
+  auto decoder = tunefleet::model::Decoder::Load(dir);
+  if (!decoder.ok()) {
+    std::fprintf(stderr, "chat: %s\n", decoder.status().ToString().c_str());
+    return 1;
+  }
+  auto chat = tunefleet::text::ChatTokenizer::Load(dir);
+  if (!chat.ok()) {
+    std::fprintf(stderr, "chat: %s\n", chat.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<tunefleet::text::ChatMessage> messages;
+  if (!absl::GetFlag(FLAGS_system).empty()) messages.push_back({"system", absl::GetFlag(FLAGS_system), {}});
+  messages.push_back({"user", absl::GetFlag(FLAGS_user), {}});
+  auto prompt = chat->EncodePrompt(messages);
+  if (!prompt.ok()) {
+    std::fprintf(stderr, "chat: %s\n", prompt.status().ToString().c_str());
+    return 1;
+  }
+  tunefleet::model::GenerationOptions g;
+  g.max_new_tokens = 128;
+  for (int32_t id : chat->StopIds()) g.stop_token_ids.push_back(id);
+  for (int64_t id : decoder->config().eos_token_ids) g.stop_token_ids.push_back(id);
+  std::optional<tunefleet::model::LoraAdapter> adapter;
+  if (!absl::GetFlag(FLAGS_adapter).empty()) {
+    auto a = tunefleet::model::LoraAdapter::Load(absl::GetFlag(FLAGS_adapter), decoder->config());
+    if (!a.ok()) {
+      std::fprintf(stderr, "chat: %s\n", a.status().ToString().c_str());
+      return 1;
+    }
+    adapter = *std::move(a);
+    g.adapter = &*adapter;
+  }
+  std::vector<std::vector<int64_t>> prompts = {{prompt->begin(), prompt->end()}};
+  auto out = tunefleet::model::Generate(*decoder, prompts, g);
+  if (!out.ok()) {
+    std::fprintf(stderr, "chat: %s\n", out.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<int32_t> ids((*out)[0].tokens.begin(), (*out)[0].tokens.end());
+  std::printf("%s\n", chat->tokenizer().Decode(ids).c_str());
+  return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "tunefleet-model init-tiny --out DIR [--seed N --layers L --hidden H ...] | inspect DIR | "
-      "logits DIR --ids 1,2,3 [--adapter DIR] --out FILE");
+      "logits DIR --ids 1,2,3 [--adapter DIR] --out FILE | "
+      "chat DIR --user TEXT [--system TEXT] [--adapter DIR]");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() >= 2 && std::string(args[1]) == "init-tiny" && args.size() == 2)
     return InitTiny();
   if (args.size() == 3 && std::string(args[1]) == "inspect") return Inspect(args[2]);
   if (args.size() == 3 && std::string(args[1]) == "logits") return Logits(args[2]);
+#ifdef TUNEFLEET_HAVE_PHI3_TOKENIZER_FILES
+  if (args.size() == 3 && std::string(args[1]) == "chat") return Chat(args[2]);
+#endif
   std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
   return 2;
 }
