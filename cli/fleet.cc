@@ -157,6 +157,9 @@ absl::StatusOr<std::unique_ptr<LocalFleet>> LocalFleet::Start(const LocalFleetOp
       argv.push_back(absl::StrCat("--scheduler_address=", addresses["scheduler"]));
     }
     if (name == "trainer") argv.push_back(absl::StrCat("--slots=", options.trainer_slots));
+    if (name == "serving" && !options.blocklist_file.empty()) {
+      argv.push_back(absl::StrCat("--blocklist_file=", fs::absolute(options.blocklist_file).string()));
+    }
     Subprocess::Options popts;
     popts.log_file = svc.log_file;
     // Processes that run the decoder on the CPU must not spin in OpenMP.

@@ -43,6 +43,9 @@ struct LocalFleetOptions {
   std::string models_dir;
   // CPU training slots the local trainer agent offers.
   int trainer_slots = 1;
+  // Terms the serving replica's built-in filter blocks (one per line; empty:
+  // none), passed as --blocklist_file.
+  std::string blocklist_file;
 };
 
 struct RunningService {

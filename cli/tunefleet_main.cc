@@ -138,6 +138,8 @@ int main(int argc, char** argv) {
   auto* down_cmd = local_cmd->add_subcommand("down", "Drain and stop a fleet started with 'up'");
   auto* status_cmd = local_cmd->add_subcommand("status", "Each service, its address and health");
   for (CLI::App* c : {up_cmd, down_cmd, status_cmd}) c->fallthrough();
+  local_cmd->add_option("--blocklist-file", local.blocklist_file,
+                        "Terms the serving replica blocks, one per line");
   local_cmd->add_option("--slots", local.trainer_slots, "CPU training slots of the trainer agent")
       ->capture_default_str();
   local_cmd->add_option("--models-dir", local.models_dir,

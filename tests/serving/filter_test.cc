@@ -184,6 +184,10 @@ TEST(BuiltinFilterTest, ProfanityLexiconComesFromThePublishedList) {
   EXPECT_EQ(d[0].end, 15u);
   TF_ASSERT_OK_AND_ASSIGN(d, f->Classify("Marschlochmann is a surname", TextSource::kPrompt));
   EXPECT_THAT(d, ::testing::IsEmpty());
+  // An entry that is an everyday word in another language of the list is
+  // left out (French "con" is Spanish "with").
+  TF_ASSERT_OK_AND_ASSIGN(d, f->Classify("¿Cómo contacto con soporte?", TextSource::kPrompt));
+  EXPECT_THAT(d, ::testing::IsEmpty());
   // Scripts without spaces match inside text.
   TF_ASSERT_OK_AND_ASSIGN(d, f->Classify("他说下贱的话", TextSource::kPrompt));
   EXPECT_THAT(Kinds(d), ::testing::Contains("profanity:zh"));

@@ -8,7 +8,9 @@ CC-BY-4.0), installed by `npm install` in tests/serving/reference.
 Kept as published except for entries that would match everyday text as whole
 words: ASCII entries shorter than 3 characters or made of digits and
 punctuation only (e.g. Turkish "am", Chinese-list "13."), and non-ASCII
-entries of one character.
+entries of one character; and entries that are everyday words in another
+language the lexicon serves (EVERYDAY: French "con" is Spanish, Italian and
+Portuguese "with", so it blocked "¿Cómo contacto con soporte?").
 """
 import json
 import os
@@ -19,7 +21,12 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
 PKG = os.path.join(ROOT, "tests", "serving", "reference", "node_modules", "naughty-words")
 
 
+EVERYDAY = {"con"}
+
+
 def keep(term):
+    if term.lower() in EVERYDAY:
+        return False
     if any(ord(c) < 128 and c.isalnum() for c in term):
         letters = [c for c in term if c.isalpha()]
         return len(term) >= 3 and len(letters) > 0

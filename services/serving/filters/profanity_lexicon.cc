@@ -896,7 +896,6 @@ const ProfanityEntry kProfanityLexicon[] = {
     {"fr", "chiottes"},
     {"fr", "clito"},
     {"fr", "clitoris"},
-    {"fr", "con"},
     {"fr", "connard"},
     {"fr", "connasse"},
     {"fr", "conne"},
@@ -2625,7 +2624,7 @@ const ProfanityEntry kProfanityLexicon[] = {
     {"zh", "\351\276\237\345\204\277\345\255\220"},
     {"zh", "\351\276\237\345\244\264"},
 };
-const int kProfanityLexiconSize = 2618;
+const int kProfanityLexiconSize = 2617;
 const char kProfanityLexiconSource[] = "naughty-words 1.2.0";
 
 }  // namespace tunefleet::serving
