@@ -326,10 +326,10 @@ TEST(Cli, FilesCommandsAgainstALocalFleet) {
   EXPECT_THAT(split.second, ::testing::HasSubstr("chat_sample-validation.jsonl"));
   EXPECT_EQ(run({"files", "delete", id, fleet_flag}).first, 0);
   auto gone = run({"files", "get", id, fleet_flag});
-  EXPECT_EQ(gone.first, 1);
+  EXPECT_EQ(gone.first, 3);  // not found (cli/commands.h)
   EXPECT_THAT(gone.second, ::testing::HasSubstr("NOT_FOUND"));
   auto bad = run({"files", "upload", sample, "--purpose=training", fleet_flag});
-  EXPECT_EQ(bad.first, 1);
+  EXPECT_EQ(bad.first, 2);  // bad argument
   EXPECT_THAT(bad.second, ::testing::HasSubstr("--purpose must be fine-tune or validation"));
   EXPECT_THAT((*fleet)->Stop(absl::Seconds(30)), IsOk());
 }

@@ -161,7 +161,7 @@ class ServingTest : public ::testing::Test {
       ASSERT_THAT(a->Save(dir, "tiny-phi3"), testing::IsOk());
       std::ofstream(dir + "/tunefleet_contract.json")
           << R"({"base_model": "tiny-phi3", "tokenizer_sha256": ")"
-          << (std::string(name) != "bad" ? tokenizer_sha : "0000") << R"(", "stop_token_ids": [32000, 32007]})";
+          << (std::string(name) != "bad" ? tokenizer_sha : "0000") << R"(", "stop_token_ids": [32000, 32001, 32007]})";
     }
     // The greedy answer without filters picks the blocklist pattern that
     // will block it in the middle.
