@@ -8,26 +8,12 @@
 #include "services/dataset/analyzer.h"
 #include "services/dataset/file_registry.h"
 #include "services/dataset/shards.h"
+#include "services/dataset/tokenizer_provider.h"
 #include "tunefleet/internal/v1/dataset_control.grpc.pb.h"
 #include "tunefleet/internal/v1/shards.grpc.pb.h"
 #include "tunefleet/v1/files.grpc.pb.h"
 
 namespace tunefleet::dataset {
-
-// A base model's tokenizer and chat template applied to examples.
-struct ModelTokenizer {
-  // Identifies the tokenizer's exact content (shard sets are cached by it).
-  std::string id;
-  ExampleTokenizer tokenize;
-};
-
-// Where token statistics and shards get their tokenizer. Thread-safe.
-class TokenizerProvider {
- public:
-  virtual ~TokenizerProvider() = default;
-  // INVALID_ARGUMENT naming `base_model` when it is unknown.
-  virtual absl::StatusOr<ModelTokenizer> Get(const std::string& base_model) = 0;
-};
 
 // Counts through a tokenizer: all tokens, and those with loss.
 TokenCounter CountWith(ExampleTokenizer tokenize);

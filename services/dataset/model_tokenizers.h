@@ -9,7 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
-#include "services/dataset/dataset_service.h"
+#include "services/dataset/tokenizer_provider.h"
 
 namespace tunefleet::dataset {
 
