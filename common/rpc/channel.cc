@@ -16,6 +16,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ChannelOptions&
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetMaxReceiveMessageSize(64 << 20);
   std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate and its key go together (tls_cert_file, tls_key_file)");
+  }
   if (options.tls_ca_file.empty()) {
     if (!options.tls_cert_file.empty()) {
       return absl::InvalidArgumentError("a client certificate needs a CA file (tls_ca_file)");

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include <grpc/support/log.h>
 #include <spdlog/spdlog.h>
 
 #include "common/base/logging.h"
@@ -20,14 +21,39 @@ ABSL_FLAG(std::string, health_listen, "",
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA for client certificates (enables mTLS)");
+ABSL_FLAG(std::string, client_tls_ca_file, "",
+          "PEM CA of the certificates of the services this one dials (enables TLS on its "
+          "outgoing calls)");
+ABSL_FLAG(std::string, client_tls_cert_file, "",
+          "PEM client certificate presented to the services this one dials (mTLS)");
+ABSL_FLAG(std::string, client_tls_key_file, "", "PEM private key of --client_tls_cert_file");
+ABSL_FLAG(std::string, client_tls_server_name, "",
+          "Name checked against the dialled services' certificates instead of the host of "
+          "each address");
 ABSL_FLAG(std::string, keys_file, "", "API keys file: '<sha256> <tenant> [tenant|internal] [name]' lines");
 ABSL_FLAG(std::string, data_dir, "./tunefleet-data", "Directory for this service's database and artifacts");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "How long in-flight calls may finish after SIGTERM");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
+ABSL_FLAG(tunefleet::LogFormat, log_format, tunefleet::LogFormat::kText,
+          "text, or json: one JSON object per line (time, level, logger, message) for log "
+          "collectors; gRPC's own messages go through it too");
 ABSL_FLAG(std::string, port_file, "", "Write the bound ports here as JSON once listening");
 
 namespace tunefleet::rpc {
+
+namespace {
+
+// gRPC's own log lines (gpr_log) through spdlog, so that a JSON log holds
+// only JSON lines.
+void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  spdlog::level::level_enum level = spdlog::level::info;
+  if (args->severity == GPR_LOG_SEVERITY_ERROR) level = spdlog::level::err;
+  if (args->severity == GPR_LOG_SEVERITY_DEBUG) level = spdlog::level::debug;
+  spdlog::log(level, "grpc: {} ({}:{})", args->message, args->file, args->line);
+}
+
+}  // namespace
 
 CommonFlags ParseCommonFlags(int argc, char** argv, const std::string& service_name,
                              int default_port, int default_metrics_port) {
@@ -54,8 +80,20 @@ CommonFlags ParseCommonFlags(int argc, char** argv, const std::string& service_n
   f.data_dir = absl::GetFlag(FLAGS_data_dir);
   f.log_level = absl::GetFlag(FLAGS_log_level);
   f.port_file = absl::GetFlag(FLAGS_port_file);
-  InitLogging(service_name, f.log_level);
+  f.client.tls_ca_file = absl::GetFlag(FLAGS_client_tls_ca_file);
+  f.client.tls_cert_file = absl::GetFlag(FLAGS_client_tls_cert_file);
+  f.client.tls_key_file = absl::GetFlag(FLAGS_client_tls_key_file);
+  f.client.tls_server_name = absl::GetFlag(FLAGS_client_tls_server_name);
+  f.log_format = absl::GetFlag(FLAGS_log_format);
+  InitLogging(service_name, f.log_level, f.log_format);
+  if (f.log_format == LogFormat::kJson) gpr_set_log_function(GrpcLogToSpdlog);
   return f;
+}
+
+ChannelOptions ClientChannelOptions(const CommonFlags& flags, const std::string& target) {
+  ChannelOptions options = flags.client;
+  options.target = target;
+  return options;
 }
 
 }  // namespace tunefleet::rpc

@@ -9,7 +9,9 @@
 #include <functional>
 #include <memory>
 
+#include "common/base/logging.h"
 #include "common/rpc/auth.h"
+#include "common/rpc/channel.h"
 #include "common/rpc/server.h"
 
 namespace tunefleet::rpc {
@@ -19,11 +21,20 @@ struct CommonFlags {
   std::string keys_file;
   std::string data_dir;
   std::string log_level;
+  LogFormat log_format = LogFormat::kText;
   // After start, the bound ports are written here as JSON
   // {"port": N, "metrics_port": M} (atomically), for tools and tests that
   // start services on port 0.
   std::string port_file;
+  // TLS of the calls this service makes to the others (--client_tls_*): the
+  // same CA, certificate and key for every service it dials, as one
+  // cert-manager Certificate per workload provides. `target` is unset.
+  ChannelOptions client;
 };
+
+// Options for a channel from this service to another at `target`, carrying
+// the --client_tls_* settings (plaintext when --client_tls_ca_file is unset).
+ChannelOptions ClientChannelOptions(const CommonFlags& flags, const std::string& target);
 
 // Parses argv (absl flags) and fills the options. `default_port` and
 // `default_metrics_port` apply when --listen / --metrics_listen are unset.

@@ -56,9 +56,8 @@ int main(int argc, char** argv) {
     }
     internal_key = std::string(absl::StripAsciiWhitespace(*key));
   }
-  rpc::ChannelOptions co;
-  co.target = absl::GetFlag(FLAGS_dataset_address);
-  auto channel = rpc::MakeChannel(co);
+  auto channel =
+      rpc::MakeChannel(rpc::ClientChannelOptions(flags, absl::GetFlag(FLAGS_dataset_address)));
   if (!channel.ok()) {
     spdlog::critical("--dataset_address: {}", channel.status().ToString());
     return 2;

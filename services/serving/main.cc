@@ -25,7 +25,8 @@
 ABSL_FLAG(std::string, models_dir, "", "Base models: <models_dir>/<base model id>/ (Hugging Face)");
 ABSL_FLAG(std::string, artifacts_dir, "", "Artifact store directory (adapters)");
 ABSL_FLAG(std::string, scheduler_address, "", "host:port of the scheduler");
-ABSL_FLAG(std::string, scheduler_tls_ca_file, "", "CA of the scheduler's certificate (empty: plaintext)");
+ABSL_FLAG(std::string, scheduler_tls_ca_file, "",
+          "CA of the scheduler's certificate (default: --client_tls_ca_file)");
 ABSL_FLAG(std::string, internal_key_file, "", "File holding the internal API key");
 ABSL_FLAG(std::string, replica_name, "", "This replica's name (default: the host name, e.g. the pod name)");
 ABSL_FLAG(std::string, advertise_address, "", "host:port clients reach this replica at");
@@ -130,9 +131,7 @@ int main(int argc, char** argv) {
       std::lock_guard<std::mutex> lock(*remote_mu);
       auto& c = (*remote_channels)[endpoint];
       if (!c) {
-        rpc::ChannelOptions co;
-        co.target = endpoint;
-        auto made = rpc::MakeChannel(co);
+        auto made = rpc::MakeChannel(rpc::ClientChannelOptions(flags, endpoint));
         if (made.ok()) c = *made;
       }
       channel = c;
@@ -149,9 +148,12 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", replica.status().ToString());
     return 2;
   }
-  rpc::ChannelOptions co;
-  co.target = absl::GetFlag(FLAGS_scheduler_address);
-  co.tls_ca_file = absl::GetFlag(FLAGS_scheduler_tls_ca_file);
+  rpc::ChannelOptions co =
+      rpc::ClientChannelOptions(flags, absl::GetFlag(FLAGS_scheduler_address));
+  // The older, server-authentication-only flag still names the scheduler's CA.
+  if (!absl::GetFlag(FLAGS_scheduler_tls_ca_file).empty()) {
+    co.tls_ca_file = absl::GetFlag(FLAGS_scheduler_tls_ca_file);
+  }
   auto channel = rpc::MakeChannel(co);
   if (!channel.ok()) {
     spdlog::critical("{}", channel.status().ToString());

@@ -89,12 +89,10 @@ int main(int argc, char** argv) {
   options.worker_timeout = absl::GetFlag(FLAGS_worker_timeout);
   options.api_key = std::string(absl::StripAsciiWhitespace(*internal_key));
 
-  rpc::ChannelOptions sched;
-  sched.target = absl::GetFlag(FLAGS_scheduler_address);
-  rpc::ChannelOptions data;
-  data.target = absl::GetFlag(FLAGS_dataset_address);
-  auto sched_channel = rpc::MakeChannel(sched);
-  auto data_channel = rpc::MakeChannel(data);
+  auto sched_channel =
+      rpc::MakeChannel(rpc::ClientChannelOptions(flags, absl::GetFlag(FLAGS_scheduler_address)));
+  auto data_channel =
+      rpc::MakeChannel(rpc::ClientChannelOptions(flags, absl::GetFlag(FLAGS_dataset_address)));
   if (!sched_channel.ok() || !data_channel.ok()) {
     spdlog::critical("channels: {} {}", sched_channel.status().ToString(),
                      data_channel.status().ToString());
@@ -122,8 +120,9 @@ int main(int argc, char** argv) {
         }
         agent.Start(advertise);
         spdlog::info("trainer agent {} at {} (slots={} gpus={}) -> scheduler {} dataset {} worker {}",
-                     options.node_name, advertise, options.slots, options.gpus.size(), sched.target,
-                     data.target, options.worker_binary);
+                     options.node_name, advertise, options.slots, options.gpus.size(),
+                     absl::GetFlag(FLAGS_scheduler_address), absl::GetFlag(FLAGS_dataset_address),
+                     options.worker_binary);
         return absl::OkStatus();
       },
       flags.port_file);

@@ -20,7 +20,8 @@ only reveal at run time:
     name a headless Service; HPAs scale an object that exists;
   * every PVC / Secret / ConfigMap / ServiceAccount a pod refers to exists in
     the render (or is a Secret that deploy/README.md tells the operator to
-    create: tunefleet-keys, tunefleet-tls);
+    create: tunefleet-keys, tunefleet-internal-key, tunefleet-tls,
+    tunefleet-internal-tls);
   * securityContext (non-root, read-only root, no privilege escalation, ALL
     capabilities dropped) and resource requests/limits are set; GPU requests
     equal GPU limits; the single-node overlay asks for no GPU, the gpu one does
@@ -33,8 +34,11 @@ only reveal at run time:
     (tunefleet-train-worker) sits next to it in the build and the images;
   * every pod is selected by a NetworkPolicy, every internal call
     (--scheduler_address, --dataset_address) names a Service port and is let
-    through by the policies, and no service with TLS on is dialled by a binary
-    that can only dial plaintext;
+    through by the policies, no service with TLS on is dialled in plaintext
+    and none requiring client certificates is dialled without one; in the gpu
+    overlay (mTLS between the services) every such call carries the client TLS
+    flags (--client_tls_ca_file/--client_tls_cert_file/--client_tls_key_file)
+    and every callee requires client certificates (--tls_client_ca);
   * ServiceMonitors select Services with their port; PrometheusRule exprs and
     Grafana dashboards (ConfigMap *.json, valid JSON) query only tunefleet_*
     metrics the sources export (promtool check rules too, where installed).
@@ -71,7 +75,8 @@ except ImportError:  # Debian: python3-yaml (scripts/install-deps.d/k8s-tools)
     sys.exit(SKIP)
 
 # Secrets the operator creates by hand (deploy/README.md), never rendered.
-DOCUMENTED_SECRETS = {"tunefleet-keys", "tunefleet-internal-key", "tunefleet-tls"}
+DOCUMENTED_SECRETS = {"tunefleet-keys", "tunefleet-internal-key", "tunefleet-tls",
+                      "tunefleet-internal-tls"}
 # Flags every service container must set explicitly.
 REQUIRED_FLAGS = ("listen", "metrics_listen", "keys_file", "data_dir")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
@@ -82,13 +87,19 @@ GPU = "nvidia.com/gpu"
 IMAGE_BIN_DIR = "/usr/local/bin"
 # The worker process tunefleet-trainer spawns (default: next to the agent).
 TRAINER_WORKER = "tunefleet-train-worker"
-# Flags naming another service's host:port -> the dialer's flag for the CA of
-# that service's certificate (None: the binary can only dial in plaintext).
+# Flags naming another service's host:port -> the dialer's flags for the CA of
+# that service's certificate (any one turns TLS on for the call). The client
+# certificate of every call is --client_tls_cert_file/--client_tls_key_file
+# (common/rpc/server_flags.cc).
 DIAL_FLAGS = {
-    "tunefleet-scheduler": {"dataset_address": None},
-    "tunefleet-trainer": {"scheduler_address": None, "dataset_address": None},
-    "tunefleet-serving": {"scheduler_address": "scheduler_tls_ca_file"},
+    "tunefleet-scheduler": {"dataset_address": ("client_tls_ca_file",)},
+    "tunefleet-trainer": {"scheduler_address": ("client_tls_ca_file",),
+                          "dataset_address": ("client_tls_ca_file",)},
+    "tunefleet-serving": {"scheduler_address": ("scheduler_tls_ca_file", "client_tls_ca_file")},
 }
+CLIENT_TLS_FLAGS = ("client_tls_ca_file", "client_tls_cert_file", "client_tls_key_file")
+# Overlays where every call between the services must be mTLS.
+MTLS_OVERLAYS = ("gpu",)
 # Flags naming directories on the volume shared by scheduler, trainers and serving.
 SHARED_DIR_FLAGS = ("artifacts_dir", "models_dir")
 # Overlays that run on one node, where a ReadWriteOnce volume can be shared.
@@ -246,8 +257,9 @@ class Checker:
         self.index()
         self.shared_claims = {}  # claim -> [where]
         self.trainer_gpus = []   # (where, --gpus, container, [(mount, volume)])
-        self.calls = []          # (where, binary, flag, host:port, dials with TLS, caller labels)
-        self.servers = []        # (labels, --listen port, TLS on)
+        # (where, binary, flag, host:port, dials with TLS, presents a client cert, caller labels)
+        self.calls = []
+        self.servers = []        # (labels, --listen port, TLS on, client certificate required)
         self.current_labels = {}
         templates = self.pod_templates()
         if not templates:
@@ -371,7 +383,12 @@ class Checker:
         """Every internal call (--scheduler_address, --dataset_address) names a
         Service port of the render, the NetworkPolicies let the caller through,
         and a callee serving TLS is dialled with TLS."""
-        for where, binary, flag, address, dials_tls, caller in self.calls:
+        mtls_overlay = os.path.basename(self.overlay.rstrip("/")) in MTLS_OVERLAYS
+        for where, binary, flag, address, dials_tls, has_cert, caller in self.calls:
+            if mtls_overlay and not (dials_tls and has_cert):
+                self.err(where, "--%s=%s: the %s overlay runs mTLS between the services, but %s "
+                         "dials it without client TLS flags (--%s)"
+                         % (flag, address, self.overlay, binary, ", --".join(CLIENT_TLS_FLAGS)))
             if address is None:
                 continue  # only known at run time
             m = re.match(r"^([a-z0-9-]+)(?:\.[a-z0-9.-]+)?:(\d+)$", address)
@@ -396,10 +413,19 @@ class Checker:
                 cports = [p for c in (t.get("spec") or {}).get("containers") or []
                           for p in c.get("ports") or [] if target in (p.get("name"), p.get("containerPort"))]
                 names = {x for p in cports for x in (p.get("name"), p.get("containerPort")) if x is not None}
-                for slabels, sport_num, tls_on in self.servers:
-                    if slabels is labels and tls_on and not dials_tls and sport_num in names:
+                for slabels, sport_num, tls_on, mtls_on in self.servers:
+                    if slabels is not labels or sport_num not in names:
+                        continue
+                    if tls_on and not dials_tls:
                         self.err(where, "--%s=%s: %s serves TLS but %s dials it in plaintext "
                                  "(it has no TLS flag for this call)" % (flag, address, twhere, binary))
+                    elif mtls_on and not has_cert:
+                        self.err(where, "--%s=%s: %s requires a client certificate (mTLS) but %s "
+                                 "presents none (--client_tls_cert_file)" % (flag, address, twhere, binary))
+                    if mtls_overlay and not mtls_on:
+                        self.err(where, "--%s=%s: the %s overlay runs mTLS between the services, but "
+                                 "%s does not require client certificates (--tls_client_ca)"
+                                 % (flag, address, self.overlay, twhere))
                 policies = self.policies_for(labels)
                 if policies and not any(self.rule_allows(rule, caller, names)
                                         for _, spec in policies for rule in spec.get("ingress") or []):
@@ -650,7 +676,8 @@ class Checker:
                 self.err(where, "prometheus.io/port is %r but --metrics_listen port is %s"
                          % (ann_port, metrics_port))
 
-        self.servers.append((self.current_labels, grpc_port, bool(values.get("tls_cert"))))
+        self.servers.append((self.current_labels, grpc_port, bool(values.get("tls_cert")),
+                             bool(values.get("tls_cert") and values.get("tls_client_ca"))))
 
         # graceful shutdown
         drain_text = values.get("drain_timeout", known.get("drain_timeout"))
@@ -694,7 +721,7 @@ class Checker:
                          % (flag, path, m["name"], rel))
 
         for flag in ("keys_file", "internal_key_file", "tls_cert", "tls_key", "tls_client_ca",
-                     "scheduler_tls_ca_file"):
+                     "scheduler_tls_ca_file") + CLIENT_TLS_FLAGS:
             check_file_in_secret(flag)
         if binary in ("tunefleet-trainer", "tunefleet-serving") and not values.get("internal_key_file"):
             self.err(where, "%s calls the scheduler and must set --internal_key_file" % binary)
@@ -731,11 +758,12 @@ class Checker:
                                       [(m, volumes.get(m.get("name")) or {}) for m in mounts]))
 
         # internal calls, for the NetworkPolicy and TLS checks
-        for flag, ca_flag in DIAL_FLAGS.get(binary, {}).items():
+        for flag, ca_flags in DIAL_FLAGS.get(binary, {}).items():
             if flag not in values:
                 continue
             self.calls.append((where, binary, flag, values[flag],
-                               bool(ca_flag and values.get(ca_flag)), self.current_labels))
+                               any(values.get(f) for f in ca_flags),
+                               bool(values.get("client_tls_cert_file")), self.current_labels))
         data_dir = values.get("data_dir")
         if data_dir:
             m = mount_for(data_dir)
@@ -747,6 +775,10 @@ class Checker:
             self.err(where, "--tls_cert and --tls_key go together")
         if values.get("tls_client_ca") and not values.get("tls_cert"):
             self.err(where, "--tls_client_ca (mTLS) needs --tls_cert and --tls_key")
+        if bool(values.get("client_tls_cert_file")) != bool(values.get("client_tls_key_file")):
+            self.err(where, "--client_tls_cert_file and --client_tls_key_file go together")
+        if values.get("client_tls_cert_file") and not values.get("client_tls_ca_file"):
+            self.err(where, "--client_tls_cert_file needs --client_tls_ca_file (the services' CA)")
 
         # security
         sc = c.get("securityContext") or {}
@@ -897,6 +929,21 @@ def check_dockerfiles(docker_dir):
                           % (name, TRAINER_WORKER))
         if not re.search(r"\bsqlite3\b", last):
             errors.append("docker/%s: the runtime stage lacks sqlite3 (deploy/backup/scheduler-backup.sh)" % name)
+    # ... and CI reaches the same scripts: .ci/run -> scripts/test ->
+    # scripts/build -> scripts/install-deps.
+    root = os.path.dirname(os.path.abspath(docker_dir))
+    chain = ((".ci/run", r"(^|\s)scripts/test\b"), ("scripts/test", r'"\$here/build"|scripts/build\b'),
+             ("scripts/build", r'"\$here/install-deps"|scripts/install-deps\b'))
+    for script, pattern in chain:
+        try:
+            with open(os.path.join(root, script)) as f:
+                body = "\n".join(l for l in f.read().splitlines() if not l.lstrip().startswith("#"))
+        except OSError as e:
+            errors.append("docker: CI's %s is not readable (%s)" % (script, e))
+            continue
+        if not re.search(pattern, body, re.MULTILINE):
+            errors.append("docker: CI's %s no longer runs %s, so the images and CI may drift"
+                          % (script, pattern))
     return errors
 
 
@@ -912,9 +959,14 @@ SMOKE_KEYS = ("f48abe39545f9e9b1fb4884fcac0568ca12dbff8c934c0ace466cb83e60f39ce 
 SMOKE_DONE = {}  # (binary, flag values) -> result, shared across overlays
 
 
+def is_tls_file(flag):
+    """TLS files exist only in the cluster: smoke runs leave these flags out."""
+    return flag.startswith(("tls_", "client_tls_", "scheduler_tls_"))
+
+
 def smoke_run(flags, where, binary, values, scratch):
     key = (binary, tuple(sorted((k, v) for k, v in values.items()
-                                if k not in SMOKE_OVERRIDES and not (k.startswith("tls_") and v))))
+                                if k not in SMOKE_OVERRIDES and not (is_tls_file(k) and v))))
     if key not in SMOKE_DONE:
         SMOKE_DONE[key] = smoke_run_once(flags, where, binary, values, scratch)
     return SMOKE_DONE[key]
@@ -952,7 +1004,7 @@ def smoke_run_once(flags, where, binary, values, scratch):
     ports = os.path.join(d, "ports.json")
     argv = [flags.path(binary)]
     for name, value in sorted(values.items()):
-        if name in SMOKE_OVERRIDES or (name.startswith("tls_") and value):
+        if name in SMOKE_OVERRIDES or (is_tls_file(name) and value):
             continue
         if value is None:  # only known at run time (the pod's IP or name)
             value = "127.0.0.1:1" if name.endswith("_address") else "smoke"
@@ -988,7 +1040,19 @@ def smoke_run_once(flags, where, binary, values, scratch):
                 proc.kill()
                 proc.wait()
     with open(log_path) as f:
-        tail = "".join(f.readlines()[-8:])
+        lines = f.readlines()
+    tail = "".join(lines[-8:])
+    if started and values.get("log_format") == "json":
+        if not lines:
+            return "%s: %s --log_format=json logged nothing" % (where, binary)
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if not isinstance(entry, dict) or not {"time", "level", "logger", "message"} <= set(entry):
+                return "%s: %s --log_format=json wrote a line that is not a JSON object with " \
+                       "time, level, logger and message: %r" % (where, binary, line)
     if not started:
         return "%s: %s did not start with the manifest's flags (%s); it said:\n%s" % (
             where, binary, " ".join(argv[1:]), tail)
@@ -1105,9 +1169,22 @@ def mutations():
         doc_of(docs, "NetworkPolicy", "tunefleet-dataset")["spec"]["ingress"][0]["from"] = [
             {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tunefleet-scheduler"}}}]
 
-    def tls_on_scheduler(docs):
-        containers_of(docs, "StatefulSet", "tunefleet-scheduler")[0]["args"] += [
-            "--tls_cert=/etc/tunefleet/keys/keys.txt", "--tls_key=/etc/tunefleet/keys/keys.txt"]
+    def trainer_plaintext(docs):
+        c = containers_of(docs, "DaemonSet", "tunefleet-trainer")[0]
+        c["args"] = [a for a in c["args"] if not a.startswith("--client_tls_")]
+
+    def trainer_no_client_cert(docs):
+        c = containers_of(docs, "DaemonSet", "tunefleet-trainer")[0]
+        c["args"] = [a for a in c["args"] if not a.startswith(("--client_tls_cert_file=",
+                                                               "--client_tls_key_file="))]
+
+    def dataset_tls_only(docs):
+        c = containers_of(docs, "StatefulSet", "tunefleet-dataset")[0]
+        c["args"] = [a for a in c["args"] if not a.startswith("--tls_client_ca=")]
+
+    def client_cert_unmounted(docs):
+        c = containers_of(docs, "StatefulSet", "tunefleet-scheduler")[0]
+        c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "internal-tls"]
 
     def tls_probe(docs):
         containers_of(docs, "Deployment", "tunefleet-serving")[0]["readinessProbe"]["grpc"]["port"] = 50054
@@ -1150,7 +1227,11 @@ def mutations():
         ("a ReadWriteOnce shared volume", "lack ReadWriteMany", shared_rwo),
         ("no NetworkPolicies", "NetworkPolicy: none in the render", no_policies),
         ("a NetworkPolicy that blocks trainer -> dataset", "no NetworkPolicy lets it reach StatefulSet/tunefleet-dataset", policy_blocks_trainer),
-        ("TLS on a service dialled in plaintext", "serves TLS but tunefleet-trainer dials it in plaintext", tls_on_scheduler),
+        ("TLS on a service dialled in plaintext", "serves TLS but tunefleet-trainer dials it in plaintext", trainer_plaintext),
+        ("gpu overlay: a call without client TLS flags", "runs mTLS between the services, but tunefleet-trainer dials it without client TLS flags", trainer_plaintext),
+        ("mTLS callee dialled without a client certificate", "requires a client certificate (mTLS) but tunefleet-trainer presents none", trainer_no_client_cert),
+        ("gpu overlay: a callee without mTLS", "StatefulSet/tunefleet-dataset does not require client certificates", dataset_tls_only),
+        ("a client certificate that is not mounted", "--client_tls_cert_file=/etc/tunefleet/internal-tls/tls.crt is not in a mounted Secret", client_cert_unmounted),
         ("a plaintext gRPC probe on a TLS port", "but TLS is on", tls_probe),
         ("internal key not projected by its Secret volume", "does not project 'internal.key'", internal_key_unprojected),
         ("an alert on a metric no service exports", "queries tunefleet_scheduler_job,", metric_typo),
