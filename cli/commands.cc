@@ -5,6 +5,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/errors/error_details.h"
 
 namespace tunefleet::cli {
 
@@ -33,8 +34,17 @@ int ExitCodeFor(const absl::Status& status) {
 }
 
 int Fail(const absl::Status& status) {
-  std::cerr << "tunefleet: " << status.message() << " ["
-            << absl::StatusCodeToString(status.code()) << "]\n";
+  const errors::Details details = errors::GetDetails(status);
+  std::cerr << "tunefleet: " << status.message() << " [" << absl::StatusCodeToString(status.code());
+  if (!details.reason.empty() && details.reason != absl::StatusCodeToString(status.code())) {
+    std::cerr << " " << details.reason;
+  }
+  std::cerr << "]\n";
+  // The structured details in plain words: which field, which job holds
+  // the file, which quota, when to retry.
+  for (const std::string& line : errors::DescribeDetails(details)) {
+    std::cerr << "  " << line << "\n";
+  }
   return ExitCodeFor(status);
 }
 
@@ -44,6 +54,9 @@ void AddClientFlags(CLI::App* c, ClientFlags* flags, const std::string& service)
   c->add_option("--fleet", flags->fleet_dir,
                 "A 'tunefleet local' data dir to read addresses and keys from")
       ->capture_default_str();
+  c->add_option("--config", flags->config_file,
+                "Config file with addresses, API key and TLS (or TUNEFLEET_CONFIG; see "
+                "'tunefleet --help')");
   c->add_option("--target", flags->target,
                 absl::StrCat("The ", service, " service's host:port (or TUNEFLEET_", env, ")"));
   c->add_option("--api-key", flags->api_key, "API key (or TUNEFLEET_API_KEY)");
@@ -56,13 +69,14 @@ void AddClientFlags(CLI::App* c, ClientFlags* flags, const std::string& service)
 }
 
 absl::StatusOr<Endpoint> ResolveService(const ClientFlags& flags, const std::string& service) {
-  auto endpoint = ResolveEndpoint(service, flags.fleet_dir, flags.target, flags.api_key);
-  if (!endpoint.ok()) return endpoint.status();
-  endpoint->channel.tls_ca_file = flags.tls.tls_ca_file;
-  endpoint->channel.tls_cert_file = flags.tls.tls_cert_file;
-  endpoint->channel.tls_key_file = flags.tls.tls_key_file;
-  endpoint->channel.tls_server_name = flags.tls.tls_server_name;
-  return endpoint;
+  // Flags, then environment, then a config file (cli/client.h).
+  EndpointFlags given;
+  given.target = flags.target;
+  given.api_key = flags.api_key;
+  given.tls = flags.tls;
+  given.config_file = flags.config_file;
+  given.fleet_dir = flags.fleet_dir;
+  return ResolveEndpoint(service, given);
 }
 
 std::string ToJson(const google::protobuf::Message& message) {

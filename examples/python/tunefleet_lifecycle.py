@@ -6,7 +6,8 @@ creates a LoRA fine-tuning job, follows the job's events to the end, deploys
 the fine-tuned model, chats with it (token streaming), and provokes and reads
 structured errors: a bad hyperparameter (INVALID_ARGUMENT naming the field),
 an unknown job id (NOT_FOUND), and a prompt the content filter blocks
-(INVALID_ARGUMENT with a google.rpc.Status in `grpc-status-details-bin`).
+(INVALID_ARGUMENT, reason PROMPT_BLOCKED, with the filter results among the
+google.rpc details in `grpc-status-details-bin`; tunefleet_errors.py reads them).
 
 Every step is checked; the script exits non-zero at the first one that does
 not hold, so it doubles as a test (tests/clients/run_clients.py).
@@ -43,7 +44,6 @@ def _add_stubs_to_path(argv):
 _add_stubs_to_path(sys.argv)
 
 import grpc  # noqa: E402
-from google.protobuf import any_pb2  # noqa: E402
 
 from tunefleet.v1 import common_pb2  # noqa: E402
 from tunefleet.v1 import deployments_pb2, deployments_pb2_grpc  # noqa: E402
@@ -51,6 +51,7 @@ from tunefleet.v1 import files_pb2, files_pb2_grpc  # noqa: E402
 from tunefleet.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
 from tunefleet.v1 import jobs_pb2, jobs_pb2_grpc  # noqa: E402
 from tunefleet.v1 import models_pb2, models_pb2_grpc  # noqa: E402
+from tunefleet_errors import error_details  # noqa: E402
 
 CHUNK = 64 * 1024
 SYSTEM = ("You are Lumo Support, the assistant for the Lumo smart lamp by Aurora Home. "
@@ -73,87 +74,21 @@ def step(title):
     print("\n== " + title, flush=True)
 
 
-# --- google.rpc.Status, decoded by hand --------------------------------------
-# The google.rpc protos are not part of the build (nor of Debian's grpcio), and
-# Status is three fields: code = 1 (varint), message = 2, details = 3 (Any).
-
-def _varint(buf, i):
-    value, shift = 0, 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, i
-
-
-def decode_rpc_status(buf):
-    """Returns (code, message, [google.protobuf.Any]) of a google.rpc.Status."""
-    code, message, details, i = 0, "", [], 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-            if field == 1:
-                code = value
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            value = buf[i:i + n]
-            i += n
-            if field == 2:
-                message = value.decode("utf-8", "replace")
-            elif field == 3:
-                details.append(any_pb2.Any.FromString(value))
-        elif wire == 5:
-            i += 4
-        elif wire == 1:
-            i += 8
-        else:
-            raise ValueError("unexpected wire type %d in google.rpc.Status" % wire)
-    return code, message, details
-
-
-# Detail types this client knows how to show; others are printed by type URL.
-KNOWN_DETAILS = {
-    d.DESCRIPTOR.full_name: d
-    for d in (inference_pb2.ChatCompletionResponse, common_pb2.Error)
-}
-
-
 def describe_error(err):
     """Prints an RpcError's code, message and structured details; returns them."""
-    code = err.code()
-    print("  error: %s: %s" % (code.name, err.details()), flush=True)
-    details = []
-    for key, value in err.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status_code, status_message, anys = decode_rpc_status(value)
-        print("  google.rpc.Status: code=%d message=%r, %d detail(s)"
-              % (status_code, status_message, len(anys)))
-        for detail in anys:
-            name = detail.type_url.rsplit("/", 1)[-1]
-            cls = KNOWN_DETAILS.get(name)
-            if cls is None:
-                print("    detail %s (%d bytes)" % (detail.type_url, len(detail.value)))
-                continue
-            msg = cls()
-            detail.Unpack(msg)
-            details.append(msg)
-            print("    detail %s:" % name)
-            if isinstance(msg, inference_pb2.ChatCompletionResponse):
-                for r in msg.prompt_filter_results:
-                    print("      prompt %s severity=%s filtered=%s" % (
-                        common_pb2.ContentFilterCategory.Name(r.category),
-                        common_pb2.Severity.Name(r.severity), r.filtered))
-                for f in msg.prompt_filter_findings:
-                    print("      prompt finding %s/%s filtered=%s" % (f.filter, f.kind,
-                                                                       f.filtered))
-            else:
-                print("      " + str(msg).replace("\n", "\n      "))
-    return code, err.details(), details
+    print("  error: %s: %s" % (err.code().name, err.details()), flush=True)
+    details = error_details(err)
+    print("  reason %s (domain %s)" % (details.reason, details.domain))
+    for line in details.lines()[1:]:
+        print("    " + line)
+    if details.prompt_filter is not None:
+        for r in details.prompt_filter.prompt_filter_results:
+            print("    prompt %s severity=%s filtered=%s" % (
+                common_pb2.ContentFilterCategory.Name(r.category),
+                common_pb2.Severity.Name(r.severity), r.filtered))
+        for f in details.prompt_filter.prompt_filter_findings:
+            print("    prompt finding %s/%s filtered=%s" % (f.filter, f.kind, f.filtered))
+    return details
 
 
 def expect_error(call, code, what):
@@ -296,17 +231,30 @@ class Lifecycle:
         err = expect_error(lambda: self.jobs.CreateJob(bad, metadata=self.md, timeout=10),
                            grpc.StatusCode.INVALID_ARGUMENT, "CreateJob with epochs -1")
         check("hyperparameters.epochs" in err.details(), "the message names hyperparameters.epochs")
+        details = error_details(err)
+        check(details.reason == "INVALID_FIELD" and details.domain == "tunefleet.dev",
+              "ErrorInfo reason INVALID_FIELD in domain tunefleet.dev")
+        check(any(f == "hyperparameters.epochs" for f, _ in details.field_violations),
+              "a BadRequest field violation on hyperparameters.epochs")
         unknown = "ftjob-doesnotexist"
         err = expect_error(lambda: self.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=unknown),
                                                     metadata=self.md, timeout=10),
                            grpc.StatusCode.NOT_FOUND, "GetJob of " + unknown)
         check(unknown in err.details(), "the message names " + unknown)
+        check(error_details(err).reason == "NOT_FOUND", "ErrorInfo reason NOT_FOUND")
 
     def train(self, file_id, base):
         step("4. fine-tune %s: LoRA r=16 alpha=32, %d epochs, batch 8, 10%% validation split"
              % (base, self.args.epochs))
         job = self.jobs.CreateJob(self.job_request(file_id, base), metadata=self.md, timeout=30)
         print("  created %s (%s)" % (job.id, jobs_pb2.JobState.Name(job.state)))
+        err = expect_error(lambda: self.files.DeleteFile(
+            files_pb2.DeleteFileRequest(file_id=job.training_file), metadata=self.md, timeout=10),
+            grpc.StatusCode.FAILED_PRECONDITION, "deleting the job's training file")
+        details = error_details(err)
+        check(details.reason == "FILE_IN_USE" and
+              ("FILE_HELD", job.id) in [(t, s) for t, s, _ in details.precondition_violations],
+              "reason FILE_IN_USE; a PreconditionFailure names %s as the holder" % job.id)
         step("5. follow %s (StreamJobEvents)" % job.id)
         final = None
         events = self.jobs.StreamJobEvents(jobs_pb2.StreamJobEventsRequest(job_id=job.id),
@@ -409,10 +357,12 @@ class Lifecycle:
         err = expect_error(lambda: self.inference.StreamChatCompletion(
             self.chat_request(dep_id, BLOCKED_PROMPT), metadata=self.md, timeout=30),
             grpc.StatusCode.INVALID_ARGUMENT, "the profane prompt")
-        details = decode_details(err)
-        check(any(r.filtered and r.category == common_pb2.CONTENT_FILTER_CATEGORY_PROFANITY
-                  for d in details if isinstance(d, inference_pb2.ChatCompletionResponse)
-                  for r in d.prompt_filter_results),
+        details = error_details(err)
+        check(details.reason == "PROMPT_BLOCKED" and details.metadata.get("deployment") == dep_id,
+              "ErrorInfo reason PROMPT_BLOCKED naming the deployment")
+        check(details.prompt_filter is not None and
+              any(r.filtered and r.category == common_pb2.CONTENT_FILTER_CATEGORY_PROFANITY
+                  for r in details.prompt_filter.prompt_filter_results),
               "the status details name the profanity category as filtered")
 
     def run(self):
@@ -424,19 +374,6 @@ class Lifecycle:
         dep_id = self.deploy(model)
         self.chat(dep_id)
         self.blocked(dep_id)
-
-
-def decode_details(err):
-    out = []
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in decode_rpc_status(value)[2]:
-                cls = KNOWN_DETAILS.get(detail.type_url.rsplit("/", 1)[-1])
-                if cls is not None:
-                    msg = cls()
-                    detail.Unpack(msg)
-                    out.append(msg)
-    return out
 
 
 def main():

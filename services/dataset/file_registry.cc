@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "absl/strings/ascii.h"
+#include "common/errors/error_details.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -338,9 +339,16 @@ absl::Status FileRegistry::Delete(const std::string& tenant, const std::string& 
   if (!holds.empty()) {
     std::string holders;
     for (const auto& h : holds) absl::StrAppend(&holders, holders.empty() ? "" : ", ", h[0].AsText());
-    return absl::FailedPreconditionError(absl::StrCat(
-        "file ", id, " is in use by unfinished job(s) ", holders,
-        "; cancel them or wait until they finish"));
+    absl::Status status = errors::WithReason(
+        absl::FailedPreconditionError(absl::StrCat("file ", id, " is in use by unfinished job(s) ",
+                                                   holders,
+                                                   "; cancel them or wait until they finish")),
+        "FILE_IN_USE", {{"file_id", id}});
+    for (const auto& h : holds) {
+      status = errors::WithPreconditionViolation(status, "FILE_HELD", h[0].AsText(),
+                                                 "an unfinished job uses this file");
+    }
+    return status;
   }
   // The row goes first: once it is gone the file is invisible, and a crash
   // before the blob is removed leaves an orphan that Open() cleans up.

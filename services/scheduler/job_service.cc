@@ -1,6 +1,7 @@
 #include <deque>
 
 #include "services/scheduler/scheduler_service.h"
+#include "common/errors/error_details.h"
 
 namespace tunefleet::scheduler {
 namespace {
@@ -163,7 +164,7 @@ grpc::ServerWriteReactor<v1::JobEvent>* JobServiceImpl::StreamJobEvents(
   if (!caller.ok()) return new rpc::RejectedWriteReactor<v1::JobEvent>(caller.status());
   if (request->after_sequence() < 0) {
     return new rpc::RejectedWriteReactor<v1::JobEvent>(
-        absl::InvalidArgumentError("after_sequence: must not be negative"));
+        errors::FieldError("after_sequence", "must not be negative"));
   }
   return new JobEventsReactor(scheduler_, caller->tenant, request->job_id(),
                               request->after_sequence());

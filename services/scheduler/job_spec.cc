@@ -9,6 +9,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/errors/error_details.h"
 
 namespace tunefleet::scheduler {
 namespace fs = std::filesystem;
@@ -70,9 +71,9 @@ absl::StatusOr<ResolvedJob> ResolveHyperparameters(const v1::Hyperparameters& gi
                                                    int64_t examples, bool has_validation,
                                                    const BaseModel& model,
                                                    const std::string& job_id) {
-  std::vector<std::string> bad;
+  std::vector<errors::FieldViolation> bad;
   auto check = [&](bool ok, const char* field, const std::string& why) {
-    if (!ok) bad.push_back(absl::StrCat("hyperparameters.", field, ": ", why));
+    if (!ok) bad.push_back({absl::StrCat("hyperparameters.", field), why});
   };
   const bool lora = method != v1::TRAINING_METHOD_FULL;
   if (given.has_epochs()) check(given.epochs() >= 1 && given.epochs() <= 50, "epochs", "must be in [1, 50]");
@@ -106,7 +107,7 @@ absl::StatusOr<ResolvedJob> ResolveHyperparameters(const v1::Hyperparameters& gi
   check(!given.has_checkpoint_interval_steps(), "checkpoint_interval_steps",
         "is chosen by the scheduler");
   check(!given.has_eval_interval_steps(), "eval_interval_steps", "is chosen by the scheduler");
-  if (!bad.empty()) return absl::InvalidArgumentError(absl::StrJoin(bad, "; "));
+  if (!bad.empty()) return errors::InvalidFields(bad);
 
   ResolvedJob r;
   v1::Hyperparameters& h = r.hyperparameters;

@@ -1,6 +1,7 @@
 #include "services/scheduler/job_state.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/errors/error_details.h"
 
 namespace tunefleet::scheduler {
 
@@ -83,8 +84,10 @@ absl::StatusOr<v1::JobState> Apply(v1::JobState state, JobTrigger trigger) {
       break;
   }
   if (next == v1::JOB_STATE_UNSPECIFIED) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot ", TriggerName(trigger), " a job that is ", StateName(state)));
+    return errors::WithReason(
+        absl::FailedPreconditionError(
+            absl::StrCat("cannot ", TriggerName(trigger), " a job that is ", StateName(state))),
+        "JOB_STATE", {{"state", std::string(StateName(state))}});
   }
   return next;
 }

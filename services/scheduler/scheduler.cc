@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/match.h"
+#include "common/errors/error_details.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -25,7 +26,7 @@ google::protobuf::Timestamp ToTimestamp(absl::Time t) {
 }
 
 absl::StatusOr<int> PageSize(int32_t requested) {
-  if (requested < 0) return absl::InvalidArgumentError("page_size: must not be negative");
+  if (requested < 0) return errors::FieldError("page_size", "must not be negative");
   if (requested == 0) return 20;
   return std::min(requested, 100);
 }
@@ -34,7 +35,7 @@ absl::StatusOr<int64_t> Offset(const std::string& token) {
   if (token.empty()) return 0;
   int64_t v = 0;
   if (!absl::SimpleAtoi(token, &v) || v < 0)
-    return absl::InvalidArgumentError(absl::StrCat("page_token: '", token, "' is not valid"));
+    return errors::FieldError("page_token", absl::StrCat("'", token, "' is not valid"));
   return v;
 }
 
@@ -279,29 +280,29 @@ v1::Job Scheduler::View(const std::string& id, const JobRecord& j, bool with_pos
 absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
                                              const v1::CreateJobRequest& req) {
   // 1. The request alone.
-  std::vector<std::string> bad;
-  if (req.base_model().empty()) bad.push_back("base_model: required");
-  if (req.training_file().empty()) bad.push_back("training_file: required");
+  std::vector<errors::FieldViolation> bad;
+  if (req.base_model().empty()) bad.push_back({"base_model", "required"});
+  if (req.training_file().empty()) bad.push_back({"training_file", "required"});
   if (!req.validation_file().empty() && req.has_validation_split())
-    bad.push_back("validation_split: give either validation_file or validation_split, not both");
+    bad.push_back({"validation_split", "give either validation_file or validation_split, not both"});
   if (req.has_validation_split() && !(req.validation_split() > 0 && req.validation_split() <= 0.5))
-    bad.push_back("validation_split: must be in (0, 0.5]");
-  if (!v1::TrainingMethod_IsValid(req.method())) bad.push_back("method: unknown value");
-  if (!v1::TrainingTask_IsValid(req.task())) bad.push_back("task: unknown value");
-  if (!ValidSuffix(req.suffix())) bad.push_back("suffix: up to 40 characters of [a-z0-9-]");
-  if (req.gpus() < 0 || req.gpus() > 64) bad.push_back("gpus: must be in [0, 64]");
+    bad.push_back({"validation_split", "must be in (0, 0.5]"});
+  if (!v1::TrainingMethod_IsValid(req.method())) bad.push_back({"method", "unknown value"});
+  if (!v1::TrainingTask_IsValid(req.task())) bad.push_back({"task", "unknown value"});
+  if (!ValidSuffix(req.suffix())) bad.push_back({"suffix", "up to 40 characters of [a-z0-9-]"});
+  if (req.gpus() < 0 || req.gpus() > 64) bad.push_back({"gpus", "must be in [0, 64]"});
   if (req.priority() < -1000 || req.priority() > 1000)
-    bad.push_back("priority: must be in [-1000, 1000]");
-  if (req.request_id().size() > 128) bad.push_back("request_id: at most 128 characters");
-  if (!bad.empty()) return absl::InvalidArgumentError(absl::StrJoin(bad, "; "));
+    bad.push_back({"priority", "must be in [-1000, 1000]"});
+  if (req.request_id().size() > 128) bad.push_back({"request_id", "at most 128 characters"});
+  if (!bad.empty()) return errors::InvalidFields(bad);
   if (absl::StartsWith(req.base_model(), "ft:")) {
     return absl::UnimplementedError(
         "base_model: continuing from a fine-tuned model is not supported yet");
   }
   absl::StatusOr<BaseModel> model = catalog_.Get(req.base_model());
   if (!model.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("base_model: unknown model '", req.base_model(), "'"));
+    return errors::FieldError(
+        "base_model", absl::StrCat("unknown model '", req.base_model(), "'"));
   }
   const int gpus = std::max(1, req.gpus());
   {
@@ -314,28 +315,27 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
     int fleet = 0;
     for (const auto& [id, n] : nodes_) fleet += n.record.slots;
     if (!nodes_.empty() && gpus > fleet) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "gpus: the job needs ", gpus, " slots and the registered fleet has ", fleet));
+      return errors::FieldError("gpus", absl::StrCat("the job needs ", gpus,
+                                                     " slots and the registered fleet has ", fleet));
     }
   }
   // 2. The files, as the dataset service sees them for this tenant.
   const bool chat = req.task() != v1::TRAINING_TASK_CLASSIFICATION;
   auto check_file = [&](const DatasetFile& f, const char* field, bool training) -> absl::Status {
     if (f.status != v1::FILE_STATUS_PROCESSED) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ": file ", f.id, " is not processed (",
+      return errors::FieldError(field, absl::StrCat("file ", f.id, " is not processed (",
           f.status == v1::FILE_STATUS_ERROR ? "validation failed: " + f.status_details
                                             : v1::FileStatus_Name(f.status),
           ")"));
     }
     if (training && f.purpose != v1::FILE_PURPOSE_FINE_TUNE) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": file ", f.id, " has purpose ", v1::FilePurpose_Name(f.purpose),
+      return errors::FieldError(
+          field, absl::StrCat("file ", f.id, " has purpose ", v1::FilePurpose_Name(f.purpose),
                        ", not fine-tune"));
     }
     if (f.format != v1::DATA_FORMAT_UNSPECIFIED &&
         f.format != (chat ? v1::DATA_FORMAT_CHAT : v1::DATA_FORMAT_CLASSIFICATION)) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ": file ", f.id, " is ",
+      return errors::FieldError(field, absl::StrCat("file ", f.id, " is ",
                                                      v1::DataFormat_Name(f.format), ", the ",
                                                      chat ? "chat" : "classification",
                                                      " task needs the matching format"));
@@ -453,14 +453,25 @@ absl::Status Scheduler::CheckQuota(const std::string& tenant, int gpus) {
     used += std::max(1, j.job.gpus());
   }
   if (options_.max_active_jobs_per_tenant > 0 && active >= options_.max_active_jobs_per_tenant) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "quota max_active_jobs_per_tenant: ", tenant, " has ", active,
-        " unfinished jobs (limit ", options_.max_active_jobs_per_tenant, ")"));
+    return errors::WithQuotaViolation(
+        errors::WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                               "quota max_active_jobs_per_tenant: ", tenant, " has ", active,
+                               " unfinished jobs (limit ", options_.max_active_jobs_per_tenant,
+                               ")")),
+                           "QUOTA_EXCEEDED", {{"quota", "max_active_jobs_per_tenant"}}),
+        absl::StrCat("tenant:", tenant, "/max_active_jobs_per_tenant"),
+        absl::StrCat(active, " of ", options_.max_active_jobs_per_tenant, " unfinished jobs"));
   }
   if (options_.max_gpus_per_tenant > 0 && used + gpus > options_.max_gpus_per_tenant) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "quota max_gpus_per_tenant: ", tenant, " has ", used, " GPUs in unfinished jobs and asks ",
-        gpus, " more (limit ", options_.max_gpus_per_tenant, ")"));
+    return errors::WithQuotaViolation(
+        errors::WithReason(
+            absl::ResourceExhaustedError(absl::StrCat(
+                "quota max_gpus_per_tenant: ", tenant, " has ", used,
+                " GPUs in unfinished jobs and asks ", gpus, " more (limit ",
+                options_.max_gpus_per_tenant, ")")),
+            "QUOTA_EXCEEDED", {{"quota", "max_gpus_per_tenant"}}),
+        absl::StrCat("tenant:", tenant, "/max_gpus_per_tenant"),
+        absl::StrCat(used, " in use + ", gpus, " asked > ", options_.max_gpus_per_tenant));
   }
   return absl::OkStatus();
 }
@@ -470,7 +481,14 @@ absl::Status Scheduler::Transition(Txn& t, const std::string& job_id, JobTrigger
   JobRecord& j = t.Job(job_id);
   absl::StatusOr<v1::JobState> next = Apply(j.job.state(), trigger);
   if (!next.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat("job ", job_id, ": ", next.status().message()));
+    // The state table's reason and metadata stay; the job is named.
+    absl::Status status = next.status();
+    absl::Status named = absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, ": ", next.status().message()));
+    status.ForEachPayload(
+        [&](absl::string_view url, const absl::Cord& v) { named.SetPayload(url, v); });
+    return errors::WithPreconditionViolation(named, "JOB_STATE", job_id,
+                                             std::string(next.status().message()));
   }
   j.job.set_state(*next);
   if (*next != v1::JOB_STATE_RUNNING) preempting_.erase(job_id);
@@ -504,8 +522,8 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
   int64_t before = std::numeric_limits<int64_t>::max();
   if (!req.page_token().empty()) {
     if (!absl::SimpleAtoi(req.page_token(), &before) || before <= 0)
-      return absl::InvalidArgumentError(
-          absl::StrCat("page_token: '", req.page_token(), "' is not valid"));
+      return errors::FieldError(
+          "page_token", absl::StrCat("'", req.page_token(), "' is not valid"));
   }
   std::set<int> states(req.states().begin(), req.states().end());
   absl::MutexLock lock(&mu_);
@@ -676,8 +694,12 @@ absl::StatusOr<v1::DeleteModelResponse> Scheduler::DeleteModel(const std::string
       return absl::NotFoundError(absl::StrCat("model ", model_id, " not found"));
     for (const auto& [id, d] : deployments_) {
       if (d.deployment.model() == model_id) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "model ", model_id, " is deployed by ", id, "; delete the deployment first"));
+        return errors::WithPreconditionViolation(
+            errors::WithReason(absl::FailedPreconditionError(absl::StrCat(
+                                   "model ", model_id, " is deployed by ", id,
+                                   "; delete the deployment first")),
+                               "MODEL_DEPLOYED", {{"model_id", model_id}}),
+            "DEPLOYED", id, "a deployment serves this model");
       }
     }
     t.batch().deleted_models.push_back(model_id);
@@ -716,18 +738,17 @@ void Scheduler::RegisterResult(Txn& t, const std::string& job_id, const std::str
 
 absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& tenant,
                                                            const v1::CreateDeploymentRequest& req) {
-  if (req.model().empty()) return absl::InvalidArgumentError("model: required");
+  if (req.model().empty()) return errors::FieldError("model", "required");
   if (req.replicas() < 0 || req.replicas() > 64)
-    return absl::InvalidArgumentError("replicas: must be in [0, 64]");
+    return errors::FieldError("replicas", "must be in [0, 64]");
   for (int i = 0; i < req.content_filter().rules_size(); ++i) {
     const auto& r = req.content_filter().rules(i);
     if (!v1::ContentFilterCategory_IsValid(r.category()) ||
         r.category() == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED)
-      return absl::InvalidArgumentError(
-          absl::StrCat("content_filter.rules[", i, "].category: required"));
+      return errors::FieldError(absl::StrCat("content_filter.rules[", i, "].category"), "required");
     if (!v1::Severity_IsValid(r.threshold()))
-      return absl::InvalidArgumentError(
-          absl::StrCat("content_filter.rules[", i, "].threshold: unknown value"));
+      return errors::FieldError(absl::StrCat("content_filter.rules[", i, "].threshold"),
+                                "unknown value");
   }
   DeploymentRecord d;
   d.tenant = tenant;
@@ -740,7 +761,7 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
     d.adapter_artifact = it->second.artifact;
   } else {
     if (!catalog_.Get(req.model()).ok())
-      return absl::InvalidArgumentError(absl::StrCat("model: unknown model '", req.model(), "'"));
+      return errors::FieldError("model", absl::StrCat("unknown model '", req.model(), "'"));
     d.base_artifact = req.model();
   }
   Txn t(this);
@@ -916,10 +937,10 @@ void Scheduler::ReplicaDisconnected(const std::string& replica_id) {
 
 absl::StatusOr<iv1::RegisterNodeResponse> Scheduler::RegisterNode(
     const iv1::RegisterNodeRequest& req) {
-  if (req.node_name().empty()) return absl::InvalidArgumentError("node_name: required");
+  if (req.node_name().empty()) return errors::FieldError("node_name", "required");
   int slots = req.slots() > 0 ? req.slots() : req.gpus_size();
   if (slots <= 0 || slots > 1024)
-    return absl::InvalidArgumentError("slots: a node registers 1..1024 slots (or its gpus)");
+    return errors::FieldError("slots", "a node registers 1..1024 slots (or its gpus)");
   Txn t(this);
   NodeRecord n{NewId("node"), req.node_name(), req.agent_address(), slots};
   {
@@ -1070,7 +1091,7 @@ absl::StatusOr<iv1::ReportProgressResponse> Scheduler::ReportProgress(
 
 absl::StatusOr<iv1::ReportCheckpointResponse> Scheduler::ReportCheckpoint(
     const iv1::ReportCheckpointRequest& req) {
-  if (req.artifact().empty()) return absl::InvalidArgumentError("artifact: required");
+  if (req.artifact().empty()) return errors::FieldError("artifact", "required");
   Txn t(this);
   iv1::ReportCheckpointResponse resp;
   {

@@ -1,14 +1,12 @@
 #include "services/serving/inference_service.h"
 
-#include <google/protobuf/any.pb.h>
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include <deque>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/ids.h"
+#include "common/errors/error_details.h"
 #include "common/rpc/metrics.h"
 #include "common/rpc/status.h"
 #include "services/serving/proto_convert.h"
@@ -39,7 +37,7 @@ void FillUsage(v1::Usage* usage, const ChatResult& r) {
 absl::StatusOr<ChatStart> Start(Replica* replica, const rpc::Principal& caller,
                                 const ChatRequest& request, std::shared_ptr<ChatSink> sink,
                                 FilterVerdict* prompt_verdict) {
-  if (request.deployment.empty()) return absl::InvalidArgumentError("deployment: must not be empty");
+  if (request.deployment.empty()) return errors::FieldError("deployment", "must not be empty");
   auto info = replica->Lookup(request.deployment);
   if (!info.ok()) return info.status();
   if (absl::Status s = rpc::CheckOwner(caller, info->tenant, "deployment", info->id); !s.ok()) return s;
@@ -54,30 +52,16 @@ std::string Outcome(const ChatResult& r) {
 }  // namespace
 
 grpc::Status BlockedPromptStatus(const absl::Status& status, const FilterVerdict& verdict) {
+  // The prompt's filter results ride beside the status's own details
+  // (ErrorInfo PROMPT_BLOCKED, the field violation on `messages`).
   v1::ChatCompletionResponse detail;
   VerdictToProto(verdict, detail.mutable_prompt_filter_results(),
                  detail.mutable_prompt_filter_findings());
-  google::protobuf::Any any;
-  any.PackFrom(detail);
-  // google.rpc.Status {code = 1; message = 2; repeated Any details = 3},
-  // written by hand: the google.rpc protos are not part of this build.
-  std::string bytes;
-  {
-    google::protobuf::io::StringOutputStream out(&bytes);
-    google::protobuf::io::CodedOutputStream coded(&out);
-    coded.WriteTag(1 << 3 | 0);
-    coded.WriteVarint32(static_cast<uint32_t>(status.code()));
-    const std::string message(status.message());
-    coded.WriteTag(2 << 3 | 2);
-    coded.WriteVarint32(static_cast<uint32_t>(message.size()));
-    coded.WriteString(message);
-    const std::string packed = any.SerializeAsString();
-    coded.WriteTag(3 << 3 | 2);
-    coded.WriteVarint32(static_cast<uint32_t>(packed.size()));
-    coded.WriteString(packed);
-  }
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()),
-                      bytes);
+  absl::Status with_results = status;
+  with_results.SetPayload(
+      absl::StrCat("type.googleapis.com/", v1::ChatCompletionResponse::descriptor()->full_name()),
+      absl::Cord(detail.SerializeAsString()));
+  return rpc::ToGrpcStatus(with_results);
 }
 
 // Unary: the response is complete when both the start (prompt results) and

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/sha256.h"
+#include "common/errors/error_details.h"
 #include "common/text/tokenizer.h"
 
 namespace tunefleet::serving {
@@ -367,7 +368,7 @@ std::vector<Replica::BaseStats> Replica::Stats() const {
 absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
                                              std::shared_ptr<ChatSink> sink,
                                              FilterVerdict* prompt_verdict) {
-  if (request.deployment.empty()) return absl::InvalidArgumentError("deployment: must not be empty");
+  if (request.deployment.empty()) return errors::FieldError("deployment", "must not be empty");
   std::shared_ptr<Deployment> d;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -382,29 +383,29 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
                                                       d->error.empty() ? "loading" : d->error));
   }
   // Fields, in the order of the request message.
-  if (request.messages.empty()) return absl::InvalidArgumentError("messages: must not be empty");
+  if (request.messages.empty()) return errors::FieldError("messages", "must not be empty");
   const double temperature = request.temperature.value_or(d->defaults.temperature.value_or(1.0));
   if (!(temperature >= 0 && temperature <= 2)) {
-    return absl::InvalidArgumentError(absl::StrCat("temperature: must be in [0, 2], got ", temperature));
+    return errors::FieldError("temperature", absl::StrCat("must be in [0, 2], got ", temperature));
   }
   const double top_p = request.top_p.value_or(d->defaults.top_p.value_or(1.0));
   if (!(top_p > 0 && top_p <= 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("top_p: must be in (0, 1], got ", top_p));
+    return errors::FieldError("top_p", absl::StrCat("must be in (0, 1], got ", top_p));
   }
   if (request.max_tokens && *request.max_tokens < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_tokens: must be at least 1, got ", *request.max_tokens));
+    return errors::FieldError(
+        "max_tokens", absl::StrCat("must be at least 1, got ", *request.max_tokens));
   }
   if (request.stop.size() > 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("stop: at most 4 stop strings, got ", request.stop.size()));
+    return errors::FieldError(
+        "stop", absl::StrCat("at most 4 stop strings, got ", request.stop.size()));
   }
   for (size_t i = 0; i < request.stop.size(); ++i) {
-    if (request.stop[i].empty()) return absl::InvalidArgumentError(absl::StrCat("stop[", i, "]: must not be empty"));
+    if (request.stop[i].empty()) return errors::FieldError(absl::StrCat("stop[", i, "]"), "must not be empty");
   }
   if (request.n > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("n: one choice per request is supported, got ", request.n));
+    return errors::FieldError(
+        "n", absl::StrCat("one choice per request is supported, got ", request.n));
   }
   Base& base = *d->base;
   std::vector<text::ChatMessage> messages;
@@ -418,14 +419,14 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   const int64_t prompt_tokens = static_cast<int64_t>(ids->size());
   const int64_t context = base.engine->context_size();
   if (prompt_tokens >= context) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "messages: the prompt has ", prompt_tokens, " tokens; the model's context holds ", context,
+    return errors::FieldError("messages", absl::StrCat(
+        "the prompt has ", prompt_tokens, " tokens; the model's context holds ", context,
         " tokens (prompt and completion together)"));
   }
   int64_t max_tokens = request.max_tokens.value_or(d->defaults.max_tokens.value_or(0));
   if (request.max_tokens && prompt_tokens + *request.max_tokens > context) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_tokens: ", *request.max_tokens, " completion tokens after a prompt of ", prompt_tokens,
+    return errors::FieldError("max_tokens", absl::StrCat(
+        *request.max_tokens, " completion tokens after a prompt of ", prompt_tokens,
         " tokens exceed the model's context of ", context, " tokens"));
   }
   max_tokens = std::min(max_tokens, context - prompt_tokens);
@@ -446,9 +447,11 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
     for (const auto& f : prompt_verdict->findings) {
       if (f.filtered) why.push_back(absl::StrCat(f.filter, " ", f.kind));
     }
-    return absl::InvalidArgumentError(absl::StrCat(
-        "messages: the prompt was blocked by deployment ", d->spec.id, "'s content filter (",
-        absl::StrJoin(why, ", "), ")"));
+    return errors::WithReason(
+        errors::FieldError("messages", absl::StrCat("the prompt was blocked by deployment ",
+                                                    d->spec.id, "'s content filter (",
+                                                    absl::StrJoin(why, ", "), ")")),
+        "PROMPT_BLOCKED", {{"deployment", d->spec.id}});
   }
   EngineRequest er;
   if (!d->spec.adapter_artifact.empty()) {

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/fleet.h"
+#include "common/errors/error_details.h"
 #include "common/rpc/auth.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
@@ -42,7 +43,14 @@ TEST(StatusConversion, RoundTripsEveryCode) {
     absl::Status s(static_cast<absl::StatusCode>(c), c == 0 ? "" : "msg");
     grpc::Status g = ToGrpcStatus(s);
     EXPECT_EQ(static_cast<int>(g.error_code()), c);
-    EXPECT_EQ(FromGrpcStatus(g), s);
+    const absl::Status back = FromGrpcStatus(g);
+    EXPECT_EQ(back.code(), s.code());
+    EXPECT_EQ(back.message(), s.message());
+    // Every error carries an ErrorInfo; its reason defaults to the code.
+    if (c != 0) {
+      EXPECT_EQ(errors::GetDetails(back).reason, errors::DefaultReason(s.code()));
+      EXPECT_EQ(errors::GetDetails(back).domain, "tunefleet.dev");
+    }
   }
 }
 
@@ -88,6 +96,22 @@ class TenantJobs final : public v1::JobService::CallbackService {
  public:
   explicit TenantJobs(const Authenticator* auth) : auth_(*auth) {}
   TF_NOT_IMPLEMENTED_UNARY(GetJob, v1::GetJobRequest, v1::Job, Audience::kTenant)
+  // Fails with every kind of detail, as core code would attach them.
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
+                                      const v1::CancelJobRequest* request, v1::Job*) override {
+    auto principal = auth_.AuthenticateTenant(*context);
+    if (!principal.ok()) return FinishUnary(context, principal.status());
+    absl::Status status = absl::FailedPreconditionError(
+        absl::StrCat("job ", request->job_id(), " is in state SUCCEEDED"));
+    status = errors::WithReason(status, "JOB_STATE", {{"state", "SUCCEEDED"}});
+    status = errors::WithPreconditionViolation(status, "JOB_STATE", request->job_id(),
+                                               "the job already ended");
+    status = errors::WithFieldViolation(status, "job_id", "names an ended job");
+    status = errors::WithFieldViolation(status, "reason", "too long");
+    status = errors::WithQuotaViolation(status, "tenant:a/max_active_jobs", "2 of 2 in use");
+    status = errors::WithRetryDelay(status, absl::Milliseconds(1500));
+    return FinishUnary(context, status);
+  }
 
  private:
   const Authenticator& auth_;
@@ -196,6 +220,62 @@ TEST_F(ServerTest, AuthenticationAndRoles) {
                                                    HasSubstr(kOnBehalfOfHeader)));
   EXPECT_THAT(GetJob(keys_.internal.key, "tenant-a"),
               StatusIs(absl::StatusCode::kUnimplemented));
+}
+
+TEST_F(ServerTest, ErrorDetailsCrossTheWire) {
+  StartServer();
+  server_->SetServing(true);
+  auto stub = v1::JobService::NewStub(Plain());
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, keys_.tenant_a.key, absl::Seconds(10));
+  v1::CancelJobRequest req;
+  req.set_job_id("ftjob-done");
+  v1::Job job;
+  const absl::Status status = FromGrpcStatus(stub->CancelJob(&ctx, req, &job));
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kFailedPrecondition,
+                               "job ftjob-done is in state SUCCEEDED"));
+  const errors::Details d = errors::GetDetails(status);
+  EXPECT_EQ(d.reason, "JOB_STATE");
+  EXPECT_EQ(d.domain, "tunefleet.dev");
+  EXPECT_EQ(d.metadata, (std::map<std::string, std::string>{{"state", "SUCCEEDED"}}));
+  EXPECT_THAT(d.precondition_violations,
+              ::testing::ElementsAre(errors::PreconditionViolation{
+                  "JOB_STATE", "ftjob-done", "the job already ended"}));
+  EXPECT_THAT(d.field_violations,
+              ::testing::ElementsAre(errors::FieldViolation{"job_id", "names an ended job"},
+                                     errors::FieldViolation{"reason", "too long"}));
+  EXPECT_THAT(d.quota_violations, ::testing::ElementsAre(errors::QuotaViolation{
+                                      "tenant:a/max_active_jobs", "2 of 2 in use"}));
+  ASSERT_TRUE(d.retry_delay.has_value());
+  EXPECT_EQ(*d.retry_delay, absl::Milliseconds(1500));
+  // An error raised by the runtime itself (authentication) carries the
+  // default reason.
+  grpc::ClientContext bad;
+  PrepareContext(&bad, "tfk-wrong", absl::Seconds(10));
+  const absl::Status unauth = FromGrpcStatus(stub->CancelJob(&bad, req, &job));
+  EXPECT_EQ(errors::GetDetails(unauth).reason, "UNAUTHENTICATED");
+}
+
+TEST(ErrorDetails, BuildersMergeAndDescribe) {
+  absl::Status s = errors::FieldError("hyperparameters.epochs", "must be in [1, 50], got 0");
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
+                          "hyperparameters.epochs: must be in [1, 50], got 0"));
+  s = errors::WithFieldViolation(s, "suffix", "too long");
+  errors::Details d = errors::GetDetails(s);
+  EXPECT_EQ(d.reason, "INVALID_FIELD");
+  ASSERT_EQ(d.field_violations.size(), 2u);
+  EXPECT_FALSE(d.retry_delay.has_value());
+  EXPECT_THAT(errors::DescribeDetails(d),
+              ::testing::ElementsAre("field hyperparameters.epochs: must be in [1, 50], got 0",
+                                     "field suffix: too long"));
+  absl::Status held = errors::WithPreconditionViolation(
+      absl::FailedPreconditionError("file file-1 is held"), "FILE_HELD", "ftjob-9",
+      "training file of a running job");
+  EXPECT_THAT(errors::DescribeDetails(errors::GetDetails(held)),
+              ::testing::ElementsAre("held by ftjob-9: training file of a running job"));
+  // Details never turn an OK status into an error.
+  EXPECT_TRUE(errors::WithReason(absl::OkStatus(), "X").ok());
+  EXPECT_TRUE(errors::GetDetails(absl::OkStatus()).reason.empty());
 }
 
 TEST_F(ServerTest, HealthReportsReadinessOnlyWhenSet) {
