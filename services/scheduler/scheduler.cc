@@ -1356,8 +1356,15 @@ Scheduler::FleetStats Scheduler::Stats() {
   st.preemptions = preemptions_;
   st.node_losses = node_losses_;
   for (const auto& [id, j] : jobs_) ++st.jobs_by_state[j.job.state()];
+  const absl::Time now = options_.clock->Now();
   for (const auto& [id, j] : jobs_) {
-    if (j.job.state() == v1::JOB_STATE_QUEUED) ++st.queued_jobs;
+    if (j.job.state() == v1::JOB_STATE_QUEUED) {
+      ++st.queued_jobs;
+      const absl::Time created = absl::FromUnixSeconds(j.job.created_at().seconds()) +
+                                 absl::Nanoseconds(j.job.created_at().nanos());
+      st.oldest_queued_seconds =
+          std::max(st.oldest_queued_seconds, absl::ToDoubleSeconds(now - created));
+    }
     if (j.job.state() == v1::JOB_STATE_RUNNING) ++st.running_jobs;
   }
   return st;

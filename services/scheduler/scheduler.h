@@ -128,6 +128,8 @@ class Scheduler {
     int used_slots = 0;
     int queued_jobs = 0;
     int running_jobs = 0;
+    // How long the longest-waiting queued job has waited (0: none queued).
+    double oldest_queued_seconds = 0;
     int64_t preemptions = 0;
     int64_t node_losses = 0;
     std::map<int, int> jobs_by_state;  // v1::JobState -> count

@@ -24,6 +24,11 @@ SchedulerMetrics::SchedulerMetrics(prometheus::Registry& r)
                       .Help("Registered trainer slots without an assignment")
                       .Register(r)
                       .Add({})),
+      oldest_queued_(prometheus::BuildGauge()
+                         .Name("tunefleet_scheduler_oldest_queued_job_seconds")
+                         .Help("How long the longest-waiting queued job has waited (0: none)")
+                         .Register(r)
+                         .Add({})),
       nodes_(prometheus::BuildGauge()
                  .Name("tunefleet_scheduler_nodes")
                  .Help("Registered trainer nodes holding a lease")
@@ -54,6 +59,7 @@ void SchedulerMetrics::Update(const Scheduler::FleetStats& st) {
   slots_used_.Set(st.used_slots);
   slots_free_.Set(std::max(0, st.slots - st.used_slots));
   nodes_.Set(st.nodes);
+  oldest_queued_.Set(st.oldest_queued_seconds);
   preemptions_.Increment(static_cast<double>(st.preemptions) - preemptions_seen_);
   preemptions_seen_ = static_cast<double>(st.preemptions);
   node_losses_.Increment(static_cast<double>(st.node_losses) - node_losses_seen_);

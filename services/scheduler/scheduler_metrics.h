@@ -25,6 +25,7 @@ class SchedulerMetrics {
   prometheus::Gauge& queue_depth_;
   prometheus::Gauge& slots_used_;
   prometheus::Gauge& slots_free_;
+  prometheus::Gauge& oldest_queued_;
   prometheus::Gauge& nodes_;
   prometheus::Counter& preemptions_;
   prometheus::Counter& node_losses_;

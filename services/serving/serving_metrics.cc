@@ -33,6 +33,10 @@ ServingMetrics::ServingMetrics(prometheus::Registry& registry)
                   .Name("tunefleet_serving_filter_seconds")
                   .Help("Time the content filters spent on one answer")
                   .Register(registry)),
+      inter_token_(prometheus::BuildHistogram()
+                       .Name("tunefleet_serving_inter_token_seconds")
+                       .Help("Mean time between a request's generated tokens after the first")
+                       .Register(registry)),
       blocks_(prometheus::BuildCounter()
                   .Name("tunefleet_serving_filter_blocks_total")
                   .Help("Texts blocked by a content filter, by source and category")
@@ -66,6 +70,10 @@ ServingMetrics::PerDeployment& ServingMetrics::For(const std::string& d) {
   p.duration = &duration_.Add({{"deployment", d}}, LatencyBuckets());
   p.filter = &filter_.Add({{"deployment", d}},
                           prometheus::Histogram::BucketBoundaries{1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1});
+  p.inter_token = &inter_token_.Add(
+      {{"deployment", d}},
+      prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                              0.5, 1});
   return per_deployment_.emplace(d, p).first->second;
 }
 
@@ -80,6 +88,10 @@ void ServingMetrics::RecordChat(const std::string& deployment, const std::string
   p.queue->Observe(r->queue_seconds);
   p.duration->Observe(r->total_seconds);
   p.filter->Observe(r->filter_seconds);
+  if (r->completion_tokens > 1 && r->ttft_seconds > 0 && r->total_seconds > r->ttft_seconds) {
+    p.inter_token->Observe((r->total_seconds - r->ttft_seconds) /
+                           static_cast<double>(r->completion_tokens - 1));
+  }
 }
 
 void ServingMetrics::RecordBlock(const std::string& deployment, const char* source,

@@ -36,6 +36,7 @@ class ServingMetrics {
     prometheus::Histogram* queue;
     prometheus::Histogram* duration;
     prometheus::Histogram* filter;
+    prometheus::Histogram* inter_token;
   };
   PerDeployment& For(const std::string& deployment);
 
@@ -45,6 +46,7 @@ class ServingMetrics {
   prometheus::Family<prometheus::Histogram>& queue_;
   prometheus::Family<prometheus::Histogram>& duration_;
   prometheus::Family<prometheus::Histogram>& filter_;
+  prometheus::Family<prometheus::Histogram>& inter_token_;
   prometheus::Family<prometheus::Counter>& blocks_;
   prometheus::Family<prometheus::Gauge>& running_;
   prometheus::Family<prometheus::Gauge>& queued_;

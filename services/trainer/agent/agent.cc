@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <system_error>
 
 #include <spdlog/spdlog.h>
@@ -154,6 +155,8 @@ class TrainerAgent::Runner {
   absl::StatusOr<WorkerSpec> Prepare();
   void HandleLine(const std::string& line);
   void Finish(const WorkerExit& exit);
+  // Sets this rank's progress gauges (AgentMetrics).
+  void ExportProgress(const ReportEvent& ev);
   void Complete(bool succeeded, const v1::Error& error, const std::string& result_artifact,
                 int64_t trained_tokens,
                 const std::optional<v1::JobEvaluation>& evaluation = std::nullopt);
@@ -196,6 +199,8 @@ class TrainerAgent::Runner {
   std::string reported_checkpoint_;
   std::optional<ReportEvent> completed_, stopped_, error_;
   int bad_lines_ = 0;
+  // Progress series this rank set (removed when it ends).
+  std::set<std::pair<prometheus::Family<prometheus::Gauge>*, prometheus::Gauge*>> exported_;
 };
 
 template <typename Req, typename Resp>
@@ -472,6 +477,7 @@ void TrainerAgent::Runner::HandleLine(const std::string& line) {
         absl::MutexLock lock(&mu_);
         step_ = ev.step;
       }
+      ExportProgress(ev);
       iv1::ReportProgressRequest req;
       req.set_assignment_id(a_.assignment_id());
       *req.mutable_metrics() = m;
@@ -540,7 +546,27 @@ void TrainerAgent::Runner::ReportCheckpoint(int64_t step, const std::string& dir
   }
 }
 
+void TrainerAgent::Runner::ExportProgress(const ReportEvent& ev) {
+  const prometheus::Labels labels = {{"job_id", a_.job_id()}, {"rank", std::to_string(a_.rank())}};
+  AgentMetrics& m = agent_.metrics_;
+  auto set = [&](prometheus::Family<prometheus::Gauge>& family, double value) {
+    prometheus::Gauge& g = family.Add(labels);
+    g.Set(value);
+    exported_.emplace(&family, &g);
+  };
+  set(m.step, static_cast<double>(ev.step));
+  if (ev.kind == ReportKind::kProgress) {
+    if (ev.train_loss) set(m.train_loss, *ev.train_loss);
+    if (ev.tokens_per_second) set(m.tokens_per_second, *ev.tokens_per_second);
+  } else if (ev.valid_loss) {
+    set(m.valid_loss, *ev.valid_loss);
+  }
+}
+
 void TrainerAgent::Runner::Finish(const WorkerExit& exit) {
+  // The rank is over: its progress series go after kRetiredKeep.
+  agent_.metrics_.Retire(exported_, absl::Now());
+  exported_.clear();
   int64_t step;
   {
     absl::MutexLock lock(&mu_);
@@ -671,7 +697,44 @@ AgentMetrics::AgentMetrics(prometheus::Registry& r)
       hung(Ended(r, "hung")),
       stopped(Ended(r, "stopped")),
       withdrawn(Ended(r, "withdrawn")),
-      not_started(Ended(r, "not_started")) {}
+      not_started(Ended(r, "not_started")),
+      train_loss(prometheus::BuildGauge()
+                     .Name("tunefleet_trainer_train_loss")
+                     .Help("Last training loss a running rank reported, by job and rank")
+                     .Register(r)),
+      valid_loss(prometheus::BuildGauge()
+                     .Name("tunefleet_trainer_valid_loss")
+                     .Help("Last validation loss a running rank reported, by job and rank")
+                     .Register(r)),
+      tokens_per_second(prometheus::BuildGauge()
+                            .Name("tunefleet_trainer_tokens_per_second")
+                            .Help("Training tokens per second of a running rank, by job and rank")
+                            .Register(r)),
+      step(prometheus::BuildGauge()
+               .Name("tunefleet_trainer_step")
+               .Help("Last optimizer step a running rank reported, by job and rank")
+               .Register(r)) {}
+
+void AgentMetrics::Retire(const std::set<Series>& series, absl::Time now) {
+  absl::MutexLock lock(&retired_mu_);
+  for (const Series& s : series) retired_.emplace_back(now, s);
+}
+
+void AgentMetrics::SweepRetired(absl::Time now) {
+  absl::MutexLock lock(&retired_mu_);
+  auto keep = retired_.begin();
+  for (auto& r : retired_) {
+    if (now - r.first >= kRetiredKeep) {
+      // A later rank of the same job on this node may have set the same
+      // series again; it is removed with the older one (harmless: it is set
+      // again at that rank's next report).
+      r.second.first->Remove(r.second.second);
+    } else {
+      *keep++ = r;
+    }
+  }
+  retired_.erase(keep, retired_.end());
+}
 
 TrainerAgent::TrainerAgent(TrainerAgentOptions options, std::shared_ptr<grpc::Channel> scheduler,
                            std::shared_ptr<grpc::Channel> dataset, prometheus::Registry* registry)
@@ -791,6 +854,7 @@ void TrainerAgent::ControlLoop() {
       inflight_ = &ctx;
     }
     absl::Status s = rpc::FromGrpcStatus(scheduler_->Heartbeat(&ctx, req, &resp));
+    metrics_.SweepRetired(absl::Now());
     absl::Duration interval;
     {
       absl::MutexLock lock(&mu_);

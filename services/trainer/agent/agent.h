@@ -20,11 +20,14 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 #include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
 #include "absl/synchronization/mutex.h"
@@ -71,6 +74,25 @@ struct AgentMetrics {
   prometheus::Counter& stopped;        // checkpointed and stopped on request
   prometheus::Counter& withdrawn;      // killed: no longer desired
   prometheus::Counter& not_started;    // fetch, model or spec failed
+  // The ranks' last progress, labelled {job_id, rank}:
+  // tunefleet_trainer_train_loss, tunefleet_trainer_valid_loss,
+  // tunefleet_trainer_tokens_per_second (this rank's tokens),
+  // tunefleet_trainer_step. A rank's series outlive it by kRetiredKeep, so
+  // that scrapes see a short job's final values, then go (SweepRetired).
+  prometheus::Family<prometheus::Gauge>& train_loss;
+  prometheus::Family<prometheus::Gauge>& valid_loss;
+  prometheus::Family<prometheus::Gauge>& tokens_per_second;
+  prometheus::Family<prometheus::Gauge>& step;
+
+  using Series = std::pair<prometheus::Family<prometheus::Gauge>*, prometheus::Gauge*>;
+  static constexpr absl::Duration kRetiredKeep = absl::Minutes(5);
+  // Thread-safe.
+  void Retire(const std::set<Series>& series, absl::Time now);
+  void SweepRetired(absl::Time now);
+
+ private:
+  absl::Mutex retired_mu_;
+  std::vector<std::pair<absl::Time, Series>> retired_ ABSL_GUARDED_BY(retired_mu_);
 };
 
 class TrainerAgent {
