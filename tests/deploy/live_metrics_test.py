@@ -72,6 +72,15 @@ def metric_names(expr):
     return names
 
 
+def selector_labels(expr):
+    """{metric: {label names matched in its {...} selectors}}."""
+    out = {}
+    for m in re.finditer(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^{}]*)\}", expr):
+        names = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", m.group(2)))
+        out.setdefault(m.group(1), set()).update(names)
+    return out
+
+
 def rule_expressions(path):
     import yaml
     out = []
@@ -123,22 +132,26 @@ def queried_metrics(observability_dir):
             exprs += dashboard_expressions(path)
         elif name.endswith((".yaml", ".yml")) and name != "kustomization.yaml":
             exprs += rule_expressions(path)
-    used = {}
+    used, labels = {}, {}
     for where, expr in exprs:
         for m in metric_names(expr):
             used.setdefault(m, []).append(where)
-    return used, len(exprs)
+        for m, names in selector_labels(expr).items():
+            for n in names:
+                labels.setdefault((m, n), []).append(where)
+    return used, labels, len(exprs)
 
 
 def exposition_samples(text):
-    """Sample names on a Prometheus text exposition page."""
-    names = set()
+    """{sample name: set of its label names} on a Prometheus text page."""
+    names = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
-        m = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)", line)
+        m = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?", line)
         if m:
-            names.add(m.group(1))
+            names.setdefault(m.group(1), set()).update(
+                re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=\"", m.group(2) or ""))
     return names
 
 
@@ -235,7 +248,7 @@ def main():
         print("SKIP: not built in %s: %s" % (args.bin_dir, ", ".join(missing)))
         return SKIP
 
-    used, n_exprs = queried_metrics(args.observability_dir)
+    used, labels, n_exprs = queried_metrics(args.observability_dir)
     if not used:
         print("FAIL: no metric names found in %s" % args.observability_dir)
         return 1
@@ -255,11 +268,12 @@ def main():
     except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as e:
         print("FAIL: the fleet: %s\n%s" % (e, fleet.logs_tail()))
         return 1
-    exported = set()
+    exported = {}
     for name, page in pages.items():
         samples = exposition_samples(page)
         print("%-10s /metrics: %d sample names" % (name, len(samples)))
-        exported |= samples
+        for sample, names in samples.items():
+            exported.setdefault(sample, set()).update(names)
     # kube-state-metrics and Prometheus' own series are not Tunefleet's to export.
     external = sorted(m for m in used if not m.startswith("tunefleet_"))
     if external:
@@ -271,12 +285,22 @@ def main():
     for m in absent:
         print("FAIL %s is queried by %s but no service exports it"
               % (m, "; ".join(sorted(set(used[m])))))
+    # Prometheus adds the target's labels (job, instance, namespace, pod, ...).
+    target_labels = {"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
+    unlabelled = sorted((m, n) for (m, n) in labels if m in exported and n not in target_labels
+                        and n not in exported[m])
+    for m, n in unlabelled:
+        print("FAIL %s has no label %r (its labels: %s), which %s select on"
+              % (m, n, ", ".join(sorted(exported[m])) or "none", "; ".join(sorted(set(labels[(m, n)])))))
+    if not absent and not unlabelled:
+        print("ok   every label the selectors match on is on its metric (%d metric/label pairs)"
+              % sum(1 for (m, _) in labels if m.startswith("tunefleet_")))
     if not absent:
         print("ok   every Tunefleet metric the dashboard and the alert rules query is "
               "exported: %s" % ", ".join(sorted(m for m in used if m not in external)))
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if absent else 0
+    return 1 if absent or unlabelled else 0
 
 
 if __name__ == "__main__":
