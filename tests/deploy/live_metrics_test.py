@@ -7,8 +7,10 @@ end, deploys the result, sends one chat and one prompt the content filter
 blocks, then GETs /metrics of each service (the metrics ports in fleet.json)
 and checks every metric name in the rules' and the dashboard's PromQL
 expressions against the sample names on those pages (so a histogram's
-_bucket/_sum/_count series must be queried by those names). Fails naming
-each metric no service exports, with the expressions that use it.
+_bucket/_sum/_count series must be queried by those names), and every label
+a {...} selector matches on against the labels of that metric's samples.
+Fails naming each metric no service exports (or label it lacks), with the
+expressions that use it.
 
 Exit status: 0 all exported, 1 missing metrics or a fleet step failed,
 77 skipped (PyYAML or the binaries are missing).
