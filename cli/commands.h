@@ -29,6 +29,7 @@ int Fail(const absl::Status& status);
 // Flags every client command takes.
 struct ClientFlags {
   std::string fleet_dir = "./tunefleet-local";
+  std::string config_file;
   std::string target;
   std::string api_key;
   rpc::ChannelOptions tls;

@@ -1,5 +1,6 @@
-// tunefleet deployments create|list|get|delete
+// tunefleet deployments create|update|list|get|delete
 #include <iostream>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -18,7 +19,77 @@ struct DeploymentsArgs {
   int replicas = 0;
   bool no_filter = false, wait = false;
   int wait_seconds = 300;
+  // Content filter rules "CATEGORY[:SEVERITY]", an external classifier, and
+  // (update) turning filtering back on.
+  std::vector<std::string> filters;
+  std::string classifier;
+  bool filter_on = false;
+  // update: which options were given.
+  CLI::Option* model_opt = nullptr;
+  CLI::Option* replicas_opt = nullptr;
 };
+
+// "violence", "self_harm:high": a rule for prompts and completions.
+absl::StatusOr<v1::ContentFilterRule> ParseFilterRule(const std::string& text) {
+  std::string category = text, severity;
+  if (size_t colon = text.find(':'); colon != std::string::npos) {
+    category = text.substr(0, colon);
+    severity = text.substr(colon + 1);
+  }
+  v1::ContentFilterRule rule;
+  v1::ContentFilterCategory c;
+  if (!v1::ContentFilterCategory_Parse(
+          absl::StrCat("CONTENT_FILTER_CATEGORY_", absl::AsciiStrToUpper(category)), &c) ||
+      c == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--filter: unknown category '", category,
+        "' (hate, sexual, violence, self_harm, jailbreak, profanity)"));
+  }
+  rule.set_category(c);
+  if (!severity.empty()) {
+    v1::Severity sev;
+    if (!v1::Severity_Parse(absl::StrCat("SEVERITY_", absl::AsciiStrToUpper(severity)), &sev) ||
+        sev == v1::SEVERITY_UNSPECIFIED) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--filter: unknown severity '", severity, "' in '", text, "' (safe, low, medium, high)"));
+    }
+    rule.set_threshold(sev);
+  }
+  rule.set_apply_to_prompt(true);
+  rule.set_apply_to_completion(true);
+  return rule;
+}
+
+// The policy the options describe.
+absl::StatusOr<v1::ContentFilterPolicy> PolicyOf(const DeploymentsArgs& a) {
+  v1::ContentFilterPolicy policy;
+  if (a.no_filter && (a.filter_on || !a.filters.empty() || !a.classifier.empty())) {
+    return absl::InvalidArgumentError(
+        "--no-content-filter cannot be combined with --content-filter, --filter or --classifier");
+  }
+  policy.set_disabled(a.no_filter);
+  for (const std::string& f : a.filters) {
+    auto rule = ParseFilterRule(f);
+    if (!rule.ok()) return rule.status();
+    *policy.add_rules() = *rule;
+  }
+  policy.set_classifier_endpoint(a.classifier);
+  return policy;
+}
+
+// Polls until the deployment leaves CREATING (or the wait runs out).
+absl::StatusOr<v1::Deployment> WaitReady(Endpoint& endpoint, v1::Deployment d, int seconds) {
+  absl::Time deadline = absl::Now() + absl::Seconds(seconds);
+  while (d.state() == v1::DEPLOYMENT_STATE_CREATING && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(200));
+    v1::GetDeploymentRequest get;
+    get.set_deployment_id(d.id());
+    auto next = Call<DeploymentService>(endpoint, &DeploymentService::Stub::GetDeployment, get);
+    if (!next.ok()) return next.status();
+    d = *next;
+  }
+  return d;
+}
 
 std::string StateName(v1::DeploymentState s) {
   std::string name = v1::DeploymentState_Name(s);
@@ -47,18 +118,51 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
     v1::CreateDeploymentRequest req;
     req.set_model(a.model);
     req.set_replicas(a.replicas);
-    req.mutable_content_filter()->set_disabled(a.no_filter);
+    auto policy = PolicyOf(a);
+    if (!policy.ok()) return Fail(policy.status());
+    *req.mutable_content_filter() = *policy;
     auto d = Call<DeploymentService>(*endpoint, &DeploymentService::Stub::CreateDeployment, req);
     if (!d.ok()) return Fail(d.status());
     if (a.wait) {
-      absl::Time deadline = absl::Now() + absl::Seconds(a.wait_seconds);
-      while (d->state() == v1::DEPLOYMENT_STATE_CREATING && absl::Now() < deadline) {
-        absl::SleepFor(absl::Milliseconds(200));
-        v1::GetDeploymentRequest get;
-        get.set_deployment_id(d->id());
-        d = Call<DeploymentService>(*endpoint, &DeploymentService::Stub::GetDeployment, get);
-        if (!d.ok()) return Fail(d.status());
-      }
+      d = WaitReady(*endpoint, *d, a.wait_seconds);
+      if (!d.ok()) return Fail(d.status());
+    }
+    show(*d);
+    if (d->state() == v1::DEPLOYMENT_STATE_FAILED) return 1;
+    if (a.wait && d->state() == v1::DEPLOYMENT_STATE_CREATING) {
+      return Fail(absl::DeadlineExceededError(
+          absl::StrCat("deployment ", d->id(), " is not ready after ", a.wait_seconds, "s")));
+    }
+    return 0;
+  }
+  if (verb == "update") {
+    // Only what was given changes (the request's update_mask).
+    v1::UpdateDeploymentRequest req;
+    req.mutable_deployment()->set_id(a.deployment_id);
+    if (a.model_opt->count() > 0) {
+      req.mutable_deployment()->set_model(a.model);
+      req.mutable_update_mask()->add_paths("model");
+    }
+    if (a.replicas_opt->count() > 0) {
+      req.mutable_deployment()->set_replicas(a.replicas);
+      req.mutable_update_mask()->add_paths("replicas");
+    }
+    if (a.no_filter || a.filter_on || !a.filters.empty() || !a.classifier.empty()) {
+      auto policy = PolicyOf(a);
+      if (!policy.ok()) return Fail(policy.status());
+      *req.mutable_deployment()->mutable_content_filter() = *policy;
+      req.mutable_update_mask()->add_paths("content_filter");
+    }
+    if (req.update_mask().paths_size() == 0) {
+      return Fail(absl::InvalidArgumentError(
+          "deployments update: nothing to change; give --model, --replicas, --filter, "
+          "--classifier, --content-filter or --no-content-filter"));
+    }
+    auto d = Call<DeploymentService>(*endpoint, &DeploymentService::Stub::UpdateDeployment, req);
+    if (!d.ok()) return Fail(d.status());
+    if (a.wait) {
+      d = WaitReady(*endpoint, *d, a.wait_seconds);
+      if (!d.ok()) return Fail(d.status());
     }
     show(*d);
     if (d->state() == v1::DEPLOYMENT_STATE_FAILED) return 1;
@@ -114,10 +218,26 @@ void AddDeploymentsCommands(CLI::App* app, int* exit_code) {
   auto* create = verb("create", "Deploy a model");
   create->add_option("--model", a->model, "Model id (base or fine-tuned)")->required();
   create->add_option("--replicas", a->replicas, "Replicas (default 1)");
-  create->add_flag("--no-content-filter", a->no_filter, "Opt out of content filtering");
-  create->add_flag("--wait", a->wait, "Wait until the deployment serves");
-  create->add_option("--wait-seconds", a->wait_seconds, "How long --wait waits")
-      ->capture_default_str();
+  auto filter_options = [&](CLI::App* c) {
+    c->add_flag("--no-content-filter", a->no_filter, "Opt out of content filtering");
+    c->add_option("--filter", a->filters,
+                  "A filter rule CATEGORY[:SEVERITY] (hate, sexual, violence, self_harm, "
+                  "jailbreak, profanity; safe, low, medium, high); repeat for more");
+    c->add_option("--classifier", a->classifier,
+                  "host:port of an external ContentFilterService");
+    c->add_flag("--wait", a->wait, "Wait until the deployment serves");
+    c->add_option("--wait-seconds", a->wait_seconds, "How long --wait waits")
+        ->capture_default_str();
+  };
+  filter_options(create);
+  auto* update = verb("update", "Change a deployment's model, replicas or content filter in place");
+  update->add_option("id", a->deployment_id, "dep-…")->required();
+  a->model_opt = update->add_option("--model", a->model,
+                                    "A model of the same base (base or fine-tuned)");
+  a->replicas_opt = update->add_option("--replicas", a->replicas, "Replicas");
+  update->add_flag("--content-filter", a->filter_on,
+                   "Filter with the default policy again (or the --filter rules)");
+  filter_options(update);
   verb("list", "List deployments");
   verb("get", "Show a deployment")->add_option("id", a->deployment_id, "dep-…")->required();
   verb("delete", "Delete a deployment")->add_option("id", a->deployment_id, "dep-…")->required();

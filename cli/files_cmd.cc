@@ -1,9 +1,12 @@
 // tunefleet files upload|list|get|validate|split|delete
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "common/base/sha256.h"
 
 namespace tunefleet::cli {
@@ -37,8 +40,20 @@ int Run(FilesArgs& a, const std::string& verb) {
   if (verb == "upload") {
     auto p = ParsePurpose(a.purpose);
     if (!p.ok()) return Fail(p.status());
-    auto f = UploadFile(*endpoint, a.path, *p);
+    // Progress on standard error for files of more than one chunk: a bar on
+    // a terminal, plain lines otherwise.
+    std::error_code ec;
+    int64_t size = static_cast<int64_t>(std::filesystem::file_size(a.path, ec));
+    std::unique_ptr<ProgressBar> progress;
+    if (!ec && size > kProgressMinBytes) {
+      progress = std::make_unique<ProgressBar>(
+          absl::StrCat("upload ", std::filesystem::path(a.path).filename().string()), size);
+    }
+    auto f = UploadFile(*endpoint, a.path, *p, [&](int64_t sent) {
+      if (progress) progress->Update(sent);
+    });
     if (!f.ok()) return Fail(f.status());
+    if (progress) progress->Finish();
     show(*f);
   } else if (verb == "list") {
     std::string token;

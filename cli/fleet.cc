@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "cli/client.h"
 #include "common/base/status_macros.h"
 #include "common/rpc/auth.h"
 #include "common/rpc/status.h"
@@ -202,8 +203,18 @@ absl::StatusOr<std::unique_ptr<LocalFleet>> LocalFleet::Start(const LocalFleetOp
                              {"pid", s.process->pid()}, {"log", s.log_file}};
   }
   j["credentials"] = (data / "credentials.json").string();
-  std::ofstream out(data / "fleet.json", std::ios::trunc);
-  out << j.dump(2) << "\n";
+  {
+    std::ofstream out(data / "fleet.json", std::ios::trunc);
+    out << j.dump(2) << "\n";
+  }
+  // The CLI's config for this fleet: found with --fleet, or with
+  // TUNEFLEET_CONFIG=<data_dir>/config.json from anywhere.
+  ClientConfig config;
+  for (const auto& s : fleet->services_) {
+    if (s.name != "trainer") config.addresses[s.name] = s.address;
+  }
+  config.api_key = fleet->credentials_.tenant_key;
+  TF_RETURN_IF_ERROR(WriteClientConfig((data / "config.json").string(), config));
   return fleet;
 }
 
@@ -293,6 +304,7 @@ absl::Status StopDetached(const std::string& data_dir, absl::Duration timeout) {
     }
   }
   fs::remove(fs::path(data_dir) / "fleet.json");
+  fs::remove(fs::path(data_dir) / "config.json");
   if (!stuck.empty()) {
     return absl::DeadlineExceededError(
         absl::StrCat("did not drain within ", absl::FormatDuration(timeout), ", killed:", stuck));

@@ -126,6 +126,9 @@ absl::Status ReadEvents(Endpoint& endpoint, const std::string& job_id, int64_t a
   }
   v1::JobEvent event;
   bool cancelled_by_us = false;
+  // Whether the server ended the stream (with its status: NOT_FOUND, a bad
+  // key...) rather than this loop leaving it early.
+  bool server_ended = true;
   while (reader->Read(&event)) {
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -133,6 +136,7 @@ absl::Status ReadEvents(Endpoint& endpoint, const std::string& job_id, int64_t a
     }
     on_event(event);
     if (event.payload_case() == v1::JobEvent::kState && Terminal(event.state()) && follow) {
+      server_ended = false;
       break;
     }
   }
@@ -143,10 +147,11 @@ absl::Status ReadEvents(Endpoint& endpoint, const std::string& job_id, int64_t a
   }
   cv.notify_all();
   if (quiet.joinable()) quiet.join();
-  ctx.TryCancel();
+  // Cancelling a stream the server already ended would hide its status.
+  if (!server_ended) ctx.TryCancel();
   grpc::Status status = reader->Finish();
-  if (!status.ok() && !(cancelled_by_us && status.error_code() == grpc::StatusCode::CANCELLED) &&
-      status.error_code() != grpc::StatusCode::CANCELLED) {
+  if (!status.ok() && !((cancelled_by_us || !server_ended) &&
+                        status.error_code() == grpc::StatusCode::CANCELLED)) {
     return rpc::FromGrpcStatus(status);
   }
   return absl::OkStatus();
@@ -321,6 +326,14 @@ int Run(JobsArgs& a, const std::string& verb) {
     return s.ok() ? 0 : Fail(s);
   }
   if (verb == "metrics") {
+    std::ofstream plot_file;
+    if (!a.plot.empty()) {
+      // A bad --plot path fails before the call, not after it.
+      plot_file.open(a.plot, std::ios::trunc);
+      if (!plot_file) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("--plot: cannot write ", a.plot)));
+      }
+    }
     auto points = Metrics(*endpoint, a.job_id);
     if (!points.ok()) return Fail(points.status());
     Series train{"train loss", "#1f77b4", false, {}}, valid{"validation loss", "#d62728", true, {}};
@@ -344,9 +357,7 @@ int Run(JobsArgs& a, const std::string& verb) {
       }
     }
     if (!a.plot.empty()) {
-      std::ofstream out(a.plot, std::ios::trunc);
-      if (!out) return Fail(absl::InvalidArgumentError(absl::StrCat("--plot: cannot write ", a.plot)));
-      out << RenderSvgChart(absl::StrCat("Training curve of ", a.job_id), "step",
+      plot_file << RenderSvgChart(absl::StrCat("Training curve of ", a.job_id), "step",
                             {train, valid, acc});
       std::cerr << "wrote " << a.plot << "\n";
     }

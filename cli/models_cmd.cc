@@ -1,4 +1,6 @@
-// tunefleet models list|get|delete
+// tunefleet models list|get|download|delete
+#include <cstdio>
+#include <fstream>
 #include <iostream>
 
 #include "absl/strings/ascii.h"
@@ -6,6 +8,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
+#include "cli/progress.h"
+#include "common/base/sha256.h"
 #include "tunefleet/v1/models.grpc.pb.h"
 
 namespace tunefleet::cli {
@@ -15,8 +19,75 @@ using v1::ModelService;
 
 struct ModelsArgs {
   ClientFlags flags;
-  std::string model_id, kind;
+  std::string model_id, kind, output;
 };
+
+// Streams GetModelContent into `output` (written as output.part, renamed
+// once the archive's sha256 matches the one the server sent).
+int Download(Endpoint& endpoint, const std::string& model_id, std::string output) {
+  auto channel = ChannelOf(endpoint);
+  if (!channel.ok()) return Fail(channel.status());
+  auto stub = ModelService::NewStub(*channel);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, endpoint.api_key, absl::Hours(6));
+  v1::GetModelContentRequest req;
+  req.set_model_id(model_id);
+  auto reader = stub->GetModelContent(&ctx, req);
+  std::string part;
+  std::ofstream out;
+  std::unique_ptr<ProgressBar> progress;
+  Sha256 sha;
+  int64_t received = 0;
+  std::string expected_sha;
+  v1::ModelContentChunk chunk;
+  while (reader->Read(&chunk)) {
+    if (!out.is_open()) {
+      if (output.empty()) output = chunk.filename().empty() ? "model.tar" : chunk.filename();
+      part = output + ".part";
+      out.open(part, std::ios::binary | std::ios::trunc);
+      if (!out) {
+        ctx.TryCancel();
+        (void)reader->Finish();
+        return Fail(absl::InvalidArgumentError(absl::StrCat("--output: cannot write ", output)));
+      }
+      if (chunk.total_bytes() > kProgressMinBytes) {
+        progress = std::make_unique<ProgressBar>(absl::StrCat("download ", output),
+                                                 chunk.total_bytes());
+      }
+    }
+    if (chunk.offset() != received) {
+      ctx.TryCancel();
+      (void)reader->Finish();
+      std::remove(part.c_str());
+      return Fail(absl::DataLossError(absl::StrCat("chunk at offset ", chunk.offset(),
+                                                   " after ", received, " bytes")));
+    }
+    sha.Update(chunk.data());
+    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    received += static_cast<int64_t>(chunk.data().size());
+    if (progress) progress->Update(received);
+    if (!chunk.sha256().empty()) expected_sha = chunk.sha256();
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) {
+    if (!part.empty()) std::remove(part.c_str());
+    return Fail(rpc::FromGrpcStatus(status));
+  }
+  out.close();
+  std::string got = sha.HexDigest();
+  if (expected_sha.empty() || got != expected_sha) {
+    std::remove(part.c_str());
+    return Fail(absl::DataLossError(absl::StrCat(
+        "the archive of ", model_id, " arrived with sha256 ", got, " but the server sent ",
+        expected_sha.empty() ? "none" : expected_sha)));
+  }
+  if (std::rename(part.c_str(), output.c_str()) != 0) {
+    return Fail(absl::InternalError(absl::StrCat("cannot rename ", part, " to ", output)));
+  }
+  if (progress) progress->Finish();
+  std::cout << output << "  " << received << " bytes  sha256 " << got << "\n";
+  return 0;
+}
 
 void PrintModelRow(const v1::Model& m) {
   std::cout << absl::StrFormat("%-48s %-10s %-7s %12d  %s\n", m.id(),
@@ -69,6 +140,7 @@ int Run(ModelsArgs& a, const std::string& verb) {
     }
     return 0;
   }
+  if (verb == "download") return Download(*endpoint, a.model_id, a.output);
   if (verb == "delete") {
     v1::DeleteModelRequest req;
     req.set_model_id(a.model_id);
@@ -95,6 +167,9 @@ void AddModelsCommands(CLI::App* app, int* exit_code) {
   };
   verb("list", "List models")->add_option("--kind", a->kind, "base or fine-tuned");
   verb("get", "Show a model")->add_option("id", a->model_id, "Model id")->required();
+  auto* download = verb("download", "Download a fine-tuned model as a tar archive (sha256 checked)");
+  download->add_option("id", a->model_id, "Model id")->required();
+  download->add_option("--output,-o", a->output, "The archive to write (default <model>.tar)");
   verb("delete", "Delete a fine-tuned model (refused while deployed)")
       ->add_option("id", a->model_id, "Model id")
       ->required();

@@ -38,4 +38,13 @@ grpc::ServerUnaryReactor* DeploymentServiceImpl::DeleteDeployment(
                });
 }
 
+grpc::ServerUnaryReactor* DeploymentServiceImpl::UpdateDeployment(
+    grpc::CallbackServerContext* context, const v1::UpdateDeploymentRequest* request,
+    v1::Deployment* response) {
+  return Unary(context, auth_.AuthenticateTenant(*context), executor_, response,
+               [this, request](const rpc::Principal& p) {
+                 return scheduler_->UpdateDeployment(p.tenant, *request);
+               });
+}
+
 }  // namespace tunefleet::scheduler

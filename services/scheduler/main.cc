@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(flags.data_dir, ec);
   options.db_path = (std::filesystem::path(flags.data_dir) / "scheduler.db").string();
   options.models_dir = absl::GetFlag(FLAGS_models_dir);
+  options.artifacts_dir = absl::GetFlag(FLAGS_artifacts_dir);
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   options.lease = absl::GetFlag(FLAGS_lease);
   options.max_retries = absl::GetFlag(FLAGS_max_retries);

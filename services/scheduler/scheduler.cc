@@ -829,11 +829,143 @@ absl::StatusOr<v1::DeleteDeploymentResponse> Scheduler::DeleteDeployment(const s
   return resp;
 }
 
+absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& tenant,
+                                                           const v1::UpdateDeploymentRequest& req) {
+  const v1::Deployment& patch = req.deployment();
+  if (patch.id().empty()) return absl::InvalidArgumentError("deployment.id: required");
+  if (req.update_mask().paths_size() == 0) {
+    return absl::InvalidArgumentError(
+        "update_mask: name what changes (model, replicas, content_filter)");
+  }
+  bool model = false, replicas = false, filter = false;
+  for (const std::string& path : req.update_mask().paths()) {
+    if (path == "model") {
+      model = true;
+    } else if (path == "replicas") {
+      replicas = true;
+    } else if (path == "content_filter") {
+      filter = true;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "update_mask: '", path,
+          "' cannot be updated (updatable: model, replicas, content_filter)"));
+    }
+  }
+  if (replicas && (patch.replicas() < 0 || patch.replicas() > 64))
+    return absl::InvalidArgumentError("deployment.replicas: must be in [0, 64]");
+  if (filter) {
+    for (int i = 0; i < patch.content_filter().rules_size(); ++i) {
+      const auto& r = patch.content_filter().rules(i);
+      if (!v1::ContentFilterCategory_IsValid(r.category()) ||
+          r.category() == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED)
+        return absl::InvalidArgumentError(
+            absl::StrCat("deployment.content_filter.rules[", i, "].category: required"));
+      if (!v1::Severity_IsValid(r.threshold()))
+        return absl::InvalidArgumentError(
+            absl::StrCat("deployment.content_filter.rules[", i, "].threshold: unknown value"));
+    }
+  }
+  if (model && patch.model().empty()) return absl::InvalidArgumentError("deployment.model: required");
+  // A base model's folder is looked up before the lock (a directory scan).
+  const bool base_model = model && !absl::StartsWith(patch.model(), "ft:");
+  if (base_model && !catalog_.Get(patch.model()).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("deployment.model: unknown model '", patch.model(), "'"));
+  }
+  Txn t(this);
+  v1::Deployment updated;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = deployments_.find(patch.id());
+    if (it == deployments_.end() || it->second.tenant != tenant)
+      return absl::NotFoundError(absl::StrCat("deployment ", patch.id(), " not found"));
+    std::string base = it->second.base_artifact, adapter = it->second.adapter_artifact;
+    if (model) {
+      if (base_model) {
+        adapter.clear();
+        base = patch.model();
+      } else {
+        auto m = models_.find(patch.model());
+        if (m == models_.end() || m->second.tenant != tenant)
+          return absl::NotFoundError(absl::StrCat("model ", patch.model(), " not found"));
+        base = m->second.model.base_model();
+        adapter = m->second.artifact;
+      }
+      if (base != it->second.base_artifact) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "deployment.model: ", patch.model(), " is ",
+            base_model ? "the base model " : "fine-tuned from ", base, ", but ", patch.id(),
+            " serves ", it->second.base_artifact,
+            "; a different base model needs a new deployment"));
+      }
+    }
+    DeploymentRecord& d = t.Deployment(patch.id());
+    const bool new_model = model && patch.model() != d.deployment.model();
+    if (model) {
+      d.deployment.set_model(patch.model());
+      d.base_artifact = base;
+      d.adapter_artifact = adapter;
+    }
+    if (replicas) d.deployment.set_replicas(std::max(1, patch.replicas()));
+    if (filter) *d.deployment.mutable_content_filter() = patch.content_filter();
+    if (new_model) {
+      // What replicas reported was about the old model.
+      d.deployment.set_state(v1::DEPLOYMENT_STATE_CREATING);
+      d.deployment.set_ready_replicas(0);
+      d.deployment.clear_error();
+    }
+    updated = d.deployment;
+    t.DesiredChanged();
+    TF_RETURN_IF_ERROR(t.Commit());
+    if (new_model) {
+      for (auto& [rid, r] : replicas_) r.statuses.erase(patch.id());
+    }
+  }
+  TF_RETURN_IF_ERROR(AfterCommit(t));
+  spdlog::info("deployment={} tenant={} updated ({})", patch.id(), tenant,
+               absl::StrJoin(req.update_mask().paths(), ","));
+  return updated;
+}
+
+absl::StatusOr<std::unique_ptr<TarStream>> Scheduler::OpenModelContent(
+    const std::string& tenant, const std::string& model_id) {
+  if (!absl::StartsWith(model_id, "ft:")) {
+    TF_RETURN_IF_ERROR(catalog_.Get(model_id).status());
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model ", model_id,
+        " is a base model: only fine-tuned models can be downloaded (base models are the "
+        "operator's files under the models directory)"));
+  }
+  std::string artifact;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = models_.find(model_id);
+    if (it == models_.end() || it->second.tenant != tenant)
+      return absl::NotFoundError(absl::StrCat("model ", model_id, " not found"));
+    artifact = it->second.artifact;
+  }
+  if (options_.artifacts_dir.empty()) {
+    return absl::FailedPreconditionError(
+        "this scheduler has no artifact directory (--artifacts_dir) to read models from");
+  }
+  std::string root = model_id;
+  for (char& c : root) {
+    if (c == ':' || c == '/') c = '_';
+  }
+  auto stream = TarStream::Open(absl::StrCat(options_.artifacts_dir, "/", artifact), root);
+  if (absl::IsNotFound(stream.status())) {
+    spdlog::error("model={} {}", model_id, stream.status().ToString());
+    return absl::DataLossError(absl::StrCat("the files of model ", model_id,
+                                            " are missing from the artifact store"));
+  }
+  return stream;
+}
+
 // ---- serving replicas -----------------------------------------------------
 
 absl::StatusOr<iv1::RegisterReplicaResponse> Scheduler::RegisterReplica(
     const iv1::RegisterReplicaRequest& req) {
-  if (req.replica_name().empty()) return absl::InvalidArgumentError("replica_name: required");
+  if (req.replica_name().empty()) return errors::FieldError("replica_name", "required");
   Txn t(this);
   ReplicaRecord r{NewId("replica"), req.replica_name(), req.address()};
   {

@@ -25,6 +25,7 @@
 #include "services/scheduler/event_bus.h"
 #include "services/scheduler/job_spec.h"
 #include "services/scheduler/job_state.h"
+#include "services/scheduler/model_archive.h"
 #include "services/scheduler/placement.h"
 #include "services/scheduler/scheduler_store.h"
 #include "tunefleet/internal/v1/serving.pb.h"
@@ -37,6 +38,9 @@ struct SchedulerOptions {
   std::string db_path;
   // Base models: <models_dir>/<id>/config.json.
   std::string models_dir;
+  // The shared artifact directory: model artifact names are relative to it
+  // (GetModelContent reads fine-tuned models from here).
+  std::string artifacts_dir;
   Clock* clock = Clock::Real();
   absl::Duration heartbeat_interval = absl::Seconds(2);
   // A node silent for longer is lost: its attempts fail, its jobs requeue.
@@ -87,6 +91,11 @@ class Scheduler {
   absl::StatusOr<v1::Model> GetModel(const std::string& tenant, const std::string& model_id);
   absl::StatusOr<v1::DeleteModelResponse> DeleteModel(const std::string& tenant,
                                                       const std::string& model_id);
+  // A fine-tuned model's directory as a ustar archive stream (see
+  // ModelService.GetModelContent); the archive's root folder is the model id
+  // with ':' as '_'.
+  absl::StatusOr<std::unique_ptr<TarStream>> OpenModelContent(const std::string& tenant,
+                                                             const std::string& model_id);
 
   // Deployments.
   absl::StatusOr<v1::Deployment> CreateDeployment(const std::string& tenant,
@@ -96,6 +105,10 @@ class Scheduler {
       const std::string& tenant, const v1::ListDeploymentsRequest& req);
   absl::StatusOr<v1::DeleteDeploymentResponse> DeleteDeployment(const std::string& tenant,
                                                                 const std::string& id);
+  // Applies the fields req.update_mask names (model, replicas,
+  // content_filter) to the deployment; the id stays.
+  absl::StatusOr<v1::Deployment> UpdateDeployment(const std::string& tenant,
+                                                  const v1::UpdateDeploymentRequest& req);
 
   // Trainer agents.
   absl::StatusOr<iv1::RegisterNodeResponse> RegisterNode(const iv1::RegisterNodeRequest& req);

@@ -74,6 +74,8 @@ class ModelServiceImpl final : public v1::ModelService::CallbackService {
   grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* context,
                                         const v1::DeleteModelRequest* request,
                                         v1::DeleteModelResponse* response) override;
+  grpc::ServerWriteReactor<v1::ModelContentChunk>* GetModelContent(
+      grpc::CallbackServerContext* context, const v1::GetModelContentRequest* request) override;
 
  private:
   const rpc::Authenticator& auth_;
@@ -98,6 +100,9 @@ class DeploymentServiceImpl final : public v1::DeploymentService::CallbackServic
   grpc::ServerUnaryReactor* DeleteDeployment(grpc::CallbackServerContext* context,
                                              const v1::DeleteDeploymentRequest* request,
                                              v1::DeleteDeploymentResponse* response) override;
+  grpc::ServerUnaryReactor* UpdateDeployment(grpc::CallbackServerContext* context,
+                                             const v1::UpdateDeploymentRequest* request,
+                                             v1::Deployment* response) override;
 
  private:
   const rpc::Authenticator& auth_;

@@ -1,9 +1,15 @@
 // The scheduler over gRPC on loopback with a real dataset server beside it, a
 // real SQLite file, a manual clock, and a test-side trainer agent and serving
 // replica that speak the internal control APIs.
+#include <sys/wait.h>
+
+#include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <set>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -11,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/base/sha256.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
 #include "common/rpc/status.h"
@@ -106,6 +113,7 @@ class SchedulerServiceTest : public ::testing::Test {
     SchedulerOptions options;
     options.db_path = dir_.Join("scheduler.db");
     options.models_dir = dir_.Join("models");
+    options.artifacts_dir = dir_.Join("artifacts");
     options.clock = &clock_;
     options.lease = absl::Seconds(10);
     options.max_retries = 2;
@@ -932,6 +940,440 @@ TEST_F(SchedulerServiceTest, TenantQuotaRefusesAtAdmission) {
   ASSERT_THAT(JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, first->id()),
               IsOk());
   EXPECT_THAT(CreateJob(a_.key, JobRequest(file->id())), IsOk());
+}
+
+// ---- UpdateDeployment and GetModelContent ---------------------------------
+
+struct TarEntry {
+  std::string name;
+  char type = 0;
+  std::string data;
+};
+
+// A small ustar reader: every header's checksum checked, names joined from
+// prefix and name, sizes in octal. Stops at the first zero block.
+std::vector<TarEntry> ReadTar(const std::string& tar, std::string* error) {
+  std::vector<TarEntry> out;
+  size_t at = 0;
+  auto field = [&](size_t off, size_t len) {
+    std::string f = tar.substr(at + off, len);
+    return f.substr(0, f.find('\0'));
+  };
+  while (at + 512 <= tar.size()) {
+    if (tar.compare(at, 512, std::string(512, '\0')) == 0) return out;
+    unsigned sum = 0;
+    for (size_t i = 0; i < 512; ++i) {
+      sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(tar[at + i]);
+    }
+    if (std::stoul(field(148, 8), nullptr, 8) != sum) {
+      *error = absl::StrCat("bad checksum at ", at);
+      return out;
+    }
+    if (field(257, 6) != "ustar") {
+      *error = absl::StrCat("no ustar magic at ", at);
+      return out;
+    }
+    TarEntry e;
+    std::string prefix = field(345, 155);
+    e.name = prefix.empty() ? field(0, 100) : prefix + "/" + field(0, 100);
+    e.type = tar[at + 156];
+    size_t size = std::stoul(field(124, 12), nullptr, 8);
+    e.data = tar.substr(at + 512, size);
+    at += 512 + (size + 511) / 512 * 512;
+    out.push_back(std::move(e));
+  }
+  *error = "no end-of-archive blocks";
+  return out;
+}
+
+class ModelContentTest : public SchedulerServiceTest {
+ public:
+  std::string Model(const std::map<std::string, std::string>& files) {
+    Running r = StartOne("node-a");
+    const std::string artifact = "jobs/" + r.job + "/result";
+    for (const auto& [name, content] : files) {
+      std::filesystem::path p = std::filesystem::path(dir_.Join("artifacts")) / artifact / name;
+      std::filesystem::create_directories(p.parent_path());
+      std::ofstream(p, std::ios::binary) << content;
+    }
+    EXPECT_THAT(Complete(r.asg, true, artifact), IsOk());
+    return absl::StrCat("ft:", kBase, ":mine:", r.job);
+  }
+
+  // Every chunk of GetModelContent.
+  std::vector<v1::ModelContentChunk> Download(const std::string& key, const std::string& model,
+                                              grpc::Status* status) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
+    v1::GetModelContentRequest req;
+    req.set_model_id(model);
+    auto reader = model_stub_->GetModelContent(&ctx, req);
+    std::vector<v1::ModelContentChunk> chunks;
+    v1::ModelContentChunk c;
+    while (reader->Read(&c)) chunks.push_back(c);
+    *status = reader->Finish();
+    return chunks;
+  }
+
+  absl::StatusOr<v1::Deployment> Update(const std::string& key, const v1::Deployment& d,
+                                        std::vector<std::string> paths) {
+    v1::UpdateDeploymentRequest req;
+    *req.mutable_deployment() = d;
+    for (const auto& p : paths) req.mutable_update_mask()->add_paths(p);
+    return Call(dep_stub_.get(), &v1::DeploymentService::Stub::UpdateDeployment, key, req);
+  }
+};
+
+TEST_F(ModelContentTest, StreamsThePeftDirectoryAsAUstarArchiveWithItsSha256) {
+  // Big enough for several 1 MiB chunks; a nested path over 100 bytes.
+  std::string weights;
+  for (int i = 0; weights.size() < 2500000; ++i) absl::StrAppend(&weights, i, ",");
+  const std::string long_name =
+      "nested/" + std::string(60, 'd') + "/" + std::string(70, 'f') + ".json";
+  std::map<std::string, std::string> files = {
+      {"adapter_config.json", R"({"r": 8, "lora_alpha": 16})"},
+      {"adapter_model.safetensors", weights},
+      {"tunefleet_contract.json", R"({"base_model": "tiny-base"})"},
+      {"empty.txt", ""},
+      {long_name, "{}"}};
+  const std::string model = Model(files);
+
+  grpc::Status st;
+  auto chunks = Download(a_.key, model, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_GE(chunks.size(), 3u);
+  std::string tar;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    EXPECT_EQ(chunks[i].offset(), static_cast<int64_t>(tar.size())) << i;
+    EXPECT_EQ(chunks[i].sha256().empty(), i + 1 < chunks.size()) << "sha256 on the last chunk only";
+    EXPECT_EQ(chunks[i].total_bytes(), chunks[0].total_bytes());
+    tar += chunks[i].data();
+  }
+  EXPECT_EQ(chunks[0].filename(), absl::StrCat("ft_", kBase, "_mine_", model.substr(model.rfind(':') + 1), ".tar"));
+  EXPECT_EQ(static_cast<int64_t>(tar.size()), chunks[0].total_bytes());
+  EXPECT_EQ(tar.size() % 512, 0u);
+  EXPECT_EQ(chunks.back().sha256(), Sha256Hex(tar));
+
+  std::string error;
+  std::vector<TarEntry> entries = ReadTar(tar, &error);
+  ASSERT_TRUE(error.empty()) << error;
+  std::string root = model;
+  for (char& c : root) c = c == ':' ? '_' : c;
+  std::map<std::string, std::string> got;
+  std::set<std::string> dirs;
+  for (const auto& e : entries) {
+    ASSERT_TRUE(absl::StartsWith(e.name, root + "/")) << e.name;
+    if (e.type == '5') {
+      dirs.insert(e.name.substr(root.size() + 1));
+    } else {
+      EXPECT_EQ(e.type, '0') << e.name;
+      got[e.name.substr(root.size() + 1)] = e.data;
+    }
+  }
+  EXPECT_EQ(got, files);
+  EXPECT_THAT(dirs, ::testing::ElementsAre("", "nested/", "nested/" + std::string(60, 'd') + "/"));
+
+  // The same model, the same archive.
+  auto again = Download(a_.key, model, &st);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(again.back().sha256(), chunks.back().sha256());
+}
+
+TEST_F(ModelContentTest, CallerErrorsNameTheModel) {
+  const std::string model = Model({{"adapter_config.json", "{}"}});
+  grpc::Status st;
+  Download(b_.key, model, &st);  // another tenant's model
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(st.error_message(), HasSubstr(model));
+  Download(a_.key, "ft:tiny-base:x:ftjob-nope", &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(st.error_message(), HasSubstr("ft:tiny-base:x:ftjob-nope"));
+  Download(a_.key, kBase, &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(st.error_message(), HasSubstr("is a base model"));
+  Download(a_.key, "no-such-base", &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(st.error_message(), HasSubstr("no-such-base"));
+  Download("tf-not-a-key", model, &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  // The model's files are gone from the store: a server-side loss naming
+  // the model, not a crash.
+  std::filesystem::remove_all(dir_.Join("artifacts"));
+  Download(a_.key, model, &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(st.error_message(), HasSubstr(model));
+}
+
+TEST_F(ModelContentTest, UpdateDeploymentKeepsTheIdAndReplicasReconcileToIt) {
+  const std::string first = Model({{"adapter_config.json", "{}"}});
+  const std::string second = Model({{"adapter_config.json", "{}"}});
+  iv1::RegisterReplicaRequest rr;
+  rr.set_replica_name("replica-a");
+  auto replica = Call(serving_stub_.get(), &iv1::ServingControlService::Stub::RegisterReplica,
+                      internal_.key, rr);
+  ASSERT_THAT(replica, IsOk());
+  grpc::ClientContext watch_ctx;
+  rpc::PrepareContext(&watch_ctx, internal_.key, absl::Seconds(60));
+  iv1::WatchDeploymentsRequest wr;
+  wr.set_replica_id(replica->replica_id());
+  auto watch = serving_stub_->WatchDeployments(&watch_ctx, wr);
+  iv1::DesiredDeployments desired;
+  ASSERT_TRUE(watch->Read(&desired));
+
+  v1::CreateDeploymentRequest cd;
+  cd.set_model(first);
+  auto dep = Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, cd);
+  ASSERT_THAT(dep, IsOk());
+  ASSERT_TRUE(watch->Read(&desired));
+  auto report_ready = [&] {
+    iv1::ReportReplicaStatusRequest rs;
+    rs.set_replica_id(replica->replica_id());
+    auto* ds = rs.add_deployments();
+    ds->set_deployment_id(dep->id());
+    ds->set_ready(true);
+    return Call(serving_stub_.get(), &iv1::ServingControlService::Stub::ReportReplicaStatus,
+                internal_.key, rs)
+        .status();
+  };
+  ASSERT_THAT(report_ready(), IsOk());
+
+  // A new model: same id, back to CREATING, the replica is told.
+  v1::Deployment patch;
+  patch.set_id(dep->id());
+  patch.set_model(second);
+  patch.set_replicas(40);  // not in the mask: unchanged
+  auto updated = Update(a_.key, patch, {"model"});
+  ASSERT_THAT(updated, IsOk());
+  EXPECT_EQ(updated->id(), dep->id());
+  EXPECT_EQ(updated->model(), second);
+  EXPECT_EQ(updated->replicas(), 1);
+  EXPECT_EQ(updated->state(), v1::DEPLOYMENT_STATE_CREATING);
+  EXPECT_EQ(updated->ready_replicas(), 0);
+  ASSERT_TRUE(watch->Read(&desired));
+  ASSERT_THAT(desired.deployments(), SizeIs(1));
+  EXPECT_EQ(desired.deployments(0).deployment().id(), dep->id());
+  EXPECT_EQ(desired.deployments(0).deployment().model(), second);
+  EXPECT_EQ(desired.deployments(0).adapter_artifact(),
+            "jobs/" + second.substr(second.rfind(':') + 1) + "/result");
+  ASSERT_THAT(report_ready(), IsOk());
+  v1::GetDeploymentRequest gd;
+  gd.set_deployment_id(dep->id());
+  auto now = Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, gd);
+  ASSERT_THAT(now, IsOk());
+  EXPECT_EQ(now->state(), v1::DEPLOYMENT_STATE_SUCCEEDED);
+
+  // The filter policy and the replicas, then back to the base model itself.
+  patch.Clear();
+  patch.set_id(dep->id());
+  patch.set_replicas(3);
+  auto* rule = patch.mutable_content_filter()->add_rules();
+  rule->set_category(v1::CONTENT_FILTER_CATEGORY_VIOLENCE);
+  rule->set_threshold(v1::SEVERITY_LOW);
+  updated = Update(a_.key, patch, {"content_filter", "replicas"});
+  ASSERT_THAT(updated, IsOk());
+  EXPECT_EQ(updated->replicas(), 3);
+  EXPECT_EQ(updated->model(), second);
+  EXPECT_EQ(updated->content_filter().rules_size(), 1);
+  EXPECT_EQ(updated->state(), v1::DEPLOYMENT_STATE_SUCCEEDED) << "same model: still serving";
+  ASSERT_TRUE(watch->Read(&desired));
+  EXPECT_EQ(desired.deployments(0).deployment().content_filter().rules(0).threshold(),
+            v1::SEVERITY_LOW);
+  patch.Clear();
+  patch.set_id(dep->id());
+  patch.set_model(kBase);
+  updated = Update(a_.key, patch, {"model"});
+  ASSERT_THAT(updated, IsOk());
+  ASSERT_TRUE(watch->Read(&desired));
+  EXPECT_EQ(desired.deployments(0).base_model_artifact(), kBase);
+  EXPECT_TRUE(desired.deployments(0).adapter_artifact().empty());
+  // The first model is no longer deployed: it can go.
+  v1::DeleteModelRequest dm;
+  dm.set_model_id(first);
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::DeleteModel, a_.key, dm), IsOk());
+
+  // Durable: a restarted scheduler has the update.
+  watch_ctx.TryCancel();
+  while (watch->Read(&desired)) {
+  }
+  (void)watch->Finish();
+  StopScheduler();
+  StartScheduler();
+  now = Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, gd);
+  ASSERT_THAT(now, IsOk());
+  EXPECT_EQ(now->model(), kBase);
+  EXPECT_EQ(now->replicas(), 3);
+}
+
+TEST_F(ModelContentTest, UpdateDeploymentCallerErrorsNameTheProblem) {
+  const std::string model = Model({{"adapter_config.json", "{}"}});
+  // Another base model in the catalog.
+  std::filesystem::create_directories(dir_.Join("models/other-base"));
+  std::ofstream(dir_.Join("models/other-base/config.json"))
+      << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
+         R"("intermediate_size":128,"vocab_size":300,"max_position_embeddings":512})";
+  v1::CreateDeploymentRequest cd;
+  cd.set_model(model);
+  auto dep = Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, cd);
+  ASSERT_THAT(dep, IsOk());
+  v1::Deployment patch;
+  patch.set_id(dep->id());
+  patch.set_model(kBase);
+
+  EXPECT_THAT(Update(a_.key, patch, {"state"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'state'")));
+  EXPECT_THAT(Update(a_.key, patch, {"model", "bogus.path"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'bogus.path'")));
+  EXPECT_THAT(Update(a_.key, patch, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("update_mask")));
+  v1::Deployment unknown = patch;
+  unknown.set_id("dep-nope");
+  EXPECT_THAT(Update(a_.key, unknown, {"model"}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("dep-nope")));
+  EXPECT_THAT(Update(b_.key, patch, {"model"}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(dep->id())));
+  EXPECT_THAT(Update(a_.key, v1::Deployment(), {"model"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("deployment.id")));
+  v1::Deployment bad = patch;
+  bad.set_model("ft:tiny-base:x:ftjob-nope");
+  EXPECT_THAT(Update(a_.key, bad, {"model"}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("ft:tiny-base:x:ftjob-nope")));
+  bad.set_model("no-such-base");
+  EXPECT_THAT(Update(a_.key, bad, {"model"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no-such-base")));
+  bad.set_model("other-base");
+  EXPECT_THAT(Update(a_.key, bad, {"model"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::AllOf(HasSubstr("other-base"), HasSubstr(kBase))));
+  bad.set_replicas(65);
+  EXPECT_THAT(Update(a_.key, bad, {"replicas"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("replicas")));
+  bad = patch;
+  bad.mutable_content_filter()->add_rules();
+  EXPECT_THAT(Update(a_.key, bad, {"content_filter"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("content_filter.rules[0].category")));
+  // Nothing changed.
+  v1::GetDeploymentRequest gd;
+  gd.set_deployment_id(dep->id());
+  auto now = Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, gd);
+  ASSERT_THAT(now, IsOk());
+  EXPECT_EQ(now->model(), model);
+  EXPECT_EQ(now->replicas(), 1);
+}
+
+// The CLI against this scheduler: `models download` writes the archive (its
+// sha256 checked; the progress is plain lines when stderr is not a
+// terminal) and Python's tarfile reads it back; `deployments update`
+// changes the deployment in place.
+TEST_F(ModelContentTest, CliDownloadsAModelAndUpdatesADeployment) {
+  std::string weights(1500000, 'w');
+  const std::string model = Model({{"adapter_config.json", R"({"r": 8})"},
+                                   {"adapter_model.safetensors", weights}});
+  const std::string flags =
+      absl::StrCat(" --target 127.0.0.1:", server_->port(), " --api-key ", a_.key);
+  auto run = [&](const std::string& args, std::string* out, std::string* err) {
+    std::string o = dir_.Join("cli.out"), e = dir_.Join("cli.err");
+    int status = std::system(absl::StrCat("env -u TUNEFLEET_CONFIG ", TUNEFLEET_BIN_DIR,
+                                          "/tunefleet ", args, flags, " >", o, " 2>", e,
+                                          " </dev/null")
+                                 .c_str());
+    std::ifstream oi(o), ei(e);
+    *out = std::string(std::istreambuf_iterator<char>(oi), {});
+    *err = std::string(std::istreambuf_iterator<char>(ei), {});
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  std::string out, err;
+  const std::string tar = dir_.Join("model.tar");
+  ASSERT_EQ(run(absl::StrCat("models download ", model, " -o ", tar), &out, &err), 0) << err;
+  EXPECT_THAT(out, HasSubstr("sha256 "));
+  EXPECT_FALSE(std::filesystem::exists(tar + ".part"));
+  // Not a terminal: whole lines, no carriage returns, the last one at 100%.
+  EXPECT_EQ(err.find('\r'), std::string::npos) << err;
+  EXPECT_THAT(err, HasSubstr("download " + tar + ": 100%"));
+  EXPECT_THAT(err, HasSubstr(" of "));  // a line on the way: "69% (1.0 MiB of 1.4 MiB)"
+
+  // Python's tarfile reads it: the files, under the model's folder.
+  std::string root = model;
+  for (char& c : root) c = c == ':' ? '_' : c;
+  const std::string script = dir_.Join("read.py");
+  std::ofstream(script) << "import sys, tarfile\n"
+                           "with tarfile.open(sys.argv[1]) as t:\n"
+                           "    for m in t.getmembers():\n"
+                           "        data = t.extractfile(m).read() if m.isfile() else b''\n"
+                           "        print(m.name, m.type.decode(), len(data), data[:12].decode())\n";
+  if (std::system("python3 -c 'import tarfile' >/dev/null 2>&1") == 0) {
+    std::string listing = dir_.Join("listing.txt");
+    ASSERT_EQ(std::system(absl::StrCat("python3 ", script, " ", tar, " >", listing).c_str()), 0);
+    std::ifstream in(listing);
+    std::string text(std::istreambuf_iterator<char>(in), {});
+    EXPECT_THAT(text, HasSubstr(root + " 5 0"));
+    EXPECT_THAT(text, HasSubstr(root + "/adapter_config.json 0 8 {\"r\": 8}"));
+    EXPECT_THAT(text, HasSubstr(root + "/adapter_model.safetensors 0 1500000 wwwwwwwwwwww"));
+  } else {
+    std::cout << "python3 not found: the archive is checked with the test's reader only\n";
+  }
+  std::ifstream in(tar, std::ios::binary);
+  std::string bytes(std::istreambuf_iterator<char>(in), {});
+  std::string error;
+  auto entries = ReadTar(bytes, &error);
+  ASSERT_TRUE(error.empty()) << error;
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries[2].data, weights);
+
+  // Errors: a base model is refused (4), an unknown one not found (3), a
+  // bad key (5); nothing is left behind.
+  const std::string other = dir_.Join("other.tar");
+  EXPECT_EQ(run(absl::StrCat("models download ", kBase, " -o ", other), &out, &err), 4) << err;
+  EXPECT_THAT(err, HasSubstr("base model"));
+  EXPECT_EQ(run(absl::StrCat("models download ft:tiny-base:x:ftjob-nope -o ", other), &out, &err),
+            3);
+  EXPECT_THAT(err, HasSubstr("ft:tiny-base:x:ftjob-nope"));
+  EXPECT_FALSE(std::filesystem::exists(other));
+  EXPECT_FALSE(std::filesystem::exists(other + ".part"));
+
+  // jobs events --follow on a job with progress: not a terminal, so one
+  // plain line per metrics event (step/total, loss, tokens/s, ETA).
+  Running job = StartOne("node-a");
+  ASSERT_THAT(Progress(job.asg, 10), IsOk());
+  ASSERT_THAT(Complete(job.asg, true, "jobs/" + job.job + "/result"), IsOk());
+  ASSERT_EQ(run(absl::StrCat("jobs events ", job.job, " --follow"), &out, &err), 0) << err;
+  EXPECT_EQ(out.find('\r'), std::string::npos) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("step 10/100 epoch [0-9.]+ loss 0.2000 [0-9]+ tok/s ETA"));
+  EXPECT_THAT(out, HasSubstr("state → succeeded"));
+
+  // deployments update: the model and the filter policy, same id.
+  ASSERT_EQ(run(absl::StrCat("deployments create --model ", kBase), &out, &err), 0) << err;
+  const std::string dep = out.substr(0, out.find(' '));
+  ASSERT_TRUE(absl::StartsWith(dep, "dep-")) << out;
+  ASSERT_EQ(run(absl::StrCat("deployments update ", dep, " --model ", model,
+                             " --filter violence:low --filter self_harm --json"),
+                &out, &err),
+            0)
+      << err;
+  EXPECT_THAT(out, HasSubstr(dep));
+  v1::GetDeploymentRequest gd;
+  gd.set_deployment_id(dep);
+  auto now = Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, gd);
+  ASSERT_THAT(now, IsOk());
+  EXPECT_EQ(now->model(), model);
+  ASSERT_EQ(now->content_filter().rules_size(), 2);
+  EXPECT_EQ(now->content_filter().rules(0).category(), v1::CONTENT_FILTER_CATEGORY_VIOLENCE);
+  EXPECT_EQ(now->content_filter().rules(0).threshold(), v1::SEVERITY_LOW);
+  EXPECT_EQ(now->content_filter().rules(1).category(), v1::CONTENT_FILTER_CATEGORY_SELF_HARM);
+  EXPECT_EQ(run(absl::StrCat("deployments update ", dep, " --filter gore"), &out, &err), 2);
+  EXPECT_THAT(err, HasSubstr("unknown category 'gore'"));
+  EXPECT_EQ(run(absl::StrCat("deployments update ", dep), &out, &err), 2);
+  EXPECT_THAT(err, HasSubstr("nothing to change"));
+  EXPECT_EQ(run("deployments update dep-nope --replicas 2", &out, &err), 3);
+  EXPECT_THAT(err, HasSubstr("dep-nope"));
+  EXPECT_EQ(run(absl::StrCat("deployments update ", dep, " --replicas 2 --no-content-filter"),
+                &out, &err),
+            0)
+      << err;
+  now = Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, gd);
+  EXPECT_EQ(now->replicas(), 2);
+  EXPECT_TRUE(now->content_filter().disabled());
+  EXPECT_EQ(now->model(), model);
 }
 
 }  // namespace
