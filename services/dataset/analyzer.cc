@@ -11,6 +11,7 @@ DataFormat SniffFormat(absl::string_view chunk) {
   size_t start = chunk.find_first_not_of(" \t\r\n");
   if (start == absl::string_view::npos) return DataFormat::kChat;
   absl::string_view line = chunk.substr(start, chunk.find('\n', start) - start);
+  if (std::optional<DataFormat> f = DetectLineFormat(line)) return *f;
   if (!absl::StrContains(line, "\"messages\"") && absl::StrContains(line, "\"text\"") &&
       absl::StrContains(line, "\"label\"")) {
     return DataFormat::kClassification;

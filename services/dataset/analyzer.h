@@ -9,7 +9,8 @@ namespace tunefleet::dataset {
 
 struct AnalyzeOptions {
   // Unset: guessed from the first non-blank line ("messages" → chat,
-  // "text" and "label" → classification), chat when unsure.
+  // "input"/"preferred_output" → preference, "text" and "label" →
+  // classification), chat when unsure.
   std::optional<DataFormat> format;
   size_t max_issues = 100;
   // Training files need at least 10 examples; a validation file, one.

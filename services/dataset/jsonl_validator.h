@@ -14,7 +14,8 @@
 
 namespace tunefleet::dataset {
 
-enum class DataFormat { kChat = 1, kClassification = 2 };
+// Mirrors tunefleet.v1.DataFormat.
+enum class DataFormat { kChat = 1, kClassification = 2, kPreference = 3 };
 enum class IssueSeverity { kError = 1, kWarning = 2 };
 
 struct ValidationIssue {
@@ -25,10 +26,22 @@ struct ValidationIssue {
   std::string message;
 };
 
+// An OpenAI-style function call made by an assistant message.
+struct ToolCall {
+  std::string id;
+  std::string name;
+  std::string arguments;  // a JSON text, checked to parse
+  bool operator==(const ToolCall& o) const {
+    return id == o.id && name == o.name && arguments == o.arguments;
+  }
+};
+
 struct ChatMessage {
   std::string role;
-  std::string content;
+  std::string content;  // empty for an assistant message that only calls tools
   std::optional<int> weight;
+  std::vector<ToolCall> tool_calls;  // assistant
+  std::string tool_call_id;          // tool: the call it answers
 };
 
 // One valid example, handed to the caller for statistics and tokenization.
@@ -36,7 +49,13 @@ struct Example {
   int64_t line = 0;
   // The line's JSON text (without line ending); valid during the callback.
   absl::string_view raw;
-  std::vector<ChatMessage> messages;  // chat
+  // Chat: the conversation. Preference: input.messages followed by the
+  // preferred output, so that statistics and token counts see the chosen
+  // conversation; the first `prompt_messages` of them are the input.
+  std::vector<ChatMessage> messages;
+  size_t prompt_messages = 0;         // preference
+  ChatMessage non_preferred;          // preference
+  std::string tools;                  // the "tools" list as compact JSON; empty if absent
   std::string text, label;            // classification
 };
 
@@ -56,6 +75,12 @@ struct ValidationSummary {
   int64_t examples = 0;  // valid examples
   bool valid() const { return total_errors == 0; }
 };
+
+// The format a line's top-level keys suggest ("messages" -> chat; "input",
+// "preferred_output" or "non_preferred_output" -> preference; "text" or
+// "label" -> classification), or nullopt when the line is not a JSON object
+// or has none of them.
+std::optional<DataFormat> DetectLineFormat(absl::string_view line);
 
 // Not thread-safe.
 class JsonlValidator {

@@ -30,16 +30,27 @@ Distribution IntHistogram::Summarize() const {
 
 absl::Status StatisticsBuilder::Add(const Example& ex) {
   ++stats_.examples;
-  // Duplicates: the same conversation (roles and contents) or the same
-  // text and label, whatever the JSON formatting.
+  // Duplicates: the same conversation (roles, contents, tool calls and
+  // tools; for preference data both outputs) or the same text and label,
+  // whatever the JSON formatting.
   std::string key;
   if (!ex.messages.empty()) {
     bool system = false, user = false;
+    auto append = [&key](const ChatMessage& m) {
+      absl::StrAppend(&key, m.role, "\x1f", m.content, "\x1f", m.tool_call_id);
+      for (const ToolCall& c : m.tool_calls) {
+        absl::StrAppend(&key, "\x1d", c.id, "\x1f", c.name, "\x1f", c.arguments);
+      }
+      absl::StrAppend(&key, "\x1e");
+    };
     for (const ChatMessage& m : ex.messages) {
-      absl::StrAppend(&key, m.role, "\x1f", m.content, "\x1e");
+      append(m);
       system |= m.role == "system";
       user |= m.role == "user";
     }
+    // Preference: the rejected answer and the tools make the example too.
+    if (!ex.non_preferred.role.empty()) append(ex.non_preferred);
+    absl::StrAppend(&key, ex.tools);
     if (!system) ++stats_.examples_missing_system;
     if (!user) ++stats_.examples_missing_user;
     messages_.Add(static_cast<int64_t>(ex.messages.size()));

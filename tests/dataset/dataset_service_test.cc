@@ -479,6 +479,66 @@ TEST_F(DatasetServiceTest, ClassificationFilesAreRecognisedAndCounted) {
   EXPECT_EQ(labels.at("pos"), 8);
 }
 
+TEST_F(DatasetServiceTest, PreferenceFilesAreRecognisedAndMixedFilesNameTheLine) {
+  // 12 pairs: the same prompt and preferred answer, with distinct rejected
+  // answers (not duplicates), then one exact repeat (a duplicate).
+  auto pair = [](const std::string& rejected) {
+    return absl::StrCat(
+        R"({"input": {"messages": [{"role": "user", "content": "2+2?"}]}, "preferred_output": [{"role": "assistant", "content": "4"}], "non_preferred_output": [{"role": "assistant", "content": ")",
+        rejected, R"("}]})", "\n");
+  };
+  std::string content;
+  for (int i = 0; i < 12; ++i) absl::StrAppend(&content, pair(absl::StrCat(5 + i)));
+  absl::StrAppend(&content, pair("5"));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File processed, WaitProcessed(a_.key, file.id()));
+  EXPECT_EQ(processed.status(), v1::FILE_STATUS_PROCESSED) << processed.status_details();
+  const auto& st = processed.validation().statistics();
+  EXPECT_EQ(st.examples(), 13);
+  EXPECT_EQ(st.duplicate_examples(), 1);
+  EXPECT_EQ(st.messages_per_example().max(), 2);  // the prompt and the preferred answer
+
+  // Read as chat, the first line already differs.
+  v1::ValidateFileRequest req;
+  req.set_file_id(file.id());
+  req.set_format(v1::DATA_FORMAT_CHAT);
+  TF_ASSERT_OK_AND_ASSIGN(v1::ValidationReport r, ValidateFile(a_.key, req));
+  EXPECT_FALSE(r.valid());
+  ASSERT_GE(r.issues_size(), 1);
+  EXPECT_EQ(r.issues(0).line(), 1);
+  EXPECT_EQ(r.issues(0).code(), "mixed_formats");
+  EXPECT_THAT(r.issues(0).message(), HasSubstr("preference example, but the file is chat"));
+
+  // A chat line among preference lines fails the file, naming that line.
+  std::string mixed;
+  for (int i = 0; i < 4; ++i) absl::StrAppend(&mixed, pair(absl::StrCat(5 + i)));
+  absl::StrAppend(&mixed, Lines(1));
+  for (int i = 0; i < 8; ++i) absl::StrAppend(&mixed, pair(absl::StrCat(10 + i)));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File uploaded, Upload(a_.key, mixed));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File failed, WaitProcessed(a_.key, uploaded.id()));
+  EXPECT_EQ(failed.status(), v1::FILE_STATUS_ERROR);
+  EXPECT_THAT(failed.status_details(),
+              HasSubstr("line 5: line 5 is a chat example, but the file is preference (like line 1)"));
+}
+
+TEST_F(DatasetServiceTest, ToolCallsAndDuplicateKeysAreReportedByLineAndField) {
+  std::string content = Lines(11);
+  absl::StrAppend(&content,
+                  R"({"messages": [{"role": "user", "content": "Weather?", "content": "Weather in Paris?"}, {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}, {"role": "tool", "tool_call_id": "c2", "content": "sun"}, {"role": "assistant", "content": "Sunny."}]})",
+                  "\n");
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, content));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File failed, WaitProcessed(a_.key, file.id()));
+  EXPECT_EQ(failed.status(), v1::FILE_STATUS_ERROR);
+  EXPECT_THAT(failed.status_details(), HasSubstr("line 12 messages[2].tool_call_id: "));
+  const v1::ValidationReport& r = failed.validation();
+  ASSERT_EQ(r.issues_size(), 2);
+  EXPECT_EQ(r.issues(0).severity(), v1::ISSUE_SEVERITY_WARNING);
+  EXPECT_EQ(r.issues(0).code(), "duplicate_key");
+  EXPECT_EQ(r.issues(0).line(), 12);
+  EXPECT_EQ(r.issues(0).field(), "messages[0].content");
+  EXPECT_EQ(r.issues(1).code(), "unknown_tool_call_id");
+}
+
 absl::StatusOr<v1::SplitFileResponse> SplitRpc(v1::DatasetService::Stub* stub,
                                                 const std::string& key, const std::string& id,
                                                 double ratio, int64_t seed) {
