@@ -25,6 +25,9 @@ struct ChannelOptions {
   absl::Duration keepalive_time = absl::Seconds(30);
 };
 
+// Reads a whole (PEM or key) file.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
 // Channels are expensive: make one per target and reuse it.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ChannelOptions& options);
 

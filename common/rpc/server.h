@@ -11,6 +11,7 @@
 #include <grpcpp/server.h>
 #include <prometheus/registry.h>
 
+#include "common/rpc/channel.h"
 #include "common/rpc/metrics_http.h"
 
 #include "absl/status/status.h"
@@ -99,8 +100,7 @@ class Server {
   bool shut_down_ = false;
 };
 
-// Reads a whole (PEM) file.
-absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+// ReadFileToString (a whole PEM or key file) is in common/rpc/channel.h.
 
 // Shutdown signals for a service's main(): BlockShutdownSignals() installs
 // handlers for SIGTERM and SIGINT (call it first thing, so that an early
