@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 
 namespace tunefleet::dataset {
@@ -70,10 +71,15 @@ struct Field {
   element value;
 };
 
-// An object's fields in order; a repeated key (reported by DuplicateKeys)
-// keeps its first position and takes its last value, as most JSON readers do.
-std::vector<Field> Fields(element object) {
-  std::vector<Field> out;
+// An object's fields in order. With `dedup` (the line has a repeated key,
+// which DuplicateKeys reports), a repeated key keeps its first position and
+// takes its last value, as most JSON readers do.
+absl::InlinedVector<Field, 8> Fields(element object, bool dedup) {
+  absl::InlinedVector<Field, 8> out;
+  if (!dedup) {
+    for (auto [std_key, value] : object.get_object()) out.push_back({A(std_key), value});
+    return out;
+  }
   absl::flat_hash_map<absl::string_view, size_t> at;
   for (auto [std_key, value] : object.get_object()) {
     absl::string_view key = A(std_key);
@@ -85,6 +91,37 @@ std::vector<Field> Fields(element object) {
     }
   }
   return out;
+}
+
+// Whether any object in `e` repeats a key. No allocation for the usual
+// small objects.
+bool HasDuplicateKeys(element e) {
+  if (e.type() == element_type::ARRAY) {
+    for (element v : e.get_array()) {
+      if (IsContainer(v) && HasDuplicateKeys(v)) return true;
+    }
+    return false;
+  }
+  if (e.type() != element_type::OBJECT) return false;
+  constexpr size_t kSmall = 16;
+  std::string_view small[kSmall];
+  size_t n = 0;
+  absl::flat_hash_map<absl::string_view, bool> large;
+  for (auto [key, value] : e.get_object()) {
+    if (n < kSmall) {
+      for (size_t i = 0; i < n; ++i) {
+        if (small[i] == key) return true;
+      }
+      small[n++] = key;
+      if (n == kSmall) {
+        for (size_t i = 0; i < n; ++i) large.emplace(A(small[i]), true);
+      }
+    } else if (!large.emplace(A(key), true).second) {
+      return true;
+    }
+    if (IsContainer(value) && HasDuplicateKeys(value)) return true;
+  }
+  return false;
 }
 
 const char* FormatName(DataFormat f) {
@@ -224,7 +261,8 @@ class JsonlValidator::Impl {
       return;
     }
     raw_ = text;
-    DuplicateKeys(line, doc, "");
+    dedup_ = HasDuplicateKeys(doc);
+    if (dedup_) DuplicateKeys(line, doc, "");
     std::optional<DataFormat> shape = Shape(doc, options_.format);
     if (shape.has_value() && *shape != options_.format) {
       Report(IssueSeverity::kError, line, "", "mixed_formats",
@@ -257,7 +295,7 @@ class JsonlValidator::Impl {
     Example ex;
     ex.line = line;
     std::optional<element> messages, tools;
-    for (const Field& f : Fields(doc)) {
+    for (const Field& f : Fields(doc, dedup_)) {
       if (f.key == "messages") {
         messages = f.value;
       } else if (f.key == "tools") {
@@ -283,6 +321,7 @@ class JsonlValidator::Impl {
     }
     bool has_assistant = false;
     size_t index = 0;
+    ex.messages.reserve(messages->get_array().size());
     for (element m : messages->get_array()) {
       ChatMessage msg;
       if (!Message(line, absl::StrCat("messages[", index++, "]"), m, conv, msg)) continue;
@@ -301,7 +340,7 @@ class JsonlValidator::Impl {
     Example ex;
     ex.line = line;
     std::optional<element> input, preferred, non_preferred;
-    for (const Field& f : Fields(doc)) {
+    for (const Field& f : Fields(doc, dedup_)) {
       if (f.key == "input") {
         input = f.value;
       } else if (f.key == "preferred_output") {
@@ -322,7 +361,7 @@ class JsonlValidator::Impl {
              absl::StrCat("'input' is ", TypeName(input->type()), ", not an object"));
     } else {
       std::optional<element> messages, tools;
-      for (const Field& f : Fields(*input)) {
+      for (const Field& f : Fields(*input, dedup_)) {
         if (f.key == "messages") {
           messages = f.value;
         } else if (f.key == "tools") {
@@ -425,7 +464,7 @@ class JsonlValidator::Impl {
     }
     bool has_role = false, has_content = false, content_null = false;
     std::optional<element> tool_calls, tool_call_id;
-    for (const Field& fd : Fields(m)) {
+    for (const Field& fd : Fields(m, dedup_)) {
       const absl::string_view key = fd.key;
       const element value = fd.value;
       const std::string f = absl::StrCat(path, ".", key);
@@ -488,14 +527,13 @@ class JsonlValidator::Impl {
         has_calls = ToolCalls(line, f, *tool_calls, conv, msg);
       }
     }
-    const std::string content_field = absl::StrCat(path, ".content");
     if (!has_content && !has_calls) {
-      Report(IssueSeverity::kError, line, content_field, "missing_content",
+      Report(IssueSeverity::kError, line, absl::StrCat(path, ".content"), "missing_content",
              absl::StrCat(path, " has no 'content'",
                           msg.role == "assistant" ? " and no 'tool_calls'" : ""));
     } else if (content_null && !has_calls) {
-      Report(IssueSeverity::kError, line, content_field, "content_not_a_string",
-             absl::StrCat(content_field, " is null, not a string",
+      Report(IssueSeverity::kError, line, absl::StrCat(path, ".content"), "content_not_a_string",
+             absl::StrCat(path, ".content is null, not a string",
                           msg.role == "assistant" ? "; null content needs 'tool_calls' beside it"
                                                   : ""));
     }
@@ -505,6 +543,14 @@ class JsonlValidator::Impl {
              absl::StrCat(path, ".weight only affects assistant messages; ignored for ",
                           msg.role));
     }
+    if (msg.role == "tool" || (tool_call_id.has_value() && !msg.role.empty())) {
+      ToolCallId(line, path, tool_call_id, conv, msg);
+    }
+    return true;
+  }
+
+  void ToolCallId(int64_t line, const std::string& path, const std::optional<element>& tool_call_id,
+                  const Conversation& conv, ChatMessage& msg) {
     const std::string id_field = absl::StrCat(path, ".tool_call_id");
     if (msg.role == "tool") {
       std::string_view id;
@@ -527,7 +573,6 @@ class JsonlValidator::Impl {
       Report(IssueSeverity::kWarning, line, id_field, "tool_call_id_on_non_tool",
              absl::StrCat(id_field, " only belongs on tool messages; ignored for ", msg.role));
     }
-    return true;
   }
 
   // An assistant message's "tool_calls" at `path`. True if it is a
@@ -549,7 +594,7 @@ class JsonlValidator::Impl {
       }
       ToolCall call;
       bool has_id = false, has_type = false, has_function = false;
-      for (const Field& fd : Fields(c)) {
+      for (const Field& fd : Fields(c, dedup_)) {
         const std::string f = absl::StrCat(cp, ".", fd.key);
         if (fd.key == "id") {
           has_id = true;
@@ -606,7 +651,7 @@ class JsonlValidator::Impl {
       return;
     }
     bool has_name = false, has_arguments = false;
-    for (const Field& fd : Fields(value)) {
+    for (const Field& fd : Fields(value, dedup_)) {
       const std::string f = absl::StrCat(path, ".", fd.key);
       if (fd.key == "name") {
         has_name = true;
@@ -679,7 +724,7 @@ class JsonlValidator::Impl {
         continue;
       }
       bool has_type = false, has_function = false;
-      for (const Field& fd : Fields(t)) {
+      for (const Field& fd : Fields(t, dedup_)) {
         const std::string f = absl::StrCat(tp, ".", fd.key);
         if (fd.key == "type") {
           has_type = true;
@@ -715,7 +760,7 @@ class JsonlValidator::Impl {
       return;
     }
     bool has_name = false;
-    for (const Field& fd : Fields(value)) {
+    for (const Field& fd : Fields(value, dedup_)) {
       const std::string f = absl::StrCat(path, ".", fd.key);
       if (fd.key == "name") {
         has_name = true;
@@ -796,7 +841,7 @@ class JsonlValidator::Impl {
     Example ex;
     ex.line = line;
     bool has_text = false, has_label = false;
-    for (const Field& f : Fields(doc)) {
+    for (const Field& f : Fields(doc, dedup_)) {
       const absl::string_view key = f.key;
       const element value = f.value;
       if (key == "text" || key == "label") {
@@ -854,6 +899,7 @@ class JsonlValidator::Impl {
   simdjson::dom::parser parser_;
   simdjson::dom::parser arguments_parser_;  // tool call arguments, inside a line
   int64_t first_example_line_ = 0;          // the first line of the file's format
+  bool dedup_ = false;                      // the current line repeats a key
 };
 
 std::optional<DataFormat> DetectLineFormat(absl::string_view line) {

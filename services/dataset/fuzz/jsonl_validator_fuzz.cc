@@ -1,5 +1,7 @@
-// Feeds arbitrary bytes to the JSONL validator in both formats, split into
+// Feeds arbitrary bytes to the JSONL validator in every format, split into
 // chunks at a position taken from the input, and checks its invariants.
+// The first byte picks the format: odd -> classification, else bit 1 set ->
+// preference (e.g. a leading '\n'), else chat (e.g. a leading ' ').
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -12,12 +14,14 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  const bool classification = data[0] & 1;
+  using tunefleet::dataset::DataFormat;
+  const DataFormat format = (data[0] & 1)   ? DataFormat::kClassification
+                            : (data[0] & 2) ? DataFormat::kPreference
+                                            : DataFormat::kChat;
   const size_t split = size > 1 ? data[1] % size : 0;
   std::string input(reinterpret_cast<const char*>(data), size);
   tunefleet::dataset::ValidatorOptions options;
-  options.format = classification ? tunefleet::dataset::DataFormat::kClassification
-                                   : tunefleet::dataset::DataFormat::kChat;
+  options.format = format;
   options.max_line_bytes = 256;
   options.max_issues = 8;
   options.min_examples = 1;
