@@ -498,9 +498,15 @@ TEST_F(DatasetServiceTest, PreferenceFilesAreRecognisedAndMixedFilesNameTheLine)
   EXPECT_EQ(st.duplicate_examples(), 1);
   EXPECT_EQ(st.messages_per_example().max(), 2);  // the prompt and the preferred answer
 
-  // Read as chat, the first line already differs.
+  // Declared as preference, the same.
   v1::ValidateFileRequest req;
   req.set_file_id(file.id());
+  req.set_format(v1::DATA_FORMAT_PREFERENCE);
+  TF_ASSERT_OK_AND_ASSIGN(v1::ValidationReport declared, ValidateFile(a_.key, req));
+  EXPECT_TRUE(declared.valid());
+  EXPECT_EQ(declared.statistics().examples(), 13);
+
+  // Read as chat, the first line already differs.
   req.set_format(v1::DATA_FORMAT_CHAT);
   TF_ASSERT_OK_AND_ASSIGN(v1::ValidationReport r, ValidateFile(a_.key, req));
   EXPECT_FALSE(r.valid());
