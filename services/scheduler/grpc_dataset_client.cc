@@ -1,7 +1,6 @@
 #include "services/scheduler/grpc_dataset_client.h"
 
-#include "common/rpc/channel.h"
-#include "common/rpc/status.h"
+#include "common/base/status_macros.h"
 
 namespace tunefleet::scheduler {
 namespace {
@@ -18,63 +17,64 @@ DatasetFile FromProto(const v1::File& f) {
   return d;
 }
 
+rpc::CallOptions Defaults(std::string internal_key, absl::Duration timeout) {
+  rpc::CallOptions o;
+  o.api_key = std::move(internal_key);
+  o.timeout = timeout;
+  o.max_attempts = 3;
+  return o;
+}
+
 }  // namespace
 
 GrpcDatasetClient::GrpcDatasetClient(std::shared_ptr<grpc::Channel> channel,
                                      std::string internal_key, absl::Duration timeout)
-    : files_(v1::DatasetService::NewStub(channel)),
-      control_(internal::v1::DatasetControlService::NewStub(channel)),
-      key_(std::move(internal_key)),
-      timeout_(timeout) {}
+    : files_(channel, Defaults(internal_key, timeout)),
+      control_(channel, Defaults(internal_key, timeout)) {}
+
+rpc::CallOptions GrpcDatasetClient::Options(const std::string& tenant) const {
+  rpc::CallOptions o = files_.defaults();
+  o.on_behalf_of = tenant;
+  return o;
+}
 
 absl::StatusOr<DatasetFile> GrpcDatasetClient::GetFile(const std::string& tenant,
                                                        const std::string& file_id) {
-  grpc::ClientContext ctx;
-  rpc::PrepareContext(&ctx, key_, timeout_, tenant);
   v1::GetFileRequest req;
   req.set_file_id(file_id);
-  v1::File file;
-  grpc::Status s = files_->GetFile(&ctx, req, &file);
-  if (!s.ok()) return rpc::FromGrpcStatus(s);
+  rpc::CallOptions o = Options(tenant);
+  o.retry_deadline_exceeded = true;  // a read
+  TF_ASSIGN_OR_RETURN(v1::File file, files_.Call(&v1::DatasetService::Stub::GetFile, req, o));
   return FromProto(file);
 }
 
 absl::StatusOr<std::pair<DatasetFile, DatasetFile>> GrpcDatasetClient::SplitFile(
     const std::string& tenant, const std::string& file_id, double validation_ratio,
     int64_t seed) {
-  grpc::ClientContext ctx;
-  rpc::PrepareContext(&ctx, key_, timeout_, tenant);
   v1::SplitFileRequest req;
   req.set_file_id(file_id);
   req.set_validation_ratio(validation_ratio);
   req.set_seed(seed);
-  v1::SplitFileResponse resp;
-  grpc::Status s = files_->SplitFile(&ctx, req, &resp);
-  if (!s.ok()) return rpc::FromGrpcStatus(s);
+  TF_ASSIGN_OR_RETURN(v1::SplitFileResponse resp,
+                      files_.Call(&v1::DatasetService::Stub::SplitFile, req, Options(tenant)));
   return std::make_pair(FromProto(resp.training_file()), FromProto(resp.validation_file()));
 }
 
 absl::Status GrpcDatasetClient::HoldFile(const std::string& tenant, const std::string& file_id,
                                          const std::string& holder) {
-  grpc::ClientContext ctx;
-  rpc::PrepareContext(&ctx, key_, timeout_);
   internal::v1::HoldFileRequest req;
   req.set_file_id(file_id);
   req.set_holder(holder);
   req.set_tenant(tenant);
-  internal::v1::HoldFileResponse resp;
-  return rpc::FromGrpcStatus(control_->HoldFile(&ctx, req, &resp));
+  return control_.Call(&internal::v1::DatasetControlService::Stub::HoldFile, req).status();
 }
 
 absl::Status GrpcDatasetClient::ReleaseFile(const std::string& file_id,
                                             const std::string& holder) {
-  grpc::ClientContext ctx;
-  rpc::PrepareContext(&ctx, key_, timeout_);
   internal::v1::ReleaseFileRequest req;
   req.set_file_id(file_id);
   req.set_holder(holder);
-  internal::v1::ReleaseFileResponse resp;
-  return rpc::FromGrpcStatus(control_->ReleaseFile(&ctx, req, &resp));
+  return control_.Call(&internal::v1::DatasetControlService::Stub::ReleaseFile, req).status();
 }
 
 }  // namespace tunefleet::scheduler

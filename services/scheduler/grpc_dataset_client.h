@@ -1,12 +1,14 @@
 // DatasetClient over gRPC: DatasetService (GetFile, SplitFile, acting for the
 // tenant) and DatasetControlService (HoldFile, ReleaseFile) with the internal
-// key. One channel, reused; every call has a deadline.
+// key. One channel, reused; every call has a deadline and UNAVAILABLE is
+// retried (rpc::CallWithRetry; a few attempts, the caller is a handler).
 #pragma once
 
 #include <memory>
 #include <string>
 
 #include "absl/time/time.h"
+#include "common/rpc/client.h"
 #include "services/scheduler/dataset_client.h"
 #include "tunefleet/internal/v1/dataset_control.grpc.pb.h"
 #include "tunefleet/v1/files.grpc.pb.h"
@@ -28,10 +30,10 @@ class GrpcDatasetClient final : public DatasetClient {
   absl::Status ReleaseFile(const std::string& file_id, const std::string& holder) override;
 
  private:
-  std::unique_ptr<v1::DatasetService::Stub> files_;
-  std::unique_ptr<internal::v1::DatasetControlService::Stub> control_;
-  const std::string key_;
-  const absl::Duration timeout_;
+  rpc::CallOptions Options(const std::string& tenant) const;
+
+  rpc::TypedClient<v1::DatasetService> files_;
+  rpc::TypedClient<internal::v1::DatasetControlService> control_;
 };
 
 }  // namespace tunefleet::scheduler

@@ -17,8 +17,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/base/status_macros.h"
-#include "common/rpc/channel.h"
-#include "common/rpc/status.h"
 #include "common/text/tokenizer.h"
 #include "services/trainer/agent/worker_process.h"
 #include "services/trainer/protocol/report.h"
@@ -162,8 +160,8 @@ class TrainerAgent::Runner {
                 const std::optional<v1::JobEvaluation>& evaluation = std::nullopt);
   void ReportCheckpoint(int64_t step, const std::string& dir, const v1::TrainingMetrics& metrics);
   // Calls the scheduler; with `deliver`, retries UNAVAILABLE and
-  // DEADLINE_EXCEEDED with backoff until it answers or the runner is
-  // withdrawn.
+  // DEADLINE_EXCEEDED (the reports it delivers are idempotent) with backoff
+  // until it answers or the runner is withdrawn (which cancels the call).
   template <typename Req, typename Resp>
   absl::StatusOr<Resp> Call(
       grpc::Status (iv1::TrainerControlService::Stub::*method)(grpc::ClientContext*, const Req&,
@@ -208,23 +206,24 @@ absl::StatusOr<Resp> TrainerAgent::Runner::Call(
     grpc::Status (iv1::TrainerControlService::Stub::*method)(grpc::ClientContext*, const Req&,
                                                             Resp*),
     const Req& req, bool deliver) {
-  absl::Duration backoff = absl::Milliseconds(100);
-  for (;;) {
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, agent_.options_.api_key, agent_.options_.rpc_timeout);
-    Resp resp;
-    absl::Status s = rpc::FromGrpcStatus((agent_.scheduler_.get()->*method)(&ctx, req, &resp));
-    if (s.ok()) return resp;
-    agent_.metrics_.scheduler_errors.Increment();
-    bool transient = s.code() == absl::StatusCode::kUnavailable ||
-                     s.code() == absl::StatusCode::kDeadlineExceeded;
-    if (!deliver || !transient) return s;
-    spdlog::warn("assignment={} scheduler call failed, retrying in {}: {}", a_.assignment_id(),
-                 absl::FormatDuration(backoff), s.ToString());
-    absl::MutexLock lock(&mu_);
-    if (mu_.AwaitWithTimeout(absl::Condition(&withdrawn_), backoff)) return s;
-    backoff = std::min(backoff * 2, agent_.options_.max_backoff);
+  rpc::CallOptions o = agent_.SchedulerCallOptions();
+  o.cancel = &cancel_;
+  if (deliver) {
+    o.max_attempts = 0;
+    o.retry_deadline_exceeded = true;
+  } else {
+    o.max_attempts = 1;
   }
+  o.on_retry = [&](const absl::Status& s, int, absl::Duration wait) {
+    agent_.metrics_.scheduler_errors.Increment();
+    spdlog::warn("assignment={} scheduler call failed, retrying in {}: {}", a_.assignment_id(),
+                 absl::FormatDuration(wait), s.ToString());
+  };
+  absl::StatusOr<Resp> resp = rpc::CallUnary(agent_.scheduler_.get(), method, req, o);
+  if (!resp.ok() && !absl::IsCancelled(resp.status())) {
+    agent_.metrics_.scheduler_errors.Increment();
+  }
+  return resp;
 }
 
 absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
@@ -763,21 +762,25 @@ void TrainerAgent::Stop() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
-    if (inflight_ != nullptr) inflight_->TryCancel();
     runners.swap(runners_);
   }
+  stop_.Cancel();
   for (auto& [id, r] : runners) r->Withdraw();
   runners.clear();  // joins
   if (control_.joinable()) control_.join();
 }
 
-bool TrainerAgent::SleepFor(absl::Duration d) {
-  absl::MutexLock lock(&mu_);
-  return !mu_.AwaitWithTimeout(absl::Condition(&stopping_), d);
+bool TrainerAgent::SleepFor(absl::Duration d) { return stop_.SleepFor(d); }
+
+rpc::CallOptions TrainerAgent::SchedulerCallOptions() {
+  rpc::CallOptions o;
+  o.api_key = options_.api_key;
+  o.timeout = options_.rpc_timeout;
+  o.max_backoff = options_.max_backoff;
+  return o;
 }
 
 bool TrainerAgent::Register() {
-  absl::Duration backoff = absl::Milliseconds(100);
   iv1::RegisterNodeRequest req;
   req.set_node_name(options_.node_name);
   for (const auto& g : options_.gpus) *req.add_gpus() = g;
@@ -786,36 +789,31 @@ bool TrainerAgent::Register() {
     absl::MutexLock lock(&mu_);
     req.set_agent_address(agent_address_);
   }
-  for (;;) {
-    iv1::RegisterNodeResponse resp;
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, options_.api_key, options_.rpc_timeout);
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return false;
-      inflight_ = &ctx;
-    }
-    absl::Status s = rpc::FromGrpcStatus(scheduler_->RegisterNode(&ctx, req, &resp));
-    {
-      absl::MutexLock lock(&mu_);
-      inflight_ = nullptr;
-      if (s.ok()) {
-        metrics_.registrations.Increment();
-        node_id_ = resp.node_id();
-        if (resp.heartbeat_interval_ms() > 0) {
-          heartbeat_interval_ = absl::Milliseconds(resp.heartbeat_interval_ms());
-        }
-        spdlog::info("node={} registered as {} (heartbeat every {})", options_.node_name,
-                     node_id_, absl::FormatDuration(heartbeat_interval_));
-        return true;
-      }
-    }
+  // Until it works or the agent stops, whatever the error: a node that is
+  // not registered has nothing to do (a wrong key is logged and counted at
+  // every attempt).
+  rpc::CallOptions o = SchedulerCallOptions();
+  o.max_attempts = 0;
+  o.retry_every_error = true;
+  o.cancel = &stop_;
+  o.on_retry = [&](const absl::Status& s, int, absl::Duration wait) {
     metrics_.scheduler_errors.Increment();
     spdlog::warn("node={} registration failed, retrying in {}: {}", options_.node_name,
-                 absl::FormatDuration(backoff), s.ToString());
-    if (!SleepFor(backoff)) return false;
-    backoff = std::min(backoff * 2, options_.max_backoff);
+                 absl::FormatDuration(wait), s.ToString());
+  };
+  absl::StatusOr<iv1::RegisterNodeResponse> resp =
+      rpc::CallUnary(scheduler_.get(), &iv1::TrainerControlService::Stub::RegisterNode, req, o);
+  if (!resp.ok()) return false;  // stopped
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return false;
+  metrics_.registrations.Increment();
+  node_id_ = resp->node_id();
+  if (resp->heartbeat_interval_ms() > 0) {
+    heartbeat_interval_ = absl::Milliseconds(resp->heartbeat_interval_ms());
   }
+  spdlog::info("node={} registered as {} (heartbeat every {})", options_.node_name, node_id_,
+               absl::FormatDuration(heartbeat_interval_));
+  return true;
 }
 
 iv1::HeartbeatRequest TrainerAgent::HeartbeatRequest() const {
@@ -844,27 +842,25 @@ void TrainerAgent::ControlLoop() {
       if (!Register()) return;
       continue;
     }
-    iv1::HeartbeatRequest req = HeartbeatRequest();
-    iv1::HeartbeatResponse resp;
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, options_.api_key, options_.rpc_timeout);
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return;
-      inflight_ = &ctx;
-    }
-    absl::Status s = rpc::FromGrpcStatus(scheduler_->Heartbeat(&ctx, req, &resp));
+    // One attempt: the loop is the retry (the next heartbeat carries fresh
+    // assignment states), and NOT_FOUND means register again.
+    rpc::CallOptions o = SchedulerCallOptions();
+    o.max_attempts = 1;
+    o.cancel = &stop_;
+    absl::StatusOr<iv1::HeartbeatResponse> answer = rpc::CallUnary(
+        scheduler_.get(), &iv1::TrainerControlService::Stub::Heartbeat, HeartbeatRequest(), o);
+    absl::Status s = answer.status();
     metrics_.SweepRetired(absl::Now());
     absl::Duration interval;
     {
       absl::MutexLock lock(&mu_);
-      inflight_ = nullptr;
+      if (stopping_) return;
       interval = heartbeat_interval_;
       if (s.ok()) last_heartbeat_ = absl::Now();
     }
     if (s.ok()) {
       backoff = absl::Milliseconds(100);
-      Reconcile(resp);
+      Reconcile(*answer);
       if (!SleepFor(interval)) return;
       continue;
     }

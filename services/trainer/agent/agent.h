@@ -32,6 +32,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/rpc/client.h"
 #include "services/trainer/agent/shard_fetcher.h"
 #include "tunefleet/internal/v1/trainer.grpc.pb.h"
 
@@ -127,6 +128,8 @@ class TrainerAgent {
   internal::v1::HeartbeatRequest HeartbeatRequest() const;
   // Sleeps until `d` passes or the agent stops; false when stopping.
   bool SleepFor(absl::Duration d);
+  // The key, deadline and backoff of every scheduler call.
+  rpc::CallOptions SchedulerCallOptions();
   // The vocabulary of a model directory's tokenizer (what its shard files
   // are checked against), loaded once per directory.
   absl::StatusOr<int64_t> TokenizerVocab(const std::string& model_dir);
@@ -136,6 +139,8 @@ class TrainerAgent {
   AgentMetrics metrics_;
   std::unique_ptr<internal::v1::TrainerControlService::Stub> scheduler_;
   ShardFetcher fetcher_;
+  // Stop() cancels the control thread's call in flight and its backoff.
+  rpc::CallCancellation stop_;
   std::thread control_;
 
   absl::Mutex vocab_mu_;
@@ -143,8 +148,6 @@ class TrainerAgent {
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  // The control thread's call in flight (cancelled by Stop).
-  grpc::ClientContext* inflight_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::string node_id_ ABSL_GUARDED_BY(mu_);
   std::string agent_address_ ABSL_GUARDED_BY(mu_);
   absl::Duration heartbeat_interval_ ABSL_GUARDED_BY(mu_) = absl::Seconds(2);

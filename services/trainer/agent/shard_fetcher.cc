@@ -15,9 +15,8 @@
 namespace tunefleet::trainer {
 namespace {
 
-bool Retryable(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kUnavailable;
-}
+// An interrupted stream resumes on the same rule as a unary call.
+bool Retryable(const absl::Status& s) { return rpc::IsRetryable(rpc::CallOptions(), s); }
 
 absl::Status Cancelled() { return absl::CancelledError("the shard fetch was cancelled"); }
 
@@ -40,38 +39,12 @@ class CallGuard {
 
 // Sleeps up to `d`; false when cancelled meanwhile.
 bool Backoff(FetchCancellation* cancel, absl::Duration d) {
-  absl::Time until = absl::Now() + d;
-  while (absl::Now() < until) {
-    if (cancel != nullptr && cancel->cancelled()) return false;
-    absl::SleepFor(std::min(absl::Milliseconds(20), until - absl::Now()));
-  }
-  return cancel == nullptr || !cancel->cancelled();
-}
-
-}  // namespace
-
-void FetchCancellation::Cancel() {
-  absl::MutexLock lock(&mu_);
-  cancelled_ = true;
-  for (grpc::ClientContext* ctx : contexts_) ctx->TryCancel();
-}
-
-bool FetchCancellation::cancelled() const {
-  absl::MutexLock lock(&mu_);
-  return cancelled_;
-}
-
-bool FetchCancellation::Register(grpc::ClientContext* context) {
-  absl::MutexLock lock(&mu_);
-  if (cancelled_) return false;
-  contexts_.insert(context);
+  if (cancel != nullptr) return cancel->SleepFor(d);
+  absl::SleepFor(d);
   return true;
 }
 
-void FetchCancellation::Unregister(grpc::ClientContext* context) {
-  absl::MutexLock lock(&mu_);
-  contexts_.erase(context);
-}
+}  // namespace
 
 ShardFetcher::ShardFetcher(ShardFetcherOptions options, std::shared_ptr<grpc::Channel> dataset)
     : options_(std::move(options)), stub_(internal::v1::ShardService::NewStub(dataset)) {}
@@ -83,25 +56,21 @@ absl::StatusOr<internal::v1::ShardManifest> ShardFetcher::Prepare(
   req.set_tenant(request.tenant);
   req.set_base_model(request.base_model);
   req.set_max_sequence_length(request.max_sequence_length);
-  absl::Duration backoff = options_.initial_backoff;
-  for (int attempt = 1;; ++attempt) {
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, options_.api_key, options_.prepare_timeout, request.tenant);
-    internal::v1::ShardManifest manifest;
-    absl::Status s;
-    {
-      CallGuard guard(cancel, &ctx);
-      if (!guard.ok()) return Cancelled();
-      s = rpc::FromGrpcStatus(stub_->PrepareShards(&ctx, req, &manifest));
-    }
-    if (cancel != nullptr && cancel->cancelled()) return Cancelled();
-    if (s.ok()) return manifest;
-    if (!Retryable(s) || attempt >= options_.max_attempts) return s;
+  rpc::CallOptions o;
+  o.api_key = options_.api_key;
+  o.on_behalf_of = request.tenant;
+  o.timeout = options_.prepare_timeout;
+  o.max_attempts = options_.max_attempts;
+  o.initial_backoff = options_.initial_backoff;
+  o.cancel = cancel;
+  o.on_retry = [&](const absl::Status& s, int attempt, absl::Duration) {
     spdlog::warn("file={} PrepareShards attempt {} failed: {}", request.file_id, attempt,
                  s.ToString());
-    if (!Backoff(cancel, backoff)) return Cancelled();
-    backoff *= 2;
-  }
+  };
+  absl::StatusOr<internal::v1::ShardManifest> manifest =
+      rpc::CallUnary(stub_.get(), &internal::v1::ShardService::Stub::PrepareShards, req, o);
+  if (cancel != nullptr && cancel->cancelled()) return Cancelled();
+  return manifest;
 }
 
 absl::StatusOr<int64_t> ShardFetcher::Stream(const ShardFetchRequest& request,

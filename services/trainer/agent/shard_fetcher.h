@@ -18,25 +18,14 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/rpc/client.h"
 #include "tunefleet/internal/v1/shards.grpc.pb.h"
 
 namespace tunefleet::trainer {
 
 // Lets another thread abandon a fetch: in-flight calls are cancelled and
 // later ones fail at once with CANCELLED. Thread-safe.
-class FetchCancellation {
- public:
-  void Cancel();
-  bool cancelled() const;
-  // False (and nothing registered) when already cancelled.
-  bool Register(grpc::ClientContext* context);
-  void Unregister(grpc::ClientContext* context);
-
- private:
-  mutable absl::Mutex mu_;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::set<grpc::ClientContext*> contexts_ ABSL_GUARDED_BY(mu_);
-};
+using FetchCancellation = rpc::CallCancellation;
 
 struct ShardFetcherOptions {
   // Shard files go to <cache_dir>/<shard_set_id>/rank-<r>-of-<w>.tfshard.
