@@ -3,8 +3,8 @@
 //   tunefleet health           ask a service whether it is SERVING
 //   tunefleet keys create      make an API key (prints it once, stores its digest)
 //   tunefleet jobs ...         create, follow, inspect, cancel, pause, resume fine-tuning jobs
-//   tunefleet models ...       list, get, delete models
-//   tunefleet deployments ...  deploy models behind the chat API
+//   tunefleet models ...       list, get, download (a tar, sha256 checked), delete models
+//   tunefleet deployments ...  deploy models behind the chat API; update one in place
 //   tunefleet chat             talk to a deployment
 // Exit codes: see cli/commands.h.
 //   tunefleet files ...        upload, list, get, delete training files
@@ -113,6 +113,15 @@ int main(int argc, char** argv) {
   using namespace tunefleet;
   CLI::App app{"tunefleet: fine-tune and serve models on your own GPUs"};
   app.require_subcommand(1);
+  app.footer(
+      "Each command finds its service's address, the API key and TLS options setting by "
+      "setting: flags first (--target, --api-key, --tls-*), then the environment "
+      "(TUNEFLEET_DATASET/_SCHEDULER/_SERVING, TUNEFLEET_API_KEY, TUNEFLEET_TLS_CA/_CERT/_KEY/"
+      "_SERVER_NAME), then one config file: --config FILE, else $TUNEFLEET_CONFIG, else "
+      "<--fleet dir>/config.json (written by 'tunefleet local'), else "
+      "~/.config/tunefleet/config.json.\n"
+      "Exit codes: 0 ok, 1 server error, 2 bad argument, 3 not found, 4 refused, "
+      "5 bad API key, 6 service unreachable.");
 
   cli::LocalFleetOptions local;
   bool check_only = false;

@@ -832,10 +832,10 @@ absl::StatusOr<v1::DeleteDeploymentResponse> Scheduler::DeleteDeployment(const s
 absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& tenant,
                                                            const v1::UpdateDeploymentRequest& req) {
   const v1::Deployment& patch = req.deployment();
-  if (patch.id().empty()) return absl::InvalidArgumentError("deployment.id: required");
+  if (patch.id().empty()) return errors::FieldError("deployment.id", "required");
   if (req.update_mask().paths_size() == 0) {
-    return absl::InvalidArgumentError(
-        "update_mask: name what changes (model, replicas, content_filter)");
+    return errors::FieldError("update_mask",
+                              "name what changes (model, replicas, content_filter)");
   }
   bool model = false, replicas = false, filter = false;
   for (const std::string& path : req.update_mask().paths()) {
@@ -846,31 +846,31 @@ absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& te
     } else if (path == "content_filter") {
       filter = true;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "update_mask: '", path,
-          "' cannot be updated (updatable: model, replicas, content_filter)"));
+      return errors::FieldError(
+          "update_mask.paths",
+          absl::StrCat("'", path, "' cannot be updated (updatable: model, replicas, content_filter)"));
     }
   }
   if (replicas && (patch.replicas() < 0 || patch.replicas() > 64))
-    return absl::InvalidArgumentError("deployment.replicas: must be in [0, 64]");
+    return errors::FieldError("deployment.replicas", "must be in [0, 64]");
   if (filter) {
     for (int i = 0; i < patch.content_filter().rules_size(); ++i) {
       const auto& r = patch.content_filter().rules(i);
       if (!v1::ContentFilterCategory_IsValid(r.category()) ||
           r.category() == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED)
-        return absl::InvalidArgumentError(
-            absl::StrCat("deployment.content_filter.rules[", i, "].category: required"));
+        return errors::FieldError(
+            absl::StrCat("deployment.content_filter.rules[", i, "].category"), "required");
       if (!v1::Severity_IsValid(r.threshold()))
-        return absl::InvalidArgumentError(
-            absl::StrCat("deployment.content_filter.rules[", i, "].threshold: unknown value"));
+        return errors::FieldError(
+            absl::StrCat("deployment.content_filter.rules[", i, "].threshold"), "unknown value");
     }
   }
-  if (model && patch.model().empty()) return absl::InvalidArgumentError("deployment.model: required");
+  if (model && patch.model().empty()) return errors::FieldError("deployment.model", "required");
   // A base model's folder is looked up before the lock (a directory scan).
   const bool base_model = model && !absl::StartsWith(patch.model(), "ft:");
   if (base_model && !catalog_.Get(patch.model()).ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("deployment.model: unknown model '", patch.model(), "'"));
+    return errors::FieldError("deployment.model",
+                              absl::StrCat("unknown model '", patch.model(), "'"));
   }
   Txn t(this);
   v1::Deployment updated;
@@ -892,8 +892,8 @@ absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& te
         adapter = m->second.artifact;
       }
       if (base != it->second.base_artifact) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "deployment.model: ", patch.model(), " is ",
+        return errors::FieldError("deployment.model", absl::StrCat(
+            patch.model(), " is ",
             base_model ? "the base model " : "fine-tuned from ", base, ", but ", patch.id(),
             " serves ", it->second.base_artifact,
             "; a different base model needs a new deployment"));

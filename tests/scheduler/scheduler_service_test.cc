@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/sha256.h"
+#include "common/errors/error_details.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
 #include "common/rpc/status.h"
@@ -1219,8 +1220,12 @@ TEST_F(ModelContentTest, UpdateDeploymentCallerErrorsNameTheProblem) {
   patch.set_id(dep->id());
   patch.set_model(kBase);
 
-  EXPECT_THAT(Update(a_.key, patch, {"state"}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'state'")));
+  absl::Status state_path = Update(a_.key, patch, {"state"}).status();
+  EXPECT_THAT(state_path, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'state'")));
+  errors::Details details = errors::GetDetails(state_path);
+  EXPECT_EQ(details.reason, "INVALID_FIELD");
+  ASSERT_THAT(details.field_violations, SizeIs(1));
+  EXPECT_EQ(details.field_violations[0].field, "update_mask.paths");
   EXPECT_THAT(Update(a_.key, patch, {"model", "bogus.path"}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'bogus.path'")));
   EXPECT_THAT(Update(a_.key, patch, {}),
