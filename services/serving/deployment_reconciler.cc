@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include "common/rpc/channel.h"
-#include "common/rpc/status.h"
 #include "services/serving/proto_convert.h"
 #include "tunefleet/internal/v1/serving.grpc.pb.h"
 
@@ -27,8 +26,8 @@ void DeploymentReconciler::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    if (watch_) watch_->TryCancel();
   }
+  stop_.Cancel();
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
@@ -50,51 +49,48 @@ std::string DeploymentReconciler::replica_id() const {
   return replica_id_;
 }
 
-bool DeploymentReconciler::Backoff(absl::Duration* backoff) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, absl::ToChronoNanoseconds(*backoff), [&] { return stopping_; });
-  *backoff = std::min(*backoff * 2, options_.max_backoff);
-  return !stopping_;
+rpc::CallOptions DeploymentReconciler::BaseCallOptions() {
+  rpc::CallOptions o;
+  o.api_key = options_.internal_key;
+  o.timeout = options_.call_timeout;
+  o.initial_backoff = options_.min_backoff;
+  o.max_backoff = options_.max_backoff;
+  o.cancel = &stop_;
+  return o;
 }
 
 void DeploymentReconciler::Run() {
-  auto stub = internal_v1::ServingControlService::NewStub(channel_);
+  rpc::TypedClient<internal_v1::ServingControlService> client(channel_, BaseCallOptions());
   absl::Duration backoff = options_.min_backoff;
   for (;;) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) return;
-    }
     internal_v1::RegisterReplicaRequest reg;
     reg.set_replica_name(options_.replica_name);
     reg.set_address(options_.advertise_address);
     reg.set_memory_bytes(options_.memory_bytes);
-    internal_v1::RegisterReplicaResponse registered;
-    grpc::ClientContext rc;
-    rpc::PrepareContext(&rc, options_.internal_key, options_.call_timeout);
-    grpc::Status s = stub->RegisterReplica(&rc, reg, &registered);
-    if (!s.ok()) {
-      spdlog::warn("replica={} register failed: {} ({}); retrying", options_.replica_name,
-                   s.error_message(), static_cast<int>(s.error_code()));
-      if (!Backoff(&backoff)) return;
-      continue;
-    }
+    // Until it works: a replica without a scheduler has nothing to do (a
+    // wrong key is logged at every attempt, and the replica stays unready).
+    rpc::CallOptions ro = client.defaults();
+    ro.max_attempts = 0;
+    ro.retry_every_error = true;
+    ro.on_retry = [&](const absl::Status& s, int attempt, absl::Duration wait) {
+      spdlog::warn("replica={} register attempt {} failed: {}; retrying in {}",
+                   options_.replica_name, attempt, s.ToString(), absl::FormatDuration(wait));
+    };
+    absl::StatusOr<internal_v1::RegisterReplicaResponse> registered =
+        client.Call(&internal_v1::ServingControlService::Stub::RegisterReplica, reg, ro);
+    if (!registered.ok()) return;  // stopped
     {
       std::lock_guard<std::mutex> lock(mu_);
-      replica_id_ = registered.replica_id();
+      replica_id_ = registered->replica_id();
     }
-    spdlog::info("replica={} registered as {}", options_.replica_name, registered.replica_id());
+    spdlog::info("replica={} registered as {}", options_.replica_name, registered->replica_id());
 
     grpc::ClientContext wc;
     rpc::PrepareContext(&wc, options_.internal_key, options_.watch_timeout);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) return;
-      watch_ = &wc;
-    }
+    if (!stop_.Register(&wc)) return;
     internal_v1::WatchDeploymentsRequest wr;
-    wr.set_replica_id(registered.replica_id());
-    auto reader = stub->WatchDeployments(&wc, wr);
+    wr.set_replica_id(registered->replica_id());
+    auto reader = client.stub()->WatchDeployments(&wc, wr);
     internal_v1::DesiredDeployments desired;
     while (reader->Read(&desired)) {
       backoff = options_.min_backoff;
@@ -105,18 +101,22 @@ void DeploymentReconciler::Run() {
       // replica already answers probes as serving.
       if (on_applied_) on_applied_(replica_->BasesLoaded());
       internal_v1::ReportReplicaStatusRequest report;
-      report.set_replica_id(registered.replica_id());
+      report.set_replica_id(registered->replica_id());
       for (const DeploymentStatus& st : statuses) {
         auto* r = report.add_deployments();
         r->set_deployment_id(st.id);
         r->set_ready(st.ready);
         r->set_error(st.error);
       }
-      internal_v1::ReportReplicaStatusResponse ignored;
-      grpc::ClientContext sc;
-      rpc::PrepareContext(&sc, options_.internal_key, options_.call_timeout);
-      grpc::Status rs = stub->ReportReplicaStatus(&sc, report, &ignored);
-      if (!rs.ok()) spdlog::warn("replica={} status report failed: {}", options_.replica_name, rs.error_message());
+      // The full set each time: repeating it is harmless.
+      rpc::CallOptions so = client.defaults();
+      so.retry_deadline_exceeded = true;
+      absl::Status rs =
+          client.Call(&internal_v1::ServingControlService::Stub::ReportReplicaStatus, report, so)
+              .status();
+      if (!rs.ok()) {
+        spdlog::warn("replica={} status report failed: {}", options_.replica_name, rs.ToString());
+      }
       {
         std::lock_guard<std::mutex> lock(mu_);
         applied_generation_ = desired.generation();
@@ -125,13 +125,12 @@ void DeploymentReconciler::Run() {
       cv_.notify_all();
     }
     grpc::Status ws = reader->Finish();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      watch_ = nullptr;
-      if (stopping_) return;
-    }
-    spdlog::warn("replica={} watch ended: {}; re-registering", options_.replica_name, ws.error_message());
-    if (!Backoff(&backoff)) return;
+    stop_.Unregister(&wc);
+    if (stop_.cancelled()) return;
+    spdlog::warn("replica={} watch ended: {}; re-registering in {}", options_.replica_name,
+                 ws.error_message(), absl::FormatDuration(backoff));
+    if (!stop_.SleepFor(backoff)) return;
+    backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
 

@@ -1,8 +1,9 @@
 // Keeps a replica in step with the scheduler (the Kubernetes controller
 // pattern): registers, watches the desired deployments (a full set per
 // message), applies each set to the Replica and reports every deployment's
-// readiness. A broken stream is re-established with backoff (registering
-// again: the scheduler may have restarted). Owns one thread.
+// readiness. Registration retries every error (rpc::CallWithRetry) until it
+// works or Stop(); a broken stream is re-established with backoff
+// (registering again: the scheduler may have restarted). Owns one thread.
 #pragma once
 
 #include <condition_variable>
@@ -16,6 +17,7 @@
 #include <grpcpp/client_context.h>
 
 #include "absl/time/time.h"
+#include "common/rpc/client.h"
 #include "services/serving/replica.h"
 
 namespace tunefleet::serving {
@@ -48,7 +50,7 @@ class DeploymentReconciler {
 
  private:
   void Run();
-  bool Backoff(absl::Duration* backoff);
+  rpc::CallOptions BaseCallOptions();
 
   std::shared_ptr<grpc::Channel> channel_;
   Replica* replica_;
@@ -60,7 +62,7 @@ class DeploymentReconciler {
   int64_t applied_generation_ = -1;
   int64_t applies_ = 0;
   std::string replica_id_;
-  grpc::ClientContext* watch_ = nullptr;  // to cancel on Stop
+  rpc::CallCancellation stop_;  // cancels the call in flight and any backoff
   std::thread thread_;
 };
 
