@@ -90,17 +90,27 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
   const int64_t max_new = std::min(options.max_new_tokens, c.max_position_embeddings - longest);
   std::vector<int64_t> stop_ids =
       options.stop_token_ids.empty() ? c.eos_token_ids : options.stop_token_ids;
-  size_t longest_stop = 0;
-  for (const std::string& s : options.stop_strings) longest_stop = std::max(longest_stop, s.size());
 
   std::vector<Generation> out(B);
   if (max_new == 0) return out;
   TF_ASSIGN_OR_RETURN(KvCache cache, decoder.NewCache(static_cast<int64_t>(B), longest + max_new));
 
+  // One Sequence per row: it owns the row's stop rules and text.
+  std::vector<Sequence> seqs;
+  seqs.reserve(B);
+  for (size_t b = 0; b < B; ++b) {
+    SamplingParams p;
+    p.max_new_tokens = max_new;
+    p.temperature = options.temperature;
+    p.top_p = options.top_p;
+    p.top_k = options.top_k;
+    p.seed = options.seed + b;
+    p.stop_token_ids = stop_ids;
+    p.stop_strings = options.stop_strings;
+    seqs.emplace_back(std::move(p), options.detokenize);
+  }
   std::vector<SplitMix64> rngs;
   for (size_t b = 0; b < B; ++b) rngs.emplace_back(options.seed + b);
-  std::vector<bool> done(B, false);
-  std::vector<size_t> text_checked(B, 0);
 
   return internal::CatchTorch("Generate", [&]() -> absl::StatusOr<std::vector<Generation>> {
     std::vector<int64_t> flat(B * static_cast<size_t>(longest), 0);
@@ -119,56 +129,35 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
       std::vector<int64_t> next(B, 0);
       std::vector<int64_t> chunk(B, 0);
       for (size_t b = 0; b < B; ++b) {
-        if (done[b]) continue;
+        Sequence& seq = seqs[b];
+        if (seq.finished()) continue;
         const double u = options.temperature > 0 ? rngs[b].Uniform() : 0.0;
         const int64_t tok =
             SampleToken(data + b * static_cast<size_t>(c.vocab_size), c.vocab_size, options, u);
-        Generation& g = out[b];
-        if (std::find(stop_ids.begin(), stop_ids.end(), tok) != stop_ids.end()) {
-          g.finish_reason = FinishReason::kStopToken;
-          g.stop_token_id = tok;
-          done[b] = true;
-          continue;
-        }
-        g.tokens.push_back(tok);
+        const std::optional<FinishReason> finish = seq.Accept(tok);
+        if (finish == FinishReason::kStopToken) continue;
         if (options.on_token && !options.on_token(b, tok)) {
-          g.finish_reason = FinishReason::kCancelled;
-          done[b] = true;
+          seq.Cancel();
           continue;
         }
-        if (!options.stop_strings.empty()) {
-          g.text = options.detokenize(g.tokens);
-          // Only the tail can hold a new match.
-          const size_t from = text_checked[b] > longest_stop ? text_checked[b] - longest_stop : 0;
-          size_t best = std::string::npos;
-          for (const std::string& s : options.stop_strings) {
-            size_t pos = s.empty() ? std::string::npos : g.text.find(s, from);
-            if (pos < best) {
-              best = pos;
-              g.stop_string = s;
-            }
-          }
-          text_checked[b] = g.text.size();
-          if (best != std::string::npos) {
-            g.text.resize(best);
-            g.finish_reason = FinishReason::kStopString;
-            done[b] = true;
-            continue;
-          }
-        }
+        if (finish) continue;
         next[b] = tok;
         chunk[b] = 1;
       }
-      if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+      if (std::all_of(seqs.begin(), seqs.end(), [](const Sequence& q) { return q.finished(); }))
+        break;
       if (step + 1 == max_new) break;
       at::Tensor step_ids = at::tensor(next, at::kLong).view({static_cast<int64_t>(B), 1});
       TF_ASSIGN_OR_RETURN(logits, decoder.Extend(cache, step_ids, chunk, options.adapter));
     }
     for (size_t b = 0; b < B; ++b) {
+      const Sequence& seq = seqs[b];
       Generation& g = out[b];
-      if (!done[b]) g.finish_reason = FinishReason::kLength;
-      if (options.detokenize && g.finish_reason != FinishReason::kStopString)
-        g.text = options.detokenize(g.tokens);
+      g.tokens = seq.tokens();
+      g.finish_reason = seq.finish_reason().value_or(FinishReason::kLength);
+      g.stop_token_id = seq.stop_token_id();
+      g.stop_string = seq.stop_string();
+      g.text = seq.text();
     }
     return out;
   });

@@ -1,7 +1,8 @@
 // Text generation over a Decoder with a KV cache: greedy or sampled
 // (temperature, top-k, top-p, seeded), stopping at end tokens, stop strings
-// or a token budget. The tokenizer stays outside this library: stop strings
-// need a `detokenize` callback.
+// or a token budget: a batched loop over Sequences (sequence.h), one per
+// prompt. The tokenizer stays outside this library: stop strings and text
+// need a `detokenize` callback (called on short windows of tokens).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/model/decoder.h"
+#include "common/model/sequence.h"
 
 namespace tunefleet::model {
 
@@ -36,8 +38,6 @@ struct GenerationOptions {
   // One adapter for all prompts, or one per prompt (nullptr: the base).
   AdapterChoice adapter;
 };
-
-enum class FinishReason { kStopToken, kStopString, kLength, kCancelled };
 
 struct Generation {
   std::vector<int64_t> tokens;  // generated, without the prompt or stop token

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/base/sha256.h"
 #include "common/errors/error_details.h"
+#include "common/model/sequence.h"
 #include "common/text/tokenizer.h"
 
 namespace tunefleet::serving {
@@ -60,8 +61,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return buf.str();
 }
 
-bool IsContinuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
-
 // One chat's passage through the engine: tokens to text (whole
 // characters), stop strings, the content filter's hold-back, the result.
 class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<ChatCallImpl> {
@@ -77,7 +76,6 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
         stops_(std::move(stops)),
         sink_(std::move(sink)) {
     result_.prompt_tokens = prompt_tokens;
-    for (const std::string& s : stops_) max_stop_ = std::max(max_stop_, s.size());
   }
 
   void Cancel() override {
@@ -106,7 +104,7 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
     if (!stopped_ && natural) {
       result_.finish = c.finish == EngineFinish::kStop ? ChatFinish::kStop : ChatFinish::kLength;
       Feed(decoder_.Flush());
-      if (!stopped_) ToGuard(std::exchange(pending_, std::string()));
+      if (!stopped_) ToGuard(stops_.Flush());
     } else if (!stopped_) {
       result_.status = c.status.ok() ? absl::InternalError("generation ended early") : c.status;
     }
@@ -130,24 +128,11 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
  private:
   void Feed(std::string piece) {
     if (stopped_) return;
-    pending_ += piece;
-    for (const std::string& s : stops_) {
-      const size_t at = pending_.find(s);
-      if (at != std::string::npos) {
-        pending_.resize(at);
-        ToGuard(std::exchange(pending_, std::string()));
-        if (!stopped_) Stop(ChatFinish::kStop);
-        return;
-      }
-    }
-    // Keep what could be the start of a stop string.
-    const size_t keep = max_stop_ > 0 ? max_stop_ - 1 : 0;
-    if (pending_.size() <= keep) return;
-    size_t cut = pending_.size() - keep;
-    while (cut > 0 && cut < pending_.size() && IsContinuation(pending_[cut])) --cut;
-    std::string out = pending_.substr(0, cut);
-    pending_.erase(0, cut);
-    ToGuard(std::move(out));
+    // The model library's incremental matcher: a stop string split across
+    // tokens is found, and no part of one is ever released.
+    model::StopMatcher::Step step = stops_.Feed(piece);
+    ToGuard(std::move(step.release));
+    if (step.stop && !stopped_) Stop(ChatFinish::kStop);
   }
 
   void ToGuard(std::string text) {
@@ -185,10 +170,8 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
   text::StreamDecoder decoder_;
   FilterPolicy policy_;
   StreamGuard guard_;
-  std::vector<std::string> stops_;
-  size_t max_stop_ = 0;
+  model::StopMatcher stops_;  // holds decoded text not yet given to the guard
   std::shared_ptr<ChatSink> sink_;
-  std::string pending_;  // decoded text not yet given to the guard
   ChatResult result_;
   std::mutex mu_;
   std::shared_ptr<RequestHandle> handle_;  // guarded by mu_

@@ -1,4 +1,6 @@
 #include <set>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -58,6 +60,64 @@ TEST(ManualClock, AdvancesOnlyWhenTold) {
   EXPECT_EQ(clock.Now(), t0);
   clock.Advance(absl::Seconds(5));
   EXPECT_EQ(clock.Now() - t0, absl::Seconds(5));
+  EXPECT_EQ(clock.Monotonic(), absl::Seconds(5));
+  // A wall-clock step moves Now() only.
+  clock.SetWallTime(t0 - absl::Hours(1));
+  EXPECT_EQ(clock.Monotonic(), absl::Seconds(5));
+}
+
+TEST(ManualClock, TimersFireInDeadlineOrderWhenTimeIsAdvanced) {
+  ManualClock clock;
+  std::vector<std::string> fired;
+  std::vector<absl::Duration> seen_at;
+  auto timer = [&](const std::string& name) {
+    return [&, name] {
+      fired.push_back(name);
+      seen_at.push_back(clock.Monotonic());
+    };
+  };
+  clock.AddTimer(absl::Seconds(3), timer("lease"));
+  clock.AddTimer(absl::Seconds(1), timer("heartbeat"));
+  const Clock::TimerId cancelled = clock.AddTimer(absl::Seconds(2), timer("cancelled"));
+  clock.AddTimer(absl::Seconds(1), timer("heartbeat-2"));  // same deadline: added order
+  EXPECT_TRUE(clock.CancelTimer(cancelled));
+  EXPECT_FALSE(clock.CancelTimer(cancelled));
+  clock.Advance(absl::Milliseconds(999));
+  EXPECT_TRUE(fired.empty());
+  clock.Advance(absl::Milliseconds(1));
+  EXPECT_EQ(fired, (std::vector<std::string>{"heartbeat", "heartbeat-2"}));
+  // One long advance runs a timer that a due timer adds, at its own time.
+  clock.AddTimer(absl::Seconds(1), [&] {
+    fired.push_back("rearm");
+    clock.AddTimer(absl::Seconds(1), timer("rearmed"));
+  });
+  clock.Advance(absl::Seconds(10));
+  EXPECT_EQ(fired, (std::vector<std::string>{"heartbeat", "heartbeat-2", "rearm", "lease",
+                                              "rearmed"}));
+  EXPECT_EQ(seen_at.back(), absl::Seconds(3));  // "rearmed" saw 1 + 1 + 1 s
+  EXPECT_EQ(clock.Monotonic(), absl::Seconds(11));
+  EXPECT_EQ(clock.pending_timers(), 0u);
+}
+
+TEST(RealClock, TimerFiresAndCancelledOnesDoNot) {
+  Clock* clock = Clock::Real();
+  const absl::Duration start = clock->Monotonic();
+  absl::Mutex mu;
+  bool fired = false;
+  bool cancelled_fired = false;
+  const Clock::TimerId never = clock->AddTimer(absl::Milliseconds(30), [&] {
+    absl::MutexLock lock(&mu);
+    cancelled_fired = true;
+  });
+  EXPECT_TRUE(clock->CancelTimer(never));
+  clock->AddTimer(absl::Milliseconds(50), [&] {
+    absl::MutexLock lock(&mu);
+    fired = true;
+  });
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(mu.AwaitWithTimeout(absl::Condition(&fired), absl::Seconds(30)));
+  EXPECT_GE(clock->Monotonic() - start, absl::Milliseconds(50));
+  EXPECT_FALSE(cancelled_fired);
 }
 
 }  // namespace

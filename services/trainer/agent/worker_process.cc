@@ -211,7 +211,7 @@ void WorkerProcess::Run(int read_fd) {
   fcntl(read_fd, F_SETFL, fcntl(read_fd, F_GETFL) | O_NONBLOCK);
   std::string buf;
   bool eof = false;
-  absl::Time last_line = absl::Now();
+  absl::Duration last_line = options_.clock->Monotonic();
   WorkerExit result;
   auto deliver = [&](bool flush) {
     size_t start = 0;
@@ -220,14 +220,14 @@ void WorkerProcess::Run(int read_fd) {
       if (nl == std::string::npos) break;
       std::string line = buf.substr(start, std::min(nl - start, options_.max_line_bytes));
       start = nl + 1;
-      last_line = absl::Now();
+      last_line = options_.clock->Monotonic();
       on_line_(std::move(line));
     }
     buf.erase(0, start);
     if (buf.size() > options_.max_line_bytes || (flush && !buf.empty())) {
       std::string line = buf.substr(0, options_.max_line_bytes);
       buf.clear();
-      last_line = absl::Now();
+      last_line = options_.clock->Monotonic();
       on_line_(std::move(line));
     }
   };
@@ -257,7 +257,7 @@ void WorkerProcess::Run(int read_fd) {
       reaped_ = true;
       break;
     }
-    absl::Duration silent = absl::Now() - last_line;
+    absl::Duration silent = options_.clock->Monotonic() - last_line;
     if (!result.hung && silent > options_.report_timeout) {
       absl::MutexLock lock(&mu_);
       kill(-pid_, SIGKILL);

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/base/clock.h"
 
 namespace tunefleet::trainer {
 
@@ -38,6 +39,9 @@ struct WorkerProcessOptions {
   // A child that writes no complete line for this long is killed (SIGKILL
   // to its group) and its exit is marked hung.
   absl::Duration report_timeout = absl::InfiniteDuration();
+  // Measures the silence (monotonic time: a wall-clock step must not kill
+  // a healthy worker).
+  Clock* clock = Clock::Real();
   // How often the supervisor thread checks for exit and the timeout.
   absl::Duration poll_interval = absl::Milliseconds(20);
   // Longer lines are cut at this length (a worker must not make the agent

@@ -17,6 +17,7 @@
 #include "common/model/decoder.h"
 #include "common/model/file_util.h"
 #include "common/model/lora.h"
+#include "common/model/torch_status.h"
 #include "common/text/chat_template.h"
 #include "services/trainer/worker/checkpoint.h"
 #include "services/trainer/worker/data.h"
@@ -32,18 +33,7 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 // libtorch throws; nothing escapes the worker library.
-template <typename Fn>
-auto CatchTorch(absl::string_view what, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what_without_backtrace()));
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory"));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-  }
-}
+using model::internal::CatchTorch;
 
 void Log(const std::string& line) { std::fprintf(stderr, "train-worker: %s\n", line.c_str()); }
 
@@ -557,6 +547,9 @@ absl::Status Run::SyncedBackward(const at::Tensor& loss) {
   try {
     loss.backward();
     return absl::OkStatus();
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("backward: out of memory: ", e.what_without_backtrace()));
   } catch (const c10::Error& e) {
     return absl::UnavailableError(
         absl::StrCat("gradient all-reduce with the other ranks: ", e.what_without_backtrace()));
