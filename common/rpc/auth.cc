@@ -1,12 +1,10 @@
 #include "common/rpc/auth.h"
 
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <vector>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -82,18 +80,6 @@ absl::StatusOr<Principal> KeyRing::Lookup(absl::string_view key) const {
   return it->second;
 }
 
-NewKey GenerateKey(absl::string_view tenant, Role role, absl::string_view name) {
-  std::random_device rd;
-  std::string raw(32, '\0');
-  for (char& c : raw) c = static_cast<char>(rd() & 0xff);
-  NewKey out;
-  out.key = absl::StrCat("tfk-", absl::WebSafeBase64Escape(raw));
-  out.line = absl::StrCat(Sha256Hex(out.key), " ", tenant.empty() ? "-" : tenant, " ",
-                          role == Role::kInternal ? "internal" : "tenant", " ",
-                          name.empty() ? "key" : name);
-  return out;
-}
-
 absl::StatusOr<Principal> Authenticator::Authenticate(
     const grpc::ServerContextBase& context) const {
   absl::string_view header = Header(context, "authorization");
@@ -133,10 +119,9 @@ absl::StatusOr<Principal> Authenticator::AuthenticateTenant(
 
 absl::Status CheckOwner(const Principal& caller, absl::string_view owner_tenant,
                         absl::string_view kind, absl::string_view id) {
-  if (caller.tenant == owner_tenant) return absl::OkStatus();
   // An internal caller that names no tenant (a trainer fetching a job's
   // files, say) acts for the platform and may read any tenant's resources.
-  if (caller.internal() && caller.tenant.empty()) return absl::OkStatus();
+  if (caller.scope().Covers(owner_tenant)) return absl::OkStatus();
   return absl::NotFoundError(absl::StrCat(kind, " ", id, " not found"));
 }
 

@@ -11,16 +11,19 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/base/scope.h"
+#include "common/rpc/keys.h"
 
 namespace tunefleet::rpc {
-
-enum class Role { kTenant, kInternal };
 
 struct Principal {
   std::string tenant;  // for kInternal: the tenant acted for, if any
   Role role = Role::kTenant;
   std::string key_name;
   bool internal() const { return role == Role::kInternal; }
+  // What the caller may see: its tenant, or the platform for an internal
+  // caller that names no tenant.
+  Scope scope() const { return internal() && tenant.empty() ? Scope::Platform() : Scope::Tenant(tenant); }
 };
 
 // Internal callers act for a tenant by naming it in this header.
@@ -45,13 +48,7 @@ class KeyRing {
   absl::flat_hash_map<std::string, Principal> by_digest_;
 };
 
-// A new random key ("tfk-" + 43 url-safe base64 characters) and the keys-file
-// line that stores its digest.
-struct NewKey {
-  std::string key;
-  std::string line;
-};
-NewKey GenerateKey(absl::string_view tenant, Role role, absl::string_view name);
+// Role, NewKey and GenerateKey: common/rpc/keys.h.
 
 // Authenticates every call of a service. Thread-safe.
 class Authenticator {

@@ -13,6 +13,7 @@
 
 #include "common/rpc/channel.h"
 #include "common/rpc/metrics_http.h"
+#include "common/rpc/shutdown_signals.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -102,11 +103,6 @@ class Server {
 
 // ReadFileToString (a whole PEM or key file) is in common/rpc/channel.h.
 
-// Shutdown signals for a service's main(): BlockShutdownSignals() installs
-// handlers for SIGTERM and SIGINT (call it first thing, so that an early
-// signal is not lost); WaitForShutdownSignal() blocks until one arrives and
-// returns it.
-void BlockShutdownSignals();
-int WaitForShutdownSignal();
+// BlockShutdownSignals, WaitForShutdownSignal: common/rpc/shutdown_signals.h.
 
 }  // namespace tunefleet::rpc
