@@ -27,16 +27,24 @@ function(tunefleet_executable name)
   tunefleet_warnings(${name})
 endfunction()
 
-# tunefleet_test(name SOURCES ... DEPS ... [LABELS ...] [TIMEOUT s])
-# One GoogleTest binary per area, registered with CTest as one test per case.
+# tunefleet_test(name SOURCES ... DEPS ... [LABELS ...] [TIMEOUT s] [WHOLE])
+# One GoogleTest binary per area, registered with CTest as one test per case;
+# WHOLE registers the binary as one CTest test instead (for suites whose
+# cases share an expensive fixture, e.g. one local fleet for 120 rows, which
+# one process per case would start 120 times).
 function(tunefleet_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "WHOLE" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}")
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} tunefleet_testing GTest::gmock GTest::gtest_main)
   tunefleet_warnings(${name})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
+  endif()
+  if(ARG_WHOLE)
+    add_test(NAME ${name} COMMAND ${name} WORKING_DIRECTORY "${PROJECT_BINARY_DIR}")
+    set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT} LABELS "${ARG_LABELS}")
+    return()
   endif()
   include(GoogleTest)
   gtest_discover_tests(${name}

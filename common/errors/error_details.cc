@@ -90,6 +90,11 @@ absl::Status FieldError(absl::string_view field, absl::string_view description) 
       "INVALID_FIELD");
 }
 
+absl::Status InvalidField(absl::string_view field, absl::string_view message) {
+  return WithReason(WithFieldViolation(absl::InvalidArgumentError(message), field, message),
+                    "INVALID_FIELD");
+}
+
 absl::Status InvalidFields(const std::vector<FieldViolation>& violations) {
   std::string message;
   for (const auto& v : violations) {

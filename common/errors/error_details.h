@@ -82,6 +82,10 @@ absl::Status WithRetryDelay(absl::Status status, absl::Duration delay);
 // reason INVALID_FIELD: the common case in one call.
 absl::Status FieldError(absl::string_view field, absl::string_view description);
 
+// INVALID_ARGUMENT with `message` as it is (it names the field in its own
+// words), the field violation {field, message} and reason INVALID_FIELD.
+absl::Status InvalidField(absl::string_view field, absl::string_view message);
+
 // INVALID_ARGUMENT naming every bad field ("a: why; b: why"), one field
 // violation each, reason INVALID_FIELD. `violations` must not be empty.
 absl::Status InvalidFields(const std::vector<FieldViolation>& violations);

@@ -5,6 +5,7 @@
 
 #include <atomic>
 
+#include "common/errors/error_details.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/ids.h"
 #include "common/base/status_macros.h"
@@ -221,7 +222,7 @@ std::string SummarizeErrors(const ValidationSummary& v) {
 
 absl::Status FileProcessor::Process(const FileRecord& file) {
   TF_RETURN_IF_ERROR(registry_->SetStatus(file.id, FileStatus::kProcessing, "", ""));
-  auto reader = registry_->OpenContent("", file.id, 0);
+  auto reader = registry_->OpenContent(Scope::Platform(), file.id, 0);
   if (!reader.ok()) return reader.status();
   AnalyzeOptions options;
   if (file.format != 0) options.format = static_cast<DataFormat>(file.format);
@@ -287,7 +288,7 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::GetFile(grpc::CallbackServerContex
   return rpc::RunOnExecutor(context, auth_.AuthenticateTenant(*context), executor_,
                             [this, request, response](const rpc::Principal& caller) {
                               absl::StatusOr<FileRecord> f =
-                                  registry_->Get(caller.tenant, request->file_id());
+                                  registry_->Get(caller.scope(), request->file_id());
                               if (f.ok()) ToProto(*f, response);
                               return f.status();
                             });
@@ -332,12 +333,12 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(grpc::CallbackServerC
       context, auth_.AuthenticateTenant(*context), executor_,
       [this, request, response](const rpc::Principal& caller) {
         if (request->max_issues() < 0) {
-          return absl::InvalidArgumentError("max_issues must not be negative");
+          return errors::InvalidField("max_issues", "max_issues must not be negative");
         }
         if (request->max_sequence_length() < 0) {
-          return absl::InvalidArgumentError("max_sequence_length must not be negative");
+          return errors::InvalidField("max_sequence_length", "max_sequence_length must not be negative");
         }
-        if (request->epochs() < 0) return absl::InvalidArgumentError("epochs must not be negative");
+        if (request->epochs() < 0) return errors::InvalidField("epochs", "epochs must not be negative");
         AnalyzeOptions options;
         options.max_issues = request->max_issues() > 0 ? request->max_issues() : 100;
         options.max_sequence_length = request->max_sequence_length();
@@ -356,13 +357,13 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(grpc::CallbackServerC
           if (!tokenizer.ok()) return tokenizer.status();
           options.token_counter = CountWith(tokenizer->tokenize);
         }
-        absl::StatusOr<FileRecord> file = registry_->Get(caller.tenant, request->file_id());
+        absl::StatusOr<FileRecord> file = registry_->Get(caller.scope(), request->file_id());
         if (!file.ok()) return file.status();
         options.min_examples = MinExamples(file->purpose);
         if (!options.format.has_value() && file->format != 0) {
           options.format = static_cast<DataFormat>(file->format);
         }
-        auto reader = registry_->OpenContent(caller.tenant, request->file_id(), 0);
+        auto reader = registry_->OpenContent(caller.scope(), request->file_id(), 0);
         if (!reader.ok()) return reader.status();
         absl::StatusOr<Analysis> analysis = Analyze(**reader, options);
         if (!analysis.ok()) return analysis.status();
@@ -404,7 +405,7 @@ grpc::ServerWriteReactor<v1::FileChunk>* DatasetServiceImpl::GetFileContent(
   if (!caller.ok()) return new rpc::RejectedWriteReactor<v1::FileChunk>(caller.status());
   // Opening is a quick metadata lookup plus open(2); the reads go to the
   // executor.
-  auto reader = registry_->OpenContent(caller->tenant, request->file_id(), request->offset());
+  auto reader = registry_->OpenContent(caller->scope(), request->file_id(), request->offset());
   if (!reader.ok()) return new rpc::RejectedWriteReactor<v1::FileChunk>(reader.status());
   return new DownloadReactor(std::move(*reader), request->offset(), executor_);
 }
@@ -483,17 +484,20 @@ grpc::ServerUnaryReactor* ShardServiceImpl::PrepareShards(
       context, auth_.AuthenticateInternal(*context), executor_,
       [this, request, response](const rpc::Principal&) -> absl::Status {
         if (request->max_sequence_length() <= 0) {
-          return absl::InvalidArgumentError("max_sequence_length must be positive");
+          return errors::InvalidField("max_sequence_length", "max_sequence_length must be positive");
         }
         if (tokenizers_ == nullptr) {
           return absl::FailedPreconditionError(
               "this dataset service has no models configured to tokenize with");
         }
         TF_ASSIGN_OR_RETURN(ModelTokenizer tokenizer, tokenizers_->Get(request->base_model()));
-        // The tenant named in the request owns the file (empty: any tenant).
-        TF_ASSIGN_OR_RETURN(FileRecord file, registry_->Get(request->tenant(), request->file_id()));
+        // The tenant named in the request owns the file; a request naming
+        // none is the platform's (an internal call, checked above).
+        const Scope scope = request->tenant().empty() ? Scope::Platform()
+                                                      : Scope::Tenant(request->tenant());
+        TF_ASSIGN_OR_RETURN(FileRecord file, registry_->Get(scope, request->file_id()));
         std::string id = ShardSetId(file.sha256, tokenizer.id, request->max_sequence_length());
-        TF_ASSIGN_OR_RETURN(auto content, registry_->OpenContent("", file.id, 0));
+        TF_ASSIGN_OR_RETURN(auto content, registry_->OpenContent(Scope::Platform(), file.id, 0));
         TF_ASSIGN_OR_RETURN(ShardManifest m,
                             PrepareShardSet(registry_->artifacts(), *content, id,
                                             tokenizer.tokenize, request->max_sequence_length()));
@@ -514,8 +518,8 @@ grpc::ServerWriteReactor<internal::v1::ShardChunk>* ShardServiceImpl::StreamShar
   absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateInternal(*context);
   if (!caller.ok()) return new Rejected(caller.status());
   if (!HasIdPrefix(request->shard_set_id(), "shard")) {
-    return new Rejected(absl::InvalidArgumentError(
-        absl::StrCat("shard_set_id '", request->shard_set_id(), "' is not a shard set id")));
+    return new Rejected(errors::InvalidField(
+        "shard_set_id", absl::StrCat("shard_set_id '", request->shard_set_id(), "' is not a shard set id")));
   }
   // Opening reads the manifest and positions three readers (a few small
   // reads); resuming at an offset hashes the skipped examples, so that

@@ -67,33 +67,33 @@ FileRecord FromRow(const store::Row& r) {
 
 absl::Status ValidateRequest(const UploadRequest& req, int64_t max_bytes) {
   if (req.filename.empty()) {
-    return absl::InvalidArgumentError("metadata.filename is required");
+    return errors::InvalidField("metadata.filename", "metadata.filename is required");
   }
   if (req.filename.size() > 255) {
-    return absl::InvalidArgumentError("metadata.filename is longer than 255 bytes");
+    return errors::InvalidField("metadata.filename", "metadata.filename is longer than 255 bytes");
   }
   for (char c : req.filename) {
     if (static_cast<unsigned char>(c) < 0x20 || c == '/' || c == '\\') {
-      return absl::InvalidArgumentError(
-          "metadata.filename must not contain '/', '\\' or control characters");
+      return errors::InvalidField(
+          "metadata.filename", "metadata.filename must not contain '/', '\\' or control characters");
     }
   }
   if (req.purpose != Purpose::kFineTune && req.purpose != Purpose::kValidation) {
-    return absl::InvalidArgumentError(
-        "metadata.purpose must be FILE_PURPOSE_FINE_TUNE or FILE_PURPOSE_VALIDATION");
+    return errors::InvalidField(
+        "metadata.purpose", "metadata.purpose must be FILE_PURPOSE_FINE_TUNE or FILE_PURPOSE_VALIDATION");
   }
   if (req.expected_bytes < 0) {
-    return absl::InvalidArgumentError("metadata.expected_bytes must not be negative");
+    return errors::InvalidField("metadata.expected_bytes", "metadata.expected_bytes must not be negative");
   }
   if (req.expected_bytes > max_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("metadata.expected_bytes (", req.expected_bytes,
+    return errors::InvalidField("metadata.expected_bytes", absl::StrCat("metadata.expected_bytes (", req.expected_bytes,
                                                    ") is over the limit of ", max_bytes, " bytes"));
   }
   if (!req.expected_sha256.empty()) {
     bool hex = req.expected_sha256.size() == 64;
     for (char c : req.expected_sha256) hex = hex && absl::ascii_isxdigit(c);
     if (!hex) {
-      return absl::InvalidArgumentError("metadata.expected_sha256 must be 64 hex digits");
+      return errors::InvalidField("metadata.expected_sha256", "metadata.expected_sha256 must be 64 hex digits");
     }
   }
   return absl::OkStatus();
@@ -109,11 +109,11 @@ std::string EncodeToken(const FileRecord& last) {
 absl::Status DecodeToken(const std::string& token, int64_t* created_us, std::string* id) {
   std::string raw;
   if (!absl::WebSafeBase64Unescape(token, &raw)) {
-    return absl::InvalidArgumentError("page_token is not a token this service issued");
+    return errors::InvalidField("page_token", "page_token is not a token this service issued");
   }
   std::vector<std::string> parts = absl::StrSplit(raw, absl::MaxSplits(':', 1));
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], created_us) || parts[1].empty()) {
-    return absl::InvalidArgumentError("page_token is not a token this service issued");
+    return errors::InvalidField("page_token", "page_token is not a token this service issued");
   }
   *id = parts[1];
   return absl::OkStatus();
@@ -253,15 +253,15 @@ absl::StatusOr<FileRecord> Upload::Commit() {
   return record_;
 }
 
-absl::StatusOr<FileRecord> FileRegistry::Get(const std::string& tenant, const std::string& id) {
+absl::StatusOr<FileRecord> FileRegistry::Get(const Scope& scope, const std::string& id) {
   if (!HasIdPrefix(id, "file")) {
-    return absl::InvalidArgumentError(absl::StrCat("file_id '", id, "' is not a file id (file-…)"));
+    return errors::InvalidField("file_id", absl::StrCat("file_id '", id, "' is not a file id (file-…)"));
   }
   TF_ASSIGN_OR_RETURN(auto rows, db_->Query(absl::StrCat("SELECT ", kColumns,
                                                          " FROM files WHERE id = ?"),
                                             {id}));
-  // Another tenant's file is reported exactly like a missing one.
-  if (rows.empty() || (!tenant.empty() && rows[0][1].AsText() != tenant)) {
+  // A file outside the scope is reported exactly like a missing one.
+  if (rows.empty() || !scope.Covers(rows[0][1].AsText())) {
     return absl::NotFoundError(absl::StrCat("file ", id, " not found"));
   }
   return FromRow(rows[0]);
@@ -269,7 +269,7 @@ absl::StatusOr<FileRecord> FileRegistry::Get(const std::string& tenant, const st
 
 absl::StatusOr<FilePage> FileRegistry::List(const std::string& tenant, int page_size,
                                             const std::string& page_token, Purpose purpose) {
-  if (page_size < 0) return absl::InvalidArgumentError("page_size must not be negative");
+  if (page_size < 0) return errors::InvalidField("page_size", "page_size must not be negative");
   if (page_size == 0) page_size = 20;
   page_size = std::min(page_size, 100);
   int64_t after_us = INT64_MAX;
@@ -316,8 +316,8 @@ absl::StatusOr<std::vector<FileRecord>> FileRegistry::PendingValidation() {
 
 absl::Status FileRegistry::Hold(const std::string& tenant, const std::string& id,
                                 const std::string& holder) {
-  if (holder.empty()) return absl::InvalidArgumentError("holder is required");
-  TF_RETURN_IF_ERROR(Get(tenant, id).status());
+  if (holder.empty()) return errors::InvalidField("holder", "holder is required");
+  TF_RETURN_IF_ERROR(Get(Scope::Tenant(tenant), id).status());
   return db_->Execute("INSERT OR IGNORE INTO file_holds (file_id, holder) VALUES (?, ?)",
                       {id, holder})
       .status();
@@ -329,7 +329,7 @@ absl::Status FileRegistry::Release(const std::string& id, const std::string& hol
 }
 
 absl::Status FileRegistry::Delete(const std::string& tenant, const std::string& id) {
-  TF_RETURN_IF_ERROR(Get(tenant, id).status());
+  TF_RETURN_IF_ERROR(Get(Scope::Tenant(tenant), id).status());
   // The hold check and the delete are one transaction: a hold taken
   // meanwhile either blocks the delete or fails on the missing file.
   TF_ASSIGN_OR_RETURN(store::Transaction txn, db_->Begin());
@@ -363,8 +363,8 @@ absl::Status FileRegistry::Delete(const std::string& tenant, const std::string& 
 }
 
 absl::StatusOr<std::unique_ptr<store::ArtifactReader>> FileRegistry::OpenContent(
-    const std::string& tenant, const std::string& id, int64_t offset) {
-  TF_ASSIGN_OR_RETURN(FileRecord f, Get(tenant, id));
+    const Scope& scope, const std::string& id, int64_t offset) {
+  TF_ASSIGN_OR_RETURN(FileRecord f, Get(scope, id));
   if (offset < 0 || offset > f.bytes) {
     return absl::OutOfRangeError(
         absl::StrCat("offset ", offset, " is outside file ", id, " of ", f.bytes, " bytes"));

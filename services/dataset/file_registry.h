@@ -11,6 +11,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/base/scope.h"
 #include "common/base/clock.h"
 #include "common/store/directory_artifact_store.h"
 #include "common/store/sqlite.h"
@@ -93,9 +94,8 @@ class FileRegistry {
 
   absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& tenant,
                                                       UploadRequest request);
-  // NOT_FOUND for a missing file and for another tenant's file alike.
-  // An empty tenant (the platform's internal identity) sees every file.
-  absl::StatusOr<FileRecord> Get(const std::string& tenant, const std::string& id);
+  // NOT_FOUND for a missing file and for a file outside `scope` alike.
+  absl::StatusOr<FileRecord> Get(const Scope& scope, const std::string& id);
   absl::StatusOr<FilePage> List(const std::string& tenant, int page_size,
                                 const std::string& page_token, Purpose purpose);
   // FAILED_PRECONDITION naming the holders while the file is held.
@@ -103,7 +103,7 @@ class FileRegistry {
   // Holds keep a file from deletion while an unfinished job uses it.
   absl::Status Hold(const std::string& tenant, const std::string& id, const std::string& holder);
   absl::Status Release(const std::string& id, const std::string& holder);
-  absl::StatusOr<std::unique_ptr<store::ArtifactReader>> OpenContent(const std::string& tenant,
+  absl::StatusOr<std::unique_ptr<store::ArtifactReader>> OpenContent(const Scope& scope,
                                                                      const std::string& id,
                                                                      int64_t offset);
   // Records the outcome of the automatic validation.

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/errors/error_details.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/sha256.h"
 #include "common/base/status_macros.h"
@@ -41,7 +42,7 @@ std::string ReadAll(const std::filesystem::path& path) {
 
 absl::StatusOr<ModelTokenizer> ModelDirTokenizerProvider::Get(const std::string& base_model) {
   if (!ValidModelName(base_model)) {
-    return absl::InvalidArgumentError(absl::StrCat("base_model '", base_model,
+    return errors::InvalidField("base_model", absl::StrCat("base_model '", base_model,
                                                    "' is not a model name ([A-Za-z0-9._-])"));
   }
   std::shared_ptr<const Loaded> loaded;
@@ -53,7 +54,7 @@ absl::StatusOr<ModelTokenizer> ModelDirTokenizerProvider::Get(const std::string&
   if (loaded == nullptr) {
     const std::filesystem::path dir = std::filesystem::path(models_dir_) / base_model;
     if (models_dir_.empty() || !std::filesystem::is_directory(dir)) {
-      return absl::InvalidArgumentError(absl::StrCat("base_model '", base_model,
+      return errors::InvalidField("base_model", absl::StrCat("base_model '", base_model,
                                                      "' is not a model this service knows"));
     }
     auto fresh = std::make_shared<Loaded>();

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/errors/error_details.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/sha256.h"
 #include "common/base/status_macros.h"
@@ -69,7 +70,7 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
                                               const ExampleTokenizer& tokenizer,
                                               int32_t max_sequence_length) {
   if (max_sequence_length <= 0) {
-    return absl::InvalidArgumentError("max_sequence_length must be positive");
+    return errors::InvalidField("max_sequence_length", "max_sequence_length must be positive");
   }
   absl::StatusOr<ShardManifest> cached = ReadManifest(store, shard_set_id);
   if (cached.ok() || !absl::IsNotFound(cached.status())) return cached;
@@ -139,10 +140,10 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
 }
 
 absl::StatusOr<RankRange> RankExamples(int64_t examples, int32_t rank, int32_t world_size) {
-  if (world_size <= 0) return absl::InvalidArgumentError("world_size must be positive");
+  if (world_size <= 0) return errors::InvalidField("world_size", "world_size must be positive");
   if (rank < 0 || rank >= world_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("rank ", rank, " is outside [0, ", world_size, ")"));
+    return errors::InvalidField(
+        "rank", absl::StrCat("rank ", rank, " is outside [0, ", world_size, ")"));
   }
   return RankRange{examples * rank / world_size, examples * (rank + 1) / world_size};
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <map>
 
+#include "common/errors/error_details.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/random.h"
 #include "common/base/status_macros.h"
@@ -39,10 +40,10 @@ std::vector<bool> ChooseValidation(const std::vector<std::string>& groups, doubl
 absl::StatusOr<SplitResult> SplitFile(FileRegistry& registry, const std::string& tenant,
                                       const std::string& file_id, double ratio, int64_t seed) {
   if (!(ratio > 0 && ratio <= 0.5)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("validation_ratio must be in (0, 0.5], not ", ratio));
+    return errors::InvalidField(
+        "validation_ratio", absl::StrCat("validation_ratio must be in (0, 0.5], not ", ratio));
   }
-  TF_ASSIGN_OR_RETURN(FileRecord source, registry.Get(tenant, file_id));
+  TF_ASSIGN_OR_RETURN(FileRecord source, registry.Get(Scope::Tenant(tenant), file_id));
   AnalyzeOptions options;
   if (source.format != 0) options.format = static_cast<DataFormat>(source.format);
   options.min_examples = 2;
@@ -54,7 +55,7 @@ absl::StatusOr<SplitResult> SplitFile(FileRegistry& registry, const std::string&
     groups.push_back(ex.label);
   };
   {
-    TF_ASSIGN_OR_RETURN(auto reader, registry.OpenContent(tenant, file_id, 0));
+    TF_ASSIGN_OR_RETURN(auto reader, registry.OpenContent(Scope::Tenant(tenant), file_id, 0));
     TF_ASSIGN_OR_RETURN(Analysis analysis, Analyze(*reader, options));
     if (!analysis.validation.valid()) {
       const ValidationIssue& first = analysis.validation.issues.front();
@@ -83,7 +84,7 @@ absl::StatusOr<SplitResult> SplitFile(FileRegistry& registry, const std::string&
     if (write_status.ok()) write_status = out.Append("\n");
   };
   {
-    TF_ASSIGN_OR_RETURN(auto reader, registry.OpenContent(tenant, file_id, 0));
+    TF_ASSIGN_OR_RETURN(auto reader, registry.OpenContent(Scope::Tenant(tenant), file_id, 0));
     TF_ASSIGN_OR_RETURN(Analysis second, Analyze(*reader, options));
     (void)second;
   }

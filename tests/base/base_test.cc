@@ -6,6 +6,7 @@
 
 #include "common/base/clock.h"
 #include "common/base/ids.h"
+#include "common/base/scope.h"
 #include "common/base/sha256.h"
 #include "common/base/status_macros.h"
 #include "tests/testing/status_matchers.h"
@@ -52,6 +53,21 @@ absl::StatusOr<int> Quarter(int x) {
 TEST(StatusMacros, PropagateErrors) {
   EXPECT_EQ(*Quarter(8), 2);
   EXPECT_THAT(Quarter(6), StatusIs(absl::StatusCode::kInvalidArgument, "odd"));
+}
+
+TEST(Scope, ATenantSeesItsOwnThePlatformSeesAllAndNoTenantSeesNothing) {
+  const Scope a = Scope::Tenant("acme");
+  EXPECT_TRUE(a.Covers("acme"));
+  EXPECT_FALSE(a.Covers("globex"));
+  EXPECT_FALSE(a.Covers(""));
+  EXPECT_EQ(a.ToString(), "tenant:acme");
+  EXPECT_TRUE(Scope::Platform().Covers("acme"));
+  EXPECT_TRUE(Scope::Platform().platform());
+  // A missing tenant narrows: it never means "every tenant".
+  const Scope none = Scope::Tenant("");
+  EXPECT_FALSE(none.platform());
+  EXPECT_FALSE(none.Covers("acme"));
+  EXPECT_FALSE(none.Covers(""));
 }
 
 TEST(ManualClock, AdvancesOnlyWhenTold) {

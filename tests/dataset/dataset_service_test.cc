@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/sha256.h"
+#include "common/errors/error_details.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
 #include "common/rpc/status.h"
@@ -290,8 +291,10 @@ TEST_F(DatasetServiceTest, UploadErrorsNameTheProblem) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("first message")));
   EXPECT_THAT(Upload(a_.key, "x", ""),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata.filename")));
-  EXPECT_THAT(Upload(a_.key, "x", "../evil"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata.filename")));
+  const auto evil = Upload(a_.key, "x", "../evil");
+  EXPECT_THAT(evil, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata.filename")));
+  ASSERT_EQ(errors::GetDetails(evil.status()).field_violations.size(), 1u);
+  EXPECT_EQ(errors::GetDetails(evil.status()).field_violations[0].field, "metadata.filename");
   EXPECT_THAT(Upload(a_.key, "x", "t.jsonl", v1::FILE_PURPOSE_UNSPECIFIED),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata.purpose")));
   EXPECT_THAT(Upload(a_.key, ""), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
@@ -598,8 +601,11 @@ TEST_F(DatasetServiceTest, SplitIsDeterministicDisjointAndComplete) {
 
 TEST_F(DatasetServiceTest, SplitRefusesBadInput) {
   TF_ASSERT_OK_AND_ASSIGN(v1::File file, Upload(a_.key, Lines(20)));
-  EXPECT_THAT(SplitRpc(stub_.get(), a_.key, file.id(), 0, 1),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("validation_ratio")));
+  const auto zero = SplitRpc(stub_.get(), a_.key, file.id(), 0, 1);
+  EXPECT_THAT(zero, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("validation_ratio")));
+  EXPECT_EQ(errors::GetDetails(zero.status()).reason, "INVALID_FIELD");
+  ASSERT_EQ(errors::GetDetails(zero.status()).field_violations.size(), 1u);
+  EXPECT_EQ(errors::GetDetails(zero.status()).field_violations[0].field, "validation_ratio");
   EXPECT_THAT(SplitRpc(stub_.get(), a_.key, file.id(), 0.7, 1),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("(0, 0.5]")));
   EXPECT_THAT(SplitRpc(stub_.get(), b_.key, file.id(), 0.1, 1),
@@ -768,8 +774,17 @@ TEST_F(DatasetServiceTest, DeleteIsRefusedWhileAnUnfinishedJobHoldsTheFile) {
   TF_ASSERT_OK(hold(internal_.key, "tenant-a", "ftjob-one"));
   TF_ASSERT_OK(hold(internal_.key, "tenant-a", "ftjob-one"));  // idempotent
   TF_ASSERT_OK(hold(internal_.key, "tenant-a", "ftjob-two"));
-  EXPECT_THAT(Delete(a_.key, file.id()),
+  const absl::Status held = Delete(a_.key, file.id());
+  EXPECT_THAT(held,
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("ftjob-one, ftjob-two")));
+  // The holders travel as structured details, one violation each.
+  const errors::Details details = errors::GetDetails(held);
+  EXPECT_EQ(details.reason, "FILE_IN_USE");
+  EXPECT_EQ(details.metadata.at("file_id"), file.id());
+  ASSERT_EQ(details.precondition_violations.size(), 2u);
+  EXPECT_EQ(details.precondition_violations[0].type, "FILE_HELD");
+  EXPECT_EQ(details.precondition_violations[0].subject, "ftjob-one");
+  EXPECT_EQ(details.precondition_violations[1].subject, "ftjob-two");
   TF_ASSERT_OK(release("ftjob-one"));
   EXPECT_THAT(Delete(a_.key, file.id()),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("ftjob-two")));
