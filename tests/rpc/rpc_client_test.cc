@@ -13,6 +13,7 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include "absl/synchronization/notification.h"
 #include "common/errors/error_details.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/client.h"
@@ -243,6 +244,34 @@ TEST_F(ClientTest, CancellationEndsAnAttemptInFlight) {
                   .status(),
               StatusIs(absl::StatusCode::kCancelled));
   EXPECT_EQ(service_.calls.load(), 1);
+}
+
+TEST_F(ClientTest, ControllerLoopRetriesEveryErrorUntilCancelledInItsBackoff) {
+  service_.mode = TestFiles::Mode::kInvalid;
+  CallCancellation cancel;
+  absl::Notification backing_off;
+  CallOptions o = Options();
+  o.max_attempts = 0;
+  o.retry_every_error = true;
+  o.initial_backoff = absl::Seconds(60);  // only a cancellation ends this wait early
+  o.max_backoff = absl::Seconds(60);
+  o.cancel = &cancel;
+  o.on_retry = [&](const absl::Status& s, int, absl::Duration) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    if (!backing_off.HasBeenNotified()) backing_off.Notify();
+  };
+  std::thread canceller([&] {
+    backing_off.WaitForNotification();
+    cancel.Cancel();
+  });
+  absl::Time start = absl::Now();
+  auto file = CallUnary(v1::DatasetService::NewStub(channel_).get(),
+                        &v1::DatasetService::Stub::GetFile, Request(), o);
+  canceller.join();
+  EXPECT_THAT(file.status(),
+              StatusIs(absl::StatusCode::kCancelled, HasSubstr("INVALID_ARGUMENT")));
+  EXPECT_EQ(service_.calls.load(), 1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
 }
 
 TEST(IsRetryable, OnlyTransientCodes) {
