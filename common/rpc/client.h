@@ -92,9 +92,9 @@ absl::Status CallWithRetry(const CallOptions& options, Fn&& attempt) {
 // One unary method of a generated stub:
 //   CallUnary(stub, &Stub::GetFile, request, options)
 template <typename Stub, typename Req, typename Resp>
-absl::StatusOr<Resp> CallUnary(Stub* stub,
-                               grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-                               const Req& request, const CallOptions& options) {
+absl::StatusOr<Resp> CallUnary(
+    Stub* stub, grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+    const Req& request, const CallOptions& options) {
   Resp response;
   absl::Status s = CallWithRetry(options, [&](grpc::ClientContext* ctx) {
     response.Clear();
