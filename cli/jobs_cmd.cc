@@ -219,12 +219,11 @@ int Follow(Endpoint& endpoint, const std::string& job_id) {
 
 absl::StatusOr<std::vector<v1::TrainingMetrics>> Metrics(Endpoint& endpoint,
                                                          const std::string& job_id) {
-  std::vector<v1::TrainingMetrics> points;
-  absl::Status s = ReadEvents(endpoint, job_id, 0, false, [&](const v1::JobEvent& e) {
-    if (e.payload_case() == v1::JobEvent::kMetrics) points.push_back(e.metrics());
-  });
-  if (!s.ok()) return s;
-  return points;
+  v1::GetJobMetricsRequest req;
+  req.set_job_id(job_id);
+  auto metrics = Call<JobService>(endpoint, &JobService::Stub::GetJobMetrics, req);
+  if (!metrics.ok()) return metrics.status();
+  return std::vector<v1::TrainingMetrics>(metrics->steps().begin(), metrics->steps().end());
 }
 
 int Run(JobsArgs& a, const std::string& verb) {

@@ -170,6 +170,24 @@ grpc::ServerWriteReactor<v1::JobEvent>* JobServiceImpl::StreamJobEvents(
                               request->after_sequence());
 }
 
+grpc::ServerUnaryReactor* JobServiceImpl::ListJobEvents(grpc::CallbackServerContext* context,
+                                                        const v1::ListJobEventsRequest* request,
+                                                        v1::ListJobEventsResponse* response) {
+  return Unary(context, auth_.AuthenticateTenant(*context), executor_, response,
+               [this, request](const rpc::Principal& p) {
+                 return scheduler_->ListJobEvents(p.tenant, *request);
+               });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::GetJobMetrics(grpc::CallbackServerContext* context,
+                                                        const v1::GetJobMetricsRequest* request,
+                                                        v1::JobMetrics* response) {
+  return Unary(context, auth_.AuthenticateTenant(*context), executor_, response,
+               [this, request](const rpc::Principal& p) {
+                 return scheduler_->GetJobMetrics(p.tenant, request->job_id());
+               });
+}
+
 grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(grpc::CallbackServerContext* context,
                                                           const v1::ListCheckpointsRequest* request,
                                                           v1::ListCheckpointsResponse* response) {

@@ -413,6 +413,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
       for (const auto& h : held) t.Release(h, job_id);
     } else {
       *job.mutable_created_at() = ToTimestamp(t.now());
+      *job.mutable_update_time() = job.created_at();
       JobRecord rec;
       rec.tenant = tenant;
       rec.request_id = req.request_id();
@@ -491,6 +492,7 @@ absl::Status Scheduler::Transition(Txn& t, const std::string& job_id, JobTrigger
                                              std::string(next.status().message()));
   }
   j.job.set_state(*next);
+  *j.job.mutable_update_time() = ToTimestamp(t.now());
   if (*next != v1::JOB_STATE_RUNNING) preempting_.erase(job_id);
   if (*next == v1::JOB_STATE_RUNNING && !j.job.has_started_at())
     *j.job.mutable_started_at() = ToTimestamp(t.now());
@@ -606,6 +608,48 @@ absl::StatusOr<std::vector<v1::JobEvent>> Scheduler::JobEvents(const std::string
   int64_t last = out.empty() ? after : out.back().sequence();
   if (finished != nullptr)
     *finished = IsTerminal(j->job.state()) && last >= static_cast<int64_t>(list.size());
+  return out;
+}
+
+absl::StatusOr<v1::ListJobEventsResponse> Scheduler::ListJobEvents(
+    const std::string& tenant, const v1::ListJobEventsRequest& req) {
+  if (req.page_size() < 0) return errors::FieldError("page_size", "must not be negative");
+  const int page = req.page_size() == 0 ? 100 : std::min(req.page_size(), 1000);
+  // The token is the sequence of the last event already returned.
+  int64_t after = 0;
+  if (!req.page_token().empty() && (!absl::SimpleAtoi(req.page_token(), &after) || after < 0))
+    return errors::FieldError("page_token", absl::StrCat("'", req.page_token(), "' is not valid"));
+  {
+    absl::MutexLock lock(&mu_);
+    TF_RETURN_IF_ERROR(FindJob(tenant, req.job_id()).status());
+    auto it = events_.find(req.job_id());
+    const int64_t n = it == events_.end() ? 0 : static_cast<int64_t>(it->second.size());
+    if (after > n) {
+      return errors::FieldError(
+          "page_token", absl::StrCat("'", req.page_token(), "' is past the last event of job ",
+                                     req.job_id(), " (", n, ")"));
+    }
+  }
+  bool finished = false;
+  TF_ASSIGN_OR_RETURN(std::vector<v1::JobEvent> events,
+                      JobEvents(tenant, req.job_id(), after, page, &finished));
+  v1::ListJobEventsResponse resp;
+  // A job still going keeps a token even on an empty page, to poll with.
+  if (!finished)
+    resp.set_next_page_token(absl::StrCat(events.empty() ? after : events.back().sequence()));
+  for (auto& e : events) *resp.add_events() = std::move(e);
+  return resp;
+}
+
+absl::StatusOr<v1::JobMetrics> Scheduler::GetJobMetrics(const std::string& tenant,
+                                                        const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  TF_RETURN_IF_ERROR(FindJob(tenant, job_id).status());
+  v1::JobMetrics out;
+  auto it = events_.find(job_id);
+  if (it == events_.end()) return out;
+  for (const auto& e : it->second)
+    if (e.payload_case() == v1::JobEvent::kMetrics) *out.add_steps() = e.metrics();
   return out;
 }
 
@@ -1201,6 +1245,7 @@ absl::StatusOr<iv1::ReportProgressResponse> Scheduler::ReportProgress(
     const auto& m = req.metrics();
     if (req.total_steps() > 0) j.job.set_total_steps(req.total_steps());
     j.job.set_completed_steps(m.step());
+    *j.job.mutable_update_time() = ToTimestamp(t.now());
     if (m.trained_tokens() > 0) j.job.set_trained_tokens(m.trained_tokens());
     // Estimated finish from the step rate since the previous report.
     auto p = progress_.find(job_id);

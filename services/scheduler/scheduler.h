@@ -82,6 +82,13 @@ class Scheduler {
   absl::StatusOr<std::vector<v1::JobEvent>> JobEvents(const std::string& tenant,
                                                       const std::string& job_id, int64_t after,
                                                       int limit, bool* finished);
+  // JobEvents a page at a time; the page token is the last sequence returned,
+  // empty once the job is over and nothing remains.
+  absl::StatusOr<v1::ListJobEventsResponse> ListJobEvents(const std::string& tenant,
+                                                          const v1::ListJobEventsRequest& req);
+  // Every metrics event's point, in the order reported.
+  absl::StatusOr<v1::JobMetrics> GetJobMetrics(const std::string& tenant,
+                                               const std::string& job_id);
   absl::StatusOr<v1::ListCheckpointsResponse> ListCheckpoints(const std::string& tenant,
                                                               const v1::ListCheckpointsRequest& req);
 

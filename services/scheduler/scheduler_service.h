@@ -52,6 +52,12 @@ class JobServiceImpl final : public v1::JobService::CallbackService {
                                       const v1::ResumeJobRequest* request, v1::Job* response) override;
   grpc::ServerWriteReactor<v1::JobEvent>* StreamJobEvents(
       grpc::CallbackServerContext* context, const v1::StreamJobEventsRequest* request) override;
+  grpc::ServerUnaryReactor* ListJobEvents(grpc::CallbackServerContext* context,
+                                          const v1::ListJobEventsRequest* request,
+                                          v1::ListJobEventsResponse* response) override;
+  grpc::ServerUnaryReactor* GetJobMetrics(grpc::CallbackServerContext* context,
+                                          const v1::GetJobMetricsRequest* request,
+                                          v1::JobMetrics* response) override;
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* context,
                                             const v1::ListCheckpointsRequest* request,
                                             v1::ListCheckpointsResponse* response) override;

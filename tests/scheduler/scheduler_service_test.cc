@@ -752,6 +752,115 @@ TEST_F(SchedulerServiceTest, CallerErrorsAndTenantIsolation) {
   EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED);
 }
 
+absl::Time TimeOf(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
+TEST_F(SchedulerServiceTest, ListJobEventsPagesLikeTheStreamAndMetricsComeInOneCall) {
+  Running r = StartOne();
+  auto created = GetJob(a_.key, r.job);
+  ASSERT_THAT(created, IsOk());
+  EXPECT_GE(TimeOf(created->update_time()), TimeOf(created->created_at()));
+  absl::Time last_update = TimeOf(created->update_time());
+  for (int step = 1; step <= 5; ++step) {
+    clock_.Advance(absl::Seconds(1));
+    ASSERT_THAT(Progress(r.asg, step), IsOk());
+    auto job = GetJob(a_.key, r.job);
+    ASSERT_THAT(job, IsOk());
+    EXPECT_GT(TimeOf(job->update_time()), last_update) << "step " << step;
+    last_update = TimeOf(job->update_time());
+  }
+  auto list = [&](const std::string& key, int32_t size, const std::string& token) {
+    v1::ListJobEventsRequest req;
+    req.set_job_id(r.job);
+    req.set_page_size(size);
+    req.set_page_token(token);
+    return Call(job_stub_.get(), &v1::JobService::Stub::ListJobEvents, key, req);
+  };
+  // While the job runs, even the page that holds everything keeps a token to
+  // poll with, and polling with it answers an empty page and the same token.
+  auto running = list(a_.key, 0, "");
+  ASSERT_THAT(running, IsOk());
+  ASSERT_FALSE(running->events().empty());
+  const std::string poll = running->next_page_token();
+  EXPECT_EQ(poll, absl::StrCat(running->events().rbegin()->sequence()));
+  auto idle = list(a_.key, 0, poll);
+  ASSERT_THAT(idle, IsOk());
+  EXPECT_THAT(idle->events(), IsEmpty());
+  EXPECT_EQ(idle->next_page_token(), poll);
+
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_THAT(Complete(r.asg, true, "jobs/x/result"), IsOk());
+  auto done = GetJob(a_.key, r.job);
+  ASSERT_THAT(done, IsOk());
+  EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_GT(TimeOf(done->update_time()), last_update);
+  EXPECT_EQ(TimeOf(done->update_time()), TimeOf(done->finished_at()));
+
+  grpc::Status st;
+  std::vector<v1::JobEvent> streamed = ReadEvents(a_.key, r.job, 0, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  std::vector<v1::JobEvent> paged;
+  std::string token;
+  int pages = 0;
+  do {
+    auto page = list(a_.key, 2, token);
+    ASSERT_THAT(page, IsOk());
+    EXPECT_LE(page->events_size(), 2);
+    for (const auto& e : page->events()) paged.push_back(e);
+    token = page->next_page_token();
+    ASSERT_LT(++pages, 100);
+  } while (!token.empty());
+  ASSERT_EQ(paged.size(), streamed.size());
+  for (size_t i = 0; i < paged.size(); ++i) {
+    EXPECT_EQ(paged[i].sequence(), static_cast<int64_t>(i + 1));
+    EXPECT_EQ(paged[i].SerializeAsString(), streamed[i].SerializeAsString()) << "event " << i;
+  }
+  EXPECT_EQ(paged.back().state(), v1::JOB_STATE_SUCCEEDED);
+
+  // The metrics, in the order reported.
+  v1::GetJobMetricsRequest gm;
+  gm.set_job_id(r.job);
+  auto metrics = Call(job_stub_.get(), &v1::JobService::Stub::GetJobMetrics, a_.key, gm);
+  ASSERT_THAT(metrics, IsOk());
+  ASSERT_THAT(metrics->steps(), SizeIs(5));
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(metrics->steps(i).step(), i + 1);
+    EXPECT_DOUBLE_EQ(metrics->steps(i).train_loss(), 2.0 / (i + 1));
+  }
+
+  // Caller errors name the field; another tenant's job is not found.
+  auto field_of = [](const absl::Status& s) {
+    auto v = errors::GetDetails(s).field_violations;
+    return v.size() == 1 ? v[0].field : std::string("<") + std::to_string(v.size()) + ">";
+  };
+  auto negative = list(a_.key, -1, "");
+  EXPECT_THAT(negative, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("page_size")));
+  EXPECT_EQ(field_of(negative.status()), "page_size");
+  for (const std::string bad : {"abc", "-3", "999"}) {
+    auto page = list(a_.key, 0, bad);
+    EXPECT_THAT(page, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(bad)));
+    EXPECT_EQ(field_of(page.status()), "page_token") << bad;
+  }
+  EXPECT_THAT(list(b_.key, 0, ""), StatusIs(absl::StatusCode::kNotFound, HasSubstr(r.job)));
+  EXPECT_THAT(Call(job_stub_.get(), &v1::JobService::Stub::GetJobMetrics, b_.key, gm),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(r.job)));
+  gm.set_job_id("ftjob-nope");
+  EXPECT_THAT(Call(job_stub_.get(), &v1::JobService::Stub::GetJobMetrics, a_.key, gm),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("ftjob-nope")));
+
+  // update_time is kept with the job across a restart.
+  StopScheduler();
+  StartScheduler();
+  auto reopened = GetJob(a_.key, r.job);
+  ASSERT_THAT(reopened, IsOk());
+  EXPECT_EQ(TimeOf(reopened->update_time()), TimeOf(done->update_time()));
+  auto again = list(a_.key, 1000, "");
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->events_size(), static_cast<int>(streamed.size()));
+  EXPECT_TRUE(again->next_page_token().empty());
+}
+
 TEST_F(SchedulerServiceTest, RestartKeepsJobsEventsCheckpointsModelsAndAssignments) {
   Running r = StartOne();
   ASSERT_THAT(Checkpoint(r.asg, 30, "jobs/x/checkpoints/step-30"), IsOk());
