@@ -1454,6 +1454,14 @@ TEST_F(ModelContentTest, CliDownloadsAModelAndUpdatesADeployment) {
   EXPECT_EQ(out.find('\r'), std::string::npos) << out;
   EXPECT_THAT(out, ::testing::ContainsRegex("step 10/100 epoch [0-9.]+ loss 0.2000 [0-9]+ tok/s ETA"));
   EXPECT_THAT(out, HasSubstr("state → succeeded"));
+  // jobs metrics (one GetJobMetrics call): the table row and the chart.
+  const std::string svg = dir_.Join("curve.svg");
+  ASSERT_EQ(run(absl::StrCat("jobs metrics ", job.job, " --plot ", svg), &out, &err), 0) << err;
+  EXPECT_THAT(out, ::testing::ContainsRegex("STEP +EPOCH +TRAIN +VALID +ACC +TOK/S\n +10 +"
+                                            "[0-9.]+ +0.2000 +- +"));
+  EXPECT_THAT(err, HasSubstr("wrote " + svg));
+  std::ifstream chart(svg);
+  EXPECT_THAT(std::string(std::istreambuf_iterator<char>(chart), {}), HasSubstr("<svg"));
 
   // deployments update: the model and the filter policy, same id.
   ASSERT_EQ(run(absl::StrCat("deployments create --model ", kBase), &out, &err), 0) << err;
