@@ -1,64 +1,26 @@
+// Decoder: the math (embedding, attention with RoPE, MLP, LoRA per row,
+// forward, loss, KV-cache extension). Loading is in decoder_load.cc, Hugging
+// Face export in decoder_export.cc.
 #include "common/model/decoder.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <limits>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/status_macros.h"
-#include "common/model/file_util.h"
+#include "common/model/decoder_internal.h"
 #include "common/model/torch_compat.h"
 #include "common/model/torch_status.h"
 
 namespace tunefleet::model {
+
+using internal::CausalKeep;
+using internal::ShapeString;
+
 namespace {
-
-namespace fs = std::filesystem;
-
-std::string ShapeString(at::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-std::string LayerPrefix(int64_t i) { return absl::StrCat("model.layers.", i, "."); }
-
-std::string ProjWeightName(int64_t layer, Proj p) {
-  return absl::StrCat(LayerPrefix(layer), ProjParent(p), ".", ProjName(p), ".weight");
-}
-
-std::string ProjBiasName(int64_t layer, Proj p) {
-  return absl::StrCat(LayerPrefix(layer), ProjParent(p), ".", ProjName(p), ".bias");
-}
-
-bool ProjHasBias(const ModelConfig& c, Proj p) {
-  switch (p) {
-    case Proj::kQ:
-    case Proj::kK:
-    case Proj::kV:
-    case Proj::kO:
-      return c.attention_bias;
-    case Proj::kGate:
-    case Proj::kUp:
-    case Proj::kDown:
-      return c.mlp_bias;
-    default:
-      return false;
-  }
-}
-
-std::string DtypeConfigName(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16:
-      return "bfloat16";
-    case at::kHalf:
-      return "float16";
-    default:
-      return "float32";
-  }
-}
 
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
@@ -87,110 +49,7 @@ at::Tensor LinearOp(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   return at::linear(x, w, b);
 }
 
-// Base inverse frequencies the way transformers computes them (in fp32).
-at::Tensor BaseInvFreq(const ModelConfig& c) {
-  at::Tensor exponent =
-      at::arange(0, c.rotary_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.rotary_dim);
-  return at::pow(at::scalar_tensor(c.rope_theta, at::kFloat),
-                 exponent);  // base**(2i/d); inverted by callers
-}
-
 }  // namespace
-
-absl::StatusOr<Decoder> Decoder::Load(const std::string& dir, const DecoderOptions& options) {
-  TF_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  TF_ASSIGN_OR_RETURN(SafetensorsDir weights, SafetensorsDir::Open(dir));
-  return FromWeights(config, weights, options);
-}
-
-absl::StatusOr<Decoder> Decoder::FromWeights(const ModelConfig& config,
-                                             const SafetensorsDir& weights,
-                                             const DecoderOptions& options) {
-  return internal::CatchTorch("loading decoder", [&]() -> absl::StatusOr<Decoder> {
-    Decoder d;
-    d.config_ = config;
-    d.options_ = options;
-    const ModelConfig& c = d.config_;
-    auto get = [&](const std::string& name,
-                   std::vector<int64_t> shape) -> absl::StatusOr<at::Tensor> {
-      if (!weights.Contains(name)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(weights.PathOf(name), ": missing tensor '", name, "'"));
-      }
-      TF_ASSIGN_OR_RETURN(at::Tensor t, weights.Get(name));
-      if (t.sizes() != at::IntArrayRef(shape)) {
-        return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": tensor '", name,
-                                                       "' has shape ", ShapeString(t.sizes()),
-                                                       ", expected ", ShapeString(shape)));
-      }
-      if (!at::isFloatingType(t.scalar_type())) {
-        return absl::InvalidArgumentError(absl::StrCat(weights.PathOf(name), ": tensor '", name,
-                                                       "' is not floating point (",
-                                                       c10::toString(t.scalar_type()), ")"));
-      }
-      return t.to(options.device, options.dtype);
-    };
-    const int64_t h = c.hidden_size;
-    TF_ASSIGN_OR_RETURN(d.embed_, get("model.embed_tokens.weight", {c.vocab_size, h}));
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      Layer layer;
-      TF_ASSIGN_OR_RETURN(layer.input_norm, get(LayerPrefix(i) + "input_layernorm.weight", {h}));
-      TF_ASSIGN_OR_RETURN(layer.post_attention_norm,
-                          get(LayerPrefix(i) + "post_attention_layernorm.weight", {h}));
-      for (Proj p : ModelProjections(c)) {
-        auto [out, in] = ProjShape(c, p);
-        Linear& lin = layer.proj[static_cast<int>(p)];
-        TF_ASSIGN_OR_RETURN(lin.weight, get(ProjWeightName(i, p), {out, in}));
-        if (ProjHasBias(c, p)) {
-          TF_ASSIGN_OR_RETURN(lin.bias, get(ProjBiasName(i, p), {out}));
-        }
-      }
-      d.layers_.push_back(std::move(layer));
-    }
-    TF_ASSIGN_OR_RETURN(d.norm_, get("model.norm.weight", {h}));
-    if (c.tie_word_embeddings && !weights.Contains("lm_head.weight")) {
-      d.lm_head_ = d.embed_;
-    } else {
-      TF_ASSIGN_OR_RETURN(d.lm_head_, get("lm_head.weight", {c.vocab_size, h}));
-    }
-
-    at::Tensor base = BaseInvFreq(c);
-    const RopeScaling& rs = c.rope_scaling;
-    switch (rs.type) {
-      case RopeScaling::Type::kNone:
-        d.inv_freq_short_ = base.reciprocal();
-        break;
-      case RopeScaling::Type::kLinear:
-        d.inv_freq_short_ = base.reciprocal() / rs.factor;
-        break;
-      case RopeScaling::Type::kLongRope: {
-        at::Tensor s = at::tensor(rs.short_factor, at::kDouble).to(at::kFloat);
-        at::Tensor l = at::tensor(rs.long_factor, at::kDouble).to(at::kFloat);
-        d.inv_freq_short_ = (s * base).reciprocal();
-        d.inv_freq_long_ = (l * base).reciprocal();
-        d.rope_mscale_ = rs.attention_factor;
-        break;
-      }
-      case RopeScaling::Type::kLlama3: {
-        at::Tensor inv = base.reciprocal();
-        const double old_ctx = static_cast<double>(rs.original_max_position_embeddings);
-        const double low_wavelen = old_ctx / rs.low_freq_factor;
-        const double high_wavelen = old_ctx / rs.high_freq_factor;
-        at::Tensor wavelen = 2 * 3.14159265358979323846 / inv;
-        at::Tensor scaled = at::where(wavelen > low_wavelen, inv / rs.factor, inv);
-        at::Tensor smooth =
-            (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-        at::Tensor smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
-        at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
-        d.inv_freq_short_ = at::where(medium, smoothed, scaled);
-        break;
-      }
-    }
-    d.inv_freq_short_ = d.inv_freq_short_.to(options.device);
-    if (d.inv_freq_long_.defined()) d.inv_freq_long_ = d.inv_freq_long_.to(options.device);
-    return d;
-  });
-}
 
 at::Tensor Decoder::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
   at::Tensor xf = x.to(at::kFloat);
@@ -415,10 +274,8 @@ absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids,
       }
     }
     at::Tensor idx = at::arange(T, ids.options());
-    at::Tensor keep = idx.view({1, T}) <= idx.view({T, 1});  // [Tq, Tk]: key <= query
-    if (config_.sliding_window)
-      keep = keep.logical_and(idx.view({T, 1}) - idx.view({1, T}) < *config_.sliding_window);
-    keep = keep.view({1, 1, T, T}).expand({B, 1, T, T});
+    at::Tensor keep = CausalKeep(idx.view({1, T}), T, config_.sliding_window)
+                          .expand({B, 1, T, T});  // [B,1,Tq,Tk]
     at::Tensor positions;
     if (options.attention_mask.defined()) {
       at::Tensor m = options.attention_mask.to(dev).to(at::kBool);
@@ -508,11 +365,7 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
     at::Tensor lens = at::tensor(cache.lengths_, at::kLong).to(dev);
     at::Tensor positions = lens.view({B, 1}) + at::arange(T, ids.options()).view({1, T});  // [B,T]
     const int64_t span = *std::max_element(cache.lengths_.begin(), cache.lengths_.end()) + T;
-    at::Tensor key_idx = at::arange(span, ids.options()).view({1, 1, span});
-    at::Tensor q_pos = positions.unsqueeze(-1);  // [B,T,1]
-    at::Tensor keep = key_idx <= q_pos;
-    if (config_.sliding_window) keep = keep.logical_and(q_pos - key_idx < *config_.sliding_window);
-    keep = keep.unsqueeze(1);  // [B,1,T,span]
+    at::Tensor keep = CausalKeep(positions, span, config_.sliding_window);  // [B,1,T,span]
     // A prefill into an empty cache is plain causal attention (padding sits
     // after each row's real tokens, so real queries never see it).
     if (span == T && (!config_.sliding_window || T <= *config_.sliding_window)) keep = at::Tensor();
@@ -561,41 +414,6 @@ absl::Status Decoder::UnmergeAdapter(const LoraAdapter& adapter) {
   return ApplyAdapter(adapter, -1.0);
 }
 
-absl::StatusOr<NamedTensors> Decoder::HfTensors(const LoraAdapter* merge,
-                                                at::ScalarType dtype) const {
-  if (merge != nullptr && merge->num_layers() != config_.num_hidden_layers) {
-    return absl::InvalidArgumentError("HfTensors: adapter does not match the model's layer count");
-  }
-  return internal::CatchTorch("Decoder::HfTensors", [&]() -> absl::StatusOr<NamedTensors> {
-    at::NoGradGuard no_grad;
-    NamedTensors out;
-    auto add = [&](std::string name, const at::Tensor& t) {
-      out.emplace_back(std::move(name), t.to(dtype));
-    };
-    add("model.embed_tokens.weight", embed_);
-    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-      const Layer& layer = layers_[i];
-      add(LayerPrefix(i) + "input_layernorm.weight", layer.input_norm);
-      for (Proj p : ModelProjections(config_)) {
-        const Linear& lin = layer.proj[static_cast<int>(p)];
-        at::Tensor w = lin.weight;
-        if (merge != nullptr && merge->module(i, p).defined()) {
-          const LoraAdapter::Module& m = merge->module(i, p);
-          w = w.to(at::kFloat) +
-              at::matmul(m.b.to(w.device(), at::kFloat), m.a.to(w.device(), at::kFloat)) *
-                  merge->scaling();
-        }
-        add(ProjWeightName(i, p), w);
-        if (lin.bias.defined()) add(ProjBiasName(i, p), lin.bias);
-      }
-      add(LayerPrefix(i) + "post_attention_layernorm.weight", layer.post_attention_norm);
-    }
-    add("model.norm.weight", norm_);
-    if (!config_.tie_word_embeddings) add("lm_head.weight", lm_head_);
-    return out;
-  });
-}
-
 std::vector<at::Tensor> Decoder::Parameters() const {
   std::vector<at::Tensor> out = {embed_};
   for (const Layer& l : layers_) {
@@ -636,31 +454,6 @@ absl::StatusOr<at::Tensor> CausalLmLoss(const at::Tensor& logits, const at::Tens
     at::Tensor y = labels.narrow(1, 1, T - 1).reshape({-1}).to(logits.device(), at::kLong);
     return at::cross_entropy_loss(l, y, {}, at::Reduction::Mean, -100);
   });
-}
-
-absl::Status SaveHfModel(const Decoder& decoder, const std::string& dir, const LoraAdapter* merge,
-                         const SaveOptions& options) {
-  const ModelConfig& c = decoder.config();
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(c.raw_json, nullptr, false);
-  if (config.is_discarded() || !config.is_object()) {
-    return absl::FailedPreconditionError("SaveHfModel: the decoder's config has no JSON to write");
-  }
-  config["torch_dtype"] = DtypeConfigName(options.dtype);
-  TF_ASSIGN_OR_RETURN(NamedTensors tensors, decoder.HfTensors(merge, options.dtype));
-  TF_RETURN_IF_ERROR(WriteSafetensorsDir(dir, tensors, options.max_shard_bytes));
-  TF_RETURN_IF_ERROR(
-      WriteStringAtomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
-  if (!options.copy_files_from.empty()) {
-    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                             "tokenizer.model", "added_tokens.json", "generation_config.json"}) {
-      fs::path src = fs::path(options.copy_files_from) / name;
-      std::error_code ec;
-      if (!fs::exists(src, ec)) continue;
-      TF_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(src.string()));
-      TF_RETURN_IF_ERROR(WriteStringAtomically((fs::path(dir) / name).string(), bytes));
-    }
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace tunefleet::model
