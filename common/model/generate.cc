@@ -13,7 +13,7 @@
 
 namespace tunefleet::model {
 
-int64_t SampleToken(const float* logits, int64_t vocab, const GenerationOptions& options,
+int64_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& options,
                     double uniform) {
   if (options.temperature <= 0) {
     return static_cast<int64_t>(std::max_element(logits, logits + vocab) - logits);
@@ -99,14 +99,10 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
   std::vector<Sequence> seqs;
   seqs.reserve(B);
   for (size_t b = 0; b < B; ++b) {
-    SamplingParams p;
+    SamplingParams p = options;
     p.max_new_tokens = max_new;
-    p.temperature = options.temperature;
-    p.top_p = options.top_p;
-    p.top_k = options.top_k;
     p.seed = options.seed + b;
     p.stop_token_ids = stop_ids;
-    p.stop_strings = options.stop_strings;
     seqs.emplace_back(std::move(p), options.detokenize);
   }
   std::vector<SplitMix64> rngs;

@@ -16,21 +16,11 @@
 
 namespace tunefleet::model {
 
-struct GenerationOptions {
-  int64_t max_new_tokens = 256;
-  // 0 means greedy (argmax); otherwise logits are divided by it and sampled.
-  double temperature = 0.0;
-  double top_p = 1.0;  // nucleus: the smallest set of tokens with this much mass
-  int64_t top_k = 0;   // 0: no limit
-  // Row i samples from its own stream seeded with seed + i, so a row's tokens
-  // do not depend on what else is in the batch.
-  uint64_t seed = 0;
-  // Generation stops after one of these (not included in `tokens`); empty:
-  // the model config's eos_token_id(s).
-  std::vector<int64_t> stop_token_ids;
-  // Stop when the detokenized output contains one of these; the text is cut
-  // before it. Requires `detokenize`.
-  std::vector<std::string> stop_strings;
+// The sampling parameters (sequence.h) for a batch, with two batch rules:
+// row i samples from its own stream seeded with seed + i, so a row's tokens
+// do not depend on what else is in the batch; empty stop_token_ids mean the
+// model config's eos_token_id(s). Stop strings require `detokenize`.
+struct GenerationOptions : SamplingParams {
   std::function<std::string(const std::vector<int64_t>&)> detokenize;
   // Called with each new token of each row as it is chosen; returning false
   // stops that row (finish reason kCancelled).
@@ -58,7 +48,7 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
 // Picks the next token from fp32 logits [vocab] under `options` (temperature,
 // top-k, top-p) with `uniform` in [0,1); exposed for tests and for engines
 // that run their own loop.
-int64_t SampleToken(const float* logits, int64_t vocab, const GenerationOptions& options,
+int64_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& options,
                     double uniform);
 
 }  // namespace tunefleet::model

@@ -31,7 +31,7 @@ struct Engine::Request {
   int64_t cached = 0;           // tokens[0, cached) are in the row's cache
   int64_t prompt_tokens = 0;
   int64_t max_new = 0;
-  model::GenerationOptions sampler;  // the fields SampleToken reads
+  model::SamplingParams sampler;  // what SampleToken reads
   SplitMix64 rng{0};
   Clock::time_point submitted, started, first_token;
   bool has_started = false, has_first = false;
