@@ -7,7 +7,8 @@
 // fine-tuned model, chats with it (token streaming), and provokes and reads
 // structured errors: a bad hyperparameter (INVALID_ARGUMENT naming the field),
 // an unknown job id (NOT_FOUND), and a prompt the content filter blocks
-// (INVALID_ARGUMENT with a google.rpc.Status in `grpc-status-details-bin`).
+// (INVALID_ARGUMENT, reason PROMPT_BLOCKED, with the filter results among the
+// google.rpc details in `grpc-status-details-bin`).
 //
 // Every step is checked; the script exits non-zero at the first one that does
 // not hold, so it doubles as a test (tests/clients/run_clients.py). See README.md.
@@ -127,22 +128,16 @@ function loadApi(protoDir) {
     oneofs: true,
   });
   const api = grpc.loadPackageDefinition(definition).tunefleet.v1;
-  // The same files as protobufjs types, to decode google.protobuf.Any details.
+  // The same files as protobufjs types, to decode the error details: the
+  // google.rpc Status and standard details (proto/google/rpc) and our own
+  // messages packed in google.protobuf.Any.
   const types = new protobuf.Root();
   types.resolvePath = (origin, target) =>
     target.startsWith('google/protobuf/') ? target : path.join(protoDir, target);
-  types.loadSync(PROTOS, {keepCase: true});
+  types.loadSync([...PROTOS, 'google/rpc/status.proto', 'google/rpc/error_details.proto'],
+                 {keepCase: true});
   return {api, types};
 }
-
-// google.rpc.Status, declared here: the google.rpc protos are not in proto/.
-// Any is declared locally too (same wire format as google.protobuf.Any).
-const RPC_STATUS = protobuf.parse(`
-  syntax = "proto3";
-  package google.rpc;
-  message Any { string type_url = 1; bytes value = 2; }
-  message Status { int32 code = 1; string message = 2; repeated Any details = 3; }
-`, {keepCase: true}).root.lookupType('google.rpc.Status');
 
 // Prints an error's code, message and structured details; returns the details
 // it could decode as {type, message}.
@@ -150,8 +145,9 @@ function describeError(err, types) {
   console.log(`  error: ${codeName(err.code)}: ${err.details}`);
   const details = [];
   const raw = err.metadata ? err.metadata.get('grpc-status-details-bin') : [];
+  const rpcStatus = types.lookupType('google.rpc.Status');
   for (const buf of raw) {
-    const status = RPC_STATUS.decode(buf);
+    const status = rpcStatus.decode(buf);
     console.log(`  google.rpc.Status: code=${status.code} message=${JSON.stringify(status.message)}, ` +
         `${status.details.length} detail(s)`);
     for (const any of status.details) {
@@ -171,6 +167,7 @@ function describeError(err, types) {
       for (const f of message.prompt_filter_findings || []) {
         console.log(`      prompt finding ${f.filter}/${f.kind} filtered=${!!f.filtered}`);
       }
+      if (name === 'google.rpc.ErrorInfo') details.reason = message.reason;
       if (!('prompt_filter_results' in message) && !('prompt_filter_findings' in message)) {
         console.log(`      ${JSON.stringify(message)}`);
       }
@@ -300,10 +297,14 @@ class Lifecycle {
     step('3. structured errors: a bad hyperparameter, an unknown job');
     const bad = this.jobRequest(fileId, base);
     bad.hyperparameters.epochs = -1;
-    let {err} = await this.expectError(() => this.unary(this.jobs, 'CreateJob', bad),
+    let {err, details} = await this.expectError(() => this.unary(this.jobs, 'CreateJob', bad),
                                        grpc.status.INVALID_ARGUMENT, 'CreateJob with epochs -1');
     check(err.details.includes('hyperparameters.epochs'),
           'the message names hyperparameters.epochs');
+    check(details.reason === 'INVALID_FIELD' && details.some(
+        (d) => d.type === 'google.rpc.BadRequest' &&
+            d.message.field_violations.some((v) => v.field === 'hyperparameters.epochs')),
+          'reason INVALID_FIELD; a BadRequest field violation on hyperparameters.epochs');
     const unknown = 'ftjob-doesnotexist';
     ({err} = await this.expectError(() => this.unary(this.jobs, 'GetJob', {job_id: unknown}),
                                     grpc.status.NOT_FOUND, `GetJob of ${unknown}`));
@@ -426,6 +427,7 @@ class Lifecycle {
     check(details.some((d) => (d.message.prompt_filter_results || []).some(
         (r) => r.filtered && r.category === 'CONTENT_FILTER_CATEGORY_PROFANITY')),
           'the status details name the profanity category as filtered');
+    check(details.reason === 'PROMPT_BLOCKED', 'ErrorInfo reason PROMPT_BLOCKED');
   }
 
   async run() {
