@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/rpc/channel.h"
+#include "common/rpc/client.h"
 #include "common/rpc/status.h"
 #include "tunefleet/v1/files.grpc.pb.h"
 
@@ -42,7 +43,10 @@ struct Endpoint {
 // The endpoint's channel, made once.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> ChannelOf(Endpoint& endpoint);
 
-// One unary call with the endpoint's key and a deadline:
+// One unary call with the endpoint's key and a deadline, through the shared
+// client (common/rpc/client.h): a server that is not reachable (UNAVAILABLE)
+// is tried 3 times with a short backoff before the CLI gives up; every other
+// answer is final.
 //   Call<v1::JobService>(endpoint, &v1::JobService::Stub::GetJob, request)
 template <typename Service, typename Request, typename Response>
 absl::StatusOr<Response> Call(
@@ -52,12 +56,13 @@ absl::StatusOr<Response> Call(
   auto channel = ChannelOf(endpoint);
   if (!channel.ok()) return channel.status();
   auto stub = Service::NewStub(*channel);
-  grpc::ClientContext ctx;
-  rpc::PrepareContext(&ctx, endpoint.api_key, timeout);
-  Response response;
-  grpc::Status status = ((*stub).*method)(&ctx, request, &response);
-  if (!status.ok()) return rpc::FromGrpcStatus(status);
-  return response;
+  rpc::CallOptions options;
+  options.api_key = endpoint.api_key;
+  options.timeout = timeout;
+  options.overall_timeout = timeout;
+  options.max_attempts = 3;
+  options.initial_backoff = absl::Milliseconds(50);
+  return rpc::CallUnary(stub.get(), method, request, options);
 }
 
 // What the flags say (empty: not given).

@@ -21,8 +21,8 @@
 #include "cli/client.h"
 #include "cli/commands.h"
 #include "cli/fleet.h"
-#include "common/rpc/auth.h"
-#include "common/rpc/server.h"
+#include "common/rpc/keys.h"
+#include "common/rpc/shutdown_signals.h"
 
 namespace tunefleet::cli {
 
