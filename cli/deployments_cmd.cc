@@ -114,14 +114,8 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
       PrintRow(d);
     }
   };
-  if (verb == "create") {
-    v1::CreateDeploymentRequest req;
-    req.set_model(a.model);
-    req.set_replicas(a.replicas);
-    auto policy = PolicyOf(a);
-    if (!policy.ok()) return Fail(policy.status());
-    *req.mutable_content_filter() = *policy;
-    auto d = Call<DeploymentService>(*endpoint, &DeploymentService::Stub::CreateDeployment, req);
+  // After create and update: wait (--wait), show, and say how it ended.
+  auto finish = [&](absl::StatusOr<v1::Deployment> d) -> int {
     if (!d.ok()) return Fail(d.status());
     if (a.wait) {
       d = WaitReady(*endpoint, *d, a.wait_seconds);
@@ -134,6 +128,16 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
           absl::StrCat("deployment ", d->id(), " is not ready after ", a.wait_seconds, "s")));
     }
     return 0;
+  };
+  if (verb == "create") {
+    v1::CreateDeploymentRequest req;
+    req.set_model(a.model);
+    req.set_replicas(a.replicas);
+    auto policy = PolicyOf(a);
+    if (!policy.ok()) return Fail(policy.status());
+    *req.mutable_content_filter() = *policy;
+    return finish(
+        Call<DeploymentService>(*endpoint, &DeploymentService::Stub::CreateDeployment, req));
   }
   if (verb == "update") {
     // Only what was given changes (the request's update_mask).
@@ -158,19 +162,8 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
           "deployments update: nothing to change; give --model, --replicas, --filter, "
           "--classifier, --content-filter or --no-content-filter"));
     }
-    auto d = Call<DeploymentService>(*endpoint, &DeploymentService::Stub::UpdateDeployment, req);
-    if (!d.ok()) return Fail(d.status());
-    if (a.wait) {
-      d = WaitReady(*endpoint, *d, a.wait_seconds);
-      if (!d.ok()) return Fail(d.status());
-    }
-    show(*d);
-    if (d->state() == v1::DEPLOYMENT_STATE_FAILED) return 1;
-    if (a.wait && d->state() == v1::DEPLOYMENT_STATE_CREATING) {
-      return Fail(absl::DeadlineExceededError(
-          absl::StrCat("deployment ", d->id(), " is not ready after ", a.wait_seconds, "s")));
-    }
-    return 0;
+    return finish(
+        Call<DeploymentService>(*endpoint, &DeploymentService::Stub::UpdateDeployment, req));
   }
   if (verb == "list") {
     v1::ListDeploymentsRequest req;

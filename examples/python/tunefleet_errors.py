@@ -56,35 +56,43 @@ class ErrorDetails:
         return out
 
 
+def _info(d, m):
+    d.reason, d.domain, d.metadata = m.reason, m.domain, dict(m.metadata)
+
+
+def _retry(d, m):
+    d.retry_delay = m.retry_delay.seconds + m.retry_delay.nanos / 1e9
+
+
+def _prompt_filter(d, m):
+    d.prompt_filter = m
+
+
+# Each detail type this helper reads, and where it goes in ErrorDetails.
+_READERS = [
+    (error_details_pb2.ErrorInfo, _info),
+    (error_details_pb2.BadRequest, lambda d, m: d.field_violations.extend(
+        (v.field, v.description) for v in m.field_violations)),
+    (error_details_pb2.PreconditionFailure, lambda d, m: d.precondition_violations.extend(
+        (v.type, v.subject, v.description) for v in m.violations)),
+    (error_details_pb2.QuotaFailure, lambda d, m: d.quota_violations.extend(
+        (v.subject, v.description) for v in m.violations)),
+    (error_details_pb2.RetryInfo, _retry),
+    (inference_pb2.ChatCompletionResponse, _prompt_filter),
+]
+
+
 def parse_status(raw: bytes) -> ErrorDetails:
     """Decodes a serialized google.rpc.Status."""
     status = status_pb2.Status.FromString(raw)
     d = ErrorDetails(code=status.code, message=status.message)
     for any_msg in status.details:
-        if any_msg.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            any_msg.Unpack(info)
-            d.reason, d.domain, d.metadata = info.reason, info.domain, dict(info.metadata)
-        elif any_msg.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            any_msg.Unpack(bad)
-            d.field_violations += [(v.field, v.description) for v in bad.field_violations]
-        elif any_msg.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-            pf = error_details_pb2.PreconditionFailure()
-            any_msg.Unpack(pf)
-            d.precondition_violations += [(v.type, v.subject, v.description)
-                                          for v in pf.violations]
-        elif any_msg.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            qf = error_details_pb2.QuotaFailure()
-            any_msg.Unpack(qf)
-            d.quota_violations += [(v.subject, v.description) for v in qf.violations]
-        elif any_msg.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            ri = error_details_pb2.RetryInfo()
-            any_msg.Unpack(ri)
-            d.retry_delay = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
-        elif any_msg.Is(inference_pb2.ChatCompletionResponse.DESCRIPTOR):
-            d.prompt_filter = inference_pb2.ChatCompletionResponse()
-            any_msg.Unpack(d.prompt_filter)
+        for cls, read in _READERS:
+            if any_msg.Is(cls.DESCRIPTOR):
+                msg = cls()
+                any_msg.Unpack(msg)
+                read(d, msg)
+                break
         else:
             d.unknown_types.append(any_msg.type_url)
     return d
