@@ -68,7 +68,7 @@ void PrintJob(const v1::Job& j, const std::vector<double>& losses) {
             << "training file  " << j.training_file() << "\n"
             << "validation     " << (j.validation_file().empty() ? "-" : j.validation_file())
             << "\n"
-            << "method / task  " << absl::AsciiStrToLower(v1::TrainingMethod_Name(j.method()))
+            << "method / task  " << absl::AsciiStrToLower(v1::AdapterType_Name(j.adapter()))
             << " / " << absl::AsciiStrToLower(v1::TrainingTask_Name(j.task())) << "\n"
             << absl::StrFormat(
                    "hyperparameters epochs %d, batch %d, lr multiplier %g, lora r=%d alpha=%g "
@@ -243,9 +243,9 @@ int Run(JobsArgs& a, const std::string& verb) {
     req.set_validation_file(a.validation_file);
     if (a.validation_split > 0) req.set_validation_split(a.validation_split);
     if (a.method == "lora") {
-      req.set_method(v1::TRAINING_METHOD_LORA);
+      req.set_adapter(v1::ADAPTER_TYPE_LORA);
     } else if (a.method == "full") {
-      req.set_method(v1::TRAINING_METHOD_FULL);
+      req.set_adapter(v1::ADAPTER_TYPE_FULL);
     } else {
       return Fail(absl::InvalidArgumentError(
           absl::StrCat("--method must be lora or full, not '", a.method, "'")));

@@ -286,7 +286,7 @@ class Lifecycle {
   jobRequest(fileId, base) {
     return {
       base_model: base, training_file: fileId, validation_split: 0.1,
-      method: 'TRAINING_METHOD_LORA', suffix: this.args.suffix,
+      adapter: 'ADAPTER_TYPE_LORA', suffix: this.args.suffix,
       request_id: `node-${crypto.randomBytes(12).toString('hex')}`,
       hyperparameters: {epochs: this.args.epochs, batch_size: 8, learning_rate_multiplier: 50,
         lora_rank: 16, lora_alpha: 32, lora_dropout: 0, seed: 7},

@@ -218,7 +218,7 @@ class Lifecycle:
         a = self.args
         return jobs_pb2.CreateJobRequest(
             base_model=base, training_file=file_id, validation_split=0.1,
-            method=jobs_pb2.TRAINING_METHOD_LORA, suffix=a.suffix,
+            adapter=jobs_pb2.ADAPTER_TYPE_LORA, suffix=a.suffix,
             request_id="py-" + uuid.uuid4().hex,
             hyperparameters=jobs_pb2.Hyperparameters(
                 epochs=a.epochs, batch_size=8, learning_rate_multiplier=50, lora_rank=16,

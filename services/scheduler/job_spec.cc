@@ -67,7 +67,7 @@ std::vector<BaseModel> BaseModelCatalog::List() {
 }
 
 absl::StatusOr<ResolvedJob> ResolveHyperparameters(const v1::Hyperparameters& given,
-                                                   v1::TrainingMethod method, int gpus,
+                                                   v1::AdapterType adapter, int gpus,
                                                    int64_t examples, bool has_validation,
                                                    const BaseModel& model,
                                                    const std::string& job_id) {
@@ -75,7 +75,7 @@ absl::StatusOr<ResolvedJob> ResolveHyperparameters(const v1::Hyperparameters& gi
   auto check = [&](bool ok, const char* field, const std::string& why) {
     if (!ok) bad.push_back({absl::StrCat("hyperparameters.", field), why});
   };
-  const bool lora = method != v1::TRAINING_METHOD_FULL;
+  const bool lora = adapter != v1::ADAPTER_TYPE_FULL;
   if (given.has_epochs()) check(given.epochs() >= 1 && given.epochs() <= 50, "epochs", "must be in [1, 50]");
   if (given.has_batch_size())
     check(given.batch_size() >= 1 && given.batch_size() <= 1024, "batch_size", "must be in [1, 1024]");
@@ -83,15 +83,15 @@ absl::StatusOr<ResolvedJob> ResolveHyperparameters(const v1::Hyperparameters& gi
     check(given.learning_rate_multiplier() > 0 && given.learning_rate_multiplier() <= 100,
           "learning_rate_multiplier", "must be in (0, 100]");
   if (given.has_lora_rank()) {
-    check(lora, "lora_rank", "applies only to method lora");
+    check(lora, "lora_rank", "applies only to adapter lora");
     check(given.lora_rank() >= 1 && given.lora_rank() <= 256, "lora_rank", "must be in [1, 256]");
   }
   if (given.has_lora_alpha()) {
-    check(lora, "lora_alpha", "applies only to method lora");
+    check(lora, "lora_alpha", "applies only to adapter lora");
     check(given.lora_alpha() > 0 && given.lora_alpha() <= 1024, "lora_alpha", "must be in (0, 1024]");
   }
   if (given.has_lora_dropout()) {
-    check(lora, "lora_dropout", "applies only to method lora");
+    check(lora, "lora_dropout", "applies only to adapter lora");
     check(given.lora_dropout() >= 0 && given.lora_dropout() < 1, "lora_dropout", "must be in [0, 1)");
   }
   if (given.has_warmup_ratio())

@@ -64,7 +64,7 @@ struct ResolvedJob {
 // Checks each given value's range (INVALID_ARGUMENT naming every bad field as
 // "hyperparameters.<name>: ...") and fills the rest by the rule above.
 absl::StatusOr<ResolvedJob> ResolveHyperparameters(const v1::Hyperparameters& given,
-                                                   v1::TrainingMethod method, int gpus,
+                                                   v1::AdapterType adapter, int gpus,
                                                    int64_t examples, bool has_validation,
                                                    const BaseModel& model,
                                                    const std::string& job_id);

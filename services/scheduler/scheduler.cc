@@ -287,7 +287,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
     bad.push_back({"validation_split", "give either validation_file or validation_split, not both"});
   if (req.has_validation_split() && !(req.validation_split() > 0 && req.validation_split() <= 0.5))
     bad.push_back({"validation_split", "must be in (0, 0.5]"});
-  if (!v1::TrainingMethod_IsValid(req.method())) bad.push_back({"method", "unknown value"});
+  if (!v1::AdapterType_IsValid(req.adapter())) bad.push_back({"adapter", "unknown value"});
   if (!v1::TrainingTask_IsValid(req.task())) bad.push_back({"task", "unknown value"});
   if (!ValidSuffix(req.suffix())) bad.push_back({"suffix", "up to 40 characters of [a-z0-9-]"});
   if (req.gpus() < 0 || req.gpus() > 64) bad.push_back({"gpus", "must be in [0, 64]"});
@@ -359,15 +359,15 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
     examples = std::max<int64_t>(1, examples - static_cast<int64_t>(examples * req.validation_split()));
   }
   TF_ASSIGN_OR_RETURN(ResolvedJob resolved,
-                      ResolveHyperparameters(req.hyperparameters(), req.method(), gpus, examples,
+                      ResolveHyperparameters(req.hyperparameters(), req.adapter(), gpus, examples,
                                              has_valid || req.has_validation_split(), *model,
                                              job_id));
   v1::Job job;
   job.set_base_model(req.base_model());
   job.set_training_file(train.id);
   job.set_validation_file(has_valid ? valid.id : "");
-  job.set_method(req.method() == v1::TRAINING_METHOD_UNSPECIFIED ? v1::TRAINING_METHOD_LORA
-                                                                  : req.method());
+  job.set_adapter(req.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED ? v1::ADAPTER_TYPE_LORA
+                                                                : req.adapter());
   job.set_task(chat ? v1::TRAINING_TASK_CHAT : v1::TRAINING_TASK_CLASSIFICATION);
   *job.mutable_hyperparameters() = resolved.hyperparameters;
   job.set_suffix(req.suffix());
@@ -772,7 +772,7 @@ void Scheduler::RegisterResult(Txn& t, const std::string& job_id, const std::str
     m.model.set_parameters(base->parameters);
     m.model.set_max_sequence_length(base->max_sequence_length);
   }
-  m.model.set_format(j.job.method() == v1::TRAINING_METHOD_FULL ? "merged" : "lora");
+  m.model.set_format(j.job.adapter() == v1::ADAPTER_TYPE_FULL ? "merged" : "lora");
   *m.model.mutable_created_at() = ToTimestamp(t.now());
   t.batch().models.push_back(m);
   j.job.set_result_model(id);
@@ -1419,7 +1419,7 @@ void Scheduler::PlaceLocked(Txn& t) {
         as.set_base_model(j.job.base_model());
         as.set_training_file(j.job.training_file());
         as.set_validation_file(j.job.validation_file());
-        as.set_method(j.job.method());
+        as.set_adapter(j.job.adapter());
         as.set_task(j.job.task());
         *as.mutable_hyperparameters() = j.job.hyperparameters();
         as.set_resume_checkpoint(j.resume_artifact);

@@ -136,7 +136,7 @@ TEST(PlacementTest, NeverFitFailsFast) {
 
 TEST(HyperparametersTest, AutoRuleAndRanges) {
   BaseModel m{"tiny", "llama", 1000, 512};
-  auto r = ResolveHyperparameters({}, v1::TRAINING_METHOD_LORA, 1, 20, false, m, "ftjob-x");
+  auto r = ResolveHyperparameters({}, v1::ADAPTER_TYPE_LORA, 1, 20, false, m, "ftjob-x");
   ASSERT_THAT(r, IsOk());
   const auto& h = r->hyperparameters;
   EXPECT_EQ(h.epochs(), 5);  // ceil(100 / 20)
@@ -152,7 +152,7 @@ TEST(HyperparametersTest, AutoRuleAndRanges) {
   // Large set, two ranks, full fine-tuning.
   v1::Hyperparameters given;
   given.set_learning_rate_multiplier(2);
-  r = ResolveHyperparameters(given, v1::TRAINING_METHOD_FULL, 2, 100000, true, m, "ftjob-y");
+  r = ResolveHyperparameters(given, v1::ADAPTER_TYPE_FULL, 2, 100000, true, m, "ftjob-y");
   ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->hyperparameters.epochs(), 1);
   EXPECT_EQ(r->hyperparameters.batch_size(), 256);
@@ -164,14 +164,14 @@ TEST(HyperparametersTest, AutoRuleAndRanges) {
   bad.set_epochs(0);
   bad.set_lora_dropout(1.5);
   bad.set_max_sequence_length(100000);
-  EXPECT_THAT(ResolveHyperparameters(bad, v1::TRAINING_METHOD_LORA, 1, 10, false, m, "j"),
+  EXPECT_THAT(ResolveHyperparameters(bad, v1::ADAPTER_TYPE_LORA, 1, 10, false, m, "j"),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        ::testing::AllOf(HasSubstr("hyperparameters.epochs"),
                                         HasSubstr("hyperparameters.lora_dropout"),
                                         HasSubstr("hyperparameters.max_sequence_length"))));
   v1::Hyperparameters lora_on_full;
   lora_on_full.set_lora_rank(4);
-  EXPECT_THAT(ResolveHyperparameters(lora_on_full, v1::TRAINING_METHOD_FULL, 1, 10, false, m, "j"),
+  EXPECT_THAT(ResolveHyperparameters(lora_on_full, v1::ADAPTER_TYPE_FULL, 1, 10, false, m, "j"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("hyperparameters.lora_rank")));
 }
 

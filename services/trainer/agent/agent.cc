@@ -281,7 +281,7 @@ absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
   if (h.has_seed()) w.seed = h.seed();
   if (h.has_checkpoint_interval_steps()) w.checkpoint_interval_steps = h.checkpoint_interval_steps();
   if (h.has_eval_interval_steps()) w.eval_interval_steps = h.eval_interval_steps();
-  spec.method = a_.method() == v1::TRAINING_METHOD_FULL ? TrainingMethod::kFull : TrainingMethod::kLora;
+  spec.method = a_.adapter() == v1::ADAPTER_TYPE_FULL ? TrainingMethod::kFull : TrainingMethod::kLora;
   spec.task = a_.task() == v1::TRAINING_TASK_CLASSIFICATION ? TrainingTask::kClassification
                                                             : TrainingTask::kChat;
   if (!o.gpus.empty()) {

@@ -100,6 +100,9 @@ constexpr std::pair<LrScheduler, const char*> kSchedulers[] = {{LrScheduler::kCo
                                                                {LrScheduler::kLinear, "linear"},
                                                                {LrScheduler::kConstant, "constant"}};
 
+constexpr std::pair<TrainingObjective, const char*> kObjectives[] = {
+    {TrainingObjective::kSupervised, "supervised"}, {TrainingObjective::kDpo, "dpo"}};
+
 bool Finite(double x) { return std::isfinite(x); }
 
 }  // namespace
@@ -117,6 +120,10 @@ absl::string_view SchedulerName(LrScheduler s) {
     default:
       return "cosine";
   }
+}
+
+absl::string_view ObjectiveName(TrainingObjective o) {
+  return o == TrainingObjective::kDpo ? "dpo" : "supervised";
 }
 
 absl::Status ValidateWorkerSpec(const WorkerSpec& s) {
@@ -166,6 +173,12 @@ absl::Status ValidateWorkerSpec(const WorkerSpec& s) {
     return Bad("hyperparameters.checkpoint_interval_steps", "must be >= 0");
   if (h.keep_checkpoints < 1) return Bad("hyperparameters.keep_checkpoints", "must be >= 1");
   if (h.max_steps < 0) return Bad("hyperparameters.max_steps", "must be >= 0");
+  if (h.early_stopping_patience < 0)
+    return Bad("hyperparameters.early_stopping_patience", "must be >= 0");
+  if (s.objective == TrainingObjective::kDpo) {
+    if (!Finite(s.dpo_beta) || s.dpo_beta <= 0) return Bad("dpo_beta", "must be a finite number > 0");
+    if (s.task != TrainingTask::kChat) return Bad("objective", "dpo needs the chat task");
+  }
   return absl::OkStatus();
 }
 
@@ -189,7 +202,9 @@ std::string WorkerSpecToJson(const WorkerSpec& s) {
              {"eval_interval_steps", h.eval_interval_steps},
              {"checkpoint_interval_steps", h.checkpoint_interval_steps},
              {"keep_checkpoints", h.keep_checkpoints},
-             {"max_steps", h.max_steps}};
+             {"max_steps", h.max_steps},
+             {"gradient_checkpointing", h.gradient_checkpointing},
+             {"early_stopping_patience", h.early_stopping_patience}};
   json j = {{"job_id", s.job_id},
             {"assignment_id", s.assignment_id},
             {"rank", s.rank},
@@ -206,6 +221,8 @@ std::string WorkerSpecToJson(const WorkerSpec& s) {
             {"resume_from", s.resume_from},
             {"method", MethodName(s.method)},
             {"task", TaskName(s.task)},
+            {"objective", ObjectiveName(s.objective)},
+            {"dpo_beta", s.dpo_beta},
             {"num_labels", s.num_labels},
             {"hyperparameters", std::move(hj)},
             {"device", s.device},
@@ -236,6 +253,8 @@ absl::StatusOr<WorkerSpec> ParseWorkerSpec(absl::string_view text) {
   TF_RETURN_IF_ERROR(r.Str("resume_from", s.resume_from));
   TF_RETURN_IF_ERROR(ParseEnum(r, "method", kMethods, s.method));
   TF_RETURN_IF_ERROR(ParseEnum(r, "task", kTasks, s.task));
+  TF_RETURN_IF_ERROR(ParseEnum(r, "objective", kObjectives, s.objective));
+  TF_RETURN_IF_ERROR(r.Num("dpo_beta", s.dpo_beta));
   TF_RETURN_IF_ERROR(r.Int("num_labels", s.num_labels));
   TF_RETURN_IF_ERROR(r.Str("device", s.device));
   TF_RETURN_IF_ERROR(r.Num("collective_timeout_s", s.collective_timeout_s));
@@ -264,6 +283,8 @@ absl::StatusOr<WorkerSpec> ParseWorkerSpec(absl::string_view text) {
     TF_RETURN_IF_ERROR(hr.Int("checkpoint_interval_steps", h.checkpoint_interval_steps));
     TF_RETURN_IF_ERROR(hr.Int("keep_checkpoints", h.keep_checkpoints));
     TF_RETURN_IF_ERROR(hr.Int("max_steps", h.max_steps));
+    TF_RETURN_IF_ERROR(hr.Bool("gradient_checkpointing", h.gradient_checkpointing));
+    TF_RETURN_IF_ERROR(hr.Int("early_stopping_patience", h.early_stopping_patience));
   }
   TF_RETURN_IF_ERROR(ValidateWorkerSpec(s));
   return s;

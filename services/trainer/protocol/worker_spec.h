@@ -17,10 +17,14 @@ namespace tunefleet::trainer {
 enum class TrainingMethod { kLora, kFull };
 enum class TrainingTask { kChat, kClassification };
 enum class LrScheduler { kCosine, kLinear, kConstant };
+// What the loss is: supervised (causal LM on the trained tokens, or the
+// classification head) or DPO on preference pairs.
+enum class TrainingObjective { kSupervised, kDpo };
 
 absl::string_view MethodName(TrainingMethod m);      // "lora" | "full"
 absl::string_view TaskName(TrainingTask t);          // "chat" | "classification"
 absl::string_view SchedulerName(LrScheduler s);      // "cosine" | "linear" | "constant"
+absl::string_view ObjectiveName(TrainingObjective o);  // "supervised" | "dpo"
 
 struct WorkerHyperparameters {
   int64_t epochs = 1;
@@ -45,6 +49,12 @@ struct WorkerHyperparameters {
   int64_t checkpoint_interval_steps = 0;  // 0: only at epoch ends
   int64_t keep_checkpoints = 2;           // last K kept under checkpoint_root
   int64_t max_steps = 0;                  // 0: epochs decide
+  // Recompute each decoder layer's activations in backward instead of
+  // keeping them (less memory, about a third more compute).
+  bool gradient_checkpointing = false;
+  // Stop after this many evaluations without a better validation loss
+  // (0: never stop early).
+  int64_t early_stopping_patience = 0;
 };
 
 struct WorkerSpec {
@@ -72,6 +82,9 @@ struct WorkerSpec {
   std::string resume_from;
   TrainingMethod method = TrainingMethod::kLora;
   TrainingTask task = TrainingTask::kChat;
+  TrainingObjective objective = TrainingObjective::kSupervised;
+  // DPO: the preference loss's beta (> 0).
+  double dpo_beta = 0.1;
   // Classification: number of classes (labels 0..num_labels-1 in the shards).
   int64_t num_labels = 0;
   WorkerHyperparameters hyper;
