@@ -96,6 +96,9 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
       req.format = m.format();
       req.expected_bytes = m.expected_bytes();
       req.expected_sha256 = m.expected_sha256();
+      req.labels = errors::ToLabels(m.labels());
+      req.description = m.description();
+      req.request_id = m.request_id();
       absl::StatusOr<std::unique_ptr<Upload>> upload =
           registry_->BeginUpload(caller_.tenant, std::move(req));
       if (!upload.ok()) return upload.status();
@@ -273,6 +276,8 @@ void ToProto(const FileRecord& r, v1::File* out) {
   out->set_format(static_cast<v1::DataFormat>(r.format));
   *out->mutable_created_at() = ToTimestamp(r.created_at);
   if (!r.validation.empty()) out->mutable_validation()->ParseFromString(r.validation);
+  out->mutable_labels()->insert(r.labels.begin(), r.labels.end());
+  out->set_description(r.description);
 }
 
 grpc::ServerReadReactor<v1::UploadFileRequest>* DatasetServiceImpl::UploadFile(
@@ -299,12 +304,20 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ListFiles(grpc::CallbackServerCont
                                                         v1::ListFilesResponse* response) {
   return rpc::RunOnExecutor(context, auth_.AuthenticateTenant(*context), executor_,
                             [this, request, response](const rpc::Principal& caller) {
+                              if (!v1::FileView_IsValid(request->view()))
+                                return errors::FieldError("view", "unknown value");
                               absl::StatusOr<FilePage> page = registry_->List(
                                   caller.tenant, request->page_size(), request->page_token(),
-                                  static_cast<Purpose>(request->purpose()));
+                                  static_cast<Purpose>(request->purpose()),
+                                  errors::ToLabels(request->labels()));
                               if (!page.ok()) return page.status();
-                              for (const FileRecord& f : page->files)
+                              // The basic view leaves the validation report
+                              // out (GetFile has it).
+                              const bool full = request->view() == v1::FILE_VIEW_FULL;
+                              for (FileRecord& f : page->files) {
+                                if (!full) f.validation.clear();
                                 ToProto(f, response->add_files());
+                              }
                               response->set_next_page_token(page->next_page_token);
                               return absl::OkStatus();
                             });
@@ -385,7 +398,8 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::SplitFile(grpc::CallbackServerCont
                             [this, request, response](const rpc::Principal& caller) {
                               absl::StatusOr<SplitResult> split =
                                   dataset::SplitFile(*registry_, caller.tenant, request->file_id(),
-                                                     request->validation_ratio(), request->seed());
+                                                     request->validation_ratio(), request->seed(),
+                                                     request->request_id());
                               if (!split.ok()) return split.status();
                               ToProto(split->training, response->mutable_training_file());
                               ToProto(split->validation, response->mutable_validation_file());
@@ -465,6 +479,7 @@ class ShardReactor final : public grpc::ServerWriteReactor<internal::v1::ShardCh
                                            batch->example_lengths.end()};
       chunk_.set_running_sha256(batch->running_sha256);
       chunk_.set_last(batch->last);
+      chunk_.set_pairs(batch->pairs);
       last_ = batch->last;
       StartWrite(&chunk_);
     });
@@ -500,12 +515,17 @@ grpc::ServerUnaryReactor* ShardServiceImpl::PrepareShards(
         TF_ASSIGN_OR_RETURN(auto content, registry_->OpenContent(Scope::Platform(), file.id, 0));
         TF_ASSIGN_OR_RETURN(ShardManifest m,
                             PrepareShardSet(registry_->artifacts(), *content, id,
-                                            tokenizer.tokenize, request->max_sequence_length()));
+                                            tokenizer.tokenize, request->max_sequence_length(),
+                                            file.format != 0
+                                                ? std::optional<DataFormat>(
+                                                      static_cast<DataFormat>(file.format))
+                                                : std::nullopt));
         response->set_shard_set_id(m.shard_set_id);
         response->set_examples(m.examples);
         response->set_tokens(m.tokens);
         response->set_trained_tokens(m.trained_tokens);
         response->set_sha256(m.sha256);
+        response->set_pairs(m.pairs);
         spdlog::info("file={} shards={} examples={} tokens={}", file.id, m.shard_set_id, m.examples,
                      m.tokens);
         return absl::OkStatus();

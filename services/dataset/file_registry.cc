@@ -1,6 +1,7 @@
 #include "services/dataset/file_registry.h"
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
 #include "common/errors/error_details.h"
@@ -43,11 +44,32 @@ const store::Migration kMigrations[] = {
         PRIMARY KEY (file_id, holder)
       );
     )sql"},
+    {4, R"sql(
+      ALTER TABLE files ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+      ALTER TABLE files ADD COLUMN description TEXT NOT NULL DEFAULT '';
+      ALTER TABLE files ADD COLUMN request_id TEXT NOT NULL DEFAULT '';
+      CREATE UNIQUE INDEX files_by_request_id ON files (tenant, request_id)
+        WHERE request_id != '';
+    )sql"},
 };
 
 constexpr char kColumns[] =
     "id, tenant, filename, purpose, format, bytes, sha256, status, status_details, "
-    "created_at_us, validation";
+    "created_at_us, validation, labels, description, request_id";
+
+std::string LabelsToJson(const errors::Labels& labels) {
+  return nlohmann::json(labels).dump();
+}
+
+errors::Labels LabelsFromJson(const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  errors::Labels out;
+  if (!j.is_object()) return out;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.value().is_string()) out[it.key()] = it.value().get<std::string>();
+  }
+  return out;
+}
 
 FileRecord FromRow(const store::Row& r) {
   FileRecord f;
@@ -62,6 +84,9 @@ FileRecord FromRow(const store::Row& r) {
   f.status_details = r[8].AsText();
   f.created_at = absl::FromUnixMicros(r[9].AsInt64());
   f.validation = std::string(r[10].bytes());
+  f.labels = LabelsFromJson(r[11].AsText());
+  f.description = r[12].AsText();
+  f.request_id = r[13].AsText();
   return f;
 }
 
@@ -89,6 +114,12 @@ absl::Status ValidateRequest(const UploadRequest& req, int64_t max_bytes) {
     return errors::InvalidField("metadata.expected_bytes", absl::StrCat("metadata.expected_bytes (", req.expected_bytes,
                                                    ") is over the limit of ", max_bytes, " bytes"));
   }
+  std::vector<errors::FieldViolation> bad;
+  errors::CheckLabels(req.labels, "metadata.labels", &bad);
+  errors::CheckDescription(req.description, "metadata.description", &bad);
+  // SplitFile's outputs use "split:<key>:training|validation" (key <= 128).
+  if (req.request_id.size() > 160) bad.push_back({"metadata.request_id", "at most 160 characters"});
+  if (!bad.empty()) return errors::InvalidFields(bad);
   if (!req.expected_sha256.empty()) {
     bool hex = req.expected_sha256.size() == 64;
     for (char c : req.expected_sha256) hex = hex && absl::ascii_isxdigit(c);
@@ -193,6 +224,9 @@ absl::StatusOr<std::unique_ptr<Upload>> FileRegistry::BeginUpload(const std::str
   record.filename = request.filename;
   record.purpose = request.purpose;
   record.format = request.format;
+  record.labels = request.labels;
+  record.description = request.description;
+  record.request_id = request.request_id;
   TF_ASSIGN_OR_RETURN(auto writer, blobs_->OpenWriter(BlobName(record.id)));
   return std::unique_ptr<Upload>(
       new Upload(this, std::move(record), std::move(request), std::move(writer)));
@@ -238,12 +272,34 @@ absl::StatusOr<FileRecord> Upload::Commit() {
   record_.status = FileStatus::kUploaded;
   record_.created_at = registry_->options_.clock->Now();
   absl::MutexLock lock(&registry_->mu_);
+  if (!record_.request_id.empty()) {
+    // A retry of an upload that already committed: the first file stands.
+    absl::StatusOr<std::optional<FileRecord>> first =
+        registry_->FindByRequestId(record_.tenant, record_.request_id);
+    if (!first.ok() || first->has_value()) {
+      (void)registry_->blobs_->Delete(BlobName(record_.id));
+      done_ = true;
+      registry_->UnreserveLocked(record_.tenant, bytes_);
+      if (!first.ok()) return first.status();
+      const FileRecord& f = **first;
+      if (f.sha256 != record_.sha256) {
+        return errors::WithReason(
+            absl::AlreadyExistsError(absl::StrCat(
+                "metadata.request_id '", record_.request_id, "' was used for ", f.id,
+                " with other content (sha256 ", f.sha256, ", these bytes ", record_.sha256, ")")),
+            "REQUEST_ID_REUSED", {{"file_id", f.id}});
+      }
+      return f;
+    }
+  }
   absl::StatusOr<store::ExecResult> inserted = registry_->db_->Execute(
-      absl::StrCat("INSERT INTO files (", kColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+      absl::StrCat("INSERT INTO files (", kColumns,
+                   ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
       {record_.id, record_.tenant, record_.filename, static_cast<int>(record_.purpose),
        record_.format, record_.bytes, record_.sha256, static_cast<int>(record_.status),
        record_.status_details, absl::ToUnixMicros(record_.created_at),
-       store::Value::Blob("")});
+       store::Value::Blob(""), LabelsToJson(record_.labels), record_.description,
+       record_.request_id});
   if (!inserted.ok()) {
     (void)registry_->blobs_->Delete(BlobName(record_.id));
     return inserted.status();
@@ -267,22 +323,48 @@ absl::StatusOr<FileRecord> FileRegistry::Get(const Scope& scope, const std::stri
   return FromRow(rows[0]);
 }
 
+absl::StatusOr<std::optional<FileRecord>> FileRegistry::FindByRequestId(
+    const std::string& tenant, const std::string& request_id) {
+  TF_ASSIGN_OR_RETURN(auto rows,
+                      db_->Query(absl::StrCat("SELECT ", kColumns,
+                                              " FROM files WHERE tenant = ? AND request_id = ?"),
+                                 {tenant, request_id}));
+  if (rows.empty()) return std::optional<FileRecord>();
+  return std::optional<FileRecord>(FromRow(rows[0]));
+}
+
 absl::StatusOr<FilePage> FileRegistry::List(const std::string& tenant, int page_size,
-                                            const std::string& page_token, Purpose purpose) {
+                                            const std::string& page_token, Purpose purpose,
+                                            const errors::Labels& labels) {
+  {
+    std::vector<errors::FieldViolation> bad;
+    errors::CheckLabels(labels, "labels", &bad);
+    if (!bad.empty()) return errors::InvalidFields(bad);
+  }
   if (page_size < 0) return errors::InvalidField("page_size", "page_size must not be negative");
   if (page_size == 0) page_size = 20;
   page_size = std::min(page_size, 100);
   int64_t after_us = INT64_MAX;
   std::string after_id = "\x7f";
   if (!page_token.empty()) TF_RETURN_IF_ERROR(DecodeToken(page_token, &after_us, &after_id));
+  // Label keys are validated above ([a-z0-9._/-]), so they can be quoted
+  // into a JSON path.
+  std::string label_filter;
+  std::vector<store::Value> args = {tenant, after_us, after_us, after_id,
+                                    static_cast<int>(purpose), static_cast<int>(purpose)};
+  for (const auto& [key, value] : labels) {
+    absl::StrAppend(&label_filter, " AND json_extract(labels, ?) = ?");
+    args.push_back(absl::StrCat("$.\"", key, "\""));
+    args.push_back(value);
+  }
+  args.push_back(page_size + 1);
   TF_ASSIGN_OR_RETURN(
       auto rows,
       db_->Query(absl::StrCat("SELECT ", kColumns, " FROM files WHERE tenant = ? AND "
                               "(created_at_us < ? OR (created_at_us = ? AND id < ?)) AND "
-                              "(? = 0 OR purpose = ?) "
-                              "ORDER BY created_at_us DESC, id DESC LIMIT ?"),
-                 {tenant, after_us, after_us, after_id, static_cast<int>(purpose),
-                  static_cast<int>(purpose), page_size + 1}));
+                              "(? = 0 OR purpose = ?)",
+                              label_filter, " ORDER BY created_at_us DESC, id DESC LIMIT ?"),
+                 args));
   FilePage page;
   for (size_t i = 0; i < rows.size() && static_cast<int>(i) < page_size; ++i) {
     page.files.push_back(FromRow(rows[i]));

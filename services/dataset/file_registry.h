@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/base/scope.h"
 #include "common/base/clock.h"
+#include "common/errors/labels.h"
 #include "common/store/directory_artifact_store.h"
 #include "common/store/sqlite.h"
 
@@ -37,6 +39,10 @@ struct FileRecord {
   // The automatic validation's report (a serialized tunefleet.v1.
   // ValidationReport, opaque here); empty until processed.
   std::string validation;
+  errors::Labels labels;
+  std::string description;
+  // The idempotency key the upload carried (empty: none).
+  std::string request_id;
 };
 
 struct UploadRequest {
@@ -45,6 +51,11 @@ struct UploadRequest {
   int format = 0;
   int64_t expected_bytes = 0;     // 0: unknown
   std::string expected_sha256;    // empty: unchecked
+  errors::Labels labels;
+  std::string description;
+  // Idempotency: a second upload with the same key and the same bytes
+  // commits to the first file; other bytes are ALREADY_EXISTS.
+  std::string request_id;
 };
 
 struct FileRegistryOptions {
@@ -96,8 +107,13 @@ class FileRegistry {
                                                       UploadRequest request);
   // NOT_FOUND for a missing file and for a file outside `scope` alike.
   absl::StatusOr<FileRecord> Get(const Scope& scope, const std::string& id);
+  // Newest first; only files carrying every label of `labels`.
   absl::StatusOr<FilePage> List(const std::string& tenant, int page_size,
-                                const std::string& page_token, Purpose purpose);
+                                const std::string& page_token, Purpose purpose,
+                                const errors::Labels& labels = {});
+  // The file an upload with this idempotency key created, if any.
+  absl::StatusOr<std::optional<FileRecord>> FindByRequestId(const std::string& tenant,
+                                                            const std::string& request_id);
   // FAILED_PRECONDITION naming the holders while the file is held.
   absl::Status Delete(const std::string& tenant, const std::string& id);
   // Holds keep a file from deletion while an unfinished job uses it.

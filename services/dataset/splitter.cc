@@ -38,10 +38,22 @@ std::vector<bool> ChooseValidation(const std::vector<std::string>& groups, doubl
 }
 
 absl::StatusOr<SplitResult> SplitFile(FileRegistry& registry, const std::string& tenant,
-                                      const std::string& file_id, double ratio, int64_t seed) {
+                                      const std::string& file_id, double ratio, int64_t seed,
+                                      const std::string& request_id) {
   if (!(ratio > 0 && ratio <= 0.5)) {
     return errors::InvalidField(
         "validation_ratio", absl::StrCat("validation_ratio must be in (0, 0.5], not ", ratio));
+  }
+  if (request_id.size() > 128) return errors::FieldError("request_id", "at most 128 characters");
+  // The outputs carry derived idempotency keys; a retry finds both.
+  const std::string train_key =
+      request_id.empty() ? "" : absl::StrCat("split:", request_id, ":training");
+  const std::string valid_key =
+      request_id.empty() ? "" : absl::StrCat("split:", request_id, ":validation");
+  if (!request_id.empty()) {
+    TF_ASSIGN_OR_RETURN(std::optional<FileRecord> t, registry.FindByRequestId(tenant, train_key));
+    TF_ASSIGN_OR_RETURN(std::optional<FileRecord> v, registry.FindByRequestId(tenant, valid_key));
+    if (t.has_value() && v.has_value()) return SplitResult{*std::move(t), *std::move(v)};
   }
   TF_ASSIGN_OR_RETURN(FileRecord source, registry.Get(Scope::Tenant(tenant), file_id));
   AnalyzeOptions options;
@@ -72,8 +84,10 @@ absl::StatusOr<SplitResult> SplitFile(FileRegistry& registry, const std::string&
   for (size_t i = 0; i < lines.size(); ++i) part_of_line[lines[i]] = chosen[i] ? 1 : 0;
 
   const std::string stem = Stem(source.filename);
-  UploadRequest train_req{stem + "-train.jsonl", Purpose::kFineTune, source.format, 0, ""};
-  UploadRequest valid_req{stem + "-validation.jsonl", Purpose::kValidation, source.format, 0, ""};
+  UploadRequest train_req{stem + "-train.jsonl", Purpose::kFineTune, source.format, 0, "",
+                          source.labels, source.description, train_key};
+  UploadRequest valid_req{stem + "-validation.jsonl", Purpose::kValidation, source.format, 0, "",
+                          source.labels, source.description, valid_key};
   TF_ASSIGN_OR_RETURN(auto train, registry.BeginUpload(tenant, train_req));
   TF_ASSIGN_OR_RETURN(auto valid, registry.BeginUpload(tenant, valid_req));
   absl::Status write_status;

@@ -25,7 +25,10 @@ struct SplitResult {
 
 // Splits `file_id` (which must be valid: FAILED_PRECONDITION names its
 // first error otherwise). `ratio` must be in (0, 0.5].
+// The two files carry the source's labels and description. `request_id`
+// (optional) makes the call idempotent: a retry returns the same two files.
 absl::StatusOr<SplitResult> SplitFile(FileRegistry& registry, const std::string& tenant,
-                                      const std::string& file_id, double ratio, int64_t seed);
+                                      const std::string& file_id, double ratio, int64_t seed,
+                                      const std::string& request_id = "");
 
 }  // namespace tunefleet::dataset

@@ -1,6 +1,7 @@
 // DatasetService file handling over a real loopback server, a real SQLite
 // file and a real artifact directory.
 #include <filesystem>
+#include <map>
 #include <memory>
 
 #include <gmock/gmock.h>
@@ -108,15 +109,23 @@ class DatasetServiceTest : public ::testing::Test {
                                   const std::string& name = "train.jsonl",
                                   v1::FilePurpose purpose = v1::FILE_PURPOSE_FINE_TUNE,
                                   bool send_metadata = true, const std::string& sha = "") {
+    v1::UploadFileRequest::Metadata meta;
+    meta.set_filename(name);
+    meta.set_purpose(purpose);
+    meta.set_expected_sha256(sha);
+    return UploadWith(key, send_metadata ? &meta : nullptr, content);
+  }
+  // The upload stream with the given metadata (nullptr: none) and content.
+  absl::StatusOr<v1::File> UploadWith(const std::string& key,
+                                      const v1::UploadFileRequest::Metadata* meta,
+                                      const std::string& content) {
     grpc::ClientContext ctx;
     rpc::PrepareContext(&ctx, key, absl::Seconds(30));
     v1::File file;
     auto writer = stub_->UploadFile(&ctx, &file);
     v1::UploadFileRequest req;
-    if (send_metadata) {
-      req.mutable_metadata()->set_filename(name);
-      req.mutable_metadata()->set_purpose(purpose);
-      req.mutable_metadata()->set_expected_sha256(sha);
+    if (meta != nullptr) {
+      *req.mutable_metadata() = *meta;
       writer->Write(req);
     }
     for (size_t pos = 0; pos < content.size(); pos += 64 << 10) {
@@ -807,6 +816,129 @@ TEST(ChooseValidation, StratifiedByLabelAndStable) {
   // Tiny inputs still give both parts something.
   std::vector<bool> two = ChooseValidation({"", ""}, 0.1, 5);
   EXPECT_EQ(std::count(two.begin(), two.end(), true), 1);
+}
+
+v1::UploadFileRequest::Metadata Meta(const std::string& name,
+                                     std::map<std::string, std::string> labels = {},
+                                     const std::string& request_id = "") {
+  v1::UploadFileRequest::Metadata m;
+  m.set_filename(name);
+  m.set_purpose(v1::FILE_PURPOSE_FINE_TUNE);
+  m.mutable_labels()->insert(labels.begin(), labels.end());
+  m.set_request_id(request_id);
+  return m;
+}
+
+TEST_F(DatasetServiceTest, LabelsAndDescriptionAreKeptAndFilterTheList) {
+  v1::UploadFileRequest::Metadata m = Meta("a.jsonl", {{"team", "nlp"}, {"env", "prod"}});
+  m.set_description("support tickets, 2026 Q3");
+  TF_ASSERT_OK_AND_ASSIGN(v1::File a, UploadWith(a_.key, &m, Lines(12)));
+  m = Meta("b.jsonl", {{"team", "nlp"}, {"env", "dev"}});
+  TF_ASSERT_OK_AND_ASSIGN(v1::File b, UploadWith(a_.key, &m, Lines(12)));
+  m = Meta("c.jsonl");
+  TF_ASSERT_OK_AND_ASSIGN(v1::File c, UploadWith(a_.key, &m, Lines(12)));
+  EXPECT_EQ(a.labels().at("team"), "nlp");
+  EXPECT_EQ(a.description(), "support tickets, 2026 Q3");
+
+  auto list = [&](std::map<std::string, std::string> labels) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, a_.key, absl::Seconds(10));
+    v1::ListFilesRequest req;
+    req.mutable_labels()->insert(labels.begin(), labels.end());
+    v1::ListFilesResponse resp;
+    grpc::Status s = stub_->ListFiles(&ctx, req, &resp);
+    std::vector<std::string> ids;
+    if (!s.ok()) ids.push_back(absl::StrCat("error: ", s.error_message()));
+    for (const v1::File& f : resp.files()) ids.push_back(f.id());
+    return ids;
+  };
+  EXPECT_THAT(list({{"team", "nlp"}}), ::testing::UnorderedElementsAre(a.id(), b.id()));
+  EXPECT_THAT(list({{"team", "nlp"}, {"env", "prod"}}), ::testing::ElementsAre(a.id()));
+  EXPECT_THAT(list({{"env", "staging"}}), ::testing::IsEmpty());
+  EXPECT_THAT(list({}), ::testing::UnorderedElementsAre(a.id(), b.id(), c.id()));
+  EXPECT_THAT(list({{"Team", "x"}}),
+              ::testing::ElementsAre(HasSubstr("labels[\"Team\"]: the key must be of")));
+
+  // Bad labels on upload name the label; nothing is stored.
+  m = Meta("d.jsonl", {{"-bad", "x"}, {"ok", "no spaces allowed"}});
+  absl::StatusOr<v1::File> bad = UploadWith(a_.key, &m, Lines(12));
+  ASSERT_THAT(bad, StatusIs(absl::StatusCode::kInvalidArgument));
+  errors::Details d = errors::GetDetails(bad.status());
+  ASSERT_EQ(d.field_violations.size(), 2u);
+  EXPECT_EQ(d.field_violations[0].field, "metadata.labels[\"-bad\"]");
+  EXPECT_EQ(d.field_violations[1].field, "metadata.labels[\"ok\"]");
+  EXPECT_THAT(d.field_violations[1].description, HasSubstr("[A-Za-z0-9._-]"));
+
+  // Labels survive a restart.
+  Stop();
+  Start();
+  TF_ASSERT_OK_AND_ASSIGN(v1::File again, Get(a_.key, a.id()));
+  EXPECT_EQ(again.labels().at("env"), "prod");
+  EXPECT_EQ(again.description(), "support tickets, 2026 Q3");
+}
+
+TEST_F(DatasetServiceTest, UploadRequestIdMakesARetryReturnTheFirstFile) {
+  v1::UploadFileRequest::Metadata m = Meta("a.jsonl", {}, "upload-7");
+  TF_ASSERT_OK_AND_ASSIGN(v1::File first, UploadWith(a_.key, &m, Lines(12)));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File retry, UploadWith(a_.key, &m, Lines(12)));
+  EXPECT_EQ(retry.id(), first.id());
+  // The same key from another tenant is another upload.
+  TF_ASSERT_OK_AND_ASSIGN(v1::File other_tenant, UploadWith(b_.key, &m, Lines(12)));
+  EXPECT_NE(other_tenant.id(), first.id());
+  // Other bytes under the same key are refused, naming the first file.
+  absl::StatusOr<v1::File> clash = UploadWith(a_.key, &m, Lines(13));
+  EXPECT_THAT(clash, StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr(first.id())));
+  EXPECT_EQ(errors::GetDetails(clash.status()).reason, "REQUEST_ID_REUSED");
+  TF_ASSERT_OK_AND_ASSIGN(v1::ListFilesResponse all, List(a_.key));
+  EXPECT_EQ(all.files_size(), 1);
+  EXPECT_EQ(FilesOnDisk(), 2u);  // one blob per tenant: the retries left nothing behind
+}
+
+TEST_F(DatasetServiceTest, ListFilesLeavesTheReportOutUnlessAskedForTheFullView) {
+  TF_ASSERT_OK_AND_ASSIGN(v1::File f, Upload(a_.key, Lines(12)));
+  TF_ASSERT_OK_AND_ASSIGN(v1::File processed, WaitProcessed(a_.key, f.id()));
+  ASSERT_TRUE(processed.has_validation());
+  auto list = [&](v1::FileView view) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, a_.key, absl::Seconds(10));
+    v1::ListFilesRequest req;
+    req.set_view(view);
+    v1::ListFilesResponse resp;
+    EXPECT_TRUE(stub_->ListFiles(&ctx, req, &resp).ok());
+    return resp;
+  };
+  v1::ListFilesResponse basic = list(v1::FILE_VIEW_UNSPECIFIED);
+  ASSERT_EQ(basic.files_size(), 1);
+  EXPECT_FALSE(basic.files(0).has_validation());
+  EXPECT_EQ(basic.files(0).status(), v1::FILE_STATUS_PROCESSED);
+  v1::ListFilesResponse full = list(v1::FILE_VIEW_FULL);
+  ASSERT_EQ(full.files_size(), 1);
+  EXPECT_EQ(full.files(0).validation().statistics().examples(), 12);
+}
+
+TEST_F(DatasetServiceTest, SplitRequestIdReturnsTheSameFilesWhichCarryTheLabels) {
+  v1::UploadFileRequest::Metadata m = Meta("all.jsonl", {{"team", "nlp"}});
+  m.set_description("everything");
+  TF_ASSERT_OK_AND_ASSIGN(v1::File file, UploadWith(a_.key, &m, Lines(40)));
+  auto split = [&](const std::string& request_id, int64_t seed) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, a_.key, absl::Seconds(30));
+    v1::SplitFileRequest req;
+    req.set_file_id(file.id());
+    req.set_validation_ratio(0.25);
+    req.set_seed(seed);
+    req.set_request_id(request_id);
+    v1::SplitFileResponse resp;
+    EXPECT_TRUE(stub_->SplitFile(&ctx, req, &resp).ok());
+    return resp;
+  };
+  v1::SplitFileResponse first = split("split-1", 1);
+  v1::SplitFileResponse retry = split("split-1", 1);
+  EXPECT_EQ(retry.training_file().id(), first.training_file().id());
+  EXPECT_EQ(retry.validation_file().id(), first.validation_file().id());
+  EXPECT_NE(split("split-2", 1).training_file().id(), first.training_file().id());
+  EXPECT_EQ(first.training_file().labels().at("team"), "nlp");
+  EXPECT_EQ(first.validation_file().description(), "everything");
 }
 
 }  // namespace
