@@ -1,11 +1,15 @@
-// tunefleet deployments create|update|list|get|delete
+// tunefleet deployments create|update|list|get|watch|delete
+#include <functional>
 #include <iostream>
 #include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "cli/commands.h"
+#include "common/rpc/channel.h"
+#include "common/rpc/status.h"
 #include "tunefleet/v1/deployments.grpc.pb.h"
 
 namespace tunefleet::cli {
@@ -15,7 +19,7 @@ using v1::DeploymentService;
 
 struct DeploymentsArgs {
   ClientFlags flags;
-  std::string deployment_id, model;
+  std::string deployment_id, model, request_id;
   int replicas = 0;
   bool no_filter = false, wait = false;
   int wait_seconds = 300;
@@ -29,13 +33,12 @@ struct DeploymentsArgs {
   CLI::Option* replicas_opt = nullptr;
 };
 
-// "violence", "self_harm:high": a rule for prompts and completions.
+// "violence", "self_harm:high", "pii:annotate", "blocklist:block": a rule
+// for prompts and completions (CATEGORY[:SEVERITY][:ACTION], in any order
+// after the category).
 absl::StatusOr<v1::ContentFilterRule> ParseFilterRule(const std::string& text) {
-  std::string category = text, severity;
-  if (size_t colon = text.find(':'); colon != std::string::npos) {
-    category = text.substr(0, colon);
-    severity = text.substr(colon + 1);
-  }
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  const std::string& category = parts[0];
   v1::ContentFilterRule rule;
   v1::ContentFilterCategory c;
   if (!v1::ContentFilterCategory_Parse(
@@ -43,17 +46,24 @@ absl::StatusOr<v1::ContentFilterRule> ParseFilterRule(const std::string& text) {
       c == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--filter: unknown category '", category,
-        "' (hate, sexual, violence, self_harm, jailbreak, profanity)"));
+        "' (hate, sexual, violence, self_harm, jailbreak, profanity, pii, blocklist)"));
   }
   rule.set_category(c);
-  if (!severity.empty()) {
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::string word = absl::AsciiStrToUpper(parts[i]);
     v1::Severity sev;
-    if (!v1::Severity_Parse(absl::StrCat("SEVERITY_", absl::AsciiStrToUpper(severity)), &sev) ||
-        sev == v1::SEVERITY_UNSPECIFIED) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--filter: unknown severity '", severity, "' in '", text, "' (safe, low, medium, high)"));
+    v1::ContentFilterAction action;
+    if (v1::ContentFilterAction_Parse(absl::StrCat("CONTENT_FILTER_ACTION_", word), &action) &&
+        action != v1::CONTENT_FILTER_ACTION_UNSPECIFIED) {
+      rule.set_action(action);
+    } else if (v1::Severity_Parse(absl::StrCat("SEVERITY_", word), &sev) &&
+               sev != v1::SEVERITY_UNSPECIFIED) {
+      rule.set_threshold(sev);
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--filter: unknown severity or action '", parts[i], "' in '", text,
+                       "' (safe, low, medium, high; block, annotate)"));
     }
-    rule.set_threshold(sev);
   }
   rule.set_apply_to_prompt(true);
   rule.set_apply_to_completion(true);
@@ -77,17 +87,27 @@ absl::StatusOr<v1::ContentFilterPolicy> PolicyOf(const DeploymentsArgs& a) {
   return policy;
 }
 
-// Polls until the deployment leaves CREATING (or the wait runs out).
-absl::StatusOr<v1::Deployment> WaitReady(Endpoint& endpoint, v1::Deployment d, int seconds) {
-  absl::Time deadline = absl::Now() + absl::Seconds(seconds);
-  while (d.state() == v1::DEPLOYMENT_STATE_CREATING && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(200));
-    v1::GetDeploymentRequest get;
-    get.set_deployment_id(d.id());
-    auto next = Call<DeploymentService>(endpoint, &DeploymentService::Stub::GetDeployment, get);
-    if (!next.ok()) return next.status();
-    d = *next;
+// Follows WatchDeployment until the deployment settles (ACTIVE, FAILED or
+// deleted) or `seconds` run out; `on_change` sees every message. Returns the
+// last deployment seen (still CREATING when the wait ran out).
+absl::StatusOr<v1::Deployment> Watch(Endpoint& endpoint, v1::Deployment d, int seconds,
+                                     const std::function<void(const v1::Deployment&)>& on_change) {
+  auto channel = ChannelOf(endpoint);
+  if (!channel.ok()) return channel.status();
+  auto stub = DeploymentService::NewStub(*channel);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, endpoint.api_key, absl::Seconds(seconds));
+  v1::WatchDeploymentRequest req;
+  req.set_deployment_id(d.id());
+  auto reader = stub->WatchDeployment(&ctx, req);
+  v1::Deployment next;
+  while (reader->Read(&next)) {
+    d = next;
+    if (on_change) on_change(d);
   }
+  grpc::Status s = reader->Finish();
+  if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) return d;
+  if (!s.ok()) return rpc::FromGrpcStatus(s);
   return d;
 }
 
@@ -118,7 +138,7 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
   auto finish = [&](absl::StatusOr<v1::Deployment> d) -> int {
     if (!d.ok()) return Fail(d.status());
     if (a.wait) {
-      d = WaitReady(*endpoint, *d, a.wait_seconds);
+      d = Watch(*endpoint, *d, a.wait_seconds, nullptr);
       if (!d.ok()) return Fail(d.status());
     }
     show(*d);
@@ -133,6 +153,8 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
     v1::CreateDeploymentRequest req;
     req.set_model(a.model);
     req.set_replicas(a.replicas);
+    req.set_deployment_id(a.deployment_id);
+    req.set_request_id(a.request_id);
     auto policy = PolicyOf(a);
     if (!policy.ok()) return Fail(policy.status());
     *req.mutable_content_filter() = *policy;
@@ -184,12 +206,29 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
     show(*d);
     return 0;
   }
+  if (verb == "watch") {
+    // Every change until the deployment settles; exit 1 when it failed.
+    v1::Deployment d;
+    d.set_id(a.deployment_id);
+    auto last = Watch(*endpoint, d, a.wait_seconds, show);
+    if (!last.ok()) return Fail(last.status());
+    if (last->state() == v1::DEPLOYMENT_STATE_FAILED) return 1;
+    if (last->state() == v1::DEPLOYMENT_STATE_CREATING) {
+      return Fail(absl::DeadlineExceededError(absl::StrCat(
+          "deployment ", last->id(), " is not ready after ", a.wait_seconds, "s")));
+    }
+    return 0;
+  }
   if (verb == "delete") {
     v1::DeleteDeploymentRequest req;
     req.set_deployment_id(a.deployment_id);
     auto r = Call<DeploymentService>(*endpoint, &DeploymentService::Stub::DeleteDeployment, req);
     if (!r.ok()) return Fail(r.status());
-    std::cout << "deleted " << r->deployment_id() << "\n";
+    if (a.flags.json) {
+      std::cout << ToJson(*r) << "\n";
+    } else {
+      std::cout << "deleted " << r->id() << "\n";
+    }
     return 0;
   }
   return 0;
@@ -211,11 +250,16 @@ void AddDeploymentsCommands(CLI::App* app, int* exit_code) {
   auto* create = verb("create", "Deploy a model");
   create->add_option("--model", a->model, "Model id (base or fine-tuned)")->required();
   create->add_option("--replicas", a->replicas, "Replicas (default 1)");
+  create->add_option("--id", a->deployment_id,
+                     "Deployment id: [a-z0-9-]{1,63}, a letter first (default: dep-…)");
+  create->add_option("--request-id", a->request_id,
+                     "Idempotency key: a retry with the same key returns the same deployment");
   auto filter_options = [&](CLI::App* c) {
     c->add_flag("--no-content-filter", a->no_filter, "Opt out of content filtering");
     c->add_option("--filter", a->filters,
-                  "A filter rule CATEGORY[:SEVERITY] (hate, sexual, violence, self_harm, "
-                  "jailbreak, profanity; safe, low, medium, high); repeat for more");
+                  "A filter rule CATEGORY[:SEVERITY][:ACTION] (hate, sexual, violence, "
+                  "self_harm, jailbreak, profanity, pii, blocklist; safe, low, medium, high; "
+                  "block, annotate); repeat for more");
     c->add_option("--classifier", a->classifier,
                   "host:port of an external ContentFilterService");
     c->add_flag("--wait", a->wait, "Wait until the deployment serves");
@@ -233,6 +277,10 @@ void AddDeploymentsCommands(CLI::App* app, int* exit_code) {
   filter_options(update);
   verb("list", "List deployments");
   verb("get", "Show a deployment")->add_option("id", a->deployment_id, "dep-…")->required();
+  auto* watch = verb("watch", "Follow a deployment until it serves or fails");
+  watch->add_option("id", a->deployment_id, "dep-…")->required();
+  watch->add_option("--wait-seconds", a->wait_seconds, "How long to follow it")
+      ->capture_default_str();
   verb("delete", "Delete a deployment")->add_option("id", a->deployment_id, "dep-…")->required();
 }
 

@@ -181,7 +181,7 @@ class Demo:
         self.phase("7. deploy the fine-tuned model with content filtering (PII, profanity, blocklist)")
         dep = self.cli_json("deployments", "create", "--model", model, "--wait")
         dep_id = dep["id"]
-        self.expect(dep["state"] == "DEPLOYMENT_STATE_SUCCEEDED", f"{dep_id} is serving")
+        self.expect(dep["state"] == "DEPLOYMENT_STATE_ACTIVE", f"{dep_id} is serving")
 
         self.phase("8. ask it questions from the training set")
         # Questions the job really trained on: the first examples of its

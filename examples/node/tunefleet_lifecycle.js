@@ -362,7 +362,7 @@ class Lifecycle {
     this.deploymentId = dep.id;
     console.log(`  created ${dep.id} (${dep.state})`);
     const end = Date.now() + 180e3;
-    while (dep.state !== 'DEPLOYMENT_STATE_SUCCEEDED') {
+    while (dep.state !== 'DEPLOYMENT_STATE_ACTIVE') {
       if (dep.state === 'DEPLOYMENT_STATE_FAILED') {
         throw new CheckFailed(`${dep.id} failed: ${dep.error && dep.error.message}`);
       }

@@ -299,17 +299,22 @@ class Lifecycle:
             timeout=30)
         self.deployment_id = dep.id
         print("  created %s (%s)" % (dep.id, deployments_pb2.DeploymentState.Name(dep.state)))
-        deadline = time.monotonic() + 180
-        while dep.state != deployments_pb2.DEPLOYMENT_STATE_SUCCEEDED:
-            if dep.state == deployments_pb2.DEPLOYMENT_STATE_FAILED:
-                raise CheckFailed("%s failed: %s" % (dep.id, dep.error.message))
-            if time.monotonic() > deadline:
-                raise CheckFailed("%s still %s after 180 s" % (
-                    dep.id, deployments_pb2.DeploymentState.Name(dep.state)))
-            time.sleep(0.25)
-            dep = self.deployments.GetDeployment(
-                deployments_pb2.GetDeploymentRequest(deployment_id=dep.id), metadata=self.md,
-                timeout=10)
+        # WatchDeployment sends the deployment now, then each change, and
+        # ends once it is ACTIVE, FAILED or deleted.
+        try:
+            for dep in self.deployments.WatchDeployment(
+                    deployments_pb2.WatchDeploymentRequest(deployment_id=dep.id),
+                    metadata=self.md, timeout=180):
+                print("  %s (%d/%d ready)" % (deployments_pb2.DeploymentState.Name(dep.state),
+                                               dep.ready_replicas, dep.replicas))
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        if dep.state == deployments_pb2.DEPLOYMENT_STATE_FAILED:
+            raise CheckFailed("%s failed: %s" % (dep.id, dep.error.message))
+        if dep.state != deployments_pb2.DEPLOYMENT_STATE_ACTIVE:
+            raise CheckFailed("%s still %s after 180 s" % (
+                dep.id, deployments_pb2.DeploymentState.Name(dep.state)))
         check(True, "%s is serving (%d ready replica(s))" % (dep.id, dep.ready_replicas))
         return dep.id
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/base/ids.h"
 #include "common/base/status_macros.h"
+#include "services/scheduler/deployment_policy.h"
 #include "services/scheduler/placement.h"
 
 namespace tunefleet::scheduler {
@@ -158,8 +159,14 @@ class Scheduler::Txn {
       s_->assignments_[id] = std::move(a);
     }
     for (auto& id : deleted_assignments_) s_->assignments_.erase(id);
-    for (auto& [id, d] : deployments_) s_->deployments_[id] = std::move(d);
-    for (auto& id : batch_.deleted_deployments) s_->deployments_.erase(id);
+    for (auto& [id, d] : deployments_) {
+      topics_.insert(DeploymentTopic(id));
+      s_->deployments_[id] = std::move(d);
+    }
+    for (auto& id : batch_.deleted_deployments) {
+      topics_.insert(DeploymentTopic(id));
+      s_->deployments_.erase(id);
+    }
     for (auto& n : batch_.nodes) {
       auto& st = s_->nodes_[n.id];
       st.record = n;
@@ -785,17 +792,36 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
   if (req.model().empty()) return errors::FieldError("model", "required");
   if (req.replicas() < 0 || req.replicas() > 64)
     return errors::FieldError("replicas", "must be in [0, 64]");
-  for (int i = 0; i < req.content_filter().rules_size(); ++i) {
-    const auto& r = req.content_filter().rules(i);
-    if (!v1::ContentFilterCategory_IsValid(r.category()) ||
-        r.category() == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED)
-      return errors::FieldError(absl::StrCat("content_filter.rules[", i, "].category"), "required");
-    if (!v1::Severity_IsValid(r.threshold()))
-      return errors::FieldError(absl::StrCat("content_filter.rules[", i, "].threshold"),
-                                "unknown value");
-  }
+  if (!req.deployment_id().empty())
+    TF_RETURN_IF_ERROR(ValidateDeploymentId(req.deployment_id(), "deployment_id"));
+  if (req.request_id().size() > 128) return errors::FieldError("request_id", "at most 128 characters");
+  TF_RETURN_IF_ERROR(ValidateContentFilter(req.content_filter(), ""));
+  // A retry of a create that went through: the deployment it made.
+  auto replay = [&](const std::map<std::string, DeploymentRecord>& all) -> const DeploymentRecord* {
+    if (req.request_id().empty()) return nullptr;
+    for (const auto& [id, d] : all)
+      if (d.tenant == tenant && d.request_id == req.request_id()) return &d;
+    return nullptr;
+  };
+  // Ids are global keys (a chat names the deployment by id alone): another
+  // tenant's deployment holds its id too, without saying whose it is.
+  auto taken = [&](const std::string& id) -> absl::Status {
+    return errors::WithFieldViolation(
+        errors::WithReason(absl::AlreadyExistsError(absl::StrCat(
+                               "deployment_id: deployment ", id,
+                               " already exists; choose another id or delete it first")),
+                           "DEPLOYMENT_EXISTS", {{"deployment_id", id}}),
+        "deployment_id", "taken");
+  };
   DeploymentRecord d;
   d.tenant = tenant;
+  d.request_id = req.request_id();
+  {
+    absl::MutexLock lock(&mu_);
+    if (const DeploymentRecord* done = replay(deployments_)) return done->deployment;
+    if (!req.deployment_id().empty() && deployments_.count(req.deployment_id()))
+      return taken(req.deployment_id());
+  }
   if (absl::StartsWith(req.model(), "ft:")) {
     absl::MutexLock lock(&mu_);
     auto it = models_.find(req.model());
@@ -809,7 +835,7 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
     d.base_artifact = req.model();
   }
   Txn t(this);
-  d.deployment.set_id(NewId("dep"));
+  d.deployment.set_id(req.deployment_id().empty() ? NewId("dep") : req.deployment_id());
   d.deployment.set_model(req.model());
   d.deployment.set_replicas(std::max(1, req.replicas()));
   *d.deployment.mutable_content_filter() = req.content_filter();
@@ -817,7 +843,10 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
   *d.deployment.mutable_created_at() = ToTimestamp(t.now());
   {
     absl::MutexLock lock(&mu_);
-    // The model may have been deleted while unlocked.
+    // Checked again: the lock was let go (the model may be gone, a racing
+    // create may have taken the id or used the request id).
+    if (const DeploymentRecord* done = replay(deployments_)) return done->deployment;
+    if (deployments_.count(d.deployment.id())) return taken(d.deployment.id());
     if (!d.adapter_artifact.empty() && !models_.count(req.model()))
       return absl::NotFoundError(absl::StrCat("model ", req.model(), " not found"));
     t.AddDeployment(d);
@@ -853,24 +882,25 @@ absl::StatusOr<v1::ListDeploymentsResponse> Scheduler::ListDeployments(
   return resp;
 }
 
-absl::StatusOr<v1::DeleteDeploymentResponse> Scheduler::DeleteDeployment(const std::string& tenant,
-                                                                         const std::string& id) {
+absl::StatusOr<v1::Deployment> Scheduler::DeleteDeployment(const std::string& tenant,
+                                                           const std::string& id) {
   Txn t(this);
+  v1::Deployment gone;
   {
     absl::MutexLock lock(&mu_);
     auto it = deployments_.find(id);
     if (it == deployments_.end() || it->second.tenant != tenant)
       return absl::NotFoundError(absl::StrCat("deployment ", id, " not found"));
+    gone = it->second.deployment;
+    gone.set_state(v1::DEPLOYMENT_STATE_DELETING);
     t.batch().deleted_deployments.push_back(id);
     t.DesiredChanged();
     TF_RETURN_IF_ERROR(t.Commit());
     for (auto& [rid, r] : replicas_) r.statuses.erase(id);
   }
   TF_RETURN_IF_ERROR(AfterCommit(t));
-  v1::DeleteDeploymentResponse resp;
-  resp.set_deployment_id(id);
-  resp.set_deleted(true);
-  return resp;
+  spdlog::info("deployment={} tenant={} deleted", id, tenant);
+  return gone;
 }
 
 absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& tenant,
@@ -897,18 +927,7 @@ absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& te
   }
   if (replicas && (patch.replicas() < 0 || patch.replicas() > 64))
     return errors::FieldError("deployment.replicas", "must be in [0, 64]");
-  if (filter) {
-    for (int i = 0; i < patch.content_filter().rules_size(); ++i) {
-      const auto& r = patch.content_filter().rules(i);
-      if (!v1::ContentFilterCategory_IsValid(r.category()) ||
-          r.category() == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED)
-        return errors::FieldError(
-            absl::StrCat("deployment.content_filter.rules[", i, "].category"), "required");
-      if (!v1::Severity_IsValid(r.threshold()))
-        return errors::FieldError(
-            absl::StrCat("deployment.content_filter.rules[", i, "].threshold"), "unknown value");
-    }
-  }
+  if (filter) TF_RETURN_IF_ERROR(ValidateContentFilter(patch.content_filter(), "deployment."));
   if (model && patch.model().empty()) return errors::FieldError("deployment.model", "required");
   // A base model's folder is looked up before the lock (a directory scan).
   const bool base_model = model && !absl::StartsWith(patch.model(), "ft:");
@@ -1054,7 +1073,7 @@ void Scheduler::RecomputeDeployment(Txn& t, const std::string& dep_id) {
   const v1::Deployment& cur = it->second.deployment;
   int connected = static_cast<int>(replicas_.size());
   int needed = std::max(1, std::min(cur.replicas(), connected));
-  v1::DeploymentState state = ready >= needed ? v1::DEPLOYMENT_STATE_SUCCEEDED
+  v1::DeploymentState state = ready >= needed ? v1::DEPLOYMENT_STATE_ACTIVE
                               : (ready == 0 && !error.empty()) ? v1::DEPLOYMENT_STATE_FAILED
                                                                : v1::DEPLOYMENT_STATE_CREATING;
   if (cur.ready_replicas() == ready && cur.state() == state &&

@@ -59,6 +59,8 @@ struct SchedulerOptions {
 
 inline std::string JobTopic(const std::string& job_id) { return "job/" + job_id; }
 inline constexpr char kDeploymentsTopic[] = "deployments";
+// One deployment's record changed (or it was deleted): WatchDeployment.
+inline std::string DeploymentTopic(const std::string& id) { return "deployment/" + id; }
 
 class Scheduler {
  public:
@@ -110,8 +112,9 @@ class Scheduler {
   absl::StatusOr<v1::Deployment> GetDeployment(const std::string& tenant, const std::string& id);
   absl::StatusOr<v1::ListDeploymentsResponse> ListDeployments(
       const std::string& tenant, const v1::ListDeploymentsRequest& req);
-  absl::StatusOr<v1::DeleteDeploymentResponse> DeleteDeployment(const std::string& tenant,
-                                                                const std::string& id);
+  // Returns the deployment as it was, in state DELETING; it is gone at once.
+  absl::StatusOr<v1::Deployment> DeleteDeployment(const std::string& tenant,
+                                                  const std::string& id);
   // Applies the fields req.update_mask names (model, replicas,
   // content_filter) to the deployment; the id stays.
   absl::StatusOr<v1::Deployment> UpdateDeployment(const std::string& tenant,

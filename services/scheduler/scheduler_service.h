@@ -105,10 +105,12 @@ class DeploymentServiceImpl final : public v1::DeploymentService::CallbackServic
                                             v1::ListDeploymentsResponse* response) override;
   grpc::ServerUnaryReactor* DeleteDeployment(grpc::CallbackServerContext* context,
                                              const v1::DeleteDeploymentRequest* request,
-                                             v1::DeleteDeploymentResponse* response) override;
+                                             v1::Deployment* response) override;
   grpc::ServerUnaryReactor* UpdateDeployment(grpc::CallbackServerContext* context,
                                              const v1::UpdateDeploymentRequest* request,
                                              v1::Deployment* response) override;
+  grpc::ServerWriteReactor<v1::Deployment>* WatchDeployment(
+      grpc::CallbackServerContext* context, const v1::WatchDeploymentRequest* request) override;
 
  private:
   const rpc::Authenticator& auth_;

@@ -69,6 +69,9 @@ CREATE TABLE replicas (
   name TEXT NOT NULL,
   address TEXT NOT NULL);
 )sql"},
+    {2, R"sql(
+ALTER TABLE deployments ADD COLUMN request_id TEXT NOT NULL DEFAULT '';
+)sql"},
 };
 
 template <typename Proto>
@@ -180,13 +183,14 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
     s.models.push_back(std::move(m));
   }
   TF_ASSIGN_OR_RETURN(rows, db_->Query(
-      "SELECT tenant, base_artifact, adapter_artifact, proto FROM deployments"));
+      "SELECT tenant, base_artifact, adapter_artifact, proto, request_id FROM deployments"));
   for (const auto& r : rows) {
     DeploymentRecord d;
     d.tenant = r[0].AsText();
     d.base_artifact = r[1].AsText();
     d.adapter_artifact = r[2].AsText();
     TF_RETURN_IF_ERROR(ParseInto(r[3], &d.deployment, "deployment"));
+    d.request_id = r[4].AsText();
     s.deployments.push_back(std::move(d));
   }
   TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT node_id, stopping, proto FROM assignments"));
@@ -250,10 +254,10 @@ absl::StatusOr<int64_t> SchedulerStore::Commit(const Batch& b) {
   }
   for (const auto& d : b.deployments) {
     TF_RETURN_IF_ERROR(Exec(
-        "INSERT OR REPLACE INTO deployments (id, tenant, base_artifact, adapter_artifact, proto) "
-        "VALUES (?,?,?,?,?)",
+        "INSERT OR REPLACE INTO deployments (id, tenant, base_artifact, adapter_artifact, proto, "
+        "request_id) VALUES (?,?,?,?,?,?)",
         {d.deployment.id(), d.tenant, d.base_artifact, d.adapter_artifact,
-         Value::Blob(d.deployment.SerializeAsString())}));
+         Value::Blob(d.deployment.SerializeAsString()), d.request_id}));
   }
   for (const auto& id : b.deleted_deployments) {
     TF_RETURN_IF_ERROR(Exec("DELETE FROM deployments WHERE id = ?", {id}));

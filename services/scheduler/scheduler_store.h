@@ -66,6 +66,7 @@ struct DeploymentRecord {
   std::string base_artifact;     // base model id (folder under models_dir)
   std::string adapter_artifact;  // empty for a base deployment
   v1::Deployment deployment;
+  std::string request_id;  // CreateDeploymentRequest.request_id (idempotency)
 };
 
 struct AssignmentRecord {

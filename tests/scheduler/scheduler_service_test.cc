@@ -489,7 +489,7 @@ TEST_F(SchedulerServiceTest, LifecycleFromJobToDeploymentAndDelete) {
   gd.set_deployment_id(dep->id());
   auto dep_now = Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, gd);
   ASSERT_THAT(dep_now, IsOk());
-  EXPECT_EQ(dep_now->state(), v1::DEPLOYMENT_STATE_SUCCEEDED);
+  EXPECT_EQ(dep_now->state(), v1::DEPLOYMENT_STATE_ACTIVE);
   EXPECT_EQ(dep_now->ready_replicas(), 1);
   EXPECT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, b_.key, gd),
               StatusIs(absl::StatusCode::kNotFound));
@@ -1270,7 +1270,7 @@ TEST_F(ModelContentTest, UpdateDeploymentKeepsTheIdAndReplicasReconcileToIt) {
   gd.set_deployment_id(dep->id());
   auto now = Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, gd);
   ASSERT_THAT(now, IsOk());
-  EXPECT_EQ(now->state(), v1::DEPLOYMENT_STATE_SUCCEEDED);
+  EXPECT_EQ(now->state(), v1::DEPLOYMENT_STATE_ACTIVE);
 
   // The filter policy and the replicas, then back to the base model itself.
   patch.Clear();
@@ -1284,7 +1284,7 @@ TEST_F(ModelContentTest, UpdateDeploymentKeepsTheIdAndReplicasReconcileToIt) {
   EXPECT_EQ(updated->replicas(), 3);
   EXPECT_EQ(updated->model(), second);
   EXPECT_EQ(updated->content_filter().rules_size(), 1);
-  EXPECT_EQ(updated->state(), v1::DEPLOYMENT_STATE_SUCCEEDED) << "same model: still serving";
+  EXPECT_EQ(updated->state(), v1::DEPLOYMENT_STATE_ACTIVE) << "same model: still serving";
   ASSERT_TRUE(watch->Read(&desired));
   EXPECT_EQ(desired.deployments(0).deployment().content_filter().rules(0).threshold(),
             v1::SEVERITY_LOW);

@@ -1,0 +1,105 @@
+#include "services/scheduler/deployment_policy.h"
+
+#include <re2/re2.h>
+
+#include <set>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/errors/error_details.h"
+
+namespace tunefleet::scheduler {
+namespace {
+
+constexpr int kMaxBlocklists = 32;
+constexpr int kMaxTerms = 10000;
+constexpr int kMaxRegexes = 256;
+constexpr size_t kMaxEntryBytes = 1024;
+
+bool ValidListName(absl::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '.' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::Status ValidateDeploymentId(absl::string_view id, absl::string_view field) {
+  bool ok = !id.empty() && id.size() <= 63 && id[0] >= 'a' && id[0] <= 'z';
+  for (char c : id) ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-');
+  if (ok) return absl::OkStatus();
+  return errors::FieldError(
+      field, absl::StrCat("'", id,
+                          "' is not a deployment id: 1 to 63 characters of [a-z0-9-], starting "
+                          "with a letter"));
+}
+
+absl::Status ValidateContentFilter(const v1::ContentFilterPolicy& policy,
+                                   absl::string_view prefix) {
+  const std::string p = absl::StrCat(prefix, "content_filter.");
+  std::vector<errors::FieldViolation> bad;
+  for (int i = 0; i < policy.rules_size(); ++i) {
+    const auto& r = policy.rules(i);
+    if (!v1::ContentFilterCategory_IsValid(r.category()) ||
+        r.category() == v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED)
+      bad.push_back({absl::StrCat(p, "rules[", i, "].category"), "required"});
+    if (!v1::Severity_IsValid(r.threshold()))
+      bad.push_back({absl::StrCat(p, "rules[", i, "].threshold"), "unknown value"});
+    if (!v1::ContentFilterAction_IsValid(r.action()))
+      bad.push_back({absl::StrCat(p, "rules[", i, "].action"), "unknown value"});
+  }
+  if (!v1::ClassifierErrorPolicy_IsValid(policy.on_classifier_error()))
+    bad.push_back({absl::StrCat(p, "on_classifier_error"), "unknown value"});
+  if (policy.blocklists_size() > kMaxBlocklists) {
+    bad.push_back({absl::StrCat(p, "blocklists"), absl::StrCat("at most ", kMaxBlocklists, " lists")});
+  }
+  std::set<std::string> names;
+  int terms = 0, regexes = 0;
+  for (int i = 0; i < policy.blocklists_size(); ++i) {
+    const v1::Blocklist& b = policy.blocklists(i);
+    const std::string bp = absl::StrCat(p, "blocklists[", i, "]");
+    if (!ValidListName(b.name())) {
+      bad.push_back({bp + ".name", "1 to 64 characters of [A-Za-z0-9_.-]"});
+    } else if (!names.insert(b.name()).second) {
+      bad.push_back({bp + ".name", absl::StrCat("'", b.name(), "' names two lists")});
+    }
+    if (b.terms_size() == 0 && b.regexes_size() == 0)
+      bad.push_back({bp, "a blocklist needs terms or regexes"});
+    for (int j = 0; j < b.terms_size(); ++j) {
+      const std::string& t = b.terms(j);
+      if (t.empty() || t.size() > kMaxEntryBytes) {
+        bad.push_back({absl::StrCat(bp, ".terms[", j, "]"),
+                       absl::StrCat("1 to ", kMaxEntryBytes, " bytes")});
+      }
+    }
+    for (int j = 0; j < b.regexes_size(); ++j) {
+      const std::string& re = b.regexes(j);
+      const std::string field = absl::StrCat(bp, ".regexes[", j, "]");
+      if (re.empty() || re.size() > kMaxEntryBytes) {
+        bad.push_back({field, absl::StrCat("1 to ", kMaxEntryBytes, " bytes")});
+        continue;
+      }
+      // The options the serving replica compiles them with.
+      re2::RE2 compiled(re, re2::RE2::Quiet);
+      if (!compiled.ok()) {
+        bad.push_back({field, absl::StrCat("\"", re, "\" does not compile: ", compiled.error())});
+      }
+    }
+    terms += b.terms_size();
+    regexes += b.regexes_size();
+  }
+  if (terms > kMaxTerms)
+    bad.push_back({absl::StrCat(p, "blocklists"), absl::StrCat("at most ", kMaxTerms, " terms in all")});
+  if (regexes > kMaxRegexes) {
+    bad.push_back({absl::StrCat(p, "blocklists"),
+                   absl::StrCat("at most ", kMaxRegexes, " regexes in all")});
+  }
+  if (bad.empty()) return absl::OkStatus();
+  return errors::InvalidFields(bad);
+}
+
+}  // namespace tunefleet::scheduler
