@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/sha256.h"
 #include "common/base/status_macros.h"
+#include "services/dataset/analyzer.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "shard files are little-endian and written with memcpy");
@@ -60,6 +61,7 @@ absl::StatusOr<ShardManifest> ReadManifest(store::ArtifactStore& store,
   m.tokens = j.value("tokens", int64_t{0});
   m.trained_tokens = j.value("trained_tokens", int64_t{0});
   m.truncated_examples = j.value("truncated_examples", int64_t{0});
+  m.pairs = j.value("pairs", false);
   m.sha256 = j.value("sha256", "");
   return m;
 }
@@ -68,7 +70,8 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
                                               store::ArtifactReader& content,
                                               const std::string& shard_set_id,
                                               const ExampleTokenizer& tokenizer,
-                                              int32_t max_sequence_length) {
+                                              int32_t max_sequence_length,
+                                              std::optional<DataFormat> format) {
   if (max_sequence_length <= 0) {
     return errors::InvalidField("max_sequence_length", "max_sequence_length must be positive");
   }
@@ -81,7 +84,10 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
   ShardManifest m;
   m.shard_set_id = shard_set_id;
   absl::Status failure;
-  auto write_example = [&](const Example& ex) -> absl::Status {
+  TF_ASSIGN_OR_RETURN(std::string first_chunk, content.Read(1 << 20));
+  if (!format) format = SniffFormat(first_chunk);
+  m.pairs = *format == DataFormat::kPreference;
+  auto write_one = [&](const Example& ex) -> absl::Status {
     TF_ASSIGN_OR_RETURN(TokenizedExample t, tokenizer(ex));
     if (t.ids.size() != t.loss_mask.size()) {
       return absl::InternalError("tokenizer returned a mask of the wrong length");
@@ -99,7 +105,25 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
     ++m.examples;
     return absl::OkStatus();
   };
+  auto write_example = [&](const Example& ex) -> absl::Status {
+    if (!m.pairs) return write_one(ex);
+    // Chosen, then rejected: the prompt's own assistant turns carry no
+    // loss, the completion does (DPO scores the completion only).
+    if (ex.prompt_messages + 1 != ex.messages.size()) {
+      return absl::InternalError("a preference example without exactly one preferred output");
+    }
+    Example pair = ex;
+    for (size_t i = 0; i < pair.prompt_messages; ++i) {
+      if (pair.messages[i].role == "assistant") pair.messages[i].weight = 0;
+    }
+    pair.messages.back().weight = 1;
+    TF_RETURN_IF_ERROR(write_one(pair));
+    pair.messages.back() = ex.non_preferred;
+    pair.messages.back().weight = 1;
+    return write_one(pair);
+  };
   ValidatorOptions vopts;
+  vopts.format = *format;
   vopts.max_issues = 1;
   vopts.min_examples = 1;
   JsonlValidator validator(vopts, [&](const Example& ex) {
@@ -110,11 +134,10 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
       }
     }
   });
-  for (;;) {
-    TF_ASSIGN_OR_RETURN(std::string chunk, content.Read(1 << 20));
-    if (chunk.empty()) break;
+  for (std::string chunk = std::move(first_chunk); !chunk.empty();) {
     validator.Feed(chunk);
     TF_RETURN_IF_ERROR(failure);
+    TF_ASSIGN_OR_RETURN(chunk, content.Read(1 << 20));
   }
   ValidationSummary summary = validator.Finish();
   TF_RETURN_IF_ERROR(failure);
@@ -134,16 +157,22 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
                       {"trained_tokens", m.trained_tokens},
                       {"truncated_examples", m.truncated_examples},
                       {"max_sequence_length", max_sequence_length},
+                      {"pairs", m.pairs},
                       {"sha256", m.sha256}};
   TF_RETURN_IF_ERROR(store.Put(Path(shard_set_id, "manifest.json"), j.dump(2)).status());
   return m;
 }
 
-absl::StatusOr<RankRange> RankExamples(int64_t examples, int32_t rank, int32_t world_size) {
+absl::StatusOr<RankRange> RankExamples(int64_t examples, int32_t rank, int32_t world_size,
+                                       bool pairs) {
   if (world_size <= 0) return errors::InvalidField("world_size", "world_size must be positive");
   if (rank < 0 || rank >= world_size) {
     return errors::InvalidField(
         "rank", absl::StrCat("rank ", rank, " is outside [0, ", world_size, ")"));
+  }
+  if (pairs) {
+    const int64_t n = examples / 2;
+    return RankRange{2 * (n * rank / world_size), 2 * (n * (rank + 1) / world_size)};
   }
   return RankRange{examples * rank / world_size, examples * (rank + 1) / world_size};
 }
@@ -154,6 +183,7 @@ class ShardStreamer::Impl {
   int64_t next = 0;         // next example to send, within the part
   int64_t batch_tokens = 0;
   int64_t token_pos = 0;    // token offset of `next`
+  bool pairs = false;
   std::unique_ptr<store::ArtifactReader> index, tokens, mask;
   Sha256 sha;
   bool done = false;
@@ -193,8 +223,9 @@ absl::StatusOr<std::unique_ptr<ShardStreamer>> ShardStreamer::Open(
     store::ArtifactStore& store, const std::string& shard_set_id, int32_t rank,
     int32_t world_size, int64_t example_offset, int64_t batch_tokens) {
   TF_ASSIGN_OR_RETURN(ShardManifest m, ReadManifest(store, shard_set_id));
-  TF_ASSIGN_OR_RETURN(RankRange range, RankExamples(m.examples, rank, world_size));
+  TF_ASSIGN_OR_RETURN(RankRange range, RankExamples(m.examples, rank, world_size, m.pairs));
   auto impl = std::make_shared<Impl>();
+  impl->pairs = m.pairs;
   impl->part_size = range.end - range.begin;
   if (example_offset < 0 || example_offset > impl->part_size) {
     return absl::OutOfRangeError(absl::StrCat("example_offset ", example_offset,
@@ -232,8 +263,9 @@ absl::StatusOr<ShardBatch> ShardStreamer::Next() {
   if (s.done) return absl::OutOfRangeError("the part has been streamed completely");
   ShardBatch batch;
   batch.first_example = s.next;
+  batch.pairs = s.pairs;
   while (s.next < s.part_size &&
-         (batch.example_lengths.empty() ||
+         (batch.example_lengths.empty() || (s.pairs && s.next % 2 != 0) ||
           static_cast<int64_t>(batch.token_ids.size()) < s.batch_tokens)) {
     int32_t len;
     TF_RETURN_IF_ERROR(s.ReadExample(&batch.token_ids, &batch.loss_mask, &len));

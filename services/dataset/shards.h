@@ -10,11 +10,19 @@
 //   manifest.json  counts and the sha256 of the three files
 // The manifest is written last: a shard set without one is incomplete and is
 // rebuilt.
+//
+// A preference file (DPO) becomes pairs: each line gives two examples, the
+// prompt (input.messages) with the preferred output, then the prompt with the
+// non-preferred output, both rendered with the base's chat template and
+// loss-masked on that final assistant message only. Pair k is examples 2k
+// (chosen) and 2k+1 (rejected); the manifest says "pairs": true, rank parts
+// and streamed chunks never split a pair.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +44,7 @@ struct ShardManifest {
   int64_t tokens = 0;
   int64_t trained_tokens = 0;
   int64_t truncated_examples = 0;
+  bool pairs = false;  // preference pairs: example 2k chosen, 2k+1 rejected
   std::string sha256;  // over tokens.bin, mask.bin and index.bin digests
 };
 
@@ -45,23 +54,27 @@ std::string ShardSetId(const std::string& file_sha256, const std::string& tokeni
 
 // Returns the cached manifest, or tokenizes `content` (a validated JSONL
 // file) and stores the shard set. Examples longer than max_sequence_length
-// are truncated to it (the validation report lists them). Thread-safe for
-// distinct ids; concurrent builds of one id both succeed (last commit wins,
-// the content is identical).
+// are truncated to it (the validation report lists them). `format`: the
+// file's (chat and classification give one example a line, preference a
+// pair); unset: sniffed from the first line, as validation does. Thread-safe for distinct ids; concurrent builds of one id both
+// succeed (last commit wins, the content is identical).
 absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
                                               store::ArtifactReader& content,
                                               const std::string& shard_set_id,
                                               const ExampleTokenizer& tokenizer,
-                                              int32_t max_sequence_length);
+                                              int32_t max_sequence_length,
+                                              std::optional<DataFormat> format = std::nullopt);
 
 absl::StatusOr<ShardManifest> ReadManifest(store::ArtifactStore& store,
                                            const std::string& shard_set_id);
 
-// Rank r of W owns the contiguous examples [r*n/W, (r+1)*n/W).
+// Rank r of W owns the contiguous examples [r*n/W, (r+1)*n/W); with
+// `pairs`, the same over pairs (so a pair is never split between ranks).
 struct RankRange {
   int64_t begin = 0, end = 0;
 };
-absl::StatusOr<RankRange> RankExamples(int64_t examples, int32_t rank, int32_t world_size);
+absl::StatusOr<RankRange> RankExamples(int64_t examples, int32_t rank, int32_t world_size,
+                                       bool pairs = false);
 
 // One chunk of whole examples of a rank's part.
 struct ShardBatch {
@@ -71,6 +84,7 @@ struct ShardBatch {
   std::vector<int32_t> example_lengths;
   std::string running_sha256;  // over the part from its example 0 to here
   bool last = false;
+  bool pairs = false;  // the set's; a pairs batch holds whole pairs
 };
 
 // Reads a rank's part from `example_offset` on, in batches of about

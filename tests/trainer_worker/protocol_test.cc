@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <limits>
 
@@ -277,6 +278,69 @@ TEST(ShardFileTest, CorruptionIsAClearError) {
   write("garbage that is long enough to hold a header but is not one at all, no........");
   EXPECT_THAT(ShardFile::Read(path), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("magic")));
   EXPECT_THAT(ShardFile::Read(dir.Join("none.shard")), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST(ShardFileTest, PreferencePairsAreMarkedAndChecked) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("pairs.shard");
+  std::vector<int32_t> ids = {1, 2, 3, 4};
+  std::vector<uint8_t> mask = {0, 0, 1, 1};
+  {
+    TF_ASSERT_OK_AND_ASSIGN(auto w, ShardFileWriter::Create(path, 50));
+    TF_ASSERT_OK(w->SetPairs(true));
+    // Labels follow from the position; a contradicting one is refused.
+    TF_ASSERT_OK(w->AddExample(ids, mask));
+    EXPECT_THAT(w->AddExample(ids, mask, kChosenLabel),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rejected")));
+    TF_ASSERT_OK(w->AddExample(ids, mask, kRejectedLabel));
+    EXPECT_THAT(w->SetPairs(false), StatusIs(absl::StatusCode::kFailedPrecondition));
+    TF_ASSERT_OK(w->AddExample(ids, mask));
+    // Three examples: a pair would be split.
+    EXPECT_THAT(w->Finish(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("split")));
+    TF_ASSERT_OK(w->AddExample(ids, mask));
+    TF_ASSERT_OK(w->Finish());
+  }
+  TF_ASSERT_OK_AND_ASSIGN(ShardFile f, ShardFile::Read(path));
+  EXPECT_TRUE(f.info().pairs);
+  ASSERT_EQ(f.size(), 4);
+  for (int64_t i = 0; i < 4; ++i)
+    EXPECT_EQ(f.example(i).label, i % 2 == 0 ? kChosenLabel : kRejectedLabel);
+
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  uint32_t version, flags;
+  std::memcpy(&version, bytes.data() + 8, 4);
+  std::memcpy(&flags, bytes.data() + 12, 4);
+  EXPECT_EQ(version, 2u);
+  EXPECT_EQ(flags, kShardFlagPairs);
+  // An unknown flag is refused, not ignored.
+  std::string unknown = bytes;
+  unknown[12] |= 0x02;
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << unknown;
+  }
+  EXPECT_THAT(ShardFile::Read(path), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("flags")));
+
+  // A file without pairs stays version 1 (older workers read it).
+  const std::string plain = dir.Join("plain.shard");
+  {
+    TF_ASSERT_OK_AND_ASSIGN(auto w, ShardFileWriter::Create(plain, 50));
+    TF_ASSERT_OK(w->AddExample(ids, mask));
+    TF_ASSERT_OK(w->Finish());
+  }
+  {
+    std::ifstream in(plain, std::ios::binary);
+    std::string b(std::istreambuf_iterator<char>(in), {});
+    std::memcpy(&version, b.data() + 8, 4);
+  }
+  EXPECT_EQ(version, 1u);
+  TF_ASSERT_OK_AND_ASSIGN(ShardFile p, ShardFile::Read(plain));
+  EXPECT_FALSE(p.info().pairs);
+  EXPECT_EQ(p.example(0).label, -1);
 }
 
 }  // namespace

@@ -138,6 +138,8 @@ absl::StatusOr<int64_t> ShardFetcher::Stream(const ShardFetchRequest& request,
             ", server says ", chunk.running_sha256(), ")"));
         break;
       }
+      failure = writer->SetPairs(chunk.pairs());  // preference pairs (DPO)
+      if (!failure.ok()) break;
       failure = writer->AddChunk(chunk.token_ids(), chunk.loss_mask(), chunk.example_lengths());
       if (!failure.ok()) break;
       received += chunk.example_lengths_size();

@@ -74,9 +74,26 @@ absl::Status ShardFileWriter::WriteBytes(const void* data, size_t n) {
   return absl::OkStatus();
 }
 
+absl::Status ShardFileWriter::SetPairs(bool pairs) {
+  if (pairs == info_.pairs) return absl::OkStatus();
+  if (finished_ || info_.num_examples > 0)
+    return absl::FailedPreconditionError(
+        absl::StrCat("shard file ", path_, ": pairs must be set before the first example"));
+  info_.pairs = pairs;
+  return absl::OkStatus();
+}
+
 absl::Status ShardFileWriter::AddExample(absl::Span<const int32_t> ids,
                                          absl::Span<const uint8_t> mask, int32_t label) {
   if (finished_) return absl::FailedPreconditionError("shard file already finished");
+  if (info_.pairs) {
+    const int32_t expected = info_.num_examples % 2 == 0 ? kChosenLabel : kRejectedLabel;
+    if (label != -1 && label != expected)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shard example ", info_.num_examples, ": label ", label, " in a pairs file, whose example ",
+          info_.num_examples, " is ", expected == kChosenLabel ? "chosen (1)" : "rejected (0)"));
+    label = expected;
+  }
   if (ids.size() != mask.size())
     return absl::InvalidArgumentError(absl::StrCat("shard example ", info_.num_examples, ": ",
                                                    ids.size(), " token ids but ", mask.size(),
@@ -134,12 +151,16 @@ absl::Status ShardFileWriter::AddChunk(absl::Span<const int32_t> ids, absl::stri
 
 absl::Status ShardFileWriter::Finish() {
   if (finished_) return absl::FailedPreconditionError("shard file already finished");
+  if (info_.pairs && info_.num_examples % 2 != 0)
+    return absl::InvalidArgumentError(absl::StrCat("shard file ", path_, ": ", info_.num_examples,
+                                                   " examples in a pairs file (a pair is split)"));
+  const uint32_t flags = info_.pairs ? kShardFlagPairs : 0;
   unsigned char header[kHeaderBytes] = {};
   size_t at = 0;
   std::memcpy(header, kMagic, sizeof(kMagic));
   at += sizeof(kMagic);
-  Put<uint32_t>(header, at, kShardFileVersion);
-  Put<uint32_t>(header, at, 0);
+  Put<uint32_t>(header, at, flags == 0 ? 1u : kShardFileVersion);
+  Put<uint32_t>(header, at, flags);
   Put<uint64_t>(header, at, info_.num_examples);
   Put<uint64_t>(header, at, info_.num_tokens);
   Put<uint64_t>(header, at, info_.trained_tokens);
@@ -178,11 +199,15 @@ absl::StatusOr<ShardFile> ShardFile::Read(const std::string& path) {
   if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) return corrupt("not a shard file (bad magic)");
   size_t at = sizeof(kMagic);
   uint32_t version = Get<uint32_t>(bytes.data(), at);
-  if (version != kShardFileVersion)
-    return corrupt(absl::StrCat("unsupported version ", version, " (this worker reads ", kShardFileVersion, ")"));
-  Get<uint32_t>(bytes.data(), at);  // flags
+  if (version < 1 || version > kShardFileVersion)
+    return corrupt(absl::StrCat("unsupported version ", version, " (this worker reads 1 to ",
+                                kShardFileVersion, ")"));
+  const uint32_t flags = Get<uint32_t>(bytes.data(), at);
+  if ((version == 1 && flags != 0) || (flags & ~kShardFlagPairs) != 0)
+    return corrupt(absl::StrCat("unknown flags 0x", absl::Hex(flags), " in a version ", version, " file"));
   ShardFile s;
   s.path_ = path;
+  s.info_.pairs = (flags & kShardFlagPairs) != 0;
   s.info_.num_examples = Get<uint64_t>(bytes.data(), at);
   s.info_.num_tokens = Get<uint64_t>(bytes.data(), at);
   s.info_.trained_tokens = Get<uint64_t>(bytes.data(), at);
@@ -208,6 +233,8 @@ absl::StatusOr<ShardFile> ShardFile::Read(const std::string& path) {
     if (at + 8 > bytes.size()) return corrupt("truncated example header");
     uint32_t len = Get<uint32_t>(bytes.data(), at);
     int32_t label = Get<int32_t>(bytes.data(), at);
+    if (s.info_.pairs && label != (i % 2 == 0 ? kChosenLabel : kRejectedLabel))
+      return corrupt(absl::StrCat("example ", i, ": label ", label, " breaks the chosen/rejected pairs"));
     if (len == 0 || tok + len > s.info_.num_tokens || at + 5ull * len > bytes.size())
       return corrupt(absl::StrCat("example ", i, ": bad length ", len));
     std::memcpy(s.tokens_.data() + tok, bytes.data() + at, len * sizeof(int32_t));
@@ -229,6 +256,8 @@ absl::StatusOr<ShardFile> ShardFile::Read(const std::string& path) {
   }
   if (tok != s.info_.num_tokens || trained != s.info_.trained_tokens || max_id != s.info_.max_token_id)
     return corrupt("counts disagree with the header");
+  if (s.info_.pairs && s.info_.num_examples % 2 != 0)
+    return corrupt(absl::StrCat(s.info_.num_examples, " examples in a pairs file"));
   return s;
 }
 

@@ -7,6 +7,14 @@
 //     body checksum u64 (FNV-1a 64 over the body), reserved u64
 //   body, per example: length u32, label i32 (-1: none), token ids i32[length],
 //     loss mask u8[length] (1: trained)
+// Flags (version 2; version 1 files have none and are still read):
+//   bit 0 "pairs": preference pairs (DPO). Examples 2k and 2k+1 are pair k:
+//     the prompt with the preferred completion (label 1, "chosen") then with
+//     the non-preferred one (label 0, "rejected"), each loss-masked on its
+//     completion only. num_examples is even; a reader checks the labels.
+// A file without flags is written as version 1, so older workers read it;
+// one with flags is version 2, which older workers refuse rather than
+// misread. Unknown flag bits are refused.
 // Written to "<path>.tmp-<pid>", fsynced and renamed, so a file under its
 // name is complete; a truncated or corrupted one is INVALID_ARGUMENT naming
 // the file. Neither gRPC nor libtorch.
@@ -25,9 +33,13 @@
 
 namespace tunefleet::trainer {
 
-inline constexpr uint32_t kShardFileVersion = 1;
+inline constexpr uint32_t kShardFileVersion = 2;  // the newest this code reads
+inline constexpr uint32_t kShardFlagPairs = 1u << 0;
+inline constexpr int32_t kChosenLabel = 1;
+inline constexpr int32_t kRejectedLabel = 0;
 
 struct ShardFileInfo {
+  bool pairs = false;  // kShardFlagPairs
   uint64_t num_examples = 0;
   uint64_t num_tokens = 0;
   uint64_t trained_tokens = 0;
@@ -45,13 +57,19 @@ class ShardFileWriter {
   ShardFileWriter(const ShardFileWriter&) = delete;
   ShardFileWriter& operator=(const ShardFileWriter&) = delete;
 
-  // One example; `loss_mask` has one byte per token; `label` -1 for none.
+  // Marks the file as preference pairs (before the first example; the
+  // dataset service's chunks say so). Labels then follow from the position:
+  // even examples chosen, odd rejected.
+  absl::Status SetPairs(bool pairs);
+  // One example; `loss_mask` has one byte per token; `label` -1 for none
+  // (in a pairs file: the position's label; another one is an error).
   absl::Status AddExample(absl::Span<const int32_t> token_ids, absl::Span<const uint8_t> loss_mask,
                           int32_t label = -1);
   // A StreamShard chunk: concatenated ids and mask split by example_lengths.
   absl::Status AddChunk(absl::Span<const int32_t> token_ids, absl::string_view loss_mask,
                         absl::Span<const int32_t> example_lengths);
-  // Writes the header, fsyncs and renames into place.
+  // Writes the header, fsyncs and renames into place (a pairs file with an
+  // odd number of examples is INVALID_ARGUMENT).
   absl::Status Finish();
   const ShardFileInfo& info() const { return info_; }
 
