@@ -157,66 +157,75 @@ at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at:
 
 at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions,
                          int64_t max_position, const at::Tensor& keep,
-                         const AdapterGroups& adapters, bool training, KvCache* cache) const {
+                         const AdapterGroups& adapters, bool training, KvCache* cache,
+                         bool checkpoint) const {
   const ModelConfig& c = config_;
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
-  const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
   at::Tensor h = at::embedding(embed_, input_ids);
   auto [cos, sin] = Rotary(positions, max_position);
-
-  at::Tensor rows, cols;
-  int64_t span = T;
+  LayerInputs in{cos, sin, keep, at::Tensor(), at::Tensor(), T};
   if (cache != nullptr) {
     at::Tensor lens = at::tensor(cache->lengths_, at::kLong).to(options_.device);
-    rows = at::arange(B, lens.options()).view({B, 1}).expand({B, T});
-    cols = lens.view({B, 1}) + at::arange(T, lens.options()).view({1, T});
-    span = *std::max_element(cache->lengths_.begin(), cache->lengths_.end()) + T;
+    in.rows = at::arange(B, lens.options()).view({B, 1}).expand({B, T});
+    in.cols = lens.view({B, 1}) + at::arange(T, lens.options()).view({1, T});
+    in.span = *std::max_element(cache->lengths_.begin(), cache->lengths_.end()) + T;
   }
-
+  // Recomputation only pays where autograd would keep the activations.
+  checkpoint = checkpoint && cache == nullptr && at::GradMode::is_enabled();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const Layer& layer = layers_[i];
-    at::Tensor x = RmsNorm(h, layer.input_norm);
-    at::Tensor q, k, v;
-    if (c.fused_projections()) {
-      at::Tensor qkv = Project(layer, i, Proj::kQkv, x, adapters, training);
-      q = qkv.narrow(-1, 0, c.q_size());
-      k = qkv.narrow(-1, c.q_size(), c.kv_size());
-      v = qkv.narrow(-1, c.q_size() + c.kv_size(), c.kv_size());
-    } else {
-      q = Project(layer, i, Proj::kQ, x, adapters, training);
-      k = Project(layer, i, Proj::kK, x, adapters, training);
-      v = Project(layer, i, Proj::kV, x, adapters, training);
-    }
-    q = ApplyRotary(q.reshape({B, T, H, D}).transpose(1, 2), cos, sin);
-    k = ApplyRotary(k.reshape({B, T, KV, D}).transpose(1, 2), cos, sin);
-    v = v.reshape({B, T, KV, D}).transpose(1, 2);
-    if (cache != nullptr) {
-      cache->k_[i].index_put_({rows, cols}, k.transpose(1, 2));
-      cache->v_[i].index_put_({rows, cols}, v.transpose(1, 2));
-      k = cache->k_[i].narrow(1, 0, span).transpose(1, 2);
-      v = cache->v_[i].narrow(1, 0, span).transpose(1, 2);
-    }
-    if (H != KV) {
-      const int64_t S = k.size(2);
-      k = k.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
-      v = v.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
-    }
-    at::Tensor attn = compat::Attention(q, k, v, keep).transpose(1, 2).reshape({B, T, H * D});
-    h = h + Project(layer, i, Proj::kO, attn, adapters, training);
-
-    x = RmsNorm(h, layer.post_attention_norm);
-    at::Tensor gate, up;
-    if (c.fused_projections()) {
-      at::Tensor gu = Project(layer, i, Proj::kGateUp, x, adapters, training);
-      gate = gu.narrow(-1, 0, c.intermediate_size);
-      up = gu.narrow(-1, c.intermediate_size, c.intermediate_size);
-    } else {
-      gate = Project(layer, i, Proj::kGate, x, adapters, training);
-      up = Project(layer, i, Proj::kUp, x, adapters, training);
-    }
-    h = h + Project(layer, i, Proj::kDown, up * at::silu(gate), adapters, training);
+    h = checkpoint ? CheckpointedLayer(i, h, in, adapters, training)
+                   : DecoderLayer(i, h, in, adapters, training, cache);
   }
   return RmsNorm(h, norm_);
+}
+
+at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
+                                 const AdapterGroups& adapters, bool training,
+                                 KvCache* cache) const {
+  const ModelConfig& c = config_;
+  const int64_t B = h.size(0), T = h.size(1);
+  const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
+  const Layer& layer = layers_[i];
+  at::Tensor x = RmsNorm(h, layer.input_norm);
+  at::Tensor q, k, v;
+  if (c.fused_projections()) {
+    at::Tensor qkv = Project(layer, i, Proj::kQkv, x, adapters, training);
+    q = qkv.narrow(-1, 0, c.q_size());
+    k = qkv.narrow(-1, c.q_size(), c.kv_size());
+    v = qkv.narrow(-1, c.q_size() + c.kv_size(), c.kv_size());
+  } else {
+    q = Project(layer, i, Proj::kQ, x, adapters, training);
+    k = Project(layer, i, Proj::kK, x, adapters, training);
+    v = Project(layer, i, Proj::kV, x, adapters, training);
+  }
+  q = ApplyRotary(q.reshape({B, T, H, D}).transpose(1, 2), in.cos, in.sin);
+  k = ApplyRotary(k.reshape({B, T, KV, D}).transpose(1, 2), in.cos, in.sin);
+  v = v.reshape({B, T, KV, D}).transpose(1, 2);
+  if (cache != nullptr) {
+    cache->k_[i].index_put_({in.rows, in.cols}, k.transpose(1, 2));
+    cache->v_[i].index_put_({in.rows, in.cols}, v.transpose(1, 2));
+    k = cache->k_[i].narrow(1, 0, in.span).transpose(1, 2);
+    v = cache->v_[i].narrow(1, 0, in.span).transpose(1, 2);
+  }
+  if (H != KV) {
+    const int64_t S = k.size(2);
+    k = k.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
+    v = v.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
+  }
+  at::Tensor attn = compat::Attention(q, k, v, in.keep).transpose(1, 2).reshape({B, T, H * D});
+  h = h + Project(layer, i, Proj::kO, attn, adapters, training);
+
+  x = RmsNorm(h, layer.post_attention_norm);
+  at::Tensor gate, up;
+  if (c.fused_projections()) {
+    at::Tensor gu = Project(layer, i, Proj::kGateUp, x, adapters, training);
+    gate = gu.narrow(-1, 0, c.intermediate_size);
+    up = gu.narrow(-1, c.intermediate_size, c.intermediate_size);
+  } else {
+    gate = Project(layer, i, Proj::kGate, x, adapters, training);
+    up = Project(layer, i, Proj::kUp, x, adapters, training);
+  }
+  return h + Project(layer, i, Proj::kDown, up * at::silu(gate), adapters, training);
 }
 
 absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids,
@@ -251,6 +260,36 @@ absl::StatusOr<Decoder::LossOutput> Decoder::Loss(const at::Tensor& input_ids,
     at::Tensor logits = at::linear(hs, lm_head_).to(at::kFloat);
     out.loss = at::cross_entropy_loss(logits, target);
     out.correct = (logits.detach().argmax(-1) == target).sum().item<int64_t>();
+    return out;
+  });
+}
+
+absl::StatusOr<Decoder::SequenceLogProbs> Decoder::SequenceLogProb(
+    const at::Tensor& input_ids, const at::Tensor& labels, const ForwardOptions& options) const {
+  if (!labels.defined() || !input_ids.defined() || labels.sizes() != input_ids.sizes() ||
+      labels.dim() != 2 || labels.size(1) < 2) {
+    return absl::InvalidArgumentError(
+        "SequenceLogProb: labels must match input_ids [batch, tokens] with tokens >= 2");
+  }
+  TF_ASSIGN_OR_RETURN(at::Tensor h, ForwardHidden(input_ids, options));
+  return internal::CatchTorch("Decoder::SequenceLogProb", [&]() -> absl::StatusOr<SequenceLogProbs> {
+    const int64_t B = h.size(0), T = h.size(1), H = h.size(2);
+    at::Tensor y = labels.narrow(1, 1, T - 1).reshape({-1}).to(h.device(), at::kLong);
+    at::Tensor flat = at::nonzero(y != -100).reshape({-1});
+    SequenceLogProbs out;
+    at::Tensor counts = (labels.narrow(1, 1, T - 1) != -100).sum(1).to(at::kCPU, at::kLong);
+    out.tokens.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + B);
+    if (flat.size(0) == 0) {
+      out.sum = h.sum() * 0.0 + at::zeros({B}, h.options().dtype(at::kFloat));
+      return out;
+    }
+    at::Tensor hs = h.narrow(1, 0, T - 1).reshape({-1, H}).index_select(0, flat);
+    at::Tensor target = y.index_select(0, flat);
+    at::Tensor logp = at::log_softmax(at::linear(hs, lm_head_).to(at::kFloat), -1)
+                          .gather(1, target.unsqueeze(1))
+                          .squeeze(1);
+    at::Tensor row = at::div(flat, T - 1, "floor");
+    out.sum = at::zeros({B}, logp.options()).index_add(0, row, logp);
     return out;
   });
 }
@@ -310,7 +349,8 @@ absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids,
     TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(options.adapter, B));
     // Only longrope needs the largest position; it costs a sync.
     const int64_t max_position = inv_freq_long_.defined() ? positions.max().item<int64_t>() : T - 1;
-    return Body(ids, positions, max_position, keep, adapters, options.training, nullptr);
+    return Body(ids, positions, max_position, keep, adapters, options.training, nullptr,
+                options.gradient_checkpointing);
   });
 }
 
@@ -373,7 +413,7 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
     int64_t max_position = 0;
     for (int64_t b = 0; b < B; ++b)
       max_position = std::max(max_position, cache.lengths_[b] + std::max<int64_t>(chunk[b], 1) - 1);
-    at::Tensor h = Body(ids, positions, max_position, keep, adapters, false, &cache);
+    at::Tensor h = Body(ids, positions, max_position, keep, adapters, false, &cache, false);
     for (int64_t b = 0; b < B; ++b) cache.lengths_[b] += chunk[b];
     if (all_logits) return at::linear(h, lm_head_).to(at::kFloat);
     std::vector<int64_t> last(chunk.size());

@@ -23,6 +23,11 @@
 
 namespace tunefleet::model {
 
+namespace internal {
+struct LayerCheckpoint;
+struct LayerClosure;
+}  // namespace internal
+
 struct DecoderOptions {
   // Compute and weight dtype (fp32 on CPU; bf16 on CUDA). Weights stored in
   // this dtype on the CPU are used in place, straight from the mapping.
@@ -54,6 +59,13 @@ struct ForwardOptions {
   AdapterChoice adapter;
   // Applies LoRA dropout.
   bool training = false;
+  // Keeps no activations inside the decoder layers: each layer runs without
+  // autograd and is recomputed in backward (less memory, about a third more
+  // compute). Only when grad mode is on. The layer's RNG state is saved and
+  // replayed, so LoRA dropout draws the same masks and the gradients equal
+  // those of a plain forward. The decoder and the adapters must outlive the
+  // backward.
+  bool gradient_checkpointing = false;
 };
 
 // Keys and values of past tokens, per row of a batch; rows may hold different
@@ -106,6 +118,17 @@ class Decoder {
   // most of it. labels [B,T] (-100: ignored); logits at t predict labels[t+1].
   absl::StatusOr<LossOutput> Loss(const at::Tensor& input_ids, const at::Tensor& labels,
                                   const ForwardOptions& options = {}) const;
+
+  struct SequenceLogProbs {
+    at::Tensor sum;               // [B] fp32: each row's summed log-probs; differentiable
+    std::vector<int64_t> tokens;  // per row: labels that counted
+  };
+  // Per row, the sum of log p(labels[t+1] | tokens up to t) over the labels
+  // that count (-100: ignored), computing logits only there, as Loss does.
+  // A sequence's log-likelihood of its completion (DPO's log pi(y|x)).
+  absl::StatusOr<SequenceLogProbs> SequenceLogProb(const at::Tensor& input_ids,
+                                                   const at::Tensor& labels,
+                                                   const ForwardOptions& options = {}) const;
 
   // An empty cache for `batch` rows of up to `capacity` tokens each.
   absl::StatusOr<KvCache> NewCache(int64_t batch, int64_t capacity) const;
@@ -166,10 +189,26 @@ class Decoder {
   // the host, so no device sync) picks longrope's short or long factors.
   std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions, int64_t max_position) const;
   absl::Status CheckIds(const at::Tensor& ids, absl::string_view what) const;
-  // Runs the layers; `cache` (with per-row write offsets) when extending.
+  // Runs the layers; `cache` (with per-row write offsets) when extending;
+  // `checkpoint`: recompute each layer in backward (not with a cache).
   at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, int64_t max_position,
                   const at::Tensor& keep, const AdapterGroups& adapters, bool training,
-                  KvCache* cache) const;
+                  KvCache* cache, bool checkpoint) const;
+  // What every layer of one forward shares.
+  struct LayerInputs {
+    at::Tensor cos, sin;  // rotary [B,1,T,R]
+    at::Tensor keep;      // attention mask or undefined (causal)
+    at::Tensor rows, cols;  // cache write positions [B,T] when extending
+    int64_t span = 0;       // keys per row when extending
+  };
+  // One decoder layer: h [B,T,hidden] -> h.
+  at::Tensor DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
+                          const AdapterGroups& adapters, bool training, KvCache* cache) const;
+  // DecoderLayer under gradient checkpointing (decoder_checkpoint.cc).
+  at::Tensor CheckpointedLayer(int64_t i, const at::Tensor& h, const LayerInputs& in,
+                               const AdapterGroups& adapters, bool training) const;
+  friend struct internal::LayerCheckpoint;
+  friend struct internal::LayerClosure;
   absl::Status ApplyAdapter(const LoraAdapter& adapter, double sign);
   // The final normalized hidden states [B,T,hidden] of Forward.
   absl::StatusOr<at::Tensor> ForwardHidden(const at::Tensor& input_ids,
