@@ -159,6 +159,30 @@ TEST(ReportTest, EveryEventRoundTrips) {
   EXPECT_EQ(back.message, "base model \"x\": no config.json");
 }
 
+TEST(ReportTest, DpoMetricsAndEarlyStoppingRoundTripAndOldLinesStayTheSame) {
+  ReportEvent p;
+  p.kind = ReportKind::kProgress;
+  p.step = 3;
+  p.train_loss = 0.6;
+  p.train_token_accuracy = 0.75;  // DPO: reward accuracy
+  p.metrics["reward_margin"] = 0.25;
+  TF_ASSERT_OK_AND_ASSIGN(ReportEvent back, ParseReportLine(FormatReportLine(p)));
+  EXPECT_EQ(back.metrics.at("reward_margin"), 0.25);
+  // A progress line without metrics has no "metrics" key (as before).
+  p.metrics.clear();
+  EXPECT_THAT(FormatReportLine(p), ::testing::Not(HasSubstr("metrics")));
+
+  ReportEvent c;
+  c.kind = ReportKind::kCompleted;
+  c.result_dir = "/r";
+  EXPECT_THAT(FormatReportLine(c), ::testing::Not(HasSubstr("stopped_early")));
+  c.stopped_early = true;
+  TF_ASSERT_OK_AND_ASSIGN(back, ParseReportLine(FormatReportLine(c)));
+  EXPECT_TRUE(back.stopped_early);
+  EXPECT_THAT(ParseReportLine(R"({"event":"completed","stopped_early":1})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("stopped_early")));
+}
+
 TEST(ReportTest, NonFiniteNumbersAreLeftOut) {
   ReportEvent p;
   p.kind = ReportKind::kProgress;

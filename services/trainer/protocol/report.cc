@@ -104,6 +104,7 @@ std::string FormatReportLine(const ReportEvent& e) {
       PutOpt(j, "valid_loss", e.valid_loss);
       PutOpt(j, "valid_token_accuracy", e.valid_token_accuracy);
       PutOpt(j, "base_valid_loss", e.base_valid_loss);
+      if (e.stopped_early) j["stopped_early"] = true;
       break;
     case ReportKind::kStopped:
       j["step"] = e.step;
@@ -114,7 +115,8 @@ std::string FormatReportLine(const ReportEvent& e) {
       j["message"] = e.message;
       break;
   }
-  if (e.kind == ReportKind::kCheckpoint || e.kind == ReportKind::kCompleted) {
+  if (e.kind == ReportKind::kCheckpoint || e.kind == ReportKind::kCompleted ||
+      ((e.kind == ReportKind::kProgress || e.kind == ReportKind::kEval) && !e.metrics.empty())) {
     json m = json::object();
     for (const auto& [k, v] : e.metrics)
       if (std::isfinite(v)) m[k] = v;
@@ -158,6 +160,10 @@ absl::StatusOr<ReportEvent> ParseReportLine(absl::string_view line) {
   TF_RETURN_IF_ERROR(GetStr(j, e.kind == ReportKind::kCheckpoint ? "dir" : "checkpoint_dir",
                        e.checkpoint_dir));
   TF_RETURN_IF_ERROR(GetStr(j, "result_dir", e.result_dir));
+  if (auto se = j.find("stopped_early"); se != j.end()) {
+    if (!se->is_boolean()) return Bad("stopped_early", "must be a boolean");
+    e.stopped_early = se->get<bool>();
+  }
   TF_RETURN_IF_ERROR(GetStr(j, "code", e.code));
   TF_RETURN_IF_ERROR(GetStr(j, "message", e.message));
   auto m = j.find("metrics");

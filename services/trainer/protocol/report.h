@@ -4,11 +4,18 @@
 //   {"event":"started","total_steps":N,"world_size":W,"rank":R,"resumed_step":S}
 //   {"event":"progress","step":..,"total_steps":..,"epoch":..,"train_loss":..,
 //    "train_token_accuracy":..,"learning_rate":..,"tokens_per_second":..,
-//    "trained_tokens":..,"eta_seconds":..}
-//   {"event":"eval","step":..,"epoch":..,"valid_loss":..,"valid_token_accuracy":..}
+//    "trained_tokens":..,"eta_seconds":..[,"metrics":{..}]}
+//   {"event":"eval","step":..,"epoch":..,"valid_loss":..,"valid_token_accuracy":..
+//    [,"metrics":{..}]}
 //   {"event":"checkpoint","step":..,"epoch":..,"dir":"<abs path>","metrics":{"train_loss":..}}
 //   {"event":"completed","result_dir":"<abs path>","trained_tokens":..,
-//    "valid_loss":..,"base_valid_loss":..,"metrics":{..}}
+//    "valid_loss":..,"base_valid_loss":..,"metrics":{..}[,"stopped_early":true]}
+// DPO runs (objective "dpo") use the same fields: train_loss / valid_loss
+// are the DPO loss, train_token_accuracy / valid_token_accuracy the reward
+// accuracy (share of pairs whose chosen reward exceeds the rejected one),
+// and progress and eval carry "metrics": {"reward_margin", "chosen_reward",
+// "rejected_reward"} (means over the pairs). Progress and eval lines have
+// "metrics" only when there is something in it, so SFT lines are unchanged.
 //   {"event":"stopped","step":..,"checkpoint_dir":"<abs path>"}   (SIGTERM; exit 0)
 //   {"event":"error","code":"INVALID_ARGUMENT","message":".."}    (then exit 2)
 // Optional numbers are left out when unknown (no validation data, ...).
@@ -55,8 +62,12 @@ struct ReportEvent {
   std::string checkpoint_dir;
   // completed
   std::string result_dir;
-  // checkpoint, completed: further named figures (padding_fraction, ...)
+  // checkpoint, completed (and progress, eval when not empty): further
+  // named figures (padding_fraction, reward_margin, ...)
   std::map<std::string, double> metrics;
+  // completed: early stopping ended the run (early_stopping_patience
+  // evaluations without a better validation loss); written only when true.
+  bool stopped_early = false;
   // error: an absl status code name ("INVALID_ARGUMENT") and message
   std::string code;
   std::string message;

@@ -106,6 +106,9 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& root, const Train
             {"base_valid_loss", OptNum(state.base_valid_loss)},
             {"base_valid_accuracy", OptNum(state.base_valid_accuracy)},
             {"train_loss", OptNum(state.train_loss)},
+            {"best_valid_loss", OptNum(state.best_valid_loss)},
+            {"best_step", state.best_step},
+            {"evals_since_best", state.evals_since_best},
             {"fingerprint", state.fingerprint},
             {"rng", "reseeded each step from (seed, step)"}};
   TF_RETURN_IF_ERROR(
@@ -162,6 +165,9 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const model::M
   c.state.base_valid_loss = ReadOpt(s, "base_valid_loss");
   c.state.base_valid_accuracy = ReadOpt(s, "base_valid_accuracy");
   c.state.train_loss = ReadOpt(s, "train_loss");
+  c.state.best_valid_loss = ReadOpt(s, "best_valid_loss");
+  c.state.best_step = s.value("best_step", int64_t{0});
+  c.state.evals_since_best = s.value("evals_since_best", int64_t{0});
   auto read_all = [&](const char* file) -> absl::StatusOr<model::NamedTensors> {
     absl::StatusOr<std::shared_ptr<const model::SafetensorsFile>> f =
         model::SafetensorsFile::Open((fs::path(dir) / file).string());
@@ -182,6 +188,55 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const model::M
     TF_ASSIGN_OR_RETURN(c.weights, read_all(kWeights));
   }
   return c;
+}
+
+absl::Status WriteBestWeights(const std::string& root, int64_t step,
+                              const model::LoraAdapter* adapter,
+                              const model::NamedTensors& weights,
+                              const std::string& base_model_id) {
+  const fs::path final_dir = fs::path(root) / "best";
+  const std::string tmp = absl::StrCat(final_dir.string(), ".tmp-", ::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) return absl::InternalError(absl::StrCat("best weights ", tmp, ": ", ec.message()));
+  if (adapter) {
+    TF_RETURN_IF_ERROR(adapter->Save((fs::path(tmp) / kAdapter).string(), base_model_id));
+  } else {
+    TF_RETURN_IF_ERROR(model::WriteSafetensors((fs::path(tmp) / kWeights).string(), weights));
+  }
+  TF_RETURN_IF_ERROR(model::WriteStringAtomically((fs::path(tmp) / "best.json").string(),
+                                                  json{{"step", step}}.dump() + "\n"));
+  if (adapter) FsyncDir((fs::path(tmp) / kAdapter).string());
+  FsyncDir(tmp);
+  fs::remove_all(final_dir, ec);
+  fs::rename(tmp, final_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("best weights ", final_dir.string(), ": ", ec.message()));
+  FsyncDir(root);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BestWeights> ReadBestWeights(const std::string& root,
+                                            const model::ModelConfig& base, at::Device device) {
+  const fs::path dir = fs::path(root) / "best";
+  absl::StatusOr<std::string> text = model::ReadFileToString((dir / "best.json").string());
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("no best weights under ", root));
+  json j = json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer())
+    return absl::InvalidArgumentError(absl::StrCat((dir / "best.json").string(), " is corrupt"));
+  BestWeights b;
+  b.step = j["step"].get<int64_t>();
+  if (fs::is_directory(dir / kAdapter)) {
+    TF_ASSIGN_OR_RETURN(model::LoraAdapter a,
+                        model::LoraAdapter::Load((dir / kAdapter).string(), base, device));
+    b.adapter = std::move(a);
+  } else {
+    TF_ASSIGN_OR_RETURN(std::shared_ptr<const model::SafetensorsFile> f,
+                        model::SafetensorsFile::Open((dir / kWeights).string()));
+    TF_ASSIGN_OR_RETURN(b.weights, f->GetAll());
+    for (auto& [name, t] : b.weights) t = t.clone();  // not tied to the mapping
+  }
+  return b;
 }
 
 }  // namespace tunefleet::trainer

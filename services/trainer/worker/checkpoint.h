@@ -33,6 +33,11 @@ struct TrainerState {
   std::optional<double> base_valid_loss;
   std::optional<double> base_valid_accuracy;
   std::optional<double> train_loss;  // of the last step
+  // Early stopping: the best validation loss so far, the step it was
+  // measured at, and the evaluations since without a better one.
+  std::optional<double> best_valid_loss;
+  int64_t best_step = 0;
+  int64_t evals_since_best = 0;
   // What the run trains on and with; a resume under another spec is refused.
   std::string fingerprint;
 };
@@ -58,5 +63,21 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const model::M
 
 // "step-00000012".
 std::string CheckpointDirName(int64_t step);
+
+// The best weights so far (early stopping): `<root>/best/` holds the
+// trainable weights (adapter/ or weights.safetensors) and best.json with
+// their step, replaced atomically on each improvement.
+absl::Status WriteBestWeights(const std::string& root, int64_t step,
+                              const model::LoraAdapter* adapter,
+                              const model::NamedTensors& weights,
+                              const std::string& base_model_id);
+struct BestWeights {
+  int64_t step = 0;
+  std::optional<model::LoraAdapter> adapter;
+  model::NamedTensors weights;
+};
+// NOT_FOUND when there is none.
+absl::StatusOr<BestWeights> ReadBestWeights(const std::string& root,
+                                            const model::ModelConfig& base, at::Device device);
 
 }  // namespace tunefleet::trainer

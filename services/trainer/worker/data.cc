@@ -43,6 +43,12 @@ absl::StatusOr<Dataset> Dataset::Load(const std::vector<std::string>& paths, abs
                                                      " but the base model's vocabulary has ",
                                                      model_vocab, " tokens"));
     }
+    if (i > 0 && info.pairs != d.pairs_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, "[", i, "]: shard file ", paths[i], (info.pairs ? " holds" : " does not hold"),
+          " preference pairs but ", what, "[0] ", (d.pairs_ ? "does" : "does not")));
+    }
+    d.pairs_ = info.pairs;
     d.files_.push_back(*std::move(f));
   }
   for (const ShardFile& f : d.files_) {

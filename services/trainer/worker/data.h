@@ -37,8 +37,12 @@ class Dataset {
   const Example& at(int64_t i) const { return examples_[static_cast<size_t>(i)]; }
   int64_t total_tokens() const;
   int64_t total_trained() const;
+  // Preference pairs (every file's flag; they must agree): example 2p is
+  // pair p's chosen completion, 2p+1 its rejected one.
+  bool pairs() const { return pairs_; }
 
  private:
+  bool pairs_ = false;
   std::vector<ShardFile> files_;
   std::vector<Example> examples_;
 };

@@ -10,9 +10,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/base/status_macros.h"
 #include "common/model/decoder.h"
 #include "common/model/file_util.h"
@@ -22,6 +25,7 @@
 #include "services/trainer/worker/checkpoint.h"
 #include "services/trainer/worker/data.h"
 #include "services/trainer/worker/distributed.h"
+#include "services/trainer/worker/dpo.h"
 #include "services/trainer/worker/file_hash.h"
 #include "services/trainer/worker/optimizer.h"
 
@@ -58,10 +62,13 @@ std::string ChatFormatName(text::ChatFormat f) {
   return "unknown";
 }
 
+// SFT: token-level loss and accuracy over `tokens`. DPO: the pairs' mean
+// loss and reward accuracy over `tokens` pairs, plus the mean margin and rewards.
 struct EvalResult {
   double loss = 0;
   double accuracy = 0;
   int64_t tokens = 0;
+  std::map<std::string, double> metrics;
 };
 
 // Everything one run holds.
@@ -95,6 +102,23 @@ class Run {
   std::optional<text::ChatTokenizer> chat_;
   std::optional<Dataset> train_, valid_;
   std::optional<model::LoraAdapter> lora_;
+  // DPO: the objective, and the reference when it is not the base decoder
+  // with the adapter off: the frozen adapter a LoRA job started from, or
+  // (full fine-tuning) a second load of the starting weights.
+  bool dpo_ = false;
+  std::optional<model::LoraAdapter> reference_adapter_;
+  std::optional<model::Decoder> reference_decoder_;
+  DpoModels Dpo(const model::LoraAdapter* policy_adapter) const;
+  // Training units: examples, or preference pairs for DPO.
+  int64_t Units(const Dataset& d) const { return dpo_ ? d.size() / 2 : d.size(); }
+  int64_t UnitTrained(const Dataset& d, int64_t u) const {
+    return dpo_ ? d.at(2 * u).trained + d.at(2 * u + 1).trained : d.at(u).trained;
+  }
+  // Early stopping after an evaluation: true when the run should stop.
+  absl::StatusOr<bool> TrackBest(int64_t step, const EvalResult& r);
+  absl::Status RestoreBest();
+  bool stopped_early_ = false;
+  std::optional<EvalResult> best_eval_;  // this process's view of the best evaluation
   std::vector<at::Tensor> params_;
   std::unique_ptr<AdamW> optimizer_;
   std::optional<Checkpoint> resume_;
@@ -112,6 +136,7 @@ class Run {
   int64_t order_epoch_ = -1;
   // Figures of the last step and the run.
   double last_loss_ = NAN, last_accuracy_ = NAN;
+  std::map<std::string, double> last_metrics_;  // DPO: reward margin, rewards
   int64_t step_real_tokens_ = 0;
   int64_t real_tokens_ = 0, slots_ = 0;
   std::optional<EvalResult> last_eval_;
@@ -124,17 +149,24 @@ class Run {
 // moments), then the activations autograd keeps for one micro-batch of
 // max_sequence_length rows (per layer and token: ~16 hidden-sized and 6
 // intermediate-sized fp32 tensors, plus the heads' T attention weights).
+// The estimate runs after the model and the DPO reference are set up.
 int64_t Run::EstimateMemoryBytes() const {
   const model::ModelConfig& c = decoder_->config();
   int64_t trainable = 0;
   for (const at::Tensor& p : params_) trainable += p.numel();
-  const int64_t weights = decoder_->WeightBytes() + c.vocab_size * c.hidden_size * 4;
+  int64_t weights = decoder_->WeightBytes() + c.vocab_size * c.hidden_size * 4;
+  if (reference_decoder_) weights += reference_decoder_->WeightBytes();  // DPO, full
   const int64_t state = trainable * 4 * (lora_ ? 4 : 3);
-  const int64_t rows = h_.micro_batch_size > 0 ? h_.micro_batch_size : per_rank_batch_;
+  int64_t rows = h_.micro_batch_size > 0 ? h_.micro_batch_size : per_rank_batch_;
+  if (dpo_) rows *= 2;  // a pair is two rows
   const int64_t tokens = rows * h_.max_sequence_length;
-  const int64_t per_token = c.num_hidden_layers *
-                            (16 * c.hidden_size + 6 * c.intermediate_size +
+  const int64_t per_layer = (16 * c.hidden_size + 6 * c.intermediate_size +
                              2 * c.num_attention_heads * h_.max_sequence_length) * 4;
+  // Gradient checkpointing keeps each layer's input and, in backward, one
+  // layer's activations at a time.
+  const int64_t per_token = h_.gradient_checkpointing
+                                ? c.num_hidden_layers * c.hidden_size * 4 + per_layer
+                                : c.num_hidden_layers * per_layer;
   return weights + state + tokens * per_token;
 }
 
@@ -198,8 +230,14 @@ std::string Run::Fingerprint() const {
             {"world_size", j["world_size"]}, {"hyperparameters", j["hyperparameters"]},
             {"train_examples", train_->size()}, {"train_tokens", train_->total_tokens()},
             {"train_trained", train_->total_trained()}};
-  for (const char* k : {"eval_interval_steps", "checkpoint_interval_steps", "keep_checkpoints"})
+  // What does not change the numbers may change on a resume.
+  for (const char* k : {"eval_interval_steps", "checkpoint_interval_steps", "keep_checkpoints",
+                        "gradient_checkpointing"})
     f["hyperparameters"].erase(k);
+  if (dpo_) {  // SFT fingerprints stay as older workers wrote them
+    f["objective"] = "dpo";
+    f["dpo_beta"] = spec_.dpo_beta;
+  }
   return Sha256Hex(f.dump());
 }
 
@@ -208,10 +246,25 @@ absl::Status Run::Setup() {
     return absl::UnimplementedError(
         absl::StrCat("task ", TaskName(spec_.task), ": not implemented by this worker yet"));
   }
+  dpo_ = spec_.objective == TrainingObjective::kDpo;
+  const std::pair<const std::optional<Dataset>*, const char*> sets[] = {
+      {&train_, "train_shards"}, {&valid_, "valid_shards"}};
+  for (const auto& [data, what] : sets) {
+    if (!data->has_value()) continue;
+    if (dpo_ && !(*data)->pairs()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": objective dpo needs preference pairs (the shards of a preference file)"));
+    }
+    if (!dpo_ && (*data)->pairs()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": the shards hold preference pairs, which train with objective dpo, not ",
+          ObjectiveName(spec_.objective)));
+    }
+  }
   TF_ASSIGN_OR_RETURN(coll_, JoinProcessGroup(spec_));
   {
     std::vector<double> sizes(static_cast<size_t>(spec_.world_size), 0.0);
-    sizes[static_cast<size_t>(spec_.rank)] = static_cast<double>(train_->size());
+    sizes[static_cast<size_t>(spec_.rank)] = static_cast<double>(Units(*train_));
     TF_RETURN_IF_ERROR(SumOverRanks(sizes));
     for (int64_t r = 0; r < spec_.world_size; ++r) {
       if (r < spec_.rank) part_begin_ += static_cast<int64_t>(sizes[r]);
@@ -272,7 +325,28 @@ absl::Status Run::Setup() {
       }
       params_ = lora_->Parameters();
       for (at::Tensor& p : params_) p.set_requires_grad(true);
+      if (dpo_ && !spec_.init_adapter_dir.empty()) {
+        // The reference is the model the job started from: a frozen copy of
+        // its adapter (small), not the bare base.
+        absl::StatusOr<model::LoraAdapter> a =
+            model::LoraAdapter::Load(spec_.init_adapter_dir, decoder_->config(), device_);
+        if (!a.ok()) {
+          return absl::Status(a.status().code(),
+                              absl::StrCat("init_adapter_dir: ", a.status().message()));
+        }
+        reference_adapter_ = *std::move(a);
+      }
     } else {
+      if (dpo_) {
+        // Full fine-tuning updates the weights in place: the reference is
+        // a second load of the starting ones.
+        model::DecoderOptions dopts;
+        dopts.device = device_;
+        dopts.dtype = at::kFloat;
+        absl::StatusOr<model::Decoder> ref = model::Decoder::Load(spec_.base_model_dir, dopts);
+        if (!ref.ok()) return ref.status();
+        reference_decoder_ = *std::move(ref);
+      }
       params_ = decoder_->Parameters();
       at::NoGradGuard no_grad;
       if (resume_) {
@@ -300,12 +374,57 @@ absl::Status Run::Setup() {
       state_.base_valid_loss = resume_->state.base_valid_loss;
       state_.base_valid_accuracy = resume_->state.base_valid_accuracy;
       state_.train_loss = resume_->state.train_loss;
+      state_.best_valid_loss = resume_->state.best_valid_loss;
+      state_.best_step = resume_->state.best_step;
+      state_.evals_since_best = resume_->state.evals_since_best;
     }
     return absl::OkStatus();
   });
 }
 
+DpoModels Run::Dpo(const model::LoraAdapter* policy_adapter) const {
+  DpoModels m;
+  m.policy = &*decoder_;
+  m.policy_adapter = model::AdapterChoice(policy_adapter);
+  m.reference = reference_decoder_ ? &*reference_decoder_ : &*decoder_;
+  m.reference_adapter =
+      model::AdapterChoice(reference_adapter_ ? &*reference_adapter_ : nullptr);
+  m.beta = spec_.dpo_beta;
+  return m;
+}
+
 absl::StatusOr<EvalResult> Run::Evaluate(const model::LoraAdapter* adapter) {
+  if (dpo_) {
+    return CatchTorch("evaluation", [&]() -> absl::StatusOr<EvalResult> {
+      at::NoGradGuard no_grad;
+      const int64_t chunk = h_.micro_batch_size > 0 ? h_.micro_batch_size : per_rank_batch_;
+      // loss, correct, pairs, margin, chosen, rejected
+      std::vector<double> v(6, 0.0);
+      for (int64_t i = 0; i < Units(*valid_); i += chunk) {
+        std::vector<int64_t> pairs;
+        for (int64_t k = i; k < std::min(Units(*valid_), i + chunk); ++k) pairs.push_back(k);
+        TF_ASSIGN_OR_RETURN(DpoBatchOutput out,
+                            DpoBatch(Dpo(adapter), *valid_, pairs, h_.max_sequence_length, false));
+        v[0] += out.loss.loss_sum.item<double>();
+        v[1] += static_cast<double>(out.loss.correct);
+        v[2] += static_cast<double>(out.loss.pairs);
+        v[3] += out.loss.margin_sum;
+        v[4] += out.loss.chosen_reward_sum;
+        v[5] += out.loss.rejected_reward_sum;
+      }
+      TF_RETURN_IF_ERROR(SumOverRanks(v));
+      EvalResult r;
+      r.tokens = static_cast<int64_t>(v[2]);
+      r.loss = r.tokens > 0 ? v[0] / v[2] : NAN;
+      r.accuracy = r.tokens > 0 ? v[1] / v[2] : NAN;
+      if (r.tokens > 0) {
+        r.metrics["reward_margin"] = v[3] / v[2];
+        r.metrics["chosen_reward"] = v[4] / v[2];
+        r.metrics["rejected_reward"] = v[5] / v[2];
+      }
+      return r;
+    });
+  }
   return CatchTorch("evaluation", [&]() -> absl::StatusOr<EvalResult> {
     at::NoGradGuard no_grad;
     EvalResult r;
@@ -351,30 +470,38 @@ absl::Status Run::TrainStep(int64_t step) {
     order_ = EpochOrder(global_n_, static_cast<uint64_t>(h_.seed), epoch);
     order_epoch_ = epoch;
   }
-  // The global batch, and the members of it that this rank holds.
+  // The global batch, and the members of it (examples, or pairs for DPO)
+  // that this rank holds.
   const int64_t begin = in_epoch * h_.batch_size;
   const int64_t end = std::min<int64_t>(global_n_, begin + h_.batch_size);
+  const int64_t local_units = Units(*train_);
   std::vector<int64_t> examples;
   for (int64_t i = begin; i < end; ++i) {
     const int64_t g = order_[static_cast<size_t>(i)];
-    if (g >= part_begin_ && g < part_begin_ + train_->size()) examples.push_back(g - part_begin_);
+    if (g >= part_begin_ && g < part_begin_ + local_units) examples.push_back(g - part_begin_);
   }
   int64_t step_trained = 0;
-  for (int64_t e : examples) step_trained += train_->at(e).trained;
+  for (int64_t e : examples) step_trained += UnitTrained(*train_, e);
+  // DPO: the loss is the mean over the step's pairs, on every rank.
+  int64_t step_pairs = static_cast<int64_t>(examples.size());
   if (spec_.world_size > 1) {
-    std::vector<double> v = {static_cast<double>(step_trained)};
+    std::vector<double> v = {static_cast<double>(step_trained), static_cast<double>(step_pairs)};
     TF_RETURN_IF_ERROR(SumOverRanks(v));
     step_trained = static_cast<int64_t>(v[0]);
+    step_pairs = static_cast<int64_t>(v[1]);
   }
   return CatchTorch("training step", [&]() -> absl::Status {
     // Dropout draws depend on (seed, step) only, so a resumed run draws the same.
     at::manual_seed(static_cast<uint64_t>(h_.seed) * 1000003ull + static_cast<uint64_t>(step));
     for (at::Tensor& p : params_) p.mutable_grad() = at::Tensor();
-    double loss_sum = 0;
+    // SFT: loss_sum over tokens (count = tokens). DPO: over pairs (count =
+    // pairs), with the margin and rewards summed beside.
+    double loss_sum = 0, margin_sum = 0, chosen_sum = 0, rejected_sum = 0;
     int64_t correct = 0, tokens = 0;
     step_real_tokens_ = 0;
     const std::vector<std::vector<int64_t>> micros =
-        SplitMicroBatches(*train_, examples, h_.micro_batch_size, h_.packing);
+        dpo_ ? SplitPairMicroBatches(*train_, examples, h_.micro_batch_size)
+             : SplitMicroBatches(*train_, examples, h_.micro_batch_size, h_.packing);
     // With several ranks the Reducer reduces the last backward of the step
     // (which carries the accumulated gradients) and averages over ranks, so
     // each rank's loss carries world_size.
@@ -383,10 +510,38 @@ absl::Status Run::TrainStep(int64_t step) {
     int64_t last_backward = -1;
     for (size_t i = 0; i < micros.size(); ++i) {
       int64_t t = 0;
-      for (int64_t e : micros[i]) t += train_->at(e).trained;
+      for (int64_t e : micros[i]) t += dpo_ ? 1 : train_->at(e).trained;
       if (t > 0) last_backward = static_cast<int64_t>(i);
     }
+    auto backward = [&](const at::Tensor& scaled, size_t i) -> absl::Status {
+      if (ddp && static_cast<int64_t>(i) == last_backward) {
+        TF_RETURN_IF_ERROR(coll_->PrepareSyncedBackward(scaled));
+        return SyncedBackward(scaled);
+      }
+      scaled.backward();
+      return absl::OkStatus();
+    };
     for (size_t i = 0; i < micros.size(); ++i) {
+      if (dpo_) {
+        if (micros[i].empty()) continue;
+        TF_ASSIGN_OR_RETURN(DpoBatchOutput out,
+                            DpoBatch(Dpo(lora_ ? &*lora_ : nullptr), *train_, micros[i],
+                                     h_.max_sequence_length, /*training=*/true,
+                                     h_.gradient_checkpointing));
+        real_tokens_ += out.real_tokens;
+        slots_ += out.slots;
+        step_real_tokens_ += out.real_tokens;
+        double scale = 1.0 / static_cast<double>(step_pairs);
+        if (ddp) scale *= world;
+        TF_RETURN_IF_ERROR(backward(out.loss.loss_sum * scale, i));
+        loss_sum += out.loss.loss_sum.item<double>();
+        correct += out.loss.correct;
+        tokens += out.loss.pairs;
+        margin_sum += out.loss.margin_sum;
+        chosen_sum += out.loss.chosen_reward_sum;
+        rejected_sum += out.loss.rejected_reward_sum;
+        continue;
+      }
       MicroBatch mb = MakeMicroBatch(*train_, micros[i], h_.packing, h_.max_sequence_length);
       real_tokens_ += mb.real_tokens;
       slots_ += mb.slots;
@@ -397,17 +552,12 @@ absl::Status Run::TrainStep(int64_t step) {
       fo.attention_mask = mb.attention_mask;
       fo.adapter = Adapter();
       fo.training = true;
+      fo.gradient_checkpointing = h_.gradient_checkpointing;
       TF_ASSIGN_OR_RETURN(model::Decoder::LossOutput out, decoder_->Loss(mb.input_ids, mb.labels, fo));
       // Normalised by the trained tokens of the whole step, not per micro-batch.
       double scale = static_cast<double>(out.tokens) / static_cast<double>(step_trained);
       if (ddp) scale *= world;
-      at::Tensor scaled = out.loss * scale;
-      if (ddp && static_cast<int64_t>(i) == last_backward) {
-        TF_RETURN_IF_ERROR(coll_->PrepareSyncedBackward(scaled));
-        TF_RETURN_IF_ERROR(SyncedBackward(scaled));
-      } else {
-        scaled.backward();
-      }
+      TF_RETURN_IF_ERROR(backward(out.loss * scale, i));
       loss_sum += out.loss.item<double>() * static_cast<double>(out.tokens);
       correct += out.correct;
       tokens += out.tokens;
@@ -421,16 +571,26 @@ absl::Status Run::TrainStep(int64_t step) {
         TF_RETURN_IF_ERROR(coll_->PrepareSyncedBackward(zero));
         TF_RETURN_IF_ERROR(SyncedBackward(zero));
       }
-      std::vector<double> v = {loss_sum, static_cast<double>(correct), static_cast<double>(tokens)};
+      std::vector<double> v = {loss_sum,   static_cast<double>(correct), static_cast<double>(tokens),
+                               margin_sum, chosen_sum,                    rejected_sum};
       TF_RETURN_IF_ERROR(SumOverRanks(v));
       loss_sum = v[0];
       correct = static_cast<int64_t>(v[1]);
       tokens = static_cast<int64_t>(v[2]);
+      margin_sum = v[3];
+      chosen_sum = v[4];
+      rejected_sum = v[5];
     }
     ClipGradNorm(params_, h_.max_grad_norm);
     optimizer_->Step(ScheduledLearningRate(h_, step, total_steps_));
     last_loss_ = tokens > 0 ? loss_sum / static_cast<double>(tokens) : NAN;
     last_accuracy_ = tokens > 0 ? static_cast<double>(correct) / static_cast<double>(tokens) : NAN;
+    last_metrics_.clear();
+    if (dpo_ && tokens > 0) {
+      last_metrics_["reward_margin"] = margin_sum / static_cast<double>(tokens);
+      last_metrics_["chosen_reward"] = chosen_sum / static_cast<double>(tokens);
+      last_metrics_["rejected_reward"] = rejected_sum / static_cast<double>(tokens);
+    }
     if (!std::isfinite(last_loss_) && tokens > 0) {
       return absl::InternalError(absl::StrCat("step ", step + 1, ": the loss is not finite (diverged)"));
     }
@@ -572,6 +732,74 @@ absl::Status Run::SumOverRanks(std::vector<double>& values) {
   return absl::OkStatus();
 }
 
+// Early stopping keeps the best validation loss and, on rank 0, the weights
+// that scored it under <checkpoint_root>/best/ (so a resumed run still has
+// them); the result is those weights. The counters live in the checkpoint's
+// trainer state, so a resume stops where an uninterrupted run would.
+absl::StatusOr<bool> Run::TrackBest(int64_t step, const EvalResult& r) {
+  if (h_.early_stopping_patience <= 0) return false;
+  if (std::isfinite(r.loss) && (!state_.best_valid_loss || r.loss < *state_.best_valid_loss)) {
+    state_.best_valid_loss = r.loss;
+    state_.best_step = step;
+    state_.evals_since_best = 0;
+    best_eval_ = r;
+    if (spec_.rank == 0) {
+      model::NamedTensors weights;
+      if (!lora_) {
+        for (size_t i = 0; i < params_.size(); ++i)
+          weights.emplace_back(absl::StrCat("param.", i), params_[i].detach());
+      }
+      TF_RETURN_IF_ERROR(WriteBestWeights(spec_.checkpoint_root, step, lora_ ? &*lora_ : nullptr,
+                                          weights, base_model_id_));
+    }
+    return false;
+  }
+  ++state_.evals_since_best;
+  return state_.evals_since_best >= h_.early_stopping_patience;
+}
+
+absl::Status Run::RestoreBest() {
+  if (h_.early_stopping_patience <= 0 || !state_.best_valid_loss) return absl::OkStatus();
+  // The contract's figures are the published model's.
+  if (best_eval_) {
+    last_eval_ = best_eval_;
+  } else if (last_eval_) {
+    last_eval_->loss = *state_.best_valid_loss;
+  }
+  if (spec_.rank != 0 || state_.best_step == state_.step) return absl::OkStatus();
+  absl::StatusOr<BestWeights> best = ReadBestWeights(spec_.checkpoint_root, decoder_->config(), device_);
+  if (!best.ok()) {
+    return absl::Status(best.status().code(),
+                        absl::StrCat("early stopping: the best weights (step ", state_.best_step,
+                                     "): ", best.status().message()));
+  }
+  if (best->step != state_.best_step) {
+    return absl::DataLossError(absl::StrCat("early stopping: ", spec_.checkpoint_root,
+                                            "/best holds step ", best->step, ", not the best step ",
+                                            state_.best_step));
+  }
+  Log(absl::StrCat("job=", spec_.job_id, " publishing the best weights (step ", best->step,
+                   ", valid loss ", *state_.best_valid_loss, ")"));
+  return CatchTorch("restoring the best weights", [&]() -> absl::Status {
+    if (lora_) {
+      if (!best->adapter) return absl::DataLossError("early stopping: the best weights are not an adapter");
+      lora_ = std::move(*best->adapter);
+      return absl::OkStatus();
+    }
+    if (best->weights.size() != params_.size())
+      return absl::DataLossError("early stopping: the best weights do not match the model");
+    at::NoGradGuard no_grad;
+    for (const auto& [name, t] : best->weights) {
+      size_t i = 0;
+      if (!absl::SimpleAtoi(absl::StripPrefix(name, "param."), &i) || i >= params_.size() ||
+          params_[i].sizes() != t.sizes())
+        return absl::DataLossError(absl::StrCat("early stopping: best weight ", name, " does not fit"));
+      params_[i].copy_(t);
+    }
+    return absl::OkStatus();
+  });
+}
+
 absl::StatusOr<WorkerOutcome> Run::Go() {
   TF_RETURN_IF_ERROR(ValidateWorkerSpec(spec_));
   TF_RETURN_IF_ERROR(Load());
@@ -594,8 +822,9 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
     state_.base_valid_loss = base.loss;
     state_.base_valid_accuracy = base.accuracy;
   }
-  auto eval = [&](int64_t step) -> absl::Status {
-    if (!valid_) return absl::OkStatus();
+  // Evaluates; true when early stopping ends the run here.
+  auto eval = [&](int64_t step) -> absl::StatusOr<bool> {
+    if (!valid_) return false;
     TF_ASSIGN_OR_RETURN(EvalResult r, Evaluate(lora_ ? &*lora_ : nullptr));
     last_eval_ = r;
     ReportEvent e;
@@ -604,8 +833,9 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
     e.epoch = static_cast<double>(step) / static_cast<double>(steps_per_epoch_);
     e.valid_loss = r.loss;
     e.valid_token_accuracy = r.accuracy;
+    e.metrics = r.metrics;
     Report(options_, e);
-    return absl::OkStatus();
+    return TrackBest(step, r);
   };
   Clock::time_point last_report = Clock::now();
   const Clock::time_point run_start = Clock::now();
@@ -634,6 +864,7 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
       const double elapsed = std::chrono::duration<double>(now - run_start).count();
       e.eta_seconds = elapsed / static_cast<double>(done - start) * static_cast<double>(total_steps_ - done);
       e.trained_tokens = state_.trained_tokens;
+      e.metrics = last_metrics_;
       Report(options_, e);
       last_report = now;
       tokens_since = 0;
@@ -641,11 +872,17 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
     const bool epoch_end = done % steps_per_epoch_ == 0;
     if (epoch_end || (h_.eval_interval_steps > 0 && done % h_.eval_interval_steps == 0) ||
         done == total_steps_) {
-      TF_RETURN_IF_ERROR(eval(done));
+      TF_ASSIGN_OR_RETURN(stopped_early_, eval(done));
     }
     if (epoch_end || (h_.checkpoint_interval_steps > 0 && done % h_.checkpoint_interval_steps == 0)) {
       TF_ASSIGN_OR_RETURN(last_checkpoint, SaveCheckpoint(done));
       last_checkpoint_step = done;
+    }
+    if (stopped_early_) {
+      Log(absl::StrCat("job=", spec_.job_id, " stopped early at step ", done, ": ",
+                       state_.evals_since_best, " evaluations without a better valid loss than ",
+                       *state_.best_valid_loss, " (step ", state_.best_step, ")"));
+      break;
     }
   }
   if (stop) {
@@ -661,6 +898,7 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
     Log(absl::StrCat("job=", spec_.job_id, " stopped at step ", state_.step));
     return WorkerOutcome{true, last_checkpoint};
   }
+  TF_RETURN_IF_ERROR(RestoreBest());
   TF_ASSIGN_OR_RETURN(std::string result, Publish());
   TF_RETURN_IF_ERROR(coll_->Barrier());  // the result exists before any rank says so
   ReportEvent e;
@@ -673,6 +911,13 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
     e.valid_token_accuracy = last_eval_->accuracy;
   }
   e.base_valid_loss = state_.base_valid_loss;
+  e.stopped_early = stopped_early_;
+  if (h_.early_stopping_patience > 0 && state_.best_valid_loss) {
+    e.valid_loss = *state_.best_valid_loss;  // the published model's
+    if (best_eval_) e.valid_token_accuracy = best_eval_->accuracy;
+    e.metrics["best_step"] = static_cast<double>(state_.best_step);
+    e.metrics["best_valid_loss"] = *state_.best_valid_loss;
+  }
   if (state_.base_valid_accuracy) e.metrics["base_valid_token_accuracy"] = *state_.base_valid_accuracy;
   if (slots_ > 0) e.metrics["padding_fraction"] = 1.0 - static_cast<double>(real_tokens_) / static_cast<double>(slots_);
   if (state_.train_loss) e.metrics["train_loss"] = *state_.train_loss;
