@@ -16,14 +16,6 @@ namespace {
 
 constexpr size_t kDownloadChunkBytes = 1 << 20;
 
-google::protobuf::Timestamp ToTimestamp(absl::Time t) {
-  google::protobuf::Timestamp ts;
-  int64_t us = absl::ToUnixMicros(t);
-  ts.set_seconds(us / 1000000);
-  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
-  return ts;
-}
-
 // Client-streaming upload: metadata first, then chunks. Each chunk is
 // written on the executor; the next read starts only when it is stored, so
 // memory stays at one chunk per upload whatever the file size.
@@ -63,7 +55,9 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
         absl::StatusOr<FileRecord> record = upload_->Commit();
         if (record.ok()) {
           ToProto(*record, response_);
-          if (processor_ != nullptr) processor_->Enqueue(*record);
+          // A retried upload (same request_id) returns a file already queued.
+          if (processor_ != nullptr && record->status == FileStatus::kUploaded)
+            processor_->Enqueue(*record);
           spdlog::info("file={} tenant={} bytes={} uploaded", record->id, record->tenant,
                        record->bytes);
         }
@@ -164,121 +158,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::FileChunk> {
   v1::FileChunk chunk_;
 };
 
-void SetDistribution(const Distribution& d, v1::Distribution* out) {
-  out->set_min(d.min);
-  out->set_mean(d.mean);
-  out->set_p50(d.p50);
-  out->set_p95(d.p95);
-  out->set_max(d.max);
-}
-
 }  // namespace
-
-void ToProto(const Analysis& a, v1::ValidationReport* out) {
-  out->set_valid(a.validation.valid());
-  for (const ValidationIssue& i : a.validation.issues) {
-    v1::ValidationIssue* p = out->add_issues();
-    p->set_severity(i.severity == IssueSeverity::kError ? v1::ISSUE_SEVERITY_ERROR
-                                                        : v1::ISSUE_SEVERITY_WARNING);
-    p->set_line(i.line);
-    p->set_field(i.field);
-    p->set_code(i.code);
-    p->set_message(i.message);
-  }
-  out->set_total_errors(a.validation.total_errors);
-  out->set_total_warnings(a.validation.total_warnings);
-  const DatasetStatistics& s = a.statistics;
-  v1::TokenStatistics* t = out->mutable_statistics();
-  t->set_examples(s.examples);
-  SetDistribution(s.messages_per_example, t->mutable_messages_per_example());
-  if (s.has_tokens) SetDistribution(s.tokens_per_example, t->mutable_tokens_per_example());
-  t->set_trained_tokens(s.trained_tokens);
-  t->set_total_tokens(s.total_tokens);
-  t->set_examples_missing_system(s.examples_missing_system);
-  t->set_examples_missing_user(s.examples_missing_user);
-  t->set_duplicate_examples(s.duplicate_examples);
-  t->set_examples_over_max_length(s.examples_over_max_length);
-  t->set_tokens_truncated(s.tokens_truncated);
-  for (int64_t line : s.over_max_length_lines) t->add_over_max_length_lines(line);
-  for (const auto& [label, count] : s.label_counts) (*t->mutable_label_counts())[label] = count;
-  out->set_trained_tokens_per_epoch(s.trained_tokens);
-}
-
-namespace {
-
-int64_t MinExamples(Purpose purpose) { return purpose == Purpose::kValidation ? 1 : 10; }
-
-// "3 errors; line 4 messages[0].role: ...; line 9: invalid JSON: ..."
-std::string SummarizeErrors(const ValidationSummary& v) {
-  std::string out = absl::StrCat(v.total_errors, v.total_errors == 1 ? " error" : " errors");
-  int shown = 0;
-  for (const ValidationIssue& i : v.issues) {
-    if (i.severity != IssueSeverity::kError || shown == 3) continue;
-    ++shown;
-    absl::StrAppend(&out, "; ", i.line > 0 ? absl::StrCat("line ", i.line) : "file",
-                    i.field.empty() ? "" : absl::StrCat(" ", i.field), ": ", i.message);
-  }
-  return out;
-}
-
-}  // namespace
-
-absl::Status FileProcessor::Process(const FileRecord& file) {
-  TF_RETURN_IF_ERROR(registry_->SetStatus(file.id, FileStatus::kProcessing, "", ""));
-  auto reader = registry_->OpenContent(Scope::Platform(), file.id, 0);
-  if (!reader.ok()) return reader.status();
-  AnalyzeOptions options;
-  if (file.format != 0) options.format = static_cast<DataFormat>(file.format);
-  options.min_examples = MinExamples(file.purpose);
-  absl::StatusOr<Analysis> analysis = Analyze(**reader, options);
-  if (!analysis.ok()) {
-    return registry_->SetStatus(file.id, FileStatus::kError,
-                                absl::StrCat("cannot read the file: ", analysis.status().message()),
-                                "");
-  }
-  v1::ValidationReport report;
-  report.set_file_id(file.id);
-  ToProto(*analysis, &report);
-  bool valid = analysis->validation.valid();
-  spdlog::info("file={} validated: {} examples, {} errors, {} warnings", file.id,
-               analysis->validation.examples, analysis->validation.total_errors,
-               analysis->validation.total_warnings);
-  return registry_->SetStatus(file.id, valid ? FileStatus::kProcessed : FileStatus::kError,
-                              valid ? "" : SummarizeErrors(analysis->validation),
-                              report.SerializeAsString());
-}
-
-void FileProcessor::Enqueue(const FileRecord& file) {
-  executor_->Submit([this, file] {
-    absl::Status s = Process(file);
-    if (!s.ok() && !absl::IsNotFound(s)) {
-      spdlog::warn("file={} validation failed: {}", file.id, s.ToString());
-    }
-  });
-}
-
-absl::Status FileProcessor::RecoverPending() {
-  TF_ASSIGN_OR_RETURN(std::vector<FileRecord> pending, registry_->PendingValidation());
-  for (const FileRecord& f : pending) Enqueue(f);
-  if (!pending.empty())
-    spdlog::info("re-validating {} file(s) a restart interrupted", pending.size());
-  return absl::OkStatus();
-}
-
-void ToProto(const FileRecord& r, v1::File* out) {
-  out->set_id(r.id);
-  out->set_filename(r.filename);
-  out->set_purpose(static_cast<v1::FilePurpose>(r.purpose));
-  out->set_bytes(r.bytes);
-  out->set_sha256(r.sha256);
-  out->set_status(static_cast<v1::FileStatus>(r.status));
-  out->set_status_details(r.status_details);
-  out->set_format(static_cast<v1::DataFormat>(r.format));
-  *out->mutable_created_at() = ToTimestamp(r.created_at);
-  if (!r.validation.empty()) out->mutable_validation()->ParseFromString(r.validation);
-  out->mutable_labels()->insert(r.labels.begin(), r.labels.end());
-  out->set_description(r.description);
-}
 
 grpc::ServerReadReactor<v1::UploadFileRequest>* DatasetServiceImpl::UploadFile(
     grpc::CallbackServerContext* context, v1::File* response) {
@@ -345,48 +225,23 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(grpc::CallbackServerC
   return rpc::RunOnExecutor(
       context, auth_.AuthenticateTenant(*context), executor_,
       [this, request, response](const rpc::Principal& caller) {
-        if (request->max_issues() < 0) {
-          return errors::InvalidField("max_issues", "max_issues must not be negative");
-        }
-        if (request->max_sequence_length() < 0) {
-          return errors::InvalidField("max_sequence_length", "max_sequence_length must not be negative");
-        }
-        if (request->epochs() < 0) return errors::InvalidField("epochs", "epochs must not be negative");
-        AnalyzeOptions options;
-        options.max_issues = request->max_issues() > 0 ? request->max_issues() : 100;
-        options.max_sequence_length = request->max_sequence_length();
+        ValidateRequest req;
+        req.file_id = request->file_id();
+        req.base_model = request->base_model();
+        req.max_sequence_length = request->max_sequence_length();
         if (request->format() != v1::DATA_FORMAT_UNSPECIFIED) {
-          options.format = static_cast<DataFormat>(request->format());
+          req.format = static_cast<DataFormat>(request->format());
         }
-        if (!request->base_model().empty()) {
-          if (tokenizers_ == nullptr) {
-            return absl::FailedPreconditionError(
-                absl::StrCat("token statistics need a base model's tokenizer, "
-                             "and this dataset service has no "
-                             "models configured (base_model '",
-                             request->base_model(), "')"));
-          }
-          absl::StatusOr<ModelTokenizer> tokenizer = tokenizers_->Get(request->base_model());
-          if (!tokenizer.ok()) return tokenizer.status();
-          options.token_counter = CountWith(tokenizer->tokenize);
-        }
-        absl::StatusOr<FileRecord> file = registry_->Get(caller.scope(), request->file_id());
-        if (!file.ok()) return file.status();
-        options.min_examples = MinExamples(file->purpose);
-        if (!options.format.has_value() && file->format != 0) {
-          options.format = static_cast<DataFormat>(file->format);
-        }
-        auto reader = registry_->OpenContent(caller.scope(), request->file_id(), 0);
-        if (!reader.ok()) return reader.status();
-        absl::StatusOr<Analysis> analysis = Analyze(**reader, options);
-        if (!analysis.ok()) return analysis.status();
-        response->set_file_id(file->id);
+        req.max_issues = request->max_issues();
+        req.epochs = request->epochs();
+        TF_ASSIGN_OR_RETURN(ValidateResult r,
+                            ValidateStoredFile(*registry_, tokenizers_, caller.scope(), req));
+        response->set_file_id(r.file.id);
         response->set_base_model(request->base_model());
         response->set_max_sequence_length(request->max_sequence_length());
-        ToProto(*analysis, response);
-        int epochs = request->epochs() > 0 ? request->epochs() : 1;
-        response->set_epochs(epochs);
-        response->set_estimated_trained_tokens(analysis->statistics.trained_tokens * epochs);
+        ToProto(r.analysis, response);
+        response->set_epochs(static_cast<int32_t>(r.epochs));
+        response->set_estimated_trained_tokens(r.estimated_trained_tokens);
         return absl::OkStatus();
       });
 }
@@ -404,8 +259,8 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::SplitFile(grpc::CallbackServerCont
                               ToProto(split->training, response->mutable_training_file());
                               ToProto(split->validation, response->mutable_validation_file());
                               if (processor_ != nullptr) {
-                                processor_->Enqueue(split->training);
-                                processor_->Enqueue(split->validation);
+                                for (const FileRecord* f : {&split->training, &split->validation})
+                                  if (f->status == FileStatus::kUploaded) processor_->Enqueue(*f);
                               }
                               spdlog::info("file={} split into {} and {}", request->file_id(),
                                            split->training.id, split->validation.id);
@@ -424,15 +279,6 @@ grpc::ServerWriteReactor<v1::FileChunk>* DatasetServiceImpl::GetFileContent(
   return new DownloadReactor(std::move(*reader), request->offset(), executor_);
 }
 
-TokenCounter CountWith(ExampleTokenizer tokenize) {
-  return [tokenize = std::move(tokenize)](const Example& ex) -> absl::StatusOr<TokenCount> {
-    TF_ASSIGN_OR_RETURN(TokenizedExample t, tokenize(ex));
-    TokenCount c;
-    c.total = static_cast<int64_t>(t.ids.size());
-    for (uint8_t m : t.loss_mask) c.trained += m ? 1 : 0;
-    return c;
-  };
-}
 
 namespace {
 

@@ -6,7 +6,9 @@
 #include "common/rpc/auth.h"
 #include "common/rpc/service_util.h"
 #include "services/dataset/analyzer.h"
+#include "services/dataset/file_processor.h"
 #include "services/dataset/file_registry.h"
+#include "services/dataset/proto_convert.h"
 #include "services/dataset/shards.h"
 #include "services/dataset/tokenizer_provider.h"
 #include "tunefleet/internal/v1/dataset_control.grpc.pb.h"
@@ -14,27 +16,6 @@
 #include "tunefleet/v1/files.grpc.pb.h"
 
 namespace tunefleet::dataset {
-
-// Counts through a tokenizer: all tokens, and those with loss.
-TokenCounter CountWith(ExampleTokenizer tokenize);
-
-// Validates every uploaded file in the background (uploaded -> processing ->
-// processed | error), and on start-up the files a restart interrupted.
-// Thread-safe.
-class FileProcessor {
- public:
-  FileProcessor(FileRegistry* registry, rpc::Executor* executor)
-      : registry_(registry), executor_(executor) {}
-  void Enqueue(const FileRecord& file);
-  // Re-enqueues files left unprocessed by a previous run.
-  absl::Status RecoverPending();
-  // Validates synchronously (runs on the caller's thread).
-  absl::Status Process(const FileRecord& file);
-
- private:
-  FileRegistry* registry_;
-  rpc::Executor* executor_;
-};
 
 class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
  public:
@@ -119,9 +100,5 @@ class DatasetControlServiceImpl final
   FileRegistry* registry_;
   rpc::Executor* executor_;
 };
-
-// Proto conversion.
-void ToProto(const FileRecord& record, v1::File* out);
-void ToProto(const Analysis& analysis, v1::ValidationReport* out);
 
 }  // namespace tunefleet::dataset

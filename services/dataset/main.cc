@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   }
   rpc::Executor executor(absl::GetFlag(FLAGS_io_threads));
   rpc::Authenticator auth(*keys);
-  dataset::FileProcessor processor(registry->get(), &executor);
+  dataset::FileProcessor processor(registry->get(), &dataset::EncodeReport);
   dataset::ModelDirTokenizerProvider tokenizers(absl::GetFlag(FLAGS_models_dir));
   dataset::DatasetServiceImpl files(&auth, registry->get(), &executor, &processor, &tokenizers);
   dataset::ShardServiceImpl shards(&auth, registry->get(), &executor, &tokenizers);

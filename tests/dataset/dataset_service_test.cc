@@ -69,7 +69,7 @@ class DatasetServiceTest : public ::testing::Test {
     auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
         absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
     executor_ = std::make_unique<rpc::Executor>(2);
-    processor_ = std::make_unique<FileProcessor>(registry_.get(), executor_.get());
+    processor_ = std::make_unique<FileProcessor>(registry_.get(), &EncodeReport);
     ASSERT_THAT(processor_->RecoverPending(), IsOk());
     service_ = std::make_unique<DatasetServiceImpl>(auth_.get(), registry_.get(), executor_.get(),
                                                     processor_.get(), &tokenizers_);
@@ -187,18 +187,11 @@ class DatasetServiceTest : public ::testing::Test {
     if (!s.ok()) return rpc::FromGrpcStatus(s);
     return out;
   }
-  // Polls GetFile until the automatic validation has finished.
+  // The file once the automatic validation has finished (an upload is
+  // queued for it before the upload call returns).
   absl::StatusOr<v1::File> WaitProcessed(const std::string& key, const std::string& id) {
-    absl::Time deadline = absl::Now() + absl::Seconds(30);
-    for (;;) {
-      auto f = Get(key, id);
-      if (!f.ok()) return f;
-      if (f->status() == v1::FILE_STATUS_PROCESSED || f->status() == v1::FILE_STATUS_ERROR) {
-        return f;
-      }
-      if (absl::Now() > deadline) return absl::DeadlineExceededError("still processing");
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    processor_->WaitUntilIdle();
+    return Get(key, id);
   }
   absl::StatusOr<v1::ValidationReport> ValidateFile(const std::string& key,
                                                     v1::ValidateFileRequest req) {

@@ -11,7 +11,7 @@
 #include "common/text/chat_template.h"
 #include "common/text/phi3_tokenizer_files.h"
 #include "common/text/tokenizer.h"
-#include "services/dataset/dataset_service.h"
+#include "services/dataset/file_processor.h"
 #include "services/dataset/model_tokenizers.h"
 #include "services/dataset/shards.h"
 #include "services/dataset/statistics.h"

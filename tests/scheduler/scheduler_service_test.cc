@@ -89,7 +89,7 @@ class SchedulerServiceTest : public ::testing::Test {
     ASSERT_THAT(registry, IsOk());
     registry_ = std::move(*registry);
     dataset_executor_ = std::make_unique<rpc::Executor>(2);
-    processor_ = std::make_unique<dataset::FileProcessor>(registry_.get(), dataset_executor_.get());
+    processor_ = std::make_unique<dataset::FileProcessor>(registry_.get(), &dataset::EncodeReport);
     files_ = std::make_unique<dataset::DatasetServiceImpl>(auth_.get(), registry_.get(),
                                                            dataset_executor_.get(), processor_.get());
     control_ = std::make_unique<dataset::DatasetControlServiceImpl>(auth_.get(), registry_.get(),
@@ -1012,6 +1012,135 @@ TEST_F(SchedulerServiceTest, WrongStateTableOverTheApi) {
       }
     }
   }
+}
+
+TEST_F(SchedulerServiceTest, NewHyperparametersMethodAndMemoryEstimateEndToEnd) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  // Each bad new field is named by its path, all in one answer.
+  v1::CreateJobRequest bad = JobRequest(file->id());
+  auto* bh = bad.mutable_hyperparameters();
+  bh->set_weight_decay(2);
+  bh->set_max_steps(-3);
+  bh->set_keep_checkpoints(0);
+  bh->set_early_stopping_patience(-1);
+  bh->set_micro_batch_size(0);
+  bh->set_lr_scheduler(static_cast<v1::LrScheduler>(7));
+  EXPECT_THAT(CreateJob(a_.key, bad),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::AllOf(HasSubstr("hyperparameters.weight_decay"),
+                                        HasSubstr("hyperparameters.max_steps"),
+                                        HasSubstr("hyperparameters.keep_checkpoints"),
+                                        HasSubstr("hyperparameters.early_stopping_patience"),
+                                        HasSubstr("hyperparameters.micro_batch_size"),
+                                        HasSubstr("hyperparameters.lr_scheduler"))));
+  // learning_rate and learning_rate_multiplier together: both named.
+  v1::CreateJobRequest both = JobRequest(file->id());
+  both.mutable_hyperparameters()->set_learning_rate(1e-4);
+  both.mutable_hyperparameters()->set_learning_rate_multiplier(2);
+  EXPECT_THAT(CreateJob(a_.key, both),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::AllOf(HasSubstr("hyperparameters.learning_rate:"),
+                                        HasSubstr("hyperparameters.learning_rate_multiplier:"))));
+  // DPO on a chat file is refused naming the file's format and the need.
+  v1::CreateJobRequest dpo = JobRequest(file->id());
+  dpo.mutable_method()->mutable_dpo()->set_beta(0.2);
+  EXPECT_THAT(CreateJob(a_.key, dpo),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::AllOf(HasSubstr("training_file"), HasSubstr(file->id()),
+                                        HasSubstr("DATA_FORMAT_CHAT"), HasSubstr("method dpo"),
+                                        HasSubstr("DATA_FORMAT_PREFERENCE"))));
+  dpo.mutable_method()->mutable_dpo()->set_beta(11);
+  EXPECT_THAT(CreateJob(a_.key, dpo),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("method.dpo.beta")));
+
+  // validate_only: the resolved values and the memory estimate, nothing created.
+  v1::CreateJobRequest req = JobRequest(file->id());
+  req.set_adapter(v1::ADAPTER_TYPE_FULL);
+  req.set_write_merged(true);
+  auto* h = req.mutable_hyperparameters();
+  h->set_learning_rate(3e-5);
+  h->set_max_steps(40);
+  h->set_gradient_checkpointing(true);
+  h->set_keep_checkpoints(3);
+  h->set_batch_size(2);
+  h->set_micro_batch_size(1);
+  req.set_validate_only(true);
+  auto preview = CreateJob(a_.key, req);
+  ASSERT_THAT(preview, IsOk());
+  EXPECT_TRUE(preview->id().empty());
+  EXPECT_EQ(preview->total_steps(), 40);  // 5 epochs x 10 steps = 50, capped at 40
+  EXPECT_TRUE(preview->method().has_supervised());
+  EXPECT_DOUBLE_EQ(preview->hyperparameters().learning_rate(), 3e-5);
+  EXPECT_DOUBLE_EQ(preview->hyperparameters().learning_rate_multiplier(), 3.0);
+  EXPECT_DOUBLE_EQ(preview->hyperparameters().weight_decay(), kFullWeightDecay);
+  const v1::MemoryEstimate& mem = preview->memory_estimate();
+  EXPECT_GT(mem.weights_bytes(), 0);
+  EXPECT_GT(mem.activations_bytes(), 0);
+  // Full fine-tuning: gradients as large as the fp32 weights, AdamW twice that.
+  EXPECT_EQ(mem.gradients_bytes(), mem.weights_bytes());
+  EXPECT_EQ(mem.optimizer_state_bytes(), 2 * mem.weights_bytes());
+  EXPECT_EQ(mem.total_bytes(), mem.weights_bytes() + mem.gradients_bytes() +
+                                   mem.optimizer_state_bytes() + mem.activations_bytes());
+  v1::ListJobsRequest lj;
+  auto none = Call(job_stub_.get(), &v1::JobService::Stub::ListJobs, a_.key, lj);
+  ASSERT_THAT(none, IsOk());
+  EXPECT_THAT(none->jobs(), IsEmpty());
+
+  // Created: GetJob reports every resolved value.
+  req.set_validate_only(false);
+  auto job = CreateJob(a_.key, req);
+  ASSERT_THAT(job, IsOk());
+  auto got = GetJob(a_.key, job->id());
+  ASSERT_THAT(got, IsOk());
+  const v1::Hyperparameters& g = got->hyperparameters();
+  EXPECT_EQ(got->adapter(), v1::ADAPTER_TYPE_FULL);
+  EXPECT_TRUE(got->write_merged());
+  EXPECT_TRUE(got->method().has_supervised());
+  EXPECT_EQ(got->memory_estimate().total_bytes(), mem.total_bytes());
+  EXPECT_EQ(g.lr_scheduler(), v1::LR_SCHEDULER_COSINE);
+  EXPECT_TRUE(g.has_packing() && g.packing());
+  EXPECT_TRUE(g.gradient_checkpointing());
+  EXPECT_EQ(g.keep_checkpoints(), 3);
+  EXPECT_TRUE(g.has_early_stopping_patience());
+  EXPECT_EQ(g.max_steps(), 40);
+  EXPECT_EQ(g.micro_batch_size(), 1);
+  EXPECT_EQ(g.checkpoint_interval_steps(), 4);
+
+  // The assignment carries the method, write_merged and the hyperparameters.
+  std::string node = RegisterNode("node-a", 1);
+  scheduler_->Tick(clock_.Now());
+  auto hb = Heartbeat(node);
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  const iv1::Assignment& a = hb->assignments(0);
+  EXPECT_TRUE(a.method().has_supervised());
+  EXPECT_TRUE(a.write_merged());
+  EXPECT_EQ(a.adapter(), v1::ADAPTER_TYPE_FULL);
+  EXPECT_EQ(a.total_steps(), 40);
+  EXPECT_EQ(a.hyperparameters().SerializeAsString(), g.SerializeAsString());
+}
+
+TEST_F(SchedulerServiceTest, BaseModelsSayWhatTheySupport) {
+  v1::GetModelRequest req;
+  req.set_model_id(kBase);
+  auto m = Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, req);
+  ASSERT_THAT(m, IsOk());
+  EXPECT_EQ(m->format(), "hf");
+  EXPECT_EQ(m->format_type(), v1::MODEL_FORMAT_HF);
+  const v1::ModelCapabilities& c = m->capabilities();
+  EXPECT_THAT(c.methods(), Contains("dpo"));
+  EXPECT_THAT(c.adapters(), Contains(v1::ADAPTER_TYPE_FULL));
+  EXPECT_EQ(c.min_gpus(), 1);
+  EXPECT_EQ(c.max_sequence_length(), 512);
+  bool found = false;
+  for (const auto& b : c.hyperparameters()) {
+    if (b.name() != "max_sequence_length") continue;
+    found = true;
+    EXPECT_EQ(b.max(), 512);
+    EXPECT_EQ(b.min(), 16);
+  }
+  EXPECT_TRUE(found);
 }
 
 TEST_F(SchedulerServiceTest, ValidationSplitMakesAndHoldsBothParts) {

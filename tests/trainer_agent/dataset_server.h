@@ -51,7 +51,7 @@ class DatasetServer {
     registry_ = std::move(*registry);
     auth_ = std::make_unique<rpc::Authenticator>(keys);
     executor_ = std::make_unique<rpc::Executor>(2);
-    processor_ = std::make_unique<dataset::FileProcessor>(registry_.get(), executor_.get());
+    processor_ = std::make_unique<dataset::FileProcessor>(registry_.get(), &dataset::EncodeReport);
     service_ = std::make_unique<dataset::DatasetServiceImpl>(
         auth_.get(), registry_.get(), executor_.get(), processor_.get(), &tokenizers_);
     shards_ = std::make_unique<dataset::ShardServiceImpl>(auth_.get(), registry_.get(),
