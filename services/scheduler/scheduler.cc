@@ -326,8 +326,10 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
                                                      " slots and the registered fleet has ", fleet));
     }
   }
-  // 2. The files, as the dataset service sees them for this tenant.
+  // 2. The method, then the files as the dataset service sees them for this
+  // tenant (their format must be the one the method trains on).
   const bool chat = req.task() != v1::TRAINING_TASK_CLASSIFICATION;
+  TF_ASSIGN_OR_RETURN(const v1::Method method, ResolveMethod(req.method(), req.task()));
   auto check_file = [&](const DatasetFile& f, const char* field, bool training) -> absl::Status {
     if (f.status != v1::FILE_STATUS_PROCESSED) {
       return errors::FieldError(field, absl::StrCat("file ", f.id, " is not processed (",
@@ -340,12 +342,12 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
           field, absl::StrCat("file ", f.id, " has purpose ", v1::FilePurpose_Name(f.purpose),
                        ", not fine-tune"));
     }
-    if (f.format != v1::DATA_FORMAT_UNSPECIFIED &&
-        f.format != (chat ? v1::DATA_FORMAT_CHAT : v1::DATA_FORMAT_CLASSIFICATION)) {
-      return errors::FieldError(field, absl::StrCat("file ", f.id, " is ",
-                                                     v1::DataFormat_Name(f.format), ", the ",
-                                                     chat ? "chat" : "classification",
-                                                     " task needs the matching format"));
+    const v1::DataFormat need = NeededFormat(method, req.task());
+    if (f.format != v1::DATA_FORMAT_UNSPECIFIED && f.format != need) {
+      return errors::FieldError(
+          field, absl::StrCat("file ", f.id, " is ", v1::DataFormat_Name(f.format), "; method ",
+                              MethodName(method), " with the ", chat ? "chat" : "classification",
+                              " task needs ", v1::DataFormat_Name(need)));
     }
     return absl::OkStatus();
   };
@@ -365,10 +367,15 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   if (req.has_validation_split()) {
     examples = std::max<int64_t>(1, examples - static_cast<int64_t>(examples * req.validation_split()));
   }
+  JobShape shape;
+  shape.adapter = req.adapter();
+  shape.task = chat ? v1::TRAINING_TASK_CHAT : v1::TRAINING_TASK_CLASSIFICATION;
+  shape.dpo = method.has_dpo();
+  shape.gpus = gpus;
+  shape.examples = examples;
+  shape.has_validation = has_valid || req.has_validation_split();
   TF_ASSIGN_OR_RETURN(ResolvedJob resolved,
-                      ResolveHyperparameters(req.hyperparameters(), req.adapter(), gpus, examples,
-                                             has_valid || req.has_validation_split(), *model,
-                                             job_id));
+                      ResolveHyperparameters(req.hyperparameters(), shape, *model, job_id));
   v1::Job job;
   job.set_base_model(req.base_model());
   job.set_training_file(train.id);
@@ -381,6 +388,12 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   job.set_gpus(gpus);
   job.set_priority(req.priority());
   job.set_total_steps(resolved.total_steps);
+  *job.mutable_method() = method;
+  job.set_write_merged(req.write_merged());
+  *job.mutable_labels() = req.labels();
+  job.set_description(req.description());
+  *job.mutable_memory_estimate() =
+      EstimateJobMemory(*model, job.adapter(), method, resolved.hyperparameters);
   job.set_trained_tokens(0);
   job.set_state(v1::JOB_STATE_VALIDATING_FILES);
   if (req.validate_only()) {
@@ -686,11 +699,15 @@ v1::Model Scheduler::BaseModelView(const BaseModel& m) {
   out.set_parameters(m.parameters);
   out.set_max_sequence_length(m.max_sequence_length);
   out.set_format("hf");
+  out.set_format_type(v1::MODEL_FORMAT_HF);
+  *out.mutable_capabilities() = CapabilitiesOf(m);
   return out;
 }
 
 v1::Model Scheduler::ModelView(const ModelRecord& m) {
   v1::Model out = m.model;
+  if (out.format_type() == v1::MODEL_FORMAT_UNSPECIFIED)  // recorded before format_type
+    out.set_format_type(out.format() == "merged" ? v1::MODEL_FORMAT_MERGED : v1::MODEL_FORMAT_LORA);
   out.clear_deployments();
   for (const auto& [id, d] : deployments_)
     if (d.deployment.model() == out.id() && d.tenant == m.tenant) out.add_deployments(id);
@@ -779,8 +796,12 @@ void Scheduler::RegisterResult(Txn& t, const std::string& job_id, const std::str
     m.model.set_parameters(base->parameters);
     m.model.set_max_sequence_length(base->max_sequence_length);
   }
-  m.model.set_format(j.job.adapter() == v1::ADAPTER_TYPE_FULL ? "merged" : "lora");
+  const bool full = j.job.adapter() == v1::ADAPTER_TYPE_FULL;
+  m.model.set_format(full ? "merged" : "lora");
+  m.model.set_format_type(full ? v1::MODEL_FORMAT_MERGED : v1::MODEL_FORMAT_LORA);
   *m.model.mutable_created_at() = ToTimestamp(t.now());
+  *m.model.mutable_labels() = j.job.labels();
+  m.model.set_description(j.job.description());
   t.batch().models.push_back(m);
   j.job.set_result_model(id);
 }
@@ -1448,6 +1469,9 @@ void Scheduler::PlaceLocked(Txn& t) {
         as.add_gpu_indices(g);
         as.set_tenant(j.tenant);
         as.set_total_steps(j.job.total_steps());
+        *as.mutable_method() = j.job.method();
+        if (!as.method().has_dpo()) as.mutable_method()->mutable_supervised();
+        as.set_write_merged(j.job.write_merged());
         t.AddAssignment(std::move(a));
       }
     }

@@ -1,6 +1,8 @@
 // The scheduler's pure parts (state table, queue, gang placement, the auto
 // hyperparameter rule) and its SQLite store, including a reopen.
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -9,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "services/scheduler/job_spec.h"
 #include "services/scheduler/job_state.h"
+#include "services/scheduler/memory_estimate.h"
 #include "services/scheduler/placement.h"
 #include "services/scheduler/scheduler_store.h"
 #include "tests/testing/status_matchers.h"
@@ -173,6 +176,281 @@ TEST(HyperparametersTest, AutoRuleAndRanges) {
   lora_on_full.set_lora_rank(4);
   EXPECT_THAT(ResolveHyperparameters(lora_on_full, v1::ADAPTER_TYPE_FULL, 1, 10, false, m, "j"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("hyperparameters.lora_rank")));
+}
+
+TEST(HyperparametersTest, NewFieldsAutoValuesAndTheirReport) {
+  BaseModel m{"tiny", "llama", 1000, 512};
+  JobShape shape;
+  shape.examples = 20;
+  auto r = ResolveHyperparameters({}, shape, m, "ftjob-x");
+  ASSERT_THAT(r, IsOk());
+  const auto& h = r->hyperparameters;
+  EXPECT_DOUBLE_EQ(h.weight_decay(), kLoraWeightDecay);
+  EXPECT_EQ(h.lr_scheduler(), v1::LR_SCHEDULER_COSINE);
+  EXPECT_TRUE(h.has_packing() && h.packing());
+  EXPECT_TRUE(h.has_gradient_checkpointing() && !h.gradient_checkpointing());
+  EXPECT_EQ(h.keep_checkpoints(), 2);
+  EXPECT_TRUE(h.has_early_stopping_patience());
+  EXPECT_EQ(h.early_stopping_patience(), 0);
+  EXPECT_TRUE(h.has_max_steps());
+  EXPECT_EQ(h.max_steps(), 0);
+  EXPECT_DOUBLE_EQ(h.learning_rate_multiplier(), 1.0);
+  EXPECT_EQ(h.micro_batch_size(), 1);
+  // Full fine-tuning, classification: 0.01 decay, no packing.
+  shape.adapter = v1::ADAPTER_TYPE_FULL;
+  shape.task = v1::TRAINING_TASK_CLASSIFICATION;
+  r = ResolveHyperparameters({}, shape, m, "ftjob-x");
+  ASSERT_THAT(r, IsOk());
+  EXPECT_DOUBLE_EQ(r->hyperparameters.weight_decay(), kFullWeightDecay);
+  EXPECT_FALSE(r->hyperparameters.packing());
+  // DPO: no packing.
+  shape = JobShape{};
+  shape.examples = 20;
+  shape.dpo = true;
+  r = ResolveHyperparameters({}, shape, m, "ftjob-x");
+  ASSERT_THAT(r, IsOk());
+  EXPECT_FALSE(r->hyperparameters.packing());
+  // Given values are kept; an absolute learning rate reports its multiplier;
+  // max_steps caps total_steps and the intervals follow the capped total.
+  shape = JobShape{};
+  shape.examples = 20;
+  shape.has_validation = true;
+  v1::Hyperparameters given;
+  given.set_learning_rate(1e-4);
+  given.set_weight_decay(0.1);
+  given.set_lr_scheduler(v1::LR_SCHEDULER_LINEAR);
+  given.set_max_steps(12);
+  given.set_packing(false);
+  given.set_gradient_checkpointing(true);
+  given.set_keep_checkpoints(5);
+  given.set_early_stopping_patience(3);
+  given.set_batch_size(4);
+  given.set_micro_batch_size(2);
+  r = ResolveHyperparameters(given, shape, m, "ftjob-x");
+  ASSERT_THAT(r, IsOk());
+  const auto& g = r->hyperparameters;
+  EXPECT_DOUBLE_EQ(g.learning_rate(), 1e-4);
+  EXPECT_DOUBLE_EQ(g.learning_rate_multiplier(), 0.5);  // 1e-4 / 2e-4
+  EXPECT_DOUBLE_EQ(g.weight_decay(), 0.1);
+  EXPECT_EQ(g.lr_scheduler(), v1::LR_SCHEDULER_LINEAR);
+  EXPECT_FALSE(g.packing());
+  EXPECT_TRUE(g.gradient_checkpointing());
+  EXPECT_EQ(g.keep_checkpoints(), 5);
+  EXPECT_EQ(g.early_stopping_patience(), 3);
+  EXPECT_EQ(g.micro_batch_size(), 2);
+  EXPECT_EQ(r->total_steps, 12);  // 5 epochs x 5 steps = 25, capped at 12
+  EXPECT_EQ(g.checkpoint_interval_steps(), 2);  // ceil(12 / 10)
+  EXPECT_EQ(g.eval_interval_steps(), 2);
+  // Caller-chosen intervals are kept.
+  given.set_checkpoint_interval_steps(7);
+  given.set_eval_interval_steps(0);
+  r = ResolveHyperparameters(given, shape, m, "ftjob-x");
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->hyperparameters.checkpoint_interval_steps(), 7);
+  EXPECT_EQ(r->hyperparameters.eval_interval_steps(), 0);
+}
+
+TEST(HyperparametersTest, EveryNewFieldOutOfRangeIsNamed) {
+  BaseModel m{"tiny", "llama", 1000, 512};
+  JobShape shape;
+  shape.examples = 20;
+  v1::Hyperparameters bad;
+  bad.set_learning_rate(0.5);
+  bad.set_weight_decay(1.5);
+  bad.set_lr_scheduler(static_cast<v1::LrScheduler>(9));
+  bad.set_max_steps(-1);
+  bad.set_keep_checkpoints(0);
+  bad.set_early_stopping_patience(-2);
+  bad.set_micro_batch_size(0);
+  bad.set_checkpoint_interval_steps(-1);
+  bad.set_eval_interval_steps(-1);
+  auto r = ResolveHyperparameters(bad, shape, m, "j");
+  for (const char* f : {"learning_rate: must be in (0, 0.1]", "weight_decay: must be in [0, 1]",
+                        "lr_scheduler", "max_steps: must be in [0,", "keep_checkpoints: must be in [1, 100]",
+                        "early_stopping_patience: must be in [0, 1000]",
+                        "micro_batch_size: must be in [1, 1024]", "checkpoint_interval_steps",
+                        "eval_interval_steps"}) {
+    EXPECT_THAT(r, StatusIs(absl::StatusCode::kInvalidArgument,
+                            HasSubstr(absl::StrCat("hyperparameters.", f))));
+  }
+  // learning_rate and its multiplier: both named.
+  v1::Hyperparameters both;
+  both.set_learning_rate(1e-4);
+  both.set_learning_rate_multiplier(2);
+  EXPECT_THAT(ResolveHyperparameters(both, shape, m, "j"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::AllOf(HasSubstr("hyperparameters.learning_rate: give"),
+                                        HasSubstr("hyperparameters.learning_rate_multiplier: give"),
+                                        HasSubstr("not both"))));
+  // micro_batch_size must divide batch_size / gpus.
+  v1::Hyperparameters micro;
+  micro.set_batch_size(8);
+  micro.set_micro_batch_size(3);
+  shape.gpus = 2;
+  EXPECT_THAT(ResolveHyperparameters(micro, shape, m, "j"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("hyperparameters.micro_batch_size: must divide batch_size / gpus = 4")));
+  shape.gpus = 1;
+  // Early stopping and step evaluations need validation data; packing needs
+  // supervised chat.
+  v1::Hyperparameters needs;
+  needs.set_early_stopping_patience(2);
+  needs.set_eval_interval_steps(5);
+  needs.set_packing(true);
+  shape.task = v1::TRAINING_TASK_CLASSIFICATION;
+  EXPECT_THAT(ResolveHyperparameters(needs, shape, m, "j"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::AllOf(
+                           HasSubstr("hyperparameters.early_stopping_patience: needs validation"),
+                           HasSubstr("hyperparameters.eval_interval_steps: needs validation"),
+                           HasSubstr("hyperparameters.packing: applies only to the chat task"))));
+  // LoRA-only fields on full fine-tuning.
+  v1::Hyperparameters targets;
+  targets.add_lora_target_modules("q_proj");
+  shape = JobShape{};
+  shape.adapter = v1::ADAPTER_TYPE_FULL;
+  EXPECT_THAT(ResolveHyperparameters(targets, shape, m, "j"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("hyperparameters.lora_target_modules")));
+}
+
+TEST(HyperparametersTest, BoundsTableIsWhatResolveChecksAndReports) {
+  BaseModel m{"tiny", "llama", 1000, 512};
+  v1::ModelCapabilities c = CapabilitiesOf(m);
+  EXPECT_THAT(c.methods(), ElementsAre("supervised", "dpo"));
+  EXPECT_EQ(c.min_gpus(), 1);
+  EXPECT_EQ(c.max_sequence_length(), 512);
+  // Every Hyperparameters field has a row, in field order.
+  const auto* desc = v1::Hyperparameters::descriptor();
+  ASSERT_EQ(c.hyperparameters_size(), desc->field_count());
+  for (int i = 0; i < desc->field_count(); ++i)
+    EXPECT_EQ(c.hyperparameters(i).name(), desc->field(i)->name());
+  v1::HyperparameterBounds keep = BoundsOf("keep_checkpoints", m);
+  EXPECT_EQ(keep.min(), 1);
+  EXPECT_EQ(keep.max(), 100);
+  EXPECT_EQ(keep.default_value(), 2);
+  v1::HyperparameterBounds len = BoundsOf("max_sequence_length", m);
+  EXPECT_EQ(len.max(), 512);
+  EXPECT_EQ(len.default_value(), 512);
+  // A value just past a bound is refused, the bound itself accepted.
+  JobShape shape;
+  shape.examples = 20;
+  v1::Hyperparameters h;
+  h.set_keep_checkpoints(static_cast<int32_t>(keep.max()));
+  EXPECT_THAT(ResolveHyperparameters(h, shape, m, "j"), IsOk());
+  h.set_keep_checkpoints(static_cast<int32_t>(keep.max()) + 1);
+  EXPECT_THAT(ResolveHyperparameters(h, shape, m, "j"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("keep_checkpoints")));
+}
+
+TEST(MethodTest, DpoBetaTaskAndFormat) {
+  v1::Method none;
+  auto m = ResolveMethod(none, v1::TRAINING_TASK_CHAT);
+  ASSERT_THAT(m, IsOk());
+  EXPECT_TRUE(m->has_supervised());
+  EXPECT_EQ(NeededFormat(*m, v1::TRAINING_TASK_CHAT), v1::DATA_FORMAT_CHAT);
+  EXPECT_EQ(NeededFormat(*m, v1::TRAINING_TASK_CLASSIFICATION), v1::DATA_FORMAT_CLASSIFICATION);
+  v1::Method dpo;
+  dpo.mutable_dpo();
+  m = ResolveMethod(dpo, v1::TRAINING_TASK_UNSPECIFIED);
+  ASSERT_THAT(m, IsOk());
+  EXPECT_DOUBLE_EQ(m->dpo().beta(), kDefaultDpoBeta);
+  EXPECT_EQ(NeededFormat(*m, v1::TRAINING_TASK_CHAT), v1::DATA_FORMAT_PREFERENCE);
+  EXPECT_EQ(MethodName(*m), "dpo");
+  dpo.mutable_dpo()->set_beta(10);
+  EXPECT_THAT(ResolveMethod(dpo, v1::TRAINING_TASK_CHAT), IsOk());
+  for (double beta : {0.0, -1.0, 10.5}) {
+    dpo.mutable_dpo()->set_beta(beta);
+    EXPECT_THAT(ResolveMethod(dpo, v1::TRAINING_TASK_CHAT),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("method.dpo.beta: must be in (0, 10]")));
+  }
+  dpo.mutable_dpo()->set_beta(0.5);
+  EXPECT_THAT(ResolveMethod(dpo, v1::TRAINING_TASK_CLASSIFICATION),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("task: method dpo needs the chat task")));
+}
+
+// The tiny Phi-3 of common/model/tiny_model.h: h 64, 2 layers, 4 heads and
+// 4 kv heads (d 16), I 128, V 32064, untied, fused qkv/gate_up.
+ModelShape TinyPhi3() {
+  ModelShape s;
+  s.hidden_size = 64;
+  s.num_layers = 2;
+  s.num_heads = 4;
+  s.num_kv_heads = 4;
+  s.head_dim = 16;
+  s.intermediate_size = 128;
+  s.vocab_size = 32064;
+  s.fused_projections = true;
+  return s;
+}
+
+TEST(MemoryEstimateTest, TinyPhi3ByHand) {
+  const ModelShape s = TinyPhi3();
+  // Per layer: 64*64 + 2*64*64 + 64*64 + 3*64*128 + 2*64 = 41088; x2 = 82176;
+  // + 64 (final norm) + 32064*64*2 (embeddings, lm_head) = 4186432.
+  EXPECT_EQ(CountParameters(s), 4186432);
+  // r 8 on qkv (64 -> 192), o (64 -> 64), gate_up (64 -> 256), down (128 -> 64):
+  // 8 * (256 + 128 + 320 + 192) = 7168 per layer, x2.
+  EXPECT_EQ(CountLoraParameters(s, 8, {}), 14336);
+  EXPECT_EQ(CountLoraParameters(s, 8, {"qkv_proj"}), 2 * 8 * 256);
+  EXPECT_EQ(CountLoraParameters(s, 8, {"nonexistent"}), 0);
+
+  // LoRA, supervised, micro 1 x 128 tokens, fp32, no checkpointing.
+  MemoryEstimateInput in;
+  in.shape = s;
+  in.lora_rank = 8;
+  in.micro_batch_size = 1;
+  in.sequence_length = 128;
+  v1::MemoryEstimate e = EstimateMemory(in);
+  EXPECT_EQ(e.weights_bytes(), 4186432 * 4 + 14336 * 4);  // 16803072
+  EXPECT_EQ(e.gradients_bytes(), 14336 * 4);
+  EXPECT_EQ(e.optimizer_state_bytes(), 14336 * 8);
+  // A = 4*64 + 2*64 + 2*64 + 2*4*128 + 4*128 = 2048; per token 2*A + 2*32064
+  // = 68224; x 128 tokens x 4 bytes.
+  EXPECT_EQ(e.activations_bytes(), 34930688);
+  EXPECT_EQ(e.total_bytes(), 51905792);
+
+  // Full DPO (a reference copy), gradient checkpointing, micro 2 x 64.
+  in.full = true;
+  in.dpo = true;
+  in.gradient_checkpointing = true;
+  in.micro_batch_size = 2;
+  in.sequence_length = 64;
+  e = EstimateMemory(in);
+  EXPECT_EQ(e.weights_bytes(), 2 * 4186432 * 4);
+  EXPECT_EQ(e.gradients_bytes(), 4186432 * 4);
+  EXPECT_EQ(e.optimizer_state_bytes(), 4186432 * 8);
+  // A = 256 + 128 + 128 + 2*4*64 + 512 = 1536; per token 2*64 + A + 2*32064
+  // = 65792; tokens 2 x 64 x 2 (pairs) = 256; x 4 bytes.
+  EXPECT_EQ(e.activations_bytes(), 67371008);
+  EXPECT_EQ(e.total_bytes(), 151099648);
+  // Checkpointing only ever lowers activations.
+  in.gradient_checkpointing = false;
+  EXPECT_GT(EstimateMemory(in).activations_bytes(), e.activations_bytes());
+}
+
+TEST(MemoryEstimateTest, CatalogReadsTheShapeFromConfigJson) {
+  testing::TempDir dir;
+  std::filesystem::create_directories(dir.Join("tiny-phi3"));
+  std::ofstream(dir.Join("tiny-phi3/config.json"))
+      << R"({"model_type":"phi3","hidden_size":64,"num_hidden_layers":2,)"
+         R"("num_attention_heads":4,"num_key_value_heads":4,"intermediate_size":128,)"
+         R"("vocab_size":32064,"max_position_embeddings":4096,"tie_word_embeddings":false})";
+  BaseModelCatalog catalog(dir.path());
+  auto m = catalog.Get("tiny-phi3");
+  ASSERT_THAT(m, IsOk());
+  EXPECT_EQ(m->shape.head_dim, 16);
+  EXPECT_TRUE(m->shape.fused_projections);
+  EXPECT_EQ(m->parameters, 4186432);
+  v1::Hyperparameters h;
+  h.set_lora_rank(8);
+  h.set_micro_batch_size(1);
+  h.set_max_sequence_length(128);
+  v1::Method sup;
+  sup.mutable_supervised();
+  EXPECT_EQ(EstimateJobMemory(*m, v1::ADAPTER_TYPE_LORA, sup, h).total_bytes(), 51905792);
 }
 
 TEST(SchedulerStoreTest, CommitsAndReopensWithNothingLost) {

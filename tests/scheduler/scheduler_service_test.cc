@@ -178,7 +178,8 @@ class SchedulerServiceTest : public ::testing::Test {
     return resp;
   }
 
-  absl::StatusOr<v1::File> UploadProcessed(const std::string& key, const std::string& content) {
+  absl::StatusOr<v1::File> UploadProcessed(const std::string& key, const std::string& content,
+                                           v1::DataFormat format = v1::DATA_FORMAT_UNSPECIFIED) {
     grpc::ClientContext ctx;
     rpc::PrepareContext(&ctx, key, absl::Seconds(30));
     v1::File file;
@@ -186,6 +187,7 @@ class SchedulerServiceTest : public ::testing::Test {
     v1::UploadFileRequest req;
     req.mutable_metadata()->set_filename("train.jsonl");
     req.mutable_metadata()->set_purpose(v1::FILE_PURPOSE_FINE_TUNE);
+    req.mutable_metadata()->set_format(format);
     writer->Write(req);
     req.set_chunk(content);
     writer->Write(req);
@@ -1015,7 +1017,8 @@ TEST_F(SchedulerServiceTest, WrongStateTableOverTheApi) {
 }
 
 TEST_F(SchedulerServiceTest, NewHyperparametersMethodAndMemoryEstimateEndToEnd) {
-  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  // Declared chat (File.format is the uploader's declaration).
+  auto file = UploadProcessed(a_.key, ChatJsonl(20), v1::DATA_FORMAT_CHAT);
   ASSERT_THAT(file, IsOk());
   // Each bad new field is named by its path, all in one answer.
   v1::CreateJobRequest bad = JobRequest(file->id());
