@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/ids.h"
 #include "common/base/status_macros.h"
+#include "common/rpc/stream_reactor.h"
 #include "services/dataset/splitter.h"
 
 namespace tunefleet::dataset {
@@ -117,45 +118,27 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadFileRequest
   std::unique_ptr<Upload> upload_;
 };
 
-// Server-streaming download in 1 MiB chunks, read on the executor.
-class DownloadReactor final : public grpc::ServerWriteReactor<v1::FileChunk> {
+// Server-streaming download in 1 MiB chunks, read on the executor (the
+// shared pull reactor: one chunk in memory per download).
+class DownloadReactor final : public rpc::PullWriteReactor<v1::FileChunk> {
  public:
   DownloadReactor(std::unique_ptr<store::ArtifactReader> reader, int64_t offset,
                   rpc::Executor* executor)
-      : reader_(std::move(reader)), offset_(offset), executor_(executor) {
-    Next();
+      : PullWriteReactor(executor), reader_(std::move(reader)), offset_(offset) {
+    Start();
   }
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
-    }
-    Next();
-  }
-  void OnDone() override { delete this; }
 
  private:
-  void Next() {
-    executor_->Submit([this] {
-      absl::StatusOr<std::string> data = reader_->Read(kDownloadChunkBytes);
-      if (!data.ok()) {
-        Finish(rpc::ToGrpcStatus(data.status()));
-        return;
-      }
-      if (data->empty()) {
-        Finish(grpc::Status::OK);
-        return;
-      }
-      chunk_.set_offset(offset_);
-      offset_ += static_cast<int64_t>(data->size());
-      *chunk_.mutable_data() = std::move(*data);
-      StartWrite(&chunk_);
-    });
+  absl::StatusOr<rpc::Pulled> Pull(v1::FileChunk* chunk) override {
+    TF_ASSIGN_OR_RETURN(std::string data, reader_->Read(kDownloadChunkBytes));
+    if (data.empty()) return rpc::Pulled::kEnd;
+    chunk->set_offset(offset_);
+    offset_ += static_cast<int64_t>(data.size());
+    *chunk->mutable_data() = std::move(data);
+    return rpc::Pulled::kMessage;
   }
   std::unique_ptr<store::ArtifactReader> reader_;
   int64_t offset_;
-  rpc::Executor* executor_;
-  v1::FileChunk chunk_;
 };
 
 }  // namespace

@@ -2,104 +2,67 @@
 
 #include "services/scheduler/scheduler_service.h"
 #include "common/errors/error_details.h"
+#include "common/base/status_macros.h"
+#include "common/rpc/stream_reactor.h"
 
 namespace tunefleet::scheduler {
 namespace {
 
-// StreamJobEvents: replays the job's events after `after_sequence`, then
-// follows. Backpressure: one write in flight; events are pulled from the
-// job's history in pages of kPage when the previous page is written, so a
-// slow client holds at most one page here however many events arrive; a bus
-// wake only says "look again". Ends with OK once the job is over and every
-// event is sent.
-class JobEventsReactor final : public grpc::ServerWriteReactor<v1::JobEvent>, public Watcher {
+// StreamJobEvents on the shared pull reactor: replays the job's events
+// after `after_sequence`, then follows. Events are read from the job's
+// history (on the executor) in pages of kPage when the previous page is
+// written, so a slow client holds at most one page here however many events
+// arrive; a bus wake only says "look again". Ends with OK once the job is
+// over and every event is sent.
+class JobEventsReactor final : public rpc::PullWriteReactor<v1::JobEvent>, public Watcher {
  public:
   static constexpr int kPage = 64;
 
-  JobEventsReactor(Scheduler* scheduler, std::string tenant, std::string job_id, int64_t after)
-      : scheduler_(scheduler),
+  JobEventsReactor(Scheduler* scheduler, rpc::Executor* executor, std::string tenant,
+                   std::string job_id, int64_t after)
+      : PullWriteReactor(executor),
+        scheduler_(scheduler),
         tenant_(std::move(tenant)),
         job_id_(std::move(job_id)),
         topic_(JobTopic(job_id_)),
         last_(after) {
     absl::Status s = scheduler_->bus().Subscribe(topic_, this);
-    absl::MutexLock lock(&mu_);
+    subscribed_ = s.ok();
     if (!s.ok()) {
-      FinishLocked(rpc::ToGrpcStatus(s));
+      Fail(s);
       return;
     }
-    PumpLocked();
+    Start();
   }
 
-  void Wake() override {
-    absl::MutexLock lock(&mu_);
-    PumpLocked();
-  }
-
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
-      return;
-    }
-    last_ = buffer_.front().sequence();
-    buffer_.pop_front();
-    PumpLocked();
-  }
-
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (!writing_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-  }
-
-  void OnDone() override {
-    scheduler_->bus().Unsubscribe(topic_, this);
-    delete this;
-  }
+  void Wake() override { PullWriteReactor::Wake(); }
 
  private:
-  void FinishLocked(const grpc::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
-    finished_ = true;
-    Finish(s);
-  }
-
-  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || writing_) return;
-    if (cancelled_) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-      return;
-    }
-    if (buffer_.empty()) {
+  // Runs one at a time (the base's rule), so the page needs no lock.
+  absl::StatusOr<rpc::Pulled> Pull(v1::JobEvent* out) override {
+    if (page_.empty()) {
       bool done = false;
-      absl::StatusOr<std::vector<v1::JobEvent>> events =
-          scheduler_->JobEvents(tenant_, job_id_, last_, kPage, &done);
-      if (!events.ok()) {
-        FinishLocked(rpc::ToGrpcStatus(events.status()));
-        return;
-      }
-      for (auto& e : *events) buffer_.push_back(std::move(e));
-      if (buffer_.empty()) {
-        if (done) FinishLocked(grpc::Status::OK);
-        return;  // wait for a wake
-      }
+      TF_ASSIGN_OR_RETURN(std::vector<v1::JobEvent> events,
+                          scheduler_->JobEvents(tenant_, job_id_, last_, kPage, &done));
+      for (auto& e : events) page_.push_back(std::move(e));
+      if (page_.empty()) return done ? rpc::Pulled::kEnd : rpc::Pulled::kWait;
     }
-    writing_ = true;
-    StartWrite(&buffer_.front());
+    *out = std::move(page_.front());
+    page_.pop_front();
+    last_ = out->sequence();
+    return rpc::Pulled::kMessage;
+  }
+  void Cleanup() override {
+    if (subscribed_) scheduler_->bus().Unsubscribe(topic_, this);
   }
 
   Scheduler* const scheduler_;
   const std::string tenant_;
   const std::string job_id_;
   const std::string topic_;
-  absl::Mutex mu_;
-  int64_t last_ ABSL_GUARDED_BY(mu_);
-  std::deque<v1::JobEvent> buffer_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool subscribed_ = false;
+  int64_t last_;
+  std::deque<v1::JobEvent> page_;
 };
 
 }  // namespace
@@ -166,7 +129,7 @@ grpc::ServerWriteReactor<v1::JobEvent>* JobServiceImpl::StreamJobEvents(
     return new rpc::RejectedWriteReactor<v1::JobEvent>(
         errors::FieldError("after_sequence", "must not be negative"));
   }
-  return new JobEventsReactor(scheduler_, caller->tenant, request->job_id(),
+  return new JobEventsReactor(scheduler_, executor_, caller->tenant, request->job_id(),
                               request->after_sequence());
 }
 
