@@ -265,57 +265,48 @@ grpc::ServerWriteReactor<v1::FileChunk>* DatasetServiceImpl::GetFileContent(
 
 namespace {
 
-// Streams a rank's part of a shard set; each batch is read on the executor.
-// Created at once, started from the executor when the streamer is open
-// (gRPC queues operations issued before it binds the reactor).
-class ShardReactor final : public grpc::ServerWriteReactor<internal::v1::ShardChunk> {
+// Streams a rank's part of a shard set on the shared pull reactor. Opening
+// (the manifest and three positioned readers; resuming at an offset hashes
+// the skipped examples) happens in the first pull, on the executor like
+// every batch read.
+class ShardReactor final : public rpc::PullWriteReactor<internal::v1::ShardChunk> {
  public:
-  explicit ShardReactor(rpc::Executor* executor) : executor_(executor) {}
-  void Start(absl::StatusOr<std::unique_ptr<ShardStreamer>> streamer) {
-    if (!streamer.ok()) {
-      Finish(rpc::ToGrpcStatus(streamer.status()));
-      return;
-    }
-    streamer_ = *std::move(streamer);
-    Next();
+  ShardReactor(store::ArtifactStore* store, internal::v1::StreamShardRequest request,
+               int64_t batch_tokens, rpc::Executor* executor)
+      : PullWriteReactor(executor),
+        store_(store),
+        request_(std::move(request)),
+        batch_tokens_(batch_tokens) {
+    Start();
   }
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
-    }
-    if (last_) {
-      Finish(grpc::Status::OK);
-      return;
-    }
-    Next();
-  }
-  void OnDone() override { delete this; }
 
  private:
-  void Next() {
-    executor_->Submit([this] {
-      absl::StatusOr<ShardBatch> batch = streamer_->Next();
-      if (!batch.ok()) {
-        Finish(rpc::ToGrpcStatus(batch.status()));
-        return;
-      }
-      chunk_.Clear();
-      chunk_.set_first_example(batch->first_example);
-      *chunk_.mutable_token_ids() = {batch->token_ids.begin(), batch->token_ids.end()};
-      chunk_.set_loss_mask(std::move(batch->loss_mask));
-      *chunk_.mutable_example_lengths() = {batch->example_lengths.begin(),
-                                           batch->example_lengths.end()};
-      chunk_.set_running_sha256(batch->running_sha256);
-      chunk_.set_last(batch->last);
-      chunk_.set_pairs(batch->pairs);
-      last_ = batch->last;
-      StartWrite(&chunk_);
-    });
+  absl::StatusOr<rpc::Pulled> Pull(internal::v1::ShardChunk* chunk) override {
+    if (last_) return rpc::Pulled::kEnd;
+    if (streamer_ == nullptr) {
+      TF_ASSIGN_OR_RETURN(streamer_,
+                          ShardStreamer::Open(*store_, request_.shard_set_id(), request_.rank(),
+                                              request_.world_size(), request_.example_offset(),
+                                              batch_tokens_));
+    }
+    TF_ASSIGN_OR_RETURN(ShardBatch batch, streamer_->Next());
+    chunk->Clear();
+    chunk->set_first_example(batch.first_example);
+    *chunk->mutable_token_ids() = {batch.token_ids.begin(), batch.token_ids.end()};
+    chunk->set_loss_mask(std::move(batch.loss_mask));
+    *chunk->mutable_example_lengths() = {batch.example_lengths.begin(),
+                                         batch.example_lengths.end()};
+    chunk->set_running_sha256(batch.running_sha256);
+    chunk->set_last(batch.last);
+    chunk->set_pairs(batch.pairs);
+    last_ = batch.last;
+    return rpc::Pulled::kMessage;
   }
+
+  store::ArtifactStore* const store_;
+  const internal::v1::StreamShardRequest request_;
+  const int64_t batch_tokens_;
   std::unique_ptr<ShardStreamer> streamer_;
-  rpc::Executor* executor_;
-  internal::v1::ShardChunk chunk_;
   bool last_ = false;
 };
 
@@ -370,15 +361,7 @@ grpc::ServerWriteReactor<internal::v1::ShardChunk>* ShardServiceImpl::StreamShar
     return new Rejected(errors::InvalidField(
         "shard_set_id", absl::StrCat("shard_set_id '", request->shard_set_id(), "' is not a shard set id")));
   }
-  // Opening reads the manifest and positions three readers (a few small
-  // reads); resuming at an offset hashes the skipped examples, so that
-  // part runs on the executor too.
-  auto* reactor = new ShardReactor(executor_);
-  executor_->Submit([this, reactor, req = *request] {
-    reactor->Start(ShardStreamer::Open(registry_->artifacts(), req.shard_set_id(), req.rank(),
-                                       req.world_size(), req.example_offset(), batch_tokens_));
-  });
-  return reactor;
+  return new ShardReactor(&registry_->artifacts(), *request, batch_tokens_, executor_);
 }
 
 grpc::ServerUnaryReactor* DatasetControlServiceImpl::HoldFile(
