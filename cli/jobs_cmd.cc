@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -27,13 +28,16 @@ struct JobsArgs {
   ClientFlags flags;
   std::string job_id;
   // create
-  std::string model, training_file, validation_file, method = "lora", task = "chat", suffix,
-      request_id;
+  std::string model, training_file, validation_file, method = "supervised", adapter = "lora",
+      task = "chat", suffix, request_id, lr_scheduler, packing;
   double validation_split = 0;
   int epochs = 0, batch_size = 0, lora_rank = 0, max_seq_len = 0, gpus = 0, priority = 0;
-  double lr_multiplier = 0, lora_alpha = 0, lora_dropout = -1, warmup_ratio = -1;
-  int64_t seed = -1;
-  bool follow = false;
+  int micro_batch_size = 0, keep_checkpoints = 0, early_stopping_patience = -1;
+  double lr_multiplier = 0, learning_rate = 0, lora_alpha = 0, lora_dropout = -1,
+         warmup_ratio = -1, weight_decay = -1, dpo_beta = 0;
+  int64_t seed = -1, max_steps = -1, checkpoint_interval = -1, eval_interval = -1;
+  bool follow = false, gradient_checkpointing = false, write_merged = false,
+       validate_only = false;
   // list
   std::string states;
   // metrics
@@ -60,6 +64,31 @@ void PrintJobRow(const v1::Job& j) {
                                j.result_model());
 }
 
+std::string EnumName(const std::string& name, absl::string_view prefix) {
+  return absl::AsciiStrToLower(absl::StartsWith(name, prefix) ? name.substr(prefix.size()) : name);
+}
+
+std::string AdapterName(v1::AdapterType a) {
+  return a == v1::ADAPTER_TYPE_FULL ? "full" : "lora";
+}
+
+// "supervised" or "dpo beta=0.1".
+std::string MethodText(const v1::Method& m) {
+  if (m.has_dpo()) return absl::StrFormat("dpo beta=%g", m.dpo().beta());
+  return "supervised";
+}
+
+std::string Bytes(int64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(b, " B") : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
 void PrintJob(const v1::Job& j, const std::vector<double>& losses) {
   const auto& h = j.hyperparameters();
   std::cout << "job            " << j.id() << "\n"
@@ -68,15 +97,38 @@ void PrintJob(const v1::Job& j, const std::vector<double>& losses) {
             << "training file  " << j.training_file() << "\n"
             << "validation     " << (j.validation_file().empty() ? "-" : j.validation_file())
             << "\n"
-            << "method / task  " << absl::AsciiStrToLower(v1::AdapterType_Name(j.adapter()))
-            << " / " << absl::AsciiStrToLower(v1::TrainingTask_Name(j.task())) << "\n"
+            << "adapter        " << AdapterName(j.adapter())
+            << (j.write_merged() ? " (+ merged weights)" : "") << "\n"
+            << "method         " << MethodText(j.method()) << "\n"
+            << "task           " << EnumName(v1::TrainingTask_Name(j.task()), "TRAINING_TASK_")
+            << "\n"
             << absl::StrFormat(
-                   "hyperparameters epochs %d, batch %d, lr multiplier %g, lora r=%d alpha=%g "
-                   "dropout %g, max length %d, seed %d\n",
-                   h.epochs(), h.batch_size(), h.learning_rate_multiplier(), h.lora_rank(),
-                   h.lora_alpha(), h.lora_dropout(), h.max_sequence_length(), h.seed())
+                   "hyperparameters epochs %d, batch %d (micro %d), lr %.3g (x%g, %s, warmup %g, "
+                   "weight decay %g), max steps %d, max length %d, seed %d\n",
+                   h.epochs(), h.batch_size(), h.micro_batch_size(), h.learning_rate(),
+                   h.learning_rate_multiplier(),
+                   EnumName(v1::LrScheduler_Name(h.lr_scheduler()), "LR_SCHEDULER_"),
+                   h.warmup_ratio(), h.weight_decay(), h.max_steps(), h.max_sequence_length(),
+                   h.seed())
+            << (j.adapter() == v1::ADAPTER_TYPE_FULL
+                    ? std::string()
+                    : absl::StrFormat("lora           r=%d alpha=%g dropout %g\n", h.lora_rank(),
+                                      h.lora_alpha(), h.lora_dropout()))
+            << absl::StrFormat(
+                   "schedule       packing %s, gradient checkpointing %s, checkpoint every %d, "
+                   "eval every %d, keep %d, early stopping patience %d\n",
+                   h.packing() ? "on" : "off", h.gradient_checkpointing() ? "on" : "off",
+                   h.checkpoint_interval_steps(), h.eval_interval_steps(), h.keep_checkpoints(),
+                   h.early_stopping_patience())
             << "steps          " << j.completed_steps() << " / " << j.total_steps() << "\n"
             << "trained tokens " << j.trained_tokens() << "\n";
+  if (j.has_memory_estimate()) {
+    const auto& m = j.memory_estimate();
+    std::cout << "memory / rank  " << Bytes(m.total_bytes()) << " (weights "
+              << Bytes(m.weights_bytes()) << ", gradients " << Bytes(m.gradients_bytes())
+              << ", optimizer " << Bytes(m.optimizer_state_bytes()) << ", activations "
+              << Bytes(m.activations_bytes()) << ")\n";
+  }
   if (j.state() == v1::JOB_STATE_QUEUED) std::cout << "queue position " << j.queue_position() << "\n";
   if (!j.result_model().empty()) std::cout << "result model   " << j.result_model() << "\n";
   if (!j.error().message().empty()) {
@@ -242,13 +294,26 @@ int Run(JobsArgs& a, const std::string& verb) {
     req.set_training_file(a.training_file);
     req.set_validation_file(a.validation_file);
     if (a.validation_split > 0) req.set_validation_split(a.validation_split);
-    if (a.method == "lora") {
+    if (a.adapter == "lora") {
       req.set_adapter(v1::ADAPTER_TYPE_LORA);
-    } else if (a.method == "full") {
+    } else if (a.adapter == "full") {
       req.set_adapter(v1::ADAPTER_TYPE_FULL);
     } else {
       return Fail(absl::InvalidArgumentError(
-          absl::StrCat("--method must be lora or full, not '", a.method, "'")));
+          absl::StrCat("--adapter must be lora or full, not '", a.adapter, "'")));
+    }
+    if (a.method == "supervised") {
+      if (a.dpo_beta != 0) {
+        return Fail(absl::InvalidArgumentError("--dpo-beta applies only to --method dpo"));
+      }
+      req.mutable_method()->mutable_supervised();
+    } else if (a.method == "dpo") {
+      if (a.dpo_beta != 0) req.mutable_method()->mutable_dpo()->set_beta(a.dpo_beta);
+      else req.mutable_method()->mutable_dpo();
+    } else {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--method must be supervised or dpo, not '", a.method, "'",
+          a.method == "lora" || a.method == "full" ? " (the adapter is --adapter)" : "")));
     }
     if (a.task == "chat") {
       req.set_task(v1::TRAINING_TASK_CHAT);
@@ -268,6 +333,33 @@ int Run(JobsArgs& a, const std::string& verb) {
     if (a.warmup_ratio >= 0) h->set_warmup_ratio(a.warmup_ratio);
     if (a.max_seq_len > 0) h->set_max_sequence_length(a.max_seq_len);
     if (a.seed >= 0) h->set_seed(a.seed);
+    if (a.learning_rate != 0) h->set_learning_rate(a.learning_rate);
+    if (a.micro_batch_size != 0) h->set_micro_batch_size(a.micro_batch_size);
+    if (a.weight_decay >= 0) h->set_weight_decay(a.weight_decay);
+    if (!a.lr_scheduler.empty()) {
+      v1::LrScheduler sch;
+      if (!v1::LrScheduler_Parse(absl::StrCat("LR_SCHEDULER_", absl::AsciiStrToUpper(a.lr_scheduler)),
+                                 &sch) ||
+          sch == v1::LR_SCHEDULER_UNSPECIFIED) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat(
+            "--lr-scheduler must be cosine, linear or constant, not '", a.lr_scheduler, "'")));
+      }
+      h->set_lr_scheduler(sch);
+    }
+    if (a.max_steps >= 0) h->set_max_steps(a.max_steps);
+    if (a.packing == "true" || a.packing == "false") {
+      h->set_packing(a.packing == "true");
+    } else if (!a.packing.empty()) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--packing must be true or false, not '", a.packing, "'")));
+    }
+    if (a.gradient_checkpointing) h->set_gradient_checkpointing(true);
+    if (a.keep_checkpoints != 0) h->set_keep_checkpoints(a.keep_checkpoints);
+    if (a.early_stopping_patience >= 0) h->set_early_stopping_patience(a.early_stopping_patience);
+    if (a.checkpoint_interval >= 0) h->set_checkpoint_interval_steps(a.checkpoint_interval);
+    if (a.eval_interval >= 0) h->set_eval_interval_steps(a.eval_interval);
+    req.set_write_merged(a.write_merged);
+    req.set_validate_only(a.validate_only);
     req.set_suffix(a.suffix);
     req.set_gpus(a.gpus);
     req.set_priority(a.priority);
@@ -275,7 +367,7 @@ int Run(JobsArgs& a, const std::string& verb) {
     auto job = Call<JobService>(*endpoint, &JobService::Stub::CreateJob, req);
     if (!job.ok()) return Fail(job.status());
     show(*job);
-    if (a.follow) return Follow(*endpoint, job->id());
+    if (a.follow && !a.validate_only) return Follow(*endpoint, job->id());
     return 0;
   }
   if (verb == "list") {
@@ -424,12 +516,33 @@ void AddJobsCommands(CLI::App* app, int* exit_code) {
   create->add_option("--validation-file", a->validation_file, "file-… (optional)");
   create->add_option("--validation-split", a->validation_split,
                      "Split this fraction off the training file for validation");
-  create->add_option("--method", a->method, "lora or full")->capture_default_str();
+  create->add_option("--method", a->method, "supervised or dpo")->capture_default_str();
+  create->add_option("--adapter", a->adapter, "lora or full")->capture_default_str();
+  create->add_option("--dpo-beta", a->dpo_beta, "DPO's beta, in (0, 10] (default: auto 0.1)");
+  create->add_flag("--write-merged", a->write_merged, "Also write merged Hugging Face weights");
+  create->add_flag("--validate-only", a->validate_only,
+                   "Check and show the resolved job (memory estimate too) without creating it");
   create->add_option("--task", a->task, "chat or classification")->capture_default_str();
   create->add_option("--epochs", a->epochs, "Epochs (default: auto)");
   create->add_option("--batch-size", a->batch_size, "Examples per step (default: auto)");
   create->add_option("--learning-rate-multiplier", a->lr_multiplier,
-                     "Times the method's base learning rate (default: auto)");
+                     "Times the adapter's base learning rate (default: auto)");
+  create->add_option("--learning-rate", a->learning_rate,
+                     "Absolute peak learning rate (instead of the multiplier)");
+  create->add_option("--micro-batch-size", a->micro_batch_size,
+                     "Examples per rank per forward pass; must divide batch / gpus");
+  create->add_option("--weight-decay", a->weight_decay, "AdamW weight decay in [0, 1]");
+  create->add_option("--lr-scheduler", a->lr_scheduler, "cosine, linear or constant");
+  create->add_option("--max-steps", a->max_steps, "Stop after this many steps (0: epochs decide)");
+  create->add_option("--packing", a->packing, "true or false (default: auto)");
+  create->add_flag("--gradient-checkpointing", a->gradient_checkpointing,
+                   "Recompute activations in backward (less memory)");
+  create->add_option("--keep-checkpoints", a->keep_checkpoints, "Newest checkpoints kept");
+  create->add_option("--early-stopping-patience", a->early_stopping_patience,
+                     "Evaluations without improvement before stopping (0: never)");
+  create->add_option("--checkpoint-interval", a->checkpoint_interval,
+                     "Steps between checkpoints (0: epoch ends)");
+  create->add_option("--eval-interval", a->eval_interval, "Steps between evaluations");
   create->add_option("--lora-rank", a->lora_rank, "LoRA rank (default: auto)");
   create->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (default: auto)");
   create->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (default: auto)");

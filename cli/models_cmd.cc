@@ -96,6 +96,27 @@ void PrintModelRow(const v1::Model& m) {
                                absl::StrJoin(m.deployments(), ","));
 }
 
+// A base model's methods, adapters and hyperparameter table.
+void PrintCapabilities(const v1::ModelCapabilities& c) {
+  std::vector<std::string> adapters;
+  for (int a : c.adapters()) adapters.push_back(a == v1::ADAPTER_TYPE_FULL ? "full" : "lora");
+  std::cout << "methods        " << absl::StrJoin(c.methods(), ", ") << "\n"
+            << "adapters       " << absl::StrJoin(adapters, ", ") << "\n"
+            << "min gpus       " << c.min_gpus() << "\n"
+            << "max length     " << c.max_sequence_length() << "\n"
+            << absl::StrFormat("%-26s %-22s %s\n", "HYPERPARAMETER", "RANGE", "AUTO");
+  for (const auto& b : c.hyperparameters()) {
+    std::string range = "-";
+    if (b.has_min() || b.has_max()) {
+      range = absl::StrCat(b.min_exclusive() ? "(" : "[",
+                           b.has_min() ? absl::StrFormat("%g", b.min()) : "-inf", ", ",
+                           b.has_max() ? absl::StrFormat("%g", b.max()) : "inf",
+                           b.max_exclusive() ? ")" : "]");
+    }
+    std::cout << absl::StrFormat("%-26s %-22s %s\n", b.name(), range, b.auto_rule());
+  }
+}
+
 int Run(ModelsArgs& a, const std::string& verb) {
   auto endpoint = ResolveService(a.flags, "scheduler");
   if (!endpoint.ok()) return Fail(endpoint.status());
@@ -137,6 +158,7 @@ int Run(ModelsArgs& a, const std::string& verb) {
       std::cout << ToJson(*m) << "\n";
     } else {
       PrintModelRow(*m);
+      if (m->has_capabilities()) PrintCapabilities(m->capabilities());
     }
     return 0;
   }

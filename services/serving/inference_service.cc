@@ -317,7 +317,8 @@ grpc::ServerUnaryReactor* ContentFilterServiceImpl::Classify(grpc::CallbackServe
   // Results per category, `filtered` left to the caller's policy.
   FilterPolicy annotate;
   for (int c = 1; c < kNumFilterCategories; ++c) {
-    annotate.rules.push_back(FilterRule{static_cast<FilterCategory>(c), FilterSeverity::kMedium, false, false});
+    annotate.rules.push_back(FilterRule{static_cast<FilterCategory>(c), FilterSeverity::kMedium, true,
+                                        true, FindingAction::kAnnotate});
   }
   FilterVerdict v = ApplyPolicy(annotate, source, *detections);
   google::protobuf::RepeatedPtrField<v1::ContentFilterFinding> ignored;

@@ -43,7 +43,8 @@ ABSL_FLAG(std::string, blocklist_patterns_file, "", "Blocked RE2 patterns, one p
 ABSL_FLAG(std::string, pii, "annotate_prompt",
           "PII detections: block | annotate | off | annotate_prompt (annotate prompts, block answers)");
 ABSL_FLAG(bool, classifier_fail_open, false,
-          "When a deployment's remote classifier fails: pass the text (true) or block it (false)");
+          "When a deployment's remote classifier fails and its policy leaves on_classifier_error "
+          "unspecified: pass the text (true) or block it (false)");
 ABSL_FLAG(int, classifier_timeout_ms, 500, "Deadline of each remote classifier call");
 ABSL_FLAG(std::string, profanity_languages, "", "Comma-separated lexicon languages (empty: all)");
 
@@ -124,6 +125,7 @@ int main(int argc, char** argv) {
   // Remote classifiers named by deployment policies; one channel each.
   auto remote_channels = std::make_shared<std::map<std::string, std::shared_ptr<grpc::Channel>>>();
   auto remote_mu = std::make_shared<std::mutex>();
+  options.classifier_fail_open = absl::GetFlag(FLAGS_classifier_fail_open);
   options.remote_filter = [=](const std::string& endpoint, const std::string& deployment)
       -> std::shared_ptr<const serving::ContentFilter> {
     std::shared_ptr<grpc::Channel> channel;
@@ -139,7 +141,6 @@ int main(int argc, char** argv) {
     serving::RemoteFilterOptions ro;
     ro.api_key = internal_key;
     ro.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_classifier_timeout_ms));
-    ro.fail_open = absl::GetFlag(FLAGS_classifier_fail_open);
     ro.deployment = deployment;
     return std::make_shared<serving::RemoteFilter>(channel, ro);
   };

@@ -10,8 +10,16 @@ FilterPolicy PolicyFromProto(const v1::ContentFilterPolicy& p) {
   for (const v1::ContentFilterRule& r : p.rules()) {
     out.rules.push_back(FilterRule{static_cast<FilterCategory>(r.category()),
                                    static_cast<FilterSeverity>(r.threshold()), r.apply_to_prompt(),
-                                   r.apply_to_completion()});
+                                   r.apply_to_completion(),
+                                   r.action() == v1::CONTENT_FILTER_ACTION_ANNOTATE
+                                       ? FindingAction::kAnnotate
+                                       : FindingAction::kBlock});
   }
+  for (const v1::Blocklist& b : p.blocklists()) {
+    out.blocklists.push_back(NamedBlocklist{b.name(), {b.terms().begin(), b.terms().end()},
+                                            {b.regexes().begin(), b.regexes().end()}});
+  }
+  out.classifier_fail_open = p.on_classifier_error() == v1::CLASSIFIER_ERROR_POLICY_FAIL_OPEN;
   return out;
 }
 
@@ -25,6 +33,10 @@ DeploymentSpec SpecFromProto(const ::tunefleet::internal::v1::DesiredDeployment&
   s.filter = PolicyFromProto(d.deployment().content_filter());
   if (!d.deployment().content_filter().disabled()) {
     s.classifier_endpoint = d.deployment().content_filter().classifier_endpoint();
+  }
+  if (d.deployment().content_filter().on_classifier_error() !=
+      v1::CLASSIFIER_ERROR_POLICY_UNSPECIFIED) {
+    s.classifier_fail_open = s.filter.classifier_fail_open;
   }
   return s;
 }
@@ -53,12 +65,21 @@ void VerdictToProto(const FilterVerdict& v,
     r->set_severity(static_cast<v1::Severity>(c.severity));
     r->set_detected(c.detected);
     r->set_filtered(c.filtered);
+    if (c.detected) {
+      r->set_start_offset(static_cast<int64_t>(c.begin));
+      r->set_end_offset(static_cast<int64_t>(c.end));
+    }
   }
   for (const FindingVerdict& f : v.findings) {
     v1::ContentFilterFinding* p = findings->Add();
     p->set_filter(f.filter);
     p->set_kind(f.kind);
     p->set_filtered(f.filtered);
+    p->set_blocklist(f.list);
+    p->set_category(static_cast<v1::ContentFilterCategory>(f.category));
+    p->set_start_offset(static_cast<int64_t>(f.begin));
+    p->set_end_offset(static_cast<int64_t>(f.end));
+    p->set_classifier_error(f.error);
   }
 }
 

@@ -2,7 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
-
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "common/rpc/channel.h"
 
 namespace tunefleet::serving {
@@ -27,12 +28,12 @@ absl::StatusOr<std::vector<Detection>> RemoteFilter::Classify(absl::string_view 
                          : grpc::Status(grpc::StatusCode::UNAVAILABLE, "no channel to the classifier");
   std::vector<Detection> out;
   if (!s.ok()) {
-    spdlog::warn("deployment={} remote classifier failed ({}): {}", options_.deployment,
-                 options_.fail_open ? "fail-open" : "fail-closed", s.error_message());
-    if (!options_.fail_open) {
-      out.push_back(Detection{FilterCategory::kUnspecified, FilterSeverity::kHigh, "remote",
-                              "unavailable", 0, text.size()});
-    }
+    const std::string error =
+        absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code())),
+                     ": ", s.error_message());
+    spdlog::warn("deployment={} remote classifier failed: {}", options_.deployment, error);
+    out.push_back(Detection{FilterCategory::kUnspecified, FilterSeverity::kHigh, "classifier",
+                            "error", 0, text.size(), "", error});
     return out;
   }
   for (const v1::ContentFilterResult& r : resp.results()) {

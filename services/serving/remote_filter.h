@@ -1,7 +1,8 @@
 // A content filter behind a team's own tunefleet.v1.ContentFilterService
 // (a classifier such as Llama Guard): each Classify is one RPC with a
-// deadline; when the classifier fails, the policy's choice applies —
-// fail-open (nothing detected) or fail-closed (a detection that blocks).
+// deadline; when the classifier fails, it reports a "classifier"/"error"
+// detection carrying the error, and the deployment's policy decides
+// (on_classifier_error: fail closed blocks the text, fail open lets it pass).
 // Thread-safe (the stub is).
 #pragma once
 
@@ -20,7 +21,6 @@ namespace tunefleet::serving {
 struct RemoteFilterOptions {
   std::string api_key;  // sent as the bearer token
   absl::Duration timeout = absl::Milliseconds(500);
-  bool fail_open = false;
   // The hold-back window streams keep for this classifier.
   size_t max_span = 64;
   std::string deployment;  // passed along in each request
@@ -30,8 +30,8 @@ class RemoteFilter final : public ContentFilter {
  public:
   RemoteFilter(std::shared_ptr<grpc::Channel> channel, RemoteFilterOptions options);
   // Detections cover the whole text (a classifier reports categories, not
-  // spans). A failed call: nothing (fail-open) or one "remote"/"unavailable"
-  // detection, which blocks like a blocklist entry (fail-closed).
+  // spans). A failed call (error or deadline): one "classifier"/"error"
+  // detection over the whole text with the error in `error`.
   absl::StatusOr<std::vector<Detection>> Classify(absl::string_view text, TextSource source,
                                                   bool partial = false) const override;
   size_t max_span() const override { return options_.max_span; }

@@ -264,15 +264,31 @@ std::vector<DeploymentStatus> Replica::Apply(const std::vector<DeploymentSpec>& 
     d->policy.pii_prompt = options_.pii_prompt;
     d->policy.pii_completion = options_.pii_completion;
     d->policy.blocklist = options_.blocklist;
-    d->filter = filter_;
+    d->policy.classifier_fail_open =
+        spec.classifier_fail_open.value_or(options_.classifier_fail_open);
+    // The built-in filter, the policy's own blocklists, the external classifier.
+    std::vector<std::shared_ptr<const ContentFilter>> filters{filter_};
+    if (!spec.filter.blocklists.empty() && !spec.filter.disabled) {
+      BuiltinFilterOptions lists;
+      lists.pii = false;
+      lists.profanity = false;
+      lists.blocklists = spec.filter.blocklists;
+      auto compiled = BuiltinFilter::Create(lists);
+      if (compiled.ok()) {
+        filters.push_back(std::shared_ptr<const ContentFilter>(*std::move(compiled)));
+      } else {
+        d->error = absl::StrCat("content_filter.", compiled.status().message());
+      }
+    }
     if (!spec.classifier_endpoint.empty()) {
       if (options_.remote_filter) {
-        d->filter = std::make_shared<CombinedFilter>(std::vector<std::shared_ptr<const ContentFilter>>{
-            filter_, options_.remote_filter(spec.classifier_endpoint, spec.id)});
+        filters.push_back(options_.remote_filter(spec.classifier_endpoint, spec.id));
       } else {
         d->error = "the policy names a classifier endpoint but this replica has no remote filters";
       }
     }
+    d->filter = filter_;
+    if (filters.size() > 1) d->filter = std::make_shared<CombinedFilter>(std::move(filters));
     if (!d->error.empty()) {
       // refused above
     } else if (auto e = base_errors.find(spec.base_model); e != base_errors.end()) {
@@ -428,7 +444,14 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
       if (c.filtered) why.push_back(absl::StrCat("category ", static_cast<int>(c.category)));
     }
     for (const auto& f : prompt_verdict->findings) {
-      if (f.filtered) why.push_back(absl::StrCat(f.filter, " ", f.kind));
+      if (!f.filtered) continue;
+      if (!f.list.empty()) {
+        why.push_back(absl::StrCat("blocklist ", f.list, ": ", f.kind));
+      } else if (!f.error.empty()) {
+        why.push_back(absl::StrCat("classifier error (", f.error, ")"));
+      } else {
+        why.push_back(absl::StrCat(f.filter, " ", f.kind));
+      }
     }
     return errors::WithReason(
         errors::FieldError("messages", absl::StrCat("the prompt was blocked by deployment ",

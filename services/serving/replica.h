@@ -37,10 +37,13 @@ struct ReplicaOptions {
   EngineOptions engine;
   int64_t adapter_budget_bytes = int64_t{2} << 30;
   BuiltinFilterOptions builtin_filter;
-  // PII and blocklist actions (the public policy has no field for them yet).
+  // PII and blocklist actions where a policy has no rule for them.
   FindingAction pii_prompt = FindingAction::kAnnotate;
   FindingAction pii_completion = FindingAction::kBlock;
   FindingAction blocklist = FindingAction::kBlock;
+  // A failed external classifier where the policy leaves on_classifier_error
+  // unspecified: false blocks the text (fail closed).
+  bool classifier_fail_open = false;
   // Stream hold-back in bytes; 0: what the filter needs (its max_span).
   size_t holdback_bytes = 0;
   // Makes the filter for a deployment whose policy names a classifier
@@ -57,8 +60,10 @@ struct DeploymentSpec {
   std::string model;   // the model name answers report
   std::string base_model;        // folder under models_dir
   std::string adapter_artifact;  // empty: the base itself
-  FilterPolicy filter;           // pii/blocklist actions come from ReplicaOptions
+  FilterPolicy filter;           // pii/blocklist defaults come from ReplicaOptions
   std::string classifier_endpoint;  // a remote ContentFilterService, besides the built-in one
+  // The policy's on_classifier_error; unset: ReplicaOptions' default.
+  std::optional<bool> classifier_fail_open;
 };
 
 struct DeploymentStatus {

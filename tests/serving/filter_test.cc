@@ -237,47 +237,144 @@ TEST(BuiltinFilterTest, BlocklistsTermsAndPatterns) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blocklist_patterns[1]")));
 }
 
-TEST(RemoteFilterTest, AClassifierThatIsDownFailsOpenOrClosedAsConfigured) {
+TEST(BuiltinFilterTest, NamedBlocklistsNameTheirListInDetections) {
+  BuiltinFilterOptions o;
+  o.pii = false;
+  o.profanity = false;
+  o.blocklist_terms = {"zorblax"};
+  o.blocklists = {NamedBlocklist{"codenames", {"falcon"}, {R"(ticket-\d{4})"}},
+                  NamedBlocklist{"more", {"falcon"}, {}}};
+  TF_ASSERT_OK_AND_ASSIGN(auto f, BuiltinFilter::Create(o));
+  const std::string text = "zorblax saw Falcon at ticket-1234";
+  TF_ASSERT_OK_AND_ASSIGN(auto d, f->Classify(text, TextSource::kPrompt));
+  std::vector<std::string> got;
+  for (const Detection& x : d) {
+    EXPECT_EQ(x.category, FilterCategory::kBlocklist);
+    got.push_back(absl::StrCat(x.list, ":", x.kind, "@", x.begin, "-", x.end));
+  }
+  // The same term in two lists is found for each.
+  EXPECT_THAT(got, ::testing::UnorderedElementsAre("replica:zorblax@0-7", "codenames:falcon@12-18",
+                                                   "more:falcon@12-18",
+                                                   "codenames:ticket-\\d{4}@22-33"));
+  o.blocklists[1].regexes = {"fine", "a**"};
+  EXPECT_THAT(BuiltinFilter::Create(o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("blocklists[1].regexes[1] \"a**\" (list more)")));
+}
+
+TEST(RemoteFilterTest, AClassifierThatIsDownReportsItsErrorAndThePolicyDecides) {
   rpc::ChannelOptions co;
   co.target = "127.0.0.1:1";  // nothing listens there
   auto channel = *rpc::MakeChannel(co);
   RemoteFilterOptions o;
   o.timeout = absl::Milliseconds(200);
-  RemoteFilter closed(channel, o);
-  TF_ASSERT_OK_AND_ASSIGN(auto d, closed.Classify(kClean, TextSource::kPrompt));
-  EXPECT_THAT(Kinds(d), ::testing::ElementsAre("remote:unavailable"));
-  EXPECT_TRUE(ApplyPolicy(FilterPolicy{}, TextSource::kPrompt, d).blocked);
-  o.fail_open = true;
-  RemoteFilter open(channel, o);
-  TF_ASSERT_OK_AND_ASSIGN(d, open.Classify(kClean, TextSource::kPrompt));
-  EXPECT_THAT(d, ::testing::IsEmpty());
+  RemoteFilter remote(channel, o);
+  TF_ASSERT_OK_AND_ASSIGN(auto d, remote.Classify(kClean, TextSource::kPrompt));
+  EXPECT_THAT(Kinds(d), ::testing::ElementsAre("classifier:error"));
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_THAT(d[0].error, HasSubstr("UNAVAILABLE"));
+  // Fail closed (the default): blocked, the error in the finding.
+  FilterPolicy policy;
+  FilterVerdict v = ApplyPolicy(policy, TextSource::kPrompt, d);
+  EXPECT_TRUE(v.blocked);
+  ASSERT_EQ(v.findings.size(), 1u);
+  EXPECT_TRUE(v.findings[0].filtered);
+  EXPECT_EQ(v.findings[0].error, d[0].error);
+  // Fail open: passes, still reported.
+  policy.classifier_fail_open = true;
+  v = ApplyPolicy(policy, TextSource::kCompletion, d);
+  EXPECT_FALSE(v.blocked);
+  ASSERT_EQ(v.findings.size(), 1u);
+  EXPECT_FALSE(v.findings[0].filtered);
+  EXPECT_EQ(v.findings[0].error, d[0].error);
 }
 
-TEST(FilterPolicyTest, RulesThresholdsAndAnnotations) {
+TEST(FilterPolicyTest, RulesThresholdsTargetsAndActions) {
   const std::vector<Detection> profanity = {
-      Detection{FilterCategory::kProfanity, FilterSeverity::kMedium, "profanity", "en", 0, 3}};
+      Detection{FilterCategory::kProfanity, FilterSeverity::kMedium, "profanity", "en", 4, 7}};
   FilterPolicy p;
   FilterVerdict v = ApplyPolicy(p, TextSource::kCompletion, profanity);
   EXPECT_TRUE(v.blocked);
   ASSERT_EQ(v.categories.size(), 1u);
   EXPECT_TRUE(v.categories[0].detected);
   EXPECT_TRUE(v.categories[0].filtered);
+  EXPECT_EQ(v.categories[0].begin, 4u);
+  EXPECT_EQ(v.categories[0].end, 7u);
   p.rules = {FilterRule{FilterCategory::kProfanity, FilterSeverity::kHigh, true, true}};
   EXPECT_FALSE(ApplyPolicy(p, TextSource::kCompletion, profanity).blocked);
-  // A rule applying to neither source only annotates.
+  // A rule that names neither source applies to both.
   p.rules = {FilterRule{FilterCategory::kProfanity, FilterSeverity::kLow, false, false}};
+  EXPECT_TRUE(ApplyPolicy(p, TextSource::kPrompt, profanity).blocked);
+  EXPECT_TRUE(ApplyPolicy(p, TextSource::kCompletion, profanity).blocked);
+  // Annotate: reported, never blocks.
+  p.rules[0].action = FindingAction::kAnnotate;
   v = ApplyPolicy(p, TextSource::kPrompt, profanity);
   EXPECT_FALSE(v.blocked);
   EXPECT_TRUE(v.categories[0].detected);
   EXPECT_FALSE(v.categories[0].filtered);
-  // PII: annotated in prompts, blocked in answers by default.
+  // A rule for completions only: prompts are reported, not blocked.
+  p.rules = {FilterRule{FilterCategory::kProfanity, FilterSeverity::kLow, false, true}};
+  EXPECT_FALSE(ApplyPolicy(p, TextSource::kPrompt, profanity).blocked);
+  EXPECT_TRUE(ApplyPolicy(p, TextSource::kCompletion, profanity).blocked);
+
+  // PII: annotated in prompts, blocked in answers by default; a rule for
+  // category PII decides instead.
   const std::vector<Detection> email = {
-      Detection{FilterCategory::kUnspecified, FilterSeverity::kMedium, "pii", "email", 0, 3}};
+      Detection{FilterCategory::kPii, FilterSeverity::kHigh, "pii", "email", 0, 3}};
   v = ApplyPolicy(FilterPolicy{}, TextSource::kPrompt, email);
   EXPECT_FALSE(v.blocked);
   ASSERT_EQ(v.findings.size(), 1u);
   EXPECT_FALSE(v.findings[0].filtered);
+  EXPECT_EQ(v.findings[0].category, FilterCategory::kPii);
   EXPECT_TRUE(ApplyPolicy(FilterPolicy{}, TextSource::kCompletion, email).blocked);
+  FilterPolicy pii;
+  pii.rules = {FilterRule{FilterCategory::kPii, FilterSeverity::kUnspecified, false, false}};
+  EXPECT_TRUE(ApplyPolicy(pii, TextSource::kPrompt, email).blocked);
+  pii.rules[0].action = FindingAction::kAnnotate;
+  EXPECT_FALSE(ApplyPolicy(pii, TextSource::kCompletion, email).blocked);
+
+  // Blocklist matches: blocked by default, a BLOCKLIST rule may annotate;
+  // the finding keeps the list, the entry and the span.
+  const std::vector<Detection> listed = {Detection{FilterCategory::kBlocklist,
+                                                   FilterSeverity::kHigh, "blocklist", "falcon", 5,
+                                                   11, "codenames"}};
+  v = ApplyPolicy(FilterPolicy{}, TextSource::kPrompt, listed);
+  EXPECT_TRUE(v.blocked);
+  ASSERT_EQ(v.findings.size(), 1u);
+  EXPECT_EQ(v.findings[0].list, "codenames");
+  EXPECT_EQ(v.findings[0].kind, "falcon");
+  EXPECT_EQ(v.findings[0].begin, 5u);
+  EXPECT_EQ(v.findings[0].end, 11u);
+  FilterPolicy annotate;
+  annotate.rules = {FilterRule{FilterCategory::kBlocklist, FilterSeverity::kHigh, false, false,
+                               FindingAction::kAnnotate}};
+  v = ApplyPolicy(annotate, TextSource::kCompletion, listed);
+  EXPECT_FALSE(v.blocked);
+  EXPECT_FALSE(v.findings[0].filtered);
+}
+
+TEST(FilterPolicyTest, AStreamReportsOffsetsInTheWholeCompletion) {
+  BuiltinFilterOptions o;
+  o.pii = false;
+  o.profanity = false;
+  o.blocklists = {NamedBlocklist{"codenames", {"falcon"}, {}}};
+  TF_ASSERT_OK_AND_ASSIGN(auto f, BuiltinFilter::Create(o));
+  FilterPolicy policy;
+  StreamGuard guard(f.get(), &policy, 16);
+  std::string released;
+  const std::string text =
+      "A long and quiet answer about the sea, the ships and the harbour, then falcon appears.";
+  for (char c : text) {
+    TF_ASSERT_OK_AND_ASSIGN(std::string out, guard.Push(std::string(1, c)));
+    released += out;
+    if (guard.blocked()) break;
+  }
+  ASSERT_TRUE(guard.blocked());
+  EXPECT_EQ(released.find("falcon"), std::string::npos);
+  ASSERT_EQ(guard.verdict().findings.size(), 1u);
+  const size_t at = text.find("falcon");
+  EXPECT_EQ(guard.verdict().findings[0].begin, at);
+  EXPECT_EQ(guard.verdict().findings[0].end, at + 6);
 }
 
 }  // namespace

@@ -574,8 +574,9 @@ TEST_F(ServingTest, ARemoteClassifierJoinsTheFiltersAndFailsClosed) {
   auto detail = Detail(s);
   ASSERT_TRUE(detail.has_value());
   ASSERT_EQ(detail->prompt_filter_findings_size(), 1);
-  EXPECT_EQ(detail->prompt_filter_findings(0).filter(), "remote");
-  EXPECT_EQ(detail->prompt_filter_findings(0).kind(), "unavailable");
+  EXPECT_EQ(detail->prompt_filter_findings(0).filter(), "classifier");
+  EXPECT_EQ(detail->prompt_filter_findings(0).kind(), "error");
+  EXPECT_THAT(detail->prompt_filter_findings(0).classifier_error(), HasSubstr("UNAVAILABLE"));
 }
 
 TEST_F(ServingTest, TwoHundredConcurrentStreamsComplete) {

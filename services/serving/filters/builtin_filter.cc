@@ -84,6 +84,7 @@ struct BuiltinFilter::Automaton {
     bool whole_word;
     std::string filter, kind;
     FilterCategory category;
+    std::string list;
   };
   struct Node {
     std::vector<std::pair<unsigned char, int>> next;  // sorted by byte
@@ -114,7 +115,7 @@ struct BuiltinFilter::Automaton {
     }
     // The same key twice from one filter (a word in two languages): once.
     for (int q = nodes[n].output; q >= 0; q = pattern_next[q]) {
-      if (patterns[q].filter == p.filter) return;
+      if (patterns[q].filter == p.filter && patterns[q].list == p.list) return;
     }
     patterns.push_back(std::move(p));
     pattern_next.push_back(nodes[n].output);
@@ -154,7 +155,8 @@ absl::StatusOr<std::unique_ptr<BuiltinFilter>> BuiltinFilter::Create(
     const BuiltinFilterOptions& options) {
   std::unique_ptr<BuiltinFilter> f(new BuiltinFilter());
   f->terms_ = std::make_unique<Automaton>();
-  auto add = [&](absl::string_view term, std::string filter, std::string kind, FilterCategory c) {
+  auto add = [&](absl::string_view term, std::string filter, std::string kind, FilterCategory c,
+                 std::string list) {
     std::string n = Normalize(term, nullptr);
     while (!n.empty() && n.front() == ' ') n.erase(n.begin());
     while (!n.empty() && n.back() == ' ') n.pop_back();
@@ -164,11 +166,15 @@ absl::StatusOr<std::unique_ptr<BuiltinFilter>> BuiltinFilter::Create(
     const bool whole_word = HasAsciiAlnum(n);
     std::string key = whole_word ? absl::StrCat(" ", n, " ") : n;
     f->max_span_ = std::max(f->max_span_, term.size() + 2);
-    f->terms_->Add(key, Automaton::Pattern{key.size(), whole_word, std::move(filter), std::move(kind), c});
+    f->terms_->Add(key, Automaton::Pattern{key.size(), whole_word, std::move(filter), std::move(kind),
+                                           c, std::move(list)});
     ++f->num_terms_;
   };
   for (const std::string& t : options.blocklist_terms) {
-    add(t, "blocklist", t, FilterCategory::kUnspecified);
+    add(t, "blocklist", t, FilterCategory::kBlocklist, "replica");
+  }
+  for (const NamedBlocklist& b : options.blocklists) {
+    for (const std::string& t : b.terms) add(t, "blocklist", t, FilterCategory::kBlocklist, b.name);
   }
   if (options.profanity) {
     for (int i = 0; i < kProfanityLexiconSize; ++i) {
@@ -177,7 +183,7 @@ absl::StatusOr<std::unique_ptr<BuiltinFilter>> BuiltinFilter::Create(
       if (!langs.empty() && std::find(langs.begin(), langs.end(), e.language) == langs.end()) {
         continue;
       }
-      add(e.term, "profanity", e.language, FilterCategory::kProfanity);
+      add(e.term, "profanity", e.language, FilterCategory::kProfanity, "");
     }
   }
   f->terms_->Build();
@@ -189,7 +195,20 @@ absl::StatusOr<std::unique_ptr<BuiltinFilter>> BuiltinFilter::Create(
           absl::StrCat("blocklist_patterns[", i, "] \"", p, "\" does not compile: ", re->error()));
     }
     f->patterns_.push_back(std::move(re));
-    f->pattern_names_.push_back(p);
+    f->pattern_names_.emplace_back("replica", p);
+  }
+  for (size_t i = 0; i < options.blocklists.size(); ++i) {
+    const NamedBlocklist& b = options.blocklists[i];
+    for (size_t j = 0; j < b.regexes.size(); ++j) {
+      auto re = std::make_unique<re2::RE2>(b.regexes[j], re2::RE2::Quiet);
+      if (!re->ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("blocklists[", i, "].regexes[", j, "] \"",
+                                                       b.regexes[j], "\" (list ", b.name,
+                                                       ") does not compile: ", re->error()));
+      }
+      f->patterns_.push_back(std::move(re));
+      f->pattern_names_.emplace_back(b.name, b.regexes[j]);
+    }
   }
   f->pii_ = options.pii;
   if (f->pii_) {
@@ -229,9 +248,11 @@ absl::StatusOr<std::vector<Detection>> BuiltinFilter::Classify(absl::string_view
         const size_t last = pat.whole_word ? i - 1 : i;  // padded index of the last byte
         Detection d;
         d.category = pat.category;
-        d.severity = FilterSeverity::kMedium;
+        d.severity = pat.category == FilterCategory::kBlocklist ? FilterSeverity::kHigh
+                                                                : FilterSeverity::kMedium;
         d.filter = pat.filter;
         d.kind = pat.kind;
+        d.list = pat.list;
         d.begin = to_text(first);
         d.end = std::min(text.size(), to_text(last) + 1);
         out.push_back(std::move(d));
@@ -250,13 +271,13 @@ absl::StatusOr<std::vector<Detection>> BuiltinFilter::Classify(absl::string_view
   };
   for (size_t i = 0; i < patterns_.size(); ++i) {
     scan(*patterns_[i], [&](size_t b, size_t e) {
-      out.push_back(Detection{FilterCategory::kUnspecified, FilterSeverity::kMedium, "blocklist",
-                              pattern_names_[i], b, e});
+      out.push_back(Detection{FilterCategory::kBlocklist, FilterSeverity::kHigh, "blocklist",
+                              pattern_names_[i].second, b, e, pattern_names_[i].first});
     });
   }
   if (pii_) {
     scan(*email_, [&](size_t b, size_t e) {
-      out.push_back(Detection{FilterCategory::kUnspecified, FilterSeverity::kMedium, "pii", "email", b, e});
+      out.push_back(Detection{FilterCategory::kPii, FilterSeverity::kHigh, "pii", "email", b, e});
     });
     scan(*iban_, [&](size_t b, size_t e) {
       std::string compact;
@@ -264,7 +285,7 @@ absl::StatusOr<std::vector<Detection>> BuiltinFilter::Classify(absl::string_view
         if (text[k] != ' ') compact.push_back(text[k]);
       }
       if (IbanValid(compact)) {
-        out.push_back(Detection{FilterCategory::kUnspecified, FilterSeverity::kMedium, "pii", "iban", b, e});
+        out.push_back(Detection{FilterCategory::kPii, FilterSeverity::kHigh, "pii", "iban", b, e});
       }
     });
     const size_t ibans_end = out.size();
@@ -284,7 +305,7 @@ absl::StatusOr<std::vector<Detection>> BuiltinFilter::Classify(absl::string_view
         kind = "phone";
       }
       if (kind) {
-        out.push_back(Detection{FilterCategory::kUnspecified, FilterSeverity::kMedium, "pii", kind, b, e});
+        out.push_back(Detection{FilterCategory::kPii, FilterSeverity::kHigh, "pii", kind, b, e});
       }
     });
   }

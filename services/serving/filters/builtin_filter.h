@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,8 +21,11 @@ class RE2;
 namespace tunefleet::serving {
 
 struct BuiltinFilterOptions {
+  // The replica's own list (named "replica" in findings).
   std::vector<std::string> blocklist_terms;
   std::vector<std::string> blocklist_patterns;  // RE2 syntax
+  // Named lists (a deployment policy's); matches name their list.
+  std::vector<NamedBlocklist> blocklists;
   bool pii = true;
   bool profanity = true;
   // Lexicon languages to use ("en", "de", ...); empty: all of them.
@@ -30,7 +34,8 @@ struct BuiltinFilterOptions {
 
 class BuiltinFilter final : public ContentFilter {
  public:
-  // INVALID_ARGUMENT naming the pattern that does not compile.
+  // INVALID_ARGUMENT naming the pattern that does not compile
+  // ("blocklists[i].regexes[j] ..." for a named list).
   static absl::StatusOr<std::unique_ptr<BuiltinFilter>> Create(const BuiltinFilterOptions& options);
   ~BuiltinFilter() override;
 
@@ -44,7 +49,7 @@ class BuiltinFilter final : public ContentFilter {
   struct Automaton;
   std::unique_ptr<Automaton> terms_;
   std::vector<std::unique_ptr<re2::RE2>> patterns_;
-  std::vector<std::string> pattern_names_;
+  std::vector<std::pair<std::string, std::string>> pattern_names_;  // list, pattern
   std::unique_ptr<re2::RE2> email_, digits_, iban_;
   bool pii_ = true;
   size_t max_span_ = 0;

@@ -4,6 +4,33 @@
 
 namespace tunefleet::serving {
 
+namespace {
+
+bool Applies(const FilterRule& r, TextSource source) {
+  if (!r.apply_to_prompt && !r.apply_to_completion) return true;  // no target: both
+  return source == TextSource::kPrompt ? r.apply_to_prompt : r.apply_to_completion;
+}
+
+// The rule for `category` on `source`: the last one that applies. `*any`:
+// whether the policy has a rule for the category at all.
+const FilterRule* RuleFor(const FilterPolicy& policy, FilterCategory category, TextSource source,
+                          bool* any) {
+  const FilterRule* found = nullptr;
+  *any = false;
+  for (const FilterRule& r : policy.rules) {
+    if (r.category != category) continue;
+    *any = true;
+    if (Applies(r, source)) found = &r;
+  }
+  return found;
+}
+
+FilterSeverity Threshold(const FilterRule& r) {
+  return r.threshold == FilterSeverity::kUnspecified ? FilterSeverity::kMedium : r.threshold;
+}
+
+}  // namespace
+
 FilterVerdict ApplyPolicy(const FilterPolicy& policy, TextSource source,
                           const std::vector<Detection>& detections,
                           const std::vector<FilterCategory>& reported) {
@@ -13,44 +40,74 @@ FilterVerdict ApplyPolicy(const FilterPolicy& policy, TextSource source,
     for (CategoryVerdict& cv : v.categories) {
       if (cv.category == c) return cv;
     }
-    v.categories.push_back(CategoryVerdict{c, FilterSeverity::kSafe, false, false});
+    CategoryVerdict cv;
+    cv.category = c;
+    v.categories.push_back(cv);
     return v.categories.back();
   };
   for (FilterCategory c : reported) category(c);
   const bool prompt = source == TextSource::kPrompt;
   for (const Detection& d : detections) {
-    if (d.category != FilterCategory::kUnspecified) {
+    const bool pii = d.category == FilterCategory::kPii;
+    const bool listed = d.category == FilterCategory::kBlocklist;
+    const bool classifier = d.filter == "classifier";
+    if (!pii && !listed && !classifier && d.category != FilterCategory::kUnspecified) {
       CategoryVerdict& cv = category(d.category);
+      if (!cv.detected || d.severity > cv.severity) {
+        cv.begin = d.begin;
+        cv.end = d.end;
+      }
       cv.detected = true;
       cv.severity = std::max(cv.severity, d.severity);
       continue;
     }
-    // A remote classifier that failed closed always blocks.
-    const FindingAction action = d.filter == "pii"      ? (prompt ? policy.pii_prompt : policy.pii_completion)
-                                 : d.filter == "remote" ? FindingAction::kBlock
-                                                        : policy.blocklist;
+    FindingAction action;
+    if (classifier) {
+      action = policy.classifier_fail_open ? FindingAction::kAnnotate : FindingAction::kBlock;
+    } else if (pii || listed) {
+      bool any = false;
+      const FilterRule* rule = RuleFor(policy, d.category, source, &any);
+      if (rule) {
+        action = d.severity >= Threshold(*rule) ? rule->action : FindingAction::kAnnotate;
+      } else if (any) {
+        action = FindingAction::kAnnotate;  // the category's rules leave this source out
+      } else {
+        action = pii ? (prompt ? policy.pii_prompt : policy.pii_completion) : policy.blocklist;
+      }
+    } else {
+      action = FindingAction::kBlock;  // an uncategorized detection of another filter
+    }
     if (action == FindingAction::kOff) continue;
     const bool filtered = action == FindingAction::kBlock;
     v.blocked |= filtered;
-    auto same = [&](const FindingVerdict& f) { return f.filter == d.filter && f.kind == d.kind; };
+    auto same = [&](const FindingVerdict& f) {
+      return f.filter == d.filter && f.kind == d.kind && f.list == d.list;
+    };
     auto it = std::find_if(v.findings.begin(), v.findings.end(), same);
     if (it == v.findings.end()) {
-      v.findings.push_back(FindingVerdict{d.filter, d.kind, filtered});
+      FindingVerdict f;
+      f.filter = d.filter;
+      f.kind = d.kind;
+      f.filtered = filtered;
+      f.list = d.list;
+      f.category = d.category;
+      f.begin = d.begin;
+      f.end = d.end;
+      f.error = d.error;
+      v.findings.push_back(std::move(f));
     } else {
       it->filtered |= filtered;
     }
   }
   for (CategoryVerdict& cv : v.categories) {
     if (!cv.detected) continue;
-    FilterRule rule;
-    rule.category = cv.category;
-    for (const FilterRule& r : policy.rules) {
-      if (r.category == cv.category) rule = r;
+    bool any = false;
+    const FilterRule* rule = RuleFor(policy, cv.category, source, &any);
+    if (!any) {
+      cv.filtered = cv.severity >= FilterSeverity::kMedium;  // the default rule
+    } else {
+      cv.filtered = rule && rule->action == FindingAction::kBlock && cv.severity >= Threshold(*rule);
     }
-    const FilterSeverity threshold =
-        rule.threshold == FilterSeverity::kUnspecified ? FilterSeverity::kMedium : rule.threshold;
-    const bool applies = prompt ? rule.apply_to_prompt : rule.apply_to_completion;
-    cv.filtered = applies && cv.severity >= threshold;
     v.blocked |= cv.filtered;
   }
   return v;
@@ -84,6 +141,11 @@ absl::StatusOr<std::string> StreamGuard::Push(absl::string_view delta) {
   auto detections =
       filter_->Classify(absl::string_view(text_).substr(from), TextSource::kCompletion, true);
   if (!detections.ok()) return detections.status();
+  // Offsets in the whole completion so far.
+  for (Detection& d : *detections) {
+    d.begin += from;
+    d.end += from;
+  }
   FilterVerdict v = ApplyPolicy(*policy_, TextSource::kCompletion, *detections);
   if (v.blocked) {
     blocked_ = true;

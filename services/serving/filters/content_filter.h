@@ -24,8 +24,10 @@ enum class FilterCategory : int {
   kSelfHarm = 4,
   kJailbreak = 5,
   kProfanity = 6,
+  kPii = 7,        // reported as findings (filter "pii")
+  kBlocklist = 8,  // reported as findings (filter "blocklist")
 };
-inline constexpr int kNumFilterCategories = 7;
+inline constexpr int kNumFilterCategories = 9;
 enum class FilterSeverity : int { kUnspecified = 0, kSafe = 1, kLow = 2, kMedium = 3, kHigh = 4 };
 enum class TextSource { kPrompt, kCompletion };
 
@@ -33,9 +35,20 @@ enum class TextSource { kPrompt, kCompletion };
 struct Detection {
   FilterCategory category = FilterCategory::kUnspecified;
   FilterSeverity severity = FilterSeverity::kMedium;
-  std::string filter;  // "profanity", "pii", "blocklist", or a remote classifier's name
+  // "profanity", "pii", "blocklist", "remote" (an external classifier's
+  // category), or "classifier" (kind "error": the external classifier failed)
+  std::string filter;
   std::string kind;    // pii: email|phone|card|iban; blocklist: the term or pattern; profanity: language
   size_t begin = 0, end = 0;  // byte range in the classified text
+  std::string list;   // blocklist: the list's name ("replica" for the replica's own)
+  std::string error;  // classifier: what failed ("DEADLINE_EXCEEDED: ...")
+};
+
+// A policy's named blocklist (tunefleet.v1.Blocklist).
+struct NamedBlocklist {
+  std::string name;
+  std::vector<std::string> terms;    // whole words, case-insensitive
+  std::vector<std::string> regexes;  // RE2
 };
 
 // Thread-safe: Classify may run concurrently.
@@ -67,14 +80,17 @@ class CombinedFilter final : public ContentFilter {
 
 enum class FindingAction { kOff, kAnnotate, kBlock };
 
-// A category's rule, as tunefleet.v1.ContentFilterRule: block at or above
-// `threshold` where it applies; a rule that applies to neither source only
-// annotates.
+// A category's rule, as tunefleet.v1.ContentFilterRule: at or above
+// `threshold`, block (or only annotate: reported with filtered = false) the
+// sources it applies to; a rule that names neither source applies to both.
+// For a source that the category's rules leave out, detections are
+// reported and never block.
 struct FilterRule {
   FilterCategory category = FilterCategory::kUnspecified;
   FilterSeverity threshold = FilterSeverity::kMedium;
   bool apply_to_prompt = true;
   bool apply_to_completion = true;
+  FindingAction action = FindingAction::kBlock;  // kBlock or kAnnotate
 };
 
 struct FilterPolicy {
@@ -82,11 +98,16 @@ struct FilterPolicy {
   bool disabled = false;
   // Categories without a rule block at medium on prompt and completion.
   std::vector<FilterRule> rules;
-  // Detections without a category (no field in the public policy yet: set
-  // per replica).
+  // PII and blocklist matches without a rule for kPii / kBlocklist (the
+  // replica's defaults).
   FindingAction pii_prompt = FindingAction::kAnnotate;
   FindingAction pii_completion = FindingAction::kBlock;
   FindingAction blocklist = FindingAction::kBlock;
+  // The policy's own lists (the replica compiles them into a filter).
+  std::vector<NamedBlocklist> blocklists;
+  // An external classifier that failed: block the text (fail closed) or let
+  // it pass (fail open); the finding reports the error either way.
+  bool classifier_fail_open = false;
 };
 
 struct CategoryVerdict {
@@ -94,10 +115,15 @@ struct CategoryVerdict {
   FilterSeverity severity = FilterSeverity::kSafe;
   bool detected = false;
   bool filtered = false;
+  size_t begin = 0, end = 0;  // the most severe detection's bytes (first on ties)
 };
 struct FindingVerdict {
   std::string filter, kind;
   bool filtered = false;
+  std::string list;   // blocklist: the list's name
+  FilterCategory category = FilterCategory::kUnspecified;  // kPii, kBlocklist or none
+  size_t begin = 0, end = 0;  // the first match's bytes
+  std::string error;  // classifier: what failed
 };
 struct FilterVerdict {
   bool blocked = false;

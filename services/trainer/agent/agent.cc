@@ -281,6 +281,23 @@ absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
   if (h.has_seed()) w.seed = h.seed();
   if (h.has_checkpoint_interval_steps()) w.checkpoint_interval_steps = h.checkpoint_interval_steps();
   if (h.has_eval_interval_steps()) w.eval_interval_steps = h.eval_interval_steps();
+  if (h.has_weight_decay()) w.weight_decay = h.weight_decay();
+  switch (h.lr_scheduler()) {
+    case v1::LR_SCHEDULER_LINEAR: w.lr_scheduler = LrScheduler::kLinear; break;
+    case v1::LR_SCHEDULER_CONSTANT: w.lr_scheduler = LrScheduler::kConstant; break;
+    default: w.lr_scheduler = LrScheduler::kCosine; break;
+  }
+  if (h.has_max_steps()) w.max_steps = h.max_steps();
+  if (h.has_packing()) w.packing = h.packing();
+  if (h.has_gradient_checkpointing()) w.gradient_checkpointing = h.gradient_checkpointing();
+  if (h.has_keep_checkpoints()) w.keep_checkpoints = h.keep_checkpoints();
+  if (h.has_early_stopping_patience()) w.early_stopping_patience = h.early_stopping_patience();
+  if (a_.method().has_dpo()) {
+    spec.objective = TrainingObjective::kDpo;
+    if (a_.method().dpo().has_beta()) spec.dpo_beta = a_.method().dpo().beta();
+  } else {
+    spec.objective = TrainingObjective::kSupervised;
+  }
   spec.method = a_.adapter() == v1::ADAPTER_TYPE_FULL ? TrainingMethod::kFull : TrainingMethod::kLora;
   spec.task = a_.task() == v1::TRAINING_TASK_CLASSIFICATION ? TrainingTask::kClassification
                                                             : TrainingTask::kChat;
