@@ -74,7 +74,7 @@ RunResult Run(serving::Engine& engine, int n, int64_t vocab,
   for (int i = 0; i < n; ++i) {
     serving::EngineRequest req;
     for (int64_t t = 0; t < absl::GetFlag(FLAGS_prompt); ++t) req.prompt.push_back((t * 7919 + i * 104729) % (vocab - 100) + 50);
-    req.sampling.max_tokens = absl::GetFlag(FLAGS_decode);
+    req.sampling.max_new_tokens = absl::GetFlag(FLAGS_decode);
     req.sampling.stop_token_ids = {-1};  // never: every request decodes its budget
     if (!adapters.empty()) req.adapter = adapters[i % adapters.size()];
     req.on_token = [&, i](int64_t) {

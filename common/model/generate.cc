@@ -13,50 +13,6 @@
 
 namespace tunefleet::model {
 
-int64_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& options,
-                    double uniform) {
-  if (options.temperature <= 0) {
-    return static_cast<int64_t>(std::max_element(logits, logits + vocab) - logits);
-  }
-  std::vector<int64_t> order(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  auto by_logit = [&](int64_t a, int64_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  };
-  int64_t keep = vocab;
-  if (options.top_k > 0 && options.top_k < vocab) {
-    keep = options.top_k;
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(), by_logit);
-  } else {
-    std::sort(order.begin(), order.end(), by_logit);
-  }
-  // Softmax over the kept tokens, in double, highest first.
-  std::vector<double> probs(static_cast<size_t>(keep));
-  const double max_logit = logits[order[0]];
-  double sum = 0;
-  for (int64_t i = 0; i < keep; ++i) {
-    probs[i] = std::exp((static_cast<double>(logits[order[i]]) - max_logit) / options.temperature);
-    sum += probs[i];
-  }
-  if (options.top_p < 1.0) {
-    double mass = 0;
-    int64_t n = 0;
-    while (n < keep) {
-      mass += probs[n] / sum;
-      ++n;
-      if (mass >= options.top_p) break;
-    }
-    keep = n;
-    sum = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
-  }
-  double target = uniform * sum, acc = 0;
-  for (int64_t i = 0; i < keep; ++i) {
-    acc += probs[i];
-    if (target < acc) return order[i];
-  }
-  return order[keep - 1];
-}
-
 absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
                                                  const std::vector<std::vector<int64_t>>& prompts,
                                                  const GenerationOptions& options) {
@@ -69,6 +25,8 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
     return absl::InvalidArgumentError("Generate: max_new_tokens is negative");
   if (options.top_p <= 0 || options.top_p > 1)
     return absl::InvalidArgumentError("Generate: top_p must be in (0, 1]");
+  if (options.top_logprobs < 0 || options.top_logprobs > c.vocab_size)
+    return absl::InvalidArgumentError("Generate: top_logprobs must be in [0, vocab_size]");
   const size_t B = prompts.size();
   int64_t longest = 0;
   for (size_t b = 0; b < B; ++b) {
@@ -117,6 +75,7 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
       lengths[b] = static_cast<int64_t>(prompts[b].size());
     }
     at::Tensor ids = at::tensor(flat, at::kLong).view({static_cast<int64_t>(B), longest});
+    std::vector<float> scratch;  // penalized logits of one row
     TF_ASSIGN_OR_RETURN(at::Tensor logits, decoder.Extend(cache, ids, lengths, options.adapter));
 
     for (int64_t step = 0; step < max_new; ++step) {
@@ -128,9 +87,10 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
         Sequence& seq = seqs[b];
         if (seq.finished()) continue;
         const double u = options.temperature > 0 ? rngs[b].Uniform() : 0.0;
-        const int64_t tok =
-            SampleToken(data + b * static_cast<size_t>(c.vocab_size), c.vocab_size, options, u);
-        const std::optional<FinishReason> finish = seq.Accept(tok);
+        TokenChoice choice = ChooseToken(seq, data + b * static_cast<size_t>(c.vocab_size),
+                                         c.vocab_size, u, &scratch);
+        const int64_t tok = choice.token;
+        const std::optional<FinishReason> finish = seq.Accept(tok, std::move(choice.logprob));
         if (finish == FinishReason::kStopToken) continue;
         if (options.on_token && !options.on_token(b, tok)) {
           seq.Cancel();
@@ -154,6 +114,7 @@ absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
       g.stop_token_id = seq.stop_token_id();
       g.stop_string = seq.stop_string();
       g.text = seq.text();
+      g.logprobs = seq.logprobs();
     }
     return out;
   });

@@ -12,11 +12,14 @@
 
 #include "absl/status/statusor.h"
 #include "common/model/decoder.h"
+#include "common/model/sampling.h"
 #include "common/model/sequence.h"
 
 namespace tunefleet::model {
 
-// The sampling parameters (sequence.h) for a batch, with two batch rules:
+// The sampling parameters (sequence.h) for a batch (each row's token is
+// chosen by ChooseToken, sampling.h: penalties from that row's own tokens,
+// log-probabilities when asked), with two batch rules:
 // row i samples from its own stream seeded with seed + i, so a row's tokens
 // do not depend on what else is in the batch; empty stop_token_ids mean the
 // model config's eos_token_id(s). Stop strings require `detokenize`.
@@ -35,6 +38,7 @@ struct Generation {
   int64_t stop_token_id = -1;  // kStopToken
   std::string stop_string;     // kStopString
   std::string text;            // detokenized output, cut at a stop string (with detokenize)
+  std::vector<TokenLogprob> logprobs;  // parallel to tokens, when options.logprobs
 };
 
 // Generates a continuation of each prompt (token ids; rows may differ in
@@ -44,11 +48,5 @@ struct Generation {
 absl::StatusOr<std::vector<Generation>> Generate(const Decoder& decoder,
                                                  const std::vector<std::vector<int64_t>>& prompts,
                                                  const GenerationOptions& options);
-
-// Picks the next token from fp32 logits [vocab] under `options` (temperature,
-// top-k, top-p) with `uniform` in [0,1); exposed for tests and for engines
-// that run their own loop.
-int64_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& options,
-                    double uniform);
 
 }  // namespace tunefleet::model

@@ -94,7 +94,11 @@ Sequence::Sequence(SamplingParams params, IncrementalDetokenizer::DecodeFn decod
   if (params_.max_new_tokens <= 0) Finish(FinishReason::kLength);
 }
 
-std::optional<FinishReason> Sequence::Accept(int64_t token) {
+void Sequence::MarkTextEnds() {
+  for (size_t i = text_ends_.size(); i < tokens_.size(); ++i) text_ends_.push_back(decoded_);
+}
+
+std::optional<FinishReason> Sequence::Accept(int64_t token, std::optional<TokenLogprob> logprob) {
   if (finish_) return finish_;
   const auto& stops = params_.stop_token_ids;
   if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
@@ -103,8 +107,18 @@ std::optional<FinishReason> Sequence::Accept(int64_t token) {
     return finish_;
   }
   tokens_.push_back(token);
+  ++counts_[token];
+  if (params_.logprobs) {
+    if (!logprob) logprob = TokenLogprob{token, 0, {}};
+    logprobs_.push_back(*std::move(logprob));
+  }
   if (want_text_) {
-    StopMatcher::Step step = matcher_.Feed(detok_.Push(token));
+    const std::string piece = detok_.Push(token);
+    decoded_ += piece.size();
+    // A token whose characters are incomplete ends with the next one that
+    // completes them.
+    if (!piece.empty()) MarkTextEnds();
+    StopMatcher::Step step = matcher_.Feed(piece);
     text_ += step.release;
     if (step.stop) {
       stop_string_ = *step.stop;
@@ -123,7 +137,10 @@ void Sequence::Cancel() {
 void Sequence::Finish(FinishReason reason) {
   finish_ = reason;
   if (!want_text_) return;
-  StopMatcher::Step step = matcher_.Feed(detok_.Flush());
+  const std::string rest = detok_.Flush();
+  decoded_ += rest.size();
+  MarkTextEnds();
+  StopMatcher::Step step = matcher_.Feed(rest);
   text_ += step.release;
   if (step.stop) {
     stop_string_ = *step.stop;

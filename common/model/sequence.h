@@ -14,6 +14,8 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -35,6 +37,28 @@ struct SamplingParams {
   // The request ends when its text contains one of these; the text is cut
   // before it.
   std::vector<std::string> stop_strings;
+  // OpenAI's penalties, from the counts of the tokens this sequence has
+  // generated so far (the prompt does not count): before sampling, a
+  // token's logit drops by frequency_penalty x its count, and by
+  // presence_penalty once it has occurred. Negative values favour
+  // repetition. 0: off (no cost).
+  double frequency_penalty = 0;
+  double presence_penalty = 0;
+  // The log-probability of each generated token and of the `top_logprobs`
+  // most likely tokens at its step. They come from the model's own
+  // distribution: log_softmax of the raw logits, before penalties,
+  // temperature, top-k and top-p (so a label's probability does not depend
+  // on how it was sampled). Off: no cost.
+  bool logprobs = false;
+  int top_logprobs = 0;
+};
+
+// One generated token's log-probability and the most likely alternatives at
+// its step (most likely first; ties: lower id first).
+struct TokenLogprob {
+  int64_t token = -1;
+  double logprob = 0;
+  std::vector<std::pair<int64_t, double>> top;
 };
 
 // Finds stop strings in text that arrives in pieces. Feed returns the text
@@ -87,10 +111,12 @@ class Sequence {
   // wanted.
   Sequence(SamplingParams params, IncrementalDetokenizer::DecodeFn decode);
 
-  // The token chosen at this step. Returns the finish reason once the
-  // request is done (then further calls are ignored): a stop token (not
-  // appended), a stop string (the text is cut before it), or the budget.
-  std::optional<FinishReason> Accept(int64_t token);
+  // The token chosen at this step (with its log-probabilities when the
+  // params ask for them, see ChooseToken in sampling.h). Returns the finish
+  // reason once the request is done (then further calls are ignored): a
+  // stop token (not appended), a stop string (the text is cut before it),
+  // or the budget.
+  std::optional<FinishReason> Accept(int64_t token, std::optional<TokenLogprob> logprob = {});
   // Ends the request early (a cancel): kCancelled.
   void Cancel();
 
@@ -105,6 +131,16 @@ class Sequence {
   const std::string& text() const { return text_; }
   // The text released since the last call (for streaming).
   std::string TakeNewText();
+  // How often each generated token occurred (what the penalties read).
+  const std::unordered_map<int64_t, int64_t>& counts() const { return counts_; }
+  // Parallel to tokens() when params().logprobs.
+  const std::vector<TokenLogprob>& logprobs() const { return logprobs_; }
+  // With text: where token i's text ends in the decoded output (text() is a
+  // prefix of it), once known (kTextPending while its characters are
+  // incomplete). A caller that releases text() in pieces releases token i's
+  // log-probabilities once it has released text_end(i) bytes.
+  static constexpr size_t kTextPending = static_cast<size_t>(-1);
+  size_t text_end(size_t i) const { return i < text_ends_.size() ? text_ends_[i] : kTextPending; }
 
  private:
   void Finish(FinishReason reason);
@@ -118,6 +154,11 @@ class Sequence {
   std::string stop_string_;
   std::string text_;
   size_t taken_ = 0;
+  std::unordered_map<int64_t, int64_t> counts_;
+  std::vector<TokenLogprob> logprobs_;
+  std::vector<size_t> text_ends_;
+  size_t decoded_ = 0;  // bytes the detokenizer has produced
+  void MarkTextEnds();  // tokens whose text is complete end at decoded_
 };
 
 }  // namespace tunefleet::model

@@ -176,6 +176,20 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromModelDirectory(const std::string&
       " model_type \"", model_type, "\" is not phi3, qwen2, qwen3 or a Llama-3 llama"));
 }
 
+const char* ChatTemplate::name() const {
+  switch (format_) {
+    case ChatFormat::kPhi3:
+      return "phi3";
+    case ChatFormat::kLlama3:
+      return "llama3";
+    case ChatFormat::kChatML:
+      return "chatml";
+    case ChatFormat::kQwen3:
+      return "qwen3";
+  }
+  return "";
+}
+
 std::string ChatTemplate::EndOfTurn() const {
   switch (format_) {
     case ChatFormat::kPhi3:
@@ -200,6 +214,15 @@ absl::StatusOr<std::string> ChatTemplate::Render(absl::Span<const ChatMessage> m
 
 absl::StatusOr<std::vector<ChatSegment>> ChatTemplate::RenderSegments(
     absl::Span<const ChatMessage> messages, bool add_generation_prompt) const {
+  if (!SupportsToolCalls()) {
+    for (size_t i = 0; i < messages.size(); ++i) {
+      if (!messages[i].tool_calls.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("messages[", i, "].tool_calls: the ", name(),
+                         " chat template does not render tool calls"));
+      }
+    }
+  }
   SegmentWriter w;
   switch (format_) {
     case ChatFormat::kPhi3: {
@@ -284,11 +307,21 @@ absl::StatusOr<std::vector<ChatSegment>> ChatTemplate::RenderSegments(
             // An empty think block is the template's scaffolding; real
             // reasoning is the assistant's output.
             w.Add(think, train && !reasoning.empty());
-            w.Add(absl::StrCat(StripChars(content, '\n', true, false), "<|im_end|>"), train);
+            w.Add(StripChars(content, '\n', true, false), train);
           } else {
             w.Add("<|im_start|>assistant\n", false);
-            w.Add(absl::StrCat(content, "<|im_end|>"), train);
+            w.Add(content, train);
           }
+          // The official template: each call as a <tool_call> JSON block,
+          // after a newline unless it is the first and the content is empty.
+          for (size_t k = 0; k < m.tool_calls.size(); ++k) {
+            const ToolCall& call = m.tool_calls[k];
+            w.Add(absl::StrCat(k > 0 || !content.empty() ? "\n" : "",
+                               "<tool_call>\n{\"name\": \"", call.name, "\", \"arguments\": ",
+                               call.arguments, "}\n</tool_call>"),
+                  train);
+          }
+          w.Add("<|im_end|>", train);
           w.Add("\n", false);
         } else if (m.role == "tool") {
           if (i == 0 || messages[i - 1].role != "tool") w.Add("<|im_start|>user", false);

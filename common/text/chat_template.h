@@ -20,10 +20,20 @@
 
 namespace tunefleet::text {
 
+// A function call an assistant turn asks for (OpenAI's tool_calls entry).
+struct ToolCall {
+  std::string id;
+  std::string type = "function";
+  std::string name;       // function.name
+  std::string arguments;  // function.arguments: a JSON text
+};
+
 struct ChatMessage {
   std::string role;  // system, user, assistant (tool for Qwen3; any for Llama-3, ChatML)
-  std::string content;
+  std::string content;  // may be empty beside tool_calls
   std::optional<int> weight;  // assistant turns: 0 = no loss; default 1
+  std::vector<ToolCall> tool_calls;  // assistant turns
+  std::string tool_call_id;          // tool turns: the call this answers
 };
 
 enum class ChatFormat {
@@ -62,6 +72,13 @@ class ChatTemplate {
   const std::string& eos_token() const { return eos_token_; }
   // The token text that ends an assistant turn (<|end|>, <|eot_id|>, <|im_end|>).
   std::string EndOfTurn() const;
+  // Whether the family's official template renders assistant tool calls
+  // (Qwen3: <tool_call> blocks) and tool turns. Rendering a message with
+  // tool_calls under a family that does not is INVALID_ARGUMENT naming
+  // messages[i].tool_calls.
+  bool SupportsToolCalls() const { return format_ == ChatFormat::kQwen3; }
+  // The family's short name: "phi3", "llama3", "chatml", "qwen3".
+  const char* name() const;
 
   // The prompt text. INVALID_ARGUMENT naming messages[i].role for a role the
   // family's template does not render.

@@ -27,6 +27,12 @@ std::chrono::steady_clock::time_point SteadyDeadline(const grpc::CallbackServerC
 
 std::string NewCompletionId() { return NewId("chatcmpl"); }
 
+int64_t UnixSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 void FillUsage(v1::Usage* usage, const ChatResult& r) {
   usage->set_prompt_tokens(r.prompt_tokens);
   usage->set_completion_tokens(r.completion_tokens);
@@ -69,9 +75,13 @@ grpc::Status BlockedPromptStatus(const absl::Status& status, const FilterVerdict
 class InferenceServiceImpl::UnarySink final : public ChatSink {
  public:
   UnarySink(grpc::ServerUnaryReactor* reactor, v1::ChatCompletionResponse* response,
-            ServingMetrics* metrics, std::string deployment)
-      : reactor_(reactor), response_(response), metrics_(metrics), deployment_(std::move(deployment)) {}
-  void OnDelta(std::string) override {}
+            ServingMetrics* metrics, std::string deployment, bool logprobs)
+      : reactor_(reactor),
+        response_(response),
+        metrics_(metrics),
+        deployment_(std::move(deployment)),
+        logprobs_(logprobs) {}
+  void OnDelta(std::string, std::vector<ChatLogprob>) override {}
   void OnDone(ChatResult result) override {
     std::unique_lock<std::mutex> lock(mu_);
     result_ = std::move(result);
@@ -81,6 +91,7 @@ class InferenceServiceImpl::UnarySink final : public ChatSink {
   void Started(const ChatStart& start) {
     std::unique_lock<std::mutex> lock(mu_);
     response_->set_id(NewCompletionId());
+    response_->set_created(UnixSeconds());
     response_->set_model(start.model);
     response_->set_system_fingerprint(start.system_fingerprint);
     VerdictToProto(start.prompt_verdict, response_->mutable_prompt_filter_results(),
@@ -105,7 +116,10 @@ class InferenceServiceImpl::UnarySink final : public ChatSink {
     choice->set_index(0);
     choice->mutable_message()->set_role("assistant");
     // A blocked answer keeps none of its text.
-    if (result_.finish != ChatFinish::kContentFilter) choice->mutable_message()->set_content(result_.text);
+    if (result_.finish != ChatFinish::kContentFilter) {
+      choice->mutable_message()->set_content(result_.text);
+      if (logprobs_) LogprobsToProto(result_.logprobs, choice->mutable_logprobs());
+    }
     choice->set_finish_reason(FinishToProto(result_.finish));
     VerdictToProto(result_.completion_verdict, choice->mutable_content_filter_results(),
                    choice->mutable_content_filter_findings());
@@ -118,6 +132,7 @@ class InferenceServiceImpl::UnarySink final : public ChatSink {
   v1::ChatCompletionResponse* response_;
   ServingMetrics* metrics_;
   std::string deployment_;
+  const bool logprobs_;
   std::mutex mu_;
   bool started_ = false, has_result_ = false;
   ChatResult result_;
@@ -131,7 +146,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ChatCompletion(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   executor_->Submit([this, reactor, request, response, caller = *caller,
                      chat = ChatRequestFromProto(*request, SteadyDeadline(*context))] {
-    auto sink = std::make_shared<UnarySink>(reactor, response, metrics_, request->deployment());
+    auto sink = std::make_shared<UnarySink>(reactor, response, metrics_, request->deployment(),
+                                            request->logprobs());
     FilterVerdict prompt_verdict;
     auto start = Start(replica_, caller, chat, sink, &prompt_verdict);
     if (!start.ok()) {
@@ -158,7 +174,10 @@ class InferenceServiceImpl::StreamReactor final : public grpc::ServerWriteReacto
                                                   public std::enable_shared_from_this<StreamReactor> {
  public:
   StreamReactor(InferenceServiceImpl* service, std::string deployment)
-      : service_(service), deployment_(std::move(deployment)), id_(NewCompletionId()) {}
+      : service_(service),
+        deployment_(std::move(deployment)),
+        id_(NewCompletionId()),
+        created_(UnixSeconds()) {}
 
   // Called once from the executor with the outcome of the start.
   void Begin(absl::StatusOr<ChatStart> start, const FilterVerdict& prompt_verdict) {
@@ -190,10 +209,11 @@ class InferenceServiceImpl::StreamReactor final : public grpc::ServerWriteReacto
     Pump(lock);
   }
 
-  void OnDelta(std::string text) override {
+  void OnDelta(std::string text, std::vector<ChatLogprob> logprobs) override {
     std::unique_lock<std::mutex> lock(mu_);
     v1::ChatCompletionChunk c = Chunk();
     c.set_delta(std::move(text));
+    if (!logprobs.empty()) LogprobsToProto(logprobs, c.mutable_logprobs());
     queue_.push_back(std::move(c));
     if (started_) Pump(lock);
   }
@@ -253,6 +273,7 @@ class InferenceServiceImpl::StreamReactor final : public grpc::ServerWriteReacto
   v1::ChatCompletionChunk Chunk() const {
     v1::ChatCompletionChunk c;
     c.set_id(id_);
+    c.set_created(created_);
     c.set_model(model_);
     c.set_system_fingerprint(fingerprint_);
     c.set_index(0);
@@ -277,6 +298,7 @@ class InferenceServiceImpl::StreamReactor final : public grpc::ServerWriteReacto
   InferenceServiceImpl* service_;
   std::string deployment_;
   const std::string id_;
+  const int64_t created_;
   std::mutex mu_;
   std::deque<v1::ChatCompletionChunk> queue_;  // front: being written
   std::shared_ptr<ChatCall> call_;

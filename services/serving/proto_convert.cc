@@ -45,10 +45,23 @@ ChatRequest ChatRequestFromProto(const v1::ChatCompletionRequest& r,
                                  std::chrono::steady_clock::time_point deadline) {
   ChatRequest out;
   out.deployment = r.deployment();
-  for (const v1::ChatMessage& m : r.messages()) out.messages.push_back({m.role(), m.content()});
+  for (const v1::ChatMessage& m : r.messages()) {
+    ChatMessageIn in{m.role(), m.content(), {}, m.tool_call_id()};
+    for (const v1::ToolCall& c : m.tool_calls()) {
+      in.tool_calls.push_back(
+          text::ToolCall{c.id(), c.type(), c.function().name(), c.function().arguments()});
+    }
+    out.messages.push_back(std::move(in));
+  }
   if (r.has_temperature()) out.temperature = r.temperature();
   if (r.has_top_p()) out.top_p = r.top_p();
   if (r.has_max_tokens()) out.max_tokens = r.max_tokens();
+  if (r.has_max_completion_tokens()) out.max_completion_tokens = r.max_completion_tokens();
+  out.logprobs = r.logprobs();
+  if (r.has_top_logprobs()) out.top_logprobs = r.top_logprobs();
+  if (r.has_frequency_penalty()) out.frequency_penalty = r.frequency_penalty();
+  if (r.has_presence_penalty()) out.presence_penalty = r.presence_penalty();
+  out.user = r.user();
   out.stop.assign(r.stop().begin(), r.stop().end());
   if (r.has_seed()) out.seed = r.seed();
   out.n = r.n();
@@ -80,6 +93,21 @@ void VerdictToProto(const FilterVerdict& v,
     p->set_start_offset(static_cast<int64_t>(f.begin));
     p->set_end_offset(static_cast<int64_t>(f.end));
     p->set_classifier_error(f.error);
+  }
+}
+
+void LogprobsToProto(const std::vector<ChatLogprob>& logprobs, v1::ChoiceLogprobs* out) {
+  for (const ChatLogprob& l : logprobs) {
+    v1::TokenLogprob* t = out->add_content();
+    t->set_token(l.chosen.token);
+    t->set_logprob(l.chosen.logprob);
+    t->set_bytes(l.chosen.bytes);
+    for (const ChatLogprob::Alternative& a : l.top) {
+      v1::TopLogprob* top = t->add_top_logprobs();
+      top->set_token(a.token);
+      top->set_logprob(a.logprob);
+      top->set_bytes(a.bytes);
+    }
   }
 }
 

@@ -18,5 +18,7 @@ void VerdictToProto(const FilterVerdict& v,
                     google::protobuf::RepeatedPtrField<::tunefleet::v1::ContentFilterResult>* results,
                     google::protobuf::RepeatedPtrField<::tunefleet::v1::ContentFilterFinding>* findings);
 ::tunefleet::v1::FinishReason FinishToProto(ChatFinish f);
+// OpenAI's logprobs.content list.
+void LogprobsToProto(const std::vector<ChatLogprob>& logprobs, ::tunefleet::v1::ChoiceLogprobs* out);
 
 }  // namespace tunefleet::serving

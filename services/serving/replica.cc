@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <set>
@@ -14,6 +15,7 @@
 #include "common/errors/error_details.h"
 #include "common/model/sequence.h"
 #include "common/text/tokenizer.h"
+#include "services/serving/chat_request.h"
 
 namespace tunefleet::serving {
 
@@ -25,6 +27,7 @@ struct Replica::Base {
   std::unique_ptr<AdapterCache> adapters;
   std::unique_ptr<Engine> engine;
   BaseIdentity identity;
+  std::string weights_id;  // WeightsIdentity of its safetensors files
   ~Base() {
     engine.reset();  // ends running requests before the tokenizer goes
   }
@@ -61,20 +64,38 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return buf.str();
 }
 
-// One chat's passage through the engine: tokens to text (whole
-// characters), stop strings, the content filter's hold-back, the result.
+// A token's text for its logprobs entry: decoded alone; a byte-fallback
+// token ("<0xE6>") has that one byte.
+ChatLogprob::Alternative TokenText(const text::Tokenizer& tokenizer, int64_t id, double logprob) {
+  ChatLogprob::Alternative out;
+  out.logprob = logprob;
+  out.token = tokenizer.Decode({static_cast<int32_t>(id)});
+  const std::string piece = tokenizer.IdToToken(static_cast<int32_t>(id));
+  unsigned byte = 0;
+  if (piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>' &&
+      std::sscanf(piece.c_str() + 3, "%2x", &byte) == 1) {
+    out.bytes = std::string(1, static_cast<char>(byte));
+  } else {
+    out.bytes = out.token;
+  }
+  return out;
+}
+
+// One chat's passage through the engine. The engine's model::Sequence turns
+// tokens into text (whole characters) and applies the stop strings; here
+// the text passes the content filter's hold-back window and is released,
+// each token's logprobs with the text that completes it.
 class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<ChatCallImpl> {
  public:
-  ChatCallImpl(std::shared_ptr<const void> keep_alive, const text::Tokenizer* tokenizer,
+  ChatCallImpl(std::shared_ptr<const text::ChatTokenizer> tokenizer,
                std::shared_ptr<const ContentFilter> filter, FilterPolicy policy, size_t holdback,
-               std::vector<std::string> stops, std::shared_ptr<ChatSink> sink, int64_t prompt_tokens)
-      : keep_alive_(std::move(keep_alive)),
+               std::shared_ptr<ChatSink> sink, int64_t prompt_tokens, bool logprobs)
+      : tokenizer_(std::move(tokenizer)),
         filter_(std::move(filter)),
-        decoder_(tokenizer, /*skip_special_tokens=*/true),
         policy_(std::move(policy)),
         guard_(filter_.get(), &policy_, holdback),
-        stops_(std::move(stops)),
-        sink_(std::move(sink)) {
+        sink_(std::move(sink)),
+        logprobs_(logprobs) {
     result_.prompt_tokens = prompt_tokens;
   }
 
@@ -90,9 +111,10 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
   }
 
   // Engine thread from here on.
-  void OnToken(int64_t token) {
+  void OnText(const std::string& text, const model::Sequence& seq) {
     if (stopped_) return;
-    Feed(decoder_.Push(static_cast<int32_t>(token)));
+    if (logprobs_) Sync(seq.logprobs(), [&](size_t i) { return seq.text_end(i); });
+    ToGuard(text);
   }
 
   void OnDone(const Completion& c) {
@@ -103,8 +125,9 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
     const bool natural = c.finish == EngineFinish::kStop || c.finish == EngineFinish::kLength;
     if (!stopped_ && natural) {
       result_.finish = c.finish == EngineFinish::kStop ? ChatFinish::kStop : ChatFinish::kLength;
-      Feed(decoder_.Flush());
-      if (!stopped_) ToGuard(stops_.Flush());
+      if (logprobs_) Sync(c.logprobs, [&](size_t i) { return c.text_ends[i]; });
+      // What the sequence released at its end (the tail it held back).
+      if (c.text.size() > fed_) ToGuard(c.text.substr(fed_));
     } else if (!stopped_) {
       result_.status = c.status.ok() ? absl::InternalError("generation ended early") : c.status;
     }
@@ -126,17 +149,19 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
   }
 
  private:
-  void Feed(std::string piece) {
-    if (stopped_) return;
-    // The model library's incremental matcher: a stop string split across
-    // tokens is found, and no part of one is ever released.
-    model::StopMatcher::Step step = stops_.Feed(piece);
-    ToGuard(std::move(step.release));
-    if (step.stop && !stopped_) Stop(ChatFinish::kStop);
+  // New logprobs entries, and the text ends of those not yet released.
+  template <typename EndFn>
+  void Sync(const std::vector<model::TokenLogprob>& lps, EndFn end) {
+    for (size_t i = lp_.size(); i < lps.size(); ++i) {
+      lp_.push_back(lps[i]);
+      ends_.push_back(model::Sequence::kTextPending);
+    }
+    for (size_t i = next_lp_; i < ends_.size(); ++i) ends_[i] = end(i);
   }
 
   void ToGuard(std::string text) {
     if (text.empty() || stopped_) return;
+    fed_ += text.size();
     const Clock::time_point t = Clock::now();
     auto out = guard_.Push(text);
     result_.filter_seconds += std::chrono::duration<double>(Clock::now() - t).count();
@@ -154,8 +179,20 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
 
   void Release(std::string text) {
     if (text.empty()) return;
+    released_ += text.size();
+    std::vector<ChatLogprob> lps;
+    while (next_lp_ < lp_.size() && ends_[next_lp_] != model::Sequence::kTextPending &&
+           ends_[next_lp_] <= released_) {
+      const model::TokenLogprob& t = lp_[next_lp_++];
+      const text::Tokenizer& tok = tokenizer_->tokenizer();
+      ChatLogprob out;
+      out.chosen = TokenText(tok, t.token, t.logprob);
+      for (const auto& [id, lp] : t.top) out.top.push_back(TokenText(tok, id, lp));
+      lps.push_back(out);
+    }
     result_.text += text;
-    sink_->OnDelta(std::move(text));
+    result_.logprobs.insert(result_.logprobs.end(), lps.begin(), lps.end());
+    sink_->OnDelta(std::move(text), std::move(lps));
   }
 
   void Stop(ChatFinish finish) {
@@ -165,14 +202,18 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
     if (handle_) handle_->Cancel();
   }
 
-  std::shared_ptr<const void> keep_alive_;  // the tokenizer
+  std::shared_ptr<const text::ChatTokenizer> tokenizer_;
   std::shared_ptr<const ContentFilter> filter_;
-  text::StreamDecoder decoder_;
   FilterPolicy policy_;
   StreamGuard guard_;
-  model::StopMatcher stops_;  // holds decoded text not yet given to the guard
   std::shared_ptr<ChatSink> sink_;
+  const bool logprobs_;
   ChatResult result_;
+  size_t fed_ = 0;       // bytes of the sequence's text given to the guard
+  size_t released_ = 0;  // bytes the guard released
+  std::vector<model::TokenLogprob> lp_;
+  std::vector<size_t> ends_;  // where each token's text ends (sequence text coordinates)
+  size_t next_lp_ = 0;        // lp_[..next_lp_) are released
   std::mutex mu_;
   std::shared_ptr<RequestHandle> handle_;  // guarded by mu_
   bool cancelled_ = false;                 // guarded by mu_
@@ -186,6 +227,7 @@ absl::StatusOr<std::unique_ptr<Replica>> Replica::Create(ReplicaOptions options)
   auto filter = BuiltinFilter::Create(r->options_.builtin_filter);
   if (!filter.ok()) return filter.status();
   r->filter_ = std::shared_ptr<const ContentFilter>(*std::move(filter));
+  r->build_id_ = r->options_.build_id.empty() ? BuildIdentity() : r->options_.build_id;
   return r;
 }
 
@@ -207,6 +249,7 @@ absl::StatusOr<std::shared_ptr<Replica::Base>> Replica::LoadBase(const std::stri
   auto tokenizer_json = ReadFile(dir + "/tokenizer.json");
   if (!tokenizer_json.ok()) return tokenizer_json.status();
   base->identity.model_id = id;
+  base->weights_id = WeightsIdentity(dir, /*content=*/false);
   base->identity.tokenizer_sha256 = Sha256Hex(*tokenizer_json);
   base->identity.chat_template = FormatName(base->tokenizer->chat_template().format());
   for (int32_t s : base->tokenizer->StopIds()) base->identity.stop_token_ids.push_back(s);
@@ -308,9 +351,23 @@ std::vector<DeploymentStatus> Replica::Apply(const std::vector<DeploymentSpec>& 
           if ((*adapter)->contract) d->defaults = (*adapter)->contract->generation;
         }
       }
+      // What produced the answer: the base's weights and tokenizer, the
+      // adapter's weights (their sha256, computed once per file version)
+      // and the build.
+      std::string adapter_id;
+      if (!spec.adapter_artifact.empty()) {
+        const std::string dir = absl::StrCat(options_.artifacts_dir, "/", spec.adapter_artifact);
+        const std::string stat_id = absl::StrCat(dir, "\n", WeightsIdentity(dir, /*content=*/false));
+        auto known = adapter_ids_.find(stat_id);
+        if (known == adapter_ids_.end()) {
+          known = adapter_ids_.emplace(stat_id, WeightsIdentity(dir, /*content=*/true)).first;
+        }
+        adapter_id = known->second;
+      }
       d->fingerprint = absl::StrCat(
-          "fp_", Sha256Hex(absl::StrCat(spec.base_model, "\n", d->base->identity.tokenizer_sha256,
-                                        "\n", spec.adapter_artifact))
+          "fp_", Sha256Hex(absl::StrCat(spec.base_model, "\n", d->base->weights_id, "\n",
+                                        d->base->identity.tokenizer_sha256, "\n", adapter_id, "\n",
+                                        build_id_))
                      .substr(0, 12));
     }
     if (!d->ready) spdlog::error("deployment={} not ready: {}", spec.id, d->error);
@@ -391,10 +448,9 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   if (!(top_p > 0 && top_p <= 1)) {
     return errors::FieldError("top_p", absl::StrCat("must be in (0, 1], got ", top_p));
   }
-  if (request.max_tokens && *request.max_tokens < 1) {
-    return errors::FieldError(
-        "max_tokens", absl::StrCat("must be at least 1, got ", *request.max_tokens));
-  }
+  if (absl::Status s = CheckChatSamplingFields(request); !s.ok()) return s;
+  std::string max_field;
+  const std::optional<int64_t> requested_max = RequestedMaxTokens(request, &max_field);
   if (request.stop.size() > 4) {
     return errors::FieldError(
         "stop", absl::StrCat("at most 4 stop strings, got ", request.stop.size()));
@@ -407,13 +463,15 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
         "n", absl::StrCat("one choice per request is supported, got ", request.n));
   }
   Base& base = *d->base;
-  std::vector<text::ChatMessage> messages;
+  auto messages = TemplateMessages(request, base.tokenizer->chat_template(), base.id);
+  if (!messages.ok()) return messages.status();
   std::string prompt_text;
   for (const ChatMessageIn& m : request.messages) {
-    messages.push_back(text::ChatMessage{m.role, m.content, std::nullopt});
     absl::StrAppend(&prompt_text, prompt_text.empty() ? "" : "\n", m.content);
+    for (const text::ToolCall& c : m.tool_calls) absl::StrAppend(&prompt_text, "\n", c.name, " ", c.arguments);
   }
-  auto ids = base.tokenizer->EncodePrompt(messages);
+  if (!request.user.empty()) spdlog::info("chat deployment={} user={}", d->spec.id, request.user);
+  auto ids = base.tokenizer->EncodePrompt(*messages);
   if (!ids.ok()) return ids.status();
   const int64_t prompt_tokens = static_cast<int64_t>(ids->size());
   const int64_t context = base.engine->context_size();
@@ -422,10 +480,10 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
         "the prompt has ", prompt_tokens, " tokens; the model's context holds ", context,
         " tokens (prompt and completion together)"));
   }
-  int64_t max_tokens = request.max_tokens.value_or(d->defaults.max_tokens.value_or(0));
-  if (request.max_tokens && prompt_tokens + *request.max_tokens > context) {
-    return errors::FieldError("max_tokens", absl::StrCat(
-        *request.max_tokens, " completion tokens after a prompt of ", prompt_tokens,
+  int64_t max_tokens = requested_max.value_or(d->defaults.max_tokens.value_or(0));
+  if (requested_max && prompt_tokens + *requested_max > context) {
+    return errors::FieldError(max_field, absl::StrCat(
+        *requested_max, " completion tokens after a prompt of ", prompt_tokens,
         " tokens exceed the model's context of ", context, " tokens"));
   }
   max_tokens = std::min(max_tokens, context - prompt_tokens);
@@ -468,16 +526,26 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   er.prompt.assign(ids->begin(), ids->end());
   er.sampling.temperature = temperature;
   er.sampling.top_p = top_p;
-  er.sampling.max_tokens = max_tokens;
+  er.sampling.max_new_tokens = max_tokens;  // 0: up to the context
   er.sampling.seed = request.seed ? static_cast<uint64_t>(*request.seed) : std::random_device{}();
   er.sampling.stop_token_ids = base.identity.stop_token_ids;
+  er.sampling.stop_strings = request.stop;
+  er.sampling.frequency_penalty = request.frequency_penalty.value_or(0);
+  er.sampling.presence_penalty = request.presence_penalty.value_or(0);
+  er.sampling.logprobs = request.logprobs;
+  er.sampling.top_logprobs = static_cast<int>(request.logprobs ? request.top_logprobs.value_or(0) : 0);
   er.deadline = request.deadline;
   // The call keeps the tokenizer, never the base: the engine's last request
   // must not be what destroys the engine (from its own thread).
-  auto call = std::make_shared<ChatCallImpl>(base.tokenizer, &base.tokenizer->tokenizer(), d->filter,
-                                             d->policy, options_.holdback_bytes, request.stop,
-                                             std::move(sink), prompt_tokens);
-  er.on_token = [call](int64_t t) { call->OnToken(t); };
+  std::shared_ptr<const text::ChatTokenizer> tokenizer = base.tokenizer;
+  er.detokenize = [tokenizer](const std::vector<int64_t>& ids) {
+    std::vector<int32_t> narrow(ids.begin(), ids.end());
+    return tokenizer->tokenizer().Decode(narrow, /*skip_special_tokens=*/true);
+  };
+  auto call = std::make_shared<ChatCallImpl>(base.tokenizer, d->filter, d->policy,
+                                             options_.holdback_bytes, std::move(sink),
+                                             prompt_tokens, request.logprobs);
+  er.on_text = [call](const std::string& text, const model::Sequence& seq) { call->OnText(text, seq); };
   er.on_done = [call](const Completion& c) { call->OnDone(c); };
   auto handle = base.engine->Submit(std::move(er));
   if (!handle.ok()) return handle.status();

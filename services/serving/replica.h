@@ -46,6 +46,9 @@ struct ReplicaOptions {
   bool classifier_fail_open = false;
   // Stream hold-back in bytes; 0: what the filter needs (its max_span).
   size_t holdback_bytes = 0;
+  // What system_fingerprint says of the build; empty: the sha256 of the
+  // running executable.
+  std::string build_id;
   // Makes the filter for a deployment whose policy names a classifier
   // endpoint (a remote ContentFilterService); null: such policies fail.
   std::function<std::shared_ptr<const ContentFilter>(const std::string& endpoint,
@@ -80,25 +83,44 @@ struct DeploymentInfo {
 
 struct ChatMessageIn {
   std::string role, content;
+  std::vector<text::ToolCall> tool_calls;
+  std::string tool_call_id;
 };
 
 struct ChatRequest {
   std::string deployment;
   std::vector<ChatMessageIn> messages;
   std::optional<double> temperature, top_p;
-  std::optional<int64_t> max_tokens;
+  std::optional<int64_t> max_tokens;  // deprecated alias of max_completion_tokens
+  std::optional<int64_t> max_completion_tokens;
   std::vector<std::string> stop;
   std::optional<int64_t> seed;
   int n = 0;
+  bool logprobs = false;
+  std::optional<int64_t> top_logprobs;
+  std::optional<double> frequency_penalty, presence_penalty;
+  std::string user;  // logged only
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
 enum class ChatFinish { kStop, kLength, kContentFilter };
 
+// One generated token's log-probability, with its text (OpenAI's shape).
+struct ChatLogprob {
+  struct Alternative {
+    std::string token;  // the token's text decoded alone
+    std::string bytes;  // its bytes (a byte-fallback token: that byte)
+    double logprob = 0;
+  };
+  Alternative chosen;
+  std::vector<Alternative> top;  // most likely first
+};
+
 struct ChatResult {
   absl::Status status;  // not OK: cancelled, deadline, engine failure
   ChatFinish finish = ChatFinish::kStop;
   std::string text;  // everything released (a blocked answer: what passed before the block)
+  std::vector<ChatLogprob> logprobs;  // of the released text's tokens, when asked
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
   FilterVerdict completion_verdict;
@@ -110,7 +132,10 @@ struct ChatResult {
 class ChatSink {
  public:
   virtual ~ChatSink() = default;
-  virtual void OnDelta(std::string text) = 0;  // whole UTF-8 characters, already filtered
+  // Whole UTF-8 characters, already filtered, and (when the request asked)
+  // the log-probabilities of the tokens whose text it completes: a token's
+  // logprobs are released with its text, never before (they name it).
+  virtual void OnDelta(std::string text, std::vector<ChatLogprob> logprobs) = 0;
   virtual void OnDone(ChatResult result) = 0;  // exactly once, last
 };
 
@@ -147,8 +172,11 @@ class Replica {
 
   // Starts a chat: NOT_FOUND for an unknown deployment; FAILED_PRECONDITION
   // when it is not ready; INVALID_ARGUMENT naming the field (messages,
-  // temperature, top_p, max_tokens, stop, n; a prompt over the context with
-  // both sizes; a blocked prompt, with `prompt_verdict` set). May block on
+  // temperature, top_p, max_completion_tokens / max_tokens, stop, n,
+  // top_logprobs, frequency_penalty, presence_penalty, user; a prompt over
+  // the context with both sizes; tool calls under a chat template that
+  // cannot render them, with reason TOOLS_UNSUPPORTED; a blocked prompt,
+  // with `prompt_verdict` set). May block on
   // an adapter load: call it from a worker thread.
   absl::StatusOr<ChatStart> StartChat(const ChatRequest& request, std::shared_ptr<ChatSink> sink,
                                       FilterVerdict* prompt_verdict);
@@ -170,6 +198,9 @@ class Replica {
   const ReplicaOptions options_;
   std::shared_ptr<const ContentFilter> filter_;  // the built-in one
   std::mutex apply_mu_;  // one Apply at a time
+  std::string build_id_;
+  // An adapter directory's stat identity -> its content identity (guarded by apply_mu_).
+  std::map<std::string, std::string> adapter_ids_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Base>> bases_;              // guarded by mu_
   std::map<std::string, std::shared_ptr<Deployment>> deployments_;  // guarded by mu_

@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -203,6 +204,85 @@ TEST(SampleTokenTest, FiltersAndTemperature) {
   // u near 1 reaches the least likely token.
   EXPECT_EQ(SampleToken(logits.data(), 4, o, 0.9999), 3);
   EXPECT_EQ(SampleToken(logits.data(), 4, o, 0.0), 1);
+}
+
+// Logprobs through Generate: each generated token's entry equals the
+// log_softmax of the model's logits at its step (a full forward, no cache),
+// whatever the sampling transforms; the top list is sorted and starts at
+// the argmax.
+TEST_F(GenerateTest, LogprobsEqualTheModelsLogSoftmax) {
+  GenerationOptions o;
+  o.max_new_tokens = 5;
+  o.temperature = 0.8;
+  o.top_p = 0.9;
+  o.seed = 7;
+  o.stop_token_ids = {-1};
+  o.logprobs = true;
+  o.top_logprobs = 4;
+  const std::vector<int64_t> prompt = {5, 6, 7, 8};
+  std::vector<Generation> g = Gen({prompt}, o);
+  ASSERT_EQ(g[0].tokens.size(), 5u);
+  ASSERT_EQ(g[0].logprobs.size(), 5u);
+  std::vector<int64_t> seq = prompt;
+  for (size_t i = 0; i < g[0].tokens.size(); ++i) {
+    auto logits = decoder_->Forward(at::tensor(seq, at::kLong).view({1, -1}));
+    ASSERT_TRUE(logits.ok());
+    at::Tensor ref = (*logits)[0][static_cast<int64_t>(seq.size()) - 1].to(at::kDouble).log_softmax(0);
+    const TokenLogprob& lp = g[0].logprobs[i];
+    EXPECT_EQ(lp.token, g[0].tokens[i]);
+    EXPECT_NEAR(lp.logprob, ref[lp.token].item<double>(), 1e-5) << "step " << i;
+    ASSERT_EQ(lp.top.size(), 4u);
+    EXPECT_EQ(lp.top[0].first, ref.argmax().item<int64_t>());
+    for (size_t k = 0; k < lp.top.size(); ++k) {
+      EXPECT_NEAR(lp.top[k].second, ref[lp.top[k].first].item<double>(), 1e-5);
+      if (k > 0) {
+        EXPECT_GE(lp.top[k - 1].second, lp.top[k].second);
+      }
+    }
+    seq.push_back(g[0].tokens[i]);
+  }
+  // Asking for logprobs does not change the tokens.
+  o.logprobs = false;
+  EXPECT_EQ(Gen({prompt}, o)[0].tokens, g[0].tokens);
+}
+
+// Penalties through Generate: every greedy step is the argmax of the
+// model's logits less count x frequency_penalty + presence_penalty over the
+// row's own generated tokens (the prompt does not count).
+TEST_F(GenerateTest, PenaltiesApplyToEachRowsOwnTokens) {
+  GenerationOptions o;
+  o.max_new_tokens = 8;
+  o.stop_token_ids = {-1};
+  o.frequency_penalty = 0.7;
+  o.presence_penalty = 0.4;
+  const std::vector<std::vector<int64_t>> prompts = {{5, 6, 7, 8}, {20, 21}};
+  std::vector<Generation> g = Gen(prompts, o);
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    std::vector<int64_t> seq = prompts[b];
+    std::map<int64_t, int> counts;
+    for (int64_t tok : g[b].tokens) {
+      auto logits = decoder_->Forward(at::tensor(seq, at::kLong).view({1, -1}));
+      ASSERT_TRUE(logits.ok());
+      at::Tensor row = (*logits)[0][static_cast<int64_t>(seq.size()) - 1].clone();
+      for (const auto& [t, n] : counts) row[t] -= n * 0.7 + 0.4;
+      EXPECT_EQ(tok, row.argmax().item<int64_t>()) << "row " << b;
+      ++counts[tok];
+      seq.push_back(tok);
+    }
+  }
+  // A strong penalty changes the greedy answer of a model that repeats.
+  o.frequency_penalty = 0;
+  o.presence_penalty = 0;
+  o.max_new_tokens = 24;
+  std::vector<Generation> plain = Gen({prompts[0]}, o);
+  std::map<int64_t, int> seen;
+  int repeats = 0;
+  for (int64_t t : plain[0].tokens) repeats += seen[t]++ > 0;
+  if (repeats > 0) {
+    o.presence_penalty = 2;
+    o.frequency_penalty = 2;
+    EXPECT_NE(Gen({prompts[0]}, o)[0].tokens, plain[0].tokens);
+  }
 }
 
 }  // namespace

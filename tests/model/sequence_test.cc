@@ -4,6 +4,10 @@
 #include "common/model/sequence.h"
 
 #include <gmock/gmock.h>
+
+#include <cmath>
+
+#include "common/model/sampling.h"
 #include <gtest/gtest.h>
 
 #include <map>
@@ -138,6 +142,90 @@ TEST(Sequence, BudgetAndCancelWithoutText) {
   EXPECT_EQ(cancelled.text(), "Hel");
   Sequence none(Params({}, 0), Decode);
   EXPECT_THAT(none.finish_reason(), Optional(FinishReason::kLength));
+}
+
+// Penalties on a manual logits case: count x frequency_penalty and a flat
+// presence_penalty move the argmax away from a repeated token, per sequence.
+TEST(Sampling, PenaltiesChangeTheArgmaxAsOpenAIDefinesThem) {
+  const std::vector<float> logits = {1.0f, 3.0f, 2.9f, 0.0f};
+  auto choose = [&](const Sequence& seq) {
+    std::vector<float> scratch;
+    return ChooseToken(seq, logits.data(), 4, /*uniform=*/0.0, &scratch).token;
+  };
+  SamplingParams p;
+  p.max_new_tokens = 10;
+  Sequence plain(p, nullptr);
+  plain.Accept(1);
+  EXPECT_EQ(choose(plain), 1);  // no penalty: the repeated token wins again
+  p.frequency_penalty = 0.06;   // once: 3.0 - 0.06 > 2.9; twice: 3.0 - 0.12 < 2.9
+  Sequence freq(p, nullptr);
+  EXPECT_EQ(choose(freq), 1);  // nothing generated yet: nothing to penalize
+  freq.Accept(1);
+  EXPECT_EQ(choose(freq), 1);
+  freq.Accept(1);
+  EXPECT_EQ(choose(freq), 2);
+  EXPECT_EQ(freq.counts().at(1), 2);
+  p.frequency_penalty = 0;
+  p.presence_penalty = 0.2;  // flat, whatever the count
+  Sequence presence(p, nullptr);
+  presence.Accept(1);
+  EXPECT_EQ(choose(presence), 2);
+  p.presence_penalty = -1.5;  // negative: favours what occurred
+  Sequence favour(p, nullptr);
+  favour.Accept(2);  // 2.9 + 1.5 > 3.0
+  EXPECT_EQ(choose(favour), 2);
+  // The logits themselves are untouched (the penalty works on a copy).
+  EXPECT_EQ(logits[1], 3.0f);
+}
+
+TEST(Sampling, LogprobsAreTheLogSoftmaxWithASortedTopList) {
+  const std::vector<float> logits = {0.5f, 2.0f, -1.0f, 2.0f, 1.0f};
+  double z = 0;
+  for (float l : logits) z += std::exp(static_cast<double>(l));
+  TokenLogprob lp = LogprobsOf(logits.data(), 5, 4, 3);
+  EXPECT_EQ(lp.token, 4);
+  EXPECT_NEAR(lp.logprob, 1.0 - std::log(z), 1e-12);
+  ASSERT_EQ(lp.top.size(), 3u);
+  EXPECT_EQ(lp.top[0].first, 1);  // ties: lower id first
+  EXPECT_EQ(lp.top[1].first, 3);
+  EXPECT_EQ(lp.top[2].first, 4);
+  EXPECT_NEAR(lp.top[0].second, 2.0 - std::log(z), 1e-12);
+  // Logprobs come from the raw logits: penalties and temperature do not
+  // change them, only the choice.
+  SamplingParams p;
+  p.logprobs = true;
+  p.top_logprobs = 2;
+  p.frequency_penalty = 2;
+  Sequence seq(p, nullptr);
+  seq.Accept(1);
+  std::vector<float> scratch;
+  TokenChoice c = ChooseToken(seq, logits.data(), 5, 0.0, &scratch);
+  EXPECT_EQ(c.token, 3);
+  ASSERT_TRUE(c.logprob.has_value());
+  EXPECT_NEAR(c.logprob->logprob, 2.0 - std::log(z), 1e-12);
+  seq.Accept(c.token, c.logprob);
+  ASSERT_EQ(seq.logprobs().size(), 2u);
+  EXPECT_EQ(seq.logprobs()[1].token, 3);
+  // Not asked: none computed.
+  p.logprobs = false;
+  Sequence quiet(p, nullptr);
+  EXPECT_FALSE(ChooseToken(quiet, logits.data(), 5, 0.0, &scratch).logprob.has_value());
+}
+
+// Where each token's text ends, for releasing logprobs with their text: a
+// token of half a character ends with the token that completes it.
+TEST(Sequence, TextEndsFollowWholeCharacters) {
+  Sequence seq(Params({}), Decode);
+  seq.Accept(1);    // "Hel"
+  seq.Accept(100);  // first byte of "é"
+  EXPECT_EQ(seq.text_end(0), 3u);
+  EXPECT_EQ(seq.text_end(1), Sequence::kTextPending);
+  seq.Accept(101);  // completes "é"
+  EXPECT_EQ(seq.text_end(1), 5u);
+  EXPECT_EQ(seq.text_end(2), 5u);
+  seq.Accept(2000);  // stop token: not appended
+  EXPECT_EQ(seq.tokens().size(), 3u);
+  EXPECT_EQ(seq.text(), "Hel\xC3\xA9");
 }
 
 }  // namespace

@@ -11,10 +11,12 @@
 
 #include <condition_variable>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/model/generate.h"
 #include "services/serving/engine/adapter_cache.h"
 #include "services/serving/engine/contract.h"
 #include "tests/model/model_test_util.h"
@@ -74,7 +76,7 @@ class EngineTest : public ::testing::Test {
                            std::shared_ptr<const ServedAdapter> adapter = nullptr) {
     EngineRequest r;
     r.prompt = std::move(prompt);
-    r.sampling.max_tokens = max_tokens;
+    r.sampling.max_new_tokens = max_tokens;
     r.sampling.stop_token_ids = {kNoStop};
     r.adapter = std::move(adapter);
     return r;
@@ -172,6 +174,93 @@ TEST_F(EngineTest, BatchedEqualsOneByOneWithMixedAdapters) {
     }
     EXPECT_GT(engine->stats().cache_rows, 1) << "the requests never shared a batch";
   }
+}
+
+// The engine chooses tokens through the model library's Sequence, as
+// Generate does: rows with their own penalties, logprobs and stop strings
+// in one mixed batch give what Generate gives each alone, token for token.
+TEST_F(EngineTest, PenaltiesLogprobsAndStopStringsPerRowMatchGenerate) {
+  auto detok = [](const std::vector<int64_t>& ids) {
+    std::string out;
+    for (int64_t id : ids) absl::StrAppend(&out, "<", id, ">");
+    return out;
+  };
+  std::vector<EngineRequest> reqs;
+  for (size_t p = 0; p < kPrompts.size(); ++p) {
+    EngineRequest r = Req(kPrompts[p], 10);
+    r.sampling.frequency_penalty = p == 0 ? 1.5 : 0;
+    r.sampling.presence_penalty = p == 1 ? 2.0 : (p == 2 ? -0.5 : 0);
+    r.sampling.logprobs = p != 3;
+    r.sampling.top_logprobs = static_cast<int>(p);
+    r.sampling.temperature = p == 2 ? 0.8 : 0;
+    r.sampling.seed = 40 + p;
+    r.detokenize = detok;
+    reqs.push_back(std::move(r));
+  }
+  std::vector<model::Generation> expected;
+  for (const EngineRequest& r : reqs) {
+    model::GenerationOptions o;
+    static_cast<model::SamplingParams&>(o) = r.sampling;
+    o.detokenize = detok;
+    auto g = model::Generate(*decoder_, {r.prompt}, o);
+    ASSERT_TRUE(g.ok()) << g.status();
+    expected.push_back((*g)[0]);
+  }
+  // A stop string taken from the middle of row 0's answer ends it there.
+  ASSERT_GE(expected[0].tokens.size(), 6u);
+  const std::string stop = absl::StrCat("<", expected[0].tokens[4], ">");
+  reqs[0].sampling.stop_strings = {stop};
+  const std::string cut = expected[0].text.substr(0, expected[0].text.find(stop));
+
+  auto engine = NewEngine();
+  Collector col;
+  col.Expect(reqs.size());
+  std::vector<std::string> streamed(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EngineRequest r = reqs[i];
+    r.on_text = [&streamed, i](const std::string& text, const model::Sequence&) { streamed[i] += text; };
+    r.on_done = col.Slot(i);
+    TF_ASSERT_OK(engine->Submit(std::move(r)).status());
+  }
+  std::vector<Completion> got = col.Wait();
+  EXPECT_EQ(got[0].finish, EngineFinish::kStop);
+  EXPECT_EQ(got[0].stop_string, stop);
+  EXPECT_EQ(got[0].text, cut);
+  EXPECT_EQ(streamed[0], cut);
+  for (size_t i = 1; i < reqs.size(); ++i) {
+    TF_EXPECT_OK(got[i].status);
+    EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
+    EXPECT_EQ(got[i].text, expected[i].text);
+    EXPECT_THAT(got[i].text, ::testing::StartsWith(streamed[i]));
+    ASSERT_EQ(got[i].logprobs.size(), expected[i].logprobs.size());
+    for (size_t t = 0; t < got[i].logprobs.size(); ++t) {
+      EXPECT_EQ(got[i].logprobs[t].token, got[i].tokens[t]);
+      EXPECT_NEAR(got[i].logprobs[t].logprob, expected[i].logprobs[t].logprob, 1e-4);
+      EXPECT_EQ(got[i].logprobs[t].top.size(), i);
+    }
+    EXPECT_EQ(got[i].text_ends.size(), got[i].tokens.size());
+  }
+  EXPECT_TRUE(got[3].logprobs.empty());
+  // A penalty changes the greedy answer of the row that repeats (row 0's
+  // answer without one).
+  EngineRequest plain = Req(kPrompts[0], 10);
+  const std::vector<int64_t> unpenalized = Alone(plain);
+  std::map<int64_t, int> seen;
+  int repeats = 0;
+  for (int64_t t : unpenalized) repeats += seen[t]++ > 0;
+  if (repeats > 0) {
+    EXPECT_NE(expected[0].tokens, unpenalized);
+  }
+  // Out-of-range values are refused.
+  EngineRequest bad = Req(kPrompts[0], 4);
+  bad.sampling.frequency_penalty = 2.5;
+  EXPECT_THAT(engine->Submit(bad).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("frequency_penalty")));
+  bad = Req(kPrompts[0], 4);
+  bad.sampling.top_logprobs = 21;
+  EXPECT_THAT(engine->Submit(bad).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_logprobs")));
+  bad = Req(kPrompts[0], 4);
+  bad.sampling.stop_strings = {"x"};
+  EXPECT_THAT(engine->Submit(bad).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("detokenize")));
 }
 
 TEST_F(EngineTest, ARequestJoiningMidBatchGetsTheSameAnswer) {

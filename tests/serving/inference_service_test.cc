@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <re2/re2.h>
 #include <stdlib.h>
 
@@ -27,7 +28,9 @@
 #include "common/model/tiny_model.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
+#include "common/errors/error_details.h"
 #include "common/rpc/status.h"
+#include "common/text/chat_template.h"
 #include "common/text/phi3_tokenizer_files.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "services/serving/deployment_reconciler.h"
@@ -254,7 +257,7 @@ class ServingTest : public ::testing::Test {
     std::mutex mu;
     std::condition_variable cv;
     std::optional<ChatResult> result;
-    void OnDelta(std::string) override {}
+    void OnDelta(std::string, std::vector<ChatLogprob>) override {}
     void OnDone(ChatResult r) override {
       std::lock_guard<std::mutex> lock(mu);
       result = std::move(r);
@@ -522,6 +525,241 @@ TEST_F(ServingTest, EveryBadRequestNamesItsField) {
   grpc::Status s = Unary(Chat("dep-base", long_prompt), &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), ::testing::ContainsRegex("prompt has [0-9]+ tokens.*context holds 256"));
+}
+
+TEST_F(ServingTest, LogprobsComeWithTheirTokensInUnaryAndStream) {
+  auto req = Chat("dep-open", kPrompt, 10);
+  req.set_logprobs(true);
+  req.set_top_logprobs(3);
+  v1::ChatCompletionResponse resp;
+  grpc::Status s = Unary(req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_GT(resp.created(), 1700000000);
+  const v1::ChoiceLogprobs& lps = resp.choices(0).logprobs();
+  ASSERT_EQ(lps.content_size(), resp.usage().completion_tokens());
+  for (const v1::TokenLogprob& t : lps.content()) {
+    EXPECT_LE(t.logprob(), 0);
+    ASSERT_EQ(t.top_logprobs_size(), 3);
+    // Greedy: the chosen token is the most likely one.
+    EXPECT_NEAR(t.top_logprobs(0).logprob(), t.logprob(), 1e-9);
+    EXPECT_EQ(t.top_logprobs(0).token(), t.token());
+    EXPECT_GE(t.top_logprobs(0).logprob(), t.top_logprobs(1).logprob());
+    EXPECT_GE(t.top_logprobs(1).logprob(), t.top_logprobs(2).logprob());
+    EXPECT_FALSE(t.bytes().empty() && !t.token().empty());
+  }
+  // Asking for logprobs does not change the answer.
+  EXPECT_EQ(resp.choices(0).message().content(), answer_->substr(0, resp.choices(0).message().content().size()));
+
+  std::vector<v1::ChatCompletionChunk> chunks;
+  s = Stream(req, &chunks);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  std::vector<double> streamed;
+  for (const auto& c : chunks) {
+    EXPECT_EQ(c.created(), chunks.front().created());
+    // A chunk's logprobs name the tokens of its own text.
+    if (c.logprobs().content_size() > 0) {
+      EXPECT_FALSE(c.delta().empty());
+    }
+    for (const auto& t : c.logprobs().content()) streamed.push_back(t.logprob());
+  }
+  ASSERT_EQ(static_cast<int>(streamed.size()), lps.content_size());
+  for (size_t i = 0; i < streamed.size(); ++i) EXPECT_NEAR(streamed[i], lps.content(static_cast<int>(i)).logprob(), 1e-9);
+  // Not asked: none.
+  ASSERT_TRUE(Unary(Chat("dep-open", kPrompt, 10), &resp).ok());
+  EXPECT_FALSE(resp.choices(0).has_logprobs());
+}
+
+TEST_F(ServingTest, PenaltiesAndMaxCompletionTokensAreValidatedAndApplied) {
+  v1::ChatCompletionResponse resp;
+  auto expect_bad = [&](const v1::ChatCompletionRequest& req, const std::string& field) {
+    grpc::Status s = Unary(req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_THAT(s.error_message(), HasSubstr(field + ":"));
+    errors::Details d = errors::GetDetails(rpc::FromGrpcStatus(s));
+    ASSERT_EQ(d.field_violations.size(), 1u) << field;
+    EXPECT_EQ(d.field_violations[0].field, field);
+    std::vector<v1::ChatCompletionChunk> chunks;
+    EXPECT_EQ(Stream(req, &chunks).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+  };
+  auto r = Chat("dep-base", "hi");
+  r.set_frequency_penalty(2.5);
+  expect_bad(r, "frequency_penalty");
+  r = Chat("dep-base", "hi");
+  r.set_presence_penalty(-2.01);
+  expect_bad(r, "presence_penalty");
+  r = Chat("dep-base", "hi");
+  r.set_logprobs(true);
+  r.set_top_logprobs(21);
+  expect_bad(r, "top_logprobs");
+  r = Chat("dep-base", "hi");
+  r.set_top_logprobs(2);  // without logprobs
+  expect_bad(r, "top_logprobs");
+  r = Chat("dep-base", "hi");
+  r.set_user(std::string(257, 'u'));
+  expect_bad(r, "user");
+  r = Chat("dep-base", "hi");
+  r.set_max_completion_tokens(0);
+  expect_bad(r, "max_completion_tokens");
+  r = Chat("dep-base", "hi");
+  r.set_max_completion_tokens(255);
+  expect_bad(r, "max_completion_tokens");
+  r = Chat("dep-base", "hi", 6);
+  r.set_max_completion_tokens(5);  // and max_tokens 6
+  expect_bad(r, "max_completion_tokens");
+
+  // max_completion_tokens is the budget; the alias may repeat it.
+  r = Chat("dep-open", kPrompt);
+  r.clear_max_tokens();
+  r.set_max_completion_tokens(7);
+  r.set_user("end-user-42");
+  ASSERT_TRUE(Unary(r, &resp).ok());
+  EXPECT_EQ(resp.usage().completion_tokens(), 7);
+  r.set_max_tokens(7);
+  ASSERT_TRUE(Unary(r, &resp).ok());
+  EXPECT_EQ(resp.usage().completion_tokens(), 7);
+
+  // Penalties reach the engine: the tiny model's greedy answer never
+  // repeats a token, so positive ones leave it as it is and negative ones
+  // (which favour what was generated) change it.
+  r = Chat("dep-open", kPrompt);
+  r.set_frequency_penalty(2);
+  r.set_presence_penalty(2);
+  grpc::Status s = Unary(r, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.choices(0).message().content(), *answer_);
+  r.set_frequency_penalty(-2);
+  r.set_presence_penalty(-2);
+  s = Unary(r, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_NE(resp.choices(0).message().content(), *answer_);
+}
+
+TEST_F(ServingTest, ToolCallsRenderThroughTheTemplateOrAreRefusedWithTOOLS_UNSUPPORTED) {
+  v1::ChatCompletionRequest req = Chat("dep-base", "What is the weather in Paris?", 5);
+  v1::ChatMessage* call = req.add_messages();
+  call->set_role("assistant");
+  v1::ToolCall* tc = call->add_tool_calls();
+  tc->set_id("call_1");
+  tc->set_type("function");
+  tc->mutable_function()->set_name("get_weather");
+  tc->mutable_function()->set_arguments(R"({"city": "Paris"})");
+  v1::ChatMessage* answer = req.add_messages();
+  answer->set_role("tool");
+  answer->set_tool_call_id("call_1");
+  answer->set_content(R"({"temp": 21})");
+
+  // The tiny Phi-3's template cannot render them: a stable reason, the
+  // field and the template named.
+  v1::ChatCompletionResponse resp;
+  grpc::Status s = Unary(req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("phi3"));
+  errors::Details d = errors::GetDetails(rpc::FromGrpcStatus(s));
+  EXPECT_EQ(d.reason, "TOOLS_UNSUPPORTED");
+  EXPECT_EQ(d.metadata["chat_template"], "phi3");
+  ASSERT_EQ(d.field_violations.size(), 1u);
+  EXPECT_EQ(d.field_violations[0].field, "messages[1].tool_calls");
+  std::vector<v1::ChatCompletionChunk> chunks;
+  s = Stream(req, &chunks);
+  EXPECT_EQ(errors::GetDetails(rpc::FromGrpcStatus(s)).reason, "TOOLS_UNSUPPORTED");
+  // A malformed call names its field.
+  auto bad = req;
+  bad.mutable_messages(1)->mutable_tool_calls(0)->mutable_function()->clear_name();
+  s = Unary(bad, &resp);
+  EXPECT_THAT(s.error_message(), HasSubstr("messages[1].tool_calls[0].function.name"));
+
+  // A base whose template renders tools (Qwen3's markers): the request,
+  // converted from the proto, is the prompt the template renders.
+  const std::string qwen = dir_->Join("models/tiny-qwen-template");
+  std::filesystem::create_directories(qwen);
+  for (const auto& e : std::filesystem::directory_iterator(dir_->Join("models/tiny-phi3"))) {
+    std::filesystem::copy_file(e.path(), qwen + "/" + e.path().filename().string(),
+                               std::filesystem::copy_options::overwrite_existing);
+  }
+  {
+    std::ifstream in(qwen + "/tokenizer_config.json");
+    nlohmann::json tc = nlohmann::json::parse(in);
+    tc["chat_template"] = "{{'<|im_start|>'}}{% if '</think>' in c %}{% endif %}";
+    std::ofstream(qwen + "/tokenizer_config.json") << tc.dump();
+  }
+  auto replica = Replica::Create(Options({}));
+  ASSERT_TRUE(replica.ok());
+  DeploymentSpec spec = SpecFromProto(Desired("dep-tools", "acme", "", false));
+  spec.base_model = "tiny-qwen-template";
+  auto statuses = (*replica)->Apply({spec});
+  ASSERT_TRUE(statuses[0].ready) << statuses[0].error;
+  ChatRequest chat = ChatRequestFromProto(req, std::chrono::steady_clock::time_point::max());
+  chat.deployment = "dep-tools";
+  auto sink = std::make_shared<Sink>();
+  FilterVerdict verdict;
+  auto start = (*replica)->StartChat(chat, sink, &verdict);
+  ASSERT_TRUE(start.ok()) << start.status();
+  TF_ASSERT_OK_AND_ASSIGN(text::ChatTokenizer tok, text::ChatTokenizer::Load(qwen));
+  EXPECT_EQ(tok.chat_template().format(), text::ChatFormat::kQwen3);
+  std::vector<text::ChatMessage> messages(3);
+  messages[0].role = "user";
+  messages[0].content = "What is the weather in Paris?";
+  messages[1].role = "assistant";
+  messages[1].tool_calls = {{"call_1", "function", "get_weather", R"({"city": "Paris"})"}};
+  messages[2].role = "tool";
+  messages[2].content = R"({"temp": 21})";
+  TF_ASSERT_OK_AND_ASSIGN(std::string rendered, tok.chat_template().Render(messages, true));
+  EXPECT_EQ(rendered,
+            "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n"
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+            "{\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n"
+            "<|im_start|>user\n<tool_response>\n{\"temp\": 21}\n</tool_response><|im_end|>\n"
+            "<|im_start|>assistant\n");
+  TF_ASSERT_OK_AND_ASSIGN(auto ids, tok.EncodePrompt(messages));
+  EXPECT_EQ(start->prompt_tokens, static_cast<int64_t>(ids.size()));
+  std::unique_lock<std::mutex> lock(sink->mu);
+  sink->cv.wait(lock, [&] { return sink->result.has_value(); });
+  EXPECT_TRUE(sink->result->status.ok()) << sink->result->status;
+}
+
+TEST_F(ServingTest, TheFingerprintFollowsTheWeightsAndTheBuild) {
+  auto fingerprint = [&](const std::string& build, const std::string& adapter) {
+    ReplicaOptions o = Options({});
+    o.build_id = build;
+    auto replica = Replica::Create(o);
+    EXPECT_TRUE(replica.ok());
+    auto statuses = (*replica)->Apply({SpecFromProto(Desired("dep-fp", "acme", adapter, false))});
+    EXPECT_TRUE(statuses[0].ready) << statuses[0].error;
+    ChatRequest chat;
+    chat.deployment = "dep-fp";
+    chat.messages = {{"user", "hi", {}, ""}};
+    chat.max_tokens = 1;
+    auto sink = std::make_shared<Sink>();
+    FilterVerdict verdict;
+    auto start = (*replica)->StartChat(chat, sink, &verdict);
+    EXPECT_TRUE(start.ok()) << start.status();
+    std::unique_lock<std::mutex> lock(sink->mu);
+    sink->cv.wait(lock, [&] { return sink->result.has_value(); });
+    return start.ok() ? start->system_fingerprint : std::string();
+  };
+  const std::string base = fingerprint("build-1", "");
+  EXPECT_EQ(fingerprint("build-1", ""), base);
+  EXPECT_NE(fingerprint("build-2", ""), base);
+  // An adapter of its own (its weights change below).
+  const std::string adapter_dir = dir_->Join("artifacts/jobs/ftjob-fp/result");
+  std::filesystem::create_directories(adapter_dir);
+  for (const auto& e : std::filesystem::directory_iterator(dir_->Join("artifacts/jobs/ftjob-good/result"))) {
+    std::filesystem::copy_file(e.path(), adapter_dir + "/" + e.path().filename().string(),
+                               std::filesystem::copy_options::overwrite_existing);
+  }
+  const std::string adapted = fingerprint("build-1", "jobs/ftjob-fp/result");
+  EXPECT_NE(adapted, base);
+  // New adapter weights under the same name: a new fingerprint.
+  const std::string file = adapter_dir + "/adapter_model.safetensors";
+  std::string bytes;
+  {
+    std::ifstream in(file, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  ASSERT_GT(bytes.size(), 64u);
+  bytes[bytes.size() - 1] ^= 0x01;  // the last byte of the last tensor
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+  EXPECT_NE(fingerprint("build-1", "jobs/ftjob-fp/result"), adapted);
 }
 
 TEST_F(ServingTest, ABlockedPromptFailsWithItsResultsAndNoModelCall) {

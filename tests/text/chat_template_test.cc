@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -183,6 +185,69 @@ TEST_F(JinjaTest, Qwen3MatchesOfficialTemplate) {
   TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(PackageDir("qwen3")));
   EXPECT_EQ(tmpl.format(), ChatFormat::kQwen3);
   ExpectSameRender("qwen3", tmpl, /*with_tools=*/true);
+}
+
+// Assistant tool calls (OpenAI's tool_calls, content empty or not) and tool
+// turns, against Qwen3's official template; families whose template has no
+// tool calls refuse them, naming the field.
+TEST_F(JinjaTest, Qwen3RendersToolCallsAsTheOfficialTemplate) {
+  TF_ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, ChatTemplate::FromModelDirectory(PackageDir("qwen3")));
+  ASSERT_TRUE(tmpl.SupportsToolCalls());
+  const ToolCall weather{"call_1", "function", "get_weather", R"({"city": "Paris"})"};
+  const ToolCall time{"call_2", "function", "get_time", R"({"tz": "CET"})"};
+  std::vector<std::vector<ChatMessage>> convs(3);
+  convs[0] = {{"user", "Weather in Paris?", std::nullopt, {}, ""},
+              {"assistant", "", std::nullopt, {weather}, ""},
+              {"tool", R"({"temp": 21})", std::nullopt, {}, "call_1"},
+              {"assistant", "21 degrees.", std::nullopt, {}, ""}};
+  convs[1] = {{"system", "Use tools."},
+              {"user", "Weather and time?"},
+              {"assistant", "Checking both.", std::nullopt, {weather, time}, ""},
+              {"tool", R"({"temp": 21})", std::nullopt, {}, "call_1"},
+              {"tool", R"({"time": "10:00"})", std::nullopt, {}, "call_2"}};
+  convs[2] = {{"user", "Think, then call."},
+              {"assistant", "<think>\nneed data\n</think>\n\nOne moment.", std::nullopt, {weather}, ""}};
+  nlohmann::json input;
+  for (const auto& conv : convs) {
+    nlohmann::json messages = nlohmann::json::array();
+    for (const ChatMessage& m : conv) {
+      nlohmann::json j = {{"role", m.role}, {"content", m.content}};
+      if (!m.tool_calls.empty()) {
+        j["tool_calls"] = nlohmann::json::array();
+        for (const ToolCall& c : m.tool_calls) {
+          j["tool_calls"].push_back({{"id", c.id}, {"type", c.type},
+                                     {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+        }
+      }
+      if (!m.tool_call_id.empty()) j["tool_call_id"] = m.tool_call_id;
+      messages.push_back(j);
+    }
+    input["conversations"].push_back(messages);
+  }
+  for (bool gen : {true, false}) {
+    input["add_generation_prompt"] = gen;
+    const std::string path = dir_.Join(gen ? "tools-gen.json" : "tools.json");
+    std::ofstream(path) << input.dump();
+    TF_ASSERT_OK_AND_ASSIGN(std::string out, ref::RunNode("render.mjs", {"qwen3", path}));
+    const nlohmann::json texts = nlohmann::json::parse(out)["texts"];
+    ASSERT_EQ(texts.size(), convs.size());
+    for (size_t i = 0; i < convs.size(); ++i) {
+      TF_ASSERT_OK_AND_ASSIGN(std::string ours, tmpl.Render(convs[i], gen));
+      EXPECT_EQ(ours, texts[i].get<std::string>()) << "conversation #" << i << " gen=" << gen;
+    }
+  }
+  // The calls are the assistant's output: they carry loss.
+  TF_ASSERT_OK_AND_ASSIGN(auto segments, tmpl.RenderSegments(convs[0], false));
+  bool trained_call = false;
+  for (const ChatSegment& seg : segments) {
+    trained_call |= seg.trainable && seg.text.find("<tool_call>") != std::string::npos;
+  }
+  EXPECT_TRUE(trained_call);
+  // Phi-3 cannot render them.
+  ChatTemplate phi3(ChatFormat::kPhi3);
+  EXPECT_FALSE(phi3.SupportsToolCalls());
+  EXPECT_THAT(phi3.Render(convs[0], true),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("messages[1].tool_calls")));
 }
 
 TEST_F(JinjaTest, Phi3FilesTemplateMatchesDocumentedFormat) {

@@ -4,10 +4,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/random.h"
-#include "common/model/generate.h"
+#include "common/model/sampling.h"
 
 namespace tunefleet::serving {
 
@@ -23,21 +24,19 @@ int64_t PowerOfTwoAtLeast(int64_t n) {
 }  // namespace
 
 // One request's state, llama.cpp's "slot": its tokens (prompt, then the
-// generated ones), how many of them the cache holds, and its sampler.
+// generated ones), how many of them the cache holds, and its Sequence (the
+// sampling parameters, penalties' counts, stop rules, text, logprobs).
 struct Engine::Request {
   EngineRequest req;
   std::shared_ptr<RequestHandle> handle;
   std::vector<int64_t> tokens;  // prompt + generated
   int64_t cached = 0;           // tokens[0, cached) are in the row's cache
   int64_t prompt_tokens = 0;
-  int64_t max_new = 0;
-  model::SamplingParams sampler;  // what SampleToken reads
+  std::optional<model::Sequence> seq;
+  std::vector<float> scratch;  // penalized logits
   SplitMix64 rng{0};
   Clock::time_point submitted, started, first_token;
   bool has_started = false, has_first = false;
-  int64_t stop_token_id = -1;
-
-  int64_t generated() const { return static_cast<int64_t>(tokens.size()) - prompt_tokens; }
 };
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Decoder decoder,
@@ -96,7 +95,14 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(EngineRequest requ
   const SamplingParams& s = request.sampling;
   if (!(s.temperature >= 0)) return absl::InvalidArgumentError("temperature must be >= 0");
   if (!(s.top_p > 0 && s.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
-  if (s.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
+  if (!(s.frequency_penalty >= -2 && s.frequency_penalty <= 2))
+    return absl::InvalidArgumentError("frequency_penalty must be in [-2, 2]");
+  if (!(s.presence_penalty >= -2 && s.presence_penalty <= 2))
+    return absl::InvalidArgumentError("presence_penalty must be in [-2, 2]");
+  if (s.top_logprobs < 0 || s.top_logprobs > 20)
+    return absl::InvalidArgumentError("top_logprobs must be in [0, 20]");
+  if (!s.stop_strings.empty() && !request.detokenize)
+    return absl::InvalidArgumentError("stop strings need a detokenize function");
   if (request.adapter && request.adapter->lora.num_layers() != c.num_hidden_layers) {
     return absl::InvalidArgumentError("the adapter was made for another base");
   }
@@ -104,12 +110,11 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(EngineRequest requ
   auto r = std::make_unique<Request>();
   r->prompt_tokens = n;
   r->tokens = request.prompt;
-  r->max_new = context_ - n;
-  if (s.max_tokens > 0) r->max_new = std::min(r->max_new, s.max_tokens);
-  r->sampler.temperature = s.temperature;
-  r->sampler.top_p = s.top_p;
-  r->sampler.top_k = s.top_k;
-  r->sampler.stop_token_ids = s.stop_token_ids.empty() ? c.eos_token_ids : s.stop_token_ids;
+  model::SamplingParams params = s;
+  params.max_new_tokens =
+      s.max_new_tokens > 0 ? std::min(s.max_new_tokens, context_ - n) : context_ - n;
+  if (params.stop_token_ids.empty()) params.stop_token_ids = c.eos_token_ids;
+  r->seq.emplace(std::move(params), request.detokenize);
   r->rng = SplitMix64(s.seed);
   r->submitted = Clock::now();
   r->handle = std::make_shared<RequestHandle>();
@@ -157,8 +162,15 @@ void Engine::FinishQueued(Request& r, EngineFinish finish, absl::Status status) 
   c.status = std::move(status);
   c.finish = finish;
   c.prompt_tokens = r.prompt_tokens;
-  c.stop_token_id = r.stop_token_id;
-  c.tokens.assign(r.tokens.begin() + r.prompt_tokens, r.tokens.end());
+  // A request that leaves early still flushes its text (Cancel ends the
+  // sequence; natural ends already did).
+  r.seq->Cancel();
+  c.stop_token_id = r.seq->stop_token_id();
+  c.stop_string = r.seq->stop_string();
+  c.tokens = r.seq->tokens();
+  c.text = r.seq->text();
+  c.logprobs = r.seq->logprobs();
+  for (size_t i = 0; i < c.tokens.size(); ++i) c.text_ends.push_back(r.seq->text_end(i));
   const Clock::time_point now = Clock::now();
   c.total_seconds = Seconds(now - r.submitted);
   c.queue_seconds = Seconds((r.has_started ? r.started : now) - r.submitted);
@@ -352,22 +364,28 @@ absl::Status Engine::Step() {
     if (!r) continue;
     r->cached += chunk[i];
     if (r->cached < static_cast<int64_t>(r->tokens.size())) continue;  // prefill goes on
-    const double u = r->sampler.temperature > 0 ? r->rng.Uniform() : 0.0;
-    const int64_t tok = model::SampleToken(data + static_cast<int64_t>(i) * vocab, vocab, r->sampler, u);
+    model::Sequence& seq = *r->seq;
+    const double u = seq.params().temperature > 0 ? r->rng.Uniform() : 0.0;
+    model::TokenChoice choice =
+        model::ChooseToken(seq, data + static_cast<int64_t>(i) * vocab, vocab, u, &r->scratch);
     if (!r->has_first) {
       r->has_first = true;
       r->first_token = after;
     }
-    const auto& stops = r->sampler.stop_token_ids;
-    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
-      r->stop_token_id = tok;  // not part of the output
+    const int64_t tok = choice.token;
+    const std::optional<model::FinishReason> finish = seq.Accept(tok, std::move(choice.logprob));
+    if (finish == model::FinishReason::kStopToken) {  // not part of the output
       Finish(i, EngineFinish::kStop, absl::OkStatus());
       continue;
     }
     r->tokens.push_back(tok);
     ++generated;
     if (r->req.on_token) r->req.on_token(tok);
-    if (r->generated() >= r->max_new) Finish(i, EngineFinish::kLength, absl::OkStatus());
+    if (r->req.on_text && r->req.detokenize) r->req.on_text(seq.TakeNewText(), seq);
+    if (finish) {
+      Finish(i, *finish == model::FinishReason::kLength ? EngineFinish::kLength : EngineFinish::kStop,
+             absl::OkStatus());
+    }
   }
   return CountStep(generated, prompt_fed);
 }

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/model/decoder.h"
+#include "common/model/sequence.h"
 #include "services/serving/engine/adapter_cache.h"
 
 namespace tunefleet::serving {
@@ -52,26 +53,29 @@ struct EngineOptions {
   int threads = 0;
 };
 
-struct SamplingParams {
-  double temperature = 0;  // 0: greedy
-  double top_p = 1.0;
-  int64_t top_k = 0;
-  uint64_t seed = 0;
-  // Completion tokens; 0: up to the context.
-  int64_t max_tokens = 0;
-  // The request ends (finish reason stop) when one of these is chosen; it
-  // is not part of the output.
-  std::vector<int64_t> stop_token_ids;
-};
+// A request's sampling and stop rules: the model library's (temperature,
+// top_p, top_k, seed, penalties, logprobs, stop tokens and strings). Here
+// max_new_tokens <= 0 means up to the context, and empty stop_token_ids the
+// model's eos ids. Each row's tokens go through its own model::Sequence, the
+// same code Generate runs (sampling.h chooses, Sequence::Accept decides the
+// end), so the engine and Generate agree token for token.
+using SamplingParams = model::SamplingParams;
 
 enum class EngineFinish { kStop, kLength, kCancelled, kDeadline, kError };
 
 struct Completion {
   absl::Status status;  // OK unless kError, kCancelled or kDeadline
-  EngineFinish finish = EngineFinish::kLength;
+  EngineFinish finish = EngineFinish::kLength;  // kStop: a stop token or stop string
   std::vector<int64_t> tokens;  // generated, without stop token
   int64_t prompt_tokens = 0;
   int64_t stop_token_id = -1;
+  std::string stop_string;  // the stop string that ended it
+  // With a detokenize function: the text (cut before a stop string).
+  std::string text;
+  // Parallel to tokens when sampling.logprobs; text_ends[i]: where token
+  // i's text ends in `text`'s coordinates (model::Sequence::text_end).
+  std::vector<model::TokenLogprob> logprobs;
+  std::vector<size_t> text_ends;
   double queue_seconds = 0;  // submit -> first step in a row
   double ttft_seconds = 0;   // submit -> first token (0 if none)
   double total_seconds = 0;
@@ -83,8 +87,16 @@ struct EngineRequest {
   // Pinned for as long as the request runs; null: the base.
   std::shared_ptr<const ServedAdapter> adapter;
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  // Turns a short run of tokens into text (model::IncrementalDetokenizer);
+  // needed for stop strings and for on_text. May be empty.
+  model::IncrementalDetokenizer::DecodeFn detokenize;
   // Each chosen token (engine thread).
   std::function<void(int64_t token)> on_token;
+  // After each chosen token, with detokenize: the text the sequence has
+  // released since the last call (whole characters, never part of a stop
+  // string; may be empty) and the sequence itself (its tokens, logprobs,
+  // text ends). The rest of the text comes with on_done (Completion::text).
+  std::function<void(const std::string& text, const model::Sequence& seq)> on_text;
   // Exactly once, at the end: on the engine thread (or in ~Engine).
   std::function<void(const Completion&)> on_done;
 };
@@ -125,7 +137,9 @@ class Engine {
 
   // Queues a request. INVALID_ARGUMENT for an empty prompt, a token id
   // outside the vocabulary, a prompt that leaves no room in the context
-  // (with both sizes) or bad sampling values; RESOURCE_EXHAUSTED when the
+  // (with both sizes), bad sampling values (temperature, top_p, penalties
+  // outside [-2, 2], top_logprobs outside [0, 20]) or stop strings without
+  // detokenize; RESOURCE_EXHAUSTED when the
   // queue is full; UNAVAILABLE after shutdown began.
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(EngineRequest request);
 
