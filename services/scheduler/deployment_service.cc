@@ -1,4 +1,5 @@
 #include "common/errors/error_details.h"
+#include "common/rpc/stream_reactor.h"
 #include "services/scheduler/scheduler_service.h"
 
 namespace tunefleet::scheduler {
@@ -9,99 +10,64 @@ bool Settled(v1::DeploymentState s) {
          s == v1::DEPLOYMENT_STATE_DELETING;
 }
 
-// WatchDeployment: the same level-triggered pattern as the replicas'
-// WatchDeployments and StreamJobEvents (the event bus only says "look
-// again"). Each wake reads the deployment and writes it when it differs from
-// the last message sent; changes during a write coalesce into the next one,
-// so a slow client costs one message. A deletion (NOT_FOUND after the first
-// message) is sent as the last known deployment in state DELETING. The
-// stream ends with OK after a message in ACTIVE, FAILED or DELETING.
-class DeploymentWatchReactor final : public grpc::ServerWriteReactor<v1::Deployment>,
+// WatchDeployment on the shared pull reactor (level-triggered, like
+// StreamJobEvents): a bus wake on "deployment/<id>" only says "look again";
+// each Pull reads the deployment and yields it when it differs from the
+// last message sent, so changes during a slow write coalesce into the next
+// message and a slow client costs one message. A deletion (NOT_FOUND after
+// the first message) is sent as the last known deployment in state
+// DELETING. The stream ends with OK after a message in ACTIVE, FAILED or
+// DELETING.
+class DeploymentWatchReactor final : public rpc::PullWriteReactor<v1::Deployment>,
                                      public Watcher {
  public:
-  DeploymentWatchReactor(Scheduler* scheduler, std::string tenant, std::string id)
-      : scheduler_(scheduler),
+  DeploymentWatchReactor(Scheduler* scheduler, rpc::Executor* executor, std::string tenant,
+                         std::string id)
+      : PullWriteReactor(executor),  // never under the bus's lock or on a reaction thread
+        scheduler_(scheduler),
         tenant_(std::move(tenant)),
         id_(std::move(id)),
         topic_(DeploymentTopic(id_)) {
     absl::Status s = scheduler_->bus().Subscribe(topic_, this);
-    absl::MutexLock lock(&mu_);
+    subscribed_ = s.ok();
     if (!s.ok()) {
-      FinishLocked(rpc::ToGrpcStatus(s));
+      Fail(s);
       return;
     }
-    PumpLocked();
+    Start();
   }
 
-  void Wake() override {
-    absl::MutexLock lock(&mu_);
-    PumpLocked();
-  }
-
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
-      return;
-    }
-    if (Settled(sent_.state())) {
-      FinishLocked(grpc::Status::OK);
-      return;
-    }
-    PumpLocked();
-  }
-
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (!writing_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-  }
-
-  void OnDone() override {
-    scheduler_->bus().Unsubscribe(topic_, this);
-    delete this;
-  }
+  void Wake() override { PullWriteReactor::Wake(); }
 
  private:
-  void FinishLocked(const grpc::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
-    finished_ = true;
-    Finish(s);
-  }
-
-  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || writing_) return;
-    if (cancelled_) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-      return;
-    }
+  // Runs one at a time (the base's rule): sent_ needs no lock.
+  absl::StatusOr<rpc::Pulled> Pull(v1::Deployment* out) override {
+    if (any_sent_ && Settled(sent_.state())) return rpc::Pulled::kEnd;
     absl::StatusOr<v1::Deployment> now = scheduler_->GetDeployment(tenant_, id_);
     if (!now.ok()) {
-      if (!absl::IsNotFound(now.status()) || !any_sent_) {
-        FinishLocked(rpc::ToGrpcStatus(now.status()));
-        return;
-      }
+      if (!absl::IsNotFound(now.status()) || !any_sent_) return now.status();
       now = sent_;  // deleted since the last message
       now->set_state(v1::DEPLOYMENT_STATE_DELETING);
     }
-    if (any_sent_ && now->SerializeAsString() == sent_.SerializeAsString()) return;
+    if (any_sent_ && now->SerializeAsString() == sent_.SerializeAsString()) {
+      return rpc::Pulled::kWait;
+    }
     sent_ = *std::move(now);
     any_sent_ = true;
-    writing_ = true;
-    StartWrite(&sent_);
+    *out = sent_;
+    return rpc::Pulled::kMessage;
+  }
+  void Cleanup() override {
+    if (subscribed_) scheduler_->bus().Unsubscribe(topic_, this);
   }
 
   Scheduler* const scheduler_;
   const std::string tenant_;
   const std::string id_;
   const std::string topic_;
-  absl::Mutex mu_;
-  v1::Deployment sent_ ABSL_GUARDED_BY(mu_);
-  bool any_sent_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool subscribed_ = false;
+  bool any_sent_ = false;
+  v1::Deployment sent_;
 };
 
 }  // namespace
@@ -114,7 +80,8 @@ grpc::ServerWriteReactor<v1::Deployment>* DeploymentServiceImpl::WatchDeployment
     return new rpc::RejectedWriteReactor<v1::Deployment>(
         errors::FieldError("deployment_id", "required"));
   }
-  return new DeploymentWatchReactor(scheduler_, caller->tenant, request->deployment_id());
+  return new DeploymentWatchReactor(scheduler_, executor_, caller->tenant,
+                                    request->deployment_id());
 }
 
 grpc::ServerUnaryReactor* DeploymentServiceImpl::CreateDeployment(
