@@ -125,6 +125,30 @@ TEST_F(ShardFetcherTest, EachRankFileHoldsWhatTheServiceStreams) {
   EXPECT_EQ(total, 23);
 }
 
+// A preference file (DPO): the local files are marked as pairs, each rank
+// holds whole pairs (chosen, then rejected), and together every pair once.
+TEST_F(ShardFetcherTest, PreferenceFilesArriveAsWholePairs) {
+  std::string jsonl;
+  for (int i = 0; i < 11; ++i) {  // a training file needs 10 examples
+    absl::StrAppend(&jsonl, R"({"input":{"messages":[{"role":"user","content":"Question )", i,
+                    R"(?"}]},"preferred_output":[{"role":"assistant","content":"Good )", i,
+                    R"(."}],"non_preferred_output":[{"role":"assistant","content":"Bad )", i,
+                    R"(!"}]})", "\n");
+  }
+  TF_ASSERT_OK_AND_ASSIGN(std::string file, server_->Upload(tenant_.key, jsonl));
+  int64_t total = 0;
+  for (int rank = 0; rank < 3; ++rank) {
+    TF_ASSERT_OK_AND_ASSIGN(FetchedShard shard, fetcher_->Fetch(Request(file, rank, 3)));
+    TF_ASSERT_OK_AND_ASSIGN(ShardFile read, ShardFile::Read(shard.path));
+    EXPECT_TRUE(read.info().pairs);
+    EXPECT_EQ(read.size() % 2, 0);
+    for (int64_t i = 0; i < read.size(); ++i)
+      EXPECT_EQ(read.example(i).label, i % 2 == 0 ? kChosenLabel : kRejectedLabel);
+    total += read.size();
+  }
+  EXPECT_EQ(total, 22);
+}
+
 TEST_F(ShardFetcherTest, ReusesTheCacheAndRefetchesADamagedFile) {
   TF_ASSERT_OK_AND_ASSIGN(std::string file, server_->Upload(tenant_.key, testing::ChatJsonl(12)));
   TF_ASSERT_OK_AND_ASSIGN(FetchedShard first, fetcher_->Fetch(Request(file)));
