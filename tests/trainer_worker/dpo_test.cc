@@ -534,19 +534,23 @@ TEST_F(DpoTest, ObjectiveAndShardsMustAgree) {
 // (same questions, other answers): the validation loss soon rises, the run
 // stops after `patience` evaluations without a better one, and the result
 // is the best evaluation's adapter.
-TEST_F(DpoTest, EarlyStoppingPublishesTheBestWeights) {
-  const std::string contradicting = run_dir_.Join("contradicting.shard");
-  WriteChats(contradicting, kChats, {"Lyon.", "Red, surely.", "Milk only.", "Goodbye."});
-  WorkerSpec s = DpoSpec("early");
+WorkerSpec EarlySpec(WorkerSpec s, const std::string& chat_shard, const std::string& valid) {
   s.objective = TrainingObjective::kSupervised;
-  s.train_shards = {chat_shard_};
-  s.valid_shards = {contradicting};
+  s.train_shards = {chat_shard};
+  s.valid_shards = {valid};
   s.hyper.epochs = 30;
   s.hyper.batch_size = 2;
   s.hyper.learning_rate = 1e-2;
   s.hyper.lora_dropout = 0;
   s.hyper.eval_interval_steps = 1;
   s.hyper.early_stopping_patience = 2;
+  return s;
+}
+
+TEST_F(DpoTest, EarlyStoppingPublishesTheBestWeights) {
+  const std::string contradicting = run_dir_.Join("contradicting.shard");
+  WriteChats(contradicting, kChats, {"Lyon.", "Red, surely.", "Milk only.", "Goodbye."});
+  WorkerSpec s = EarlySpec(DpoSpec("early"), chat_shard_, contradicting);
   RunResult r = RunWorker(s, "early");
   ASSERT_EQ(r.exit_code, 0) << r.stderr_tail;
   const ReportEvent* done = r.Last(ReportKind::kCompleted);
@@ -567,6 +571,52 @@ TEST_F(DpoTest, EarlyStoppingPublishesTheBestWeights) {
             ReadBytes(s.checkpoint_root + "/best/adapter/adapter_model.safetensors"));
   const std::string contract = ReadBytes(done->result_dir + "/tunefleet_contract.json");
   EXPECT_THAT(contract, HasSubstr("\"steps\""));
+}
+
+// Early stopping survives a crash: the counters are in the checkpoint and
+// the best weights under checkpoint_root/best, so a run killed after a
+// checkpoint and resumed stops at the same step with the same result.
+TEST_F(DpoTest, EarlyStoppingResumesExactly) {
+  const std::string contradicting = run_dir_.Join("contradicting.shard");
+  WriteChats(contradicting, kChats, {"Lyon.", "Red, surely.", "Milk only.", "Goodbye."});
+  WorkerSpec base = EarlySpec(DpoSpec("early-ref"), chat_shard_, contradicting);
+  base.hyper.checkpoint_interval_steps = 1;
+  base.hyper.keep_checkpoints = 50;
+  RunResult ref = RunWorker(base, "early-ref");
+  ASSERT_EQ(ref.exit_code, 0) << ref.stderr_tail;
+  const ReportEvent* want = ref.Last(ReportKind::kCompleted);
+  ASSERT_NE(want, nullptr);
+  ASSERT_TRUE(want->stopped_early);
+  const int64_t best_step = static_cast<int64_t>(want->metrics.at("best_step"));
+
+  WorkerSpec s = base;
+  s.job_id = "ftjob-early-killed";
+  s.output_dir = run_dir_.Join("early-killed/result");
+  s.checkpoint_root = run_dir_.Join("early-killed/checkpoints");
+  // Killed after the best step's checkpoint (if the best is the first
+  // evaluation, right after it).
+  const int64_t kill_at = std::max<int64_t>(best_step, 1);
+  std::string checkpoint;
+  RunResult killed = RunWorker(s, "early-killed", [&](const ReportEvent& e) {
+    if (e.kind == ReportKind::kCheckpoint && e.step == kill_at) {
+      checkpoint = e.checkpoint_dir;
+      return SIGKILL;
+    }
+    return 0;
+  });
+  ASSERT_EQ(killed.exit_code, 128 + SIGKILL);
+  ASSERT_FALSE(checkpoint.empty());
+  s.resume_from = checkpoint;
+  RunResult resumed = RunWorker(s, "early-resumed");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.stderr_tail;
+  const ReportEvent* got = resumed.Last(ReportKind::kCompleted);
+  ASSERT_NE(got, nullptr);
+  EXPECT_TRUE(got->stopped_early);
+  EXPECT_EQ(got->step, want->step);
+  EXPECT_EQ(got->valid_loss, want->valid_loss);
+  EXPECT_EQ(got->metrics.at("best_step"), want->metrics.at("best_step"));
+  EXPECT_EQ(ReadBytes(got->result_dir + "/adapter_model.safetensors"),
+            ReadBytes(want->result_dir + "/adapter_model.safetensors"));
 }
 
 }  // namespace
