@@ -248,6 +248,44 @@ say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":120,\"v
   EXPECT_EQ(scheduler_->record().completions.size(), 1u);
 }
 
+TEST_F(AgentTest, EveryResolvedHyperparameterAndTheMethodReachTheSpec) {
+  StartAgent(Options(Worker(R"(
+mkdir -p "$out"
+say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":1}"
+)")));
+  iv1::Assignment a = Assignment("asg-h");
+  v1::Hyperparameters* h = a.mutable_hyperparameters();
+  h->set_micro_batch_size(2);
+  h->set_weight_decay(0.05);
+  h->set_lr_scheduler(v1::LR_SCHEDULER_LINEAR);
+  h->set_max_steps(9);
+  h->set_packing(false);
+  h->set_gradient_checkpointing(true);
+  h->set_keep_checkpoints(4);
+  h->set_early_stopping_patience(3);
+  h->set_checkpoint_interval_steps(5);
+  h->set_eval_interval_steps(6);
+  a.mutable_method()->mutable_dpo()->set_beta(0.25);
+  a.set_write_merged(true);
+  scheduler_->SetDesired({a});
+  auto done = scheduler_->WaitForCompletion("asg-h");
+  ASSERT_TRUE(done.has_value());
+  EXPECT_TRUE(done->succeeded()) << done->error().message();
+  TF_ASSERT_OK_AND_ASSIGN(WorkerSpec spec, ReadWorkerSpecFile(SpecPath("asg-h")));
+  EXPECT_EQ(spec.objective, TrainingObjective::kDpo);
+  EXPECT_DOUBLE_EQ(spec.dpo_beta, 0.25);
+  EXPECT_EQ(spec.hyper.micro_batch_size, 2);
+  EXPECT_DOUBLE_EQ(spec.hyper.weight_decay, 0.05);
+  EXPECT_EQ(spec.hyper.lr_scheduler, LrScheduler::kLinear);
+  EXPECT_EQ(spec.hyper.max_steps, 9);
+  EXPECT_FALSE(spec.hyper.packing);
+  EXPECT_TRUE(spec.hyper.gradient_checkpointing);
+  EXPECT_EQ(spec.hyper.keep_checkpoints, 4);
+  EXPECT_EQ(spec.hyper.early_stopping_patience, 3);
+  EXPECT_EQ(spec.hyper.checkpoint_interval_steps, 5);
+  EXPECT_EQ(spec.hyper.eval_interval_steps, 6);
+}
+
 TEST_F(AgentTest, ResumeCheckpointIsResolvedUnderTheArtifactsDir) {
   StartAgent(Options(Worker(R"(mkdir -p "$out"; say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":1}")")));
   iv1::Assignment a = Assignment("asg-r", "ftjob-r");
