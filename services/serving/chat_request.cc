@@ -73,8 +73,10 @@ absl::Status CheckChatSamplingFields(const ChatRequest& request) {
       return errors::FieldError("top_logprobs", "needs logprobs: true");
     }
   }
-  if (absl::Status s = CheckPenalty("frequency_penalty", request.frequency_penalty); !s.ok()) return s;
-  if (absl::Status s = CheckPenalty("presence_penalty", request.presence_penalty); !s.ok()) return s;
+  if (absl::Status s = CheckPenalty("frequency_penalty", request.frequency_penalty); !s.ok())
+    return s;
+  if (absl::Status s = CheckPenalty("presence_penalty", request.presence_penalty); !s.ok())
+    return s;
   if (const size_t n = Utf8Characters(request.user); n > 256) {
     return errors::FieldError("user", absl::StrCat("at most 256 characters, got ", n));
   }
@@ -96,9 +98,9 @@ absl::StatusOr<std::vector<text::ChatMessage>> TemplateMessages(const ChatReques
     const std::string at = absl::StrCat("messages[", i, "]");
     if (!m.tool_calls.empty()) {
       if (m.role != "assistant") {
-        return errors::FieldError(absl::StrCat(at, ".tool_calls"),
-                                  absl::StrCat("only assistant messages carry tool calls, not \"",
-                                               m.role, "\""));
+        return errors::FieldError(
+            absl::StrCat(at, ".tool_calls"),
+            absl::StrCat("only assistant messages carry tool calls, not \"", m.role, "\""));
       }
       for (size_t k = 0; k < m.tool_calls.size(); ++k) {
         const text::ToolCall& c = m.tool_calls[k];
@@ -107,9 +109,11 @@ absl::StatusOr<std::vector<text::ChatMessage>> TemplateMessages(const ChatReques
           return errors::FieldError(absl::StrCat(call, ".type"),
                                     absl::StrCat("must be \"function\", got \"", c.type, "\""));
         }
-        if (c.name.empty()) return errors::FieldError(absl::StrCat(call, ".function.name"), "must not be empty");
+        if (c.name.empty())
+          return errors::FieldError(absl::StrCat(call, ".function.name"), "must not be empty");
       }
-      if (!tmpl.SupportsToolCalls()) return unsupported(absl::StrCat(at, ".tool_calls"), "tool calls");
+      if (!tmpl.SupportsToolCalls())
+        return unsupported(absl::StrCat(at, ".tool_calls"), "tool calls");
     }
     if (m.role == "tool" && tmpl.format() == text::ChatFormat::kPhi3) {
       return unsupported(absl::StrCat(at, ".role"), "tool messages");
@@ -141,7 +145,8 @@ std::string WeightsIdentity(const std::string& dir, bool content) {
     }
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) continue;
-    absl::StrAppend(&id, name, " ", st.st_size, " ", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, "\n");
+    absl::StrAppend(&id, name, " ", st.st_size, " ", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec,
+                    "\n");
   }
   return Sha256Hex(id);
 }

@@ -468,7 +468,8 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   std::string prompt_text;
   for (const ChatMessageIn& m : request.messages) {
     absl::StrAppend(&prompt_text, prompt_text.empty() ? "" : "\n", m.content);
-    for (const text::ToolCall& c : m.tool_calls) absl::StrAppend(&prompt_text, "\n", c.name, " ", c.arguments);
+    for (const text::ToolCall& c : m.tool_calls)
+      absl::StrAppend(&prompt_text, "\n", c.name, " ", c.arguments);
   }
   if (!request.user.empty()) spdlog::info("chat deployment={} user={}", d->spec.id, request.user);
   auto ids = base.tokenizer->EncodePrompt(*messages);
@@ -533,7 +534,8 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   er.sampling.frequency_penalty = request.frequency_penalty.value_or(0);
   er.sampling.presence_penalty = request.presence_penalty.value_or(0);
   er.sampling.logprobs = request.logprobs;
-  er.sampling.top_logprobs = static_cast<int>(request.logprobs ? request.top_logprobs.value_or(0) : 0);
+  er.sampling.top_logprobs =
+      static_cast<int>(request.logprobs ? request.top_logprobs.value_or(0) : 0);
   er.deadline = request.deadline;
   // The call keeps the tokenizer, never the base: the engine's last request
   // must not be what destroys the engine (from its own thread).
@@ -545,7 +547,9 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   auto call = std::make_shared<ChatCallImpl>(base.tokenizer, d->filter, d->policy,
                                              options_.holdback_bytes, std::move(sink),
                                              prompt_tokens, request.logprobs);
-  er.on_text = [call](const std::string& text, const model::Sequence& seq) { call->OnText(text, seq); };
+  er.on_text = [call](const std::string& text, const model::Sequence& seq) {
+    call->OnText(text, seq);
+  };
   er.on_done = [call](const Completion& c) { call->OnDone(c); };
   auto handle = base.engine->Submit(std::move(er));
   if (!handle.ok()) return handle.status();

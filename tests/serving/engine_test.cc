@@ -218,7 +218,9 @@ TEST_F(EngineTest, PenaltiesLogprobsAndStopStringsPerRowMatchGenerate) {
   std::vector<std::string> streamed(reqs.size());
   for (size_t i = 0; i < reqs.size(); ++i) {
     EngineRequest r = reqs[i];
-    r.on_text = [&streamed, i](const std::string& text, const model::Sequence&) { streamed[i] += text; };
+    r.on_text = [&streamed, i](const std::string& text, const model::Sequence&) {
+      streamed[i] += text;
+    };
     r.on_done = col.Slot(i);
     TF_ASSERT_OK(engine->Submit(std::move(r)).status());
   }
@@ -254,13 +256,16 @@ TEST_F(EngineTest, PenaltiesLogprobsAndStopStringsPerRowMatchGenerate) {
   // Out-of-range values are refused.
   EngineRequest bad = Req(kPrompts[0], 4);
   bad.sampling.frequency_penalty = 2.5;
-  EXPECT_THAT(engine->Submit(bad).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("frequency_penalty")));
+  EXPECT_THAT(engine->Submit(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("frequency_penalty")));
   bad = Req(kPrompts[0], 4);
   bad.sampling.top_logprobs = 21;
-  EXPECT_THAT(engine->Submit(bad).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_logprobs")));
+  EXPECT_THAT(engine->Submit(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_logprobs")));
   bad = Req(kPrompts[0], 4);
   bad.sampling.stop_strings = {"x"};
-  EXPECT_THAT(engine->Submit(bad).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("detokenize")));
+  EXPECT_THAT(engine->Submit(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("detokenize")));
 }
 
 TEST_F(EngineTest, ARequestJoiningMidBatchGetsTheSameAnswer) {
