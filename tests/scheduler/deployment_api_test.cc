@@ -4,10 +4,14 @@
 // the real internal API, Delete returning the deployment, and the content
 // filter policy's validation (blocklist regexes checked with RE2). A real
 // scheduler with its SQLite file; deployments never call the dataset service.
+#include <sys/wait.h>
+
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -393,6 +397,57 @@ TEST_F(DeploymentApiTest, PolicyBlocklistsAreCheckedWithRe2AtCreateAndUpdate) {
   EXPECT_THAT(updated, StatusIs(absl::StatusCode::kInvalidArgument,
                                 HasSubstr("deployment.content_filter.blocklists[0].regexes[0]")));
   EXPECT_THAT(updated.status().message(), HasSubstr("bad repetition operator"));
+}
+
+// The CLI: `deployments create --id --request-id`, `--wait` and `watch`
+// follow WatchDeployment to ACTIVE (a replica reports ready meanwhile),
+// `delete` prints the deployment in DELETING with --json.
+TEST_F(DeploymentApiTest, CliCreatesWithAnIdAndWaitsOverTheWatch) {
+  const std::string replica = RegisterReplica();
+  const std::string flags =
+      absl::StrCat(" --target 127.0.0.1:", server_->port(), " --api-key ", a_.key);
+  auto run = [&](const std::string& args, std::string* out, std::string* err) {
+    std::string o = dir_.Join("cli.out"), e = dir_.Join("cli.err");
+    int status = std::system(absl::StrCat("env -u TUNEFLEET_CONFIG ", TUNEFLEET_BIN_DIR,
+                                          "/tunefleet ", args, flags, " >", o, " 2>", e,
+                                          " </dev/null")
+                                 .c_str());
+    std::ifstream oi(o), ei(e);
+    *out = std::string(std::istreambuf_iterator<char>(oi), {});
+    *err = std::string(std::istreambuf_iterator<char>(ei), {});
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  // The replica reports the deployment ready once the scheduler has it.
+  std::thread ready([&] {
+    v1::GetDeploymentRequest get;
+    get.set_deployment_id("cli-bot");
+    for (int i = 0; i < 2000; ++i) {
+      if (Call(dep_stub_.get(), &v1::DeploymentService::Stub::GetDeployment, a_.key, get).ok()) {
+        Report(replica, "cli-bot", true);
+        return;
+      }
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  });
+  std::string out, err;
+  int rc = run("deployments create --model tiny-base --id cli-bot --request-id k1 --wait "
+               "--wait-seconds 30",
+               &out, &err);
+  ready.join();
+  ASSERT_EQ(rc, 0) << err;
+  EXPECT_THAT(out, HasSubstr("cli-bot"));
+  EXPECT_THAT(out, HasSubstr("active"));
+  // The same request id: the same deployment, no "already exists".
+  ASSERT_EQ(run("deployments create --model tiny-base --id cli-bot --request-id k1", &out, &err),
+            0)
+      << err;
+  EXPECT_EQ(run("deployments create --model tiny-base --id cli-bot", &out, &err), 4);
+  EXPECT_THAT(err, HasSubstr("already exists"));
+  ASSERT_EQ(run("deployments watch cli-bot --wait-seconds 10", &out, &err), 0) << err;
+  EXPECT_THAT(out, HasSubstr("active"));
+  ASSERT_EQ(run("deployments delete cli-bot --json", &out, &err), 0) << err;
+  EXPECT_THAT(out, HasSubstr("DEPLOYMENT_STATE_DELETING"));
+  EXPECT_EQ(run("deployments watch cli-bot", &out, &err), 3);  // NOT_FOUND
 }
 
 }  // namespace
