@@ -36,8 +36,11 @@
 //     (2*V: the logits and their log-softmax)
 //   total           = weights + gradients + optimizer_state + activations
 //
-// Framework workspace, allocator fragmentation and fp32 master weights for
-// bf16 full fine-tuning are not counted: read it as a lower bound.
+// Activations assume every sequence of the micro-batch is S tokens long
+// (packing fills them; unpacked short examples use less). Framework
+// workspace, allocator fragmentation and fp32 master weights for bf16 full
+// fine-tuning are not counted: for full-length sequences read it as a lower
+// bound.
 #pragma once
 
 #include <cstdint>
