@@ -148,7 +148,8 @@ class Run {
 // parameters (LoRA: the parameters; both: gradients and AdamW's two
 // moments), then the activations autograd keeps for one micro-batch of
 // max_sequence_length rows (per layer and token: ~16 hidden-sized and 6
-// intermediate-sized fp32 tensors, plus the heads' T attention weights).
+// intermediate-sized fp32 tensors, plus the heads' T attention weights), and
+// the vocabulary logits of the trained positions.
 // The estimate runs after the model and the DPO reference are set up.
 int64_t Run::EstimateMemoryBytes() const {
   const model::ModelConfig& c = decoder_->config();
@@ -167,7 +168,10 @@ int64_t Run::EstimateMemoryBytes() const {
   const int64_t per_token = h_.gradient_checkpointing
                                 ? c.num_hidden_layers * c.hidden_size * 4 + per_layer
                                 : c.num_hidden_layers * per_layer;
-  return weights + state + tokens * per_token;
+  // The vocabulary head on the trained positions (at most every token):
+  // logits, their log-softmax and the gradient, fp32.
+  const int64_t head = tokens * c.vocab_size * 4 * 3;
+  return weights + state + tokens * per_token + head;
 }
 
 absl::Status Run::Load() {
