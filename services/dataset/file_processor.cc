@@ -103,9 +103,12 @@ absl::Status FileProcessor::Process(const FileRecord& file) {
   spdlog::info("file={} validated: {} examples, {} errors, {} warnings", file.id,
                analysis->validation.examples, analysis->validation.total_errors,
                analysis->validation.total_warnings);
+  // A file uploaded without a format gets the one its lines have, so that
+  // a job can check it (DPO needs preference data).
   return registry_->SetStatus(file.id, valid ? FileStatus::kProcessed : FileStatus::kError,
                               valid ? "" : SummarizeErrors(analysis->validation),
-                              encode_report_ ? encode_report_(file, *analysis) : "");
+                              encode_report_ ? encode_report_(file, *analysis) : "",
+                              valid ? static_cast<int>(analysis->format) : 0);
 }
 
 absl::StatusOr<ValidateResult> ValidateStoredFile(FileRegistry& registry,

@@ -160,8 +160,16 @@ absl::StatusOr<std::unique_ptr<FileRegistry>> FileRegistry::Open(const std::stri
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   TF_ASSIGN_OR_RETURN(auto db, store::Database::Open(dir + "/files.db"));
-  TF_RETURN_IF_ERROR(store::ApplyMigrations(*db, kMigrations));
   TF_ASSIGN_OR_RETURN(auto blobs, store::DirectoryArtifactStore::Open(dir + "/blobs"));
+  return Open(std::move(db), std::move(blobs), options);
+}
+
+absl::StatusOr<std::unique_ptr<FileRegistry>> FileRegistry::Open(
+    std::unique_ptr<store::Database> db, std::unique_ptr<store::ArtifactStore> blobs,
+    FileRegistryOptions options) {
+  if (db == nullptr || blobs == nullptr)
+    return absl::InvalidArgumentError("a file registry needs a database and an artifact store");
+  TF_RETURN_IF_ERROR(store::ApplyMigrations(*db, kMigrations));
   auto registry = std::unique_ptr<FileRegistry>(
       new FileRegistry(options, std::move(db), std::move(blobs)));
   TF_RETURN_IF_ERROR(registry->RemoveOrphanBlobs());
@@ -375,11 +383,13 @@ absl::StatusOr<FilePage> FileRegistry::List(const std::string& tenant, int page_
 
 absl::Status FileRegistry::SetStatus(const std::string& id, FileStatus status,
                                      const std::string& details,
-                                     const std::string& validation) {
+                                     const std::string& validation, int detected_format) {
   TF_ASSIGN_OR_RETURN(
       store::ExecResult r,
-      db_->Execute("UPDATE files SET status = ?, status_details = ?, validation = ? WHERE id = ?",
-                   {static_cast<int>(status), details, store::Value::Blob(validation), id}));
+      db_->Execute("UPDATE files SET status = ?, status_details = ?, validation = ?, "
+                   "format = CASE WHEN format = 0 THEN ? ELSE format END WHERE id = ?",
+                   {static_cast<int>(status), details, store::Value::Blob(validation),
+                    detected_format, id}));
   if (r.changes == 0) return absl::NotFoundError(absl::StrCat("file ", id, " not found"));
   return absl::OkStatus();
 }

@@ -99,7 +99,14 @@ struct FilePage {
 // Thread-safe.
 class FileRegistry {
  public:
-  // `dir` holds files.db and the blobs (under "blobs/").
+  // Over the storage main composes: any Database (its schema is migrated
+  // here) and any ArtifactStore for the blobs (a directory, memory, later an
+  // object store). Blobs without a row (a crash between the two) are removed.
+  static absl::StatusOr<std::unique_ptr<FileRegistry>> Open(
+      std::unique_ptr<store::Database> db, std::unique_ptr<store::ArtifactStore> blobs,
+      FileRegistryOptions options);
+  // The usual composition on one machine: `dir` holds files.db and the blobs
+  // (under "blobs/").
   static absl::StatusOr<std::unique_ptr<FileRegistry>> Open(const std::string& dir,
                                                             FileRegistryOptions options);
 
@@ -122,9 +129,11 @@ class FileRegistry {
   absl::StatusOr<std::unique_ptr<store::ArtifactReader>> OpenContent(const Scope& scope,
                                                                      const std::string& id,
                                                                      int64_t offset);
-  // Records the outcome of the automatic validation.
+  // Records the outcome of the automatic validation; `detected_format`
+  // (a tunefleet.v1.DataFormat, 0: none) fills the format of a file uploaded
+  // without one (a declared format is never changed).
   absl::Status SetStatus(const std::string& id, FileStatus status, const std::string& details,
-                         const std::string& validation);
+                         const std::string& validation, int detected_format = 0);
   // Files whose automatic validation has not finished (e.g. cut off by a
   // restart), oldest first.
   absl::StatusOr<std::vector<FileRecord>> PendingValidation();

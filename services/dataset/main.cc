@@ -1,8 +1,14 @@
 // tunefleet-dataset: training files (upload, validate, split, shard).
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
+
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
 #include "common/rpc/server_flags.h"
+#include "common/store/directory_artifact_store.h"
+#include "common/store/sqlite.h"
 #include "services/dataset/dataset_service.h"
 #include "services/dataset/model_tokenizers.h"
 
@@ -31,7 +37,17 @@ int main(int argc, char** argv) {
   options.tenant_quota_bytes = absl::GetFlag(FLAGS_tenant_quota_bytes);
   // The database is opened (and crash leftovers removed) before the server
   // reports SERVING.
-  auto registry = dataset::FileRegistry::Open(flags.data_dir, options);
+  // Storage is composed here: the registry takes whatever Database and
+  // ArtifactStore it is given.
+  absl::StatusOr<std::unique_ptr<dataset::FileRegistry>> registry =
+      [&]() -> absl::StatusOr<std::unique_ptr<dataset::FileRegistry>> {
+    std::error_code ec;
+    std::filesystem::create_directories(flags.data_dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", flags.data_dir, ": ", ec.message()));
+    TF_ASSIGN_OR_RETURN(auto db, store::Database::Open(flags.data_dir + "/files.db"));
+    TF_ASSIGN_OR_RETURN(auto blobs, store::DirectoryArtifactStore::Open(flags.data_dir + "/blobs"));
+    return dataset::FileRegistry::Open(std::move(db), std::move(blobs), options);
+  }();
   if (!registry.ok()) {
     spdlog::critical("cannot open {}: {}", flags.data_dir, registry.status().ToString());
     return 1;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "common/errors/error_details.h"
+#include "common/errors/labels.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -24,6 +25,13 @@ google::protobuf::Timestamp ToTimestamp(absl::Time t) {
   ts.set_seconds(us / 1000000);
   ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
   return ts;
+}
+
+// A List's label filter follows the same rule as the labels themselves.
+absl::Status CheckLabelFilter(const errors::Labels& want) {
+  std::vector<errors::FieldViolation> bad;
+  errors::CheckLabels(want, "labels", &bad);
+  return bad.empty() ? absl::OkStatus() : errors::InvalidFields(bad);
 }
 
 absl::StatusOr<int> PageSize(int32_t requested) {
@@ -301,6 +309,8 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   if (req.priority() < -1000 || req.priority() > 1000)
     bad.push_back({"priority", "must be in [-1000, 1000]"});
   if (req.request_id().size() > 128) bad.push_back({"request_id", "at most 128 characters"});
+  errors::CheckLabels(errors::ToLabels(req.labels()), "labels", &bad);
+  errors::CheckDescription(req.description(), "description", &bad);
   if (!bad.empty()) return errors::InvalidFields(bad);
   if (absl::StartsWith(req.base_model(), "ft:")) {
     return absl::UnimplementedError(
@@ -548,11 +558,14 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::ListJobs(const std::string& tena
           "page_token", absl::StrCat("'", req.page_token(), "' is not valid"));
   }
   std::set<int> states(req.states().begin(), req.states().end());
+  const errors::Labels want = errors::ToLabels(req.labels());
+  TF_RETURN_IF_ERROR(CheckLabelFilter(want));
   absl::MutexLock lock(&mu_);
   std::vector<std::pair<int64_t, std::string>> mine;  // newest first
   for (const auto& [id, j] : jobs_) {
     if (j.tenant != tenant || j.queue_seq >= before) continue;
     if (!states.empty() && !states.count(j.job.state())) continue;
+    if (!errors::LabelsMatch(errors::ToLabels(j.job.labels()), want)) continue;
     mine.emplace_back(j.queue_seq, id);
   }
   std::sort(mine.rbegin(), mine.rend());
@@ -718,14 +731,18 @@ absl::StatusOr<v1::ListModelsResponse> Scheduler::ListModels(const std::string& 
                                                              const v1::ListModelsRequest& req) {
   TF_ASSIGN_OR_RETURN(int page, PageSize(req.page_size()));
   TF_ASSIGN_OR_RETURN(int64_t offset, Offset(req.page_token()));
+  const errors::Labels want = errors::ToLabels(req.labels());
+  TF_RETURN_IF_ERROR(CheckLabelFilter(want));
   std::vector<BaseModel> bases = catalog_.List();
   absl::MutexLock lock(&mu_);
   std::vector<v1::Model> all;
-  if (req.kind() != v1::MODEL_KIND_FINE_TUNED)
+  // Base models carry no labels: a label filter leaves them out.
+  if (req.kind() != v1::MODEL_KIND_FINE_TUNED && want.empty())
     for (const auto& b : bases) all.push_back(BaseModelView(b));
   if (req.kind() != v1::MODEL_KIND_BASE)
     for (const auto& [id, m] : models_)
-      if (m.tenant == tenant) all.push_back(ModelView(m));
+      if (m.tenant == tenant && errors::LabelsMatch(errors::ToLabels(m.model.labels()), want))
+        all.push_back(ModelView(m));
   v1::ListModelsResponse resp;
   int64_t n = static_cast<int64_t>(all.size());
   for (int64_t i = offset; i < n && i < offset + page; ++i) *resp.add_models() = all[i];
@@ -816,6 +833,12 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
   if (!req.deployment_id().empty())
     TF_RETURN_IF_ERROR(ValidateDeploymentId(req.deployment_id(), "deployment_id"));
   if (req.request_id().size() > 128) return errors::FieldError("request_id", "at most 128 characters");
+  {
+    std::vector<errors::FieldViolation> bad;
+    errors::CheckLabels(errors::ToLabels(req.labels()), "labels", &bad);
+    errors::CheckDescription(req.description(), "description", &bad);
+    if (!bad.empty()) return errors::InvalidFields(bad);
+  }
   TF_RETURN_IF_ERROR(ValidateContentFilter(req.content_filter(), ""));
   // A retry of a create that went through: the deployment it made.
   auto replay = [&](const std::map<std::string, DeploymentRecord>& all) -> const DeploymentRecord* {
@@ -860,6 +883,8 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
   d.deployment.set_model(req.model());
   d.deployment.set_replicas(std::max(1, req.replicas()));
   *d.deployment.mutable_content_filter() = req.content_filter();
+  *d.deployment.mutable_labels() = req.labels();
+  d.deployment.set_description(req.description());
   d.deployment.set_state(v1::DEPLOYMENT_STATE_CREATING);
   *d.deployment.mutable_created_at() = ToTimestamp(t.now());
   {
@@ -892,10 +917,13 @@ absl::StatusOr<v1::ListDeploymentsResponse> Scheduler::ListDeployments(
     const std::string& tenant, const v1::ListDeploymentsRequest& req) {
   TF_ASSIGN_OR_RETURN(int page, PageSize(req.page_size()));
   TF_ASSIGN_OR_RETURN(int64_t offset, Offset(req.page_token()));
+  const errors::Labels want = errors::ToLabels(req.labels());
+  TF_RETURN_IF_ERROR(CheckLabelFilter(want));
   absl::MutexLock lock(&mu_);
   std::vector<const v1::Deployment*> mine;
   for (const auto& [id, d] : deployments_)
-    if (d.tenant == tenant) mine.push_back(&d.deployment);
+    if (d.tenant == tenant && errors::LabelsMatch(errors::ToLabels(d.deployment.labels()), want))
+      mine.push_back(&d.deployment);
   v1::ListDeploymentsResponse resp;
   int64_t n = static_cast<int64_t>(mine.size());
   for (int64_t i = offset; i < n && i < offset + page; ++i) *resp.add_deployments() = *mine[i];

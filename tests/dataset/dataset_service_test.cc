@@ -404,6 +404,7 @@ TEST_F(DatasetServiceTest, EveryUploadIsValidatedInTheBackground) {
   TF_ASSERT_OK_AND_ASSIGN(v1::File good, Upload(a_.key, Lines(12)));
   TF_ASSERT_OK_AND_ASSIGN(v1::File processed, WaitProcessed(a_.key, good.id()));
   EXPECT_EQ(processed.status(), v1::FILE_STATUS_PROCESSED);
+  EXPECT_EQ(processed.format(), v1::DATA_FORMAT_CHAT);
   EXPECT_TRUE(processed.validation().valid());
   EXPECT_EQ(processed.validation().statistics().examples(), 12);
 
@@ -502,6 +503,10 @@ TEST_F(DatasetServiceTest, PreferenceFilesAreRecognisedAndMixedFilesNameTheLine)
   EXPECT_EQ(st.examples(), 13);
   EXPECT_EQ(st.duplicate_examples(), 1);
   EXPECT_EQ(st.messages_per_example().max(), 2);  // the prompt and the preferred answer
+  // Uploaded without a format, the file now says the one its lines have (a
+  // job checks it: DPO needs preference data).
+  EXPECT_EQ(file.format(), v1::DATA_FORMAT_UNSPECIFIED);
+  EXPECT_EQ(processed.format(), v1::DATA_FORMAT_PREFERENCE);
 
   // Declared as preference, the same.
   v1::ValidateFileRequest req;

@@ -32,6 +32,7 @@ namespace tunefleet::scheduler {
 namespace {
 
 using ::testing::Contains;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
@@ -1226,6 +1227,111 @@ std::vector<TarEntry> ReadTar(const std::string& tar, std::string* error) {
   }
   *error = "no end-of-archive blocks";
   return out;
+}
+
+TEST_F(SchedulerServiceTest, LabelsFollowTheJobToItsModelAndFilterEveryList) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  v1::CreateJobRequest req = JobRequest(file->id());
+  (*req.mutable_labels())["team"] = "nlp";
+  (*req.mutable_labels())["ticket"] = "ml-42";
+  req.set_description("support bot, round 2");
+  auto nlp = CreateJob(a_.key, req);
+  ASSERT_THAT(nlp, IsOk());
+  EXPECT_EQ(nlp->labels().at("team"), "nlp");
+  EXPECT_EQ(nlp->description(), "support bot, round 2");
+  req.clear_labels();
+  (*req.mutable_labels())["team"] = "vision";
+  auto vision = CreateJob(a_.key, req);
+  ASSERT_THAT(vision, IsOk());
+
+  // Bad labels and descriptions name the entry; nothing is created.
+  v1::CreateJobRequest bad = JobRequest(file->id());
+  (*bad.mutable_labels())["Team"] = "nlp";
+  bad.set_description(std::string(2000, 'x'));
+  auto refused = CreateJob(a_.key, bad);
+  ASSERT_THAT(refused, StatusIs(absl::StatusCode::kInvalidArgument));
+  errors::Details d = errors::GetDetails(refused.status());
+  ASSERT_EQ(d.field_violations.size(), 2u);
+  EXPECT_EQ(d.field_violations[0].field, "labels[\"Team\"]");
+  EXPECT_EQ(d.field_violations[1].field, "description");
+
+  auto list_jobs = [&](std::map<std::string, std::string> labels) {
+    v1::ListJobsRequest lr;
+    lr.mutable_labels()->insert(labels.begin(), labels.end());
+    std::vector<std::string> ids;
+    auto resp = Call(job_stub_.get(), &v1::JobService::Stub::ListJobs, a_.key, lr);
+    if (!resp.ok()) ids.push_back(std::string(resp.status().message()));
+    else for (const auto& j : resp->jobs()) ids.push_back(j.id());
+    return ids;
+  };
+  EXPECT_THAT(list_jobs({{"team", "nlp"}}), ElementsAre(nlp->id()));
+  EXPECT_THAT(list_jobs({{"team", "nlp"}, {"ticket", "ml-43"}}), IsEmpty());
+  EXPECT_THAT(list_jobs({}), SizeIs(2));
+  EXPECT_THAT(list_jobs({{"", "x"}}), ElementsAre(HasSubstr("labels[\"\"]")));
+
+  // The job runs to the end: its model carries the labels.
+  std::string node = RegisterNode("node-a", 2);
+  scheduler_->Tick(clock_.Now());
+  auto hb = Heartbeat(node);
+  ASSERT_THAT(hb, IsOk());
+  std::string asg;
+  for (const auto& a : hb->assignments())
+    if (a.job_id() == nlp->id()) asg = a.assignment_id();
+  ASSERT_FALSE(asg.empty());
+  ASSERT_THAT(Complete(asg, true, "jobs/" + nlp->id() + "/result"), IsOk());
+  const std::string model_id = absl::StrCat("ft:", kBase, ":mine:", nlp->id());
+  v1::GetModelRequest gm;
+  gm.set_model_id(model_id);
+  auto model = Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm);
+  ASSERT_THAT(model, IsOk());
+  EXPECT_EQ(model->labels().at("ticket"), "ml-42");
+  EXPECT_EQ(model->description(), "support bot, round 2");
+  v1::ListModelsRequest lm;
+  (*lm.mutable_labels())["team"] = "nlp";
+  auto models = Call(model_stub_.get(), &v1::ModelService::Stub::ListModels, a_.key, lm);
+  ASSERT_THAT(models, IsOk());
+  ASSERT_EQ(models->models_size(), 1);  // base models carry no labels
+  EXPECT_EQ(models->models(0).id(), model_id);
+
+  // Deployments: labels kept, listed by label, survive a restart.
+  v1::CreateDeploymentRequest dr;
+  dr.set_model(model_id);
+  (*dr.mutable_labels())["env"] = "prod";
+  dr.set_description("the support endpoint");
+  auto dep = Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, dr);
+  ASSERT_THAT(dep, IsOk());
+  dr.clear_labels();
+  (*dr.mutable_labels())["env"] = "dev";
+  ASSERT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, dr),
+              IsOk());
+  StopScheduler();
+  StartScheduler();
+  v1::ListDeploymentsRequest ld;
+  (*ld.mutable_labels())["env"] = "prod";
+  auto deps = Call(dep_stub_.get(), &v1::DeploymentService::Stub::ListDeployments, a_.key, ld);
+  ASSERT_THAT(deps, IsOk());
+  ASSERT_EQ(deps->deployments_size(), 1);
+  EXPECT_EQ(deps->deployments(0).id(), dep->id());
+  EXPECT_EQ(deps->deployments(0).description(), "the support endpoint");
+  EXPECT_EQ(GetJob(a_.key, nlp->id())->labels().at("team"), "nlp");
+}
+
+TEST_F(SchedulerServiceTest, DpoOnAChatFileUploadedWithoutAFormatIsRefused) {
+  // The dataset service records the format it found, so an undeclared file
+  // is checked like a declared one.
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  EXPECT_EQ(file->format(), v1::DATA_FORMAT_CHAT);
+  v1::CreateJobRequest req = JobRequest(file->id());
+  req.mutable_method()->mutable_dpo();
+  auto job = CreateJob(a_.key, req);
+  ASSERT_THAT(job, StatusIs(absl::StatusCode::kInvalidArgument,
+                            HasSubstr("DATA_FORMAT_PREFERENCE")));
+  errors::Details d = errors::GetDetails(job.status());
+  ASSERT_EQ(d.field_violations.size(), 1u);
+  EXPECT_EQ(d.field_violations[0].field, "training_file");
+  EXPECT_THAT(d.field_violations[0].description, HasSubstr("DATA_FORMAT_CHAT"));
 }
 
 class ModelContentTest : public SchedulerServiceTest {
