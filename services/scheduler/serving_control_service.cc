@@ -1,89 +1,57 @@
+#include "common/base/status_macros.h"
+#include "common/rpc/stream_reactor.h"
 #include "services/scheduler/scheduler_service.h"
 
 namespace tunefleet::scheduler {
 namespace {
 
-// WatchDeployments: level-triggered. Each wake compares the current
-// generation with the last one sent and, when it moved, writes the whole
-// desired set; changes that arrive during a write coalesce into the next
-// one, so memory stays at one message per watcher. When the stream ends the
-// replica's readiness reports stop counting.
-class DeploymentsReactor final : public grpc::ServerWriteReactor<iv1::DesiredDeployments>,
+// WatchDeployments on the shared pull reactor: each pull compares the
+// current generation with the last one sent and, when it moved, writes the
+// whole desired set; changes that arrive during a write coalesce into the
+// next one, so memory stays at one message per watcher. When the stream ends
+// the replica's readiness reports stop counting.
+class DeploymentsReactor final : public rpc::PullWriteReactor<iv1::DesiredDeployments>,
                                  public Watcher {
  public:
   DeploymentsReactor(Scheduler* scheduler, rpc::Executor* executor, std::string replica_id)
-      : scheduler_(scheduler), executor_(executor), replica_id_(std::move(replica_id)) {
+      : PullWriteReactor(executor),
+        scheduler_(scheduler),
+        executor_(executor),
+        replica_id_(std::move(replica_id)) {
     absl::Status s = scheduler_->bus().Subscribe(kDeploymentsTopic, this);
-    absl::MutexLock lock(&mu_);
+    subscribed_ = s.ok();
     if (!s.ok()) {
-      FinishLocked(rpc::ToGrpcStatus(s));
+      Fail(s);
       return;
     }
-    PumpLocked();
+    Start();
   }
 
-  void Wake() override {
-    absl::MutexLock lock(&mu_);
-    PumpLocked();
-  }
-
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the replica went away"));
-      return;
-    }
-    PumpLocked();
-  }
-
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (!writing_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-  }
-
-  void OnDone() override {
-    scheduler_->bus().Unsubscribe(kDeploymentsTopic, this);
-    // A durable write: not on the reaction thread.
-    executor_->Submit([scheduler = scheduler_, id = replica_id_] { scheduler->ReplicaDisconnected(id); });
-    delete this;
-  }
+  void Wake() override { PullWriteReactor::Wake(); }
 
  private:
-  void FinishLocked(const grpc::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
-    finished_ = true;
-    Finish(s);
+  absl::StatusOr<rpc::Pulled> Pull(iv1::DesiredDeployments* out) override {
+    TF_ASSIGN_OR_RETURN(iv1::DesiredDeployments desired,
+                        scheduler_->DesiredDeployments(replica_id_));
+    if (desired.generation() == sent_generation_) return rpc::Pulled::kWait;
+    sent_generation_ = desired.generation();
+    *out = std::move(desired);
+    return rpc::Pulled::kMessage;
   }
 
-  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || writing_) return;
-    if (cancelled_) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-      return;
-    }
-    absl::StatusOr<iv1::DesiredDeployments> desired = scheduler_->DesiredDeployments(replica_id_);
-    if (!desired.ok()) {
-      FinishLocked(rpc::ToGrpcStatus(desired.status()));
-      return;
-    }
-    if (desired->generation() == sent_generation_) return;
-    sent_generation_ = desired->generation();
-    message_ = *std::move(desired);
-    writing_ = true;
-    StartWrite(&message_);
+  void Cleanup() override {
+    if (!subscribed_) return;
+    scheduler_->bus().Unsubscribe(kDeploymentsTopic, this);
+    // A durable write: not on the reaction thread.
+    executor_->Submit(
+        [scheduler = scheduler_, id = replica_id_] { scheduler->ReplicaDisconnected(id); });
   }
 
   Scheduler* const scheduler_;
   rpc::Executor* const executor_;
   const std::string replica_id_;
-  absl::Mutex mu_;
-  iv1::DesiredDeployments message_ ABSL_GUARDED_BY(mu_);
-  int64_t sent_generation_ ABSL_GUARDED_BY(mu_) = -1;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool subscribed_ = false;
+  int64_t sent_generation_ = -1;  // pulls run one at a time
 };
 
 }  // namespace
