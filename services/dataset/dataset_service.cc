@@ -299,6 +299,7 @@ class ShardReactor final : public rpc::PullWriteReactor<internal::v1::ShardChunk
     chunk->set_running_sha256(batch.running_sha256);
     chunk->set_last(batch.last);
     chunk->set_pairs(batch.pairs);
+    *chunk->mutable_labels() = {batch.labels.begin(), batch.labels.end()};
     last_ = batch.last;
     return rpc::Pulled::kMessage;
   }
@@ -346,6 +347,7 @@ grpc::ServerUnaryReactor* ShardServiceImpl::PrepareShards(
         response->set_trained_tokens(m.trained_tokens);
         response->set_sha256(m.sha256);
         response->set_pairs(m.pairs);
+        *response->mutable_label_names() = {m.label_names.begin(), m.label_names.end()};
         spdlog::info("file={} shards={} examples={} tokens={}", file.id, m.shard_set_id, m.examples,
                      m.tokens);
         return absl::OkStatus();

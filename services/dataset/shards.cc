@@ -1,6 +1,8 @@
 #include "services/dataset/shards.h"
 
+#include <algorithm>
 #include <cstring>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -62,6 +64,14 @@ absl::StatusOr<ShardManifest> ReadManifest(store::ArtifactStore& store,
   m.trained_tokens = j.value("trained_tokens", int64_t{0});
   m.truncated_examples = j.value("truncated_examples", int64_t{0});
   m.pairs = j.value("pairs", false);
+  if (j.contains("label_names") && j["label_names"].is_array()) {
+    for (const auto& name : j["label_names"]) {
+      if (!name.is_string()) {
+        return absl::DataLossError(absl::StrCat("manifest of ", shard_set_id, " is damaged"));
+      }
+      m.label_names.push_back(name.get<std::string>());
+    }
+  }
   m.sha256 = j.value("sha256", "");
   return m;
 }
@@ -87,14 +97,34 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
   TF_ASSIGN_OR_RETURN(std::string first_chunk, content.Read(1 << 20));
   if (!format) format = SniffFormat(first_chunk);
   m.pairs = *format == DataFormat::kPreference;
+  const bool classification = *format == DataFormat::kClassification;
+  std::vector<std::string> example_labels;  // classification: each example's label
   auto write_one = [&](const Example& ex) -> absl::Status {
-    TF_ASSIGN_OR_RETURN(TokenizedExample t, tokenizer(ex));
+    TokenizedExample t;
+    if (classification) {
+      // The text alone, as one user message; the label is not rendered.
+      Example input;
+      input.line = ex.line;
+      input.messages.push_back(ChatMessage{"user", ex.text, std::nullopt, {}, {}});
+      TF_ASSIGN_OR_RETURN(t, tokenizer(input));
+      if (t.ids.empty()) return absl::InternalError("the text rendered to no tokens");
+      std::fill(t.loss_mask.begin(), t.loss_mask.end(), 0);
+      if (!t.loss_mask.empty()) t.loss_mask.back() = 1;
+      example_labels.push_back(ex.label);
+    } else {
+      TF_ASSIGN_OR_RETURN(t, tokenizer(ex));
+    }
     if (t.ids.size() != t.loss_mask.size()) {
       return absl::InternalError("tokenizer returned a mask of the wrong length");
     }
     if (static_cast<int64_t>(t.ids.size()) > max_sequence_length) {
-      t.ids.resize(max_sequence_length);
-      t.loss_mask.resize(max_sequence_length);
+      if (classification) {  // keep the end: the head reads the last token
+        t.ids.erase(t.ids.begin(), t.ids.end() - max_sequence_length);
+        t.loss_mask.erase(t.loss_mask.begin(), t.loss_mask.end() - max_sequence_length);
+      } else {
+        t.ids.resize(max_sequence_length);
+        t.loss_mask.resize(max_sequence_length);
+      }
       ++m.truncated_examples;
     }
     TF_RETURN_IF_ERROR(index->Append(Bytes(&m.tokens, sizeof(m.tokens))));
@@ -148,10 +178,27 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
                      first.line, ": ", first.message));
   }
   TF_RETURN_IF_ERROR(index->Append(Bytes(&m.tokens, sizeof(m.tokens))));
+  std::string labels_sha;
+  if (classification) {
+    // Label names in byte order; each example's label is its name's index.
+    std::map<std::string, int32_t> index_of;
+    for (const std::string& l : example_labels) index_of.emplace(l, 0);
+    for (auto& [name, i] : index_of) {
+      i = static_cast<int32_t>(m.label_names.size());
+      m.label_names.push_back(name);
+    }
+    std::vector<int32_t> labels;
+    labels.reserve(example_labels.size());
+    for (const std::string& l : example_labels) labels.push_back(index_of[l]);
+    TF_ASSIGN_OR_RETURN(auto label_writer, store.OpenWriter(Path(shard_set_id, "labels.bin")));
+    TF_RETURN_IF_ERROR(label_writer->Append(Bytes(labels.data(), labels.size() * sizeof(int32_t))));
+    TF_ASSIGN_OR_RETURN(store::ArtifactInfo li, label_writer->Commit());
+    labels_sha = li.sha256;
+  }
   TF_ASSIGN_OR_RETURN(store::ArtifactInfo ti, tokens->Commit());
   TF_ASSIGN_OR_RETURN(store::ArtifactInfo mi, mask->Commit());
   TF_ASSIGN_OR_RETURN(store::ArtifactInfo ii, index->Commit());
-  m.sha256 = Sha256Hex(absl::StrCat(ti.sha256, mi.sha256, ii.sha256));
+  m.sha256 = Sha256Hex(absl::StrCat(ti.sha256, mi.sha256, ii.sha256, labels_sha));
   nlohmann::json j = {{"examples", m.examples},
                       {"tokens", m.tokens},
                       {"trained_tokens", m.trained_tokens},
@@ -159,6 +206,7 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
                       {"max_sequence_length", max_sequence_length},
                       {"pairs", m.pairs},
                       {"sha256", m.sha256}};
+  if (classification) j["label_names"] = m.label_names;
   TF_RETURN_IF_ERROR(store.Put(Path(shard_set_id, "manifest.json"), j.dump(2)).status());
   return m;
 }
@@ -185,6 +233,7 @@ class ShardStreamer::Impl {
   int64_t token_pos = 0;    // token offset of `next`
   bool pairs = false;
   std::unique_ptr<store::ArtifactReader> index, tokens, mask;
+  std::unique_ptr<store::ArtifactReader> labels;  // classification sets only
   Sha256 sha;
   bool done = false;
 
@@ -198,7 +247,8 @@ class ShardStreamer::Impl {
     return std::make_pair(token_pos, end);
   }
 
-  absl::Status ReadExample(std::vector<int32_t>* ids, std::string* mask_out, int32_t* length) {
+  absl::Status ReadExample(std::vector<int32_t>* ids, std::string* mask_out, int32_t* length,
+                           std::vector<int32_t>* labels_out = nullptr) {
     TF_ASSIGN_OR_RETURN(auto bounds, Bounds());
     int64_t n = bounds.second - bounds.first;
     TF_ASSIGN_OR_RETURN(std::string t, ReadExactly(*tokens, n * sizeof(int32_t)));
@@ -208,6 +258,14 @@ class ShardStreamer::Impl {
     }
     sha.Update(t);
     sha.Update(m);
+    if (labels != nullptr) {
+      TF_ASSIGN_OR_RETURN(std::string l, ReadExactly(*labels, sizeof(int32_t)));
+      if (l.size() != sizeof(int32_t)) return absl::DataLossError("shard labels are truncated");
+      sha.Update(l);
+      int32_t label;
+      std::memcpy(&label, l.data(), sizeof(label));
+      if (labels_out != nullptr) labels_out->push_back(label);
+    }
     size_t old = ids->size();
     ids->resize(old + n);
     std::memcpy(ids->data() + old, t.data(), t.size());
@@ -243,6 +301,10 @@ absl::StatusOr<std::unique_ptr<ShardStreamer>> ShardStreamer::Open(
                                                      impl->token_pos * int64_t{sizeof(int32_t)}));
   TF_ASSIGN_OR_RETURN(impl->mask, store.OpenReader(Path(shard_set_id, "mask.bin"),
                                                    impl->token_pos));
+  if (!m.label_names.empty()) {
+    TF_ASSIGN_OR_RETURN(impl->labels, store.OpenReader(Path(shard_set_id, "labels.bin"),
+                                                       range.begin * int64_t{sizeof(int32_t)}));
+  }
   // The running checksum covers the part from its first example, so a
   // resumed stream first hashes what the client already has.
   std::vector<int32_t> skip_ids;
@@ -268,7 +330,7 @@ absl::StatusOr<ShardBatch> ShardStreamer::Next() {
          (batch.example_lengths.empty() || (s.pairs && s.next % 2 != 0) ||
           static_cast<int64_t>(batch.token_ids.size()) < s.batch_tokens)) {
     int32_t len;
-    TF_RETURN_IF_ERROR(s.ReadExample(&batch.token_ids, &batch.loss_mask, &len));
+    TF_RETURN_IF_ERROR(s.ReadExample(&batch.token_ids, &batch.loss_mask, &len, &batch.labels));
     batch.example_lengths.push_back(len);
   }
   batch.last = s.next >= s.part_size;

@@ -17,6 +17,20 @@
 // loss-masked on that final assistant message only. Pair k is examples 2k
 // (chosen) and 2k+1 (rejected); the manifest says "pairs": true, rank parts
 // and streamed chunks never split a pair.
+//
+// A classification file ({"text","label"}) becomes one example a line: the
+// text rendered by the base's chat template as a single user message (no
+// assistant turn, no generation prompt), so the classifier reads its input
+// the way the chat model was trained to. Only the last token carries loss
+// (the head reads that token's final hidden state); a longer example keeps
+// its END (the last max_sequence_length tokens). The example's label is the
+// index of its label in the sorted (byte order) list of the file's distinct
+// labels, which the manifest carries as "label_names" in index order;
+// labels.bin holds them (int32 per example) and streamed chunks carry them
+// (ShardBatch.labels; the running checksum then covers each label's 4 bytes
+// after the example's mask). A validation file has its own label list: the
+// trainer agent maps its labels to the training file's by name (a name the
+// training file lacks fails the job, INVALID_ARGUMENT naming the label).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +59,9 @@ struct ShardManifest {
   int64_t trained_tokens = 0;
   int64_t truncated_examples = 0;
   bool pairs = false;  // preference pairs: example 2k chosen, 2k+1 rejected
+  // Classification: the sorted distinct labels; an example's label indexes
+  // them. Empty for other formats.
+  std::vector<std::string> label_names;
   std::string sha256;  // over tokens.bin, mask.bin and index.bin digests
 };
 
@@ -85,6 +102,7 @@ struct ShardBatch {
   std::string running_sha256;  // over the part from its example 0 to here
   bool last = false;
   bool pairs = false;  // the set's; a pairs batch holds whole pairs
+  std::vector<int32_t> labels;  // classification: one per example; else empty
 };
 
 // Reads a rank's part from `example_offset` on, in batches of about

@@ -148,3 +148,80 @@ TEST_F(PreferenceShardsTest, AFileOfTheWrongFormatIsRefusedWithItsLine) {
 
 }  // namespace
 }  // namespace tunefleet::dataset
+
+namespace tunefleet::dataset {
+namespace {
+
+// Classification: the text as one user message, the label an index into the
+// file's sorted label names, loss on the last token only; a long text keeps
+// its end; the labels travel through StreamShard chunks into the shard file.
+TEST_F(PreferenceShardsTest, ClassificationShardsCarryLabelsInSortedNameOrder) {
+  ModelDirTokenizerProvider provider(dir_.Join("models"));
+  TF_ASSERT_OK_AND_ASSIGN(ModelTokenizer tok, provider.Get("phi-3-tiny"));
+  const std::vector<std::string> labels = {"pos", "neg", "mid", "pos", "neg", "pos", "mid"};
+  std::string content;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    content += absl::StrCat(R"({"text":"Review number )", i, R"( says )", labels[i],
+                            R"(","label":")", labels[i], "\"}\n");
+  }
+  store::MemoryArtifactStore store;
+  TF_ASSERT_OK(store.Put("file", content).status());
+  TF_ASSERT_OK_AND_ASSIGN(auto reader, store.OpenReader("file", 0));
+  const std::string id = ShardSetId("cls", tok.id, 4096);
+  TF_ASSERT_OK_AND_ASSIGN(ShardManifest m, PrepareShardSet(store, *reader, id, tok.tokenize, 4096));
+  EXPECT_FALSE(m.pairs);
+  EXPECT_EQ(m.examples, 7);
+  EXPECT_EQ(m.trained_tokens, 7);  // the last token of each
+  EXPECT_EQ(m.label_names, (std::vector<std::string>{"mid", "neg", "pos"}));
+  TF_ASSERT_OK_AND_ASSIGN(ShardManifest again, ReadManifest(store, id));
+  EXPECT_EQ(again.label_names, m.label_names);
+
+  std::vector<int32_t> last_tokens;
+  int64_t example = 0;
+  for (int rank = 0; rank < 2; ++rank) {
+    TF_ASSERT_OK_AND_ASSIGN(auto streamer, ShardStreamer::Open(store, id, rank, 2, 0, 1));
+    const std::string path = dir_.Join(absl::StrCat("cls", rank, ".shard"));
+    TF_ASSERT_OK_AND_ASSIGN(auto writer,
+                            trainer::ShardFileWriter::Create(path, tokenizer_->vocab_size()));
+    for (;;) {
+      TF_ASSERT_OK_AND_ASSIGN(ShardBatch batch, streamer->Next());
+      ASSERT_EQ(batch.labels.size(), batch.example_lengths.size());
+      TF_ASSERT_OK(writer->AddChunk(batch.token_ids, batch.loss_mask, batch.example_lengths,
+                                    batch.labels));
+      if (batch.last) break;
+    }
+    TF_ASSERT_OK(writer->Finish());
+    TF_ASSERT_OK_AND_ASSIGN(trainer::ShardFile file, trainer::ShardFile::Read(path));
+    for (int64_t e = 0; e < file.size(); ++e, ++example) {
+      trainer::ShardFile::Example x = file.example(e);
+      ASSERT_GE(x.label, 0);
+      EXPECT_EQ(m.label_names[x.label], labels[example]) << "example " << example;
+      auto [trained, rest] = Split(x.token_ids, x.loss_mask);
+      EXPECT_THAT(rest + trained, HasSubstr(absl::StrCat("Review number ", example)));
+      for (size_t k = 0; k + 1 < x.loss_mask.size(); ++k) EXPECT_FALSE(x.loss_mask[k]);
+      EXPECT_TRUE(x.loss_mask.back());
+      last_tokens.push_back(x.token_ids.back());
+    }
+  }
+  EXPECT_EQ(example, 7);
+
+  // Truncated to 4 tokens: the end is kept (the last token is the same).
+  TF_ASSERT_OK_AND_ASSIGN(auto short_reader, store.OpenReader("file", 0));
+  const std::string short_id = ShardSetId("cls", tok.id, 4);
+  TF_ASSERT_OK_AND_ASSIGN(ShardManifest s,
+                          PrepareShardSet(store, *short_reader, short_id, tok.tokenize, 4,
+                                          DataFormat::kClassification));
+  EXPECT_EQ(s.truncated_examples, 7);
+  EXPECT_EQ(s.tokens, 28);
+  TF_ASSERT_OK_AND_ASSIGN(auto streamer, ShardStreamer::Open(store, short_id, 0, 1, 2));
+  TF_ASSERT_OK_AND_ASSIGN(ShardBatch batch, streamer->Next());
+  ASSERT_EQ(batch.example_lengths.size(), 5u);
+  EXPECT_EQ(batch.first_example, 2);
+  for (size_t e = 0; e < 5; ++e) {
+    EXPECT_EQ(batch.token_ids[4 * e + 3], last_tokens[e + 2]);
+    EXPECT_EQ(m.label_names[batch.labels[e]], labels[e + 2]);
+  }
+}
+
+}  // namespace
+}  // namespace tunefleet::dataset

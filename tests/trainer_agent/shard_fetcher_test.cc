@@ -149,6 +149,46 @@ TEST_F(ShardFetcherTest, PreferenceFilesArriveAsWholePairs) {
   EXPECT_EQ(total, 22);
 }
 
+// Classification: labels arrive as indices into the set's sorted names; a
+// validation file's labels are mapped to the training file's by name, and a
+// label the training file lacks is INVALID_ARGUMENT naming it.
+TEST_F(ShardFetcherTest, ClassificationLabelsArriveMappedToTheTrainingNames) {
+  auto jsonl = [](const std::vector<std::string>& labels) {
+    std::string out;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      absl::StrAppend(&out, R"({"text":"Item )", i, R"(","label":")", labels[i], "\"}\n");
+    }
+    return out;
+  };
+  const std::vector<std::string> train_labels = {"cat", "dog", "eel", "dog", "cat",
+                                                 "eel", "cat", "dog", "eel", "cat"};
+  TF_ASSERT_OK_AND_ASSIGN(std::string train, server_->Upload(tenant_.key, jsonl(train_labels)));
+  TF_ASSERT_OK_AND_ASSIGN(FetchedShard t, fetcher_->Fetch(Request(train)));
+  EXPECT_EQ(t.label_names, (std::vector<std::string>{"cat", "dog", "eel"}));
+  TF_ASSERT_OK_AND_ASSIGN(ShardFile tf, ShardFile::Read(t.path));
+  ASSERT_EQ(tf.size(), 10);
+  for (int64_t i = 0; i < tf.size(); ++i) {
+    EXPECT_EQ(t.label_names[tf.example(i).label], train_labels[i]);
+  }
+  // Validation: only "dog" and "eel" (its own indices 0 and 1).
+  const std::vector<std::string> valid_labels = {"eel", "dog", "eel", "dog", "dog",
+                                                 "eel", "eel", "dog", "dog", "eel"};
+  TF_ASSERT_OK_AND_ASSIGN(std::string valid, server_->Upload(tenant_.key, jsonl(valid_labels)));
+  ShardFetchRequest r = Request(valid);
+  r.label_names = t.label_names;
+  TF_ASSERT_OK_AND_ASSIGN(FetchedShard v, fetcher_->Fetch(r));
+  EXPECT_EQ(v.label_names, (std::vector<std::string>{"dog", "eel"}));
+  TF_ASSERT_OK_AND_ASSIGN(ShardFile vf, ShardFile::Read(v.path));
+  ASSERT_EQ(vf.size(), 10);
+  for (int64_t i = 0; i < vf.size(); ++i) {
+    EXPECT_EQ(t.label_names[vf.example(i).label], valid_labels[i]);
+  }
+  // A training file with "cat" and "eel" only cannot validate "dog".
+  r.label_names = {"cat", "eel"};
+  EXPECT_THAT(fetcher_->Fetch(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'dog'")));
+}
+
 TEST_F(ShardFetcherTest, ReusesTheCacheAndRefetchesADamagedFile) {
   TF_ASSERT_OK_AND_ASSIGN(std::string file, server_->Upload(tenant_.key, testing::ChatJsonl(12)));
   TF_ASSERT_OK_AND_ASSIGN(FetchedShard first, fetcher_->Fetch(Request(file)));

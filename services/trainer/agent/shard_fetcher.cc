@@ -1,5 +1,6 @@
 #include "services/trainer/agent/shard_fetcher.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <system_error>
 
@@ -76,6 +77,7 @@ absl::StatusOr<internal::v1::ShardManifest> ShardFetcher::Prepare(
 absl::StatusOr<int64_t> ShardFetcher::Stream(const ShardFetchRequest& request,
                                              const std::string& shard_set_id,
                                              const std::string& path,
+                                             const std::vector<int32_t>& label_map,
                                              FetchCancellation* cancel) {
   TF_ASSIGN_OR_RETURN(auto writer, ShardFileWriter::Create(path, request.vocab_size));
   // The server's running checksum covers the part from example 0: token ids
@@ -115,6 +117,13 @@ absl::StatusOr<int64_t> ShardFetcher::Stream(const ShardFetchRequest& request,
         tokens += len;
       }
       if (!failure.ok()) break;
+      if (chunk.labels_size() != 0 && chunk.labels_size() != chunk.example_lengths_size()) {
+        failure = absl::DataLossError(absl::StrCat(
+            "shard set ", shard_set_id, " rank ", request.rank, ": chunk at example ",
+            chunk.first_example(), " has ", chunk.labels_size(), " labels for ",
+            chunk.example_lengths_size(), " examples"));
+        break;
+      }
       if (tokens != chunk.token_ids_size() ||
           tokens != static_cast<int64_t>(chunk.loss_mask().size())) {
         failure = absl::DataLossError(absl::StrCat(
@@ -124,12 +133,27 @@ absl::StatusOr<int64_t> ShardFetcher::Stream(const ShardFetchRequest& request,
         break;
       }
       int64_t pos = 0;
-      for (int32_t len : chunk.example_lengths()) {
+      std::vector<int32_t> labels;
+      for (int e = 0; e < chunk.example_lengths_size(); ++e) {
+        const int32_t len = chunk.example_lengths(e);
         sha.Update(absl::string_view(reinterpret_cast<const char*>(chunk.token_ids().data() + pos),
                                      static_cast<size_t>(len) * sizeof(int32_t)));
         sha.Update(absl::string_view(chunk.loss_mask()).substr(pos, len));
         pos += len;
+        if (chunk.labels_size() == 0) continue;
+        const int32_t label = chunk.labels(e);
+        sha.Update(absl::string_view(reinterpret_cast<const char*>(&label), sizeof(label)));
+        if (label_map.empty()) {
+          labels.push_back(label);
+        } else if (label >= 0 && static_cast<size_t>(label) < label_map.size()) {
+          labels.push_back(label_map[label]);
+        } else {
+          failure = absl::DataLossError(absl::StrCat("shard set ", shard_set_id, ": label ", label,
+                                                     " outside its ", label_map.size(), " names"));
+          break;
+        }
       }
+      if (!failure.ok()) break;
       if (sha.PeekHexDigest() != chunk.running_sha256()) {
         failure = absl::DataLossError(absl::StrCat(
             "shard set ", shard_set_id, " rank ", request.rank,
@@ -140,7 +164,8 @@ absl::StatusOr<int64_t> ShardFetcher::Stream(const ShardFetchRequest& request,
       }
       failure = writer->SetPairs(chunk.pairs());  // preference pairs (DPO)
       if (!failure.ok()) break;
-      failure = writer->AddChunk(chunk.token_ids(), chunk.loss_mask(), chunk.example_lengths());
+      failure = writer->AddChunk(chunk.token_ids(), chunk.loss_mask(), chunk.example_lengths(),
+                                 labels);
       if (!failure.ok()) break;
       received += chunk.example_lengths_size();
       last = chunk.last();
@@ -176,8 +201,27 @@ absl::StatusOr<FetchedShard> ShardFetcher::Fetch(const ShardFetchRequest& reques
   TF_ASSIGN_OR_RETURN(internal::v1::ShardManifest manifest, Prepare(request, cancel));
   FetchedShard out;
   out.shard_set_id = manifest.shard_set_id();
+  out.label_names.assign(manifest.label_names().begin(), manifest.label_names().end());
+  // A classification file's labels in the job's (training file's) indices.
+  std::vector<int32_t> label_map;
+  std::string mapped;  // a distinct local file for a non-identity mapping
+  if (!request.label_names.empty() && out.label_names != request.label_names) {
+    for (const std::string& name : out.label_names) {
+      auto it = std::find(request.label_names.begin(), request.label_names.end(), name);
+      if (it == request.label_names.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "file ", request.file_id, " has the label '", name,
+            "', which the training file does not have"));
+      }
+      label_map.push_back(static_cast<int32_t>(it - request.label_names.begin()));
+    }
+    std::string joined;
+    for (const std::string& name : request.label_names) absl::StrAppend(&joined, name, "\n");
+    mapped = absl::StrCat("-labels-", Sha256Hex(joined).substr(0, 12));
+  }
   std::string dir = absl::StrCat(options_.cache_dir, "/", manifest.shard_set_id());
-  out.path = absl::StrCat(dir, "/rank-", request.rank, "-of-", request.world_size, ".tfshard");
+  out.path = absl::StrCat(dir, "/rank-", request.rank, "-of-", request.world_size, mapped,
+                          ".tfshard");
   // One writer per path: the writer's temporary name is per process.
   {
     absl::MutexLock lock(&mu_);
@@ -209,7 +253,8 @@ absl::StatusOr<FetchedShard> ShardFetcher::Fetch(const ShardFetchRequest& reques
     release();
     return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   }
-  absl::StatusOr<int64_t> examples = Stream(request, out.shard_set_id, out.path, cancel);
+  absl::StatusOr<int64_t> examples =
+      Stream(request, out.shard_set_id, out.path, label_map, cancel);
   release();
   if (!examples.ok()) return examples.status();
   out.examples = *examples;

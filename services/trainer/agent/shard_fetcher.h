@@ -11,6 +11,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
@@ -51,6 +52,11 @@ struct ShardFetchRequest {
   // The model's vocabulary (its config.json vocab_size): every id is checked
   // against it on the way into the file.
   int64_t vocab_size = 0;
+  // Classification: the training file's label names. A validation file's
+  // labels are mapped to them by name on the way into the local file (its
+  // own list may be a subset, in another order); a name not among them is
+  // INVALID_ARGUMENT naming it. Empty: the set's own indices are kept.
+  std::vector<std::string> label_names;
 };
 
 struct FetchedShard {
@@ -58,6 +64,8 @@ struct FetchedShard {
   std::string shard_set_id;
   int64_t examples = 0;  // in this rank's part
   bool cached = false;   // reused from the cache, nothing streamed
+  // Classification: the shard set's own label names (ShardManifest).
+  std::vector<std::string> label_names;
 };
 
 // Thread-safe: concurrent fetches of the same part wait for one another.
@@ -72,8 +80,10 @@ class ShardFetcher {
  private:
   absl::StatusOr<internal::v1::ShardManifest> Prepare(const ShardFetchRequest& request,
                                                       FetchCancellation* cancel);
+  // `label_map`: the set's label index -> the local file's (empty: as is).
   absl::StatusOr<int64_t> Stream(const ShardFetchRequest& request, const std::string& shard_set_id,
-                                 const std::string& path, FetchCancellation* cancel);
+                                 const std::string& path, const std::vector<int32_t>& label_map,
+                                 FetchCancellation* cancel);
 
   const ShardFetcherOptions options_;
   std::unique_ptr<internal::v1::ShardService::Stub> stub_;

@@ -129,18 +129,24 @@ absl::Status ShardFileWriter::AddExample(absl::Span<const int32_t> ids,
 }
 
 absl::Status ShardFileWriter::AddChunk(absl::Span<const int32_t> ids, absl::string_view mask,
-                                       absl::Span<const int32_t> lengths) {
+                                       absl::Span<const int32_t> lengths,
+                                       absl::Span<const int32_t> labels) {
   if (ids.size() != mask.size())
     return absl::InvalidArgumentError(absl::StrCat("shard chunk: ", ids.size(), " token ids but ",
                                                    mask.size(), " loss-mask bytes"));
+  if (!labels.empty() && labels.size() != lengths.size())
+    return absl::InvalidArgumentError(absl::StrCat("shard chunk: ", labels.size(), " labels for ",
+                                                   lengths.size(), " examples"));
   size_t at = 0;
-  for (int32_t len : lengths) {
+  for (size_t e = 0; e < lengths.size(); ++e) {
+    const int32_t len = lengths[e];
     if (len <= 0 || at + static_cast<size_t>(len) > ids.size())
       return absl::InvalidArgumentError(
           absl::StrCat("shard chunk: example_lengths do not split its ", ids.size(), " tokens"));
     TF_RETURN_IF_ERROR(AddExample(
         ids.subspan(at, len),
-        absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(mask.data()) + at, len)));
+        absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(mask.data()) + at, len),
+        labels.empty() ? -1 : labels[e]));
     at += len;
   }
   if (at != ids.size())

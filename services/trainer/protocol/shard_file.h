@@ -7,6 +7,8 @@
 //     body checksum u64 (FNV-1a 64 over the body), reserved u64
 //   body, per example: length u32, label i32 (-1: none), token ids i32[length],
 //     loss mask u8[length] (1: trained)
+// Classification examples carry their class (an index into the job's label
+// names, >= 0) as the label; no flag marks them (version 1 suffices).
 // Flags (version 2; version 1 files have none and are still read):
 //   bit 0 "pairs": preference pairs (DPO). Examples 2k and 2k+1 are pair k:
 //     the prompt with the preferred completion (label 1, "chosen") then with
@@ -65,9 +67,11 @@ class ShardFileWriter {
   // (in a pairs file: the position's label; another one is an error).
   absl::Status AddExample(absl::Span<const int32_t> token_ids, absl::Span<const uint8_t> loss_mask,
                           int32_t label = -1);
-  // A StreamShard chunk: concatenated ids and mask split by example_lengths.
+  // A StreamShard chunk: concatenated ids and mask split by example_lengths;
+  // `labels` one per example (classification) or empty (-1 each).
   absl::Status AddChunk(absl::Span<const int32_t> token_ids, absl::string_view loss_mask,
-                        absl::Span<const int32_t> example_lengths);
+                        absl::Span<const int32_t> example_lengths,
+                        absl::Span<const int32_t> labels = {});
   // Writes the header, fsyncs and renames into place (a pairs file with an
   // odd number of examples is INVALID_ARGUMENT).
   absl::Status Finish();
