@@ -286,6 +286,37 @@ say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":1}"
   EXPECT_EQ(spec.hyper.eval_interval_steps, 6);
 }
 
+// Classification: the training file's sorted labels become num_labels and
+// label_names; the validation file's labels are mapped to them by name.
+TEST_F(AgentTest, ClassificationSendsTheTrainingFilesLabelNames) {
+  StartAgent(Options(Worker(R"(mkdir -p "$out"; say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":1}")")));
+  auto jsonl = [](const std::vector<std::string>& labels) {
+    std::string out;
+    for (size_t i = 0; i < 10; ++i) {
+      absl::StrAppend(&out, R"({"text":"Item )", i, R"(","label":")", labels[i % labels.size()],
+                      "\"}\n");
+    }
+    return out;
+  };
+  TF_ASSERT_OK_AND_ASSIGN(std::string train, dataset_->Upload(tenant_.key, jsonl({"spam", "ham"})));
+  TF_ASSERT_OK_AND_ASSIGN(std::string valid, dataset_->Upload(tenant_.key, jsonl({"spam"})));
+  iv1::Assignment a = Assignment("asg-c", "ftjob-c");
+  a.set_task(v1::TRAINING_TASK_CLASSIFICATION);
+  a.set_training_file(train);
+  a.set_validation_file(valid);
+  scheduler_->SetDesired({a});
+  auto done = scheduler_->WaitForCompletion("asg-c");
+  ASSERT_TRUE(done.has_value());
+  EXPECT_TRUE(done->succeeded()) << done->error().message();
+  TF_ASSERT_OK_AND_ASSIGN(WorkerSpec spec, ReadWorkerSpecFile(SpecPath("asg-c")));
+  EXPECT_EQ(spec.task, TrainingTask::kClassification);
+  EXPECT_EQ(spec.num_labels, 2);
+  EXPECT_EQ(spec.label_names, (std::vector<std::string>{"ham", "spam"}));
+  ASSERT_EQ(spec.valid_shards.size(), 1u);
+  TF_ASSERT_OK_AND_ASSIGN(ShardFile v, ShardFile::Read(spec.valid_shards[0]));
+  for (int64_t i = 0; i < v.size(); ++i) EXPECT_EQ(v.example(i).label, 1);  // "spam"
+}
+
 TEST_F(AgentTest, ResumeCheckpointIsResolvedUnderTheArtifactsDir) {
   StartAgent(Options(Worker(R"(mkdir -p "$out"; say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":1}")")));
   iv1::Assignment a = Assignment("asg-r", "ftjob-r");

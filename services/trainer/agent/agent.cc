@@ -320,6 +320,7 @@ absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
   {
     WorkerSpec preflight = spec;
     preflight.train_shards = {"(fetched next)"};
+    if (spec.task == TrainingTask::kClassification) preflight.num_labels = 2;  // from the shards
     TF_RETURN_IF_ERROR(ValidateWorkerSpec(preflight));
   }
 
@@ -341,6 +342,17 @@ absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
                                                               shard.status().message()));
     }
     out->push_back(shard->path);
+    if (spec.task == TrainingTask::kClassification && out == &spec.train_shards) {
+      // The training file's labels name the classes; validation maps to them.
+      if (shard->label_names.size() < 2) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "training_file ", file, ": classification needs at least 2 distinct labels, it has ",
+            shard->label_names.size()));
+      }
+      spec.label_names = shard->label_names;
+      spec.num_labels = static_cast<int64_t>(spec.label_names.size());
+      req.label_names = spec.label_names;
+    }
   }
   if (spec.train_shards.empty()) {
     return absl::InvalidArgumentError("training_file: the assignment names none");

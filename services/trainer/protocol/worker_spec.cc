@@ -139,6 +139,20 @@ absl::Status ValidateWorkerSpec(const WorkerSpec& s) {
   if (s.checkpoint_root.empty()) return Bad("checkpoint_root", "must be set");
   if (s.task == TrainingTask::kClassification && s.num_labels < 2)
     return Bad("num_labels", "must be >= 2 for classification");
+  if (!s.label_names.empty()) {
+    if (s.task != TrainingTask::kClassification)
+      return Bad("label_names", "only for the classification task");
+    if (static_cast<int64_t>(s.label_names.size()) != s.num_labels)
+      return Bad("label_names", absl::StrCat("has ", s.label_names.size(), " names for num_labels ",
+                                             s.num_labels));
+    for (size_t i = 0; i < s.label_names.size(); ++i) {
+      if (s.label_names[i].empty()) return Bad("label_names", absl::StrCat("[", i, "] is empty"));
+      for (size_t k = 0; k < i; ++k) {
+        if (s.label_names[k] == s.label_names[i])
+          return Bad("label_names", absl::StrCat("'", s.label_names[i], "' appears twice"));
+      }
+    }
+  }
   if (s.device.empty()) return Bad("device", "must be set");
   if (!Finite(s.collective_timeout_s) || s.collective_timeout_s <= 0)
     return Bad("collective_timeout_s", "must be a finite number > 0");
@@ -224,6 +238,7 @@ std::string WorkerSpecToJson(const WorkerSpec& s) {
             {"objective", ObjectiveName(s.objective)},
             {"dpo_beta", s.dpo_beta},
             {"num_labels", s.num_labels},
+            {"label_names", s.label_names},
             {"hyperparameters", std::move(hj)},
             {"device", s.device},
             {"collective_timeout_s", s.collective_timeout_s},
@@ -256,6 +271,7 @@ absl::StatusOr<WorkerSpec> ParseWorkerSpec(absl::string_view text) {
   TF_RETURN_IF_ERROR(ParseEnum(r, "objective", kObjectives, s.objective));
   TF_RETURN_IF_ERROR(r.Num("dpo_beta", s.dpo_beta));
   TF_RETURN_IF_ERROR(r.Int("num_labels", s.num_labels));
+  TF_RETURN_IF_ERROR(r.Strings("label_names", s.label_names));
   TF_RETURN_IF_ERROR(r.Str("device", s.device));
   TF_RETURN_IF_ERROR(r.Num("collective_timeout_s", s.collective_timeout_s));
   TF_RETURN_IF_ERROR(r.Num("progress_interval_s", s.progress_interval_s));

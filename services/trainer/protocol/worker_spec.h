@@ -87,6 +87,11 @@ struct WorkerSpec {
   double dpo_beta = 0.1;
   // Classification: number of classes (labels 0..num_labels-1 in the shards).
   int64_t num_labels = 0;
+  // Classification: the class names in label order (the training file's
+  // distinct labels sorted by bytes); written into the result's contract.
+  // Empty (an older agent): the classes are named "0", "1", ...; otherwise
+  // exactly num_labels distinct names.
+  std::vector<std::string> label_names;
   WorkerHyperparameters hyper;
   std::string device = "cpu";  // "cpu" | "cuda" | "cuda:N"
   double collective_timeout_s = 300;
