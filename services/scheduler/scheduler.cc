@@ -1,6 +1,7 @@
 #include "services/scheduler/scheduler.h"
 
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include <spdlog/spdlog.h>
@@ -14,10 +15,18 @@
 #include "common/base/ids.h"
 #include "common/base/status_macros.h"
 #include "services/scheduler/deployment_policy.h"
+#include "services/scheduler/model_ids.h"
 #include "services/scheduler/placement.h"
 
 namespace tunefleet::scheduler {
 namespace {
+
+// The base model a job trains on: Job.base_model itself, or the root base of
+// the fine-tuned model it continues.
+std::string RootBase(const std::string& base_model) {
+  std::optional<FineTunedId> ft = ParseFineTunedId(base_model);
+  return ft ? ft->base : base_model;
+}
 
 google::protobuf::Timestamp ToTimestamp(absl::Time t) {
   google::protobuf::Timestamp ts;
@@ -312,14 +321,46 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   errors::CheckLabels(errors::ToLabels(req.labels()), "labels", &bad);
   errors::CheckDescription(req.description(), "description", &bad);
   if (!bad.empty()) return errors::InvalidFields(bad);
+  // Continuing from a fine-tuned model (a result or a checkpoint): the
+  // caller's, LoRA, its root base in the catalog; the job trains on that base
+  // starting from the model's adapter, whose rank, alpha and targets it keeps.
+  std::string root_base = req.base_model();
+  std::string init_artifact;
+  v1::Hyperparameters given = req.hyperparameters();
   if (absl::StartsWith(req.base_model(), "ft:")) {
-    return absl::UnimplementedError(
-        "base_model: continuing from a fine-tuned model is not supported yet");
+    FineTuned from;
+    {
+      absl::MutexLock lock(&mu_);
+      TF_ASSIGN_OR_RETURN(from, FindFineTuned(tenant, req.base_model()));
+    }
+    if (!from.lora) {
+      return errors::FieldError("base_model", absl::StrCat("model ", req.base_model(),
+          " was fully fine-tuned (merged weights); only a LoRA model can be continued"));
+    }
+    if (options_.artifacts_dir.empty()) {
+      return absl::FailedPreconditionError(
+          "this scheduler has no artifact directory (--artifacts_dir) to read adapters from");
+    }
+    absl::StatusOr<AdapterConfig> adapter =
+        ReadAdapterConfig(absl::StrCat(options_.artifacts_dir, "/", from.artifact));
+    if (!adapter.ok()) {
+      spdlog::error("model={} {}", req.base_model(), adapter.status().ToString());
+      return absl::DataLossError(absl::StrCat("the files of model ", req.base_model(),
+                                              " are missing from the artifact store"));
+    }
+    std::vector<errors::FieldViolation> mismatch;
+    ContinueFromAdapter(*adapter, req.adapter(), &given, &mismatch);
+    if (!mismatch.empty()) return errors::InvalidFields(mismatch);
+    root_base = from.base;
+    init_artifact = from.artifact;
   }
-  absl::StatusOr<BaseModel> model = catalog_.Get(req.base_model());
+  absl::StatusOr<BaseModel> model = catalog_.Get(root_base);
   if (!model.ok()) {
     return errors::FieldError(
-        "base_model", absl::StrCat("unknown model '", req.base_model(), "'"));
+        "base_model", root_base == req.base_model()
+                          ? absl::StrCat("unknown model '", req.base_model(), "'")
+                          : absl::StrCat("model ", req.base_model(), " was fine-tuned from '",
+                                         root_base, "', which is not in the model catalog"));
   }
   const int gpus = std::max(1, req.gpus());
   {
@@ -385,7 +426,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   shape.examples = examples;
   shape.has_validation = has_valid || req.has_validation_split();
   TF_ASSIGN_OR_RETURN(ResolvedJob resolved,
-                      ResolveHyperparameters(req.hyperparameters(), shape, *model, job_id));
+                      ResolveHyperparameters(given, shape, *model, job_id));
   v1::Job job;
   job.set_base_model(req.base_model());
   job.set_training_file(train.id);
@@ -449,6 +490,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
       rec.request_id = req.request_id();
       rec.queue_seq = next_queue_seq_++;
       rec.held_files = held;
+      rec.init_artifact = init_artifact;
       rec.job = job;
       t.AddJob(job_id, std::move(rec));
       v1::JobEvent created;
@@ -696,8 +738,17 @@ absl::StatusOr<v1::ListCheckpointsResponse> Scheduler::ListCheckpoints(
   v1::ListCheckpointsResponse resp;
   // Newest first.
   int64_t n = static_cast<int64_t>(list.size());
-  for (int64_t i = offset; i < n && i < offset + page; ++i)
-    *resp.add_checkpoints() = list[n - 1 - i].checkpoint;
+  const v1::Job& job = jobs_.at(req.job_id()).job;
+  const bool lora = job.adapter() != v1::ADAPTER_TYPE_FULL;
+  for (int64_t i = offset; i < n && i < offset + page; ++i) {
+    v1::Checkpoint* c = resp.add_checkpoints();
+    *c = list[n - 1 - i].checkpoint;
+    // A LoRA checkpoint's adapter deploys (and downloads) as a model.
+    if (lora) {
+      c->set_model(CheckpointModelId(RootBase(job.base_model()), job.suffix(), req.job_id(),
+                                     c->step()));
+    }
+  }
   if (offset + page < n) resp.set_next_page_token(absl::StrCat(offset + page));
   return resp;
 }
@@ -758,10 +809,63 @@ absl::StatusOr<v1::Model> Scheduler::GetModel(const std::string& tenant,
     return BaseModelView(b);
   }
   absl::MutexLock lock(&mu_);
-  auto it = models_.find(model_id);
-  if (it == models_.end() || it->second.tenant != tenant)
-    return absl::NotFoundError(absl::StrCat("model ", model_id, " not found"));
-  return ModelView(it->second);
+  TF_ASSIGN_OR_RETURN(FineTuned m, FindFineTuned(tenant, model_id));
+  return m.model;
+}
+
+absl::StatusOr<Scheduler::FineTuned> Scheduler::FindFineTuned(const std::string& tenant,
+                                                              const std::string& id) {
+  const absl::Status not_found = absl::NotFoundError(absl::StrCat("model ", id, " not found"));
+  std::optional<FineTunedId> parsed = ParseFineTunedId(id);
+  if (!parsed) return not_found;
+  FineTuned out;
+  if (parsed->checkpoint_step < 0) {
+    auto it = models_.find(id);
+    if (it == models_.end() || it->second.tenant != tenant) return not_found;
+    out.artifact = it->second.artifact;
+    out.base = it->second.model.base_model();
+    out.model = ModelView(it->second);
+    out.lora = out.model.format_type() == v1::MODEL_FORMAT_LORA;
+    return out;
+  }
+  // A checkpoint: of the caller's LoRA job, under exactly the id it lists.
+  auto j = jobs_.find(parsed->job);
+  if (j == jobs_.end() || j->second.tenant != tenant ||
+      j->second.job.adapter() == v1::ADAPTER_TYPE_FULL)
+    return not_found;
+  const v1::Job& job = j->second.job;
+  const std::string root = RootBase(job.base_model());
+  if (CheckpointModelId(root, job.suffix(), parsed->job, parsed->checkpoint_step) != id)
+    return not_found;
+  auto c = checkpoints_.find(parsed->job);
+  if (c == checkpoints_.end()) return not_found;
+  const CheckpointRecord* found = nullptr;
+  for (const CheckpointRecord& r : c->second)  // the latest at that step (a resumed run repeats)
+    if (r.checkpoint.step() == parsed->checkpoint_step) found = &r;
+  if (found == nullptr) return not_found;
+  out.artifact = CheckpointAdapterArtifact(found->artifact);
+  out.base = root;
+  out.checkpoint = true;
+  v1::Model& m = out.model;
+  m.set_id(id);
+  m.set_kind(v1::MODEL_KIND_FINE_TUNED);
+  m.set_base_model(root);
+  m.set_job_id(parsed->job);
+  absl::StatusOr<BaseModel> base = catalog_.Get(root);
+  if (base.ok()) {
+    m.set_family(base->family);
+    m.set_parameters(base->parameters);
+    m.set_max_sequence_length(base->max_sequence_length);
+  }
+  m.set_format("lora");
+  m.set_format_type(v1::MODEL_FORMAT_LORA);
+  *m.mutable_created_at() = found->checkpoint.created_at();
+  *m.mutable_labels() = job.labels();
+  m.set_description(absl::StrCat("checkpoint at step ", parsed->checkpoint_step, " of ",
+                                 parsed->job));
+  for (const auto& [dep_id, d] : deployments_)
+    if (d.deployment.model() == id && d.tenant == tenant) m.add_deployments(dep_id);
+  return out;
 }
 
 absl::StatusOr<v1::DeleteModelResponse> Scheduler::DeleteModel(const std::string& tenant,
@@ -774,9 +878,12 @@ absl::StatusOr<v1::DeleteModelResponse> Scheduler::DeleteModel(const std::string
   Txn t(this);
   {
     absl::MutexLock lock(&mu_);
-    auto it = models_.find(model_id);
-    if (it == models_.end() || it->second.tenant != tenant)
-      return absl::NotFoundError(absl::StrCat("model ", model_id, " not found"));
+    TF_ASSIGN_OR_RETURN(FineTuned found, FindFineTuned(tenant, model_id));
+    if (found.checkpoint) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model ", model_id, " is a checkpoint of job ", found.model.job_id(),
+          ": checkpoint models go with their job's checkpoints and cannot be deleted"));
+    }
     for (const auto& [id, d] : deployments_) {
       if (d.deployment.model() == model_id) {
         return errors::WithPreconditionViolation(
@@ -802,12 +909,13 @@ void Scheduler::RegisterResult(Txn& t, const std::string& job_id, const std::str
   ModelRecord m;
   m.tenant = j.tenant;
   m.artifact = artifact;
-  std::string id = absl::StrCat("ft:", j.job.base_model(), ":", j.job.suffix(), ":", job_id);
+  const std::string root = RootBase(j.job.base_model());
+  std::string id = FineTunedModelId(root, j.job.suffix(), job_id);
   m.model.set_id(id);
   m.model.set_kind(v1::MODEL_KIND_FINE_TUNED);
-  m.model.set_base_model(j.job.base_model());
+  m.model.set_base_model(root);
   m.model.set_job_id(job_id);
-  absl::StatusOr<BaseModel> base = catalog_.Get(j.job.base_model());
+  absl::StatusOr<BaseModel> base = catalog_.Get(root);
   if (base.ok()) {
     m.model.set_family(base->family);
     m.model.set_parameters(base->parameters);
@@ -868,11 +976,9 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
   }
   if (absl::StartsWith(req.model(), "ft:")) {
     absl::MutexLock lock(&mu_);
-    auto it = models_.find(req.model());
-    if (it == models_.end() || it->second.tenant != tenant)
-      return absl::NotFoundError(absl::StrCat("model ", req.model(), " not found"));
-    d.base_artifact = it->second.model.base_model();
-    d.adapter_artifact = it->second.artifact;
+    TF_ASSIGN_OR_RETURN(FineTuned m, FindFineTuned(tenant, req.model()));
+    d.base_artifact = m.base;
+    d.adapter_artifact = m.artifact;
   } else {
     if (!catalog_.Get(req.model()).ok())
       return errors::FieldError("model", absl::StrCat("unknown model '", req.model(), "'"));
@@ -893,8 +999,7 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
     // create may have taken the id or used the request id).
     if (const DeploymentRecord* done = replay(deployments_)) return done->deployment;
     if (deployments_.count(d.deployment.id())) return taken(d.deployment.id());
-    if (!d.adapter_artifact.empty() && !models_.count(req.model()))
-      return absl::NotFoundError(absl::StrCat("model ", req.model(), " not found"));
+    if (!d.adapter_artifact.empty()) TF_RETURN_IF_ERROR(FindFineTuned(tenant, req.model()).status());
     t.AddDeployment(d);
     t.DesiredChanged();
     TF_RETURN_IF_ERROR(t.Commit());
@@ -997,11 +1102,9 @@ absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& te
         adapter.clear();
         base = patch.model();
       } else {
-        auto m = models_.find(patch.model());
-        if (m == models_.end() || m->second.tenant != tenant)
-          return absl::NotFoundError(absl::StrCat("model ", patch.model(), " not found"));
-        base = m->second.model.base_model();
-        adapter = m->second.artifact;
+        TF_ASSIGN_OR_RETURN(FineTuned m, FindFineTuned(tenant, patch.model()));
+        base = m.base;
+        adapter = m.artifact;
       }
       if (base != it->second.base_artifact) {
         return errors::FieldError("deployment.model", absl::StrCat(
@@ -1051,10 +1154,8 @@ absl::StatusOr<std::unique_ptr<TarStream>> Scheduler::OpenModelContent(
   std::string artifact;
   {
     absl::MutexLock lock(&mu_);
-    auto it = models_.find(model_id);
-    if (it == models_.end() || it->second.tenant != tenant)
-      return absl::NotFoundError(absl::StrCat("model ", model_id, " not found"));
-    artifact = it->second.artifact;
+    TF_ASSIGN_OR_RETURN(FineTuned m, FindFineTuned(tenant, model_id));
+    artifact = m.artifact;
   }
   if (options_.artifacts_dir.empty()) {
     return absl::FailedPreconditionError(
@@ -1484,7 +1585,8 @@ void Scheduler::PlaceLocked(Txn& t) {
         as.set_world_size(std::max(1, j.job.gpus()));
         as.set_master_address(master);
         as.set_master_port(port);
-        as.set_base_model(j.job.base_model());
+        as.set_base_model(RootBase(j.job.base_model()));
+        as.set_init_adapter_artifact(j.init_artifact);
         as.set_training_file(j.job.training_file());
         as.set_validation_file(j.job.validation_file());
         as.set_adapter(j.job.adapter());

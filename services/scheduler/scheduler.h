@@ -187,6 +187,17 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::Model ModelView(const ModelRecord& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::Model BaseModelView(const BaseModel& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A fine-tuned model of `tenant`: a job's result or one of its LoRA
+  // checkpoints (model_ids.h); NOT_FOUND "model <id> not found" otherwise.
+  struct FineTuned {
+    std::string artifact;  // the PEFT (or merged) directory
+    std::string base;      // the root base model
+    bool lora = true;
+    bool checkpoint = false;
+    v1::Model model;
+  };
+  absl::StatusOr<FineTuned> FindFineTuned(const std::string& tenant, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Transition(Txn& t, const std::string& job_id, JobTrigger trigger,
                           const std::string& message, const v1::Error* error = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -72,6 +72,10 @@ CREATE TABLE replicas (
     {2, R"sql(
 ALTER TABLE deployments ADD COLUMN request_id TEXT NOT NULL DEFAULT '';
 )sql"},
+    {3, R"sql(
+ALTER TABLE jobs ADD COLUMN init_artifact TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN estimated_tokens INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 
 template <typename Proto>
@@ -145,7 +149,7 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
   StoreSnapshot s;
   TF_ASSIGN_OR_RETURN(auto rows, db_->Query(
       "SELECT id, tenant, request_id, queue_seq, resume_artifact, retries, attempt, held_files, "
-      "last_event_seq, proto FROM jobs"));
+      "last_event_seq, proto, init_artifact, estimated_tokens FROM jobs"));
   for (const auto& r : rows) {
     JobRecord j;
     j.tenant = r[1].AsText();
@@ -158,6 +162,8 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
     if (!held.empty()) j.held_files = absl::StrSplit(held, ',');
     j.last_event_seq = r[8].AsInt64();
     TF_RETURN_IF_ERROR(ParseInto(r[9], &j.job, "job"));
+    j.init_artifact = r[10].AsText();
+    j.estimated_tokens = r[11].AsInt64();
     s.jobs.emplace(r[0].AsText(), std::move(j));
   }
   TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT job_id, proto FROM job_events ORDER BY job_id, seq"));
@@ -229,10 +235,11 @@ absl::StatusOr<int64_t> SchedulerStore::Commit(const Batch& b) {
   for (const auto& [id, j] : b.jobs) {
     TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO jobs (id, tenant, request_id, queue_seq, resume_artifact, retries, "
-        "attempt, held_files, last_event_seq, state, proto) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        "attempt, held_files, last_event_seq, state, proto, init_artifact, estimated_tokens) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         {id, j.tenant, j.request_id, j.queue_seq, j.resume_artifact, j.retries, j.attempt,
          absl::StrJoin(j.held_files, ","), j.last_event_seq, static_cast<int>(j.job.state()),
-         Value::Blob(j.job.SerializeAsString())}));
+         Value::Blob(j.job.SerializeAsString()), j.init_artifact, j.estimated_tokens}));
   }
   for (const auto& [job_id, e] : b.events) {
     TF_RETURN_IF_ERROR(Exec("INSERT INTO job_events (job_id, seq, proto) VALUES (?,?,?)",

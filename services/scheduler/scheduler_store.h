@@ -42,6 +42,11 @@ struct JobRecord {
   int64_t queue_seq = 0;  // admission order (age in the queue)
   // Artifact name of the checkpoint the next attempt resumes from.
   std::string resume_artifact;
+  // A job continued from a fine-tuned model: the artifact name of the PEFT
+  // adapter it starts from (empty: a fresh adapter).
+  std::string init_artifact;
+  // Trained tokens estimated at admission (the per-tenant token quota).
+  int64_t estimated_tokens = 0;
   int32_t retries = 0;  // attempts lost so far
   int32_t attempt = 0;  // attempts started so far
   std::vector<std::string> held_files;  // released when the job finishes

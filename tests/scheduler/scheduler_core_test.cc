@@ -12,6 +12,7 @@
 #include "services/scheduler/job_spec.h"
 #include "services/scheduler/job_state.h"
 #include "services/scheduler/memory_estimate.h"
+#include "services/scheduler/model_ids.h"
 #include "services/scheduler/placement.h"
 #include "services/scheduler/scheduler_store.h"
 #include "tests/testing/status_matchers.h"
@@ -555,6 +556,65 @@ TEST(SchedulerStoreTest, ConcurrentCommitsShareFsyncsAndAllSurvive) {
   auto snap = (*store)->Load();
   ASSERT_THAT(snap, IsOk());
   EXPECT_EQ(snap->jobs.size(), static_cast<size_t>(kThreads * kEach));
+}
+
+
+TEST(ModelIds, ResultsAndCheckpointsParseAndPrint) {
+  auto r = ParseFineTunedId("ft:tiny:mine:ftjob-1");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->base, "tiny");
+  EXPECT_EQ(r->suffix, "mine");
+  EXPECT_EQ(r->job, "ftjob-1");
+  EXPECT_EQ(r->checkpoint_step, -1);
+  auto c = ParseFineTunedId("ft:tiny::ftjob-1:ckpt-step-40");
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->suffix, "");
+  EXPECT_EQ(c->checkpoint_step, 40);
+  EXPECT_EQ(CheckpointModelId("tiny", "", "ftjob-1", 40), "ft:tiny::ftjob-1:ckpt-step-40");
+  EXPECT_EQ(FineTunedModelId("tiny", "mine", "ftjob-1"), "ft:tiny:mine:ftjob-1");
+  for (const char* bad : {"tiny", "ft:", "ft:tiny:mine", "ft::mine:ftjob-1", "ft:tiny:mine:",
+                          "ft:tiny:mine:ftjob-1:step-4", "ft:tiny:mine:ftjob-1:ckpt-step-",
+                          "ft:tiny:mine:ftjob-1:ckpt-step-x", "ft:a:b:c:ckpt-step-1:more"})
+    EXPECT_FALSE(ParseFineTunedId(bad).has_value()) << bad;
+  EXPECT_EQ(CheckpointAdapterArtifact("jobs/j/checkpoints/step-1"), "jobs/j/checkpoints/step-1/adapter");
+}
+
+TEST(ModelIds, ContinuingTakesTheAdaptersShapeAndNamesEveryMismatch) {
+  testing::TempDir dir;
+  EXPECT_THAT(ReadAdapterConfig(dir.path()), StatusIs(absl::StatusCode::kNotFound));
+  std::ofstream(dir.Join("adapter_config.json")) << "{not json";
+  EXPECT_THAT(ReadAdapterConfig(dir.path()), StatusIs(absl::StatusCode::kDataLoss));
+  std::ofstream(dir.Join("adapter_config.json"))
+      << R"({"r": 4, "lora_alpha": 8, "target_modules": ["v_proj", "q_proj"]})";
+  auto a = ReadAdapterConfig(dir.path());
+  ASSERT_THAT(a, IsOk());
+  EXPECT_EQ(a->rank, 4);
+  EXPECT_DOUBLE_EQ(a->alpha, 8);
+
+  v1::Hyperparameters h;  // auto: taken from the adapter
+  std::vector<errors::FieldViolation> bad;
+  ContinueFromAdapter(*a, v1::ADAPTER_TYPE_UNSPECIFIED, &h, &bad);
+  EXPECT_THAT(bad, IsEmpty());
+  EXPECT_EQ(h.lora_rank(), 4);
+  EXPECT_DOUBLE_EQ(h.lora_alpha(), 8);
+  EXPECT_THAT(h.lora_target_modules(), ElementsAre("v_proj", "q_proj"));
+
+  v1::Hyperparameters same;  // equal values (targets in any order)
+  same.set_lora_rank(4);
+  same.add_lora_target_modules("q_proj");
+  same.add_lora_target_modules("v_proj");
+  ContinueFromAdapter(*a, v1::ADAPTER_TYPE_LORA, &same, &bad);
+  EXPECT_THAT(bad, IsEmpty());
+
+  v1::Hyperparameters other;
+  other.set_lora_rank(16);
+  other.set_lora_alpha(32);
+  other.add_lora_target_modules("q_proj");
+  ContinueFromAdapter(*a, v1::ADAPTER_TYPE_FULL, &other, &bad);
+  std::vector<std::string> fields;
+  for (const auto& v : bad) fields.push_back(v.field);
+  EXPECT_THAT(fields, ElementsAre("adapter", "hyperparameters.lora_rank", "hyperparameters.lora_alpha",
+                                  "hyperparameters.lora_target_modules"));
 }
 
 }  // namespace

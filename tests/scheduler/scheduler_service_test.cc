@@ -1736,5 +1736,172 @@ TEST_F(ModelContentTest, CliDownloadsAModelAndUpdatesADeployment) {
   EXPECT_EQ(now->model(), model);
 }
 
+// Continuing from a fine-tuned model: the caller's LoRA model, trained
+// further on its root base from its adapter, with the adapter's shape.
+TEST_F(ModelContentTest, ContinuesTrainingFromAFineTunedModel) {
+  const std::string from = Model(
+      {{"adapter_config.json",
+        R"({"peft_type":"LORA","r":4,"lora_alpha":8.0,"target_modules":["q_proj","v_proj"]})"},
+       {"adapter_model.safetensors", "weights"}});
+  const std::string from_job = from.substr(from.rfind(':') + 1);
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  v1::CreateJobRequest req = JobRequest(file->id());
+  req.set_base_model(from);
+  req.set_suffix("more");
+
+  // Another tenant's model, an unknown one, a malformed ft: id: NOT_FOUND.
+  EXPECT_THAT(CreateJob(b_.key, req), StatusIs(absl::StatusCode::kNotFound, HasSubstr(from)));
+  v1::CreateJobRequest unknown = req;
+  unknown.set_base_model(absl::StrCat("ft:", kBase, ":mine:ftjob-nope"));
+  EXPECT_THAT(CreateJob(a_.key, unknown), StatusIs(absl::StatusCode::kNotFound));
+  unknown.set_base_model("ft:nonsense");
+  EXPECT_THAT(CreateJob(a_.key, unknown), StatusIs(absl::StatusCode::kNotFound));
+
+  // A shape other than the adapter's: one field violation each.
+  v1::CreateJobRequest bad = req;
+  bad.set_adapter(v1::ADAPTER_TYPE_FULL);
+  bad.mutable_hyperparameters()->set_lora_rank(8);
+  bad.mutable_hyperparameters()->add_lora_target_modules("o_proj");
+  auto refused = CreateJob(a_.key, bad);
+  ASSERT_THAT(refused, StatusIs(absl::StatusCode::kInvalidArgument));
+  std::set<std::string> fields;
+  for (const auto& v : errors::GetDetails(refused.status()).field_violations) fields.insert(v.field);
+  EXPECT_THAT(fields, ElementsAre("adapter", "hyperparameters.lora_rank",
+                                  "hyperparameters.lora_target_modules"));
+
+  // Matching values or auto: accepted; the job reports the adapter's shape.
+  req.mutable_hyperparameters()->set_lora_rank(4);
+  auto job = CreateJob(a_.key, req);
+  ASSERT_THAT(job, IsOk());
+  EXPECT_EQ(job->base_model(), from);
+  EXPECT_EQ(job->adapter(), v1::ADAPTER_TYPE_LORA);
+  EXPECT_EQ(job->hyperparameters().lora_rank(), 4);
+  EXPECT_DOUBLE_EQ(job->hyperparameters().lora_alpha(), 8.0);
+  EXPECT_THAT(job->hyperparameters().lora_target_modules(), ElementsAre("q_proj", "v_proj"));
+
+  // The agent trains on the root base, starting from the model's adapter;
+  // a restart keeps that.
+  StopScheduler();
+  StartScheduler();
+  std::string node = RegisterNode("node-a", 1);  // the one node, again
+  scheduler_->Tick(clock_.Now());
+  auto hb = Heartbeat(node);
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  const iv1::Assignment& a = hb->assignments(0);
+  EXPECT_EQ(a.job_id(), job->id());
+  EXPECT_EQ(a.base_model(), kBase);
+  EXPECT_EQ(a.init_adapter_artifact(), "jobs/" + from_job + "/result");
+  EXPECT_EQ(a.hyperparameters().lora_rank(), 4);
+  ASSERT_THAT(Complete(a.assignment_id(), true, "jobs/" + job->id() + "/result"), IsOk());
+
+  // The result is a model of the root base.
+  auto done = GetJob(a_.key, job->id());
+  ASSERT_THAT(done, IsOk());
+  EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done->base_model(), from);
+  EXPECT_EQ(done->result_model(), absl::StrCat("ft:", kBase, ":more:", job->id()));
+  v1::GetModelRequest gm;
+  gm.set_model_id(done->result_model());
+  auto model = Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm);
+  ASSERT_THAT(model, IsOk());
+  EXPECT_EQ(model->base_model(), kBase);
+  EXPECT_EQ(model->job_id(), job->id());
+
+  // A model whose files are gone cannot be continued.
+  std::filesystem::remove_all(dir_.Join("artifacts") + "/jobs/" + from_job);
+  req.clear_request_id();
+  EXPECT_THAT(CreateJob(a_.key, req), StatusIs(absl::StatusCode::kDataLoss, HasSubstr(from)));
+}
+
+// A LoRA checkpoint is a model: listed with its id, readable, downloadable,
+// deployable (its adapter/ directory), continuable, not deletable.
+TEST_F(ModelContentTest, CheckpointsAreDeployableModels) {
+  Running r = StartOne("node-a");
+  const std::string ckpt_artifact = "jobs/" + r.job + "/checkpoints/step-00000005";
+  const std::string adapter_dir = dir_.Join("artifacts") + "/" + ckpt_artifact + "/adapter";
+  std::filesystem::create_directories(adapter_dir);
+  std::ofstream(adapter_dir + "/adapter_config.json")
+      << R"({"peft_type":"LORA","r":8,"lora_alpha":16.0,"target_modules":["q_proj"]})";
+  std::ofstream(adapter_dir + "/adapter_model.safetensors") << "weights";
+  ASSERT_THAT(Checkpoint(r.asg, 5, ckpt_artifact), IsOk());
+  const std::string id = absl::StrCat("ft:", kBase, ":mine:", r.job, ":ckpt-step-5");
+
+  v1::ListCheckpointsRequest lc;
+  lc.set_job_id(r.job);
+  auto cks = Call(job_stub_.get(), &v1::JobService::Stub::ListCheckpoints, a_.key, lc);
+  ASSERT_THAT(cks, IsOk());
+  ASSERT_THAT(cks->checkpoints(), SizeIs(1));
+  EXPECT_EQ(cks->checkpoints(0).model(), id);
+
+  v1::GetModelRequest gm;
+  gm.set_model_id(id);
+  auto model = Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm);
+  ASSERT_THAT(model, IsOk());
+  EXPECT_EQ(model->id(), id);
+  EXPECT_EQ(model->kind(), v1::MODEL_KIND_FINE_TUNED);
+  EXPECT_EQ(model->base_model(), kBase);
+  EXPECT_EQ(model->job_id(), r.job);
+  EXPECT_EQ(model->format_type(), v1::MODEL_FORMAT_LORA);
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, b_.key, gm),
+              StatusIs(absl::StatusCode::kNotFound));
+  for (const std::string& wrong :
+       {absl::StrCat("ft:", kBase, ":mine:", r.job, ":ckpt-step-6"),
+        absl::StrCat("ft:", kBase, ":other:", r.job, ":ckpt-step-5"),
+        absl::StrCat("ft:", kBase, ":mine:", r.job, ":step-5")}) {
+    gm.set_model_id(wrong);
+    EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm),
+                StatusIs(absl::StatusCode::kNotFound)) << wrong;
+  }
+
+  grpc::Status st;
+  auto chunks = Download(a_.key, id, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  std::string tar;
+  for (const auto& c : chunks) tar += c.data();
+  std::string error;
+  std::set<std::string> names;
+  for (const auto& e : ReadTar(tar, &error)) names.insert(e.name);
+  EXPECT_THAT(names, Contains(HasSubstr("/adapter_config.json")));
+  Download(b_.key, id, &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  iv1::RegisterReplicaRequest rr;
+  rr.set_replica_name("replica-a");
+  auto replica = Call(serving_stub_.get(), &iv1::ServingControlService::Stub::RegisterReplica,
+                      internal_.key, rr);
+  ASSERT_THAT(replica, IsOk());
+  v1::CreateDeploymentRequest cd;
+  cd.set_model(id);
+  EXPECT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, b_.key, cd),
+              StatusIs(absl::StatusCode::kNotFound));
+  auto dep = Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, cd);
+  ASSERT_THAT(dep, IsOk());
+  EXPECT_EQ(dep->model(), id);
+  auto desired = scheduler_->DesiredDeployments(replica->replica_id());
+  ASSERT_THAT(desired, IsOk());
+  ASSERT_THAT(desired->deployments(), SizeIs(1));
+  EXPECT_EQ(desired->deployments(0).base_model_artifact(), kBase);
+  EXPECT_EQ(desired->deployments(0).adapter_artifact(), ckpt_artifact + "/adapter");
+  gm.set_model_id(id);
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, gm)->deployments(),
+              ElementsAre(dep->id()));
+
+  v1::DeleteModelRequest dm;
+  dm.set_model_id(id);
+  EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::DeleteModel, a_.key, dm),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("checkpoint")));
+
+  // A job may continue from the checkpoint too.
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  v1::CreateJobRequest req = JobRequest(file->id());
+  req.set_base_model(id);
+  auto job = CreateJob(a_.key, req);
+  ASSERT_THAT(job, IsOk());
+  EXPECT_THAT(job->hyperparameters().lora_target_modules(), ElementsAre("q_proj"));
+}
+
 }  // namespace
 }  // namespace tunefleet::scheduler

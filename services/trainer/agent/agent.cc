@@ -256,6 +256,11 @@ absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
     }
     base = parts[1];
   }
+  if (!a_.init_adapter_artifact().empty()) {  // the scheduler names the adapter (base is the root)
+    if (!SafeArtifact(a_.init_adapter_artifact()))
+      return absl::InvalidArgumentError("init_adapter_artifact: not an artifact name");
+    spec.init_adapter_dir = absl::StrCat(o.artifacts_dir, "/", a_.init_adapter_artifact());
+  }
   if (!SafeName(base)) return absl::InvalidArgumentError(absl::StrCat("base_model '", base, "'"));
   spec.base_model_dir = absl::StrCat(o.models_dir, "/", base);
   spec.base_model_id = base;
