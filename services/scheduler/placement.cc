@@ -1,22 +1,109 @@
 #include "services/scheduler/placement.h"
 
 #include <algorithm>
+#include <functional>
 #include <iterator>
+#include <map>
+#include <queue>
 #include <set>
+#include <tuple>
 
 namespace tunefleet::scheduler {
 
-void SortQueue(std::vector<QueuedJob>& jobs) {
-  std::sort(jobs.begin(), jobs.end(), [](const QueuedJob& a, const QueuedJob& b) {
-    if (a.priority != b.priority) return a.priority > b.priority;
-    if (a.queue_seq != b.queue_seq) return a.queue_seq < b.queue_seq;
-    return a.id < b.id;
-  });
+namespace {
+
+// The queue order of placement.h, one job at a time: Next() names the job to
+// consider, Started() counts its slots for its tenant. One priority level at
+// a time, a min-heap of the level's tenants keyed by (slots held, queue_seq
+// of their oldest job, tenant); a tenant taken is pushed back on the next
+// call, with the slots it holds by then. O(n log n) for n jobs.
+class FairOrder {
+ public:
+  FairOrder(std::vector<QueuedJob> jobs, const TenantSlots& running) : jobs_(std::move(jobs)) {
+    std::sort(jobs_.begin(), jobs_.end(), [](const QueuedJob& a, const QueuedJob& b) {
+      if (a.priority != b.priority) return a.priority > b.priority;
+      if (a.tenant != b.tenant) return a.tenant < b.tenant;
+      if (a.queue_seq != b.queue_seq) return a.queue_seq < b.queue_seq;
+      return a.id < b.id;
+    });
+    for (const QueuedJob& j : jobs_) tenants_.emplace(j.tenant, 0);
+    for (auto& [tenant, index] : tenants_) {
+      index = static_cast<int>(slots_.size());
+      auto it = running.find(tenant);
+      slots_.push_back(it == running.end() ? 0 : it->second);
+    }
+  }
+
+  const QueuedJob* Next() {
+    if (pending_ >= 0) Push(static_cast<size_t>(pending_));
+    pending_ = -1;
+    while (heap_.empty()) {
+      if (level_end_ >= jobs_.size()) return nullptr;
+      StartLevel();
+    }
+    const size_t g = std::get<2>(heap_.top());
+    heap_.pop();
+    Group& group = groups_[g];
+    const QueuedJob* job = &jobs_[group.cursor++];
+    if (group.cursor < group.end) pending_ = static_cast<int64_t>(g);
+    return job;
+  }
+
+  void Started(const QueuedJob& job) {
+    slots_[tenants_.at(job.tenant)] += std::max(1, job.world_size);
+  }
+
+ private:
+  struct Group {
+    size_t cursor, end;
+    int tenant;
+  };
+  using Key = std::tuple<int64_t, int64_t, size_t>;  // (slots, head queue_seq, group)
+
+  void StartLevel() {
+    groups_.clear();
+    size_t i = level_end_;
+    const int priority = jobs_[i].priority;
+    while (i < jobs_.size() && jobs_[i].priority == priority) {
+      size_t end = i;
+      while (end < jobs_.size() && jobs_[end].priority == priority &&
+             jobs_[end].tenant == jobs_[i].tenant)
+        ++end;
+      groups_.push_back(Group{i, end, tenants_.at(jobs_[i].tenant)});
+      Push(groups_.size() - 1);
+      i = end;
+    }
+    level_end_ = i;
+  }
+  void Push(size_t g) {
+    heap_.emplace(slots_[groups_[g].tenant], jobs_[groups_[g].cursor].queue_seq, g);
+  }
+
+  std::vector<QueuedJob> jobs_;
+  std::map<std::string, int> tenants_;  // tenant -> index into slots_
+  std::vector<int64_t> slots_;
+  std::vector<Group> groups_;  // of the current priority level, in tenant order
+  std::priority_queue<Key, std::vector<Key>, std::greater<Key>> heap_;
+  size_t level_end_ = 0;
+  int64_t pending_ = -1;
+};
+
+}  // namespace
+
+void SortQueue(std::vector<QueuedJob>& jobs, const TenantSlots& running) {
+  FairOrder order(std::move(jobs), running);
+  std::vector<QueuedJob> sorted;
+  while (const QueuedJob* j = order.Next()) {
+    sorted.push_back(*j);
+    order.Started(*j);
+  }
+  jobs = std::move(sorted);
 }
 
-PlacementResult Place(std::vector<QueuedJob> jobs, std::vector<SlotNode> nodes) {
+PlacementResult Place(std::vector<QueuedJob> queued, std::vector<SlotNode> nodes,
+                      const TenantSlots& running) {
   PlacementResult result;
-  SortQueue(jobs);
+  FairOrder order(std::move(queued), running);
   int64_t fleet = 0;
   int64_t free_total = 0;
   // Nodes ordered by (free slots, id): best fit is a lower_bound, the widest
@@ -33,7 +120,8 @@ PlacementResult Place(std::vector<QueuedJob> jobs, std::vector<SlotNode> nodes) 
     if (nodes[i].free_slots > 0) by_free.emplace(nodes[i].free_slots, i);
     p.nodes.emplace_back(nodes[i].id, n);
   };
-  for (const QueuedJob& job : jobs) {
+  while (const QueuedJob* next = order.Next()) {
+    const QueuedJob& job = *next;
     if (free_total == 0 && nodes.empty()) break;
     int w = std::max(1, job.world_size);
     if (!nodes.empty() && w > fleet) {
@@ -56,6 +144,7 @@ PlacementResult Place(std::vector<QueuedJob> jobs, std::vector<SlotNode> nodes) 
       }
     }
     free_total -= w;
+    order.Started(job);
     result.placed.push_back(std::move(p));
   }
   return result;

@@ -1,7 +1,15 @@
 // The queue order and gang placement, both pure (no clock, no store) so that
 // they are tested by tables and benchmarked alone.
 //
-// Queue order: higher priority first, then older (smaller queue_seq) first.
+// Queue order: higher priority first. At equal priority, fair share between
+// tenants: the next job is the oldest queued job of the tenant holding the
+// fewest slots — its running jobs' slots plus those of the jobs started (or,
+// for SortQueue, ordered) before it in the same pass — ties going to the
+// tenant whose oldest queued job is older (smaller queue_seq), then to the
+// smaller tenant id. Within one tenant, older first. With one tenant (or
+// none named) this is priority, then age. So a tenant with many queued jobs
+// cannot starve another at the same priority: as soon as it holds more slots,
+// the other's oldest job goes first. A higher priority still always wins.
 // Gang placement: a job needing W slots starts only when all W are reserved
 // in the same pass, so there are no partial starts and two large jobs cannot
 // deadlock holding halves. A job is packed onto one node when one has room
@@ -12,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,7 +32,11 @@ struct QueuedJob {
   int priority = 0;
   int64_t queue_seq = 0;  // admission order: smaller is older
   int world_size = 1;
+  std::string tenant;  // fair share is between tenants
 };
+
+// Slots held by each tenant's running jobs (the fair share's starting point).
+using TenantSlots = std::map<std::string, int>;
 
 struct SlotNode {
   std::string id;
@@ -42,10 +55,13 @@ struct PlacementResult {
   std::vector<std::string> never_fit;
 };
 
-// Sorts `jobs` into queue order (priority desc, queue_seq asc).
-void SortQueue(std::vector<QueuedJob>& jobs);
+// Sorts `jobs` into queue order, as if each started in turn (so each adds its
+// world size to its tenant's slots).
+void SortQueue(std::vector<QueuedJob>& jobs, const TenantSlots& running = {});
 
-// One placement pass over `jobs` (any order; sorted here) and `nodes`.
-PlacementResult Place(std::vector<QueuedJob> jobs, std::vector<SlotNode> nodes);
+// One placement pass over `jobs` (any order; taken in queue order here, where
+// only jobs that start add to their tenant's slots) and `nodes`.
+PlacementResult Place(std::vector<QueuedJob> jobs, std::vector<SlotNode> nodes,
+                      const TenantSlots& running = {});
 
 }  // namespace tunefleet::scheduler

@@ -288,15 +288,16 @@ absl::StatusOr<JobRecord*> Scheduler::FindJob(const std::string& tenant,
 v1::Job Scheduler::View(const std::string& id, const JobRecord& j, bool with_position) {
   v1::Job job = j.job;
   if (with_position && job.state() == v1::JOB_STATE_QUEUED) {
-    // 1 + the queued jobs ahead in queue order (priority, then age).
-    int32_t ahead = 0;
+    // 1 + the queued jobs ahead in queue order (priority, then fair share
+    // between tenants, then age: placement.h).
+    std::vector<QueuedJob> queue;
     for (const auto& [qid, q] : jobs_) {
-      if (q.job.state() != v1::JOB_STATE_QUEUED || qid == id) continue;
-      if (q.job.priority() > j.job.priority() ||
-          (q.job.priority() == j.job.priority() && q.queue_seq < j.queue_seq))
-        ++ahead;
+      if (q.job.state() == v1::JOB_STATE_QUEUED)
+        queue.push_back(QueuedJob{qid, q.job.priority(), q.queue_seq, q.job.gpus(), q.tenant});
     }
-    job.set_queue_position(ahead + 1);
+    SortQueue(queue, RunningSlotsLocked(assignments_));
+    for (size_t i = 0; i < queue.size(); ++i)
+      if (queue[i].id == id) job.set_queue_position(static_cast<int32_t>(i + 1));
   }
   return job;
 }
@@ -1521,6 +1522,16 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
 
 // ---- time -----------------------------------------------------------------
 
+TenantSlots Scheduler::RunningSlotsLocked(
+    const std::map<std::string, AssignmentRecord>& assignments) {
+  TenantSlots slots;
+  for (const auto& [id, a] : assignments) {
+    auto j = jobs_.find(a.assignment.job_id());
+    if (j != jobs_.end()) ++slots[j->second.tenant];
+  }
+  return slots;
+}
+
 void Scheduler::PlaceLocked(Txn& t) {
   std::map<std::string, AssignmentRecord> all = t.AllAssignments();
   std::vector<SlotNode> nodes;
@@ -1536,8 +1547,10 @@ void Scheduler::PlaceLocked(Txn& t) {
   std::vector<QueuedJob> queue;
   for (const auto& [id, j] : jobs_) {
     v1::JobState s = t.jobs().count(id) ? t.jobs().at(id).job.state() : j.job.state();
-    if (s == v1::JOB_STATE_QUEUED) queue.push_back(QueuedJob{id, j.job.priority(), j.queue_seq, j.job.gpus()});
+    if (s == v1::JOB_STATE_QUEUED)
+      queue.push_back(QueuedJob{id, j.job.priority(), j.queue_seq, j.job.gpus(), j.tenant});
   }
+  const TenantSlots running = RunningSlotsLocked(all);
   if (queue.empty() || nodes.empty()) return;
   int fleet = 0;
   int free_before = 0;
@@ -1545,9 +1558,9 @@ void Scheduler::PlaceLocked(Txn& t) {
     fleet += n.total_slots;
     free_before += n.free_slots;
   }
-  SortQueue(queue);
+  SortQueue(queue, running);
   const std::vector<QueuedJob> ordered = queue;
-  PlacementResult r = Place(std::move(queue), std::move(nodes));
+  PlacementResult r = Place(std::move(queue), std::move(nodes), running);
   int placed_slots = 0;
   std::set<std::string> settled(r.never_fit.begin(), r.never_fit.end());
   for (const auto& p : r.placed) {

@@ -207,6 +207,10 @@ class Scheduler {
   void RegisterResult(Txn& t, const std::string& job_id, const std::string& artifact)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PlaceLocked(Txn& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Slots each tenant holds: one per assignment (a rank), stopping ones too
+  // until they are gone. The fair share's input (placement.h).
+  TenantSlots RunningSlotsLocked(const std::map<std::string, AssignmentRecord>& assignments)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Preemption: for each queued job (in queue order) that placement left
   // waiting, when stopping running jobs of lower priority (lowest first,
   // newest first) frees enough slots, those are asked to checkpoint and stop

@@ -617,5 +617,39 @@ TEST(ModelIds, ContinuingTakesTheAdaptersShapeAndNamesEveryMismatch) {
                                   "hyperparameters.lora_target_modules"));
 }
 
+// Fair share at equal priority: the tenant holding fewer slots goes first,
+// then age; a higher priority still goes first.
+TEST(Placement, FairShareBetweenTenantsAtEqualPriority) {
+  std::vector<QueuedJob> queue;
+  for (int i = 1; i <= 6; ++i) queue.push_back({absl::StrCat("a", i), 0, i, 1, "tenant-a"});
+  queue.push_back({"b7", 0, 7, 1, "tenant-b"});
+  queue.push_back({"b8", 0, 8, 1, "tenant-b"});
+  auto ids = [](const PlacementResult& r) {
+    std::vector<std::string> out;
+    for (const auto& p : r.placed) out.push_back(p.job_id);
+    return out;
+  };
+  // Nothing running: alternate (ties to the older head job).
+  EXPECT_THAT(ids(Place(queue, {{"n1", 4, 4}})), ElementsAre("a1", "b7", "a2", "b8"));
+  // Tenant a already holds 3 slots: b's jobs first, then a's by age.
+  EXPECT_THAT(ids(Place(queue, {{"n1", 4, 4}}, {{"tenant-a", 3}})),
+              ElementsAre("b7", "b8", "a1", "a2"));
+  // Gangs count their slots: a 3-slot b job makes b the larger holder.
+  std::vector<QueuedJob> gangs = queue;
+  gangs[6].world_size = 3;
+  EXPECT_THAT(ids(Place(gangs, {{"n1", 6, 6}})), ElementsAre("a1", "b7", "a2", "a3"));
+  // A gang that cannot start is skipped and does not count.
+  EXPECT_THAT(ids(Place(gangs, {{"n1", 2, 2}, {"n2", 2, 0}})), ElementsAre("a1", "b8"));
+  // A higher priority wins whatever its tenant holds.
+  queue.push_back({"a-urgent", 5, 9, 1, "tenant-a"});
+  EXPECT_THAT(ids(Place(queue, {{"n1", 2, 2}}, {{"tenant-a", 10}})),
+              ElementsAre("a-urgent", "b7"));
+  // The queue order (positions): as if each job started in turn.
+  SortQueue(queue, {{"tenant-a", 1}});
+  std::vector<std::string> order;
+  for (const auto& q : queue) order.push_back(q.id);
+  EXPECT_THAT(order, ElementsAre("a-urgent", "b7", "b8", "a1", "a2", "a3", "a4", "a5", "a6"));
+}
+
 }  // namespace
 }  // namespace tunefleet::scheduler
