@@ -164,6 +164,11 @@ class Decoder {
   // less the embedding table).
   int64_t WeightBytes() const;
 
+  // The final normalized hidden states [B,T,hidden] of Forward (before the
+  // vocabulary head): what a sequence-classification head reads.
+  absl::StatusOr<at::Tensor> ForwardHidden(const at::Tensor& input_ids,
+                                           const ForwardOptions& options) const;
+
  private:
   struct Linear {
     at::Tensor weight;  // [out, in]
@@ -210,10 +215,6 @@ class Decoder {
   friend struct internal::LayerCheckpoint;
   friend struct internal::LayerClosure;
   absl::Status ApplyAdapter(const LoraAdapter& adapter, double sign);
-  // The final normalized hidden states [B,T,hidden] of Forward.
-  absl::StatusOr<at::Tensor> ForwardHidden(const at::Tensor& input_ids,
-                                           const ForwardOptions& options) const;
-
   ModelConfig config_;
   DecoderOptions options_;
   at::Tensor embed_;  // [vocab, hidden]

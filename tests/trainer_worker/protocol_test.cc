@@ -38,6 +38,7 @@ WorkerSpec SampleSpec() {
   s.method = TrainingMethod::kFull;
   s.task = TrainingTask::kClassification;
   s.num_labels = 3;
+  s.label_names = {"negative", "neutral", "positive"};
   s.hyper.epochs = 3;
   s.hyper.batch_size = 8;
   s.hyper.micro_batch_size = 2;
@@ -65,6 +66,7 @@ TEST(WorkerSpecTest, RoundTrips) {
   EXPECT_EQ(back.hyper.micro_batch_size, 2);
   EXPECT_DOUBLE_EQ(back.hyper.learning_rate, 2e-4);
   EXPECT_FALSE(back.hyper.packing);
+  EXPECT_EQ(back.label_names, (std::vector<std::string>{"negative", "neutral", "positive"}));
 }
 
 TEST(WorkerSpecTest, FileRoundTrip) {
@@ -95,6 +97,16 @@ TEST(WorkerSpecTest, ErrorsNameTheField) {
   s = SampleSpec();
   s.rank = 2;
   EXPECT_THAT(ValidateWorkerSpec(s), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rank")));
+  s = SampleSpec();
+  s.label_names.pop_back();  // 2 names for num_labels 3
+  EXPECT_THAT(ValidateWorkerSpec(s),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("label_names")));
+  s = SampleSpec();
+  s.label_names[2] = "negative";
+  EXPECT_THAT(ValidateWorkerSpec(s),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'negative' appears twice")));
+  EXPECT_THAT(ParseWorkerSpec(R"({"label_names":"a"})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("label_names")));
   s = SampleSpec();
   s.base_model_dir.clear();
   EXPECT_THAT(ValidateWorkerSpec(s),

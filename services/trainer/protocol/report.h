@@ -16,6 +16,8 @@
 // and progress and eval carry "metrics": {"reward_margin", "chosen_reward",
 // "rejected_reward"} (means over the pairs). Progress and eval lines have
 // "metrics" only when there is something in it, so SFT lines are unchanged.
+// Classification: the losses are cross-entropy, the token accuracies
+// example accuracy, and eval lines carry "metrics": {"macro_f1"}.
 //   {"event":"stopped","step":..,"checkpoint_dir":"<abs path>"}   (SIGTERM; exit 0)
 //   {"event":"error","code":"INVALID_ARGUMENT","message":".."}    (then exit 2)
 // Optional numbers are left out when unknown (no validation data, ...).

@@ -93,7 +93,8 @@ absl::StatusOr<std::string> WriteCheckpoint(const std::string& root, const Train
   if (ec) return absl::InternalError(absl::StrCat("checkpoint ", tmp, ": ", ec.message()));
   if (adapter) {
     TF_RETURN_IF_ERROR(adapter->Save((fs::path(tmp) / kAdapter).string(), base_model_id));
-  } else {
+  }
+  if (!adapter || !weights.empty()) {  // LoRA: the classification head, if any
     TF_RETURN_IF_ERROR(model::WriteSafetensors((fs::path(tmp) / kWeights).string(), weights));
   }
   TF_RETURN_IF_ERROR(model::WriteSafetensors((fs::path(tmp) / kOptimizer).string(), optimizer));
@@ -184,7 +185,8 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir, const model::M
     absl::StatusOr<model::LoraAdapter> a = model::LoraAdapter::Load((fs::path(dir) / kAdapter).string(), base);
     if (!a.ok()) return corrupt(std::string(a.status().message()));
     c.adapter = *std::move(a);
-  } else {
+  }
+  if (!c.adapter || fs::exists(fs::path(dir) / kWeights)) {
     TF_ASSIGN_OR_RETURN(c.weights, read_all(kWeights));
   }
   return c;
@@ -202,7 +204,8 @@ absl::Status WriteBestWeights(const std::string& root, int64_t step,
   if (ec) return absl::InternalError(absl::StrCat("best weights ", tmp, ": ", ec.message()));
   if (adapter) {
     TF_RETURN_IF_ERROR(adapter->Save((fs::path(tmp) / kAdapter).string(), base_model_id));
-  } else {
+  }
+  if (!adapter || !weights.empty()) {  // LoRA: the classification head, if any
     TF_RETURN_IF_ERROR(model::WriteSafetensors((fs::path(tmp) / kWeights).string(), weights));
   }
   TF_RETURN_IF_ERROR(model::WriteStringAtomically((fs::path(tmp) / "best.json").string(),
@@ -230,7 +233,8 @@ absl::StatusOr<BestWeights> ReadBestWeights(const std::string& root,
     TF_ASSIGN_OR_RETURN(model::LoraAdapter a,
                         model::LoraAdapter::Load((dir / kAdapter).string(), base, device));
     b.adapter = std::move(a);
-  } else {
+  }
+  if (!b.adapter || fs::exists(dir / kWeights)) {
     TF_ASSIGN_OR_RETURN(std::shared_ptr<const model::SafetensorsFile> f,
                         model::SafetensorsFile::Open((dir / kWeights).string()));
     TF_ASSIGN_OR_RETURN(b.weights, f->GetAll());

@@ -1,6 +1,7 @@
 // Training checkpoints: `<root>/step-NNNNNNNN/` with the trainable weights
 // (a PEFT adapter directory for LoRA, weights.safetensors for full
-// fine-tuning), optimizer.safetensors, trainer_state.json (step, data
+// fine-tuning; a LoRA classification run adds weights.safetensors holding
+// its head, "score.weight"), optimizer.safetensors, trainer_state.json (step, data
 // position, token counts, base metrics) and manifest.json (FNV-1a 64 of each
 // file, written last). A directory is built under a temporary name and
 // renamed, so a checkpoint under its name is complete; a damaged one is an

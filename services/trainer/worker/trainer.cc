@@ -106,6 +106,15 @@ class Run {
   // with the adapter off: the frozen adapter a LoRA job started from, or
   // (full fine-tuning) a second load of the starting weights.
   bool dpo_ = false;
+  // Classification: the head (Linear hidden -> num_labels, no bias, as
+  // LlamaForSequenceClassification's score.weight) on the last token's final
+  // hidden state; trained beside the adapter (or the weights).
+  bool classify_ = false;
+  at::Tensor head_;  // [num_labels, hidden] fp32
+  // Logits [R, num_labels] of a micro-batch's rows.
+  absl::StatusOr<at::Tensor> ClassLogits(const MicroBatch& mb, const model::ForwardOptions& fo) const;
+  model::NamedTensors HeadWeights() const;  // LoRA checkpoints: {"score.weight"}
+  absl::StatusOr<EvalResult> EvaluateClassification(const model::LoraAdapter* adapter);
   std::optional<model::LoraAdapter> reference_adapter_;
   std::optional<model::Decoder> reference_decoder_;
   DpoModels Dpo(const model::LoraAdapter* policy_adapter) const;
@@ -238,6 +247,10 @@ std::string Run::Fingerprint() const {
   for (const char* k : {"eval_interval_steps", "checkpoint_interval_steps", "keep_checkpoints",
                         "gradient_checkpointing"})
     f["hyperparameters"].erase(k);
+  if (classify_) {
+    f["num_labels"] = spec_.num_labels;
+    f["label_names"] = spec_.label_names;
+  }
   if (dpo_) {  // SFT fingerprints stay as older workers wrote them
     f["objective"] = "dpo";
     f["dpo_beta"] = spec_.dpo_beta;
@@ -246,11 +259,25 @@ std::string Run::Fingerprint() const {
 }
 
 absl::Status Run::Setup() {
-  if (spec_.task != TrainingTask::kChat) {
-    return absl::UnimplementedError(
-        absl::StrCat("task ", TaskName(spec_.task), ": not implemented by this worker yet"));
-  }
   dpo_ = spec_.objective == TrainingObjective::kDpo;
+  classify_ = spec_.task == TrainingTask::kClassification;
+  if (classify_) {
+    // Every example needs a class below num_labels (the agent maps a
+    // validation file's labels to the training file's names).
+    const std::pair<const std::optional<Dataset>*, const char*> labelled[] = {
+        {&train_, "train_shards"}, {&valid_, "valid_shards"}};
+    for (const auto& [data, what] : labelled) {
+      if (!data->has_value()) continue;
+      for (int64_t i = 0; i < (*data)->size(); ++i) {
+        const int32_t label = (*data)->at(i).label;
+        if (label < 0 || label >= spec_.num_labels) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              what, ": example ", i, " has label ", label, ", outside the ", spec_.num_labels,
+              " classes of num_labels (classification needs the shards of a classification file)"));
+        }
+      }
+    }
+  }
   const std::pair<const std::optional<Dataset>*, const char*> sets[] = {
       {&train_, "train_shards"}, {&valid_, "valid_shards"}};
   for (const auto& [data, what] : sets) {
@@ -328,6 +355,24 @@ absl::Status Run::Setup() {
         lora_ = *std::move(a);
       }
       params_ = lora_->Parameters();
+      if (classify_) {
+        head_ = at::zeros({spec_.num_labels, decoder_->config().hidden_size},
+                          at::TensorOptions().dtype(at::kFloat).device(device_));
+        if (resume_) {
+          bool found = false;
+          for (const auto& [name, t] : resume_->weights) {
+            if (name != "score.weight") continue;
+            if (t.sizes() != head_.sizes())
+              return absl::InvalidArgumentError(absl::StrCat("resume_from: score.weight mis-shaped"));
+            head_.copy_(t);
+            found = true;
+          }
+          if (!found)
+            return absl::InvalidArgumentError(absl::StrCat(
+                "resume_from: checkpoint ", spec_.resume_from, " has no classification head"));
+        }
+        params_.push_back(head_);
+      }
       for (at::Tensor& p : params_) p.set_requires_grad(true);
       if (dpo_ && !spec_.init_adapter_dir.empty()) {
         // The reference is the model the job started from: a frozen copy of
@@ -352,6 +397,11 @@ absl::Status Run::Setup() {
         reference_decoder_ = *std::move(ref);
       }
       params_ = decoder_->Parameters();
+      if (classify_) {  // the last parameter (param.N in checkpoints)
+        head_ = at::zeros({spec_.num_labels, decoder_->config().hidden_size},
+                          at::TensorOptions().dtype(at::kFloat).device(device_));
+        params_.push_back(head_);
+      }
       at::NoGradGuard no_grad;
       if (resume_) {
         if (resume_->weights.size() != params_.size())
@@ -397,7 +447,79 @@ DpoModels Run::Dpo(const model::LoraAdapter* policy_adapter) const {
   return m;
 }
 
+absl::StatusOr<at::Tensor> Run::ClassLogits(const MicroBatch& mb,
+                                            const model::ForwardOptions& fo) const {
+  TF_ASSIGN_OR_RETURN(at::Tensor h, decoder_->ForwardHidden(mb.input_ids.to(device_), fo));
+  const int64_t rows = h.size(0), T = h.size(1);
+  at::Tensor flat = at::arange(rows, at::TensorOptions().dtype(at::kLong).device(device_)) * T +
+                    mb.last_index.to(device_);
+  at::Tensor last = h.reshape({rows * T, h.size(2)}).index_select(0, flat);  // [R, hidden]
+  return at::matmul(last, head_.t());
+}
+
+model::NamedTensors Run::HeadWeights() const {
+  model::NamedTensors w;
+  if (classify_ && lora_) w.emplace_back("score.weight", head_.detach());
+  return w;
+}
+
+// Loss (mean cross entropy), accuracy (examples whose argmax is the label)
+// and macro-F1: the mean over classes of 2TP / (2TP + FP + FN), over the
+// classes that occur among the labels or the predictions.
+absl::StatusOr<EvalResult> Run::EvaluateClassification(const model::LoraAdapter* adapter) {
+  return CatchTorch("evaluation", [&]() -> absl::StatusOr<EvalResult> {
+    at::NoGradGuard no_grad;
+    const int64_t C = spec_.num_labels;
+    // loss, correct, examples, then TP, FP, FN per class
+    std::vector<double> v(static_cast<size_t>(3 + 3 * C), 0.0);
+    const int64_t chunk = h_.micro_batch_size > 0 ? h_.micro_batch_size : per_rank_batch_;
+    for (int64_t i = 0; i < valid_->size(); i += chunk) {
+      std::vector<int64_t> idx;
+      for (int64_t k = i; k < std::min(valid_->size(), i + chunk); ++k) idx.push_back(k);
+      MicroBatch mb = MakeMicroBatch(*valid_, idx, false, h_.max_sequence_length, true);
+      model::ForwardOptions fo;
+      fo.attention_mask = mb.attention_mask.to(device_);
+      fo.adapter = model::AdapterChoice(adapter);
+      TF_ASSIGN_OR_RETURN(at::Tensor logits, ClassLogits(mb, fo));
+      at::Tensor target = mb.class_labels.to(device_);
+      v[0] += at::nll_loss(at::log_softmax(logits, -1), target, {}, at::Reduction::Sum)
+                  .item<double>();
+      at::Tensor pred = logits.argmax(-1).cpu();
+      auto pp = pred.accessor<int64_t, 1>();
+      auto pt = mb.class_labels.accessor<int64_t, 1>();
+      for (int64_t r = 0; r < pred.size(0); ++r) {
+        const int64_t p = pp[r], t = pt[r];
+        v[2] += 1;
+        if (p == t) {
+          v[1] += 1;
+          v[static_cast<size_t>(3 + t)] += 1;
+        } else {
+          v[static_cast<size_t>(3 + C + p)] += 1;
+          v[static_cast<size_t>(3 + 2 * C + t)] += 1;
+        }
+      }
+    }
+    TF_RETURN_IF_ERROR(SumOverRanks(v));
+    EvalResult r;
+    r.tokens = static_cast<int64_t>(v[2]);
+    r.loss = r.tokens > 0 ? v[0] / v[2] : NAN;
+    r.accuracy = r.tokens > 0 ? v[1] / v[2] : NAN;
+    double f1_sum = 0;
+    int64_t classes = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double tp = v[static_cast<size_t>(3 + c)], fp = v[static_cast<size_t>(3 + C + c)],
+                   fn = v[static_cast<size_t>(3 + 2 * C + c)];
+      if (tp + fp + fn == 0) continue;
+      f1_sum += 2 * tp / (2 * tp + fp + fn);
+      ++classes;
+    }
+    if (classes > 0) r.metrics["macro_f1"] = f1_sum / static_cast<double>(classes);
+    return r;
+  });
+}
+
 absl::StatusOr<EvalResult> Run::Evaluate(const model::LoraAdapter* adapter) {
+  if (classify_) return EvaluateClassification(adapter);
   if (dpo_) {
     return CatchTorch("evaluation", [&]() -> absl::StatusOr<EvalResult> {
       at::NoGradGuard no_grad;
@@ -514,7 +636,7 @@ absl::Status Run::TrainStep(int64_t step) {
     int64_t last_backward = -1;
     for (size_t i = 0; i < micros.size(); ++i) {
       int64_t t = 0;
-      for (int64_t e : micros[i]) t += dpo_ ? 1 : train_->at(e).trained;
+      for (int64_t e : micros[i]) t += (dpo_ || classify_) ? 1 : train_->at(e).trained;
       if (t > 0) last_backward = static_cast<int64_t>(i);
     }
     auto backward = [&](const at::Tensor& scaled, size_t i) -> absl::Status {
@@ -544,6 +666,29 @@ absl::Status Run::TrainStep(int64_t step) {
         margin_sum += out.loss.margin_sum;
         chosen_sum += out.loss.chosen_reward_sum;
         rejected_sum += out.loss.rejected_reward_sum;
+        continue;
+      }
+      if (classify_) {
+        if (micros[i].empty()) continue;
+        // One example a row; the mean over the step's examples.
+        MicroBatch mb = MakeMicroBatch(*train_, micros[i], false, h_.max_sequence_length, true);
+        real_tokens_ += mb.real_tokens;
+        slots_ += mb.slots;
+        step_real_tokens_ += mb.real_tokens;
+        model::ForwardOptions fo;
+        fo.attention_mask = mb.attention_mask.to(device_);
+        fo.adapter = Adapter();
+        fo.training = true;
+        fo.gradient_checkpointing = h_.gradient_checkpointing;
+        TF_ASSIGN_OR_RETURN(at::Tensor logits, ClassLogits(mb, fo));
+        at::Tensor target = mb.class_labels.to(device_);
+        at::Tensor loss = at::nll_loss(at::log_softmax(logits, -1), target, {}, at::Reduction::Sum);
+        double scale = 1.0 / static_cast<double>(step_pairs);
+        if (ddp) scale *= world;
+        TF_RETURN_IF_ERROR(backward(loss * scale, i));
+        loss_sum += loss.item<double>();
+        correct += logits.detach().argmax(-1).eq(target).sum().item<int64_t>();
+        tokens += static_cast<int64_t>(micros[i].size());
         continue;
       }
       MicroBatch mb = MakeMicroBatch(*train_, micros[i], h_.packing, h_.max_sequence_length);
@@ -613,7 +758,7 @@ absl::StatusOr<std::string> Run::SaveCheckpoint(int64_t step) {
     // Rank 0 writes; the others name the same directory.
     return (fs::absolute(spec_.checkpoint_root) / CheckpointDirName(step)).lexically_normal().string();
   }
-  model::NamedTensors weights;
+  model::NamedTensors weights = HeadWeights();
   if (!lora_) {
     for (size_t i = 0; i < params_.size(); ++i)
       weights.emplace_back(absl::StrCat("param.", i), params_[i].detach());
@@ -632,6 +777,7 @@ absl::StatusOr<std::string> Run::SaveCheckpoint(int64_t step) {
   if (last_eval_) {
     e.metrics["valid_loss"] = last_eval_->loss;
     e.metrics["valid_token_accuracy"] = last_eval_->accuracy;
+    for (const auto& [k, val] : last_eval_->metrics) e.metrics[k] = val;
   }
   e.metrics["trained_tokens"] = static_cast<double>(state_.trained_tokens);
   Report(options_, e);
@@ -653,6 +799,12 @@ absl::StatusOr<std::string> Run::Publish() {
     so.copy_files_from = spec_.base_model_dir;
     TF_RETURN_IF_ERROR(model::SaveHfModel(*decoder_, tmp, nullptr, so));
   }
+  if (classify_) {
+    // The head as LlamaForSequenceClassification names it, in a file of its own.
+    TF_RETURN_IF_ERROR(model::WriteSafetensors(
+        (fs::path(tmp) / "score.safetensors").string(),
+        model::NamedTensors{{"score.weight", head_.detach().cpu().contiguous()}}));
+  }
   // The train-to-serve contract: what serving must pair this result with.
   json c;
   c["format_version"] = 1;
@@ -660,6 +812,16 @@ absl::StatusOr<std::string> Run::Publish() {
   c["base_model_id"] = base_model_id_;
   c["method"] = MethodName(spec_.method);
   c["task"] = TaskName(spec_.task);
+  if (classify_) {
+    std::vector<std::string> names = spec_.label_names;
+    for (int64_t i = static_cast<int64_t>(names.size()); i < spec_.num_labels; ++i)
+      names.push_back(absl::StrCat(i));
+    c["num_labels"] = spec_.num_labels;
+    c["label_names"] = names;
+    c["classification_head"] = {{"file", "score.safetensors"},
+                                {"tensor", "score.weight"},
+                                {"input", "last_token_final_hidden_state"}};
+  }
   TF_ASSIGN_OR_RETURN(c["base_config_sha256"],
                       FileSha256Hex((fs::path(spec_.base_model_dir) / "config.json").string()));
   for (const char* f : {"tokenizer.json", "tokenizer.model"}) {
@@ -748,7 +910,7 @@ absl::StatusOr<bool> Run::TrackBest(int64_t step, const EvalResult& r) {
     state_.evals_since_best = 0;
     best_eval_ = r;
     if (spec_.rank == 0) {
-      model::NamedTensors weights;
+      model::NamedTensors weights = HeadWeights();
       if (!lora_) {
         for (size_t i = 0; i < params_.size(); ++i)
           weights.emplace_back(absl::StrCat("param.", i), params_[i].detach());
@@ -788,6 +950,17 @@ absl::Status Run::RestoreBest() {
     if (lora_) {
       if (!best->adapter) return absl::DataLossError("early stopping: the best weights are not an adapter");
       lora_ = std::move(*best->adapter);
+      if (classify_) {
+        at::NoGradGuard no_grad;
+        bool found = false;
+        for (const auto& [name, t] : best->weights) {
+          if (name == "score.weight" && t.sizes() == head_.sizes()) {
+            head_.copy_(t);
+            found = true;
+          }
+        }
+        if (!found) return absl::DataLossError("early stopping: the best weights have no head");
+      }
       return absl::OkStatus();
     }
     if (best->weights.size() != params_.size())
