@@ -20,6 +20,7 @@ struct DatasetFile {
   std::string status_details;
   int64_t examples = 0;
   int64_t trained_tokens = 0;  // per epoch; 0 when not counted
+  int64_t bytes = 0;  // the file's size
 };
 
 // Thread-safe. Each call acts for `tenant`: another tenant's file is NOT_FOUND.

@@ -33,6 +33,10 @@ ABSL_FLAG(int, max_active_jobs_per_tenant, 0,
           "Unfinished jobs a tenant may have (0: unlimited); beyond, RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_gpus_per_tenant, 0,
           "GPUs a tenant's unfinished jobs may ask in all (0: unlimited)");
+ABSL_FLAG(int64_t, max_trained_tokens_per_tenant, 0,
+          "Trained tokens a tenant may use per --trained_tokens_period (0: unlimited)");
+ABSL_FLAG(absl::Duration, trained_tokens_period, absl::Hours(24 * 30),
+          "The rolling window of --max_trained_tokens_per_tenant");
 ABSL_FLAG(int, io_threads, 16,
           "Threads for blocking work: calls wait here for their group commit (one shared fsync)");
 ABSL_FLAG(bool, group_commit, true,
@@ -76,6 +80,8 @@ int main(int argc, char** argv) {
   options.group_commit = absl::GetFlag(FLAGS_group_commit);
   options.max_active_jobs_per_tenant = absl::GetFlag(FLAGS_max_active_jobs_per_tenant);
   options.max_gpus_per_tenant = absl::GetFlag(FLAGS_max_gpus_per_tenant);
+  options.max_trained_tokens_per_tenant = absl::GetFlag(FLAGS_max_trained_tokens_per_tenant);
+  options.trained_tokens_period = absl::GetFlag(FLAGS_trained_tokens_period);
   auto sched = scheduler::Scheduler::Open(options, &dataset);
   if (!sched.ok()) {
     spdlog::critical("cannot open {}: {}", options.db_path, sched.status().ToString());

@@ -28,6 +28,10 @@ std::string RootBase(const std::string& base_model) {
   return ft ? ft->base : base_model;
 }
 
+absl::Time FromTimestamp(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
 google::protobuf::Timestamp ToTimestamp(absl::Time t) {
   google::protobuf::Timestamp ts;
   int64_t us = absl::ToUnixMicros(t);
@@ -370,7 +374,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
       auto it = request_ids_.find({tenant, req.request_id()});
       if (it != request_ids_.end()) return View(it->second, jobs_.at(it->second));
     }
-    TF_RETURN_IF_ERROR(CheckQuota(tenant, gpus));
+    TF_RETURN_IF_ERROR(CheckQuota(tenant, gpus, 0));
     int fleet = 0;
     for (const auto& [id, n] : nodes_) fleet += n.record.slots;
     if (!nodes_.empty() && gpus > fleet) {
@@ -452,6 +456,22 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
     job.set_state(v1::JOB_STATE_UNSPECIFIED);
     return job;
   }
+  // The trained-token estimate: the file's per-epoch count of trained tokens
+  // (or, when the dataset service counted none — it counts with a base
+  // model's tokenizer only — its bytes / 4, an over-estimate for chat JSON),
+  // scaled to the examples the planned steps go through.
+  int64_t estimated_tokens = 0;
+  const int64_t per_epoch = train.trained_tokens > 0 ? train.trained_tokens : train.bytes / 4;
+  if (per_epoch > 0 && train.examples > 0) {
+    const double per_example =
+        static_cast<double>(per_epoch) / static_cast<double>(train.examples);
+    estimated_tokens = static_cast<int64_t>(per_example * static_cast<double>(
+        resolved.total_steps * resolved.hyperparameters.batch_size()));
+  }
+  {
+    absl::MutexLock lock(&mu_);  // before anything is split or held
+    TF_RETURN_IF_ERROR(CheckQuota(tenant, gpus, estimated_tokens));
+  }
   // 4. Split, hold the files, then admit.
   if (req.has_validation_split()) {
     TF_ASSIGN_OR_RETURN(auto parts, dataset_->SplitFile(tenant, train.id, req.validation_split(),
@@ -479,7 +499,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
       auto it = request_ids_.find({tenant, req.request_id()});
       if (it != request_ids_.end()) out = View(it->second, jobs_.at(it->second));
     }
-    if (out.id().empty()) status = CheckQuota(tenant, gpus);
+    if (out.id().empty()) status = CheckQuota(tenant, gpus, estimated_tokens);
     if (!out.id().empty() || !status.ok()) {
       // A concurrent retry won the race (or the quota filled): undo the holds.
       for (const auto& h : held) t.Release(h, job_id);
@@ -492,6 +512,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
       rec.queue_seq = next_queue_seq_++;
       rec.held_files = held;
       rec.init_artifact = init_artifact;
+      rec.estimated_tokens = estimated_tokens;
       rec.job = job;
       t.AddJob(job_id, std::move(rec));
       v1::JobEvent created;
@@ -516,7 +537,33 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   return out;
 }
 
-absl::Status Scheduler::CheckQuota(const std::string& tenant, int gpus) {
+absl::Status Scheduler::CheckQuota(const std::string& tenant, int gpus, int64_t tokens) {
+  if (options_.max_trained_tokens_per_tenant > 0) {
+    const int64_t limit = options_.max_trained_tokens_per_tenant;
+    const absl::Time since = options_.clock->Now() - options_.trained_tokens_period;
+    int64_t used = 0;
+    for (const auto& [id, j] : jobs_) {
+      if (j.tenant != tenant) continue;
+      const v1::JobState s = j.job.state();
+      if (s == v1::JOB_STATE_SUCCEEDED) {
+        if (FromTimestamp(j.job.finished_at()) >= since) used += j.job.trained_tokens();
+      } else if (!IsTerminal(s)) {
+        used += std::max(j.estimated_tokens, j.job.trained_tokens());
+      }
+    }
+    if (tokens > 0 && used + tokens > limit) {
+      const std::string period = absl::FormatDuration(options_.trained_tokens_period);
+      return errors::WithQuotaViolation(
+          errors::WithReason(
+              absl::ResourceExhaustedError(absl::StrCat(
+                  "quota max_trained_tokens_per_tenant: ", tenant, " has used or committed ",
+                  used, " trained tokens in the last ", period, " and this job is estimated at ",
+                  tokens, " (limit ", limit, ")")),
+              "QUOTA_EXCEEDED", {{"quota", "max_trained_tokens_per_tenant"}}),
+          absl::StrCat("tenant:", tenant, "/max_trained_tokens_per_tenant"),
+          absl::StrCat(used, " used + ", tokens, " estimated > ", limit, " per ", period));
+    }
+  }
   if (options_.max_active_jobs_per_tenant <= 0 && options_.max_gpus_per_tenant <= 0)
     return absl::OkStatus();
   int active = 0;

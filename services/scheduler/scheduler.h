@@ -53,6 +53,14 @@ struct SchedulerOptions {
   // quota); 0: unlimited. GPUs count every unfinished job's gpus.
   int max_active_jobs_per_tenant = 0;
   int max_gpus_per_tenant = 0;
+  // Trained tokens a tenant may use per period (a rolling window ending now):
+  // succeeded jobs that finished inside it count their reported
+  // trained_tokens, unfinished jobs (queued, running, paused, ...) the larger
+  // of their admission estimate and what they reported; failed and cancelled
+  // jobs count nothing. A job whose estimate would push the total past the
+  // limit is refused. 0: unlimited.
+  int64_t max_trained_tokens_per_tenant = 0;
+  absl::Duration trained_tokens_period = absl::Hours(24 * 30);
   // Group commit (see SchedulerStore); off: one fsync per mutation.
   bool group_commit = true;
 };
@@ -219,7 +227,9 @@ class Scheduler {
   void PreemptFor(Txn& t, const std::vector<QueuedJob>& ordered,
                   const std::set<std::string>& settled, int free_slots)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CheckQuota(const std::string& tenant, int gpus) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `tokens`: the new job's estimated trained tokens.
+  absl::Status CheckQuota(const std::string& tenant, int gpus, int64_t tokens)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecomputeDeployment(Txn& t, const std::string& dep_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for durability, releases files, wakes watchers.
   absl::Status AfterCommit(Txn& t) ABSL_LOCKS_EXCLUDED(mu_);

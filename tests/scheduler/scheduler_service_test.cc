@@ -120,6 +120,7 @@ class SchedulerServiceTest : public ::testing::Test {
     options.lease = absl::Seconds(10);
     options.max_retries = 2;
     options.max_active_jobs_per_tenant = max_active_jobs_;
+    options.max_trained_tokens_per_tenant = max_trained_tokens_;
     auto s = Scheduler::Open(options, dataset_client_.get());
     ASSERT_THAT(s, IsOk());
     scheduler_ = std::move(*s);
@@ -327,6 +328,7 @@ class SchedulerServiceTest : public ::testing::Test {
   testing::TempDir dir_;
   ManualClock clock_;
   int max_active_jobs_ = 0;
+  int64_t max_trained_tokens_ = 0;
   rpc::NewKey a_ = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
   rpc::NewKey b_ = rpc::GenerateKey("tenant-b", rpc::Role::kTenant, "b");
   rpc::NewKey internal_ = rpc::GenerateKey("", rpc::Role::kInternal, "svc");
@@ -1182,6 +1184,67 @@ TEST_F(SchedulerServiceTest, TenantQuotaRefusesAtAdmission) {
   EXPECT_THAT(CreateJob(b_.key, JobRequest(theirs->id())), IsOk());
   ASSERT_THAT(JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, first->id()),
               IsOk());
+  EXPECT_THAT(CreateJob(a_.key, JobRequest(file->id())), IsOk());
+}
+
+// The trained-token quota: unfinished jobs count their estimate, succeeded
+// ones what they trained inside the rolling period, cancelled ones nothing.
+TEST_F(SchedulerServiceTest, TrainedTokenQuotaPerTenantAndPeriod) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  // Uncounted (no tokenizer at upload): bytes / 4 per epoch.
+  ASSERT_EQ(file->validation().statistics().trained_tokens(), 0);
+  const int64_t per_epoch = file->bytes() / 4;
+  ASSERT_GT(per_epoch, 0);
+  // 20 examples, auto: 100 steps of batch 1 = 5 epochs: 5 x per_epoch each.
+  const int64_t each = 5 * per_epoch;
+  StopScheduler();
+  max_trained_tokens_ = 12 * per_epoch;
+  StartScheduler();
+  auto first = CreateJob(a_.key, JobRequest(file->id()));
+  ASSERT_THAT(first, IsOk());
+  ASSERT_EQ(first->total_steps(), 100);
+  auto second = CreateJob(a_.key, JobRequest(file->id()));
+  ASSERT_THAT(second, IsOk());
+  auto refused = CreateJob(a_.key, JobRequest(file->id()));
+  ASSERT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted,
+                                HasSubstr("max_trained_tokens_per_tenant")));
+  errors::Details d = errors::GetDetails(refused.status());
+  ASSERT_EQ(d.quota_violations.size(), 1u);
+  EXPECT_EQ(d.quota_violations[0].subject, "tenant:tenant-a/max_trained_tokens_per_tenant");
+  EXPECT_THAT(d.quota_violations[0].description,
+              HasSubstr(absl::StrCat(2 * each, " used + ", each, " estimated > ", 12 * per_epoch)));
+  EXPECT_EQ(d.reason, "QUOTA_EXCEEDED");
+  // Another tenant has its own.
+  auto theirs = UploadProcessed(b_.key, ChatJsonl(20));
+  ASSERT_THAT(theirs, IsOk());
+  EXPECT_THAT(CreateJob(b_.key, JobRequest(theirs->id())), IsOk());
+  // A cancelled job gives its share back.
+  ASSERT_THAT(JobCall<v1::CancelJobRequest>(&v1::JobService::Stub::CancelJob, a_.key, second->id()),
+              IsOk());
+  auto third = CreateJob(a_.key, JobRequest(file->id()));
+  ASSERT_THAT(third, IsOk());
+
+  // The first job succeeds having trained 7 x per_epoch: 7 + 5 (third) used.
+  std::string node = RegisterNode("node-a", 1);
+  scheduler_->Tick(clock_.Now());
+  auto hb = Heartbeat(node);
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  ASSERT_EQ(hb->assignments(0).job_id(), first->id());
+  iv1::CompleteAssignmentRequest done;
+  done.set_assignment_id(hb->assignments(0).assignment_id());
+  done.set_succeeded(true);
+  done.set_result_artifact("jobs/" + first->id() + "/result");
+  done.set_trained_tokens(7 * per_epoch);
+  ASSERT_THAT(Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::CompleteAssignment,
+                   internal_.key, done),
+              IsOk());
+  ASSERT_EQ(State(first->id()), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_THAT(CreateJob(a_.key, JobRequest(file->id())),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  // 31 days later the first job's tokens have left the rolling 30 days.
+  clock_.Advance(absl::Hours(24 * 31));
   EXPECT_THAT(CreateJob(a_.key, JobRequest(file->id())), IsOk());
 }
 
