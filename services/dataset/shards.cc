@@ -86,7 +86,15 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
     return errors::InvalidField("max_sequence_length", "max_sequence_length must be positive");
   }
   absl::StatusOr<ShardManifest> cached = ReadManifest(store, shard_set_id);
-  if (cached.ok() || !absl::IsNotFound(cached.status())) return cached;
+  if (!cached.ok() && !absl::IsNotFound(cached.status())) return cached;
+  if (cached.ok() && format && *format != DataFormat::kClassification) return cached;
+  TF_ASSIGN_OR_RETURN(std::string first_chunk, content.Read(1 << 20));
+  if (!format) format = SniffFormat(first_chunk);
+  // A classification set cached before labels were sharded (no label names,
+  // the label rendered as an answer) is rebuilt.
+  if (cached.ok() && !(*format == DataFormat::kClassification && cached->label_names.empty())) {
+    return cached;
+  }
 
   TF_ASSIGN_OR_RETURN(auto tokens, store.OpenWriter(Path(shard_set_id, "tokens.bin")));
   TF_ASSIGN_OR_RETURN(auto mask, store.OpenWriter(Path(shard_set_id, "mask.bin")));
@@ -94,8 +102,6 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
   ShardManifest m;
   m.shard_set_id = shard_set_id;
   absl::Status failure;
-  TF_ASSIGN_OR_RETURN(std::string first_chunk, content.Read(1 << 20));
-  if (!format) format = SniffFormat(first_chunk);
   m.pairs = *format == DataFormat::kPreference;
   const bool classification = *format == DataFormat::kClassification;
   std::vector<std::string> example_labels;  // classification: each example's label

@@ -31,6 +31,8 @@
 // after the example's mask). A validation file has its own label list: the
 // trainer agent maps its labels to the training file's by name (a name the
 // training file lacks fails the job, INVALID_ARGUMENT naming the label).
+// A classification set cached by an older version (no label names) is
+// rebuilt on the next PrepareShardSet, and the agent refetches its parts.
 #pragma once
 
 #include <cstdint>

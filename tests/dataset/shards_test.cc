@@ -175,6 +175,17 @@ TEST_F(PreferenceShardsTest, ClassificationShardsCarryLabelsInSortedNameOrder) {
   EXPECT_EQ(m.label_names, (std::vector<std::string>{"mid", "neg", "pos"}));
   TF_ASSERT_OK_AND_ASSIGN(ShardManifest again, ReadManifest(store, id));
   EXPECT_EQ(again.label_names, m.label_names);
+  // A set cached before labels were sharded (a manifest without label names)
+  // is rebuilt.
+  const std::string old_id = ShardSetId("cls-old", tok.id, 4096);
+  TF_ASSERT_OK(store.Put(absl::StrCat("shards/", old_id, "/manifest.json"),
+                         R"({"examples":7,"tokens":1,"trained_tokens":1,"sha256":"x"})")
+                   .status());
+  TF_ASSERT_OK_AND_ASSIGN(auto old_reader, store.OpenReader("file", 0));
+  TF_ASSERT_OK_AND_ASSIGN(ShardManifest rebuilt,
+                          PrepareShardSet(store, *old_reader, old_id, tok.tokenize, 4096));
+  EXPECT_EQ(rebuilt.label_names, m.label_names);
+  EXPECT_EQ(rebuilt.tokens, m.tokens);
 
   std::vector<int32_t> last_tokens;
   int64_t example = 0;

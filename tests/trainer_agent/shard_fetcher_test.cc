@@ -170,6 +170,20 @@ TEST_F(ShardFetcherTest, ClassificationLabelsArriveMappedToTheTrainingNames) {
   for (int64_t i = 0; i < tf.size(); ++i) {
     EXPECT_EQ(t.label_names[tf.example(i).label], train_labels[i]);
   }
+  // A part cached before labels were sharded (labels -1) is fetched again.
+  {
+    std::filesystem::remove(t.path);
+    TF_ASSERT_OK_AND_ASSIGN(auto w, ShardFileWriter::Create(t.path, 32064));
+    std::vector<int32_t> ids = {1, 2, 3};
+    std::vector<uint8_t> mask = {0, 0, 1};
+    TF_ASSERT_OK(w->AddExample(ids, mask));
+    TF_ASSERT_OK(w->Finish());
+  }
+  TF_ASSERT_OK_AND_ASSIGN(FetchedShard again, fetcher_->Fetch(Request(train)));
+  EXPECT_FALSE(again.cached);
+  TF_ASSERT_OK_AND_ASSIGN(ShardFile refetched, ShardFile::Read(again.path));
+  ASSERT_EQ(refetched.size(), 10);
+  EXPECT_EQ(t.label_names[refetched.example(0).label], train_labels[0]);
   // Validation: only "dog" and "eel" (its own indices 0 and 1).
   const std::vector<std::string> valid_labels = {"eel", "dog", "eel", "dog", "dog",
                                                  "eel", "eel", "dog", "dog", "eel"};

@@ -238,14 +238,20 @@ absl::StatusOr<FetchedShard> ShardFetcher::Fetch(const ShardFetchRequest& reques
   std::error_code ec;
   if (std::filesystem::exists(out.path, ec)) {
     auto cached = ShardFile::Read(out.path);
-    if (cached.ok() && cached->info().vocab_size == static_cast<uint64_t>(request.vocab_size)) {
+    // A classification part cached before labels were sharded has none.
+    const bool unlabelled = cached.ok() && !out.label_names.empty() && cached->size() > 0 &&
+                            cached->example(0).label < 0;
+    if (cached.ok() && !unlabelled &&
+        cached->info().vocab_size == static_cast<uint64_t>(request.vocab_size)) {
       release();
       out.examples = cached->size();
       out.cached = true;
       return out;
     }
     spdlog::warn("shards={} cached file {} is unusable, fetching again: {}", out.shard_set_id,
-                 out.path, cached.ok() ? "another vocabulary" : cached.status().ToString());
+                 out.path,
+                 cached.ok() ? (unlabelled ? "no labels" : "another vocabulary")
+                             : cached.status().ToString());
     std::filesystem::remove(out.path, ec);
   }
   std::filesystem::create_directories(dir, ec);
