@@ -1,70 +1,57 @@
 #include "services/scheduler/scheduler_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
+#include "common/rpc/stream_reactor.h"
 
 namespace tunefleet::scheduler {
 namespace {
 
 constexpr size_t kContentChunkBytes = 1 << 20;
 
-// Streams a model's archive (the pull pattern of the dataset service's
-// GetFileContent): one write in flight; each piece is read on the executor
-// when the previous one is written, so a slow client holds one chunk here.
-class ModelContentReactor final : public grpc::ServerWriteReactor<v1::ModelContentChunk> {
+// Streams a model's archive on the shared pull reactor: one write in
+// flight; opening and every piece run on the executor, so a slow client
+// holds one chunk here.
+class ModelContentReactor final : public rpc::PullWriteReactor<v1::ModelContentChunk> {
  public:
   ModelContentReactor(Scheduler* scheduler, std::string tenant, std::string model_id,
                       rpc::Executor* executor)
-      : executor_(executor) {
-    executor_->Submit([this, scheduler, tenant = std::move(tenant),
-                       model_id = std::move(model_id)] {
-      auto stream = scheduler->OpenModelContent(tenant, model_id);
-      if (!stream.ok()) {
-        Finish(rpc::ToGrpcStatus(stream.status()));
-        return;
-      }
-      stream_ = *std::move(stream);
-      filename_ = absl::StrCat(model_id, ".tar");
-      for (char& c : filename_) {
-        if (c == ':' || c == '/') c = '_';
-      }
-      Next();
-    });
+      : PullWriteReactor(executor),
+        scheduler_(scheduler),
+        tenant_(std::move(tenant)),
+        model_id_(std::move(model_id)) {
+    Start();
   }
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
-    }
-    if (stream_->done()) {
-      Finish(grpc::Status::OK);
-      return;
-    }
-    executor_->Submit([this] { Next(); });
-  }
-  void OnDone() override { delete this; }
 
  private:
-  // On the executor.
-  void Next() {
-    absl::StatusOr<std::string> data = stream_->Next(kContentChunkBytes);
-    if (!data.ok()) {
-      Finish(rpc::ToGrpcStatus(data.status()));
-      return;
+  absl::StatusOr<rpc::Pulled> Pull(v1::ModelContentChunk* chunk) override {
+    if (stream_ == nullptr) {
+      TF_ASSIGN_OR_RETURN(stream_, scheduler_->OpenModelContent(tenant_, model_id_));
+    } else if (stream_->done()) {
+      return rpc::Pulled::kEnd;
     }
-    chunk_.Clear();
-    if (offset_ == 0) chunk_.set_filename(filename_);
-    chunk_.set_offset(offset_);
-    chunk_.set_total_bytes(stream_->total_bytes());
-    offset_ += static_cast<int64_t>(data->size());
-    *chunk_.mutable_data() = *std::move(data);
-    if (stream_->done()) chunk_.set_sha256(stream_->sha256());
-    StartWrite(&chunk_);
+    TF_ASSIGN_OR_RETURN(std::string data, stream_->Next(kContentChunkBytes));
+    chunk->Clear();
+    if (offset_ == 0) {
+      std::string filename = absl::StrCat(model_id_, ".tar");
+      for (char& c : filename) {
+        if (c == ':' || c == '/') c = '_';
+      }
+      chunk->set_filename(filename);
+    }
+    chunk->set_offset(offset_);
+    chunk->set_total_bytes(stream_->total_bytes());
+    offset_ += static_cast<int64_t>(data.size());
+    *chunk->mutable_data() = std::move(data);
+    if (stream_->done()) chunk->set_sha256(stream_->sha256());
+    return rpc::Pulled::kMessage;
   }
-  rpc::Executor* executor_;
+
+  Scheduler* const scheduler_;
+  const std::string tenant_;
+  const std::string model_id_;
   std::unique_ptr<TarStream> stream_;
-  std::string filename_;
   int64_t offset_ = 0;
-  v1::ModelContentChunk chunk_;
 };
 
 }  // namespace
