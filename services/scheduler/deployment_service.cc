@@ -1,6 +1,6 @@
 #include "common/errors/error_details.h"
-#include "common/rpc/stream_reactor.h"
 #include "services/scheduler/scheduler_service.h"
+#include "services/scheduler/topic_reactor.h"
 
 namespace tunefleet::scheduler {
 namespace {
@@ -18,26 +18,16 @@ bool Settled(v1::DeploymentState s) {
 // the first message) is sent as the last known deployment in state
 // DELETING. The stream ends with OK after a message in ACTIVE, FAILED or
 // DELETING.
-class DeploymentWatchReactor final : public rpc::PullWriteReactor<v1::Deployment>,
-                                     public Watcher {
+class DeploymentWatchReactor final : public TopicReactor<v1::Deployment> {
  public:
   DeploymentWatchReactor(Scheduler* scheduler, rpc::Executor* executor, std::string tenant,
                          std::string id)
-      : PullWriteReactor(executor),  // never under the bus's lock or on a reaction thread
+      : TopicReactor(&scheduler->bus(), DeploymentTopic(id), executor),
         scheduler_(scheduler),
         tenant_(std::move(tenant)),
-        id_(std::move(id)),
-        topic_(DeploymentTopic(id_)) {
-    absl::Status s = scheduler_->bus().Subscribe(topic_, this);
-    subscribed_ = s.ok();
-    if (!s.ok()) {
-      Fail(s);
-      return;
-    }
-    Start();
+        id_(std::move(id)) {
+    Begin();
   }
-
-  void Wake() override { PullWriteReactor::Wake(); }
 
  private:
   // Runs one at a time (the base's rule): sent_ needs no lock.
@@ -57,15 +47,9 @@ class DeploymentWatchReactor final : public rpc::PullWriteReactor<v1::Deployment
     *out = sent_;
     return rpc::Pulled::kMessage;
   }
-  void Cleanup() override {
-    if (subscribed_) scheduler_->bus().Unsubscribe(topic_, this);
-  }
-
   Scheduler* const scheduler_;
   const std::string tenant_;
   const std::string id_;
-  const std::string topic_;
-  bool subscribed_ = false;
   bool any_sent_ = false;
   v1::Deployment sent_;
 };

@@ -3,7 +3,7 @@
 #include "services/scheduler/scheduler_service.h"
 #include "common/errors/error_details.h"
 #include "common/base/status_macros.h"
-#include "common/rpc/stream_reactor.h"
+#include "services/scheduler/topic_reactor.h"
 
 namespace tunefleet::scheduler {
 namespace {
@@ -14,28 +14,19 @@ namespace {
 // written, so a slow client holds at most one page here however many events
 // arrive; a bus wake only says "look again". Ends with OK once the job is
 // over and every event is sent.
-class JobEventsReactor final : public rpc::PullWriteReactor<v1::JobEvent>, public Watcher {
+class JobEventsReactor final : public TopicReactor<v1::JobEvent> {
  public:
   static constexpr int kPage = 64;
 
   JobEventsReactor(Scheduler* scheduler, rpc::Executor* executor, std::string tenant,
                    std::string job_id, int64_t after)
-      : PullWriteReactor(executor),
+      : TopicReactor(&scheduler->bus(), JobTopic(job_id), executor),
         scheduler_(scheduler),
         tenant_(std::move(tenant)),
         job_id_(std::move(job_id)),
-        topic_(JobTopic(job_id_)),
         last_(after) {
-    absl::Status s = scheduler_->bus().Subscribe(topic_, this);
-    subscribed_ = s.ok();
-    if (!s.ok()) {
-      Fail(s);
-      return;
-    }
-    Start();
+    Begin();
   }
-
-  void Wake() override { PullWriteReactor::Wake(); }
 
  private:
   // Runs one at a time (the base's rule), so the page needs no lock.
@@ -52,15 +43,9 @@ class JobEventsReactor final : public rpc::PullWriteReactor<v1::JobEvent>, publi
     last_ = out->sequence();
     return rpc::Pulled::kMessage;
   }
-  void Cleanup() override {
-    if (subscribed_) scheduler_->bus().Unsubscribe(topic_, this);
-  }
-
   Scheduler* const scheduler_;
   const std::string tenant_;
   const std::string job_id_;
-  const std::string topic_;
-  bool subscribed_ = false;
   int64_t last_;
   std::deque<v1::JobEvent> page_;
 };

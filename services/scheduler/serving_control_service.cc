@@ -1,5 +1,5 @@
 #include "common/base/status_macros.h"
-#include "common/rpc/stream_reactor.h"
+#include "services/scheduler/topic_reactor.h"
 #include "services/scheduler/scheduler_service.h"
 
 namespace tunefleet::scheduler {
@@ -10,24 +10,15 @@ namespace {
 // whole desired set; changes that arrive during a write coalesce into the
 // next one, so memory stays at one message per watcher. When the stream ends
 // the replica's readiness reports stop counting.
-class DeploymentsReactor final : public rpc::PullWriteReactor<iv1::DesiredDeployments>,
-                                 public Watcher {
+class DeploymentsReactor final : public TopicReactor<iv1::DesiredDeployments> {
  public:
   DeploymentsReactor(Scheduler* scheduler, rpc::Executor* executor, std::string replica_id)
-      : PullWriteReactor(executor),
+      : TopicReactor(&scheduler->bus(), kDeploymentsTopic, executor),
         scheduler_(scheduler),
         executor_(executor),
         replica_id_(std::move(replica_id)) {
-    absl::Status s = scheduler_->bus().Subscribe(kDeploymentsTopic, this);
-    subscribed_ = s.ok();
-    if (!s.ok()) {
-      Fail(s);
-      return;
-    }
-    Start();
+    Begin();
   }
-
-  void Wake() override { PullWriteReactor::Wake(); }
 
  private:
   absl::StatusOr<rpc::Pulled> Pull(iv1::DesiredDeployments* out) override {
@@ -39,9 +30,7 @@ class DeploymentsReactor final : public rpc::PullWriteReactor<iv1::DesiredDeploy
     return rpc::Pulled::kMessage;
   }
 
-  void Cleanup() override {
-    if (!subscribed_) return;
-    scheduler_->bus().Unsubscribe(kDeploymentsTopic, this);
+  void Ended() override {
     // A durable write: not on the reaction thread.
     executor_->Submit(
         [scheduler = scheduler_, id = replica_id_] { scheduler->ReplicaDisconnected(id); });
@@ -50,7 +39,6 @@ class DeploymentsReactor final : public rpc::PullWriteReactor<iv1::DesiredDeploy
   Scheduler* const scheduler_;
   rpc::Executor* const executor_;
   const std::string replica_id_;
-  bool subscribed_ = false;
   int64_t sent_generation_ = -1;  // pulls run one at a time
 };
 
