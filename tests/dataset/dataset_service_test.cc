@@ -912,6 +912,17 @@ TEST_F(DatasetServiceTest, ListFilesLeavesTheReportOutUnlessAskedForTheFullView)
   v1::ListFilesResponse full = list(v1::FILE_VIEW_FULL);
   ASSERT_EQ(full.files_size(), 1);
   EXPECT_EQ(full.files(0).validation().statistics().examples(), 12);
+
+  // A view the API does not define is named.
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, a_.key, absl::Seconds(10));
+  v1::ListFilesRequest bad;
+  bad.set_view(static_cast<v1::FileView>(7));
+  v1::ListFilesResponse resp;
+  absl::Status s = rpc::FromGrpcStatus(stub_->ListFiles(&ctx, bad, &resp));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("view")));
+  ASSERT_EQ(errors::GetDetails(s).field_violations.size(), 1u);
+  EXPECT_EQ(errors::GetDetails(s).field_violations[0].field, "view");
 }
 
 TEST_F(DatasetServiceTest, SplitRequestIdReturnsTheSameFilesWhichCarryTheLabels) {
@@ -937,6 +948,19 @@ TEST_F(DatasetServiceTest, SplitRequestIdReturnsTheSameFilesWhichCarryTheLabels)
   EXPECT_NE(split("split-2", 1).training_file().id(), first.training_file().id());
   EXPECT_EQ(first.training_file().labels().at("team"), "nlp");
   EXPECT_EQ(first.validation_file().description(), "everything");
+
+  // An over-long key is refused, naming the field.
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, a_.key, absl::Seconds(30));
+  v1::SplitFileRequest req;
+  req.set_file_id(file.id());
+  req.set_validation_ratio(0.25);
+  req.set_request_id(std::string(129, 'k'));
+  v1::SplitFileResponse resp;
+  absl::Status s = rpc::FromGrpcStatus(stub_->SplitFile(&ctx, req, &resp));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id")));
+  ASSERT_EQ(errors::GetDetails(s).field_violations.size(), 1u);
+  EXPECT_EQ(errors::GetDetails(s).field_violations[0].field, "request_id");
 }
 
 }  // namespace
