@@ -15,6 +15,17 @@
 namespace tunefleet::dataset {
 namespace {
 
+// ALREADY_EXISTS for a request_id whose first upload had other content.
+absl::Status RequestIdReused(const FileRecord& first, const std::string& request_id,
+                             const std::string& sha256) {
+  return errors::WithReason(
+      absl::AlreadyExistsError(absl::StrCat("metadata.request_id '", request_id,
+                                            "' was used for ", first.id,
+                                            " with other content (sha256 ", first.sha256,
+                                            ", these bytes ", sha256, ")")),
+      "REQUEST_ID_REUSED", {{"file_id", first.id}});
+}
+
 constexpr char kBlobPrefix[] = "files/";
 
 const store::Migration kMigrations[] = {
@@ -235,13 +246,26 @@ absl::StatusOr<std::unique_ptr<Upload>> FileRegistry::BeginUpload(const std::str
   record.labels = request.labels;
   record.description = request.description;
   record.request_id = request.request_id;
+  if (!request.request_id.empty()) {
+    // A retry of an upload that committed: answered without storing a byte.
+    TF_ASSIGN_OR_RETURN(std::optional<FileRecord> first,
+                        FindByRequestId(tenant, request.request_id));
+    if (first.has_value()) {
+      if (!request.expected_sha256.empty() &&
+          absl::AsciiStrToLower(request.expected_sha256) != first->sha256) {
+        return RequestIdReused(*first, request.request_id, request.expected_sha256);
+      }
+      return std::unique_ptr<Upload>(
+          new Upload(this, std::move(record), std::move(request), std::move(*first)));
+    }
+  }
   TF_ASSIGN_OR_RETURN(auto writer, blobs_->OpenWriter(BlobName(record.id)));
   return std::unique_ptr<Upload>(
       new Upload(this, std::move(record), std::move(request), std::move(writer)));
 }
 
 Upload::~Upload() {
-  if (!done_) {
+  if (!done_ && !first_.has_value()) {
     if (writer_) writer_->Abort();
     registry_->Unreserve(record_.tenant, bytes_);
   }
@@ -254,9 +278,26 @@ absl::Status Upload::Append(absl::string_view data) {
     return absl::InvalidArgumentError(
         absl::StrCat("file is larger than the limit of ", max, " bytes"));
   }
-  TF_RETURN_IF_ERROR(registry_->Reserve(record_.tenant, static_cast<int64_t>(data.size())));
   bytes_ += static_cast<int64_t>(data.size());
+  if (first_.has_value()) {
+    hash_->Update(data);
+    return absl::OkStatus();
+  }
+  TF_RETURN_IF_ERROR(registry_->Reserve(record_.tenant, static_cast<int64_t>(data.size())));
   return writer_->Append(data);
+}
+
+absl::StatusOr<FileRecord> Upload::CommitRetry() {
+  done_ = true;
+  const std::string sha256 = hash_->HexDigest();
+  if (!request_.expected_sha256.empty() &&
+      absl::AsciiStrToLower(request_.expected_sha256) != sha256) {
+    return absl::DataLossError(absl::StrCat("sha256 of the received bytes is ", sha256,
+                                            ", not metadata.expected_sha256 ",
+                                            request_.expected_sha256));
+  }
+  if (first_->sha256 != sha256) return RequestIdReused(*first_, record_.request_id, sha256);
+  return *first_;
 }
 
 absl::StatusOr<FileRecord> Upload::Commit() {
@@ -267,6 +308,7 @@ absl::StatusOr<FileRecord> Upload::Commit() {
                                                    request_.expected_bytes));
   }
   if (bytes_ == 0) return absl::InvalidArgumentError("the file is empty");
+  if (first_.has_value()) return CommitRetry();
   TF_ASSIGN_OR_RETURN(store::ArtifactInfo info, writer_->Commit());
   record_.bytes = info.size;
   record_.sha256 = info.sha256;
@@ -281,7 +323,7 @@ absl::StatusOr<FileRecord> Upload::Commit() {
   record_.created_at = registry_->options_.clock->Now();
   absl::MutexLock lock(&registry_->mu_);
   if (!record_.request_id.empty()) {
-    // A retry of an upload that already committed: the first file stands.
+    // Two uploads with one request_id racing: the first to commit stands.
     absl::StatusOr<std::optional<FileRecord>> first =
         registry_->FindByRequestId(record_.tenant, record_.request_id);
     if (!first.ok() || first->has_value()) {
@@ -290,13 +332,7 @@ absl::StatusOr<FileRecord> Upload::Commit() {
       registry_->UnreserveLocked(record_.tenant, bytes_);
       if (!first.ok()) return first.status();
       const FileRecord& f = **first;
-      if (f.sha256 != record_.sha256) {
-        return errors::WithReason(
-            absl::AlreadyExistsError(absl::StrCat(
-                "metadata.request_id '", record_.request_id, "' was used for ", f.id,
-                " with other content (sha256 ", f.sha256, ", these bytes ", record_.sha256, ")")),
-            "REQUEST_ID_REUSED", {{"file_id", f.id}});
-      }
+      if (f.sha256 != record_.sha256) return RequestIdReused(f, record_.request_id, record_.sha256);
       return f;
     }
   }

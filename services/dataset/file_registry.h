@@ -12,8 +12,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "common/base/scope.h"
 #include "common/base/clock.h"
+#include "common/base/scope.h"
+#include "common/base/sha256.h"
 #include "common/errors/labels.h"
 #include "common/store/directory_artifact_store.h"
 #include "common/store/sqlite.h"
@@ -83,10 +84,19 @@ class Upload {
          std::unique_ptr<store::ArtifactWriter> writer)
       : registry_(registry), record_(std::move(record)), request_(std::move(request)),
         writer_(std::move(writer)) {}
+  // A retry whose request_id already names a committed file: the bytes are
+  // only hashed (nothing is stored or counted against the quota) and Commit
+  // answers the first file, or REQUEST_ID_REUSED when the content differs.
+  Upload(FileRegistry* registry, FileRecord record, UploadRequest request, FileRecord first)
+      : registry_(registry), record_(std::move(record)), request_(std::move(request)),
+        first_(std::move(first)), hash_(std::make_unique<Sha256>()) {}
+  absl::StatusOr<FileRecord> CommitRetry();
   FileRegistry* registry_;
   FileRecord record_;
   UploadRequest request_;
   std::unique_ptr<store::ArtifactWriter> writer_;
+  std::optional<FileRecord> first_;
+  std::unique_ptr<Sha256> hash_;
   int64_t bytes_ = 0;
   bool done_ = false;
 };

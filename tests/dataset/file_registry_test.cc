@@ -70,6 +70,58 @@ TEST(FileRegistryTest, RunsOnAMemoryDatabaseAndAMemoryArtifactStore) {
   EXPECT_TRUE(names.empty());
 }
 
+// A retry under a request_id that already committed stores nothing: its bytes
+// are hashed on the way in, never written or counted against the quota (a
+// tenant at its quota can still retry), and the first file is the answer.
+TEST(FileRegistryTest, ARetriedUploadIsHashedNotStored) {
+  const std::string content = Lines(12);
+  FileRegistryOptions options;
+  options.tenant_quota_bytes = static_cast<int64_t>(content.size()) + 10;
+  auto blobs = std::make_unique<store::MemoryArtifactStore>();
+  store::MemoryArtifactStore* raw_blobs = blobs.get();
+  auto registry = FileRegistry::Open(*store::Database::Open(":memory:"), std::move(blobs), options);
+  ASSERT_THAT(registry, IsOk());
+  FileRegistry& r = **registry;
+  auto upload = [&](const std::string& bytes, const std::string& expected_sha256 = "")
+      -> absl::StatusOr<FileRecord> {
+    UploadRequest req;
+    req.filename = "a.jsonl";
+    req.purpose = Purpose::kFineTune;
+    req.request_id = "upload-1";
+    req.expected_sha256 = expected_sha256;
+    TF_ASSIGN_OR_RETURN(auto u, r.BeginUpload("acme", req));
+    TF_RETURN_IF_ERROR(u->Append(bytes));
+    return u->Commit();
+  };
+  TF_ASSERT_OK_AND_ASSIGN(FileRecord first, upload(content));
+  // The tenant is now at its quota; the retry still answers the first file.
+  TF_ASSERT_OK_AND_ASSIGN(FileRecord retry, upload(content, first.sha256));
+  EXPECT_EQ(retry.id, first.id);
+  TF_ASSERT_OK_AND_ASSIGN(std::vector<std::string> names, raw_blobs->List(""));
+  EXPECT_EQ(names.size(), 1u);
+  // Other bytes: REQUEST_ID_REUSED at the commit; another expected sha256:
+  // refused before a byte is sent.
+  EXPECT_THAT(upload(Lines(11)),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr(first.id)));
+  UploadRequest req;
+  req.filename = "a.jsonl";
+  req.purpose = Purpose::kFineTune;
+  req.request_id = "upload-1";
+  req.expected_sha256 = std::string(64, 'a');
+  EXPECT_THAT(r.BeginUpload("acme", req),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("was used for " + first.id)));
+  // Bytes that do not match their own expected sha256 are still DATA_LOSS.
+  EXPECT_THAT(upload(Lines(11), first.sha256), StatusIs(absl::StatusCode::kDataLoss));
+  TF_ASSERT_OK_AND_ASSIGN(names, raw_blobs->List(""));
+  EXPECT_EQ(names.size(), 1u);
+  // Without a request_id the quota holds as before.
+  UploadRequest fresh;
+  fresh.filename = "b.jsonl";
+  fresh.purpose = Purpose::kFineTune;
+  TF_ASSERT_OK_AND_ASSIGN(auto u, r.BeginUpload("acme", fresh));
+  EXPECT_THAT(u->Append(content), StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
 TEST(FileRegistryTest, RefusesMissingStorage) {
   EXPECT_THAT(FileRegistry::Open(nullptr, std::make_unique<store::MemoryArtifactStore>(),
                                  FileRegistryOptions()),
