@@ -10,7 +10,10 @@ namespace tunefleet::dataset {
 
 TokenCounter CountWith(ExampleTokenizer tokenize) {
   return [tokenize = std::move(tokenize)](const Example& ex) -> absl::StatusOr<TokenCount> {
-    TF_ASSIGN_OR_RETURN(TokenizedExample t, tokenize(ex));
+    // A classification line (text and label, no messages) is counted as the
+    // shards render it.
+    TF_ASSIGN_OR_RETURN(TokenizedExample t, ex.messages.empty() ? TokenizeClassification(tokenize, ex)
+                                                                : tokenize(ex));
     TokenCount c;
     c.total = static_cast<int64_t>(t.ids.size());
     for (uint8_t m : t.loss_mask) c.trained += m ? 1 : 0;

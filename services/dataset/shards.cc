@@ -76,6 +76,18 @@ absl::StatusOr<ShardManifest> ReadManifest(store::ArtifactStore& store,
   return m;
 }
 
+absl::StatusOr<TokenizedExample> TokenizeClassification(const ExampleTokenizer& tokenizer,
+                                                        const Example& ex) {
+  Example input;
+  input.line = ex.line;
+  input.messages.push_back(ChatMessage{"user", ex.text, std::nullopt, {}, {}});
+  TF_ASSIGN_OR_RETURN(TokenizedExample t, tokenizer(input));
+  if (t.ids.empty()) return absl::InternalError("the text rendered to no tokens");
+  std::fill(t.loss_mask.begin(), t.loss_mask.end(), 0);
+  t.loss_mask.back() = 1;
+  return t;
+}
+
 absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
                                               store::ArtifactReader& content,
                                               const std::string& shard_set_id,
@@ -108,14 +120,7 @@ absl::StatusOr<ShardManifest> PrepareShardSet(store::ArtifactStore& store,
   auto write_one = [&](const Example& ex) -> absl::Status {
     TokenizedExample t;
     if (classification) {
-      // The text alone, as one user message; the label is not rendered.
-      Example input;
-      input.line = ex.line;
-      input.messages.push_back(ChatMessage{"user", ex.text, std::nullopt, {}, {}});
-      TF_ASSIGN_OR_RETURN(t, tokenizer(input));
-      if (t.ids.empty()) return absl::InternalError("the text rendered to no tokens");
-      std::fill(t.loss_mask.begin(), t.loss_mask.end(), 0);
-      if (!t.loss_mask.empty()) t.loss_mask.back() = 1;
+      TF_ASSIGN_OR_RETURN(t, TokenizeClassification(tokenizer, ex));
       example_labels.push_back(ex.label);
     } else {
       TF_ASSIGN_OR_RETURN(t, tokenizer(ex));

@@ -54,6 +54,12 @@ struct TokenizedExample {
 };
 using ExampleTokenizer = std::function<absl::StatusOr<TokenizedExample>(const Example&)>;
 
+// What the trainer sees of a classification line: its text as one user
+// message, with only the last token marked (the head reads it); the label is
+// not rendered. Shards and token statistics both count it this way.
+absl::StatusOr<TokenizedExample> TokenizeClassification(const ExampleTokenizer& tokenizer,
+                                                        const Example& ex);
+
 struct ShardManifest {
   std::string shard_set_id;
   int64_t examples = 0;

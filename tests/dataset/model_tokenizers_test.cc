@@ -92,6 +92,47 @@ TEST_F(ModelTokenizersTest, CountsAndShardsWithThePhi3Tokenizer) {
   EXPECT_EQ(m.trained_tokens, s.trained_tokens);
 }
 
+// Classification lines are counted as the trainer sees them: the text as one
+// user message, one trained token (the last) per example, the label not
+// rendered; the statistics (what a job's trained-token estimate comes from)
+// and the shards agree.
+TEST_F(ModelTokenizersTest, ClassificationLinesCountAsTheShardsRenderThem) {
+  ModelDirTokenizerProvider provider(dir_.Join("models"));
+  TF_ASSERT_OK_AND_ASSIGN(ModelTokenizer tok, provider.Get("phi-3-tiny"));
+  const std::string content =
+      R"({"text": "The parcel arrived broken.", "label": "complaint"})" "\n"
+      R"({"text": "Thanks, all good!", "label": "praise"})" "\n"
+      R"({"text": "Where is my refund? It has been weeks.", "label": "complaint"})" "\n";
+  std::vector<Example> examples;
+  JsonlValidator v({.format = DataFormat::kClassification, .min_examples = 1},
+                   [&](const Example& ex) { examples.push_back(ex); });
+  v.Feed(content);
+  ASSERT_TRUE(v.Finish().valid());
+  ASSERT_EQ(examples.size(), 3u);
+  TF_ASSERT_OK_AND_ASSIGN(auto tokenizer, text::Tokenizer::FromDirectory(dir_.Join("models/phi-3-tiny")));
+  TF_ASSERT_OK_AND_ASSIGN(auto tmpl, text::ChatTemplate::FromModelDirectory(dir_.Join("models/phi-3-tiny")));
+  int64_t expected_total = 0;
+  for (const Example& ex : examples) {
+    TF_ASSERT_OK_AND_ASSIGN(std::string rendered, tmpl.Render({{"user", ex.text, 1}}, false));
+    expected_total += static_cast<int64_t>(tokenizer->Encode(rendered, false).size());
+  }
+
+  StatisticsBuilder stats(CountWith(tok.tokenize), 0);
+  for (const Example& ex : examples) TF_ASSERT_OK(stats.Add(ex));
+  DatasetStatistics s = stats.Finish();
+  EXPECT_EQ(s.total_tokens, expected_total);
+  EXPECT_EQ(s.trained_tokens, 3);
+
+  store::MemoryArtifactStore store;
+  TF_ASSERT_OK(store.Put("file", content).status());
+  TF_ASSERT_OK_AND_ASSIGN(auto reader, store.OpenReader("file", 0));
+  TF_ASSERT_OK_AND_ASSIGN(ShardManifest m,
+                          PrepareShardSet(store, *reader, ShardSetId("sha", tok.id, 4096),
+                                          tok.tokenize, 4096, DataFormat::kClassification));
+  EXPECT_EQ(m.tokens, s.total_tokens);
+  EXPECT_EQ(m.trained_tokens, s.trained_tokens);
+}
+
 TEST_F(ModelTokenizersTest, UnknownOrUnsafeModelNamesAreRefused) {
   ModelDirTokenizerProvider provider(dir_.Join("models"));
   EXPECT_THAT(provider.Get("llama-9000"),
