@@ -86,6 +86,10 @@ std::pair<at::Tensor, at::Tensor> Decoder::Rotary(const at::Tensor& positions,
   return {cos.to(options_.dtype).unsqueeze(1), sin.to(options_.dtype).unsqueeze(1)};
 }
 
+// From this many distinct adapters in one batch, inference gathers their rows
+// into one batched matmul pair per projection.
+constexpr size_t kMinGatheredAdapters = 3;
+
 absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveAdapters(const AdapterChoice& choice,
                                                                 int64_t batch) const {
   auto check = [&](const LoraAdapter* a) -> absl::Status {
@@ -123,6 +127,18 @@ absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveAdapters(const AdapterCho
     }
     out.groups.emplace_back(a, at::tensor(rows, at::kLong).to(options_.device));
   }
+  if (distinct.size() >= kMinGatheredAdapters) {
+    std::vector<int64_t> rows;
+    std::vector<float> scale;
+    for (size_t b = 0; b < choice.rows.size(); ++b) {
+      if (choice.rows[b] == nullptr) continue;
+      rows.push_back(static_cast<int64_t>(b));
+      out.gather_adapters.push_back(choice.rows[b]);
+      scale.push_back(static_cast<float>(choice.rows[b]->scaling()));
+    }
+    out.gather_rows = at::tensor(rows, at::kLong).to(options_.device);
+    out.gather_scale = at::tensor(scale).view({-1, 1, 1}).to(options_.device);
+  }
   return out;
 }
 
@@ -138,6 +154,25 @@ at::Tensor LoraDelta(const LoraAdapter& adapter, const LoraAdapter::Module& m, c
 
 }  // namespace
 
+at::Tensor Decoder::GatheredLoraDelta(int64_t index, Proj p, const at::Tensor& x,
+                                      const AdapterGroups& adapters) const {
+  const size_t n = adapters.gather_adapters.size();
+  std::vector<at::Tensor> a(n), b(n);
+  for (size_t i = 0; i < n; ++i) {
+    const LoraAdapter::Module& m = adapters.gather_adapters[i]->module(index, p);
+    if (!m.defined()) return at::Tensor();
+    if (i > 0 && (m.a.sizes() != a[0].sizes() || m.a.scalar_type() != a[0].scalar_type() ||
+                  m.b.sizes() != b[0].sizes())) {
+      return at::Tensor();
+    }
+    a[i] = m.a;  // [r, in]
+    b[i] = m.b;  // [out, r]
+  }
+  const at::Tensor in = x.index_select(0, adapters.gather_rows).to(a[0].scalar_type());
+  const at::Tensor h = at::bmm(in, at::stack(a).transpose(1, 2));          // [n, T, r]
+  return at::bmm(h, at::stack(b).transpose(1, 2)) * adapters.gather_scale.to(h.scalar_type());
+}
+
 at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x,
                             const AdapterGroups& adapters, bool training) const {
   const Linear& lin = layer.proj[static_cast<int>(p)];
@@ -145,6 +180,10 @@ at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at:
   if (adapters.all != nullptr) {
     const LoraAdapter::Module& m = adapters.all->module(index, p);
     if (m.defined()) y = y + LoraDelta(*adapters.all, m, x, training).to(y.scalar_type());
+  }
+  if (!training && adapters.gather_rows.defined()) {
+    at::Tensor delta = GatheredLoraDelta(index, p, x, adapters);
+    if (delta.defined()) return y.index_add(0, adapters.gather_rows, delta.to(y.scalar_type()));
   }
   for (const auto& [adapter, rows] : adapters.groups) {
     const LoraAdapter::Module& m = adapter->module(index, p);

@@ -185,7 +185,18 @@ class Decoder {
   struct AdapterGroups {
     const LoraAdapter* all = nullptr;
     std::vector<std::pair<const LoraAdapter*, at::Tensor>> groups;  // adapter, row indices
+    // Set when several adapters share the batch: every adapter row at once,
+    // one batched matmul pair per projection instead of one pair per
+    // adapter (inference only; training keeps the groups, so that dropout
+    // draws stay in the order checkpoint replay expects).
+    std::vector<const LoraAdapter*> gather_adapters;  // per adapter row
+    at::Tensor gather_rows;                           // [n] their row indices
+    at::Tensor gather_scale;                          // [n, 1, 1] their scaling
   };
+  // One batched pair of matmuls for the gathered rows; undefined when the
+  // rows' modules differ in rank or dtype, or one of them lacks `p`.
+  at::Tensor GatheredLoraDelta(int64_t index, Proj p, const at::Tensor& x,
+                               const AdapterGroups& adapters) const;
   absl::StatusOr<AdapterGroups> ResolveAdapters(const AdapterChoice& choice, int64_t batch) const;
   at::Tensor Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x,
                      const AdapterGroups& adapters, bool training) const;

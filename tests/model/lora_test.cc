@@ -225,6 +225,38 @@ TEST_P(LoraTest, PerRowAdaptersShareABatch) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("per-row")));
 }
 
+// From three distinct adapters on, inference runs every adapter row through
+// one batched matmul pair per projection; rows must still equal each adapter
+// alone, beside a base row, with an adapter on two rows, through Forward and
+// the KV cache. An adapter of another rank among them falls back to the
+// per-adapter path and is still right.
+TEST_P(LoraTest, ManyAdaptersInOneBatchAreGatheredAndEqualEachAlone) {
+  LoraAdapter a = Trained(21), b = Trained(22), c = Trained(23);
+  LoraConfig lc;
+  lc.rank = 2;
+  lc.alpha = 8;
+  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter other_rank, LoraAdapter::Create(decoder_->config(), lc, 24));
+  {
+    at::NoGradGuard no_grad;
+    at::manual_seed(24);
+    for (at::Tensor& p : other_rank.Parameters()) p.copy_(at::randn(p.sizes()) * 0.05);
+  }
+  at::Tensor ids = ids_.expand({5, ids_.size(1)}).contiguous();
+  for (const LoraAdapter* last : std::vector<const LoraAdapter*>{&a, &other_rank}) {
+    const std::vector<const LoraAdapter*> rows = {&a, nullptr, &b, &c, last};
+    ForwardOptions o;
+    o.adapter = rows;
+    TF_ASSERT_OK_AND_ASSIGN(at::Tensor got, decoder_->Forward(ids, o));
+    for (size_t r = 0; r < rows.size(); ++r) {
+      EXPECT_LE(MaxAbsDiff(got[r], Logits(rows[r])[0]), kTol) << "row " << r;
+    }
+    TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(5, 16));
+    TF_ASSERT_OK_AND_ASSIGN(at::Tensor all,
+                            decoder_->Extend(cache, ids, {}, o.adapter, /*all_logits=*/true));
+    EXPECT_LE(MaxAbsDiff(all, got), kTol);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, LoraTest, ::testing::Values("phi3", "mistral"));
 
 TEST(LoraErrorsTest, BadTargetsAndFiles) {
