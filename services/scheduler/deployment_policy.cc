@@ -92,6 +92,37 @@ absl::Status ValidateContentFilter(const v1::ContentFilterPolicy& policy,
     terms += b.terms_size();
     regexes += b.regexes_size();
   }
+  // A classification deployment as the classifier, its labels' categories.
+  if (!policy.classifier_deployment().empty()) {
+    if (!policy.classifier_endpoint().empty()) {
+      bad.push_back({absl::StrCat(p, "classifier_deployment"),
+                     "classifier_endpoint and classifier_deployment are exclusive: name one"});
+    }
+    if (!ValidateDeploymentId(policy.classifier_deployment(), "classifier_deployment").ok()) {
+      bad.push_back({absl::StrCat(p, "classifier_deployment"),
+                     absl::StrCat("'", policy.classifier_deployment(), "' is not a deployment id")});
+    }
+  } else if (policy.classifier_labels_size() > 0) {
+    bad.push_back({absl::StrCat(p, "classifier_labels"),
+                   "labels map a classifier_deployment's labels: name the deployment"});
+  }
+  std::set<std::string> labels;
+  for (int i = 0; i < policy.classifier_labels_size(); ++i) {
+    const v1::ClassifierLabel& l = policy.classifier_labels(i);
+    const std::string lp = absl::StrCat(p, "classifier_labels[", i, "]");
+    if (l.label().empty() || l.label().size() > 128) {
+      bad.push_back({lp + ".label", "1 to 128 bytes"});
+    } else if (!labels.insert(l.label()).second) {
+      bad.push_back({lp + ".label", absl::StrCat("'", l.label(), "' is mapped twice")});
+    }
+    // The categories a classifier reports (PII and BLOCKLIST are the
+    // built-in detectors' findings).
+    if (l.category() < v1::CONTENT_FILTER_CATEGORY_HATE ||
+        l.category() > v1::CONTENT_FILTER_CATEGORY_PROFANITY) {
+      bad.push_back({lp + ".category",
+                     "one of HATE, SEXUAL, VIOLENCE, SELF_HARM, JAILBREAK, PROFANITY"});
+    }
+  }
   if (terms > kMaxTerms)
     bad.push_back({absl::StrCat(p, "blocklists"), absl::StrCat("at most ", kMaxTerms, " terms in all")});
   if (regexes > kMaxRegexes) {

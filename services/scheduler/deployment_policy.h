@@ -1,7 +1,9 @@
 // Checks of the public deployment API that need no scheduler state: the
 // user-chosen deployment id and the content filter policy (rules, custom
 // blocklists whose regular expressions must compile with RE2, the classifier
-// error policy). Errors are INVALID_ARGUMENT with the field violation
+// error policy, a classifier_deployment exclusive with classifier_endpoint
+// and its classifier_labels mapping to classifier categories). Errors are
+// INVALID_ARGUMENT with the field violation
 // (`<prefix>content_filter.blocklists[i].regexes[j]` and RE2's message).
 #pragma once
 

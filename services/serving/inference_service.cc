@@ -326,25 +326,65 @@ grpc::ServerWriteReactor<v1::ChatCompletionChunk>* InferenceServiceImpl::StreamC
   return reactor.get();
 }
 
-grpc::ServerUnaryReactor* ContentFilterServiceImpl::Classify(grpc::CallbackServerContext* context,
-                                                             const v1::ClassifyRequest* request,
-                                                             v1::ClassifyResponse* response) {
-  auto caller = auth_.AuthenticateInternal(*context);
-  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
-  const TextSource source = request->source() == v1::ClassifyRequest::SOURCE_COMPLETION
-                                ? TextSource::kCompletion
-                                : TextSource::kPrompt;
-  auto detections = filter_->Classify(request->text(), source);
-  if (!detections.ok()) return rpc::FinishUnary(context, detections.status());
-  // Results per category, `filtered` left to the caller's policy.
+namespace {
+
+// Results per category, `filtered` left to the caller's policy; only the
+// requested categories when it names some.
+void ClassifyResults(const std::vector<Detection>& detections, TextSource source,
+                     const v1::ClassifyRequest& request, v1::ClassifyResponse* response) {
   FilterPolicy annotate;
   for (int c = 1; c < kNumFilterCategories; ++c) {
     annotate.rules.push_back(FilterRule{static_cast<FilterCategory>(c), FilterSeverity::kMedium, true,
                                         true, FindingAction::kAnnotate});
   }
-  FilterVerdict v = ApplyPolicy(annotate, source, *detections);
+  FilterVerdict v = ApplyPolicy(annotate, source, detections);
+  if (request.categories_size() > 0) {
+    std::vector<CategoryVerdict> kept;
+    for (const CategoryVerdict& c : v.categories) {
+      for (int want : request.categories()) {
+        if (static_cast<int>(c.category) == want) kept.push_back(c);
+      }
+    }
+    v.categories = std::move(kept);
+  }
   google::protobuf::RepeatedPtrField<v1::ContentFilterFinding> ignored;
   VerdictToProto(v, response->mutable_results(), &ignored);
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ContentFilterServiceImpl::Classify(grpc::CallbackServerContext* context,
+                                                             const v1::ClassifyRequest* request,
+                                                             v1::ClassifyResponse* response) {
+  const TextSource source = request->source() == v1::ClassifyRequest::SOURCE_COMPLETION
+                                ? TextSource::kCompletion
+                                : TextSource::kPrompt;
+  if (replica_ && executor_ && !request->deployment().empty()) {
+    auto info = replica_->Lookup(request->deployment());
+    if (info.ok() && !info->task.empty()) {
+      // A classification deployment served here: its model classifies.
+      return rpc::RunOnExecutor(
+          context, auth_.Authenticate(*context), executor_,
+          [this, request, response, source, info = *info](const rpc::Principal& caller) {
+            if (!caller.internal()) {
+              if (absl::Status s = rpc::CheckOwner(caller, info.tenant, "deployment", info.id);
+                  !s.ok()) {
+                return s;
+              }
+            }
+            auto scores = replica_->Classify(request->deployment(), request->text());
+            if (!scores.ok()) return scores.status();
+            ClassifyResults(LabelDetections(*scores, {}, request->text().size()), source, *request,
+                            response);
+            return absl::OkStatus();
+          });
+    }
+  }
+  auto caller = auth_.AuthenticateInternal(*context);
+  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
+  auto detections = filter_->Classify(request->text(), source);
+  if (!detections.ok()) return rpc::FinishUnary(context, detections.status());
+  ClassifyResults(*detections, source, *request, response);
   return rpc::FinishUnary(context, absl::OkStatus());
 }
 

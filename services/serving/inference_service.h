@@ -39,10 +39,19 @@ class InferenceServiceImpl final : public v1::InferenceService::CallbackService 
   ServingMetrics* metrics_;
 };
 
+// Classify: when `replica` serves ClassifyRequest.deployment as a
+// classification model, that model classifies the text (on `executor`):
+// each label that maps to a category by its name ("violence" -> VIOLENCE,
+// "self-harm" -> SELF_HARM; others such as "safe" are not reported) gives a
+// result with the severity of its probability (>= 0.8 high, >= 0.5 medium,
+// >= 0.25 low, else safe and not detected); the deployment's owner (a
+// tenant key) or an internal caller may call it. Any other deployment (or
+// none): the built-in filter, internal callers only.
 class ContentFilterServiceImpl final : public v1::ContentFilterService::CallbackService {
  public:
-  ContentFilterServiceImpl(const rpc::Authenticator* auth, const ContentFilter* filter)
-      : auth_(*auth), filter_(filter) {}
+  ContentFilterServiceImpl(const rpc::Authenticator* auth, const ContentFilter* filter,
+                           Replica* replica = nullptr, rpc::Executor* executor = nullptr)
+      : auth_(*auth), filter_(filter), replica_(replica), executor_(executor) {}
   grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* context,
                                      const v1::ClassifyRequest* request,
                                      v1::ClassifyResponse* response) override;
@@ -50,6 +59,8 @@ class ContentFilterServiceImpl final : public v1::ContentFilterService::Callback
  private:
   const rpc::Authenticator& auth_;
   const ContentFilter* filter_;
+  Replica* replica_;
+  rpc::Executor* executor_;
 };
 
 // The status a blocked prompt fails with: INVALID_ARGUMENT whose details (a

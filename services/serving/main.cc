@@ -170,7 +170,8 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", classifier.status().ToString());
     return 2;
   }
-  serving::ContentFilterServiceImpl content_filter(&auth, classifier->get());
+  serving::ContentFilterServiceImpl content_filter(&auth, classifier->get(), replica->get(),
+                                                  &executor);
   server.AddService(&inference);
   server.AddService(&content_filter);
   if (absl::Status s = server.Start(); !s.ok()) {

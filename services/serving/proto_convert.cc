@@ -33,6 +33,10 @@ DeploymentSpec SpecFromProto(const ::tunefleet::internal::v1::DesiredDeployment&
   s.filter = PolicyFromProto(d.deployment().content_filter());
   if (!d.deployment().content_filter().disabled()) {
     s.classifier_endpoint = d.deployment().content_filter().classifier_endpoint();
+    s.classifier_deployment = d.deployment().content_filter().classifier_deployment();
+    for (const v1::ClassifierLabel& l : d.deployment().content_filter().classifier_labels()) {
+      s.classifier_labels[l.label()] = static_cast<FilterCategory>(l.category());
+    }
   }
   if (d.deployment().content_filter().on_classifier_error() !=
       v1::CLASSIFIER_ERROR_POLICY_UNSPECIFIED) {

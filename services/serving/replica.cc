@@ -23,6 +23,9 @@ using Clock = std::chrono::steady_clock;
 
 struct Replica::Base {
   std::string id;
+  // A copy of the engine's decoder (the same weights, shared) for
+  // classification forwards, which need no engine.
+  std::shared_ptr<const model::Decoder> decoder;
   std::shared_ptr<const text::ChatTokenizer> tokenizer;
   std::unique_ptr<AdapterCache> adapters;
   std::unique_ptr<Engine> engine;
@@ -33,11 +36,83 @@ struct Replica::Base {
   }
 };
 
+struct Replica::Usage {
+  std::atomic<int64_t> requests{0}, prompt_tokens{0}, completion_tokens{0};
+  void Add(int64_t prompt, int64_t completion) {
+    requests.fetch_add(1, std::memory_order_relaxed);
+    prompt_tokens.fetch_add(prompt, std::memory_order_relaxed);
+    completion_tokens.fetch_add(completion, std::memory_order_relaxed);
+  }
+};
+
+// What a classification needs of a deployment, without its Base (a filter
+// may run on an engine thread, which must never hold the last reference to
+// a Base).
+struct Replica::ClassifierEntry {
+  std::string id, tenant, error;
+  bool ready = false;
+  std::string task;  // "classification" or "" (chat)
+  std::shared_ptr<const model::Decoder> decoder;
+  std::shared_ptr<const text::ChatTokenizer> tokenizer;
+  std::shared_ptr<const ServedAdapter> adapter;  // pinned while the deployment exists
+  int64_t context = 0;
+  std::shared_ptr<Usage> usage;
+};
+
+struct Replica::ClassifierRegistry {
+  std::mutex mu;
+  std::map<std::string, std::shared_ptr<const ClassifierEntry>> entries;  // guarded by mu
+
+  // `tenant`: the caller's, checked when set.
+  absl::StatusOr<LabelScores> Classify(const std::string& deployment, absl::string_view text,
+                                       const std::optional<std::string>& tenant) {
+    std::shared_ptr<const ClassifierEntry> e;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = entries.find(deployment);
+      if (it != entries.end()) e = it->second;
+    }
+    if (!e || (tenant && e->tenant != *tenant)) {
+      return absl::NotFoundError(absl::StrCat("deployment ", deployment,
+                                              " is not served by this replica"));
+    }
+    if (!e->ready) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "deployment ", deployment, " is not ready: ", e->error.empty() ? "loading" : e->error));
+    }
+    if (e->task != "classification") {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "deployment ", deployment, " is not a classification model (task ",
+          e->task.empty() ? "chat" : e->task, ")"));
+    }
+    // As the dataset service renders a classification example
+    // (services/dataset/shards.cc): the text as one user message through the
+    // chat template, no generation prompt; too long: the end is kept (the
+    // head reads the last token).
+    const std::vector<text::ChatMessage> messages = {{"user", std::string(text), std::nullopt, {}, {}}};
+    auto chat = e->tokenizer->Tokenize(messages);
+    if (!chat.ok()) return chat.status();
+    std::vector<int64_t> ids(chat->ids.begin(), chat->ids.end());
+    if (static_cast<int64_t>(ids.size()) > e->context) ids.erase(ids.begin(), ids.end() - e->context);
+    auto probs = ClassifyTokens(*e->decoder, *e->adapter, ids);
+    if (!probs.ok()) return probs.status();
+    e->usage->Add(static_cast<int64_t>(ids.size()), 0);
+    LabelScores out;
+    out.labels = e->adapter->labels;
+    out.probabilities = *std::move(probs);
+    out.prompt_tokens = static_cast<int64_t>(ids.size());
+    return out;
+  }
+};
+
 struct Replica::Deployment {
   DeploymentSpec spec;
   std::shared_ptr<Base> base;
   bool ready = false;
   std::string error;
+  std::string task;  // "classification" for a classification adapter
+  std::shared_ptr<const ServedAdapter> classifier;  // then: its adapter, pinned
+  std::shared_ptr<Usage> usage;
   GenerationDefaults defaults;
   FilterPolicy policy;
   std::shared_ptr<const ContentFilter> filter;
@@ -89,13 +164,15 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
  public:
   ChatCallImpl(std::shared_ptr<const text::ChatTokenizer> tokenizer,
                std::shared_ptr<const ContentFilter> filter, FilterPolicy policy, size_t holdback,
-               std::shared_ptr<ChatSink> sink, int64_t prompt_tokens, bool logprobs)
+               std::shared_ptr<ChatSink> sink, int64_t prompt_tokens, bool logprobs,
+               std::function<void(int64_t prompt, int64_t completion)> count)
       : tokenizer_(std::move(tokenizer)),
         filter_(std::move(filter)),
         policy_(std::move(policy)),
         guard_(filter_.get(), &policy_, holdback),
         sink_(std::move(sink)),
-        logprobs_(logprobs) {
+        logprobs_(logprobs),
+        count_(std::move(count)) {
     result_.prompt_tokens = prompt_tokens;
   }
 
@@ -119,6 +196,7 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
 
   void OnDone(const Completion& c) {
     result_.completion_tokens = static_cast<int64_t>(c.tokens.size());
+    if (count_) count_(result_.prompt_tokens, result_.completion_tokens);
     result_.queue_seconds = c.queue_seconds;
     result_.ttft_seconds = c.ttft_seconds;
     result_.total_seconds = c.total_seconds;
@@ -208,6 +286,7 @@ class ChatCallImpl final : public ChatCall, public std::enable_shared_from_this<
   StreamGuard guard_;
   std::shared_ptr<ChatSink> sink_;
   const bool logprobs_;
+  const std::function<void(int64_t, int64_t)> count_;
   ChatResult result_;
   size_t fed_ = 0;       // bytes of the sequence's text given to the guard
   size_t released_ = 0;  // bytes the guard released
@@ -228,10 +307,16 @@ absl::StatusOr<std::unique_ptr<Replica>> Replica::Create(ReplicaOptions options)
   if (!filter.ok()) return filter.status();
   r->filter_ = std::shared_ptr<const ContentFilter>(*std::move(filter));
   r->build_id_ = r->options_.build_id.empty() ? BuildIdentity() : r->options_.build_id;
+  r->classifiers_ = std::make_shared<ClassifierRegistry>();
   return r;
 }
 
-Replica::~Replica() = default;
+Replica::~Replica() {
+  // Filters that outlive the replica (in a chat still finishing) find no
+  // classifier any more.
+  std::lock_guard<std::mutex> lock(classifiers_->mu);
+  classifiers_->entries.clear();
+}
 
 absl::StatusOr<std::shared_ptr<Replica::Base>> Replica::LoadBase(const std::string& id) const {
   if (id.empty() || id.find('/') != std::string::npos || id == "." || id == "..") {
@@ -265,6 +350,7 @@ absl::StatusOr<std::shared_ptr<Replica::Base>> Replica::LoadBase(const std::stri
   ao.budget_bytes = options_.adapter_budget_bytes;
   ao.base = base->identity;
   base->adapters = std::make_unique<AdapterCache>(decoder->config(), options_.decoder.device, ao);
+  base->decoder = std::make_shared<const model::Decoder>(*decoder);
   auto engine = Engine::Create(*std::move(decoder), options_.engine);
   if (!engine.ok()) return engine.status();
   base->engine = *std::move(engine);
@@ -303,6 +389,12 @@ std::vector<DeploymentStatus> Replica::Apply(const std::vector<DeploymentSpec>& 
   for (const DeploymentSpec& spec : desired) {
     auto d = std::make_shared<Deployment>();
     d->spec = spec;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::shared_ptr<Usage>& u = usage_[spec.id];
+      if (!u) u = std::make_shared<Usage>();
+      d->usage = u;
+    }
     d->policy = spec.filter;
     d->policy.pii_prompt = options_.pii_prompt;
     d->policy.pii_completion = options_.pii_completion;
@@ -310,7 +402,9 @@ std::vector<DeploymentStatus> Replica::Apply(const std::vector<DeploymentSpec>& 
     d->policy.classifier_fail_open =
         spec.classifier_fail_open.value_or(options_.classifier_fail_open);
     // The built-in filter, the policy's own blocklists, the external classifier.
-    std::vector<std::shared_ptr<const ContentFilter>> filters{filter_};
+    std::vector<std::shared_ptr<const ContentFilter>> filters;
+    filters.reserve(4);
+    filters.push_back(filter_);
     if (!spec.filter.blocklists.empty() && !spec.filter.disabled) {
       BuiltinFilterOptions lists;
       lists.pii = false;
@@ -328,6 +422,19 @@ std::vector<DeploymentStatus> Replica::Apply(const std::vector<DeploymentSpec>& 
         filters.push_back(options_.remote_filter(spec.classifier_endpoint, spec.id));
       } else {
         d->error = "the policy names a classifier endpoint but this replica has no remote filters";
+      }
+    }
+    if (!spec.classifier_deployment.empty() && !spec.filter.disabled) {
+      if (!spec.classifier_endpoint.empty()) {
+        d->error = "content_filter: classifier_endpoint and classifier_deployment are exclusive";
+      } else {
+        // Resolved at each call: the classifier may load later (or move).
+        std::shared_ptr<ClassifierRegistry> registry = classifiers_;
+        filters.push_back(std::make_shared<DeploymentClassifierFilter>(
+            spec.classifier_deployment, spec.classifier_labels,
+            [registry, dep = spec.classifier_deployment, tenant = spec.tenant](absl::string_view text) {
+              return registry->Classify(dep, text, tenant);
+            }));
       }
     }
     d->filter = filter_;
@@ -349,6 +456,10 @@ std::vector<DeploymentStatus> Replica::Apply(const std::vector<DeploymentSpec>& 
         } else {
           for (const std::string& w : (*adapter)->warnings) spdlog::warn("deployment={} {}", spec.id, w);
           if ((*adapter)->contract) d->defaults = (*adapter)->contract->generation;
+          if ((*adapter)->classification()) {
+            d->task = "classification";
+            d->classifier = *adapter;
+          }
         }
       }
       // What produced the answer: the base's weights and tokenizer, the
@@ -373,6 +484,27 @@ std::vector<DeploymentStatus> Replica::Apply(const std::vector<DeploymentSpec>& 
     if (!d->ready) spdlog::error("deployment={} not ready: {}", spec.id, d->error);
     statuses.push_back(DeploymentStatus{spec.id, d->ready, d->error});
     next[spec.id] = std::move(d);
+  }
+  std::map<std::string, std::shared_ptr<const ClassifierEntry>> entries;
+  for (const auto& [id, d] : next) {
+    auto e = std::make_shared<ClassifierEntry>();
+    e->id = id;
+    e->tenant = d->spec.tenant;
+    e->ready = d->ready;
+    e->error = d->error;
+    e->task = d->task;
+    e->adapter = d->classifier;
+    e->usage = d->usage;
+    if (d->base) {
+      e->decoder = d->base->decoder;
+      e->tokenizer = d->base->tokenizer;
+      e->context = d->base->engine->context_size();
+    }
+    entries[id] = std::move(e);
+  }
+  {
+    std::lock_guard<std::mutex> lock(classifiers_->mu);
+    classifiers_->entries.swap(entries);
   }
   std::map<std::string, std::shared_ptr<Deployment>> old;
   {
@@ -407,7 +539,28 @@ absl::StatusOr<DeploymentInfo> Replica::Lookup(const std::string& deployment) co
     return absl::NotFoundError(absl::StrCat("deployment ", deployment, " not found"));
   }
   const Deployment& d = *it->second;
-  return DeploymentInfo{d.spec.id, d.spec.tenant, d.spec.model, d.ready, d.error};
+  return DeploymentInfo{d.spec.id, d.spec.tenant, d.spec.model, d.ready, d.error, d.task};
+}
+
+std::vector<DeploymentStatus> Replica::Statuses() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<DeploymentStatus> out;
+  for (const auto& [id, d] : deployments_) {
+    DeploymentStatus st{id, d->ready, d->error, {}};
+    st.usage.requests = d->usage->requests.load(std::memory_order_relaxed);
+    st.usage.prompt_tokens = d->usage->prompt_tokens.load(std::memory_order_relaxed);
+    st.usage.completion_tokens = d->usage->completion_tokens.load(std::memory_order_relaxed);
+    out.push_back(std::move(st));
+  }
+  return out;
+}
+
+absl::StatusOr<LabelScores> Replica::Classify(const std::string& deployment,
+                                              absl::string_view text,
+                                              const std::string& tenant) const {
+  if (deployment.empty()) return errors::FieldError("deployment", "must not be empty");
+  return classifiers_->Classify(deployment, text,
+                               tenant.empty() ? std::nullopt : std::optional<std::string>(tenant));
 }
 
 std::vector<Replica::BaseStats> Replica::Stats() const {
@@ -437,6 +590,12 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   if (!d->ready) {
     return absl::FailedPreconditionError(absl::StrCat("deployment ", d->spec.id, " is not ready: ",
                                                       d->error.empty() ? "loading" : d->error));
+  }
+  if (!d->task.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "deployment ", d->spec.id, " serves a ", d->task, " model (task ", d->task,
+        "), not chat: call ContentFilterService.Classify with it, or name it as a "
+        "content filter policy's classifier_deployment"));
   }
   // Fields, in the order of the request message.
   if (request.messages.empty()) return errors::FieldError("messages", "must not be empty");
@@ -546,7 +705,10 @@ absl::StatusOr<ChatStart> Replica::StartChat(const ChatRequest& request,
   };
   auto call = std::make_shared<ChatCallImpl>(base.tokenizer, d->filter, d->policy,
                                              options_.holdback_bytes, std::move(sink),
-                                             prompt_tokens, request.logprobs);
+                                             prompt_tokens, request.logprobs,
+                                             [usage = d->usage](int64_t prompt, int64_t completion) {
+                                               usage->Add(prompt, completion);
+                                             });
   er.on_text = [call](const std::string& text, const model::Sequence& seq) {
     call->OnText(text, seq);
   };

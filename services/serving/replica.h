@@ -25,6 +25,7 @@
 #include "services/serving/engine/engine.h"
 #include "services/serving/filters/builtin_filter.h"
 #include "services/serving/filters/content_filter.h"
+#include "services/serving/model_classifier.h"
 
 namespace tunefleet::serving {
 
@@ -65,20 +66,35 @@ struct DeploymentSpec {
   std::string adapter_artifact;  // empty: the base itself
   FilterPolicy filter;           // pii/blocklist defaults come from ReplicaOptions
   std::string classifier_endpoint;  // a remote ContentFilterService, besides the built-in one
+  // A classification deployment of the same tenant, run in-process as the
+  // classifier (when this replica serves it), and its labels' categories.
+  std::string classifier_deployment;
+  std::map<std::string, FilterCategory> classifier_labels;
   // The policy's on_classifier_error; unset: ReplicaOptions' default.
   std::optional<bool> classifier_fail_open;
+};
+
+// Usage served for a deployment since the replica started: chats that
+// reached the engine (prompt and completion tokens, a cancelled one's tokens
+// too) and classifications (their tokens as prompt tokens).
+struct DeploymentUsage {
+  int64_t requests = 0;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
 };
 
 struct DeploymentStatus {
   std::string id;
   bool ready = false;
   std::string error;
+  DeploymentUsage usage;  // filled by Statuses()
 };
 
 struct DeploymentInfo {
   std::string id, tenant, model;
   bool ready = false;
   std::string error;
+  std::string task;  // "classification" for a classification model; else empty (chat)
 };
 
 struct ChatMessageIn {
@@ -170,13 +186,29 @@ class Replica {
   // NOT_FOUND when the replica does not have it.
   absl::StatusOr<DeploymentInfo> Lookup(const std::string& deployment) const;
 
+  // The deployments of the last Apply with their status and usage (the
+  // usage is cumulative since this Replica was created, per deployment id).
+  std::vector<DeploymentStatus> Statuses() const;
+
+  // Classifies `text` with a classification deployment: the text rendered
+  // as the trainer rendered its examples (one user message through the chat
+  // template, the start cut when it exceeds the context), one forward, the
+  // label probabilities. `tenant` non-empty: the caller's (another tenant's
+  // deployment is NOT_FOUND). NOT_FOUND for a deployment not served here;
+  // FAILED_PRECONDITION when it is not ready or not a classification model
+  // (naming its task). Runs on the caller's thread (any thread, the engine
+  // thread included).
+  absl::StatusOr<LabelScores> Classify(const std::string& deployment, absl::string_view text,
+                                       const std::string& tenant = "") const;
+
   // Starts a chat: NOT_FOUND for an unknown deployment; FAILED_PRECONDITION
   // when it is not ready; INVALID_ARGUMENT naming the field (messages,
   // temperature, top_p, max_completion_tokens / max_tokens, stop, n,
   // top_logprobs, frequency_penalty, presence_penalty, user; a prompt over
   // the context with both sizes; tool calls under a chat template that
   // cannot render them, with reason TOOLS_UNSUPPORTED; a blocked prompt,
-  // with `prompt_verdict` set). May block on
+  // with `prompt_verdict` set); FAILED_PRECONDITION naming the deployment
+  // and its task for a classification deployment. May block on
   // an adapter load: call it from a worker thread.
   absl::StatusOr<ChatStart> StartChat(const ChatRequest& request, std::shared_ptr<ChatSink> sink,
                                       FilterVerdict* prompt_verdict);
@@ -192,6 +224,9 @@ class Replica {
  private:
   struct Base;
   struct Deployment;
+  struct Usage;
+  struct ClassifierEntry;
+  struct ClassifierRegistry;
   explicit Replica(ReplicaOptions options) : options_(std::move(options)) {}
   absl::StatusOr<std::shared_ptr<Base>> LoadBase(const std::string& id) const;
 
@@ -205,6 +240,10 @@ class Replica {
   std::map<std::string, std::shared_ptr<Base>> bases_;              // guarded by mu_
   std::map<std::string, std::shared_ptr<Deployment>> deployments_;  // guarded by mu_
   bool bases_loaded_ = false;                                       // guarded by mu_
+  // Per deployment id, never dropped (cumulative).
+  std::map<std::string, std::shared_ptr<Usage>> usage_;  // guarded by mu_
+  // What in-process classifier filters look up (they may outlive an Apply).
+  std::shared_ptr<ClassifierRegistry> classifiers_;
 };
 
 }  // namespace tunefleet::serving

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "common/model/safetensors.h"
 
 namespace tunefleet::serving {
 
@@ -60,6 +61,33 @@ absl::StatusOr<std::shared_ptr<const ServedAdapter>> AdapterCache::Load(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (const at::Tensor& t : adapter->lora.Parameters()) {
     adapter->bytes += static_cast<int64_t>(t.numel() * t.element_size());
+  }
+  if (adapter->contract && adapter->contract->classification()) {
+    // The head the trainer wrote beside the adapter (score.safetensors).
+    const ServeContract& c = *adapter->contract;
+    const std::string path = dir + "/" + c.head_file;
+    auto file = model::SafetensorsFile::Open(path);
+    if (!file.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "classification adapter ", artifact, ": its head ", c.head_file,
+          " cannot be read: ", file.status().message()));
+    }
+    auto head = (*file)->Get(c.head_tensor);
+    if (!head.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("classification adapter ", artifact, ": ",
+                                                        c.head_file, " has no tensor ",
+                                                        c.head_tensor));
+    }
+    const int64_t labels = static_cast<int64_t>(c.label_names.size());
+    if (head->dim() != 2 || head->size(0) != labels || head->size(1) != base_config_.hidden_size) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "classification adapter ", artifact, ": head ", c.head_tensor, " has shape [",
+          head->dim() > 0 ? head->size(0) : 0, ", ", head->dim() > 1 ? head->size(1) : 0,
+          "], expected [", labels, " labels, ", base_config_.hidden_size, " hidden]"));
+    }
+    adapter->head = head->to(device_, at::kFloat).contiguous();
+    adapter->labels = c.label_names;
+    adapter->bytes += static_cast<int64_t>(adapter->head.numel() * adapter->head.element_size());
   }
   return std::shared_ptr<const ServedAdapter>(std::move(adapter));
 }

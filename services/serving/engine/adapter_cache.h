@@ -42,6 +42,12 @@ struct ServedAdapter {
   std::optional<ServeContract> contract;
   // Why it was served anyway (e.g. no contract file).
   std::vector<std::string> warnings;
+  // A classification adapter (contract task "classification"): its head
+  // [num_labels, hidden] (fp32, on the device) and the label names;
+  // undefined / empty for a chat adapter.
+  at::Tensor head;
+  std::vector<std::string> labels;
+  bool classification() const { return head.defined(); }
 };
 
 struct AdapterCacheStats {

@@ -44,6 +44,30 @@ absl::StatusOr<ServeContract> ParseContract(const std::string& json, const std::
       c.stop_token_ids.push_back(v.get<int64_t>());
     }
   }
+  if (s = str("task", &c.task); !s.ok()) return s;
+  if (c.classification()) {
+    auto names = j.find("label_names");
+    if (names == j.end() || !names->is_array() || names->size() < 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": a classification contract needs \"label_names\" (at least 2 strings)"));
+    }
+    for (const auto& v : *names) {
+      if (!v.is_string() || v.get<std::string>().empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": \"label_names\" must be non-empty strings"));
+      }
+      c.label_names.push_back(v.get<std::string>());
+    }
+    if (auto h = j.find("classification_head"); h != j.end() && h->is_object()) {
+      if (auto f = h->find("file"); f != h->end() && f->is_string()) c.head_file = f->get<std::string>();
+      if (auto t = h->find("tensor"); t != h->end() && t->is_string())
+        c.head_tensor = t->get<std::string>();
+      if (c.head_file.empty() || c.head_file.find('/') != std::string::npos || c.head_file == "..") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ": \"classification_head.file\" must be a file name in the adapter directory"));
+      }
+    }
+  }
   if (auto it = j.find("generation"); it != j.end() && it->is_object()) {
     if (auto t = it->find("temperature"); t != it->end() && t->is_number())
       c.generation.temperature = t->get<double>();

@@ -7,7 +7,10 @@
 //    "tokenizer_sha256": "<hex of tokenizer.json>",
 //    "chat_template": "phi3",                     (optional)
 //    "stop_token_ids": [32000, 32007],
-//    "generation": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 256}}  (optional)
+//    "generation": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 256},  (optional)
+//    "task": "classification",                    (optional; else a chat model)
+//    "label_names": ["safe", "violence"],         (classification)
+//    "classification_head": {"file": "score.safetensors", "tensor": "score.weight"}}
 #pragma once
 
 #include <cstdint>
@@ -42,6 +45,14 @@ struct ServeContract {
   std::string chat_template;
   std::vector<int64_t> stop_token_ids;
   GenerationDefaults generation;
+  // "classification": a sequence classifier (the adapter plus a head
+  // [num_labels, hidden] on the last token's final hidden state); empty or
+  // anything else: a chat model.
+  std::string task;
+  std::vector<std::string> label_names;
+  std::string head_file = "score.safetensors";
+  std::string head_tensor = "score.weight";
+  bool classification() const { return task == "classification"; }
 };
 
 // Parses a contract; INVALID_ARGUMENT naming `source` and the field.

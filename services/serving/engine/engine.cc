@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/random.h"
 #include "common/model/sampling.h"
+#include "common/model/torch_status.h"
 
 namespace tunefleet::serving {
 
@@ -399,6 +400,45 @@ absl::Status Engine::CountStep(int64_t generated, int64_t prompt_fed) {
   stats_.prompt_tokens += prompt_fed;
   stats_.running = running;
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<double>> ClassifyTokens(const model::Decoder& decoder,
+                                                   const ServedAdapter& adapter,
+                                                   const std::vector<int64_t>& ids) {
+  if (ids.empty()) return absl::InvalidArgumentError("classify: the text rendered to no tokens");
+  if (!adapter.classification()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapter ", adapter.artifact, " has no classification head"));
+  }
+  const int64_t vocab = decoder.config().vocab_size;
+  for (int64_t id : ids) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("classify: token id ", id, " is outside the vocabulary of ", vocab));
+    }
+  }
+  return model::internal::CatchTorch("classify", [&]() -> absl::StatusOr<std::vector<double>> {
+    at::NoGradGuard no_grad;
+    at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0).to(adapter.head.device());
+    model::ForwardOptions fo;
+    fo.adapter = model::AdapterChoice(&adapter.lora);
+    auto hidden = decoder.ForwardHidden(input, fo);  // [1, T, hidden]
+    if (!hidden.ok()) return hidden.status();
+    at::Tensor last = (*hidden)[0][-1].to(at::kFloat);
+    at::Tensor p = at::softmax(at::matmul(adapter.head, last), 0).to(at::kCPU, at::kDouble).contiguous();
+    return std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
+  });
+}
+
+absl::StatusOr<std::vector<double>> Engine::Classify(const std::vector<int64_t>& ids,
+                                                    const ServedAdapter& adapter) {
+  auto probs = ClassifyTokens(decoder_, adapter, ids);
+  if (probs.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.classified;
+    stats_.prompt_tokens += static_cast<int64_t>(ids.size());
+  }
+  return probs;
 }
 
 }  // namespace tunefleet::serving
