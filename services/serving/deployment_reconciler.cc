@@ -20,16 +20,74 @@ DeploymentReconciler::DeploymentReconciler(std::shared_ptr<grpc::Channel> schedu
 
 DeploymentReconciler::~DeploymentReconciler() { Stop(); }
 
-void DeploymentReconciler::Start() { thread_ = std::thread([this] { Run(); }); }
+void DeploymentReconciler::Start() {
+  thread_ = std::thread([this] { Run(); });
+  reporter_ = std::thread([this] { RunReports(); });
+}
 
 void DeploymentReconciler::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
-  stop_.Cancel();
   cv_.notify_all();
+  if (reporter_.joinable()) reporter_.join();  // after its last report
+  stop_.Cancel();
   if (thread_.joinable()) thread_.join();
+}
+
+void DeploymentReconciler::RunReports() {
+  rpc::TypedClient<internal_v1::ServingControlService> client(channel_, BaseCallOptions());
+  // Not cancelled by Stop: the last report is the drain's.
+  rpc::CallOptions o = client.defaults();
+  o.cancel = nullptr;
+  o.retry_deadline_exceeded = true;
+  o.max_attempts = 2;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    if (options_.report_interval == absl::InfiniteDuration()) {
+      cv_.wait(lock, [&] { return stopping_; });
+    } else {
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.report_interval),
+                   [&] { return stopping_; });
+    }
+    const bool last = stopping_;
+    const std::string id = replica_id_;
+    const bool applied = applies_ > 0;
+    lock.unlock();
+    if (!id.empty() && applied) Report(id, o);
+    lock.lock();
+    if (last) return;
+  }
+}
+
+void DeploymentReconciler::Report(const std::string& replica_id, const rpc::CallOptions& options) {
+  std::lock_guard<std::mutex> serial(report_mu_);
+  std::map<std::string, DeploymentUsage> baseline;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (replica_id != replica_id_) return;  // registered again meanwhile
+    baseline = baseline_;
+  }
+  internal_v1::ReportReplicaStatusRequest report;
+  report.set_replica_id(replica_id);
+  for (const DeploymentStatus& st : replica_->Statuses()) {
+    auto* r = report.add_deployments();
+    r->set_deployment_id(st.id);
+    r->set_ready(st.ready);
+    r->set_error(st.error);
+    const DeploymentUsage& b = baseline[st.id];
+    r->set_requests(st.usage.requests - b.requests);
+    r->set_prompt_tokens(st.usage.prompt_tokens - b.prompt_tokens);
+    r->set_completion_tokens(st.usage.completion_tokens - b.completion_tokens);
+  }
+  rpc::TypedClient<internal_v1::ServingControlService> client(channel_, options);
+  absl::Status rs =
+      client.Call(&internal_v1::ServingControlService::Stub::ReportReplicaStatus, report, options)
+          .status();
+  if (!rs.ok()) {
+    spdlog::warn("replica={} status report failed: {}", options_.replica_name, rs.ToString());
+  }
 }
 
 bool DeploymentReconciler::WaitForFirstApply(absl::Duration timeout) {
@@ -80,8 +138,12 @@ void DeploymentReconciler::Run() {
         client.Call(&internal_v1::ServingControlService::Stub::RegisterReplica, reg, ro);
     if (!registered.ok()) return;  // stopped
     {
+      // Counters under a new replica id start from zero.
+      std::map<std::string, DeploymentUsage> baseline;
+      for (const DeploymentStatus& st : replica_->Statuses()) baseline[st.id] = st.usage;
       std::lock_guard<std::mutex> lock(mu_);
       replica_id_ = registered->replica_id();
+      baseline_ = std::move(baseline);
     }
     spdlog::info("replica={} registered as {}", options_.replica_name, registered->replica_id());
 
@@ -96,27 +158,14 @@ void DeploymentReconciler::Run() {
       backoff = options_.min_backoff;
       std::vector<DeploymentSpec> specs;
       for (const auto& d : desired.deployments()) specs.push_back(SpecFromProto(d));
-      std::vector<DeploymentStatus> statuses = replica_->Apply(specs);
+      replica_->Apply(specs);
       // Health before the report: once the scheduler hears "ready", the
       // replica already answers probes as serving.
       if (on_applied_) on_applied_(replica_->BasesLoaded());
-      internal_v1::ReportReplicaStatusRequest report;
-      report.set_replica_id(registered->replica_id());
-      for (const DeploymentStatus& st : statuses) {
-        auto* r = report.add_deployments();
-        r->set_deployment_id(st.id);
-        r->set_ready(st.ready);
-        r->set_error(st.error);
-      }
-      // The full set each time: repeating it is harmless.
+      // The full set each time (with the usage): repeating it is harmless.
       rpc::CallOptions so = client.defaults();
       so.retry_deadline_exceeded = true;
-      absl::Status rs =
-          client.Call(&internal_v1::ServingControlService::Stub::ReportReplicaStatus, report, so)
-              .status();
-      if (!rs.ok()) {
-        spdlog::warn("replica={} status report failed: {}", options_.replica_name, rs.ToString());
-      }
+      Report(registered->replica_id(), so);
       {
         std::lock_guard<std::mutex> lock(mu_);
         applied_generation_ = desired.generation();

@@ -1,13 +1,18 @@
 // Keeps a replica in step with the scheduler (the Kubernetes controller
 // pattern): registers, watches the desired deployments (a full set per
 // message), applies each set to the Replica and reports every deployment's
-// readiness. Registration retries every error (rpc::CallWithRetry) until it
+// readiness and usage. Registration retries every error (rpc::CallWithRetry) until it
 // works or Stop(); a broken stream is re-established with backoff
-// (registering again: the scheduler may have restarted). Owns one thread.
+// (registering again: the scheduler may have restarted). Besides the report
+// after each apply, a second thread reports every report_interval (and once
+// at Stop, the drain) each deployment's readiness and its usage since this
+// registration (requests, prompt and completion tokens: cumulative counters
+// under the replica id; the scheduler keeps the deltas). Owns two threads.
 #pragma once
 
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +37,9 @@ struct ReconcilerOptions {
   absl::Duration watch_timeout = absl::Hours(1);
   absl::Duration min_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(10);
+  // Usage reports between applies; InfiniteDuration: only after applies
+  // and at Stop.
+  absl::Duration report_interval = absl::Seconds(10);
 };
 
 class DeploymentReconciler {
@@ -42,6 +50,7 @@ class DeploymentReconciler {
                        ReconcilerOptions options, std::function<void(bool)> on_applied = nullptr);
   ~DeploymentReconciler();  // Stop()
   void Start();
+  // Sends a last report (the drain), then stops.
   void Stop();
   // Waits until a desired set has been applied; false on timeout.
   bool WaitForFirstApply(absl::Duration timeout);
@@ -50,7 +59,12 @@ class DeploymentReconciler {
 
  private:
   void Run();
+  void RunReports();
   rpc::CallOptions BaseCallOptions();
+  // Every deployment's status and its usage since the registration as
+  // `replica_id` (the usage baseline taken then); serialized, so that the
+  // scheduler sees the counters in order.
+  void Report(const std::string& replica_id, const rpc::CallOptions& options);
 
   std::shared_ptr<grpc::Channel> channel_;
   Replica* replica_;
@@ -62,8 +76,11 @@ class DeploymentReconciler {
   int64_t applied_generation_ = -1;
   int64_t applies_ = 0;
   std::string replica_id_;
+  std::map<std::string, DeploymentUsage> baseline_;  // usage at registration; guarded by mu_
+  std::mutex report_mu_;  // one report at a time
   rpc::CallCancellation stop_;  // cancels the call in flight and any backoff
   std::thread thread_;
+  std::thread reporter_;
 };
 
 }  // namespace tunefleet::serving

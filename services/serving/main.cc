@@ -46,6 +46,9 @@ ABSL_FLAG(bool, classifier_fail_open, false,
           "When a deployment's remote classifier fails and its policy leaves on_classifier_error "
           "unspecified: pass the text (true) or block it (false)");
 ABSL_FLAG(int, classifier_timeout_ms, 500, "Deadline of each remote classifier call");
+ABSL_FLAG(absl::Duration, status_report_interval, absl::Seconds(10),
+          "How often the replica reports its deployments' readiness and usage (requests, "
+          "tokens) to the scheduler besides after each change and at shutdown; inf: only then");
 ABSL_FLAG(std::string, profanity_languages, "", "Comma-separated lexicon languages (empty: all)");
 
 namespace {
@@ -189,6 +192,7 @@ int main(int argc, char** argv) {
   ro.advertise_address = absl::GetFlag(FLAGS_advertise_address);
   if (ro.advertise_address.empty()) ro.advertise_address = "localhost:" + std::to_string(server.port());
   ro.internal_key = internal_key;
+  ro.report_interval = absl::GetFlag(FLAGS_status_report_interval);
   serving::Replica* core = replica->get();
   serving::DeploymentReconciler reconciler(*channel, core, ro, [&](bool bases_loaded) {
     metrics.Refresh(*core);

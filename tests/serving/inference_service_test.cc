@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <condition_variable>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -80,7 +81,11 @@ class FakeScheduler final : public internal_v1::ServingControlService::Service {
   grpc::Status ReportReplicaStatus(grpc::ServerContext*, const internal_v1::ReportReplicaStatusRequest* r,
                                    internal_v1::ReportReplicaStatusResponse*) override {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& d : r->deployments()) status_[d.deployment_id()] = d;
+    last_ids_.clear();
+    for (const auto& d : r->deployments()) {
+      status_[d.deployment_id()] = d;
+      last_ids_.insert(d.deployment_id());
+    }
     ++reports_;
     cv_.notify_all();
     return grpc::Status::OK;
@@ -93,11 +98,25 @@ class FakeScheduler final : public internal_v1::ServingControlService::Service {
     for (auto& d : deployments) *desired_.add_deployments() = d;
     cv_.notify_all();
   }
-  // Waits for a report after the current generation was sent.
+  // Waits for a report after the current generation was sent: one of the
+  // desired set (a periodic report of the set before is not it).
   std::map<std::string, internal_v1::ReplicaDeploymentStatus> WaitForReport(int64_t after_reports) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return reports_ > after_reports; });
+    cv_.wait(lock, [&] {
+      std::set<std::string> want;
+      for (const auto& d : desired_.deployments()) want.insert(d.deployment().id());
+      return reports_ > after_reports && last_ids_ == want;
+    });
     return status_;
+  }
+  // Waits (up to 30 s) until a report's status of `deployment` satisfies `pred`.
+  bool WaitForStatus(const std::string& deployment,
+                     std::function<bool(const internal_v1::ReplicaDeploymentStatus&)> pred) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(30), [&] {
+      auto it = status_.find(deployment);
+      return it != status_.end() && pred(it->second);
+    });
   }
   int64_t reports() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -114,6 +133,7 @@ class FakeScheduler final : public internal_v1::ServingControlService::Service {
   std::condition_variable cv_;
   internal_v1::DesiredDeployments desired_;
   std::map<std::string, internal_v1::ReplicaDeploymentStatus> status_;
+  std::set<std::string> last_ids_;  // the deployments of the last report
   int64_t reports_ = 0, registrations_ = 0;
   bool stopping_ = false;
 };
@@ -292,6 +312,7 @@ class ServingTest : public ::testing::Test {
     ro.replica_name = "r1";
     ro.advertise_address = co.target;
     ro.internal_key = (*keys_)[2].key;
+    ro.report_interval = absl::Milliseconds(100);  // usage reports between applies
     const int64_t reports = scheduler_->reports();
     reconciler_ = new DeploymentReconciler(*rpc::MakeChannel(co), replica_, ro, [](bool loaded) {
       if (loaded) server_->SetServing(true);
@@ -483,6 +504,39 @@ TEST_F(ServingTest, UnaryAndStreamedAnswersAgreeAndCarryUsage) {
   v1::ChatCompletionResponse adapted;
   ASSERT_TRUE(Unary(Chat("dep-a", kPrompt), &adapted).ok());
   EXPECT_NE(adapted.choices(0).message().content(), *answer_);
+}
+
+TEST_F(ServingTest, TheReconcilerReportsEachDeploymentsUsagePeriodically) {
+  auto usage = [] {
+    for (const DeploymentStatus& st : replica_->Statuses()) {
+      if (st.id == "dep-open") return st.usage;
+    }
+    return DeploymentUsage{};
+  };
+  const DeploymentUsage before = usage();
+  int64_t prompt = 0, completion = 0;
+  for (int i = 0; i < 3; ++i) {
+    v1::ChatCompletionResponse resp;
+    ASSERT_TRUE(Unary(Chat("dep-open", kPrompt, 3 + i), &resp).ok());
+    prompt += resp.usage().prompt_tokens();
+    completion += resp.usage().completion_tokens();
+  }
+  // The replica's counters: what the answers' usage said.
+  const DeploymentUsage after = usage();
+  EXPECT_EQ(after.requests - before.requests, 3);
+  EXPECT_EQ(after.prompt_tokens - before.prompt_tokens, prompt);
+  EXPECT_EQ(after.completion_tokens - before.completion_tokens, 3 + 4 + 5);
+  EXPECT_EQ(completion, 3 + 4 + 5);
+  // No apply happens here: a periodic report carries them to the scheduler
+  // (the counters since the registration, which came before any chat).
+  internal_v1::ReplicaDeploymentStatus seen;
+  EXPECT_TRUE(scheduler_->WaitForStatus("dep-open", [&](const auto& st) {
+    seen = st;
+    return st.requests() == after.requests;
+  })) << seen.DebugString();
+  EXPECT_EQ(seen.prompt_tokens(), after.prompt_tokens);
+  EXPECT_EQ(seen.completion_tokens(), after.completion_tokens);
+  EXPECT_TRUE(seen.ready());
 }
 
 TEST_F(ServingTest, EveryBadRequestNamesItsField) {
