@@ -49,5 +49,6 @@ void AddJobsCommands(CLI::App* app, int* exit_code);
 void AddModelsCommands(CLI::App* app, int* exit_code);
 void AddDeploymentsCommands(CLI::App* app, int* exit_code);
 void AddChatCommand(CLI::App* app, int* exit_code);
+void AddUsageCommand(CLI::App* app, int* exit_code);
 
 }  // namespace tunefleet::cli

@@ -177,6 +177,7 @@ int main(int argc, char** argv) {
   cli::AddJobsCommands(&app, &exit_code);
   cli::AddModelsCommands(&app, &exit_code);
   cli::AddDeploymentsCommands(&app, &exit_code);
+  cli::AddUsageCommand(&app, &exit_code);
   cli::AddChatCommand(&app, &exit_code);
 
   // Usage errors exit with 2, like INVALID_ARGUMENT (cli/commands.h).

@@ -21,6 +21,7 @@ struct DatasetFile {
   int64_t examples = 0;
   int64_t trained_tokens = 0;  // per epoch; 0 when not counted
   int64_t bytes = 0;  // the file's size
+  int64_t labels = 0;  // classification data: distinct labels (0: none counted)
 };
 
 // Thread-safe. Each call acts for `tenant`: another tenant's file is NOT_FOUND.

@@ -14,6 +14,7 @@ DatasetFile FromProto(const v1::File& f) {
   d.status_details = f.status_details();
   d.examples = f.validation().statistics().examples();
   d.trained_tokens = f.validation().statistics().trained_tokens();
+  d.labels = f.validation().statistics().label_counts_size();
   d.bytes = f.bytes();
   return d;
 }

@@ -360,7 +360,8 @@ std::string MethodName(const v1::Method& method) {
 }
 
 v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType adapter,
-                                     const v1::Method& method, const v1::Hyperparameters& h) {
+                                     const v1::Method& method, const v1::Hyperparameters& h,
+                                     int64_t num_labels) {
   MemoryEstimateInput in;
   in.shape = model.shape;
   in.full = adapter == v1::ADAPTER_TYPE_FULL;
@@ -371,6 +372,7 @@ v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType ada
   in.sequence_length = h.max_sequence_length();
   in.gradient_checkpointing = h.gradient_checkpointing();
   in.dpo = method.kind_case() == v1::Method::kDpo;
+  in.num_labels = num_labels;
   return EstimateMemory(in);
 }
 

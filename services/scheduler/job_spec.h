@@ -125,8 +125,10 @@ v1::DataFormat NeededFormat(const v1::Method& method, v1::TrainingTask task);
 // "supervised" or "dpo".
 std::string MethodName(const v1::Method& method);
 
-// Job.memory_estimate for resolved values, by memory_estimate.h (fp32).
+// Job.memory_estimate for resolved values, by memory_estimate.h (fp32);
+// `num_labels` > 0 for a classification job (its label head).
 v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType adapter,
-                                     const v1::Method& method, const v1::Hyperparameters& resolved);
+                                     const v1::Method& method, const v1::Hyperparameters& resolved,
+                                     int64_t num_labels = 0);
 
 }  // namespace tunefleet::scheduler

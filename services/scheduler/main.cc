@@ -39,6 +39,8 @@ ABSL_FLAG(absl::Duration, trained_tokens_period, absl::Hours(24 * 30),
           "The rolling window of --max_trained_tokens_per_tenant");
 ABSL_FLAG(int, io_threads, 16,
           "Threads for blocking work: calls wait here for their group commit (one shared fsync)");
+ABSL_FLAG(std::string, price_table, "",
+          "JSON price table per base model (services/scheduler/usage.h); empty: usage unpriced");
 ABSL_FLAG(bool, group_commit, true,
           "Share one WAL fsync between concurrent mutations (off: one fsync per mutation)");
 
@@ -82,6 +84,14 @@ int main(int argc, char** argv) {
   options.max_gpus_per_tenant = absl::GetFlag(FLAGS_max_gpus_per_tenant);
   options.max_trained_tokens_per_tenant = absl::GetFlag(FLAGS_max_trained_tokens_per_tenant);
   options.trained_tokens_period = absl::GetFlag(FLAGS_trained_tokens_period);
+  if (!absl::GetFlag(FLAGS_price_table).empty()) {
+    auto prices = scheduler::PriceTable::LoadFile(absl::GetFlag(FLAGS_price_table));
+    if (!prices.ok()) {
+      spdlog::critical("--price_table: {}", prices.status().ToString());
+      return 2;
+    }
+    options.prices = *std::move(prices);
+  }
   auto sched = scheduler::Scheduler::Open(options, &dataset);
   if (!sched.ok()) {
     spdlog::critical("cannot open {}: {}", options.db_path, sched.status().ToString());
@@ -94,12 +104,14 @@ int main(int argc, char** argv) {
   scheduler::DeploymentServiceImpl deployments(&auth, sched->get(), &executor);
   scheduler::TrainerControlServiceImpl trainer_control(&auth, sched->get(), &executor);
   scheduler::ServingControlServiceImpl serving_control(&auth, sched->get(), &executor);
+  scheduler::UsageServiceImpl usage(&auth, sched->get(), &executor);
   rpc::Server server(flags.server);
   server.AddService(&jobs);
   server.AddService(&models);
   server.AddService(&deployments);
   server.AddService(&trainer_control);
   server.AddService(&serving_control);
+  server.AddService(&usage);
 
   scheduler::SchedulerMetrics metrics(server.registry());
   // The one clock of the control plane: leases and placement.

@@ -64,10 +64,13 @@ v1::MemoryEstimate EstimateMemory(const MemoryEstimateInput& in) {
   int64_t weights = P * wb;
   if (!in.full) weights += T * 4;
   if (in.full && in.dpo) weights += P * wb;
-  const int64_t gradients = in.full ? P * wb : T * 4;
-  const int64_t optimizer = T * 8;
+  const int64_t head = std::max<int64_t>(0, in.num_labels) * h;  // fp32 label head
+  weights += head * 4;
+  const int64_t gradients = (in.full ? P * wb : T * 4) + head * 4;
+  const int64_t optimizer = (T + head) * 8;
   const int64_t A = 4 * h + 2 * q + 2 * kv + 2 * s.num_heads * S + 4 * I;
-  const int64_t per_token = in.gradient_checkpointing ? L * h + A + 2 * V : L * A + 2 * V;
+  const int64_t logits = in.num_labels > 0 ? 0 : 2 * V;
+  const int64_t per_token = in.gradient_checkpointing ? L * h + A + logits : L * A + logits;
   const int64_t tokens = std::max<int64_t>(1, in.micro_batch_size) * S * (in.dpo ? 2 : 1);
   const int64_t activations = tokens * per_token * ab;
 

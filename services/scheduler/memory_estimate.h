@@ -36,6 +36,12 @@
 //     (2*V: the logits and their log-softmax)
 //   total           = weights + gradients + optimizer_state + activations
 //
+// Classification (K labels, K > 0): the worker trains an fp32 label head
+// [K, h] on the last token instead of the vocabulary logits, so the head
+// adds K*h to T (with LoRA and full alike: weights += K*h*4, gradients
+// K*h*4, optimizer K*h*8) and per_token drops its 2*V (the K logits per
+// sequence are negligible). The decoder's own lm_head stays in P (loaded).
+//
 // Activations assume every sequence of the micro-batch is S tokens long
 // (packing fills them; unpacked short examples use less). Framework
 // workspace, allocator fragmentation and fp32 master weights for bf16 full
@@ -80,6 +86,8 @@ struct MemoryEstimateInput {
   int64_t sequence_length = 0;
   bool gradient_checkpointing = false;
   bool dpo = false;
+  // Classification: the number of labels (0: a chat job, vocabulary logits).
+  int64_t num_labels = 0;
 };
 
 // The formula above; measured_peak_bytes stays 0.

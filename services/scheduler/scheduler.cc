@@ -195,6 +195,15 @@ class Scheduler::Txn {
     }
     for (auto& id : batch_.deleted_nodes) s_->nodes_.erase(id);
     for (auto& r : batch_.replicas) s_->replicas_[r.id].record = r;
+    for (auto& u : batch_.deployment_usage) {
+      auto& list = s_->deployment_usage_[u.deployment_id];
+      auto same = std::find_if(list.begin(), list.end(),
+                               [&](const DeploymentUsageRecord& x) { return x.id == u.id; });
+      if (same != list.end()) *same = u;
+      else list.push_back(u);
+    }
+    for (auto& c : batch_.replica_counters)
+      s_->replica_counters_[{c.replica_id, c.deployment_id}] = c.counters;
     if (desired_changed_) {
       ++s_->generation_;
       topics_.insert(kDeploymentsTopic);
@@ -258,6 +267,24 @@ absl::Status Scheduler::Load() {
   // there keeps its attempts by heartbeating; one that is gone expires.
   for (auto& n : snap.nodes) nodes_[n.id] = NodeState{n, now + options_.lease};
   for (auto& r : snap.replicas) replicas_[r.id].record = r;
+  for (auto& u : snap.deployment_usage) deployment_usage_[u.deployment_id].push_back(std::move(u));
+  for (auto& c : snap.replica_counters)
+    replica_counters_[{c.replica_id, c.deployment_id}] = c.counters;
+  // Deployments made before usage was kept: counted from their creation.
+  Batch usage;
+  for (const auto& [id, d] : deployments_) {
+    bool open = false;
+    for (const auto& u : deployment_usage_[id]) open = open || (u.end_us == 0 && u.tenant == d.tenant);
+    if (open) continue;
+    usage.deployment_usage.push_back(DeploymentUsageRecord{
+        NewId("dusage"), id, d.tenant, d.deployment.model(), d.base_artifact,
+        d.deployment.replicas(), absl::ToUnixMicros(FromTimestamp(d.deployment.created_at())), 0});
+    deployment_usage_[id].push_back(usage.deployment_usage.back());
+  }
+  if (!usage.empty()) {
+    TF_ASSIGN_OR_RETURN(int64_t seq, store_->Commit(usage));
+    TF_RETURN_IF_ERROR(store_->Sync(seq));
+  }
   // Monotonic across restarts without storing it.
   generation_ = absl::ToUnixMicros(now);
   spdlog::info("scheduler loaded: {} jobs, {} models, {} deployments, {} nodes, {} assignments",
@@ -291,6 +318,7 @@ absl::StatusOr<JobRecord*> Scheduler::FindJob(const std::string& tenant,
 
 v1::Job Scheduler::View(const std::string& id, const JobRecord& j, bool with_position) {
   v1::Job job = j.job;
+  AddJobCost(id, j, &job);
   if (with_position && job.state() == v1::JOB_STATE_QUEUED) {
     // 1 + the queued jobs ahead in queue order (priority, then fair share
     // between tenants, then age: placement.h).
@@ -449,13 +477,8 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   *job.mutable_labels() = req.labels();
   job.set_description(req.description());
   *job.mutable_memory_estimate() =
-      EstimateJobMemory(*model, job.adapter(), method, resolved.hyperparameters);
-  job.set_trained_tokens(0);
-  job.set_state(v1::JOB_STATE_VALIDATING_FILES);
-  if (req.validate_only()) {
-    job.set_state(v1::JOB_STATE_UNSPECIFIED);
-    return job;
-  }
+      EstimateJobMemory(*model, job.adapter(), method, resolved.hyperparameters,
+                        chat ? 0 : std::max<int64_t>(2, train.labels));
   // The trained-token estimate: the file's per-epoch count of trained tokens
   // (or, when the dataset service counted none — it counts with a base
   // model's tokenizer only — its bytes / 4, an over-estimate for chat JSON),
@@ -467,6 +490,17 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
         static_cast<double>(per_epoch) / static_cast<double>(train.examples);
     estimated_tokens = static_cast<int64_t>(per_example * static_cast<double>(
         resolved.total_steps * resolved.hyperparameters.batch_size()));
+  }
+  job.set_estimated_trained_tokens(estimated_tokens);
+  if (const Price* price = options_.prices.Find(root_base)) {
+    job.set_estimated_cost(JobCost(*price, estimated_tokens, 0));
+    job.set_currency(price->currency);
+  }
+  job.set_trained_tokens(0);
+  job.set_state(v1::JOB_STATE_VALIDATING_FILES);
+  if (req.validate_only()) {
+    job.set_state(v1::JOB_STATE_UNSPECIFIED);
+    return job;
   }
   {
     absl::MutexLock lock(&mu_);  // before anything is split or held
@@ -1049,6 +1083,7 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
     if (deployments_.count(d.deployment.id())) return taken(d.deployment.id());
     if (!d.adapter_artifact.empty()) TF_RETURN_IF_ERROR(FindFineTuned(tenant, req.model()).status());
     t.AddDeployment(d);
+    DeploymentUsageChanged(t.batch(), t.now(), d.deployment.id(), &d);
     t.DesiredChanged();
     TF_RETURN_IF_ERROR(t.Commit());
   }
@@ -1096,6 +1131,7 @@ absl::StatusOr<v1::Deployment> Scheduler::DeleteDeployment(const std::string& te
     gone = it->second.deployment;
     gone.set_state(v1::DEPLOYMENT_STATE_DELETING);
     t.batch().deleted_deployments.push_back(id);
+    DeploymentUsageChanged(t.batch(), t.now(), id, nullptr);
     t.DesiredChanged();
     TF_RETURN_IF_ERROR(t.Commit());
     for (auto& [rid, r] : replicas_) r.statuses.erase(id);
@@ -1169,7 +1205,10 @@ absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& te
       d.base_artifact = base;
       d.adapter_artifact = adapter;
     }
+    const int32_t old_replicas = d.deployment.replicas();
     if (replicas) d.deployment.set_replicas(std::max(1, patch.replicas()));
+    if (new_model || d.deployment.replicas() != old_replicas)
+      DeploymentUsageChanged(t.batch(), t.now(), patch.id(), &d);
     if (filter) *d.deployment.mutable_content_filter() = patch.content_filter();
     if (new_model) {
       // What replicas reported was about the old model.
@@ -1300,6 +1339,7 @@ absl::StatusOr<iv1::ReportReplicaStatusResponse> Scheduler::ReportReplicaStatus(
     for (const auto& [id, s] : it->second.statuses) touched.insert(id);
     it->second.statuses.clear();
     for (const auto& s : req.deployments()) {
+      CountInference(t.batch(), t.now(), req.replica_id(), s);  // served before a delete still counts
       if (!deployments_.count(s.deployment_id())) continue;  // deleted meanwhile
       it->second.statuses[s.deployment_id()] = s;
       touched.insert(s.deployment_id());
@@ -1531,6 +1571,11 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
     const std::string& job_id = a.job_id();
     v1::JobState s = jobs_.at(job_id).job.state();
     if (req.trained_tokens() > 0 && a.rank() == 0) t.Job(job_id).job.set_trained_tokens(req.trained_tokens());
+    if (req.peak_rss_bytes() > 0) {
+      // The largest rank's peak, beside the estimate.
+      v1::MemoryEstimate* m = t.Job(job_id).job.mutable_memory_estimate();
+      m->set_measured_peak_bytes(std::max(m->measured_peak_bytes(), req.peak_rss_bytes()));
+    }
     if (req.has_evaluation() && req.succeeded() && a.rank() == 0) {
       *t.Job(job_id).job.mutable_evaluation() = req.evaluation();
     }

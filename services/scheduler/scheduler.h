@@ -28,8 +28,10 @@
 #include "services/scheduler/model_archive.h"
 #include "services/scheduler/placement.h"
 #include "services/scheduler/scheduler_store.h"
+#include "services/scheduler/usage.h"
 #include "tunefleet/internal/v1/serving.pb.h"
 #include "tunefleet/internal/v1/trainer.pb.h"
+#include "tunefleet/v1/usage.pb.h"
 
 namespace tunefleet::scheduler {
 
@@ -63,6 +65,8 @@ struct SchedulerOptions {
   absl::Duration trained_tokens_period = absl::Hours(24 * 30);
   // Group commit (see SchedulerStore); off: one fsync per mutation.
   bool group_commit = true;
+  // Prices per base model (usage.h); empty: usage is reported unpriced.
+  PriceTable prices;
 };
 
 inline std::string JobTopic(const std::string& job_id) { return "job/" + job_id; }
@@ -127,6 +131,11 @@ class Scheduler {
   // content_filter) to the deployment; the id stays.
   absl::StatusOr<v1::Deployment> UpdateDeployment(const std::string& tenant,
                                                   const v1::UpdateDeploymentRequest& req);
+
+  // Usage and cost of `tenant` in [start, end) (scheduler_usage.cc).
+  absl::StatusOr<v1::UsageReport> GetUsage(const std::string& tenant, absl::Time start,
+                                           absl::Time end);
+  absl::Time Now() const { return options_.clock->Now(); }
 
   // Trainer agents.
   absl::StatusOr<iv1::RegisterNodeResponse> RegisterNode(const iv1::RegisterNodeRequest& req);
@@ -231,6 +240,18 @@ class Scheduler {
   absl::Status CheckQuota(const std::string& tenant, int gpus, int64_t tokens)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecomputeDeployment(Txn& t, const std::string& dep_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Usage: closes the deployment's open usage stretch and, unless it is
+  // gone (`now` null), opens one with its current model and replicas.
+  void DeploymentUsageChanged(Batch& b, absl::Time at, const std::string& dep_id,
+                              const DeploymentRecord* now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A replica's cumulative counters for one deployment: the delta since its
+  // last report goes into the batch (a stale or repeated report adds nothing).
+  void CountInference(Batch& b, absl::Time at, const std::string& replica_id,
+                      const iv1::ReplicaDeploymentStatus& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the job view's accelerator_seconds, cost and currency.
+  void AddJobCost(const std::string& id, const JobRecord& j, v1::Job* job)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for durability, releases files, wakes watchers.
   absl::Status AfterCommit(Txn& t) ABSL_LOCKS_EXCLUDED(mu_);
   // Checkpoint-and-finish for one assignment (CompleteAssignment, or an agent
@@ -256,6 +277,11 @@ class Scheduler {
   std::map<std::string, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ReplicaState> replicas_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Progress> progress_ ABSL_GUARDED_BY(mu_);
+  // Usage: every deployment's stretches (by deployment id, oldest first,
+  // deleted deployments too) and each replica's last counters.
+  std::map<std::string, std::vector<DeploymentUsageRecord>> deployment_usage_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, UsageCounters> replica_counters_
+      ABSL_GUARDED_BY(mu_);
   // Running jobs asked to checkpoint and stop for a higher-priority one
   // (memory only: after a restart a victim simply keeps running).
   std::set<std::string> preempting_ ABSL_GUARDED_BY(mu_);

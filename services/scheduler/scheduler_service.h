@@ -15,6 +15,7 @@
 #include "tunefleet/v1/deployments.grpc.pb.h"
 #include "tunefleet/v1/jobs.grpc.pb.h"
 #include "tunefleet/v1/models.grpc.pb.h"
+#include "tunefleet/v1/usage.grpc.pb.h"
 
 namespace tunefleet::scheduler {
 
@@ -111,6 +112,21 @@ class DeploymentServiceImpl final : public v1::DeploymentService::CallbackServic
                                              v1::Deployment* response) override;
   grpc::ServerWriteReactor<v1::Deployment>* WatchDeployment(
       grpc::CallbackServerContext* context, const v1::WatchDeploymentRequest* request) override;
+
+ private:
+  const rpc::Authenticator& auth_;
+  Scheduler* scheduler_;
+  rpc::Executor* executor_;
+};
+
+// UsageService: a tenant's own usage; an internal caller names the tenant.
+class UsageServiceImpl final : public v1::UsageService::CallbackService {
+ public:
+  UsageServiceImpl(const rpc::Authenticator* auth, Scheduler* scheduler, rpc::Executor* executor)
+      : auth_(*auth), scheduler_(scheduler), executor_(executor) {}
+  grpc::ServerUnaryReactor* GetUsage(grpc::CallbackServerContext* context,
+                                     const v1::GetUsageRequest* request,
+                                     v1::UsageReport* response) override;
 
  private:
   const rpc::Authenticator& auth_;

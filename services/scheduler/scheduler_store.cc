@@ -76,6 +76,33 @@ ALTER TABLE deployments ADD COLUMN request_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE jobs ADD COLUMN init_artifact TEXT NOT NULL DEFAULT '';
 ALTER TABLE jobs ADD COLUMN estimated_tokens INTEGER NOT NULL DEFAULT 0;
 )sql"},
+    {4, R"sql(
+CREATE TABLE deployment_usage (
+  id TEXT PRIMARY KEY,
+  deployment_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  model TEXT NOT NULL,
+  base_model TEXT NOT NULL,
+  replicas INTEGER NOT NULL,
+  start_us INTEGER NOT NULL,
+  end_us INTEGER NOT NULL);
+CREATE TABLE replica_counters (
+  replica_id TEXT NOT NULL,
+  deployment_id TEXT NOT NULL,
+  requests INTEGER NOT NULL,
+  prompt_tokens INTEGER NOT NULL,
+  completion_tokens INTEGER NOT NULL,
+  PRIMARY KEY (replica_id, deployment_id)) WITHOUT ROWID;
+CREATE TABLE inference_usage (
+  tenant TEXT NOT NULL,
+  minute_us INTEGER NOT NULL,
+  deployment_id TEXT NOT NULL,
+  base_model TEXT NOT NULL,
+  requests INTEGER NOT NULL,
+  prompt_tokens INTEGER NOT NULL,
+  completion_tokens INTEGER NOT NULL,
+  PRIMARY KEY (tenant, minute_us, deployment_id, base_model)) WITHOUT ROWID;
+)sql"},
 };
 
 template <typename Proto>
@@ -216,7 +243,37 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
   for (const auto& r : rows) {
     s.replicas.push_back(ReplicaRecord{r[0].AsText(), r[1].AsText(), r[2].AsText()});
   }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query(
+      "SELECT id, deployment_id, tenant, model, base_model, replicas, start_us, end_us "
+      "FROM deployment_usage ORDER BY start_us"));
+  for (const auto& r : rows) {
+    s.deployment_usage.push_back(DeploymentUsageRecord{
+        r[0].AsText(), r[1].AsText(), r[2].AsText(), r[3].AsText(), r[4].AsText(),
+        static_cast<int32_t>(r[5].AsInt64()), r[6].AsInt64(), r[7].AsInt64()});
+  }
+  TF_ASSIGN_OR_RETURN(rows, db_->Query(
+      "SELECT replica_id, deployment_id, requests, prompt_tokens, completion_tokens "
+      "FROM replica_counters"));
+  for (const auto& r : rows) {
+    s.replica_counters.push_back(ReplicaCounterRecord{
+        r[0].AsText(), r[1].AsText(), UsageCounters{r[2].AsInt64(), r[3].AsInt64(), r[4].AsInt64()}});
+  }
   return s;
+}
+
+absl::StatusOr<std::vector<InferenceTotal>> SchedulerStore::InferenceUsage(
+    const std::string& tenant, int64_t start_us, int64_t end_us) {
+  TF_ASSIGN_OR_RETURN(auto rows, db_->Query(
+      "SELECT deployment_id, base_model, SUM(requests), SUM(prompt_tokens), "
+      "SUM(completion_tokens) FROM inference_usage WHERE tenant = ? AND minute_us >= ? AND "
+      "minute_us < ? GROUP BY deployment_id, base_model ORDER BY deployment_id",
+      {tenant, start_us, end_us}));
+  std::vector<InferenceTotal> out;
+  for (const auto& r : rows) {
+    out.push_back(InferenceTotal{r[0].AsText(), r[1].AsText(),
+                                 UsageCounters{r[2].AsInt64(), r[3].AsInt64(), r[4].AsInt64()}});
+  }
+  return out;
 }
 
 absl::Status SchedulerStore::Exec(const char* sql, std::initializer_list<store::Value> params) {
@@ -290,6 +347,30 @@ absl::StatusOr<int64_t> SchedulerStore::Commit(const Batch& b) {
     TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO replicas (id, name, address) VALUES (?,?,?)",
         {r.id, r.name, r.address}));
+  }
+  for (const auto& u : b.deployment_usage) {
+    TF_RETURN_IF_ERROR(Exec(
+        "INSERT OR REPLACE INTO deployment_usage (id, deployment_id, tenant, model, base_model, "
+        "replicas, start_us, end_us) VALUES (?,?,?,?,?,?,?,?)",
+        {u.id, u.deployment_id, u.tenant, u.model, u.base_model, u.replicas, u.start_us,
+         u.end_us}));
+  }
+  for (const auto& c : b.replica_counters) {
+    TF_RETURN_IF_ERROR(Exec(
+        "INSERT OR REPLACE INTO replica_counters (replica_id, deployment_id, requests, "
+        "prompt_tokens, completion_tokens) VALUES (?,?,?,?,?)",
+        {c.replica_id, c.deployment_id, c.counters.requests, c.counters.prompt_tokens,
+         c.counters.completion_tokens}));
+  }
+  for (const auto& d : b.inference) {
+    TF_RETURN_IF_ERROR(Exec(
+        "INSERT INTO inference_usage (tenant, minute_us, deployment_id, base_model, requests, "
+        "prompt_tokens, completion_tokens) VALUES (?,?,?,?,?,?,?) ON CONFLICT (tenant, "
+        "minute_us, deployment_id, base_model) DO UPDATE SET requests = requests + "
+        "excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+        "completion_tokens = completion_tokens + excluded.completion_tokens",
+        {d.tenant, d.minute_us, d.deployment_id, d.base_model, d.delta.requests,
+         d.delta.prompt_tokens, d.delta.completion_tokens}));
   }
   TF_RETURN_IF_ERROR(txn.Commit());
   return ++committed_;

@@ -96,6 +96,50 @@ struct ReplicaRecord {
   std::string address;
 };
 
+// Usage (usage.h): a deployment's desired replicas over one stretch of its
+// life (a new row when it is created or its model or replicas change; closed
+// when that happens again or it is deleted). Kept after the deployment is.
+struct DeploymentUsageRecord {
+  std::string id;  // row key
+  std::string deployment_id;
+  std::string tenant;
+  std::string model;
+  std::string base_model;  // the price table's key
+  int32_t replicas = 0;
+  int64_t start_us = 0;  // unix micros
+  int64_t end_us = 0;    // 0: still open
+};
+
+struct UsageCounters {
+  int64_t requests = 0;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+};
+
+// The last cumulative counters a replica reported for a deployment (the
+// base of the next delta).
+struct ReplicaCounterRecord {
+  std::string replica_id;
+  std::string deployment_id;
+  UsageCounters counters;
+};
+
+// Inference served, added into the deployment's one-minute bucket.
+struct InferenceDelta {
+  std::string deployment_id;
+  std::string tenant;
+  std::string base_model;
+  int64_t minute_us = 0;  // unix micros of the minute's start
+  UsageCounters delta;
+};
+
+// A deployment's inference in a period (InferenceUsage).
+struct InferenceTotal {
+  std::string deployment_id;
+  std::string base_model;
+  UsageCounters counters;
+};
+
 // One transaction's worth of writes. Upserts replace the whole row.
 struct Batch {
   std::vector<std::pair<std::string, JobRecord>> jobs;  // (id, record)
@@ -110,11 +154,15 @@ struct Batch {
   std::vector<NodeRecord> nodes;
   std::vector<std::string> deleted_nodes;
   std::vector<ReplicaRecord> replicas;
+  std::vector<DeploymentUsageRecord> deployment_usage;  // upserts
+  std::vector<ReplicaCounterRecord> replica_counters;   // upserts
+  std::vector<InferenceDelta> inference;                // added to their bucket
   bool empty() const {
     return jobs.empty() && events.empty() && checkpoints.empty() && models.empty() &&
            deleted_models.empty() && deployments.empty() && deleted_deployments.empty() &&
            assignments.empty() && deleted_assignments.empty() && nodes.empty() &&
-           deleted_nodes.empty() && replicas.empty();
+           deleted_nodes.empty() && replicas.empty() && deployment_usage.empty() &&
+           replica_counters.empty() && inference.empty();
   }
 };
 
@@ -128,6 +176,8 @@ struct StoreSnapshot {
   std::vector<AssignmentRecord> assignments;
   std::vector<NodeRecord> nodes;
   std::vector<ReplicaRecord> replicas;
+  std::vector<DeploymentUsageRecord> deployment_usage;
+  std::vector<ReplicaCounterRecord> replica_counters;
 };
 
 class SchedulerStore {
@@ -141,6 +191,10 @@ class SchedulerStore {
   absl::StatusOr<int64_t> Commit(const Batch& batch);
   // Returns once commit `seq` (and every one before it) is on disk.
   absl::Status Sync(int64_t seq);
+  // The tenant's inference per deployment in minute buckets starting in
+  // [start_us, end_us).
+  absl::StatusOr<std::vector<InferenceTotal>> InferenceUsage(const std::string& tenant,
+                                                             int64_t start_us, int64_t end_us);
   // fsyncs performed so far (for tests and benchmarks).
   int64_t syncs();
 

@@ -413,6 +413,17 @@ TEST(MemoryEstimateTest, TinyPhi3ByHand) {
   EXPECT_EQ(e.activations_bytes(), 34930688);
   EXPECT_EQ(e.total_bytes(), 51905792);
 
+  // Classification with 3 labels: an fp32 [3, 64] label head is trained and
+  // no vocabulary logits are kept (per token 2*A only).
+  MemoryEstimateInput cls = in;
+  cls.num_labels = 3;
+  v1::MemoryEstimate c = EstimateMemory(cls);
+  EXPECT_EQ(c.weights_bytes(), 16803072 + 3 * 64 * 4);
+  EXPECT_EQ(c.gradients_bytes(), 14336 * 4 + 3 * 64 * 4);
+  EXPECT_EQ(c.optimizer_state_bytes(), (14336 + 3 * 64) * 8);
+  EXPECT_EQ(c.activations_bytes(), 2 * 2048 * 128 * 4);
+  EXPECT_EQ(c.total_bytes(), 19075328);
+
   // Full DPO (a reference copy), gradient checkpointing, micro 2 x 64.
   in.full = true;
   in.dpo = true;
