@@ -259,6 +259,7 @@ TEST_F(AgentFleetTest, AJobRunsToSucceededAndAKilledAgentLeavesNoWorker) {
   ASSERT_EQ(now.state(), v1::JOB_STATE_SUCCEEDED) << now.error().message() << "\n" << Logs();
   EXPECT_EQ(now.result_model(), absl::StrCat("ft:phi-3-tiny:agent:", job.id()));
   EXPECT_GT(now.trained_tokens(), 0);
+  EXPECT_GT(now.memory_estimate().measured_peak_bytes(), 0);  // the worker's, via the agent
   // The worker's evaluation, forwarded by the agent: the fine-tuned model
   // and its base on the same validation data.
   EXPECT_TRUE(now.evaluation().has_valid_loss());

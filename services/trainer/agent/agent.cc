@@ -685,6 +685,8 @@ void TrainerAgent::Runner::Complete(bool succeeded, const v1::Error& error,
     if (completed_->base_valid_loss) e->set_base_valid_loss(*completed_->base_valid_loss);
     auto base_acc = completed_->metrics.find("base_valid_token_accuracy");
     if (base_acc != completed_->metrics.end()) e->set_base_valid_token_accuracy(base_acc->second);
+    auto peak = completed_->metrics.find("peak_rss_bytes");  // the measured peak, beside the estimate
+    if (peak != completed_->metrics.end()) req.set_peak_rss_bytes(static_cast<int64_t>(peak->second));
   }
   auto resp = Call(&iv1::TrainerControlService::Stub::CompleteAssignment, req, true);
   if (resp.ok()) {
