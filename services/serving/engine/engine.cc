@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/random.h"
 #include "common/model/sampling.h"
@@ -17,6 +18,15 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+// Out of memory: RESOURCE_EXHAUSTED from the model library, or (libtorch
+// 1.x's CPU allocator throws a plain c10::Error) its message.
+bool IsOutOfMemory(const absl::Status& s) {
+  if (s.code() == absl::StatusCode::kResourceExhausted) return true;
+  return s.code() == absl::StatusCode::kInternal &&
+         (absl::StrContains(s.message(), "can't allocate memory") ||
+          absl::StrContains(s.message(), "out of memory") ||
+          absl::StrContains(s.message(), "not enough memory"));
+}
 int64_t PowerOfTwoAtLeast(int64_t n) {
   int64_t p = 1;
   while (p < n) p *= 2;
@@ -67,7 +77,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Decoder decoder,
 }
 
 Engine::Engine(model::Decoder decoder, EngineOptions options, int64_t context, int64_t max_rows)
-    : decoder_(std::move(decoder)), options_(options), context_(context), max_rows_(max_rows) {}
+    : decoder_(std::move(decoder)),
+      options_(options),
+      context_(context),
+      max_rows_(max_rows),
+      budget_(std::max<int64_t>(1, options.step_token_budget)),
+      row_cap_(max_rows) {
+  stats_.step_token_budget = budget_;
+  stats_.row_cap = row_cap_;
+}
 
 Engine::~Engine() {
   {
@@ -241,7 +259,8 @@ void Engine::Loop() {
           ++it;
         }
       }
-      while (!queue_.empty() && running + static_cast<int64_t>(admitted.size()) < max_rows_) {
+      while (!queue_.empty() &&
+             running + static_cast<int64_t>(admitted.size()) < std::min(max_rows_, row_cap_)) {
         admitted.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -283,9 +302,23 @@ void Engine::Loop() {
         }
       }
     }
-    if (absl::Status s = Step(); !s.ok()) {
-      // A failed forward (out of memory, ...) ends the rows of this step,
-      // not the replica.
+    absl::Status s = Step();
+    if (IsOutOfMemory(s) && ShrinkAfterOom()) {
+      continue;  // the same rows (or fewer) again, in a smaller step
+    }
+    if (s.ok() && ++steps_since_oom_ >= 64 &&
+        (budget_ < options_.step_token_budget || row_cap_ < max_rows_)) {
+      // Grows back: the memory may have been taken by something passing.
+      budget_ = std::min(std::max<int64_t>(1, options_.step_token_budget), budget_ * 2);
+      row_cap_ = std::min(max_rows_, row_cap_ * 2);
+      steps_since_oom_ = 0;
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.step_token_budget = budget_;
+      stats_.row_cap = row_cap_;
+    }
+    if (!s.ok()) {
+      // A failed forward (out of memory with nothing left to shrink, ...)
+      // ends the rows of this step, not the replica.
       for (size_t i = 0; i < rows_.size(); ++i) {
         if (rows_[i]) Finish(i, EngineFinish::kError, s);
       }
@@ -322,7 +355,7 @@ absl::Status Engine::Step() {
   // The chunk: every row feeds its pending tokens (1 when decoding), all
   // rows padded to the longest chunk, within the step budget and the room
   // every row has left in the cache (Extend needs it for the padded width).
-  int64_t T = std::max<int64_t>(1, options_.step_token_budget / B);
+  int64_t T = std::max<int64_t>(1, budget_ / B);
   int64_t longest = 0;
   for (size_t i = 0; i < rows_.size(); ++i) {
     T = std::min(T, context_ - cache_.lengths()[i]);
@@ -332,6 +365,7 @@ absl::Status Engine::Step() {
   }
   if (longest == 0) return CountStep(0, 0);
   T = std::max<int64_t>(1, std::min(T, longest));
+  last_chunk_ = T;
   std::vector<int64_t> ids(static_cast<size_t>(B * T), 0);
   std::vector<int64_t> chunk(static_cast<size_t>(B), 0);
   std::vector<const model::LoraAdapter*> adapters(static_cast<size_t>(B), nullptr);
@@ -389,6 +423,42 @@ absl::Status Engine::Step() {
     }
   }
   return CountStep(generated, prompt_fed);
+}
+
+bool Engine::ShrinkAfterOom() {
+  steps_since_oom_ = 0;
+  std::vector<size_t> running;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    if (rows_[i]) running.push_back(i);
+  }
+  if (last_chunk_ > 1) {
+    // Smaller chunks first: the rows keep their places and their caches.
+    budget_ = std::max<int64_t>(1, std::min(budget_, last_chunk_ * static_cast<int64_t>(rows_.size())) / 2);
+  } else if (running.size() > 1) {
+    // Every row fed one token: fewer rows. The later half waits in front of
+    // the queue and is prefilled again from its tokens when it comes back.
+    const size_t keep = running.size() / 2;
+    std::vector<std::unique_ptr<Request>> back;
+    for (size_t j = keep; j < running.size(); ++j) {
+      back.push_back(std::move(rows_[running[j]]));
+      back.back()->cached = 0;
+    }
+    row_cap_ = static_cast<int64_t>(keep);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = back.rbegin(); it != back.rend(); ++it) queue_.push_front(std::move(*it));
+      stats_.queued = static_cast<int64_t>(queue_.size());
+    }
+    // A smaller cache too (the padded rows are computed as well).
+    if (!Resize(PowerOfTwoAtLeast(static_cast<int64_t>(keep))).ok()) return true;  // rows ended there
+  } else {
+    return false;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.oom_shrinks;
+  stats_.step_token_budget = budget_;
+  stats_.row_cap = row_cap_;
+  return true;
 }
 
 absl::Status Engine::CountStep(int64_t generated, int64_t prompt_fed) {

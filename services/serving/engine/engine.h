@@ -10,7 +10,12 @@
 // when few remain; on a resize the running rows are prefilled again from
 // their tokens (recompute, as vLLM does on preemption), so that a lone
 // request never pays for idle rows. Requests beyond the rows wait in a queue;
-// past max_queue, Submit is RESOURCE_EXHAUSTED.
+// past max_queue, Submit is RESOURCE_EXHAUSTED. A step that runs out of
+// memory shrinks the batch instead of failing it: the step's token budget is
+// halved (smaller prefill chunks) and, when every row feeds one token, half
+// the rows go back to the queue (prefilled again later) and half as many are
+// admitted; both grow back after 64 good steps. Only a lone row that cannot
+// take one token fails (RESOURCE_EXHAUSTED).
 //
 // Thread-safety: Submit, Cancel and stats may be called from any thread.
 // Callbacks run on the engine thread and must not block.
@@ -124,6 +129,11 @@ struct EngineStats {
   int64_t prompt_tokens = 0;
   int64_t kv_bytes_per_row = 0;
   int64_t classified = 0;  // Classify calls that succeeded
+  // Out-of-memory steps survived by shrinking: the step's token budget
+  // halved, or half the rows put back in the queue.
+  int64_t oom_shrinks = 0;
+  int64_t step_token_budget = 0;  // now (after shrinks; grows back)
+  int64_t row_cap = 0;            // rows admitted now (after shrinks; grows back)
 };
 
 // A classification request without an engine: one forward of `ids` (the
@@ -179,6 +189,11 @@ class Engine {
   absl::Status Resize(int64_t rows);
   absl::Status Step();
   absl::Status CountStep(int64_t generated, int64_t prompt_fed);
+  // After a step that ran out of memory: halves the step's token budget
+  // (while the step fed more than one token a row) or puts the later half
+  // of the rows back at the front of the queue and admits half as many;
+  // false when there is nothing left to shrink (one row, one token).
+  bool ShrinkAfterOom();
 
   const model::Decoder decoder_;
   const EngineOptions options_;
@@ -195,6 +210,10 @@ class Engine {
   // Engine thread only.
   std::vector<std::unique_ptr<Request>> rows_;  // size = cache rows; null = free
   model::KvCache cache_;
+  int64_t budget_ = 0;      // the step token budget now
+  int64_t row_cap_ = 0;     // the rows admitted now
+  int64_t last_chunk_ = 0;  // tokens a row fed in the last step (T)
+  int64_t steps_since_oom_ = 0;
 
   std::thread thread_;
 };
