@@ -4,6 +4,7 @@
 // events and checkpoint survive, the agent that is still there keeps its
 // attempt, and the job finishes with its model registered.
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
@@ -23,6 +24,7 @@
 #include "tunefleet/v1/files.grpc.pb.h"
 #include "tunefleet/v1/jobs.grpc.pb.h"
 #include "tunefleet/v1/models.grpc.pb.h"
+#include "tunefleet/v1/usage.grpc.pb.h"
 
 namespace tunefleet {
 namespace {
@@ -86,6 +88,42 @@ absl::StatusOr<Resp> Call(Stub* stub,
   grpc::Status s = (stub->*method)(&ctx, req, &resp);
   if (!s.ok()) return rpc::FromGrpcStatus(s);
   return resp;
+}
+
+// --price_table: a bad table stops the binary at start naming the key; a
+// good one prices UsageService answers.
+TEST(SchedulerProcessTest, PriceTableIsCheckedAtStartAndUsageIsServed) {
+  testing::TempDir dir;
+  rpc::NewKey tenant = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
+  const std::string keys = dir.Join("keys.txt");
+  std::ofstream(keys) << tenant.line << "\n";
+  std::ofstream(dir.Join("bad.json")) << R"({"tiny-base": {"currency": "USD", "per_gpu_hour": 1}})";
+  std::ofstream(dir.Join("good.json")) << R"({"*": {"currency": "USD", "per_replica_hour": 1}})";
+  const std::string bin = std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-scheduler";
+  auto bad = Subprocess::Start({bin, "--listen=127.0.0.1:0", "--metrics_listen=off",
+                                "--keys_file=" + keys, "--data_dir=" + dir.Join("bad"),
+                                "--price_table=" + dir.Join("bad.json")},
+                               Subprocess::Options{dir.Join("bad.log"), {}});
+  ASSERT_THAT(bad, IsOk());
+  auto status = bad->Wait(absl::Seconds(20));
+  ASSERT_THAT(status, IsOk());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 2) << DescribeWaitStatus(*status);
+  std::ifstream log(dir.Join("bad.log"));
+  EXPECT_THAT(std::string(std::istreambuf_iterator<char>(log), {}),
+              ::testing::HasSubstr("'tiny-base'.per_gpu_hour"));
+
+  auto scheduler = Service::Start("scheduler", dir.path(), keys,
+                                  {"--price_table=" + dir.Join("good.json")});
+  ASSERT_THAT(scheduler, IsOk());
+  auto usage = v1::UsageService::NewStub(scheduler->Channel());
+  v1::GetUsageRequest req;
+  req.mutable_start_time()->set_seconds(absl::ToUnixSeconds(absl::Now()) - 3600);
+  auto report = Call(usage.get(), &v1::UsageService::Stub::GetUsage, tenant.key, req);
+  ASSERT_THAT(report, IsOk());
+  EXPECT_EQ(report->tenant(), "tenant-a");
+  EXPECT_THAT(report->jobs(), SizeIs(0));
+  (void)scheduler->process->Signal(SIGTERM);
+  (void)scheduler->process->Wait(absl::Seconds(10));
 }
 
 TEST(SchedulerProcessTest, SigkillMidRunLosesNothingAndTheJobFinishes) {
