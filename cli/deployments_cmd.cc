@@ -1,4 +1,5 @@
 // tunefleet deployments create|update|list|get|watch|delete
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <vector>
@@ -28,6 +29,12 @@ struct DeploymentsArgs {
   std::vector<std::string> filters;
   std::string classifier;
   bool filter_on = false;
+  // A classification deployment as the classifier, its labels' categories
+  // ("LABEL=CATEGORY"), fail open or closed, and named blocklists ("NAME=FILE").
+  std::string classifier_deployment;
+  std::vector<std::string> classifier_labels;
+  std::string on_classifier_error;
+  std::vector<std::string> blocklists;
   // update: which options were given.
   CLI::Option* model_opt = nullptr;
   CLI::Option* replicas_opt = nullptr;
@@ -70,12 +77,74 @@ absl::StatusOr<v1::ContentFilterRule> ParseFilterRule(const std::string& text) {
   return rule;
 }
 
+bool AnyPolicyOption(const DeploymentsArgs& a) {
+  return !a.filters.empty() || !a.classifier.empty() || !a.classifier_deployment.empty() ||
+         !a.classifier_labels.empty() || !a.on_classifier_error.empty() || !a.blocklists.empty();
+}
+
+// "NAME=FILE": the file's lines are the list's terms; a line "re:PATTERN" is
+// an RE2 regular expression; empty lines are skipped.
+absl::StatusOr<v1::Blocklist> ReadBlocklist(const std::string& spec) {
+  const size_t eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--blocklist: '", spec, "' is not NAME=FILE"));
+  }
+  v1::Blocklist list;
+  list.set_name(spec.substr(0, eq));
+  const std::string path = spec.substr(eq + 1);
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("--blocklist: cannot read ", path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    if (line.rfind("re:", 0) == 0) {
+      list.add_regexes(line.substr(3));
+    } else {
+      list.add_terms(line);
+    }
+  }
+  return list;
+}
+
 // The policy the options describe.
 absl::StatusOr<v1::ContentFilterPolicy> PolicyOf(const DeploymentsArgs& a) {
   v1::ContentFilterPolicy policy;
-  if (a.no_filter && (a.filter_on || !a.filters.empty() || !a.classifier.empty())) {
+  if (a.no_filter && (a.filter_on || AnyPolicyOption(a))) {
     return absl::InvalidArgumentError(
-        "--no-content-filter cannot be combined with --content-filter, --filter or --classifier");
+        "--no-content-filter cannot be combined with --content-filter or other filter options");
+  }
+  if (!a.classifier.empty() && !a.classifier_deployment.empty()) {
+    return absl::InvalidArgumentError(
+        "--classifier and --classifier-deployment are exclusive: name one classifier");
+  }
+  policy.set_classifier_deployment(a.classifier_deployment);
+  for (const std::string& l : a.classifier_labels) {
+    const size_t eq = l.rfind('=');
+    v1::ContentFilterCategory c = v1::CONTENT_FILTER_CATEGORY_UNSPECIFIED;
+    if (eq == std::string::npos || eq == 0 ||
+        !v1::ContentFilterCategory_Parse(
+            absl::StrCat("CONTENT_FILTER_CATEGORY_", absl::AsciiStrToUpper(l.substr(eq + 1))), &c)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--classifier-label: '", l,
+          "' is not LABEL=CATEGORY (hate, sexual, violence, self_harm, jailbreak, profanity)"));
+    }
+    auto* label = policy.add_classifier_labels();
+    label->set_label(l.substr(0, eq));
+    label->set_category(c);
+  }
+  if (a.on_classifier_error == "open") {
+    policy.set_on_classifier_error(v1::CLASSIFIER_ERROR_POLICY_FAIL_OPEN);
+  } else if (a.on_classifier_error == "closed") {
+    policy.set_on_classifier_error(v1::CLASSIFIER_ERROR_POLICY_FAIL_CLOSED);
+  } else if (!a.on_classifier_error.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--on-classifier-error: '", a.on_classifier_error, "' is not open or closed"));
+  }
+  for (const std::string& b : a.blocklists) {
+    auto list = ReadBlocklist(b);
+    if (!list.ok()) return list.status();
+    *policy.add_blocklists() = *std::move(list);
   }
   policy.set_disabled(a.no_filter);
   for (const std::string& f : a.filters) {
@@ -173,7 +242,7 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
       req.mutable_deployment()->set_replicas(a.replicas);
       req.mutable_update_mask()->add_paths("replicas");
     }
-    if (a.no_filter || a.filter_on || !a.filters.empty() || !a.classifier.empty()) {
+    if (a.no_filter || a.filter_on || AnyPolicyOption(a)) {
       auto policy = PolicyOf(a);
       if (!policy.ok()) return Fail(policy.status());
       *req.mutable_deployment()->mutable_content_filter() = *policy;
@@ -182,7 +251,8 @@ int Run(DeploymentsArgs& a, const std::string& verb) {
     if (req.update_mask().paths_size() == 0) {
       return Fail(absl::InvalidArgumentError(
           "deployments update: nothing to change; give --model, --replicas, --filter, "
-          "--classifier, --content-filter or --no-content-filter"));
+          "--classifier, --classifier-deployment, --blocklist, --content-filter or "
+          "--no-content-filter"));
     }
     return finish(
         Call<DeploymentService>(*endpoint, &DeploymentService::Stub::UpdateDeployment, req));
@@ -262,6 +332,18 @@ void AddDeploymentsCommands(CLI::App* app, int* exit_code) {
                   "block, annotate); repeat for more");
     c->add_option("--classifier", a->classifier,
                   "host:port of an external ContentFilterService");
+    c->add_option("--classifier-deployment", a->classifier_deployment,
+                  "A classification deployment (yours, fine-tuned with task classification) "
+                  "as the classifier, run by the replicas that serve both");
+    c->add_option("--classifier-label", a->classifier_labels,
+                  "LABEL=CATEGORY: the classifier deployment's label as a category (default: "
+                  "by the label's name); repeat for more");
+    c->add_option("--on-classifier-error", a->on_classifier_error,
+                  "open (the text passes) or closed (blocked, the default) when the classifier "
+                  "fails");
+    c->add_option("--blocklist", a->blocklists,
+                  "NAME=FILE: a named blocklist, one term a line (\"re:PATTERN\" for an RE2 "
+                  "regex); repeat for more");
     c->add_flag("--wait", a->wait, "Wait until the deployment serves");
     c->add_option("--wait-seconds", a->wait_seconds, "How long --wait waits")
         ->capture_default_str();
