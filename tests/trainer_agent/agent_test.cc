@@ -274,6 +274,7 @@ say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":1}"
   TF_ASSERT_OK_AND_ASSIGN(WorkerSpec spec, ReadWorkerSpecFile(SpecPath("asg-h")));
   EXPECT_EQ(spec.objective, TrainingObjective::kDpo);
   EXPECT_DOUBLE_EQ(spec.dpo_beta, 0.25);
+  EXPECT_TRUE(spec.write_merged);
   EXPECT_EQ(spec.hyper.micro_batch_size, 2);
   EXPECT_DOUBLE_EQ(spec.hyper.weight_decay, 0.05);
   EXPECT_EQ(spec.hyper.lr_scheduler, LrScheduler::kLinear);

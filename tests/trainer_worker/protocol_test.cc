@@ -39,6 +39,7 @@ WorkerSpec SampleSpec() {
   s.task = TrainingTask::kClassification;
   s.num_labels = 3;
   s.label_names = {"negative", "neutral", "positive"};
+  s.write_merged = true;
   s.hyper.epochs = 3;
   s.hyper.batch_size = 8;
   s.hyper.micro_batch_size = 2;
@@ -67,6 +68,7 @@ TEST(WorkerSpecTest, RoundTrips) {
   EXPECT_DOUBLE_EQ(back.hyper.learning_rate, 2e-4);
   EXPECT_FALSE(back.hyper.packing);
   EXPECT_EQ(back.label_names, (std::vector<std::string>{"negative", "neutral", "positive"}));
+  EXPECT_TRUE(back.write_merged);
 }
 
 TEST(WorkerSpecTest, FileRoundTrip) {

@@ -304,6 +304,7 @@ absl::StatusOr<WorkerSpec> TrainerAgent::Runner::Prepare() {
     spec.objective = TrainingObjective::kSupervised;
   }
   spec.method = a_.adapter() == v1::ADAPTER_TYPE_FULL ? TrainingMethod::kFull : TrainingMethod::kLora;
+  spec.write_merged = a_.write_merged();
   spec.task = a_.task() == v1::TRAINING_TASK_CLASSIFICATION ? TrainingTask::kClassification
                                                             : TrainingTask::kChat;
   if (!o.gpus.empty()) {
@@ -505,6 +506,12 @@ void TrainerAgent::Runner::HandleLine(const std::string& line) {
       } else {
         if (ev.valid_loss) m.set_valid_loss(*ev.valid_loss);
         if (ev.valid_token_accuracy) m.set_valid_token_accuracy(*ev.valid_token_accuracy);
+      }
+      // The method's figures (DPO rewards, classification macro-F1); an
+      // evaluation's under "valid_".
+      for (const auto& [key, value] : ev.metrics) {
+        (*m.mutable_extra())[ev.kind == ReportKind::kEval ? absl::StrCat("valid_", key) : key] =
+            value;
       }
       {
         absl::MutexLock lock(&mu_);

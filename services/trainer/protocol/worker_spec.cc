@@ -239,6 +239,7 @@ std::string WorkerSpecToJson(const WorkerSpec& s) {
             {"dpo_beta", s.dpo_beta},
             {"num_labels", s.num_labels},
             {"label_names", s.label_names},
+            {"write_merged", s.write_merged},
             {"hyperparameters", std::move(hj)},
             {"device", s.device},
             {"collective_timeout_s", s.collective_timeout_s},
@@ -272,6 +273,7 @@ absl::StatusOr<WorkerSpec> ParseWorkerSpec(absl::string_view text) {
   TF_RETURN_IF_ERROR(r.Num("dpo_beta", s.dpo_beta));
   TF_RETURN_IF_ERROR(r.Int("num_labels", s.num_labels));
   TF_RETURN_IF_ERROR(r.Strings("label_names", s.label_names));
+  TF_RETURN_IF_ERROR(r.Bool("write_merged", s.write_merged));
   TF_RETURN_IF_ERROR(r.Str("device", s.device));
   TF_RETURN_IF_ERROR(r.Num("collective_timeout_s", s.collective_timeout_s));
   TF_RETURN_IF_ERROR(r.Num("progress_interval_s", s.progress_interval_s));

@@ -92,6 +92,10 @@ struct WorkerSpec {
   // Empty (an older agent): the classes are named "0", "1", ...; otherwise
   // exactly num_labels distinct names.
   std::vector<std::string> label_names;
+  // LoRA: also publish the base with the adapter folded in, a complete
+  // Hugging Face directory (config, weights, tokenizer files), as
+  // <output_dir>/merged/. Full fine-tuning's result is that already.
+  bool write_merged = false;
   WorkerHyperparameters hyper;
   std::string device = "cpu";  // "cpu" | "cuda" | "cuda:N"
   double collective_timeout_s = 300;

@@ -6,12 +6,78 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 
 namespace tunefleet::trainer {
 namespace {
+
+// The local address this host reaches `host` from: a UDP socket connected
+// to it (no packet is sent) and asked for its own address. For rank 0 the
+// master is itself, so this is the advertised address; on another node it
+// is the interface on the route to rank 0, the one its peers can reach. A
+// network namespace's address, not what the host name resolves to (that
+// may be another namespace's, and Gloo would fall back to loopback).
+absl::StatusOr<std::string> LocalAddressTowards(const std::string& host, int64_t port) {
+  addrinfo hints = {};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  const std::string service = std::to_string(port > 0 ? port : 9);
+  if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res); rc != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("master_addr '", host, "' does not resolve: ", gai_strerror(rc)));
+  }
+  absl::Status last = absl::UnavailableError(absl::StrCat("master_addr '", host, "': no address"));
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    sockaddr_storage local = {};
+    socklen_t len = sizeof(local);
+    char text[INET6_ADDRSTRLEN] = {};
+    const bool ok = ::connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+                    ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+                    ::getnameinfo(reinterpret_cast<sockaddr*>(&local), len, text, sizeof(text),
+                                  nullptr, 0, NI_NUMERICHOST) == 0;
+    ::close(fd);
+    if (ok) {
+      ::freeaddrinfo(res);
+      return std::string(text);
+    }
+    last = absl::UnavailableError(absl::StrCat("no route to master_addr '", host, "'"));
+  }
+  ::freeaddrinfo(res);
+  return last;
+}
+
+// Gloo's transport device: GLOO_SOCKET_IFNAME (PyTorch's variable) names an
+// interface when set; a loopback master keeps the job on loopback; otherwise
+// the address on the route to the master.
+// `where` says which, for the log.
+std::shared_ptr<::gloo::transport::Device> GlooDevice(const WorkerSpec& spec, std::string* where) {
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname != nullptr && *ifname) {
+    *where = absl::StrCat("interface ", ifname, " (GLOO_SOCKET_IFNAME)");
+    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  }
+  std::string host = "127.0.0.1";
+  if (spec.master_addr != "127.0.0.1" && spec.master_addr != "localhost" &&
+      spec.master_addr != "::1") {
+    absl::StatusOr<std::string> local = LocalAddressTowards(spec.master_addr, spec.master_port);
+    if (!local.ok()) throw std::runtime_error(std::string(local.status().message()));
+    host = *local;
+  }
+  *where = host;
+  return c10d::ProcessGroupGloo::createDeviceForHostname(host);
+}
 
 class Single final : public Collectives {
  public:
@@ -102,10 +168,11 @@ absl::StatusOr<std::unique_ptr<Collectives>> JoinProcessGroup(const WorkerSpec& 
     // One job's keys apart from another's on a reused port.
     auto store = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("tunefleet/", spec.job_id), tcp);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    // Loopback jobs bind to loopback; others to this host's own address.
-    const bool loopback = spec.master_addr == "127.0.0.1" || spec.master_addr == "localhost";
-    opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                     : c10d::ProcessGroupGloo::createDefaultDevice());
+    std::string where;
+    opts->devices.push_back(GlooDevice(spec, &where));
+    std::fprintf(stderr, "train-worker: rank %lld of %lld: Gloo on %s, rendezvous at %s:%lld\n",
+                 static_cast<long long>(spec.rank), static_cast<long long>(spec.world_size),
+                 where.c_str(), spec.master_addr.c_str(), static_cast<long long>(spec.master_port));
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, static_cast<int>(spec.rank),
                                                           static_cast<int>(spec.world_size), opts);
     out = std::make_unique<Gloo>(tcp, pg, spec.rank, spec.world_size, timeout);

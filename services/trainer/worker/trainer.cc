@@ -794,6 +794,15 @@ absl::StatusOr<std::string> Run::Publish() {
   if (ec) return absl::InternalError(absl::StrCat("output_dir ", tmp, ": ", ec.message()));
   if (lora_) {
     TF_RETURN_IF_ERROR(lora_->Save(tmp, base_model_id_));
+    if (spec_.write_merged) {
+      // The base with the adapter folded in, beside it: merged/.
+      model::SaveOptions so;
+      so.copy_files_from = spec_.base_model_dir;
+      fs::create_directories(fs::path(tmp) / "merged", ec);
+      if (ec) return absl::InternalError(absl::StrCat("output_dir ", tmp, "/merged: ", ec.message()));
+      TF_RETURN_IF_ERROR(model::SaveHfModel(*decoder_, (fs::path(tmp) / "merged").string(),
+                                            &*lora_, so));
+    }
   } else {
     model::SaveOptions so;
     so.copy_files_from = spec_.base_model_dir;
@@ -855,6 +864,7 @@ absl::StatusOr<std::string> Run::Publish() {
                  {"alpha", lora_->config().alpha},
                  {"target_modules", lora_->config().target_modules}};
   }
+  if (lora_ && spec_.write_merged) c["merged_dir"] = "merged";
   c["trained_tokens"] = state_.trained_tokens;
   c["steps"] = state_.step;
   if (last_eval_ && std::isfinite(last_eval_->loss)) c["valid_loss"] = last_eval_->loss;
