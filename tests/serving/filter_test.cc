@@ -11,6 +11,7 @@
 #include "services/serving/filters/builtin_filter.h"
 #include "services/serving/filters/content_filter.h"
 #include "services/serving/filters/profanity_lexicon.h"
+#include "services/serving/model_classifier.h"
 #include "services/serving/remote_filter.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
@@ -84,6 +85,21 @@ std::unique_ptr<ContentFilter> MakeRemote() {
   return std::make_unique<RemoteFilter>(server->channel, o);
 }
 
+// A classification deployment as the classifier (DeploymentClassifierFilter):
+// a model with labels "safe" and "jailbreak" whose probabilities come, in
+// this suite, from the same stand-in the team's classifier uses.
+std::unique_ptr<ContentFilter> MakeDeploymentClassifier() {
+  std::shared_ptr<ContentFilter> stand_in = MakeBuiltin();
+  return std::make_unique<DeploymentClassifierFilter>(
+      "dep-guard", std::map<std::string, FilterCategory>{},
+      [stand_in](absl::string_view text) -> absl::StatusOr<LabelScores> {
+        auto d = stand_in->Classify(text, TextSource::kPrompt);
+        if (!d.ok()) return d.status();
+        const double p = d->empty() ? 0.02 : 0.97;
+        return LabelScores{{"safe", "jailbreak"}, {1 - p, p}, 0};
+      });
+}
+
 class ContentFilterContract : public ::testing::TestWithParam<FilterFactory> {
  protected:
   void SetUp() override { filter_ = GetParam().make(); }
@@ -155,7 +171,8 @@ TEST_P(ContentFilterContract, AStreamOfCleanTextIsReleasedLiveAndWhole) {
 
 INSTANTIATE_TEST_SUITE_P(Filters, ContentFilterContract,
                          ::testing::Values(FilterFactory{"builtin", MakeBuiltin},
-                                           FilterFactory{"remote", MakeRemote}),
+                                           FilterFactory{"remote", MakeRemote},
+                                           FilterFactory{"deployment", MakeDeploymentClassifier}),
                          [](const auto& info) { return info.param.name; });
 
 // --- the built-in filter ------------------------------------------------------
@@ -375,6 +392,46 @@ TEST(FilterPolicyTest, AStreamReportsOffsetsInTheWholeCompletion) {
   const size_t at = text.find("falcon");
   EXPECT_EQ(guard.verdict().findings[0].begin, at);
   EXPECT_EQ(guard.verdict().findings[0].end, at + 6);
+}
+
+TEST(ModelClassifierTest, LabelsMapToCategoriesAndProbabilitiesToSeverities) {
+  EXPECT_EQ(CategoryFromLabelName("Violence"), FilterCategory::kViolence);
+  EXPECT_EQ(CategoryFromLabelName("self-harm"), FilterCategory::kSelfHarm);
+  EXPECT_EQ(CategoryFromLabelName("CONTENT_FILTER_CATEGORY_HATE"), FilterCategory::kHate);
+  EXPECT_EQ(CategoryFromLabelName("safe"), std::nullopt);
+  EXPECT_EQ(CategoryFromLabelName("pii"), std::nullopt);  // a finding, not a classifier category
+  EXPECT_EQ(SeverityFromProbability(0.9), FilterSeverity::kHigh);
+  EXPECT_EQ(SeverityFromProbability(0.5), FilterSeverity::kMedium);
+  EXPECT_EQ(SeverityFromProbability(0.3), FilterSeverity::kLow);
+  EXPECT_EQ(SeverityFromProbability(0.1), FilterSeverity::kSafe);
+  // The policy's mapping first, then the name; "safe" and low scores report nothing.
+  const LabelScores s{{"safe", "violent", "hate", "sexual"}, {0.05, 0.6, 0.3, 0.05}, 7};
+  auto d = LabelDetections(s, {{"violent", FilterCategory::kViolence}}, 12);
+  ASSERT_EQ(d.size(), 2u);
+  EXPECT_EQ(d[0].category, FilterCategory::kViolence);
+  EXPECT_EQ(d[0].severity, FilterSeverity::kMedium);
+  EXPECT_EQ(d[0].kind, "violent");
+  EXPECT_EQ(d[0].end, 12u);
+  EXPECT_EQ(d[1].category, FilterCategory::kHate);
+  EXPECT_EQ(d[1].severity, FilterSeverity::kLow);
+}
+
+TEST(ModelClassifierTest, AFailedClassificationIsAClassifierErrorThePolicyDecides) {
+  DeploymentClassifierFilter f("dep-nope", {}, [](absl::string_view) -> absl::StatusOr<LabelScores> {
+    return absl::NotFoundError("deployment dep-nope is not served by this replica");
+  });
+  TF_ASSERT_OK_AND_ASSIGN(auto d, f.Classify("hello", TextSource::kPrompt));
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].filter, "classifier");
+  EXPECT_EQ(d[0].kind, "error");
+  EXPECT_THAT(d[0].error, HasSubstr("NOT_FOUND: deployment dep-nope"));
+  FilterPolicy closed, open;
+  open.classifier_fail_open = true;
+  EXPECT_TRUE(ApplyPolicy(closed, TextSource::kPrompt, d).blocked);
+  FilterVerdict v = ApplyPolicy(open, TextSource::kPrompt, d);
+  EXPECT_FALSE(v.blocked);
+  ASSERT_EQ(v.findings.size(), 1u);
+  EXPECT_FALSE(v.findings[0].error.empty());
 }
 
 }  // namespace
