@@ -40,6 +40,7 @@
 #include "tests/testing/child_guard.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/trainer_worker/worker_harness.h"
 
 namespace tunefleet::trainer {
 namespace {
@@ -66,28 +67,8 @@ const std::vector<std::pair<std::string, std::string>> kChats = {
     {"Say hello.", "Hello there, friend!"},
 };
 
-struct RunResult {
-  int exit_code = -1;
-  std::vector<ReportEvent> events;
-  std::string stderr_tail;
-  const ReportEvent* Last(ReportKind k) const {
-    for (auto it = events.rbegin(); it != events.rend(); ++it)
-      if (it->kind == k) return &*it;
-    return nullptr;
-  }
-  std::vector<const ReportEvent*> All(ReportKind k) const {
-    std::vector<const ReportEvent*> out;
-    for (const ReportEvent& e : events)
-      if (e.kind == k) out.push_back(&e);
-    return out;
-  }
-  std::map<int64_t, double> Losses() const {
-    std::map<int64_t, double> out;
-    for (const ReportEvent& e : events)
-      if (e.kind == ReportKind::kProgress && e.train_loss) out[e.step] = *e.train_loss;
-    return out;
-  }
-};
+using worker_testing::ReadBytes;
+using worker_testing::RunResult;
 
 class DpoTest : public ::testing::Test {
  protected:
@@ -96,19 +77,9 @@ class DpoTest : public ::testing::Test {
     setenv("OMP_NUM_THREADS", "2", 1);
     dir_ = new testing::TempDir();
     model_dir_ = dir_->Join("tiny-phi3");
-    model::TinyModelOptions o;
-    o.seed = 3;
-    o.num_layers = 2;
-    o.hidden_size = 64;
-    o.num_heads = 4;
-    o.num_kv_heads = 4;
-    o.intermediate_size = 96;
-    o.lm_head_scale = 40;  // a head a trained model would have (see worker_test)
-    ASSERT_TRUE(model::WriteTinyPhi3(model_dir_, o).ok());
-    ASSERT_TRUE(text::WritePhi3TokenizerFiles(model_dir_).ok());
-    auto chat = text::ChatTokenizer::Load(model_dir_);
+    auto chat = worker_testing::WriteTinyPhi3(model_dir_, /*lm_head_scale=*/40);
     ASSERT_TRUE(chat.ok()) << chat.status();
-    chat_ = new text::ChatTokenizer(*std::move(chat));
+    chat_ = chat->release();
     pairs_shard_ = dir_->Join("pairs.shard");
     WritePairs(pairs_shard_, 0, kPairs.size());
     valid_pairs_shard_ = dir_->Join("valid-pairs.shard");
@@ -176,65 +147,8 @@ class DpoTest : public ::testing::Test {
   }
 
   RunResult RunWorker(const WorkerSpec& spec, const std::string& name,
-                      std::function<int(const ReportEvent&)> on_event = nullptr) {
-    const std::string spec_path = run_dir_.Join(name + ".spec.json");
-    fs::create_directories(run_dir_.path());
-    EXPECT_TRUE(WriteWorkerSpecFile(spec, spec_path).ok());
-    RunResult r;
-    int fds[2];
-    EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-    const std::string err_path = run_dir_.Join(name + ".stderr");
-    const std::string bin = std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-train-worker";
-    testing::ChildGuard child;
-    child.pid = ::fork();
-    if (child.pid == 0) {
-      ::dup2(fds[1], 3);
-      int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (err >= 0) ::dup2(err, 2);
-      if (fds[0] != 3) ::close(fds[0]);
-      std::string spec_flag = "--spec=" + spec_path;
-      ::execl(bin.c_str(), bin.c_str(), spec_flag.c_str(), "--report_fd=3", nullptr);
-      _exit(127);
-    }
-    ::close(fds[1]);
-    ReportLineSplitter split;
-    char buf[4096];
-    ssize_t n;
-    bool signalled = false;
-    while ((n = ::read(fds[0], buf, sizeof(buf))) != 0) {
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        break;
-      }
-      for (const std::string& line : split.Add(absl::string_view(buf, n))) {
-        auto e = ParseReportLine(line);
-        EXPECT_TRUE(e.ok()) << e.status() << ": " << line;
-        if (!e.ok()) continue;
-        r.events.push_back(*e);
-        if (on_event && !signalled) {
-          if (int sig = on_event(*e); sig != 0) {
-            ::kill(child.pid, sig);
-            signalled = true;
-          }
-        }
-      }
-    }
-    ::close(fds[0]);
-    int status = 0;
-    ::waitpid(child.pid, &status, 0);
-    child.pid = -1;
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::ifstream err(err_path);
-    std::stringstream ss;
-    ss << err.rdbuf();
-    r.stderr_tail = ss.str();
-    if (r.stderr_tail.size() > 2000) r.stderr_tail = r.stderr_tail.substr(r.stderr_tail.size() - 2000);
-    return r;
-  }
-
-  static std::string ReadBytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
+                      worker_testing::OnEvent on_event = nullptr) {
+    return worker_testing::RunWorker(spec, run_dir_.path(), name, std::move(on_event));
   }
   static model::NamedTensors ReadTensors(const std::string& path) {
     auto f = model::SafetensorsFile::Open(path);

@@ -37,6 +37,7 @@
 #include "tests/testing/child_guard.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/trainer_worker/worker_harness.h"
 
 namespace tunefleet::trainer {
 namespace {
@@ -53,24 +54,8 @@ const std::vector<std::pair<std::string, std::string>> kChats = {
     {"What is two plus two?", "Four."},
 };
 
-struct RunResult {
-  int exit_code = -1;  // or 128 + signal
-  std::vector<ReportEvent> events;
-  std::string stderr_tail;
-
-  const ReportEvent* Last(ReportKind k) const {
-    for (auto it = events.rbegin(); it != events.rend(); ++it)
-      if (it->kind == k) return &*it;
-    return nullptr;
-  }
-  // step -> train loss, from progress events.
-  std::map<int64_t, double> Losses() const {
-    std::map<int64_t, double> out;
-    for (const ReportEvent& e : events)
-      if (e.kind == ReportKind::kProgress && e.train_loss) out[e.step] = *e.train_loss;
-    return out;
-  }
-};
+using worker_testing::ReadBytes;
+using worker_testing::RunResult;
 
 class WorkerTest : public ::testing::Test {
  protected:
@@ -79,33 +64,9 @@ class WorkerTest : public ::testing::Test {
     setenv("OMP_NUM_THREADS", "2", 1);
     dir_ = new testing::TempDir();
     model_dir_ = dir_->Join("tiny-phi3");
-    model::TinyModelOptions o;
-    o.seed = 3;
-    o.num_layers = 2;
-    o.hidden_size = 64;
-    o.num_heads = 4;
-    o.num_kv_heads = 4;
-    o.intermediate_size = 96;
-    ASSERT_TRUE(model::WriteTinyPhi3(model_dir_, o).ok());
-    // The tiny model's head is initialised with std 0.02, so its logits stay
-    // within about +-1 and no adapter could make it confident; a trained
-    // model's head is far larger. Scale it like one.
-    {
-      auto f = model::SafetensorsFile::Open(model_dir_ + "/model.safetensors");
-      ASSERT_TRUE(f.ok()) << f.status();
-      auto all = (*f)->GetAll();
-      ASSERT_TRUE(all.ok());
-      for (auto& [name, t] : *all) {
-        t = t.clone();
-        if (name == "lm_head.weight") t = t * 40.0;
-      }
-      f->reset();
-      ASSERT_TRUE(model::WriteSafetensors(model_dir_ + "/model.safetensors", *all, {{"format", "pt"}}).ok());
-    }
-    ASSERT_TRUE(text::WritePhi3TokenizerFiles(model_dir_).ok());
-    auto chat = text::ChatTokenizer::Load(model_dir_);
+    auto chat = worker_testing::WriteTinyPhi3(model_dir_, /*lm_head_scale=*/40);
     ASSERT_TRUE(chat.ok()) << chat.status();
-    chat_ = new text::ChatTokenizer(*std::move(chat));
+    chat_ = chat->release();
     train_shard_ = dir_->Join("train.shard");
     WriteShard(train_shard_, chat_->tokenizer().vocab_size());
   }
@@ -150,76 +111,16 @@ class WorkerTest : public ::testing::Test {
   }
 
   // Runs the worker to its end; `on_event` may return a signal to send it.
-  // `child` (optional) receives the worker's pid while it runs.
+  // `child_pid` (optional) receives the worker's pid while it runs.
   RunResult RunWorker(const WorkerSpec& spec, const std::string& name,
-                      std::function<int(const ReportEvent&)> on_event = nullptr,
+                      worker_testing::OnEvent on_event = nullptr,
                       std::atomic<pid_t>* child_pid = nullptr) {
-    const std::string spec_path = run_dir_.Join(name + ".spec.json");
-    fs::create_directories(run_dir_.path());
-    EXPECT_TRUE(WriteWorkerSpecFile(spec, spec_path).ok());
-    return RunWorkerWithSpecFile(spec_path, name, std::move(on_event), child_pid);
+    return worker_testing::RunWorker(spec, run_dir_.path(), name, std::move(on_event), child_pid);
   }
-
   RunResult RunWorkerWithSpecFile(const std::string& spec_path, const std::string& name,
-                                  std::function<int(const ReportEvent&)> on_event = nullptr,
-                                  std::atomic<pid_t>* child_pid = nullptr) {
-    RunResult r;
-    int fds[2];
-    EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);  // no other runner's child inherits it
-    const std::string err_path = run_dir_.Join(name + ".stderr");
-    const std::string bin = std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-train-worker";
-    testing::ChildGuard child;
-    child.pid = ::fork();
-    if (child.pid == 0) {
-      ::dup2(fds[1], 3);
-      int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (err >= 0) ::dup2(err, 2);
-      if (fds[0] != 3) ::close(fds[0]);
-      std::string spec_flag = "--spec=" + spec_path;
-      ::execl(bin.c_str(), bin.c_str(), spec_flag.c_str(), "--report_fd=3", nullptr);
-      _exit(127);
-    }
-    ::close(fds[1]);
-    if (child_pid) child_pid->store(child.pid);
-    ReportLineSplitter split;
-    char buf[4096];
-    ssize_t n;
-    bool signalled = false;
-    while ((n = ::read(fds[0], buf, sizeof(buf))) != 0) {
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        break;
-      }
-      for (const std::string& line : split.Add(absl::string_view(buf, n))) {
-        auto e = ParseReportLine(line);
-        EXPECT_TRUE(e.ok()) << e.status() << ": " << line;
-        if (!e.ok()) continue;
-        r.events.push_back(*e);
-        if (on_event && !signalled) {
-          int sig = on_event(*e);
-          if (sig != 0) {
-            ::kill(child.pid, sig);
-            signalled = true;
-          }
-        }
-      }
-    }
-    ::close(fds[0]);
-    int status = 0;
-    ::waitpid(child.pid, &status, 0);
-    child.pid = -1;
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::ifstream err(err_path);
-    std::stringstream ss;
-    ss << err.rdbuf();
-    r.stderr_tail = ss.str();
-    if (r.stderr_tail.size() > 2000) r.stderr_tail = r.stderr_tail.substr(r.stderr_tail.size() - 2000);
-    return r;
-  }
-
-  static std::string ReadBytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
+                                  worker_testing::OnEvent on_event = nullptr) {
+    return worker_testing::RunWorkerWithSpecFile(spec_path, run_dir_.path(), name,
+                                                 std::move(on_event));
   }
 
   static testing::TempDir* dir_;
@@ -572,6 +473,53 @@ TEST_F(WorkerTest, FullFineTuningWritesAModelDirectory) {
   for (size_t i = 0; i < bt->size(); ++i)
     moved = std::max(moved, ((*bt)[i].second - (*tt)[i].second).abs().max().item<double>());
   EXPECT_GT(moved, 1e-4);
+}
+
+// write_merged: beside the adapter, result/merged/ is a complete Hugging
+// Face directory (config, weights, tokenizer files) whose logits equal the
+// base's with the adapter applied.
+TEST_F(WorkerTest, WriteMergedPublishesTheBaseWithTheAdapterFoldedIn) {
+  WorkerSpec s = BaseSpec("merged");
+  s.write_merged = true;
+  s.hyper.epochs = 2;
+  s.hyper.learning_rate = 1e-2;
+  RunResult r = RunWorker(s, "merged");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_tail;
+  const ReportEvent* done = r.Last(ReportKind::kCompleted);
+  ASSERT_NE(done, nullptr) << r.stderr_tail;
+  const std::string merged = done->result_dir + "/merged";
+  EXPECT_TRUE(fs::exists(done->result_dir + "/adapter_model.safetensors"));
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
+    EXPECT_TRUE(fs::exists(merged + "/" + f)) << f;
+    if (fs::exists(model_dir_ + "/" + f) && std::string(f) != "config.json") {
+      EXPECT_EQ(ReadBytes(merged + "/" + f), ReadBytes(model_dir_ + "/" + f)) << f;
+    }
+  }
+  nlohmann::json contract = nlohmann::json::parse(ReadBytes(done->result_dir + "/tunefleet_contract.json"));
+  EXPECT_EQ(contract["merged_dir"], "merged");
+
+  auto base = model::Decoder::Load(model_dir_);
+  ASSERT_TRUE(base.ok()) << base.status();
+  auto adapter = model::LoraAdapter::Load(done->result_dir, base->config());
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  auto folded = model::Decoder::Load(merged);
+  ASSERT_TRUE(folded.ok()) << folded.status();
+  std::vector<text::ChatMessage> m = {{"user", kChats[0].first, {}}, {"assistant", kChats[0].second, {}}};
+  auto t = chat_->Tokenize(m);
+  ASSERT_TRUE(t.ok());
+  at::Tensor ids = at::tensor(std::vector<int64_t>(t->ids.begin(), t->ids.end())).unsqueeze(0);
+  model::ForwardOptions with;
+  with.adapter = &*adapter;
+  auto want = base->Forward(ids, with);
+  auto plain = base->Forward(ids);
+  auto got = folded->Forward(ids);
+  ASSERT_TRUE(want.ok() && plain.ok() && got.ok());
+  const double diff = (*want - *got).abs().max().item<double>();
+  const double trained = (*want - *plain).abs().max().item<double>();
+  const double scale = want->abs().max().item<double>();
+  // fp32: (W + s·B·A)x rounds differently from Wx + s·B(Ax).
+  EXPECT_LT(diff, 1e-5 * (1 + scale)) << "the adapter moved the logits by " << trained;
+  EXPECT_GT(trained, 100 * diff);  // the comparison is not vacuous
 }
 
 // A hung peer (SIGSTOP) turns into an error on the other rank within the
