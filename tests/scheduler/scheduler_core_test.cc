@@ -14,6 +14,7 @@
 #include "services/scheduler/memory_estimate.h"
 #include "services/scheduler/model_ids.h"
 #include "services/scheduler/placement.h"
+#include "services/scheduler/scheduler.h"
 #include "services/scheduler/scheduler_store.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -660,6 +661,43 @@ TEST(Placement, FairShareBetweenTenantsAtEqualPriority) {
   std::vector<std::string> order;
   for (const auto& q : queue) order.push_back(q.id);
   EXPECT_THAT(order, ElementsAre("a-urgent", "b7", "b8", "a1", "a2", "a3", "a4", "a5", "a6"));
+}
+
+// A deployment written before usage was kept (migration 4) is counted from
+// its created_at once the scheduler opens the store.
+TEST(UsageCoreTest, DeploymentsFromBeforeUsageAreCountedFromCreation) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("s.db");
+  const absl::Time t0 = absl::FromUnixSeconds(1700000000);
+  {
+    auto store = SchedulerStore::Open(path);
+    ASSERT_THAT(store, IsOk());
+    Batch b;
+    DeploymentRecord d;
+    d.tenant = "t1";
+    d.base_artifact = "base";
+    d.deployment.set_id("dep-old");
+    d.deployment.set_model("base");
+    d.deployment.set_replicas(3);
+    d.deployment.mutable_created_at()->set_seconds(absl::ToUnixSeconds(t0));
+    b.deployments.push_back(d);
+    ASSERT_THAT((*store)->Commit(b), IsOk());
+  }
+  ManualClock clock(t0 + absl::Hours(2));
+  SchedulerOptions options;
+  options.db_path = path;
+  options.clock = &clock;
+  for (int open = 0; open < 2; ++open) {  // the stretch is written once, then kept
+    auto s = Scheduler::Open(options, nullptr);
+    ASSERT_THAT(s, IsOk());
+    auto u = (*s)->GetUsage("t1", t0 - absl::Hours(1), t0 + absl::Hours(5));
+    ASSERT_THAT(u, IsOk());
+    ASSERT_EQ(u->deployments_size(), 1);
+    EXPECT_DOUBLE_EQ(u->deployments(0).replica_hours(), 2 * 3);
+    EXPECT_FALSE(u->deployments(0).has_cost());  // no price table
+    EXPECT_THAT(u->totals().unpriced_base_models(), ElementsAre("base"));
+    EXPECT_EQ((*s)->GetUsage("t2", t0, t0 + absl::Hours(5))->deployments_size(), 0);
+  }
 }
 
 }  // namespace
