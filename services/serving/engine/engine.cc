@@ -500,15 +500,4 @@ absl::StatusOr<std::vector<double>> ClassifyTokens(const model::Decoder& decoder
   });
 }
 
-absl::StatusOr<std::vector<double>> Engine::Classify(const std::vector<int64_t>& ids,
-                                                    const ServedAdapter& adapter) {
-  auto probs = ClassifyTokens(decoder_, adapter, ids);
-  if (probs.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++stats_.classified;
-    stats_.prompt_tokens += static_cast<int64_t>(ids.size());
-  }
-  return probs;
-}
-
 }  // namespace tunefleet::serving

@@ -128,7 +128,6 @@ struct EngineStats {
   int64_t tokens_generated = 0;
   int64_t prompt_tokens = 0;
   int64_t kv_bytes_per_row = 0;
-  int64_t classified = 0;  // Classify calls that succeeded
   // Out-of-memory steps survived by shrinking: the step's token budget
   // halved, or half the rows put back in the queue.
   int64_t oom_shrinks = 0;
@@ -140,7 +139,8 @@ struct EngineStats {
 // text rendered as the trainer did) through `decoder` with the
 // classification adapter, no KV cache, its head on the last token's final
 // hidden state, softmax over the labels. Thread-safe (the decoder's forwards
-// are), on the caller's thread. INVALID_ARGUMENT for no tokens, a token
+// are), on the caller's thread: beside the engine thread (whose decoder it
+// may share), or on it (a completion's filter), never queued behind it. INVALID_ARGUMENT for no tokens, a token
 // outside the vocabulary or an adapter without a head; RESOURCE_EXHAUSTED
 // out of memory.
 absl::StatusOr<std::vector<double>> ClassifyTokens(const model::Decoder& decoder,
@@ -167,12 +167,6 @@ class Engine {
 
   // Submit and wait; for tests, benchmarks and simple callers.
   absl::StatusOr<Completion> Generate(EngineRequest request);
-
-  // ClassifyTokens on this engine's decoder, on the caller's thread beside
-  // the engine thread (so a completion's filter on the engine thread may
-  // call it too); counted in stats (classified, prompt_tokens).
-  absl::StatusOr<std::vector<double>> Classify(const std::vector<int64_t>& ids,
-                                               const ServedAdapter& adapter);
 
   const model::Decoder& decoder() const { return decoder_; }
   // Tokens per row, prompt and completion together.
