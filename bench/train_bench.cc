@@ -5,10 +5,18 @@
 // the embedding table) against a matmul peak measured in the same run, and
 // packed vs padded real-token throughput.
 //
+// Then 1 vs 2 ranks (weak scaling: each rank its own `--batch` examples per
+// step, Gloo on loopback, the threads split between the ranks): efficiency =
+// the two ranks' summed real tokens/s over twice one rank's on half the
+// threads. The second rank is this binary re-executed (--rank_child).
+//
 //   train_bench [--hidden 768 --layers 12 ...] [--steps 4] [--threads N]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,6 +48,11 @@ ABSL_FLAG(int64_t, batch, 16, "Examples per step");
 ABSL_FLAG(int64_t, max_len, 512, "max_sequence_length (packed row length)");
 ABSL_FLAG(int, threads, 0, "Intra-op threads (0: all cores)");
 ABSL_FLAG(bool, full, true, "Also time full fine-tuning");
+ABSL_FLAG(bool, scaling, true, "Also time 1 vs 2 data-parallel ranks (LoRA, packed)");
+// Internal: a second rank of the scaling run.
+ABSL_FLAG(int, rank_child, -1, "(internal) run as this rank of the 2-rank scaling run");
+ABSL_FLAG(std::string, child_dir, "", "(internal) the parent's working directory");
+ABSL_FLAG(int, child_port, 0, "(internal) the rendezvous port");
 
 namespace {
 
@@ -93,6 +106,18 @@ Figures RunOnce(const trainer::WorkerSpec& spec, const std::string& report_path)
   return f;
 }
 
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -105,7 +130,10 @@ int main(int argc, char** argv) {
                           ? absl::GetFlag(FLAGS_threads)
                           : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(threads);
-  const std::string dir = (fs::temp_directory_path() / absl::StrCat("train_bench-", ::getpid())).string();
+  const int child = absl::GetFlag(FLAGS_rank_child);
+  const std::string dir =
+      child >= 0 ? absl::GetFlag(FLAGS_child_dir)
+                 : (fs::temp_directory_path() / absl::StrCat("train_bench-", ::getpid())).string();
   fs::create_directories(dir);
 
   model::TinyModelOptions mo;
@@ -116,7 +144,7 @@ int main(int argc, char** argv) {
   mo.num_kv_heads = mo.num_heads;
   mo.intermediate_size = absl::GetFlag(FLAGS_intermediate);
   const std::string model_dir = dir + "/model";
-  if (auto s = model::WriteTinyPhi3(model_dir, mo); !s.ok()) {
+  if (auto s = child >= 0 ? absl::OkStatus() : model::WriteTinyPhi3(model_dir, mo); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 1;
   }
@@ -129,9 +157,12 @@ int main(int argc, char** argv) {
   const int64_t batch = absl::GetFlag(FLAGS_batch);
   const int64_t max_len = absl::GetFlag(FLAGS_max_len);
   const std::string shard = dir + "/train.shard";
-  {
-    auto w = trainer::ShardFileWriter::Create(shard, cfg->vocab_size);
-    std::mt19937_64 rng(7);
+  // train.shard (rank 0 and the single runs) and rank1.shard (the scaling
+  // run's second rank): the same length distribution, other draws.
+  for (const auto& [path, seed] : {std::pair{shard, 7}, std::pair{dir + "/rank1.shard", 8}}) {
+    if (child >= 0) break;  // the parent wrote them
+    auto w = trainer::ShardFileWriter::Create(path, cfg->vocab_size);
+    std::mt19937_64 rng(seed);
     std::lognormal_distribution<double> len(4.5, 0.7);
     std::uniform_int_distribution<int32_t> tok(0, 32000 - 1);
     for (int64_t i = 0; i < steps * batch; ++i) {
@@ -146,18 +177,6 @@ int main(int argc, char** argv) {
     }
     if (auto s = (*w)->Finish(); !s.ok()) return 1;
   }
-
-  const double peak = MatmulPeakGflops();
-  std::printf("train_bench: threads=%d OMP_WAIT_POLICY=%s\n", threads, std::getenv("OMP_WAIT_POLICY"));
-  std::printf("model: phi3 layers=%lld hidden=%lld intermediate=%lld vocab=%lld N(non-embedding)=%.1fM\n",
-              static_cast<long long>(cfg->num_hidden_layers), static_cast<long long>(cfg->hidden_size),
-              static_cast<long long>(cfg->intermediate_size), static_cast<long long>(cfg->vocab_size),
-              n_params / 1e6);
-  std::printf("data: batch=%lld examples/step, max_sequence_length=%lld, %lld timed steps\n",
-              static_cast<long long>(batch), static_cast<long long>(max_len),
-              static_cast<long long>(steps - 1));
-  std::printf("measured fp32 matmul peak (1024^3 at::mm): %.1f GFLOP/s\n", peak);
-  std::printf("%-28s %14s %10s %10s\n", "configuration", "real tok/s", "MFU", "padding");
 
   auto spec_for = [&](bool packing, trainer::TrainingMethod method) {
     trainer::WorkerSpec s;
@@ -179,6 +198,40 @@ int main(int argc, char** argv) {
     s.progress_interval_s = 0;
     return s;
   };
+  // A rank of the 2-rank scaling run: rank 0 reads train.shard, rank 1
+  // rank1.shard; `batch` examples per rank per step.
+  auto ranked = [&](int rank, int port) {
+    trainer::WorkerSpec s = spec_for(true, trainer::TrainingMethod::kLora);
+    s.rank = rank;
+    s.world_size = 2;
+    s.master_addr = "127.0.0.1";
+    s.master_port = port;
+    s.train_shards = {rank == 0 ? shard : dir + "/rank1.shard"};
+    s.hyper.batch_size = 2 * batch;  // across the ranks
+    s.output_dir = dir + "/out-ddp";
+    s.checkpoint_root = dir + "/ckpt-ddp";
+    s.collective_timeout_s = 600;
+    return s;
+  };
+  if (child >= 0) {
+    Figures f = RunOnce(ranked(child, absl::GetFlag(FLAGS_child_port)),
+                        absl::StrCat(dir, "/report-rank", child, ".jsonl"));
+    std::ofstream(absl::StrCat(dir, "/rank", child, ".tps")) << f.tokens_per_second << "\n";
+    return 0;
+  }
+
+  const double peak = MatmulPeakGflops();
+  std::printf("train_bench: threads=%d OMP_WAIT_POLICY=%s\n", threads, std::getenv("OMP_WAIT_POLICY"));
+  std::printf("model: phi3 layers=%lld hidden=%lld intermediate=%lld vocab=%lld N(non-embedding)=%.1fM\n",
+              static_cast<long long>(cfg->num_hidden_layers), static_cast<long long>(cfg->hidden_size),
+              static_cast<long long>(cfg->intermediate_size), static_cast<long long>(cfg->vocab_size),
+              n_params / 1e6);
+  std::printf("data: batch=%lld examples/step, max_sequence_length=%lld, %lld timed steps\n",
+              static_cast<long long>(batch), static_cast<long long>(max_len),
+              static_cast<long long>(steps - 1));
+  std::printf("measured fp32 matmul peak (1024^3 at::mm): %.1f GFLOP/s\n", peak);
+  std::printf("%-28s %14s %10s %10s\n", "configuration", "real tok/s", "MFU", "padding");
+
   double packed_tps = 0, padded_tps = 0;
   for (auto [name, packing, method, flops] :
        {std::tuple{"lora packed", true, trainer::TrainingMethod::kLora, 4.0},
@@ -192,6 +245,50 @@ int main(int argc, char** argv) {
     if (method == trainer::TrainingMethod::kLora) (packing ? packed_tps : padded_tps) = f.tokens_per_second;
   }
   if (padded_tps > 0) std::printf("packed / padded real-token throughput: %.2fx\n", packed_tps / padded_tps);
+
+  if (absl::GetFlag(FLAGS_scaling)) {
+    const int half = std::max(1, threads / 2);
+    at::set_num_threads(half);
+    Figures one = RunOnce(spec_for(true, trainer::TrainingMethod::kLora), dir + "/report.jsonl");
+    const int port = FreePort();
+    std::vector<std::string> args = {"/proc/self/exe",
+                                     "--rank_child=1",
+                                     "--child_dir=" + dir,
+                                     absl::StrCat("--child_port=", port),
+                                     absl::StrCat("--threads=", half)};
+    for (const auto& [name, value] :
+         {std::pair{"hidden", absl::GetFlag(FLAGS_hidden)},
+          std::pair{"layers", absl::GetFlag(FLAGS_layers)},
+          std::pair{"heads", absl::GetFlag(FLAGS_heads)},
+          std::pair{"intermediate", absl::GetFlag(FLAGS_intermediate)},
+          std::pair{"steps", absl::GetFlag(FLAGS_steps)}, std::pair{"batch", batch},
+          std::pair{"max_len", max_len}}) {
+      args.push_back(absl::StrCat("--", name, "=", value));
+    }
+    std::vector<char*> cargv;
+    for (std::string& a : args) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::execv("/proc/self/exe", cargv.data());
+      _exit(127);
+    }
+    Figures rank0 = RunOnce(ranked(0, port), dir + "/report-rank0.jsonl");
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    double rank1_tps = 0;
+    std::ifstream(dir + "/rank1.tps") >> rank1_tps;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || rank1_tps <= 0) {
+      std::fprintf(stderr, "train_bench: the second rank failed\n");
+      return 1;
+    }
+    const double two = rank0.tokens_per_second + rank1_tps;
+    std::printf("1 rank, %d threads: %.1f real tok/s; 2 Gloo ranks, %d threads each, %lld examples "
+                "per rank per step: %.1f real tok/s together\n",
+                half, one.tokens_per_second, half, static_cast<long long>(batch), two);
+    std::printf("2-rank scaling efficiency: %.1f%% (goal 90%%)\n",
+                100 * two / (2 * one.tokens_per_second));
+  }
   std::error_code ec;
   fs::remove_all(dir, ec);
   return 0;
