@@ -182,9 +182,9 @@ TEST_F(AgentTest, RunsAnAssignmentAndForwardsEveryReport) {
 echo "$OMP_WAIT_POLICY" > )", env_file, R"(
 say '{"event":"started","total_steps":3,"world_size":1,"rank":0,"resumed_step":0}'
 for s in 1 2 3; do
-  say "{\"event\":\"progress\",\"step\":$s,\"total_steps\":3,\"epoch\":0.5,\"train_loss\":1.5,\"train_token_accuracy\":0.25,\"learning_rate\":0.0002,\"tokens_per_second\":100,\"trained_tokens\":$((s * 40))}"
+  say "{\"event\":\"progress\",\"step\":$s,\"total_steps\":3,\"epoch\":0.5,\"train_loss\":1.5,\"train_token_accuracy\":0.25,\"learning_rate\":0.0002,\"tokens_per_second\":100,\"trained_tokens\":$((s * 40)),\"metrics\":{\"reward_margin\":0.$s}}"
 done
-say '{"event":"eval","step":3,"epoch":1,"valid_loss":1.25,"valid_token_accuracy":0.5}'
+say '{"event":"eval","step":3,"epoch":1,"valid_loss":1.25,"valid_token_accuracy":0.5,"metrics":{"macro_f1":0.75}}'
 mkdir -p "$ck/step-00000003"
 say "{\"event\":\"checkpoint\",\"step\":3,\"epoch\":1,\"dir\":\"$ck/step-00000003\",\"metrics\":{\"train_loss\":1.5}}"
 mkdir -p "$out"
@@ -213,6 +213,9 @@ say "{\"event\":\"completed\",\"result_dir\":\"$out\",\"trained_tokens\":120,\"v
   EXPECT_DOUBLE_EQ(r.progress[2].metrics().train_loss(), 1.5);
   EXPECT_EQ(r.progress[2].metrics().trained_tokens(), 120);
   EXPECT_DOUBLE_EQ(r.progress[3].metrics().valid_loss(), 1.25);
+  // The method's figures: a step's as they are, an evaluation's as valid_*.
+  EXPECT_DOUBLE_EQ(r.progress[1].metrics().extra().at("reward_margin"), 0.2);
+  EXPECT_DOUBLE_EQ(r.progress[3].metrics().extra().at("valid_macro_f1"), 0.75);
   ASSERT_EQ(r.checkpoints.size(), 1u);
   EXPECT_EQ(r.checkpoints[0].artifact(), "jobs/ftjob-1/checkpoints/step-00000003");
   EXPECT_EQ(r.checkpoints[0].step(), 3);
