@@ -263,6 +263,11 @@ absl::Status Scheduler::Load() {
   for (auto& m : snap.models) models_[m.model.id()] = std::move(m);
   for (auto& d : snap.deployments) deployments_[d.deployment.id()] = std::move(d);
   for (auto& a : snap.assignments) assignments_[a.assignment.assignment_id()] = std::move(a);
+  for (const auto& [id, j] : jobs_) {
+    if (!j.preempted_for.empty() && j.job.state() == v1::JOB_STATE_RUNNING)
+      spdlog::info("job={} is still being preempted for job={}: its ranks are asked to "
+                   "checkpoint and stop", id, j.preempted_for);
+  }
   // Nodes known before the restart get a fresh lease: an agent that is still
   // there keeps its attempts by heartbeating; one that is gone expires.
   for (auto& n : snap.nodes) nodes_[n.id] = NodeState{n, now + options_.lease};
@@ -647,7 +652,7 @@ absl::Status Scheduler::Transition(Txn& t, const std::string& job_id, JobTrigger
   }
   j.job.set_state(*next);
   *j.job.mutable_update_time() = ToTimestamp(t.now());
-  if (*next != v1::JOB_STATE_RUNNING) preempting_.erase(job_id);
+  if (*next != v1::JOB_STATE_RUNNING) j.preempted_for.clear();
   if (*next == v1::JOB_STATE_RUNNING && !j.job.has_started_at())
     *j.job.mutable_started_at() = ToTimestamp(t.now());
   if (error != nullptr) *j.job.mutable_error() = *error;
@@ -1432,7 +1437,7 @@ void Scheduler::FinishAssignment(Txn& t, const std::string& assignment_id) {
                      absl::StrCat("paused", at.empty() ? "" : " at checkpoint " + at));
   } else if (s == v1::JOB_STATE_CANCELLING) {
     (void)Transition(t, job_id, JobTrigger::kStopped, "cancelled; every rank has stopped");
-  } else if (s == v1::JOB_STATE_RUNNING && preempting_.count(job_id)) {
+  } else if (s == v1::JOB_STATE_RUNNING && !t.Job(job_id).preempted_for.empty()) {
     std::string at = t.Job(job_id).resume_artifact;
     ++preemptions_;
     (void)Transition(t, job_id, JobTrigger::kStopped,
@@ -1464,7 +1469,8 @@ absl::StatusOr<iv1::HeartbeatResponse> Scheduler::Heartbeat(const iv1::Heartbeat
       // A rank of a pausing or cancelling job that the agent no longer runs
       // has stopped.
       if (!present && (a.stopping || s == v1::JOB_STATE_PAUSING ||
-                       s == v1::JOB_STATE_CANCELLING || preempting_.count(a.assignment.job_id())))
+                       s == v1::JOB_STATE_CANCELLING ||
+                       !jobs_.at(a.assignment.job_id()).preempted_for.empty()))
         finished.push_back(id);
     }
     for (const auto& id : finished) FinishAssignment(t, id);
@@ -1473,7 +1479,7 @@ absl::StatusOr<iv1::HeartbeatResponse> Scheduler::Heartbeat(const iv1::Heartbeat
       if (a.node_id != req.node_id() || a.stopping) continue;
       *resp.add_assignments() = a.assignment;
       if (jobs_.at(a.assignment.job_id()).job.state() == v1::JOB_STATE_PAUSING ||
-          preempting_.count(a.assignment.job_id()))
+          !jobs_.at(a.assignment.job_id()).preempted_for.empty())
         resp.add_checkpoint_and_stop(id);
     }
   }
@@ -1594,7 +1600,8 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
         TF_RETURN_IF_ERROR(Transition(t, job_id, JobTrigger::kSucceed,
                                       absl::StrCat("succeeded; model ", j.job.result_model())));
       }
-    } else if (!req.succeeded() && s == v1::JOB_STATE_RUNNING && !preempting_.count(job_id)) {
+    } else if (!req.succeeded() && s == v1::JOB_STATE_RUNNING &&
+               jobs_.at(job_id).preempted_for.empty()) {
       t.DeleteAssignment(a.assignment_id());
       v1::Error e = req.error();
       if (e.code().empty()) e.set_code("training_failed");
@@ -1727,10 +1734,11 @@ void Scheduler::PreemptFor(Txn& t, const std::vector<QueuedJob>& ordered,
     int slots;
   };
   std::vector<Victim> running;
-  for (const auto& [id, j] : jobs_) {
+  for (const auto& [id, committed] : jobs_) {
+    const JobRecord& j = t.jobs().count(id) ? t.jobs().at(id) : committed;
     if (j.job.state() != v1::JOB_STATE_RUNNING) continue;
     int slots = static_cast<int>(t.AssignmentsOf(id).size());
-    if (preempting_.count(id)) {
+    if (!j.preempted_for.empty()) {
       available += slots;
     } else {
       running.push_back(Victim{j.job.priority(), j.queue_seq, id, slots});
@@ -1758,7 +1766,7 @@ void Scheduler::PreemptFor(Txn& t, const std::vector<QueuedJob>& ordered,
     if (available + gained < w) continue;  // preempting cannot make room: wait
     for (size_t i : chosen) {
       const std::string& victim = running[i].id;
-      preempting_.insert(victim);
+      t.Job(victim).preempted_for = q.id;  // durable with its event
       v1::JobEvent e;
       e.set_level(v1::JobEvent::LEVEL_WARNING);
       e.set_message(absl::StrCat("preempted by ", q.id, " (priority ", q.priority,

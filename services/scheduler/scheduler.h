@@ -231,7 +231,8 @@ class Scheduler {
   // Preemption: for each queued job (in queue order) that placement left
   // waiting, when stopping running jobs of lower priority (lowest first,
   // newest first) frees enough slots, those are asked to checkpoint and stop
-  // (checkpoint_and_stop); once their ranks are gone they are requeued to
+  // (checkpoint_and_stop; JobRecord::preempted_for, durable, so a restarted
+  // scheduler keeps asking); once their ranks are gone they are requeued to
   // resume from that checkpoint and the waiting job is placed.
   void PreemptFor(Txn& t, const std::vector<QueuedJob>& ordered,
                   const std::set<std::string>& settled, int free_slots)
@@ -282,9 +283,6 @@ class Scheduler {
   std::map<std::string, std::vector<DeploymentUsageRecord>> deployment_usage_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, UsageCounters> replica_counters_
       ABSL_GUARDED_BY(mu_);
-  // Running jobs asked to checkpoint and stop for a higher-priority one
-  // (memory only: after a restart a victim simply keeps running).
-  std::set<std::string> preempting_ ABSL_GUARDED_BY(mu_);
   int64_t preemptions_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t node_losses_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t next_queue_seq_ ABSL_GUARDED_BY(mu_) = 1;

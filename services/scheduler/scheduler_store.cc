@@ -103,6 +103,9 @@ CREATE TABLE inference_usage (
   completion_tokens INTEGER NOT NULL,
   PRIMARY KEY (tenant, minute_us, deployment_id, base_model)) WITHOUT ROWID;
 )sql"},
+    {5, R"sql(
+ALTER TABLE jobs ADD COLUMN preempted_for TEXT NOT NULL DEFAULT '';
+)sql"},
 };
 
 template <typename Proto>
@@ -176,7 +179,7 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
   StoreSnapshot s;
   TF_ASSIGN_OR_RETURN(auto rows, db_->Query(
       "SELECT id, tenant, request_id, queue_seq, resume_artifact, retries, attempt, held_files, "
-      "last_event_seq, proto, init_artifact, estimated_tokens FROM jobs"));
+      "last_event_seq, proto, init_artifact, estimated_tokens, preempted_for FROM jobs"));
   for (const auto& r : rows) {
     JobRecord j;
     j.tenant = r[1].AsText();
@@ -191,6 +194,7 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
     TF_RETURN_IF_ERROR(ParseInto(r[9], &j.job, "job"));
     j.init_artifact = r[10].AsText();
     j.estimated_tokens = r[11].AsInt64();
+    j.preempted_for = r[12].AsText();
     s.jobs.emplace(r[0].AsText(), std::move(j));
   }
   TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT job_id, proto FROM job_events ORDER BY job_id, seq"));
@@ -292,11 +296,12 @@ absl::StatusOr<int64_t> SchedulerStore::Commit(const Batch& b) {
   for (const auto& [id, j] : b.jobs) {
     TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO jobs (id, tenant, request_id, queue_seq, resume_artifact, retries, "
-        "attempt, held_files, last_event_seq, state, proto, init_artifact, estimated_tokens) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "attempt, held_files, last_event_seq, state, proto, init_artifact, estimated_tokens, "
+        "preempted_for) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         {id, j.tenant, j.request_id, j.queue_seq, j.resume_artifact, j.retries, j.attempt,
          absl::StrJoin(j.held_files, ","), j.last_event_seq, static_cast<int>(j.job.state()),
-         Value::Blob(j.job.SerializeAsString()), j.init_artifact, j.estimated_tokens}));
+         Value::Blob(j.job.SerializeAsString()), j.init_artifact, j.estimated_tokens,
+         j.preempted_for}));
   }
   for (const auto& [job_id, e] : b.events) {
     TF_RETURN_IF_ERROR(Exec("INSERT INTO job_events (job_id, seq, proto) VALUES (?,?,?)",

@@ -49,6 +49,10 @@ struct JobRecord {
   int64_t estimated_tokens = 0;
   int32_t retries = 0;  // attempts lost so far
   int32_t attempt = 0;  // attempts started so far
+  // Preemption in progress: the queued job this running job was asked to
+  // checkpoint and stop for (empty: none). Durable so that a restarted
+  // scheduler still stops the victim and requeues it when its ranks are gone.
+  std::string preempted_for;
   std::vector<std::string> held_files;  // released when the job finishes
   int64_t last_event_seq = 0;
   v1::Job job;

@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "services/scheduler/job_spec.h"
 #include "services/scheduler/job_state.h"
@@ -698,6 +699,124 @@ TEST(UsageCoreTest, DeploymentsFromBeforeUsageAreCountedFromCreation) {
     EXPECT_THAT(u->totals().unpriced_base_models(), ElementsAre("base"));
     EXPECT_EQ((*s)->GetUsage("t2", t0, t0 + absl::Hours(5))->deployments_size(), 0);
   }
+}
+
+
+// Preemption across a restart. Before, which running jobs had been asked to
+// checkpoint and stop (and for which queued job) lived only in memory: a
+// scheduler restarted mid-preemption no longer asked the victim to stop, and
+// the victim's rank, once stopped, was taken for a failure. Now the mark is a
+// column of the job row (JobRecord::preempted_for, migration 5), written with
+// the "preempted by" event; the victim keeps its queue_seq (admission age)
+// when requeued, as before. The scheduler is dropped (every acknowledged
+// mutation is already committed, as after SIGKILL) and reopened on the same
+// file at two points of the preemption.
+TEST(PreemptionRestartTest, AVictimAskedBeforeARestartStopsRequeuesAndResumes) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("s.db");
+  const absl::Time t0 = absl::FromUnixSeconds(1700000000);
+  {
+    auto store = SchedulerStore::Open(path);
+    ASSERT_THAT(store, IsOk());
+    Batch b;
+    auto job = [&](const std::string& id, v1::JobState state, int priority, int64_t seq) {
+      JobRecord j;
+      j.tenant = "t1";
+      j.queue_seq = seq;
+      j.attempt = state == kRunning ? 1 : 0;
+      j.last_event_seq = 0;
+      j.job.set_id(id);
+      j.job.set_state(state);
+      j.job.set_priority(priority);
+      j.job.set_gpus(1);
+      j.job.set_base_model("base");
+      b.jobs.emplace_back(id, j);
+    };
+    job("ftjob-low", kRunning, 0, 1);
+    job("ftjob-high", kQueued, 10, 2);
+    AssignmentRecord a;
+    a.node_id = "node-1";
+    a.assignment.set_assignment_id("asg-low-1");
+    a.assignment.set_job_id("ftjob-low");
+    a.assignment.set_world_size(1);
+    a.assignment.add_gpu_indices(0);
+    b.assignments.push_back(a);
+    b.nodes.push_back(NodeRecord{"node-1", "gpu-a", "127.0.0.1:7000", 1});
+    ASSERT_THAT((*store)->Commit(b), IsOk());
+  }
+  ManualClock clock(t0);
+  SchedulerOptions options;
+  options.db_path = path;
+  options.clock = &clock;
+  auto heartbeat = [](Scheduler& s, std::vector<std::string> running) {
+    iv1::HeartbeatRequest req;
+    req.set_node_id("node-1");
+    for (const auto& id : running) req.add_assignments()->set_assignment_id(id);
+    return s.Heartbeat(req);
+  };
+  auto state = [](Scheduler& s, const std::string& id) {
+    auto j = s.GetJob("t1", id);
+    return j.ok() ? j->state() : v1::JOB_STATE_UNSPECIFIED;
+  };
+  const std::string ckpt = "jobs/ftjob-low/checkpoints/step-000050";
+  {
+    auto s = Scheduler::Open(options, nullptr);
+    ASSERT_THAT(s, IsOk());
+    (*s)->Tick(clock.Now());  // no free slot: the low job is asked to stop
+    auto hb = heartbeat(**s, {"asg-low-1"});
+    ASSERT_THAT(hb, IsOk());
+    EXPECT_THAT(hb->checkpoint_and_stop(), ElementsAre("asg-low-1"));
+    EXPECT_EQ((*s)->store().Load()->jobs.at("ftjob-low").preempted_for, "ftjob-high");
+  }  // killed before the victim checkpoints
+  {
+    auto s = Scheduler::Open(options, nullptr);
+    ASSERT_THAT(s, IsOk());
+    auto hb = heartbeat(**s, {"asg-low-1"});  // still asked, not re-chosen
+    ASSERT_THAT(hb, IsOk());
+    EXPECT_THAT(hb->checkpoint_and_stop(), ElementsAre("asg-low-1"));
+    (*s)->Tick(clock.Now());
+    iv1::ReportCheckpointRequest c;
+    c.set_assignment_id("asg-low-1");
+    c.set_step(50);
+    c.set_artifact(ckpt);
+    ASSERT_THAT((*s)->ReportCheckpoint(c), IsOk());
+    auto events = (*s)->JobEvents("t1", "ftjob-low", 0, 100, nullptr);
+    ASSERT_THAT(events, IsOk());
+    int asked = 0;
+    for (const auto& e : *events) asked += absl::StrContains(e.message(), "preempted by ftjob-high");
+    EXPECT_EQ(asked, 1);  // asked once, across the restart
+  }  // killed after the checkpoint, before the rank's exit is reported
+  ManualClock later(t0 + absl::Seconds(3));
+  options.clock = &later;
+  auto s = Scheduler::Open(options, nullptr);
+  ASSERT_THAT(s, IsOk());
+  // The stopped rank reports failure (SIGTERM): a preempted stop, not a failure.
+  iv1::CompleteAssignmentRequest done;
+  done.set_assignment_id("asg-low-1");
+  done.set_succeeded(false);
+  ASSERT_THAT((*s)->CompleteAssignment(done), IsOk());
+  EXPECT_EQ(state(**s, "ftjob-low"), kQueued);
+  EXPECT_EQ((*s)->store().Load()->jobs.at("ftjob-low").preempted_for, "");
+  (*s)->Tick(later.Now());
+  EXPECT_EQ(state(**s, "ftjob-high"), kRunning);
+  EXPECT_EQ(state(**s, "ftjob-low"), kQueued);
+  auto hb = heartbeat(**s, {});
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_EQ(hb->assignments_size(), 1);
+  EXPECT_EQ(hb->assignments(0).job_id(), "ftjob-high");
+  EXPECT_THAT(hb->checkpoint_and_stop(), IsEmpty());
+  done.set_assignment_id(hb->assignments(0).assignment_id());
+  done.set_succeeded(true);
+  done.set_result_artifact("jobs/ftjob-high/result");
+  ASSERT_THAT((*s)->CompleteAssignment(done), IsOk());
+  EXPECT_EQ(state(**s, "ftjob-high"), kSucceeded);
+  (*s)->Tick(later.Now());
+  hb = heartbeat(**s, {});
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_EQ(hb->assignments_size(), 1);
+  EXPECT_EQ(hb->assignments(0).job_id(), "ftjob-low");
+  EXPECT_EQ(hb->assignments(0).resume_checkpoint(), ckpt);
+  EXPECT_EQ(state(**s, "ftjob-low"), kRunning);
 }
 
 }  // namespace

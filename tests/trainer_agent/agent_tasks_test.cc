@@ -2,7 +2,8 @@
 // sharded by the dataset service, placed by the scheduler, trained by the
 // agent's worker; each reaches SUCCEEDED with its model registered, the
 // method's figures in the job's metrics and (classification) its task and
-// labels in the result's contract.
+// labels in the result's contract; a job asking for merged weights gets
+// result/merged/.
 #include "tests/trainer_agent/fleet.h"
 #include "tunefleet/v1/models.grpc.pb.h"
 
@@ -73,6 +74,7 @@ TEST_F(AgentTasksTest, DpoJobSucceedsWithRewardMarginInItsMetrics) {
   TF_ASSERT_OK_AND_ASSIGN(std::string valid, Upload(PreferenceJsonl(10)));
   v1::CreateJobRequest req = JobRequest(file, /*epochs=*/2, /*batch=*/4, valid);
   req.mutable_method()->mutable_dpo()->set_beta(0.1);
+  req.set_write_merged(true);  // through the scheduler and the agent to the worker
   TF_ASSERT_OK_AND_ASSIGN(v1::Job job, CreateJob(req));
   v1::Job done = WaitState(job.id(), {v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED},
                            absl::Seconds(120));
@@ -92,6 +94,10 @@ TEST_F(AgentTasksTest, DpoJobSucceedsWithRewardMarginInItsMetrics) {
   nlohmann::json contract = nlohmann::json::parse(ReadAll(
       dir_.Join(absl::StrCat("artifacts/jobs/", job.id(), "/result/tunefleet_contract.json"))));
   EXPECT_EQ(contract["task"], "chat");
+  EXPECT_EQ(contract["merged_dir"], "merged");
+  const std::string merged = dir_.Join(absl::StrCat("artifacts/jobs/", job.id(), "/result/merged"));
+  EXPECT_TRUE(std::filesystem::exists(merged + "/config.json"));
+  EXPECT_TRUE(std::filesystem::exists(merged + "/tokenizer.json"));
 }
 
 TEST_F(AgentTasksTest, ClassificationJobSucceedsWithItsLabelsInTheContract) {
