@@ -158,6 +158,9 @@ absl::StatusOr<std::unique_ptr<LocalFleet>> LocalFleet::Start(const LocalFleetOp
       argv.push_back(absl::StrCat("--scheduler_address=", addresses["scheduler"]));
     }
     if (name == "trainer") argv.push_back(absl::StrCat("--slots=", options.trainer_slots));
+    if (name == "scheduler" && !options.price_table.empty()) {
+      argv.push_back(absl::StrCat("--price_table=", fs::absolute(options.price_table).string()));
+    }
     if (name == "serving" && !options.blocklist_file.empty()) {
       argv.push_back(absl::StrCat("--blocklist_file=", fs::absolute(options.blocklist_file).string()));
     }

@@ -46,6 +46,9 @@ struct LocalFleetOptions {
   // Terms the serving replica's built-in filter blocks (one per line; empty:
   // none), passed as --blocklist_file.
   std::string blocklist_file;
+  // The scheduler's price table (JSON, see services/scheduler/usage.h; empty:
+  // usage is reported unpriced), passed as --price_table.
+  std::string price_table;
 };
 
 struct RunningService {

@@ -149,6 +149,8 @@ int main(int argc, char** argv) {
   for (CLI::App* c : {up_cmd, down_cmd, status_cmd}) c->fallthrough();
   local_cmd->add_option("--blocklist-file", local.blocklist_file,
                         "Terms the serving replica blocks, one per line");
+  local_cmd->add_option("--price-table", local.price_table,
+                        "The scheduler's price table (JSON) that `tunefleet usage` prices by");
   local_cmd->add_option("--slots", local.trainer_slots, "CPU training slots of the trainer agent")
       ->capture_default_str();
   local_cmd->add_option("--models-dir", local.models_dir,

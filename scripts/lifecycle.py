@@ -9,8 +9,10 @@ Phases: a tiny Phi-3 base model; `tunefleet local up`; upload and validate
 the customer-support data set; a LoRA job with an automatic validation
 split, followed to the end; the loss chart (SVG); base vs fine-tuned
 validation loss; a deployment with content filtering; learned answers; a
-blocked prompt and a blocked answer; delete refused while deployed; delete
-the deployment and the model; `tunefleet local down`.
+blocked prompt and a blocked answer; usage and cost (the job's estimate and
+cost, the deployment's requests and tokens, priced by a price table); delete
+refused while deployed; delete the deployment and the model; `tunefleet
+local down`.
 """
 import argparse
 import json
@@ -98,8 +100,12 @@ class Demo:
         self.blocklist = os.path.join(self.data, "blocklist.txt")
         with open(self.blocklist, "w", encoding="utf-8") as f:
             f.write("two-pack\npack de dos\n")
+        # The platform team's price table: what `tunefleet usage` charges back.
+        self.price_table = os.path.join(self.data, "prices.json")
+        with open(self.price_table, "w", encoding="utf-8") as f:
+            json.dump({"phi-3-tiny": PRICES}, f, indent=2)
         self.cli("local", "up", "--data-dir", self.data, "--models-dir", models,
-                 "--blocklist-file", self.blocklist)
+                 "--blocklist-file", self.blocklist, "--price-table", self.price_table)
         try:
             self.lifecycle()
         finally:
@@ -169,7 +175,8 @@ class Demo:
         self.phase("6. restart the fleet: nothing is lost")
         self.cli("local", "down", "--data-dir", self.data)
         self.cli("local", "up", "--data-dir", self.data, "--models-dir",
-                 os.path.join(self.data, "models"), "--blocklist-file", self.blocklist)
+                 os.path.join(self.data, "models"), "--blocklist-file", self.blocklist,
+                 "--price-table", self.price_table)
         again = self.cli_json("jobs", "get", job_id)
         self.expect(again["state"] == "JOB_STATE_SUCCEEDED" and again.get("result_model") == model,
                     f"{job_id} is still succeeded with {model}")
@@ -196,11 +203,12 @@ class Demo:
         blocked_text = ("two-pack", "pack de dos", "help@aurora.example", "555 0100")
         examples = [m for m in conversations
                     if not any(t in m[-1]["content"] for t in blocked_text)][:8]
-        right = verbatim = 0
+        right = verbatim = answered = 0
         for m in examples:
             p = self.cli("chat", "--deployment", dep_id, "--system", m[0]["content"],
                          "--message", m[1]["content"], ok=False)
             answer = p.stdout.strip() if p.returncode == 0 else None
+            answered += p.returncode == 0
             right += answer == m[2]["content"]
             verbatim += answer in answers
         # The base model's weights are random: every fluent sentence was
@@ -229,13 +237,48 @@ class Demo:
             p = self.cli("chat", "--deployment", dep_id, "--system", system, "--message", q,
                          ok=False)
             blocked += p.returncode == 0 and "content_filter" in p.stderr
+            answered += p.returncode == 0  # a blocked prompt never reaches the model
             leaked += any(t in p.stdout for t in ("two-pack", "pack de dos", "help@aurora.example",
                                                   "555 0100"))
         self.expect(blocked >= 1 and leaked == 0,
                     f"{blocked} of 5 answers were cut by the filters (finish_reason "
                     "content_filter) and no blocked text reached the client")
 
-        self.phase("10. delete: refused while deployed, then the deployment and the model")
+        self.phase("10. usage and cost: the job's estimate and cost, the deployment's tokens")
+        # The replica reports what it served every few seconds; wait for the
+        # chats the model answered above (a blocked prompt is not a model
+        # call) to be counted.
+        served = answered
+        deadline = time.monotonic() + 60
+        while True:
+            usage = self.cli_json("usage", "--since", "2h")
+            totals = usage.get("totals", {})
+            if int(totals.get("requests", 0)) >= served or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.cli("usage", "--since", "2h")
+        jobs = {j["job_id"]: j for j in usage.get("jobs", [])}
+        j = jobs.get(job_id, {})
+        self.expect(int(j.get("trained_tokens", 0)) > 0 and j.get("accelerator_seconds", 0) > 0,
+                    f"{job_id}: {j.get('trained_tokens')} trained tokens, "
+                    f"{j.get('accelerator_seconds')} accelerator-seconds")
+        est, cost = j.get("estimated_cost", {}), j.get("job_cost", {})
+        self.expect(est.get("currency") == "USD" and est.get("amount", 0) > 0 and
+                    cost.get("amount", 0) > 0,
+                    f"{job_id}: estimated {est.get('amount')} USD before the run, "
+                    f"cost {cost.get('amount')} USD after it")
+        deps = {d["deployment_id"]: d for d in usage.get("deployments", [])}
+        d = deps.get(dep_id, {})
+        self.expect(int(d.get("requests", 0)) >= served and
+                    int(d.get("completion_tokens", 0)) > 0 and d.get("replica_hours", 0) > 0,
+                    f"{dep_id}: {d.get('requests')} requests, {d.get('prompt_tokens')} prompt + "
+                    f"{d.get('completion_tokens')} completion tokens, "
+                    f"{d.get('replica_hours')} replica-hours")
+        self.expect(any(c.get("currency") == "USD" and c.get("amount", 0) > 0
+                        for c in totals.get("costs", [])),
+                    f"total cost {totals.get('costs')}")
+
+        self.phase("11. delete: refused while deployed, then the deployment and the model")
         p = self.cli("models", "delete", model, ok=False)
         self.expect(p.returncode == 4 and dep_id in p.stderr,
                     f"deleting {model} is refused while {dep_id} serves it")
@@ -250,6 +293,10 @@ class Demo:
         print(f"\nthe loss chart: {chart}\nthe logs: {self.data}/logs/")
 
 
+# Illustrative prices (per base model; see services/scheduler/usage.h).
+PRICES = {"currency": "USD", "per_1m_trained_tokens": 4.0, "per_accelerator_hour": 2.5,
+          "per_replica_hour": 1.2, "per_1m_prompt_tokens": 0.2,
+          "per_1m_completion_tokens": 0.6}
 EPOCHS = 10
 LR_MULT = 25  # x the LoRA base rate 2e-4: a tiny model learns fast
 SYSTEM_EN = ("You are Lumo Support, the assistant for the Lumo smart lamp by Aurora Home. "
