@@ -1,13 +1,14 @@
 #include "services/serving/inference_service.h"
 
 
-#include <deque>
+#include <memory>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/ids.h"
 #include "common/errors/error_details.h"
 #include "common/rpc/metrics.h"
+#include "common/rpc/stream_reactor.h"
 #include "common/rpc/status.h"
 #include "services/serving/proto_convert.h"
 
@@ -50,6 +51,19 @@ absl::StatusOr<ChatStart> Start(Replica* replica, const rpc::Principal& caller,
   return replica->StartChat(request, std::move(sink), prompt_verdict);
 }
 
+// The prompt's filter results ride beside the status's own details
+// (ErrorInfo PROMPT_BLOCKED, the field violation on `messages`).
+absl::Status WithPromptResults(const absl::Status& status, const FilterVerdict& verdict) {
+  v1::ChatCompletionResponse detail;
+  VerdictToProto(verdict, detail.mutable_prompt_filter_results(),
+                 detail.mutable_prompt_filter_findings());
+  absl::Status with_results = status;
+  with_results.SetPayload(
+      absl::StrCat("type.googleapis.com/", v1::ChatCompletionResponse::descriptor()->full_name()),
+      absl::Cord(detail.SerializeAsString()));
+  return with_results;
+}
+
 std::string Outcome(const ChatResult& r) {
   if (!r.status.ok()) return rpc::StatusCodeName(static_cast<int>(r.status.code()));
   return r.finish == ChatFinish::kContentFilter ? "content_filter" : "ok";
@@ -58,16 +72,7 @@ std::string Outcome(const ChatResult& r) {
 }  // namespace
 
 grpc::Status BlockedPromptStatus(const absl::Status& status, const FilterVerdict& verdict) {
-  // The prompt's filter results ride beside the status's own details
-  // (ErrorInfo PROMPT_BLOCKED, the field violation on `messages`).
-  v1::ChatCompletionResponse detail;
-  VerdictToProto(verdict, detail.mutable_prompt_filter_results(),
-                 detail.mutable_prompt_filter_findings());
-  absl::Status with_results = status;
-  with_results.SetPayload(
-      absl::StrCat("type.googleapis.com/", v1::ChatCompletionResponse::descriptor()->full_name()),
-      absl::Cord(detail.SerializeAsString()));
-  return rpc::ToGrpcStatus(with_results);
+  return rpc::ToGrpcStatus(WithPromptResults(status, verdict));
 }
 
 // Unary: the response is complete when both the start (prompt results) and
@@ -164,113 +169,141 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ChatCompletion(
   return reactor;
 }
 
-// Streaming: chunks are queued by the engine thread and written one at a
-// time (the next write starts in OnWriteDone), so a slow client costs
-// memory for its queued chunks only, never an engine stall; the text in
-// them has passed the content filter's hold-back window. The first chunk
-// carries the prompt's filter results, the last the finish reason and usage.
-class InferenceServiceImpl::StreamReactor final : public grpc::ServerWriteReactor<v1::ChatCompletionChunk>,
-                                                  public ChatSink,
-                                                  public std::enable_shared_from_this<StreamReactor> {
+// Streaming. The engine thread appends what it releases (text that passed
+// the filters' hold-back window, with its tokens' logprobs) and the final
+// result to the stream's feed and wakes the reactor; the reactor is the
+// shared pull reactor (one write in flight), and each Pull builds the next
+// chunk from what accumulated since the last write. Slow consumers: while a
+// write waits on the client, the tokens released meanwhile coalesce into the
+// next chunk's text, so a stream holds at most the rest of one answer, never
+// a queue of messages, and the engine never waits for it. The first chunk
+// carries the prompt's filter results; the last the finish reason, the
+// completion's results and usage.
+//
+// Thread-safety: the engine thread (OnDelta, OnDone), the executor (Begin)
+// and the reactor (Next, Detach; any thread) meet under mu_. Wakes run under
+// wake_mu_, which Detach takes to unhook the reactor, so no wake reaches it
+// once it is gone. A wake may run Next inline, so nothing wakes under mu_.
+class InferenceServiceImpl::StreamFeed final : public ChatSink {
  public:
-  StreamReactor(InferenceServiceImpl* service, std::string deployment)
-      : service_(service),
+  StreamFeed(ServingMetrics* metrics, std::string deployment)
+      : metrics_(metrics),
         deployment_(std::move(deployment)),
         id_(NewCompletionId()),
         created_(UnixSeconds()) {}
 
-  // Called once from the executor with the outcome of the start.
+  void Attach(rpc::PullWriteReactor<v1::ChatCompletionChunk>* reactor) {
+    absl::MutexLock lock(&wake_mu_);
+    reactor_ = reactor;
+  }
+
+  // The stream is over (written, failed, cancelled, or the client went
+  // away): no more wakes; a chat still running is cancelled (frees its slot).
+  void Detach() {
+    {
+      absl::MutexLock lock(&wake_mu_);
+      reactor_ = nullptr;
+    }
+    std::shared_ptr<ChatCall> call;
+    {
+      absl::MutexLock lock(&mu_);
+      detached_ = true;
+      if (!done_) call = call_;
+    }
+    if (call) call->Cancel();
+  }
+
+  // Once, from the executor, with the outcome of the start.
   void Begin(absl::StatusOr<ChatStart> start, const FilterVerdict& prompt_verdict) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!start.ok()) {
-      if (ServingMetrics* m = service_->metrics_) {
-        m->RecordChat(deployment_, rpc::StatusCodeName(static_cast<int>(start.status().code())), nullptr);
-        if (prompt_verdict.blocked) m->RecordBlock(deployment_, "prompt", prompt_verdict);
+    std::shared_ptr<ChatCall> cancel;
+    {
+      absl::MutexLock lock(&mu_);
+      begun_ = true;
+      if (!start.ok()) {
+        if (metrics_) {
+          metrics_->RecordChat(deployment_, rpc::StatusCodeName(static_cast<int>(start.status().code())), nullptr);
+          if (prompt_verdict.blocked) metrics_->RecordBlock(deployment_, "prompt", prompt_verdict);
+        }
+        start_status_ = prompt_verdict.blocked ? WithPromptResults(start.status(), prompt_verdict)
+                                               : start.status();
+      } else {
+        call_ = start->call;
+        if (detached_ && !done_) cancel = call_;
+        model_ = start->model;
+        fingerprint_ = start->system_fingerprint;
+        prompt_verdict_ = start->prompt_verdict;
       }
-      final_ = prompt_verdict.blocked ? BlockedPromptStatus(start.status(), prompt_verdict)
-                                      : rpc::ToGrpcStatus(start.status());
-      finishing_ = true;
-      MaybeFinish(lock);
-      return;
     }
-    call_ = start->call;
-    if (cancelled_) call_->Cancel();
-    model_ = start->model;
-    fingerprint_ = start->system_fingerprint;
-    v1::ChatCompletionChunk first = Chunk();
-    VerdictToProto(start->prompt_verdict, first.mutable_prompt_filter_results(),
-                   first.mutable_prompt_filter_findings());
-    queue_.push_front(std::move(first));  // before anything the engine sent already
-    for (auto& c : queue_) {
-      c.set_model(model_);
-      c.set_system_fingerprint(fingerprint_);
-    }
-    started_ = true;
-    Pump(lock);
+    if (cancel) cancel->Cancel();
+    Wake();
   }
 
   void OnDelta(std::string text, std::vector<ChatLogprob> logprobs) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    v1::ChatCompletionChunk c = Chunk();
-    c.set_delta(std::move(text));
-    if (!logprobs.empty()) LogprobsToProto(logprobs, c.mutable_logprobs());
-    queue_.push_back(std::move(c));
-    if (started_) Pump(lock);
+    {
+      absl::MutexLock lock(&mu_);
+      text_ += text;
+      for (ChatLogprob& l : logprobs) logprobs_.push_back(std::move(l));
+    }
+    Wake();
   }
 
   void OnDone(ChatResult result) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (ServingMetrics* m = service_->metrics_) {
-      m->RecordChat(deployment_, Outcome(result), &result);
-      if (result.finish == ChatFinish::kContentFilter) m->RecordBlock(deployment_, "completion", result.completion_verdict);
+    if (metrics_) {
+      metrics_->RecordChat(deployment_, Outcome(result), &result);
+      if (result.finish == ChatFinish::kContentFilter) metrics_->RecordBlock(deployment_, "completion", result.completion_verdict);
     }
-    if (result.status.ok()) {
-      v1::ChatCompletionChunk last = Chunk();
-      last.set_finish_reason(FinishToProto(result.finish));
-      FillUsage(last.mutable_usage(), result);
-      VerdictToProto(result.completion_verdict, last.mutable_content_filter_results(),
-                     last.mutable_content_filter_findings());
-      queue_.push_back(std::move(last));
-      final_ = grpc::Status::OK;
-    } else {
-      final_ = rpc::ToGrpcStatus(result.status);
-    }
-    finishing_ = true;
-    if (started_) Pump(lock);
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    writing_ = false;
-    queue_.pop_front();
-    if (!ok) {
-      // The client is gone: stop generating; Finish once the engine is done.
-      broken_ = true;
-      queue_.clear();
-      if (call_) call_->Cancel();
-    }
-    Pump(lock);
-  }
-
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    cancelled_ = true;
-    if (call_) call_->Cancel();
-  }
-
-  void OnDone() override {
-    std::shared_ptr<StreamReactor> self;
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      self = std::move(self_);
+      absl::MutexLock lock(&mu_);
+      result.text.clear();  // streamed already, through OnDelta
+      result.logprobs.clear();
+      result_ = std::move(result);
+      done_ = true;
     }
-    // `self` may be the last reference: this object goes here.
+    Wake();
   }
 
-  void Hold(std::shared_ptr<StreamReactor> self) { self_ = std::move(self); }
+  // The reactor's Pull.
+  absl::StatusOr<rpc::Pulled> Next(v1::ChatCompletionChunk* out) {
+    absl::MutexLock lock(&mu_);
+    if (!begun_) return rpc::Pulled::kWait;
+    if (!start_status_.ok()) return start_status_;
+    if (!first_sent_) {
+      *out = Chunk();
+      VerdictToProto(prompt_verdict_, out->mutable_prompt_filter_results(),
+                     out->mutable_prompt_filter_findings());
+      first_sent_ = true;
+      return rpc::Pulled::kMessage;
+    }
+    if (!text_.empty() || !logprobs_.empty()) {
+      // Everything released since the last write: whole characters, each
+      // token's logprobs beside the text it completes.
+      *out = Chunk();
+      out->set_delta(std::move(text_));
+      text_.clear();
+      if (!logprobs_.empty()) LogprobsToProto(logprobs_, out->mutable_logprobs());
+      logprobs_.clear();
+      return rpc::Pulled::kMessage;
+    }
+    if (!done_) return rpc::Pulled::kWait;
+    if (last_sent_) return rpc::Pulled::kEnd;
+    // An engine failure after the start (deadline, cancel, out of memory)
+    // ends the stream with its status, after the text released before it.
+    if (!result_.status.ok()) return result_.status;
+    *out = Chunk();
+    out->set_finish_reason(FinishToProto(result_.finish));
+    FillUsage(out->mutable_usage(), result_);
+    VerdictToProto(result_.completion_verdict, out->mutable_content_filter_results(),
+                   out->mutable_content_filter_findings());
+    last_sent_ = true;
+    return rpc::Pulled::kMessage;
+  }
 
  private:
-  v1::ChatCompletionChunk Chunk() const {
+  void Wake() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&wake_mu_);
+    if (reactor_ != nullptr) reactor_->Wake();
+  }
+  v1::ChatCompletionChunk Chunk() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     v1::ChatCompletionChunk c;
     c.set_id(id_);
     c.set_created(created_);
@@ -279,51 +312,59 @@ class InferenceServiceImpl::StreamReactor final : public grpc::ServerWriteReacto
     c.set_index(0);
     return c;
   }
-  void Pump(std::unique_lock<std::mutex>& lock) {
-    if (writing_) return;
-    if (!queue_.empty() && !broken_) {
-      writing_ = true;
-      StartWrite(&queue_.front());
-      return;
-    }
-    MaybeFinish(lock);
-  }
-  void MaybeFinish(std::unique_lock<std::mutex>&) {
-    if (finishing_ && !finished_ && !writing_ && (queue_.empty() || broken_)) {
-      finished_ = true;
-      Finish(final_);
-    }
-  }
 
-  InferenceServiceImpl* service_;
-  std::string deployment_;
+  ServingMetrics* const metrics_;
+  const std::string deployment_;
   const std::string id_;
   const int64_t created_;
-  std::mutex mu_;
-  std::deque<v1::ChatCompletionChunk> queue_;  // front: being written
-  std::shared_ptr<ChatCall> call_;
-  std::shared_ptr<StreamReactor> self_;  // released in OnDone
-  std::string model_, fingerprint_;
-  grpc::Status final_;
-  bool started_ = false, writing_ = false, finishing_ = false, finished_ = false;
-  bool broken_ = false, cancelled_ = false;
+  absl::Mutex wake_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  rpc::PullWriteReactor<v1::ChatCompletionChunk>* reactor_ ABSL_GUARDED_BY(wake_mu_) = nullptr;
+  absl::Mutex mu_;
+  bool begun_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status start_status_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<ChatCall> call_ ABSL_GUARDED_BY(mu_);
+  std::string model_ ABSL_GUARDED_BY(mu_), fingerprint_ ABSL_GUARDED_BY(mu_);
+  FilterVerdict prompt_verdict_ ABSL_GUARDED_BY(mu_);
+  // Released and not yet written: the text of one answer at most.
+  std::string text_ ABSL_GUARDED_BY(mu_);
+  std::vector<ChatLogprob> logprobs_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  ChatResult result_ ABSL_GUARDED_BY(mu_);  // when done_ (its text and logprobs dropped)
+  bool first_sent_ ABSL_GUARDED_BY(mu_) = false, last_sent_ ABSL_GUARDED_BY(mu_) = false;
+  bool detached_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Pulls run inline (on the engine thread after a token, a gRPC thread after
+// a write, the executor after the start): building a chunk never blocks.
+class InferenceServiceImpl::StreamReactor final
+    : public rpc::PullWriteReactor<v1::ChatCompletionChunk> {
+ public:
+  explicit StreamReactor(std::shared_ptr<StreamFeed> feed) : feed_(std::move(feed)) {
+    feed_->Attach(this);
+    Start();
+  }
+
+ private:
+  absl::StatusOr<rpc::Pulled> Pull(v1::ChatCompletionChunk* out) override { return feed_->Next(out); }
+  void Cleanup() override { feed_->Detach(); }
+
+  const std::shared_ptr<StreamFeed> feed_;  // the engine holds it too, until its OnDone
 };
 
 grpc::ServerWriteReactor<v1::ChatCompletionChunk>* InferenceServiceImpl::StreamChatCompletion(
     grpc::CallbackServerContext* context, const v1::ChatCompletionRequest* request) {
   auto caller = auth_.AuthenticateTenant(*context);
   if (!caller.ok()) return new rpc::RejectedWriteReactor<v1::ChatCompletionChunk>(caller.status());
-  // Owned by a shared_ptr: the engine's sink reference may outlive the
-  // reactor's OnDone by the few instructions it takes to return.
-  auto reactor = std::make_shared<StreamReactor>(this, request->deployment());
-  reactor->Hold(reactor);
-  executor_->Submit([this, reactor, caller = *caller,
+  auto feed = std::make_shared<StreamFeed>(metrics_, request->deployment());
+  auto* reactor = new StreamReactor(feed);  // deletes itself when the stream is done
+  // The task holds the feed, never the reactor, which may be gone by then.
+  executor_->Submit([this, feed, caller = *caller,
                      chat = ChatRequestFromProto(*request, SteadyDeadline(*context))] {
     FilterVerdict prompt_verdict;
-    auto start = Start(replica_, caller, chat, reactor, &prompt_verdict);
-    reactor->Begin(std::move(start), prompt_verdict);
+    auto start = Start(replica_, caller, chat, feed, &prompt_verdict);
+    feed->Begin(std::move(start), prompt_verdict);
   });
-  return reactor.get();
+  return reactor;
 }
 
 namespace {

@@ -32,6 +32,7 @@ class InferenceServiceImpl final : public v1::InferenceService::CallbackService 
 
  private:
   class UnarySink;
+  class StreamFeed;
   class StreamReactor;
   const rpc::Authenticator& auth_;
   Replica* replica_;

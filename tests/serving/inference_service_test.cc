@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <condition_variable>
 #include <fstream>
+#include <iostream>
 #include <set>
 #include <thread>
 
@@ -900,6 +901,61 @@ TEST_F(ServingTest, TwoHundredConcurrentStreamsComplete) {
   monitor.join();
   EXPECT_EQ(ok.load(), kClients);
   EXPECT_GT(most_rows.load(), 1);
+}
+
+// A client slower than the engine: with a small HTTP/2 receive window (no
+// BDP growth) and nothing read, the stream's one write in flight waits on
+// flow control while the engine finishes; what it released meanwhile
+// coalesces into the next chunk instead of queueing a message per token.
+TEST_F(ServingTest, ASlowReaderGetsTheAnswerInFewerChunksThanTokens) {
+  const auto req = Chat("dep-open", kPrompt);
+  v1::ChatCompletionResponse unary;
+  ASSERT_TRUE(Unary(req, &unary).ok());
+  ASSERT_EQ(unary.usage().completion_tokens(), kAnswerTokens);
+  auto finished = [] {
+    double n = 0;
+    for (const auto& family : server_->registry().Collect()) {
+      if (family.name != "tunefleet_serving_requests_total") continue;
+      for (const auto& m : family.metric) {
+        int match = 0;
+        for (const auto& l : m.label) {
+          match += (l.name == "deployment" && l.value == "dep-open") + (l.name == "outcome" && l.value == "ok");
+        }
+        if (match == 2) n += m.counter.value;
+      }
+    }
+    return n;
+  };
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 256);
+  auto channel = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                           grpc::InsecureChannelCredentials(), args);
+  auto stub = v1::InferenceService::NewStub(channel);
+  const double before = finished();
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, (*keys_)[0].key, absl::Seconds(120));
+  auto reader = stub->StreamChatCompletion(&ctx, req);
+  // Nothing is read until the stream has seen the engine finish the answer.
+  for (int i = 0; i < 12000 && finished() == before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GT(finished(), before);
+  std::vector<v1::ChatCompletionChunk> chunks;
+  v1::ChatCompletionChunk c;
+  while (reader->Read(&c)) chunks.push_back(c);
+  grpc::Status s = reader->Finish();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  int with_text = 0;
+  for (const auto& chunk : chunks) with_text += !chunk.delta().empty();
+  EXPECT_LT(with_text, kAnswerTokens) << chunks.size() << " chunks";
+  EXPECT_GT(with_text, 0);
+  EXPECT_EQ(Deltas(chunks), unary.choices(0).message().content());
+  EXPECT_EQ(chunks.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(chunks.back().usage().completion_tokens(), kAnswerTokens);
+  EXPECT_EQ(chunks.back().usage().prompt_tokens(), unary.usage().prompt_tokens());
+  std::cout << "slow reader: " << kAnswerTokens << " tokens in " << with_text
+            << " chunks with text (" << chunks.size() << " in all)\n";
 }
 
 TEST_F(ServingTest, ACancelledStreamFreesItsSlot) {
