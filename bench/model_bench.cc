@@ -21,6 +21,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "common/model/decoder.h"
+#include "common/model/small_gemm.h"
 #include "common/model/tiny_model.h"
 
 ABSL_FLAG(std::string, dir, "", "model directory to use or create (default: a temporary one)");
@@ -160,8 +161,14 @@ int main(int argc, char** argv) {
   const int64_t prompt = absl::GetFlag(FLAGS_prompt), steps = absl::GetFlag(FLAGS_decode);
   const int64_t batch = absl::GetFlag(FLAGS_batch);
   at::Tensor ids = (at::arange(batch * prompt, at::kLong) * 7919 % 32000).view({batch, prompt});
-  double prefill_s = 1e30, decode_s = 1e30;
-  for (int r = 0; r < repeats; ++r) {
+  double prefill_s = 1e30, decode_s = 1e30, gemm_decode_s = 1e30;
+  // Repeats alternate between the decoder as it runs (SmallRowsLinear for
+  // 2-16 rows) and the same decoder with every product through OpenBLAS
+  // (the baseline, when batch > 1), so that both see the same machine.
+  const bool compare = batch > 1 && !cuda;
+  for (int r = 0; r < (compare ? 2 * repeats : repeats); ++r) {
+    const bool baseline = compare && r % 2 == 1;
+    tunefleet::model::EnableSmallRowsLinear(!baseline);
     auto cache = decoder->NewCache(batch, prompt + steps);
     if (!cache.ok()) Die(cache.status());
     auto t0 = Clock::now();
@@ -176,9 +183,14 @@ int main(int argc, char** argv) {
     }
     Sync(*logits);
     auto t2 = Clock::now();
+    if (baseline) {
+      gemm_decode_s = std::min(gemm_decode_s, Seconds(t1, t2));
+      continue;
+    }
     prefill_s = std::min(prefill_s, Seconds(t0, t1));
     decode_s = std::min(decode_s, Seconds(t1, t2));
   }
+  tunefleet::model::EnableSmallRowsLinear(true);
   // The floor our decode could reach on this BLAS: one matrix-vector product
   // per weight matrix (the embedding table excluded), nothing else.
   double gemv_s = 1e30;
@@ -232,6 +244,11 @@ int main(int argc, char** argv) {
   std::printf("%-44s %12.1f\n", "GEMV-only pass over the weights (steps/s)", 1.0 / gemv_s);
   std::printf("%-44s %12.3f\n", "decode fraction of the GEMV-only pass",
               decode_steps_per_s * gemv_s);
+  if (compare) {
+    std::printf("%-44s %12.1f\n", "decode tokens/s, OpenBLAS GEMM for every row",
+                static_cast<double>(batch * steps) / gemm_decode_s);
+    std::printf("%-44s %12.2f\n", "decode speed-up of SmallRowsLinear", gemm_decode_s / decode_s);
+  }
   std::printf("(prompt=%lld decode=%lld batch=%lld, best of %d)\n", static_cast<long long>(prompt),
               static_cast<long long>(steps), static_cast<long long>(batch), repeats);
   if (temporary) std::filesystem::remove_all(dir);

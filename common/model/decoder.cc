@@ -7,11 +7,13 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/status_macros.h"
 #include "common/model/decoder_internal.h"
+#include "common/model/small_gemm.h"
 #include "common/model/torch_compat.h"
 #include "common/model/torch_status.h"
 
@@ -35,10 +37,14 @@ at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Ten
   return at::cat({rot * cos + RotateHalf(rot) * sin, x.narrow(-1, r, x.size(-1) - r)}, -1);
 }
 
-// x·Wᵀ (+ b). A single row on the CPU goes through a matrix-vector product:
-// OpenBLAS runs GEMM with one row 3-5x slower than GEMV, and one row per step
-// is what batch-1 decoding does.
+// x·Wᵀ (+ b). A few rows on the CPU (decode steps) go through
+// SmallRowsLinear, which reads the weights once without OpenBLAS's packing
+// copy; a single row elsewhere (no AVX2, or autograd) through a
+// matrix-vector product: OpenBLAS runs GEMM with one row 3-5x slower than GEMV.
 at::Tensor LinearOp(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (x.device().is_cpu()) {
+    if (std::optional<at::Tensor> y = SmallRowsLinear(x, w, b)) return *std::move(y);
+  }
   if (x.numel() == x.size(-1) && x.device().is_cpu()) {
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = w.size(0);
