@@ -108,8 +108,14 @@ void RpcBench(bool group_commit) {
   std::string dir = absl::StrCat("/tmp/scheduler_bench.", getpid(), group_commit ? ".g" : ".s");
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir + "/models/base");
+  // A small Llama's config.json (the scheduler checks it with the model
+  // library's parser before offering the base).
   std::ofstream(dir + "/models/base/config.json")
-      << R"({"model_type":"llama","max_position_embeddings":2048})";
+      << R"({"model_type":"llama","architectures":["LlamaForCausalLM"],"vocab_size":32000,)"
+         R"("hidden_size":512,"intermediate_size":1376,"num_hidden_layers":4,)"
+         R"("num_attention_heads":8,"num_key_value_heads":8,"max_position_embeddings":2048,)"
+         R"("rms_norm_eps":1e-5,"rope_theta":10000.0,"hidden_act":"silu",)"
+         R"("tie_word_embeddings":false,"torch_dtype":"float32"})";
   InMemoryDataset dataset;
   SchedulerOptions options;
   options.db_path = dir + "/scheduler.db";
