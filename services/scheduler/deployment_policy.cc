@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/errors/error_details.h"
 
 namespace tunefleet::scheduler {
@@ -131,6 +132,46 @@ absl::Status ValidateContentFilter(const v1::ContentFilterPolicy& policy,
   }
   if (bad.empty()) return absl::OkStatus();
   return errors::InvalidFields(bad);
+}
+
+absl::Status CheckClassifierDeployment(const v1::ContentFilterPolicy& policy,
+                                       absl::string_view self_id, absl::string_view prefix,
+                                       FindTenantDeployment find) {
+  const std::string& id = policy.classifier_deployment();
+  if (id.empty()) return absl::OkStatus();
+  const std::string field = absl::StrCat(prefix, "content_filter.classifier_deployment");
+  if (id == self_id) {
+    return errors::FieldError(
+        field, absl::StrCat("'", id, "' is this deployment; a deployment cannot be its own "
+                            "classifier"));
+  }
+  std::optional<DeploymentInfo> found = find(id);
+  if (!found) {
+    return errors::FieldError(
+        field, absl::StrCat("deployment '", id, "' not found; name one of your deployments"));
+  }
+  if (!found->classification) {
+    return errors::FieldError(
+        field, absl::StrCat("deployment '", id, "' serves ", found->model,
+                            ", which is not a classification model (fine-tune one with the "
+                            "classification task)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ClassifierInUse(const std::string& id, const std::vector<std::string>& dependents,
+                             absl::string_view what) {
+  if (dependents.empty()) return absl::OkStatus();
+  absl::Status s = errors::WithReason(
+      absl::FailedPreconditionError(absl::StrCat(
+          what, ": it is the content classifier of deployment ", absl::StrJoin(dependents, ", "),
+          " (content_filter.classifier_deployment); change or delete that deployment first")),
+      "CLASSIFIER_IN_USE", {{"deployment_id", id}});
+  for (const std::string& d : dependents) {
+    s = errors::WithPreconditionViolation(s, "CLASSIFIER_IN_USE", d,
+                                          "its content filter uses this deployment as classifier");
+  }
+  return s;
 }
 
 }  // namespace tunefleet::scheduler

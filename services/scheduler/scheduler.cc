@@ -40,6 +40,38 @@ google::protobuf::Timestamp ToTimestamp(absl::Time t) {
   return ts;
 }
 
+// Whether a deployment's model was fine-tuned with the classification task
+// (a job's result or checkpoint; base models are chat decoders).
+bool ClassificationModel(const std::map<std::string, JobRecord>& jobs, const std::string& model) {
+  std::optional<FineTunedId> ft = ParseFineTunedId(model);
+  if (!ft) return false;
+  auto j = jobs.find(ft->job);
+  return j != jobs.end() && j->second.job.task() == v1::TRAINING_TASK_CLASSIFICATION;
+}
+
+// `tenant`'s deployment `id` as a content filter policy sees it.
+std::optional<DeploymentInfo> TenantDeployment(const std::map<std::string, DeploymentRecord>& deps,
+                                               const std::map<std::string, JobRecord>& jobs,
+                                               const std::string& tenant, const std::string& id) {
+  auto it = deps.find(id);
+  if (it == deps.end() || it->second.tenant != tenant) return std::nullopt;
+  const std::string& model = it->second.deployment.model();
+  return DeploymentInfo{model, ClassificationModel(jobs, model)};
+}
+
+// `tenant`'s other deployments whose content filter names `id` as classifier.
+std::vector<std::string> ClassifierDependents(
+    const std::map<std::string, DeploymentRecord>& deps, const std::string& tenant,
+    const std::string& id) {
+  std::vector<std::string> out;
+  for (const auto& [dep_id, d] : deps) {
+    if (dep_id != id && d.tenant == tenant &&
+        d.deployment.content_filter().classifier_deployment() == id)
+      out.push_back(dep_id);
+  }
+  return out;
+}
+
 // A List's label filter follows the same rule as the labels themselves.
 absl::Status CheckLabelFilter(const errors::Labels& want) {
   std::vector<errors::FieldViolation> bad;
@@ -1087,6 +1119,11 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
     if (const DeploymentRecord* done = replay(deployments_)) return done->deployment;
     if (deployments_.count(d.deployment.id())) return taken(d.deployment.id());
     if (!d.adapter_artifact.empty()) TF_RETURN_IF_ERROR(FindFineTuned(tenant, req.model()).status());
+    const auto& deps = deployments_;
+    const auto& jobs = jobs_;
+    TF_RETURN_IF_ERROR(CheckClassifierDeployment(
+        req.content_filter(), d.deployment.id(), "",
+        [&](const std::string& id) { return TenantDeployment(deps, jobs, tenant, id); }));
     t.AddDeployment(d);
     DeploymentUsageChanged(t.batch(), t.now(), d.deployment.id(), &d);
     t.DesiredChanged();
@@ -1133,6 +1170,8 @@ absl::StatusOr<v1::Deployment> Scheduler::DeleteDeployment(const std::string& te
     auto it = deployments_.find(id);
     if (it == deployments_.end() || it->second.tenant != tenant)
       return absl::NotFoundError(absl::StrCat("deployment ", id, " not found"));
+    TF_RETURN_IF_ERROR(ClassifierInUse(id, ClassifierDependents(deployments_, tenant, id),
+                                       absl::StrCat("deployment ", id, " cannot be deleted")));
     gone = it->second.deployment;
     gone.set_state(v1::DEPLOYMENT_STATE_DELETING);
     t.batch().deleted_deployments.push_back(id);
@@ -1202,6 +1241,20 @@ absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& te
             " serves ", it->second.base_artifact,
             "; a different base model needs a new deployment"));
       }
+      // Deployments that use this one as their classifier need a classifier.
+      if (!ClassificationModel(jobs_, patch.model())) {
+        TF_RETURN_IF_ERROR(ClassifierInUse(
+            patch.id(), ClassifierDependents(deployments_, tenant, patch.id()),
+            absl::StrCat("deployment ", patch.id(), " cannot serve ", patch.model(),
+                         ", which is not a classification model")));
+      }
+    }
+    if (filter) {
+      const auto& deps = deployments_;
+      const auto& jobs = jobs_;
+      TF_RETURN_IF_ERROR(CheckClassifierDeployment(
+          patch.content_filter(), patch.id(), "deployment.",
+          [&](const std::string& id) { return TenantDeployment(deps, jobs, tenant, id); }));
     }
     DeploymentRecord& d = t.Deployment(patch.id());
     const bool new_model = model && patch.model() != d.deployment.model();

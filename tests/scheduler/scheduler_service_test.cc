@@ -60,6 +60,15 @@ std::string ChatJsonl(int n) {
   return out;
 }
 
+std::string ClassificationJsonl(int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    absl::StrAppend(&out, R"({"text":"message )", i, R"(","label":")", i % 2 ? "spam" : "ham",
+                    R"("})", "\n");
+  }
+  return out;
+}
+
 class SchedulerServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -293,11 +302,17 @@ class SchedulerServiceTest : public ::testing::Test {
   struct Running {
     std::string job, node, asg;
   };
-  Running StartOne(const std::string& node_name = "node-a") {
+  Running StartOne(const std::string& node_name = "node-a",
+                   v1::TrainingTask task = v1::TRAINING_TASK_CHAT) {
     Running r;
-    auto file = UploadProcessed(a_.key, ChatJsonl(20));
+    const bool chat = task != v1::TRAINING_TASK_CLASSIFICATION;
+    auto file = chat ? UploadProcessed(a_.key, ChatJsonl(20))
+                     : UploadProcessed(a_.key, ClassificationJsonl(20),
+                                       v1::DATA_FORMAT_CLASSIFICATION);
     EXPECT_THAT(file, IsOk());
-    auto job = CreateJob(a_.key, JobRequest(file->id()));
+    v1::CreateJobRequest req = JobRequest(file->id());
+    req.set_task(task);
+    auto job = CreateJob(a_.key, req);
     EXPECT_THAT(job, IsOk());
     r.job = job->id();
     r.node = RegisterNode(node_name, 1);
@@ -1399,8 +1414,10 @@ TEST_F(SchedulerServiceTest, DpoOnAChatFileUploadedWithoutAFormatIsRefused) {
 
 class ModelContentTest : public SchedulerServiceTest {
  public:
-  std::string Model(const std::map<std::string, std::string>& files) {
-    Running r = StartOne("node-a");
+  std::string Model(const std::map<std::string, std::string>& files,
+                    v1::TrainingTask task = v1::TRAINING_TASK_CHAT,
+                    const std::string& node_name = "node-a") {
+    Running r = StartOne(node_name, task);
     const std::string artifact = "jobs/" + r.job + "/result";
     for (const auto& [name, content] : files) {
       std::filesystem::path p = std::filesystem::path(dir_.Join("artifacts")) / artifact / name;
@@ -1674,6 +1691,110 @@ TEST_F(ModelContentTest, UpdateDeploymentCallerErrorsNameTheProblem) {
   ASSERT_THAT(now, IsOk());
   EXPECT_EQ(now->model(), model);
   EXPECT_EQ(now->replicas(), 1);
+}
+
+// A content filter's classifier_deployment must name another deployment of
+// the caller that serves a classification model (another tenant's is "not
+// found", like an unknown id); a deployment so named cannot be deleted, nor
+// switched to a model that does not classify, while another names it.
+TEST_F(ModelContentTest, ClassifierDeploymentMustBeTheCallersClassificationDeployment) {
+  const std::string chat_model = Model({{"adapter_config.json", "{}"}});
+  const std::string classifier_model =
+      Model({{"adapter_config.json", "{}"}}, v1::TRAINING_TASK_CLASSIFICATION);
+  auto create = [&](const std::string& key, const std::string& id, const std::string& model,
+                    const std::string& classifier) {
+    v1::CreateDeploymentRequest cd;
+    cd.set_deployment_id(id);
+    cd.set_model(model);
+    cd.mutable_content_filter()->set_classifier_deployment(classifier);
+    return Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, key, cd);
+  };
+  ASSERT_THAT(create(a_.key, "clf", classifier_model, ""), IsOk());
+  ASSERT_THAT(create(a_.key, "chat-bot", chat_model, ""), IsOk());
+  ASSERT_THAT(create(b_.key, "b-clf", kBase, ""), IsOk());
+
+  struct Case {
+    std::string classifier;
+    std::string says;  // "" when accepted
+  };
+  const std::vector<Case> cases = {
+      {"nope", "deployment 'nope' not found"},
+      {"b-clf", "deployment 'b-clf' not found"},  // another tenant's: as if unknown
+      {"chat-bot", "not a classification model"},
+      {"self", "cannot be its own classifier"},
+      {"clf", ""},
+  };
+  // Accepted, or INVALID_ARGUMENT with one violation on `field` naming the id.
+  auto check = [](const absl::StatusOr<v1::Deployment>& r, const Case& c,
+                  const std::string& field) {
+    if (c.says.empty()) {
+      ASSERT_THAT(r, IsOk()) << c.classifier;
+      EXPECT_EQ(r->content_filter().classifier_deployment(), c.classifier);
+      return;
+    }
+    EXPECT_THAT(r, StatusIs(absl::StatusCode::kInvalidArgument,
+                            ::testing::AllOf(HasSubstr(c.classifier), HasSubstr(c.says))))
+        << c.classifier;
+    errors::Details d = errors::GetDetails(r.status());
+    ASSERT_THAT(d.field_violations, SizeIs(1)) << c.classifier;
+    EXPECT_EQ(d.field_violations[0].field, field);
+    EXPECT_THAT(d.field_violations[0].description, HasSubstr(c.classifier));
+  };
+  // CreateDeployment, the new deployment's own id being "self".
+  for (const Case& c : cases) {
+    check(create(a_.key, c.classifier == "clf" ? "guarded" : "self", chat_model, c.classifier), c,
+          "content_filter.classifier_deployment");
+  }
+  // Nothing of tenant b's deployment shows through: its error is the unknown id's.
+  EXPECT_THAT(create(a_.key, "x", chat_model, "b-clf").status().message(),
+              ::testing::Not(HasSubstr(kBase)));
+
+  // UpdateDeployment of "chat-bot" (its own id is its "self"; "guarded" is
+  // the other chat deployment).
+  for (Case c : cases) {
+    if (c.classifier == "chat-bot") c.classifier = "guarded";
+    if (c.classifier == "self") c.classifier = "chat-bot";
+    v1::Deployment patch;
+    patch.set_id("chat-bot");
+    patch.mutable_content_filter()->set_classifier_deployment(c.classifier);
+    check(Update(a_.key, patch, {"content_filter"}), c,
+          "deployment.content_filter.classifier_deployment");
+  }
+
+  // "clf" is now the classifier of "chat-bot" and "guarded".
+  v1::DeleteDeploymentRequest del;
+  del.set_deployment_id("clf");
+  auto refused = Call(dep_stub_.get(), &v1::DeploymentService::Stub::DeleteDeployment, a_.key, del);
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kFailedPrecondition,
+                                ::testing::AllOf(HasSubstr("chat-bot"), HasSubstr("guarded"))));
+  errors::Details d = errors::GetDetails(refused.status());
+  EXPECT_EQ(d.reason, "CLASSIFIER_IN_USE");
+  std::vector<std::string> subjects;
+  for (const auto& v : d.precondition_violations) subjects.push_back(v.subject);
+  EXPECT_THAT(subjects, ::testing::UnorderedElementsAre("chat-bot", "guarded"));
+  // Another tenant: NOT_FOUND, whoever depends on it.
+  EXPECT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::DeleteDeployment, b_.key, del),
+              StatusIs(absl::StatusCode::kNotFound));
+  // Nor may it switch to a model that does not classify (same base).
+  v1::Deployment to_chat;
+  to_chat.set_id("clf");
+  to_chat.set_model(chat_model);
+  EXPECT_THAT(Update(a_.key, to_chat, {"model"}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       ::testing::AllOf(HasSubstr(chat_model), HasSubstr("guarded"))));
+
+  // Survives a restart; once no policy names it, it goes.
+  StopScheduler();
+  StartScheduler();
+  EXPECT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::DeleteDeployment, a_.key, del),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  for (const char* id : {"chat-bot", "guarded"}) {
+    v1::Deployment patch;
+    patch.set_id(id);
+    ASSERT_THAT(Update(a_.key, patch, {"content_filter"}), IsOk()) << id;
+  }
+  EXPECT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::DeleteDeployment, a_.key, del),
+              IsOk());
 }
 
 // The CLI against this scheduler: `models download` writes the archive (its
