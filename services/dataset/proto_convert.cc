@@ -1,15 +1,9 @@
 #include "services/dataset/proto_convert.h"
 
+#include "common/base/proto_time.h"
+
 namespace tunefleet::dataset {
 namespace {
-
-google::protobuf::Timestamp ToTimestamp(absl::Time t) {
-  google::protobuf::Timestamp ts;
-  int64_t us = absl::ToUnixMicros(t);
-  ts.set_seconds(us / 1000000);
-  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
-  return ts;
-}
 
 void SetDistribution(const Distribution& d, v1::Distribution* out) {
   out->set_min(d.min);

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/ids.h"
+#include "common/base/proto_time.h"
 #include "common/base/status_macros.h"
 #include "services/scheduler/deployment_policy.h"
 #include "services/scheduler/model_ids.h"
@@ -26,18 +27,6 @@ namespace {
 std::string RootBase(const std::string& base_model) {
   std::optional<FineTunedId> ft = ParseFineTunedId(base_model);
   return ft ? ft->base : base_model;
-}
-
-absl::Time FromTimestamp(const google::protobuf::Timestamp& ts) {
-  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-}
-
-google::protobuf::Timestamp ToTimestamp(absl::Time t) {
-  google::protobuf::Timestamp ts;
-  int64_t us = absl::ToUnixMicros(t);
-  ts.set_seconds(us / 1000000);
-  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
-  return ts;
 }
 
 // Whether a deployment's model was fine-tuned with the classification task

@@ -7,20 +7,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/ids.h"
+#include "common/base/proto_time.h"
 #include "common/base/status_macros.h"
 #include "services/scheduler/model_ids.h"
 #include "services/scheduler/scheduler.h"
 
 namespace tunefleet::scheduler {
 namespace {
-
-google::protobuf::Timestamp Stamp(absl::Time t) {
-  google::protobuf::Timestamp ts;
-  const int64_t us = absl::ToUnixMicros(t);
-  ts.set_seconds(us / 1000000);
-  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
-  return ts;
-}
 
 // The base model a job's price is looked up by (a continued model's root).
 std::string PricedBase(const std::string& base_model) {
@@ -114,8 +107,8 @@ absl::StatusOr<v1::UsageReport> Scheduler::GetUsage(const std::string& tenant, a
   if (end <= start) return absl::InvalidArgumentError("end_time: must be after start_time");
   v1::UsageReport out;
   out.set_tenant(tenant);
-  *out.mutable_start_time() = Stamp(start);
-  *out.mutable_end_time() = Stamp(end);
+  *out.mutable_start_time() = ToTimestamp(start);
+  *out.mutable_end_time() = ToTimestamp(end);
   v1::UsageTotals* totals = out.mutable_totals();
   std::map<std::string, double> costs;  // by currency
   std::set<std::string> unpriced;
