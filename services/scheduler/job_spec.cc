@@ -5,40 +5,50 @@
 #include <optional>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <map>
+#include <sstream>
 
-#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/base/status_macros.h"
 #include "common/errors/error_details.h"
+#include "common/model/model_config.h"
 
 namespace tunefleet::scheduler {
 namespace fs = std::filesystem;
 
 namespace {
 
+// config.json as the model library reads it (ParseModelConfig: the same
+// rules the trainer and the replicas load the model with), so a base model
+// the scheduler offers is one they can load.
 absl::StatusOr<BaseModel> ReadModel(const fs::path& dir) {
-  std::ifstream in(dir / "config.json");
+  const fs::path file = dir / "config.json";
+  std::ifstream in(file, std::ios::binary);
   if (!in) return absl::NotFoundError("no config.json");
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) return absl::InvalidArgumentError("config.json is not a JSON object");
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat(file.string(), ": read failed"));
+  TF_ASSIGN_OR_RETURN(model::ModelConfig c, model::ParseModelConfig(text.str(), "config.json"));
   BaseModel m;
   m.id = dir.filename().string();
-  m.family = j.value("model_type", std::string("llama"));
-  m.max_sequence_length = static_cast<int32_t>(j.value("max_position_embeddings", int64_t{2048}));
+  m.family = c.model_type;
+  m.max_sequence_length = static_cast<int32_t>(
+      std::min<int64_t>(c.max_position_embeddings, std::numeric_limits<int32_t>::max()));
   ModelShape& sh = m.shape;
-  sh.hidden_size = j.value("hidden_size", int64_t{0});
-  sh.num_layers = j.value("num_hidden_layers", int64_t{0});
-  sh.num_heads = j.value("num_attention_heads", int64_t{32});
-  sh.num_kv_heads = j.value("num_key_value_heads", sh.num_heads);
-  sh.head_dim = j.contains("head_dim") && j["head_dim"].is_number_integer()
-                    ? j["head_dim"].get<int64_t>()
-                    : (sh.num_heads > 0 ? sh.hidden_size / sh.num_heads : 0);
-  sh.intermediate_size = j.value("intermediate_size", int64_t{4 * sh.hidden_size});
-  sh.vocab_size = j.value("vocab_size", int64_t{0});
-  sh.tied_embeddings = j.value("tie_word_embeddings", false);
-  sh.fused_projections = m.family == "phi3";
+  sh.hidden_size = c.hidden_size;
+  sh.num_layers = c.num_hidden_layers;
+  sh.num_heads = c.num_attention_heads;
+  sh.num_kv_heads = c.num_key_value_heads;
+  sh.head_dim = c.head_dim;
+  sh.intermediate_size = c.intermediate_size;
+  sh.vocab_size = c.vocab_size;
+  sh.tied_embeddings = c.tie_word_embeddings;
+  sh.fused_projections = c.fused_projections();
   m.parameters = CountParameters(sh);
   return m;
 }
@@ -48,15 +58,27 @@ absl::StatusOr<BaseModel> ReadModel(const fs::path& dir) {
 void BaseModelCatalog::Rescan() {
   models_.clear();
   scanned_ = true;
+  std::map<std::string, std::string> rejected;
   std::error_code ec;
   if (dir_.empty()) return;
   for (const auto& entry : fs::directory_iterator(dir_, ec)) {
     if (!entry.is_directory()) continue;
     auto m = ReadModel(entry.path());
-    if (m.ok()) models_.push_back(std::move(*m));
+    if (m.ok()) {
+      models_.push_back(std::move(*m));
+    } else if (!absl::IsNotFound(m.status())) {  // a folder without config.json is no model
+      rejected[entry.path().filename().string()] = std::string(m.status().message());
+    }
   }
   std::sort(models_.begin(), models_.end(),
             [](const BaseModel& a, const BaseModel& b) { return a.id < b.id; });
+  // Said once per folder and reason (List rescans on every call).
+  for (const auto& [id, why] : rejected) {
+    auto was = rejected_.find(id);
+    if (was == rejected_.end() || was->second != why)
+      spdlog::error("base model={} is not usable and is not offered: {}", id, why);
+  }
+  rejected_ = std::move(rejected);
 }
 
 absl::StatusOr<BaseModel> BaseModelCatalog::Get(const std::string& id) {
@@ -65,6 +87,11 @@ absl::StatusOr<BaseModel> BaseModelCatalog::Get(const std::string& id) {
     if (pass == 1 || !scanned_) Rescan();
     for (const BaseModel& m : models_)
       if (m.id == id) return m;
+  }
+  auto bad = rejected_.find(id);
+  if (bad != rejected_.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", id, "' is not usable: its ", bad->second));
   }
   return absl::NotFoundError(absl::StrCat("model '", id, "' not found"));
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,12 +28,15 @@ struct BaseModel {
   ModelShape shape;
 };
 
-// Base models: every folder of `models_dir` with a readable config.json.
+// Base models: every folder of `models_dir` whose config.json the model
+// library accepts (common/model/model_config.h). A folder whose config.json
+// it rejects is not offered: the reason is logged once and Get says it.
 // Rescanned when an unknown id is asked for. Thread-safe.
 class BaseModelCatalog {
  public:
   explicit BaseModelCatalog(std::string models_dir) : dir_(std::move(models_dir)) {}
-  // NOT_FOUND naming the id.
+  // NOT_FOUND naming the id; FAILED_PRECONDITION with the reason for a
+  // folder whose config.json is rejected.
   absl::StatusOr<BaseModel> Get(const std::string& id);
   std::vector<BaseModel> List();
 
@@ -41,6 +45,8 @@ class BaseModelCatalog {
   const std::string dir_;
   absl::Mutex mu_;
   std::vector<BaseModel> models_ ABSL_GUARDED_BY(mu_);
+  // Folders whose config.json the library rejects: folder name -> why.
+  std::map<std::string, std::string> rejected_ ABSL_GUARDED_BY(mu_);
   bool scanned_ ABSL_GUARDED_BY(mu_) = false;
 };
 

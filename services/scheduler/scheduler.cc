@@ -61,6 +61,14 @@ std::vector<std::string> ClassifierDependents(
   return out;
 }
 
+// A base model the catalog does not offer, as a field violation: unknown, or
+// a folder whose config.json the model library rejects (the reason).
+absl::Status UnknownBase(const absl::Status& got, const char* field, const std::string& id) {
+  return errors::FieldError(field, absl::IsFailedPrecondition(got)
+                                       ? std::string(got.message())
+                                       : absl::StrCat("unknown model '", id, "'"));
+}
+
 // A List's label filter follows the same rule as the labels themselves.
 absl::Status CheckLabelFilter(const errors::Labels& want) {
   std::vector<errors::FieldViolation> bad;
@@ -415,11 +423,10 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
   }
   absl::StatusOr<BaseModel> model = catalog_.Get(root_base);
   if (!model.ok()) {
+    if (root_base == req.base_model()) return UnknownBase(model.status(), "base_model", root_base);
     return errors::FieldError(
-        "base_model", root_base == req.base_model()
-                          ? absl::StrCat("unknown model '", req.base_model(), "'")
-                          : absl::StrCat("model ", req.base_model(), " was fine-tuned from '",
-                                         root_base, "', which is not in the model catalog"));
+        "base_model", absl::StrCat("model ", req.base_model(), " was fine-tuned from '",
+                                   root_base, "', which is not in the model catalog"));
   }
   const int gpus = std::max(1, req.gpus());
   {
@@ -1088,8 +1095,8 @@ absl::StatusOr<v1::Deployment> Scheduler::CreateDeployment(const std::string& te
     d.base_artifact = m.base;
     d.adapter_artifact = m.artifact;
   } else {
-    if (!catalog_.Get(req.model()).ok())
-      return errors::FieldError("model", absl::StrCat("unknown model '", req.model(), "'"));
+    if (absl::Status s = catalog_.Get(req.model()).status(); !s.ok())
+      return UnknownBase(s, "model", req.model());
     d.base_artifact = req.model();
   }
   Txn t(this);
@@ -1202,9 +1209,9 @@ absl::StatusOr<v1::Deployment> Scheduler::UpdateDeployment(const std::string& te
   if (model && patch.model().empty()) return errors::FieldError("deployment.model", "required");
   // A base model's folder is looked up before the lock (a directory scan).
   const bool base_model = model && !absl::StartsWith(patch.model(), "ft:");
-  if (base_model && !catalog_.Get(patch.model()).ok()) {
-    return errors::FieldError("deployment.model",
-                              absl::StrCat("unknown model '", patch.model(), "'"));
+  if (base_model) {
+    if (absl::Status s = catalog_.Get(patch.model()).status(); !s.ok())
+      return UnknownBase(s, "deployment.model", patch.model());
   }
   Txn t(this);
   v1::Deployment updated;

@@ -101,7 +101,8 @@ class MtlsTest : public ::testing::Test {
     std::ofstream(dir_.Join("internal.key")) << internal_.key << "\n";
     std::filesystem::create_directories(dir_.Join("models/tiny-base"));
     std::ofstream(dir_.Join("models/tiny-base/config.json"))
-        << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"vocab_size":300,)"
+        << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
+           R"("num_attention_heads":32,"intermediate_size":256,"vocab_size":300,)"
            R"("max_position_embeddings":512})";
   }
 

@@ -135,7 +135,8 @@ TEST(SchedulerProcessTest, SigkillMidRunLosesNothingAndTheJobFinishes) {
   std::ofstream(dir.Join("internal.key")) << internal.key << "\n";
   std::filesystem::create_directories(dir.Join("models/tiny-base"));
   std::ofstream(dir.Join("models/tiny-base/config.json"))
-      << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"vocab_size":300,)"
+      << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
+         R"("num_attention_heads":32,"intermediate_size":256,"vocab_size":300,)"
          R"("max_position_embeddings":512})";
 
   auto dataset = Service::Start("dataset", dir.path(), keys, {});

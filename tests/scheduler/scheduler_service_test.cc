@@ -76,7 +76,8 @@ class SchedulerServiceTest : public ::testing::Test {
     std::filesystem::create_directories(dir_.Join("models/") + kBase);
     std::ofstream(dir_.Join("models/") + kBase + "/config.json")
         << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
-           R"("intermediate_size":128,"vocab_size":300,"max_position_embeddings":512})";
+           R"("num_attention_heads":32,"intermediate_size":128,"vocab_size":300,)"
+           R"("max_position_embeddings":512})";
     auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
         absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
     StartDataset();
@@ -1164,6 +1165,60 @@ TEST_F(SchedulerServiceTest, BaseModelsSayWhatTheySupport) {
   EXPECT_TRUE(found);
 }
 
+// Base models' config.json is read by the model library's parser: a folder
+// it rejects is not offered (nor does it stop the others), and asking for it
+// says why.
+TEST_F(SchedulerServiceTest, BaseModelsTheModelLibraryRejectsAreNotOffered) {
+  const std::map<std::string, std::pair<std::string, std::string>> broken = {
+      {"no-heads",
+       {R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
+        R"("intermediate_size":128,"vocab_size":300})",
+        "field 'num_attention_heads' is missing"}},
+      {"gpt2-base",
+       {R"({"model_type":"gpt2","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,)"
+        R"("intermediate_size":128,"vocab_size":300})",
+        "'gpt2', not one of phi3, llama, mistral"}},
+      {"not-json", {"{", "not valid JSON"}},
+  };
+  for (const auto& [id, config] : broken) {
+    std::filesystem::create_directories(dir_.Join("models/") + id);
+    std::ofstream(dir_.Join("models/") + id + "/config.json") << config.first;
+  }
+  v1::ListModelsRequest list;
+  list.set_kind(v1::MODEL_KIND_BASE);
+  auto listed = Call(model_stub_.get(), &v1::ModelService::Stub::ListModels, a_.key, list);
+  ASSERT_THAT(listed, IsOk());
+  std::vector<std::string> ids;
+  for (const auto& m : listed->models()) ids.push_back(m.id());
+  EXPECT_THAT(ids, ElementsAre(kBase));
+  for (const auto& [id, config] : broken) {
+    v1::GetModelRequest get;
+    get.set_model_id(id);
+    EXPECT_THAT(Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, get),
+                StatusIs(absl::StatusCode::kFailedPrecondition,
+                         ::testing::AllOf(HasSubstr(id), HasSubstr("not usable"),
+                                          HasSubstr(config.second))))
+        << id;
+    v1::CreateDeploymentRequest cd;
+    cd.set_model(id);
+    EXPECT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, cd),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         ::testing::AllOf(HasSubstr("model: model '" + id + "' is not usable"),
+                                          HasSubstr(config.second))))
+        << id;
+  }
+  // Mended: offered on the next look.
+  std::ofstream(dir_.Join("models/no-heads/config.json"))
+      << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,)"
+         R"("intermediate_size":128,"vocab_size":300})";
+  v1::GetModelRequest get;
+  get.set_model_id("no-heads");
+  auto mended = Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, get);
+  ASSERT_THAT(mended, IsOk());
+  EXPECT_EQ(mended->family(), "llama");
+  EXPECT_EQ(mended->max_sequence_length(), 2048);  // the library's llama default
+}
+
 TEST_F(SchedulerServiceTest, ValidationSplitMakesAndHoldsBothParts) {
   auto file = UploadProcessed(a_.key, ChatJsonl(40));
   ASSERT_THAT(file, IsOk());
@@ -1638,7 +1693,8 @@ TEST_F(ModelContentTest, UpdateDeploymentCallerErrorsNameTheProblem) {
   std::filesystem::create_directories(dir_.Join("models/other-base"));
   std::ofstream(dir_.Join("models/other-base/config.json"))
       << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
-         R"("intermediate_size":128,"vocab_size":300,"max_position_embeddings":512})";
+         R"("num_attention_heads":32,"intermediate_size":128,"vocab_size":300,)"
+         R"("max_position_embeddings":512})";
   v1::CreateDeploymentRequest cd;
   cd.set_model(model);
   auto dep = Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, cd);

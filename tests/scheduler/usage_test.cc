@@ -67,7 +67,8 @@ class UsageTest : public ::testing::Test {
     std::filesystem::create_directories(dir_.Join("models/") + kBase);
     std::ofstream(dir_.Join("models/") + kBase + "/config.json")
         << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
-           R"("intermediate_size":128,"vocab_size":300,"max_position_embeddings":512})";
+           R"("num_attention_heads":32,"intermediate_size":128,"vocab_size":300,)"
+           R"("max_position_embeddings":512})";
     auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
         absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
     dataset::FileRegistryOptions options;
