@@ -127,10 +127,9 @@ std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor&
       x.dim() < 1 || x.size(-1) != w.size(1) || !w.is_contiguous()) {
     return std::nullopt;
   }
-  if (at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
-                                     (b.defined() && b.requires_grad()))) {
-    return std::nullopt;
-  }
+  // Inference only (the KV-cache path runs without autograd): where autograd
+  // is on, at::linear keeps training and evaluation exactly as they were.
+  if (at::GradMode::is_enabled()) return std::nullopt;
   const int64_t K = w.size(1), N = w.size(0);
   if (K == 0 || x.numel() == 0) return std::nullopt;
   const int64_t M = x.numel() / K;

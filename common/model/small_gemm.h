@@ -7,7 +7,8 @@
 // 32 rows 3.5x). SmallRowsLinear reads each weight row once, straight from
 // where it lies, and multiplies it with every input row while it is in cache:
 // the step costs one pass over the weights for any batch up to the compute
-// bound. fp32, AVX2+FMA (checked at run time); anything else is declined.
+// bound. fp32, AVX2+FMA (checked at run time), inference only (autograd off);
+// anything else is declined.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,8 +21,8 @@ namespace tunefleet::model {
 inline constexpr int64_t kSmallRowsMax = 16;
 
 // y = x·wᵀ (+ b) for x [..., K] with 2 to kSmallRowsMax rows and w [N, K],
-// both fp32 on the CPU, no autograd needed; std::nullopt when the inputs are
-// not that (the caller then uses at::linear).
+// both fp32 on the CPU, with autograd off (at::NoGradGuard); std::nullopt
+// when the inputs are not that (the caller then uses at::linear).
 std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor& w,
                                           const at::Tensor& b);
 

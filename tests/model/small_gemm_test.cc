@@ -48,9 +48,11 @@ TEST(SmallGemmTest, DeclinesWhatItDoesNotCover) {
     EXPECT_FALSE(SmallRowsLinear(at::randn({2, 16}), w.t().contiguous().t(), at::Tensor()));
     EXPECT_FALSE(SmallRowsLinear(at::randn({2, 15}), w, at::Tensor()));  // K mismatch
   }
-  // Training: autograd needs at::linear.
-  at::Tensor wg = at::randn({8, 16}).requires_grad_(true);
-  EXPECT_FALSE(SmallRowsLinear(at::randn({2, 16}), wg, at::Tensor()));
+  // Autograd on (training, and any forward outside the KV-cache path):
+  // at::linear, whatever requires grad.
+  EXPECT_FALSE(SmallRowsLinear(at::randn({2, 16}), w, at::Tensor()));
+  EXPECT_FALSE(SmallRowsLinear(at::randn({2, 16}), at::randn({8, 16}).requires_grad_(true),
+                               at::Tensor()));
 }
 
 }  // namespace
