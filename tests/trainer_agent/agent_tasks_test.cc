@@ -4,6 +4,7 @@
 // method's figures in the job's metrics and (classification) its task and
 // labels in the result's contract; a job asking for merged weights gets
 // result/merged/.
+#include "common/rpc/client.h"
 #include "tests/trainer_agent/fleet.h"
 #include "tunefleet/v1/models.grpc.pb.h"
 
@@ -15,26 +16,22 @@ using namespace ::tunefleet::fleet_testing;  // NOLINT
 
 class AgentTasksTest : public FleetTest {
  protected:
+  rpc::CallOptions TenantCall() const {
+    rpc::CallOptions o;
+    o.api_key = tenant_.key;
+    o.max_attempts = 1;
+    return o;
+  }
   absl::StatusOr<v1::JobMetrics> Metrics(const std::string& job) {
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, tenant_.key, absl::Seconds(10));
     v1::GetJobMetricsRequest req;
     req.set_job_id(job);
-    v1::JobMetrics out;
-    absl::Status s = rpc::FromGrpcStatus(jobs_->GetJobMetrics(&ctx, req, &out));
-    if (!s.ok()) return s;
-    return out;
+    return rpc::CallUnary(jobs_.get(), &v1::JobService::Stub::GetJobMetrics, req, TenantCall());
   }
   absl::StatusOr<v1::Model> GetModel(const std::string& id) {
     auto models = v1::ModelService::NewStub(scheduler_.Channel());
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, tenant_.key, absl::Seconds(10));
     v1::GetModelRequest req;
     req.set_model_id(id);
-    v1::Model out;
-    absl::Status s = rpc::FromGrpcStatus(models->GetModel(&ctx, req, &out));
-    if (!s.ok()) return s;
-    return out;
+    return rpc::CallUnary(models.get(), &v1::ModelService::Stub::GetModel, req, TenantCall());
   }
   // The last value of `key` in the job's metrics points, if any.
   static std::optional<double> Last(const v1::JobMetrics& m, const std::string& key) {
