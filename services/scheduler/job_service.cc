@@ -55,10 +55,19 @@ class JobEventsReactor final : public TopicReactor<v1::JobEvent> {
 grpc::ServerUnaryReactor* JobServiceImpl::CreateJob(grpc::CallbackServerContext* context,
                                                     const v1::CreateJobRequest* request,
                                                     v1::Job* response) {
-  return Unary(context, auth_.AuthenticateTenant(*context), executor_, response,
-               [this, request](const rpc::Principal& p) {
-                 return scheduler_->CreateJob(p.tenant, *request);
-               });
+  absl::StatusOr<rpc::Principal> caller = auth_.AuthenticateTenant(*context);
+  if (!caller.ok()) return rpc::FinishUnary(context, caller.status());
+  // On the executor (the dataset service is called); the call is finished
+  // by whichever thread makes the job durable (the group commit's leader),
+  // so no executor thread waits for the fsync and none is woken for it.
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_->Submit([this, reactor, request, response, tenant = caller->tenant] {
+    scheduler_->CreateJob(tenant, *request, [reactor, response](absl::StatusOr<v1::Job> job) {
+      if (job.ok()) *response = *std::move(job);
+      reactor->Finish(rpc::ToGrpcStatus(job.status()));
+    });
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* context,

@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "absl/synchronization/notification.h"
 #include "absl/strings/match.h"
 #include "common/errors/error_details.h"
 #include "common/errors/labels.h"
@@ -21,6 +22,22 @@
 
 namespace tunefleet::scheduler {
 namespace {
+
+// "ftjob-" and 24 characters: the creation time in milliseconds (9, base 32
+// with digits before letters, so that ids sort by it as text), then 15
+// random ones. Consecutive jobs then go to the same last pages of the jobs
+// key and job_events indexes instead of a random page each, which keeps the
+// group commit's WAL write and the checkpoints small.
+std::string NewJobId(absl::Time now) {
+  static constexpr char kSorted[] = "234567abcdefghijklmnopqrstuvwxyz";
+  std::string id = NewId("ftjob");
+  uint64_t ms = static_cast<uint64_t>(std::max<int64_t>(0, absl::ToUnixMillis(now)));
+  for (int i = 8; i >= 0; --i) {
+    id[6 + i] = kSorted[ms & 31];
+    ms >>= 5;
+  }
+  return id;
+}
 
 // The base model a job trains on: Job.base_model itself, or the root base of
 // the fine-tuned model it continues.
@@ -184,7 +201,10 @@ class Scheduler::Txn {
     for (const auto& [id, a] : assignments_) batch_.assignments.push_back(a);
     for (const auto& id : deleted_assignments_) batch_.deleted_assignments.push_back(id);
     for (const auto& [id, d] : deployments_) batch_.deployments.push_back(d);
-    absl::StatusOr<int64_t> seq = s_->store_->Commit(batch_);
+    // Written into the store's open group transaction (a savepoint: a
+    // failing batch leaves nothing behind); durable once AfterCommit's Sync
+    // returns.
+    absl::StatusOr<int64_t> seq = s_->store_->Append(batch_);
     absl::Status s = seq.status();
     if (seq.ok()) seq_ = *seq;
     if (!s.ok()) {
@@ -330,13 +350,19 @@ absl::Status Scheduler::Load() {
 absl::Status Scheduler::AfterCommit(Txn& t) {
   // Durable first (one fsync shared with concurrent commits), then visible
   // to watchers and acknowledged.
-  absl::Status synced = t.seq_ > 0 ? store_->Sync(t.seq_) : absl::OkStatus();
+  return AfterDurable(t.releases_, t.topics_,
+                      t.seq_ > 0 ? store_->Sync(t.seq_) : absl::OkStatus());
+}
+
+absl::Status Scheduler::AfterDurable(
+    const std::vector<std::pair<std::string, std::string>>& releases,
+    const std::set<std::string>& topics, absl::Status synced) {
   if (!synced.ok()) spdlog::error("scheduler store sync failed: {}", synced.ToString());
-  for (const auto& [file, holder] : t.releases_) {
+  for (const auto& [file, holder] : releases) {
     absl::Status s = dataset_ != nullptr ? dataset_->ReleaseFile(file, holder) : absl::OkStatus();
     if (!s.ok()) spdlog::warn("release of file={} by {} failed: {}", file, holder, s.ToString());
   }
-  for (const auto& topic : t.topics_) bus_.Publish(topic);
+  for (const auto& topic : topics) bus_.Publish(topic);
   return synced;
 }
 
@@ -370,6 +396,48 @@ v1::Job Scheduler::View(const std::string& id, const JobRecord& j, bool with_pos
 
 absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
                                              const v1::CreateJobRequest& req) {
+  absl::Notification answered;
+  absl::StatusOr<v1::Job> out;
+  CreateJob(tenant, req, [&](absl::StatusOr<v1::Job> r) {
+    out = std::move(r);
+    answered.Notify();
+  });
+  answered.WaitForNotification();
+  return out;
+}
+
+void Scheduler::CreateJob(const std::string& tenant, const v1::CreateJobRequest& req,
+                          std::function<void(absl::StatusOr<v1::Job>)> done) {
+  Txn t(this);
+  absl::StatusOr<v1::Job> out = AdmitJob(tenant, req, t);
+  auto created = [tenant](const v1::Job& job) {
+    spdlog::info("job={} tenant={} created: base={} gpus={} steps={}", job.id(), tenant,
+                 job.base_model(), job.gpus(), job.total_steps());
+  };
+  if (!out.ok() || t.seq_ == 0 || !t.releases_.empty()) {
+    // Nothing to wait for (refused, validate_only, a retried request_id), or
+    // files to release (blocking calls): answered on this thread.
+    absl::Status synced = AfterCommit(t);
+    if (out.ok() && !synced.ok()) out = synced;
+    if (out.ok() && t.seq_ > 0) created(*out);
+    done(std::move(out));
+    return;
+  }
+  // The reply waits for the group commit without holding this thread.
+  store_->WhenDurable(t.seq_, [this, topics = std::move(t.topics_), job = *std::move(out),
+                               created, done = std::move(done)](absl::Status synced) mutable {
+    synced = AfterDurable({}, topics, synced);
+    if (!synced.ok()) {
+      done(synced);
+      return;
+    }
+    created(job);
+    done(std::move(job));
+  });
+}
+
+absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
+                                            const v1::CreateJobRequest& req, Txn& t) {
   // 1. The request alone.
   std::vector<errors::FieldViolation> bad;
   if (req.base_model().empty()) bad.push_back({"base_model", "required"});
@@ -478,7 +546,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
     TF_RETURN_IF_ERROR(check_file(valid, "validation_file", false));
     has_valid = true;
   }
-  const std::string job_id = NewId("ftjob");
+  const std::string job_id = NewJobId(options_.clock->Now());
   // 3. Hyperparameters: checked and resolved before anything is split or held.
   int64_t examples = train.examples;
   if (req.has_validation_split()) {
@@ -557,7 +625,6 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
     held.push_back(f);
   }
   job.set_id(job_id);
-  Txn t(this);
   v1::Job out;
   absl::Status status;
   {
@@ -596,11 +663,7 @@ absl::StatusOr<v1::Job> Scheduler::CreateJob(const std::string& tenant,
       }
     }
   }
-  absl::Status synced = AfterCommit(t);
   if (!status.ok()) return status;
-  TF_RETURN_IF_ERROR(synced);
-  spdlog::info("job={} tenant={} created: base={} gpus={} steps={}", out.id(), tenant,
-               out.base_model(), out.gpus(), out.total_steps());
   return out;
 }
 

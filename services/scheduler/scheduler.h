@@ -11,6 +11,7 @@
 // called without it held; watchers are woken after it is released.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <set>
 #include <memory>
@@ -85,6 +86,11 @@ class Scheduler {
 
   // Jobs (public API; `tenant` from the caller's credentials).
   absl::StatusOr<v1::Job> CreateJob(const std::string& tenant, const v1::CreateJobRequest& req);
+  // The same, answering through `done` once the job is durable: on this
+  // thread, or on the thread that leads its group commit (so that this one
+  // does not wait for the fsync). `done` must not block.
+  void CreateJob(const std::string& tenant, const v1::CreateJobRequest& req,
+                 std::function<void(absl::StatusOr<v1::Job>)> done);
   absl::StatusOr<v1::Job> GetJob(const std::string& tenant, const std::string& job_id);
   absl::StatusOr<v1::ListJobsResponse> ListJobs(const std::string& tenant,
                                                 const v1::ListJobsRequest& req);
@@ -255,6 +261,13 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for durability, releases files, wakes watchers.
   absl::Status AfterCommit(Txn& t) ABSL_LOCKS_EXCLUDED(mu_);
+  // AfterCommit's second half, once the store said `synced`.
+  absl::Status AfterDurable(const std::vector<std::pair<std::string, std::string>>& releases,
+                            const std::set<std::string>& topics, absl::Status synced)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // CreateJob up to its commit (not yet durable); `t` holds what to wait for.
+  absl::StatusOr<v1::Job> AdmitJob(const std::string& tenant, const v1::CreateJobRequest& req,
+                                   Txn& t) ABSL_LOCKS_EXCLUDED(mu_);
   // Checkpoint-and-finish for one assignment (CompleteAssignment, or an agent
   // that reports it gone while its job pauses or cancels).
   void FinishAssignment(Txn& t, const std::string& assignment_id)

@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -129,6 +131,13 @@ absl::StatusOr<std::unique_ptr<SchedulerStore>> SchedulerStore::Open(const std::
 }
 
 SchedulerStore::~SchedulerStore() {
+  // Batches appended without a Sync (none in the scheduler) are kept.
+  {
+    absl::MutexLock lock(&commit_mu_);
+    absl::StatusOr<int64_t> written = CommitOpenLocked();
+    if (!written.ok())
+      spdlog::error("scheduler store: final commit failed: {}", written.status().ToString());
+  }
   if (wal_fd_ >= 0) ::close(wal_fd_);
 }
 
@@ -147,27 +156,107 @@ absl::Status SchedulerStore::FsyncWal() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> SchedulerStore::CommitOpenLocked() {
+  const int64_t target = appended_.load();
+  if (!open_) return target;
+  open_ = false;
+  absl::Status s = Exec("COMMIT", {});
+  if (!s.ok() && db_->InTransaction()) (void)db_->Exec("ROLLBACK");
+  if (!s.ok()) return s;
+  return target;
+}
+
+void SchedulerStore::Fail(const absl::Status& cause) {
+  // Batches applied to the caller's memory are lost from disk: memory is
+  // ahead of the file, so nothing more is written or acknowledged until a
+  // restart reloads the file.
+  absl::MutexLock lock(&sync_mu_);
+  if (!failed_.ok()) return;
+  spdlog::error("scheduler store failed, refusing every later write until a restart: {}",
+                cause.ToString());
+  failed_ = absl::UnavailableError(absl::StrCat(
+      "the scheduler store failed (", cause.message(), "); restart the scheduler"));
+  broken_ = true;
+}
+
+absl::Status SchedulerStore::FailedStatus() {
+  absl::MutexLock lock(&sync_mu_);
+  return failed_;
+}
+
+void SchedulerStore::LeadLocked() {
+  leading_ = true;
+  while (durable_ < appended_.load() && failed_.ok()) {
+    sync_mu_.Unlock();
+    absl::StatusOr<int64_t> target;
+    const absl::Time t0 = absl::Now();
+    {
+      absl::MutexLock lock(&commit_mu_);
+      target = CommitOpenLocked();
+    }
+    const absl::Time t1 = absl::Now();
+    absl::Status s = target.ok() ? FsyncWal() : target.status();
+    const absl::Time t2 = absl::Now();
+    if (!s.ok()) Fail(s);
+    sync_mu_.Lock();
+    ++syncs_;
+    commit_time_ += t1 - t0;
+    fsync_time_ += t2 - t1;
+    if (s.ok()) durable_ = std::max(durable_, *target);
+    // Waiters first, then the callbacks (which finish RPCs) without the lock.
+    sync_cv_.SignalAll();
+    std::vector<std::function<void(absl::Status)>> ready;
+    for (auto it = callbacks_.begin(); it != callbacks_.end();) {
+      if (it->first <= durable_ || !failed_.ok()) {
+        ready.push_back(std::move(it->second));
+        it = callbacks_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!ready.empty()) {
+      const absl::Status status = failed_;
+      sync_mu_.Unlock();
+      for (auto& done : ready) done(status);
+      sync_mu_.Lock();
+    }
+  }
+  leading_ = false;
+  sync_cv_.SignalAll();
+}
+
 absl::Status SchedulerStore::Sync(int64_t seq) {
   if (!group_sync_) return absl::OkStatus();
   absl::MutexLock lock(&sync_mu_);
-  while (synced_ < seq) {
-    if (syncing_) {
+  while (durable_ < seq) {
+    if (!failed_.ok()) return failed_;
+    if (leading_) {
       sync_cv_.Wait(&sync_mu_);
       continue;
     }
-    // This caller leads one fsync for every commit made so far.
-    syncing_ = true;
-    int64_t target = committed_.load();
-    sync_mu_.Unlock();
-    absl::Status s = FsyncWal();
-    sync_mu_.Lock();
-    syncing_ = false;
-    ++syncs_;
-    if (s.ok()) synced_ = std::max(synced_, target);
-    sync_cv_.SignalAll();
-    if (!s.ok()) return s;
+    // No commit under way: this caller leads (commits every batch appended
+    // so far, fsyncs, and keeps going while more arrive).
+    LeadLocked();
   }
   return absl::OkStatus();
+}
+
+void SchedulerStore::WhenDurable(int64_t seq, std::function<void(absl::Status)> done) {
+  if (!group_sync_) {
+    done(absl::OkStatus());
+    return;
+  }
+  sync_mu_.Lock();
+  if (durable_ >= seq || !failed_.ok()) {
+    const absl::Status status = durable_ >= seq ? absl::OkStatus() : failed_;
+    sync_mu_.Unlock();
+    done(status);
+    return;
+  }
+  callbacks_.emplace_back(seq, std::move(done));
+  // Under way: the leader runs `done` after its fsync; this thread is free.
+  if (!leading_) LeadLocked();
+  sync_mu_.Unlock();
 }
 
 int64_t SchedulerStore::syncs() {
@@ -175,7 +264,13 @@ int64_t SchedulerStore::syncs() {
   return syncs_;
 }
 
+SchedulerStore::SyncTimes SchedulerStore::sync_times() {
+  absl::MutexLock lock(&sync_mu_);
+  return SyncTimes{syncs_, commit_time_, fsync_time_};
+}
+
 absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
+  absl::MutexLock lock(&commit_mu_);
   StoreSnapshot s;
   TF_ASSIGN_OR_RETURN(auto rows, db_->Query(
       "SELECT id, tenant, request_id, queue_seq, resume_artifact, retries, attempt, held_files, "
@@ -267,6 +362,7 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
 
 absl::StatusOr<std::vector<InferenceTotal>> SchedulerStore::InferenceUsage(
     const std::string& tenant, int64_t start_us, int64_t end_us) {
+  absl::MutexLock lock(&commit_mu_);  // not between a batch's statements
   TF_ASSIGN_OR_RETURN(auto rows, db_->Query(
       "SELECT deployment_id, base_model, SUM(requests), SUM(prompt_tokens), "
       "SUM(completion_tokens) FROM inference_usage WHERE tenant = ? AND minute_us >= ? AND "
@@ -290,9 +386,46 @@ absl::Status SchedulerStore::Exec(const char* sql, std::initializer_list<store::
 }
 
 absl::StatusOr<int64_t> SchedulerStore::Commit(const Batch& b) {
+  TF_ASSIGN_OR_RETURN(int64_t seq, Append(b));
+  TF_RETURN_IF_ERROR(Sync(seq));
+  return seq;
+}
+
+absl::StatusOr<int64_t> SchedulerStore::Append(const Batch& b) {
   absl::MutexLock lock(&commit_mu_);
-  if (b.empty()) return committed_.load();
-  TF_ASSIGN_OR_RETURN(store::Transaction txn, db_->Begin());
+  if (b.empty()) return appended_.load();
+  if (broken_.load()) return FailedStatus();
+  if (!group_sync_) {
+    // One transaction and one fsync (synchronous=FULL) per batch.
+    TF_ASSIGN_OR_RETURN(store::Transaction txn, db_->Begin());
+    TF_RETURN_IF_ERROR(WriteLocked(b));
+    TF_RETURN_IF_ERROR(txn.Commit());
+    return ++appended_;
+  }
+  // Into the transaction left open for the next leader's COMMIT; the batch
+  // is a savepoint, so a failing batch leaves the others as they were.
+  if (!open_) {
+    TF_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE", {}));
+    open_ = true;
+  }
+  TF_RETURN_IF_ERROR(Exec("SAVEPOINT batch", {}));
+  absl::Status written = WriteLocked(b);
+  if (written.ok()) written = Exec("RELEASE batch", {});
+  if (written.ok()) return ++appended_;
+  if (!db_->InTransaction()) {
+    // SQLite rolled the whole transaction back (I/O error, disk full): the
+    // batches before this one in it are gone too.
+    open_ = false;
+    Fail(written);
+    return written;
+  }
+  absl::Status undone = Exec("ROLLBACK TO batch", {});
+  if (undone.ok()) undone = Exec("RELEASE batch", {});
+  if (!undone.ok()) Fail(undone);
+  return written;
+}
+
+absl::Status SchedulerStore::WriteLocked(const Batch& b) {
   for (const auto& [id, j] : b.jobs) {
     TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO jobs (id, tenant, request_id, queue_seq, resume_artifact, retries, "
@@ -377,8 +510,7 @@ absl::StatusOr<int64_t> SchedulerStore::Commit(const Batch& b) {
         {d.tenant, d.minute_us, d.deployment_id, d.base_model, d.delta.requests,
          d.delta.prompt_tokens, d.delta.completion_tokens}));
   }
-  TF_RETURN_IF_ERROR(txn.Commit());
-  return ++committed_;
+  return absl::OkStatus();
 }
 
 }  // namespace tunefleet::scheduler

@@ -2,21 +2,29 @@
 // (state changes, metrics points, checkpoints), checkpoints, fine-tuned
 // models, deployments, assignments, nodes and replicas.
 //
-// Every mutation is one Batch committed in one transaction, so a job's new
-// state and the event that records it are written together or not at all.
+// Every mutation is one Batch written as one unit, so a job's new state and
+// the event that records it are written together or not at all.
 //
-// Group commit: Commit() writes the transaction into the WAL without an
-// fsync (synchronous=NORMAL: it already survives kill -9, since the bytes are
-// in the OS), and Sync(seq) makes it durable against power loss with one
-// fsync of the WAL shared by every commit made before it: concurrent callers
-// wait on the same fsync instead of paying one each (several ms here).
-// Callers acknowledge a mutation only after Sync. With group_sync off every
-// commit fsyncs itself (synchronous=FULL) and Sync is a no-op.
-// Thread-safe (the Database serializes its users).
+// Group commit, leader/follower: Append() runs the batch's statements inside
+// one SQLite transaction left open (each batch a savepoint, so a failing
+// batch leaves nothing behind and the others stand); Sync(seq) and
+// WhenDurable(seq) make it durable. The first caller to find no commit under
+// way leads: it COMMITs every batch appended so far (one WAL write,
+// synchronous=NORMAL), fdatasyncs the WAL once for all of them, wakes the
+// Sync waiters, runs the WhenDurable callbacks, and goes on while batches
+// are waiting; nobody else wakes a thread for it. Callers acknowledge a
+// mutation only once it is durable. With group_sync off every batch is its
+// own transaction with its own fsync (synchronous=FULL), durable at Append.
+//
+// A COMMIT or fsync that fails loses batches the caller has already applied
+// to memory, so the store then refuses every later write (UNAVAILABLE) until
+// a restart reloads the file.
+// Thread-safe.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -25,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "common/store/sqlite.h"
 #include "tunefleet/internal/v1/trainer.pb.h"
 #include "tunefleet/v1/deployments.pb.h"
@@ -191,35 +200,65 @@ class SchedulerStore {
                                                               bool group_sync = true);
   ~SchedulerStore();
   absl::StatusOr<StoreSnapshot> Load();
-  // Returns the commit's sequence number, for Sync.
+  // Writes `batch` into the open group transaction (not yet durable) and
+  // returns its sequence number for Sync or WhenDurable. Callers that apply
+  // batches to memory call it in that order (under their own lock).
+  absl::StatusOr<int64_t> Append(const Batch& batch);
+  // Append, then Sync.
   absl::StatusOr<int64_t> Commit(const Batch& batch);
-  // Returns once commit `seq` (and every one before it) is on disk.
+  // Returns once batch `seq` (and every one before it) is on disk.
   absl::Status Sync(int64_t seq);
+  // Calls `done` once batch `seq` is on disk (or with the error that lost
+  // it): at once on this thread, or later on the thread that leads the
+  // commit. `done` must not block for long: later commits wait behind it.
+  void WhenDurable(int64_t seq, std::function<void(absl::Status)> done);
   // The tenant's inference per deployment in minute buckets starting in
   // [start_us, end_us).
   absl::StatusOr<std::vector<InferenceTotal>> InferenceUsage(const std::string& tenant,
                                                              int64_t start_us, int64_t end_us);
   // fsyncs performed so far (for tests and benchmarks).
   int64_t syncs();
+  // Group commit: time the leaders spent in COMMIT (the WAL write) and in
+  // the fsync, summed over `syncs` rounds (for benchmarks).
+  struct SyncTimes {
+    int64_t syncs = 0;
+    absl::Duration commit;
+    absl::Duration fsync;
+  };
+  SyncTimes sync_times();
 
  private:
   SchedulerStore(std::unique_ptr<store::Database> db, bool group_sync)
       : db_(std::move(db)), group_sync_(group_sync) {}
-  absl::Status FsyncWal() ABSL_LOCKS_EXCLUDED(sync_mu_);
+  absl::Status FsyncWal();
+  absl::Status WriteLocked(const Batch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+  // COMMITs the open transaction; returns the last batch it holds.
+  absl::StatusOr<int64_t> CommitOpenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
+  // Commits and fsyncs until every appended batch is durable.
+  void LeadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_);
+  void Fail(const absl::Status& cause) ABSL_LOCKS_EXCLUDED(sync_mu_);
+  absl::Status FailedStatus() ABSL_LOCKS_EXCLUDED(sync_mu_);
   // Runs `sql` through a statement prepared once (keyed by the literal).
   absl::Status Exec(const char* sql, std::initializer_list<store::Value> params)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(commit_mu_);
   std::unique_ptr<store::Database> db_;
   absl::Mutex commit_mu_;
   std::map<const char*, store::Statement> statements_ ABSL_GUARDED_BY(commit_mu_);
+  bool open_ ABSL_GUARDED_BY(commit_mu_) = false;  // a group transaction is open
   const bool group_sync_;
-  std::atomic<int64_t> committed_{0};
+  std::atomic<int64_t> appended_{0};
+  std::atomic<bool> broken_{false};  // failed_ is set
   absl::Mutex sync_mu_;
   absl::CondVar sync_cv_;
-  int64_t synced_ ABSL_GUARDED_BY(sync_mu_) = 0;
-  bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
+  int64_t durable_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  bool leading_ ABSL_GUARDED_BY(sync_mu_) = false;
   int64_t syncs_ ABSL_GUARDED_BY(sync_mu_) = 0;
-  int wal_fd_ = -1;  // used only by the one syncing thread
+  absl::Duration commit_time_ ABSL_GUARDED_BY(sync_mu_);
+  absl::Duration fsync_time_ ABSL_GUARDED_BY(sync_mu_);
+  absl::Status failed_ ABSL_GUARDED_BY(sync_mu_);
+  std::vector<std::pair<int64_t, std::function<void(absl::Status)>>> callbacks_
+      ABSL_GUARDED_BY(sync_mu_);
+  int wal_fd_ = -1;  // used only by the leader
 };
 
 }  // namespace tunefleet::scheduler

@@ -572,6 +572,56 @@ TEST(SchedulerStoreTest, ConcurrentCommitsShareFsyncsAndAllSurvive) {
 }
 
 
+TEST(SchedulerStoreTest, AppendedBatchesShareOneCommitAndAFailingOneLeavesTheOthers) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("a.db");
+  {
+    auto store = SchedulerStore::Open(path);
+    ASSERT_THAT(store, IsOk());
+    auto job = [](const std::string& id, v1::JobState state) {
+      Batch b;
+      JobRecord j;
+      j.tenant = "t";
+      j.job.set_id(id);
+      j.job.set_state(state);
+      b.jobs.emplace_back(id, j);
+      v1::JobEvent e;
+      e.set_sequence(1);
+      b.events.emplace_back(id, e);
+      return b;
+    };
+    auto first = (*store)->Append(job("ftjob-1", v1::JOB_STATE_QUEUED));
+    ASSERT_THAT(first, IsOk());
+    // The same event again: refused, and job 1's row keeps its state.
+    EXPECT_THAT((*store)->Append(job("ftjob-1", v1::JOB_STATE_RUNNING)),
+                StatusIs(absl::StatusCode::kAlreadyExists));
+    auto second = (*store)->Append(job("ftjob-2", v1::JOB_STATE_QUEUED));
+    ASSERT_THAT(second, IsOk());
+    EXPECT_GT(*second, *first);
+    EXPECT_EQ((*store)->syncs(), 0);  // nothing committed yet
+    // No commit under way: the callback's caller leads it, and both batches
+    // become durable in one round before the callback runs.
+    bool called = false;
+    (*store)->WhenDurable(*second, [&](absl::Status s) {
+      EXPECT_THAT(s, IsOk());
+      called = true;
+    });
+    EXPECT_TRUE(called);
+    EXPECT_EQ((*store)->syncs(), 1);
+    // Already durable: answered at once, without another round.
+    EXPECT_THAT((*store)->Sync(*first), IsOk());
+    EXPECT_EQ((*store)->syncs(), 1);
+  }
+  auto store = SchedulerStore::Open(path);
+  ASSERT_THAT(store, IsOk());
+  auto snap = (*store)->Load();
+  ASSERT_THAT(snap, IsOk());
+  ASSERT_EQ(snap->jobs.size(), 2u);
+  EXPECT_EQ(snap->jobs.at("ftjob-1").job.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(snap->events["ftjob-1"].size(), 1u);
+  EXPECT_EQ(snap->events["ftjob-2"].size(), 1u);
+}
+
 TEST(ModelIds, ResultsAndCheckpointsParseAndPrint) {
   auto r = ParseFineTunedId("ft:tiny:mine:ftjob-1");
   ASSERT_TRUE(r.has_value());
