@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/status_macros.h"
+#include "common/model/decode_attention.h"
 #include "common/model/decoder_internal.h"
 #include "common/model/small_gemm.h"
 #include "common/model/torch_compat.h"
@@ -246,18 +247,27 @@ at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
   q = ApplyRotary(q.reshape({B, T, H, D}).transpose(1, 2), in.cos, in.sin);
   k = ApplyRotary(k.reshape({B, T, KV, D}).transpose(1, 2), in.cos, in.sin);
   v = v.reshape({B, T, KV, D}).transpose(1, 2);
+  at::Tensor attn;  // [B,T,H*D]
   if (cache != nullptr) {
     cache->k_[i].index_put_({in.rows, in.cols}, k.transpose(1, 2));
     cache->v_[i].index_put_({in.rows, in.cols}, v.transpose(1, 2));
+    // A decode step: each row's query against its own cached keys, in place.
+    if (T == 1) {
+      if (auto a = DecodeAttention(q, cache->k_[i], cache->v_[i], in.cols, c.sliding_window)) {
+        attn = *std::move(a);
+      }
+    }
     k = cache->k_[i].narrow(1, 0, in.span).transpose(1, 2);
     v = cache->v_[i].narrow(1, 0, in.span).transpose(1, 2);
   }
-  if (H != KV) {
+  if (H != KV && !attn.defined()) {
     const int64_t S = k.size(2);
     k = k.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
     v = v.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
   }
-  at::Tensor attn = compat::Attention(q, k, v, in.keep).transpose(1, 2).reshape({B, T, H * D});
+  if (!attn.defined()) {
+    attn = compat::Attention(q, k, v, in.keep).transpose(1, 2).reshape({B, T, H * D});
+  }
   h = h + Project(layer, i, Proj::kO, attn, adapters, training);
 
   x = RmsNorm(h, layer.post_attention_norm);

@@ -1,0 +1,35 @@
+// Attention for a decode step (one new token a row) straight from the KV
+// cache, on the CPU.
+//
+// libtorch 1.13 without MKL runs a batched matmul over B·H small matrices as
+// one OpenBLAS call each (a select per operand, a thread hand-off per call):
+// a decode step of 32 rows and 12 heads made 6,144 such calls over 8 layers,
+// which cost more than the step's attention arithmetic by far and grew with
+// the batch. DecodeAttention computes each (row, head) with AVX2 dot products
+// over the cached keys and values where they lie (no gather, no copy),
+// rows and heads split across libtorch's threads. Each (row, head) is
+// computed alone, so a row's result does not depend on the other rows.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace tunefleet::model {
+
+// softmax(q·kᵀ/√D)·v for q [B,H,1,D] against keys and values k/v
+// [B,capacity,KV,D] (the cache layout; H a multiple of KV), the query of row
+// b at position positions[b] (int64 [B,1] on the CPU, the slot its own key
+// was written to) seeing the keys at slots (positions[b] - window,
+// positions[b]]. Returns [B,1,H·D]; std::nullopt (the caller runs the
+// general path) unless everything is fp32 on the CPU with AVX2+FMA and
+// autograd off.
+std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& positions,
+                                          std::optional<int64_t> window);
+
+// On by default; benchmarks turn it off to measure the general path.
+void EnableDecodeAttention(bool on);
+
+}  // namespace tunefleet::model
