@@ -22,7 +22,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/model/decode_attention.h"
 #include "common/model/decoder.h"
 #include "common/model/lora.h"
 #include "common/model/tiny_model.h"
@@ -42,6 +44,12 @@ ABSL_FLAG(int64_t, prompt, 64, "prompt tokens per request");
 ABSL_FLAG(int64_t, decode, 64, "completion tokens per request");
 ABSL_FLAG(int, adapters, 50, "adapters in the many-adapter run");
 ABSL_FLAG(int64_t, lora_rank, 8, "adapter rank");
+ABSL_FLAG(std::vector<std::string>, streams, std::vector<std::string>({"1", "8", "32"}),
+          "concurrent stream counts to measure (the first is the base of the ratios)");
+ABSL_FLAG(bool, decode_attention, true,
+          "decode steps' attention through model::DecodeAttention (false: libtorch's batched "
+          "matmuls, to measure both in the same conditions)");
+ABSL_FLAG(bool, adapter_runs, true, "measure 32 streams over 1 and over --adapters adapters");
 
 namespace {
 
@@ -120,6 +128,7 @@ int main(int argc, char** argv) {
                           ? absl::GetFlag(FLAGS_threads)
                           : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(threads);
+  model::EnableDecodeAttention(absl::GetFlag(FLAGS_decode_attention));
   const bool cuda = absl::GetFlag(FLAGS_device) == "cuda";
   const std::string dir = (std::filesystem::temp_directory_path() /
                            ("tunefleet-serving-bench-" + std::to_string(::getpid())))
@@ -198,8 +207,9 @@ int main(int argc, char** argv) {
   if (!engine.ok()) Die(engine.status());
   Run(**engine, 1, cfg.vocab_size, {});  // warm-up
 
-  std::printf("serving_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s\n",
-              cuda ? "cuda" : "cpu", threads, cuda ? "bf16" : "fp32", std::getenv("OMP_WAIT_POLICY"));
+  std::printf("serving_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s decode_attention=%d\n",
+              cuda ? "cuda" : "cpu", threads, cuda ? "bf16" : "fp32", std::getenv("OMP_WAIT_POLICY"),
+              absl::GetFlag(FLAGS_decode_attention) ? 1 : 0);
   std::printf("model: phi3 layers=%lld hidden=%lld intermediate=%lld vocab=%lld weights=%.1f MB; "
               "prompt=%lld decode=%lld per request\n",
               static_cast<long long>(cfg.num_hidden_layers), static_cast<long long>(cfg.hidden_size),
@@ -213,18 +223,33 @@ int main(int argc, char** argv) {
   std::printf("%-52s %10.3f\n", "single-stream fraction of roofline (goal >= 0.8)",
               single.single_decode_tps / roofline);
   double base_tps = 0;
-  for (int n : {1, 8, 32}) {
+  for (const std::string& arg : absl::GetFlag(FLAGS_streams)) {
+    int n = 0;
+    if (!absl::SimpleAtoi(arg, &n) || n < 1) Die(absl::InvalidArgumentError("--streams: " + arg));
+    const serving::EngineStats before = (*engine)->stats();
     RunResult r = Run(**engine, n, cfg.vocab_size, {});
     const double tps = r.tokens / r.seconds;
-    if (n == 1) base_tps = tps;
-    std::printf("%2d streams: %8.1f tokens/s (x%.2f of 1)  TTFT p50 %7.1f ms  p99 %7.1f ms\n", n, tps,
-                tps / base_tps, Percentile(r.ttft, 0.5) * 1e3, Percentile(r.ttft, 0.99) * 1e3);
+    if (base_tps == 0) base_tps = tps;
+    const serving::EngineStats after = (*engine)->stats();
+    std::printf("%2d streams: %8.1f tokens/s (x%.2f of 1)  TTFT p50 %7.1f ms  p99 %7.1f ms  "
+                "steps %lld resizes %lld\n",
+                n, tps, tps / base_tps, Percentile(r.ttft, 0.5) * 1e3, Percentile(r.ttft, 0.99) * 1e3,
+                static_cast<long long>(after.steps - before.steps),
+                static_cast<long long>(after.resizes - before.resizes));
+    std::printf("    engine thread: forward %.2f s, sampling and callbacks %.2f s, resizes %.2f s "
+                "of %.2f s\n",
+                after.forward_seconds - before.forward_seconds,
+                after.sample_seconds - before.sample_seconds,
+                after.resize_seconds - before.resize_seconds, r.seconds);
   }
-  RunResult r1 = Run(**engine, 32, cfg.vocab_size, one);
-  RunResult rn = Run(**engine, 32, cfg.vocab_size, many);
-  const double t1 = r1.tokens / r1.seconds, tn = rn.tokens / rn.seconds;
-  std::printf("32 streams, 1 adapter:   %8.1f tokens/s\n", t1);
-  std::printf("32 streams, %d adapters: %8.1f tokens/s  ratio %.3f (goal >= 0.9)\n", n_adapters, tn, tn / t1);
+  if (absl::GetFlag(FLAGS_adapter_runs)) {
+    RunResult r1 = Run(**engine, 32, cfg.vocab_size, one);
+    RunResult rn = Run(**engine, 32, cfg.vocab_size, many);
+    const double t1 = r1.tokens / r1.seconds, tn = rn.tokens / rn.seconds;
+    std::printf("32 streams, 1 adapter:   %8.1f tokens/s\n", t1);
+    std::printf("32 streams, %d adapters: %8.1f tokens/s  ratio %.3f (goal >= 0.9)\n", n_adapters,
+                tn, tn / t1);
+  }
   std::printf("%-52s %10.2f\n", "adapter load from disk (ms each, mean)", load_s / n_adapters * 1e3);
 #ifdef TUNEFLEET_BENCH_FILTERS
   {

@@ -282,7 +282,10 @@ void Engine::Loop() {
       target = PowerOfTwoAtLeast(want);
     }
     if (want == 0) continue;
-    if (target != rows && !Resize(target).ok()) {
+    const Clock::time_point resize_start = Clock::now();
+    const bool resized = target != rows && Resize(target).ok();
+    if (target != rows) resize_seconds_ += Seconds(Clock::now() - resize_start);
+    if (target != rows && !resized) {
       for (auto& r : admitted) {
         FinishQueued(*r, EngineFinish::kError,
                      absl::ResourceExhaustedError("the KV cache could not be allocated"));
@@ -393,6 +396,24 @@ absl::Status Engine::Step() {
   const float* data = cpu.data_ptr<float>();
   const int64_t vocab = decoder_.config().vocab_size;
   const Clock::time_point after = Clock::now();
+  forward_seconds_ += Seconds(after - now);
+  // Greedy rows without penalties or logprobs take the argmax of their
+  // logits, which ChooseToken would find with a scan per row: one argmax
+  // over the batch instead (vectorized, across the threads; ties go to the
+  // lower id either way).
+  auto plain_greedy = [](const model::SamplingParams& p) {
+    return p.temperature <= 0 && p.frequency_penalty == 0 && p.presence_penalty == 0 && !p.logprobs;
+  };
+  int64_t greedy_rows = 0;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const Request* r = rows_[i].get();
+    if (r && r->cached + chunk[i] >= static_cast<int64_t>(r->tokens.size()) &&
+        plain_greedy(r->seq->params())) {
+      ++greedy_rows;
+    }
+  }
+  at::Tensor argmax;
+  if (greedy_rows >= 2) argmax = cpu.argmax(-1).contiguous();
   int64_t generated = 0;
   for (size_t i = 0; i < rows_.size(); ++i) {
     Request* r = rows_[i].get();
@@ -400,9 +421,13 @@ absl::Status Engine::Step() {
     r->cached += chunk[i];
     if (r->cached < static_cast<int64_t>(r->tokens.size())) continue;  // prefill goes on
     model::Sequence& seq = *r->seq;
-    const double u = seq.params().temperature > 0 ? r->rng.Uniform() : 0.0;
-    model::TokenChoice choice =
-        model::ChooseToken(seq, data + static_cast<int64_t>(i) * vocab, vocab, u, &r->scratch);
+    model::TokenChoice choice;
+    if (argmax.defined() && plain_greedy(seq.params())) {
+      choice.token = argmax.data_ptr<int64_t>()[i];
+    } else {
+      const double u = seq.params().temperature > 0 ? r->rng.Uniform() : 0.0;
+      choice = model::ChooseToken(seq, data + static_cast<int64_t>(i) * vocab, vocab, u, &r->scratch);
+    }
     if (!r->has_first) {
       r->has_first = true;
       r->first_token = after;
@@ -422,6 +447,7 @@ absl::Status Engine::Step() {
              absl::OkStatus());
     }
   }
+  sample_seconds_ += Seconds(Clock::now() - after);
   return CountStep(generated, prompt_fed);
 }
 
@@ -469,6 +495,9 @@ absl::Status Engine::CountStep(int64_t generated, int64_t prompt_fed) {
   stats_.tokens_generated += generated;
   stats_.prompt_tokens += prompt_fed;
   stats_.running = running;
+  stats_.forward_seconds = forward_seconds_;
+  stats_.sample_seconds = sample_seconds_;
+  stats_.resize_seconds = resize_seconds_;
   return absl::OkStatus();
 }
 

@@ -133,6 +133,13 @@ struct EngineStats {
   int64_t oom_shrinks = 0;
   int64_t step_token_budget = 0;  // now (after shrinks; grows back)
   int64_t row_cap = 0;            // rows admitted now (after shrinks; grows back)
+  // Engine-thread time, cumulative: in the model's forward (Extend, logits
+  // on the host), choosing tokens and running the callbacks, and resizing
+  // the KV cache. Their sum against the wall time tells the engine's own
+  // overhead.
+  double forward_seconds = 0;
+  double sample_seconds = 0;
+  double resize_seconds = 0;
 };
 
 // A classification request without an engine: one forward of `ids` (the
@@ -208,6 +215,7 @@ class Engine {
   int64_t row_cap_ = 0;     // the rows admitted now
   int64_t last_chunk_ = 0;  // tokens a row fed in the last step (T)
   int64_t steps_since_oom_ = 0;
+  double forward_seconds_ = 0, sample_seconds_ = 0, resize_seconds_ = 0;  // EngineStats
 
   std::thread thread_;
 };
