@@ -27,6 +27,8 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <string>
+#include <string_view>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -49,6 +51,9 @@ ABSL_FLAG(int64_t, max_len, 512, "max_sequence_length (packed row length)");
 ABSL_FLAG(int, threads, 0, "Intra-op threads (0: all cores)");
 ABSL_FLAG(bool, full, true, "Also time full fine-tuning");
 ABSL_FLAG(bool, scaling, true, "Also time 1 vs 2 data-parallel ranks (LoRA, packed)");
+ABSL_FLAG(std::string, only, "",
+          "Time only the configurations whose name contains this (e.g. 'lora padded'), for "
+          "profiling one of them");
 // Internal: a second rank of the scaling run.
 ABSL_FLAG(int, rank_child, -1, "(internal) run as this rank of the 2-rank scaling run");
 ABSL_FLAG(std::string, child_dir, "", "(internal) the parent's working directory");
@@ -238,6 +243,7 @@ int main(int argc, char** argv) {
         std::tuple{"lora padded (length-sorted)", false, trainer::TrainingMethod::kLora, 4.0},
         std::tuple{"full packed", true, trainer::TrainingMethod::kFull, 6.0}}) {
     if (method == trainer::TrainingMethod::kFull && !absl::GetFlag(FLAGS_full)) continue;
+    if (std::string_view(name).find(absl::GetFlag(FLAGS_only)) == std::string_view::npos) continue;
     Figures f = RunOnce(spec_for(packing, method), dir + "/report.jsonl");
     const double mfu = f.tokens_per_second * flops * n_params / (peak * 1e9);
     std::printf("%-28s %14.1f %9.1f%% %9.1f%%\n", name, f.tokens_per_second, 100 * mfu,

@@ -38,6 +38,83 @@ at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Ten
   return at::cat({rot * cos + RotateHalf(rot) * sin, x.narrow(-1, r, x.size(-1) - r)}, -1);
 }
 
+// The runs of tokens that attend only within themselves, as
+// LayerInputs::segments, when the masks say so: packing (each run of equal
+// sequence ids, none of them reappearing later in its row), padding (an
+// attention mask whose ones form one run per row), or both (packed rows
+// whose tails are padding). Runs the attention mask zeroes are padding: no
+// attention is computed for them (their outputs are ignored). Empty when no
+// mask is given, a mask is not on the CPU (reading it would sync a device),
+// or the masks need a real [T,T] mask (holes in a row's tokens, an id that
+// comes back).
+internal::AttentionSegments FindSegments(const ForwardOptions& o, int64_t B, int64_t T) {
+  const bool by_ids = o.sequence_ids.defined(), by_mask = o.attention_mask.defined();
+  if (!by_ids && !by_mask) return {};
+  if ((by_ids && !o.sequence_ids.device().is_cpu()) ||
+      (by_mask && !o.attention_mask.device().is_cpu())) {
+    return {};
+  }
+  at::Tensor ids = by_ids ? o.sequence_ids.to(at::kLong).contiguous() : at::Tensor();
+  at::Tensor mask = by_mask ? o.attention_mask.to(at::kLong).contiguous() : at::Tensor();
+  const int64_t* pi = by_ids ? ids.data_ptr<int64_t>() : nullptr;
+  const int64_t* pm = by_mask ? mask.data_ptr<int64_t>() : nullptr;
+  auto id = [&](int64_t b, int64_t t) { return pi ? pi[b * T + t] : 0; };
+  auto real = [&](int64_t b, int64_t t) { return pm ? pm[b * T + t] != 0 : true; };
+  internal::AttentionSegments out;
+  std::vector<int64_t> seen;
+  for (int64_t b = 0; b < B; ++b) {
+    seen.clear();
+    int64_t start = 0;
+    for (int64_t t = 1; t <= T; ++t) {
+      if (t < T && id(b, t) == id(b, start) && real(b, t) == real(b, start)) continue;
+      const bool pad = !real(b, start);
+      if (!pad) {
+        // A second run of tokens with an id already seen (or, with a mask
+        // only, a second run of tokens at all) attends across what lies
+        // between: only a real mask says that.
+        if (std::find(seen.begin(), seen.end(), id(b, start)) != seen.end()) return {};
+        seen.push_back(id(b, start));
+      }
+      out.lengths.push_back(t - start);
+      out.padding.push_back(pad ? 1 : 0);
+      start = t;
+    }
+  }
+  return out;
+}
+
+// Causal attention within each run of `segments` (LayerInputs): q [B,H,T,D],
+// k/v [B,H,T,D] -> [B,T,H*D], zeros for padding runs. The runs are split off
+// one flat [B*T,H,D] copy, so backward is one concatenation rather than a
+// full-size gradient per run.
+at::Tensor SegmentedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const internal::AttentionSegments& segments,
+                              std::optional<int64_t> window) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  auto flat = [&](const at::Tensor& x) {
+    return x.transpose(1, 2).reshape({B * T, x.size(1), D}).split_with_sizes(segments.lengths, 0);
+  };
+  std::vector<at::Tensor> qs = flat(q), ks = flat(k), vs = flat(v);
+  std::vector<at::Tensor> out;
+  out.reserve(segments.lengths.size());
+  for (size_t i = 0; i < segments.lengths.size(); ++i) {
+    const int64_t L = segments.lengths[i];
+    if (segments.padding[i]) {
+      out.push_back(at::zeros({L, H, D}, q.options()));
+      continue;
+    }
+    at::Tensor keep;  // causal
+    if (window && L > *window) {
+      keep = CausalKeep(at::arange(L, q.options().dtype(at::kLong)).view({1, L}), L, window);
+    }
+    at::Tensor o = compat::Attention(qs[i].transpose(0, 1).unsqueeze(0),
+                                     ks[i].transpose(0, 1).unsqueeze(0),
+                                     vs[i].transpose(0, 1).unsqueeze(0), keep);  // [1,H,L,D]
+    out.push_back(o.squeeze(0).transpose(0, 1));  // [L,H,D]
+  }
+  return at::cat(out, 0).view({B, T, H * D});
+}
+
 // x·Wᵀ (+ b). A few rows on the CPU (decode steps) go through
 // SmallRowsLinear, which reads the weights once without OpenBLAS's packing
 // copy; a single row elsewhere (no AVX2, or autograd) through a
@@ -204,12 +281,12 @@ at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at:
 at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions,
                          int64_t max_position, const at::Tensor& keep,
                          const AdapterGroups& adapters, bool training, KvCache* cache,
-                         bool checkpoint) const {
+                         bool checkpoint, internal::AttentionSegments segments) const {
   const ModelConfig& c = config_;
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   at::Tensor h = at::embedding(embed_, input_ids);
   auto [cos, sin] = Rotary(positions, max_position);
-  LayerInputs in{cos, sin, keep, at::Tensor(), at::Tensor(), T};
+  LayerInputs in{cos, sin, keep, std::move(segments), at::Tensor(), at::Tensor(), T};
   if (cache != nullptr) {
     at::Tensor lens = at::tensor(cache->lengths_, at::kLong).to(options_.device);
     in.rows = at::arange(B, lens.options()).view({B, 1}).expand({B, T});
@@ -266,7 +343,9 @@ at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
     v = v.unsqueeze(2).expand({B, KV, H / KV, S, D}).reshape({B, H, S, D});
   }
   if (!attn.defined()) {
-    attn = compat::Attention(q, k, v, in.keep).transpose(1, 2).reshape({B, T, H * D});
+    attn = in.segments.lengths.empty()
+               ? compat::Attention(q, k, v, in.keep).transpose(1, 2).reshape({B, T, H * D})
+               : SegmentedAttention(q, k, v, in.segments, c.sliding_window);
   }
   h = h + Project(layer, i, Proj::kO, attn, adapters, training);
 
@@ -312,9 +391,9 @@ absl::StatusOr<Decoder::LossOutput> Decoder::Loss(const at::Tensor& input_ids,
     }
     at::Tensor hs = h.narrow(1, 0, T - 1).reshape({-1, H}).index_select(0, rows);
     at::Tensor target = y.index_select(0, rows);
-    at::Tensor logits = at::linear(hs, lm_head_).to(at::kFloat);
-    out.loss = at::cross_entropy_loss(logits, target);
-    out.correct = (logits.detach().argmax(-1) == target).sum().item<int64_t>();
+    internal::HeadLogProbs scored = internal::LabelLogProbs(hs, lm_head_, target);
+    out.loss = -scored.logp.mean();
+    out.correct = scored.correct;
     return out;
   });
 }
@@ -340,9 +419,7 @@ absl::StatusOr<Decoder::SequenceLogProbs> Decoder::SequenceLogProb(
     }
     at::Tensor hs = h.narrow(1, 0, T - 1).reshape({-1, H}).index_select(0, flat);
     at::Tensor target = y.index_select(0, flat);
-    at::Tensor logp = at::log_softmax(at::linear(hs, lm_head_).to(at::kFloat), -1)
-                          .gather(1, target.unsqueeze(1))
-                          .squeeze(1);
+    at::Tensor logp = internal::LabelLogProbs(hs, lm_head_, target).logp;
     at::Tensor row = at::div(flat, T - 1, "floor");
     out.sum = at::zeros({B}, logp.options()).index_add(0, row, logp);
     return out;
@@ -368,17 +445,21 @@ absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids,
       }
     }
     at::Tensor idx = at::arange(T, ids.options());
-    at::Tensor keep = CausalKeep(idx.view({1, T}), T, config_.sliding_window)
-                          .expand({B, 1, T, T});  // [B,1,Tq,Tk]
+    // Packed or padded rows whose masks are runs attend per run, unmasked.
+    internal::AttentionSegments segments = FindSegments(options, B, T);
+    const bool masked = segments.lengths.empty();
+    at::Tensor keep = masked ? CausalKeep(idx.view({1, T}), T, config_.sliding_window)
+                                   .expand({B, 1, T, T})  // [B,1,Tq,Tk]
+                             : at::Tensor();
     at::Tensor positions;
     if (options.attention_mask.defined()) {
       at::Tensor m = options.attention_mask.to(dev).to(at::kBool);
-      keep = keep.logical_and(m.view({B, 1, 1, T}));
+      if (masked) keep = keep.logical_and(m.view({B, 1, 1, T}));
       positions = (m.to(at::kLong).cumsum(1) - 1).clamp_min(0);
     } else {
       positions = idx.view({1, T}).expand({B, T});
     }
-    if (options.sequence_ids.defined()) {
+    if (masked && options.sequence_ids.defined()) {
       at::Tensor s = options.sequence_ids.to(dev);
       keep = keep.logical_and(s.view({B, 1, T, 1}) == s.view({B, 1, 1, T}));
     }
@@ -395,7 +476,9 @@ absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids,
     }
     // Padding queries would otherwise see no key at all; let them see
     // themselves so that softmax stays finite (their outputs are ignored).
-    keep = keep.logical_or(at::eye(T, ids.options().dtype(at::kBool)).view({1, 1, T, T}));
+    if (masked) {
+      keep = keep.logical_or(at::eye(T, ids.options().dtype(at::kBool)).view({1, 1, T, T}));
+    }
     // Nothing but causality: let the attention kernel take its causal path.
     if (!options.attention_mask.defined() && !options.sequence_ids.defined() &&
         (!config_.sliding_window || T <= *config_.sliding_window)) {
@@ -405,7 +488,7 @@ absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids,
     // Only longrope needs the largest position; it costs a sync.
     const int64_t max_position = inv_freq_long_.defined() ? positions.max().item<int64_t>() : T - 1;
     return Body(ids, positions, max_position, keep, adapters, options.training, nullptr,
-                options.gradient_checkpointing);
+                options.gradient_checkpointing, std::move(segments));
   });
 }
 

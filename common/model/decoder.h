@@ -26,6 +26,15 @@ namespace tunefleet::model {
 namespace internal {
 struct LayerCheckpoint;
 struct LayerClosure;
+// Packed or padded rows as runs of tokens that attend causally within
+// themselves only: the runs' lengths, row after row, covering all B*T
+// tokens, and which runs are padding (no attention computed, zeros out).
+// Attention then runs per run (cost: the sum of L^2, no [T,T] mask)
+// instead of over whole rows with a mask.
+struct AttentionSegments {
+  std::vector<int64_t> lengths;
+  std::vector<uint8_t> padding;
+};
 }  // namespace internal
 
 struct DecoderOptions {
@@ -207,13 +216,15 @@ class Decoder {
   absl::Status CheckIds(const at::Tensor& ids, absl::string_view what) const;
   // Runs the layers; `cache` (with per-row write offsets) when extending;
   // `checkpoint`: recompute each layer in backward (not with a cache).
+  // `segments`, when not empty, replaces `keep` (see LayerInputs).
   at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, int64_t max_position,
                   const at::Tensor& keep, const AdapterGroups& adapters, bool training,
-                  KvCache* cache, bool checkpoint) const;
+                  KvCache* cache, bool checkpoint, internal::AttentionSegments segments = {}) const;
   // What every layer of one forward shares.
   struct LayerInputs {
     at::Tensor cos, sin;  // rotary [B,1,T,R]
     at::Tensor keep;      // attention mask or undefined (causal)
+    internal::AttentionSegments segments;  // when not empty, replaces `keep`
     at::Tensor rows, cols;  // cache write positions [B,T] when extending
     int64_t span = 0;       // keys per row when extending
   };

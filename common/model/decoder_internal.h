@@ -25,4 +25,14 @@ bool ProjHasBias(const ModelConfig& c, Proj p);
 // start from it (Forward then adds padding and packing masks).
 at::Tensor CausalKeep(const at::Tensor& q_pos, int64_t span, std::optional<int64_t> window);
 
+// log p(target[i] | hs[i]) through the head w [vocab, hidden] for each row of
+// hs [N, hidden] (fp32 [N]; differentiable in hs and, when it requires grad,
+// in w), and how many rows' argmax is their target. The [N, vocab] logits
+// never exist whole (lm_head_loss.cc).
+struct HeadLogProbs {
+  at::Tensor logp;
+  int64_t correct = 0;
+};
+HeadLogProbs LabelLogProbs(const at::Tensor& hs, const at::Tensor& w, const at::Tensor& target);
+
 }  // namespace tunefleet::model::internal

@@ -146,6 +146,51 @@ TEST_F(CheckpointingTest, PerRowAdaptersAndFullFineTuningToo) {
              Run(full, weights, ids, ForwardOptions(), true));
 }
 
+// Packed rows attend per sequence (one attention per run of equal ids, not
+// a masked [T,T] over the row): the loss and the gradients equal those of
+// the sequences run alone, token-weighted.
+TEST_F(CheckpointingTest, PackedGradientsEqualTheSequencesRunAlone) {
+  Decoder d = Load();
+  LoraAdapter a = Adapter(d, 6, /*dropout=*/0.0);
+  std::vector<at::Tensor> params = a.Parameters();
+  for (at::Tensor& p : params) p.set_requires_grad(true);
+  at::Tensor ids = Ids(1, 15);  // 6 + 9 tokens
+  const std::vector<int64_t> lengths = {6, 9};
+  auto grads = [&](const at::Tensor& loss) {
+    for (at::Tensor p : params) p.mutable_grad() = at::Tensor();
+    loss.backward();
+    Grads g;
+    g.loss = loss.item<double>();
+    for (const at::Tensor& p : params) g.grads.push_back(p.grad().clone());
+    return g;
+  };
+  ForwardOptions packed;
+  packed.adapter = &a;
+  packed.sequence_ids = at::cat({at::zeros({1, 6}, at::kLong), at::ones({1, 9}, at::kLong)}, 1);
+  // Alone, a sequence's first token is nobody's label; packed, the previous
+  // sequence's last token would predict it, so it is masked there.
+  at::Tensor labels = ids.clone();
+  labels[0][6] = -100;
+  auto together = d.Loss(ids, labels, packed);
+  ASSERT_TRUE(together.ok()) << together.status();
+  Grads want = grads(together->loss);
+
+  ForwardOptions alone;
+  alone.adapter = &a;
+  at::Tensor sum = at::zeros({}, at::kFloat);
+  int64_t tokens = 0, start = 0;
+  for (int64_t n : lengths) {
+    at::Tensor part = ids.narrow(1, start, n);
+    auto out = d.Loss(part, part, alone);
+    ASSERT_TRUE(out.ok()) << out.status();
+    sum = sum + out->loss * static_cast<double>(out->tokens);
+    tokens += out->tokens;
+    start += n;
+  }
+  EXPECT_EQ(tokens, together->tokens);
+  ExpectSame(want, grads(sum / static_cast<double>(tokens)));
+}
+
 TEST_F(CheckpointingTest, WithoutGradModeItIsAPlainForward) {
   Decoder d = Load();
   at::Tensor ids = Ids(2, 8);

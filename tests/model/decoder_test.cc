@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "common/model/decoder_internal.h"
 #include "tests/model/model_test_util.h"
 #include "tests/testing/status_matchers.h"
 
@@ -155,6 +156,26 @@ TEST_P(DecoderTest, PackedPositionsRestartByThemselves) {
   EXPECT_LE(MaxAbsDiff(got[0].narrow(0, 4, 3), Full({11, 12, 13})), kTol);
 }
 
+// Masks that are not one run per sequence take the masked path and keep
+// their meaning: a hole in a row's tokens, a sequence id that comes back.
+TEST_P(DecoderTest, MaskHolesAndReturningIdsKeepTheirMeaning) {
+  ForwardOptions holes;
+  holes.attention_mask = at::tensor({1, 1, 0, 1, 1}, at::kLong).view({1, 5});
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor got,
+                          decoder_->Forward(Ids({3, 14, 0, 15, 92}), holes));
+  at::Tensor want = Full({3, 14, 15, 92});
+  EXPECT_LE(MaxAbsDiff(got[0].narrow(0, 0, 2), want.narrow(0, 0, 2)), kTol);
+  EXPECT_LE(MaxAbsDiff(got[0].narrow(0, 3, 2), want.narrow(0, 2, 2)), kTol);
+
+  ForwardOptions back;  // a0 a1 b0 a2 a3 (within mistral's window of 5 slots)
+  back.sequence_ids = at::tensor({0, 0, 1, 0, 0}, at::kLong).view({1, 5});
+  back.position_ids = at::tensor({0, 1, 0, 2, 3}, at::kLong).view({1, 5});
+  TF_ASSERT_OK_AND_ASSIGN(got, decoder_->Forward(Ids({7, 8, 11, 9, 10}), back));
+  want = Full({7, 8, 9, 10});
+  EXPECT_LE(MaxAbsDiff(got[0].narrow(0, 3, 2), want.narrow(0, 2, 2)), kTol);
+  EXPECT_LE(MaxAbsDiff(got[0].narrow(0, 2, 1), Full({11})), kTol);
+}
+
 TEST_P(DecoderTest, ContinuousBatchingReusesARow) {
   // Row 0 decodes while row 1 is reset and prefilled with a new prompt in
   // the same step.
@@ -207,6 +228,53 @@ TEST(DecoderLoadTest, SlidingWindowLimitsAttention) {
   // Identical within the window (5 tokens), different beyond it.
   EXPECT_LE(MaxAbsDiff(a[0].narrow(0, 0, 5), b[0].narrow(0, 0, 5)), kTol);
   EXPECT_GT(MaxAbsDiff(a[0].narrow(0, 5, 4), b[0].narrow(0, 5, 4)), 1e-4);
+  // A packed sequence longer than the window keeps the window.
+  ForwardOptions packed;
+  packed.sequence_ids = at::tensor({0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1}, at::kLong).view({1, 12});
+  at::Tensor both = at::cat({ids, at::arange(20, 23, at::kLong).view({1, 3})}, 1);
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor p, windowed.Forward(both, packed));
+  EXPECT_LE(MaxAbsDiff(p[0].narrow(0, 0, 9), a[0]), kTol);
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor c, windowed.Forward(at::arange(20, 23, at::kLong).view({1, 3})));
+  EXPECT_LE(MaxAbsDiff(p[0].narrow(0, 9, 3), c[0]), kTol);
+}
+
+// The fused, chunked head (several chunks: a 70K vocabulary makes chunks of
+// ~60 rows) equals linear -> log_softmax -> gather in value and in the
+// gradients of the hidden states and, when trained, of the head.
+TEST(LabelLogProbsTest, EqualThePlainPathAndItsGradients) {
+  testing::UseFewThreads();
+  at::manual_seed(3);
+  const int64_t N = 150, H = 8, V = 70000;
+  at::Tensor hs0 = at::randn({N, H}), w0 = at::randn({V, H}) * 0.5;
+  at::Tensor target = at::randint(0, V, {N}, at::kLong);
+  target[7] = at::linear(hs0[7], w0).argmax().item<int64_t>();  // one sure hit
+  at::Tensor g = at::randn({N});
+  for (bool train_head : {false, true}) {
+    SCOPED_TRACE(train_head ? "head trained" : "head frozen");
+    at::Tensor hs = hs0.clone().requires_grad_(true), w = w0.clone().requires_grad_(train_head);
+    internal::HeadLogProbs got = internal::LabelLogProbs(hs, w, target);
+    (got.logp * g).sum().backward();
+    at::Tensor hs_ref = hs0.clone().requires_grad_(true), w_ref = w0.clone().requires_grad_(train_head);
+    at::Tensor logits = at::linear(hs_ref, w_ref);
+    at::Tensor want = at::log_softmax(logits, -1).gather(1, target.unsqueeze(1)).squeeze(1);
+    (want * g).sum().backward();
+    EXPECT_LE(MaxAbsDiff(got.logp, want.detach()), 1e-4);
+    EXPECT_EQ(got.correct, (logits.argmax(-1) == target).sum().item<int64_t>());
+    EXPECT_GE(got.correct, 1);
+    EXPECT_LE(MaxAbsDiff(hs.grad(), hs_ref.grad()), 1e-4);
+    if (train_head) {
+      EXPECT_LE(MaxAbsDiff(w.grad(), w_ref.grad()), 1e-4);
+    } else {
+      EXPECT_FALSE(w.grad().defined());
+    }
+  }
+  // Without autograd: the same values, nothing kept.
+  at::NoGradGuard no_grad;
+  internal::HeadLogProbs plain = internal::LabelLogProbs(hs0, w0, target);
+  EXPECT_LE(MaxAbsDiff(plain.logp, at::log_softmax(at::linear(hs0, w0), -1)
+                                       .gather(1, target.unsqueeze(1))
+                                       .squeeze(1)),
+            1e-4);
 }
 
 TEST(DecoderLoadTest, LongRopeSwitchesToLongFactorsPastTheOriginalContext) {

@@ -306,7 +306,8 @@ TEST_F(WorkerTest, GradientAccumulationEqualsTheWholeBatch) {
   for (const RunResult* r : {&micro, &padded}) {
     const auto got = r->Losses();
     ASSERT_EQ(got.size(), want.size());
-    for (const auto& [step, loss] : got) EXPECT_NEAR(loss, want.at(step), 1e-5) << "step " << step;
+    // fp32 summation order differs between the layouts: a few ulps of ~20.
+    for (const auto& [step, loss] : got) EXPECT_NEAR(loss, want.at(step), 4e-5) << "step " << step;
   }
   auto decoder = model::Decoder::Load(model_dir_);
   ASSERT_TRUE(decoder.ok());
@@ -427,7 +428,8 @@ TEST_F(WorkerTest, TwoGlooRanksEqualOneRank) {
   for (const RunResult* r : {&rank0, &rank1}) {
     const auto got = r->Losses();
     ASSERT_EQ(got.size(), want.size());
-    for (const auto& [step, loss] : got) EXPECT_NEAR(loss, want.at(step), 1e-5) << "step " << step;
+    // fp32 summation order differs between the layouts: a few ulps of ~20.
+    for (const auto& [step, loss] : got) EXPECT_NEAR(loss, want.at(step), 4e-5) << "step " << step;
     ASSERT_NE(r->Last(ReportKind::kCompleted), nullptr);
     EXPECT_EQ(r->Last(ReportKind::kCompleted)->trained_tokens,
               single.Last(ReportKind::kCompleted)->trained_tokens);

@@ -166,11 +166,10 @@ MicroBatch MakeMicroBatch(const Dataset& data, const std::vector<int64_t>& examp
   }
   mb.input_ids = ids;
   mb.labels = labels;
-  if (packing && !classification) {
-    mb.sequence_ids = seq;
-  } else {
-    mb.attention_mask = mask;
-  }
+  // Packed rows carry both: the ids separate the examples, the mask marks
+  // the tail as padding (the decoder skips attention there).
+  if (packing && !classification) mb.sequence_ids = seq;
+  mb.attention_mask = mask;
   mb.class_labels = cls;
   mb.last_index = last;
   mb.slots = R * T;

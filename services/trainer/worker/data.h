@@ -61,7 +61,7 @@ struct MicroBatch {
   at::Tensor input_ids;       // [R, T] int64
   at::Tensor labels;          // [R, T]; -100 where no loss (prompt, padding, example starts)
   at::Tensor sequence_ids;    // packed: [R, T]; undefined otherwise
-  at::Tensor attention_mask;  // padded: [R, T]; undefined otherwise
+  at::Tensor attention_mask;  // [R, T]: 1 for tokens, 0 for padding
   at::Tensor class_labels;    // classification: [R] int64
   at::Tensor last_index;      // classification: [R] position of each row's last token
   int64_t trained_tokens = 0;

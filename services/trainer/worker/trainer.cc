@@ -8,9 +8,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <map>
+#include <new>
 #include <optional>
 
 #include "absl/strings/numbers.h"
@@ -478,7 +480,7 @@ absl::StatusOr<EvalResult> Run::EvaluateClassification(const model::LoraAdapter*
       for (int64_t k = i; k < std::min(valid_->size(), i + chunk); ++k) idx.push_back(k);
       MicroBatch mb = MakeMicroBatch(*valid_, idx, false, h_.max_sequence_length, true);
       model::ForwardOptions fo;
-      fo.attention_mask = mb.attention_mask.to(device_);
+      fo.attention_mask = mb.attention_mask;  // on the host: the decoder reads its runs
       fo.adapter = model::AdapterChoice(adapter);
       TF_ASSIGN_OR_RETURN(at::Tensor logits, ClassLogits(mb, fo));
       at::Tensor target = mb.class_labels.to(device_);
@@ -676,7 +678,7 @@ absl::Status Run::TrainStep(int64_t step) {
         slots_ += mb.slots;
         step_real_tokens_ += mb.real_tokens;
         model::ForwardOptions fo;
-        fo.attention_mask = mb.attention_mask.to(device_);
+        fo.attention_mask = mb.attention_mask;  // on the host: the decoder reads its runs
         fo.adapter = Adapter();
         fo.training = true;
         fo.gradient_checkpointing = h_.gradient_checkpointing;
@@ -878,7 +880,9 @@ absl::StatusOr<std::string> Run::Publish() {
 }
 
 // The Reducer waits for its all-reduces inside backward: a peer that hangs
-// or dies surfaces there, and is the peers' failure, not ours.
+// or dies surfaces there, and is the peers' failure, not ours. Gloo's own
+// errors (a timed-out receive, a closed connection) come through as they
+// were thrown, not as c10::Error.
 absl::Status Run::SyncedBackward(const at::Tensor& loss) {
   try {
     loss.backward();
@@ -886,9 +890,14 @@ absl::Status Run::SyncedBackward(const at::Tensor& loss) {
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(
         absl::StrCat("backward: out of memory: ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("backward: out of memory: ", e.what()));
   } catch (const c10::Error& e) {
     return absl::UnavailableError(
         absl::StrCat("gradient all-reduce with the other ranks: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("gradient all-reduce with the other ranks: ", e.what()));
   }
 }
 
