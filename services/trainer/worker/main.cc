@@ -26,6 +26,7 @@ extern "C" void OnStopSignal(int) { g_stop.store(true); }
 
 int main(int argc, char** argv) {
   using namespace tunefleet::trainer;
+  TuneAllocatorForTraining();
   absl::ParseCommandLine(argc, argv);
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;
