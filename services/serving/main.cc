@@ -16,11 +16,11 @@
 #include "absl/strings/str_split.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server_flags.h"
-#include "services/serving/deployment_reconciler.h"
-#include "services/serving/inference_service.h"
-#include "services/serving/remote_filter.h"
+#include "services/serving/grpc/deployment_reconciler.h"
+#include "services/serving/grpc/inference_service.h"
+#include "services/serving/grpc/remote_filter.h"
+#include "services/serving/grpc/serving_metrics.h"
 #include "services/serving/replica.h"
-#include "services/serving/serving_metrics.h"
 
 ABSL_FLAG(std::string, models_dir, "", "Base models: <models_dir>/<base model id>/ (Hugging Face)");
 ABSL_FLAG(std::string, artifacts_dir, "", "Artifact store directory (adapters)");

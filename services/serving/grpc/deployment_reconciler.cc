@@ -1,9 +1,9 @@
-#include "services/serving/deployment_reconciler.h"
+#include "services/serving/grpc/deployment_reconciler.h"
 
 #include <spdlog/spdlog.h>
 
 #include "common/rpc/channel.h"
-#include "services/serving/proto_convert.h"
+#include "services/serving/grpc/proto_convert.h"
 #include "tunefleet/internal/v1/serving.grpc.pb.h"
 
 namespace tunefleet::serving {

@@ -10,7 +10,7 @@
 #include "common/rpc/service_util.h"
 #include "services/serving/filters/builtin_filter.h"
 #include "services/serving/replica.h"
-#include "services/serving/serving_metrics.h"
+#include "services/serving/grpc/serving_metrics.h"
 #include "tunefleet/v1/content_filter.grpc.pb.h"
 #include "tunefleet/v1/inference.grpc.pb.h"
 

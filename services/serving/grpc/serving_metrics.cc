@@ -1,4 +1,4 @@
-#include "services/serving/serving_metrics.h"
+#include "services/serving/grpc/serving_metrics.h"
 
 namespace tunefleet::serving {
 

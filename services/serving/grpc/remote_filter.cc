@@ -1,4 +1,4 @@
-#include "services/serving/remote_filter.h"
+#include "services/serving/grpc/remote_filter.h"
 
 #include <spdlog/spdlog.h>
 

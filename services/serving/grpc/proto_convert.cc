@@ -1,4 +1,4 @@
-#include "services/serving/proto_convert.h"
+#include "services/serving/grpc/proto_convert.h"
 
 namespace tunefleet::serving {
 

@@ -1,4 +1,4 @@
-#include "services/serving/inference_service.h"
+#include "services/serving/grpc/inference_service.h"
 
 
 #include <memory>
@@ -10,7 +10,7 @@
 #include "common/rpc/metrics.h"
 #include "common/rpc/stream_reactor.h"
 #include "common/rpc/status.h"
-#include "services/serving/proto_convert.h"
+#include "services/serving/grpc/proto_convert.h"
 
 namespace tunefleet::serving {
 

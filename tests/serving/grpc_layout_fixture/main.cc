@@ -1,0 +1,2 @@
+// Allowed: main.cc composes the gRPC side.
+#include <grpcpp/server.h>
