@@ -8,6 +8,8 @@
 #include <limits>
 #include <vector>
 
+#include "common/model/small_gemm.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -66,11 +68,6 @@ TF_AVX2 void OneHead(const float* q, const float* k, const float* v, int64_t str
   const float inv = 1.0f / sum;
   for (int64_t s = 0; s < n; ++s) Axpy(scores[s] * inv, v + (lo + s) * stride, out, D);
 }
-
-bool HaveAvx2Fma() {
-  static const bool have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return have;
-}
 #endif
 
 }  // namespace
@@ -80,8 +77,7 @@ void EnableDecodeAttention(bool on) { g_enabled.store(on); }
 std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& positions,
                                           std::optional<int64_t> window) {
-#if defined(__x86_64__)
-  if (!g_enabled.load(std::memory_order_relaxed) || !HaveAvx2Fma()) return std::nullopt;
+  if (!g_enabled.load(std::memory_order_relaxed) || !internal::HaveAvx2Fma()) return std::nullopt;
   if (q.dim() != 4 || k.dim() != 4 || v.sizes() != k.sizes() || q.size(2) != 1) return std::nullopt;
   const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
   const int64_t cap = k.size(1), KV = k.size(2);
@@ -101,6 +97,7 @@ std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor&
     if (pp[b] < 0 || pp[b] >= cap) return std::nullopt;
   }
   at::Tensor out = at::empty({B, 1, H * D}, q.options());
+#if defined(__x86_64__)
   const float* qp = qc.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
@@ -117,15 +114,8 @@ std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor&
       OneHead(qp + i * D, kp + base, vp + base, stride, lo, hi, D, scale, scores, op + i * D);
     }
   });
-  return out;
-#else
-  (void)q;
-  (void)k;
-  (void)v;
-  (void)positions;
-  (void)window;
-  return std::nullopt;
 #endif
+  return out;
 }
 
 }  // namespace tunefleet::model

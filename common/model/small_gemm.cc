@@ -101,28 +101,26 @@ TF_AVX2 void Rows(const float* x, int64_t M, int64_t K, const float* w, int64_t 
   }
 }
 
-std::atomic<bool> g_enabled{true};
-
-bool HaveAvx2Fma() {
-  static const bool have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return have;
-}
 #endif
+
+std::atomic<bool> g_enabled{true};
 
 }  // namespace
 
-void EnableSmallRowsLinear(bool on) {
+bool internal::HaveAvx2Fma() {
 #if defined(__x86_64__)
-  g_enabled.store(on);
+  static const bool have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return have;
 #else
-  (void)on;
+  return false;
 #endif
 }
 
+void EnableSmallRowsLinear(bool on) { g_enabled.store(on); }
+
 std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor& w,
                                           const at::Tensor& b) {
-#if defined(__x86_64__)
-  if (!HaveAvx2Fma() || !x.device().is_cpu() || !w.device().is_cpu() ||
+  if (!internal::HaveAvx2Fma() || !x.device().is_cpu() || !w.device().is_cpu() ||
       x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || w.dim() != 2 ||
       x.dim() < 1 || x.size(-1) != w.size(1) || !w.is_contiguous()) {
     return std::nullopt;
@@ -139,6 +137,7 @@ std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor&
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = N;
   at::Tensor y = at::empty(shape, x.options());
+#if defined(__x86_64__)
   const float* xp = xc.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -147,14 +146,9 @@ std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor&
   at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
     Rows(xp, M, K, wp, N, begin * 64, std::min(N, end * 64), yp);
   });
+#endif
   if (b.defined()) y.add_(b);
   return y;
-#else
-  (void)x;
-  (void)w;
-  (void)b;
-  return std::nullopt;
-#endif
 }
 
 }  // namespace tunefleet::model

@@ -29,4 +29,13 @@ std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor&
 // On by default; benchmarks turn it off to measure OpenBLAS in the same run.
 void EnableSmallRowsLinear(bool on);
 
+namespace internal {
+// The one check in front of this library's AVX2+FMA kernels (SmallRowsLinear,
+// DecodeAttention): whether this CPU runs them (an x86-64 with AVX2 and FMA,
+// asked once); always false elsewhere, where the callers decline before
+// reaching their kernels, so only the kernels and their calls sit under
+// `#if defined(__x86_64__)`.
+bool HaveAvx2Fma();
+}  // namespace internal
+
 }  // namespace tunefleet::model
