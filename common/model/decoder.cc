@@ -23,7 +23,81 @@ namespace tunefleet::model {
 using internal::CausalKeep;
 using internal::ShapeString;
 
+namespace internal {
+
+void GroupRuns(AttentionSegments& segments, int64_t group_cost_pairs) {
+  struct Run {
+    int64_t start, length;
+  };
+  std::vector<Run> runs;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < segments.lengths.size(); ++i) {
+    if (!segments.padding[i]) runs.push_back({tokens, segments.lengths[i]});
+    tokens += segments.lengths[i];
+  }
+  // Longest first (ties by position, so the plan is deterministic); a group
+  // is then a range [i, j] padded to runs[i].length. best[j + 1] is the
+  // least cost of the first j + 1 runs; the search looks back a bounded
+  // number of runs so that thousands of runs stay cheap to plan.
+  std::stable_sort(runs.begin(), runs.end(),
+                   [](const Run& a, const Run& b) { return a.length > b.length; });
+  const int64_t n = static_cast<int64_t>(runs.size());
+  constexpr int64_t kLookBack = 256;
+  std::vector<double> best(n + 1, 0.0);
+  std::vector<int64_t> cut(n + 1, 0);
+  for (int64_t j = 0; j < n; ++j) {
+    best[j + 1] = std::numeric_limits<double>::infinity();
+    for (int64_t i = j; i >= std::max<int64_t>(0, j - kLookBack + 1); --i) {
+      const double L = static_cast<double>(runs[i].length);
+      const double cost = best[i] + static_cast<double>(group_cost_pairs) +
+                          static_cast<double>(j - i + 1) * L * L;
+      if (cost <= best[j + 1]) {  // ties: the larger group, fewer calls
+        best[j + 1] = cost;
+        cut[j + 1] = i;
+      }
+    }
+  }
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // [i, j)
+  for (int64_t j = n; j > 0; j = cut[j]) ranges.emplace_back(cut[j], j);
+  std::reverse(ranges.begin(), ranges.end());
+
+  segments.group_runs.clear();
+  segments.group_length.clear();
+  int64_t slots = 0;
+  for (const auto& [i, j] : ranges) slots += (j - i) * runs[i].length;
+  at::Tensor gather = at::empty({slots}, at::kLong);
+  at::Tensor scatter = at::full({tokens}, slots, at::kLong);  // padding: the zero row
+  int64_t* pg = gather.data_ptr<int64_t>();
+  int64_t* ps = scatter.data_ptr<int64_t>();
+  int64_t slot = 0;
+  for (const auto& [i, j] : ranges) {
+    const int64_t L = runs[i].length;
+    segments.group_runs.push_back(j - i);
+    segments.group_length.push_back(L);
+    for (int64_t r = i; r < j; ++r) {
+      for (int64_t t = 0; t < L; ++t, ++slot) {
+        if (t < runs[r].length) {
+          pg[slot] = runs[r].start + t;
+          ps[runs[r].start + t] = slot;
+        } else {
+          pg[slot] = runs[r].start;
+        }
+      }
+    }
+  }
+  segments.gather = gather;
+  segments.scatter = scatter;
+}
+
+}  // namespace internal
+
 namespace {
+
+// An extra attention call in SegmentedAttention costs about as much as this
+// many more query-key pairs (its ~25 small operators forward and backward
+// against ~12*H*D flops and a dozen elementwise passes per pair), so runs of
+// similar length share a call and very different ones do not.
+constexpr int64_t kGroupCostPairs = 8192;
 
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
@@ -80,39 +154,40 @@ internal::AttentionSegments FindSegments(const ForwardOptions& o, int64_t B, int
       start = t;
     }
   }
+  internal::GroupRuns(out, kGroupCostPairs);
   return out;
 }
 
-// Causal attention within each run of `segments` (LayerInputs): q [B,H,T,D],
-// k/v [B,H,T,D] -> [B,T,H*D], zeros for padding runs. The runs are split off
-// one flat [B*T,H,D] copy, so backward is one concatenation rather than a
-// full-size gradient per run.
+// Causal attention within each run of `segments` (LayerInputs, grouped by
+// GroupRuns): q [B,H,T,D], k/v [B,H,T,D] -> [B,T,H*D], zeros for padding
+// runs. One gather per input lays the groups end to end, each group is one
+// batched attention call, one gather puts the outputs back in token order;
+// backward is the matching scatter-adds.
 at::Tensor SegmentedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const internal::AttentionSegments& segments,
                               std::optional<int64_t> window) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
-  auto flat = [&](const at::Tensor& x) {
-    return x.transpose(1, 2).reshape({B * T, x.size(1), D}).split_with_sizes(segments.lengths, 0);
+  if (segments.group_runs.empty()) return at::zeros({B, T, H * D}, q.options());  // all padding
+  std::vector<int64_t> sizes(segments.group_runs.size());
+  for (size_t g = 0; g < sizes.size(); ++g) sizes[g] = segments.group_runs[g] * segments.group_length[g];
+  auto grouped = [&](const at::Tensor& x) {
+    return x.transpose(1, 2).reshape({B * T, H, D}).index_select(0, segments.gather).split_with_sizes(sizes, 0);
   };
-  std::vector<at::Tensor> qs = flat(q), ks = flat(k), vs = flat(v);
+  std::vector<at::Tensor> qs = grouped(q), ks = grouped(k), vs = grouped(v);
   std::vector<at::Tensor> out;
-  out.reserve(segments.lengths.size());
-  for (size_t i = 0; i < segments.lengths.size(); ++i) {
-    const int64_t L = segments.lengths[i];
-    if (segments.padding[i]) {
-      out.push_back(at::zeros({L, H, D}, q.options()));
-      continue;
-    }
+  out.reserve(sizes.size() + 1);
+  for (size_t g = 0; g < sizes.size(); ++g) {
+    const int64_t n = segments.group_runs[g], L = segments.group_length[g];
     at::Tensor keep;  // causal
     if (window && L > *window) {
       keep = CausalKeep(at::arange(L, q.options().dtype(at::kLong)).view({1, L}), L, window);
     }
-    at::Tensor o = compat::Attention(qs[i].transpose(0, 1).unsqueeze(0),
-                                     ks[i].transpose(0, 1).unsqueeze(0),
-                                     vs[i].transpose(0, 1).unsqueeze(0), keep);  // [1,H,L,D]
-    out.push_back(o.squeeze(0).transpose(0, 1));  // [L,H,D]
+    auto heads = [&](const at::Tensor& x) { return x.view({n, L, H, D}).transpose(1, 2); };
+    at::Tensor o = compat::Attention(heads(qs[g]), heads(ks[g]), heads(vs[g]), keep);  // [n,H,L,D]
+    out.push_back(o.transpose(1, 2).reshape({n * L, H, D}));
   }
-  return at::cat(out, 0).view({B, T, H * D});
+  out.push_back(at::zeros({1, H, D}, q.options()));  // the padding runs' output
+  return at::cat(out, 0).index_select(0, segments.scatter).view({B, T, H * D});
 }
 
 // x·Wᵀ (+ b). A few rows on the CPU (decode steps) go through
@@ -287,6 +362,10 @@ at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& position
   at::Tensor h = at::embedding(embed_, input_ids);
   auto [cos, sin] = Rotary(positions, max_position);
   LayerInputs in{cos, sin, keep, std::move(segments), at::Tensor(), at::Tensor(), T};
+  if (in.segments.gather.defined() && in.segments.gather.device() != options_.device) {
+    in.segments.gather = in.segments.gather.to(options_.device);
+    in.segments.scatter = in.segments.scatter.to(options_.device);
+  }
   if (cache != nullptr) {
     at::Tensor lens = at::tensor(cache->lengths_, at::kLong).to(options_.device);
     in.rows = at::arange(B, lens.options()).view({B, 1}).expand({B, T});

@@ -31,10 +31,27 @@ struct LayerClosure;
 // tokens, and which runs are padding (no attention computed, zeros out).
 // Attention then runs per run (cost: the sum of L^2, no [T,T] mask)
 // instead of over whole rows with a mask.
+//
+// The real runs are then batched: sorted by length and cut into groups of
+// similar length (GroupRuns), each group one attention call over its runs
+// padded to the group's longest, so that a micro-batch of many short
+// examples costs a few attention calls rather than one per example.
 struct AttentionSegments {
   std::vector<int64_t> lengths;
   std::vector<uint8_t> padding;
+  // Set by GroupRuns: per group, how many runs and their padded length;
+  // `gather` [sum runs*length] the flat token (b*T+t) of each group slot
+  // (a slot past its run's end repeats the run's first token: causality
+  // keeps it out of every real query); `scatter` [B*T] where each token's
+  // output lies in the groups' outputs laid end to end, plus one zero row
+  // at the end for the padding runs' tokens.
+  std::vector<int64_t> group_runs, group_length;
+  at::Tensor gather, scatter;
 };
+// Cuts the real runs of `segments` into groups (see AttentionSegments) so
+// that the modelled cost, sum over groups of `group_cost_pairs` plus
+// runs*length^2 query-key pairs, is least; fills the group fields.
+void GroupRuns(AttentionSegments& segments, int64_t group_cost_pairs);
 }  // namespace internal
 
 struct DecoderOptions {

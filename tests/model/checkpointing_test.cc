@@ -74,6 +74,32 @@ class CheckpointingTest : public ::testing::Test {
     }
     return g;
   }
+  // `loss`'s value and the gradients it gives `params`.
+  static Grads Backward(const std::vector<at::Tensor>& params, const at::Tensor& loss) {
+    for (at::Tensor p : params) p.mutable_grad() = at::Tensor();
+    loss.backward();
+    Grads g;
+    g.loss = loss.item<double>();
+    for (const at::Tensor& p : params) g.grads.push_back(p.grad().clone());
+    return g;
+  }
+  // The token-weighted mean loss of each sequence run alone: `parts` are
+  // [1, n] slices of the ids, each its own labels.
+  static at::Tensor AloneLoss(const Decoder& d, const LoraAdapter& a,
+                              const std::vector<at::Tensor>& parts, int64_t* tokens) {
+    ForwardOptions alone;
+    alone.adapter = &a;
+    at::Tensor sum = at::zeros({}, at::kFloat);
+    *tokens = 0;
+    for (const at::Tensor& part : parts) {
+      auto out = d.Loss(part, part, alone);
+      EXPECT_TRUE(out.ok()) << out.status();
+      if (!out.ok()) return sum;
+      sum = sum + out->loss * static_cast<double>(out->tokens);
+      *tokens += out->tokens;
+    }
+    return sum / static_cast<double>(*tokens);
+  }
   static void ExpectSame(const Grads& a, const Grads& b) {
     EXPECT_NEAR(a.loss, b.loss, 1e-6);
     ASSERT_EQ(a.grads.size(), b.grads.size());
@@ -155,15 +181,6 @@ TEST_F(CheckpointingTest, PackedGradientsEqualTheSequencesRunAlone) {
   std::vector<at::Tensor> params = a.Parameters();
   for (at::Tensor& p : params) p.set_requires_grad(true);
   at::Tensor ids = Ids(1, 15);  // 6 + 9 tokens
-  const std::vector<int64_t> lengths = {6, 9};
-  auto grads = [&](const at::Tensor& loss) {
-    for (at::Tensor p : params) p.mutable_grad() = at::Tensor();
-    loss.backward();
-    Grads g;
-    g.loss = loss.item<double>();
-    for (const at::Tensor& p : params) g.grads.push_back(p.grad().clone());
-    return g;
-  };
   ForwardOptions packed;
   packed.adapter = &a;
   packed.sequence_ids = at::cat({at::zeros({1, 6}, at::kLong), at::ones({1, 9}, at::kLong)}, 1);
@@ -173,22 +190,102 @@ TEST_F(CheckpointingTest, PackedGradientsEqualTheSequencesRunAlone) {
   labels[0][6] = -100;
   auto together = d.Loss(ids, labels, packed);
   ASSERT_TRUE(together.ok()) << together.status();
-  Grads want = grads(together->loss);
+  Grads want = Backward(params, together->loss);
 
-  ForwardOptions alone;
-  alone.adapter = &a;
-  at::Tensor sum = at::zeros({}, at::kFloat);
-  int64_t tokens = 0, start = 0;
-  for (int64_t n : lengths) {
-    at::Tensor part = ids.narrow(1, start, n);
-    auto out = d.Loss(part, part, alone);
-    ASSERT_TRUE(out.ok()) << out.status();
-    sum = sum + out->loss * static_cast<double>(out->tokens);
-    tokens += out->tokens;
-    start += n;
-  }
+  int64_t tokens = 0;
+  at::Tensor alone = AloneLoss(d, a, {ids.narrow(1, 0, 6), ids.narrow(1, 6, 9)}, &tokens);
   EXPECT_EQ(tokens, together->tokens);
-  ExpectSame(want, grads(sum / static_cast<double>(tokens)));
+  ExpectSame(want, Backward(params, alone));
+}
+
+// Many runs of mixed lengths in two rows, the second ending in padding:
+// the runs are batched into groups of similar length (a long run alone,
+// short ones padded to the longest of theirs), and the loss and gradients
+// still equal those of each sequence run alone.
+TEST_F(CheckpointingTest, GroupedRunsOfMixedLengthsEqualTheSequencesRunAlone) {
+  Decoder d = Load();
+  LoraAdapter a = Adapter(d, 7, /*dropout=*/0.0);
+  std::vector<at::Tensor> params = a.Parameters();
+  for (at::Tensor& p : params) p.set_requires_grad(true);
+  const int64_t T = 128;
+  const std::vector<std::vector<int64_t>> rows = {{100, 3, 25}, {7, 90, 5, 6}};  // row 1: 20 padding
+  at::Tensor ids = Ids(2, T);
+  at::Tensor seq = at::zeros({2, T}, at::kLong), mask = at::zeros({2, T}, at::kLong);
+  at::Tensor labels = ids.clone();
+  for (int64_t b = 0; b < 2; ++b) {
+    int64_t start = 0, id = 0;
+    for (int64_t n : rows[b]) {
+      seq[b].narrow(0, start, n).fill_(id++);
+      mask[b].narrow(0, start, n).fill_(1);
+      if (start > 0) labels[b][start] = -100;  // the previous sequence's last token predicts it
+      start += n;
+    }
+    if (start < T) {
+      seq[b].narrow(0, start, T - start).fill_(id);
+      labels[b].narrow(0, start, T - start).fill_(-100);
+    }
+  }
+  // The plan: the two long runs share no group with the short ones.
+  internal::AttentionSegments plan;
+  plan.lengths = {100, 3, 25, 7, 90, 5, 6, 20};
+  plan.padding = {0, 0, 0, 0, 0, 0, 0, 1};
+  internal::GroupRuns(plan, 8192);
+  EXPECT_GE(plan.group_runs.size(), 2u);
+  EXPECT_EQ(plan.group_length.front(), 100);
+
+  for (bool checkpointing : {false, true}) {
+    SCOPED_TRACE(checkpointing ? "with checkpointing" : "without checkpointing");
+    ForwardOptions packed;
+    packed.adapter = &a;
+    packed.sequence_ids = seq;
+    packed.attention_mask = mask;
+    packed.gradient_checkpointing = checkpointing;
+    auto together = d.Loss(ids, labels, packed);
+    ASSERT_TRUE(together.ok()) << together.status();
+    Grads want = Backward(params, together->loss);
+
+    std::vector<at::Tensor> parts;
+    for (int64_t b = 0; b < 2; ++b) {
+      int64_t start = 0;
+      for (int64_t n : rows[b]) {
+        parts.push_back(ids[b].narrow(0, start, n).unsqueeze(0));
+        start += n;
+      }
+    }
+    int64_t tokens = 0;
+    at::Tensor alone = AloneLoss(d, a, parts, &tokens);
+    EXPECT_EQ(tokens, together->tokens);
+    ExpectSame(want, Backward(params, alone));
+  }
+}
+
+// How runs are cut into groups: equal lengths share a group for free, a
+// long run stays alone when padding short ones to it costs more than a
+// call, and a call that costs more than any padding puts all in one group.
+// Every real token has one slot, and its slot gathers it back.
+TEST(GroupRunsTest, CutsByLengthAndMapsEveryTokenOnce) {
+  internal::AttentionSegments s;
+  s.lengths = {5, 100, 5, 10, 5};
+  s.padding = {0, 0, 0, 1, 0};
+  internal::GroupRuns(s, 0);
+  EXPECT_THAT(s.group_runs, ::testing::ElementsAre(1, 3));
+  EXPECT_THAT(s.group_length, ::testing::ElementsAre(100, 5));
+  const int64_t slots = 100 + 3 * 5;
+  ASSERT_EQ(s.gather.numel(), slots);
+  ASSERT_EQ(s.scatter.numel(), 125);
+  for (int64_t t = 0; t < 125; ++t) {
+    const int64_t slot = s.scatter[t].item<int64_t>();
+    if (t >= 110 && t < 120) {  // the padding run
+      EXPECT_EQ(slot, slots) << t;
+    } else {
+      ASSERT_LT(slot, slots) << t;
+      EXPECT_EQ(s.gather[slot].item<int64_t>(), t) << t;
+    }
+  }
+  internal::GroupRuns(s, int64_t{1} << 40);
+  EXPECT_THAT(s.group_runs, ::testing::ElementsAre(4));
+  EXPECT_THAT(s.group_length, ::testing::ElementsAre(100));
+  EXPECT_EQ(s.gather.numel(), 400);
 }
 
 TEST_F(CheckpointingTest, WithoutGradModeItIsAPlainForward) {
