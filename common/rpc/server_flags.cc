@@ -4,6 +4,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include <cstdio>
 #include <fstream>
 
@@ -34,6 +35,10 @@ ABSL_FLAG(std::string, keys_file, "", "API keys file: '<sha256> <tenant> [tenant
 ABSL_FLAG(std::string, data_dir, "./tunefleet-data", "Directory for this service's database and artifacts");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "How long in-flight calls may finish after SIGTERM");
+ABSL_FLAG(bool, mutex_deadlock_detection, false,
+          "Check every absl::Mutex acquisition for lock-order cycles (a debugging aid: it "
+          "records a graph of all locks held and costs a few per cent of the CPU of a busy "
+          "service; the tests run with it on)");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
 ABSL_FLAG(tunefleet::LogFormat, log_format, tunefleet::LogFormat::kText,
           "text, or json: one JSON object per line (time, level, logger, message) for log "
@@ -59,6 +64,9 @@ CommonFlags ParseCommonFlags(int argc, char** argv, const std::string& service_n
                              int default_port, int default_metrics_port) {
   absl::SetProgramUsageMessage(absl::StrCat("tunefleet-", service_name, " [flags]"));
   absl::ParseCommandLine(argc, argv);
+  if (!absl::GetFlag(FLAGS_mutex_deadlock_detection)) {
+    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
   CommonFlags f;
   f.server.service_name = service_name;
   f.server.listen_address = absl::GetFlag(FLAGS_listen);
