@@ -50,6 +50,10 @@ ABSL_FLAG(bool, decode_attention, true,
           "decode steps' attention through model::DecodeAttention (false: libtorch's batched "
           "matmuls, to measure both in the same conditions)");
 ABSL_FLAG(bool, adapter_runs, true, "measure 32 streams over 1 and over --adapters adapters");
+ABSL_FLAG(bool, steady, true,
+          "warm up with every --streams count too, so that the measured runs find the engine "
+          "as a loaded server has it (its KV caches allocated); false: each count's first "
+          "burst pays for them");
 
 namespace {
 
@@ -206,10 +210,17 @@ int main(int argc, char** argv) {
   auto engine = serving::Engine::Create(*std::move(decoder), eo);
   if (!engine.ok()) Die(engine.status());
   Run(**engine, 1, cfg.vocab_size, {});  // warm-up
+  for (const std::string& arg : absl::GetFlag(FLAGS_streams)) {
+    int n = 0;
+    if (absl::GetFlag(FLAGS_steady) && absl::SimpleAtoi(arg, &n) && n > 1) {
+      Run(**engine, n, cfg.vocab_size, {});
+    }
+  }
 
-  std::printf("serving_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s decode_attention=%d\n",
+  std::printf("serving_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s decode_attention=%d "
+              "steady=%d\n",
               cuda ? "cuda" : "cpu", threads, cuda ? "bf16" : "fp32", std::getenv("OMP_WAIT_POLICY"),
-              absl::GetFlag(FLAGS_decode_attention) ? 1 : 0);
+              absl::GetFlag(FLAGS_decode_attention) ? 1 : 0, absl::GetFlag(FLAGS_steady) ? 1 : 0);
   std::printf("model: phi3 layers=%lld hidden=%lld intermediate=%lld vocab=%lld weights=%.1f MB; "
               "prompt=%lld decode=%lld per request\n",
               static_cast<long long>(cfg.num_hidden_layers), static_cast<long long>(cfg.hidden_size),
@@ -232,10 +243,11 @@ int main(int argc, char** argv) {
     if (base_tps == 0) base_tps = tps;
     const serving::EngineStats after = (*engine)->stats();
     std::printf("%2d streams: %8.1f tokens/s (x%.2f of 1)  TTFT p50 %7.1f ms  p99 %7.1f ms  "
-                "steps %lld resizes %lld\n",
+                "steps %lld resizes %lld (%lld allocated)\n",
                 n, tps, tps / base_tps, Percentile(r.ttft, 0.5) * 1e3, Percentile(r.ttft, 0.99) * 1e3,
                 static_cast<long long>(after.steps - before.steps),
-                static_cast<long long>(after.resizes - before.resizes));
+                static_cast<long long>(after.resizes - before.resizes),
+                static_cast<long long>(after.cache_allocations - before.cache_allocations));
     std::printf("    engine thread: forward %.2f s, sampling and callbacks %.2f s, resizes %.2f s "
                 "of %.2f s\n",
                 after.forward_seconds - before.forward_seconds,

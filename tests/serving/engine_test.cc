@@ -301,6 +301,52 @@ TEST_F(EngineTest, ARequestJoiningMidBatchGetsTheSameAnswer) {
   EXPECT_GE(engine->stats().resizes, 2);  // 1 row, then 2: the first row was prefilled again
 }
 
+// A batch that shrinks and comes back finds its cache kept: each size is
+// allocated once, the rows of a kept cache (old keys and values still in
+// them) give the answers a fresh one gives, and the kept caches stay within
+// kv_cache_bytes (with room for one size only, nothing is kept).
+TEST_F(EngineTest, CachesAreKeptForReuseWithinTheBudget) {
+  std::vector<std::vector<int64_t>> alone;
+  for (const auto& p : kPrompts) alone.push_back(Alone(Req(p, 10)));
+  const std::vector<int64_t> lone_alone = Alone(Req(kPrompts[1], 3));
+  for (bool room : {true, false}) {
+    SCOPED_TRACE(room ? "room for every size" : "room for one size");
+    EngineOptions o;
+    o.max_batch = 4;
+    if (!room) {
+      auto probe = NewEngine(o);
+      o.kv_cache_bytes = probe->stats().kv_bytes_per_row * 4;
+    }
+    auto engine = NewEngine(o);
+    for (int round = 0; round < 3; ++round) {
+      // One request (4 rows shrink to 1), then a burst of four (back to 4).
+      auto lone = engine->Generate(Req(kPrompts[1], 3));
+      ASSERT_TRUE(lone.ok()) << lone.status();
+      EXPECT_EQ(lone->tokens, lone_alone) << "round " << round;
+      Collector col;
+      col.Expect(kPrompts.size());
+      for (size_t i = 0; i < kPrompts.size(); ++i) {
+        EngineRequest r = Req(kPrompts[i], 10);
+        r.on_done = col.Slot(i);
+        TF_ASSERT_OK(engine->Submit(std::move(r)).status());
+      }
+      std::vector<Completion> out = col.Wait();
+      for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i].tokens, alone[i]) << "round " << round;
+      const EngineStats st = engine->stats();
+      EXPECT_LE(st.kv_bytes_held, o.kv_cache_bytes);
+    }
+    const EngineStats st = engine->stats();
+    EXPECT_GE(st.resizes, 6);  // 0 -> 1 -> 4, then 4 -> 1 -> 4 twice
+    if (room) {
+      // Sizes 1, 2 (when the burst arrives in two steps) and 4, each allocated once.
+      EXPECT_LE(st.cache_allocations, 3);
+    } else {
+      EXPECT_EQ(st.cache_allocations, st.resizes);
+      EXPECT_LE(st.kv_bytes_held, 4 * st.kv_bytes_per_row);
+    }
+  }
+}
+
 TEST_F(EngineTest, CancelFreesTheSlotForAWaitingRequest) {
   EngineOptions o;
   o.max_batch = 1;

@@ -214,6 +214,37 @@ void Engine::Finish(size_t row, EngineFinish finish, absl::Status status) {
   FinishQueued(*r, finish, std::move(status));
 }
 
+int64_t Engine::HeldBytes() const {
+  int64_t rows = cache_.batch_size();
+  for (const model::KvCache& c : kept_) rows += c.batch_size();
+  return rows * kv_bytes_per_row_;
+}
+
+absl::StatusOr<model::KvCache> Engine::TakeCache(int64_t rows) {
+  for (auto it = kept_.begin(); it != kept_.end(); ++it) {
+    if (it->batch_size() != rows) continue;
+    model::KvCache cache = std::move(*it);
+    kept_.erase(it);
+    // Its rows' old keys and values stay in memory, as a finished request's
+    // do in a reused row: lengths 0 keep them out of every attention.
+    for (int64_t r = 0; r < rows; ++r) cache.ResetRow(r);
+    return cache;
+  }
+  // A new one: within the budget with the kept ones (the oldest go first).
+  const int64_t need = rows * kv_bytes_per_row_;
+  while (!kept_.empty() && HeldBytes() + need > options_.kv_cache_bytes) kept_.erase(kept_.begin());
+  absl::StatusOr<model::KvCache> cache = decoder_.NewCache(rows, context_);
+  if (!cache.ok() && !kept_.empty() && IsOutOfMemory(cache.status())) {
+    kept_.clear();  // what is kept must not cost a live cache
+    cache = decoder_.NewCache(rows, context_);
+  }
+  if (cache.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.cache_allocations;
+  }
+  return cache;
+}
+
 absl::Status Engine::Resize(int64_t rows) {
   // Running requests move to the first rows and are prefilled again.
   std::vector<std::unique_ptr<Request>> running;
@@ -221,13 +252,16 @@ absl::Status Engine::Resize(int64_t rows) {
     if (r) running.push_back(std::move(r));
   }
   rows_.clear();
-  cache_ = model::KvCache();  // free the old one first
-  auto cache = decoder_.NewCache(rows, context_);
+  if (cache_.batch_size() > 0) kept_.push_back(std::move(cache_));
+  cache_ = model::KvCache();
+  auto cache = TakeCache(rows);
   if (!cache.ok()) {
     for (auto& r : running) FinishQueued(*r, EngineFinish::kError, cache.status());
     return cache.status();
   }
   cache_ = *std::move(cache);
+  // The old cache is kept only while everything fits the budget.
+  while (!kept_.empty() && HeldBytes() > options_.kv_cache_bytes) kept_.erase(kept_.begin());
   rows_.resize(static_cast<size_t>(rows));
   for (size_t i = 0; i < running.size(); ++i) {
     running[i]->cached = 0;
@@ -235,6 +269,7 @@ absl::Status Engine::Resize(int64_t rows) {
   }
   std::lock_guard<std::mutex> lock(mu_);
   stats_.cache_rows = rows;
+  stats_.kv_bytes_held = HeldBytes();
   ++stats_.resizes;
   return absl::OkStatus();
 }
@@ -453,6 +488,8 @@ absl::Status Engine::Step() {
 
 bool Engine::ShrinkAfterOom() {
   steps_since_oom_ = 0;
+  const bool freed = !kept_.empty();
+  kept_.clear();  // kept caches are the first memory to give back
   std::vector<size_t> running;
   for (size_t i = 0; i < rows_.size(); ++i) {
     if (rows_[i]) running.push_back(i);
@@ -477,10 +514,12 @@ bool Engine::ShrinkAfterOom() {
     }
     // A smaller cache too (the padded rows are computed as well).
     if (!Resize(PowerOfTwoAtLeast(static_cast<int64_t>(keep))).ok()) return true;  // rows ended there
+    kept_.clear();  // not the larger cache either, while memory is short
   } else {
-    return false;
+    return freed;  // one row, one token: once more only if kept caches were freed
   }
   std::lock_guard<std::mutex> lock(mu_);
+  stats_.kv_bytes_held = HeldBytes();
   ++stats_.oom_shrinks;
   stats_.step_token_budget = budget_;
   stats_.row_cap = row_cap_;
