@@ -29,6 +29,7 @@
 #include "common/model/lora.h"
 #include "common/model/tiny_model.h"
 #include "services/serving/engine/adapter_cache.h"
+#include "services/serving/engine/allocator.h"
 #include "services/serving/engine/engine.h"
 #ifdef TUNEFLEET_BENCH_FILTERS
 #include "services/serving/filters/builtin_filter.h"
@@ -50,6 +51,9 @@ ABSL_FLAG(bool, decode_attention, true,
           "decode steps' attention through model::DecodeAttention (false: libtorch's batched "
           "matmuls, to measure both in the same conditions)");
 ABSL_FLAG(bool, adapter_runs, true, "measure 32 streams over 1 and over --adapters adapters");
+ABSL_FLAG(bool, tune_allocator, true,
+          "glibc's allocator set up as the replica's main does (TuneAllocatorForServing); "
+          "false: glibc's defaults, to measure the difference in the same minutes");
 ABSL_FLAG(bool, steady, true,
           "warm up with every --streams count too, so that the measured runs find the engine "
           "as a loaded server has it (its KV caches allocated); false: each count's first "
@@ -128,6 +132,7 @@ int main(int argc, char** argv) {
     ::execv("/proc/self/exe", argv);
   }
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_tune_allocator)) serving::TuneAllocatorForServing();
   const int threads = absl::GetFlag(FLAGS_threads) > 0
                           ? absl::GetFlag(FLAGS_threads)
                           : static_cast<int>(std::thread::hardware_concurrency());
@@ -218,9 +223,10 @@ int main(int argc, char** argv) {
   }
 
   std::printf("serving_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s decode_attention=%d "
-              "steady=%d\n",
+              "steady=%d tune_allocator=%d\n",
               cuda ? "cuda" : "cpu", threads, cuda ? "bf16" : "fp32", std::getenv("OMP_WAIT_POLICY"),
-              absl::GetFlag(FLAGS_decode_attention) ? 1 : 0, absl::GetFlag(FLAGS_steady) ? 1 : 0);
+              absl::GetFlag(FLAGS_decode_attention) ? 1 : 0, absl::GetFlag(FLAGS_steady) ? 1 : 0,
+              absl::GetFlag(FLAGS_tune_allocator) ? 1 : 0);
   std::printf("model: phi3 layers=%lld hidden=%lld intermediate=%lld vocab=%lld weights=%.1f MB; "
               "prompt=%lld decode=%lld per request\n",
               static_cast<long long>(cfg.num_hidden_layers), static_cast<long long>(cfg.hidden_size),
