@@ -113,20 +113,13 @@ MicroBatch MakeMicroBatch(const Dataset& data, const std::vector<int64_t>& examp
   std::vector<std::vector<int64_t>> rows;
   std::vector<int64_t> fill;
   if (packing && !classification) {
-    std::vector<int64_t> sorted = examples;
-    std::stable_sort(sorted.begin(), sorted.end(),
-                     [&](int64_t a, int64_t b) { return data.at(a).length > data.at(b).length; });
-    for (int64_t e : sorted) {
-      const int64_t len = data.at(e).length;
-      size_t r = 0;
-      while (r < rows.size() && fill[r] + len > max_sequence_length) ++r;
-      if (r == rows.size()) {
-        rows.emplace_back();
-        fill.push_back(0);
-      }
-      rows[r].push_back(e);
-      fill[r] += len;
-    }
+    // One row holding every example back to back: the decoder attends
+    // within each example (the sequence ids) and the positions restart at
+    // each, so rows of max_sequence_length would only add a padded tail
+    // (flattened packing, as varlen attention kernels take it).
+    rows.push_back(examples);
+    fill.push_back(0);
+    for (int64_t e : examples) fill[0] += data.at(e).length;
   } else {
     for (int64_t e : examples) {
       rows.push_back({e});

@@ -69,9 +69,11 @@ struct MicroBatch {
   int64_t slots = 0;          // R * T
 };
 
-// Rows for `examples`: packed first-fit-decreasing into rows of at most
-// `max_sequence_length` tokens, or one padded row each. Classification
-// batches are always one example per row.
+// Rows for `examples`: packed, one row with every example back to back
+// (no padding; attention stays within each example and positions restart
+// at each, so the row may be longer than `max_sequence_length`, which
+// bounds each example), or one padded row each. Classification batches
+// are always one example per row.
 MicroBatch MakeMicroBatch(const Dataset& data, const std::vector<int64_t>& examples, bool packing,
                           int64_t max_sequence_length, bool classification = false);
 
