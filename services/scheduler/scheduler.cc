@@ -1581,8 +1581,7 @@ absl::StatusOr<iv1::HeartbeatResponse> Scheduler::Heartbeat(const iv1::Heartbeat
       // A rank of a pausing or cancelling job that the agent no longer runs
       // has stopped.
       if (!present && (a.stopping || s == v1::JOB_STATE_PAUSING ||
-                       s == v1::JOB_STATE_CANCELLING ||
-                       !jobs_.at(a.assignment.job_id()).preempted_for.empty()))
+                       s == v1::JOB_STATE_CANCELLING || Preempting(a.assignment.job_id())))
         finished.push_back(id);
     }
     for (const auto& id : finished) FinishAssignment(t, id);
@@ -1591,7 +1590,7 @@ absl::StatusOr<iv1::HeartbeatResponse> Scheduler::Heartbeat(const iv1::Heartbeat
       if (a.node_id != req.node_id() || a.stopping) continue;
       *resp.add_assignments() = a.assignment;
       if (jobs_.at(a.assignment.job_id()).job.state() == v1::JOB_STATE_PAUSING ||
-          !jobs_.at(a.assignment.job_id()).preempted_for.empty())
+          Preempting(a.assignment.job_id()))
         resp.add_checkpoint_and_stop(id);
     }
   }
@@ -1712,8 +1711,7 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
         TF_RETURN_IF_ERROR(Transition(t, job_id, JobTrigger::kSucceed,
                                       absl::StrCat("succeeded; model ", j.job.result_model())));
       }
-    } else if (!req.succeeded() && s == v1::JOB_STATE_RUNNING &&
-               jobs_.at(job_id).preempted_for.empty()) {
+    } else if (!req.succeeded() && s == v1::JOB_STATE_RUNNING && !Preempting(job_id)) {
       t.DeleteAssignment(a.assignment_id());
       v1::Error e = req.error();
       if (e.code().empty()) e.set_code("training_failed");

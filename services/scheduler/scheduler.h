@@ -243,6 +243,11 @@ class Scheduler {
   void PreemptFor(Txn& t, const std::vector<QueuedJob>& ordered,
                   const std::set<std::string>& settled, int free_slots)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the committed job is being preempted: its ranks are asked to
+  // checkpoint and stop, and their exit requeues it rather than failing it.
+  bool Preempting(const std::string& job_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !jobs_.at(job_id).preempted_for.empty();
+  }
   // `tokens`: the new job's estimated trained tokens.
   absl::Status CheckQuota(const std::string& tenant, int gpus, int64_t tokens)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

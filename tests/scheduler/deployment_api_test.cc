@@ -4,11 +4,6 @@
 // the real internal API, Delete returning the deployment, and the content
 // filter policy's validation (blocklist regexes checked with RE2). A real
 // scheduler with its SQLite file; deployments never call the dataset service.
-#include <sys/wait.h>
-
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -19,12 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/errors/error_details.h"
-#include "common/rpc/channel.h"
-#include "common/rpc/server.h"
-#include "common/rpc/status.h"
-#include "services/scheduler/scheduler_service.h"
+#include "tests/scheduler/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
-#include "tests/testing/temp_dir.h"
 
 namespace tunefleet::scheduler {
 namespace {
@@ -35,71 +26,10 @@ using ::testing::SizeIs;
 using ::tunefleet::testing::IsOk;
 using ::tunefleet::testing::StatusIs;
 
-constexpr char kBase[] = "tiny-base";
-
-class DeploymentApiTest : public ::testing::Test {
+class DeploymentApiTest : public SchedulerFixture {
  protected:
-  void SetUp() override {
-    std::filesystem::create_directories(dir_.Join("models/") + kBase);
-    std::ofstream(dir_.Join("models/") + kBase + "/config.json")
-        << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
-           R"("num_attention_heads":32,"intermediate_size":128,"vocab_size":300,)"
-           R"("max_position_embeddings":512})";
-    auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
-        absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
-    Start();
-  }
-  void TearDown() override { Stop(); }
-
-  void Start() {
-    SchedulerOptions options;
-    options.db_path = dir_.Join("scheduler.db");
-    options.models_dir = dir_.Join("models");
-    options.clock = &clock_;
-    auto s = Scheduler::Open(options, nullptr);
-    ASSERT_THAT(s, IsOk());
-    scheduler_ = std::move(*s);
-    executor_ = std::make_unique<rpc::Executor>(4);
-    deployments_ =
-        std::make_unique<DeploymentServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    serving_ =
-        std::make_unique<ServingControlServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    rpc::ServerOptions so;
-    so.listen_address = "127.0.0.1:0";
-    so.metrics_address = "";
-    so.drain_timeout = absl::Milliseconds(500);
-    server_ = std::make_unique<rpc::Server>(so);
-    server_->AddService(deployments_.get());
-    server_->AddService(serving_.get());
-    ASSERT_THAT(server_->Start(), IsOk());
-    server_->SetServing(true);
-    rpc::ChannelOptions co;
-    co.target = absl::StrCat("127.0.0.1:", server_->port());
-    auto channel = *rpc::MakeChannel(co);
-    dep_stub_ = v1::DeploymentService::NewStub(channel);
-    serving_stub_ = iv1::ServingControlService::NewStub(channel);
-  }
-
-  void Stop() {
-    if (server_) server_->Shutdown();
-    server_.reset();
-    executor_.reset();
-    deployments_.reset();
-    serving_.reset();
-    scheduler_.reset();
-  }
-
-  template <typename Stub, typename Req, typename Resp>
-  absl::StatusOr<Resp> Call(Stub* stub,
-                            grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-                            const std::string& key, const Req& req) {
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
-    Resp resp;
-    grpc::Status s = (stub->*method)(&ctx, req, &resp);
-    if (!s.ok()) return rpc::FromGrpcStatus(s);
-    return resp;
-  }
+  // Deployments never call the dataset service.
+  DeploymentApiTest() { with_dataset_ = false; }
 
   absl::StatusOr<v1::Deployment> Create(const std::string& key, const std::string& id,
                                         const std::string& request_id = "") {
@@ -114,12 +44,9 @@ class DeploymentApiTest : public ::testing::Test {
     return Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, key, req);
   }
 
-  std::string RegisterReplica() {
-    iv1::RegisterReplicaRequest rr;
-    rr.set_replica_name("replica-a");
-    rr.set_address("127.0.0.1:9000");
-    auto r = Call(serving_stub_.get(), &iv1::ServingControlService::Stub::RegisterReplica,
-                  internal_.key, rr);
+  // A registered replica's id.
+  std::string NewReplica() {
+    auto r = RegisterReplica("replica-a", "127.0.0.1:9000");
     EXPECT_THAT(r, IsOk());
     return r.ok() ? r->replica_id() : "";
   }
@@ -149,20 +76,6 @@ class DeploymentApiTest : public ::testing::Test {
     w->reader = dep_stub_->WatchDeployment(&w->ctx, req);
     return w;
   }
-
-  testing::TempDir dir_;
-  ManualClock clock_;
-  rpc::NewKey a_ = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
-  rpc::NewKey b_ = rpc::GenerateKey("tenant-b", rpc::Role::kTenant, "b");
-  rpc::NewKey internal_ = rpc::GenerateKey("", rpc::Role::kInternal, "svc");
-  std::unique_ptr<rpc::Authenticator> auth_;
-  std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<rpc::Executor> executor_;
-  std::unique_ptr<DeploymentServiceImpl> deployments_;
-  std::unique_ptr<ServingControlServiceImpl> serving_;
-  std::unique_ptr<rpc::Server> server_;
-  std::unique_ptr<v1::DeploymentService::Stub> dep_stub_;
-  std::unique_ptr<iv1::ServingControlService::Stub> serving_stub_;
 };
 
 TEST_F(DeploymentApiTest, UserChosenIdsAreUniqueAndValidated) {
@@ -225,8 +138,8 @@ TEST_F(DeploymentApiTest, RequestIdReturnsTheSameDeploymentAcrossARestart) {
   EXPECT_THAT(Create(a_.key, long_key),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id")));
 
-  Stop();
-  Start();
+  StopScheduler();
+  StartScheduler();
   auto after = Create(a_.key, "", "req-1");
   ASSERT_THAT(after, IsOk());
   EXPECT_EQ(after->id(), first->id());
@@ -246,7 +159,7 @@ TEST_F(DeploymentApiTest, RequestIdReturnsTheSameDeploymentAcrossARestart) {
 }
 
 TEST_F(DeploymentApiTest, WatchSendsNowThenEachChangeAndEndsWhenActive) {
-  const std::string replica = RegisterReplica();
+  const std::string replica = NewReplica();
   ASSERT_THAT(Create(a_.key, "watched"), IsOk());
   auto w = StartWatch(a_.key, "watched");
   v1::Deployment d;
@@ -295,7 +208,7 @@ TEST_F(DeploymentApiTest, WatchSendsNowThenEachChangeAndEndsWhenActive) {
 }
 
 TEST_F(DeploymentApiTest, WatchEndsOnFailureAndOnDeletion) {
-  const std::string replica = RegisterReplica();
+  const std::string replica = NewReplica();
   ASSERT_THAT(Create(a_.key, "broken"), IsOk());
   auto w = StartWatch(a_.key, "broken");
   v1::Deployment d;
@@ -404,19 +317,9 @@ TEST_F(DeploymentApiTest, PolicyBlocklistsAreCheckedWithRe2AtCreateAndUpdate) {
 // follow WatchDeployment to ACTIVE (a replica reports ready meanwhile),
 // `delete` prints the deployment in DELETING with --json.
 TEST_F(DeploymentApiTest, CliCreatesWithAnIdAndWaitsOverTheWatch) {
-  const std::string replica = RegisterReplica();
-  const std::string flags =
-      absl::StrCat(" --target 127.0.0.1:", server_->port(), " --api-key ", a_.key);
+  const std::string replica = NewReplica();
   auto run = [&](const std::string& args, std::string* out, std::string* err) {
-    std::string o = dir_.Join("cli.out"), e = dir_.Join("cli.err");
-    int status = std::system(absl::StrCat("env -u TUNEFLEET_CONFIG ", TUNEFLEET_BIN_DIR,
-                                          "/tunefleet ", args, flags, " >", o, " 2>", e,
-                                          " </dev/null")
-                                 .c_str());
-    std::ifstream oi(o), ei(e);
-    *out = std::string(std::istreambuf_iterator<char>(oi), {});
-    *err = std::string(std::istreambuf_iterator<char>(ei), {});
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return RunCli(args, a_.key, out, err);
   };
   // The replica reports the deployment ready once the scheduler has it.
   std::thread ready([&] {

@@ -1,8 +1,6 @@
 // The scheduler over gRPC on loopback with a real dataset server beside it, a
 // real SQLite file, a manual clock, and a test-side trainer agent and serving
 // replica that speak the internal control APIs.
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -19,14 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/sha256.h"
 #include "common/errors/error_details.h"
-#include "common/rpc/channel.h"
-#include "common/rpc/server.h"
-#include "common/rpc/status.h"
-#include "services/dataset/dataset_service.h"
-#include "services/scheduler/grpc_dataset_client.h"
-#include "services/scheduler/scheduler_service.h"
+#include "tests/scheduler/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
-#include "tests/testing/temp_dir.h"
 
 namespace tunefleet::scheduler {
 namespace {
@@ -39,27 +31,6 @@ using ::testing::SizeIs;
 using ::tunefleet::testing::IsOk;
 using ::tunefleet::testing::StatusIs;
 
-constexpr char kBase[] = "tiny-base";
-
-template <typename Fn>
-bool WaitFor(Fn fn, absl::Duration timeout = absl::Seconds(20)) {
-  absl::Time end = absl::Now() + timeout;
-  while (absl::Now() < end) {
-    if (fn()) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return fn();
-}
-
-std::string ChatJsonl(int n) {
-  std::string out;
-  for (int i = 0; i < n; ++i) {
-    absl::StrAppend(&out, R"({"messages":[{"role":"user","content":"question )", i,
-                    R"("},{"role":"assistant","content":"answer )", i, R"("}]})", "\n");
-  }
-  return out;
-}
-
 std::string ClassificationJsonl(int n) {
   std::string out;
   for (int i = 0; i < n; ++i) {
@@ -69,169 +40,13 @@ std::string ClassificationJsonl(int n) {
   return out;
 }
 
-class SchedulerServiceTest : public ::testing::Test {
+class SchedulerServiceTest : public SchedulerFixture {
  protected:
-  void SetUp() override {
-    // A base model folder (the scheduler reads only config.json).
-    std::filesystem::create_directories(dir_.Join("models/") + kBase);
-    std::ofstream(dir_.Join("models/") + kBase + "/config.json")
-        << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
-           R"("num_attention_heads":32,"intermediate_size":128,"vocab_size":300,)"
-           R"("max_position_embeddings":512})";
-    auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
-        absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
-    StartDataset();
-    StartScheduler();
-  }
-  void TearDown() override {
-    StopScheduler();
-    if (dataset_server_) dataset_server_->Shutdown();
-    dataset_server_.reset();
-    files_.reset();
-    control_.reset();
-    dataset_executor_.reset();
-    processor_.reset();
-    registry_.reset();
-  }
-
-  void StartDataset() {
-    dataset::FileRegistryOptions options;
-    auto registry = dataset::FileRegistry::Open(dir_.Join("dataset"), options);
-    ASSERT_THAT(registry, IsOk());
-    registry_ = std::move(*registry);
-    dataset_executor_ = std::make_unique<rpc::Executor>(2);
-    processor_ = std::make_unique<dataset::FileProcessor>(registry_.get(), &dataset::EncodeReport);
-    files_ = std::make_unique<dataset::DatasetServiceImpl>(auth_.get(), registry_.get(),
-                                                           dataset_executor_.get(), processor_.get());
-    control_ = std::make_unique<dataset::DatasetControlServiceImpl>(auth_.get(), registry_.get(),
-                                                                    dataset_executor_.get());
-    rpc::ServerOptions so;
-    so.listen_address = "127.0.0.1:0";
-    so.metrics_address = "";
-    so.drain_timeout = absl::Seconds(1);
-    dataset_server_ = std::make_unique<rpc::Server>(so);
-    dataset_server_->AddService(files_.get());
-    dataset_server_->AddService(control_.get());
-    ASSERT_THAT(dataset_server_->Start(), IsOk());
-    dataset_server_->SetServing(true);
-    rpc::ChannelOptions co;
-    co.target = absl::StrCat("127.0.0.1:", dataset_server_->port());
-    dataset_channel_ = *rpc::MakeChannel(co);
-    files_stub_ = v1::DatasetService::NewStub(dataset_channel_);
-  }
-
-  void StartScheduler() {
-    dataset_client_ = std::make_unique<GrpcDatasetClient>(dataset_channel_, internal_.key);
-    SchedulerOptions options;
-    options.db_path = dir_.Join("scheduler.db");
-    options.models_dir = dir_.Join("models");
-    options.artifacts_dir = dir_.Join("artifacts");
-    options.clock = &clock_;
+  void Configure(SchedulerOptions& options) override {
     options.lease = absl::Seconds(10);
     options.max_retries = 2;
     options.max_active_jobs_per_tenant = max_active_jobs_;
     options.max_trained_tokens_per_tenant = max_trained_tokens_;
-    auto s = Scheduler::Open(options, dataset_client_.get());
-    ASSERT_THAT(s, IsOk());
-    scheduler_ = std::move(*s);
-    executor_ = std::make_unique<rpc::Executor>(4);
-    jobs_ = std::make_unique<JobServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    models_ = std::make_unique<ModelServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    deployments_ =
-        std::make_unique<DeploymentServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    trainer_ =
-        std::make_unique<TrainerControlServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    serving_ =
-        std::make_unique<ServingControlServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    rpc::ServerOptions so;
-    so.listen_address = "127.0.0.1:0";
-    so.metrics_address = "";
-    so.drain_timeout = absl::Milliseconds(500);
-    server_ = std::make_unique<rpc::Server>(so);
-    server_->AddService(jobs_.get());
-    server_->AddService(models_.get());
-    server_->AddService(deployments_.get());
-    server_->AddService(trainer_.get());
-    server_->AddService(serving_.get());
-    ASSERT_THAT(server_->Start(), IsOk());
-    server_->SetServing(true);
-    rpc::ChannelOptions co;
-    co.target = absl::StrCat("127.0.0.1:", server_->port());
-    auto channel = *rpc::MakeChannel(co);
-    job_stub_ = v1::JobService::NewStub(channel);
-    model_stub_ = v1::ModelService::NewStub(channel);
-    dep_stub_ = v1::DeploymentService::NewStub(channel);
-    trainer_stub_ = iv1::TrainerControlService::NewStub(channel);
-    serving_stub_ = iv1::ServingControlService::NewStub(channel);
-  }
-
-  void StopScheduler() {
-    if (server_) server_->Shutdown();
-    server_.reset();
-    executor_.reset();
-    jobs_.reset();
-    models_.reset();
-    deployments_.reset();
-    trainer_.reset();
-    serving_.reset();
-    scheduler_.reset();
-  }
-
-  // One unary call with the given key.
-  template <typename Stub, typename Req, typename Resp>
-  absl::StatusOr<Resp> Call(Stub* stub,
-                            grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-                            const std::string& key, const Req& req) {
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
-    Resp resp;
-    grpc::Status s = (stub->*method)(&ctx, req, &resp);
-    if (!s.ok()) return rpc::FromGrpcStatus(s);
-    return resp;
-  }
-
-  absl::StatusOr<v1::File> UploadProcessed(const std::string& key, const std::string& content,
-                                           v1::DataFormat format = v1::DATA_FORMAT_UNSPECIFIED) {
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
-    v1::File file;
-    auto writer = files_stub_->UploadFile(&ctx, &file);
-    v1::UploadFileRequest req;
-    req.mutable_metadata()->set_filename("train.jsonl");
-    req.mutable_metadata()->set_purpose(v1::FILE_PURPOSE_FINE_TUNE);
-    req.mutable_metadata()->set_format(format);
-    writer->Write(req);
-    req.set_chunk(content);
-    writer->Write(req);
-    writer->WritesDone();
-    grpc::Status s = writer->Finish();
-    if (!s.ok()) return rpc::FromGrpcStatus(s);
-    v1::GetFileRequest get;
-    get.set_file_id(file.id());
-    absl::StatusOr<v1::File> got;
-    WaitFor([&] {
-      got = Call(files_stub_.get(), &v1::DatasetService::Stub::GetFile, key, get);
-      return got.ok() && (got->status() == v1::FILE_STATUS_PROCESSED ||
-                          got->status() == v1::FILE_STATUS_ERROR);
-    });
-    return got;
-  }
-
-  absl::StatusOr<v1::Job> CreateJob(const std::string& key, v1::CreateJobRequest req) {
-    return Call(job_stub_.get(), &v1::JobService::Stub::CreateJob, key, req);
-  }
-  v1::CreateJobRequest JobRequest(const std::string& file_id, int gpus = 1) {
-    v1::CreateJobRequest req;
-    req.set_base_model(kBase);
-    req.set_training_file(file_id);
-    req.set_suffix("mine");
-    req.set_gpus(gpus);
-    return req;
-  }
-  absl::StatusOr<v1::Job> GetJob(const std::string& key, const std::string& id) {
-    v1::GetJobRequest req;
-    req.set_job_id(id);
-    return Call(job_stub_.get(), &v1::JobService::Stub::GetJob, key, req);
   }
   v1::JobState State(const std::string& id) {
     auto j = GetJob(a_.key, id);
@@ -341,38 +156,8 @@ class SchedulerServiceTest : public ::testing::Test {
     return out;
   }
 
-  testing::TempDir dir_;
-  ManualClock clock_;
   int max_active_jobs_ = 0;
   int64_t max_trained_tokens_ = 0;
-  rpc::NewKey a_ = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
-  rpc::NewKey b_ = rpc::GenerateKey("tenant-b", rpc::Role::kTenant, "b");
-  rpc::NewKey internal_ = rpc::GenerateKey("", rpc::Role::kInternal, "svc");
-  std::unique_ptr<rpc::Authenticator> auth_;
-  // dataset
-  std::unique_ptr<dataset::FileRegistry> registry_;
-  std::unique_ptr<rpc::Executor> dataset_executor_;
-  std::unique_ptr<dataset::FileProcessor> processor_;
-  std::unique_ptr<dataset::DatasetServiceImpl> files_;
-  std::unique_ptr<dataset::DatasetControlServiceImpl> control_;
-  std::unique_ptr<rpc::Server> dataset_server_;
-  std::shared_ptr<grpc::Channel> dataset_channel_;
-  std::unique_ptr<v1::DatasetService::Stub> files_stub_;
-  // scheduler
-  std::unique_ptr<GrpcDatasetClient> dataset_client_;
-  std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<rpc::Executor> executor_;
-  std::unique_ptr<JobServiceImpl> jobs_;
-  std::unique_ptr<ModelServiceImpl> models_;
-  std::unique_ptr<DeploymentServiceImpl> deployments_;
-  std::unique_ptr<TrainerControlServiceImpl> trainer_;
-  std::unique_ptr<ServingControlServiceImpl> serving_;
-  std::unique_ptr<rpc::Server> server_;
-  std::unique_ptr<v1::JobService::Stub> job_stub_;
-  std::unique_ptr<v1::ModelService::Stub> model_stub_;
-  std::unique_ptr<v1::DeploymentService::Stub> dep_stub_;
-  std::unique_ptr<iv1::TrainerControlService::Stub> trainer_stub_;
-  std::unique_ptr<iv1::ServingControlService::Stub> serving_stub_;
 };
 
 TEST_F(SchedulerServiceTest, LifecycleFromJobToDeploymentAndDelete) {
@@ -471,11 +256,7 @@ TEST_F(SchedulerServiceTest, LifecycleFromJobToDeploymentAndDelete) {
   EXPECT_THAT(list->models(), SizeIs(2));  // the base and the fine-tuned one
 
   // Deploy: a replica watching sees it and reports ready.
-  iv1::RegisterReplicaRequest rr;
-  rr.set_replica_name("replica-a");
-  rr.set_address("127.0.0.1:9000");
-  auto replica = Call(serving_stub_.get(), &iv1::ServingControlService::Stub::RegisterReplica,
-                      internal_.key, rr);
+  auto replica = RegisterReplica("replica-a", "127.0.0.1:9000");
   ASSERT_THAT(replica, IsOk());
   grpc::ClientContext watch_ctx;
   rpc::PrepareContext(&watch_ctx, internal_.key, absl::Seconds(60));
@@ -1180,10 +961,7 @@ TEST_F(SchedulerServiceTest, BaseModelsTheModelLibraryRejectsAreNotOffered) {
         "'gpt2', not one of phi3, llama, mistral"}},
       {"not-json", {"{", "not valid JSON"}},
   };
-  for (const auto& [id, config] : broken) {
-    std::filesystem::create_directories(dir_.Join("models/") + id);
-    std::ofstream(dir_.Join("models/") + id + "/config.json") << config.first;
-  }
+  for (const auto& [id, config] : broken) WriteBaseModel(id, config.first);
   v1::ListModelsRequest list;
   list.set_kind(v1::MODEL_KIND_BASE);
   auto listed = Call(model_stub_.get(), &v1::ModelService::Stub::ListModels, a_.key, list);
@@ -1208,9 +986,9 @@ TEST_F(SchedulerServiceTest, BaseModelsTheModelLibraryRejectsAreNotOffered) {
         << id;
   }
   // Mended: offered on the next look.
-  std::ofstream(dir_.Join("models/no-heads/config.json"))
-      << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,)"
-         R"("intermediate_size":128,"vocab_size":300})";
+  WriteBaseModel("no-heads",
+                 R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
+                 R"("num_attention_heads":4,"intermediate_size":128,"vocab_size":300})");
   v1::GetModelRequest get;
   get.set_model_id("no-heads");
   auto mended = Call(model_stub_.get(), &v1::ModelService::Stub::GetModel, a_.key, get);
@@ -1590,10 +1368,7 @@ TEST_F(ModelContentTest, CallerErrorsNameTheModel) {
 TEST_F(ModelContentTest, UpdateDeploymentKeepsTheIdAndReplicasReconcileToIt) {
   const std::string first = Model({{"adapter_config.json", "{}"}});
   const std::string second = Model({{"adapter_config.json", "{}"}});
-  iv1::RegisterReplicaRequest rr;
-  rr.set_replica_name("replica-a");
-  auto replica = Call(serving_stub_.get(), &iv1::ServingControlService::Stub::RegisterReplica,
-                      internal_.key, rr);
+  auto replica = RegisterReplica();
   ASSERT_THAT(replica, IsOk());
   grpc::ClientContext watch_ctx;
   rpc::PrepareContext(&watch_ctx, internal_.key, absl::Seconds(60));
@@ -1690,11 +1465,7 @@ TEST_F(ModelContentTest, UpdateDeploymentKeepsTheIdAndReplicasReconcileToIt) {
 TEST_F(ModelContentTest, UpdateDeploymentCallerErrorsNameTheProblem) {
   const std::string model = Model({{"adapter_config.json", "{}"}});
   // Another base model in the catalog.
-  std::filesystem::create_directories(dir_.Join("models/other-base"));
-  std::ofstream(dir_.Join("models/other-base/config.json"))
-      << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
-         R"("num_attention_heads":32,"intermediate_size":128,"vocab_size":300,)"
-         R"("max_position_embeddings":512})";
+  WriteBaseModel("other-base");
   v1::CreateDeploymentRequest cd;
   cd.set_model(model);
   auto dep = Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, cd);
@@ -1861,18 +1632,8 @@ TEST_F(ModelContentTest, CliDownloadsAModelAndUpdatesADeployment) {
   std::string weights(1500000, 'w');
   const std::string model = Model({{"adapter_config.json", R"({"r": 8})"},
                                    {"adapter_model.safetensors", weights}});
-  const std::string flags =
-      absl::StrCat(" --target 127.0.0.1:", server_->port(), " --api-key ", a_.key);
   auto run = [&](const std::string& args, std::string* out, std::string* err) {
-    std::string o = dir_.Join("cli.out"), e = dir_.Join("cli.err");
-    int status = std::system(absl::StrCat("env -u TUNEFLEET_CONFIG ", TUNEFLEET_BIN_DIR,
-                                          "/tunefleet ", args, flags, " >", o, " 2>", e,
-                                          " </dev/null")
-                                 .c_str());
-    std::ifstream oi(o), ei(e);
-    *out = std::string(std::istreambuf_iterator<char>(oi), {});
-    *err = std::string(std::istreambuf_iterator<char>(ei), {});
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return RunCli(args, a_.key, out, err);
   };
   std::string out, err;
   const std::string tar = dir_.Join("model.tar");
@@ -2107,10 +1868,7 @@ TEST_F(ModelContentTest, CheckpointsAreDeployableModels) {
   Download(b_.key, id, &st);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
 
-  iv1::RegisterReplicaRequest rr;
-  rr.set_replica_name("replica-a");
-  auto replica = Call(serving_stub_.get(), &iv1::ServingControlService::Stub::RegisterReplica,
-                      internal_.key, rr);
+  auto replica = RegisterReplica();
   ASSERT_THAT(replica, IsOk());
   v1::CreateDeploymentRequest cd;
   cd.set_model(id);

@@ -1,25 +1,14 @@
 // Usage and cost over gRPC on loopback: a real dataset server, a real SQLite
 // file, a manual clock, a price table, and a test-side trainer agent and
 // serving replica speaking the internal control APIs.
-#include <sys/wait.h>
-
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
-#include "common/rpc/channel.h"
-#include "common/rpc/server.h"
-#include "common/rpc/status.h"
-#include "services/dataset/dataset_service.h"
-#include "services/scheduler/grpc_dataset_client.h"
-#include "services/scheduler/scheduler_service.h"
+#include "tests/scheduler/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
-#include "tests/testing/temp_dir.h"
 
 namespace tunefleet::scheduler {
 namespace {
@@ -29,31 +18,11 @@ using ::testing::SizeIs;
 using ::tunefleet::testing::IsOk;
 using ::tunefleet::testing::StatusIs;
 
-constexpr char kBase[] = "tiny-base";
 // Per 1M trained tokens 4, per accelerator-hour 2.5, per replica-hour 1.5,
 // per 1M prompt tokens 0.2, per 1M completion tokens 0.6.
 constexpr char kPrices[] = R"({"tiny-base": {"currency": "EUR", "per_1m_trained_tokens": 4.0,
   "per_accelerator_hour": 2.5, "per_replica_hour": 1.5, "per_1m_prompt_tokens": 0.2,
   "per_1m_completion_tokens": 0.6}})";
-
-template <typename Fn>
-bool WaitFor(Fn fn, absl::Duration timeout = absl::Seconds(20)) {
-  absl::Time end = absl::Now() + timeout;
-  while (absl::Now() < end) {
-    if (fn()) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return fn();
-}
-
-std::string ChatJsonl(int n) {
-  std::string out;
-  for (int i = 0; i < n; ++i) {
-    absl::StrAppend(&out, R"({"messages":[{"role":"user","content":"question )", i,
-                    R"("},{"role":"assistant","content":"answer )", i, R"("}]})", "\n");
-  }
-  return out;
-}
 
 google::protobuf::Timestamp Ts(absl::Time t) {
   google::protobuf::Timestamp ts;
@@ -61,153 +30,21 @@ google::protobuf::Timestamp Ts(absl::Time t) {
   return ts;
 }
 
-class UsageTest : public ::testing::Test {
+class UsageTest : public SchedulerFixture {
  protected:
-  void SetUp() override {
-    std::filesystem::create_directories(dir_.Join("models/") + kBase);
-    std::ofstream(dir_.Join("models/") + kBase + "/config.json")
-        << R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,)"
-           R"("num_attention_heads":32,"intermediate_size":128,"vocab_size":300,)"
-           R"("max_position_embeddings":512})";
-    auth_ = std::make_unique<rpc::Authenticator>(*rpc::KeyRing::Parse(
-        absl::StrCat(a_.line, "\n", b_.line, "\n", internal_.line, "\n"), "test"));
-    dataset::FileRegistryOptions options;
-    auto registry = dataset::FileRegistry::Open(dir_.Join("dataset"), options);
-    ASSERT_THAT(registry, IsOk());
-    registry_ = std::move(*registry);
-    dataset_executor_ = std::make_unique<rpc::Executor>(2);
-    processor_ = std::make_unique<dataset::FileProcessor>(registry_.get(), &dataset::EncodeReport);
-    files_ = std::make_unique<dataset::DatasetServiceImpl>(auth_.get(), registry_.get(),
-                                                           dataset_executor_.get(), processor_.get());
-    control_ = std::make_unique<dataset::DatasetControlServiceImpl>(auth_.get(), registry_.get(),
-                                                                    dataset_executor_.get());
-    dataset_server_ = std::make_unique<rpc::Server>(ServerOptions());
-    dataset_server_->AddService(files_.get());
-    dataset_server_->AddService(control_.get());
-    ASSERT_THAT(dataset_server_->Start(), IsOk());
-    dataset_server_->SetServing(true);
-    rpc::ChannelOptions co;
-    co.target = absl::StrCat("127.0.0.1:", dataset_server_->port());
-    dataset_channel_ = *rpc::MakeChannel(co);
-    files_stub_ = v1::DatasetService::NewStub(dataset_channel_);
-    StartScheduler();
-  }
-  void TearDown() override {
-    StopScheduler();
-    dataset_server_->Shutdown();
-  }
-
-  static rpc::ServerOptions ServerOptions() {
-    rpc::ServerOptions so;
-    so.listen_address = "127.0.0.1:0";
-    so.metrics_address = "";
-    so.drain_timeout = absl::Milliseconds(500);
-    return so;
-  }
-
-  void StartScheduler() {
-    dataset_client_ = std::make_unique<GrpcDatasetClient>(dataset_channel_, internal_.key);
-    SchedulerOptions options;
-    options.db_path = dir_.Join("scheduler.db");
-    options.models_dir = dir_.Join("models");
-    options.artifacts_dir = dir_.Join("artifacts");
-    options.clock = &clock_;
+  void Configure(SchedulerOptions& options) override {
     options.lease = absl::Hours(100);  // the manual clock jumps hours
     auto prices = PriceTable::Parse(kPrices, "test");
     ASSERT_THAT(prices, IsOk());
     options.prices = *prices;
-    auto s = Scheduler::Open(options, dataset_client_.get());
-    ASSERT_THAT(s, IsOk());
-    scheduler_ = std::move(*s);
-    executor_ = std::make_unique<rpc::Executor>(4);
-    jobs_ = std::make_unique<JobServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    deployments_ =
-        std::make_unique<DeploymentServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    trainer_ =
-        std::make_unique<TrainerControlServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    serving_ =
-        std::make_unique<ServingControlServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    usage_ = std::make_unique<UsageServiceImpl>(auth_.get(), scheduler_.get(), executor_.get());
-    server_ = std::make_unique<rpc::Server>(ServerOptions());
-    server_->AddService(jobs_.get());
-    server_->AddService(deployments_.get());
-    server_->AddService(trainer_.get());
-    server_->AddService(serving_.get());
-    server_->AddService(usage_.get());
-    ASSERT_THAT(server_->Start(), IsOk());
-    server_->SetServing(true);
-    rpc::ChannelOptions co;
-    co.target = absl::StrCat("127.0.0.1:", server_->port());
-    auto channel = *rpc::MakeChannel(co);
-    job_stub_ = v1::JobService::NewStub(channel);
-    dep_stub_ = v1::DeploymentService::NewStub(channel);
-    trainer_stub_ = iv1::TrainerControlService::NewStub(channel);
-    serving_stub_ = iv1::ServingControlService::NewStub(channel);
-    usage_stub_ = v1::UsageService::NewStub(channel);
   }
 
-  void StopScheduler() {
-    if (server_) server_->Shutdown();
-    server_.reset();
-    executor_.reset();
-    jobs_.reset();
-    deployments_.reset();
-    trainer_.reset();
-    serving_.reset();
-    usage_.reset();
-    scheduler_.reset();
-  }
-
-  template <typename Stub, typename Req, typename Resp>
-  absl::StatusOr<Resp> Call(Stub* stub,
-                            grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-                            const std::string& key, const Req& req) {
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
-    Resp resp;
-    grpc::Status s = (stub->*method)(&ctx, req, &resp);
-    if (!s.ok()) return rpc::FromGrpcStatus(s);
-    return resp;
-  }
-
-  absl::StatusOr<v1::File> UploadProcessed(const std::string& key, const std::string& content) {
-    grpc::ClientContext ctx;
-    rpc::PrepareContext(&ctx, key, absl::Seconds(30));
-    v1::File file;
-    auto writer = files_stub_->UploadFile(&ctx, &file);
-    v1::UploadFileRequest req;
-    req.mutable_metadata()->set_filename("train.jsonl");
-    req.mutable_metadata()->set_purpose(v1::FILE_PURPOSE_FINE_TUNE);
-    writer->Write(req);
-    req.set_chunk(content);
-    writer->Write(req);
-    writer->WritesDone();
-    grpc::Status s = writer->Finish();
-    if (!s.ok()) return rpc::FromGrpcStatus(s);
-    v1::GetFileRequest get;
-    get.set_file_id(file.id());
-    absl::StatusOr<v1::File> got;
-    WaitFor([&] {
-      got = Call(files_stub_.get(), &v1::DatasetService::Stub::GetFile, key, get);
-      return got.ok() && (got->status() == v1::FILE_STATUS_PROCESSED ||
-                          got->status() == v1::FILE_STATUS_ERROR);
-    });
-    return got;
-  }
-
+  using SchedulerFixture::CreateJob;
   absl::StatusOr<v1::Job> CreateJob(const std::string& key, const std::string& file,
                                     bool validate_only = false) {
-    v1::CreateJobRequest req;
-    req.set_base_model(kBase);
-    req.set_training_file(file);
-    req.set_suffix("mine");
+    v1::CreateJobRequest req = JobRequest(file);
     req.set_validate_only(validate_only);
-    return Call(job_stub_.get(), &v1::JobService::Stub::CreateJob, key, req);
-  }
-  absl::StatusOr<v1::Job> GetJob(const std::string& key, const std::string& id) {
-    v1::GetJobRequest req;
-    req.set_job_id(id);
-    return Call(job_stub_.get(), &v1::JobService::Stub::GetJob, key, req);
+    return CreateJob(key, req);
   }
 
   absl::StatusOr<v1::UsageReport> Usage(const std::string& key, absl::Time start, absl::Time end,
@@ -233,35 +70,6 @@ class UsageTest : public ::testing::Test {
                 internal_.key, req)
         .status();
   }
-
-  testing::TempDir dir_;
-  ManualClock clock_;
-  rpc::NewKey a_ = rpc::GenerateKey("tenant-a", rpc::Role::kTenant, "a");
-  rpc::NewKey b_ = rpc::GenerateKey("tenant-b", rpc::Role::kTenant, "b");
-  rpc::NewKey internal_ = rpc::GenerateKey("", rpc::Role::kInternal, "svc");
-  std::unique_ptr<rpc::Authenticator> auth_;
-  std::unique_ptr<dataset::FileRegistry> registry_;
-  std::unique_ptr<rpc::Executor> dataset_executor_;
-  std::unique_ptr<dataset::FileProcessor> processor_;
-  std::unique_ptr<dataset::DatasetServiceImpl> files_;
-  std::unique_ptr<dataset::DatasetControlServiceImpl> control_;
-  std::unique_ptr<rpc::Server> dataset_server_;
-  std::shared_ptr<grpc::Channel> dataset_channel_;
-  std::unique_ptr<v1::DatasetService::Stub> files_stub_;
-  std::unique_ptr<GrpcDatasetClient> dataset_client_;
-  std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<rpc::Executor> executor_;
-  std::unique_ptr<JobServiceImpl> jobs_;
-  std::unique_ptr<DeploymentServiceImpl> deployments_;
-  std::unique_ptr<TrainerControlServiceImpl> trainer_;
-  std::unique_ptr<ServingControlServiceImpl> serving_;
-  std::unique_ptr<UsageServiceImpl> usage_;
-  std::unique_ptr<rpc::Server> server_;
-  std::unique_ptr<v1::JobService::Stub> job_stub_;
-  std::unique_ptr<v1::DeploymentService::Stub> dep_stub_;
-  std::unique_ptr<iv1::TrainerControlService::Stub> trainer_stub_;
-  std::unique_ptr<iv1::ServingControlService::Stub> serving_stub_;
-  std::unique_ptr<v1::UsageService::Stub> usage_stub_;
 };
 
 TEST_F(UsageTest, JobEstimateBeforeTheRunAndCostAfterIt) {
@@ -369,10 +177,7 @@ TEST_F(UsageTest, DeploymentHoursAndInferenceCountedOnceAcrossARestart) {
   create.set_replicas(2);
   ASSERT_THAT(Call(dep_stub_.get(), &v1::DeploymentService::Stub::CreateDeployment, a_.key, create),
               IsOk());
-  iv1::RegisterReplicaRequest reg;
-  reg.set_replica_name("replica-1");
-  auto replica = Call(serving_stub_.get(), &iv1::ServingControlService::Stub::RegisterReplica,
-                      internal_.key, reg);
+  auto replica = RegisterReplica("replica-1");
   ASSERT_THAT(replica, IsOk());
   const std::string rid = replica->replica_id();
   // Two hours at 2 replicas, then 1 replica.
@@ -477,15 +282,7 @@ TEST_F(UsageTest, CliPrintsTheLinesAndTheCost) {
               IsOk());
   clock_.Advance(absl::Hours(2));
   auto run = [&](const std::string& args, std::string* out) {
-    const std::string o = dir_.Join("cli.out");
-    int status = std::system(absl::StrCat("env -u TUNEFLEET_CONFIG ", TUNEFLEET_BIN_DIR,
-                                          "/tunefleet usage ", args, " --target 127.0.0.1:",
-                                          server_->port(), " --api-key ", a_.key, " >", o,
-                                          " 2>&1 </dev/null")
-                                 .c_str());
-    std::ifstream in(o);
-    *out = std::string(std::istreambuf_iterator<char>(in), {});
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return RunCli("usage " + args, a_.key, out);
   };
   auto rfc = [](absl::Time t) { return absl::FormatTime(absl::RFC3339_sec, t, absl::UTCTimeZone()); };
   std::string out;
