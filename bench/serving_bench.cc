@@ -29,7 +29,7 @@
 #include "common/model/lora.h"
 #include "common/model/tiny_model.h"
 #include "services/serving/engine/adapter_cache.h"
-#include "services/serving/engine/allocator.h"
+#include "common/model/allocator.h"
 #include "services/serving/engine/engine.h"
 #ifdef TUNEFLEET_BENCH_FILTERS
 #include "services/serving/filters/builtin_filter.h"
@@ -52,7 +52,7 @@ ABSL_FLAG(bool, decode_attention, true,
           "matmuls, to measure both in the same conditions)");
 ABSL_FLAG(bool, adapter_runs, true, "measure 32 streams over 1 and over --adapters adapters");
 ABSL_FLAG(bool, tune_allocator, true,
-          "glibc's allocator set up as the replica's main does (TuneAllocatorForServing); "
+          "glibc's allocator set up as the replica's main does (TuneAllocatorForTensorWork); "
           "false: glibc's defaults, to measure the difference in the same minutes");
 ABSL_FLAG(bool, steady, true,
           "warm up with every --streams count too, so that the measured runs find the engine "
@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
     ::execv("/proc/self/exe", argv);
   }
   absl::ParseCommandLine(argc, argv);
-  if (absl::GetFlag(FLAGS_tune_allocator)) serving::TuneAllocatorForServing();
+  if (absl::GetFlag(FLAGS_tune_allocator)) model::TuneAllocatorForTensorWork();
   const int threads = absl::GetFlag(FLAGS_threads) > 0
                           ? absl::GetFlag(FLAGS_threads)
                           : static_cast<int>(std::thread::hardware_concurrency());

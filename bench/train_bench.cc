@@ -34,6 +34,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "common/model/allocator.h"
 #include "common/model/model_config.h"
 #include "common/model/tiny_model.h"
 #include "services/trainer/protocol/report.h"
@@ -153,7 +154,7 @@ int main(int argc, char** argv) {
     ::execv("/proc/self/exe", argv);
   }
   absl::ParseCommandLine(argc, argv);
-  trainer::TuneAllocatorForTraining();  // as the worker's main does
+  model::TuneAllocatorForTensorWork();  // as the worker's main does
   const int threads = absl::GetFlag(FLAGS_threads) > 0
                           ? absl::GetFlag(FLAGS_threads)
                           : static_cast<int>(std::thread::hardware_concurrency());

@@ -16,7 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server_flags.h"
-#include "services/serving/engine/allocator.h"
+#include "common/model/allocator.h"
 #include "services/serving/grpc/deployment_reconciler.h"
 #include "services/serving/grpc/inference_service.h"
 #include "services/serving/grpc/remote_filter.h"
@@ -78,7 +78,7 @@ bool WritePortFile(const std::string& path, const tunefleet::rpc::Server& server
 
 int main(int argc, char** argv) {
   using namespace tunefleet;
-  serving::TuneAllocatorForServing();  // before anything allocates
+  model::TuneAllocatorForTensorWork();  // before anything allocates
   rpc::BlockShutdownSignals();
   rpc::CommonFlags flags = rpc::ParseCommonFlags(argc, argv, "serving", 50054, 9094);
   auto keys = rpc::LoadKeysFromFlags(flags);

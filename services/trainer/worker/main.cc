@@ -12,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "common/model/allocator.h"
 #include "services/trainer/protocol/report.h"
 #include "services/trainer/protocol/worker_spec.h"
 #include "services/trainer/worker/trainer.h"
@@ -26,7 +27,7 @@ extern "C" void OnStopSignal(int) { g_stop.store(true); }
 
 int main(int argc, char** argv) {
   using namespace tunefleet::trainer;
-  TuneAllocatorForTraining();
+  tunefleet::model::TuneAllocatorForTensorWork();
   absl::ParseCommandLine(argc, argv);
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;

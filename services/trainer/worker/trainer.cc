@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
-#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -1131,12 +1130,6 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
 absl::StatusOr<WorkerOutcome> RunWorker(const WorkerSpec& spec, const WorkerRunOptions& options) {
   Run run(spec, options);
   return CatchTorch("train worker", [&]() { return run.Go(); });
-}
-
-void TuneAllocatorForTraining() {
-  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest
-  ::mallopt(M_TRIM_THRESHOLD, 1 << 30);   // give memory back only past 1 GB free at the top
-  ::mallopt(M_TOP_PAD, 256 << 20);        // grow the heap in large steps
 }
 
 }  // namespace tunefleet::trainer

@@ -30,13 +30,5 @@ struct WorkerOutcome {
 // is wrong (the spec field, the file); the caller reports them.
 absl::StatusOr<WorkerOutcome> RunWorker(const WorkerSpec& spec, const WorkerRunOptions& options);
 
-// Sets glibc's allocator up for a training loop, which frees and allocates
-// the same activation buffers (MBs each) every step: blocks up to 32 MB come
-// from the heap rather than fresh mappings, and freed memory stays in the
-// process instead of going back to the kernel, so a step does not fault in
-// and zero its buffers again (~40% of LoRA step time on a 2-core VM, see
-// bench/train_bench). Peak memory is unchanged: each step reuses the last
-// one's. Process-wide: the worker's main calls it before anything else.
-void TuneAllocatorForTraining();
 
 }  // namespace tunefleet::trainer
