@@ -17,7 +17,8 @@
 #include "common/rpc/channel.h"
 #include "common/rpc/server_flags.h"
 #include "common/model/allocator.h"
-#include "services/serving/grpc/deployment_reconciler.h"
+#include "services/serving/deployment_reconciler.h"
+#include "services/serving/grpc/grpc_control_plane.h"
 #include "services/serving/grpc/inference_service.h"
 #include "services/serving/grpc/remote_filter.h"
 #include "services/serving/grpc/serving_metrics.h"
@@ -147,7 +148,7 @@ int main(int argc, char** argv) {
     ro.api_key = internal_key;
     ro.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_classifier_timeout_ms));
     ro.deployment = deployment;
-    return std::make_shared<serving::RemoteFilter>(channel, ro);
+    return std::shared_ptr<const serving::ContentFilter>(serving::MakeRemoteFilter(channel, ro));
   };
   auto replica = serving::Replica::Create(options);
   if (!replica.ok()) {
@@ -193,10 +194,13 @@ int main(int argc, char** argv) {
   }
   ro.advertise_address = absl::GetFlag(FLAGS_advertise_address);
   if (ro.advertise_address.empty()) ro.advertise_address = "localhost:" + std::to_string(server.port());
-  ro.internal_key = internal_key;
   ro.report_interval = absl::GetFlag(FLAGS_status_report_interval);
+  serving::GrpcControlPlaneOptions cpo;
+  cpo.internal_key = internal_key;
+  cpo.replica_name = ro.replica_name;
+  serving::GrpcControlPlane control(*channel, cpo);
   serving::Replica* core = replica->get();
-  serving::DeploymentReconciler reconciler(*channel, core, ro, [&](bool bases_loaded) {
+  serving::DeploymentReconciler reconciler(&control, core, ro, [&](bool bases_loaded) {
     metrics.Refresh(*core);
     // Serving once every base is in; a later failure of one base does not
     // take the others out of rotation.

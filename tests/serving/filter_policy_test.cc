@@ -78,7 +78,7 @@ class FilterPolicyTest : public ::testing::Test {
       ro.api_key = (*keys_)[1].key;
       ro.timeout = absl::Seconds(2);
       ro.deployment = dep;
-      return std::make_shared<RemoteFilter>(*rpc::MakeChannel(co), ro);
+      return std::shared_ptr<const ContentFilter>(MakeRemoteFilter(*rpc::MakeChannel(co), ro));
     };
     auto replica = Replica::Create(o);
     ASSERT_TRUE(replica.ok()) << replica.status();

@@ -12,6 +12,7 @@
 #include "services/serving/filters/content_filter.h"
 #include "services/serving/filters/profanity_lexicon.h"
 #include "services/serving/grpc/remote_filter.h"
+#include "tunefleet/v1/content_filter.grpc.pb.h"
 #include "services/serving/model_classifier.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
@@ -82,7 +83,7 @@ std::unique_ptr<ContentFilter> MakeRemote() {
   static TeamClassifierServer* server = new TeamClassifierServer();  // one per process
   RemoteFilterOptions o;
   o.timeout = absl::Seconds(10);
-  return std::make_unique<RemoteFilter>(server->channel, o);
+  return MakeRemoteFilter(server->channel, o);
 }
 
 // A classification deployment as the classifier (DeploymentClassifierFilter):
@@ -285,8 +286,8 @@ TEST(RemoteFilterTest, AClassifierThatIsDownReportsItsErrorAndThePolicyDecides) 
   auto channel = *rpc::MakeChannel(co);
   RemoteFilterOptions o;
   o.timeout = absl::Milliseconds(200);
-  RemoteFilter remote(channel, o);
-  TF_ASSERT_OK_AND_ASSIGN(auto d, remote.Classify(kClean, TextSource::kPrompt));
+  std::unique_ptr<ContentFilter> remote = MakeRemoteFilter(channel, o);
+  TF_ASSERT_OK_AND_ASSIGN(auto d, remote->Classify(kClean, TextSource::kPrompt));
   EXPECT_THAT(Kinds(d), ::testing::ElementsAre("classifier:error"));
   ASSERT_EQ(d.size(), 1u);
   EXPECT_THAT(d[0].error, HasSubstr("UNAVAILABLE"));

@@ -35,7 +35,8 @@
 #include "common/text/chat_template.h"
 #include "common/text/phi3_tokenizer_files.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "services/serving/grpc/deployment_reconciler.h"
+#include "services/serving/deployment_reconciler.h"
+#include "services/serving/grpc/grpc_control_plane.h"
 #include "services/serving/grpc/inference_service.h"
 #include "services/serving/grpc/proto_convert.h"
 #include "services/serving/grpc/remote_filter.h"
@@ -233,7 +234,9 @@ class ServingTest : public ::testing::Test {
   }
   static void TearDownTestSuite() {
     delete reconciler_;
-    reconciler_ = nullptr;  // --gtest_repeat sets the suite up again
+    reconciler_ = nullptr;
+    delete control_;
+    control_ = nullptr;  // --gtest_repeat sets the suite up again
     scheduler_->Stop();
     scheduler_server_->Shutdown();
     server_->Shutdown();
@@ -269,7 +272,7 @@ class ServingTest : public ::testing::Test {
       ro.api_key = (*keys_)[2].key;
       ro.timeout = absl::Seconds(5);
       ro.deployment = dep;
-      return std::make_shared<RemoteFilter>(*rpc::MakeChannel(co), ro);  // fail-closed
+      return std::shared_ptr<const ContentFilter>(MakeRemoteFilter(*rpc::MakeChannel(co), ro));  // fail-closed
     };
     return o;
   }
@@ -312,10 +315,12 @@ class ServingTest : public ::testing::Test {
     ReconcilerOptions ro;
     ro.replica_name = "r1";
     ro.advertise_address = co.target;
-    ro.internal_key = (*keys_)[2].key;
     ro.report_interval = absl::Milliseconds(100);  // usage reports between applies
+    GrpcControlPlaneOptions cpo;
+    cpo.internal_key = (*keys_)[2].key;
+    control_ = new GrpcControlPlane(*rpc::MakeChannel(co), cpo);
     const int64_t reports = scheduler_->reports();
-    reconciler_ = new DeploymentReconciler(*rpc::MakeChannel(co), replica_, ro, [](bool loaded) {
+    reconciler_ = new DeploymentReconciler(control_, replica_, ro, [](bool loaded) {
       if (loaded) server_->SetServing(true);
     });
     reconciler_->Start();
@@ -416,6 +421,7 @@ class ServingTest : public ::testing::Test {
   static FakeScheduler* scheduler_;
   static rpc::Server* scheduler_server_;
   static std::shared_ptr<grpc::Channel>* channel_;
+  static GrpcControlPlane* control_;
   static DeploymentReconciler* reconciler_;
   static std::map<std::string, internal_v1::ReplicaDeploymentStatus> statuses_;
 };
@@ -434,6 +440,7 @@ ContentFilterServiceImpl* ServingTest::classify_service_ = nullptr;
 FakeScheduler* ServingTest::scheduler_ = nullptr;
 rpc::Server* ServingTest::scheduler_server_ = nullptr;
 std::shared_ptr<grpc::Channel>* ServingTest::channel_ = nullptr;
+GrpcControlPlane* ServingTest::control_ = nullptr;
 DeploymentReconciler* ServingTest::reconciler_ = nullptr;
 std::map<std::string, internal_v1::ReplicaDeploymentStatus> ServingTest::statuses_;
 

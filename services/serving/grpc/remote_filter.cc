@@ -1,14 +1,35 @@
 #include "services/serving/grpc/remote_filter.h"
 
+#include <utility>
+#include <vector>
+
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
 #include <spdlog/spdlog.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/rpc/channel.h"
+#include "tunefleet/v1/content_filter.grpc.pb.h"
 
 namespace tunefleet::serving {
+namespace {
 
 namespace v1 = ::tunefleet::v1;
+
+class RemoteFilter final : public ContentFilter {
+ public:
+  RemoteFilter(std::shared_ptr<grpc::Channel> channel, RemoteFilterOptions options);
+  // A failed call (error or deadline): one "classifier"/"error" detection
+  // over the whole text with the error in `error`.
+  absl::StatusOr<std::vector<Detection>> Classify(absl::string_view text, TextSource source,
+                                                  bool partial = false) const override;
+  size_t max_span() const override { return options_.max_span; }
+
+ private:
+  std::unique_ptr<v1::ContentFilterService::Stub> stub_;
+  const RemoteFilterOptions options_;
+};
 
 RemoteFilter::RemoteFilter(std::shared_ptr<grpc::Channel> channel, RemoteFilterOptions options)
     : stub_(channel ? v1::ContentFilterService::NewStub(std::move(channel)) : nullptr),
@@ -44,6 +65,13 @@ absl::StatusOr<std::vector<Detection>> RemoteFilter::Classify(absl::string_view 
                             v1::ContentFilterCategory_Name(r.category()), 0, text.size()});
   }
   return out;
+}
+
+}  // namespace
+
+std::unique_ptr<ContentFilter> MakeRemoteFilter(std::shared_ptr<grpc::Channel> channel,
+                                                RemoteFilterOptions options) {
+  return std::make_unique<RemoteFilter>(std::move(channel), std::move(options));
 }
 
 }  // namespace tunefleet::serving

@@ -3,18 +3,20 @@
 // deadline; when the classifier fails, it reports a "classifier"/"error"
 // detection carrying the error, and the deployment's policy decides
 // (on_classifier_error: fail closed blocks the text, fail open lets it pass).
-// Thread-safe (the stub is).
+// Detections cover the whole text (a classifier reports categories, not
+// spans). Thread-safe. The header shows no gRPC: callers hold a
+// ContentFilter.
 #pragma once
 
 #include <memory>
 #include <string>
-#include <vector>
-
-#include <grpcpp/channel.h>
 
 #include "absl/time/time.h"
 #include "services/serving/filters/content_filter.h"
-#include "tunefleet/v1/content_filter.grpc.pb.h"
+
+namespace grpc {
+class Channel;
+}  // namespace grpc
 
 namespace tunefleet::serving {
 
@@ -26,19 +28,9 @@ struct RemoteFilterOptions {
   std::string deployment;  // passed along in each request
 };
 
-class RemoteFilter final : public ContentFilter {
- public:
-  RemoteFilter(std::shared_ptr<grpc::Channel> channel, RemoteFilterOptions options);
-  // Detections cover the whole text (a classifier reports categories, not
-  // spans). A failed call (error or deadline): one "classifier"/"error"
-  // detection over the whole text with the error in `error`.
-  absl::StatusOr<std::vector<Detection>> Classify(absl::string_view text, TextSource source,
-                                                  bool partial = false) const override;
-  size_t max_span() const override { return options_.max_span; }
-
- private:
-  std::unique_ptr<::tunefleet::v1::ContentFilterService::Stub> stub_;
-  const RemoteFilterOptions options_;
-};
+// A null `channel` (the endpoint could not be dialled) gives a filter whose
+// every call fails as UNAVAILABLE, so that the policy still decides.
+std::unique_ptr<ContentFilter> MakeRemoteFilter(std::shared_ptr<grpc::Channel> channel,
+                                                RemoteFilterOptions options);
 
 }  // namespace tunefleet::serving
