@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,6 +51,15 @@ ABSL_FLAG(std::vector<std::string>, streams, std::vector<std::string>({"1", "8",
 ABSL_FLAG(bool, decode_attention, true,
           "decode steps' attention through model::DecodeAttention (false: libtorch's batched "
           "matmuls, to measure both in the same conditions)");
+ABSL_FLAG(bool, ragged, true,
+          "steps compute only the real tokens (model::Decoder::ExtendRows, ragged); false: "
+          "every row padded to the step's longest chunk, to measure both");
+ABSL_FLAG(int, sustained_clients, 32,
+          "clients of the sustained run (0: none): each sends --sustained_requests requests one "
+          "after another, prompts of 16-192 tokens and answers of 16-128, so that requests join "
+          "and leave between steps; run with ragged steps and with padded ones, alternating");
+ABSL_FLAG(int, sustained_requests, 2, "requests per client in the sustained run");
+ABSL_FLAG(int, sustained_rounds, 1, "ragged/padded pairs of sustained runs");
 ABSL_FLAG(bool, adapter_runs, true, "measure 32 streams over 1 and over --adapters adapters");
 ABSL_FLAG(bool, tune_allocator, true,
           "glibc's allocator set up as the replica's main does (TuneAllocatorForTensorWork); "
@@ -117,6 +127,56 @@ RunResult Run(serving::Engine& engine, int n, int64_t vocab,
   return r;
 }
 
+struct SustainedResult {
+  double seconds = 0;
+  int64_t tokens = 0, prompt_tokens = 0;
+  std::vector<double> ttft;
+};
+
+// `clients` closed loops, each sending `per_client` requests of varied
+// lengths (the same lengths in every run) one after another.
+SustainedResult RunSustained(serving::Engine& engine, int clients, int per_client, int64_t vocab) {
+  std::mutex mu;
+  SustainedResult r;
+  const Clock::time_point start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      for (int k = 0; k < per_client; ++k) {
+        const uint64_t h = (static_cast<uint64_t>(c) * 2654435761u + static_cast<uint64_t>(k) * 40503u) ^ 0x9e37u;
+        serving::EngineRequest req;
+        const int64_t prompt = 16 + static_cast<int64_t>(h % 177);
+        for (int64_t t = 0; t < prompt; ++t) {
+          req.prompt.push_back((t * 7919 + c * 104729 + k * 15485863) % (vocab - 100) + 50);
+        }
+        req.sampling.max_new_tokens = 16 + static_cast<int64_t>((h / 177) % 113);
+        req.sampling.stop_token_ids = {-1};
+        std::mutex done_mu;
+        std::condition_variable done_cv;
+        std::optional<serving::Completion> done;
+        req.on_done = [&](const serving::Completion& comp) {
+          std::lock_guard<std::mutex> lock(done_mu);
+          done = comp;
+          done_cv.notify_all();
+        };
+        auto handle = engine.Submit(std::move(req));
+        if (!handle.ok()) Die(handle.status());
+        std::unique_lock<std::mutex> lock(done_mu);
+        done_cv.wait(lock, [&] { return done.has_value(); });
+        if (!done->status.ok()) Die(done->status);
+        std::lock_guard<std::mutex> rl(mu);
+        r.tokens += static_cast<int64_t>(done->tokens.size());
+        r.prompt_tokens += prompt;
+        r.ttft.push_back(done->ttft_seconds);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  r.seconds = Seconds(Clock::now() - start);
+  std::sort(r.ttft.begin(), r.ttft.end());
+  return r;
+}
+
 double Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
   return sorted[std::min(sorted.size() - 1, static_cast<size_t>(p * (sorted.size() - 1) + 0.5))];
@@ -152,12 +212,18 @@ int main(int argc, char** argv) {
   o.dtype = cuda ? "bfloat16" : "float32";
   if (absl::Status s = model::WriteTinyPhi3(dir + "/base", o); !s.ok()) Die(s);
   model::DecoderOptions dopts;
+  dopts.ragged_extend = absl::GetFlag(FLAGS_ragged);
   if (cuda) {
     dopts.device = at::Device(at::kCUDA);
     dopts.dtype = at::kBFloat16;
   }
   auto decoder = model::Decoder::Load(dir + "/base", dopts);
   if (!decoder.ok()) Die(decoder.status());
+  // The same weights (mapped once) for the sustained run's padded engine.
+  model::DecoderOptions padded_opts = dopts;
+  padded_opts.ragged_extend = false;
+  auto padded_decoder = model::Decoder::Load(dir + "/base", padded_opts);
+  if (!padded_decoder.ok()) Die(padded_decoder.status());
   const model::ModelConfig cfg = decoder->config();
   const double weight_bytes = static_cast<double>(decoder->WeightBytes());
   const double embed_bytes =
@@ -210,7 +276,8 @@ int main(int argc, char** argv) {
 
   serving::EngineOptions eo;
   eo.max_batch = 32;
-  eo.max_context = absl::GetFlag(FLAGS_prompt) + absl::GetFlag(FLAGS_decode) + 8;
+  // Room for the sustained run's longest request (192 + 128) too.
+  eo.max_context = std::max<int64_t>(absl::GetFlag(FLAGS_prompt) + absl::GetFlag(FLAGS_decode), 320) + 8;
   eo.threads = threads;
   auto engine = serving::Engine::Create(*std::move(decoder), eo);
   if (!engine.ok()) Die(engine.status());
@@ -223,9 +290,10 @@ int main(int argc, char** argv) {
   }
 
   std::printf("serving_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s decode_attention=%d "
-              "steady=%d tune_allocator=%d\n",
+              "ragged=%d steady=%d tune_allocator=%d\n",
               cuda ? "cuda" : "cpu", threads, cuda ? "bf16" : "fp32", std::getenv("OMP_WAIT_POLICY"),
-              absl::GetFlag(FLAGS_decode_attention) ? 1 : 0, absl::GetFlag(FLAGS_steady) ? 1 : 0,
+              absl::GetFlag(FLAGS_decode_attention) ? 1 : 0, (*engine)->decoder().RaggedExtend() ? 1 : 0,
+              absl::GetFlag(FLAGS_steady) ? 1 : 0,
               absl::GetFlag(FLAGS_tune_allocator) ? 1 : 0);
   std::printf("model: phi3 layers=%lld hidden=%lld intermediate=%lld vocab=%lld weights=%.1f MB; "
               "prompt=%lld decode=%lld per request\n",
@@ -267,6 +335,35 @@ int main(int argc, char** argv) {
     std::printf("32 streams, 1 adapter:   %8.1f tokens/s\n", t1);
     std::printf("32 streams, %d adapters: %8.1f tokens/s  ratio %.3f (goal >= 0.9)\n", n_adapters,
                 tn, tn / t1);
+  }
+  if (const int clients = absl::GetFlag(FLAGS_sustained_clients); clients > 0) {
+    // Requests join and leave between steps, so most steps mix prompt
+    // chunks with one-token decodes: ragged steps compute the real tokens,
+    // padded ones rows x the longest chunk.
+    auto padded = serving::Engine::Create(*std::move(padded_decoder), eo);
+    if (!padded.ok()) Die(padded.status());
+    const int per = absl::GetFlag(FLAGS_sustained_requests);
+    RunSustained(**padded, clients, 1, cfg.vocab_size);  // warm-up (its caches)
+    std::printf("sustained: %d clients x %d requests, prompts 16-192 and answers 16-128 tokens\n",
+                clients, per);
+    for (int round = 0; round < absl::GetFlag(FLAGS_sustained_rounds); ++round) {
+      double tps[2] = {0, 0};
+      for (int ragged = 1; ragged >= 0; --ragged) {
+        serving::Engine& e = ragged ? **engine : **padded;
+        const serving::EngineStats before = e.stats();
+        SustainedResult r = RunSustained(e, clients, per, cfg.vocab_size);
+        const serving::EngineStats after = e.stats();
+        tps[ragged] = r.tokens / r.seconds;
+        std::printf("  %-7s %8.1f tokens/s out (%7.1f in)  TTFT p50 %7.1f ms  p99 %7.1f ms  "
+                    "steps %lld  forward %.2f s of %.2f s\n",
+                    e.decoder().RaggedExtend() ? "ragged" : "padded", tps[ragged],
+                    r.prompt_tokens / r.seconds, Percentile(r.ttft, 0.5) * 1e3,
+                    Percentile(r.ttft, 0.99) * 1e3, static_cast<long long>(after.steps - before.steps),
+                    after.forward_seconds - before.forward_seconds, r.seconds);
+      }
+      std::printf("  round %d: ragged / padded %.2fx\n", round + 1, tps[1] / tps[0]);
+    }
+    padded->reset();
   }
   std::printf("%-52s %10.2f\n", "adapter load from disk (ms each, mean)", load_s / n_adapters * 1e3);
 #ifdef TUNEFLEET_BENCH_FILTERS

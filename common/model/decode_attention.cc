@@ -74,14 +74,21 @@ TF_AVX2 void OneHead(const float* q, const float* k, const float* v, int64_t str
 
 void EnableDecodeAttention(bool on) { g_enabled.store(on); }
 
+bool DecodeAttentionAvailable() {
+  return g_enabled.load(std::memory_order_relaxed) && internal::HaveAvx2Fma();
+}
+
 std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& positions,
-                                          std::optional<int64_t> window) {
-  if (!g_enabled.load(std::memory_order_relaxed) || !internal::HaveAvx2Fma()) return std::nullopt;
+                                          std::optional<int64_t> window, const at::Tensor& rows) {
+  if (!DecodeAttentionAvailable()) return std::nullopt;
   if (q.dim() != 4 || k.dim() != 4 || v.sizes() != k.sizes() || q.size(2) != 1) return std::nullopt;
   const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
   const int64_t cap = k.size(1), KV = k.size(2);
-  if (k.size(0) != B || k.size(3) != D || KV == 0 || H % KV != 0) return std::nullopt;
+  const int64_t R = k.size(0);
+  if ((rows.defined() ? rows.numel() != B : R != B) || k.size(3) != D || KV == 0 || H % KV != 0) {
+    return std::nullopt;
+  }
   for (const at::Tensor* t : {&q, &k, &v}) {
     if (!t->device().is_cpu() || t->scalar_type() != at::kFloat) return std::nullopt;
   }
@@ -96,6 +103,16 @@ std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor&
   for (int64_t b = 0; b < B; ++b) {
     if (pp[b] < 0 || pp[b] >= cap) return std::nullopt;
   }
+  at::Tensor row_of;
+  if (rows.defined()) {
+    if (!rows.device().is_cpu() || rows.scalar_type() != at::kLong) return std::nullopt;
+    row_of = rows.contiguous();
+    const int64_t* rp = row_of.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      if (rp[b] < 0 || rp[b] >= R) return std::nullopt;
+    }
+  }
+  const int64_t* rp = row_of.defined() ? row_of.data_ptr<int64_t>() : nullptr;
   at::Tensor out = at::empty({B, 1, H * D}, q.options());
 #if defined(__x86_64__)
   const float* qp = qc.data_ptr<float>();
@@ -110,7 +127,7 @@ std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor&
       const int64_t b = i / H, h = i % H, kvh = h / group;
       const int64_t hi = pp[b];
       const int64_t lo = window ? std::max<int64_t>(0, hi - *window + 1) : 0;
-      const int64_t base = b * cap * stride + kvh * D;
+      const int64_t base = (rp ? rp[b] : b) * cap * stride + kvh * D;
       OneHead(qp + i * D, kp + base, vp + base, stride, lo, hi, D, scale, scores, op + i * D);
     }
   });

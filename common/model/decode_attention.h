@@ -19,15 +19,23 @@
 namespace tunefleet::model {
 
 // softmax(q·kᵀ/√D)·v for q [B,H,1,D] against keys and values k/v
-// [B,capacity,KV,D] (the cache layout; H a multiple of KV), the query of row
+// [R,capacity,KV,D] (the cache layout; H a multiple of KV), the query of row
 // b at position positions[b] (int64 [B,1] on the CPU, the slot its own key
 // was written to) seeing the keys at slots (positions[b] - window,
-// positions[b]]. Returns [B,1,H·D]; std::nullopt (the caller runs the
-// general path) unless everything is fp32 on the CPU with AVX2+FMA and
-// autograd off.
+// positions[b]] of cache row rows[b] (int64 [B] on the CPU; undefined: row b,
+// and then R == B). With `rows`, several queries may read one cache row: the
+// tokens of a chunk, each at its own position, after the chunk's keys and
+// values were written (a ragged step, Decoder::ExtendRows). Returns
+// [B,1,H·D]; std::nullopt (the caller runs the general path) unless
+// everything is fp32 on the CPU with AVX2+FMA and autograd off.
 std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& positions,
-                                          std::optional<int64_t> window);
+                                          std::optional<int64_t> window,
+                                          const at::Tensor& rows = at::Tensor());
+
+// Whether DecodeAttention can run here (enabled, AVX2+FMA): its other
+// conditions are the caller's to meet.
+bool DecodeAttentionAvailable();
 
 // On by default; benchmarks turn it off to measure the general path.
 void EnableDecodeAttention(bool on);

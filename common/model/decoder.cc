@@ -356,7 +356,8 @@ at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at:
 at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& positions,
                          int64_t max_position, const at::Tensor& keep,
                          const AdapterGroups& adapters, bool training, KvCache* cache,
-                         bool checkpoint, internal::AttentionSegments segments) const {
+                         bool checkpoint, internal::AttentionSegments segments,
+                         const at::Tensor& cache_rows) const {
   const ModelConfig& c = config_;
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   at::Tensor h = at::embedding(embed_, input_ids);
@@ -366,7 +367,14 @@ at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& position
     in.segments.gather = in.segments.gather.to(options_.device);
     in.segments.scatter = in.segments.scatter.to(options_.device);
   }
-  if (cache != nullptr) {
+  if (cache != nullptr && cache_rows.defined()) {
+    // Ragged: positions are the cache slots; the keys of a row reach its
+    // furthest new token.
+    in.cache_rows = cache_rows;
+    in.rows = cache_rows.view({B, 1});
+    in.cols = positions;
+    in.span = max_position + 1;
+  } else if (cache != nullptr) {
     at::Tensor lens = at::tensor(cache->lengths_, at::kLong).to(options_.device);
     in.rows = at::arange(B, lens.options()).view({B, 1}).expand({B, T});
     in.cols = lens.view({B, 1}) + at::arange(T, lens.options()).view({1, T});
@@ -407,14 +415,24 @@ at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
   if (cache != nullptr) {
     cache->k_[i].index_put_({in.rows, in.cols}, k.transpose(1, 2));
     cache->v_[i].index_put_({in.rows, in.cols}, v.transpose(1, 2));
-    // A decode step: each row's query against its own cached keys, in place.
+    // A decode step: each row's query against its own cached keys, in place
+    // (ragged: against the keys of its cache row).
     if (T == 1) {
-      if (auto a = DecodeAttention(q, cache->k_[i], cache->v_[i], in.cols, c.sliding_window)) {
+      if (auto a = DecodeAttention(q, cache->k_[i], cache->v_[i], in.cols, c.sliding_window,
+                                   in.cache_rows)) {
         attn = *std::move(a);
       }
     }
-    k = cache->k_[i].narrow(1, 0, in.span).transpose(1, 2);
-    v = cache->v_[i].narrow(1, 0, in.span).transpose(1, 2);
+    if (!attn.defined()) {
+      at::Tensor ck = cache->k_[i], cv = cache->v_[i];
+      if (in.cache_rows.defined()) {
+        const at::Tensor r = in.cache_rows.to(ck.device());
+        ck = ck.narrow(1, 0, in.span).index_select(0, r);
+        cv = cv.narrow(1, 0, in.span).index_select(0, r);
+      }
+      k = ck.narrow(1, 0, in.span).transpose(1, 2);
+      v = cv.narrow(1, 0, in.span).transpose(1, 2);
+    }
   }
   if (H != KV && !attn.defined()) {
     const int64_t S = k.size(2);
@@ -589,6 +607,28 @@ absl::StatusOr<KvCache> Decoder::NewCache(int64_t batch, int64_t capacity) const
   });
 }
 
+absl::Status KvCache::CopyRow(const KvCache& from, int64_t from_row, int64_t to_row) {
+  if (from_row < 0 || from_row >= from.batch_size() || to_row < 0 || to_row >= batch_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("KvCache::CopyRow: row ", from_row, " of ",
+                                                   from.batch_size(), " to row ", to_row, " of ",
+                                                   batch_size()));
+  }
+  const int64_t n = from.lengths_[static_cast<size_t>(from_row)];
+  if (n > capacity_ || from.k_.size() != k_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("KvCache::CopyRow: ", n, " tokens into capacity ",
+                                                   capacity_, ", ", from.k_.size(), " layers into ",
+                                                   k_.size()));
+  }
+  return internal::CatchTorch("KvCache::CopyRow", [&]() -> absl::Status {
+    for (size_t l = 0; l < k_.size() && n > 0; ++l) {
+      k_[l][to_row].narrow(0, 0, n).copy_(from.k_[l][from_row].narrow(0, 0, n));
+      v_[l][to_row].narrow(0, 0, n).copy_(from.v_[l][from_row].narrow(0, 0, n));
+    }
+    lengths_[static_cast<size_t>(to_row)] = n;
+    return absl::OkStatus();
+  });
+}
+
 absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& input_ids,
                                            const std::vector<int64_t>& chunk_lengths,
                                            const AdapterChoice& adapter, bool all_logits) const {
@@ -637,6 +677,91 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
     for (size_t b = 0; b < chunk.size(); ++b) last[b] = std::max<int64_t>(chunk[b] - 1, 0);
     at::Tensor last_idx = at::tensor(last, at::kLong).to(dev);
     at::Tensor hl = h.index({at::arange(B, ids.options()), last_idx});  // [B,hidden]
+    return LinearOp(hl, lm_head_, at::Tensor()).to(at::kFloat);
+  });
+}
+
+bool Decoder::RaggedExtend() const {
+  return options_.ragged_extend && options_.device.is_cpu() && options_.dtype == at::kFloat &&
+         DecodeAttentionAvailable();
+}
+
+absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector<int64_t>& ids,
+                                               const std::vector<int64_t>& chunk_lengths,
+                                               const AdapterChoice& adapter) const {
+  const int64_t B = cache.batch_size();
+  if (static_cast<int64_t>(chunk_lengths.size()) != B) {
+    return absl::InvalidArgumentError(absl::StrCat("ExtendRows: ", chunk_lengths.size(),
+                                                   " chunk lengths for ", B, " rows"));
+  }
+  int64_t N = 0, longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = chunk_lengths[b];
+    if (n < 0) return absl::InvalidArgumentError(absl::StrCat("ExtendRows: chunk_lengths[", b, "] < 0"));
+    N += n;
+    longest = std::max(longest, n);
+  }
+  if (static_cast<int64_t>(ids.size()) != N || N == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ExtendRows: ", ids.size(), " ids for ", N,
+                                                   " tokens in the chunks (at least 1)"));
+  }
+  bool room_for_padding = true;
+  for (int64_t b = 0; b < B; ++b) room_for_padding &= cache.lengths_[b] + longest <= cache.capacity_;
+  // Padded when there is no kernel for the ragged attention, or when padding
+  // costs little (under a quarter of the step): a prompt's tokens then meet
+  // in one matrix product per head rather than one dot product per key.
+  if (!RaggedExtend() || (N * 4 > B * longest * 3 && room_for_padding)) {
+    std::vector<int64_t> padded(static_cast<size_t>(B * longest), 0);
+    for (int64_t b = 0, at = 0; b < B; at += chunk_lengths[b], ++b) {
+      std::copy(ids.begin() + at, ids.begin() + at + chunk_lengths[b], padded.begin() + b * longest);
+    }
+    return Extend(cache, at::from_blob(padded.data(), {B, longest}, at::kLong).clone(),
+                  chunk_lengths, adapter);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    if (cache.lengths_[b] + chunk_lengths[b] > cache.capacity_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("ExtendRows: row ", b, " holds ", cache.lengths_[b], " tokens; ",
+                       chunk_lengths[b], " more exceed the cache capacity ", cache.capacity_));
+    }
+  }
+  // Token n of the step is row n of a [N,1] batch: its cache row, its slot,
+  // its row's adapter.
+  std::vector<int64_t> rows(static_cast<size_t>(N)), slots(static_cast<size_t>(N));
+  std::vector<int64_t> last(static_cast<size_t>(B), 0);
+  AdapterChoice per_token;
+  per_token.all = adapter.all;
+  if (!adapter.rows.empty()) {
+    if (static_cast<int64_t>(adapter.rows.size()) != B) {
+      return absl::InvalidArgumentError(absl::StrCat("per-row adapters: ", adapter.rows.size(),
+                                                     " given for ", B, " rows"));
+    }
+    per_token.rows.resize(static_cast<size_t>(N));
+  }
+  int64_t max_position = 0;
+  for (int64_t b = 0, n = 0; b < B; ++b) {
+    for (int64_t j = 0; j < chunk_lengths[b]; ++j, ++n) {
+      rows[n] = b;
+      slots[n] = cache.lengths_[b] + j;
+      if (!adapter.rows.empty()) per_token.rows[n] = adapter.rows[b];
+      max_position = std::max(max_position, slots[n]);
+    }
+    if (chunk_lengths[b] > 0) last[b] = n - 1;
+  }
+  return internal::CatchTorch("Decoder::ExtendRows", [&]() -> absl::StatusOr<at::Tensor> {
+    at::NoGradGuard no_grad;
+    at::Tensor input = at::from_blob(const_cast<int64_t*>(ids.data()), {N, 1}, at::kLong);
+    TF_RETURN_IF_ERROR(CheckIds(input, "ExtendRows"));
+    at::Tensor positions = at::from_blob(slots.data(), {N, 1}, at::kLong).clone();
+    at::Tensor cache_rows = at::from_blob(rows.data(), {N}, at::kLong).clone();
+    // Each query sees its row's keys up to its own slot; the chunk's keys are
+    // written before any attention reads them.
+    at::Tensor keep = CausalKeep(positions, max_position + 1, config_.sliding_window);
+    TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(per_token, N));
+    at::Tensor h = Body(input, positions, max_position, keep, adapters, false, &cache, false, {},
+                        cache_rows);
+    for (int64_t b = 0; b < B; ++b) cache.lengths_[b] += chunk_lengths[b];
+    at::Tensor hl = h.view({N, -1}).index_select(0, at::from_blob(last.data(), {B}, at::kLong));
     return LinearOp(hl, lm_head_, at::Tensor()).to(at::kFloat);
   });
 }

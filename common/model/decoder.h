@@ -59,6 +59,9 @@ struct DecoderOptions {
   // this dtype on the CPU are used in place, straight from the mapping.
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
+  // ExtendRows computes only the real tokens where it can (RaggedExtend);
+  // false: it always pads (benchmarks measure both).
+  bool ragged_extend = true;
 };
 
 // Which LoRA adapter a forward applies: none, one for every row, or one per
@@ -106,6 +109,11 @@ class KvCache {
   // Empties one row for a new sequence (continuous batching: a finished
   // request's row takes the next prompt while the others keep decoding).
   void ResetRow(int64_t row) { lengths_.at(static_cast<size_t>(row)) = 0; }
+  // Copies row `from_row` of `from` (its cached tokens only) into row
+  // `to_row` of this cache, so that a batch can move to a cache of another
+  // size without computing its rows again. Both caches come from the same
+  // Decoder; `from`'s row must fit this capacity.
+  absl::Status CopyRow(const KvCache& from, int64_t from_row, int64_t to_row);
 
  private:
   friend class Decoder;
@@ -169,6 +177,21 @@ class Decoder {
                                     const std::vector<int64_t>& chunk_lengths = {},
                                     const AdapterChoice& adapter = {},
                                     bool all_logits = false) const;
+
+  // Appends each row's new tokens, given back to back without padding:
+  // `ids` holds chunk_lengths[0] tokens of row 0, then row 1's, ... (0: the
+  // row sits out). Returns fp32 logits [B,vocab] after each row's last new
+  // token (rows with none: garbage). Where RaggedExtend() holds, only the
+  // real tokens are computed (a step mixing one prompt's chunk with many
+  // one-token decodes costs their sum, not rows x the longest chunk) and a
+  // row needs room for its own chunk only; elsewhere the rows are padded to
+  // the longest chunk and run through Extend (each row needs room for that).
+  absl::StatusOr<at::Tensor> ExtendRows(KvCache& cache, const std::vector<int64_t>& ids,
+                                        const std::vector<int64_t>& chunk_lengths,
+                                        const AdapterChoice& adapter = {}) const;
+  // Whether ExtendRows computes only the real tokens: fp32 on the CPU with
+  // the AVX2 attention kernel (decode_attention.h).
+  bool RaggedExtend() const;
 
   // Adds (or subtracts) scaling·B·A into the adapted base weights, so that a
   // forward without the adapter equals one with it. Not thread-safe; tensors
@@ -236,7 +259,8 @@ class Decoder {
   // `segments`, when not empty, replaces `keep` (see LayerInputs).
   at::Tensor Body(const at::Tensor& input_ids, const at::Tensor& positions, int64_t max_position,
                   const at::Tensor& keep, const AdapterGroups& adapters, bool training,
-                  KvCache* cache, bool checkpoint, internal::AttentionSegments segments = {}) const;
+                  KvCache* cache, bool checkpoint, internal::AttentionSegments segments = {},
+                  const at::Tensor& cache_rows = at::Tensor()) const;
   // What every layer of one forward shares.
   struct LayerInputs {
     at::Tensor cos, sin;  // rotary [B,1,T,R]
@@ -244,6 +268,9 @@ class Decoder {
     internal::AttentionSegments segments;  // when not empty, replaces `keep`
     at::Tensor rows, cols;  // cache write positions [B,T] when extending
     int64_t span = 0;       // keys per row when extending
+    // A ragged extend (ExtendRows): one token per row of h, each the next
+    // token of cache row cache_rows[b] ([B] int64 on the CPU; T = 1).
+    at::Tensor cache_rows;
   };
   // One decoder layer: h [B,T,hidden] -> h.
   at::Tensor DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,

@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "common/model/decode_attention.h"
 #include "common/model/decoder_internal.h"
 #include "tests/model/model_test_util.h"
 #include "tests/testing/status_matchers.h"
@@ -188,6 +189,68 @@ TEST_P(DecoderTest, ContinuousBatchingReusesARow) {
   EXPECT_LE(MaxAbsDiff(logits[0], Full({1, 2, 3, 4, 9})[4]), kTol);
   EXPECT_LE(MaxAbsDiff(logits[1], Full({40, 41, 42})[2]), kTol);
   EXPECT_EQ(cache.lengths(), (std::vector<int64_t>{5, 3}));
+}
+
+TEST_P(DecoderTest, ExtendRowsFeedsEachRowItsOwnChunk) {
+  // Row 0 decodes one token, row 1 sits out, row 2 reads six more tokens of
+  // its prompt and row 3 starts one: with the AVX2 kernel (ragged, only the
+  // real tokens computed) and without it (padded), each row's logits are
+  // those of its whole sequence.
+  for (bool kernel : {true, false}) {
+    SCOPED_TRACE(kernel ? "kernel on" : "kernel off");
+    EnableDecodeAttention(kernel);
+    EXPECT_EQ(decoder_->RaggedExtend(), kernel && DecodeAttentionAvailable());
+    TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(4, 16));
+    TF_ASSERT_OK_AND_ASSIGN(at::Tensor first,
+                            decoder_->ExtendRows(cache, {5, 6, 7, 8, 20, 21, 30, 31, 32}, {4, 2, 3, 0}));
+    EXPECT_LE(MaxAbsDiff(first[1], Full({20, 21})[1]), kTol);
+    TF_ASSERT_OK_AND_ASSIGN(
+        at::Tensor logits,
+        decoder_->ExtendRows(cache, {9, 33, 34, 35, 36, 37, 38, 40, 41, 42}, {1, 0, 6, 3}));
+    EXPECT_LE(MaxAbsDiff(logits[0], Full({5, 6, 7, 8, 9})[4]), kTol);
+    EXPECT_LE(MaxAbsDiff(logits[2], Full({30, 31, 32, 33, 34, 35, 36, 37, 38})[8]), kTol);
+    EXPECT_LE(MaxAbsDiff(logits[3], Full({40, 41, 42})[2]), kTol);
+    EXPECT_EQ(cache.lengths(), (std::vector<int64_t>{5, 2, 9, 3}));
+    // Row 2 one token short of the capacity: a ragged step needs room for
+    // each row's own chunk only, a padded one for the longest chunk in every row.
+    TF_ASSERT_OK(decoder_->ExtendRows(cache, {1, 2, 3, 4, 5, 6, 50}, {0, 0, 6, 1}).status());
+    absl::StatusOr<at::Tensor> near_full = decoder_->ExtendRows(cache, {9, 7, 1, 2, 3, 4}, {1, 0, 1, 4});
+    if (decoder_->RaggedExtend()) {
+      TF_ASSERT_OK(near_full.status());
+      EXPECT_EQ(cache.lengths(), (std::vector<int64_t>{6, 2, 16, 8}));
+      EXPECT_THAT(decoder_->ExtendRows(cache, {1, 2}, {0, 1, 1, 0}),
+                  StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("row 2")));
+    } else {
+      EXPECT_THAT(near_full, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("row 2")));
+    }
+  }
+  EnableDecodeAttention(true);
+  TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(2, 8));
+  EXPECT_THAT(decoder_->ExtendRows(cache, {1}, {1}), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(decoder_->ExtendRows(cache, {1}, {1, 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("2 tokens")));
+  EXPECT_THAT(decoder_->ExtendRows(cache, {}, {0, 0}), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_P(DecoderTest, ARowCopiedToALargerCacheDecodesOn) {
+  // Two rows of different lengths move to rows 2 and 0 of a cache with four
+  // (a batch that grows) and decode on as if they had never moved.
+  TF_ASSERT_OK_AND_ASSIGN(KvCache small, decoder_->NewCache(2, 16));
+  at::Tensor first = at::tensor({1, 2, 3, 4, 5, 6, 7, 0}, at::kLong).view({2, 4});
+  TF_ASSERT_OK(decoder_->Extend(small, first, {4, 3}).status());
+  TF_ASSERT_OK_AND_ASSIGN(KvCache big, decoder_->NewCache(4, 16));
+  TF_ASSERT_OK(big.CopyRow(small, 0, 2));
+  TF_ASSERT_OK(big.CopyRow(small, 1, 0));
+  EXPECT_EQ(big.lengths(), (std::vector<int64_t>{3, 0, 4, 0}));
+  at::Tensor step = at::tensor({9, 0, 8, 0}, at::kLong).view({4, 1});
+  TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, decoder_->Extend(big, step, {1, 0, 1, 0}));
+  EXPECT_LE(MaxAbsDiff(logits[2], Full({1, 2, 3, 4, 8})[4]), kTol);
+  EXPECT_LE(MaxAbsDiff(logits[0], Full({5, 6, 7, 9})[3]), kTol);
+  // Rows out of range, and a row longer than the destination's capacity.
+  EXPECT_THAT(big.CopyRow(small, 2, 0), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(big.CopyRow(small, 0, 4), StatusIs(absl::StatusCode::kInvalidArgument));
+  TF_ASSERT_OK_AND_ASSIGN(KvCache tiny, decoder_->NewCache(1, 2));
+  EXPECT_THAT(tiny.CopyRow(small, 0, 0), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_P(DecoderTest, BadInputsAreErrors) {

@@ -246,30 +246,47 @@ absl::StatusOr<model::KvCache> Engine::TakeCache(int64_t rows) {
 }
 
 absl::Status Engine::Resize(int64_t rows) {
-  // Running requests move to the first rows and are prefilled again.
+  // Running requests move to the first rows with their cached tokens copied
+  // into the new cache; only when the two caches cannot be held together
+  // are they computed again (prefilled from the start).
   std::vector<std::unique_ptr<Request>> running;
-  for (auto& r : rows_) {
-    if (r) running.push_back(std::move(r));
+  std::vector<int64_t> from;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    if (!rows_[i]) continue;
+    running.push_back(std::move(rows_[i]));
+    from.push_back(static_cast<int64_t>(i));
   }
   rows_.clear();
-  if (cache_.batch_size() > 0) kept_.push_back(std::move(cache_));
+  model::KvCache old = std::move(cache_);
   cache_ = model::KvCache();
   auto cache = TakeCache(rows);
+  int64_t recomputed = 0;
+  if (!cache.ok() && old.batch_size() > 0 && IsOutOfMemory(cache.status())) {
+    old = model::KvCache();
+    cache = TakeCache(rows);
+  }
   if (!cache.ok()) {
     for (auto& r : running) FinishQueued(*r, EngineFinish::kError, cache.status());
     return cache.status();
   }
   cache_ = *std::move(cache);
-  // The old cache is kept only while everything fits the budget.
-  while (!kept_.empty() && HeldBytes() > options_.kv_cache_bytes) kept_.erase(kept_.begin());
   rows_.resize(static_cast<size_t>(rows));
   for (size_t i = 0; i < running.size(); ++i) {
-    running[i]->cached = 0;
+    const int64_t to = static_cast<int64_t>(i);
+    if (old.batch_size() == 0 || !cache_.CopyRow(old, from[i], to).ok()) {
+      cache_.ResetRow(to);
+      running[i]->cached = 0;
+      ++recomputed;
+    }
     rows_[i] = std::move(running[i]);
   }
+  // The old cache is kept only while everything fits the budget.
+  if (old.batch_size() > 0) kept_.push_back(std::move(old));
+  while (!kept_.empty() && HeldBytes() > options_.kv_cache_bytes) kept_.erase(kept_.begin());
   std::lock_guard<std::mutex> lock(mu_);
   stats_.cache_rows = rows;
   stats_.kv_bytes_held = HeldBytes();
+  stats_.rows_recomputed += recomputed;
   ++stats_.resizes;
   return absl::OkStatus();
 }
@@ -390,42 +407,69 @@ absl::Status Engine::Step() {
       Finish(i, EngineFinish::kDeadline, absl::DeadlineExceededError("the request's deadline passed"));
     }
   }
-  // The chunk: every row feeds its pending tokens (1 when decoding), all
-  // rows padded to the longest chunk, within the step budget and the room
-  // every row has left in the cache (Extend needs it for the padded width).
-  int64_t T = std::max<int64_t>(1, budget_ / B);
+  // The chunk: every row feeds its pending tokens (1 when decoding) within
+  // the step's token budget. Where the decoder runs ragged steps (only the
+  // real tokens computed), every running row feeds one token and the rows
+  // still reading their prompts share what is left of the budget, the
+  // earliest admitted first; elsewhere the rows are padded to the longest
+  // chunk, so the budget bounds rows x chunk (and every row needs room in
+  // the cache for the padded width).
+  const bool ragged = decoder_.RaggedExtend();
+  std::vector<int64_t> chunk(static_cast<size_t>(B), 0);
+  std::vector<int64_t> pending(static_cast<size_t>(B), 0);
   int64_t longest = 0;
   for (size_t i = 0; i < rows_.size(); ++i) {
-    T = std::min(T, context_ - cache_.lengths()[i]);
-    if (rows_[i]) {
-      longest = std::max(longest, static_cast<int64_t>(rows_[i]->tokens.size()) - rows_[i]->cached);
-    }
+    if (!rows_[i]) continue;
+    pending[i] = static_cast<int64_t>(rows_[i]->tokens.size()) - rows_[i]->cached;
+    longest = std::max(longest, pending[i]);
   }
   if (longest == 0) return CountStep(0, 0);
-  T = std::max<int64_t>(1, std::min(T, longest));
-  last_chunk_ = T;
-  std::vector<int64_t> ids(static_cast<size_t>(B * T), 0);
-  std::vector<int64_t> chunk(static_cast<size_t>(B), 0);
+  int64_t step_tokens = 0;
+  if (ragged) {
+    std::vector<size_t> prefilling;
+    for (size_t i = 0; i < rows_.size(); ++i) {
+      chunk[i] = std::min<int64_t>(pending[i], 1);
+      step_tokens += chunk[i];
+      if (pending[i] > 1) prefilling.push_back(i);
+    }
+    std::stable_sort(prefilling.begin(), prefilling.end(), [&](size_t a, size_t b) {
+      return rows_[a]->started < rows_[b]->started;
+    });
+    for (size_t i : prefilling) {
+      const int64_t room = context_ - cache_.lengths()[i];
+      const int64_t more = std::min({pending[i], room, chunk[i] + budget_ - step_tokens}) - chunk[i];
+      if (more <= 0) continue;
+      chunk[i] += more;
+      step_tokens += more;
+    }
+    last_chunk_ = *std::max_element(chunk.begin(), chunk.end());
+  } else {
+    int64_t T = std::max<int64_t>(1, budget_ / B);
+    for (size_t i = 0; i < rows_.size(); ++i) T = std::min(T, context_ - cache_.lengths()[i]);
+    T = std::max<int64_t>(1, std::min(T, longest));
+    for (size_t i = 0; i < rows_.size(); ++i) chunk[i] = std::min(pending[i], T);
+    last_chunk_ = T;
+    step_tokens = B * T;
+  }
+  last_step_tokens_ = step_tokens;
+  std::vector<int64_t> ids;
+  ids.reserve(static_cast<size_t>(step_tokens));
   std::vector<const model::LoraAdapter*> adapters(static_cast<size_t>(B), nullptr);
   bool any_adapter = false;
   int64_t prompt_fed = 0;
   for (size_t i = 0; i < rows_.size(); ++i) {
     Request* r = rows_[i].get();
     if (!r) continue;
-    const int64_t pending = static_cast<int64_t>(r->tokens.size()) - r->cached;
-    chunk[i] = std::min(pending, T);
-    std::copy(r->tokens.begin() + r->cached, r->tokens.begin() + r->cached + chunk[i],
-              ids.begin() + static_cast<int64_t>(i) * T);
+    ids.insert(ids.end(), r->tokens.begin() + r->cached, r->tokens.begin() + r->cached + chunk[i]);
     if (r->cached < r->prompt_tokens) prompt_fed += std::min(chunk[i], r->prompt_tokens - r->cached);
     if (r->req.adapter) {
       adapters[i] = &r->req.adapter->lora;
       any_adapter = true;
     }
   }
-  at::Tensor input = at::from_blob(ids.data(), {B, T}, at::kLong);
   model::AdapterChoice choice;
   if (any_adapter) choice = model::AdapterChoice(adapters);
-  auto logits = decoder_.Extend(cache_, input, chunk, choice);
+  auto logits = decoder_.ExtendRows(cache_, ids, chunk, choice);
   if (!logits.ok()) return logits.status();
   at::Tensor cpu = logits->to(at::kCPU).contiguous();
   const float* data = cpu.data_ptr<float>();
@@ -496,7 +540,7 @@ bool Engine::ShrinkAfterOom() {
   }
   if (last_chunk_ > 1) {
     // Smaller chunks first: the rows keep their places and their caches.
-    budget_ = std::max<int64_t>(1, std::min(budget_, last_chunk_ * static_cast<int64_t>(rows_.size())) / 2);
+    budget_ = std::max<int64_t>(1, std::min(budget_, last_step_tokens_) / 2);
   } else if (running.size() > 1) {
     // Every row fed one token: fewer rows. The later half waits in front of
     // the queue and is prefilled again from its tokens when it comes back.

@@ -54,8 +54,10 @@ struct EngineOptions {
   int64_t kv_cache_bytes = int64_t{4} << 30;
   // Tokens per row (prompt + completion); 0: the model's max_position_embeddings.
   int64_t max_context = 0;
-  // Padded tokens (rows x chunk) one step may compute: bounds how much a long
-  // prefill delays the other rows' next token.
+  // Tokens one step may compute: bounds how much a long prefill delays the
+  // other rows' next token. Where the decoder runs ragged steps
+  // (Decoder::RaggedExtend: fp32 on a CPU with AVX2) these are the real
+  // tokens; elsewhere rows x the longest chunk, padding included.
   int64_t step_token_budget = 2048;
   // Requests waiting for a row before Submit refuses new ones.
   int64_t max_queue = 1024;
@@ -132,6 +134,10 @@ struct EngineStats {
   // Of the resizes, those that allocated a cache (the others took a kept
   // one), and the bytes held by the current and the kept caches.
   int64_t cache_allocations = 0;
+  // Running rows whose cached tokens were computed again at a resize rather
+  // than copied to the new cache (only when the old and the new cache could
+  // not be held together: while copying, both are).
+  int64_t rows_recomputed = 0;
   int64_t kv_bytes_held = 0;
   int64_t completed = 0;
   int64_t tokens_generated = 0;
@@ -230,7 +236,8 @@ class Engine {
   std::vector<model::KvCache> kept_;  // earlier caches, oldest first, for reuse
   int64_t budget_ = 0;      // the step token budget now
   int64_t row_cap_ = 0;     // the rows admitted now
-  int64_t last_chunk_ = 0;  // tokens a row fed in the last step (T)
+  int64_t last_chunk_ = 0;  // the most tokens a row fed in the last step
+  int64_t last_step_tokens_ = 0;  // tokens the last step computed (padded ones too)
   int64_t steps_since_oom_ = 0;
   double forward_seconds_ = 0, sample_seconds_ = 0, resize_seconds_ = 0;  // EngineStats
 
