@@ -340,15 +340,27 @@ at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at:
     const LoraAdapter::Module& m = adapters.all->module(index, p);
     if (m.defined()) y = y + LoraDelta(*adapters.all, m, x, training).to(y.scalar_type());
   }
+  bool gathered = false;
   if (!training && adapters.gather_rows.defined()) {
     at::Tensor delta = GatheredLoraDelta(index, p, x, adapters);
-    if (delta.defined()) return y.index_add(0, adapters.gather_rows, delta.to(y.scalar_type()));
+    if (delta.defined()) {
+      y = y.index_add(0, adapters.gather_rows, delta.to(y.scalar_type()));
+      gathered = true;
+    }
   }
   for (const auto& [adapter, rows] : adapters.groups) {
+    if (gathered) break;
     const LoraAdapter::Module& m = adapter->module(index, p);
     if (!m.defined()) continue;
     at::Tensor delta = LoraDelta(*adapter, m, x.index_select(0, rows), training);
     y = y.index_add(0, rows, delta.to(y.scalar_type()));
+  }
+  for (const AdapterGroups::Span& s : adapters.spans) {
+    const LoraAdapter::Module& m = s.adapter->module(index, p);
+    if (!m.defined()) continue;
+    // y is this call's own result: the slice is added to in place.
+    y.narrow(0, s.offset, s.length)
+        .add_(LoraDelta(*s.adapter, m, x.narrow(0, s.offset, s.length), training).to(y.scalar_type()));
   }
   return y;
 }
@@ -681,6 +693,31 @@ absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& inp
   });
 }
 
+absl::StatusOr<Decoder::AdapterGroups> Decoder::ResolveRaggedAdapters(
+    const AdapterChoice& choice, const std::vector<int64_t>& chunks, int64_t tokens) const {
+  const int64_t B = static_cast<int64_t>(chunks.size());
+  // Checks every adapter; one adapter (or none) for all rows needs no more.
+  TF_ASSIGN_OR_RETURN(AdapterGroups by_row, ResolveAdapters(choice, B));
+  if (choice.rows.empty() || by_row.all != nullptr) return by_row;
+  std::vector<const LoraAdapter*> singles(static_cast<size_t>(tokens), nullptr);
+  AdapterGroups spans;
+  for (int64_t b = 0, at = 0; b < B; at += chunks[b], ++b) {
+    const LoraAdapter* a = choice.rows[b];
+    if (a == nullptr || chunks[b] == 0) continue;
+    if (chunks[b] == 1) {
+      singles[at] = a;
+    } else {
+      spans.spans.push_back({a, at, chunks[b]});
+    }
+  }
+  AdapterGroups out;
+  if (std::any_of(singles.begin(), singles.end(), [](const LoraAdapter* a) { return a != nullptr; })) {
+    TF_ASSIGN_OR_RETURN(out, ResolveAdapters(AdapterChoice(std::move(singles)), tokens));
+  }
+  out.spans = std::move(spans.spans);
+  return out;
+}
+
 bool Decoder::RaggedExtend() const {
   return options_.ragged_extend && options_.device.is_cpu() && options_.dtype == at::kFloat &&
          DecodeAttentionAvailable();
@@ -725,25 +762,15 @@ absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector
                        chunk_lengths[b], " more exceed the cache capacity ", cache.capacity_));
     }
   }
-  // Token n of the step is row n of a [N,1] batch: its cache row, its slot,
-  // its row's adapter.
+  // Token n of the step is row n of a [N,1] batch: its cache row, its slot
+  // (its row's adapter: ResolveRaggedAdapters).
   std::vector<int64_t> rows(static_cast<size_t>(N)), slots(static_cast<size_t>(N));
   std::vector<int64_t> last(static_cast<size_t>(B), 0);
-  AdapterChoice per_token;
-  per_token.all = adapter.all;
-  if (!adapter.rows.empty()) {
-    if (static_cast<int64_t>(adapter.rows.size()) != B) {
-      return absl::InvalidArgumentError(absl::StrCat("per-row adapters: ", adapter.rows.size(),
-                                                     " given for ", B, " rows"));
-    }
-    per_token.rows.resize(static_cast<size_t>(N));
-  }
   int64_t max_position = 0;
   for (int64_t b = 0, n = 0; b < B; ++b) {
     for (int64_t j = 0; j < chunk_lengths[b]; ++j, ++n) {
       rows[n] = b;
       slots[n] = cache.lengths_[b] + j;
-      if (!adapter.rows.empty()) per_token.rows[n] = adapter.rows[b];
       max_position = std::max(max_position, slots[n]);
     }
     if (chunk_lengths[b] > 0) last[b] = n - 1;
@@ -757,7 +784,7 @@ absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector
     // Each query sees its row's keys up to its own slot; the chunk's keys are
     // written before any attention reads them.
     at::Tensor keep = CausalKeep(positions, max_position + 1, config_.sliding_window);
-    TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveAdapters(per_token, N));
+    TF_ASSIGN_OR_RETURN(AdapterGroups adapters, ResolveRaggedAdapters(adapter, chunk_lengths, N));
     at::Tensor h = Body(input, positions, max_position, keep, adapters, false, &cache, false, {},
                         cache_rows);
     for (int64_t b = 0; b < B; ++b) cache.lengths_[b] += chunk_lengths[b];

@@ -241,7 +241,20 @@ class Decoder {
     std::vector<const LoraAdapter*> gather_adapters;  // per adapter row
     at::Tensor gather_rows;                           // [n] their row indices
     at::Tensor gather_scale;                          // [n, 1, 1] their scaling
+    // Ragged steps (ExtendRows): a row's chunk of several tokens is one span
+    // of consecutive rows of x with one adapter, applied to its slice (no
+    // per-token copies of the adapter's matrices).
+    struct Span {
+      const LoraAdapter* adapter;
+      int64_t offset, length;
+    };
+    std::vector<Span> spans;
   };
+  // The adapters of a ragged step: single-token rows as ResolveAdapters
+  // does for rows, chunks of several tokens as spans.
+  absl::StatusOr<AdapterGroups> ResolveRaggedAdapters(const AdapterChoice& choice,
+                                                      const std::vector<int64_t>& chunks,
+                                                      int64_t tokens) const;
   // One batched pair of matmuls for the gathered rows; undefined when the
   // rows' modules differ in rank or dtype, or one of them lacks `p`.
   at::Tensor GatheredLoraDelta(int64_t index, Proj p, const at::Tensor& x,

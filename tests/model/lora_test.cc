@@ -257,6 +257,54 @@ TEST_P(LoraTest, ManyAdaptersInOneBatchAreGatheredAndEqualEachAlone) {
   }
 }
 
+// A ragged step (ExtendRows) with an adapter per row: rows feeding one
+// token each (three distinct adapters: gathered), rows feeding several (an
+// adapter applied to their slice), a base row, a row sitting out, and an
+// adapter of another rank among the one-token rows (the per-adapter path):
+// each row's logits are its sequence's through its adapter alone.
+TEST_P(LoraTest, RaggedStepsApplyEachRowsAdapter) {
+  LoraAdapter a = Trained(31), b = Trained(32), c = Trained(33);
+  LoraConfig lc;
+  lc.rank = 2;
+  lc.alpha = 8;
+  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter other_rank, LoraAdapter::Create(decoder_->config(), lc, 34));
+  {
+    at::NoGradGuard no_grad;
+    at::manual_seed(34);
+    for (at::Tensor& p : other_rank.Parameters()) p.copy_(at::randn(p.sizes()) * 0.05);
+  }
+  auto alone = [&](const std::vector<int64_t>& seq, const LoraAdapter* adapter) {
+    ForwardOptions o;
+    o.adapter = adapter;
+    auto r = decoder_->Forward(at::tensor(seq, at::kLong).view({1, -1}), o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return (*r)[0][static_cast<int64_t>(seq.size()) - 1];
+  };
+  for (const LoraAdapter* fourth : std::vector<const LoraAdapter*>{&c, &other_rank}) {
+    const std::vector<const LoraAdapter*> rows = {&a, &b, fourth, nullptr, &a, &c};
+    // Prefixes of 3 tokens in rows 0-4 (row 5 starts in the ragged step).
+    std::vector<std::vector<int64_t>> seqs = {{1, 2, 3}, {4, 5, 6}, {7, 8, 9}, {10, 11, 12}, {13, 14, 15}, {}};
+    TF_ASSERT_OK_AND_ASSIGN(KvCache cache, decoder_->NewCache(6, 16));
+    TF_ASSERT_OK(decoder_->ExtendRows(cache, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+                                      {3, 3, 3, 3, 3, 0}, rows)
+                     .status());
+    // One token for rows 0-2, row 3 sits out, five for row 4, four for row 5.
+    const std::vector<std::vector<int64_t>> next = {{20}, {21}, {22}, {}, {23, 24, 25, 26, 27}, {30, 31, 32, 33}};
+    std::vector<int64_t> ids, chunks;
+    for (size_t r = 0; r < next.size(); ++r) {
+      ids.insert(ids.end(), next[r].begin(), next[r].end());
+      chunks.push_back(static_cast<int64_t>(next[r].size()));
+      seqs[r].insert(seqs[r].end(), next[r].begin(), next[r].end());
+    }
+    TF_ASSERT_OK_AND_ASSIGN(at::Tensor logits, decoder_->ExtendRows(cache, ids, chunks, rows));
+    for (size_t r = 0; r < rows.size(); ++r) {
+      if (next[r].empty()) continue;
+      EXPECT_LE(MaxAbsDiff(logits[static_cast<int64_t>(r)], alone(seqs[r], rows[r])), kTol)
+          << "row " << r << (fourth == &c ? "" : " (another rank among them)");
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, LoraTest, ::testing::Values("phi3", "mistral"));
 
 TEST(LoraErrorsTest, BadTargetsAndFiles) {
