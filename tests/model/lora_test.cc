@@ -43,9 +43,9 @@ class LoraTest : public ::testing::TestWithParam<const char*> {
     ids_ = at::tensor({1, 5, 9, 200, 17, 33, 64, 2}, at::kLong).view({1, -1});
   }
   // An adapter whose B is random too, so that it changes the output.
-  LoraAdapter Trained(uint64_t seed) {
+  LoraAdapter Trained(uint64_t seed, int64_t rank = 4) {
     LoraConfig lc;
-    lc.rank = 4;
+    lc.rank = rank;
     lc.alpha = 8;
     auto a = LoraAdapter::Create(decoder_->config(), lc, seed);
     EXPECT_TRUE(a.ok()) << a.status();
@@ -232,15 +232,7 @@ TEST_P(LoraTest, PerRowAdaptersShareABatch) {
 // per-adapter path and is still right.
 TEST_P(LoraTest, ManyAdaptersInOneBatchAreGatheredAndEqualEachAlone) {
   LoraAdapter a = Trained(21), b = Trained(22), c = Trained(23);
-  LoraConfig lc;
-  lc.rank = 2;
-  lc.alpha = 8;
-  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter other_rank, LoraAdapter::Create(decoder_->config(), lc, 24));
-  {
-    at::NoGradGuard no_grad;
-    at::manual_seed(24);
-    for (at::Tensor& p : other_rank.Parameters()) p.copy_(at::randn(p.sizes()) * 0.05);
-  }
+  LoraAdapter other_rank = Trained(24, /*rank=*/2);
   at::Tensor ids = ids_.expand({5, ids_.size(1)}).contiguous();
   for (const LoraAdapter* last : std::vector<const LoraAdapter*>{&a, &other_rank}) {
     const std::vector<const LoraAdapter*> rows = {&a, nullptr, &b, &c, last};
@@ -264,15 +256,7 @@ TEST_P(LoraTest, ManyAdaptersInOneBatchAreGatheredAndEqualEachAlone) {
 // each row's logits are its sequence's through its adapter alone.
 TEST_P(LoraTest, RaggedStepsApplyEachRowsAdapter) {
   LoraAdapter a = Trained(31), b = Trained(32), c = Trained(33);
-  LoraConfig lc;
-  lc.rank = 2;
-  lc.alpha = 8;
-  TF_ASSERT_OK_AND_ASSIGN(LoraAdapter other_rank, LoraAdapter::Create(decoder_->config(), lc, 34));
-  {
-    at::NoGradGuard no_grad;
-    at::manual_seed(34);
-    for (at::Tensor& p : other_rank.Parameters()) p.copy_(at::randn(p.sizes()) * 0.05);
-  }
+  LoraAdapter other_rank = Trained(34, /*rank=*/2);
   auto alone = [&](const std::vector<int64_t>& seq, const LoraAdapter* adapter) {
     ForwardOptions o;
     o.adapter = adapter;
