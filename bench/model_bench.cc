@@ -161,14 +161,15 @@ int main(int argc, char** argv) {
   const int64_t prompt = absl::GetFlag(FLAGS_prompt), steps = absl::GetFlag(FLAGS_decode);
   const int64_t batch = absl::GetFlag(FLAGS_batch);
   at::Tensor ids = (at::arange(batch * prompt, at::kLong) * 7919 % 32000).view({batch, prompt});
-  double prefill_s = 1e30, decode_s = 1e30, gemm_decode_s = 1e30;
-  // Repeats alternate between the decoder as it runs (SmallRowsLinear for
-  // 2-16 rows) and the same decoder with every product through OpenBLAS
-  // (the baseline, when batch > 1), so that both see the same machine.
-  const bool compare = batch > 1 && !cuda;
+  double prefill_s = 1e30, decode_s = 1e30, gemm_prefill_s = 1e30, gemm_decode_s = 1e30;
+  // Repeats alternate between the decoder as it runs (InferenceLinear for
+  // 2 rows and more) and the same decoder with every product through OpenBLAS
+  // (the baseline), so that both see the same machine. With one row only the
+  // prefill differs (a decode step of one row is a GEMV either way).
+  const bool compare = !cuda && tunefleet::model::InferenceLinearMaxRows() > 0;
   for (int r = 0; r < (compare ? 2 * repeats : repeats); ++r) {
     const bool baseline = compare && r % 2 == 1;
-    tunefleet::model::EnableSmallRowsLinear(!baseline);
+    tunefleet::model::EnableInferenceLinear(!baseline);
     auto cache = decoder->NewCache(batch, prompt + steps);
     if (!cache.ok()) Die(cache.status());
     auto t0 = Clock::now();
@@ -184,13 +185,14 @@ int main(int argc, char** argv) {
     Sync(*logits);
     auto t2 = Clock::now();
     if (baseline) {
+      gemm_prefill_s = std::min(gemm_prefill_s, Seconds(t0, t1));
       gemm_decode_s = std::min(gemm_decode_s, Seconds(t1, t2));
       continue;
     }
     prefill_s = std::min(prefill_s, Seconds(t0, t1));
     decode_s = std::min(decode_s, Seconds(t1, t2));
   }
-  tunefleet::model::EnableSmallRowsLinear(true);
+  tunefleet::model::EnableInferenceLinear(true);
   // The floor our decode could reach on this BLAS: one matrix-vector product
   // per weight matrix (the embedding table excluded), nothing else.
   double gemv_s = 1e30;
@@ -245,9 +247,14 @@ int main(int argc, char** argv) {
   std::printf("%-44s %12.3f\n", "decode fraction of the GEMV-only pass",
               decode_steps_per_s * gemv_s);
   if (compare) {
+    std::printf("%-44s %12.1f\n", "prefill tokens/s, OpenBLAS GEMM",
+                static_cast<double>(batch * prompt) / gemm_prefill_s);
+    std::printf("%-44s %12.2f\n", "prefill speed-up of InferenceLinear", gemm_prefill_s / prefill_s);
+  }
+  if (compare && batch > 1) {
     std::printf("%-44s %12.1f\n", "decode tokens/s, OpenBLAS GEMM for every row",
                 static_cast<double>(batch * steps) / gemm_decode_s);
-    std::printf("%-44s %12.2f\n", "decode speed-up of SmallRowsLinear", gemm_decode_s / decode_s);
+    std::printf("%-44s %12.2f\n", "decode speed-up of InferenceLinear", gemm_decode_s / decode_s);
   }
   std::printf("(prompt=%lld decode=%lld batch=%lld, best of %d)\n", static_cast<long long>(prompt),
               static_cast<long long>(steps), static_cast<long long>(batch), repeats);

@@ -190,13 +190,13 @@ at::Tensor SegmentedAttention(const at::Tensor& q, const at::Tensor& k, const at
   return at::cat(out, 0).index_select(0, segments.scatter).view({B, T, H * D});
 }
 
-// x·Wᵀ (+ b). A few rows on the CPU (decode steps) go through
-// SmallRowsLinear, which reads the weights once without OpenBLAS's packing
-// copy; a single row elsewhere (no AVX2, or autograd) through a
-// matrix-vector product: OpenBLAS runs GEMM with one row 3-5x slower than GEMV.
+// x·Wᵀ (+ b). On the CPU without autograd, InferenceLinear's kernels (which
+// read the weights in place, without OpenBLAS's packing copy); a single row
+// elsewhere through a matrix-vector product: OpenBLAS runs GEMM with one row
+// 3-5x slower than GEMV.
 at::Tensor LinearOp(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (x.device().is_cpu()) {
-    if (std::optional<at::Tensor> y = SmallRowsLinear(x, w, b)) return *std::move(y);
+    if (std::optional<at::Tensor> y = InferenceLinear(x, w, b)) return *std::move(y);
   }
   if (x.numel() == x.size(-1) && x.device().is_cpu()) {
     std::vector<int64_t> shape = x.sizes().vec();

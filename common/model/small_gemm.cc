@@ -3,6 +3,10 @@
 #include <ATen/Parallel.h>
 
 #include <atomic>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 
 #if defined(__x86_64__)
@@ -101,7 +105,140 @@ TF_AVX2 void Rows(const float* x, int64_t M, int64_t K, const float* w, int64_t 
   }
 }
 
+
+#define TF_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+// The sum of the 16 lanes, through the AVX2 one (GCC 12's AVX-512 shuffles
+// and extracts trip -Werror=uninitialized in its own headers).
+TF_AVX512 inline float HorizontalSum512(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  return HorizontalSum(_mm256_add_ps(_mm256_load_ps(t), _mm256_load_ps(t + 8)));
+}
+
+// AVX-512, few rows: an R x C tile of y (R weight rows, C input rows) as dot
+// products along K, 16 lanes at a time; the R weight vectors of a step sit in
+// registers while the C input rows pass.
+template <int R, int C>
+TF_AVX512 inline void DotTile(const float* x, int64_t K, const float* w, int64_t N, float* y) {
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  const int64_t K16 = K / 16 * 16;
+  for (int64_t k = 0; k < K16; k += 16) {
+    __m512 xv[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * K + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = _mm512_loadu_ps(w + r * K + k);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  if (K16 < K) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (K - K16)) - 1);
+    __m512 xv[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(mask, x + c * K + K16);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = _mm512_maskz_loadu_ps(mask, w + r * K + K16);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) y[c * N + r] = HorizontalSum512(acc[r][c]);
+}
+
+// Columns [n, n + R) of y[M, N]: the input rows two at a time.
+template <int R>
+TF_AVX512 void DotColumns(const float* x, int64_t M, int64_t K, const float* w, int64_t N,
+                          int64_t n, float* y) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) DotTile<R, 2>(x + m * K, K, w + n * K, N, y + m * N + n);
+  if (m < M) DotTile<R, 1>(x + m * K, K, w + n * K, N, y + m * N + n);
+}
+
+// Output columns [n0, n1) of y[M, N] for M up to kDotRowsMax: 8 weight rows
+// by 2 input rows.
+TF_AVX512 void DotRows(const float* x, int64_t M, int64_t K, const float* w, int64_t N,
+                       int64_t n0, int64_t n1, float* y) {
+  int64_t n = n0;
+  for (; n + 8 <= n1; n += 8) DotColumns<8>(x, M, K, w, N, n, y);
+  for (; n < n1; ++n) DotColumns<1>(x, M, K, w, N, n, y);
+}
+
+// AVX-512, many rows: xt holds a block of up to 64 input rows transposed,
+// xt[k * 16 * MV + m] (rows past the block's end are zero). For MR weight rows
+// at a time, each weight is broadcast and multiplied with 16 input rows per
+// FMA: MR x MV accumulators hold a [MR, 16 * MV] tile of yᵀ, stored into y at
+// the end. The weights are read in place, once per block.
+template <int R, int MV>
+TF_AVX512 void BroadcastColumns(const float* xt, int64_t rows, int64_t K, const float* w,
+                                int64_t N, int64_t n, float* y) {
+  constexpr int MP = 16 * MV;
+  __m512 acc[R][MV];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < MV; ++j) acc[i][j] = _mm512_setzero_ps();
+  const float* wn = w + n * K;
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 xv[MV];
+#pragma GCC unroll 4
+    for (int j = 0; j < MV; ++j) xv[j] = _mm512_load_ps(xt + k * MP + 16 * j);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const __m512 b = _mm512_set1_ps(wn[i * K + k]);
+#pragma GCC unroll 4
+      for (int j = 0; j < MV; ++j) acc[i][j] = _mm512_fmadd_ps(b, xv[j], acc[i][j]);
+    }
+  }
+  alignas(64) float tile[R][MP];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < MV; ++j) _mm512_store_ps(&tile[i][16 * j], acc[i][j]);
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int i = 0; i < R; ++i) y[m * N + n + i] = tile[i][m];
+  }
+}
+
+template <int MR, int MV>
+TF_AVX512 void BroadcastRows(const float* xt, int64_t rows, int64_t K, const float* w, int64_t N,
+                             int64_t n0, int64_t n1, float* y) {
+  int64_t n = n0;
+  for (; n + MR <= n1; n += MR) BroadcastColumns<MR, MV>(xt, rows, K, w, N, n, y);
+  for (; n < n1; ++n) BroadcastColumns<1, MV>(xt, rows, K, w, N, n, y);
+}
+
+// MR x MV accumulators stay at 16-24 of the 32 registers.
+TF_AVX512 void BroadcastBlock(const float* xt, int64_t rows, int64_t K, const float* w, int64_t N,
+                              int64_t n0, int64_t n1, float* y) {
+  switch ((rows + 15) / 16) {
+    case 1: BroadcastRows<16, 1>(xt, rows, K, w, N, n0, n1, y); break;
+    case 2: BroadcastRows<12, 2>(xt, rows, K, w, N, n0, n1, y); break;
+    case 3: BroadcastRows<8, 3>(xt, rows, K, w, N, n0, n1, y); break;
+    default: BroadcastRows<6, 4>(xt, rows, K, w, N, n0, n1, y); break;
+  }
+}
 #endif
+
+// Rows up to which the dot-product kernels run (AVX-512; AVX2 goes no further).
+constexpr int64_t kDotRowsMax = 8;
+constexpr int64_t kAvx2RowsMax = 16;
+// Input rows per transposed block of the broadcast kernel.
+constexpr int64_t kBlockRows = 64;
+// Output columns per unit of work between threads (a multiple of every MR).
+constexpr int64_t kColumnsPerTask = 48;
+
+std::atomic<bool> g_force_avx2{false};
 
 std::atomic<bool> g_enabled{true};
 
@@ -116,9 +253,26 @@ bool internal::HaveAvx2Fma() {
 #endif
 }
 
-void EnableSmallRowsLinear(bool on) { g_enabled.store(on); }
+bool internal::HaveAvx512() {
+#if defined(__x86_64__)
+  // GCC's check includes the OS saving the AVX-512 registers (XCR0).
+  static const bool have = HaveAvx2Fma() && __builtin_cpu_supports("avx512f");
+  return have && !g_force_avx2.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
 
-std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor& w,
+void internal::ForceAvx2ForTesting(bool on) { g_force_avx2.store(on); }
+
+void EnableInferenceLinear(bool on) { g_enabled.store(on); }
+
+int64_t InferenceLinearMaxRows() {
+  if (!internal::HaveAvx2Fma() || !g_enabled.load(std::memory_order_relaxed)) return 0;
+  return internal::HaveAvx512() ? std::numeric_limits<int64_t>::max() : kAvx2RowsMax;
+}
+
+std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor& w,
                                           const at::Tensor& b) {
   if (!internal::HaveAvx2Fma() || !x.device().is_cpu() || !w.device().is_cpu() ||
       x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || w.dim() != 2 ||
@@ -126,13 +280,13 @@ std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor&
     return std::nullopt;
   }
   // Inference only (the KV-cache path runs without autograd): where autograd
-  // is on, at::linear keeps training and evaluation exactly as they were.
+  // is on, at::linear keeps training exactly as it was.
   if (at::GradMode::is_enabled()) return std::nullopt;
   const int64_t K = w.size(1), N = w.size(0);
-  if (K == 0 || x.numel() == 0) return std::nullopt;
+  if (K == 0 || N == 0 || x.numel() == 0) return std::nullopt;
   const int64_t M = x.numel() / K;
   // One row: OpenBLAS's GEMV reads the weights as fast as the memory allows.
-  if (M < 2 || M > kSmallRowsMax || !g_enabled.load(std::memory_order_relaxed)) return std::nullopt;
+  if (M < 2 || M > InferenceLinearMaxRows()) return std::nullopt;
   const at::Tensor xc = x.contiguous();
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = N;
@@ -141,11 +295,54 @@ std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor&
   const float* xp = xc.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // Blocks of 64 output rows split between libtorch's threads.
-  const int64_t blocks = (N + 63) / 64;
-  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
-    Rows(xp, M, K, wp, N, begin * 64, std::min(N, end * 64), yp);
-  });
+  const int64_t tasks = (N + kColumnsPerTask - 1) / kColumnsPerTask;
+  auto columns = [&](int64_t task_begin, int64_t task_end) {
+    return std::pair<int64_t, int64_t>(task_begin * kColumnsPerTask,
+                                       std::min(N, task_end * kColumnsPerTask));
+  };
+  if (!internal::HaveAvx512()) {
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      auto [n0, n1] = columns(begin, end);
+      Rows(xp, M, K, wp, N, n0, n1, yp);
+    });
+  } else if (M <= kDotRowsMax) {
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      auto [n0, n1] = columns(begin, end);
+      DotRows(xp, M, K, wp, N, n0, n1, yp);
+    });
+  } else {
+    // The input transposed, block by block of kBlockRows rows: block j holds
+    // xt[j][k][m] with 16 * ceil(rows / 16) columns, zero past its rows.
+    const int64_t blocks = (M + kBlockRows - 1) / kBlockRows;
+    std::vector<int64_t> offset(static_cast<size_t>(blocks) + 1, 0);
+    for (int64_t j = 0; j < blocks; ++j) {
+      const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+      offset[j + 1] = offset[j] + K * ((rows + 15) / 16 * 16);
+    }
+    at::Tensor xt = at::zeros({offset[blocks]}, x.options());  // 64-byte aligned
+    float* tp = xt.data_ptr<float>();
+    for (int64_t j = 0; j < blocks; ++j) {
+      const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+      const int64_t width = (rows + 15) / 16 * 16;
+      float* t = tp + offset[j];
+      for (int64_t m = 0; m < rows; ++m) {
+        const float* src = xp + (j * kBlockRows + m) * K;
+        for (int64_t k = 0; k < K; ++k) t[k * width + m] = src[k];
+      }
+    }
+    // Each thread takes whole groups of output columns through every block:
+    // its weights stay in its cache from one block to the next.
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      auto [n0, n1] = columns(begin, end);
+      for (int64_t c0 = n0; c0 < n1; c0 += kColumnsPerTask) {
+        const int64_t c1 = std::min(n1, c0 + kColumnsPerTask);
+        for (int64_t j = 0; j < blocks; ++j) {
+          const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+          BroadcastBlock(tp + offset[j], rows, K, wp, N, c0, c1, yp + j * kBlockRows * N);
+        }
+      }
+    });
+  }
 #endif
   if (b.defined()) y.add_(b);
   return y;

@@ -1,14 +1,22 @@
-// x·Wᵀ for a few rows on the CPU (decode steps of a small batch).
+// x·Wᵀ for inference on the CPU, without OpenBLAS's per-call packing.
 //
-// OpenBLAS's SGEMM packs the whole weight matrix into panels on every call;
-// with 1-16 rows that copy costs more than the product itself, so a decode
-// step with 8 rows ran at under a quarter of the memory bandwidth (measured on
-// the 2-core build machine: 8 rows took 2.3x as long as one row through GEMV,
-// 32 rows 3.5x). SmallRowsLinear reads each weight row once, straight from
-// where it lies, and multiplies it with every input row while it is in cache:
-// the step costs one pass over the weights for any batch up to the compute
-// bound. fp32, AVX2+FMA (checked at run time), inference only (autograd off);
-// anything else is declined.
+// OpenBLAS's SGEMM copies the whole weight matrix into panels on every call;
+// with the few rows of a decode step that copy costs more than the product
+// (8 rows took 2.3x as long as one row through GEMV on the 2-core build
+// machine). On this machine OpenBLAS also runs its AVX2 (Haswell) kernels:
+// its AVX-512 ones are switched off by OPENBLAS_CORETYPE on processors that
+// its build does not know, where they compute wrong results. The kernels here
+// read each weight where it lies, in fp32:
+//   - AVX-512 (checked at run time), 2 to 8 rows: dot products of 8 weight
+//     rows with 2 input rows at a time, each weight read once;
+//   - AVX-512, 9 rows and more: the input transposed into blocks of up to 64
+//     rows, each weight broadcast against 16 rows per FMA (no reductions,
+//     no packing of the weights); larger batches (prefill) go 64 rows at a time;
+//   - AVX2+FMA only: 2 to 16 rows by dot products; more rows decline.
+// One row always declines: OpenBLAS's GEMV reads the weights at the memory's
+// speed. Inference only (autograd off); anything else is declined. Each output
+// is computed by one thread in a fixed order, so results do not depend on the
+// number of threads.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,25 +25,31 @@
 
 namespace tunefleet::model {
 
-// Rows up to which SmallRowsLinear is used for x·Wᵀ.
-inline constexpr int64_t kSmallRowsMax = 16;
-
-// y = x·wᵀ (+ b) for x [..., K] with 2 to kSmallRowsMax rows and w [N, K],
-// both fp32 on the CPU, with autograd off (at::NoGradGuard); std::nullopt
-// when the inputs are not that (the caller then uses at::linear).
-std::optional<at::Tensor> SmallRowsLinear(const at::Tensor& x, const at::Tensor& w,
+// y = x·wᵀ (+ b) for x [..., K] and w [N, K], both fp32 on the CPU, with
+// autograd off (at::NoGradGuard), where a kernel above covers the number of
+// rows on this CPU; std::nullopt otherwise (the caller then uses at::linear,
+// or at::mv for one row).
+std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor& w,
                                           const at::Tensor& b);
 
 // On by default; benchmarks turn it off to measure OpenBLAS in the same run.
-void EnableSmallRowsLinear(bool on);
+void EnableInferenceLinear(bool on);
+
+// The most rows InferenceLinear covers on this CPU (0: none; no limit is
+// int64 max).
+int64_t InferenceLinearMaxRows();
 
 namespace internal {
-// The one check in front of this library's AVX2+FMA kernels (SmallRowsLinear,
+// The one check in front of this library's AVX2+FMA kernels (InferenceLinear,
 // DecodeAttention): whether this CPU runs them (an x86-64 with AVX2 and FMA,
 // asked once); always false elsewhere, where the callers decline before
 // reaching their kernels, so only the kernels and their calls sit under
 // `#if defined(__x86_64__)`.
 bool HaveAvx2Fma();
+// Whether this CPU (and its OS) runs AVX-512F, asked once.
+bool HaveAvx512();
+// Tests: pretend AVX-512 is absent (the AVX2 kernels then run), or not.
+void ForceAvx2ForTesting(bool on);
 }  // namespace internal
 
 }  // namespace tunefleet::model

@@ -1,57 +1,101 @@
-// SmallRowsLinear: x·Wᵀ (+ b) for the few rows of a decode step equals
-// at::linear, over shapes that exercise every remainder (rows not a multiple
-// of 2, weight rows not a multiple of 4, K not a multiple of 8), and is
-// declined where it does not apply.
+// InferenceLinear: x·Wᵀ (+ b) on the CPU without autograd equals at::linear
+// for every kernel (AVX-512 dot products for 2-8 rows, AVX-512 broadcasts in
+// blocks of 64 rows beyond, AVX2 dot products for 2-16 rows), over shapes that
+// exercise every remainder (input rows against the 2-row and 16-row steps and
+// the 64-row blocks, weight rows against the 8, 12, 16, 6 and 48-column
+// steps, K against the 16- and 8-lane steps), and is declined where it does
+// not apply.
 #include "common/model/small_gemm.h"
 
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+
+#include <limits>
 
 namespace tunefleet::model {
 namespace {
 
-TEST(SmallGemmTest, EqualsLinearForEveryRemainder) {
-  at::NoGradGuard no_grad;
-  at::manual_seed(7);
-  const bool available = SmallRowsLinear(at::ones({2, 8}), at::ones({4, 8}), at::Tensor()).has_value();
-  if (!available) GTEST_SKIP() << "no AVX2+FMA on this CPU: the decoder uses at::linear";
-  for (int64_t M : {2, 3, 7, 16}) {
-    for (int64_t K : {1, 7, 8, 100, 768}) {
-      for (int64_t N : {1, 3, 4, 5, 67, 130}) {
+void ExpectEqualsLinear(const std::vector<int64_t>& rows_list) {
+  for (int64_t M : rows_list) {
+    for (int64_t K : {1, 7, 16, 100, 768}) {
+      for (int64_t N : {1, 3, 8, 13, 67, 130}) {
         at::Tensor x = at::randn({M, K}), w = at::randn({N, K}), b = at::randn({N});
-        std::optional<at::Tensor> y = SmallRowsLinear(x, w, b);
+        std::optional<at::Tensor> y = InferenceLinear(x, w, b);
         ASSERT_TRUE(y.has_value()) << M << "x" << K << " by " << N;
         at::Tensor want = at::linear(x, w, b);
         EXPECT_TRUE(at::allclose(*y, want, 1e-4, 1e-4)) << M << "x" << K << " by " << N << ": max diff "
                                                           << (*y - want).abs().max().item<float>();
-        EXPECT_TRUE(at::allclose(*SmallRowsLinear(x, w, at::Tensor()), at::linear(x, w), 1e-4, 1e-4));
+        EXPECT_TRUE(at::allclose(*InferenceLinear(x, w, at::Tensor()), at::linear(x, w), 1e-4, 1e-4));
       }
     }
   }
   // Leading dimensions are kept: [2, 3, K] is 6 rows.
   at::Tensor x = at::randn({2, 3, 40}), w = at::randn({9, 40});
-  std::optional<at::Tensor> y = SmallRowsLinear(x, w, at::Tensor());
+  std::optional<at::Tensor> y = InferenceLinear(x, w, at::Tensor());
   ASSERT_TRUE(y.has_value());
   EXPECT_EQ(y->sizes(), (std::vector<int64_t>{2, 3, 9}));
   EXPECT_TRUE(at::allclose(*y, at::linear(x, w), 1e-4, 1e-4));
   // A non-contiguous input (a transposed view) is read correctly.
   at::Tensor xt = at::randn({40, 5}).t();  // 5 rows
-  EXPECT_TRUE(at::allclose(*SmallRowsLinear(xt, w, at::Tensor()), at::linear(xt, w), 1e-4, 1e-4));
+  EXPECT_TRUE(at::allclose(*InferenceLinear(xt, w, at::Tensor()), at::linear(xt, w), 1e-4, 1e-4));
+}
+
+TEST(SmallGemmTest, Avx512KernelsEqualLinearForEveryRemainder) {
+  at::NoGradGuard no_grad;
+  at::manual_seed(7);
+  if (!internal::HaveAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  EXPECT_EQ(InferenceLinearMaxRows(), std::numeric_limits<int64_t>::max());
+  ExpectEqualsLinear({2, 3, 8, 9, 16, 17, 32, 33, 48, 49, 64, 65, 130});
+}
+
+TEST(SmallGemmTest, Avx2KernelEqualsLinearForEveryRemainder) {
+  at::NoGradGuard no_grad;
+  at::manual_seed(8);
+  if (!internal::HaveAvx2Fma()) GTEST_SKIP() << "no AVX2+FMA on this CPU: the decoder uses at::linear";
+  internal::ForceAvx2ForTesting(true);
+  EXPECT_EQ(InferenceLinearMaxRows(), 16);
+  ExpectEqualsLinear({2, 3, 7, 16});
+  EXPECT_FALSE(InferenceLinear(at::randn({17, 16}), at::randn({8, 16}), at::Tensor()));  // many rows
+  internal::ForceAvx2ForTesting(false);
+}
+
+// A row's result does not depend on the number of threads (each output is
+// one thread's, in a fixed order): bit for bit.
+TEST(SmallGemmTest, ResultsDoNotDependOnThreads) {
+  at::NoGradGuard no_grad;
+  at::manual_seed(9);
+  if (InferenceLinearMaxRows() == 0) GTEST_SKIP() << "no kernel on this CPU";
+  const int threads = at::get_num_threads();
+  at::Tensor w = at::randn({300, 200});
+  for (int64_t M : {4, 40, 100}) {
+    if (M > InferenceLinearMaxRows()) continue;
+    at::Tensor x = at::randn({M, 200});
+    at::set_num_threads(1);
+    at::Tensor one = *InferenceLinear(x, w, at::Tensor());
+    at::set_num_threads(2);
+    at::Tensor two = *InferenceLinear(x, w, at::Tensor());
+    EXPECT_TRUE(at::equal(one, two)) << M << " rows";
+  }
+  at::set_num_threads(threads);
 }
 
 TEST(SmallGemmTest, DeclinesWhatItDoesNotCover) {
   at::Tensor w = at::randn({8, 16});
   {
     at::NoGradGuard no_grad;
-    EXPECT_FALSE(SmallRowsLinear(at::randn({kSmallRowsMax + 1, 16}), w, at::Tensor()));  // many rows
-    EXPECT_FALSE(SmallRowsLinear(at::randn({1, 16}), w, at::Tensor()));  // one row: GEMV
-    EXPECT_FALSE(SmallRowsLinear(at::randn({2, 16}, at::kDouble), w.to(at::kDouble), at::Tensor()));
-    EXPECT_FALSE(SmallRowsLinear(at::randn({2, 16}), w.t().contiguous().t(), at::Tensor()));
-    EXPECT_FALSE(SmallRowsLinear(at::randn({2, 15}), w, at::Tensor()));  // K mismatch
+    EXPECT_FALSE(InferenceLinear(at::randn({1, 16}), w, at::Tensor()));  // one row: GEMV
+    EXPECT_FALSE(InferenceLinear(at::randn({2, 16}, at::kDouble), w.to(at::kDouble), at::Tensor()));
+    EXPECT_FALSE(InferenceLinear(at::randn({2, 16}), w.t().contiguous().t(), at::Tensor()));
+    EXPECT_FALSE(InferenceLinear(at::randn({2, 15}), w, at::Tensor()));  // K mismatch
+    EnableInferenceLinear(false);  // benchmarks' baseline
+    EXPECT_FALSE(InferenceLinear(at::randn({2, 16}), w, at::Tensor()));
+    EXPECT_EQ(InferenceLinearMaxRows(), 0);
+    EnableInferenceLinear(true);
   }
   // Autograd on (training, and any forward outside the KV-cache path):
   // at::linear, whatever requires grad.
-  EXPECT_FALSE(SmallRowsLinear(at::randn({2, 16}), w, at::Tensor()));
-  EXPECT_FALSE(SmallRowsLinear(at::randn({2, 16}), at::randn({8, 16}).requires_grad_(true),
+  EXPECT_FALSE(InferenceLinear(at::randn({2, 16}), w, at::Tensor()));
+  EXPECT_FALSE(InferenceLinear(at::randn({2, 16}), at::randn({8, 16}).requires_grad_(true),
                                at::Tensor()));
 }
 
