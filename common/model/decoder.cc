@@ -328,6 +328,12 @@ at::Tensor Decoder::GatheredLoraDelta(int64_t index, Proj p, const at::Tensor& x
     b[i] = m.b;  // [out, r]
   }
   const at::Tensor in = x.index_select(0, adapters.gather_rows).to(a[0].scalar_type());
+  if (in.size(1) == 1) {
+    // One token a row (decode steps): each row reads its adapter in place.
+    std::vector<float> scale(n);
+    for (size_t i = 0; i < n; ++i) scale[i] = static_cast<float>(adapters.gather_adapters[i]->scaling());
+    if (auto d = InferenceLoraRows(in.squeeze(1), a, b, scale)) return d->unsqueeze(1);
+  }
   const at::Tensor h = at::bmm(in, at::stack(a).transpose(1, 2));          // [n, T, r]
   return at::bmm(h, at::stack(b).transpose(1, 2)) * adapters.gather_scale.to(h.scalar_type());
 }

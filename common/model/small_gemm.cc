@@ -16,6 +16,9 @@
 namespace tunefleet::model {
 namespace {
 
+// The largest rank InferenceLoraRows takes (its per-row scratch).
+constexpr int64_t kLoraRankMax = 256;
+
 #if defined(__x86_64__)
 #define TF_AVX2 __attribute__((target("avx2,fma")))
 
@@ -228,6 +231,53 @@ TF_AVX512 void BroadcastBlock(const float* xt, int64_t rows, int64_t K, const fl
     default: BroadcastRows<6, 4>(xt, rows, K, w, N, n0, n1, y); break;
   }
 }
+
+// One row's LoRA delta: h = a·x (rank dot products), then
+// delta[o] = scale·Σ_j b[o, j]·h[j], eight outputs at a time (eight
+// products with h folded into one vector of eight sums).
+TF_AVX2 void LoraRow(const float* x, int64_t in, const float* a, const float* b, float scale,
+                     int64_t rank, int64_t out, float* delta) {
+  float h[kLoraRankMax];
+  const int64_t in8 = in / 8 * 8;
+  for (int64_t j = 0; j < rank; ++j) {
+    const float* aj = a + j * in;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int64_t k = 0;
+    for (; k + 16 <= in8; k += 16) {
+      s0 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k), _mm256_loadu_ps(x + k), s0);
+      s1 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k + 8), _mm256_loadu_ps(x + k + 8), s1);
+    }
+    for (; k < in8; k += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k), _mm256_loadu_ps(x + k), s0);
+    float sum = HorizontalSum(_mm256_add_ps(s0, s1));
+    for (; k < in; ++k) sum += aj[k] * x[k];
+    h[j] = sum * scale;
+  }
+  if (rank == 8) {
+    const __m256 hv = _mm256_loadu_ps(h);
+    int64_t o = 0;
+    for (; o + 8 <= out; o += 8) {
+      const float* bo = b + o * 8;
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_mul_ps(_mm256_loadu_ps(bo + i * 8), hv);
+      const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+      const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+      _mm256_storeu_ps(delta + o, _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20),
+                                                _mm256_permute2f128_ps(t0, t1, 0x31)));
+    }
+    for (; o < out; ++o) {
+      float sum = 0;
+      for (int j = 0; j < 8; ++j) sum += b[o * 8 + j] * h[j];
+      delta[o] = sum;
+    }
+    return;
+  }
+  for (int64_t o = 0; o < out; ++o) {
+    const float* bo = b + o * rank;
+    float sum = 0;
+    for (int64_t j = 0; j < rank; ++j) sum += bo[j] * h[j];
+    delta[o] = sum;
+  }
+}
 #endif
 
 // Rows up to which the dot-product kernels run (AVX-512; AVX2 goes no further).
@@ -319,33 +369,88 @@ std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor&
       const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
       offset[j + 1] = offset[j] + K * ((rows + 15) / 16 * 16);
     }
-    at::Tensor xt = at::zeros({offset[blocks]}, x.options());  // 64-byte aligned
+    // 64-byte aligned; only the padding past a block's rows needs the zeros.
+    at::Tensor xt = at::empty({offset[blocks]}, x.options());
     float* tp = xt.data_ptr<float>();
-    for (int64_t j = 0; j < blocks; ++j) {
-      const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-      const int64_t width = (rows + 15) / 16 * 16;
-      float* t = tp + offset[j];
-      for (int64_t m = 0; m < rows; ++m) {
-        const float* src = xp + (j * kBlockRows + m) * K;
-        for (int64_t k = 0; k < K; ++k) t[k * width + m] = src[k];
-      }
-    }
-    // Each thread takes whole groups of output columns through every block:
-    // its weights stay in its cache from one block to the next.
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-      auto [n0, n1] = columns(begin, end);
-      for (int64_t c0 = n0; c0 < n1; c0 += kColumnsPerTask) {
-        const int64_t c1 = std::min(n1, c0 + kColumnsPerTask);
-        for (int64_t j = 0; j < blocks; ++j) {
-          const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-          BroadcastBlock(tp + offset[j], rows, K, wp, N, c0, c1, yp + j * kBlockRows * N);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+        const int64_t width = (rows + 15) / 16 * 16;
+        const float* src = xp + j * kBlockRows * K;
+        float* t = tp + offset[j];
+        // Written in order; the block's rows are read a line at a time.
+        for (int64_t k = 0; k < K; ++k, t += width) {
+          for (int64_t m = 0; m < rows; ++m) t[m] = src[m * K + k];
+          for (int64_t m = rows; m < width; ++m) t[m] = 0.0f;
         }
       }
     });
+    if (tasks >= 2 * at::get_num_threads() || blocks == 1) {
+      // Each thread takes whole groups of output columns through every
+      // block: its weights stay in its cache from one block to the next.
+      at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+        auto [n0, n1] = columns(begin, end);
+        for (int64_t c0 = n0; c0 < n1; c0 += kColumnsPerTask) {
+          const int64_t c1 = std::min(n1, c0 + kColumnsPerTask);
+          for (int64_t j = 0; j < blocks; ++j) {
+            const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+            BroadcastBlock(tp + offset[j], rows, K, wp, N, c0, c1, yp + j * kBlockRows * N);
+          }
+        }
+      });
+    } else {
+      // Few output columns (a LoRA A product over a prompt): the blocks of
+      // rows are split between the threads instead.
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+          BroadcastBlock(tp + offset[j], rows, K, wp, N, 0, N, yp + j * kBlockRows * N);
+        }
+      });
+    }
   }
 #endif
   if (b.defined()) y.add_(b);
   return y;
+}
+
+std::optional<at::Tensor> InferenceLoraRows(const at::Tensor& x, const std::vector<at::Tensor>& a,
+                                            const std::vector<at::Tensor>& b,
+                                            const std::vector<float>& scale) {
+  const size_t n = a.size();
+  if (!internal::HaveAvx2Fma() || at::GradMode::is_enabled() || n == 0 || b.size() != n ||
+      scale.size() != n || !x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 2 ||
+      x.size(0) != static_cast<int64_t>(n)) {
+    return std::nullopt;
+  }
+  const int64_t in = x.size(1);
+  const int64_t rank = a[0].dim() == 2 ? a[0].size(0) : 0;
+  const int64_t out = b[0].dim() == 2 ? b[0].size(0) : 0;
+  if (rank == 0 || rank > kLoraRankMax || out == 0) return std::nullopt;
+  for (size_t t = 0; t < n; ++t) {
+    for (const at::Tensor* m : {&a[t], &b[t]}) {
+      if (!m->device().is_cpu() || m->scalar_type() != at::kFloat || !m->is_contiguous() ||
+          m->dim() != 2) {
+        return std::nullopt;
+      }
+    }
+    if (a[t].size(0) != rank || a[t].size(1) != in || b[t].size(0) != out || b[t].size(1) != rank) {
+      return std::nullopt;
+    }
+  }
+  const at::Tensor xc = x.contiguous();
+  at::Tensor delta = at::empty({static_cast<int64_t>(n), out}, x.options());
+#if defined(__x86_64__)
+  const float* xp = xc.data_ptr<float>();
+  float* dp = delta.data_ptr<float>();
+  at::parallel_for(0, static_cast<int64_t>(n), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      LoraRow(xp + t * in, in, a[t].data_ptr<float>(), b[t].data_ptr<float>(), scale[t], rank, out,
+              dp + t * out);
+    }
+  });
+#endif
+  return delta;
 }
 
 }  // namespace tunefleet::model

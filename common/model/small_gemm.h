@@ -22,6 +22,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
 
 namespace tunefleet::model {
 
@@ -31,6 +32,16 @@ namespace tunefleet::model {
 // or at::mv for one row).
 std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor& w,
                                           const at::Tensor& b);
+
+// Per-row LoRA deltas for rows that each carry their own adapter (a decode
+// step over many adapters): row t of the result is scale[t]·b[t]·(a[t]·x[t])
+// for x [n, in], a[t] [r, in], b[t] [out, r], every rank and shape alike, fp32
+// on the CPU with autograd off. Each row reads its adapter where it lies (no
+// stacked copies; libtorch without MKL runs bmm as one OpenBLAS call per
+// row). std::nullopt where that does not apply (the caller then uses bmm).
+std::optional<at::Tensor> InferenceLoraRows(const at::Tensor& x, const std::vector<at::Tensor>& a,
+                                            const std::vector<at::Tensor>& b,
+                                            const std::vector<float>& scale);
 
 // On by default; benchmarks turn it off to measure OpenBLAS in the same run.
 void EnableInferenceLinear(bool on);

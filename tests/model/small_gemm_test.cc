@@ -79,6 +79,51 @@ TEST(SmallGemmTest, ResultsDoNotDependOnThreads) {
   at::set_num_threads(threads);
 }
 
+// Per-row LoRA deltas (a decode step over many adapters) equal
+// scale·B·(A·x) row by row, for rank 8 (the folded path) and other ranks, and
+// for output sizes that are not a multiple of 8.
+TEST(SmallGemmTest, LoraRowsEqualEachRowsOwnProduct) {
+  at::NoGradGuard no_grad;
+  at::manual_seed(10);
+  if (!internal::HaveAvx2Fma()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
+  for (int64_t rank : {8, 4, 16}) {
+    for (int64_t in : {7, 64, 768}) {
+      for (int64_t out : {5, 8, 130}) {
+        const int64_t n = 5;
+        at::Tensor x = at::randn({n, in});
+        std::vector<at::Tensor> a, b;
+        std::vector<float> scale;
+        for (int64_t t = 0; t < n; ++t) {
+          a.push_back(at::randn({rank, in}));
+          b.push_back(at::randn({out, rank}));
+          scale.push_back(0.5f + static_cast<float>(t));
+        }
+        std::optional<at::Tensor> d = InferenceLoraRows(x, a, b, scale);
+        ASSERT_TRUE(d.has_value()) << rank << " " << in << " " << out;
+        ASSERT_EQ(d->sizes(), (std::vector<int64_t>{n, out}));
+        for (int64_t t = 0; t < n; ++t) {
+          at::Tensor want = at::mv(b[t], at::mv(a[t], x[t])) * scale[t];
+          EXPECT_TRUE(at::allclose((*d)[t], want, 1e-4, 1e-3))
+              << "rank " << rank << " in " << in << " out " << out << " row " << t << ": max diff "
+              << ((*d)[t] - want).abs().max().item<float>();
+        }
+      }
+    }
+  }
+  // Declined: ranks or shapes that differ between rows, and autograd on.
+  at::Tensor x = at::randn({2, 16});
+  std::vector<at::Tensor> a = {at::randn({8, 16}), at::randn({4, 16})};
+  std::vector<at::Tensor> b = {at::randn({8, 8}), at::randn({8, 4})};
+  EXPECT_FALSE(InferenceLoraRows(x, a, b, {1.0f, 1.0f}));
+  a[1] = at::randn({8, 16});
+  b[1] = at::randn({8, 8});
+  EXPECT_TRUE(InferenceLoraRows(x, a, b, {1.0f, 1.0f}));
+  {
+    at::AutoGradMode grad(true);
+    EXPECT_FALSE(InferenceLoraRows(x, a, b, {1.0f, 1.0f}));
+  }
+}
+
 TEST(SmallGemmTest, DeclinesWhatItDoesNotCover) {
   at::Tensor w = at::randn({8, 16});
   {
