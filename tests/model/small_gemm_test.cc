@@ -46,6 +46,19 @@ TEST(SmallGemmTest, Avx512KernelsEqualLinearForEveryRemainder) {
   if (!internal::HaveAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
   EXPECT_EQ(InferenceLinearMaxRows(), std::numeric_limits<int64_t>::max());
   ExpectEqualsLinear({2, 3, 8, 9, 16, 17, 32, 33, 48, 49, 64, 65, 130});
+  // Enough output columns for every thread to take groups of them through
+  // several blocks of rows (more than four blocks: the blocks taken together
+  // and the last partial group).
+  for (int64_t M : {130, 300}) {
+    for (int64_t K : {100, 768}) {
+      at::Tensor x = at::randn({M, K}), w = at::randn({300, K}), b = at::randn({300});
+      at::Tensor want = at::linear(x, w, b);
+      std::optional<at::Tensor> y = InferenceLinear(x, w, b);
+      ASSERT_TRUE(y.has_value());
+      EXPECT_TRUE(at::allclose(*y, want, 1e-4, 1e-4)) << M << "x" << K << ": max diff "
+                                                        << (*y - want).abs().max().item<float>();
+    }
+  }
 }
 
 TEST(SmallGemmTest, Avx2KernelEqualsLinearForEveryRemainder) {
