@@ -191,12 +191,14 @@ at::Tensor SegmentedAttention(const at::Tensor& q, const at::Tensor& k, const at
 }
 
 // x·Wᵀ (+ b). On the CPU without autograd, InferenceLinear's kernels (which
-// read the weights in place, without OpenBLAS's packing copy); a single row
-// elsewhere through a matrix-vector product: OpenBLAS runs GEMM with one row
-// 3-5x slower than GEMV.
+// read the weights in place, without OpenBLAS's packing copy); with autograd
+// and a frozen weight (LoRA training), the same kernels forward and toward
+// the input in backward; a single row elsewhere through a matrix-vector
+// product: OpenBLAS runs GEMM with one row 3-5x slower than GEMV.
 at::Tensor LinearOp(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (x.device().is_cpu()) {
     if (std::optional<at::Tensor> y = InferenceLinear(x, w, b)) return *std::move(y);
+    if (std::optional<at::Tensor> y = FrozenWeightLinear(x, w, b)) return *std::move(y);
   }
   if (x.numel() == x.size(-1) && x.device().is_cpu()) {
     std::vector<int64_t> shape = x.sizes().vec();

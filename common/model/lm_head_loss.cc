@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "common/model/decoder_internal.h"
+#include "common/model/small_gemm.h"
 
 namespace tunefleet::model::internal {
 namespace {
@@ -25,6 +26,21 @@ namespace {
 // Rows per chunk: logits of ~16 MB (fp32), at least 16 rows.
 int64_t ChunkRows(int64_t vocab) {
   return std::max<int64_t>(16, (int64_t{16} << 20) / (4 * std::max<int64_t>(vocab, 1)));
+}
+
+// A chunk's logits h·wᵀ and the rows d·w toward the hidden states, through
+// the CPU kernels where they apply (autograd is off in here).
+at::Tensor ChunkLogits(const at::Tensor& h, const at::Tensor& w) {
+  if (std::optional<at::Tensor> y = InferenceLinear(h, w, at::Tensor())) return *std::move(y);
+  return at::linear(h, w);
+}
+
+void RowsTowardHidden(at::Tensor& rows, const at::Tensor& d, const at::Tensor& w) {
+  if (std::optional<at::Tensor> y = InferenceLinearInputGrad(d, w)) {
+    rows.copy_(*y);
+  } else {
+    at::mm_out(rows, d, w);
+  }
 }
 
 // (onehot(y) - softmax(logits)) in place, for fp32 logits [n, V] and their
@@ -49,14 +65,14 @@ struct HeadLogProb : torch::autograd::Function<HeadLogProb> {
     for (int64_t s = 0; s < N; s += chunk) {
       const int64_t n = std::min(chunk, N - s);
       at::Tensor y = target.narrow(0, s, n);
-      at::Tensor logits = at::linear(hs.narrow(0, s, n), w).to(at::kFloat);
+      at::Tensor logits = ChunkLogits(hs.narrow(0, s, n), w).to(at::kFloat);
       at::Tensor lse = at::logsumexp(logits, 1);
       logp.narrow(0, s, n).copy_(logits.gather(1, y.unsqueeze(1)).squeeze(1) - lse);
       correct.add_((logits.argmax(1) == y).sum());
       if (jac.defined()) {
         OneHotMinusSoftmax(logits, lse, y);
         at::Tensor rows = jac.narrow(0, s, n);
-        at::mm_out(rows, logits.to(w.scalar_type()), w);
+        RowsTowardHidden(rows, logits.to(w.scalar_type()), w);
       }
     }
     ctx->mark_non_differentiable({correct});
@@ -84,13 +100,13 @@ struct HeadLogProb : torch::autograd::Function<HeadLogProb> {
       const int64_t n = std::min(chunk, N - s);
       at::Tensor h = hs.narrow(0, s, n);
       at::Tensor y = target.narrow(0, s, n);
-      at::Tensor logits = at::linear(h, w).to(at::kFloat);
+      at::Tensor logits = ChunkLogits(h, w).to(at::kFloat);
       at::Tensor lse = at::logsumexp(logits, 1);
       OneHotMinusSoftmax(logits, lse, y);
       logits.mul_(g.narrow(0, s, n).unsqueeze(1));
       at::Tensor d = logits.to(w.scalar_type());
       at::Tensor rows = grad_h.narrow(0, s, n);
-      at::mm_out(rows, d, w);
+      RowsTowardHidden(rows, d, w);
       if (grad_w.defined()) grad_w.addmm_(d.t(), h);
     }
     return {grad_h, grad_w, at::Tensor(), at::Tensor(), at::Tensor()};

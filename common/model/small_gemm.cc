@@ -1,6 +1,7 @@
 #include "common/model/small_gemm.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
 #include <limits>
@@ -177,58 +178,88 @@ TF_AVX512 void DotRows(const float* x, int64_t M, int64_t K, const float* w, int
   for (; n < n1; ++n) DotColumns<1>(x, M, K, w, N, n, y);
 }
 
+// Output columns per unit of work between threads (a multiple of every MR).
+constexpr int64_t kColumnsPerTask = 48;
+// Reduction steps per pass of the broadcast kernel over a group of columns:
+// the weights of a task's 48 columns over this many steps (48 KB) and the
+// transposed input over them (up to 64 KB) stay in L1/L2 while every column
+// group of the task passes, whichever way the weight is laid out.
+constexpr int64_t kReductionChunk = 256;
+
 // AVX-512, many rows: xt holds a block of up to 64 input rows transposed,
-// xt[k * 16 * MV + m] (rows past the block's end are zero). For MR weight rows
-// at a time, each weight is broadcast and multiplied with 16 input rows per
-// FMA: MR x MV accumulators hold a [MR, 16 * MV] tile of yᵀ, stored into y at
-// the end. The weights are read in place, once per block.
-template <int R, int MV>
-TF_AVX512 void BroadcastColumns(const float* xt, int64_t rows, int64_t K, const float* w,
-                                int64_t N, int64_t n, float* y) {
+// xt[k * 16 * MV + m] (rows past the block's end are zero). For R output
+// columns at a time, each weight is broadcast and multiplied with 16 input
+// rows per FMA: R x MV accumulators hold a [R, 16 * MV] tile of yᵀ, over the
+// reduction steps [k0, k1), starting from zero or from the tile as the
+// previous steps left it (a stored and reloaded fp32 accumulator is exact, so
+// the sum runs in the same order as in one pass). The weights are read in
+// place: weight (output n, reduction k) lies at w[n * K + k] ([N, K],
+// y = x·wᵀ), or with kWeightKN at w[k * N + n] ([K, N], y = x·w: the gradient
+// toward the input of a product with a frozen weight).
+template <int R, int MV, bool kWeightKN>
+TF_AVX512 void BroadcastColumns(const float* xt, int64_t k0, int64_t k1, int64_t K, const float* w,
+                                int64_t N, int64_t n, float* tile, bool first) {
   constexpr int MP = 16 * MV;
   __m512 acc[R][MV];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < MV; ++j) acc[i][j] = _mm512_setzero_ps();
-  const float* wn = w + n * K;
-  for (int64_t k = 0; k < K; ++k) {
+    for (int j = 0; j < MV; ++j) {
+      acc[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(tile + i * MP + 16 * j);
+    }
+  for (int64_t k = k0; k < k1; ++k) {
     __m512 xv[MV];
 #pragma GCC unroll 4
     for (int j = 0; j < MV; ++j) xv[j] = _mm512_load_ps(xt + k * MP + 16 * j);
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      const __m512 b = _mm512_set1_ps(wn[i * K + k]);
+      const __m512 b =
+          _mm512_set1_ps(kWeightKN ? w[k * N + n + i] : w[(n + i) * K + k]);
 #pragma GCC unroll 4
       for (int j = 0; j < MV; ++j) acc[i][j] = _mm512_fmadd_ps(b, xv[j], acc[i][j]);
     }
   }
-  alignas(64) float tile[R][MP];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < MV; ++j) _mm512_store_ps(&tile[i][16 * j], acc[i][j]);
-  for (int64_t m = 0; m < rows; ++m) {
-    for (int i = 0; i < R; ++i) y[m * N + n + i] = tile[i][m];
+    for (int j = 0; j < MV; ++j) _mm512_store_ps(tile + i * MP + 16 * j, acc[i][j]);
+}
+
+// Output columns [n0, n1) of a block of rows, kColumnsPerTask at a time:
+// every column group of those passes over one chunk of the reduction before
+// the next chunk.
+template <int MR, int MV, bool kWeightKN>
+TF_AVX512 void BroadcastRows(const float* xt, int64_t rows, int64_t K, const float* w, int64_t N,
+                             int64_t n0, int64_t n1, float* y) {
+  constexpr int MP = 16 * MV;
+  alignas(64) float tile[kColumnsPerTask][MP];
+  for (int64_t c0 = n0; c0 < n1; c0 += kColumnsPerTask) {
+    const int64_t c1 = std::min(n1, c0 + kColumnsPerTask);
+    for (int64_t k0 = 0; k0 < K; k0 += kReductionChunk) {
+      const int64_t k1 = std::min(K, k0 + kReductionChunk);
+      int64_t n = c0;
+      for (; n + MR <= c1; n += MR) {
+        BroadcastColumns<MR, MV, kWeightKN>(xt, k0, k1, K, w, N, n, tile[n - c0], k0 == 0);
+      }
+      for (; n < c1; ++n) {
+        BroadcastColumns<1, MV, kWeightKN>(xt, k0, k1, K, w, N, n, tile[n - c0], k0 == 0);
+      }
+    }
+    for (int64_t m = 0; m < rows; ++m) {
+      for (int64_t c = c0; c < c1; ++c) y[m * N + c] = tile[c - c0][m];
+    }
   }
 }
 
-template <int MR, int MV>
-TF_AVX512 void BroadcastRows(const float* xt, int64_t rows, int64_t K, const float* w, int64_t N,
-                             int64_t n0, int64_t n1, float* y) {
-  int64_t n = n0;
-  for (; n + MR <= n1; n += MR) BroadcastColumns<MR, MV>(xt, rows, K, w, N, n, y);
-  for (; n < n1; ++n) BroadcastColumns<1, MV>(xt, rows, K, w, N, n, y);
-}
-
 // MR x MV accumulators stay at 16-24 of the 32 registers.
+template <bool kWeightKN>
 TF_AVX512 void BroadcastBlock(const float* xt, int64_t rows, int64_t K, const float* w, int64_t N,
                               int64_t n0, int64_t n1, float* y) {
   switch ((rows + 15) / 16) {
-    case 1: BroadcastRows<16, 1>(xt, rows, K, w, N, n0, n1, y); break;
-    case 2: BroadcastRows<12, 2>(xt, rows, K, w, N, n0, n1, y); break;
-    case 3: BroadcastRows<8, 3>(xt, rows, K, w, N, n0, n1, y); break;
-    default: BroadcastRows<6, 4>(xt, rows, K, w, N, n0, n1, y); break;
+    case 1: BroadcastRows<16, 1, kWeightKN>(xt, rows, K, w, N, n0, n1, y); break;
+    case 2: BroadcastRows<12, 2, kWeightKN>(xt, rows, K, w, N, n0, n1, y); break;
+    case 3: BroadcastRows<8, 3, kWeightKN>(xt, rows, K, w, N, n0, n1, y); break;
+    default: BroadcastRows<6, 4, kWeightKN>(xt, rows, K, w, N, n0, n1, y); break;
   }
 }
 
@@ -288,12 +319,77 @@ constexpr int64_t kBlockRows = 64;
 // Blocks of input rows a thread runs every column group through before the
 // next ones (4 x 64 rows of K = 768: 786 KB).
 constexpr int64_t kBlocksTogether = 4;
-// Output columns per unit of work between threads (a multiple of every MR).
-constexpr int64_t kColumnsPerTask = 48;
-
 std::atomic<bool> g_force_avx2{false};
 
 std::atomic<bool> g_enabled{true};
+
+#if defined(__x86_64__)
+// y[M, N] = x[M, K]·wᵀ for w [N, K], or x·w for w [K, N] (weight_kn), with
+// the broadcast kernel: the input transposed in blocks of kBlockRows rows,
+// the output columns split between threads (or the blocks, when the columns
+// are few).
+void BroadcastProduct(const float* xp, int64_t M, int64_t K, const float* wp, int64_t N,
+                      bool weight_kn, float* yp, const at::TensorOptions& options) {
+  const int64_t tasks = (N + kColumnsPerTask - 1) / kColumnsPerTask;
+  auto block = weight_kn ? &BroadcastBlock<true> : &BroadcastBlock<false>;
+  auto columns = [&](int64_t task_begin, int64_t task_end) {
+    return std::pair<int64_t, int64_t>(task_begin * kColumnsPerTask,
+                                       std::min(N, task_end * kColumnsPerTask));
+  };
+  // The input transposed, block by block of kBlockRows rows: block j holds
+  // xt[j][k][m] with 16 * ceil(rows / 16) columns, zero past its rows.
+  const int64_t blocks = (M + kBlockRows - 1) / kBlockRows;
+  std::vector<int64_t> offset(static_cast<size_t>(blocks) + 1, 0);
+  for (int64_t j = 0; j < blocks; ++j) {
+    const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+    offset[j + 1] = offset[j] + K * ((rows + 15) / 16 * 16);
+  }
+  // 64-byte aligned; only the padding past a block's rows needs the zeros.
+  at::Tensor xt = at::empty({offset[blocks]}, options);
+  float* tp = xt.data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+      const int64_t width = (rows + 15) / 16 * 16;
+      const float* src = xp + j * kBlockRows * K;
+      float* t = tp + offset[j];
+      // Written in order; the block's rows are read a line at a time.
+      for (int64_t k = 0; k < K; ++k, t += width) {
+        for (int64_t m = 0; m < rows; ++m) t[m] = src[m * K + k];
+        for (int64_t m = rows; m < width; ++m) t[m] = 0.0f;
+      }
+    }
+  });
+  if (tasks >= 2 * at::get_num_threads() || blocks == 1) {
+    // Each thread takes whole groups of output columns through every
+    // block: its weights stay in its cache from one block to the next.
+    // Blocks are taken kBlocksTogether at a time, so that the transposed
+    // input a thread reads for every column group stays in its cache.
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      auto [n0, n1] = columns(begin, end);
+      for (int64_t j0 = 0; j0 < blocks; j0 += kBlocksTogether) {
+        const int64_t j1 = std::min(blocks, j0 + kBlocksTogether);
+        for (int64_t c0 = n0; c0 < n1; c0 += kColumnsPerTask) {
+          const int64_t c1 = std::min(n1, c0 + kColumnsPerTask);
+          for (int64_t j = j0; j < j1; ++j) {
+            const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+            block(tp + offset[j], rows, K, wp, N, c0, c1, yp + j * kBlockRows * N);
+          }
+        }
+      }
+    });
+  } else {
+    // Few output columns (a LoRA A product over a prompt): the blocks of
+    // rows are split between the threads instead.
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+        block(tp + offset[j], rows, K, wp, N, 0, N, yp + j * kBlockRows * N);
+      }
+    });
+  }
+}
+#endif
 
 }  // namespace
 
@@ -364,62 +460,81 @@ std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor&
       DotRows(xp, M, K, wp, N, n0, n1, yp);
     });
   } else {
-    // The input transposed, block by block of kBlockRows rows: block j holds
-    // xt[j][k][m] with 16 * ceil(rows / 16) columns, zero past its rows.
-    const int64_t blocks = (M + kBlockRows - 1) / kBlockRows;
-    std::vector<int64_t> offset(static_cast<size_t>(blocks) + 1, 0);
-    for (int64_t j = 0; j < blocks; ++j) {
-      const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-      offset[j + 1] = offset[j] + K * ((rows + 15) / 16 * 16);
-    }
-    // 64-byte aligned; only the padding past a block's rows needs the zeros.
-    at::Tensor xt = at::empty({offset[blocks]}, x.options());
-    float* tp = xt.data_ptr<float>();
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-        const int64_t width = (rows + 15) / 16 * 16;
-        const float* src = xp + j * kBlockRows * K;
-        float* t = tp + offset[j];
-        // Written in order; the block's rows are read a line at a time.
-        for (int64_t k = 0; k < K; ++k, t += width) {
-          for (int64_t m = 0; m < rows; ++m) t[m] = src[m * K + k];
-          for (int64_t m = rows; m < width; ++m) t[m] = 0.0f;
-        }
-      }
-    });
-    if (tasks >= 2 * at::get_num_threads() || blocks == 1) {
-      // Each thread takes whole groups of output columns through every
-      // block: its weights stay in its cache from one block to the next.
-      // Blocks are taken kBlocksTogether at a time, so that the transposed
-      // input a thread reads for every column group stays in its cache.
-      at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-        auto [n0, n1] = columns(begin, end);
-        for (int64_t j0 = 0; j0 < blocks; j0 += kBlocksTogether) {
-          const int64_t j1 = std::min(blocks, j0 + kBlocksTogether);
-          for (int64_t c0 = n0; c0 < n1; c0 += kColumnsPerTask) {
-            const int64_t c1 = std::min(n1, c0 + kColumnsPerTask);
-            for (int64_t j = j0; j < j1; ++j) {
-              const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-              BroadcastBlock(tp + offset[j], rows, K, wp, N, c0, c1, yp + j * kBlockRows * N);
-            }
-          }
-        }
-      });
-    } else {
-      // Few output columns (a LoRA A product over a prompt): the blocks of
-      // rows are split between the threads instead.
-      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; ++j) {
-          const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-          BroadcastBlock(tp + offset[j], rows, K, wp, N, 0, N, yp + j * kBlockRows * N);
-        }
-      });
-    }
+    BroadcastProduct(xp, M, K, wp, N, /*weight_kn=*/false, yp, x.options());
   }
 #endif
   if (b.defined()) y.add_(b);
   return y;
+}
+
+std::optional<at::Tensor> InferenceLinearInputGrad(const at::Tensor& g, const at::Tensor& w) {
+  if (!internal::HaveAvx512() || !g_enabled.load(std::memory_order_relaxed) ||
+      at::GradMode::is_enabled() || !g.device().is_cpu() || !w.device().is_cpu() ||
+      g.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || w.dim() != 2 ||
+      g.dim() < 1 || g.size(-1) != w.size(0) || !w.is_contiguous()) {
+    return std::nullopt;
+  }
+  const int64_t N = w.size(0), K = w.size(1);
+  if (K == 0 || N == 0 || g.numel() == 0) return std::nullopt;
+  const int64_t M = g.numel() / N;
+  if (M <= kDotRowsMax) return std::nullopt;
+  const at::Tensor gc = g.contiguous();
+  std::vector<int64_t> shape = g.sizes().vec();
+  shape.back() = K;
+  at::Tensor y = at::empty(shape, g.options());
+#if defined(__x86_64__)
+  BroadcastProduct(gc.data_ptr<float>(), M, N, w.data_ptr<float>(), K, /*weight_kn=*/true,
+                   y.data_ptr<float>(), g.options());
+#endif
+  return y;
+}
+
+namespace {
+
+// x·wᵀ (+ b) under autograd with w and b frozen: the gradient flows to x
+// alone, as g·w. Nothing but w is kept for backward (at::linear would keep
+// x for a weight gradient that is never asked for).
+struct FrozenLinearFunction : torch::autograd::Function<FrozenLinearFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& w) {
+    ctx->save_for_backward({w});
+    std::optional<at::Tensor> y = InferenceLinear(x, w, at::Tensor());
+    return y ? *std::move(y) : at::linear(x, w);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const at::Tensor w = ctx->get_saved_variables()[0];
+    const at::Tensor& g = grad_out[0];
+    at::Tensor grad_x;
+    if (g.defined()) {
+      std::optional<at::Tensor> d = InferenceLinearInputGrad(g, w);
+      grad_x = d ? *std::move(d) : at::matmul(g, w);
+    }
+    return {grad_x, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::optional<at::Tensor> FrozenWeightLinear(const at::Tensor& x, const at::Tensor& w,
+                                             const at::Tensor& b) {
+  if (!at::GradMode::is_enabled() || !internal::HaveAvx512() ||
+      !g_enabled.load(std::memory_order_relaxed) || w.requires_grad() ||
+      (b.defined() && b.requires_grad()) || !x.device().is_cpu() || !w.device().is_cpu() ||
+      x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || w.dim() != 2 ||
+      x.dim() < 1 || x.size(-1) != w.size(1) || !w.is_contiguous() || w.numel() == 0) {
+    return std::nullopt;
+  }
+  if (x.numel() / w.size(1) <= kDotRowsMax) return std::nullopt;
+  if (!x.requires_grad()) {
+    at::NoGradGuard no_grad;
+    return InferenceLinear(x, w, b);
+  }
+  // The bias (frozen too) is added outside: the function's inputs are
+  // tensors autograd can track, an undefined one is not.
+  at::Tensor y = FrozenLinearFunction::apply(x, w);
+  return b.defined() ? y + b : y;
 }
 
 std::optional<at::Tensor> InferenceLoraRows(const at::Tensor& x, const std::vector<at::Tensor>& a,

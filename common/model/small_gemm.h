@@ -33,6 +33,21 @@ namespace tunefleet::model {
 std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor& w,
                                           const at::Tensor& b);
 
+// g·w for g [..., N] and w [N, K], fp32 on the CPU with autograd off: the
+// gradient toward the input of x·wᵀ. The many-rows kernel above with the
+// weight read down its columns (16 consecutive floats of a row at a time);
+// on AVX-512 CPUs, for more than 8 rows; std::nullopt otherwise.
+std::optional<at::Tensor> InferenceLinearInputGrad(const at::Tensor& g, const at::Tensor& w);
+
+// y = x·wᵀ (+ b) with autograd on, for a weight (and bias) that is not
+// trained: LoRA's frozen base. Forward through InferenceLinear, backward
+// toward x alone through InferenceLinearInputGrad; x is not kept for
+// backward. std::nullopt where those kernels do not cover the product (no
+// AVX-512, 8 rows or fewer, w or b needing a gradient, not fp32 on the CPU):
+// the caller then uses at::linear.
+std::optional<at::Tensor> FrozenWeightLinear(const at::Tensor& x, const at::Tensor& w,
+                                             const at::Tensor& b);
+
 // Per-row LoRA deltas for rows that each carry their own adapter (a decode
 // step over many adapters): row t of the result is scale[t]·b[t]·(a[t]·x[t])
 // for x [n, in], a[t] [r, in], b[t] [out, r], every rank and shape alike, fp32

@@ -4,7 +4,8 @@
 // exercise every remainder (input rows against the 2-row and 16-row steps and
 // the 64-row blocks, weight rows against the 8, 12, 16, 6 and 48-column
 // steps, K against the 16- and 8-lane steps), and is declined where it does
-// not apply.
+// not apply. The same kernel with the weight read down its columns gives
+// the gradient toward the input of a frozen weight's product (LoRA training).
 #include "common/model/small_gemm.h"
 
 #include <ATen/Parallel.h>
@@ -135,6 +136,95 @@ TEST(SmallGemmTest, LoraRowsEqualEachRowsOwnProduct) {
     at::AutoGradMode grad(true);
     EXPECT_FALSE(InferenceLoraRows(x, a, b, {1.0f, 1.0f}));
   }
+}
+
+// g·w (the gradient toward the input of x·wᵀ) equals at::matmul for every
+// remainder of the broadcast kernel with the weight read down its columns.
+TEST(SmallGemmTest, InputGradEqualsMatmulForEveryRemainder) {
+  at::NoGradGuard no_grad;
+  at::manual_seed(11);
+  if (!internal::HaveAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  for (int64_t M : {9, 16, 17, 33, 64, 65, 130, 300}) {
+    for (int64_t N : {1, 7, 16, 100, 768}) {
+      for (int64_t K : {1, 3, 8, 13, 67, 130, 300}) {
+        at::Tensor g = at::randn({M, N}), w = at::randn({N, K});
+        std::optional<at::Tensor> y = InferenceLinearInputGrad(g, w);
+        ASSERT_TRUE(y.has_value()) << M << "x" << N << " by " << K;
+        at::Tensor want = at::matmul(g, w);
+        EXPECT_TRUE(at::allclose(*y, want, 1e-4, 1e-4)) << M << "x" << N << " by " << K
+                                                          << ": max diff "
+                                                          << (*y - want).abs().max().item<float>();
+      }
+    }
+  }
+  at::Tensor g = at::randn({2, 7, 40}), w = at::randn({40, 9});
+  std::optional<at::Tensor> y = InferenceLinearInputGrad(g, w);
+  ASSERT_TRUE(y.has_value());
+  EXPECT_EQ(y->sizes(), (std::vector<int64_t>{2, 7, 9}));
+  EXPECT_TRUE(at::allclose(*y, at::matmul(g, w), 1e-4, 1e-4));
+  // Bit for bit on one thread and on two.
+  const int threads = at::get_num_threads();
+  g = at::randn({100, 300});
+  w = at::randn({300, 200});
+  at::set_num_threads(1);
+  at::Tensor one = *InferenceLinearInputGrad(g, w);
+  at::set_num_threads(2);
+  EXPECT_TRUE(at::equal(one, *InferenceLinearInputGrad(g, w)));
+  at::set_num_threads(threads);
+  // Declined: 8 rows or fewer, a size mismatch, autograd on.
+  EXPECT_FALSE(InferenceLinearInputGrad(at::randn({8, 300}), w));
+  EXPECT_FALSE(InferenceLinearInputGrad(at::randn({20, 299}), w));
+  at::AutoGradMode grad(true);
+  EXPECT_FALSE(InferenceLinearInputGrad(at::randn({20, 300}), w));
+}
+
+// LoRA training's frozen base: the output and the gradient toward the input
+// equal at::linear's under autograd; a trained weight or bias, or too few
+// rows, is declined; an input without a gradient gives an output without one.
+TEST(SmallGemmTest, FrozenWeightLinearMatchesLinearUnderAutograd) {
+  at::manual_seed(12);
+  if (!internal::HaveAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  for (int64_t T : {5, 40, 130}) {
+    at::Tensor w = at::randn({96, 64}), b = at::randn({96});
+    at::Tensor x0 = at::randn({3, T, 64});
+    at::Tensor r = at::randn({3, T, 96});
+    at::Tensor xa = x0.clone().requires_grad_(true), xb = x0.clone().requires_grad_(true);
+    std::optional<at::Tensor> ya = FrozenWeightLinear(xa, w, b);
+    ASSERT_TRUE(ya.has_value()) << T;
+    ASSERT_TRUE(ya->requires_grad());
+    at::Tensor yb = at::linear(xb, w, b);
+    EXPECT_TRUE(at::allclose(*ya, yb, 1e-4, 1e-4));
+    // A second use of the output, so the gradient arriving is not contiguous-simple.
+    ((*ya * r).sum() + ya->pow(2).mean()).backward();
+    ((yb * r).sum() + yb.pow(2).mean()).backward();
+    EXPECT_TRUE(at::allclose(xa.grad(), xb.grad(), 1e-4, 1e-4))
+        << T << ": max diff " << (xa.grad() - xb.grad()).abs().max().item<float>();
+  }
+  // Without a bias (the decoder's projections).
+  at::Tensor wn = at::randn({96, 64});
+  at::Tensor xa = at::randn({50, 64}).requires_grad_(true);
+  at::Tensor xb = xa.detach().clone().requires_grad_(true);
+  std::optional<at::Tensor> ya = FrozenWeightLinear(xa, wn, at::Tensor());
+  ASSERT_TRUE(ya.has_value());
+  ya->pow(2).sum().backward();
+  at::linear(xb, wn).pow(2).sum().backward();
+  EXPECT_TRUE(at::allclose(xa.grad(), xb.grad(), 1e-4, 1e-3));
+  at::Tensor w = at::randn({96, 64});
+  at::Tensor x = at::randn({20, 64});
+  std::optional<at::Tensor> y = FrozenWeightLinear(x, w, at::Tensor());
+  ASSERT_TRUE(y.has_value());
+  EXPECT_FALSE(y->requires_grad());
+  EXPECT_TRUE(at::allclose(*y, at::linear(x, w), 1e-4, 1e-4));
+  EXPECT_FALSE(FrozenWeightLinear(x, at::randn({96, 64}).requires_grad_(true), at::Tensor()));
+  EXPECT_FALSE(FrozenWeightLinear(x, w, at::randn({96}).requires_grad_(true)));
+  EXPECT_FALSE(FrozenWeightLinear(at::randn({8, 64}), w, at::Tensor()));
+  {
+    at::NoGradGuard no_grad;  // inference goes through InferenceLinear itself
+    EXPECT_FALSE(FrozenWeightLinear(x, w, at::Tensor()));
+  }
+  EnableInferenceLinear(false);
+  EXPECT_FALSE(FrozenWeightLinear(x, w, at::Tensor()));
+  EnableInferenceLinear(true);
 }
 
 TEST(SmallGemmTest, DeclinesWhatItDoesNotCover) {

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -402,6 +403,12 @@ void TrainerAgent::Runner::Run() {
   wo.argv = {o.worker_binary, "--spec=" + work_dir + "/spec.json", "--report_fd=3"};
   wo.report_fd = 3;
   wo.env = {"OMP_WAIT_POLICY=PASSIVE"};
+  // OpenBLAS's idle threads otherwise spin (sched_yield) for ~2^28 cycles
+  // after each call, taking the CPU from the OpenMP threads that run the
+  // worker's own kernels; an operator's setting is kept.
+  if (std::getenv("OPENBLAS_THREAD_TIMEOUT") == nullptr) {
+    wo.env.push_back("OPENBLAS_THREAD_TIMEOUT=4");
+  }
   wo.log_file = log_file_ = work_dir + "/worker.log";
   wo.report_timeout = o.worker_timeout;
   absl::Status started;
