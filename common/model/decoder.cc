@@ -343,6 +343,22 @@ at::Tensor Decoder::GatheredLoraDelta(int64_t index, Proj p, const at::Tensor& x
 at::Tensor Decoder::Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x,
                             const AdapterGroups& adapters, bool training) const {
   const Linear& lin = layer.proj[static_cast<int>(p)];
+  if (adapters.all != nullptr && adapters.groups.empty() && adapters.spans.empty() &&
+      !adapters.gather_rows.defined() && x.device().is_cpu()) {
+    // One adapter on every row (training, evaluation): its B product joins
+    // the base product's pass (h = scale·A·x first, r values a row).
+    const LoraAdapter::Module& m = adapters.all->module(index, p);
+    if (m.defined() && x.scalar_type() == m.a.scalar_type()) {
+      at::Tensor in = x;
+      if (training && adapters.all->config().dropout > 0)
+        in = at::dropout(in, adapters.all->config().dropout, true);
+      at::Tensor h = LinearOp(in, m.a, at::Tensor()) * adapters.all->scaling();
+      if (std::optional<at::Tensor> y = FrozenLinearPlusLowRank(x, lin.weight, h, m.b)) {
+        return lin.bias.defined() ? *y + lin.bias : *std::move(y);
+      }
+      return LinearOp(x, lin.weight, lin.bias) + LinearOp(h, m.b, at::Tensor());
+    }
+  }
   at::Tensor y = LinearOp(x, lin.weight, lin.bias);
   if (adapters.all != nullptr) {
     const LoraAdapter::Module& m = adapters.all->module(index, p);

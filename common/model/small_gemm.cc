@@ -228,9 +228,17 @@ TF_AVX512 void BroadcastColumns(const float* xt, int64_t k0, int64_t k1, int64_t
 // Output columns [n0, n1) of a block of rows, kColumnsPerTask at a time:
 // every column group of those passes over one chunk of the reduction before
 // the next chunk.
+// A low-rank term added to x·wᵀ in the same accumulators: h·bᵀ for
+// h [M, r] (its transposed rows follow x's K rows in the block) and
+// b [N, r] (a LoRA B). r == 0: none.
+struct LowRank {
+  const float* b = nullptr;
+  int64_t r = 0;
+};
+
 template <int MR, int MV, bool kWeightKN>
 TF_AVX512 void BroadcastRows(const float* xt, int64_t rows, int64_t K, const float* w, int64_t N,
-                             int64_t n0, int64_t n1, float* y) {
+                             int64_t n0, int64_t n1, float* y, LowRank low) {
   constexpr int MP = 16 * MV;
   alignas(64) float tile[kColumnsPerTask][MP];
   for (int64_t c0 = n0; c0 < n1; c0 += kColumnsPerTask) {
@@ -245,6 +253,16 @@ TF_AVX512 void BroadcastRows(const float* xt, int64_t rows, int64_t K, const flo
         BroadcastColumns<1, MV, kWeightKN>(xt, k0, k1, K, w, N, n, tile[n - c0], k0 == 0);
       }
     }
+    if (low.r > 0) {  // the low-rank rows, after x's: one more pass
+      const float* ht = xt + K * MP;
+      int64_t n = c0;
+      for (; n + MR <= c1; n += MR) {
+        BroadcastColumns<MR, MV, false>(ht, 0, low.r, low.r, low.b, N, n, tile[n - c0], K == 0);
+      }
+      for (; n < c1; ++n) {
+        BroadcastColumns<1, MV, false>(ht, 0, low.r, low.r, low.b, N, n, tile[n - c0], K == 0);
+      }
+    }
     for (int64_t m = 0; m < rows; ++m) {
       for (int64_t c = c0; c < c1; ++c) y[m * N + c] = tile[c - c0][m];
     }
@@ -254,12 +272,12 @@ TF_AVX512 void BroadcastRows(const float* xt, int64_t rows, int64_t K, const flo
 // MR x MV accumulators stay at 16-24 of the 32 registers.
 template <bool kWeightKN>
 TF_AVX512 void BroadcastBlock(const float* xt, int64_t rows, int64_t K, const float* w, int64_t N,
-                              int64_t n0, int64_t n1, float* y) {
+                              int64_t n0, int64_t n1, float* y, LowRank low) {
   switch ((rows + 15) / 16) {
-    case 1: BroadcastRows<16, 1, kWeightKN>(xt, rows, K, w, N, n0, n1, y); break;
-    case 2: BroadcastRows<12, 2, kWeightKN>(xt, rows, K, w, N, n0, n1, y); break;
-    case 3: BroadcastRows<8, 3, kWeightKN>(xt, rows, K, w, N, n0, n1, y); break;
-    default: BroadcastRows<6, 4, kWeightKN>(xt, rows, K, w, N, n0, n1, y); break;
+    case 1: BroadcastRows<16, 1, kWeightKN>(xt, rows, K, w, N, n0, n1, y, low); break;
+    case 2: BroadcastRows<12, 2, kWeightKN>(xt, rows, K, w, N, n0, n1, y, low); break;
+    case 3: BroadcastRows<8, 3, kWeightKN>(xt, rows, K, w, N, n0, n1, y, low); break;
+    default: BroadcastRows<6, 4, kWeightKN>(xt, rows, K, w, N, n0, n1, y, low); break;
   }
 }
 
@@ -324,42 +342,96 @@ std::atomic<bool> g_force_avx2{false};
 std::atomic<bool> g_enabled{true};
 
 #if defined(__x86_64__)
-// y[M, N] = x[M, K]·wᵀ for w [N, K], or x·w for w [K, N] (weight_kn), with
-// the broadcast kernel: the input transposed in blocks of kBlockRows rows,
-// the output columns split between threads (or the blocks, when the columns
-// are few).
-void BroadcastProduct(const float* xp, int64_t M, int64_t K, const float* wp, int64_t N,
-                      bool weight_kn, float* yp, const at::TensorOptions& options) {
+// dst[j * ldd + i] = src[i * lds + j] for an 8 x 8 tile.
+TF_AVX2 inline void Transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+// out[k * width + m] = src[m * n + k] for m < rows, zero for rows <= m <
+// width: 8 x 8 tiles, the edges one by one.
+TF_AVX2 void TransposeRows(const float* src, int64_t rows, int64_t n, float* out, int64_t width) {
+  const int64_t rows8 = rows / 8 * 8, n8 = n / 8 * 8;
+  for (int64_t k = 0; k < n8; k += 8) {
+    for (int64_t m = 0; m < rows8; m += 8) Transpose8x8(src + m * n + k, n, out + k * width + m, width);
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    float* o = out + k * width;
+    for (int64_t m = k < n8 ? rows8 : 0; m < rows; ++m) o[m] = src[m * n + k];
+    for (int64_t m = rows; m < width; ++m) o[m] = 0.0f;
+  }
+}
+
+// An input [M, K] (and h [M, r] after it, when given) transposed block by
+// block of kBlockRows rows: block j holds xt[j][k][m] with 16 * ceil(rows /
+// 16) columns, zero past its rows; k runs over x's K values, then h's r.
+struct TransposedInput {
+  at::Tensor buffer;  // 64-byte aligned
+  std::vector<int64_t> offset;
+  int64_t M = 0, K = 0, r = 0, blocks = 0;
+};
+
+TransposedInput TransposeBlocks(const float* xp, int64_t M, int64_t K,
+                                const at::TensorOptions& options, const float* hp = nullptr,
+                                int64_t r = 0) {
+  TransposedInput t;
+  t.M = M;
+  t.K = K;
+  t.r = hp != nullptr ? r : 0;
+  t.blocks = (M + kBlockRows - 1) / kBlockRows;
+  t.offset.assign(static_cast<size_t>(t.blocks) + 1, 0);
+  for (int64_t j = 0; j < t.blocks; ++j) {
+    const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+    t.offset[j + 1] = t.offset[j] + (K + t.r) * ((rows + 15) / 16 * 16);
+  }
+  // Only the padding past a block's rows needs the zeros.
+  t.buffer = at::empty({t.offset[t.blocks]}, options);
+  float* tp = t.buffer.data_ptr<float>();
+  at::parallel_for(0, t.blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
+      const int64_t width = (rows + 15) / 16 * 16;
+      float* out = tp + t.offset[j];
+      for (const auto& [src, n] : {std::pair{xp + j * kBlockRows * K, K},
+                                   std::pair{hp + j * kBlockRows * t.r, t.r}}) {
+        TransposeRows(src, rows, n, out, width);
+        out += n * width;
+      }
+    }
+  });
+  return t;
+}
+
+// y[M, N] = x·wᵀ for w [N, K], or x·w for w [K, N] (weight_kn), for x as
+// transposed above; + h·low.bᵀ when the blocks hold h (not with weight_kn).
+// The output columns are split between threads (or the blocks, when the
+// columns are few).
+void MultiplyBlocks(const TransposedInput& t, const float* wp, int64_t N, bool weight_kn,
+                    float* yp, LowRank low = {}) {
+  const int64_t M = t.M, K = t.K, blocks = t.blocks;
+  const float* tp = t.buffer.data_ptr<float>();
+  const std::vector<int64_t>& offset = t.offset;
+  if (t.r == 0 || weight_kn) low = LowRank{};
   const int64_t tasks = (N + kColumnsPerTask - 1) / kColumnsPerTask;
   auto block = weight_kn ? &BroadcastBlock<true> : &BroadcastBlock<false>;
   auto columns = [&](int64_t task_begin, int64_t task_end) {
     return std::pair<int64_t, int64_t>(task_begin * kColumnsPerTask,
                                        std::min(N, task_end * kColumnsPerTask));
   };
-  // The input transposed, block by block of kBlockRows rows: block j holds
-  // xt[j][k][m] with 16 * ceil(rows / 16) columns, zero past its rows.
-  const int64_t blocks = (M + kBlockRows - 1) / kBlockRows;
-  std::vector<int64_t> offset(static_cast<size_t>(blocks) + 1, 0);
-  for (int64_t j = 0; j < blocks; ++j) {
-    const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-    offset[j + 1] = offset[j] + K * ((rows + 15) / 16 * 16);
-  }
-  // 64-byte aligned; only the padding past a block's rows needs the zeros.
-  at::Tensor xt = at::empty({offset[blocks]}, options);
-  float* tp = xt.data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-      const int64_t width = (rows + 15) / 16 * 16;
-      const float* src = xp + j * kBlockRows * K;
-      float* t = tp + offset[j];
-      // Written in order; the block's rows are read a line at a time.
-      for (int64_t k = 0; k < K; ++k, t += width) {
-        for (int64_t m = 0; m < rows; ++m) t[m] = src[m * K + k];
-        for (int64_t m = rows; m < width; ++m) t[m] = 0.0f;
-      }
-    }
-  });
   if (tasks >= 2 * at::get_num_threads() || blocks == 1) {
     // Each thread takes whole groups of output columns through every
     // block: its weights stay in its cache from one block to the next.
@@ -373,7 +445,7 @@ void BroadcastProduct(const float* xp, int64_t M, int64_t K, const float* wp, in
           const int64_t c1 = std::min(n1, c0 + kColumnsPerTask);
           for (int64_t j = j0; j < j1; ++j) {
             const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-            block(tp + offset[j], rows, K, wp, N, c0, c1, yp + j * kBlockRows * N);
+            block(tp + offset[j], rows, K, wp, N, c0, c1, yp + j * kBlockRows * N, low);
           }
         }
       }
@@ -384,10 +456,15 @@ void BroadcastProduct(const float* xp, int64_t M, int64_t K, const float* wp, in
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         const int64_t rows = std::min(kBlockRows, M - j * kBlockRows);
-        block(tp + offset[j], rows, K, wp, N, 0, N, yp + j * kBlockRows * N);
+        block(tp + offset[j], rows, K, wp, N, 0, N, yp + j * kBlockRows * N, low);
       }
     });
   }
+}
+
+void BroadcastProduct(const float* xp, int64_t M, int64_t K, const float* wp, int64_t N,
+                      bool weight_kn, float* yp, const at::TensorOptions& options) {
+  MultiplyBlocks(TransposeBlocks(xp, M, K, options), wp, N, weight_kn, yp);
 }
 #endif
 
@@ -517,16 +594,82 @@ struct FrozenLinearFunction : torch::autograd::Function<FrozenLinearFunction> {
 
 }  // namespace
 
+namespace {
+
+// Whether the many-rows kernel covers x·wᵀ for a frozen w (whatever the
+// grad mode): AVX-512, fp32 on the CPU, more than kDotRowsMax rows.
+bool CoversFrozen(const at::Tensor& x, const at::Tensor& w) {
+  return internal::HaveAvx512() && g_enabled.load(std::memory_order_relaxed) &&
+         !w.requires_grad() && x.device().is_cpu() && w.device().is_cpu() &&
+         x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && w.dim() == 2 &&
+         x.dim() >= 1 && x.size(-1) == w.size(1) && w.is_contiguous() && w.numel() > 0 &&
+         x.numel() / w.size(1) > kDotRowsMax;
+}
+
+// x·wᵀ + h·bᵀ without autograd (CoversFrozen(x, w) and h, b checked).
+at::Tensor LinearPlusLowRank(const at::Tensor& x, const at::Tensor& w, const at::Tensor& h,
+                             const at::Tensor& b) {
+  const int64_t K = w.size(1), N = w.size(0), r = b.size(1);
+  const int64_t M = x.numel() / K;
+  const at::Tensor xc = x.contiguous(), hc = h.contiguous();
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = N;
+  at::Tensor y = at::empty(shape, x.options());
+#if defined(__x86_64__)
+  MultiplyBlocks(TransposeBlocks(xc.data_ptr<float>(), M, K, x.options(), hc.data_ptr<float>(), r),
+                 w.data_ptr<float>(), N, /*weight_kn=*/false, y.data_ptr<float>(),
+                 LowRank{b.data_ptr<float>(), r});
+#endif
+  return y;
+}
+
+// x·wᵀ + h·bᵀ under autograd with w frozen: g·w toward x, g·b toward h,
+// gᵀ·h toward b.
+struct LinearPlusLowRankFunction : torch::autograd::Function<LinearPlusLowRankFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& w, const at::Tensor& h, const at::Tensor& b) {
+    ctx->save_for_backward({w, h, b});
+    return LinearPlusLowRank(x, w, h, b);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &w = saved[0], &h = saved[1], &b = saved[2];
+    const at::Tensor& g = grad_out[0];
+    at::Tensor grad_x, grad_h, grad_b;
+#if defined(__x86_64__)
+    if (g.defined()) {
+      // g transposed once for both g·w and g·b (the forward covered w, so
+      // the kernel covers these: more than kDotRowsMax rows, fp32).
+      const at::Tensor gc = g.contiguous();
+      const int64_t N = w.size(0), M = gc.numel() / N;
+      const TransposedInput gt = TransposeBlocks(gc.data_ptr<float>(), M, N, g.options());
+      auto times = [&](const at::Tensor& m) {  // g·m for m [N, k]
+        std::vector<int64_t> shape = g.sizes().vec();
+        shape.back() = m.size(1);
+        at::Tensor out = at::empty(shape, g.options());
+        MultiplyBlocks(gt, m.data_ptr<float>(), m.size(1), /*weight_kn=*/true, out.data_ptr<float>());
+        return out;
+      };
+      if (ctx->needs_input_grad(0)) grad_x = times(w);
+      if (ctx->needs_input_grad(2)) grad_h = times(b);
+      if (ctx->needs_input_grad(3)) {
+        grad_b = at::mm(g.reshape({-1, g.size(-1)}).t(), h.reshape({-1, h.size(-1)}));
+      }
+    }
+#endif
+    return {grad_x, at::Tensor(), grad_h, grad_b};
+  }
+};
+
+}  // namespace
+
 std::optional<at::Tensor> FrozenWeightLinear(const at::Tensor& x, const at::Tensor& w,
                                              const at::Tensor& b) {
-  if (!at::GradMode::is_enabled() || !internal::HaveAvx512() ||
-      !g_enabled.load(std::memory_order_relaxed) || w.requires_grad() ||
-      (b.defined() && b.requires_grad()) || !x.device().is_cpu() || !w.device().is_cpu() ||
-      x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || w.dim() != 2 ||
-      x.dim() < 1 || x.size(-1) != w.size(1) || !w.is_contiguous() || w.numel() == 0) {
+  if (!at::GradMode::is_enabled() || !CoversFrozen(x, w) || (b.defined() && b.requires_grad())) {
     return std::nullopt;
   }
-  if (x.numel() / w.size(1) <= kDotRowsMax) return std::nullopt;
   if (!x.requires_grad()) {
     at::NoGradGuard no_grad;
     return InferenceLinear(x, w, b);
@@ -535,6 +678,19 @@ std::optional<at::Tensor> FrozenWeightLinear(const at::Tensor& x, const at::Tens
   // tensors autograd can track, an undefined one is not.
   at::Tensor y = FrozenLinearFunction::apply(x, w);
   return b.defined() ? y + b : y;
+}
+
+std::optional<at::Tensor> FrozenLinearPlusLowRank(const at::Tensor& x, const at::Tensor& w,
+                                                  const at::Tensor& h, const at::Tensor& b) {
+  if (!CoversFrozen(x, w) || !h.defined() || !b.defined() || !h.device().is_cpu() ||
+      !b.device().is_cpu() || h.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
+      b.dim() != 2 || !b.is_contiguous() || b.size(0) != w.size(0) || b.size(1) == 0 ||
+      b.size(1) > kLoraRankMax || h.dim() < 1 || h.size(-1) != b.size(1) ||
+      h.numel() / b.size(1) != x.numel() / w.size(1)) {
+    return std::nullopt;
+  }
+  if (!at::GradMode::is_enabled()) return LinearPlusLowRank(x, w, h, b);
+  return LinearPlusLowRankFunction::apply(x, w, h, b);
 }
 
 std::optional<at::Tensor> InferenceLoraRows(const at::Tensor& x, const std::vector<at::Tensor>& a,

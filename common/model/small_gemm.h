@@ -48,6 +48,16 @@ std::optional<at::Tensor> InferenceLinearInputGrad(const at::Tensor& g, const at
 std::optional<at::Tensor> FrozenWeightLinear(const at::Tensor& x, const at::Tensor& w,
                                              const at::Tensor& b);
 
+// y = x·wᵀ + h·bᵀ for a frozen w [N, K] and a low-rank term: h [..., r] (a
+// LoRA's scaled A·x) and b [N, r] (its B), trained or not. h's r values join
+// x's K in the same accumulators of one pass of the many-rows kernel, instead
+// of a second product over [M, N] outputs and an add. Under autograd:
+// backward g·w toward x, g·b toward h, gᵀ·h toward b. std::nullopt where
+// FrozenWeightLinear's kernels do not cover x·wᵀ (with or without autograd),
+// or h and b do not match it.
+std::optional<at::Tensor> FrozenLinearPlusLowRank(const at::Tensor& x, const at::Tensor& w,
+                                                  const at::Tensor& h, const at::Tensor& b);
+
 // Per-row LoRA deltas for rows that each carry their own adapter (a decode
 // step over many adapters): row t of the result is scale[t]·b[t]·(a[t]·x[t])
 // for x [n, in], a[t] [r, in], b[t] [out, r], every rank and shape alike, fp32

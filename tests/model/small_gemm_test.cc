@@ -227,6 +227,46 @@ TEST(SmallGemmTest, FrozenWeightLinearMatchesLinearUnderAutograd) {
   EnableInferenceLinear(true);
 }
 
+// A LoRA projection in one pass: x·Wᵀ + h·Bᵀ and its gradients toward x, h
+// and B equal the two products added (autograd on), and the output without
+// autograd too; ranks 8 and 16, rows across the 64-row blocks.
+TEST(SmallGemmTest, LowRankTermJoinsTheFrozenProduct) {
+  at::manual_seed(13);
+  if (!internal::HaveAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  for (int64_t r : {8, 16}) {
+    for (int64_t M : {9, 40, 130}) {
+      at::Tensor w = at::randn({100, 64});
+      at::Tensor x0 = at::randn({M, 64}), h0 = at::randn({M, r}), b0 = at::randn({100, r});
+      at::Tensor rw = at::randn({M, 100});
+      at::Tensor xa = x0.clone().requires_grad_(true), ha = h0.clone().requires_grad_(true),
+                 ba = b0.clone().requires_grad_(true);
+      at::Tensor xb = x0.clone().requires_grad_(true), hb = h0.clone().requires_grad_(true),
+                 bb = b0.clone().requires_grad_(true);
+      std::optional<at::Tensor> ya = FrozenLinearPlusLowRank(xa, w, ha, ba);
+      ASSERT_TRUE(ya.has_value()) << r << " " << M;
+      at::Tensor yb = at::linear(xb, w) + at::linear(hb, bb);
+      EXPECT_TRUE(at::allclose(*ya, yb, 1e-4, 1e-4))
+          << r << " " << M << ": max diff " << (*ya - yb).abs().max().item<float>();
+      (*ya * rw).sum().backward();
+      (yb * rw).sum().backward();
+      EXPECT_TRUE(at::allclose(xa.grad(), xb.grad(), 1e-4, 1e-4)) << r << " " << M;
+      EXPECT_TRUE(at::allclose(ha.grad(), hb.grad(), 1e-4, 1e-4)) << r << " " << M;
+      EXPECT_TRUE(at::allclose(ba.grad(), bb.grad(), 1e-4, 1e-3)) << r << " " << M;
+      at::NoGradGuard no_grad;
+      std::optional<at::Tensor> yn = FrozenLinearPlusLowRank(x0, w, h0, b0);
+      ASSERT_TRUE(yn.has_value());
+      EXPECT_TRUE(at::allclose(*yn, yb, 1e-4, 1e-4));
+    }
+  }
+  // Declined: h's rows or rank not matching, a trained base weight.
+  at::Tensor w = at::randn({100, 64}), x = at::randn({20, 64});
+  EXPECT_FALSE(FrozenLinearPlusLowRank(x, w, at::randn({19, 8}), at::randn({100, 8})));
+  EXPECT_FALSE(FrozenLinearPlusLowRank(x, w, at::randn({20, 8}), at::randn({100, 4})));
+  EXPECT_FALSE(FrozenLinearPlusLowRank(x, w, at::randn({20, 8}), at::randn({99, 8})));
+  EXPECT_FALSE(FrozenLinearPlusLowRank(x, w.clone().requires_grad_(true), at::randn({20, 8}),
+                                       at::randn({100, 8})));
+}
+
 TEST(SmallGemmTest, DeclinesWhatItDoesNotCover) {
   at::Tensor w = at::randn({8, 16});
   {
