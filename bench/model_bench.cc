@@ -20,6 +20,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/model/allocator.h"
 #include "common/model/decoder.h"
 #include "common/model/small_gemm.h"
 #include "common/model/tiny_model.h"
@@ -69,14 +70,9 @@ void Sync(const at::Tensor& t) { (void)t.reshape({-1})[0].item<double>(); }
 }  // namespace
 
 int main(int argc, char** argv) {
-  // libgomp (ATen's threads) spins while it waits, and Debian's OpenBLAS runs
-  // its own pthreads: on a few cores the two pools steal each other's time
-  // and every figure drops several-fold. A passive wait policy must be in
-  // the environment before libgomp loads, so set it and start again.
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    ::execv("/proc/self/exe", argv);  // returns only on failure; carry on then
-  }
+  // libgomp's waiting as a serving replica has it (common/model/allocator.h):
+  // set in the environment, and the program started again.
+  tunefleet::model::ExecWithDecoderThreading(argv);
   absl::ParseCommandLine(argc, argv);
   const int threads = absl::GetFlag(FLAGS_threads) > 0
                           ? absl::GetFlag(FLAGS_threads)
@@ -164,8 +160,8 @@ int main(int argc, char** argv) {
   double prefill_s = 1e30, decode_s = 1e30, gemm_prefill_s = 1e30, gemm_decode_s = 1e30;
   // Repeats alternate between the decoder as it runs (InferenceLinear for
   // 2 rows and more) and the same decoder with every product through OpenBLAS
-  // (the baseline), so that both see the same machine. With one row only the
-  // prefill differs (a decode step of one row is a GEMV either way).
+  // (the baseline: GEMM, or GEMV for one row), so that both see the same
+  // machine.
   const bool compare = !cuda && tunefleet::model::InferenceLinearMaxRows() > 0;
   for (int r = 0; r < (compare ? 2 * repeats : repeats); ++r) {
     const bool baseline = compare && r % 2 == 1;
@@ -221,9 +217,10 @@ int main(int argc, char** argv) {
   const double roofline_steps = copy_bw / bytes_per_step;
   const double decode_steps_per_s = static_cast<double>(steps) / decode_s;
 
-  std::printf("model_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s\n",
-              cuda ? "cuda" : "cpu", threads, c10::toString(dopts.dtype),
-              std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "(unset)");
+  auto env = [](const char* name) { return std::getenv(name) ? std::getenv(name) : "(unset)"; };
+  std::printf("model_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n",
+              cuda ? "cuda" : "cpu", threads, c10::toString(dopts.dtype), env("OMP_WAIT_POLICY"),
+              env("GOMP_SPINCOUNT"));
   std::printf(
       "model: phi3 layers=%lld hidden=%lld heads=%lld intermediate=%lld vocab=%lld params=%.1fM "
       "weights=%.1f MB\n",
@@ -251,8 +248,9 @@ int main(int argc, char** argv) {
                 static_cast<double>(batch * prompt) / gemm_prefill_s);
     std::printf("%-44s %12.2f\n", "prefill speed-up of InferenceLinear", gemm_prefill_s / prefill_s);
   }
-  if (compare && batch > 1) {
-    std::printf("%-44s %12.1f\n", "decode tokens/s, OpenBLAS GEMM for every row",
+  if (compare) {
+    std::printf("%-44s %12.1f\n", batch > 1 ? "decode tokens/s, OpenBLAS GEMM for every row"
+                                            : "decode tokens/s, OpenBLAS GEMV",
                 static_cast<double>(batch * steps) / gemm_decode_s);
     std::printf("%-44s %12.2f\n", "decode speed-up of InferenceLinear", gemm_decode_s / decode_s);
   }

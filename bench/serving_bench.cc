@@ -27,12 +27,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/model/allocator.h"
 #include "common/model/decode_attention.h"
 #include "common/model/decoder.h"
 #include "common/model/lora.h"
+#include "common/model/small_gemm.h"
 #include "common/model/tiny_model.h"
 #include "services/serving/engine/adapter_cache.h"
-#include "common/model/allocator.h"
 #include "services/serving/engine/engine.h"
 #ifdef TUNEFLEET_BENCH_FILTERS
 #include "services/serving/filters/builtin_filter.h"
@@ -190,12 +191,8 @@ double Percentile(const std::vector<double>& sorted, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Passive OpenMP waits must be in the environment before libgomp loads
-  // (see model_bench): set and start again.
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    ::execv("/proc/self/exe", argv);
-  }
+  // libgomp's waiting as the replica has it (common/model/allocator.h).
+  model::ExecWithDecoderThreading(argv);
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_tune_allocator)) model::TuneAllocatorForTensorWork();
   const int threads = absl::GetFlag(FLAGS_threads) > 0
@@ -310,9 +307,10 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("serving_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s decode_attention=%d "
-              "ragged=%d steady=%d tune_allocator=%d\n",
+  std::printf("serving_bench: device=%s threads=%d dtype=%s OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s "
+              "decode_attention=%d ragged=%d steady=%d tune_allocator=%d\n",
               cuda ? "cuda" : "cpu", threads, cuda ? "bf16" : "fp32", std::getenv("OMP_WAIT_POLICY"),
+              std::getenv("GOMP_SPINCOUNT"),
               absl::GetFlag(FLAGS_decode_attention) ? 1 : 0, (*engine)->decoder().RaggedExtend() ? 1 : 0,
               absl::GetFlag(FLAGS_steady) ? 1 : 0,
               absl::GetFlag(FLAGS_tune_allocator) ? 1 : 0);
@@ -331,6 +329,32 @@ int main(int argc, char** argv) {
               single.single_decode_tps / roofline);
   std::printf("%-52s %10.3f\n", "single-stream fraction of the copy roofline",
               single.single_decode_tps / copy_roofline);
+  // What the products alone reach: one-row products over every weight
+  // matrix the step reads (the embedding table excluded), through the
+  // decoder's own path, nothing else; the decode's fraction of it is what
+  // the rest of the step (norms, attention, sampling, the engine) costs.
+  {
+    std::vector<at::Tensor> mats;
+    const std::vector<at::Tensor> params = (*engine)->decoder().Parameters();
+    for (const at::Tensor& p : params) {
+      if (p.dim() == 2 && !p.is_same(params[0])) mats.push_back(p);
+    }
+    at::NoGradGuard no_grad;
+    double pass_s = 1e30;
+    for (int r = 0; r < 20; ++r) {
+      auto t0 = Clock::now();
+      for (const at::Tensor& w : mats) {
+        at::Tensor x = at::ones({1, w.size(1)}, w.options());
+        std::optional<at::Tensor> y = model::InferenceLinear(x, w, at::Tensor());
+        if (!y) y = at::mv(w, x[0]);
+        if (cuda) (void)y->sum().item<float>();
+      }
+      pass_s = std::min(pass_s, Seconds(Clock::now() - t0));
+    }
+    std::printf("%-52s %10.1f\n", "products-only pass over the weights (steps/s)", 1.0 / pass_s);
+    std::printf("%-52s %10.3f\n", "single-stream fraction of the products-only pass",
+                single.single_decode_tps * pass_s);
+  }
   double base_tps = 0;
   for (const std::string& arg : absl::GetFlag(FLAGS_streams)) {
     int n = 0;

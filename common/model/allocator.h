@@ -1,6 +1,6 @@
-// Process-wide glibc allocator settings for a process that runs the decoder
-// step after step (the trainer worker, the serving replica, their benches);
-// call it first thing in main.
+// Process-wide settings for a process that runs the decoder step after step
+// (the trainer worker, the serving replica, their benches): glibc's
+// allocator, and libgomp's waiting. Call them first thing in main.
 #pragma once
 
 namespace tunefleet::model {
@@ -15,5 +15,23 @@ namespace tunefleet::model {
 // (given back past 1 GB free at the top); peak memory is unchanged, each
 // step reuses the last one's.
 void TuneAllocatorForTensorWork();
+
+// How long ATen's OpenMP threads spin before they sleep, in libgomp's
+// iterations (its documentation counts ~100000 a millisecond): ~0.1 ms.
+inline constexpr const char* kDecoderSpinCount = "10000";
+
+// libgomp reads its environment once, when it loads: a process that runs the
+// decoder on the CPU needs OMP_WAIT_POLICY=PASSIVE (libgomp's default spins
+// for ~3 ms after each parallel region, and on a few cores it then steals
+// the time of Debian's OpenBLAS threads: every figure dropped several-fold)
+// and GOMP_SPINCOUNT=kDecoderSpinCount (passive alone puts the threads to
+// sleep at once, and a one-token decode step wakes them for each of its
+// ~35 products: a short spin keeps them awake within a step, 10-20% of a
+// single-stream decode step on the 2-core build VM). Where either is
+// missing from the environment, sets it and executes the program again
+// (argv as given; the same process id); returns when both were already set,
+// or when the exec failed (the program then runs without them). A variable
+// already set is kept as it is.
+void ExecWithDecoderThreading(char** argv);
 
 }  // namespace tunefleet::model

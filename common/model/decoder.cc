@@ -193,8 +193,9 @@ at::Tensor SegmentedAttention(const at::Tensor& q, const at::Tensor& k, const at
 // x·Wᵀ (+ b). On the CPU without autograd, InferenceLinear's kernels (which
 // read the weights in place, without OpenBLAS's packing copy); with autograd
 // and a frozen weight (LoRA training), the same kernels forward and toward
-// the input in backward; a single row elsewhere through a matrix-vector
-// product: OpenBLAS runs GEMM with one row 3-5x slower than GEMV.
+// the input in backward; a single row they do not take (no AVX2, autograd
+// on) through a matrix-vector product: OpenBLAS runs GEMM with one row 3-5x
+// slower than GEMV.
 at::Tensor LinearOp(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (x.device().is_cpu()) {
     if (std::optional<at::Tensor> y = InferenceLinear(x, w, b)) return *std::move(y);
@@ -788,8 +789,12 @@ absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector
   }
   // Token n of the step is row n of a [N,1] batch: its cache row, its slot
   // (its row's adapter: ResolveRaggedAdapters).
+  // The vocabulary head runs over the rows with new tokens only (`active`,
+  // each at its last token `last`): a batch's idle rows would otherwise cost
+  // a head product each (a 32-row cache serving one stream spent more on
+  // them than on the whole decoder).
   std::vector<int64_t> rows(static_cast<size_t>(N)), slots(static_cast<size_t>(N));
-  std::vector<int64_t> last(static_cast<size_t>(B), 0);
+  std::vector<int64_t> active, last;
   int64_t max_position = 0;
   for (int64_t b = 0, n = 0; b < B; ++b) {
     for (int64_t j = 0; j < chunk_lengths[b]; ++j, ++n) {
@@ -797,7 +802,10 @@ absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector
       slots[n] = cache.lengths_[b] + j;
       max_position = std::max(max_position, slots[n]);
     }
-    if (chunk_lengths[b] > 0) last[b] = n - 1;
+    if (chunk_lengths[b] > 0) {
+      active.push_back(b);
+      last.push_back(n - 1);
+    }
   }
   return internal::CatchTorch("Decoder::ExtendRows", [&]() -> absl::StatusOr<at::Tensor> {
     at::NoGradGuard no_grad;
@@ -812,8 +820,13 @@ absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector
     at::Tensor h = Body(input, positions, max_position, keep, adapters, false, &cache, false, {},
                         cache_rows);
     for (int64_t b = 0; b < B; ++b) cache.lengths_[b] += chunk_lengths[b];
-    at::Tensor hl = h.view({N, -1}).index_select(0, at::from_blob(last.data(), {B}, at::kLong));
-    return LinearOp(hl, lm_head_, at::Tensor()).to(at::kFloat);
+    const int64_t A = static_cast<int64_t>(active.size());
+    at::Tensor hl = h.view({N, -1}).index_select(0, at::from_blob(last.data(), {A}, at::kLong));
+    at::Tensor logits = LinearOp(hl, lm_head_, at::Tensor()).to(at::kFloat);
+    if (A == B) return logits;
+    at::Tensor out = at::empty({B, logits.size(1)}, logits.options());
+    out.index_copy_(0, at::from_blob(active.data(), {A}, at::kLong).to(out.device()), logits);
+    return out;
   });
 }
 

@@ -181,11 +181,12 @@ class Decoder {
   // Appends each row's new tokens, given back to back without padding:
   // `ids` holds chunk_lengths[0] tokens of row 0, then row 1's, ... (0: the
   // row sits out). Returns fp32 logits [B,vocab] after each row's last new
-  // token (rows with none: garbage). Where RaggedExtend() holds, only the
-  // real tokens are computed (a step mixing one prompt's chunk with many
-  // one-token decodes costs their sum, not rows x the longest chunk) and a
-  // row needs room for its own chunk only; elsewhere the rows are padded to
-  // the longest chunk and run through Extend (each row needs room for that).
+  // token (rows with none: not computed, their values undefined). Where
+  // RaggedExtend() holds, only the real tokens are computed (a step mixing
+  // one prompt's chunk with many one-token decodes costs their sum, not
+  // rows x the longest chunk) and a row needs room for its own chunk only;
+  // elsewhere the rows are padded to the longest chunk and run through
+  // Extend (each row needs room for that).
   absl::StatusOr<at::Tensor> ExtendRows(KvCache& cache, const std::vector<int64_t>& ids,
                                         const std::vector<int64_t>& chunk_lengths,
                                         const AdapterChoice& adapter = {}) const;

@@ -512,7 +512,7 @@ std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor&
   if (K == 0 || N == 0 || x.numel() == 0) return std::nullopt;
   const int64_t M = x.numel() / K;
   // One row: OpenBLAS's GEMV reads the weights as fast as the memory allows.
-  if (M < 2 || M > InferenceLinearMaxRows()) return std::nullopt;
+  if (M < 1 || M > InferenceLinearMaxRows()) return std::nullopt;
   const at::Tensor xc = x.contiguous();
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = N;

@@ -7,14 +7,19 @@
 // its AVX-512 ones are switched off by OPENBLAS_CORETYPE on processors that
 // its build does not know, where they compute wrong results. The kernels here
 // read each weight where it lies, in fp32:
-//   - AVX-512 (checked at run time), 2 to 8 rows: dot products of 8 weight
-//     rows with 2 input rows at a time, each weight read once;
+//   - AVX-512 (checked at run time), 1 to 8 rows: dot products of 8 weight
+//     rows with 2 input rows at a time (one row: a matrix-vector product),
+//     each weight read once;
 //   - AVX-512, 9 rows and more: the input transposed into blocks of up to 64
 //     rows, each weight broadcast against 16 rows per FMA (no reductions,
 //     no packing of the weights); larger batches (prefill) go 64 rows at a time;
-//   - AVX2+FMA only: 2 to 16 rows by dot products; more rows decline.
-// One row always declines: OpenBLAS's GEMV reads the weights at the memory's
-// speed. Inference only (autograd off); anything else is declined. Each output
+//   - AVX2+FMA only: 1 to 16 rows by dot products; more rows decline.
+// One row (a single-stream decode step) reads the weights at the memory's
+// speed, as OpenBLAS's GEMV does, but on ATen's OpenMP threads: a decode step
+// that went back and forth between the two thread pools lost time to each
+// pool's waiting threads (OpenBLAS's spin on sched_yield; perf showed ~20%
+// of a single-stream step there). Inference only (autograd off); anything
+// else is declined. Each output
 // is computed by one thread in a fixed order, so results do not depend on the
 // number of threads.
 #pragma once

@@ -79,7 +79,8 @@ bool WritePortFile(const std::string& path, const tunefleet::rpc::Server& server
 
 int main(int argc, char** argv) {
   using namespace tunefleet;
-  model::TuneAllocatorForTensorWork();  // before anything allocates
+  model::ExecWithDecoderThreading(argv);  // before libgomp's threads start
+  model::TuneAllocatorForTensorWork();    // before anything allocates
   rpc::BlockShutdownSignals();
   rpc::CommonFlags flags = rpc::ParseCommonFlags(argc, argv, "serving", 50054, 9094);
   auto keys = rpc::LoadKeysFromFlags(flags);

@@ -207,6 +207,8 @@ TEST_P(DecoderTest, ExtendRowsFeedsEachRowItsOwnChunk) {
     TF_ASSERT_OK_AND_ASSIGN(
         at::Tensor logits,
         decoder_->ExtendRows(cache, {9, 33, 34, 35, 36, 37, 38, 40, 41, 42}, {1, 0, 6, 3}));
+    // One row of logits per cache row (the idle row's not computed).
+    EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{4, decoder_->config().vocab_size}));
     EXPECT_LE(MaxAbsDiff(logits[0], Full({5, 6, 7, 8, 9})[4]), kTol);
     EXPECT_LE(MaxAbsDiff(logits[2], Full({30, 31, 32, 33, 34, 35, 36, 37, 38})[8]), kTol);
     EXPECT_LE(MaxAbsDiff(logits[3], Full({40, 41, 42})[2]), kTol);

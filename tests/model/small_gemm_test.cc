@@ -1,6 +1,6 @@
 // InferenceLinear: x·Wᵀ (+ b) on the CPU without autograd equals at::linear
-// for every kernel (AVX-512 dot products for 2-8 rows, AVX-512 broadcasts in
-// blocks of 64 rows beyond, AVX2 dot products for 2-16 rows), over shapes that
+// for every kernel (AVX-512 dot products for 1-8 rows, AVX-512 broadcasts in
+// blocks of 64 rows beyond, AVX2 dot products for 1-16 rows), over shapes that
 // exercise every remainder (input rows against the 2-row and 16-row steps and
 // the 64-row blocks, weight rows against the 8, 12, 16, 6 and 48-column
 // steps, K against the 16- and 8-lane steps), and is declined where it does
@@ -46,7 +46,7 @@ TEST(SmallGemmTest, Avx512KernelsEqualLinearForEveryRemainder) {
   at::manual_seed(7);
   if (!internal::HaveAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
   EXPECT_EQ(InferenceLinearMaxRows(), std::numeric_limits<int64_t>::max());
-  ExpectEqualsLinear({2, 3, 8, 9, 16, 17, 32, 33, 48, 49, 64, 65, 130});
+  ExpectEqualsLinear({1, 2, 3, 8, 9, 16, 17, 32, 33, 48, 49, 64, 65, 130});
   // Enough output columns for every thread to take groups of them through
   // several blocks of rows (more than four blocks: the blocks taken together
   // and the last partial group).
@@ -68,7 +68,7 @@ TEST(SmallGemmTest, Avx2KernelEqualsLinearForEveryRemainder) {
   if (!internal::HaveAvx2Fma()) GTEST_SKIP() << "no AVX2+FMA on this CPU: the decoder uses at::linear";
   internal::ForceAvx2ForTesting(true);
   EXPECT_EQ(InferenceLinearMaxRows(), 16);
-  ExpectEqualsLinear({2, 3, 7, 16});
+  ExpectEqualsLinear({1, 2, 3, 7, 16});
   EXPECT_FALSE(InferenceLinear(at::randn({17, 16}), at::randn({8, 16}), at::Tensor()));  // many rows
   internal::ForceAvx2ForTesting(false);
 }
@@ -81,7 +81,7 @@ TEST(SmallGemmTest, ResultsDoNotDependOnThreads) {
   if (InferenceLinearMaxRows() == 0) GTEST_SKIP() << "no kernel on this CPU";
   const int threads = at::get_num_threads();
   at::Tensor w = at::randn({300, 200});
-  for (int64_t M : {4, 40, 100}) {
+  for (int64_t M : {1, 4, 40, 100}) {
     if (M > InferenceLinearMaxRows()) continue;
     at::Tensor x = at::randn({M, 200});
     at::set_num_threads(1);
@@ -271,7 +271,6 @@ TEST(SmallGemmTest, DeclinesWhatItDoesNotCover) {
   at::Tensor w = at::randn({8, 16});
   {
     at::NoGradGuard no_grad;
-    EXPECT_FALSE(InferenceLinear(at::randn({1, 16}), w, at::Tensor()));  // one row: GEMV
     EXPECT_FALSE(InferenceLinear(at::randn({2, 16}, at::kDouble), w.to(at::kDouble), at::Tensor()));
     EXPECT_FALSE(InferenceLinear(at::randn({2, 16}), w.t().contiguous().t(), at::Tensor()));
     EXPECT_FALSE(InferenceLinear(at::randn({2, 15}), w, at::Tensor()));  // K mismatch
@@ -283,6 +282,7 @@ TEST(SmallGemmTest, DeclinesWhatItDoesNotCover) {
   // Autograd on (training, and any forward outside the KV-cache path):
   // at::linear, whatever requires grad.
   EXPECT_FALSE(InferenceLinear(at::randn({2, 16}), w, at::Tensor()));
+  EXPECT_FALSE(InferenceLinear(at::randn({1, 16}), w, at::Tensor()));
   EXPECT_FALSE(InferenceLinear(at::randn({2, 16}), at::randn({8, 16}).requires_grad_(true),
                                at::Tensor()));
 }
