@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "common/base/status_macros.h"
 #include "common/model/decode_attention.h"
+#include "common/model/fused_ops.h"
 #include "common/model/decoder_internal.h"
 #include "common/model/small_gemm.h"
 #include "common/model/torch_compat.h"
@@ -213,7 +214,10 @@ at::Tensor LinearOp(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
 
 }  // namespace
 
-at::Tensor Decoder::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+at::Tensor Decoder::RmsNorm(const at::Tensor& x, const at::Tensor& weight, bool fused) const {
+  if (fused) {
+    if (std::optional<at::Tensor> y = FusedRmsNorm(x, weight, config_.rms_norm_eps)) return *std::move(y);
+  }
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
   return weight * (xf * at::rsqrt(var + config_.rms_norm_eps)).to(x.scalar_type());
@@ -400,6 +404,7 @@ at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& position
   at::Tensor h = at::embedding(embed_, input_ids);
   auto [cos, sin] = Rotary(positions, max_position);
   LayerInputs in{cos, sin, keep, std::move(segments), at::Tensor(), at::Tensor(), T};
+  in.fused = cache != nullptr;
   if (in.segments.gather.defined() && in.segments.gather.device() != options_.device) {
     in.segments.gather = in.segments.gather.to(options_.device);
     in.segments.scatter = in.segments.scatter.to(options_.device);
@@ -423,7 +428,7 @@ at::Tensor Decoder::Body(const at::Tensor& input_ids, const at::Tensor& position
     h = checkpoint ? CheckpointedLayer(i, h, in, adapters, training)
                    : DecoderLayer(i, h, in, adapters, training, cache);
   }
-  return RmsNorm(h, norm_);
+  return RmsNorm(h, norm_, in.fused);
 }
 
 at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
@@ -433,7 +438,7 @@ at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
   const int64_t B = h.size(0), T = h.size(1);
   const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
   const Layer& layer = layers_[i];
-  at::Tensor x = RmsNorm(h, layer.input_norm);
+  at::Tensor x = RmsNorm(h, layer.input_norm, in.fused);
   at::Tensor q, k, v;
   if (c.fused_projections()) {
     at::Tensor qkv = Project(layer, i, Proj::kQkv, x, adapters, training);
@@ -445,13 +450,26 @@ at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
     k = Project(layer, i, Proj::kK, x, adapters, training);
     v = Project(layer, i, Proj::kV, x, adapters, training);
   }
-  q = ApplyRotary(q.reshape({B, T, H, D}).transpose(1, 2), in.cos, in.sin);
-  k = ApplyRotary(k.reshape({B, T, KV, D}).transpose(1, 2), in.cos, in.sin);
-  v = v.reshape({B, T, KV, D}).transpose(1, 2);
+  // With a cache on the CPU (inference), rotary and the cache write are one
+  // pass (fused_ops.h); k and v are then read back from the cache below.
+  std::optional<at::Tensor> fused_q;
+  if (cache != nullptr && in.fused) {
+    fused_q = FusedRotaryIntoCache(q, k, v, in.cos, in.sin, cache->k_[i], cache->v_[i], in.rows,
+                                   in.cols, H, KV);
+  }
+  if (fused_q) {
+    q = *std::move(fused_q);
+  } else {
+    q = ApplyRotary(q.reshape({B, T, H, D}).transpose(1, 2), in.cos, in.sin);
+    k = ApplyRotary(k.reshape({B, T, KV, D}).transpose(1, 2), in.cos, in.sin);
+    v = v.reshape({B, T, KV, D}).transpose(1, 2);
+    if (cache != nullptr) {
+      cache->k_[i].index_put_({in.rows, in.cols}, k.transpose(1, 2));
+      cache->v_[i].index_put_({in.rows, in.cols}, v.transpose(1, 2));
+    }
+  }
   at::Tensor attn;  // [B,T,H*D]
   if (cache != nullptr) {
-    cache->k_[i].index_put_({in.rows, in.cols}, k.transpose(1, 2));
-    cache->v_[i].index_put_({in.rows, in.cols}, v.transpose(1, 2));
     // A decode step: each row's query against its own cached keys, in place
     // (ragged: against the keys of its cache row).
     if (T == 1) {
@@ -483,7 +501,7 @@ at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
   }
   h = h + Project(layer, i, Proj::kO, attn, adapters, training);
 
-  x = RmsNorm(h, layer.post_attention_norm);
+  x = RmsNorm(h, layer.post_attention_norm, in.fused);
   at::Tensor gate, up;
   if (c.fused_projections()) {
     at::Tensor gu = Project(layer, i, Proj::kGateUp, x, adapters, training);
@@ -493,7 +511,8 @@ at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
     gate = Project(layer, i, Proj::kGate, x, adapters, training);
     up = Project(layer, i, Proj::kUp, x, adapters, training);
   }
-  return h + Project(layer, i, Proj::kDown, up * at::silu(gate), adapters, training);
+  std::optional<at::Tensor> act = in.fused ? FusedSiluMul(gate, up) : std::nullopt;
+  return h + Project(layer, i, Proj::kDown, act ? *act : up * at::silu(gate), adapters, training);
 }
 
 absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids,
@@ -767,6 +786,13 @@ absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector
     return absl::InvalidArgumentError(absl::StrCat("ExtendRows: ", ids.size(), " ids for ", N,
                                                    " tokens in the chunks (at least 1)"));
   }
+  // CheckIds's test on the host vector (no tensor operators in a decode step).
+  for (const int64_t id : ids) {
+    if (id < 0 || id >= config_.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ExtendRows: token ids must be in [0, ", config_.vocab_size, ")"));
+    }
+  }
   bool room_for_padding = true;
   for (int64_t b = 0; b < B; ++b) room_for_padding &= cache.lengths_[b] + longest <= cache.capacity_;
   // Padded when there is no kernel for the ragged attention, or when padding
@@ -810,7 +836,6 @@ absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector
   return internal::CatchTorch("Decoder::ExtendRows", [&]() -> absl::StatusOr<at::Tensor> {
     at::NoGradGuard no_grad;
     at::Tensor input = at::from_blob(const_cast<int64_t*>(ids.data()), {N, 1}, at::kLong);
-    TF_RETURN_IF_ERROR(CheckIds(input, "ExtendRows"));
     at::Tensor positions = at::from_blob(slots.data(), {N, 1}, at::kLong).clone();
     at::Tensor cache_rows = at::from_blob(rows.data(), {N}, at::kLong).clone();
     // Each query sees its row's keys up to its own slot; the chunk's keys are

@@ -263,7 +263,8 @@ class Decoder {
   absl::StatusOr<AdapterGroups> ResolveAdapters(const AdapterChoice& choice, int64_t batch) const;
   at::Tensor Project(const Layer& layer, int64_t index, Proj p, const at::Tensor& x,
                      const AdapterGroups& adapters, bool training) const;
-  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  // `fused`: one pass (fused_ops.h) where it applies; see LayerInputs::fused.
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, bool fused) const;
   // cos/sin [B,1,T,rotary_dim] for positions [B,T]; `max_position` (known on
   // the host, so no device sync) picks longrope's short or long factors.
   std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions, int64_t max_position) const;
@@ -285,6 +286,12 @@ class Decoder {
     // A ragged extend (ExtendRows): one token per row of h, each the next
     // token of cache row cache_rows[b] ([B] int64 on the CPU; T = 1).
     at::Tensor cache_rows;
+    // The fused inference passes (fused_ops.h) may run: with a KV cache
+    // (generation, serving). Forwards without one (training, evaluation, a
+    // DPO reference, a checkpointed layer's first pass) keep libtorch's
+    // operators, so a forward without autograd computes exactly what the
+    // same forward under autograd does.
+    bool fused = false;
   };
   // One decoder layer: h [B,T,hidden] -> h.
   at::Tensor DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,

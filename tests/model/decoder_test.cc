@@ -232,6 +232,14 @@ TEST_P(DecoderTest, ExtendRowsFeedsEachRowItsOwnChunk) {
   EXPECT_THAT(decoder_->ExtendRows(cache, {1}, {1, 1}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("2 tokens")));
   EXPECT_THAT(decoder_->ExtendRows(cache, {}, {0, 0}), StatusIs(absl::StatusCode::kInvalidArgument));
+  // A token outside the vocabulary, on the ragged and the padded path; the
+  // cache is left as it was.
+  const int64_t vocab = decoder_->config().vocab_size;
+  EXPECT_THAT(decoder_->ExtendRows(cache, {vocab}, {1, 0}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("token ids must be in [0, ")));
+  EXPECT_THAT(decoder_->ExtendRows(cache, {1, -1}, {1, 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("token ids must be in [0, ")));
+  EXPECT_EQ(cache.lengths(), (std::vector<int64_t>{0, 0}));
 }
 
 TEST_P(DecoderTest, ARowCopiedToALargerCacheDecodesOn) {
