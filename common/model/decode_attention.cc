@@ -49,24 +49,53 @@ TF_AVX2 inline void Axpy(float p, const float* x, float* out, int64_t n) {
   for (; i < n; ++i) out[i] += p * x[i];
 }
 
-// One (row, head): keys and values at slots [lo, hi], `stride` floats apart.
-TF_AVX2 void OneHead(const float* q, const float* k, const float* v, int64_t stride, int64_t lo,
-                     int64_t hi, int64_t D, float scale, std::vector<float>& scores, float* out) {
-  const int64_t n = hi - lo + 1;
-  scores.resize(static_cast<size_t>(n));
-  float max = -std::numeric_limits<float>::infinity();
+// Heads [h0, h1) of one row: keys and values at slots [lo, hi], a slot's
+// heads side by side (`stride` floats a slot, head h's KV head at
+// (h / group)·D). The cache is walked slot by slot, every head of the group
+// at each slot, so each pass reads one contiguous run a slot (a head alone
+// would read 256 bytes every 3 KB, a stride the prefetchers do not follow).
+// Each head's arithmetic is that of a head alone, in the same order: scores
+// by slot, softmax, values by slot.
+TF_AVX2 void HeadGroup(const float* q, const float* k, const float* v, int64_t stride, int64_t lo,
+                       int64_t hi, int64_t h0, int64_t h1, int64_t group, int64_t D, float scale,
+                       std::vector<float>& scores, float* out) {
+  const int64_t n = hi - lo + 1, heads = h1 - h0;
+  scores.resize(static_cast<size_t>(n * heads));
+  // The cache is cold (a step streams the weights between layers): the group's
+  // part of a slot a few slots ahead is asked for while this one is used.
+  constexpr int64_t kAhead = 4;
+  const int64_t first = (h0 / group) * D, last = ((h1 - 1) / group + 1) * D;  // floats of a slot
+  auto prefetch = [&](const float* slot) {
+    for (int64_t f = first; f < last; f += 16) _mm_prefetch(reinterpret_cast<const char*>(slot + f), _MM_HINT_T0);
+  };
   for (int64_t s = 0; s < n; ++s) {
-    scores[s] = Dot(q, k + (lo + s) * stride, D) * scale;
-    max = std::max(max, scores[s]);
+    const float* ks = k + (lo + s) * stride;
+    if (s + kAhead < n) prefetch(ks + kAhead * stride);
+    for (int64_t h = h0; h < h1; ++h) {
+      scores[(h - h0) * n + s] = Dot(q + h * D, ks + (h / group) * D, D) * scale;
+    }
   }
-  float sum = 0;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* sc = scores.data() + h * n;
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < n; ++s) max = std::max(max, sc[s]);
+    float sum = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      sc[s] = std::exp(sc[s] - max);
+      sum += sc[s];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t s = 0; s < n; ++s) sc[s] *= inv;
+  }
+  std::fill(out + h0 * D, out + h1 * D, 0.0f);
+  for (int64_t s = 0; s < kAhead && s < n; ++s) prefetch(v + (lo + s) * stride);
   for (int64_t s = 0; s < n; ++s) {
-    scores[s] = std::exp(scores[s] - max);
-    sum += scores[s];
+    const float* vs = v + (lo + s) * stride;
+    if (s + kAhead < n) prefetch(vs + kAhead * stride);
+    for (int64_t h = h0; h < h1; ++h) {
+      Axpy(scores[(h - h0) * n + s], vs + (h / group) * D, out + h * D, D);
+    }
   }
-  std::fill(out, out + D, 0.0f);
-  const float inv = 1.0f / sum;
-  for (int64_t s = 0; s < n; ++s) Axpy(scores[s] * inv, v + (lo + s) * stride, out, D);
 }
 #endif
 
@@ -121,14 +150,23 @@ std::optional<at::Tensor> DecodeAttention(const at::Tensor& q, const at::Tensor&
   float* op = out.data_ptr<float>();
   const int64_t group = H / KV, stride = KV * D;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  at::parallel_for(0, B * H, 4, [&](int64_t begin, int64_t end) {
+  // Tasks are (row, group of heads): a row's heads in one group when there
+  // are rows for every thread, else split so that every thread has a group
+  // (one stream: half its heads on each of two threads).
+  const int64_t threads = at::get_num_threads();
+  const int64_t per_group = (H + std::clamp<int64_t>((threads + B - 1) / B, 1, H) - 1) /
+                            std::clamp<int64_t>((threads + B - 1) / B, 1, H);
+  const int64_t groups = (H + per_group - 1) / per_group;
+  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / H, h = i % H, kvh = h / group;
+      const int64_t b = i / groups, h0 = (i % groups) * per_group;
+      const int64_t h1 = std::min(H, h0 + per_group);
       const int64_t hi = pp[b];
       const int64_t lo = window ? std::max<int64_t>(0, hi - *window + 1) : 0;
-      const int64_t base = (rp ? rp[b] : b) * cap * stride + kvh * D;
-      OneHead(qp + i * D, kp + base, vp + base, stride, lo, hi, D, scale, scores, op + i * D);
+      const int64_t base = (rp ? rp[b] : b) * cap * stride;
+      HeadGroup(qp + b * H * D, kp + base, vp + base, stride, lo, hi, h0, h1, group, D, scale, scores,
+                op + b * H * D);
     }
   });
 #endif

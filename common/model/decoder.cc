@@ -850,7 +850,15 @@ absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector
     at::Tensor logits = LinearOp(hl, lm_head_, at::Tensor()).to(at::kFloat);
     if (A == B) return logits;
     at::Tensor out = at::empty({B, logits.size(1)}, logits.options());
-    out.index_copy_(0, at::from_blob(active.data(), {A}, at::kLong).to(out.device()), logits);
+    if (out.device().is_cpu() && logits.is_contiguous()) {
+      // A row copy each (index_copy_ took ~0.2 ms for one row of 32k logits).
+      const int64_t V = logits.size(1);
+      const float* from = logits.data_ptr<float>();
+      float* to = out.data_ptr<float>();
+      for (int64_t j = 0; j < A; ++j) std::copy(from + j * V, from + (j + 1) * V, to + active[j] * V);
+    } else {
+      out.index_copy_(0, at::from_blob(active.data(), {A}, at::kLong).to(out.device()), logits);
+    }
     return out;
   });
 }
