@@ -7,6 +7,10 @@
 #include <cstdlib>
 #include <utility>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace tunefleet::model {
 
 void TuneAllocatorForTensorWork() {
@@ -25,6 +29,12 @@ void ExecWithDecoderThreading(char** argv) {
     }
   }
   if (changed) ::execv("/proc/self/exe", argv);  // returns only on failure
+}
+
+void ReleaseThreadTeam() {
+#if defined(_OPENMP)
+  (void)omp_pause_resource_all(omp_pause_hard);
+#endif
 }
 
 }  // namespace tunefleet::model

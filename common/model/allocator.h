@@ -34,4 +34,15 @@ inline constexpr const char* kDecoderSpinCount = "10000";
 // already set is kept as it is.
 void ExecWithDecoderThreading(char** argv);
 
+// libgomp spins for GOMP_SPINCOUNT only while it manages no more threads than
+// the process may run on; past that it spins ~100 iterations and sleeps. A
+// thread that ran a parallel region keeps its team of workers until it exits,
+// so a loading thread, or a bench's main thread, left a second team beside
+// the engine's, and the engine's workers then slept and were woken at every
+// product (~80 context switches a step; a single-stream step 5.3 -> 6.8 ms on
+// the 2-core build VM). Releases the calling thread's team
+// (omp_pause_resource_all); its next parallel region builds it again. Call it
+// on a long-lived thread when it is done with tensor work for a while.
+void ReleaseThreadTeam();
+
 }  // namespace tunefleet::model

@@ -9,10 +9,12 @@
 #include <set>
 #include <sstream>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/sha256.h"
 #include "common/errors/error_details.h"
+#include "common/model/allocator.h"
 #include "common/model/sequence.h"
 #include "common/text/tokenizer.h"
 #include "services/serving/chat_request.h"
@@ -326,6 +328,8 @@ absl::StatusOr<std::shared_ptr<Replica::Base>> Replica::LoadBase(const std::stri
   const std::string dir = absl::StrCat(options_.models_dir, "/", id);
   auto base = std::make_shared<Base>();
   base->id = id;
+  // The engine's thread alone keeps a team of ATen workers (allocator.h).
+  absl::Cleanup release_team = [] { model::ReleaseThreadTeam(); };
   auto decoder = model::Decoder::Load(dir, options_.decoder);
   if (!decoder.ok()) return decoder.status();
   auto tokenizer = text::ChatTokenizer::Load(dir);
