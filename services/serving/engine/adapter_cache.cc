@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "common/model/allocator.h"
 #include "common/model/safetensors.h"
 
 namespace tunefleet::serving {
@@ -113,6 +114,9 @@ absl::StatusOr<std::shared_ptr<const ServedAdapter>> AdapterCache::Acquire(
   e.lru = lru_.begin();
   lock.unlock();
   auto loaded = Load(artifact);
+  // The load may have run parallel regions on this (request or reconciler)
+  // thread: the engine's thread alone keeps a team of workers (allocator.h).
+  model::ReleaseThreadTeam();
   lock.lock();
   auto it = entries_.find(artifact);
   if (!loaded.ok()) {
