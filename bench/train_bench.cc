@@ -7,10 +7,12 @@
 // the model library's own kernels), and packed vs padded real-token
 // throughput.
 //
-// Then 1 vs 2 ranks (weak scaling: each rank its own `--batch` examples per
-// step, Gloo on loopback, the threads split between the ranks): efficiency =
-// the two ranks' summed real tokens/s over twice one rank's on half the
-// threads. The second rank is this binary re-executed (--rank_child).
+// Then 1 vs 2 ranks (weak scaling: `--batch` examples per rank per step,
+// Gloo on loopback, the threads split between the ranks): efficiency = the
+// two ranks' summed real tokens/s over twice one rank's on half the threads,
+// and over two independent one-rank runs side by side (what the machine
+// gives two processes at once). The other process is this binary
+// re-executed (--rank_child, --solo_child).
 //
 //   train_bench [--hidden 512 --layers 8 ...] [--steps 4] [--threads N] [--only "lora packed"]
 #include <ATen/ATen.h>
@@ -64,7 +66,8 @@ ABSL_FLAG(std::string, only, "",
 ABSL_FLAG(int, rank_child, -1, "(internal) run as this rank of the 2-rank scaling run");
 ABSL_FLAG(std::string, child_dir, "", "(internal) the parent's working directory");
 ABSL_FLAG(int, child_port, 0, "(internal) the rendezvous port");
-ABSL_FLAG(bool, peak_child, false, "(internal) measure a one-thread matmul rate beside the parent");
+ABSL_FLAG(bool, solo_child, false,
+          "(internal) run one rank alone on rank1.shard beside the parent's (the 2-rank baseline)");
 
 namespace {
 
@@ -101,25 +104,6 @@ Peak MatmulPeakGflops() {
     (which == 0 ? peak.openblas : peak.kernels) = best;
   }
   return peak;
-}
-
-// Mean fp32 matmul rate over `seconds` of back-to-back 1024^3 at::mm.
-// `ready`, when given, is created after the warm-up, and `go` waited for.
-double MatmulRateGflops(double seconds, const std::string& ready = "", const std::string& go = "") {
-  const int64_t n = 1024;
-  at::Tensor a = at::randn({n, n}), b = at::randn({n, n});
-  at::mm(a, b);  // warm-up
-  if (!ready.empty()) std::ofstream(ready) << "\n";
-  while (!go.empty() && !fs::exists(go)) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  int64_t count = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  double s = 0;
-  while (s < seconds) {
-    at::mm(a, b);
-    ++count;
-    s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  return count * 2.0 * n * n * n / s / 1e9;
 }
 
 struct Figures {
@@ -187,13 +171,8 @@ int main(int argc, char** argv) {
                           ? absl::GetFlag(FLAGS_threads)
                           : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(threads);
-  if (absl::GetFlag(FLAGS_peak_child)) {
-    const std::string d = absl::GetFlag(FLAGS_child_dir);
-    const double rate = MatmulRateGflops(3.0, d + "/peak-ready", d + "/peak-go");
-    std::ofstream(d + "/peak.txt") << rate << "\n";
-    return 0;
-  }
-  const int child = absl::GetFlag(FLAGS_rank_child);
+  const bool solo = absl::GetFlag(FLAGS_solo_child);
+  const int child = solo ? 1 : absl::GetFlag(FLAGS_rank_child);
   const std::string dir =
       child >= 0 ? absl::GetFlag(FLAGS_child_dir)
                  : (fs::temp_directory_path() / absl::StrCat("train_bench-", ::getpid())).string();
@@ -269,8 +248,9 @@ int main(int argc, char** argv) {
     s.progress_interval_s = 0;
     return s;
   };
-  // A rank of the 2-rank scaling run: rank 0 reads train.shard, rank 1
-  // rank1.shard; `batch` examples per rank per step.
+  // A rank of the 2-rank scaling run: rank 0 holds train.shard, rank 1
+  // rank1.shard; 2 x `batch` examples a step, split between the ranks by
+  // tokens (the worker gathers each step's examples on both).
   auto ranked = [&](int rank, int port) {
     trainer::WorkerSpec s = spec_for(true, trainer::TrainingMethod::kLora);
     s.rank = rank;
@@ -284,6 +264,20 @@ int main(int argc, char** argv) {
     s.collective_timeout_s = 600;
     return s;
   };
+  // One rank alone on `shard`, its own output: the 1-rank run, and the two
+  // independent runs side by side.
+  auto solo_spec = [&](const std::string& shard_path, const std::string& name) {
+    trainer::WorkerSpec s = spec_for(true, trainer::TrainingMethod::kLora);
+    s.train_shards = {shard_path};
+    s.output_dir = dir + "/out-" + name;
+    s.checkpoint_root = dir + "/ckpt-" + name;
+    return s;
+  };
+  if (solo) {
+    Figures f = RunOnce(solo_spec(dir + "/rank1.shard", "solo1"), dir + "/report-solo1.jsonl");
+    std::ofstream(dir + "/solo1.tps") << f.tokens_per_second << "\n";
+    return 0;
+  }
   if (child >= 0) {
     Figures f = RunOnce(ranked(child, absl::GetFlag(FLAGS_child_port)),
                         absl::StrCat(dir, "/report-rank", child, ".jsonl"));
@@ -332,79 +326,61 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_scaling)) {
     const int half = std::max(1, threads / 2);
     at::set_num_threads(half);
-    Figures one = RunOnce(spec_for(true, trainer::TrainingMethod::kLora), dir + "/report.jsonl");
+    // This binary re-executed with the model's shape and `flag`.
+    auto spawn = [&](std::vector<std::string> args) {
+      args.insert(args.begin(), "/proc/self/exe");
+      args.push_back("--child_dir=" + dir);
+      args.push_back(absl::StrCat("--threads=", half));
+      for (const auto& [name, value] :
+           {std::pair{"hidden", absl::GetFlag(FLAGS_hidden)},
+            std::pair{"layers", absl::GetFlag(FLAGS_layers)},
+            std::pair{"heads", absl::GetFlag(FLAGS_heads)},
+            std::pair{"intermediate", absl::GetFlag(FLAGS_intermediate)},
+            std::pair{"steps", absl::GetFlag(FLAGS_steps)}, std::pair{"batch", batch},
+            std::pair{"max_len", max_len}}) {
+        args.push_back(absl::StrCat("--", name, "=", value));
+      }
+      std::vector<char*> cargv;
+      for (std::string& a : args) cargv.push_back(a.data());
+      cargv.push_back(nullptr);
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        ::execv("/proc/self/exe", cargv.data());
+        _exit(127);
+      }
+      return pid;
+    };
+    auto child_tps = [&](pid_t pid, const std::string& file) {
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      double tps = 0;
+      std::ifstream(dir + "/" + file) >> tps;
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || tps <= 0) {
+        std::fprintf(stderr, "train_bench: the second process failed\n");
+        std::exit(1);
+      }
+      return tps;
+    };
+    Figures one = RunOnce(solo_spec(shard, "one"), dir + "/report.jsonl");
+    // What this machine gives two ranks that never talk: two one-rank runs
+    // at once, on the two ranks' data. On a VM whose vCPUs share caches,
+    // memory bandwidth or a core's FMA units, two ranks cannot beat it.
+    const pid_t solo_pid = spawn({"--solo_child"});
+    Figures solo0 = RunOnce(solo_spec(shard, "solo0"), dir + "/report-solo0.jsonl");
+    const double side_by_side = solo0.tokens_per_second + child_tps(solo_pid, "solo1.tps");
     const int port = FreePort();
-    std::vector<std::string> args = {"/proc/self/exe",
-                                     "--rank_child=1",
-                                     "--child_dir=" + dir,
-                                     absl::StrCat("--child_port=", port),
-                                     absl::StrCat("--threads=", half)};
-    for (const auto& [name, value] :
-         {std::pair{"hidden", absl::GetFlag(FLAGS_hidden)},
-          std::pair{"layers", absl::GetFlag(FLAGS_layers)},
-          std::pair{"heads", absl::GetFlag(FLAGS_heads)},
-          std::pair{"intermediate", absl::GetFlag(FLAGS_intermediate)},
-          std::pair{"steps", absl::GetFlag(FLAGS_steps)}, std::pair{"batch", batch},
-          std::pair{"max_len", max_len}}) {
-      args.push_back(absl::StrCat("--", name, "=", value));
-    }
-    std::vector<char*> cargv;
-    for (std::string& a : args) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execv("/proc/self/exe", cargv.data());
-      _exit(127);
-    }
+    const pid_t rank_pid = spawn({"--rank_child=1", absl::StrCat("--child_port=", port)});
     Figures rank0 = RunOnce(ranked(0, port), dir + "/report-rank0.jsonl");
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    double rank1_tps = 0;
-    std::ifstream(dir + "/rank1.tps") >> rank1_tps;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || rank1_tps <= 0) {
-      std::fprintf(stderr, "train_bench: the second rank failed\n");
-      return 1;
-    }
-    const double two = rank0.tokens_per_second + rank1_tps;
-    // What the machine gives two processes at once: a one-thread matmul
-    // alone, then in two processes side by side. On a VM whose vCPUs share
-    // one core's FMA units, two ranks cannot beat this, whatever the code.
-    const double alone = MatmulRateGflops(3.0);
-    const pid_t peak_pid = ::fork();
-    if (peak_pid == 0) {
-      std::vector<std::string> pargs = {"/proc/self/exe", "--peak_child", "--child_dir=" + dir,
-                                        absl::StrCat("--threads=", half)};
-      std::vector<char*> pargv;
-      for (std::string& a : pargs) pargv.push_back(a.data());
-      pargv.push_back(nullptr);
-      ::execv("/proc/self/exe", pargv.data());
-      _exit(127);
-    }
-    // Both start together: the child warms up, says so, and waits for us.
-    bool reaped = false;
-    while (!fs::exists(dir + "/peak-ready") && !reaped) {
-      reaped = ::waitpid(peak_pid, &status, WNOHANG) == peak_pid;  // it failed to start
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-    std::ofstream(dir + "/peak-go") << "\n";
-    const double beside = MatmulRateGflops(3.0);
-    if (!reaped) ::waitpid(peak_pid, &status, 0);
-    double other = 0;
-    std::ifstream(dir + "/peak.txt") >> other;
-    const double capacity = other > 0 ? (beside + other) / (2 * alone) : 0;
-    std::printf("1 rank, %d threads: %.1f real tok/s (MFU %.1f%% of a %d-thread matmul alone, "
-                "%.1f GFLOP/s); 2 Gloo ranks, %d threads each, %lld examples per rank per step: "
-                "%.1f real tok/s together\n",
-                half, one.tokens_per_second,
-                100 * one.tokens_per_second * model_flops(4) / (alone * 1e9), half, alone, half,
-                static_cast<long long>(batch), two);
-    std::printf("matmul in two %d-thread processes at once: %.1f + %.1f GFLOP/s = %.2fx of one alone "
-                "(the machine's own 2-process capacity: %.0f%%)\n",
-                half, beside, other, (beside + other) / alone, 100 * capacity);
-    std::printf("2-rank scaling efficiency: %.1f%% (goal 90%%); against the machine's capacity: "
-                "%.1f%%\n",
-                100 * two / (2 * one.tokens_per_second),
-                capacity > 0 ? 100 * two / (2 * one.tokens_per_second) / capacity : 0.0);
+    const double two = rank0.tokens_per_second + child_tps(rank_pid, "rank1.tps");
+    std::printf("1 rank, %d threads: %.1f real tok/s; two such runs side by side (no collectives): "
+                "%.1f real tok/s together (%.2fx)\n",
+                half, one.tokens_per_second, side_by_side, side_by_side / one.tokens_per_second);
+    std::printf("2 Gloo ranks, %d threads each, %lld examples a step split by tokens: %.1f real tok/s "
+                "together\n",
+                half, static_cast<long long>(2 * batch), two);
+    std::printf("2-rank scaling efficiency: %.1f%% of twice one rank (goal 90%%); %.1f%% of the two "
+                "side-by-side runs (what data parallelism itself costs on this machine)\n",
+                100 * two / (2 * one.tokens_per_second), 100 * two / side_by_side);
   }
   std::error_code ec;
   fs::remove_all(dir, ec);

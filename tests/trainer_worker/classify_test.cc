@@ -20,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -216,6 +217,57 @@ TEST_F(ClassifyTest, ResumeAfterSigtermIsExact) {
   EXPECT_EQ(ReadBytes(a + "/score.safetensors"), ReadBytes(b + "/score.safetensors"));
   EXPECT_EQ(resumed.Last(ReportKind::kCompleted)->valid_loss,
             ref.Last(ReportKind::kCompleted)->valid_loss);
+}
+
+// Two Gloo ranks holding unequal parts of the training and validation sets
+// (3 and 5 examples, as StreamShard would split them by size): each step's
+// examples, labels included, are gathered on both and split by tokens, and
+// the run equals one rank with the whole sets.
+TEST_F(ClassifyTest, TwoGlooRanksWithUnequalPartsEqualOneRank) {
+  WorkerSpec one = Spec("one");
+  one.hyper.epochs = 2;
+  one.hyper.lora_dropout = 0;  // dropout draws depend on the rows a rank holds
+  RunResult single = RunWorker(one, "one");
+  ASSERT_EQ(single.exit_code, 0) << single.stderr_tail;
+
+  const std::vector<std::pair<std::string, int>> train0(kTrain.begin(), kTrain.begin() + 3),
+      train1(kTrain.begin() + 3, kTrain.end()), valid0(kValid.begin(), kValid.begin() + 1),
+      valid1(kValid.begin() + 1, kValid.end());
+  const std::string dir = run_dir_.Join("parts");
+  fs::create_directories(dir);
+  WriteShard(dir + "/train0.shard", train0);
+  WriteShard(dir + "/train1.shard", train1);
+  WriteShard(dir + "/valid0.shard", valid0);
+  WriteShard(dir + "/valid1.shard", valid1);
+  const std::vector<RunResult> ranks = worker_testing::RunTwoRanks(
+      one, {dir + "/train0.shard", dir + "/train1.shard"}, {dir + "/valid0.shard", dir + "/valid1.shard"},
+      run_dir_.path());
+  const RunResult& rank0 = ranks[0];
+  const RunResult& rank1 = ranks[1];
+  ASSERT_EQ(rank0.exit_code, 0) << rank0.stderr_tail;
+  ASSERT_EQ(rank1.exit_code, 0) << rank1.stderr_tail;
+  const std::map<int64_t, double> want = single.Losses();
+  ASSERT_EQ(want.size(), 4u);
+  const ReportEvent* done = single.Last(ReportKind::kCompleted);
+  ASSERT_NE(done, nullptr);
+  for (const RunResult* r : {&rank0, &rank1}) {
+    const std::map<int64_t, double> got = r->Losses();
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [step, loss] : got) EXPECT_NEAR(loss, want.at(step), 1e-5) << "step " << step;
+    const ReportEvent* d = r->Last(ReportKind::kCompleted);
+    ASSERT_NE(d, nullptr);
+    ASSERT_TRUE(d->valid_loss && done->valid_loss);
+    EXPECT_NEAR(*d->valid_loss, *done->valid_loss, 1e-5);
+  }
+  auto a = model::SafetensorsFile::Open(done->result_dir + "/score.safetensors");
+  auto b = model::SafetensorsFile::Open(rank0.Last(ReportKind::kCompleted)->result_dir + "/score.safetensors");
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto ta = (*a)->GetAll();
+  auto tb = (*b)->GetAll();
+  ASSERT_TRUE(ta.ok() && tb.ok());
+  ASSERT_EQ(ta->size(), tb->size());
+  for (size_t i = 0; i < ta->size(); ++i)
+    EXPECT_LT(((*ta)[i].second - (*tb)[i].second).abs().max().item<double>(), 1e-4) << (*ta)[i].first;
 }
 
 TEST_F(ClassifyTest, FullFineTuningTrainsTheHeadToo) {

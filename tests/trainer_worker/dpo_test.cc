@@ -340,18 +340,6 @@ TEST_F(DpoTest, ResumeAfterSigtermIsExact) {
             ref.Last(ReportKind::kCompleted)->valid_loss);
 }
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a = {};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // Two Gloo ranks, each with its half of the pairs (as StreamShard splits
 // them), LoRA with gradient checkpointing, micro-batches of one
 // pair accumulated: the same run as one rank with the whole set (LoRA +
@@ -367,25 +355,11 @@ TEST_F(DpoTest, TwoGlooRanksWithCheckpointingEqualOneRank) {
   const std::vector<std::string> parts = {run_dir_.Join("p0.shard"), run_dir_.Join("p1.shard")};
   WritePairs(parts[0], 0, 3);
   WritePairs(parts[1], 3, kPairs.size());
-  const int port = FreePort();
-  std::vector<WorkerSpec> specs;
-  for (int r = 0; r < 2; ++r) {
-    WorkerSpec s = one;
-    s.output_dir = run_dir_.Join("ddp/result");
-    s.checkpoint_root = run_dir_.Join("ddp/checkpoints");
-    s.rank = r;
-    s.world_size = 2;
-    s.master_port = port;
-    s.train_shards = {parts[r]};
-    s.hyper.micro_batch_size = 1;
-    s.hyper.gradient_checkpointing = true;
-    s.collective_timeout_s = 60;
-    specs.push_back(s);
-  }
-  RunResult rank1;
-  std::thread t([&] { rank1 = RunWorker(specs[1], "rank1"); });
-  RunResult rank0 = RunWorker(specs[0], "rank0");
-  t.join();
+  one.hyper.micro_batch_size = 1;
+  one.hyper.gradient_checkpointing = true;
+  const std::vector<RunResult> ranks = worker_testing::RunTwoRanks(one, parts, {}, run_dir_.path());
+  const RunResult& rank0 = ranks[0];
+  const RunResult& rank1 = ranks[1];
   ASSERT_EQ(rank0.exit_code, 0) << rank0.stderr_tail;
   ASSERT_EQ(rank1.exit_code, 0) << rank1.stderr_tail;
   const auto want = single.Losses();

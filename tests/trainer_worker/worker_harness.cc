@@ -2,13 +2,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -118,6 +121,43 @@ RunResult RunWorkerWithSpecFile(const std::string& spec_path, const std::string&
   r.stderr_tail = ss.str();
   if (r.stderr_tail.size() > 2000) r.stderr_tail = r.stderr_tail.substr(r.stderr_tail.size() - 2000);
   return r;
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::vector<RunResult> RunTwoRanks(WorkerSpec base, const std::vector<std::string>& train_parts,
+                                   const std::vector<std::string>& valid_parts,
+                                   const std::string& run_dir) {
+  base.output_dir = run_dir + "/ddp/result";
+  base.checkpoint_root = run_dir + "/ddp/checkpoints";
+  base.world_size = 2;
+  base.master_addr = "127.0.0.1";
+  base.master_port = FreePort();
+  base.collective_timeout_s = 60;
+  std::vector<RunResult> out(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    WorkerSpec s = base;
+    s.rank = r;
+    s.train_shards = {train_parts[static_cast<size_t>(r)]};
+    if (!valid_parts.empty()) s.valid_shards = {valid_parts[static_cast<size_t>(r)]};
+    ranks.emplace_back([&out, s, r, &run_dir] {
+      out[static_cast<size_t>(r)] = RunWorker(s, run_dir, "rank" + std::to_string(r));
+    });
+  }
+  for (std::thread& t : ranks) t.join();
+  return out;
 }
 
 std::string ReadBytes(const std::string& path) {

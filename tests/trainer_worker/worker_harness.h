@@ -55,4 +55,14 @@ RunResult RunWorkerWithSpecFile(const std::string& spec_path, const std::string&
 
 std::string ReadBytes(const std::string& path);
 
+// A loopback TCP port free a moment ago (for a rendezvous).
+int FreePort();
+
+// Two Gloo ranks on loopback from `base`: rank r trains on train_parts[r]
+// (and validates on valid_parts[r] when given), results under
+// <run_dir>/ddp/; each rank's run as RunWorker's (logs "rank0", "rank1").
+std::vector<RunResult> RunTwoRanks(WorkerSpec base, const std::vector<std::string>& train_parts,
+                                   const std::vector<std::string>& valid_parts,
+                                   const std::string& run_dir);
+
 }  // namespace tunefleet::trainer::worker_testing

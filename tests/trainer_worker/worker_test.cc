@@ -55,6 +55,7 @@ const std::vector<std::pair<std::string, std::string>> kChats = {
 };
 
 using worker_testing::ReadBytes;
+using worker_testing::FreePort;
 using worker_testing::RunResult;
 
 class WorkerTest : public ::testing::Test {
@@ -375,19 +376,6 @@ TEST_F(WorkerTest, BadInputIsAClearErrorNeverACrash) {
   }
 }
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a = {};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // Two Gloo ranks on loopback, each holding half of the examples (as the
 // dataset service's StreamShard splits them) and accumulating micro-batches,
 // end where one rank with the whole set ends.
@@ -402,25 +390,10 @@ TEST_F(WorkerTest, TwoGlooRanksEqualOneRank) {
   std::vector<std::string> parts = {run_dir_.Join("part0.shard"), run_dir_.Join("part1.shard")};
   WriteShard(parts[0], chat_->tokenizer().vocab_size(), 0, 3);
   WriteShard(parts[1], chat_->tokenizer().vocab_size(), 3, kChats.size());
-  const int port = FreePort();
-  std::vector<WorkerSpec> specs;
-  for (int r = 0; r < 2; ++r) {
-    WorkerSpec s = one;
-    s.output_dir = run_dir_.Join("ddp/result");
-    s.checkpoint_root = run_dir_.Join("ddp/checkpoints");
-    s.rank = r;
-    s.world_size = 2;
-    s.master_addr = "127.0.0.1";
-    s.master_port = port;
-    s.hyper.micro_batch_size = 1;
-    s.train_shards = {parts[r]};
-    s.collective_timeout_s = 60;
-    specs.push_back(s);
-  }
-  RunResult rank1;
-  std::thread t([&] { rank1 = RunWorker(specs[1], "rank1"); });
-  RunResult rank0 = RunWorker(specs[0], "rank0");
-  t.join();
+  one.hyper.micro_batch_size = 1;
+  const std::vector<RunResult> ranks = worker_testing::RunTwoRanks(one, parts, {}, run_dir_.path());
+  const RunResult& rank0 = ranks[0];
+  const RunResult& rank1 = ranks[1];
   ASSERT_EQ(rank0.exit_code, 0) << rank0.stderr_tail;
   ASSERT_EQ(rank1.exit_code, 0) << rank1.stderr_tail;
   const auto want = single.Losses();

@@ -68,6 +68,40 @@ absl::StatusOr<Dataset> Dataset::Load(const std::vector<std::string>& paths, abs
   return d;
 }
 
+Dataset Dataset::FromOwned(std::vector<Owned> examples, bool pairs) {
+  Dataset d;
+  d.pairs_ = pairs;
+  d.owned_ = std::move(examples);
+  d.examples_.reserve(d.owned_.size());
+  for (const Owned& o : d.owned_) {
+    Example x;
+    x.ids = o.ids.data();
+    x.mask = o.mask.data();
+    x.length = static_cast<int64_t>(o.ids.size());
+    x.label = o.label;
+    for (int64_t t = 1; t < x.length; ++t) x.trained += x.mask[t] ? 1 : 0;
+    d.examples_.push_back(x);
+  }
+  return d;
+}
+
+std::vector<std::vector<int64_t>> BalanceAcrossRanks(const std::vector<int64_t>& costs, int64_t world) {
+  std::vector<int64_t> units(costs.size());
+  std::iota(units.begin(), units.end(), 0);
+  std::stable_sort(units.begin(), units.end(), [&](int64_t a, int64_t b) {
+    return costs[static_cast<size_t>(a)] > costs[static_cast<size_t>(b)];
+  });
+  std::vector<std::vector<int64_t>> out(static_cast<size_t>(std::max<int64_t>(world, 1)));
+  std::vector<int64_t> load(out.size(), 0);
+  for (int64_t u : units) {
+    const size_t r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    out[r].push_back(u);
+    load[r] += costs[static_cast<size_t>(u)];
+  }
+  for (auto& v : out) std::sort(v.begin(), v.end());
+  return out;
+}
+
 int64_t Dataset::total_tokens() const {
   int64_t n = 0;
   for (const Example& e : examples_) n += e.length;

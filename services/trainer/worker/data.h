@@ -41,11 +41,35 @@ class Dataset {
   // pair p's chosen completion, 2p+1 its rejected one.
   bool pairs() const { return pairs_; }
 
+  // Examples whose tokens this object holds itself (a step's batch gathered
+  // from every rank's part); each mask as long as its ids, lengths already
+  // within max_sequence_length.
+  struct Owned {
+    std::vector<int32_t> ids;
+    std::vector<uint8_t> mask;
+    int32_t label = -1;
+  };
+  static Dataset FromOwned(std::vector<Owned> examples, bool pairs);
+
+  Dataset() = default;
+  Dataset(Dataset&&) = default;
+  Dataset& operator=(Dataset&&) = default;
+  Dataset(const Dataset&) = delete;  // examples_ point into files_ or owned_
+  Dataset& operator=(const Dataset&) = delete;
+
  private:
   bool pairs_ = false;
   std::vector<ShardFile> files_;
+  std::vector<Owned> owned_;
   std::vector<Example> examples_;
 };
+
+// Splits one step's units (examples, or DPO pairs) among `world` ranks so
+// that their costs (real tokens) come out as even as possible: longest
+// first, each to the rank with the least so far (ties: the lower unit, the
+// lower rank). Returns each rank's units in ascending order; the same on
+// every rank, since it depends on the costs alone.
+std::vector<std::vector<int64_t>> BalanceAcrossRanks(const std::vector<int64_t>& costs, int64_t world);
 
 // A seeded permutation of [0, n) for an epoch (the same on every machine:
 // splitmix64 + Fisher-Yates, no std:: distributions).

@@ -141,6 +141,8 @@ class Run {
   bool AnyStopRequested();
   absl::Status SyncedBackward(const at::Tensor& loss);
   absl::Status SumOverRanks(std::vector<double>& values);
+  // Several ranks: the tokens of a global batch's units on every rank.
+  absl::StatusOr<Dataset> GatherBatch(const std::vector<int64_t>& units);
   int64_t per_rank_batch_ = 0, steps_per_epoch_ = 0, total_steps_ = 0;
   TrainerState state_;
   std::vector<int64_t> order_;
@@ -602,22 +604,32 @@ absl::Status Run::TrainStep(int64_t step) {
   // that this rank holds.
   const int64_t begin = in_epoch * h_.batch_size;
   const int64_t end = std::min<int64_t>(global_n_, begin + h_.batch_size);
-  const int64_t local_units = Units(*train_);
-  std::vector<int64_t> examples;
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t g = order_[static_cast<size_t>(i)];
-    if (g >= part_begin_ && g < part_begin_ + local_units) examples.push_back(g - part_begin_);
-  }
-  int64_t step_trained = 0;
-  for (int64_t e : examples) step_trained += UnitTrained(*train_, e);
-  // DPO: the loss is the mean over the step's pairs, on every rank.
-  int64_t step_pairs = static_cast<int64_t>(examples.size());
+  const std::vector<int64_t> batch(order_.begin() + begin, order_.begin() + end);
+  // One rank: the batch's units are its own. Several: each rank holds a part
+  // of the set, so a batch's units fall unevenly on them (in count and in
+  // length), and the step waits for the slowest. The batch's tokens are
+  // gathered on every rank instead and split by real tokens
+  // (BalanceAcrossRanks); only where the examples are stored depends on the
+  // parts, not which rank computes them.
+  std::optional<Dataset> gathered;
+  std::vector<int64_t> examples = batch;  // units of `data` this rank computes
   if (spec_.world_size > 1) {
-    std::vector<double> v = {static_cast<double>(step_trained), static_cast<double>(step_pairs)};
-    TF_RETURN_IF_ERROR(SumOverRanks(v));
-    step_trained = static_cast<int64_t>(v[0]);
-    step_pairs = static_cast<int64_t>(v[1]);
+    absl::StatusOr<Dataset> g = CatchTorch("gathering the batch", [&] { return GatherBatch(batch); });
+    if (!g.ok()) return g.status();
+    gathered = *std::move(g);
+    std::vector<int64_t> costs;
+    for (int64_t u = 0; u < static_cast<int64_t>(batch.size()); ++u) {
+      costs.push_back(dpo_ ? gathered->at(2 * u).length + gathered->at(2 * u + 1).length
+                           : gathered->at(u).length);
+    }
+    examples = BalanceAcrossRanks(costs, spec_.world_size)[static_cast<size_t>(spec_.rank)];
   }
+  const Dataset& data = gathered ? *gathered : *train_;
+  int64_t step_trained = 0;
+  for (int64_t u = 0; u < static_cast<int64_t>(batch.size()); ++u)
+    step_trained += UnitTrained(data, gathered ? u : batch[static_cast<size_t>(u)]);
+  // DPO: the loss is the mean over the step's pairs, on every rank.
+  const int64_t step_pairs = static_cast<int64_t>(batch.size());
   return CatchTorch("training step", [&]() -> absl::Status {
     // Dropout draws depend on (seed, step) only, so a resumed run draws the same.
     at::manual_seed(static_cast<uint64_t>(h_.seed) * 1000003ull + static_cast<uint64_t>(step));
@@ -628,8 +640,8 @@ absl::Status Run::TrainStep(int64_t step) {
     int64_t correct = 0, tokens = 0;
     step_real_tokens_ = 0;
     const std::vector<std::vector<int64_t>> micros =
-        dpo_ ? SplitPairMicroBatches(*train_, examples, h_.micro_batch_size)
-             : SplitMicroBatches(*train_, examples, h_.micro_batch_size, h_.packing);
+        dpo_ ? SplitPairMicroBatches(data, examples, h_.micro_batch_size)
+             : SplitMicroBatches(data, examples, h_.micro_batch_size, h_.packing);
     // With several ranks the Reducer reduces the last backward of the step
     // (which carries the accumulated gradients) and averages over ranks, so
     // each rank's loss carries world_size.
@@ -638,7 +650,7 @@ absl::Status Run::TrainStep(int64_t step) {
     int64_t last_backward = -1;
     for (size_t i = 0; i < micros.size(); ++i) {
       int64_t t = 0;
-      for (int64_t e : micros[i]) t += (dpo_ || classify_) ? 1 : train_->at(e).trained;
+      for (int64_t e : micros[i]) t += (dpo_ || classify_) ? 1 : data.at(e).trained;
       if (t > 0) last_backward = static_cast<int64_t>(i);
     }
     auto backward = [&](const at::Tensor& scaled, size_t i) -> absl::Status {
@@ -653,7 +665,7 @@ absl::Status Run::TrainStep(int64_t step) {
       if (dpo_) {
         if (micros[i].empty()) continue;
         TF_ASSIGN_OR_RETURN(DpoBatchOutput out,
-                            DpoBatch(Dpo(lora_ ? &*lora_ : nullptr), *train_, micros[i],
+                            DpoBatch(Dpo(lora_ ? &*lora_ : nullptr), data, micros[i],
                                      h_.max_sequence_length, /*training=*/true,
                                      h_.gradient_checkpointing));
         real_tokens_ += out.real_tokens;
@@ -673,7 +685,7 @@ absl::Status Run::TrainStep(int64_t step) {
       if (classify_) {
         if (micros[i].empty()) continue;
         // One example a row; the mean over the step's examples.
-        MicroBatch mb = MakeMicroBatch(*train_, micros[i], false, h_.max_sequence_length, true);
+        MicroBatch mb = MakeMicroBatch(data, micros[i], false, h_.max_sequence_length, true);
         real_tokens_ += mb.real_tokens;
         slots_ += mb.slots;
         step_real_tokens_ += mb.real_tokens;
@@ -693,7 +705,7 @@ absl::Status Run::TrainStep(int64_t step) {
         tokens += static_cast<int64_t>(micros[i].size());
         continue;
       }
-      MicroBatch mb = MakeMicroBatch(*train_, micros[i], h_.packing, h_.max_sequence_length);
+      MicroBatch mb = MakeMicroBatch(data, micros[i], h_.packing, h_.max_sequence_length);
       real_tokens_ += mb.real_tokens;
       slots_ += mb.slots;
       step_real_tokens_ += mb.real_tokens;
@@ -907,6 +919,62 @@ bool Run::AnyStopRequested() {
   std::vector<double> v = {StopRequested() ? 1.0 : 0.0};
   if (!SumOverRanks(v).ok()) return true;
   return v[0] > 0;
+}
+
+// Every rank contributes the units of the batch it holds; two sums over the
+// ranks (the examples' lengths and labels, then their ids and masks, each
+// written by one rank and zero on the others) give every rank all of them,
+// in the batch's order (a DPO pair as two examples).
+absl::StatusOr<Dataset> Run::GatherBatch(const std::vector<int64_t>& units) {
+  const int64_t per = dpo_ ? 2 : 1;
+  const int64_t n = static_cast<int64_t>(units.size()) * per;
+  const int64_t local_units = Units(*train_);
+  std::vector<int64_t> local(units.size(), -1);
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (units[i] >= part_begin_ && units[i] < part_begin_ + local_units) local[i] = units[i] - part_begin_;
+  }
+  at::Tensor head = at::zeros({2 * n}, at::kLong);  // length, label + 1
+  int64_t* ph = head.data_ptr<int64_t>();
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (local[i] < 0) continue;
+    for (int64_t k = 0; k < per; ++k) {
+      const Example& x = train_->at(local[i] * per + k);
+      const int64_t j = static_cast<int64_t>(i) * per + k;
+      ph[2 * j] = x.length;
+      ph[2 * j + 1] = x.label + 1;
+    }
+  }
+  TF_RETURN_IF_ERROR(coll_->AllReduceSum(head));
+  std::vector<int64_t> offset(static_cast<size_t>(n) + 1, 0);
+  for (int64_t j = 0; j < n; ++j) offset[static_cast<size_t>(j) + 1] = offset[static_cast<size_t>(j)] + ph[2 * j];
+  const int64_t total = offset.back();
+  at::Tensor body = at::zeros({2 * total}, at::kInt);  // every example's ids, then every mask
+  int32_t* pb = body.data_ptr<int32_t>();
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (local[i] < 0) continue;
+    for (int64_t k = 0; k < per; ++k) {
+      const Example& x = train_->at(local[i] * per + k);
+      const int64_t pos = offset[i * static_cast<size_t>(per) + static_cast<size_t>(k)];
+      for (int64_t t = 0; t < x.length; ++t) {
+        pb[pos + t] = x.ids[t];
+        pb[total + pos + t] = x.mask[t];
+      }
+    }
+  }
+  TF_RETURN_IF_ERROR(coll_->AllReduceSum(body));
+  std::vector<Dataset::Owned> out(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t a = offset[static_cast<size_t>(j)], b = offset[static_cast<size_t>(j) + 1];
+    if (a == b) {
+      return absl::InternalError(absl::StrCat("unit ", units[static_cast<size_t>(j / per)],
+                                              " of the batch is held by no rank"));
+    }
+    Dataset::Owned& o = out[static_cast<size_t>(j)];
+    o.ids.assign(pb + a, pb + b);
+    o.mask.assign(pb + total + a, pb + total + b);
+    o.label = static_cast<int32_t>(ph[2 * j + 1] - 1);
+  }
+  return Dataset::FromOwned(std::move(out), dpo_);
 }
 
 absl::Status Run::SumOverRanks(std::vector<double>& values) {
