@@ -17,6 +17,13 @@ uint64_t SplitMix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
+// Loss-masked tokens after the first (those a label exists for).
+int64_t TrainedTokens(const Example& x) {
+  int64_t n = 0;
+  for (int64_t t = 1; t < x.length; ++t) n += x.mask[t] ? 1 : 0;
+  return n;
+}
+
 }  // namespace
 
 absl::StatusOr<Dataset> Dataset::Load(const std::vector<std::string>& paths, absl::string_view what,
@@ -59,7 +66,7 @@ absl::StatusOr<Dataset> Dataset::Load(const std::vector<std::string>& paths, abs
       x.mask = e.loss_mask.data();
       x.length = std::min<int64_t>(static_cast<int64_t>(e.token_ids.size()), max_sequence_length);
       x.label = e.label;
-      for (int64_t t = 1; t < x.length; ++t) x.trained += x.mask[t] ? 1 : 0;
+      x.trained = TrainedTokens(x);
       d.examples_.push_back(x);
     }
   }
@@ -79,7 +86,7 @@ Dataset Dataset::FromOwned(std::vector<Owned> examples, bool pairs) {
     x.mask = o.mask.data();
     x.length = static_cast<int64_t>(o.ids.size());
     x.label = o.label;
-    for (int64_t t = 1; t < x.length; ++t) x.trained += x.mask[t] ? 1 : 0;
+    x.trained = TrainedTokens(x);
     d.examples_.push_back(x);
   }
   return d;

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -600,8 +601,7 @@ absl::Status Run::TrainStep(int64_t step) {
     order_ = EpochOrder(global_n_, static_cast<uint64_t>(h_.seed), epoch);
     order_epoch_ = epoch;
   }
-  // The global batch, and the members of it (examples, or pairs for DPO)
-  // that this rank holds.
+  // The global batch (examples, or pairs for DPO).
   const int64_t begin = in_epoch * h_.batch_size;
   const int64_t end = std::min<int64_t>(global_n_, begin + h_.batch_size);
   const std::vector<int64_t> batch(order_.begin() + begin, order_.begin() + end);
@@ -928,20 +928,20 @@ bool Run::AnyStopRequested() {
 absl::StatusOr<Dataset> Run::GatherBatch(const std::vector<int64_t>& units) {
   const int64_t per = dpo_ ? 2 : 1;
   const int64_t n = static_cast<int64_t>(units.size()) * per;
+  // The batch's examples this rank stores (null: another rank's).
+  std::vector<const Example*> mine(static_cast<size_t>(n), nullptr);
   const int64_t local_units = Units(*train_);
-  std::vector<int64_t> local(units.size(), -1);
   for (size_t i = 0; i < units.size(); ++i) {
-    if (units[i] >= part_begin_ && units[i] < part_begin_ + local_units) local[i] = units[i] - part_begin_;
+    const int64_t local = units[i] - part_begin_;
+    if (local < 0 || local >= local_units) continue;
+    for (int64_t k = 0; k < per; ++k) mine[i * static_cast<size_t>(per) + static_cast<size_t>(k)] = &train_->at(local * per + k);
   }
   at::Tensor head = at::zeros({2 * n}, at::kLong);  // length, label + 1
   int64_t* ph = head.data_ptr<int64_t>();
-  for (size_t i = 0; i < units.size(); ++i) {
-    if (local[i] < 0) continue;
-    for (int64_t k = 0; k < per; ++k) {
-      const Example& x = train_->at(local[i] * per + k);
-      const int64_t j = static_cast<int64_t>(i) * per + k;
-      ph[2 * j] = x.length;
-      ph[2 * j + 1] = x.label + 1;
+  for (int64_t j = 0; j < n; ++j) {
+    if (const Example* x = mine[static_cast<size_t>(j)]) {
+      ph[2 * j] = x->length;
+      ph[2 * j + 1] = x->label + 1;
     }
   }
   TF_RETURN_IF_ERROR(coll_->AllReduceSum(head));
@@ -950,16 +950,12 @@ absl::StatusOr<Dataset> Run::GatherBatch(const std::vector<int64_t>& units) {
   const int64_t total = offset.back();
   at::Tensor body = at::zeros({2 * total}, at::kInt);  // every example's ids, then every mask
   int32_t* pb = body.data_ptr<int32_t>();
-  for (size_t i = 0; i < units.size(); ++i) {
-    if (local[i] < 0) continue;
-    for (int64_t k = 0; k < per; ++k) {
-      const Example& x = train_->at(local[i] * per + k);
-      const int64_t pos = offset[i * static_cast<size_t>(per) + static_cast<size_t>(k)];
-      for (int64_t t = 0; t < x.length; ++t) {
-        pb[pos + t] = x.ids[t];
-        pb[total + pos + t] = x.mask[t];
-      }
-    }
+  for (int64_t j = 0; j < n; ++j) {
+    const Example* x = mine[static_cast<size_t>(j)];
+    if (x == nullptr) continue;
+    const int64_t pos = offset[static_cast<size_t>(j)];
+    std::copy(x->ids, x->ids + x->length, pb + pos);
+    std::copy(x->mask, x->mask + x->length, pb + total + pos);
   }
   TF_RETURN_IF_ERROR(coll_->AllReduceSum(body));
   std::vector<Dataset::Owned> out(static_cast<size_t>(n));
