@@ -517,6 +517,7 @@ at::Tensor Decoder::DecoderLayer(int64_t i, at::Tensor h, const LayerInputs& in,
 
 absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids,
                                             const ForwardOptions& options) const {
+  const compat::AutocastScope autocast(options_.device.type(), options_.autocast_dtype);
   TF_ASSIGN_OR_RETURN(at::Tensor h, ForwardHidden(input_ids, options));
   return internal::CatchTorch("Decoder::Forward", [&]() -> absl::StatusOr<at::Tensor> {
     return at::linear(h, lm_head_).to(at::kFloat);
@@ -526,6 +527,7 @@ absl::StatusOr<at::Tensor> Decoder::Forward(const at::Tensor& input_ids,
 absl::StatusOr<Decoder::LossOutput> Decoder::Loss(const at::Tensor& input_ids,
                                                   const at::Tensor& labels,
                                                   const ForwardOptions& options) const {
+  const compat::AutocastScope autocast(options_.device.type(), options_.autocast_dtype);
   if (!labels.defined() || !input_ids.defined() || labels.sizes() != input_ids.sizes() ||
       labels.dim() != 2 || labels.size(1) < 2) {
     return absl::InvalidArgumentError(
@@ -553,6 +555,7 @@ absl::StatusOr<Decoder::LossOutput> Decoder::Loss(const at::Tensor& input_ids,
 
 absl::StatusOr<Decoder::SequenceLogProbs> Decoder::SequenceLogProb(
     const at::Tensor& input_ids, const at::Tensor& labels, const ForwardOptions& options) const {
+  const compat::AutocastScope autocast(options_.device.type(), options_.autocast_dtype);
   if (!labels.defined() || !input_ids.defined() || labels.sizes() != input_ids.sizes() ||
       labels.dim() != 2 || labels.size(1) < 2) {
     return absl::InvalidArgumentError(
@@ -581,6 +584,7 @@ absl::StatusOr<Decoder::SequenceLogProbs> Decoder::SequenceLogProb(
 
 absl::StatusOr<at::Tensor> Decoder::ForwardHidden(const at::Tensor& input_ids,
                                                   const ForwardOptions& options) const {
+  const compat::AutocastScope autocast(options_.device.type(), options_.autocast_dtype);
   if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0) {
     return absl::InvalidArgumentError(
         "Forward: input_ids must be a non-empty [batch, tokens] tensor");
@@ -688,6 +692,7 @@ absl::Status KvCache::CopyRow(const KvCache& from, int64_t from_row, int64_t to_
 absl::StatusOr<at::Tensor> Decoder::Extend(KvCache& cache, const at::Tensor& input_ids,
                                            const std::vector<int64_t>& chunk_lengths,
                                            const AdapterChoice& adapter, bool all_logits) const {
+  const compat::AutocastScope autocast(options_.device.type(), options_.autocast_dtype);
   if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0 ||
       input_ids.size(0) != cache.batch_size()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -770,6 +775,7 @@ bool Decoder::RaggedExtend() const {
 absl::StatusOr<at::Tensor> Decoder::ExtendRows(KvCache& cache, const std::vector<int64_t>& ids,
                                                const std::vector<int64_t>& chunk_lengths,
                                                const AdapterChoice& adapter) const {
+  const compat::AutocastScope autocast(options_.device.type(), options_.autocast_dtype);
   const int64_t B = cache.batch_size();
   if (static_cast<int64_t>(chunk_lengths.size()) != B) {
     return absl::InvalidArgumentError(absl::StrCat("ExtendRows: ", chunk_lengths.size(),

@@ -62,6 +62,12 @@ struct DecoderOptions {
   // ExtendRows computes only the real tokens where it can (RaggedExtend);
   // false: it always pads (benchmarks measure both).
   bool ragged_extend = true;
+  // Mixed precision: every forward (and a checkpointed layer's recomputation)
+  // runs under autocast to this dtype on the decoder's device (bf16, or fp16
+  // on CUDA; the CPU's autocast takes bf16 only), whatever `dtype` the
+  // weights are stored in. Training on GPUs: fp32 or bf16 weights, bf16
+  // products. Undefined: off.
+  at::ScalarType autocast_dtype = at::ScalarType::Undefined;
 };
 
 // Which LoRA adapter a forward applies: none, one for every row, or one per

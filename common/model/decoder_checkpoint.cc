@@ -20,6 +20,7 @@
 #include <mutex>
 
 #include "common/model/decoder.h"
+#include "common/model/torch_compat.h"
 
 namespace tunefleet::model {
 namespace internal {
@@ -65,6 +66,9 @@ struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
     at::Tensor y;
     {
       at::AutoGradMode grad(true);
+      // The recomputation runs under the forward's mixed precision.
+      const DecoderOptions& o = closure->decoder->options();
+      const compat::AutocastScope autocast(o.device.type(), o.autocast_dtype);
       if (closure->rng_state.defined()) {
         // The generator's mutex is held only around get/set: dropout takes it.
         at::Generator gen = at::globalContext().defaultGenerator(closure->device);

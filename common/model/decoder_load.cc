@@ -86,6 +86,15 @@ absl::StatusOr<Decoder> Decoder::Load(const std::string& dir, const DecoderOptio
 absl::StatusOr<Decoder> Decoder::FromWeights(const ModelConfig& config,
                                              const SafetensorsDir& weights,
                                              const DecoderOptions& options) {
+  if (options.autocast_dtype != at::ScalarType::Undefined) {
+    const bool cuda = options.device.is_cuda();
+    if (!(options.device.is_cpu() || cuda) ||
+        !(options.autocast_dtype == at::kBFloat16 || (cuda && options.autocast_dtype == at::kHalf))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "autocast to ", c10::toString(options.autocast_dtype), " on ", options.device.str(),
+          ": autocast takes bfloat16 on the CPU, bfloat16 or float16 on CUDA"));
+    }
+  }
   return internal::CatchTorch("loading decoder", [&]() -> absl::StatusOr<Decoder> {
     Decoder d;
     d.config_ = config;

@@ -1,5 +1,7 @@
 #include "common/model/small_gemm.h"
 
+#include "common/model/torch_compat.h"
+
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -19,6 +21,12 @@ namespace {
 
 // The largest rank InferenceLoraRows takes (its per-row scratch).
 constexpr int64_t kLoraRankMax = 256;
+
+// Under the CPU's autocast (DecoderOptions::autocast_dtype) products belong to
+// the dispatcher, in autocast's dtype: the fp32 kernels here decline, so that
+// a forward computes the same with and without autograd (a checkpointed
+// layer's two runs).
+bool CpuAutocast() { return compat::AutocastEnabled(at::kCPU); }
 
 #if defined(__x86_64__)
 #define TF_AVX2 __attribute__((target("avx2,fma")))
@@ -500,7 +508,7 @@ int64_t InferenceLinearMaxRows() {
 
 std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor& w,
                                           const at::Tensor& b) {
-  if (!internal::HaveAvx2Fma() || !x.device().is_cpu() || !w.device().is_cpu() ||
+  if (!internal::HaveAvx2Fma() || CpuAutocast() || !x.device().is_cpu() || !w.device().is_cpu() ||
       x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || w.dim() != 2 ||
       x.dim() < 1 || x.size(-1) != w.size(1) || !w.is_contiguous()) {
     return std::nullopt;
@@ -545,7 +553,7 @@ std::optional<at::Tensor> InferenceLinear(const at::Tensor& x, const at::Tensor&
 }
 
 std::optional<at::Tensor> InferenceLinearInputGrad(const at::Tensor& g, const at::Tensor& w) {
-  if (!internal::HaveAvx512() || !g_enabled.load(std::memory_order_relaxed) ||
+  if (!internal::HaveAvx512() || !g_enabled.load(std::memory_order_relaxed) || CpuAutocast() ||
       at::GradMode::is_enabled() || !g.device().is_cpu() || !w.device().is_cpu() ||
       g.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || w.dim() != 2 ||
       g.dim() < 1 || g.size(-1) != w.size(0) || !w.is_contiguous()) {
@@ -599,7 +607,7 @@ namespace {
 // Whether the many-rows kernel covers x·wᵀ for a frozen w (whatever the
 // grad mode): AVX-512, fp32 on the CPU, more than kDotRowsMax rows.
 bool CoversFrozen(const at::Tensor& x, const at::Tensor& w) {
-  return internal::HaveAvx512() && g_enabled.load(std::memory_order_relaxed) &&
+  return internal::HaveAvx512() && g_enabled.load(std::memory_order_relaxed) && !CpuAutocast() &&
          !w.requires_grad() && x.device().is_cpu() && w.device().is_cpu() &&
          x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && w.dim() == 2 &&
          x.dim() >= 1 && x.size(-1) == w.size(1) && w.is_contiguous() && w.numel() > 0 &&
@@ -697,7 +705,7 @@ std::optional<at::Tensor> InferenceLoraRows(const at::Tensor& x, const std::vect
                                             const std::vector<at::Tensor>& b,
                                             const std::vector<float>& scale) {
   const size_t n = a.size();
-  if (!internal::HaveAvx2Fma() || at::GradMode::is_enabled() || n == 0 || b.size() != n ||
+  if (!internal::HaveAvx2Fma() || CpuAutocast() || at::GradMode::is_enabled() || n == 0 || b.size() != n ||
       scale.size() != n || !x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 2 ||
       x.size(0) != static_cast<int64_t>(n)) {
     return std::nullopt;

@@ -21,7 +21,8 @@
 // of a single-stream step there). Inference only (autograd off); anything
 // else is declined. Each output
 // is computed by one thread in a fixed order, so results do not depend on the
-// number of threads.
+// number of threads. Under the CPU's autocast every entry point declines (the
+// product is then at::linear's, in autocast's dtype).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,6 +1,9 @@
 // Gradient checkpointing in the decoder: the same loss and the same
 // gradients (LoRA with dropout, per-row adapters, full fine-tuning, padded
-// and packed batches) as a plain forward, on a tiny Phi-3.
+// and packed batches) as a plain forward, on a tiny Phi-3. Mixed precision
+// (DecoderOptions::autocast_dtype, on the CPU's bf16 autocast here; CUDA's
+// on a GPU node): close to fp32, each optimizer step seen, and the same
+// gradients with checkpointing.
 #include <ATen/ATen.h>
 
 #include <gmock/gmock.h>
@@ -31,8 +34,8 @@ class CheckpointingTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete dir_; }
 
-  static Decoder Load() {
-    auto d = Decoder::Load(dir_->Join("m"));
+  static Decoder Load(const DecoderOptions& o = {}) {
+    auto d = Decoder::Load(dir_->Join("m"), o);
     EXPECT_TRUE(d.ok()) << d.status();
     return *std::move(d);
   }
@@ -286,6 +289,46 @@ TEST(GroupRunsTest, CutsByLengthAndMapsEveryTokenOnce) {
   EXPECT_THAT(s.group_runs, ::testing::ElementsAre(4));
   EXPECT_THAT(s.group_length, ::testing::ElementsAre(100));
   EXPECT_EQ(s.gather.numel(), 400);
+}
+
+TEST_F(CheckpointingTest, Bf16AutocastFollowsFp32AndSeesEveryOptimizerStep) {
+  DecoderOptions mixed_options;
+  mixed_options.autocast_dtype = at::kBFloat16;
+  Decoder plain = Load(), mixed = Load(mixed_options);
+  std::vector<at::Tensor> pw = plain.Parameters(), mw = mixed.Parameters();
+  for (at::Tensor& p : pw) p.set_requires_grad(true);
+  for (at::Tensor& p : mw) p.set_requires_grad(true);
+  at::Tensor ids = Ids(3, 12);
+  Grads p1 = Run(plain, pw, ids, ForwardOptions(), false);
+  Grads m1 = Run(mixed, mw, ids, ForwardOptions(), false);
+  EXPECT_NE(p1.loss, m1.loss);  // bf16 products really ran
+  EXPECT_NEAR(m1.loss, p1.loss, 0.02 * p1.loss);
+  // A large SGD step on both: the next forward under autocast must use the
+  // new weights (autocast caches bf16 copies of fp32 leaves within a scope;
+  // a cache kept past the scope would still hold the old ones).
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < pw.size(); ++i) {
+      pw[i].sub_(p1.grads[i], 20.0);
+      mw[i].sub_(p1.grads[i], 20.0);
+    }
+  }
+  Grads p2 = Run(plain, pw, ids, ForwardOptions(), false);
+  Grads m2 = Run(mixed, mw, ids, ForwardOptions(), false);
+  EXPECT_GT(std::abs(p2.loss - p1.loss), 10 * std::abs(m2.loss - p2.loss))
+      << "before " << p1.loss << " after " << p2.loss << " (bf16 " << m2.loss << ")";
+  // The recomputation of a checkpointed layer runs under the same autocast.
+  ExpectSame(m2, Run(mixed, mw, ids, ForwardOptions(), true));
+}
+
+TEST_F(CheckpointingTest, AutocastOptionsAreChecked) {
+  DecoderOptions o;
+  o.autocast_dtype = at::kHalf;
+  auto d = Decoder::Load(dir_->Join("m"), o);
+  EXPECT_THAT(d.status(), tunefleet::testing::StatusIs(
+                              absl::StatusCode::kInvalidArgument,
+                              ::testing::HasSubstr("autocast to Half on cpu: autocast takes bfloat16 "
+                                                   "on the CPU")));
 }
 
 TEST_F(CheckpointingTest, WithoutGradModeItIsAPlainForward) {

@@ -542,5 +542,34 @@ TEST_F(WorkerTest, HungPeerFailsWithinTheCollectiveTimeout) {
   EXPECT_LT(seconds, 40);
 }
 
+// A GPU node (scripts/gpu-check) runs this; skipped elsewhere. The worker on
+// CUDA trains under bf16 autocast (LoRA's base stored in bf16, the adapter in
+// fp32): its per-step losses follow the CPU's fp32 run, for LoRA and for
+// full fine-tuning, and the adapter it writes loads like any other.
+TEST_F(WorkerTest, CudaBf16RunsFollowTheCpuRun) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (TrainingMethod method : {TrainingMethod::kLora, TrainingMethod::kFull}) {
+    const std::string m = method == TrainingMethod::kLora ? "lora" : "full";
+    auto spec = [&](const std::string& device) {
+      WorkerSpec s = BaseSpec(m + "-" + device);
+      s.method = method;
+      s.device = device;
+      s.hyper.lora_dropout = 0;
+      s.hyper.epochs = 2;
+      if (method == TrainingMethod::kFull) s.hyper.learning_rate = 1e-4;
+      return s;
+    };
+    RunResult cpu = RunWorker(spec("cpu"), m + "-cpu");
+    RunResult gpu = RunWorker(spec("cuda"), m + "-cuda");
+    ASSERT_EQ(cpu.exit_code, 0) << cpu.stderr_tail;
+    ASSERT_EQ(gpu.exit_code, 0) << gpu.stderr_tail;
+    const auto want = cpu.Losses(), got = gpu.Losses();
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [step, loss] : got)
+      EXPECT_NEAR(loss, want.at(step), 0.03 * want.at(step) + 0.02) << m << " step " << step;
+    ASSERT_NE(gpu.Last(ReportKind::kCompleted), nullptr);
+  }
+}
+
 }  // namespace
 }  // namespace tunefleet::trainer

@@ -5,6 +5,16 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
+#include <torch/version.h>
+#if TORCH_VERSION_MAJOR >= 2
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#endif
+// CMake defines TUNEFLEET_WITH_NCCL (and USE_C10D_NCCL, which the header
+// wants) for a CUDA libtorch 2.x where nccl.h is found.
+#if defined(TUNEFLEET_WITH_NCCL)
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -15,7 +25,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace tunefleet::trainer {
@@ -101,10 +113,76 @@ absl::Status Guard(absl::string_view what, Fn&& fn) {
   }
 }
 
-class Gloo final : public Collectives {
+// c10d's Reducer, whose constructor grew two trailing flags in later 2.x
+// releases (skip_all_reduce_unused_params, use_python_reducer; both false is
+// what DDP passes by default): the form this libtorch has.
+template <typename R, typename... A>
+std::unique_ptr<R> NewReducer(A&&... a) {
+  if constexpr (std::is_constructible_v<R, A...>) {
+    return std::make_unique<R>(std::forward<A>(a)...);
+  } else {
+    return std::make_unique<R>(std::forward<A>(a)..., false, false);
+  }
+}
+
+#if TORCH_VERSION_MAJOR >= 2
+// 2.x: a ProcessGroup holds one backend per device type. Its constructor
+// took ProcessGroup::Options until 2.5 and only (store, rank, size) since.
+template <typename PG = c10d::ProcessGroup>
+c10::intrusive_ptr<PG> EmptyGroup(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                  int world, std::chrono::milliseconds timeout) {
+  if constexpr (std::is_constructible_v<PG, const c10::intrusive_ptr<c10d::Store>&, int, int>) {
+    return c10::make_intrusive<PG>(store, rank, world);
+  } else {
+    return c10::make_intrusive<PG>(store, rank, world,
+                                   c10::make_intrusive<typename PG::Options>("gloo", timeout));
+  }
+}
+#endif
+
+// The job's process group: Gloo for CPU tensors (the gathered batches, the
+// metrics, and the gradients of a CPU job), NCCL for CUDA tensors (a GPU
+// job's gradient buckets) where this build has it. 1.x has no per-device
+// backends: there Gloo's group is the ProcessGroup itself, CPU only.
+c10::intrusive_ptr<c10d::ProcessGroup> NewGroup(const c10::intrusive_ptr<c10d::Store>& store,
+                                                int rank, int world, bool cuda,
+                                                std::chrono::milliseconds timeout,
+                                                c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> gloo_opts) {
+  auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, std::move(gloo_opts));
+#if TORCH_VERSION_MAJOR >= 2
+  auto pg = EmptyGroup(store, rank, world, timeout);
+  pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO,
+                 c10::static_intrusive_pointer_cast<c10d::Backend>(gloo));
+  pg->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+#if defined(TUNEFLEET_WITH_NCCL)
+  if (cuda) {
+    auto nopts = c10d::ProcessGroupNCCL::Options::create();
+    nopts->timeout = timeout;
+    auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, nopts);
+    pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL,
+                   c10::static_intrusive_pointer_cast<c10d::Backend>(nccl));
+  }
+#endif
+  return pg;
+#else
+  (void)cuda;
+  (void)timeout;
+  return gloo;
+#endif
+}
+
+// Whether gradients on CUDA can be reduced in this build.
+constexpr bool kHaveNccl =
+#if defined(TUNEFLEET_WITH_NCCL)
+    true;
+#else
+    false;
+#endif
+
+class Group final : public Collectives {
  public:
-  Gloo(c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<c10d::ProcessGroupGloo> pg,
-       int64_t rank, int64_t world, std::chrono::milliseconds timeout)
+  Group(c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<c10d::ProcessGroup> pg,
+        int64_t rank, int64_t world, std::chrono::milliseconds timeout)
       : store_(std::move(store)), pg_(std::move(pg)), rank_(rank), world_(world), timeout_(timeout) {}
   int64_t rank() const override { return rank_; }
   int64_t world_size() const override { return world_; }
@@ -130,10 +208,10 @@ class Gloo final : public Collectives {
           sparse);
       std::unordered_map<size_t, std::string> names;
       for (size_t i = 0; i < params.size(); ++i) names[i] = "param." + std::to_string(i);
-      reducer_ = std::make_unique<c10d::Reducer>(
-          params, buckets, limits, pg_, sparse, c10d::kDefaultBucketBytesCap,
+      reducer_ = NewReducer<c10d::Reducer>(
+          params, buckets, limits, pg_, sparse, int64_t{c10d::kDefaultBucketBytesCap},
           /*find_unused_parameters=*/false, /*gradient_as_bucket_view=*/false, names,
-          c10d::kDefaultFirstBucketBytes);
+          int64_t{c10d::kDefaultFirstBucketBytes});
     });
   }
   absl::Status PrepareSyncedBackward(const at::Tensor& loss) override {
@@ -143,7 +221,7 @@ class Gloo final : public Collectives {
 
  private:
   c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
   std::unique_ptr<c10d::Reducer> reducer_;
   int64_t rank_, world_;
   std::chrono::milliseconds timeout_;
@@ -151,10 +229,19 @@ class Gloo final : public Collectives {
 
 }  // namespace
 
+bool HaveNccl() { return kHaveNccl; }
+
 std::unique_ptr<Collectives> SingleProcess() { return std::make_unique<Single>(); }
 
-absl::StatusOr<std::unique_ptr<Collectives>> JoinProcessGroup(const WorkerSpec& spec) {
-  if (spec.world_size == 1) return SingleProcess();
+absl::StatusOr<std::unique_ptr<Collectives>> JoinProcessGroup(const WorkerSpec& spec,
+                                                               bool group_of_one) {
+  if (spec.world_size == 1 && !group_of_one) return SingleProcess();
+  const bool cuda = absl::StartsWith(spec.device, "cuda");
+  if (cuda && !kHaveNccl) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device ", spec.device, " with world_size ", spec.world_size,
+        ": this worker was built without NCCL (a CUDA libtorch 2.x and nccl.h are needed)"));
+  }
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(spec.collective_timeout_s * 1000));
   std::unique_ptr<Collectives> out;
   absl::Status s = Guard(absl::StrCat("rendezvous at ", spec.master_addr, ":", spec.master_port), [&] {
@@ -170,12 +257,13 @@ absl::StatusOr<std::unique_ptr<Collectives>> JoinProcessGroup(const WorkerSpec& 
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     std::string where;
     opts->devices.push_back(GlooDevice(spec, &where));
-    std::fprintf(stderr, "train-worker: rank %lld of %lld: Gloo on %s, rendezvous at %s:%lld\n",
+    std::fprintf(stderr, "train-worker: rank %lld of %lld: Gloo on %s%s, rendezvous at %s:%lld\n",
                  static_cast<long long>(spec.rank), static_cast<long long>(spec.world_size),
-                 where.c_str(), spec.master_addr.c_str(), static_cast<long long>(spec.master_port));
-    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, static_cast<int>(spec.rank),
-                                                          static_cast<int>(spec.world_size), opts);
-    out = std::make_unique<Gloo>(tcp, pg, spec.rank, spec.world_size, timeout);
+                 where.c_str(), cuda ? ", NCCL for CUDA tensors" : "", spec.master_addr.c_str(),
+                 static_cast<long long>(spec.master_port));
+    auto pg = NewGroup(store, static_cast<int>(spec.rank), static_cast<int>(spec.world_size), cuda,
+                       timeout, opts);
+    out = std::make_unique<Group>(tcp, pg, spec.rank, spec.world_size, timeout);
   });
   if (!s.ok()) return s;
   return out;

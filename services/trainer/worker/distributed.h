@@ -1,5 +1,5 @@
 // Data-parallel collectives for the worker: a c10d TCPStore rendezvous at
-// rank 0 and a ProcessGroupGloo (CPU), behind a small interface so that the
+// rank 0 and a process group (Gloo; NCCL beside it for a GPU job), behind a small interface so that the
 // training loop is the same for one rank (no collectives at all) and many.
 //
 // Gradients are reduced by c10d's own DDP engine, the Reducer: buckets of
@@ -35,12 +35,21 @@ class Collectives {
   virtual absl::Status PrepareSyncedBackward(const at::Tensor& loss) = 0;
 };
 
+// Whether this build reduces CUDA tensors (NCCL); without it a GPU job runs
+// on one rank.
+bool HaveNccl();
+
 // One rank: every collective is the identity.
 std::unique_ptr<Collectives> SingleProcess();
 
 // Joins the spec's process group (world_size ranks, rendezvous at
-// master_addr:master_port, rank 0 hosting the store). A peer that does not
-// join or answer within collective_timeout_s is UNAVAILABLE.
-absl::StatusOr<std::unique_ptr<Collectives>> JoinProcessGroup(const WorkerSpec& spec);
+// master_addr:master_port, rank 0 hosting the store): Gloo for CPU tensors,
+// and on a CUDA device NCCL for CUDA tensors (the gradients), where the
+// build has NCCL (FAILED_PRECONDITION otherwise). A peer that does not join
+// or answer within collective_timeout_s is UNAVAILABLE. One rank gets
+// SingleProcess(), unless `group_of_one` (tests: a real group of one rank,
+// e.g. NCCL on a machine with one GPU).
+absl::StatusOr<std::unique_ptr<Collectives>> JoinProcessGroup(const WorkerSpec& spec,
+                                                               bool group_of_one = false);
 
 }  // namespace tunefleet::trainer

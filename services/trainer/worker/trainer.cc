@@ -116,6 +116,9 @@ class Run {
   at::Tensor head_;  // [num_labels, hidden] fp32
   // Logits [R, num_labels] of a micro-batch's rows.
   absl::StatusOr<at::Tensor> ClassLogits(const MicroBatch& mb, const model::ForwardOptions& fo) const;
+  // fp32 on the CPU; on CUDA bf16 autocast, with the weights that `trained`
+  // says are not updated stored in bf16.
+  model::DecoderOptions DecoderOptionsFor(bool trained) const;
   model::NamedTensors HeadWeights() const;  // LoRA checkpoints: {"score.weight"}
   absl::StatusOr<EvalResult> EvaluateClassification(const model::LoraAdapter* adapter);
   std::optional<model::LoraAdapter> reference_adapter_;
@@ -208,10 +211,8 @@ absl::Status Run::Load() {
       return absl::FailedPreconditionError(absl::StrCat("device ", spec_.device, ": no CUDA in this build or machine"));
     return absl::OkStatus();
   }));
-  model::DecoderOptions dopts;
-  dopts.device = device_;
-  dopts.dtype = at::kFloat;
-  absl::StatusOr<model::Decoder> d = model::Decoder::Load(spec_.base_model_dir, dopts);
+  absl::StatusOr<model::Decoder> d = model::Decoder::Load(
+      spec_.base_model_dir, DecoderOptionsFor(/*trained=*/spec_.method != TrainingMethod::kLora));
   if (!d.ok()) {
     return absl::Status(d.status().code(), absl::StrCat("base model ", spec_.base_model_dir, ": ",
                                                         d.status().message()));
@@ -394,10 +395,8 @@ absl::Status Run::Setup() {
       if (dpo_) {
         // Full fine-tuning updates the weights in place: the reference is
         // a second load of the starting ones.
-        model::DecoderOptions dopts;
-        dopts.device = device_;
-        dopts.dtype = at::kFloat;
-        absl::StatusOr<model::Decoder> ref = model::Decoder::Load(spec_.base_model_dir, dopts);
+        absl::StatusOr<model::Decoder> ref =
+            model::Decoder::Load(spec_.base_model_dir, DecoderOptionsFor(/*trained=*/false));
         if (!ref.ok()) return ref.status();
         reference_decoder_ = *std::move(ref);
       }
@@ -459,7 +458,22 @@ absl::StatusOr<at::Tensor> Run::ClassLogits(const MicroBatch& mb,
   at::Tensor flat = at::arange(rows, at::TensorOptions().dtype(at::kLong).device(device_)) * T +
                     mb.last_index.to(device_);
   at::Tensor last = h.reshape({rows * T, h.size(2)}).index_select(0, flat);  // [R, hidden]
-  return at::matmul(last, head_.t());
+  // Under mixed precision the hidden states are bf16; the head stays fp32.
+  return at::matmul(last.to(head_.scalar_type()), head_.t());
+}
+
+model::DecoderOptions Run::DecoderOptionsFor(bool trained) const {
+  model::DecoderOptions o;
+  o.device = device_;
+  o.dtype = at::kFloat;
+  if (device_.is_cuda()) {
+    // bf16 products under autocast; weights that are trained stay fp32 (the
+    // optimizer's master copy), frozen ones (LoRA's base, DPO's reference)
+    // are kept in bf16, half the memory.
+    o.autocast_dtype = at::kBFloat16;
+    if (!trained) o.dtype = at::kBFloat16;
+  }
+  return o;
 }
 
 model::NamedTensors Run::HeadWeights() const {
