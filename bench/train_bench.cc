@@ -15,6 +15,13 @@
 // re-executed (--rank_child, --solo_child).
 //
 //   train_bench [--hidden 512 --layers 8 ...] [--steps 4] [--threads N] [--only "lora packed"]
+//
+// With --device cuda (a GPU node, scripts/gpu-check): the worker trains under
+// bf16 autocast, the model is written in bf16, MFU is against a bf16 matmul
+// rate measured on the GPU in the same run, and there is no scaling run (one
+// GPU cannot host two NCCL ranks). scripts/gpu-check passes a
+// Phi-3-mini shape (--hidden 3072 --layers 32 --heads 32 --intermediate 8192)
+// at --max_len 2048.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <fcntl.h>
@@ -58,7 +65,8 @@ ABSL_FLAG(int64_t, batch, 16, "Examples per step");
 ABSL_FLAG(int64_t, max_len, 512, "max_sequence_length (packed row length)");
 ABSL_FLAG(int, threads, 0, "Intra-op threads (0: all cores)");
 ABSL_FLAG(bool, full, true, "Also time full fine-tuning");
-ABSL_FLAG(bool, scaling, true, "Also time 1 vs 2 data-parallel ranks (LoRA, packed)");
+ABSL_FLAG(bool, scaling, true, "Also time 1 vs 2 data-parallel ranks (LoRA, packed; CPU only)");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(std::string, only, "",
           "Time only the configurations whose name contains this (e.g. 'lora padded'), for "
           "profiling one of them");
@@ -81,6 +89,26 @@ struct Peak {
   double openblas = 0, kernels = 0;
   double best() const { return std::max(openblas, kernels); }
 };
+
+// The bf16 rate of 8192^3 products on the GPU (at::mm, cuBLAS), in GFLOP/s.
+// The sum's item() waits for the queued products.
+double CudaBf16PeakGflops() {
+  const int64_t n = 8192;
+  at::NoGradGuard no_grad;
+  auto o = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  at::Tensor a = at::randn({n, n}, o), b = at::randn({n, n}, o);
+  at::mm(a, b).sum().item<float>();  // warm-up
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    auto t0 = std::chrono::steady_clock::now();
+    at::Tensor c;
+    for (int i = 0; i < 10; ++i) c = at::mm(a, b);
+    c.sum().item<float>();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 10 * 2.0 * n * n * n / s / 1e9);
+  }
+  return best;
+}
 
 Peak MatmulPeakGflops() {
   const int64_t n = 1024;
@@ -173,6 +201,11 @@ int main(int argc, char** argv) {
   at::set_num_threads(threads);
   const bool solo = absl::GetFlag(FLAGS_solo_child);
   const int child = solo ? 1 : absl::GetFlag(FLAGS_rank_child);
+  const bool cuda = absl::GetFlag(FLAGS_device) == "cuda";
+  if (cuda && !at::hasCUDA()) {
+    std::fprintf(stderr, "train_bench: --device cuda, but this libtorch or machine has no CUDA\n");
+    return 1;
+  }
   const std::string dir =
       child >= 0 ? absl::GetFlag(FLAGS_child_dir)
                  : (fs::temp_directory_path() / absl::StrCat("train_bench-", ::getpid())).string();
@@ -185,6 +218,7 @@ int main(int argc, char** argv) {
   mo.num_heads = absl::GetFlag(FLAGS_heads);
   mo.num_kv_heads = mo.num_heads;
   mo.intermediate_size = absl::GetFlag(FLAGS_intermediate);
+  if (cuda) mo.dtype = "bfloat16";  // half the bytes to write and read
   const std::string model_dir = dir + "/model";
   if (auto s = child >= 0 ? absl::OkStatus() : model::WriteTinyPhi3(model_dir, mo); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
@@ -246,6 +280,7 @@ int main(int argc, char** argv) {
     s.hyper.checkpoint_interval_steps = 0;
     s.hyper.epochs = 1;
     s.progress_interval_s = 0;
+    s.device = cuda ? "cuda" : "cpu";
     return s;
   };
   // A rank of the 2-rank scaling run: rank 0 holds train.shard, rank 1
@@ -285,7 +320,12 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  const Peak peak = MatmulPeakGflops();
+  Peak peak;
+  if (cuda) {
+    peak.kernels = CudaBf16PeakGflops();
+  } else {
+    peak = MatmulPeakGflops();
+  }
   const double trained_share =
       real_tokens > 0 ? static_cast<double>(trained_tokens) / real_tokens : 1.0;
   // Model FLOPs per real token for `per_param` FLOPs per parameter (4 LoRA,
@@ -293,7 +333,8 @@ int main(int argc, char** argv) {
   auto model_flops = [&](double per_param) {
     return per_param * ((n_params - head_params) + head_params * trained_share);
   };
-  std::printf("train_bench: threads=%d OMP_WAIT_POLICY=%s\n", threads, std::getenv("OMP_WAIT_POLICY"));
+  std::printf("train_bench: device=%s threads=%d OMP_WAIT_POLICY=%s\n", cuda ? "cuda (bf16 autocast)" : "cpu (fp32)",
+              threads, std::getenv("OMP_WAIT_POLICY"));
   std::printf("model: phi3 layers=%lld hidden=%lld intermediate=%lld vocab=%lld N(non-embedding)=%.1fM\n",
               static_cast<long long>(cfg->num_hidden_layers), static_cast<long long>(cfg->hidden_size),
               static_cast<long long>(cfg->intermediate_size), static_cast<long long>(cfg->vocab_size),
@@ -301,8 +342,13 @@ int main(int argc, char** argv) {
   std::printf("data: batch=%lld examples/step, max_sequence_length=%lld, %lld timed steps\n",
               static_cast<long long>(batch), static_cast<long long>(max_len),
               static_cast<long long>(steps - 1));
-  std::printf("measured fp32 matmul peak (1024^3): %.1f GFLOP/s (OpenBLAS at::mm %.1f, own kernels %.1f)\n",
-              peak.best(), peak.openblas, peak.kernels);
+  if (cuda) {
+    std::printf("measured bf16 matmul peak on the GPU (8192^3, at::mm): %.1f TFLOP/s\n",
+                peak.best() / 1e3);
+  } else {
+    std::printf("measured fp32 matmul peak (1024^3): %.1f GFLOP/s (OpenBLAS at::mm %.1f, own kernels %.1f)\n",
+                peak.best(), peak.openblas, peak.kernels);
+  }
   std::printf("MFU counts 4N (LoRA) or 6N (full) FLOPs per real token, the vocabulary head (%.1fM of N) "
               "on the %.0f%% of tokens that are trained\n",
               head_params / 1e6, 100 * trained_share);
@@ -323,7 +369,7 @@ int main(int argc, char** argv) {
   }
   if (padded_tps > 0) std::printf("packed / padded real-token throughput: %.2fx\n", packed_tps / padded_tps);
 
-  if (absl::GetFlag(FLAGS_scaling)) {
+  if (absl::GetFlag(FLAGS_scaling) && !cuda) {
     const int half = std::max(1, threads / 2);
     at::set_num_threads(half);
     // This binary re-executed with the model's shape and `flag`.
