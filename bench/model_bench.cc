@@ -81,6 +81,10 @@ int main(int argc, char** argv) {
   const bool cuda = absl::GetFlag(FLAGS_device) == "cuda";
   const int repeats = std::max(1, absl::GetFlag(FLAGS_repeats));
 
+  if (cuda && !at::hasCUDA()) {
+    std::fprintf(stderr, "model_bench: --device cuda: no CUDA here\n");
+    return 1;
+  }
   std::string dir = absl::GetFlag(FLAGS_dir);
   bool temporary = false;
   if (dir.empty()) {

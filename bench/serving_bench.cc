@@ -45,6 +45,9 @@ ABSL_FLAG(int64_t, heads, 12, "attention heads");
 ABSL_FLAG(int64_t, intermediate, 2048, "MLP size");
 ABSL_FLAG(int, threads, 0, "intra-op threads (0: all cores)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, model_dir, "",
+          "base model directory to use, or to create with the shape flags (default: one in the "
+          "bench's temporary directory)");
 ABSL_FLAG(int64_t, prompt, 64, "prompt tokens per request");
 ABSL_FLAG(int64_t, decode, 64, "completion tokens per request");
 ABSL_FLAG(int, adapters, 50, "adapters in the many-adapter run");
@@ -224,19 +227,24 @@ int main(int argc, char** argv) {
   o.num_kv_heads = o.num_heads;
   o.intermediate_size = absl::GetFlag(FLAGS_intermediate);
   o.dtype = cuda ? "bfloat16" : "float32";
-  if (absl::Status s = model::WriteTinyPhi3(dir + "/base", o); !s.ok()) Die(s);
+  if (cuda && !at::hasCUDA()) Die(absl::FailedPreconditionError("--device cuda: no CUDA here"));
+  const std::string base_dir =
+      absl::GetFlag(FLAGS_model_dir).empty() ? dir + "/base" : absl::GetFlag(FLAGS_model_dir);
+  if (!std::filesystem::exists(std::filesystem::path(base_dir) / "config.json")) {
+    if (absl::Status s = model::WriteTinyPhi3(base_dir, o); !s.ok()) Die(s);
+  }
   model::DecoderOptions dopts;
   dopts.ragged_extend = absl::GetFlag(FLAGS_ragged);
   if (cuda) {
     dopts.device = at::Device(at::kCUDA);
     dopts.dtype = at::kBFloat16;
   }
-  auto decoder = model::Decoder::Load(dir + "/base", dopts);
+  auto decoder = model::Decoder::Load(base_dir, dopts);
   if (!decoder.ok()) Die(decoder.status());
   // The same weights (mapped once) for the sustained run's padded engine.
   model::DecoderOptions padded_opts = dopts;
   padded_opts.ragged_extend = false;
-  auto padded_decoder = model::Decoder::Load(dir + "/base", padded_opts);
+  auto padded_decoder = model::Decoder::Load(base_dir, padded_opts);
   if (!padded_decoder.ok()) Die(padded_decoder.status());
   const model::ModelConfig cfg = decoder->config();
   const double weight_bytes = static_cast<double>(decoder->WeightBytes());

@@ -67,6 +67,9 @@ ABSL_FLAG(int, threads, 0, "Intra-op threads (0: all cores)");
 ABSL_FLAG(bool, full, true, "Also time full fine-tuning");
 ABSL_FLAG(bool, scaling, true, "Also time 1 vs 2 data-parallel ranks (LoRA, packed; CPU only)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, model_dir, "",
+          "model directory to use, or to create with the shape flags (default: a temporary one); "
+          "the benchmarks share one this way");
 ABSL_FLAG(std::string, only, "",
           "Time only the configurations whose name contains this (e.g. 'lora padded'), for "
           "profiling one of them");
@@ -219,8 +222,10 @@ int main(int argc, char** argv) {
   mo.num_kv_heads = mo.num_heads;
   mo.intermediate_size = absl::GetFlag(FLAGS_intermediate);
   if (cuda) mo.dtype = "bfloat16";  // half the bytes to write and read
-  const std::string model_dir = dir + "/model";
-  if (auto s = child >= 0 ? absl::OkStatus() : model::WriteTinyPhi3(model_dir, mo); !s.ok()) {
+  const std::string model_dir =
+      absl::GetFlag(FLAGS_model_dir).empty() ? dir + "/model" : absl::GetFlag(FLAGS_model_dir);
+  const bool write_model = child < 0 && !fs::exists(fs::path(model_dir) / "config.json");
+  if (auto s = write_model ? model::WriteTinyPhi3(model_dir, mo) : absl::OkStatus(); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 1;
   }
@@ -386,6 +391,7 @@ int main(int argc, char** argv) {
             std::pair{"max_len", max_len}}) {
         args.push_back(absl::StrCat("--", name, "=", value));
       }
+      args.push_back("--model_dir=" + model_dir);
       std::vector<char*> cargv;
       for (std::string& a : args) cargv.push_back(a.data());
       cargv.push_back(nullptr);
