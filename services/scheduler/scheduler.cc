@@ -1688,10 +1688,12 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
     const std::string& job_id = a.job_id();
     v1::JobState s = jobs_.at(job_id).job.state();
     if (req.trained_tokens() > 0 && a.rank() == 0) t.Job(job_id).job.set_trained_tokens(req.trained_tokens());
-    if (req.peak_rss_bytes() > 0) {
-      // The largest rank's peak, beside the estimate.
+    // The largest rank's peak, beside the estimate: the GPU's where the rank
+    // ran on one, else its resident memory.
+    if (const int64_t peak = req.peak_device_bytes() > 0 ? req.peak_device_bytes() : req.peak_rss_bytes();
+        peak > 0) {
       v1::MemoryEstimate* m = t.Job(job_id).job.mutable_memory_estimate();
-      m->set_measured_peak_bytes(std::max(m->measured_peak_bytes(), req.peak_rss_bytes()));
+      m->set_measured_peak_bytes(std::max(m->measured_peak_bytes(), peak));
     }
     if (req.has_evaluation() && req.succeeded() && a.rank() == 0) {
       *t.Job(job_id).job.mutable_evaluation() = req.evaluation();

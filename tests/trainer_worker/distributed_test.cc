@@ -1,8 +1,11 @@
 // The worker's process group in-process: a group of one rank (Gloo on the
 // CPU; NCCL beside it on a GPU node) through c10d's Reducer, and the refusal
 // of a multi-rank CUDA job where the build has no NCCL. The multi-rank runs
-// (real processes) are worker_test's and classify_test's.
+// (real processes) are worker_test's and classify_test's. Also the device
+// memory count the worker reports on a GPU.
 #include "services/trainer/worker/distributed.h"
+
+#include "services/trainer/worker/device_memory.h"
 
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
@@ -79,6 +82,22 @@ TEST(ProcessGroupTest, MultiRankCudaJobWithoutNcclIsRefused) {
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("device cuda:0 with world_size 2: this worker was built without "
                                  "NCCL")));
+}
+
+TEST(DeviceMemoryTest, CountsWhatTheGpuHolds) {
+  if (!at::hasCUDA()) {
+    // No GPU: nothing is reported (never a guess).
+    EXPECT_FALSE(CudaBytesInUse(0).has_value());
+    return;
+  }
+  at::Tensor context = at::zeros({1}, at::TensorOptions().device(at::kCUDA, 0));
+  std::optional<int64_t> before = CudaBytesInUse(0);
+  ASSERT_TRUE(before.has_value());
+  at::Tensor gib = at::ones({int64_t{256} << 20}, at::TensorOptions().device(at::kCUDA, 0));
+  std::optional<int64_t> after = CudaBytesInUse(0);
+  ASSERT_TRUE(after.has_value());
+  EXPECT_GE(*after - *before, (int64_t{1} << 30) - (int64_t{64} << 20));
+  EXPECT_FALSE(CudaBytesInUse(-1).has_value());
 }
 
 }  // namespace

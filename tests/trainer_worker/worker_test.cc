@@ -567,7 +567,11 @@ TEST_F(WorkerTest, CudaBf16RunsFollowTheCpuRun) {
     ASSERT_EQ(got.size(), want.size());
     for (const auto& [step, loss] : got)
       EXPECT_NEAR(loss, want.at(step), 0.03 * want.at(step) + 0.02) << m << " step " << step;
-    ASSERT_NE(gpu.Last(ReportKind::kCompleted), nullptr);
+    const ReportEvent* done = gpu.Last(ReportKind::kCompleted);
+    ASSERT_NE(done, nullptr);
+    // What the run used on the GPU, beside its estimate.
+    ASSERT_EQ(done->metrics.count("peak_device_bytes"), 1u);
+    EXPECT_GT(done->metrics.at("peak_device_bytes"), 0);
   }
 }
 

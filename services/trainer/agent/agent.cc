@@ -701,6 +701,8 @@ void TrainerAgent::Runner::Complete(bool succeeded, const v1::Error& error,
     if (base_acc != completed_->metrics.end()) e->set_base_valid_token_accuracy(base_acc->second);
     auto peak = completed_->metrics.find("peak_rss_bytes");  // the measured peak, beside the estimate
     if (peak != completed_->metrics.end()) req.set_peak_rss_bytes(static_cast<int64_t>(peak->second));
+    auto device = completed_->metrics.find("peak_device_bytes");
+    if (device != completed_->metrics.end()) req.set_peak_device_bytes(static_cast<int64_t>(device->second));
   }
   auto resp = Call(&iv1::TrainerControlService::Stub::CompleteAssignment, req, true);
   if (resp.ok()) {

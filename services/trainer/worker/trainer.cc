@@ -27,6 +27,7 @@
 #include "common/text/chat_template.h"
 #include "services/trainer/worker/checkpoint.h"
 #include "services/trainer/worker/data.h"
+#include "services/trainer/worker/device_memory.h"
 #include "services/trainer/worker/distributed.h"
 #include "services/trainer/worker/dpo.h"
 #include "services/trainer/worker/file_hash.h"
@@ -159,6 +160,9 @@ class Run {
   std::optional<EvalResult> last_eval_;
   int64_t estimated_memory_bytes_ = 0;
   int64_t EstimateMemoryBytes() const;
+  // On CUDA: the most bytes in use on the device, sampled after each step.
+  int64_t peak_device_bytes_ = 0;
+  void SampleDeviceMemory();
 };
 
 // Per rank, before the run: weights, then 4 fp32 copies of the trainable
@@ -460,6 +464,12 @@ absl::StatusOr<at::Tensor> Run::ClassLogits(const MicroBatch& mb,
   at::Tensor last = h.reshape({rows * T, h.size(2)}).index_select(0, flat);  // [R, hidden]
   // Under mixed precision the hidden states are bf16; the head stays fp32.
   return at::matmul(last.to(head_.scalar_type()), head_.t());
+}
+
+void Run::SampleDeviceMemory() {
+  if (!device_.is_cuda()) return;
+  if (std::optional<int64_t> b = CudaBytesInUse(device_.has_index() ? device_.index() : 0))
+    peak_device_bytes_ = std::max(peak_device_bytes_, *b);
 }
 
 model::DecoderOptions Run::DecoderOptionsFor(bool trained) const {
@@ -1121,6 +1131,7 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
     stop = AnyStopRequested();
     if (stop) break;
     TF_RETURN_IF_ERROR(TrainStep(step));
+    SampleDeviceMemory();
     const int64_t done = step + 1;
     tokens_since += step_real_tokens_;
     const Clock::time_point now = Clock::now();
@@ -1199,6 +1210,8 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
   rusage ru = {};
   if (::getrusage(RUSAGE_SELF, &ru) == 0)
     e.metrics["peak_rss_bytes"] = static_cast<double>(ru.ru_maxrss) * 1024.0;
+  SampleDeviceMemory();
+  if (peak_device_bytes_ > 0) e.metrics["peak_device_bytes"] = static_cast<double>(peak_device_bytes_);
   Report(options_, e);
   return WorkerOutcome{false, result};
 }
