@@ -11,7 +11,10 @@
 // on the upstream gradient, that [N, hidden] Jacobian is computed in the same
 // pass and backward is one scaling. When the head itself is trained (full
 // fine-tuning), backward recomputes each chunk's softmax instead, since the
-// head's gradient needs the upstream gradient per row.
+// head's gradient needs the upstream gradient per row. Under autocast (mixed
+// precision) backward's products run under the forward's autocast too, as
+// the backward of an autocast product would, instead of in the fp32 of the
+// weights.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -19,6 +22,7 @@
 
 #include "common/model/decoder_internal.h"
 #include "common/model/small_gemm.h"
+#include "common/model/torch_compat.h"
 
 namespace tunefleet::model::internal {
 namespace {
@@ -35,9 +39,16 @@ at::Tensor ChunkLogits(const at::Tensor& h, const at::Tensor& w) {
   return at::linear(h, w);
 }
 
+// The forward's autocast dtype on `device`, or Undefined when it is off.
+at::ScalarType AutocastNow(at::DeviceType device) {
+  return compat::AutocastEnabled(device) ? compat::AutocastDtype(device) : at::ScalarType::Undefined;
+}
+
 void RowsTowardHidden(at::Tensor& rows, const at::Tensor& d, const at::Tensor& w) {
   if (std::optional<at::Tensor> y = InferenceLinearInputGrad(d, w)) {
     rows.copy_(*y);
+  } else if (AutocastNow(d.device().type()) != at::ScalarType::Undefined) {
+    rows.copy_(at::mm(d, w));  // out= variants are not autocast's
   } else {
     at::mm_out(rows, d, w);
   }
@@ -78,6 +89,7 @@ struct HeadLogProb : torch::autograd::Function<HeadLogProb> {
     ctx->mark_non_differentiable({correct});
     ctx->save_for_backward({hs, w, target, jac});
     ctx->saved_data["grad_w"] = grad_w;
+    ctx->saved_data["autocast"] = static_cast<int64_t>(AutocastNow(hs.device().type()));
     return {logp, correct};
   }
 
@@ -92,6 +104,9 @@ struct HeadLogProb : torch::autograd::Function<HeadLogProb> {
               at::Tensor(), at::Tensor()};
     }
     // The head is trained: recompute each chunk's softmax.
+    const at::ScalarType autocast_dtype =
+        static_cast<at::ScalarType>(ctx->saved_data["autocast"].toInt());
+    const compat::AutocastScope autocast(hs.device().type(), autocast_dtype);
     const int64_t N = hs.size(0);
     const int64_t chunk = ChunkRows(w.size(0));
     at::Tensor grad_h = at::empty_like(hs);
@@ -107,7 +122,13 @@ struct HeadLogProb : torch::autograd::Function<HeadLogProb> {
       at::Tensor d = logits.to(w.scalar_type());
       at::Tensor rows = grad_h.narrow(0, s, n);
       RowsTowardHidden(rows, d, w);
-      if (grad_w.defined()) grad_w.addmm_(d.t(), h);
+      if (grad_w.defined()) {
+        if (autocast_dtype != at::ScalarType::Undefined) {
+          grad_w.add_(at::mm(d.t(), h));
+        } else {
+          grad_w.addmm_(d.t(), h);
+        }
+      }
     }
     return {grad_h, grad_w, at::Tensor(), at::Tensor(), at::Tensor()};
   }
