@@ -140,6 +140,11 @@ Peak MatmulPeakGflops() {
 struct Figures {
   double tokens_per_second = 0;  // real tokens
   double padding_fraction = 0;
+  // The worker's memory estimate (common/model/memory_estimate.h) and what
+  // it measured: the device's bytes in use on a GPU (the driver's count),
+  // else the process's peak resident memory (a high-water mark of this
+  // whole process, so later runs show at least the earlier ones').
+  double estimated_bytes = 0, measured_bytes = 0;
 };
 
 Figures RunOnce(const trainer::WorkerSpec& spec, const std::string& report_path) {
@@ -162,8 +167,15 @@ Figures RunOnce(const trainer::WorkerSpec& spec, const std::string& report_path)
     if (!e.ok()) continue;
     if (e->kind == trainer::ReportKind::kProgress && e->step > 1 && e->tokens_per_second)
       tps.push_back(*e->tokens_per_second);
-    if (e->kind == trainer::ReportKind::kCompleted && e->metrics.count("padding_fraction"))
-      f.padding_fraction = e->metrics.at("padding_fraction");
+    if (e->kind != trainer::ReportKind::kCompleted) continue;
+    auto metric = [&](const char* name) {
+      auto it = e->metrics.find(name);
+      return it == e->metrics.end() ? 0.0 : it->second;
+    };
+    f.padding_fraction = metric("padding_fraction");
+    f.estimated_bytes = metric("estimated_memory_bytes");
+    f.measured_bytes = metric("peak_device_bytes") > 0 ? metric("peak_device_bytes")
+                                                        : metric("peak_rss_bytes");
   }
   std::sort(tps.begin(), tps.end());
   f.tokens_per_second = tps.empty() ? 0 : tps[tps.size() / 2];
@@ -357,7 +369,8 @@ int main(int argc, char** argv) {
   std::printf("MFU counts 4N (LoRA) or 6N (full) FLOPs per real token, the vocabulary head (%.1fM of N) "
               "on the %.0f%% of tokens that are trained\n",
               head_params / 1e6, 100 * trained_share);
-  std::printf("%-28s %14s %10s %10s\n", "configuration", "real tok/s", "MFU", "padding");
+  std::printf("%-28s %14s %10s %10s %22s\n", "configuration", "real tok/s", "MFU", "padding",
+              cuda ? "GiB est. / GPU used" : "GiB est. / peak RSS");
 
   double packed_tps = 0, padded_tps = 0;
   for (auto [name, packing, method, flops] :
@@ -368,8 +381,10 @@ int main(int argc, char** argv) {
     if (std::string_view(name).find(absl::GetFlag(FLAGS_only)) == std::string_view::npos) continue;
     Figures f = RunOnce(spec_for(packing, method), dir + "/report.jsonl");
     const double mfu = f.tokens_per_second * model_flops(flops) / (peak.best() * 1e9);
-    std::printf("%-28s %14.1f %9.1f%% %9.1f%%\n", name, f.tokens_per_second, 100 * mfu,
-                100 * f.padding_fraction);
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    std::printf("%-28s %14.1f %9.1f%% %9.1f%% %10.2f / %-9.2f\n", name, f.tokens_per_second,
+                100 * mfu, 100 * f.padding_fraction, f.estimated_bytes / kGiB,
+                f.measured_bytes / kGiB);
     if (method == trainer::TrainingMethod::kLora) (packing ? packed_tps : padded_tps) = f.tokens_per_second;
   }
   if (padded_tps > 0) std::printf("packed / padded real-token throughput: %.2fx\n", packed_tps / padded_tps);

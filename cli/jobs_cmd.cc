@@ -127,7 +127,10 @@ void PrintJob(const v1::Job& j, const std::vector<double>& losses) {
     std::cout << "memory / rank  " << Bytes(m.total_bytes()) << " (weights "
               << Bytes(m.weights_bytes()) << ", gradients " << Bytes(m.gradients_bytes())
               << ", optimizer " << Bytes(m.optimizer_state_bytes()) << ", activations "
-              << Bytes(m.activations_bytes()) << ")\n";
+              << Bytes(m.activations_bytes())
+              << (m.dtype().empty() ? "" : ", " + m.dtype()) << ")";
+    if (m.measured_peak_bytes() > 0) std::cout << ", measured peak " << Bytes(m.measured_peak_bytes());
+    std::cout << "\n";
   }
   if (j.state() == v1::JOB_STATE_QUEUED) std::cout << "queue position " << j.queue_position() << "\n";
   if (!j.result_model().empty()) std::cout << "result model   " << j.result_model() << "\n";

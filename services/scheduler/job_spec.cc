@@ -39,17 +39,8 @@ absl::StatusOr<BaseModel> ReadModel(const fs::path& dir) {
   m.family = c.model_type;
   m.max_sequence_length = static_cast<int32_t>(
       std::min<int64_t>(c.max_position_embeddings, std::numeric_limits<int32_t>::max()));
-  ModelShape& sh = m.shape;
-  sh.hidden_size = c.hidden_size;
-  sh.num_layers = c.num_hidden_layers;
-  sh.num_heads = c.num_attention_heads;
-  sh.num_kv_heads = c.num_key_value_heads;
-  sh.head_dim = c.head_dim;
-  sh.intermediate_size = c.intermediate_size;
-  sh.vocab_size = c.vocab_size;
-  sh.tied_embeddings = c.tie_word_embeddings;
-  sh.fused_projections = c.fused_projections();
-  m.parameters = CountParameters(sh);
+  m.parameters = c.NumParameters();
+  m.config = std::move(c);
   return m;
 }
 
@@ -388,19 +379,26 @@ std::string MethodName(const v1::Method& method) {
 
 v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType adapter,
                                      const v1::Method& method, const v1::Hyperparameters& h,
-                                     int64_t num_labels) {
-  MemoryEstimateInput in;
-  in.shape = model.shape;
+                                     int64_t num_labels, model::TrainingPrecision precision) {
+  model::TrainingMemoryInput in;
   in.full = adapter == v1::ADAPTER_TYPE_FULL;
   in.lora_rank = h.lora_rank();
   in.lora_targets.assign(h.lora_target_modules().begin(), h.lora_target_modules().end());
-  in.weight_bytes = 4;
+  in.precision = precision;
   in.micro_batch_size = h.micro_batch_size();
   in.sequence_length = h.max_sequence_length();
   in.gradient_checkpointing = h.gradient_checkpointing();
   in.dpo = method.kind_case() == v1::Method::kDpo;
   in.num_labels = num_labels;
-  return EstimateMemory(in);
+  const model::TrainingMemory m = model::EstimateTrainingMemory(model.config, in);
+  v1::MemoryEstimate out;
+  out.set_weights_bytes(m.weights);
+  out.set_gradients_bytes(m.gradients);
+  out.set_optimizer_state_bytes(m.optimizer_state);
+  out.set_activations_bytes(m.activations);
+  out.set_total_bytes(m.total());
+  out.set_dtype(std::string(model::PrecisionName(precision)));
+  return out;
 }
 
 }  // namespace tunefleet::scheduler

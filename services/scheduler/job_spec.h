@@ -10,7 +10,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "services/scheduler/memory_estimate.h"
+#include "common/model/memory_estimate.h"
+#include "common/model/model_config.h"
 #include "tunefleet/v1/files.pb.h"
 #include "tunefleet/v1/jobs.pb.h"
 #include "tunefleet/v1/models.pb.h"
@@ -25,7 +26,7 @@ struct BaseModel {
   // hidden_size, num_hidden_layers, num_attention_heads (32 when absent),
   // num_key_value_heads (= heads when absent), head_dim, intermediate_size
   // (4 * hidden when absent), vocab_size, tie_word_embeddings; phi3 fuses.
-  ModelShape shape;
+  model::ModelConfig config;
 };
 
 // Base models: every folder of `models_dir` whose config.json the model
@@ -131,10 +132,12 @@ v1::DataFormat NeededFormat(const v1::Method& method, v1::TrainingTask task);
 // "supervised" or "dpo".
 std::string MethodName(const v1::Method& method);
 
-// Job.memory_estimate for resolved values, by memory_estimate.h (fp32);
-// `num_labels` > 0 for a classification job (its label head).
+// Job.memory_estimate for resolved values and the precision of the worker
+// that runs the job (common/model/memory_estimate.h: fp32 on CPU slots, bf16
+// autocast on GPUs); `num_labels` > 0 for a classification job (its label
+// head).
 v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType adapter,
                                      const v1::Method& method, const v1::Hyperparameters& resolved,
-                                     int64_t num_labels = 0);
+                                     int64_t num_labels, model::TrainingPrecision precision);
 
 }  // namespace tunefleet::scheduler

@@ -4,6 +4,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <queue>
 #include <set>
 #include <tuple>
@@ -104,46 +105,77 @@ PlacementResult Place(std::vector<QueuedJob> queued, std::vector<SlotNode> nodes
                       const TenantSlots& running) {
   PlacementResult result;
   FairOrder order(std::move(queued), running);
-  int64_t fleet = 0;
-  int64_t free_total = 0;
-  // Nodes ordered by (free slots, id): best fit is a lower_bound, the widest
-  // nodes are at the end; each reservation is O(log nodes).
-  std::set<std::pair<int, size_t>> by_free;
+  // Nodes by memory class (the slot memory they offer; 0: unlimited), each
+  // class ordered by (free slots, node): best fit is a lower_bound, the
+  // widest nodes are at the end; a reservation is O(log nodes). A job uses
+  // the classes that hold its memory; fleets have few classes.
+  struct Class {
+    int64_t memory = 0;
+    int64_t fleet = 0, free = 0;
+    std::set<std::pair<int, size_t>> by_free;
+  };
+  std::vector<Class> classes;
+  std::vector<size_t> class_of(nodes.size());
   for (size_t i = 0; i < nodes.size(); ++i) {
-    fleet += nodes[i].total_slots;
-    free_total += nodes[i].free_slots;
-    if (nodes[i].free_slots > 0) by_free.emplace(nodes[i].free_slots, i);
+    const int64_t memory = std::max<int64_t>(0, nodes[i].slot_memory_bytes);
+    auto c = std::find_if(classes.begin(), classes.end(),
+                          [&](const Class& k) { return k.memory == memory; });
+    if (c == classes.end()) c = classes.insert(classes.end(), Class{memory, 0, 0, {}});
+    class_of[i] = static_cast<size_t>(c - classes.begin());
+    c->fleet += nodes[i].total_slots;
+    c->free += nodes[i].free_slots;
+    if (nodes[i].free_slots > 0) c->by_free.emplace(nodes[i].free_slots, i);
   }
   auto take = [&](size_t i, int n, GangPlacement& p) {
-    by_free.erase({nodes[i].free_slots, i});
+    Class& c = classes[class_of[i]];
+    c.by_free.erase({nodes[i].free_slots, i});
     nodes[i].free_slots -= n;
-    if (nodes[i].free_slots > 0) by_free.emplace(nodes[i].free_slots, i);
+    c.free -= n;
+    if (nodes[i].free_slots > 0) c.by_free.emplace(nodes[i].free_slots, i);
     p.nodes.emplace_back(nodes[i].id, n);
   };
+  std::vector<Class*> usable;
   while (const QueuedJob* next = order.Next()) {
     const QueuedJob& job = *next;
-    if (free_total == 0 && nodes.empty()) break;
-    int w = std::max(1, job.world_size);
-    if (!nodes.empty() && w > fleet) {
+    if (nodes.empty()) break;
+    usable.clear();
+    int64_t fleet = 0, free = 0;
+    for (Class& c : classes) {
+      if (c.memory > 0 && job.memory_bytes > c.memory) continue;
+      usable.push_back(&c);
+      fleet += c.fleet;
+      free += c.free;
+    }
+    const int w = std::max(1, job.world_size);
+    if (w > fleet) {
       result.never_fit.push_back(job.id);
       continue;
     }
-    if (w > free_total) continue;  // waits; smaller jobs may backfill
+    if (w > free) continue;  // waits; smaller jobs may backfill
     GangPlacement p;
     p.job_id = job.id;
-    auto fit = by_free.lower_bound({w, 0});
-    if (fit != by_free.end()) {
-      take(fit->second, w, p);  // the fullest node that holds the whole gang
+    // The fullest node that holds the whole gang, over the usable classes.
+    std::optional<std::pair<int, size_t>> best;
+    for (Class* c : usable) {
+      auto fit = c->by_free.lower_bound({w, 0});
+      if (fit != c->by_free.end() && (!best || *fit < *best)) best = *fit;
+    }
+    if (best) {
+      take(best->second, w, p);
     } else {
       int left = w;  // across the widest nodes: as few as possible
       while (left > 0) {
-        auto widest = std::prev(by_free.end());
-        int n = std::min(left, widest->first);
+        std::optional<std::pair<int, size_t>> widest;
+        for (Class* c : usable) {
+          if (c->by_free.empty()) continue;
+          const auto& last = *std::prev(c->by_free.end());
+          if (!widest || last > *widest) widest = last;
+        }
+        const int n = std::min(left, widest->first);
         take(widest->second, n, p);
         left -= n;
       }
     }
-    free_total -= w;
     order.Started(job);
     result.placed.push_back(std::move(p));
   }

@@ -17,6 +17,10 @@
 // slots (fewest nodes). A job that does not fit now is skipped and smaller
 // jobs behind it may start (backfill); a job larger than the whole registered
 // fleet is reported in `never_fit` so that the caller fails it at once.
+// Memory: a job that names the memory one rank needs (its GPU estimate) is
+// placed only on nodes whose slots offer at least that much (a node offering
+// 0, CPU slots, takes any job); "the whole fleet" is then the nodes that
+// hold it.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +37,7 @@ struct QueuedJob {
   int64_t queue_seq = 0;  // admission order: smaller is older
   int world_size = 1;
   std::string tenant;  // fair share is between tenants
+  int64_t memory_bytes = 0;  // per rank on a GPU (0: no need stated)
 };
 
 // Slots held by each tenant's running jobs (the fair share's starting point).
@@ -42,6 +47,7 @@ struct SlotNode {
   std::string id;
   int total_slots = 0;
   int free_slots = 0;
+  int64_t slot_memory_bytes = 0;  // per slot (a GPU's memory; 0: unlimited)
 };
 
 struct GangPlacement {

@@ -1,6 +1,7 @@
 #include "services/scheduler/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <set>
 
@@ -12,6 +13,7 @@
 #include "common/errors/labels.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/base/ids.h"
 #include "common/base/proto_time.h"
@@ -37,6 +39,30 @@ std::string NewJobId(absl::Time now) {
     ms >>= 5;
   }
   return id;
+}
+
+constexpr char kGpuDtype[] = "bfloat16";
+
+// The memory one rank of the job needs on a GPU (0: not estimated).
+int64_t GpuMemoryNeed(const JobRecord& j) {
+  if (j.job.memory_estimate().dtype() == kGpuDtype) return j.job.memory_estimate().total_bytes();
+  if (j.alt_memory_estimate.dtype() == kGpuDtype) return j.alt_memory_estimate.total_bytes();
+  return 0;
+}
+
+// Job.memory_estimate for the kind of slot the job is placed on (the two
+// estimates swap; what was measured stays).
+void EstimateForSlot(JobRecord& j, bool gpu) {
+  const std::string want = gpu ? kGpuDtype : "float32";
+  if (j.job.memory_estimate().dtype() == want || j.alt_memory_estimate.dtype() != want) return;
+  const int64_t measured = j.job.memory_estimate().measured_peak_bytes();
+  std::swap(*j.job.mutable_memory_estimate(), j.alt_memory_estimate);
+  j.alt_memory_estimate.set_measured_peak_bytes(0);
+  j.job.mutable_memory_estimate()->set_measured_peak_bytes(measured);
+}
+
+std::string GiB(int64_t bytes) {
+  return absl::StrFormat("%.1f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
 }
 
 // The base model a job trains on: Job.base_model itself, or the root base of
@@ -577,9 +603,27 @@ absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
   job.set_write_merged(req.write_merged());
   *job.mutable_labels() = req.labels();
   job.set_description(req.description());
-  *job.mutable_memory_estimate() =
-      EstimateJobMemory(*model, job.adapter(), method, resolved.hyperparameters,
-                        chat ? 0 : std::max<int64_t>(2, train.labels));
+  // The estimate for each kind of slot; the job shows the fleet's (GPUs
+  // when any node registered some) until it is placed.
+  const int64_t num_labels = chat ? 0 : std::max<int64_t>(2, train.labels);
+  v1::MemoryEstimate gpu_estimate =
+      EstimateJobMemory(*model, job.adapter(), method, resolved.hyperparameters, num_labels,
+                        model::TrainingPrecision::kBf16Autocast);
+  v1::MemoryEstimate cpu_estimate =
+      EstimateJobMemory(*model, job.adapter(), method, resolved.hyperparameters, num_labels,
+                        model::TrainingPrecision::kFp32);
+  v1::MemoryEstimate alt_estimate;
+  {
+    absl::MutexLock lock(&mu_);
+    const std::string why = MemoryShortfallLocked(gpus, gpu_estimate.total_bytes());
+    if (!why.empty()) {
+      return errors::WithPreconditionViolation(absl::FailedPreconditionError(why), "MEMORY",
+                                               "memory_estimate", why);
+    }
+    const bool gpu_fleet = FleetHasGpusLocked();
+    *job.mutable_memory_estimate() = gpu_fleet ? gpu_estimate : cpu_estimate;
+    alt_estimate = gpu_fleet ? cpu_estimate : gpu_estimate;
+  }
   // The trained-token estimate: the file's per-epoch count of trained tokens
   // (or, when the dataset service counted none — it counts with a base
   // model's tokenizer only — its bytes / 4, an over-estimate for chat JSON),
@@ -647,6 +691,7 @@ absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
       rec.held_files = held;
       rec.init_artifact = init_artifact;
       rec.estimated_tokens = estimated_tokens;
+      rec.alt_memory_estimate = alt_estimate;
       rec.job = job;
       t.AddJob(job_id, std::move(rec));
       v1::JobEvent created;
@@ -665,6 +710,32 @@ absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
   }
   if (!status.ok()) return status;
   return out;
+}
+
+bool Scheduler::FleetHasGpusLocked() const {
+  for (const auto& [id, n] : nodes_)
+    if (n.record.gpus > 0) return true;
+  return false;
+}
+
+std::string Scheduler::MemoryShortfallLocked(int gpus, int64_t need) const {
+  if (need <= 0) return "";
+  int64_t fleet = 0, holding = 0, largest = 0;
+  for (const auto& [id, n] : nodes_) {
+    fleet += n.record.slots;
+    if (n.record.slot_memory_bytes == 0 || n.record.slot_memory_bytes >= need)
+      holding += n.record.slots;
+    largest = std::max(largest, n.record.slot_memory_bytes);
+  }
+  if (largest == 0 || holding >= gpus || fleet < gpus) return "";
+  return absl::StrCat(
+      "the job needs ", GiB(need), " of GPU memory per rank (memory_estimate in bf16) and ",
+      holding == 0 ? std::string("no registered GPU holds it")
+                   : absl::StrCat("only ", holding, " registered GPUs hold it, of the ", gpus,
+                                  " it needs"),
+      " (the largest has ", GiB(largest),
+      "); gradient_checkpointing, a smaller micro_batch_size or max_sequence_length, or a LoRA "
+      "adapter needs less");
 }
 
 absl::Status Scheduler::CheckQuota(const std::string& tenant, int gpus, int64_t tokens) {
@@ -1491,8 +1562,17 @@ absl::StatusOr<iv1::RegisterNodeResponse> Scheduler::RegisterNode(
   int slots = req.slots() > 0 ? req.slots() : req.gpus_size();
   if (slots <= 0 || slots > 1024)
     return errors::FieldError("slots", "a node registers 1..1024 slots (or its gpus)");
+  // A rank's memory on this node: its smallest GPU's (unknown when any GPU's
+  // memory is).
+  int64_t slot_memory = req.gpus_size() > 0 ? std::numeric_limits<int64_t>::max() : 0;
+  for (int i = 0; i < req.gpus_size(); ++i) {
+    const int64_t m = req.gpus(i).memory_bytes();
+    if (m < 0) return errors::FieldError(absl::StrCat("gpus[", i, "].memory_bytes"), "must be >= 0");
+    slot_memory = std::min(slot_memory, m);
+  }
   Txn t(this);
-  NodeRecord n{NewId("node"), req.node_name(), req.agent_address(), slots};
+  NodeRecord n{NewId("node"), req.node_name(), req.agent_address(), slots, req.gpus_size(),
+               slot_memory};
   {
     absl::MutexLock lock(&mu_);
     // A node that registers again under the same name is a restarted agent:
@@ -1507,7 +1587,8 @@ absl::StatusOr<iv1::RegisterNodeResponse> Scheduler::RegisterNode(
     TF_RETURN_IF_ERROR(t.Commit());
   }
   TF_RETURN_IF_ERROR(AfterCommit(t));
-  spdlog::info("node={} name={} slots={} registered", n.id, n.name, n.slots);
+  spdlog::info("node={} name={} slots={} gpus={} slot_memory={} registered", n.id, n.name,
+               n.slots, n.gpus, n.slot_memory_bytes);
   iv1::RegisterNodeResponse resp;
   resp.set_node_id(n.id);
   resp.set_heartbeat_interval_ms(absl::ToInt64Milliseconds(options_.heartbeat_interval));
@@ -1753,13 +1834,15 @@ void Scheduler::PlaceLocked(Txn& t) {
   }
   for (const auto& [id, n] : nodes_) {
     int used = static_cast<int>(used_gpus[id].size());
-    nodes.push_back(SlotNode{id, n.record.slots, std::max(0, n.record.slots - used)});
+    nodes.push_back(SlotNode{id, n.record.slots, std::max(0, n.record.slots - used),
+                             n.record.slot_memory_bytes});
   }
   std::vector<QueuedJob> queue;
   for (const auto& [id, j] : jobs_) {
     v1::JobState s = t.jobs().count(id) ? t.jobs().at(id).job.state() : j.job.state();
     if (s == v1::JOB_STATE_QUEUED)
-      queue.push_back(QueuedJob{id, j.job.priority(), j.queue_seq, j.job.gpus(), j.tenant});
+      queue.push_back(QueuedJob{id, j.job.priority(), j.queue_seq, j.job.gpus(), j.tenant,
+                                GpuMemoryNeed(j)});
   }
   const TenantSlots running = RunningSlotsLocked(all);
   if (queue.empty() || nodes.empty()) return;
@@ -1782,14 +1865,17 @@ void Scheduler::PlaceLocked(Txn& t) {
   for (const auto& id : r.never_fit) {
     v1::Error e;
     e.set_code("unschedulable");
-    e.set_param("gpus");
-    e.set_message(absl::StrCat("the job needs ", t.Job(id).job.gpus(),
-                               " slots and the registered fleet has ", fleet));
+    const std::string memory = MemoryShortfallLocked(t.Job(id).job.gpus(), GpuMemoryNeed(t.Job(id)));
+    e.set_param(memory.empty() ? "gpus" : "memory_estimate");
+    e.set_message(memory.empty() ? absl::StrCat("the job needs ", t.Job(id).job.gpus(),
+                                                " slots and the registered fleet has ", fleet)
+                                 : memory);
     (void)Transition(t, id, JobTrigger::kFail, e.message(), &e);
   }
   for (const auto& p : r.placed) {
     JobRecord& j = t.Job(p.job_id);
     ++j.attempt;
+    EstimateForSlot(j, nodes_.at(p.nodes.front().first).record.gpus > 0);
     const std::string& master_node = p.nodes.front().first;
     int port = options_.first_master_port;
     while (used_ports[master_node].count(port)) ++port;

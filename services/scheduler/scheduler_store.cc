@@ -108,6 +108,11 @@ CREATE TABLE inference_usage (
     {5, R"sql(
 ALTER TABLE jobs ADD COLUMN preempted_for TEXT NOT NULL DEFAULT '';
 )sql"},
+    {6, R"sql(
+ALTER TABLE jobs ADD COLUMN alt_memory_estimate BLOB NOT NULL DEFAULT x'';
+ALTER TABLE nodes ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN slot_memory_bytes INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 
 template <typename Proto>
@@ -274,7 +279,8 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
   StoreSnapshot s;
   TF_ASSIGN_OR_RETURN(auto rows, db_->Query(
       "SELECT id, tenant, request_id, queue_seq, resume_artifact, retries, attempt, held_files, "
-      "last_event_seq, proto, init_artifact, estimated_tokens, preempted_for FROM jobs"));
+      "last_event_seq, proto, init_artifact, estimated_tokens, preempted_for, alt_memory_estimate "
+      "FROM jobs"));
   for (const auto& r : rows) {
     JobRecord j;
     j.tenant = r[1].AsText();
@@ -290,6 +296,7 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
     j.init_artifact = r[10].AsText();
     j.estimated_tokens = r[11].AsInt64();
     j.preempted_for = r[12].AsText();
+    TF_RETURN_IF_ERROR(ParseInto(r[13], &j.alt_memory_estimate, "job memory estimate"));
     s.jobs.emplace(r[0].AsText(), std::move(j));
   }
   TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT job_id, proto FROM job_events ORDER BY job_id, seq"));
@@ -333,10 +340,12 @@ absl::StatusOr<StoreSnapshot> SchedulerStore::Load() {
     TF_RETURN_IF_ERROR(ParseInto(r[2], &a.assignment, "assignment"));
     s.assignments.push_back(std::move(a));
   }
-  TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT id, name, address, slots FROM nodes"));
+  TF_ASSIGN_OR_RETURN(rows,
+                      db_->Query("SELECT id, name, address, slots, gpus, slot_memory_bytes FROM nodes"));
   for (const auto& r : rows) {
     s.nodes.push_back(NodeRecord{r[0].AsText(), r[1].AsText(), r[2].AsText(),
-                                 static_cast<int32_t>(r[3].AsInt64())});
+                                 static_cast<int32_t>(r[3].AsInt64()), static_cast<int32_t>(r[4].AsInt64()),
+                                 r[5].AsInt64()});
   }
   TF_ASSIGN_OR_RETURN(rows, db_->Query("SELECT id, name, address FROM replicas"));
   for (const auto& r : rows) {
@@ -430,11 +439,11 @@ absl::Status SchedulerStore::WriteLocked(const Batch& b) {
     TF_RETURN_IF_ERROR(Exec(
         "INSERT OR REPLACE INTO jobs (id, tenant, request_id, queue_seq, resume_artifact, retries, "
         "attempt, held_files, last_event_seq, state, proto, init_artifact, estimated_tokens, "
-        "preempted_for) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "preempted_for, alt_memory_estimate) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         {id, j.tenant, j.request_id, j.queue_seq, j.resume_artifact, j.retries, j.attempt,
          absl::StrJoin(j.held_files, ","), j.last_event_seq, static_cast<int>(j.job.state()),
          Value::Blob(j.job.SerializeAsString()), j.init_artifact, j.estimated_tokens,
-         j.preempted_for}));
+         j.preempted_for, Value::Blob(j.alt_memory_estimate.SerializeAsString())}));
   }
   for (const auto& [job_id, e] : b.events) {
     TF_RETURN_IF_ERROR(Exec("INSERT INTO job_events (job_id, seq, proto) VALUES (?,?,?)",
@@ -475,8 +484,9 @@ absl::Status SchedulerStore::WriteLocked(const Batch& b) {
   }
   for (const auto& n : b.nodes) {
     TF_RETURN_IF_ERROR(Exec(
-        "INSERT OR REPLACE INTO nodes (id, name, address, slots) VALUES (?,?,?,?)",
-        {n.id, n.name, n.address, n.slots}));
+        "INSERT OR REPLACE INTO nodes (id, name, address, slots, gpus, slot_memory_bytes) "
+        "VALUES (?,?,?,?,?,?)",
+        {n.id, n.name, n.address, n.slots, n.gpus, n.slot_memory_bytes}));
   }
   for (const auto& id : b.deleted_nodes) {
     TF_RETURN_IF_ERROR(Exec("DELETE FROM nodes WHERE id = ?", {id}));

@@ -62,6 +62,11 @@ struct JobRecord {
   // checkpoint and stop for (empty: none). Durable so that a restarted
   // scheduler still stops the victim and requeues it when its ranks are gone.
   std::string preempted_for;
+  // The memory estimate for the other kind of slot than job.memory_estimate's
+  // (dtype "bfloat16" for GPUs, "float32" for CPU slots): placement checks
+  // the GPU one against a GPU's memory and swaps the two when the job lands
+  // on the other kind. Empty for jobs admitted before it was kept.
+  v1::MemoryEstimate alt_memory_estimate;
   std::vector<std::string> held_files;  // released when the job finishes
   int64_t last_event_seq = 0;
   v1::Job job;
@@ -101,6 +106,10 @@ struct NodeRecord {
   std::string name;
   std::string address;  // agent address; its host is rank 0's master address
   int32_t slots = 0;
+  int32_t gpus = 0;  // GPUs registered (0: CPU slots)
+  // A GPU node: the memory of its smallest GPU (what one rank may use);
+  // 0: CPU slots, or GPUs whose memory the agent could not read.
+  int64_t slot_memory_bytes = 0;
 };
 
 struct ReplicaRecord {

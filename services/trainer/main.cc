@@ -16,6 +16,7 @@
 #include "common/rpc/server_flags.h"
 #include "services/trainer/agent/agent.h"
 #include "services/trainer/agent/agent_service.h"
+#include "services/trainer/agent/gpu_info.h"
 
 ABSL_FLAG(std::string, node_name, "", "Name this node registers under (default: host name)");
 ABSL_FLAG(std::string, scheduler_address, "127.0.0.1:50052", "Scheduler host:port");
@@ -27,6 +28,9 @@ ABSL_FLAG(std::string, artifacts_dir, "./artifacts",
           "Shared artifact store root (checkpoints and results are written under jobs/<job>/)");
 ABSL_FLAG(int32_t, slots, 1, "CPU slots (ranks) this node offers when it has no GPUs");
 ABSL_FLAG(int32_t, gpus, 0, "GPUs this node offers (0: CPU slots)");
+ABSL_FLAG(double, gpu_memory_gib, 0,
+          "Memory of each GPU in GiB, registered for placement (0: read through NVML, "
+          "libnvidia-ml.so.1; unknown without it)");
 ABSL_FLAG(std::string, worker_binary, "",
           "tunefleet-train-worker to run (default: next to this executable)");
 ABSL_FLAG(absl::Duration, worker_timeout, absl::Minutes(10),
@@ -72,10 +76,16 @@ int main(int argc, char** argv) {
   options.node_name = absl::GetFlag(FLAGS_node_name);
   if (options.node_name.empty()) options.node_name = HostName();
   options.slots = absl::GetFlag(FLAGS_slots);
-  for (int i = 0; i < absl::GetFlag(FLAGS_gpus); ++i) {
-    internal::v1::GpuInfo g;
-    g.set_index(i);
-    options.gpus.push_back(g);
+  if (absl::GetFlag(FLAGS_gpu_memory_gib) < 0) {
+    spdlog::critical("--gpu_memory_gib must be >= 0");
+    return 2;
+  }
+  options.gpus = trainer::NodeGpus(
+      absl::GetFlag(FLAGS_gpus),
+      static_cast<int64_t>(absl::GetFlag(FLAGS_gpu_memory_gib) * 1024.0 * 1024.0 * 1024.0));
+  for (const auto& g : options.gpus) {
+    spdlog::info("gpu {}: {} ({} bytes{})", g.index(), g.name().empty() ? "unnamed" : g.name(),
+                 g.memory_bytes(), g.memory_bytes() == 0 ? ", unknown: placement does not check it" : "");
   }
   if (options.gpus.empty() && options.slots <= 0) {
     spdlog::critical("--slots must be at least 1 on a node without --gpus");

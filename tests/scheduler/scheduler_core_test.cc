@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "services/scheduler/job_spec.h"
 #include "services/scheduler/job_state.h"
-#include "services/scheduler/memory_estimate.h"
+#include "common/model/memory_estimate.h"
 #include "services/scheduler/model_ids.h"
 #include "services/scheduler/placement.h"
 #include "services/scheduler/scheduler.h"
@@ -138,6 +138,39 @@ TEST(PlacementTest, NeverFitFailsFast) {
   r = Place({{"huge", 0, 1, 4}}, {});
   EXPECT_THAT(r.never_fit, IsEmpty());
   EXPECT_THAT(r.placed, IsEmpty());
+}
+
+TEST(PlacementTest, JobsGoOnlyToGpusThatHoldTheirMemory) {
+  constexpr int64_t G = int64_t{1} << 30;
+  // Two 24 GiB GPUs on n24, four 80 GiB on n80. "big" (40 GiB a rank) goes
+  // to n80 although n24 is the better fit by slots; "small" (10 GiB) to n24.
+  auto r = Place({{"big", 0, 1, 2, "", 40 * G}, {"small", 0, 2, 2, "", 10 * G}},
+                 {{"n24", 2, 2, 24 * G}, {"n80", 4, 4, 80 * G}});
+  ASSERT_EQ(r.placed.size(), 2u);
+  EXPECT_THAT(r.placed[0].nodes, ElementsAre(Pair("n80", 2)));
+  EXPECT_THAT(r.placed[1].nodes, ElementsAre(Pair("n24", 2)));
+  // Four 40 GiB ranks: only n80's four slots hold them; with one taken the
+  // job waits (it fits the fleet), and n24's free slots do not count.
+  r = Place({{"big4", 0, 1, 4, "", 40 * G}}, {{"n24", 2, 2, 24 * G}, {"n80", 4, 3, 80 * G}});
+  EXPECT_THAT(r.placed, IsEmpty());
+  EXPECT_THAT(r.never_fit, IsEmpty());
+  // Five such ranks never fit (n80 holds four); a 100 GiB rank fits no GPU.
+  // A smaller job behind them still starts.
+  r = Place({{"big5", 0, 1, 5, "", 40 * G}, {"huge", 0, 2, 1, "", 100 * G}, {"ok", 0, 3, 1, "", G}},
+            {{"n24", 2, 2, 24 * G}, {"n80", 4, 4, 80 * G}});
+  EXPECT_THAT(r.never_fit, ElementsAre("big5", "huge"));
+  ASSERT_EQ(r.placed.size(), 1u);
+  EXPECT_EQ(r.placed[0].job_id, "ok");
+  // A gang across nodes: 6 ranks of 20 GiB over n24 (2) and n80 (4).
+  r = Place({{"wide", 0, 1, 6, "", 20 * G}}, {{"n24", 2, 2, 24 * G}, {"n80", 4, 4, 80 * G}});
+  ASSERT_EQ(r.placed.size(), 1u);
+  EXPECT_THAT(r.placed[0].nodes, ElementsAre(Pair("n80", 4), Pair("n24", 2)));
+  // CPU slots (memory 0) take any job; a job without an estimate goes anywhere.
+  r = Place({{"any", 0, 1, 1, "", 500 * G}, {"unknown", 0, 2, 1}},
+            {{"cpu", 1, 1, 0}, {"n24", 1, 1, 24 * G}});
+  ASSERT_EQ(r.placed.size(), 2u);
+  EXPECT_THAT(r.placed[0].nodes, ElementsAre(Pair("cpu", 1)));
+  EXPECT_THAT(r.placed[1].nodes, ElementsAre(Pair("n24", 1)));
 }
 
 TEST(HyperparametersTest, AutoRuleAndRanges) {
@@ -376,55 +409,72 @@ TEST(MethodTest, DpoBetaTaskAndFormat) {
 
 // The tiny Phi-3 of common/model/tiny_model.h: h 64, 2 layers, 4 heads and
 // 4 kv heads (d 16), I 128, V 32064, untied, fused qkv/gate_up.
-ModelShape TinyPhi3() {
-  ModelShape s;
-  s.hidden_size = 64;
-  s.num_layers = 2;
-  s.num_heads = 4;
-  s.num_kv_heads = 4;
-  s.head_dim = 16;
-  s.intermediate_size = 128;
-  s.vocab_size = 32064;
-  s.fused_projections = true;
-  return s;
+model::ModelConfig TinyPhi3() {
+  model::ModelConfig c;
+  c.model_type = "phi3";
+  c.family = model::ModelFamily::kPhi3;
+  c.hidden_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 4;
+  c.head_dim = 16;
+  c.intermediate_size = 128;
+  c.vocab_size = 32064;
+  return c;
 }
 
 TEST(MemoryEstimateTest, TinyPhi3ByHand) {
-  const ModelShape s = TinyPhi3();
+  using model::EstimateTrainingMemory;
+  using model::TrainingMemory;
+  using model::TrainingPrecision;
+  const model::ModelConfig s = TinyPhi3();
   // Per layer: 64*64 + 2*64*64 + 64*64 + 3*64*128 + 2*64 = 41088; x2 = 82176;
   // + 64 (final norm) + 32064*64*2 (embeddings, lm_head) = 4186432.
-  EXPECT_EQ(CountParameters(s), 4186432);
+  EXPECT_EQ(s.NumParameters(), 4186432);
   // r 8 on qkv (64 -> 192), o (64 -> 64), gate_up (64 -> 256), down (128 -> 64):
   // 8 * (256 + 128 + 320 + 192) = 7168 per layer, x2.
-  EXPECT_EQ(CountLoraParameters(s, 8, {}), 14336);
-  EXPECT_EQ(CountLoraParameters(s, 8, {"qkv_proj"}), 2 * 8 * 256);
-  EXPECT_EQ(CountLoraParameters(s, 8, {"nonexistent"}), 0);
+  EXPECT_EQ(model::CountLoraParameters(s, 8, {}), 14336);
+  EXPECT_EQ(model::CountLoraParameters(s, 8, {"qkv_proj"}), 2 * 8 * 256);
+  EXPECT_EQ(model::CountLoraParameters(s, 8, {"nonexistent"}), 0);
 
   // LoRA, supervised, micro 1 x 128 tokens, fp32, no checkpointing.
-  MemoryEstimateInput in;
-  in.shape = s;
+  model::TrainingMemoryInput in;
   in.lora_rank = 8;
   in.micro_batch_size = 1;
   in.sequence_length = 128;
-  v1::MemoryEstimate e = EstimateMemory(in);
-  EXPECT_EQ(e.weights_bytes(), 4186432 * 4 + 14336 * 4);  // 16803072
-  EXPECT_EQ(e.gradients_bytes(), 14336 * 4);
-  EXPECT_EQ(e.optimizer_state_bytes(), 14336 * 8);
-  // A = 4*64 + 2*64 + 2*64 + 2*4*128 + 4*128 = 2048; per token 2*A + 2*32064
-  // = 68224; x 128 tokens x 4 bytes.
-  EXPECT_EQ(e.activations_bytes(), 34930688);
-  EXPECT_EQ(e.total_bytes(), 51905792);
+  TrainingMemory e = EstimateTrainingMemory(s, in);
+  EXPECT_EQ(e.weights, 4186432 * 4 + 14336 * 4);  // 16803072
+  EXPECT_EQ(e.gradients, 14336 * 4);
+  EXPECT_EQ(e.optimizer_state, 14336 * 8);
+  // A = 4*64 + 2*64 + 2*64 + 4*128 = 1024, + 2*4*128 score/probability
+  // elements: 2048 a layer; per token 2*2048 + 2*32064 (logits, log-softmax)
+  // = 68224 elements; x 128 tokens x 4 bytes.
+  EXPECT_EQ(e.activations, 34930688);
+  EXPECT_EQ(e.total(), 51905792);
+
+  // The same on a GPU: the frozen base in bf16 (the adapter, its gradients
+  // and moments fp32); per token 2 layers x 1024 x 2 bytes + a log-sum-exp
+  // per head and layer (2 x 4 x 4 bytes) + logits in bf16 and their
+  // log-softmax in fp32 (32064 x 6) = 196512 bytes; x 128.
+  in.precision = TrainingPrecision::kBf16Autocast;
+  e = EstimateTrainingMemory(s, in);
+  EXPECT_EQ(e.weights, 4186432 * 2 + 14336 * 4);
+  EXPECT_EQ(e.gradients, 14336 * 4);
+  EXPECT_EQ(e.optimizer_state, 14336 * 8);
+  EXPECT_EQ(e.activations, 196512 * 128);
+  EXPECT_EQ(e.total(), 33755776);
+  in.precision = TrainingPrecision::kFp32;
 
   // Classification with 3 labels: an fp32 [3, 64] label head is trained and
-  // no vocabulary logits are kept (per token 2*A only).
-  MemoryEstimateInput cls = in;
+  // no vocabulary logits are kept (per token 2 x 2048 elements only).
+  model::TrainingMemoryInput cls = in;
   cls.num_labels = 3;
-  v1::MemoryEstimate c = EstimateMemory(cls);
-  EXPECT_EQ(c.weights_bytes(), 16803072 + 3 * 64 * 4);
-  EXPECT_EQ(c.gradients_bytes(), 14336 * 4 + 3 * 64 * 4);
-  EXPECT_EQ(c.optimizer_state_bytes(), (14336 + 3 * 64) * 8);
-  EXPECT_EQ(c.activations_bytes(), 2 * 2048 * 128 * 4);
-  EXPECT_EQ(c.total_bytes(), 19075328);
+  TrainingMemory c = EstimateTrainingMemory(s, cls);
+  EXPECT_EQ(c.weights, 16803072 + 3 * 64 * 4);
+  EXPECT_EQ(c.gradients, 14336 * 4 + 3 * 64 * 4);
+  EXPECT_EQ(c.optimizer_state, (14336 + 3 * 64) * 8);
+  EXPECT_EQ(c.activations, 2 * 2048 * 128 * 4);
+  EXPECT_EQ(c.total(), 19075328);
 
   // Full DPO (a reference copy), gradient checkpointing, micro 2 x 64.
   in.full = true;
@@ -432,17 +482,57 @@ TEST(MemoryEstimateTest, TinyPhi3ByHand) {
   in.gradient_checkpointing = true;
   in.micro_batch_size = 2;
   in.sequence_length = 64;
-  e = EstimateMemory(in);
-  EXPECT_EQ(e.weights_bytes(), 2 * 4186432 * 4);
-  EXPECT_EQ(e.gradients_bytes(), 4186432 * 4);
-  EXPECT_EQ(e.optimizer_state_bytes(), 4186432 * 8);
-  // A = 256 + 128 + 128 + 2*4*64 + 512 = 1536; per token 2*64 + A + 2*32064
-  // = 65792; tokens 2 x 64 x 2 (pairs) = 256; x 4 bytes.
-  EXPECT_EQ(e.activations_bytes(), 67371008);
-  EXPECT_EQ(e.total_bytes(), 151099648);
+  e = EstimateTrainingMemory(s, in);
+  EXPECT_EQ(e.weights, 2 * 4186432 * 4);
+  EXPECT_EQ(e.gradients, 4186432 * 4);
+  EXPECT_EQ(e.optimizer_state, 4186432 * 8);
+  // Per token: 2*64 (layer inputs) + 1024 + 2*4*64 (one layer's scores)
+  // + 2*32064 = 65792 elements; tokens 2 x 64 x 2 (pairs) = 256; x 4 bytes.
+  EXPECT_EQ(e.activations, 67371008);
+  EXPECT_EQ(e.total(), 151099648);
   // Checkpointing only ever lowers activations.
   in.gradient_checkpointing = false;
-  EXPECT_GT(EstimateMemory(in).activations_bytes(), e.activations_bytes());
+  EXPECT_GT(EstimateTrainingMemory(s, in).activations, e.activations);
+  in.gradient_checkpointing = true;
+
+  // The same on a GPU: fp32 trained weights and autocast's bf16 copies of
+  // all but the input embedding ((4186432 - 32064*64) x 2), the reference in
+  // bf16; per token (2*64 + 1024) x 2 + one layer's log-sum-exp (4 x 4) +
+  // 32064 x 6 = 194704 bytes; x 256.
+  in.precision = TrainingPrecision::kBf16Autocast;
+  e = EstimateTrainingMemory(s, in);
+  EXPECT_EQ(e.weights, 4186432 * 4 + (4186432 - 32064 * 64) * 2 + 4186432 * 2);
+  EXPECT_EQ(e.gradients, 4186432 * 4);
+  EXPECT_EQ(e.optimizer_state, 4186432 * 8);
+  EXPECT_EQ(e.activations, 194704 * 256);
+  EXPECT_EQ(e.total(), 129468672);
+}
+
+TEST(MemoryEstimateTest, Phi3MiniLoraFitsA16GiBGpuInBf16NotInFp32) {
+  // Phi-3-mini's shapes (config.json of microsoft/Phi-3-mini-4k-instruct):
+  // 3.82B parameters. LoRA r 16, micro-batch 1 x 2048, checkpointing.
+  model::ModelConfig c = TinyPhi3();
+  c.hidden_size = 3072;
+  c.num_hidden_layers = 32;
+  c.num_attention_heads = 32;
+  c.num_key_value_heads = 32;
+  c.head_dim = 96;
+  c.intermediate_size = 8192;
+  c.vocab_size = 32064;
+  EXPECT_EQ(c.NumParameters(), 3821079552);
+  model::TrainingMemoryInput in;
+  in.lora_rank = 16;
+  in.micro_batch_size = 1;
+  in.sequence_length = 2048;
+  in.gradient_checkpointing = true;
+  constexpr int64_t G = int64_t{1} << 30;
+  in.precision = model::TrainingPrecision::kBf16Autocast;
+  const int64_t gpu = model::EstimateTrainingMemory(c, in).total();
+  in.precision = model::TrainingPrecision::kFp32;
+  const int64_t cpu = model::EstimateTrainingMemory(c, in).total();
+  EXPECT_GT(gpu, 7 * G);  // the bf16 base alone is 7.1 GiB
+  EXPECT_LT(gpu, 16 * G);  // 8.5 GiB
+  EXPECT_GT(cpu, 16 * G);  // 17.3 GiB: fp32 weights and the S x S scores
 }
 
 TEST(MemoryEstimateTest, CatalogReadsTheShapeFromConfigJson) {
@@ -455,8 +545,8 @@ TEST(MemoryEstimateTest, CatalogReadsTheShapeFromConfigJson) {
   BaseModelCatalog catalog(dir.path());
   auto m = catalog.Get("tiny-phi3");
   ASSERT_THAT(m, IsOk());
-  EXPECT_EQ(m->shape.head_dim, 16);
-  EXPECT_TRUE(m->shape.fused_projections);
+  EXPECT_EQ(m->config.head_dim, 16);
+  EXPECT_TRUE(m->config.fused_projections());
   EXPECT_EQ(m->parameters, 4186432);
   v1::Hyperparameters h;
   h.set_lora_rank(8);
@@ -464,7 +554,14 @@ TEST(MemoryEstimateTest, CatalogReadsTheShapeFromConfigJson) {
   h.set_max_sequence_length(128);
   v1::Method sup;
   sup.mutable_supervised();
-  EXPECT_EQ(EstimateJobMemory(*m, v1::ADAPTER_TYPE_LORA, sup, h).total_bytes(), 51905792);
+  v1::MemoryEstimate e =
+      EstimateJobMemory(*m, v1::ADAPTER_TYPE_LORA, sup, h, 0, model::TrainingPrecision::kFp32);
+  EXPECT_EQ(e.total_bytes(), 51905792);
+  EXPECT_EQ(e.dtype(), "float32");
+  e = EstimateJobMemory(*m, v1::ADAPTER_TYPE_LORA, sup, h, 0,
+                        model::TrainingPrecision::kBf16Autocast);
+  EXPECT_EQ(e.total_bytes(), 33755776);
+  EXPECT_EQ(e.dtype(), "bfloat16");
 }
 
 TEST(SchedulerStoreTest, CommitsAndReopensWithNothingLost) {
@@ -480,6 +577,8 @@ TEST(SchedulerStoreTest, CommitsAndReopensWithNothingLost) {
     j.held_files = {"file-a", "file-b"};
     j.last_event_seq = 1;
     j.resume_artifact = "jobs/ftjob-1/checkpoints/step-10";
+    j.alt_memory_estimate.set_total_bytes(123);
+    j.alt_memory_estimate.set_dtype("bfloat16");
     j.job.set_id("ftjob-1");
     j.job.set_state(v1::JOB_STATE_QUEUED);
     b.jobs.emplace_back("ftjob-1", j);
@@ -502,7 +601,7 @@ TEST(SchedulerStoreTest, CommitsAndReopensWithNothingLost) {
     a.assignment.set_assignment_id("asg-1");
     a.assignment.set_job_id("ftjob-1");
     b.assignments.push_back(a);
-    b.nodes.push_back(NodeRecord{"node-1", "gpu-a", "10.0.0.1:7000", 4});
+    b.nodes.push_back(NodeRecord{"node-1", "gpu-a", "10.0.0.1:7000", 4, 4, int64_t{80} << 30});
     ASSERT_THAT((*store)->Commit(b), IsOk());
     // A batch that fails (duplicate event) leaves nothing behind.
     Batch bad;
@@ -523,6 +622,8 @@ TEST(SchedulerStoreTest, CommitsAndReopensWithNothingLost) {
   EXPECT_EQ(j.queue_seq, 7);
   EXPECT_THAT(j.held_files, ElementsAre("file-a", "file-b"));
   EXPECT_EQ(j.resume_artifact, "jobs/ftjob-1/checkpoints/step-10");
+  EXPECT_EQ(j.alt_memory_estimate.total_bytes(), 123);
+  EXPECT_EQ(j.alt_memory_estimate.dtype(), "bfloat16");
   ASSERT_EQ(snap->events["ftjob-1"].size(), 1u);
   ASSERT_EQ(snap->models.size(), 1u);
   EXPECT_EQ(snap->models[0].artifact, "jobs/ftjob-1/result");
@@ -531,6 +632,8 @@ TEST(SchedulerStoreTest, CommitsAndReopensWithNothingLost) {
   EXPECT_EQ(snap->assignments[0].node_id, "node-1");
   ASSERT_EQ(snap->nodes.size(), 1u);
   EXPECT_EQ(snap->nodes[0].slots, 4);
+  EXPECT_EQ(snap->nodes[0].gpus, 4);
+  EXPECT_EQ(snap->nodes[0].slot_memory_bytes, int64_t{80} << 30);
 }
 
 TEST(SchedulerStoreTest, ConcurrentCommitsShareFsyncsAndAllSurvive) {

@@ -72,6 +72,21 @@ class SchedulerServiceTest : public SchedulerFixture {
     EXPECT_THAT(resp, IsOk());
     return resp.ok() ? resp->node_id() : "";
   }
+  // A GPU node: `gpus` GPUs of `memory` bytes each.
+  absl::StatusOr<iv1::RegisterNodeResponse> RegisterGpuNode(const std::string& name, int gpus,
+                                                            int64_t memory) {
+    iv1::RegisterNodeRequest req;
+    req.set_node_name(name);
+    req.set_agent_address("127.0.0.1:7001");
+    for (int i = 0; i < gpus; ++i) {
+      iv1::GpuInfo* g = req.add_gpus();
+      g->set_index(i);
+      g->set_name("test GPU");
+      g->set_memory_bytes(memory);
+    }
+    return Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::RegisterNode,
+                internal_.key, req);
+  }
   absl::StatusOr<iv1::HeartbeatResponse> Heartbeat(
       const std::string& node, const std::vector<std::string>& running = {},
       iv1::AssignmentStatus::Phase phase = iv1::AssignmentStatus::PHASE_RUNNING) {
@@ -1899,6 +1914,78 @@ TEST_F(ModelContentTest, CheckpointsAreDeployableModels) {
   auto job = CreateJob(a_.key, req);
   ASSERT_THAT(job, IsOk());
   EXPECT_THAT(job->hyperparameters().lora_target_modules(), ElementsAre("q_proj"));
+}
+
+TEST_F(SchedulerServiceTest, JobsGoOnlyToGpusThatHoldTheirMemoryEstimate) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  v1::CreateJobRequest req = JobRequest(file->id());
+  req.set_validate_only(true);
+  // No GPU registered: the estimate is a CPU worker's (fp32).
+  auto cpu_preview = CreateJob(a_.key, req);
+  ASSERT_THAT(cpu_preview, IsOk());
+  EXPECT_EQ(cpu_preview->memory_estimate().dtype(), "float32");
+  const int64_t cpu_bytes = cpu_preview->memory_estimate().total_bytes();
+
+  EXPECT_THAT(RegisterGpuNode("bad", 1, -1),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("gpus[0].memory_bytes")));
+  // Two 1 MiB GPUs hold no job of the tiny model (tens of MiB).
+  auto tiny = RegisterGpuNode("tiny-gpus", 2, int64_t{1} << 20);
+  ASSERT_THAT(tiny, IsOk());
+  req.set_validate_only(false);
+  auto refused = CreateJob(a_.key, req);
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kFailedPrecondition,
+                                HasSubstr("of GPU memory per rank (memory_estimate in bf16) and no "
+                                          "registered GPU holds it (the largest has 0.0 GiB)")));
+  errors::Details d = errors::GetDetails(refused.status());
+  ASSERT_EQ(d.precondition_violations.size(), 1u);
+  EXPECT_EQ(d.precondition_violations[0].type, "MEMORY");
+
+  // One 80 GiB GPU: the job is admitted with a GPU's estimate (bf16, less
+  // than the CPU's) and runs there, never on the small GPUs.
+  auto big = RegisterGpuNode("big-gpu", 1, int64_t{80} << 30);
+  ASSERT_THAT(big, IsOk());
+  auto job = CreateJob(a_.key, req);
+  ASSERT_THAT(job, IsOk());
+  EXPECT_EQ(job->memory_estimate().dtype(), "bfloat16");
+  EXPECT_LT(job->memory_estimate().total_bytes(), cpu_bytes);
+  const int64_t gpu_bytes = job->memory_estimate().total_bytes();
+  // Two ranks: only one GPU of the fleet's three holds them.
+  v1::CreateJobRequest two = req;
+  two.set_gpus(2);
+  EXPECT_THAT(CreateJob(a_.key, two),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("only 1 registered GPUs hold it, of the 2 it needs")));
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(job->id()), v1::JOB_STATE_RUNNING);
+  auto hb = Heartbeat(tiny->node_id());
+  ASSERT_THAT(hb, IsOk());
+  EXPECT_THAT(hb->assignments(), IsEmpty());
+  hb = Heartbeat(big->node_id());
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  EXPECT_EQ(hb->assignments(0).job_id(), job->id());
+
+  // A second job waits (the big GPU is busy; the small ones do not hold
+  // it), then lands on a CPU node registered later: its estimate becomes
+  // the CPU worker's.
+  auto second = CreateJob(a_.key, req);
+  ASSERT_THAT(second, IsOk());
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(second->id()), v1::JOB_STATE_QUEUED);
+  std::string cpu = RegisterNode("cpu-a", 1);
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(second->id()), v1::JOB_STATE_RUNNING);
+  auto placed = GetJob(a_.key, second->id());
+  ASSERT_THAT(placed, IsOk());
+  EXPECT_EQ(placed->memory_estimate().dtype(), "float32");
+  EXPECT_EQ(placed->memory_estimate().total_bytes(), cpu_bytes);
+  hb = Heartbeat(cpu);
+  ASSERT_THAT(hb, IsOk());
+  ASSERT_THAT(hb->assignments(), SizeIs(1));
+  EXPECT_EQ(hb->assignments(0).job_id(), second->id());
+  // The first kept the GPU's.
+  EXPECT_EQ(GetJob(a_.key, job->id())->memory_estimate().total_bytes(), gpu_bytes);
 }
 
 }  // namespace

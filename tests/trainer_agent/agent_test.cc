@@ -4,6 +4,7 @@
 // protocol on fd 3 (the real worker has its own tests; here the subject is
 // the agent: fetch, spec, spawn, forward, kill, stop, recover).
 #include "services/trainer/agent/agent.h"
+#include "services/trainer/agent/gpu_info.h"
 
 #include <signal.h>
 #include <sys/stat.h>
@@ -160,6 +161,26 @@ class AgentTest : public ::testing::Test {
     }
     ADD_FAILURE() << "no pid in " << path;
     return -1;
+  }
+
+  // The real tunefleet-trainer binary against this test's scheduler and
+  // dataset service, with `args` added.
+  absl::StatusOr<Subprocess> StartAgentBinary(std::vector<std::string> args) {
+    std::string keys_file = dir_.Join("keys");
+    std::ofstream(keys_file) << internal_.line << "\n";
+    std::string key_file = dir_.Join("internal.key");
+    std::ofstream(key_file) << internal_.key << "\n";
+    std::vector<std::string> argv = {
+        absl::StrCat(TUNEFLEET_BIN_DIR, "/tunefleet-trainer"), "--listen=127.0.0.1:0",
+        "--metrics_listen=off", absl::StrCat("--keys_file=", keys_file),
+        absl::StrCat("--internal_key_file=", key_file),
+        absl::StrCat("--scheduler_address=", scheduler_->address()),
+        absl::StrCat("--dataset_address=", dataset_->address()),
+        absl::StrCat("--models_dir=", suite_dir_->Join("models")),
+        absl::StrCat("--artifacts_dir=", dir_.Join("artifacts")),
+        absl::StrCat("--data_dir=", dir_.Join("data")), "--log_level=warn"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return Subprocess::Start(argv, Subprocess::Options{dir_.Join("agent.log"), {}});
   }
 
   static inline tunefleet::testing::TempDir* suite_dir_ = nullptr;
@@ -573,21 +594,8 @@ echo $$ > )", pidfile, R"(
 say '{"event":"started","total_steps":3,"world_size":1,"rank":0,"resumed_step":0}'
 exec sleep 1000
 )"));
-  std::string keys_file = dir_.Join("keys");
-  std::ofstream(keys_file) << internal_.line << "\n";
-  std::string key_file = dir_.Join("internal.key");
-  std::ofstream(key_file) << internal_.key << "\n";
-  auto agent = Subprocess::Start(
-      {absl::StrCat(TUNEFLEET_BIN_DIR, "/tunefleet-trainer"), "--listen=127.0.0.1:0",
-       "--metrics_listen=off", absl::StrCat("--keys_file=", keys_file),
-       absl::StrCat("--internal_key_file=", key_file),
-       absl::StrCat("--scheduler_address=", scheduler_->address()),
-       absl::StrCat("--dataset_address=", dataset_->address()),
-       absl::StrCat("--models_dir=", suite_dir_->Join("models")),
-       absl::StrCat("--artifacts_dir=", dir_.Join("artifacts")),
-       absl::StrCat("--data_dir=", dir_.Join("data")), absl::StrCat("--worker_binary=", worker),
-       "--node_name=node-bin", "--slots=1", "--log_level=warn"},
-      Subprocess::Options{dir_.Join("agent.log"), {}});
+  auto agent = StartAgentBinary(
+      {absl::StrCat("--worker_binary=", worker), "--node_name=node-bin", "--slots=1"});
   ASSERT_THAT(agent, IsOk());
   scheduler_->SetDesired({Assignment("asg-o")});
   pid_t pid = ReadPid(pidfile);
@@ -596,6 +604,37 @@ exec sleep 1000
   ASSERT_THAT(agent->Signal(SIGKILL), IsOk());
   ASSERT_THAT(agent->Wait(kDeadline), IsOk());
   EXPECT_TRUE(WaitDead(pid));
+}
+
+// GPUs: the agent registers each with its memory (NVML's, or
+// --gpu_memory_gib where the operator gives it) for the scheduler's
+// placement; without NVML and the flag the memory is 0 (unknown).
+TEST_F(AgentTest, RegistersItsGpusWithTheirMemory) {
+  // This machine's NVML, if it has one, names its GPUs.
+  std::vector<iv1::GpuInfo> plain = NodeGpus(2, 0);
+  ASSERT_EQ(plain.size(), 2u);
+  EXPECT_EQ(plain[1].index(), 1);
+  const std::optional<GpuDescription> gpu0 = DescribeGpu(0);
+  EXPECT_EQ(plain[0].memory_bytes(), gpu0 ? gpu0->memory_bytes : 0);
+  // CUDA_VISIBLE_DEVICES renumbers the GPUs the workers see.
+  EXPECT_EQ(PhysicalGpuIndex(1, nullptr), 1u);
+  EXPECT_EQ(PhysicalGpuIndex(1, "3,5"), 5u);
+  EXPECT_EQ(PhysicalGpuIndex(2, "3,5"), std::nullopt);
+  EXPECT_EQ(PhysicalGpuIndex(0, "GPU-0a1b2c3d"), std::nullopt);  // a UUID
+  EXPECT_EQ(PhysicalGpuIndex(-1, nullptr), std::nullopt);
+
+  auto agent = StartAgentBinary({"--node_name=node-gpus", "--gpus=2", "--gpu_memory_gib=24"});
+  ASSERT_THAT(agent, IsOk());
+  ASSERT_TRUE(scheduler_->WaitFor([](const FakeScheduler::Record& r) { return !r.registrations.empty(); }));
+  const iv1::RegisterNodeRequest reg = scheduler_->record().registrations.at(0);
+  EXPECT_EQ(reg.node_name(), "node-gpus");
+  ASSERT_EQ(reg.gpus_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(reg.gpus(i).index(), i);
+    EXPECT_EQ(reg.gpus(i).memory_bytes(), int64_t{24} << 30);
+  }
+  ASSERT_THAT(agent->Signal(SIGTERM), IsOk());
+  ASSERT_THAT(agent->Wait(kDeadline), IsOk());
 }
 
 }  // namespace

@@ -471,28 +471,28 @@ absl::Status Engine::Step() {
   if (any_adapter) choice = model::AdapterChoice(adapters);
   auto logits = decoder_.ExtendRows(cache_, ids, chunk, choice);
   if (!logits.ok()) return logits.status();
-  at::Tensor cpu = logits->to(at::kCPU).contiguous();
-  const float* data = cpu.data_ptr<float>();
-  const int64_t vocab = decoder_.config().vocab_size;
-  const Clock::time_point after = Clock::now();
-  forward_seconds_ += Seconds(after - now);
   // Greedy rows without penalties or logprobs take the argmax of their
   // logits, which ChooseToken would find with a scan per row: one argmax
-  // over the batch instead (vectorized, across the threads; ties go to the
-  // lower id either way).
+  // over the batch instead (vectorized, on the logits' device; ties go to
+  // the lower id either way). Only when another row samples do the whole
+  // logits come to the host (on a GPU that copy is B x vocab floats a step).
   auto plain_greedy = [](const model::SamplingParams& p) {
     return p.temperature <= 0 && p.frequency_penalty == 0 && p.presence_penalty == 0 && !p.logprobs;
   };
-  int64_t greedy_rows = 0;
+  int64_t greedy_rows = 0, sampled_rows = 0;
   for (size_t i = 0; i < rows_.size(); ++i) {
     const Request* r = rows_[i].get();
-    if (r && r->cached + chunk[i] >= static_cast<int64_t>(r->tokens.size()) &&
-        plain_greedy(r->seq->params())) {
-      ++greedy_rows;
-    }
+    if (!r || r->cached + chunk[i] < static_cast<int64_t>(r->tokens.size())) continue;
+    ++(plain_greedy(r->seq->params()) ? greedy_rows : sampled_rows);
   }
-  at::Tensor argmax;
-  if (greedy_rows >= 2) argmax = cpu.argmax(-1).contiguous();
+  const bool use_argmax = greedy_rows >= 2 || (greedy_rows == 1 && !logits->is_cpu());
+  at::Tensor argmax, cpu;
+  if (use_argmax) argmax = logits->argmax(-1).to(at::kCPU).contiguous();
+  if (sampled_rows > 0 || !use_argmax) cpu = logits->to(at::kCPU).contiguous();
+  const float* data = cpu.defined() ? cpu.data_ptr<float>() : nullptr;
+  const int64_t vocab = decoder_.config().vocab_size;
+  const Clock::time_point after = Clock::now();
+  forward_seconds_ += Seconds(after - now);
   int64_t generated = 0;
   for (size_t i = 0; i < rows_.size(); ++i) {
     Request* r = rows_[i].get();

@@ -23,6 +23,7 @@
 #include "common/model/decoder.h"
 #include "common/model/file_util.h"
 #include "common/model/lora.h"
+#include "common/model/memory_estimate.h"
 #include "common/model/torch_status.h"
 #include "common/text/chat_template.h"
 #include "services/trainer/worker/checkpoint.h"
@@ -165,34 +166,25 @@ class Run {
   void SampleDeviceMemory();
 };
 
-// Per rank, before the run: weights, then 4 fp32 copies of the trainable
-// parameters (LoRA: the parameters; both: gradients and AdamW's two
-// moments), then the activations autograd keeps for one micro-batch of
-// max_sequence_length rows (per layer and token: ~16 hidden-sized and 6
-// intermediate-sized fp32 tensors, plus the heads' T attention weights), and
-// the vocabulary logits of the trained positions.
-// The estimate runs after the model and the DPO reference are set up.
+// Per rank, before the run, by the scheduler's formula
+// (common/model/memory_estimate.h) for this run's adapter, micro-batch and
+// precision (bf16 autocast on CUDA, fp32 on the CPU): the figure the user saw
+// at admission, reported beside what the run really used.
 int64_t Run::EstimateMemoryBytes() const {
-  const model::ModelConfig& c = decoder_->config();
-  int64_t trainable = 0;
-  for (const at::Tensor& p : params_) trainable += p.numel();
-  int64_t weights = decoder_->WeightBytes() + c.vocab_size * c.hidden_size * 4;
-  if (reference_decoder_) weights += reference_decoder_->WeightBytes();  // DPO, full
-  const int64_t state = trainable * 4 * (lora_ ? 4 : 3);
-  int64_t rows = h_.micro_batch_size > 0 ? h_.micro_batch_size : per_rank_batch_;
-  if (dpo_) rows *= 2;  // a pair is two rows
-  const int64_t tokens = rows * h_.max_sequence_length;
-  const int64_t per_layer = (16 * c.hidden_size + 6 * c.intermediate_size +
-                             2 * c.num_attention_heads * h_.max_sequence_length) * 4;
-  // Gradient checkpointing keeps each layer's input and, in backward, one
-  // layer's activations at a time.
-  const int64_t per_token = h_.gradient_checkpointing
-                                ? c.num_hidden_layers * c.hidden_size * 4 + per_layer
-                                : c.num_hidden_layers * per_layer;
-  // The vocabulary head on the trained positions (at most every token):
-  // logits, their log-softmax and the gradient, fp32.
-  const int64_t head = tokens * c.vocab_size * 4 * 3;
-  return weights + state + tokens * per_token + head;
+  model::TrainingMemoryInput in;
+  in.full = !lora_.has_value();
+  if (lora_) {
+    in.lora_rank = lora_->config().rank;
+    in.lora_targets = lora_->config().target_modules;
+  }
+  in.precision = device_.is_cuda() ? model::TrainingPrecision::kBf16Autocast
+                                   : model::TrainingPrecision::kFp32;
+  in.micro_batch_size = h_.micro_batch_size > 0 ? h_.micro_batch_size : per_rank_batch_;
+  in.sequence_length = h_.max_sequence_length;
+  in.gradient_checkpointing = h_.gradient_checkpointing;
+  in.dpo = dpo_;
+  in.num_labels = classify_ ? spec_.num_labels : 0;
+  return model::EstimateTrainingMemory(decoder_->config(), in).total();
 }
 
 absl::Status Run::Load() {
