@@ -233,12 +233,10 @@ int main(int argc, char** argv) {
   if (!std::filesystem::exists(std::filesystem::path(base_dir) / "config.json")) {
     if (absl::Status s = model::WriteTinyPhi3(base_dir, o); !s.ok()) Die(s);
   }
-  model::DecoderOptions dopts;
+  absl::StatusOr<model::DecoderOptions> placed = model::DecoderOptionsFor(cuda ? "cuda" : "cpu", "auto");
+  if (!placed.ok()) Die(placed.status());
+  model::DecoderOptions dopts = *placed;
   dopts.ragged_extend = absl::GetFlag(FLAGS_ragged);
-  if (cuda) {
-    dopts.device = at::Device(at::kCUDA);
-    dopts.dtype = at::kBFloat16;
-  }
   auto decoder = model::Decoder::Load(base_dir, dopts);
   if (!decoder.ok()) Die(decoder.status());
   // The same weights (mapped once) for the sustained run's padded engine.

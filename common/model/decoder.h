@@ -70,6 +70,13 @@ struct DecoderOptions {
   at::ScalarType autocast_dtype = at::ScalarType::Undefined;
 };
 
+// Options for serving a decoder from an operator's words: `device` "cpu",
+// "cuda" or "cuda:N"; `dtype` "auto" (bfloat16 on CUDA, float32 on the CPU),
+// "float32", "bfloat16" or "float16" (CUDA only). INVALID_ARGUMENT naming
+// the flag for a value it does not take; FAILED_PRECONDITION for a CUDA
+// device where this libtorch or machine has none (or not that many).
+absl::StatusOr<DecoderOptions> DecoderOptionsFor(const std::string& device, const std::string& dtype);
+
 // Which LoRA adapter a forward applies: none, one for every row, or one per
 // row of the batch (nullptr rows use the base), so that requests for
 // different adapters of one base share a batch. Implicit from a pointer or a

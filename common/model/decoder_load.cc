@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/status_macros.h"
@@ -76,6 +78,45 @@ using internal::ProjBiasName;
 using internal::ProjHasBias;
 using internal::ProjWeightName;
 using internal::ShapeString;
+
+absl::StatusOr<DecoderOptions> DecoderOptionsFor(const std::string& device, const std::string& dtype) {
+  DecoderOptions o;
+  if (device == "cpu") {
+    o.device = at::kCPU;
+  } else if (device == "cuda" || absl::StartsWith(device, "cuda:")) {
+    int index = 0;
+    if (device != "cuda" && (!absl::SimpleAtoi(device.substr(5), &index) || index < 0))
+      return absl::InvalidArgumentError(absl::StrCat("device: \"", device, "\" is not cuda:N"));
+    if (!at::hasCUDA()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "device ", device, ": no CUDA here (this libtorch is built without it, or the machine "
+          "has no GPU)"));
+    }
+    const int64_t count = at::getNumGPUs();
+    if (index >= count) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device ", device, ": this machine has ", count, " CUDA devices"));
+    }
+    o.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device: \"", device, "\" is not cpu, cuda or cuda:N"));
+  }
+  if (dtype == "auto") {
+    o.dtype = o.device.is_cuda() ? at::kBFloat16 : at::kFloat;
+  } else if (dtype == "float32") {
+    o.dtype = at::kFloat;
+  } else if (dtype == "bfloat16") {
+    o.dtype = at::kBFloat16;
+  } else if (dtype == "float16" && o.device.is_cuda()) {
+    o.dtype = at::kHalf;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dtype: \"", dtype, "\" is not auto, float32, bfloat16",
+        o.device.is_cuda() ? " or float16" : " (float16 runs on CUDA only)"));
+  }
+  return o;
+}
 
 absl::StatusOr<Decoder> Decoder::Load(const std::string& dir, const DecoderOptions& options) {
   TF_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));

@@ -32,6 +32,10 @@ ABSL_FLAG(std::string, scheduler_tls_ca_file, "",
 ABSL_FLAG(std::string, internal_key_file, "", "File holding the internal API key");
 ABSL_FLAG(std::string, replica_name, "", "This replica's name (default: the host name, e.g. the pod name)");
 ABSL_FLAG(std::string, advertise_address, "", "host:port clients reach this replica at");
+ABSL_FLAG(std::string, device, "cpu", "Where the bases run: cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, dtype, "auto",
+          "Weights and compute: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16, "
+          "float16 (CUDA)");
 ABSL_FLAG(int64_t, max_batch, 32, "Most requests decoded together per base");
 ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{4} << 30, "KV-cache memory per base");
 ABSL_FLAG(int64_t, max_context, 0, "Tokens per request (0: the model's)");
@@ -91,6 +95,14 @@ int main(int argc, char** argv) {
   serving::ReplicaOptions options;
   options.models_dir = absl::GetFlag(FLAGS_models_dir);
   options.artifacts_dir = absl::GetFlag(FLAGS_artifacts_dir);
+  auto decoder_options = model::DecoderOptionsFor(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_dtype));
+  if (!decoder_options.ok()) {
+    spdlog::critical("{}", std::string(decoder_options.status().message()));
+    return 2;
+  }
+  options.decoder = *decoder_options;
+  spdlog::info("bases run on {} in {}", options.decoder.device.str(),
+               std::string(c10::toString(options.decoder.dtype)));
   options.engine.max_batch = absl::GetFlag(FLAGS_max_batch);
   options.engine.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
   options.engine.max_context = absl::GetFlag(FLAGS_max_context);

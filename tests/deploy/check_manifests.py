@@ -257,6 +257,7 @@ class Checker:
         self.index()
         self.shared_claims = {}  # claim -> [where]
         self.trainer_gpus = []   # (where, --gpus, container, [(mount, volume)])
+        self.serving_devices = []  # (where, --device, container)
         # (where, binary, flag, host:port, dials with TLS, presents a client cert, caller labels)
         self.calls = []
         self.servers = []        # (labels, --listen port, TLS on, client certificate required)
@@ -745,6 +746,8 @@ class Checker:
                 self.err(where, "--artifacts_dir=%s is on a read-only mount: workers write "
                          "checkpoints there" % path)
 
+        if binary == "tunefleet-serving":
+            self.serving_devices.append((where, values.get("device", known.get("device")), c))
         # the trainer agent runs its worker from next to itself
         if binary == "tunefleet-trainer":
             worker = values.get("worker_binary") or os.path.join(IMAGE_BIN_DIR, TRAINER_WORKER)
@@ -849,6 +852,16 @@ class Checker:
                     self.err(where, "the %s overlay must not request %s" % (base, GPU))
                 if base == "gpu" and binary in ("tunefleet-trainer", "tunefleet-serving") and not asks:
                     self.err(where, "the gpu overlay's %s must request %s" % (binary, GPU))
+        for where, device, c in self.serving_devices:
+            res = c.get("resources") or {}
+            asks = GPU in (res.get("limits") or {}) or GPU in (res.get("requests") or {})
+            on_gpu = str(device or "cpu").startswith("cuda")
+            if asks and not on_gpu:
+                self.err(where, "tunefleet-serving requests %s but runs --device=%s: the GPU would "
+                         "sit idle" % (GPU, device))
+            elif on_gpu and not asks:
+                self.err(where, "tunefleet-serving runs --device=%s without requesting %s"
+                         % (device, GPU))
         for where, gpus, c, mounts in self.trainer_gpus:
             limit = str(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0))
             if gpus is None:
@@ -1008,6 +1021,10 @@ def smoke_run_once(flags, where, binary, values, scratch):
             continue
         if value is None:  # only known at run time (the pod's IP or name)
             value = "127.0.0.1:1" if name.endswith("_address") else "smoke"
+        if name == "device" and str(value).startswith("cuda") and not os.path.exists("/dev/nvidiactl"):
+            # No GPU on this machine: the replica starts on the CPU (the
+            # static check pairs --device=cuda with the GPU request).
+            value = "cpu"
         argv.append("--%s=%s" % (name, value))
     argv += ["--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", "--data_dir=" + os.path.join(d, "data"),
              "--keys_file=" + keys, "--port_file=" + ports]
@@ -1214,6 +1231,9 @@ def mutations():
     def monitor_port(docs):
         doc_of(docs, "ServiceMonitor", "tunefleet")["spec"]["endpoints"][0]["port"] = "metric"
 
+    def serving_on_cpu(docs):
+        doc_of(docs, "ConfigMap", "tunefleet-config")["data"]["TUNEFLEET_SERVING_DEVICE"] = "cpu"
+
     def serving_without_gpu(docs):
         res = containers_of(docs, "Deployment", "tunefleet-serving")[0]["resources"]
         res["requests"].pop(GPU)
@@ -1240,6 +1260,7 @@ def mutations():
         ("an alert expression promtool rejects", "promtool check rules", bad_promql),
         ("a ServiceMonitor on a port no Service has", "endpoint port 'metric'", monitor_port),
         ("gpu overlay serving without a GPU", "tunefleet-serving must request nvidia.com/gpu", serving_without_gpu),
+        ("gpu overlay serving on the CPU", "tunefleet-serving requests nvidia.com/gpu but runs --device=cpu", serving_on_cpu),
         ("a flag the binary does not have", "does not accept the flag --max_file_byte", rename_flag),
         ("readiness probe on the wrong port", "readinessProbe checks gRPC port 50051", probe_port),
         ("grace period not above the drain timeout", "terminationGracePeriodSeconds 30", short_grace),

@@ -463,5 +463,31 @@ TEST(CudaDecoderTest, Bf16MatchesFp32AndKvCacheMatchesFullForward) {
   EXPECT_LE(MaxAbsDiff(last[0].cpu(), got16[0][ids.size(1) - 1].cpu()), 0.05 * scale + 0.02);
 }
 
+TEST(DecoderOptionsForTest, DeviceAndDtypeFromAnOperatorsWords) {
+  auto cpu = DecoderOptionsFor("cpu", "auto");
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EXPECT_TRUE(cpu->device.is_cpu());
+  EXPECT_EQ(cpu->dtype, at::kFloat);
+  auto bf16 = DecoderOptionsFor("cpu", "bfloat16");
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  EXPECT_EQ(bf16->dtype, at::kBFloat16);
+  EXPECT_EQ(DecoderOptionsFor("cpu", "float16").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecoderOptionsFor("gpu", "auto").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecoderOptionsFor("cuda:-1", "auto").status().code(), absl::StatusCode::kInvalidArgument);
+  auto cuda = DecoderOptionsFor("cuda", "auto");
+  if (!at::hasCUDA()) {
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
+    return;
+  }
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  EXPECT_TRUE(cuda->device.is_cuda());
+  EXPECT_EQ(cuda->dtype, at::kBFloat16);
+  EXPECT_EQ(DecoderOptionsFor("cuda:1000", "auto").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto half = DecoderOptionsFor("cuda:0", "float16");
+  ASSERT_TRUE(half.ok()) << half.status();
+  EXPECT_EQ(half->dtype, at::kHalf);
+}
+
 }  // namespace
 }  // namespace tunefleet::model

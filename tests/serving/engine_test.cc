@@ -178,6 +178,59 @@ TEST_F(EngineTest, BatchedEqualsOneByOneWithMixedAdapters) {
   }
 }
 
+// The engine on a GPU (fp32, so that batched and alone compute the same
+// sums): the per-row adapters' batched products, the KV cache and the
+// greedy argmax on the device give the answers each request gets alone.
+// Skipped without CUDA; scripts/gpu-check runs it.
+class CudaEngineTest : public EngineTest {};
+
+TEST_F(CudaEngineTest, BatchedEqualsOneByOneWithMixedAdapters) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA in this libtorch or machine";
+  model::DecoderOptions cuda;
+  cuda.device = at::Device(at::kCUDA, 0);
+  auto decoder = model::Decoder::Load(dir_->Join("base"), cuda);
+  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  AdapterCacheOptions ao;
+  ao.artifacts_dir = dir_->Join("artifacts");
+  AdapterCache cache(decoder->config(), cuda.device, ao);
+  TF_ASSERT_OK_AND_ASSIGN(auto a0, cache.Acquire("adapter-0"));
+  TF_ASSERT_OK_AND_ASSIGN(auto a1, cache.Acquire("adapter-1"));
+  const std::vector<std::shared_ptr<const ServedAdapter>> adapters = {a0, a1, nullptr};
+  std::vector<EngineRequest> reqs;
+  for (size_t p = 0; p < kPrompts.size(); ++p) {
+    for (size_t a = 0; a < adapters.size(); ++a)
+      reqs.push_back(Req(kPrompts[p], 6 + static_cast<int64_t>(p + a) % 5, adapters[a]));
+  }
+  EngineOptions one;
+  one.max_batch = 1;
+  auto alone_engine = Engine::Create(*decoder, one);
+  ASSERT_TRUE(alone_engine.ok()) << alone_engine.status();
+  std::vector<std::vector<int64_t>> alone;
+  for (const EngineRequest& r : reqs) {
+    auto c = (*alone_engine)->Generate(r);
+    ASSERT_TRUE(c.ok()) << c.status();
+    alone.push_back(c->tokens);
+  }
+  auto engine = Engine::Create(*decoder, EngineOptions{});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  Collector col;
+  col.Expect(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EngineRequest r = reqs[i];
+    r.on_done = col.Slot(i);
+    TF_ASSERT_OK((*engine)->Submit(std::move(r)).status());
+  }
+  std::vector<Completion> batched = col.Wait();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    TF_EXPECT_OK(batched[i].status);
+    EXPECT_EQ(batched[i].tokens, alone[i]) << "request " << i;
+  }
+  // The same answers as the CPU's engine (fp32 both; greedy).
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(alone[i], Alone(reqs[i])) << "request " << i;
+  EXPECT_NE(alone[0], alone[2]);  // the adapters change the answers
+  EXPECT_GT((*engine)->stats().cache_rows, 1) << "the requests never shared a batch";
+}
+
 // The engine chooses tokens through the model library's Sequence, as
 // Generate does: rows with their own penalties, logprobs and stop strings
 // in one mixed batch give what Generate gives each alone, token for token.

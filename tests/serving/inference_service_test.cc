@@ -1081,6 +1081,38 @@ TEST_F(ServingTest, ClassifyServesTheBuiltinFilterToInternalCallers) {
   EXPECT_EQ(stub->Classify(&tenant, req, &resp).error_code(), grpc::StatusCode::PERMISSION_DENIED);
 }
 
+// --device and --dtype: a value the replica cannot run with stops it at
+// start (exit 2) with the flag named, before it registers anywhere.
+TEST_F(ServingTest, TheReplicaRefusesADeviceOrDtypeItCannotRun) {
+  struct Case {
+    std::vector<std::string> flags;
+    std::string says;
+  };
+  std::vector<Case> cases = {
+      {{"--device=tpu"}, "device: \"tpu\" is not cpu, cuda or cuda:N"},
+      {{"--device=cuda:x"}, "device: \"cuda:x\" is not cuda:N"},
+      {{"--dtype=int8"}, "dtype: \"int8\" is not auto, float32, bfloat16 (float16 runs on CUDA only)"},
+  };
+  if (!at::hasCUDA()) cases.push_back({{"--device=cuda"}, "device cuda: no CUDA here"});
+  std::ofstream(dir_->Join("keys.txt")) << (*keys_)[0].line << "\n" << (*keys_)[2].line << "\n";
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::string log = dir_->Join(absl::StrCat("bad-device-", i, ".log"));
+    std::vector<std::string> argv = {
+        std::string(TUNEFLEET_BIN_DIR) + "/tunefleet-serving", "--listen=127.0.0.1:0",
+        "--metrics_listen=off", "--keys_file=" + dir_->Join("keys.txt"),
+        "--models_dir=" + dir_->Join("models"), "--scheduler_address=127.0.0.1:1"};
+    argv.insert(argv.end(), cases[i].flags.begin(), cases[i].flags.end());
+    auto proc = Subprocess::Start(argv, Subprocess::Options{log, {"OMP_WAIT_POLICY=PASSIVE"}});
+    ASSERT_TRUE(proc.ok()) << proc.status();
+    auto status = proc->Wait(absl::Seconds(60));
+    ASSERT_TRUE(status.ok()) << status.status();
+    EXPECT_EQ(DescribeWaitStatus(*status), "exited 2") << cases[i].flags[0];
+    std::ifstream in(log);
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    EXPECT_THAT(text, HasSubstr(cases[i].says)) << cases[i].flags[0];
+  }
+}
+
 // The replica is stateless: killed with SIGKILL and started again, it
 // registers, is given the same deployments and serves the same answers.
 TEST_F(ServingTest, AReplicaKilledAndRestartedServesTheSameDeploymentsAgain) {
