@@ -70,9 +70,16 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, const TrainingMemory
   const int64_t kept_layers = in.gradient_checkpointing ? 1 : L;  // attention state
   int64_t per_token = layers * ab;
   per_token += bf16 ? kept_layers * nh * 4 : kept_layers * 2 * nh * S * 4;
-  if (in.num_labels <= 0) per_token += V * ab + V * 4;
   const int64_t tokens = std::max<int64_t>(1, in.micro_batch_size) * S * (in.dpo ? 2 : 1);
-  m.activations = tokens * per_token;
+  int64_t workspace = 0;
+  if (in.num_labels <= 0) {
+    // The fused vocabulary head (lm_head_loss.cc): the Jacobian toward the
+    // hidden states kept per token, the logits one chunk of rows at a time.
+    per_token += h * ab;
+    const int64_t chunk_rows = std::max<int64_t>(16, (int64_t{16} << 20) / (4 * std::max<int64_t>(V, 1)));
+    workspace = 2 * std::min(chunk_rows, tokens) * V * 4;
+  }
+  m.activations = tokens * per_token + workspace;
   return m;
 }
 

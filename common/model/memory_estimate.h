@@ -44,19 +44,24 @@
 //     layers = L*A (every layer kept), or L*h + A with gradient checkpointing
 //       (each layer's input kept, one layer recomputed at a time)
 //     per_token = layers * ab (+ nh*4 per layer: log-sum-exp, fused
-//       attention) + the vocabulary logits and their log-softmax, V*ab + V*4
-//       (ab: 4 fp32, 2 bf16)
+//       attention) + h*ab (ab: 4 fp32, 2 bf16)
+//       (the fused vocabulary head, common/model/lm_head_loss.cc, keeps the
+//       [tokens, h] Jacobian of the labels' log-probabilities toward the
+//       hidden states; the [rows, V] logits exist one chunk at a time)
+//     activations = tokens * per_token + workspace, workspace = the head's
+//       chunk: 2 * min(C, tokens) * V * 4 bytes, C = max(16, 16 MiB / (4*V))
 //   total           = weights + gradients + optimizer_state + activations
 //
 // Classification (K labels, K > 0): an fp32 label head [K, h] on the last
-// token replaces the vocabulary logits: K*h joins T (weights K*h*4, gradients
-// K*h*4, optimizer K*h*8) and per_token drops the logits term. The decoder's
-// own lm_head stays in P (loaded).
+// token replaces the vocabulary head: K*h joins T (weights K*h*4, gradients
+// K*h*4, optimizer K*h*8) and neither the h*ab per token nor the workspace
+// is counted. The decoder's own lm_head stays in P (loaded).
 //
-// Activations assume every sequence of the micro-batch is S tokens long
-// (packing fills them; unpacked short examples use less). Framework
-// workspace and allocator fragmentation are not counted: read it as a lower
-// bound for full-length sequences.
+// Activations are the worst case of the data: every row of the micro-batch
+// S tokens long and, for the S x S scores (fp32, without fused attention),
+// one example (packed rows of short examples and padded short batches keep
+// less). Framework workspace, the CUDA context and allocator fragmentation
+// are not counted.
 #pragma once
 
 #include <cstdint>

@@ -447,26 +447,27 @@ TEST(MemoryEstimateTest, TinyPhi3ByHand) {
   EXPECT_EQ(e.gradients, 14336 * 4);
   EXPECT_EQ(e.optimizer_state, 14336 * 8);
   // A = 4*64 + 2*64 + 2*64 + 4*128 = 1024, + 2*4*128 score/probability
-  // elements: 2048 a layer; per token 2*2048 + 2*32064 (logits, log-softmax)
-  // = 68224 elements; x 128 tokens x 4 bytes.
-  EXPECT_EQ(e.activations, 34930688);
-  EXPECT_EQ(e.total(), 51905792);
+  // elements: 2048 a layer; per token 2*2048 + 64 (the vocabulary head's
+  // Jacobian) = 4160 elements = 16640 bytes, x 128 tokens; + the head's
+  // chunk: 2 x min(130, 128) rows x 32064 x 4 bytes = 32833536.
+  EXPECT_EQ(e.activations, 16640 * 128 + 32833536);
+  EXPECT_EQ(e.total(), 51938560);
 
   // The same on a GPU: the frozen base in bf16 (the adapter, its gradients
   // and moments fp32); per token 2 layers x 1024 x 2 bytes + a log-sum-exp
-  // per head and layer (2 x 4 x 4 bytes) + logits in bf16 and their
-  // log-softmax in fp32 (32064 x 6) = 196512 bytes; x 128.
+  // per head and layer (2 x 4 x 4 bytes) + the head's 64 x 2 = 4256 bytes,
+  // x 128, + the same chunk.
   in.precision = TrainingPrecision::kBf16Autocast;
   e = EstimateTrainingMemory(s, in);
   EXPECT_EQ(e.weights, 4186432 * 2 + 14336 * 4);
   EXPECT_EQ(e.gradients, 14336 * 4);
   EXPECT_EQ(e.optimizer_state, 14336 * 8);
-  EXPECT_EQ(e.activations, 196512 * 128);
-  EXPECT_EQ(e.total(), 33755776);
+  EXPECT_EQ(e.activations, 4256 * 128 + 32833536);
+  EXPECT_EQ(e.total(), 41980544);
   in.precision = TrainingPrecision::kFp32;
 
   // Classification with 3 labels: an fp32 [3, 64] label head is trained and
-  // no vocabulary logits are kept (per token 2 x 2048 elements only).
+  // the vocabulary head is not run (per token 2 x 2048 elements only).
   model::TrainingMemoryInput cls = in;
   cls.num_labels = 3;
   TrainingMemory c = EstimateTrainingMemory(s, cls);
@@ -487,9 +488,10 @@ TEST(MemoryEstimateTest, TinyPhi3ByHand) {
   EXPECT_EQ(e.gradients, 4186432 * 4);
   EXPECT_EQ(e.optimizer_state, 4186432 * 8);
   // Per token: 2*64 (layer inputs) + 1024 + 2*4*64 (one layer's scores)
-  // + 2*32064 = 65792 elements; tokens 2 x 64 x 2 (pairs) = 256; x 4 bytes.
-  EXPECT_EQ(e.activations, 67371008);
-  EXPECT_EQ(e.total(), 151099648);
+  // + 64 = 1728 elements = 6912 bytes; tokens 2 x 64 x 2 (pairs) = 256; + a
+  // full chunk: 2 x 130 x 32064 x 4.
+  EXPECT_EQ(e.activations, 6912 * 256 + 2 * 130 * 32064 * 4);
+  EXPECT_EQ(e.total(), 118844672);
   // Checkpointing only ever lowers activations.
   in.gradient_checkpointing = false;
   EXPECT_GT(EstimateTrainingMemory(s, in).activations, e.activations);
@@ -498,14 +500,14 @@ TEST(MemoryEstimateTest, TinyPhi3ByHand) {
   // The same on a GPU: fp32 trained weights and autocast's bf16 copies of
   // all but the input embedding ((4186432 - 32064*64) x 2), the reference in
   // bf16; per token (2*64 + 1024) x 2 + one layer's log-sum-exp (4 x 4) +
-  // 32064 x 6 = 194704 bytes; x 256.
+  // 64 x 2 = 2448 bytes; x 256, + the chunk.
   in.precision = TrainingPrecision::kBf16Autocast;
   e = EstimateTrainingMemory(s, in);
   EXPECT_EQ(e.weights, 4186432 * 4 + (4186432 - 32064 * 64) * 2 + 4186432 * 2);
   EXPECT_EQ(e.gradients, 4186432 * 4);
   EXPECT_EQ(e.optimizer_state, 4186432 * 8);
-  EXPECT_EQ(e.activations, 194704 * 256);
-  EXPECT_EQ(e.total(), 129468672);
+  EXPECT_EQ(e.activations, 2448 * 256 + 2 * 130 * 32064 * 4);
+  EXPECT_EQ(e.total(), 113597696);
 }
 
 TEST(MemoryEstimateTest, Phi3MiniLoraFitsA16GiBGpuInBf16NotInFp32) {
@@ -531,8 +533,8 @@ TEST(MemoryEstimateTest, Phi3MiniLoraFitsA16GiBGpuInBf16NotInFp32) {
   in.precision = model::TrainingPrecision::kFp32;
   const int64_t cpu = model::EstimateTrainingMemory(c, in).total();
   EXPECT_GT(gpu, 7 * G);  // the bf16 base alone is 7.1 GiB
-  EXPECT_LT(gpu, 16 * G);  // 8.5 GiB
-  EXPECT_GT(cpu, 16 * G);  // 17.3 GiB: fp32 weights and the S x S scores
+  EXPECT_LT(gpu, 16 * G);  // 8.1 GiB
+  EXPECT_GT(cpu, 16 * G);  // 16.9 GiB: fp32 weights and the S x S scores
 }
 
 TEST(MemoryEstimateTest, CatalogReadsTheShapeFromConfigJson) {
@@ -556,11 +558,11 @@ TEST(MemoryEstimateTest, CatalogReadsTheShapeFromConfigJson) {
   sup.mutable_supervised();
   v1::MemoryEstimate e =
       EstimateJobMemory(*m, v1::ADAPTER_TYPE_LORA, sup, h, 0, model::TrainingPrecision::kFp32);
-  EXPECT_EQ(e.total_bytes(), 51905792);
+  EXPECT_EQ(e.total_bytes(), 51938560);
   EXPECT_EQ(e.dtype(), "float32");
   e = EstimateJobMemory(*m, v1::ADAPTER_TYPE_LORA, sup, h, 0,
                         model::TrainingPrecision::kBf16Autocast);
-  EXPECT_EQ(e.total_bytes(), 33755776);
+  EXPECT_EQ(e.total_bytes(), 41980544);
   EXPECT_EQ(e.dtype(), "bfloat16");
 }
 
