@@ -47,6 +47,7 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, const TrainingMemory
                 V = c.vocab_size, L = c.num_hidden_layers, nh = c.num_attention_heads;
   const bool bf16 = in.precision == TrainingPrecision::kBf16Autocast;
   const int64_t S = std::max<int64_t>(0, in.sequence_length);
+  const int64_t E = in.longest_example > 0 ? std::min(S, in.longest_example) : S;
   const int64_t fb = bf16 ? 2 : 4;  // a frozen weight
   const int64_t ab = bf16 ? 2 : 4;  // an activation element
   const int64_t P = c.NumParameters();
@@ -69,8 +70,9 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, const TrainingMemory
   const int64_t layers = in.gradient_checkpointing ? L * h + A : L * A;
   const int64_t kept_layers = in.gradient_checkpointing ? 1 : L;  // attention state
   int64_t per_token = layers * ab;
-  per_token += bf16 ? kept_layers * nh * 4 : kept_layers * 2 * nh * S * 4;
-  const int64_t tokens = std::max<int64_t>(1, in.micro_batch_size) * S * (in.dpo ? 2 : 1);
+  per_token += bf16 ? kept_layers * nh * 4 : kept_layers * 2 * nh * E * 4;
+  const int64_t tokens =
+      std::max<int64_t>(1, in.micro_batch_size) * (in.packing ? S : E) * (in.dpo ? 2 : 1);
   int64_t workspace = 0;
   if (in.num_labels <= 0) {
     // The fused vocabulary head (lm_head_loss.cc): the Jacobian toward the

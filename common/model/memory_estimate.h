@@ -50,6 +50,10 @@
 //       hidden states; the [rows, V] logits exist one chunk at a time)
 //     activations = tokens * per_token + workspace, workspace = the head's
 //       chunk: 2 * min(C, tokens) * V * 4 bytes, C = max(16, 16 MiB / (4*V))
+//   With the data's longest example E known (E = min(E, S); unknown: S):
+//   attention's scores span at most E keys (2*nh*E for 2*nh*S), and rows
+//   that are not packed hold at most E tokens (tokens = m * E * (DPO ? 2 :
+//   1)); packed rows hold S.
 //   total           = weights + gradients + optimizer_state + activations
 //
 // Classification (K labels, K > 0): an fp32 label head [K, h] on the last
@@ -58,10 +62,10 @@
 // is counted. The decoder's own lm_head stays in P (loaded).
 //
 // Activations are the worst case of the data: every row of the micro-batch
-// S tokens long and, for the S x S scores (fp32, without fused attention),
-// one example (packed rows of short examples and padded short batches keep
-// less). Framework workspace, the CUDA context and allocator fragmentation
-// are not counted.
+// as long as it can be and, for the scores (fp32, without fused attention),
+// every example as long as the longest (short examples keep less).
+// Framework workspace, the CUDA context and allocator fragmentation are not
+// counted.
 #pragma once
 
 #include <cstdint>
@@ -93,6 +97,10 @@ struct TrainingMemoryInput {
   bool dpo = false;
   // Classification: the number of labels (0: a chat job, vocabulary logits).
   int64_t num_labels = 0;
+  // The data's longest example in tokens (0: unknown, taken as S), and
+  // whether rows are packed to S tokens (else a row is at most that long).
+  int64_t longest_example = 0;
+  bool packing = false;
 };
 
 struct TrainingMemory {

@@ -22,6 +22,7 @@ struct DatasetFile {
   int64_t trained_tokens = 0;  // per epoch; 0 when not counted
   int64_t bytes = 0;  // the file's size
   int64_t labels = 0;  // classification data: distinct labels (0: none counted)
+  int64_t longest_example = 0;  // tokens of the longest example (0: not counted)
 };
 
 // Thread-safe. Each call acts for `tenant`: another tenant's file is NOT_FOUND.

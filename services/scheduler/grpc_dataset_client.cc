@@ -1,5 +1,7 @@
 #include "services/scheduler/grpc_dataset_client.h"
 
+#include <cmath>
+
 #include "common/base/status_macros.h"
 
 namespace tunefleet::scheduler {
@@ -15,6 +17,7 @@ DatasetFile FromProto(const v1::File& f) {
   d.examples = f.validation().statistics().examples();
   d.trained_tokens = f.validation().statistics().trained_tokens();
   d.labels = f.validation().statistics().label_counts_size();
+  d.longest_example = static_cast<int64_t>(std::ceil(f.validation().statistics().tokens_per_example().max()));
   d.bytes = f.bytes();
   return d;
 }

@@ -379,7 +379,8 @@ std::string MethodName(const v1::Method& method) {
 
 v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType adapter,
                                      const v1::Method& method, const v1::Hyperparameters& h,
-                                     int64_t num_labels, model::TrainingPrecision precision) {
+                                     int64_t num_labels, model::TrainingPrecision precision,
+                                     int64_t longest_example) {
   model::TrainingMemoryInput in;
   in.full = adapter == v1::ADAPTER_TYPE_FULL;
   in.lora_rank = h.lora_rank();
@@ -390,6 +391,8 @@ v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType ada
   in.gradient_checkpointing = h.gradient_checkpointing();
   in.dpo = method.kind_case() == v1::Method::kDpo;
   in.num_labels = num_labels;
+  in.longest_example = longest_example;
+  in.packing = h.packing();
   const model::TrainingMemory m = model::EstimateTrainingMemory(model.config, in);
   v1::MemoryEstimate out;
   out.set_weights_bytes(m.weights);

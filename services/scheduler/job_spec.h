@@ -138,6 +138,7 @@ std::string MethodName(const v1::Method& method);
 // head).
 v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType adapter,
                                      const v1::Method& method, const v1::Hyperparameters& resolved,
-                                     int64_t num_labels, model::TrainingPrecision precision);
+                                     int64_t num_labels, model::TrainingPrecision precision,
+                                     int64_t longest_example = 0);
 
 }  // namespace tunefleet::scheduler

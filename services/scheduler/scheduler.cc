@@ -608,10 +608,10 @@ absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
   const int64_t num_labels = chat ? 0 : std::max<int64_t>(2, train.labels);
   v1::MemoryEstimate gpu_estimate =
       EstimateJobMemory(*model, job.adapter(), method, resolved.hyperparameters, num_labels,
-                        model::TrainingPrecision::kBf16Autocast);
+                        model::TrainingPrecision::kBf16Autocast, train.longest_example);
   v1::MemoryEstimate cpu_estimate =
       EstimateJobMemory(*model, job.adapter(), method, resolved.hyperparameters, num_labels,
-                        model::TrainingPrecision::kFp32);
+                        model::TrainingPrecision::kFp32, train.longest_example);
   v1::MemoryEstimate alt_estimate;
   {
     absl::MutexLock lock(&mu_);

@@ -184,6 +184,9 @@ int64_t Run::EstimateMemoryBytes() const {
   in.gradient_checkpointing = h_.gradient_checkpointing;
   in.dpo = dpo_;
   in.num_labels = classify_ ? spec_.num_labels : 0;
+  in.packing = h_.packing && !dpo_ && !classify_;
+  for (int64_t i = 0; train_ && i < train_->size(); ++i)
+    in.longest_example = std::max(in.longest_example, train_->at(i).length);
   return model::EstimateTrainingMemory(decoder_->config(), in).total();
 }
 
