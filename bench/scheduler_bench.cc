@@ -47,7 +47,13 @@ class InMemoryDataset final : public DatasetClient {
     f.status = v1::FILE_STATUS_PROCESSED;
     f.format = v1::DATA_FORMAT_CHAT;
     f.examples = 1000;
+    f.trained_tokens = 100 * f.examples;  // counted at upload: CreateJob asks for no count
+    f.longest_example = 512;
     return f;
+  }
+  absl::StatusOr<TokenCounts> CountTokens(const std::string&, const std::string&,
+                                          const std::string&) override {
+    return TokenCounts{100000, 512};
   }
   absl::StatusOr<std::pair<DatasetFile, DatasetFile>> SplitFile(const std::string& t,
                                                                 const std::string& id, double,

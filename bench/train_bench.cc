@@ -143,8 +143,10 @@ struct Figures {
   // The worker's memory estimate (common/model/memory_estimate.h) and what
   // it measured: the device's bytes in use on a GPU (the driver's count),
   // else the process's peak resident memory (a high-water mark of this
-  // whole process, so later runs show at least the earlier ones').
-  double estimated_bytes = 0, measured_bytes = 0;
+  // whole process, so later runs show at least the earlier ones'), and of
+  // that what the process held before the run loaded the model (libraries,
+  // the CUDA context; the estimate leaves it out).
+  double estimated_bytes = 0, measured_bytes = 0, runtime_bytes = 0;
 };
 
 Figures RunOnce(const trainer::WorkerSpec& spec, const std::string& report_path) {
@@ -176,6 +178,7 @@ Figures RunOnce(const trainer::WorkerSpec& spec, const std::string& report_path)
     f.estimated_bytes = metric("estimated_memory_bytes");
     f.measured_bytes = metric("peak_device_bytes") > 0 ? metric("peak_device_bytes")
                                                         : metric("peak_rss_bytes");
+    f.runtime_bytes = metric("runtime_bytes");
   }
   std::sort(tps.begin(), tps.end());
   f.tokens_per_second = tps.empty() ? 0 : tps[tps.size() / 2];
@@ -369,8 +372,8 @@ int main(int argc, char** argv) {
   std::printf("MFU counts 4N (LoRA) or 6N (full) FLOPs per real token, the vocabulary head (%.1fM of N) "
               "on the %.0f%% of tokens that are trained\n",
               head_params / 1e6, 100 * trained_share);
-  std::printf("%-28s %14s %10s %10s %22s\n", "configuration", "real tok/s", "MFU", "padding",
-              cuda ? "GiB est. / GPU used" : "GiB est. / peak RSS");
+  std::printf("%-28s %14s %10s %10s %34s\n", "configuration", "real tok/s", "MFU", "padding",
+              cuda ? "GiB est. / GPU used (before model)" : "GiB est. / peak RSS (before model)");
 
   double packed_tps = 0, padded_tps = 0;
   for (auto [name, packing, method, flops] :
@@ -382,9 +385,9 @@ int main(int argc, char** argv) {
     Figures f = RunOnce(spec_for(packing, method), dir + "/report.jsonl");
     const double mfu = f.tokens_per_second * model_flops(flops) / (peak.best() * 1e9);
     constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-    std::printf("%-28s %14.1f %9.1f%% %9.1f%% %10.2f / %-9.2f\n", name, f.tokens_per_second,
+    std::printf("%-28s %14.1f %9.1f%% %9.1f%% %14.2f / %.2f (%.2f)\n", name, f.tokens_per_second,
                 100 * mfu, 100 * f.padding_fraction, f.estimated_bytes / kGiB,
-                f.measured_bytes / kGiB);
+                f.measured_bytes / kGiB, f.runtime_bytes / kGiB);
     if (method == trainer::TrainingMethod::kLora) (packing ? packed_tps : padded_tps) = f.tokens_per_second;
   }
   if (padded_tps > 0) std::printf("packed / padded real-token throughput: %.2fx\n", packed_tps / padded_tps);

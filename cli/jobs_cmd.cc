@@ -129,7 +129,11 @@ void PrintJob(const v1::Job& j, const std::vector<double>& losses) {
               << ", optimizer " << Bytes(m.optimizer_state_bytes()) << ", activations "
               << Bytes(m.activations_bytes())
               << (m.dtype().empty() ? "" : ", " + m.dtype()) << ")";
-    if (m.measured_peak_bytes() > 0) std::cout << ", measured peak " << Bytes(m.measured_peak_bytes());
+    if (m.measured_peak_bytes() > 0) {
+      std::cout << ", measured peak " << Bytes(m.measured_peak_bytes());
+      if (m.measured_runtime_bytes() > 0)
+        std::cout << " (" << Bytes(m.measured_runtime_bytes()) << " of it before the model)";
+    }
     std::cout << "\n";
   }
   if (j.state() == v1::JOB_STATE_QUEUED) std::cout << "queue position " << j.queue_position() << "\n";

@@ -72,7 +72,7 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, const TrainingMemory
   int64_t per_token = layers * ab;
   per_token += bf16 ? kept_layers * nh * 4 : kept_layers * 2 * nh * E * 4;
   const int64_t tokens =
-      std::max<int64_t>(1, in.micro_batch_size) * (in.packing ? S : E) * (in.dpo ? 2 : 1);
+      std::max<int64_t>(1, in.micro_batch_size) * E * (in.dpo ? 2 : 1);
   int64_t workspace = 0;
   if (in.num_labels <= 0) {
     // The fused vocabulary head (lm_head_loss.cc): the Jacobian toward the

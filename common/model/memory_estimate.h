@@ -51,9 +51,11 @@
 //     activations = tokens * per_token + workspace, workspace = the head's
 //       chunk: 2 * min(C, tokens) * V * 4 bytes, C = max(16, 16 MiB / (4*V))
 //   With the data's longest example E known (E = min(E, S); unknown: S):
-//   attention's scores span at most E keys (2*nh*E for 2*nh*S), and rows
-//   that are not packed hold at most E tokens (tokens = m * E * (DPO ? 2 :
-//   1)); packed rows hold S.
+//   attention's scores span at most E keys (2*nh*E for 2*nh*S), and a
+//   micro-batch holds at most m * E tokens (tokens = m * E * (DPO ? 2 : 1)),
+//   packed or not: the worker packs a micro-batch's m examples into one row
+//   (services/trainer/worker/data.h), padded rows are as long as the
+//   longest of them.
 //   total           = weights + gradients + optimizer_state + activations
 //
 // Classification (K labels, K > 0): an fp32 label head [K, h] on the last
@@ -97,10 +99,8 @@ struct TrainingMemoryInput {
   bool dpo = false;
   // Classification: the number of labels (0: a chat job, vocabulary logits).
   int64_t num_labels = 0;
-  // The data's longest example in tokens (0: unknown, taken as S), and
-  // whether rows are packed to S tokens (else a row is at most that long).
+  // The data's longest example in tokens (0: unknown, taken as S).
   int64_t longest_example = 0;
-  bool packing = false;
 };
 
 struct TrainingMemory {

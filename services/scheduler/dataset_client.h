@@ -25,12 +25,23 @@ struct DatasetFile {
   int64_t longest_example = 0;  // tokens of the longest example (0: not counted)
 };
 
+// A file's tokens as a base model's tokenizer and chat template count them.
+struct TokenCounts {
+  int64_t trained_tokens = 0;   // per epoch
+  int64_t longest_example = 0;  // tokens
+};
+
 // Thread-safe. Each call acts for `tenant`: another tenant's file is NOT_FOUND.
 class DatasetClient {
  public:
   virtual ~DatasetClient() = default;
   virtual absl::StatusOr<DatasetFile> GetFile(const std::string& tenant,
                                               const std::string& file_id) = 0;
+  // Counts `file_id`'s tokens with `base_model`'s tokenizer (a pass over the
+  // file; for files uploaded without a base model, whose statistics have none).
+  virtual absl::StatusOr<TokenCounts> CountTokens(const std::string& tenant,
+                                                  const std::string& file_id,
+                                                  const std::string& base_model) = 0;
   // (training part, validation part)
   virtual absl::StatusOr<std::pair<DatasetFile, DatasetFile>> SplitFile(
       const std::string& tenant, const std::string& file_id, double validation_ratio,

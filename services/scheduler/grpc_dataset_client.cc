@@ -53,6 +53,24 @@ absl::StatusOr<DatasetFile> GrpcDatasetClient::GetFile(const std::string& tenant
   return FromProto(file);
 }
 
+absl::StatusOr<TokenCounts> GrpcDatasetClient::CountTokens(const std::string& tenant,
+                                                           const std::string& file_id,
+                                                           const std::string& base_model) {
+  v1::ValidateFileRequest req;
+  req.set_file_id(file_id);
+  req.set_base_model(base_model);
+  req.set_max_issues(1);
+  rpc::CallOptions o = Options(tenant);
+  o.max_attempts = 1;  // a pass over the whole file: not repeated on a timeout
+  TF_ASSIGN_OR_RETURN(v1::ValidationReport report,
+                      files_.Call(&v1::DatasetService::Stub::ValidateFile, req, o));
+  TokenCounts c;
+  c.trained_tokens = report.statistics().trained_tokens();
+  c.longest_example =
+      static_cast<int64_t>(std::ceil(report.statistics().tokens_per_example().max()));
+  return c;
+}
+
 absl::StatusOr<std::pair<DatasetFile, DatasetFile>> GrpcDatasetClient::SplitFile(
     const std::string& tenant, const std::string& file_id, double validation_ratio,
     int64_t seed) {

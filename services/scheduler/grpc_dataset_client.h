@@ -1,4 +1,4 @@
-// DatasetClient over gRPC: DatasetService (GetFile, SplitFile, acting for the
+// DatasetClient over gRPC: DatasetService (GetFile, ValidateFile, SplitFile, acting for the
 // tenant) and DatasetControlService (HoldFile, ReleaseFile) with the internal
 // key. One channel, reused; every call has a deadline and UNAVAILABLE is
 // retried (rpc::CallWithRetry; a few attempts, the caller is a handler).
@@ -21,6 +21,8 @@ class GrpcDatasetClient final : public DatasetClient {
                     absl::Duration timeout = absl::Seconds(30));
   absl::StatusOr<DatasetFile> GetFile(const std::string& tenant,
                                       const std::string& file_id) override;
+  absl::StatusOr<TokenCounts> CountTokens(const std::string& tenant, const std::string& file_id,
+                                          const std::string& base_model) override;
   absl::StatusOr<std::pair<DatasetFile, DatasetFile>> SplitFile(const std::string& tenant,
                                                                 const std::string& file_id,
                                                                 double validation_ratio,

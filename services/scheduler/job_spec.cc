@@ -392,7 +392,6 @@ v1::MemoryEstimate EstimateJobMemory(const BaseModel& model, v1::AdapterType ada
   in.dpo = method.kind_case() == v1::Method::kDpo;
   in.num_labels = num_labels;
   in.longest_example = longest_example;
-  in.packing = h.packing();
   const model::TrainingMemory m = model::EstimateTrainingMemory(model.config, in);
   v1::MemoryEstimate out;
   out.set_weights_bytes(m.weights);

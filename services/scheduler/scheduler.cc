@@ -56,9 +56,12 @@ void EstimateForSlot(JobRecord& j, bool gpu) {
   const std::string want = gpu ? kGpuDtype : "float32";
   if (j.job.memory_estimate().dtype() == want || j.alt_memory_estimate.dtype() != want) return;
   const int64_t measured = j.job.memory_estimate().measured_peak_bytes();
+  const int64_t runtime = j.job.memory_estimate().measured_runtime_bytes();
   std::swap(*j.job.mutable_memory_estimate(), j.alt_memory_estimate);
   j.alt_memory_estimate.set_measured_peak_bytes(0);
+  j.alt_memory_estimate.set_measured_runtime_bytes(0);
   j.job.mutable_memory_estimate()->set_measured_peak_bytes(measured);
+  j.job.mutable_memory_estimate()->set_measured_runtime_bytes(runtime);
 }
 
 std::string GiB(int64_t bytes) {
@@ -603,6 +606,24 @@ absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
   job.set_write_merged(req.write_merged());
   *job.mutable_labels() = req.labels();
   job.set_description(req.description());
+  // A file uploaded without a base model has no token statistics: count its
+  // tokens now with this base's tokenizer, so that the memory estimate bounds
+  // attention by the longest example (not max_sequence_length) and the cost
+  // estimate counts trained tokens (not bytes / 4). Without a count (the
+  // dataset service has no tokenizer for the base, or the pass timed out) the
+  // estimates stay on those upper bounds and the job's first event says so.
+  std::string uncounted;
+  if (train.longest_example <= 0) {
+    absl::StatusOr<TokenCounts> counts = dataset_->CountTokens(tenant, train.id, root_base);
+    if (counts.ok()) {
+      train.trained_tokens = counts->trained_tokens;
+      train.longest_example = counts->longest_example;
+    } else {
+      uncounted = std::string(counts.status().message());
+      spdlog::warn("job={} tokens of {} not counted with {}: {}", job_id, train.id, root_base,
+                   counts.status().ToString());
+    }
+  }
   // The estimate for each kind of slot; the job shows the fleet's (GPUs
   // when any node registered some) until it is placed.
   const int64_t num_labels = chat ? 0 : std::max<int64_t>(2, train.labels);
@@ -696,8 +717,13 @@ absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
       t.AddJob(job_id, std::move(rec));
       v1::JobEvent created;
       created.set_state(v1::JOB_STATE_VALIDATING_FILES);
-      created.set_message(absl::StrCat("job created: ", examples, " training examples, ",
-                                       resolved.total_steps, " steps planned"));
+      created.set_message(absl::StrCat(
+          "job created: ", examples, " training examples, ", resolved.total_steps,
+          " steps planned",
+          uncounted.empty() ? ""
+                            : absl::StrCat("; tokens not counted (", uncounted,
+                                           "): the estimates assume examples of the maximum "
+                                           "length and bytes / 4 trained tokens")));
       t.Event(job_id, created);
       status = Transition(t, job_id, JobTrigger::kFilesValidated, "files validated; queued");
       if (status.ok()) status = t.Commit();
@@ -1774,7 +1800,10 @@ absl::StatusOr<iv1::CompleteAssignmentResponse> Scheduler::CompleteAssignment(
     if (const int64_t peak = req.peak_device_bytes() > 0 ? req.peak_device_bytes() : req.peak_rss_bytes();
         peak > 0) {
       v1::MemoryEstimate* m = t.Job(job_id).job.mutable_memory_estimate();
-      m->set_measured_peak_bytes(std::max(m->measured_peak_bytes(), peak));
+      if (peak > m->measured_peak_bytes()) {
+        m->set_measured_peak_bytes(peak);
+        m->set_measured_runtime_bytes(req.runtime_bytes());
+      }
     }
     if (req.has_evaluation() && req.succeeded() && a.rank() == 0) {
       *t.Job(job_id).job.mutable_evaluation() = req.evaluation();

@@ -467,17 +467,14 @@ TEST(MemoryEstimateTest, TinyPhi3ByHand) {
   in.precision = TrainingPrecision::kFp32;
 
   // The data's longest example known (32 tokens): scores span 32 keys
-  // (2 layers x 2*4*32 x 4 = 2048 bytes a token). Rows not packed hold 32
-  // tokens: (8192 + 2048 + 256) x 32 + a chunk of 32 rows; packed rows hold
-  // 128. A longest example past S counts as S.
+  // (2 layers x 2*4*32 x 4 = 2048 bytes a token) and the micro-batch holds
+  // 32 tokens, packed into one row or not: (8192 + 2048 + 256) x 32 + a
+  // chunk of 32 rows. A longest example past S counts as S.
   in.longest_example = 32;
   EXPECT_EQ(EstimateTrainingMemory(s, in).activations, 10496 * 32 + 2 * 32 * 32064 * 4);
-  in.packing = true;
-  EXPECT_EQ(EstimateTrainingMemory(s, in).activations, 10496 * 128 + 32833536);
   in.longest_example = 1000;
   EXPECT_EQ(EstimateTrainingMemory(s, in).activations, 16640 * 128 + 32833536);
   in.longest_example = 0;
-  in.packing = false;
 
   // Classification with 3 labels: an fp32 [3, 64] label head is trained and
   // the vocabulary head is not run (per token 2 x 2048 elements only).

@@ -67,6 +67,7 @@ void SchedulerFixture::TearDown() {
   control_.reset();
   dataset_executor_.reset();
   processor_.reset();
+  tokenizers_.reset();
   registry_.reset();
 }
 
@@ -82,8 +83,10 @@ void SchedulerFixture::StartDataset() {
   registry_ = std::move(*registry);
   dataset_executor_ = std::make_unique<rpc::Executor>(2);
   processor_ = std::make_unique<dataset::FileProcessor>(registry_.get(), &dataset::EncodeReport);
+  tokenizers_ = std::make_unique<dataset::ModelDirTokenizerProvider>(dir_.Join("models"));
   files_ = std::make_unique<dataset::DatasetServiceImpl>(auth_.get(), registry_.get(),
-                                                         dataset_executor_.get(), processor_.get());
+                                                         dataset_executor_.get(), processor_.get(),
+                                                         tokenizers_.get());
   control_ = std::make_unique<dataset::DatasetControlServiceImpl>(auth_.get(), registry_.get(),
                                                                   dataset_executor_.get());
   dataset_server_ = std::make_unique<rpc::Server>(LoopbackServer(absl::Seconds(1)));

@@ -21,6 +21,7 @@
 #include "common/rpc/server.h"
 #include "common/rpc/status.h"
 #include "services/dataset/dataset_service.h"
+#include "services/dataset/model_tokenizers.h"
 #include "services/scheduler/grpc_dataset_client.h"
 #include "services/scheduler/scheduler_service.h"
 #include "tests/testing/temp_dir.h"
@@ -107,6 +108,9 @@ class SchedulerFixture : public ::testing::Test {
   std::unique_ptr<rpc::Authenticator> auth_;
   // dataset
   std::unique_ptr<dataset::FileRegistry> registry_;
+  // Tokenizers of the models/ folder (a base with tokenizer files gets its
+  // tokens counted; kBase has only a config.json).
+  std::unique_ptr<dataset::ModelDirTokenizerProvider> tokenizers_;
   std::unique_ptr<rpc::Executor> dataset_executor_;
   std::unique_ptr<dataset::FileProcessor> processor_;
   std::unique_ptr<dataset::DatasetServiceImpl> files_;

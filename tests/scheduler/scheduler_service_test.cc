@@ -17,6 +17,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/sha256.h"
 #include "common/errors/error_details.h"
+#include "common/model/memory_estimate.h"
+#include "common/model/model_config.h"
+#include "common/text/phi3_tokenizer_files.h"
 #include "tests/scheduler/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
 
@@ -1914,6 +1917,67 @@ TEST_F(ModelContentTest, CheckpointsAreDeployableModels) {
   auto job = CreateJob(a_.key, req);
   ASSERT_THAT(job, IsOk());
   EXPECT_THAT(job->hyperparameters().lora_target_modules(), ElementsAre("q_proj"));
+}
+
+// A file uploaded without a base model has no token statistics; the job
+// counts them with its base's tokenizer, so the estimates follow the data:
+// attention spans bounded by the longest example, trained tokens counted
+// (until the base has a tokenizer, both stay on their upper bounds and the
+// job's first event says so).
+TEST_F(SchedulerServiceTest, EstimatesCountTheFilesTokensWithTheBasesTokenizer) {
+  if (!std::filesystem::exists(text::DefaultLlamaVocabSource())) {
+    GTEST_SKIP() << "the npm vocabulary is not installed (scripts/install-deps)";
+  }
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  EXPECT_FALSE(file->validation().statistics().has_tokens_per_example());
+  auto uncounted = CreateJob(a_.key, JobRequest(file->id()));
+  ASSERT_THAT(uncounted, IsOk());
+  const v1::Hyperparameters& h = uncounted->hyperparameters();
+  TF_ASSERT_OK_AND_ASSIGN(model::ModelConfig config, model::ParseModelConfig(kTinyLlamaConfig));
+  model::TrainingMemoryInput in;
+  in.lora_rank = h.lora_rank();
+  in.lora_targets.assign(h.lora_target_modules().begin(), h.lora_target_modules().end());
+  in.micro_batch_size = h.micro_batch_size();
+  in.sequence_length = h.max_sequence_length();
+  in.gradient_checkpointing = h.gradient_checkpointing();
+  EXPECT_EQ(uncounted->memory_estimate().activations_bytes(),
+            model::EstimateTrainingMemory(config, in).activations);
+  EXPECT_EQ(uncounted->estimated_trained_tokens(),
+            file->bytes() / 4 * h.batch_size() * uncounted->total_steps() / 20);
+  auto first_event = [&](const std::string& job_id) -> std::string {
+    v1::ListJobEventsRequest req;
+    req.set_job_id(job_id);
+    auto events = Call(job_stub_.get(), &v1::JobService::Stub::ListJobEvents, a_.key, req);
+    if (!events.ok() || events->events().empty()) return "(no events)";
+    return events->events(0).message();
+  };
+  EXPECT_THAT(first_event(uncounted->id()),
+              AllOf(HasSubstr("tokens not counted"), HasSubstr("tiny-base")));
+
+  // The base gets its tokenizer: the next job's estimates use the counts
+  // the dataset service reports for the file with it.
+  TF_ASSERT_OK(text::WritePhi3TokenizerFiles(dir_.Join("models/") + kBase));
+  v1::ValidateFileRequest vreq;
+  vreq.set_file_id(file->id());
+  vreq.set_base_model(kBase);
+  auto report = Call(files_stub_.get(), &v1::DatasetService::Stub::ValidateFile, a_.key, vreq);
+  ASSERT_THAT(report, IsOk());
+  const int64_t longest =
+      static_cast<int64_t>(report->statistics().tokens_per_example().max());
+  ASSERT_GT(longest, 0);
+  ASSERT_LT(longest, h.max_sequence_length());
+  auto counted = CreateJob(a_.key, JobRequest(file->id()));
+  ASSERT_THAT(counted, IsOk());
+  in.longest_example = longest;
+  EXPECT_EQ(counted->memory_estimate().activations_bytes(),
+            model::EstimateTrainingMemory(config, in).activations);
+  EXPECT_LT(counted->memory_estimate().total_bytes(), uncounted->memory_estimate().total_bytes());
+  EXPECT_EQ(counted->estimated_trained_tokens(),
+            static_cast<int64_t>(static_cast<double>(report->statistics().trained_tokens()) / 20 *
+                                 static_cast<double>(h.batch_size() * counted->total_steps())));
+  EXPECT_THAT(first_event(counted->id()),
+              AllOf(HasSubstr("job created"), Not(HasSubstr("not counted"))));
 }
 
 TEST_F(SchedulerServiceTest, JobsGoOnlyToGpusThatHoldTheirMemoryEstimate) {

@@ -126,6 +126,7 @@ TEST_F(UsageTest, JobEstimateBeforeTheRunAndCostAfterIt) {
   done.set_trained_tokens(1234);
   done.set_peak_rss_bytes(987654321);
   done.set_peak_device_bytes(123456789);  // a GPU run: the device's count wins
+  done.set_runtime_bytes(23456789);         // its CUDA context, before the model
   ASSERT_THAT(Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::CompleteAssignment,
                    internal_.key, done),
               IsOk());
@@ -139,6 +140,7 @@ TEST_F(UsageTest, JobEstimateBeforeTheRunAndCostAfterIt) {
   EXPECT_DOUBLE_EQ(after->estimated_cost(), dry->estimated_cost());
   // The measured peak beside the estimate (agent_fleet_test: a CPU run's RSS).
   EXPECT_EQ(after->memory_estimate().measured_peak_bytes(), 123456789);
+  EXPECT_EQ(after->memory_estimate().measured_runtime_bytes(), 23456789);
   EXPECT_GT(after->memory_estimate().total_bytes(), 0);
 
   // The whole run inside the period.

@@ -29,6 +29,9 @@ TEST_F(AgentFleetTest, AJobRunsToSucceededAndAKilledAgentLeavesNoWorker) {
   EXPECT_EQ(now.result_model(), absl::StrCat("ft:phi-3-tiny:agent:", job.id()));
   EXPECT_GT(now.trained_tokens(), 0);
   EXPECT_GT(now.memory_estimate().measured_peak_bytes(), 0);  // the worker's, via the agent
+  EXPECT_GT(now.memory_estimate().measured_runtime_bytes(), 0);
+  EXPECT_LT(now.memory_estimate().measured_runtime_bytes(),
+            now.memory_estimate().measured_peak_bytes());
   // The worker's evaluation, forwarded by the agent: the fine-tuned model
   // and its base on the same validation data.
   EXPECT_TRUE(now.evaluation().has_valid_loss());

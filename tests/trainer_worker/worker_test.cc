@@ -162,6 +162,9 @@ TEST_F(WorkerTest, FineTunedPhi3AnswersAndStopsAtEnd) {
   EXPECT_NE(r.Last(ReportKind::kCheckpoint), nullptr);
   EXPECT_GT(done->metrics.at("estimated_memory_bytes"), 0);
   EXPECT_GT(done->metrics.at("peak_rss_bytes"), 0);
+  // The process before the model (libtorch and the rest): part of the peak.
+  EXPECT_GT(done->metrics.at("runtime_bytes"), 0);
+  EXPECT_LT(done->metrics.at("runtime_bytes"), done->metrics.at("peak_rss_bytes"));
   EXPECT_GE(done->metrics.at("padding_fraction"), 0);
 
   // The result is a PEFT directory plus the contract.

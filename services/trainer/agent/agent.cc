@@ -703,6 +703,8 @@ void TrainerAgent::Runner::Complete(bool succeeded, const v1::Error& error,
     if (peak != completed_->metrics.end()) req.set_peak_rss_bytes(static_cast<int64_t>(peak->second));
     auto device = completed_->metrics.find("peak_device_bytes");
     if (device != completed_->metrics.end()) req.set_peak_device_bytes(static_cast<int64_t>(device->second));
+    auto runtime = completed_->metrics.find("runtime_bytes");
+    if (runtime != completed_->metrics.end()) req.set_runtime_bytes(static_cast<int64_t>(runtime->second));
   }
   auto resp = Call(&iv1::TrainerControlService::Stub::CompleteAssignment, req, true);
   if (resp.ok()) {

@@ -1,8 +1,10 @@
 #include "services/trainer/worker/device_memory.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <cstddef>
+#include <cstdio>
 
 namespace tunefleet::trainer {
 namespace {
@@ -53,6 +55,17 @@ std::optional<int64_t> CudaBytesInUse(int index) {
   if (current != index) rt.set_device(current);
   if (!ok) return std::nullopt;
   return static_cast<int64_t>(total - free);
+}
+
+std::optional<int64_t> ResidentBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return std::nullopt;
+  long long size = 0, resident = 0;
+  const bool ok = std::fscanf(f, "%lld %lld", &size, &resident) == 2;
+  std::fclose(f);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (!ok || page <= 0) return std::nullopt;
+  return static_cast<int64_t>(resident) * page;
 }
 
 }  // namespace tunefleet::trainer

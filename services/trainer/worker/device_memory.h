@@ -15,4 +15,8 @@ namespace tunefleet::trainer {
 // there is no CUDA runtime or no such device.
 std::optional<int64_t> CudaBytesInUse(int index);
 
+// This process's resident memory now (/proc/self/statm); std::nullopt where
+// it cannot be read.
+std::optional<int64_t> ResidentBytes();
+
 }  // namespace tunefleet::trainer

@@ -164,6 +164,10 @@ class Run {
   // On CUDA: the most bytes in use on the device, sampled after each step.
   int64_t peak_device_bytes_ = 0;
   void SampleDeviceMemory();
+  // What the process held before it loaded the model (its libraries; on
+  // CUDA the context, created first): part of the measured peak that the
+  // estimate leaves out.
+  int64_t runtime_bytes_ = 0;
 };
 
 // Per rank, before the run, by the scheduler's formula
@@ -184,7 +188,6 @@ int64_t Run::EstimateMemoryBytes() const {
   in.gradient_checkpointing = h_.gradient_checkpointing;
   in.dpo = dpo_;
   in.num_labels = classify_ ? spec_.num_labels : 0;
-  in.packing = h_.packing && !dpo_ && !classify_;
   for (int64_t i = 0; train_ && i < train_->size(); ++i)
     in.longest_example = std::max(in.longest_example, train_->at(i).length);
   return model::EstimateTrainingMemory(decoder_->config(), in).total();
@@ -208,6 +211,13 @@ absl::Status Run::Load() {
     device_ = at::Device(spec_.device);
     if (device_.is_cuda() && !at::hasCUDA())
       return absl::FailedPreconditionError(absl::StrCat("device ", spec_.device, ": no CUDA in this build or machine"));
+    if (device_.is_cuda()) {
+      (void)at::empty({1}, at::TensorOptions().device(device_));  // the context, now
+      if (std::optional<int64_t> b = CudaBytesInUse(device_.has_index() ? device_.index() : 0))
+        runtime_bytes_ = *b;
+    } else if (std::optional<int64_t> b = ResidentBytes()) {
+      runtime_bytes_ = *b;
+    }
     return absl::OkStatus();
   }));
   absl::StatusOr<model::Decoder> d = model::Decoder::Load(
@@ -1207,6 +1217,7 @@ absl::StatusOr<WorkerOutcome> Run::Go() {
     e.metrics["peak_rss_bytes"] = static_cast<double>(ru.ru_maxrss) * 1024.0;
   SampleDeviceMemory();
   if (peak_device_bytes_ > 0) e.metrics["peak_device_bytes"] = static_cast<double>(peak_device_bytes_);
+  if (runtime_bytes_ > 0) e.metrics["runtime_bytes"] = static_cast<double>(runtime_bytes_);
   Report(options_, e);
   return WorkerOutcome{false, result};
 }
