@@ -27,6 +27,8 @@ ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(2),
 ABSL_FLAG(absl::Duration, lease, absl::Seconds(10),
           "A trainer node silent this long is lost; its jobs requeue from their last checkpoint");
 ABSL_FLAG(int, max_retries, 3, "Lost attempts a job survives before it fails (worker_lost)");
+ABSL_FLAG(absl::Duration, unschedulable_grace, absl::Minutes(10),
+          "How long a queued job that no registered node holds waits for one before it fails");
 ABSL_FLAG(absl::Duration, tick_interval, absl::Milliseconds(200),
           "How often leases are checked and queued jobs placed");
 ABSL_FLAG(int, max_active_jobs_per_tenant, 0,
@@ -79,6 +81,7 @@ int main(int argc, char** argv) {
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   options.lease = absl::GetFlag(FLAGS_lease);
   options.max_retries = absl::GetFlag(FLAGS_max_retries);
+  options.unschedulable_grace = absl::GetFlag(FLAGS_unschedulable_grace);
   options.group_commit = absl::GetFlag(FLAGS_group_commit);
   options.max_active_jobs_per_tenant = absl::GetFlag(FLAGS_max_active_jobs_per_tenant);
   options.max_gpus_per_tenant = absl::GetFlag(FLAGS_max_gpus_per_tenant);

@@ -1891,6 +1891,11 @@ void Scheduler::PlaceLocked(Txn& t) {
     for (const auto& [node, n] : p.nodes) placed_slots += n;
   }
   PreemptFor(t, ordered, settled, free_before - placed_slots);
+  for (auto it = unschedulable_since_.begin(); it != unschedulable_since_.end();) {
+    it = std::find(r.never_fit.begin(), r.never_fit.end(), it->first) == r.never_fit.end()
+             ? unschedulable_since_.erase(it)
+             : std::next(it);
+  }
   for (const auto& id : r.never_fit) {
     v1::Error e;
     e.set_code("unschedulable");
@@ -1899,6 +1904,21 @@ void Scheduler::PlaceLocked(Txn& t) {
     e.set_message(memory.empty() ? absl::StrCat("the job needs ", t.Job(id).job.gpus(),
                                                 " slots and the registered fleet has ", fleet)
                                  : memory);
+    auto [since, fresh] = unschedulable_since_.try_emplace(id, t.now());
+    if (t.now() - since->second < options_.unschedulable_grace) {
+      if (fresh) {
+        v1::JobEvent wait;
+        wait.set_level(v1::JobEvent::LEVEL_WARNING);
+        wait.set_message(absl::StrCat(
+            "waiting: ", e.message(), "; the job fails at ",
+            absl::FormatTime(absl::RFC3339_sec, since->second + options_.unschedulable_grace,
+                             absl::UTCTimeZone()),
+            " unless a node that holds it registers"));
+        t.Event(id, wait);
+      }
+      continue;
+    }
+    unschedulable_since_.erase(since);
     (void)Transition(t, id, JobTrigger::kFail, e.message(), &e);
   }
   for (const auto& p : r.placed) {

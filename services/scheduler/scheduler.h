@@ -50,6 +50,12 @@ struct SchedulerOptions {
   absl::Duration lease = absl::Seconds(10);
   // Lost attempts a job survives; one more fails it ("worker_lost").
   int max_retries = 3;
+  // A queued job that no registered node can hold (more ranks than the fleet
+  // has slots, or more memory than any GPU) waits this long for one before
+  // it fails ("unschedulable"): a node lost for a while, or a fleet still
+  // registering after a restart, does not fail the jobs that need it.
+  // CreateJob still refuses such a job at once.
+  absl::Duration unschedulable_grace = absl::Minutes(10);
   int first_master_port = 29500;
   int max_watchers_per_topic = 1024;
   // Per-tenant quotas checked at admission (RESOURCE_EXHAUSTED naming the
@@ -295,6 +301,9 @@ class Scheduler {
   // (tenant, request_id) -> job id, for idempotent creation.
   std::map<std::pair<std::string, std::string>, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<v1::JobEvent>> events_ ABSL_GUARDED_BY(mu_);
+  // Queued jobs no registered node holds, and since when (in memory: a
+  // restarted scheduler grants the whole grace again).
+  std::map<std::string, absl::Time> unschedulable_since_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<CheckpointRecord>> checkpoints_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ModelRecord> models_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, DeploymentRecord> deployments_ ABSL_GUARDED_BY(mu_);

@@ -500,6 +500,68 @@ TEST_F(SchedulerServiceTest, TwoGangsOnThreeSlotsAndNeverFit) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("gpus")));
 }
 
+// A node lost for a while (or a fleet re-registering after a restart) does
+// not fail the queued jobs only it could hold: they wait up to
+// unschedulable_grace (10 min) for such a node, then fail "unschedulable".
+TEST_F(SchedulerServiceTest, AJobNoNodeHoldsWaitsForOneThenFailsAfterTheGrace) {
+  auto file = UploadProcessed(a_.key, ChatJsonl(20));
+  ASSERT_THAT(file, IsOk());
+  std::string big = RegisterNode("big", 2);
+  std::string small = RegisterNode("small", 1);
+  auto job = CreateJob(a_.key, JobRequest(file->id(), 2));
+  ASSERT_THAT(job, IsOk());
+  scheduler_->Tick(clock_.Now());
+  ASSERT_EQ(State(job->id()), v1::JOB_STATE_RUNNING);
+  auto events_of = [&](const std::string& id) {
+    v1::ListJobEventsRequest req;
+    req.set_job_id(id);
+    auto r = Call(job_stub_.get(), &v1::JobService::Stub::ListJobEvents, a_.key, req);
+    std::vector<std::string> out;
+    if (r.ok())
+      for (const auto& e : r->events()) out.push_back(e.message());
+    return out;
+  };
+  auto lose = [&](const std::string& node) {
+    clock_.Advance(absl::Seconds(11));
+    ASSERT_THAT(Heartbeat(small), IsOk());  // the small node stays
+    scheduler_->Tick(clock_.Now());
+    EXPECT_THAT(Heartbeat(node), StatusIs(absl::StatusCode::kNotFound));
+  };
+  // The big node is lost: the job is requeued and waits, saying why and
+  // until when, instead of failing on the one-slot fleet.
+  lose(big);
+  EXPECT_EQ(State(job->id()), v1::JOB_STATE_QUEUED);
+  EXPECT_THAT(events_of(job->id()),
+              Contains(AllOf(HasSubstr("waiting: the job needs 2 slots and the registered "
+                                       "fleet has 1"),
+                             HasSubstr("unless a node that holds it registers"))));
+  clock_.Advance(absl::Minutes(9));
+  ASSERT_THAT(Heartbeat(small), IsOk());
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(job->id()), v1::JOB_STATE_QUEUED);
+  // It comes back: the job runs on it.
+  big = RegisterNode("big", 2);
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(job->id()), v1::JOB_STATE_RUNNING);
+  auto hb = Heartbeat(big);
+  ASSERT_THAT(hb, IsOk());
+  EXPECT_THAT(hb->assignments(), SizeIs(2));
+
+  // Lost again: the grace starts over, and past it the job fails.
+  lose(big);
+  EXPECT_EQ(State(job->id()), v1::JOB_STATE_QUEUED);
+  for (int i = 0; i < 11; ++i) {
+    clock_.Advance(absl::Minutes(1));
+    ASSERT_THAT(Heartbeat(small), IsOk());
+    scheduler_->Tick(clock_.Now());
+  }
+  auto failed = GetJob(a_.key, job->id());
+  ASSERT_THAT(failed, IsOk());
+  EXPECT_EQ(failed->state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed->error().code(), "unschedulable");
+  EXPECT_EQ(failed->error().param(), "gpus");
+}
+
 TEST_F(SchedulerServiceTest, CallerErrorsAndTenantIsolation) {
   auto file = UploadProcessed(a_.key, ChatJsonl(20));
   ASSERT_THAT(file, IsOk());
