@@ -207,7 +207,7 @@ void PlacementBench(bool memory) {
   std::vector<SlotNode> nodes;
   const int64_t gpu_memory[] = {24 * G, 48 * G, 80 * G};
   for (int i = 0; i < 1000; ++i)
-    nodes.push_back(SlotNode{absl::StrCat("node-", i), 8, 8, memory ? gpu_memory[i % 3] : 0});
+    nodes.push_back(SlotNode{absl::StrCat("node-", i), 8, 8, memory ? gpu_memory[i % 3] : 0, memory});
   std::vector<QueuedJob> jobs;
   const int sizes[] = {1, 1, 1, 2, 2, 4, 8};
   int never = 0;

@@ -110,6 +110,7 @@ PlacementResult Place(std::vector<QueuedJob> queued, std::vector<SlotNode> nodes
   // widest nodes are at the end; a reservation is O(log nodes). A job uses
   // the classes that hold its memory; fleets have few classes.
   struct Class {
+    bool gpu = false;
     int64_t memory = 0;
     int64_t fleet = 0, free = 0;
     std::set<std::pair<int, size_t>> by_free;
@@ -118,9 +119,10 @@ PlacementResult Place(std::vector<QueuedJob> queued, std::vector<SlotNode> nodes
   std::vector<size_t> class_of(nodes.size());
   for (size_t i = 0; i < nodes.size(); ++i) {
     const int64_t memory = std::max<int64_t>(0, nodes[i].slot_memory_bytes);
+    const bool gpu = nodes[i].gpu;
     auto c = std::find_if(classes.begin(), classes.end(),
-                          [&](const Class& k) { return k.memory == memory; });
-    if (c == classes.end()) c = classes.insert(classes.end(), Class{memory, 0, 0, {}});
+                          [&](const Class& k) { return k.gpu == gpu && k.memory == memory; });
+    if (c == classes.end()) c = classes.insert(classes.end(), Class{gpu, memory, 0, 0, {}});
     class_of[i] = static_cast<size_t>(c - classes.begin());
     c->fleet += nodes[i].total_slots;
     c->free += nodes[i].free_slots;
@@ -138,20 +140,22 @@ PlacementResult Place(std::vector<QueuedJob> queued, std::vector<SlotNode> nodes
   while (const QueuedJob* next = order.Next()) {
     const QueuedJob& job = *next;
     if (nodes.empty()) break;
-    usable.clear();
-    int64_t fleet = 0, free = 0;
-    for (Class& c : classes) {
+    int64_t fleet[2] = {0, 0}, free[2] = {0, 0};  // [cpu, gpu]
+    for (const Class& c : classes) {
       if (c.memory > 0 && job.memory_bytes > c.memory) continue;
-      usable.push_back(&c);
-      fleet += c.fleet;
-      free += c.free;
+      fleet[c.gpu] += c.fleet;
+      free[c.gpu] += c.free;
     }
     const int w = std::max(1, job.world_size);
-    if (w > fleet) {
+    if (w > fleet[0] && w > fleet[1]) {
       result.never_fit.push_back(job.id);
       continue;
     }
-    if (w > free) continue;  // waits; smaller jobs may backfill
+    if (w > free[0] && w > free[1]) continue;  // waits; smaller jobs may backfill
+    const bool gpu = w <= free[1];
+    usable.clear();
+    for (Class& c : classes)
+      if (c.gpu == gpu && (c.memory == 0 || job.memory_bytes <= c.memory)) usable.push_back(&c);
     GangPlacement p;
     p.job_id = job.id;
     // The fullest node that holds the whole gang, over the usable classes.

@@ -21,6 +21,10 @@
 // placed only on nodes whose slots offer at least that much (a node offering
 // 0, CPU slots, takes any job); "the whole fleet" is then the nodes that
 // hold it.
+// Kinds: a gang is all GPUs or all CPU slots, never both (its ranks share
+// one collective backend and one precision: NCCL and bf16, or Gloo and
+// fp32); GPUs when enough of them are free, else CPU slots. A job fits the
+// fleet when one kind has W slots that hold it.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +52,7 @@ struct SlotNode {
   int total_slots = 0;
   int free_slots = 0;
   int64_t slot_memory_bytes = 0;  // per slot (a GPU's memory; 0: unlimited)
+  bool gpu = false;  // GPU slots (else CPU slots)
 };
 
 struct GangPlacement {

@@ -533,12 +533,8 @@ absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
       if (it != request_ids_.end()) return View(it->second, jobs_.at(it->second));
     }
     TF_RETURN_IF_ERROR(CheckQuota(tenant, gpus, 0));
-    int fleet = 0;
-    for (const auto& [id, n] : nodes_) fleet += n.record.slots;
-    if (!nodes_.empty() && gpus > fleet) {
-      return errors::FieldError("gpus", absl::StrCat("the job needs ", gpus,
-                                                     " slots and the registered fleet has ", fleet));
-    }
+    if (std::string why = SlotShortfallLocked(gpus); !why.empty())
+      return errors::FieldError("gpus", why);
   }
   // 2. The method, then the files as the dataset service sees them for this
   // tenant (their format must be the one the method trains on).
@@ -744,16 +740,31 @@ bool Scheduler::FleetHasGpusLocked() const {
   return false;
 }
 
+std::string Scheduler::SlotShortfallLocked(int gpus) const {
+  int64_t cpu = 0, gpu = 0;
+  for (const auto& [id, n] : nodes_) (n.record.gpus > 0 ? gpu : cpu) += n.record.slots;
+  if (nodes_.empty() || gpus <= std::max(cpu, gpu)) return "";
+  if (cpu == 0 || gpu == 0)
+    return absl::StrCat("the job needs ", gpus, " slots and the registered fleet has ", cpu + gpu);
+  return absl::StrCat("the job needs ", gpus, " slots of one kind and the registered fleet has ",
+                      gpu, " GPUs and ", cpu, " CPU slots (a job's ranks are all GPUs or all CPU "
+                      "slots)");
+}
+
 std::string Scheduler::MemoryShortfallLocked(int gpus, int64_t need) const {
   if (need <= 0) return "";
-  int64_t fleet = 0, holding = 0, largest = 0;
+  int64_t cpu = 0, gpu = 0, holding = 0, largest = 0;
   for (const auto& [id, n] : nodes_) {
-    fleet += n.record.slots;
+    if (n.record.gpus == 0) {
+      cpu += n.record.slots;
+      continue;
+    }
+    gpu += n.record.slots;
     if (n.record.slot_memory_bytes == 0 || n.record.slot_memory_bytes >= need)
       holding += n.record.slots;
     largest = std::max(largest, n.record.slot_memory_bytes);
   }
-  if (largest == 0 || holding >= gpus || fleet < gpus) return "";
+  if (largest == 0 || holding >= gpus || cpu >= gpus || gpu < gpus) return "";
   return absl::StrCat(
       "the job needs ", GiB(need), " of GPU memory per rank (memory_estimate in bf16) and ",
       holding == 0 ? std::string("no registered GPU holds it")
@@ -1864,7 +1875,7 @@ void Scheduler::PlaceLocked(Txn& t) {
   for (const auto& [id, n] : nodes_) {
     int used = static_cast<int>(used_gpus[id].size());
     nodes.push_back(SlotNode{id, n.record.slots, std::max(0, n.record.slots - used),
-                             n.record.slot_memory_bytes});
+                             n.record.slot_memory_bytes, n.record.gpus > 0});
   }
   std::vector<QueuedJob> queue;
   for (const auto& [id, j] : jobs_) {
@@ -1875,12 +1886,8 @@ void Scheduler::PlaceLocked(Txn& t) {
   }
   const TenantSlots running = RunningSlotsLocked(all);
   if (queue.empty() || nodes.empty()) return;
-  int fleet = 0;
   int free_before = 0;
-  for (const auto& n : nodes) {
-    fleet += n.total_slots;
-    free_before += n.free_slots;
-  }
+  for (const auto& n : nodes) free_before += n.free_slots;
   SortQueue(queue, running);
   const std::vector<QueuedJob> ordered = queue;
   PlacementResult r = Place(std::move(queue), std::move(nodes), running);
@@ -1901,9 +1908,8 @@ void Scheduler::PlaceLocked(Txn& t) {
     e.set_code("unschedulable");
     const std::string memory = MemoryShortfallLocked(t.Job(id).job.gpus(), GpuMemoryNeed(t.Job(id)));
     e.set_param(memory.empty() ? "gpus" : "memory_estimate");
-    e.set_message(memory.empty() ? absl::StrCat("the job needs ", t.Job(id).job.gpus(),
-                                                " slots and the registered fleet has ", fleet)
-                                 : memory);
+    std::string why = memory.empty() ? SlotShortfallLocked(t.Job(id).job.gpus()) : memory;
+    e.set_message(why.empty() ? "no registered node holds the job" : why);
     auto [since, fresh] = unschedulable_since_.try_emplace(id, t.now());
     if (t.now() - since->second < options_.unschedulable_grace) {
       if (fresh) {

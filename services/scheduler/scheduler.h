@@ -255,10 +255,13 @@ class Scheduler {
     return !jobs_.at(job_id).preempted_for.empty();
   }
   // Why the registered GPUs cannot hold a job of `gpus` ranks needing
-  // `need` bytes each (its GPU estimate), or "" when they can, when the
-  // fleet is too small anyway (the slots check says so), or when no GPU's
-  // memory is known.
+  // `need` bytes each (its GPU estimate), or "" when they can, when the CPU
+  // slots can, when the fleet is too small anyway (the slots check says so),
+  // or when no GPU's memory is known.
   std::string MemoryShortfallLocked(int gpus, int64_t need) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why the registered fleet has too few slots of one kind for a job of
+  // `gpus` ranks (a gang is all GPUs or all CPU slots), or "".
+  std::string SlotShortfallLocked(int gpus) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool FleetHasGpusLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `tokens`: the new job's estimated trained tokens.
   absl::Status CheckQuota(const std::string& tenant, int gpus, int64_t tokens)

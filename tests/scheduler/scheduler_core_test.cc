@@ -27,6 +27,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Pair;
+using ::testing::UnorderedElementsAre;
 using ::tunefleet::testing::IsOk;
 using ::tunefleet::testing::StatusIs;
 using T = JobTrigger;
@@ -145,32 +146,57 @@ TEST(PlacementTest, JobsGoOnlyToGpusThatHoldTheirMemory) {
   // Two 24 GiB GPUs on n24, four 80 GiB on n80. "big" (40 GiB a rank) goes
   // to n80 although n24 is the better fit by slots; "small" (10 GiB) to n24.
   auto r = Place({{"big", 0, 1, 2, "", 40 * G}, {"small", 0, 2, 2, "", 10 * G}},
-                 {{"n24", 2, 2, 24 * G}, {"n80", 4, 4, 80 * G}});
+                 {{"n24", 2, 2, 24 * G, true}, {"n80", 4, 4, 80 * G, true}});
   ASSERT_EQ(r.placed.size(), 2u);
   EXPECT_THAT(r.placed[0].nodes, ElementsAre(Pair("n80", 2)));
   EXPECT_THAT(r.placed[1].nodes, ElementsAre(Pair("n24", 2)));
   // Four 40 GiB ranks: only n80's four slots hold them; with one taken the
   // job waits (it fits the fleet), and n24's free slots do not count.
-  r = Place({{"big4", 0, 1, 4, "", 40 * G}}, {{"n24", 2, 2, 24 * G}, {"n80", 4, 3, 80 * G}});
+  r = Place({{"big4", 0, 1, 4, "", 40 * G}}, {{"n24", 2, 2, 24 * G, true}, {"n80", 4, 3, 80 * G, true}});
   EXPECT_THAT(r.placed, IsEmpty());
   EXPECT_THAT(r.never_fit, IsEmpty());
   // Five such ranks never fit (n80 holds four); a 100 GiB rank fits no GPU.
   // A smaller job behind them still starts.
   r = Place({{"big5", 0, 1, 5, "", 40 * G}, {"huge", 0, 2, 1, "", 100 * G}, {"ok", 0, 3, 1, "", G}},
-            {{"n24", 2, 2, 24 * G}, {"n80", 4, 4, 80 * G}});
+            {{"n24", 2, 2, 24 * G, true}, {"n80", 4, 4, 80 * G, true}});
   EXPECT_THAT(r.never_fit, ElementsAre("big5", "huge"));
   ASSERT_EQ(r.placed.size(), 1u);
   EXPECT_EQ(r.placed[0].job_id, "ok");
   // A gang across nodes: 6 ranks of 20 GiB over n24 (2) and n80 (4).
-  r = Place({{"wide", 0, 1, 6, "", 20 * G}}, {{"n24", 2, 2, 24 * G}, {"n80", 4, 4, 80 * G}});
+  r = Place({{"wide", 0, 1, 6, "", 20 * G}}, {{"n24", 2, 2, 24 * G, true}, {"n80", 4, 4, 80 * G, true}});
   ASSERT_EQ(r.placed.size(), 1u);
   EXPECT_THAT(r.placed[0].nodes, ElementsAre(Pair("n80", 4), Pair("n24", 2)));
   // CPU slots (memory 0) take any job; a job without an estimate goes anywhere.
   r = Place({{"any", 0, 1, 1, "", 500 * G}, {"unknown", 0, 2, 1}},
-            {{"cpu", 1, 1, 0}, {"n24", 1, 1, 24 * G}});
+            {{"cpu", 1, 1, 0}, {"n24", 1, 1, 24 * G, true}});
   ASSERT_EQ(r.placed.size(), 2u);
   EXPECT_THAT(r.placed[0].nodes, ElementsAre(Pair("cpu", 1)));
   EXPECT_THAT(r.placed[1].nodes, ElementsAre(Pair("n24", 1)));
+}
+
+// A gang never mixes GPUs and CPU slots (one backend, one precision): it
+// takes GPUs when enough are free, else CPU slots, else waits; it never fits
+// when neither kind alone has its ranks.
+TEST(PlacementTest, AGangIsAllGpusOrAllCpuSlots) {
+  constexpr int64_t G = int64_t{1} << 30;
+  // One free GPU and one free CPU slot: a 2-rank job waits, a 1-rank job
+  // behind it takes the GPU.
+  auto r = Place({{"two", 0, 1, 2, "", G}, {"one", 0, 2, 1, "", G}},
+                 {{"gpu", 2, 1, 80 * G, true}, {"cpu", 2, 1, 0, false}});
+  EXPECT_THAT(r.never_fit, IsEmpty());
+  ASSERT_EQ(r.placed.size(), 1u);
+  EXPECT_EQ(r.placed[0].job_id, "one");
+  EXPECT_THAT(r.placed[0].nodes, ElementsAre(Pair("gpu", 1)));
+  // Two free CPU slots across nodes, one GPU: the 2-rank job takes the CPU
+  // slots.
+  r = Place({{"two", 0, 1, 2, "", G}},
+            {{"gpu", 1, 1, 80 * G, true}, {"cpu-a", 1, 1, 0, false}, {"cpu-b", 1, 1, 0, false}});
+  ASSERT_EQ(r.placed.size(), 1u);
+  EXPECT_THAT(r.placed[0].nodes, UnorderedElementsAre(Pair("cpu-a", 1), Pair("cpu-b", 1)));
+  // Three ranks on a fleet of two GPUs and two CPU slots: never.
+  r = Place({{"three", 0, 1, 3, "", G}}, {{"gpu", 2, 2, 80 * G, true}, {"cpu", 2, 2, 0, false}});
+  EXPECT_THAT(r.placed, IsEmpty());
+  EXPECT_THAT(r.never_fit, ElementsAre("three"));
 }
 
 TEST(HyperparametersTest, AutoRuleAndRanges) {

@@ -2112,6 +2112,14 @@ TEST_F(SchedulerServiceTest, JobsGoOnlyToGpusThatHoldTheirMemoryEstimate) {
   EXPECT_EQ(hb->assignments(0).job_id(), second->id());
   // The first kept the GPU's.
   EXPECT_EQ(GetJob(a_.key, job->id())->memory_estimate().total_bytes(), gpu_bytes);
+  // A job's ranks are all GPUs or all CPU slots: four ranks fit neither the
+  // three GPUs nor the one CPU slot.
+  v1::CreateJobRequest four = req;
+  four.set_gpus(4);
+  EXPECT_THAT(CreateJob(a_.key, four),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("the job needs 4 slots of one kind and the registered fleet has "
+                                 "3 GPUs and 1 CPU slots")));
 }
 
 }  // namespace
