@@ -8,9 +8,11 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -635,6 +637,19 @@ TEST_F(AgentTest, RegistersItsGpusWithTheirMemory) {
   }
   ASSERT_THAT(agent->Signal(SIGTERM), IsOk());
   ASSERT_THAT(agent->Wait(kDeadline), IsOk());
+
+  // A negative size is refused at start (exit 2, the flag named), not
+  // registered as "unknown".
+  auto bad = StartAgentBinary({"--node_name=node-bad", "--gpus=1", "--gpu_memory_gib=-1"});
+  ASSERT_THAT(bad, IsOk());
+  absl::StatusOr<int> status = bad->Wait(kDeadline);
+  ASSERT_THAT(status, IsOk());
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 2);
+  std::ifstream log(dir_.Join("agent.log"));
+  EXPECT_THAT(std::string(std::istreambuf_iterator<char>(log), {}),
+              HasSubstr("--gpu_memory_gib must be >= 0"));
+  EXPECT_EQ(scheduler_->record().registrations.size(), 1u);
 }
 
 }  // namespace
