@@ -52,7 +52,7 @@ class InMemoryDataset final : public DatasetClient {
     return f;
   }
   absl::StatusOr<TokenCounts> CountTokens(const std::string&, const std::string&,
-                                          const std::string&) override {
+                                          const std::string&, absl::Duration) override {
     return TokenCounts{100000, 512};
   }
   absl::StatusOr<std::pair<DatasetFile, DatasetFile>> SplitFile(const std::string& t,

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "tunefleet/v1/files.pb.h"
 
 namespace tunefleet::scheduler {
@@ -38,10 +39,12 @@ class DatasetClient {
   virtual absl::StatusOr<DatasetFile> GetFile(const std::string& tenant,
                                               const std::string& file_id) = 0;
   // Counts `file_id`'s tokens with `base_model`'s tokenizer (a pass over the
-  // file; for files uploaded without a base model, whose statistics have none).
+  // file; for files uploaded without a base model, whose statistics have
+  // none), giving up after `timeout`.
   virtual absl::StatusOr<TokenCounts> CountTokens(const std::string& tenant,
                                                   const std::string& file_id,
-                                                  const std::string& base_model) = 0;
+                                                  const std::string& base_model,
+                                                  absl::Duration timeout) = 0;
   // (training part, validation part)
   virtual absl::StatusOr<std::pair<DatasetFile, DatasetFile>> SplitFile(
       const std::string& tenant, const std::string& file_id, double validation_ratio,

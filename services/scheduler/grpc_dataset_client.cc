@@ -1,5 +1,6 @@
 #include "services/scheduler/grpc_dataset_client.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/base/status_macros.h"
@@ -55,13 +56,16 @@ absl::StatusOr<DatasetFile> GrpcDatasetClient::GetFile(const std::string& tenant
 
 absl::StatusOr<TokenCounts> GrpcDatasetClient::CountTokens(const std::string& tenant,
                                                            const std::string& file_id,
-                                                           const std::string& base_model) {
+                                                           const std::string& base_model,
+                                                           absl::Duration timeout) {
   v1::ValidateFileRequest req;
   req.set_file_id(file_id);
   req.set_base_model(base_model);
   req.set_max_issues(1);
   rpc::CallOptions o = Options(tenant);
   o.max_attempts = 1;  // a pass over the whole file: not repeated on a timeout
+  o.timeout = std::min(o.timeout, timeout);
+  o.overall_timeout = o.timeout;
   TF_ASSIGN_OR_RETURN(v1::ValidationReport report,
                       files_.Call(&v1::DatasetService::Stub::ValidateFile, req, o));
   TokenCounts c;

@@ -22,7 +22,8 @@ class GrpcDatasetClient final : public DatasetClient {
   absl::StatusOr<DatasetFile> GetFile(const std::string& tenant,
                                       const std::string& file_id) override;
   absl::StatusOr<TokenCounts> CountTokens(const std::string& tenant, const std::string& file_id,
-                                          const std::string& base_model) override;
+                                          const std::string& base_model,
+                                          absl::Duration timeout) override;
   absl::StatusOr<std::pair<DatasetFile, DatasetFile>> SplitFile(const std::string& tenant,
                                                                 const std::string& file_id,
                                                                 double validation_ratio,

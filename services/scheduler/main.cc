@@ -29,6 +29,9 @@ ABSL_FLAG(absl::Duration, lease, absl::Seconds(10),
 ABSL_FLAG(int, max_retries, 3, "Lost attempts a job survives before it fails (worker_lost)");
 ABSL_FLAG(absl::Duration, unschedulable_grace, absl::Minutes(10),
           "How long a queued job that no registered node holds waits for one before it fails");
+ABSL_FLAG(absl::Duration, token_count_timeout, absl::Seconds(10),
+          "How long CreateJob spends counting the tokens of a file uploaded without a base "
+          "model (for the memory and cost estimates) before it keeps their upper bounds");
 ABSL_FLAG(absl::Duration, tick_interval, absl::Milliseconds(200),
           "How often leases are checked and queued jobs placed");
 ABSL_FLAG(int, max_active_jobs_per_tenant, 0,
@@ -82,6 +85,7 @@ int main(int argc, char** argv) {
   options.lease = absl::GetFlag(FLAGS_lease);
   options.max_retries = absl::GetFlag(FLAGS_max_retries);
   options.unschedulable_grace = absl::GetFlag(FLAGS_unschedulable_grace);
+  options.token_count_timeout = absl::GetFlag(FLAGS_token_count_timeout);
   options.group_commit = absl::GetFlag(FLAGS_group_commit);
   options.max_active_jobs_per_tenant = absl::GetFlag(FLAGS_max_active_jobs_per_tenant);
   options.max_gpus_per_tenant = absl::GetFlag(FLAGS_max_gpus_per_tenant);

@@ -610,7 +610,8 @@ absl::StatusOr<v1::Job> Scheduler::AdmitJob(const std::string& tenant,
   // estimates stay on those upper bounds and the job's first event says so.
   std::string uncounted;
   if (train.longest_example <= 0) {
-    absl::StatusOr<TokenCounts> counts = dataset_->CountTokens(tenant, train.id, root_base);
+    absl::StatusOr<TokenCounts> counts =
+        dataset_->CountTokens(tenant, train.id, root_base, options_.token_count_timeout);
     if (counts.ok()) {
       train.trained_tokens = counts->trained_tokens;
       train.longest_example = counts->longest_example;

@@ -56,6 +56,11 @@ struct SchedulerOptions {
   // registering after a restart, does not fail the jobs that need it.
   // CreateJob still refuses such a job at once.
   absl::Duration unschedulable_grace = absl::Minutes(10);
+  // CreateJob counts the tokens of a training file uploaded without a base
+  // model (for the memory and cost estimates) for at most this long (a
+  // tokenizer pass reads ~25 MB/s); past it the estimates keep their upper
+  // bounds (max_sequence_length, bytes / 4) and the job's first event says so.
+  absl::Duration token_count_timeout = absl::Seconds(10);
   int first_master_port = 29500;
   int max_watchers_per_topic = 1024;
   // Per-tenant quotas checked at admission (RESOURCE_EXHAUSTED naming the
