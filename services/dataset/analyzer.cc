@@ -36,7 +36,13 @@ absl::StatusOr<Analysis> Analyze(store::ArtifactReader& reader, const AnalyzeOpt
     if (!s.ok() && token_error.ok()) token_error = s;
     if (options.on_example) options.on_example(ex);
   });
+  int64_t read = 0;
   while (!chunk->empty()) {
+    if (options.cancelled && options.cancelled()) {
+      return absl::CancelledError(
+          absl::StrCat("the pass stopped after ", read, " bytes: its caller went away"));
+    }
+    read += static_cast<int64_t>(chunk->size());
     validator.Feed(*chunk);
     chunk = reader.Read(kChunk);
     if (!chunk.ok()) return chunk.status();

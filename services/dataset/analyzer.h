@@ -1,6 +1,8 @@
 // Reads a stored file once, streaming: validation and statistics together.
 #pragma once
 
+#include <functional>
+
 #include "absl/status/statusor.h"
 #include "common/store/artifact_store.h"
 #include "services/dataset/statistics.h"
@@ -19,6 +21,9 @@ struct AnalyzeOptions {
   TokenCounter token_counter;  // may be null
   // Called with every valid example after statistics (e.g. to split).
   JsonlValidator::ExampleCallback on_example;
+  // Asked between 1 MiB chunks: true stops the pass with CANCELLED (a caller
+  // that went away or whose deadline passed). May be null.
+  std::function<bool()> cancelled;
 };
 
 struct Analysis {

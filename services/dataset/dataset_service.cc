@@ -207,9 +207,12 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ValidateFile(grpc::CallbackServerC
                                                            v1::ValidationReport* response) {
   return rpc::RunOnExecutor(
       context, auth_.AuthenticateTenant(*context), executor_,
-      [this, request, response](const rpc::Principal& caller) {
+      [this, context, request, response](const rpc::Principal& caller) {
         ValidateRequest req;
         req.file_id = request->file_id();
+        // A pass over a large file outlives a caller that gave up (CreateJob
+        // counts with a deadline): stop then.
+        req.cancelled = [context] { return context->IsCancelled(); };
         req.base_model = request->base_model();
         req.max_sequence_length = request->max_sequence_length();
         if (request->format() != v1::DATA_FORMAT_UNSPECIFIED) {

@@ -128,6 +128,7 @@ absl::StatusOr<ValidateResult> ValidateStoredFile(FileRegistry& registry,
   options.max_issues = req.max_issues > 0 ? static_cast<size_t>(req.max_issues) : 100;
   options.max_sequence_length = req.max_sequence_length;
   options.format = req.format;
+  options.cancelled = req.cancelled;
   if (!req.base_model.empty()) {
     if (tokenizers == nullptr) {
       return absl::FailedPreconditionError(

@@ -76,6 +76,7 @@ struct ValidateRequest {
   std::optional<DataFormat> format;
   int64_t max_issues = 0;  // 0: 100
   int64_t epochs = 0;      // 0: 1
+  std::function<bool()> cancelled;  // see AnalyzeOptions::cancelled
 };
 
 struct ValidateResult {

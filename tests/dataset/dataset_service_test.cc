@@ -13,6 +13,8 @@
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
 #include "common/rpc/status.h"
+#include "common/store/memory_artifact_store.h"
+#include "services/dataset/analyzer.h"
 #include "services/dataset/dataset_service.h"
 #include "services/dataset/splitter.h"
 #include "tests/testing/status_matchers.h"
@@ -426,6 +428,34 @@ TEST_F(DatasetServiceTest, ValidationInterruptedByARestartIsRedone) {
   Start();
   TF_ASSERT_OK_AND_ASSIGN(v1::File again, WaitProcessed(a_.key, file.id()));
   EXPECT_EQ(again.status(), v1::FILE_STATUS_PROCESSED);
+}
+
+// A pass over a file stops between chunks once its caller went away (a
+// ValidateFile whose deadline passed), instead of reading on for no one.
+TEST(AnalyzeTest, StopsBetweenChunksOnceItsCallerWentAway) {
+  std::string content;
+  while (content.size() < (size_t{3} << 20)) {
+    absl::StrAppend(&content, R"({"messages":[{"role":"user","content":"q"},)",
+                    R"({"role":"assistant","content":"a"}]})", "\n");
+  }
+  store::MemoryArtifactStore store;
+  ASSERT_THAT(store.Put("f", content).status(), IsOk());
+  AnalyzeOptions options;
+  int asked = 0;
+  options.cancelled = [&] { return ++asked > 1; };
+  auto reader = store.OpenReader("f", 0);
+  ASSERT_THAT(reader, IsOk());
+  EXPECT_THAT(Analyze(**reader, options),
+              StatusIs(absl::StatusCode::kCancelled,
+                       HasSubstr("stopped after 1048576 bytes: its caller went away")));
+  EXPECT_EQ(asked, 2);
+  // Never cancelled: the whole file.
+  options.cancelled = [] { return false; };
+  reader = store.OpenReader("f", 0);
+  ASSERT_THAT(reader, IsOk());
+  auto whole = Analyze(**reader, options);
+  ASSERT_THAT(whole, IsOk());
+  EXPECT_GT(whole->validation.examples, 30000);
 }
 
 TEST_F(DatasetServiceTest, ValidateFileReportsIssuesAndStatistics) {
