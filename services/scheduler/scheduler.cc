@@ -64,6 +64,12 @@ void EstimateForSlot(JobRecord& j, bool gpu) {
   j.job.mutable_memory_estimate()->set_measured_runtime_bytes(runtime);
 }
 
+// Drops the entries of `since` whose job is not in `ids`.
+void KeepOnly(std::map<std::string, absl::Time>& since, const std::set<std::string>& ids) {
+  for (auto it = since.begin(); it != since.end();)
+    it = ids.count(it->first) ? std::next(it) : since.erase(it);
+}
+
 std::string GiB(int64_t bytes) {
   return absl::StrFormat("%.1f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
 }
@@ -1879,12 +1885,18 @@ void Scheduler::PlaceLocked(Txn& t) {
                              n.record.slot_memory_bytes, n.record.gpus > 0});
   }
   std::vector<QueuedJob> queue;
+  std::set<std::string> queued;
   for (const auto& [id, j] : jobs_) {
     v1::JobState s = t.jobs().count(id) ? t.jobs().at(id).job.state() : j.job.state();
-    if (s == v1::JOB_STATE_QUEUED)
+    if (s == v1::JOB_STATE_QUEUED) {
       queue.push_back(QueuedJob{id, j.job.priority(), j.queue_seq, j.job.gpus(), j.tenant,
                                 GpuMemoryNeed(j)});
+      queued.insert(id);
+    }
   }
+  // A job that left the queue (paused, cancelled) waits a whole grace again
+  // if it comes back.
+  KeepOnly(unschedulable_since_, queued);
   const TenantSlots running = RunningSlotsLocked(all);
   if (queue.empty() || nodes.empty()) return;
   int free_before = 0;
@@ -1899,11 +1911,7 @@ void Scheduler::PlaceLocked(Txn& t) {
     for (const auto& [node, n] : p.nodes) placed_slots += n;
   }
   PreemptFor(t, ordered, settled, free_before - placed_slots);
-  for (auto it = unschedulable_since_.begin(); it != unschedulable_since_.end();) {
-    it = std::find(r.never_fit.begin(), r.never_fit.end(), it->first) == r.never_fit.end()
-             ? unschedulable_since_.erase(it)
-             : std::next(it);
-  }
+  KeepOnly(unschedulable_since_, {r.never_fit.begin(), r.never_fit.end()});
   for (const auto& id : r.never_fit) {
     v1::Error e;
     e.set_code("unschedulable");

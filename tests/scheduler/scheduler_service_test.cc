@@ -90,6 +90,16 @@ class SchedulerServiceTest : public SchedulerFixture {
     return Call(trainer_stub_.get(), &iv1::TrainerControlService::Stub::RegisterNode,
                 internal_.key, req);
   }
+  // The messages of tenant a's job `id`, oldest first (none: empty).
+  std::vector<std::string> EventMessages(const std::string& id) {
+    v1::ListJobEventsRequest req;
+    req.set_job_id(id);
+    auto r = Call(job_stub_.get(), &v1::JobService::Stub::ListJobEvents, a_.key, req);
+    std::vector<std::string> out;
+    if (r.ok())
+      for (const auto& e : r->events()) out.push_back(e.message());
+    return out;
+  }
   absl::StatusOr<iv1::HeartbeatResponse> Heartbeat(
       const std::string& node, const std::vector<std::string>& running = {},
       iv1::AssignmentStatus::Phase phase = iv1::AssignmentStatus::PHASE_RUNNING) {
@@ -512,15 +522,6 @@ TEST_F(SchedulerServiceTest, AJobNoNodeHoldsWaitsForOneThenFailsAfterTheGrace) {
   ASSERT_THAT(job, IsOk());
   scheduler_->Tick(clock_.Now());
   ASSERT_EQ(State(job->id()), v1::JOB_STATE_RUNNING);
-  auto events_of = [&](const std::string& id) {
-    v1::ListJobEventsRequest req;
-    req.set_job_id(id);
-    auto r = Call(job_stub_.get(), &v1::JobService::Stub::ListJobEvents, a_.key, req);
-    std::vector<std::string> out;
-    if (r.ok())
-      for (const auto& e : r->events()) out.push_back(e.message());
-    return out;
-  };
   auto lose = [&](const std::string& node) {
     clock_.Advance(absl::Seconds(11));
     ASSERT_THAT(Heartbeat(small), IsOk());  // the small node stays
@@ -531,10 +532,23 @@ TEST_F(SchedulerServiceTest, AJobNoNodeHoldsWaitsForOneThenFailsAfterTheGrace) {
   // until when, instead of failing on the one-slot fleet.
   lose(big);
   EXPECT_EQ(State(job->id()), v1::JOB_STATE_QUEUED);
-  EXPECT_THAT(events_of(job->id()),
+  EXPECT_THAT(EventMessages(job->id()),
               Contains(AllOf(HasSubstr("waiting: the job needs 2 slots and the registered "
                                        "fleet has 1"),
                              HasSubstr("unless a node that holds it registers"))));
+  // Paused while it waits and resumed past the grace: the grace starts over.
+  ASSERT_THAT(JobCall<v1::PauseJobRequest>(&v1::JobService::Stub::PauseJob, a_.key, job->id()),
+              IsOk());
+  for (int i = 0; i < 11; ++i) {
+    clock_.Advance(absl::Minutes(1));
+    ASSERT_THAT(Heartbeat(small), IsOk());
+    scheduler_->Tick(clock_.Now());
+  }
+  EXPECT_EQ(State(job->id()), v1::JOB_STATE_PAUSED);
+  ASSERT_THAT(JobCall<v1::ResumeJobRequest>(&v1::JobService::Stub::ResumeJob, a_.key, job->id()),
+              IsOk());
+  scheduler_->Tick(clock_.Now());
+  EXPECT_EQ(State(job->id()), v1::JOB_STATE_QUEUED);
   clock_.Advance(absl::Minutes(9));
   ASSERT_THAT(Heartbeat(small), IsOk());
   scheduler_->Tick(clock_.Now());
@@ -2007,14 +2021,7 @@ TEST_F(SchedulerServiceTest, EstimatesCountTheFilesTokensWithTheBasesTokenizer) 
             model::EstimateTrainingMemory(config, in).activations);
   EXPECT_EQ(uncounted->estimated_trained_tokens(),
             file->bytes() / 4 * h.batch_size() * uncounted->total_steps() / 20);
-  auto first_event = [&](const std::string& job_id) -> std::string {
-    v1::ListJobEventsRequest req;
-    req.set_job_id(job_id);
-    auto events = Call(job_stub_.get(), &v1::JobService::Stub::ListJobEvents, a_.key, req);
-    if (!events.ok() || events->events().empty()) return "(no events)";
-    return events->events(0).message();
-  };
-  EXPECT_THAT(first_event(uncounted->id()),
+  EXPECT_THAT(EventMessages(uncounted->id()).at(0),
               AllOf(HasSubstr("tokens not counted"), HasSubstr("tiny-base")));
 
   // The base gets its tokenizer: the next job's estimates use the counts
@@ -2038,7 +2045,7 @@ TEST_F(SchedulerServiceTest, EstimatesCountTheFilesTokensWithTheBasesTokenizer) 
   EXPECT_EQ(counted->estimated_trained_tokens(),
             static_cast<int64_t>(static_cast<double>(report->statistics().trained_tokens()) / 20 *
                                  static_cast<double>(h.batch_size() * counted->total_steps())));
-  EXPECT_THAT(first_event(counted->id()),
+  EXPECT_THAT(EventMessages(counted->id()).at(0),
               AllOf(HasSubstr("job created"), Not(HasSubstr("not counted"))));
 }
 
